@@ -1,0 +1,73 @@
+"""cam-auditor: audit where an image classifier looks, and whether it needs the background.
+
+The curated public API (pinned by ``tests/test_public_api.py``)::
+
+    import auditor
+    cfg = auditor.load_config("audit.toml")
+    outcome = auditor.run_audit(cfg, "runs/v2")          # run directory + summary + gates
+    auditor.render_report("runs/v2", pdf=True)           # re-render without the model
+    auditor.compare_runs("runs/v1", "runs/v2", out="runs/v1-vs-v2")
+    cams = auditor.compute_cams(model, images, labels, methods=("gradcam", "layercam"))
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from auditor._version import __version__
+from auditor.errors import (
+    AuditorError,
+    AuditorInputError,
+    ConfigError,
+    DataError,
+    ModelLoadError,
+    RenderError,
+    ResumeMismatchError,
+    UnsafePathError,
+)
+
+__all__ = [
+    "AuditOutcome",
+    "AuditorError",
+    "AuditorInputError",
+    "ConfigError",
+    "DataError",
+    "ModelLoadError",
+    "RenderError",
+    "ResumeMismatchError",
+    "UnsafePathError",
+    "__version__",
+    "audit",
+    "compare_runs",
+    "compute_cams",
+    "load_config",
+    "render_report",
+    "run_audit",
+    "run_demo",
+]
+
+_LAZY = {
+    "AuditOutcome": "auditor.runner",
+    "audit": "auditor.runner",
+    "run_audit": "auditor.runner",
+    "run_demo": "auditor.demo",
+    "load_config": "auditor.config",
+    "render_report": "auditor.report",
+    "compare_runs": "auditor.compare",
+    "compute_cams": "auditor.cam",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import heavy modules (torch, weasyprint) only when their entry point is used."""
+    if name in _LAZY:
+        import importlib
+
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'auditor' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)

@@ -1,0 +1,604 @@
+"""From per-sample rows to per-class statistics, findings and gates.
+
+Everything here reads the run store (``samples`` rows: one per sample × method) and returns
+plain dictionaries that go into ``summary.json`` unchanged; rendering only formats them.
+
+Statistics
+    Means of every metric per class and overall with bootstrap confidence intervals
+    (BCa; Efron 1987) that exclude NaN and count it; accuracies with Wilson intervals
+    (Wilson 1927); intervention drops with paired bootstrap intervals over the same samples.
+
+Findings (rules are recorded verbatim in ``summary["rules"]``)
+    * ``background_focus``: the class's mean background focus (primary method) has its whole
+      confidence interval above the baseline of the other classes by at least ``margin``.
+      Severity high when the lower bound clears the baseline by 3×margin.
+    * ``background_reliance``: accuracy on only-foreground images (background removed,
+      Xiao et al. 2021) drops by more than ``drop_margin`` with the interval's lower bound > 0.
+      With background focus also flagged it is *confirmed* (high); alone it is reported as a
+      disagreement between attention and intervention evidence.
+    * ``right_for_wrong_reasons``: among correct predictions, the share whose CAM puts less mass
+      on the object than its area (energy lift < 1) has a Wilson lower bound above 0.5.
+    * ``border_focus``: mean CAM mass in the outer band above the other classes' baseline by
+      ``margin`` (interval rule) and above the band's area share (frames, watermarks).
+    * ``method_disagreement``: two methods' mean background focus for a class differ by > 0.25.
+    * ``strategy_cluster``: SpRAy found a small cluster whose focus differs from the rest.
+    * ``sanity_check``: a method whose maps barely change when the head is randomised.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from auditor.config import AuditSettings, GateRule
+from auditor.stats import (
+    bootstrap_mean_ci,
+    grouped_bootstrap_mean_ci,
+    paired_bootstrap_diff_ci,
+    wilson_interval,
+)
+
+#: Localisation metrics aggregated per class (names as in DESIGN 4.3/4.4).
+AGG_METRICS = (
+    "energy_in_mask",
+    "background_focus",
+    "energy_lift",
+    "pointing_game",
+    "relevance_rank_accuracy",
+    "iou",
+    "auc",
+    "density_diff",
+    "border_focus",
+    "entropy",
+)
+FAITH_METRICS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
+SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
+
+
+@dataclass(frozen=True)
+class FindingRules:
+    """Thresholds of the finding rules (printed in the report's methodology)."""
+
+    margin: float = 0.05
+    drop_margin: float = 0.10
+    disagreement: float = 0.25
+    wrong_reasons_share: float = 0.5
+    border_band_share: float = 0.36
+
+    def describe(self, confidence: float) -> dict[str, str]:
+        c = f"{confidence:.0%}"
+        return {
+            "background_focus": (
+                f"Flag a class when the lower bound of the {c} interval of its mean background "
+                f"focus exceeds the mean of all other classes by more than {self.margin:.2f} "
+                f"(high severity above {3 * self.margin:.2f})."
+            ),
+            "background_reliance": (
+                f"Accuracy on only-foreground images drops by more than {self.drop_margin:.2f} "
+                f"with a {c} paired-bootstrap interval above 0. Confirmed (high) when the "
+                f"background-focus rule also fires; otherwise reported as a disagreement."
+            ),
+            "right_for_wrong_reasons": (
+                f"Among correct predictions, the share with energy lift < 1 (less CAM mass on "
+                f"the object than its area) has a Wilson {c} lower bound above "
+                f"{self.wrong_reasons_share:.2f}."
+            ),
+            "border_focus": (
+                f"Mean CAM mass in the outer band exceeds the other classes' mean by more than "
+                f"{self.margin:.2f} (interval lower bound) and the band's area share."
+            ),
+            "method_disagreement": (
+                f"Two methods' mean background focus for the class differ by more than "
+                f"{self.disagreement:.2f}."
+            ),
+            "strategy_cluster": (
+                "SpRAy (spectral clustering of the class's CAMs) finds a cluster of at most 25% "
+                "of the class whose mean background focus differs from the rest by more than 0.2."
+            ),
+            "sanity_check": (
+                "A method whose maps keep a Spearman correlation of at least 0.5 with the "
+                "original maps after the classifier head is re-initialised (Adebayo et al. "
+                "2018) is marked untrustworthy."
+            ),
+        }
+
+
+def _col(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
+    if name not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    arr = table.column(name).to_numpy(zero_copy_only=False)
+    if dtype is not None:
+        if dtype is float:
+            arr = np.asarray([np.nan if v is None else v for v in arr], float) if arr.dtype == object else arr.astype(float)
+        else:
+            arr = arr.astype(dtype)
+    return arr
+
+
+def _interval_dict(iv: Any) -> dict[str, Any]:
+    d = iv.to_dict()
+    return {k: d.get(k) for k in ("mean", "ci_low", "ci_high", "n", "n_nan")}
+
+
+def metric_block(
+    table: pa.Table,
+    classes: Sequence[str],
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    settings: AuditSettings,
+) -> tuple[dict[str, dict[str, dict[str, Any]]], dict[str, dict[str, dict[str, dict[str, Any]]]]]:
+    """(overall {method: {metric: interval}}, per class {class: {method: {metric: interval}}})."""
+    overall: dict[str, dict[str, dict[str, Any]]] = {}
+    per_class: dict[str, dict[str, dict[str, dict[str, Any]]]] = {c: {} for c in classes}
+    method_col = _col(table, "method", str)
+    labels_all = _col(table, "label", int)
+    for method in methods:
+        sel = method_col == method
+        labels = labels_all[sel]
+        overall[method] = {}
+        for c in classes:
+            per_class[c][method] = {}
+        for metric in metrics:
+            if metric not in table.column_names:
+                continue
+            values = _col(table, metric, float)[sel]
+            kw = dict(confidence=settings.confidence, n_boot=settings.bootstrap, seed=settings.seed)
+            overall[method][metric] = _interval_dict(bootstrap_mean_ci(values, **kw))
+            grouped = grouped_bootstrap_mean_ci(values, labels, **kw)
+            for ci, c in enumerate(classes):
+                if ci in grouped:
+                    per_class[c][method][metric] = _interval_dict(grouped[ci])
+                else:
+                    per_class[c][method][metric] = {
+                        "mean": None, "ci_low": None, "ci_high": None, "n": 0, "n_nan": 0
+                    }
+    return overall, per_class
+
+
+def _acc(correct: np.ndarray, confidence: float) -> tuple[float | None, list[float | None]]:
+    ok = correct[~np.isnan(correct)] if correct.dtype.kind == "f" else correct
+    n = int(len(ok))
+    if n == 0:
+        return None, [None, None]
+    k = int(np.sum(ok))
+    iv = wilson_interval(k, n, confidence=confidence)
+    return k / n, [iv.low, iv.high]
+
+
+def _bool_float(x: np.ndarray) -> np.ndarray:
+    if x.dtype == object:
+        return np.asarray([np.nan if v is None else float(v) for v in x], float)
+    return x.astype(float)
+
+
+def analyse(
+    table: pa.Table,
+    *,
+    classes: Sequence[str],
+    methods: Sequence[str],
+    settings: AuditSettings,
+    rules: FindingRules | None = None,
+    clusters: Mapping[str, Any] | None = None,
+    sanity: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Aggregate the sample rows into the statistical part of summary.json."""
+    rules = rules or FindingRules()
+    primary = settings.primary
+    metrics = [m for m in AGG_METRICS if m in table.column_names]
+    overall_m, class_m = metric_block(table, classes, methods, metrics, settings)
+    method_col = _col(table, "method", str)
+    prim = table.filter(pa.array(method_col == primary))
+    labels = _col(prim, "label", int)
+    correct = _bool_float(_col(prim, "correct"))
+    preds = _col(prim, "pred", int)
+    n_cls = len(classes)
+
+    acc, acc_ci = _acc(correct, settings.confidence)
+    status_counts: dict[str, dict[str, int]] = {}
+    if "status" in table.column_names:
+        st = _col(table, "status", str)
+        for method in methods:
+            vals, counts = np.unique(st[method_col == method], return_counts=True)
+            status_counts[method] = {str(v): int(c) for v, c in zip(vals, counts)}
+
+    has_iv = "only_fg_correct" in prim.column_names
+    iv_cols = {}
+    if has_iv:
+        for name in ("only_fg_correct", "only_bg_correct", "mixed_rand_correct"):
+            iv_cols[name] = _bool_float(_col(prim, name))
+
+    faith: dict[str, Any] = {}
+    for method in methods:
+        sel = method_col == method
+        block = {}
+        for metric in FAITH_METRICS:
+            if metric in table.column_names:
+                vals = _col(table, metric, float)[sel]
+                if np.isfinite(vals).any():
+                    block[metric] = _interval_dict(
+                        bootstrap_mean_ci(
+                            vals, confidence=settings.confidence, n_boot=settings.bootstrap,
+                            seed=settings.seed,
+                        )
+                    )
+        if block:
+            faith[method] = block
+
+    bf_all = _col(prim, "background_focus", float)
+    border_all = _col(prim, "border_focus", float)
+    lift_all = _col(prim, "energy_lift", float)
+
+    class_out: dict[str, Any] = {}
+    findings: list[dict[str, Any]] = []
+    for ci, name in enumerate(classes):
+        sel = labels == ci
+        n = int(sel.sum())
+        c_acc, c_acc_ci = _acc(correct[sel], settings.confidence)
+        entry: dict[str, Any] = {
+            "index": ci,
+            "n": n,
+            "accuracy": c_acc,
+            "accuracy_ci": c_acc_ci,
+            "metrics": class_m[name],
+            "interventions": None,
+            "flagged": False,
+            "flags": [],
+            "risk": 0.0,
+        }
+        if has_iv and n:
+            iv: dict[str, Any] = {"accuracy": c_acc, "n": n}
+            for key, col in iv_cols.items():
+                vals = col[sel]
+                finite = vals[np.isfinite(vals)]
+                iv[key.replace("_correct", "_accuracy")] = (
+                    float(finite.mean()) if len(finite) else None
+                )
+            base = correct[sel]
+            fg = iv_cols["only_fg_correct"][sel]
+            drop = paired_bootstrap_diff_ci(
+                fg, base, confidence=settings.confidence, n_boot=settings.bootstrap,
+                seed=settings.seed,
+            )
+            iv["only_fg_drop"] = drop.estimate if drop.n else None
+            iv["only_fg_drop_ci"] = [drop.low, drop.high] if drop.n else [None, None]
+            mixed = iv.get("mixed_rand_accuracy")
+            iv["background_gap"] = (c_acc - mixed) if (c_acc is not None and mixed is not None) else None
+            entry["interventions"] = iv
+        class_out[name] = entry
+
+        # ---- findings for this class ------------------------------------------------
+        bf = class_m[name].get(primary, {}).get("background_focus")
+        others = bf_all[(labels != ci) & np.isfinite(bf_all)]
+        baseline = float(others.mean()) if len(others) else None
+        bf_flag = False
+        if bf and bf.get("ci_low") is not None and baseline is not None:
+            gap = bf["ci_low"] - baseline
+            if gap > rules.margin:
+                bf_flag = True
+                sev = "high" if gap > 3 * rules.margin else "medium"
+                findings.append(
+                    {
+                        "class": name,
+                        "kind": "background_focus",
+                        "severity": sev,
+                        "title": f"'{name}': attention on the background",
+                        "message": (
+                            f"{primary} puts {bf['mean']:.0%} of its mass outside the object "
+                            f"(interval {bf['ci_low']:.0%}–{bf['ci_high']:.0%}) against "
+                            f"{baseline:.0%} for the other classes."
+                        ),
+                        "evidence": {
+                            "background_focus": bf["mean"],
+                            "ci": [bf["ci_low"], bf["ci_high"]],
+                            "baseline": baseline,
+                            "method": primary,
+                        },
+                    }
+                )
+        ivd = entry["interventions"]
+        if ivd and ivd.get("only_fg_drop") is not None:
+            lo = ivd["only_fg_drop_ci"][0]
+            if ivd["only_fg_drop"] > rules.drop_margin and lo is not None and lo > 0:
+                confirmed = bf_flag
+                findings.append(
+                    {
+                        "class": name,
+                        "kind": "background_reliance" if confirmed else "evidence_disagreement",
+                        "severity": "high" if confirmed else "medium",
+                        "title": (
+                            f"'{name}': confirmed reliance on the background"
+                            if confirmed
+                            else f"'{name}': accuracy depends on the background, attention does not show it"
+                        ),
+                        "message": (
+                            f"Accuracy falls from {ivd['accuracy']:.0%} to "
+                            f"{ivd['only_fg_accuracy']:.0%} when the background is removed"
+                            + (
+                                f"; on background alone the model still says '{name}' for "
+                                f"{ivd['only_bg_accuracy']:.0%} of the images"
+                                if ivd.get("only_bg_accuracy") is not None
+                                else ""
+                            )
+                            + "."
+                        ),
+                        "evidence": {
+                            "accuracy": ivd["accuracy"],
+                            "only_fg_accuracy": ivd["only_fg_accuracy"],
+                            "only_bg_accuracy": ivd.get("only_bg_accuracy"),
+                            "mixed_rand_accuracy": ivd.get("mixed_rand_accuracy"),
+                            "only_fg_drop": ivd["only_fg_drop"],
+                            "only_fg_drop_ci": ivd["only_fg_drop_ci"],
+                        },
+                    }
+                )
+            elif bf_flag:
+                findings.append(
+                    {
+                        "class": name,
+                        "kind": "evidence_disagreement",
+                        "severity": "low",
+                        "title": f"'{name}': attention on the background, but accuracy holds without it",
+                        "message": (
+                            f"The CAM looks at the background, yet accuracy on only-foreground "
+                            f"images stays at {ivd['only_fg_accuracy']:.0%} (from "
+                            f"{ivd['accuracy']:.0%}): the background may be looked at without "
+                            f"being needed."
+                        ),
+                        "evidence": {
+                            "accuracy": ivd["accuracy"],
+                            "only_fg_accuracy": ivd["only_fg_accuracy"],
+                            "only_fg_drop": ivd["only_fg_drop"],
+                        },
+                    }
+                )
+        # right for the wrong reasons
+        cs = sel & (correct == 1) & np.isfinite(lift_all)
+        k_wrong = int(np.sum(lift_all[cs] < 1))
+        n_corr = int(cs.sum())
+        if n_corr >= 5:
+            w = wilson_interval(k_wrong, n_corr, confidence=settings.confidence)
+            if w.low > rules.wrong_reasons_share:
+                findings.append(
+                    {
+                        "class": name,
+                        "kind": "right_for_wrong_reasons",
+                        "severity": "medium",
+                        "title": f"'{name}': right for the wrong reasons",
+                        "message": (
+                            f"{k_wrong} of {n_corr} correct predictions put less CAM mass on the "
+                            f"object than its area would by chance (energy lift < 1)."
+                        ),
+                        "evidence": {"share": k_wrong / n_corr, "ci": [w.low, w.high], "n": n_corr},
+                    }
+                )
+        # border focus
+        bb = class_m[name].get(primary, {}).get("border_focus")
+        oth_b = border_all[(labels != ci) & np.isfinite(border_all)]
+        if bb and bb.get("ci_low") is not None and len(oth_b):
+            base_b = float(oth_b.mean())
+            if bb["ci_low"] - base_b > rules.margin and bb["mean"] > rules.border_band_share:
+                findings.append(
+                    {
+                        "class": name,
+                        "kind": "border_focus",
+                        "severity": "medium",
+                        "title": f"'{name}': attention on the image border",
+                        "message": (
+                            f"{bb['mean']:.0%} of the CAM mass lies in the outer band "
+                            f"(other classes: {base_b:.0%}): check for frames, watermarks or "
+                            f"padding artefacts."
+                        ),
+                        "evidence": {"border_focus": bb["mean"], "ci": [bb["ci_low"], bb["ci_high"]],
+                                     "baseline": base_b},
+                    }
+                )
+        # methods that disagree
+        means = {
+            m: class_m[name].get(m, {}).get("background_focus", {}).get("mean") for m in methods
+        }
+        means = {m: v for m, v in means.items() if v is not None}
+        if len(means) >= 2:
+            hi_m, lo_m = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
+            if means[hi_m] - means[lo_m] > rules.disagreement:
+                findings.append(
+                    {
+                        "class": name,
+                        "kind": "method_disagreement",
+                        "severity": "info",
+                        "title": f"'{name}': CAM methods disagree",
+                        "message": (
+                            f"Background focus is {means[hi_m]:.0%} with {hi_m} but "
+                            f"{means[lo_m]:.0%} with {lo_m}: read this class's maps with care."
+                        ),
+                        "evidence": {"background_focus_by_method": means},
+                    }
+                )
+
+    # clusters and sanity findings
+    for name, res in (clusters or {}).items():
+        for cl in res.get("clusters", []):
+            if cl.get("outlier"):
+                findings.append(
+                    {
+                        "class": name,
+                        "kind": "strategy_cluster",
+                        "severity": "medium",
+                        "title": f"'{name}': a distinct explanation strategy",
+                        "message": (
+                            f"A cluster of {cl['size']} images has mean background focus "
+                            f"{_fmt(cl.get('background_focus'))}, unlike the rest of the class."
+                        ),
+                        "evidence": {"cluster": cl["id"], "size": cl["size"],
+                                     "background_focus": cl.get("background_focus")},
+                        "examples": list(cl.get("exemplars", [])),
+                    }
+                )
+    for method, res in (sanity or {}).items():
+        if not res.get("trustworthy", True):
+            findings.append(
+                {
+                    "class": None,
+                    "kind": "sanity_check",
+                    "severity": "medium" if method == primary else "low",
+                    "title": f"{method}: fails the randomisation sanity check",
+                    "message": (
+                        f"{method}'s maps keep a rank correlation of "
+                        f"{_fmt(res.get('similarity'), '.2f')} after the classifier head is "
+                        f"randomised: they do not reflect what the model learned."
+                    ),
+                    "evidence": dict(res),
+                }
+            )
+
+    for f in findings:
+        if f["class"] is not None and f["severity"] in ("high", "medium"):
+            entry = class_out[f["class"]]
+            entry["flagged"] = True
+            if f["kind"] not in entry["flags"]:
+                entry["flags"].append(f["kind"])
+        elif f["class"] is not None and f["kind"] not in class_out[f["class"]]["flags"]:
+            class_out[f["class"]]["flags"].append(f["kind"])
+    for entry in class_out.values():
+        bf = entry["metrics"].get(primary, {}).get("background_focus", {}).get("mean")
+        drop = (entry["interventions"] or {}).get("only_fg_drop")
+        entry["risk"] = float(
+            (bf or 0.0) + max(drop or 0.0, 0.0) + 0.25 * len([f for f in entry["flags"]])
+        )
+    findings.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], str(f["class"]), f["kind"]))
+    for i, f in enumerate(findings):
+        f["id"] = f"F{i + 1}"
+        f.setdefault("examples", [])
+
+    confusion = np.zeros((n_cls, n_cls), dtype=int)
+    ok = (labels >= 0) & (preds >= 0) & (preds < n_cls)
+    np.add.at(confusion, (labels[ok], preds[ok]), 1)
+
+    return {
+        "overall": {
+            "n": int(len(labels)),
+            "accuracy": acc,
+            "accuracy_ci": acc_ci,
+            "metrics": overall_m,
+            "status_counts": status_counts,
+        },
+        "classes": class_out,
+        "findings": findings,
+        "rules": rules.describe(settings.confidence),
+        "confusion": {"classes": list(classes), "matrix": confusion.tolist()},
+        "method_agreement": method_agreement(table, methods),
+        "faithfulness": faith or None,
+    }
+
+
+def _fmt(v: Any, spec: str = ".0%") -> str:
+    return "n/a" if v is None else format(v, spec)
+
+
+def method_agreement(table: pa.Table, methods: Sequence[str]) -> dict[str, Any] | None:
+    """Spearman correlation between methods of the per-sample energy in the object."""
+    if len(methods) < 2 or "energy_in_mask" not in table.column_names:
+        return None
+    from scipy.stats import spearmanr
+
+    method_col = _col(table, "method", str)
+    idx = _col(table, "index", int)
+    values = _col(table, "energy_in_mask", float)
+    per = {}
+    for m in methods:
+        sel = method_col == m
+        per[m] = dict(zip(idx[sel].tolist(), values[sel].tolist()))
+    mat: list[list[float | None]] = []
+    for a in methods:
+        row: list[float | None] = []
+        for b in methods:
+            keys = [k for k in per[a] if k in per[b] and np.isfinite(per[a][k]) and np.isfinite(per[b][k])]
+            if len(keys) < 3:
+                row.append(None)
+                continue
+            va = np.array([per[a][k] for k in keys])
+            vb = np.array([per[b][k] for k in keys])
+            if np.ptp(va) == 0 or np.ptp(vb) == 0:
+                row.append(None)
+                continue
+            row.append(float(spearmanr(va, vb).statistic))
+        mat.append(row)
+    return {"methods": list(methods), "metric": "energy_in_mask", "spearman": mat}
+
+
+# -------------------------------------------------------------------------------------------
+# gates
+
+
+def _lookup(
+    summary: Mapping[str, Any], scope_block: Mapping[str, Any], rule: GateRule, primary: str
+) -> float | None:
+    q = rule.quantity
+    if q == "accuracy":
+        if rule.stat == "mean":
+            return scope_block.get("accuracy")
+        ci = scope_block.get("accuracy_ci") or [None, None]
+        return ci[0] if rule.stat == "ci_low" else ci[1]
+    if q in ("only_fg_drop", "background_gap", "only_fg_accuracy", "only_bg_accuracy",
+             "mixed_rand_accuracy"):
+        iv = scope_block.get("interventions") or {}
+        if q == "only_fg_drop" and rule.stat != "mean":
+            ci = iv.get("only_fg_drop_ci") or [None, None]
+            return ci[0] if rule.stat == "ci_low" else ci[1]
+        return iv.get(q)
+    block = scope_block.get("metrics", {}).get(rule.method or primary, {}).get(q)
+    if not block:
+        return None
+    return block.get(rule.stat)
+
+
+def evaluate_gates(summary: Mapping[str, Any], rules: Sequence[GateRule]) -> dict[str, Any]:
+    """Check every gate rule against the summary; a value that is missing fails the gate."""
+    primary = summary["primary_method"]
+    results: list[dict[str, Any]] = []
+
+    def check(rule: GateRule, cls: str | None, value: float | None) -> None:
+        threshold = rule.max if rule.max is not None else rule.min
+        if value is None:
+            passed, note = False, "value not available"
+        else:
+            passed = (rule.max is None or value <= rule.max) and (
+                rule.min is None or value >= rule.min
+            )
+            note = ""
+        results.append(
+            {
+                "rule": rule.name,
+                "class": cls,
+                "quantity": rule.quantity,
+                "stat": rule.stat,
+                "value": value,
+                "threshold": threshold,
+                "bound": "max" if rule.max is not None else "min",
+                "passed": bool(passed),
+                "note": note,
+            }
+        )
+
+    for rule in rules:
+        if rule.scope == "compare":
+            continue
+        if rule.scope == "findings":
+            sev = rule.quantity.split("_", 1)[1]
+            count = sum(1 for f in summary.get("findings", []) if f["severity"] == sev)
+            check(rule, None, float(count))
+        elif rule.scope == "overall":
+            overall = dict(summary["overall"])
+            overall.setdefault("interventions", None)
+            check(rule, None, _lookup(summary, overall, rule, primary))
+        else:
+            for cls, block in summary["classes"].items():
+                if rule.classes and cls not in rule.classes:
+                    continue
+                if not block.get("n"):
+                    continue
+                check(rule, cls, _lookup(summary, block, rule, primary))
+    return {"passed": all(r["passed"] for r in results), "results": results}

@@ -1,0 +1,627 @@
+"""The CAM engine: the only module with hooks, forwards, backwards and upsampling.
+
+One batch costs ONE forward and ONE partial backward for every gradient method together:
+
+1. The forward runs under :func:`torch.no_grad`, so the network *before* the target layer builds
+   no graph. A forward hook on the target layer detaches its output, marks it
+   ``requires_grad_(True)`` and switches grad mode on for the rest of the forward (the
+   ``no_grad`` context restores the previous grad mode when the forward ends, also on error).
+2. The score is the raw (pre-softmax) logit of the target class, summed over the batch. Samples
+   are independent in eval mode, so ``torch.autograd.grad(score_sum, activation)`` gives every
+   sample's ``G = dy_c / dA`` at once and touches no parameter gradient.
+3. Every requested method turns ``(A, G, helpers)`` into a map at the layer's resolution
+   (:mod:`auditor.cam.methods`). Score-CAM and Ablation-CAM run batched extra forwards
+   (``score_batch_size`` perturbed inputs per forward) under :func:`torch.inference_mode`.
+
+Several target layers are fused: maps are computed per layer, bilinearly upsampled to the
+largest layer resolution and summed. Degenerate samples get a defined map and a status
+(``"ok"``, ``"zero_gradient"``, ``"constant_activation"``, ``"nonfinite"``, ``"zero_map"``).
+
+The user's model leaves as it came: hooks removed, ``training`` flags restored, grad mode
+restored, parameters' ``requires_grad`` untouched, also on error.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from .layers import find_target_layer, resolve_layer
+from .methods import METHODS, CamContext
+from .tail import build_tail
+
+__all__ = ["CamBatch", "CamEngine", "STATUSES", "compute_cams", "upsample_cams"]
+
+STATUSES: tuple[str, ...] = (
+    "ok",
+    "zero_map",
+    "constant_activation",
+    "zero_gradient",
+    "nonfinite",
+)
+"""Per-sample statuses, by increasing precedence (the highest applicable one is reported)."""
+_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE = range(5)
+
+
+def upsample_cams(cams: Tensor, size: tuple[int, int]) -> Tensor:
+    """Bilinearly upsample maps ``[B, h, w]`` (or ``[B, T, h, w]``) to ``size = (H, W)``.
+
+    Batched ``F.interpolate(mode="bilinear", align_corners=False)`` on the maps' device; the
+    result is clamped at 0 (bilinear interpolation of non-negative values is non-negative, the
+    clamp only removes rounding noise) and keeps the leading dimensions.
+    """
+    if not isinstance(cams, Tensor) or cams.dim() not in (3, 4):
+        shape = tuple(cams.shape) if isinstance(cams, Tensor) else type(cams).__name__
+        raise ValueError(f"`cams` must have shape [B, h, w] or [B, T, h, w], got {shape}")
+    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
+        raise ValueError(f"`size` must be (H, W) with positive ints, got {size!r}")
+    lead = cams.shape[:-2]
+    flat = cams.reshape(-1, 1, *cams.shape[-2:])
+    if tuple(flat.shape[-2:]) != tuple(size):
+        flat = F.interpolate(flat.float(), size=tuple(size), mode="bilinear", align_corners=False)
+    return flat.clamp_min(0).reshape(*lead, *size)
+
+
+@dataclass(frozen=True)
+class CamBatch:
+    """The result of :meth:`CamEngine.run` for one batch.
+
+    Attributes:
+        logits: ``[B, C]`` detached logits of the same forward (use them for predictions).
+        targets: ``[B]`` (or ``[B, T]``) long, the class(es) explained.
+        cams: ``{method: [B, h, w]}`` (``[B, T, h, w]`` for multi-target) float32 >= 0 at the
+            target layer's resolution (the largest one when layers are fused), not normalised.
+        status: ``{method: [status per sample]}``; for multi-target, per (sample, target) in
+            row-major order. See :data:`STATUSES`.
+    """
+
+    logits: Tensor
+    targets: Tensor
+    cams: dict[str, Tensor]
+    status: dict[str, list[str]]
+
+    def upsampled(self, size: tuple[int, int]) -> dict[str, Tensor]:
+        """``{method: [B, H, W]}`` bilinearly upsampled to ``size`` (see :func:`upsample_cams`)."""
+        return {name: upsample_cams(cam, size) for name, cam in self.cams.items()}
+
+
+def _model_device(model: nn.Module) -> torch.device | None:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return None
+
+
+def _logits_of(output: Any) -> Tensor:
+    if isinstance(output, Tensor):
+        return output
+    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
+        return output[0]
+    logits = getattr(output, "logits", None)
+    if isinstance(logits, Tensor):
+        return logits
+    raise TypeError(
+        f"the model must return a logits Tensor [B, C] (or a tuple whose first item is one), "
+        f"got {type(output).__name__}"
+    )
+
+
+class CamEngine:
+    """Compute CAMs for batches of images with one forward and one partial backward.
+
+    Use as a context manager: ``__enter__`` puts the model in eval mode and installs the forward
+    hooks on the target layer(s); ``__exit__`` removes them and restores every submodule's
+    ``training`` flag (also on error).
+
+    Args:
+        model: the classifier (returns logits ``[B, C]``).
+        layer: target layer name(s); ``None`` = :func:`find_target_layer`. Several names: maps are
+            computed per layer, upsampled to the largest layer resolution and summed.
+        methods: names from :data:`auditor.cam.METHODS`.
+        score_batch_size: perturbed inputs per extra forward (Score-CAM, Ablation-CAM).
+        autocast: optional dtype (``torch.bfloat16``/``torch.float16``) for the forwards; maps
+            are computed in float32.
+        reshape: callable turning the target layer's output into ``[B, K, h, w]`` (token outputs:
+            :func:`auditor.cam.vit_reshape`, :func:`auditor.cam.swin_reshape`). It must be a pure
+            re-indexing (permute/slice/view): the engine applies it to the gradients too.
+
+    Example:
+        >>> with CamEngine(model, "layer4", ("gradcam", "layercam")) as engine:  # doctest: +SKIP
+        ...     batch = engine.run(images, labels)
+        ...     maps = batch.upsampled(images.shape[-2:])
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str | Sequence[str] | None = None,
+        methods: Sequence[str] = ("gradcam",),
+        *,
+        score_batch_size: int = 128,
+        autocast: torch.dtype | None = None,
+        reshape: Callable[[Tensor], Tensor] | None = None,
+    ) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+        if isinstance(methods, str):
+            methods = (methods,)
+        methods = tuple(methods)
+        if not methods:
+            raise ValueError("`methods` must name at least one method, got an empty sequence")
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise ValueError(f"`methods` has unknown name(s) {unknown}; known: {sorted(METHODS)}")
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"`methods` has duplicates: {list(methods)}")
+        if not isinstance(score_batch_size, int) or score_batch_size < 1:
+            raise ValueError(f"`score_batch_size` must be an int >= 1, got {score_batch_size!r}")
+        if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
+            raise ValueError(f"`autocast` must be torch.bfloat16, torch.float16 or None, got {autocast}")
+        if reshape is not None and not callable(reshape):
+            raise TypeError(f"`reshape` must be callable, got {type(reshape).__name__}")
+
+        if layer is None:
+            names: tuple[str, ...] = (find_target_layer(model),)
+        elif isinstance(layer, str):
+            names = (layer,)
+        else:
+            names = tuple(layer)
+            if not names:
+                raise ValueError("`layer` must name at least one layer, got an empty sequence")
+        self._modules = [resolve_layer(model, name) for name in names]
+        if len(set(names)) != len(names):
+            raise ValueError(f"`layer` has duplicates: {list(names)}")
+
+        self.model = model
+        self.layer_names: tuple[str, ...] = names
+        self.methods: tuple[str, ...] = methods
+        self.score_batch_size = score_batch_size
+        self.autocast = autocast
+        self.reshape = reshape
+        self._needs_grad = any(METHODS[m].needs_gradients for m in methods)
+        self._handles: list[RemovableHandle] = []
+        self._flags: dict[nn.Module, bool] | None = None
+        self._capturing = False
+        self._captured: dict[str, Tensor] = {}
+        self._replace: tuple[str, Tensor] | None = None
+        self._tails: dict[str, Any] = {}
+        self.tail_reasons: dict[str, str] = {}
+        """Why the fx tail is unavailable for a layer (Ablation-CAM then uses full forwards)."""
+        self.use_tail = True
+        """Set to False to force Ablation-CAM's full-forward fallback (testing/debugging)."""
+
+    # ------------------------------------------------------------------ context management
+
+    def __enter__(self) -> CamEngine:
+        if self._flags is not None:
+            raise RuntimeError("CamEngine is already entered; it is not re-entrant")
+        self._flags = {m: m.training for m in self.model.modules()}
+        try:
+            self.model.eval()
+            for name, module in zip(self.layer_names, self._modules):
+                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+        except BaseException:
+            self._restore()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._restore()
+
+    def _restore(self) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+        if self._flags is not None:
+            for module, flag in self._flags.items():
+                module.training = flag
+        self._flags = None
+        self._capturing = False
+        self._replace = None
+        self._captured = {}
+
+    # ------------------------------------------------------------------ hooks
+
+    def _make_hook(self, name: str) -> Callable[[nn.Module, Any, Any], Tensor | None]:
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor | None:
+            if self._replace is not None and self._replace[0] == name:
+                return self._replace[1]
+            if not self._capturing:
+                return None
+            if not isinstance(output, Tensor):
+                raise TypeError(
+                    f"target layer {name!r} must output a Tensor, got {type(output).__name__}"
+                )
+            if self._needs_grad:
+                if output.requires_grad:  # a later layer, already downstream of a capture
+                    captured = output
+                else:  # the first captured layer: start the graph here
+                    captured = output.detach().requires_grad_(True)
+                    torch.set_grad_enabled(True)
+            else:
+                captured = output.detach()
+            self._captured[name] = captured
+            # a copy goes on, so that in-place ops after the layer leave the capture intact
+            return captured.clone()
+
+        return hook
+
+    # ------------------------------------------------------------------ forwards
+
+    def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
+        if self.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(device_type=device.type, dtype=self.autocast)
+
+    def _forward_logits(self, images: Tensor) -> Tensor:
+        """An extra forward without capture (hooks only replace when asked), inference mode."""
+        with torch.inference_mode(), self._autocast(images.device):
+            return _logits_of(self.model(images)).float()
+
+    def _chunks(self, total: int) -> Iterator[slice]:
+        for start in range(0, total, self.score_batch_size):
+            yield slice(start, min(start + self.score_batch_size, total))
+
+    # ------------------------------------------------------------------ public
+
+    def run(self, images: Tensor, targets: Tensor | Sequence[int] | str | None = None) -> CamBatch:
+        """Compute every requested map for ``images`` ``[B, C, H, W]``.
+
+        Args:
+            images: input batch (moved to the model's device).
+            targets: ``None`` or ``"predicted"`` (argmax of this forward's logits), a LongTensor
+                ``[B]`` / sequence of ints (one class per sample), or ``[B, T]`` (T classes per
+                sample: one forward, T partial backwards; maps ``[B, T, h, w]``).
+        """
+        if self._flags is None:
+            raise RuntimeError("CamEngine.run must be called inside `with engine:`")
+        if not isinstance(images, Tensor) or images.dim() != 4:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"`images` must have shape [B, C, H, W], got {shape}")
+        if images.shape[0] == 0:
+            raise ValueError(f"`images` must hold at least one image, got {tuple(images.shape)}")
+        device = _model_device(self.model) or images.device
+        images = images.to(device)
+        batch = images.shape[0]
+
+        grad_mode = torch.is_grad_enabled()
+        try:
+            with torch.inference_mode(False):
+                self._captured = {}
+                self._capturing = True
+                try:
+                    with torch.no_grad(), self._autocast(device):
+                        raw_logits = _logits_of(self.model(images))
+                finally:
+                    self._capturing = False
+                    torch.set_grad_enabled(grad_mode)
+                missing = [n for n in self.layer_names if n not in self._captured]
+                if missing:
+                    raise ValueError(
+                        f"`layer` {missing} did not run during the forward of "
+                        f"{type(self.model).__name__}; pick a layer on the path to the logits"
+                    )
+                if raw_logits.dim() != 2 or raw_logits.shape[0] != batch:
+                    raise ValueError(
+                        f"the model must return logits [B, C] with B={batch}, got "
+                        f"{tuple(raw_logits.shape)}"
+                    )
+                targets_bt, multi = self._resolve_targets(targets, raw_logits)
+                captured = [self._captured[n] for n in self.layer_names]
+                grads = self._gradients(raw_logits, targets_bt, captured)
+                logits = raw_logits.detach().float()
+                cams, codes = self._compute_maps(images, logits, targets_bt, captured, grads)
+        finally:
+            self._captured = {}
+            torch.set_grad_enabled(grad_mode)
+
+        n_targets = targets_bt.shape[1]
+        code_list = torch.stack([codes[m] for m in self.methods]).tolist()  # one host sync
+        status = {m: [STATUSES[c] for c in row] for m, row in zip(self.methods, code_list)}
+        if multi:
+            cams = {m: c.reshape(batch, n_targets, *c.shape[-2:]) for m, c in cams.items()}
+            out_targets = targets_bt
+        else:
+            out_targets = targets_bt[:, 0]
+        return CamBatch(logits=logits, targets=out_targets, cams=cams, status=status)
+
+    # ------------------------------------------------------------------ steps
+
+    def _resolve_targets(
+        self, targets: Tensor | Sequence[int] | str | None, logits: Tensor
+    ) -> tuple[Tensor, bool]:
+        batch, n_classes = logits.shape
+        if targets is None or (isinstance(targets, str) and targets == "predicted"):
+            return logits.detach().argmax(dim=1, keepdim=True), False
+        if isinstance(targets, str):
+            raise ValueError(f"`targets` must be 'predicted', None or class indices, got {targets!r}")
+        if not isinstance(targets, Tensor):
+            targets = torch.as_tensor(list(targets))
+        if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+            raise TypeError(f"`targets` must hold integer class indices, got dtype {targets.dtype}")
+        targets = targets.to(device=logits.device, dtype=torch.long)
+        if targets.dim() == 1 and targets.shape[0] == batch:
+            targets_bt, multi = targets[:, None], False
+        elif targets.dim() == 2 and targets.shape[0] == batch and targets.shape[1] >= 1:
+            targets_bt, multi = targets, True
+        else:
+            raise ValueError(
+                f"`targets` must have shape [B] or [B, T] with B={batch}, got {tuple(targets.shape)}"
+            )
+        if bool(((targets_bt < 0) | (targets_bt >= n_classes)).any()):
+            raise ValueError(
+                f"`targets` must be class indices in [0, {n_classes}), got "
+                f"min {int(targets_bt.min())} max {int(targets_bt.max())}"
+            )
+        return targets_bt, multi
+
+    def _gradients(
+        self, logits: Tensor, targets_bt: Tensor, captured: list[Tensor]
+    ) -> list[Tensor | None]:
+        """``dy_c/dA`` per layer as ``[B*T, ...]`` (row-major over (sample, target))."""
+        if not self._needs_grad:
+            return [None] * len(captured)
+        if not logits.requires_grad:
+            return [torch.zeros(targets_bt.numel(), *a.shape[1:], device=a.device) for a in captured]
+        per_target: list[list[Tensor]] = []
+        with torch.enable_grad():  # the caller's grad mode may be off
+            scores = logits.gather(1, targets_bt)  # [B, T] raw logits
+            n_targets = scores.shape[1]
+            for t in range(n_targets):
+                grads = torch.autograd.grad(
+                    scores[:, t].sum(),
+                    captured,
+                    retain_graph=t < n_targets - 1,
+                    allow_unused=True,
+                )
+                per_target.append(
+                    [torch.zeros_like(a) if g is None else g for g, a in zip(grads, captured)]
+                )
+        out: list[Tensor | None] = []
+        for index in range(len(captured)):
+            stacked = torch.stack([per_target[t][index] for t in range(n_targets)], dim=1)
+            out.append(stacked.flatten(0, 1))
+        return out
+
+    def _to_grid(self, tensor: Tensor, name: str) -> Tensor:
+        grid = self.reshape(tensor) if self.reshape is not None else tensor
+        if grid.dim() != 4:
+            raise ValueError(
+                f"target layer {name!r} outputs shape {tuple(tensor.shape)}; the CAM engine needs "
+                "[B, K, h, w]: pass `reshape=` (e.g. auditor.cam.vit_reshape() for ViT tokens "
+                "[B, 1+h*w, D], auditor.cam.swin_reshape() for [B, h, w, D])"
+            )
+        return grid
+
+    def _compute_maps(
+        self,
+        images: Tensor,
+        logits: Tensor,
+        targets_bt: Tensor,
+        captured: list[Tensor],
+        grads: list[Tensor | None],
+    ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        batch, n_targets = targets_bt.shape
+        rows = batch * n_targets
+        sample_index = torch.arange(batch, device=logits.device).repeat_interleave(n_targets)
+        targets_n = targets_bt.reshape(-1)
+        logits_n = logits[sample_index]
+
+        per_layer: list[dict[str, Tensor]] = []
+        flags: list[dict[str, Tensor]] = []
+        for name, module, raw, grad_raw in zip(self.layer_names, self._modules, captured, grads):
+            raw = raw.detach()
+            acts_b = self._to_grid(raw, name).float()
+            finite_b = torch.isfinite(acts_b).flatten(1).all(1)
+            acts_b = torch.where(finite_b[:, None, None, None], acts_b, 0.0)
+            acts = acts_b[sample_index] if n_targets > 1 else acts_b
+            finite = finite_b[sample_index]
+            grad = None
+            zero_grad = torch.zeros(rows, dtype=torch.bool, device=acts.device)
+            if grad_raw is not None:
+                grad = self._to_grid(grad_raw, name).float()
+                grad_finite = torch.isfinite(grad).flatten(1).all(1)
+                finite = finite & grad_finite
+                grad = torch.where(finite[:, None, None, None], grad, 0.0)
+                zero_grad = (grad == 0).flatten(1).all(1)
+            flat = acts.flatten(2)
+            constant = (flat.amax(2) == flat.amin(2)).all(1)
+            flags.append({"finite": finite, "zero_grad": zero_grad, "constant": constant})
+
+            cache: dict[str, Tensor] = {}
+
+            def head_weight(name: str = name, k: int = acts.shape[1]) -> Tensor:
+                return self._head_weight(name, k)
+
+            def masked_scores(
+                name: str = name, acts_b: Tensor = acts_b, cache: dict[str, Tensor] = cache
+            ) -> Tensor:
+                if "masked" not in cache:
+                    scores = self._masked_scores(images, acts_b, targets_bt)  # [B, K, T]
+                    cache["masked"] = scores.permute(0, 2, 1).reshape(rows, -1)
+                return cache["masked"]
+
+            def ablated_scores(
+                name: str = name,
+                module: nn.Module = module,
+                raw: Tensor = raw,
+                cache: dict[str, Tensor] = cache,
+            ) -> Tensor:
+                if "ablated" not in cache:
+                    scores = self._ablated_scores(images, name, raw, targets_bt)  # [B, K, T]
+                    cache["ablated"] = scores.permute(0, 2, 1).reshape(rows, -1)
+                return cache["ablated"]
+
+            ctx = CamContext(
+                activations=acts,
+                gradients=grad,
+                targets=targets_n,
+                logits=logits_n,
+                layer=name,
+                head_weight=head_weight,
+                masked_scores=masked_scores,
+                ablated_scores=ablated_scores,
+            )
+            maps: dict[str, Tensor] = {}
+            for method in self.methods:
+                spec = METHODS[method]
+                cam = spec.fn(ctx).float()
+                cam = torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
+                bad = ~finite
+                if spec.needs_gradients:
+                    bad = bad | zero_grad
+                maps[method] = torch.where(bad[:, None, None], 0.0, cam)
+            per_layer.append(maps)
+
+        size = max((m[self.methods[0]].shape[-2:] for m in per_layer), key=lambda s: s[0] * s[1])
+        size_t = (int(size[0]), int(size[1]))
+        cams: dict[str, Tensor] = {}
+        codes: dict[str, Tensor] = {}
+        nonfinite = torch.stack([f["finite"] for f in flags]).logical_not().any(0)
+        all_zero_grad = torch.stack([f["zero_grad"] for f in flags]).all(0)
+        all_constant = torch.stack([f["constant"] for f in flags]).all(0)
+        for method in self.methods:
+            fused = per_layer[0][method]
+            if len(per_layer) > 1:
+                fused = sum(upsample_cams(m[method], size_t) for m in per_layer)  # type: ignore[assignment]
+            zero_map = (fused == 0).flatten(1).all(1)
+            code = torch.full((rows,), _OK, dtype=torch.long, device=fused.device)
+            code = torch.where(zero_map, _ZERO_MAP, code)
+            code = torch.where(all_constant, _CONSTANT, code)
+            if METHODS[method].needs_gradients:
+                code = torch.where(all_zero_grad, _ZERO_GRAD, code)
+            code = torch.where(nonfinite, _NONFINITE, code)
+            cams[method] = fused
+            codes[method] = code
+        return cams, codes
+
+    # ------------------------------------------------------------------ method helpers
+
+    def _head_weight(self, name: str, channels: int) -> Tensor:
+        """Weight ``[C, K]`` of the last ``nn.Linear`` with ``in_features == K`` (CAM's head)."""
+        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
+        matching = [m for m in linears if m.in_features == channels]
+        if not matching:
+            found = [m.in_features for m in linears]
+            raise ValueError(
+                f"method 'cam' needs a global-average-pool + linear head on layer {name!r}: a final "
+                f"nn.Linear with in_features == {channels} channels, but "
+                f"{type(self.model).__name__} has Linear in_features {found}; use 'gradcam' "
+                "(equal to CAM up to a positive scale on GAP+linear heads) or another method"
+            )
+        return matching[-1].weight.detach().float()
+
+    def _masked_scores(self, images: Tensor, acts: Tensor, targets_bt: Tensor) -> Tensor:
+        """Score-CAM: softmax prob of each target for ``X * norm(up(A_k))`` -> ``[B, K, T]``.
+
+        Channels whose upsampled map is constant give a zero mask, i.e. the all-zero input: its
+        score is computed once and shared. The other ``(b, k)`` pairs run in chunks of
+        ``score_batch_size`` masked images.
+        """
+        batch, channels = acts.shape[:2]
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        with torch.inference_mode():
+            zero_probs = self._forward_logits(images[:1] * 0).softmax(1)[0]  # [C]
+            scores = zero_probs[targets_bt][:, None, :].expand(batch, channels, -1).clone()
+            flat = acts.flatten(2)
+            varying = flat.amax(2) > flat.amin(2)  # [B, K]; upsampling keeps the range
+            pairs = varying.nonzero()  # host sync: the number of masked forwards
+            for chunk in self._chunks(pairs.shape[0]):
+                b_idx, k_idx = pairs[chunk, 0], pairs[chunk, 1]
+                up = upsample_cams(acts[b_idx, k_idx], size)  # [n, H, W]
+                lo = up.flatten(1).amin(1)[:, None, None]
+                hi = up.flatten(1).amax(1)[:, None, None]
+                masks = (up - lo) / torch.where(hi > lo, hi - lo, 1.0)
+                masked = images[b_idx] * masks[:, None].to(images.dtype)
+                probs = self._forward_logits(masked).softmax(1)
+                scores[b_idx, k_idx] = probs.gather(1, targets_bt[b_idx])
+        return scores
+
+    def _ablated_scores(self, images: Tensor, name: str, raw: Tensor, targets_bt: Tensor) -> Tensor:
+        """Ablation-CAM: target logits with channel ``k`` zeroed at layer ``name`` -> ``[B, K, T]``.
+
+        Uses the fx tail (:func:`auditor.cam.tail.build_tail`) when the network after the layer
+        depends only on it; otherwise full forwards with a hook replacing the layer's output.
+        """
+        grid = self._to_grid(raw, name)
+        batch, channels = grid.shape[:2]
+        tail = None
+        if self.use_tail:
+            if name not in self._tails:
+                self._tails[name], self.tail_reasons[name] = build_tail(self.model, name)
+            tail = self._tails[name]
+        total = batch * channels
+        out = torch.empty(total, targets_bt.shape[1], device=raw.device)
+        b_all = torch.arange(batch, device=raw.device).repeat_interleave(channels)
+        k_all = torch.arange(channels, device=raw.device).repeat(batch)
+        with torch.inference_mode():
+            for chunk in self._chunks(total):
+                b_idx, k_idx = b_all[chunk], k_all[chunk]
+                ablated = self._ablate(raw[b_idx], k_idx)
+                if tail is not None:
+                    with self._autocast(raw.device):
+                        logits = _logits_of(tail(ablated)).float()
+                else:
+                    self._replace = (name, ablated)
+                    try:
+                        logits = self._forward_logits(images[b_idx])
+                    finally:
+                        self._replace = None
+                out[chunk] = logits.gather(1, targets_bt[b_idx])
+        return out.reshape(batch, channels, -1)
+
+    def _ablate(self, raw: Tensor, k_idx: Tensor) -> Tensor:
+        """Zero channel ``k_idx[i]`` of sample ``i`` (in the reshaped grid's channel space)."""
+        n = raw.shape[0]
+        rows = torch.arange(n, device=raw.device)
+        if self.reshape is None:
+            ablated = raw.clone()
+            ablated[rows, k_idx] = 0
+            return ablated
+        # the reshape is a re-indexing r: its adjoint maps the one-hot grid of channel k to the
+        # indicator of the raw entries that land in channel k
+        with torch.inference_mode(False), torch.enable_grad():
+            probe = torch.zeros(raw.shape, device=raw.device, requires_grad=True)
+            grid = self.reshape(probe)
+            onehot = torch.zeros(grid.shape, device=raw.device)
+            onehot[rows, k_idx] = 1.0
+            (indicator,) = torch.autograd.grad(grid, probe, grad_outputs=onehot)
+        return raw * (indicator == 0).to(raw.dtype)
+
+
+def compute_cams(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor | Sequence[int] | str | None = None,
+    methods: Sequence[str] = ("gradcam",),
+    layer: str | Sequence[str] | None = None,
+    **engine_kwargs: Any,
+) -> dict[str, Tensor]:
+    """Compute CAMs for a batch and upsample them to the images' size.
+
+    A thin wrapper over :class:`CamEngine` (see it for ``engine_kwargs``:
+    ``score_batch_size``, ``autocast``, ``reshape``).
+
+    Args:
+        model: the classifier, returning logits ``[B, C]``.
+        images: ``[B, C, H, W]``.
+        targets: LongTensor ``[B]`` (class per sample), ``"predicted"`` or ``None`` (= predicted),
+            or ``[B, T]`` for several classes per image (maps ``[B, T, H, W]``, one forward).
+        methods: names from :data:`auditor.cam.METHODS`.
+        layer: target layer name(s); ``None`` = auto-detected.
+
+    Returns:
+        ``{method: Tensor[B, H, W]}`` float32 >= 0 on the model's device, not normalised.
+    """
+    with CamEngine(model, layer, methods, **engine_kwargs) as engine:
+        batch = engine.run(images, targets)
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    return batch.upsampled(size)

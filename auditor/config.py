@@ -1,0 +1,468 @@
+"""TOML configuration → validated, frozen :class:`AuditConfig`.
+
+Relative paths are relative to the config file's folder. Unknown keys are errors that name the
+key and the file (a typo must not silently disable a gate). See DESIGN.md §4.2 and README.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import tomllib
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any
+
+from auditor.errors import ConfigError
+
+TOP_LEVEL_SECTIONS = ("model", "data", "audit", "gates", "report")
+
+#: Gate shorthands on per-class statistics other than localisation metrics.
+GATE_EXTRA_QUANTITIES = (
+    "accuracy",
+    "only_fg_drop",
+    "background_gap",
+    "only_fg_accuracy",
+    "only_bg_accuracy",
+    "mixed_rand_accuracy",
+)
+SEVERITIES = ("high", "medium", "low")
+
+
+def _suggest(key: str, allowed: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, list(allowed), n=1)
+    return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def check_keys(
+    table: Mapping[str, Any], allowed: list[str] | tuple[str, ...], section: str, source: str
+) -> None:
+    """Raise :class:`ConfigError` for the first key of ``table`` not in ``allowed``."""
+    for key in table:
+        if key not in allowed:
+            raise ConfigError(
+                f"{source}: unknown key [{section}] {key}{_suggest(key, allowed)}; "
+                f"allowed: {', '.join(sorted(allowed))}"
+            )
+
+
+def _typed(
+    table: Mapping[str, Any],
+    key: str,
+    kind: type | tuple[type, ...],
+    default: Any,
+    section: str,
+    source: str,
+) -> Any:
+    if key not in table:
+        return default
+    value = table[key]
+    # bool is an int subclass: refuse it where a number is expected.
+    bad_bool = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    if not isinstance(value, kind) or bad_bool:
+        names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
+        raise ConfigError(f"{source}: [{section}] {key} must be {names}, got {value!r}")
+    return value
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """The ``[model]`` section: where the network comes from and which layer to explain."""
+
+    factory: str | None = None
+    torchvision: str | None = None
+    weights: Path | None = None
+    file: Path | None = None
+    num_classes: int | None = None
+    target_layer: str | tuple[str, ...] | None = None
+    name: str | None = None
+    trust_model_code: bool = False
+    reshape: str | None = None
+    factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    base_dir: Path = Path(".")
+
+    @property
+    def source(self) -> str:
+        if self.factory:
+            return f"factory:{self.factory}"
+        if self.torchvision:
+            return f"torchvision:{self.torchvision}"
+        return f"file:{self.file}"
+
+
+MODEL_KEYS = (
+    "factory",
+    "torchvision",
+    "weights",
+    "file",
+    "num_classes",
+    "target_layer",
+    "name",
+    "trust_model_code",
+    "reshape",
+    "kwargs",
+)
+
+
+def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConfig:
+    check_keys(table, MODEL_KEYS, "model", source)
+    factory = _typed(table, "factory", str, None, "model", source)
+    tv = _typed(table, "torchvision", str, None, "model", source)
+    file = _typed(table, "file", str, None, "model", source)
+    given = [k for k, v in (("factory", factory), ("torchvision", tv), ("file", file)) if v]
+    if len(given) != 1:
+        raise ConfigError(
+            f"{source}: [model] needs exactly one of factory, torchvision or file; got "
+            f"{given or 'none'}"
+        )
+    if factory and ":" not in factory:
+        raise ConfigError(
+            f"{source}: [model] factory must look like 'module:callable', got {factory!r}"
+        )
+    weights = _typed(table, "weights", str, None, "model", source)
+    num_classes = _typed(table, "num_classes", int, None, "model", source)
+    if num_classes is not None and num_classes < 1:
+        raise ConfigError(f"{source}: [model] num_classes must be >= 1, got {num_classes}")
+    layer = table.get("target_layer")
+    if layer is not None:
+        if isinstance(layer, list) and layer and all(isinstance(x, str) for x in layer):
+            layer = tuple(layer)
+        elif not isinstance(layer, str):
+            raise ConfigError(
+                f"{source}: [model] target_layer must be a string or a list of strings, "
+                f"got {layer!r}"
+            )
+    reshape = _typed(table, "reshape", str, None, "model", source)
+    if reshape is not None and reshape not in ("vit", "swin"):
+        raise ConfigError(f"{source}: [model] reshape must be 'vit' or 'swin', got {reshape!r}")
+    kwargs = _typed(table, "kwargs", dict, {}, "model", source)
+    return ModelConfig(
+        factory=factory,
+        torchvision=tv,
+        weights=(base / weights).resolve() if weights else None,
+        file=(base / file).resolve() if file else None,
+        num_classes=num_classes,
+        target_layer=layer,
+        name=_typed(table, "name", str, None, "model", source),
+        trust_model_code=_typed(table, "trust_model_code", bool, False, "model", source),
+        reshape=reshape,
+        factory_kwargs=dict(kwargs),
+        base_dir=base,
+    )
+
+
+@dataclass(frozen=True)
+class AuditSettings:
+    """The ``[audit]`` section: methods, targets and which analyses run."""
+
+    methods: tuple[str, ...] = ("gradcam",)
+    primary_method: str | None = None
+    target: str = "label"
+    batch_size: int = 32
+    seed: int = 0
+    device: str = "cpu"
+    num_workers: int = 0
+    interventions: bool = True
+    intervention_fill: str = "mean"
+    faithfulness_samples: int = 64
+    faithfulness_steps: int = 20
+    sanity_check: bool = True
+    sanity_samples: int = 32
+    clusters: bool = True
+    bootstrap: int = 2000
+    confidence: float = 0.95
+    pointing_tolerance: int = 0
+    iou_threshold: float = 0.5
+    border_width: float = 0.1
+    score_batch_size: int = 128
+    gallery_per_class: int = 4
+    autocast: str | None = None
+    limit: int | None = None
+
+    @property
+    def primary(self) -> str:
+        return self.primary_method or self.methods[0]
+
+
+def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
+    allowed = tuple(f.name for f in fields(AuditSettings))
+    check_keys(table, allowed, "audit", source)
+    defaults = AuditSettings()
+    values: dict[str, Any] = {}
+    for f in fields(AuditSettings):
+        if f.name not in table:
+            continue
+        default = getattr(defaults, f.name)
+        value = table[f.name]
+        if f.name == "methods":
+            if isinstance(value, str):
+                value = [value]
+            if not isinstance(value, list) or not value or not all(
+                isinstance(v, str) for v in value
+            ):
+                raise ConfigError(
+                    f"{source}: [audit] methods must be a non-empty list of names, got {value!r}"
+                )
+            from auditor.cam import METHODS
+
+            for name in value:
+                if name not in METHODS:
+                    raise ConfigError(
+                        f"{source}: [audit] methods: unknown method {name!r}"
+                        f"{_suggest(name, list(METHODS))}; known: {', '.join(METHODS)}"
+                    )
+            if len(set(value)) != len(value):
+                raise ConfigError(f"{source}: [audit] methods has duplicates: {value!r}")
+            values["methods"] = tuple(value)
+            continue
+        if isinstance(default, bool):
+            kind: type | tuple[type, ...] = bool
+        elif isinstance(default, int) and f.name != "limit":
+            kind = int
+        elif isinstance(default, float):
+            kind = (int, float)
+        else:
+            kind = (str,) if f.name != "limit" else (int,)
+        values[f.name] = _typed(table, f.name, kind, default, "audit", source)
+    settings = AuditSettings(**values)
+    if settings.target not in ("label", "predicted"):
+        raise ConfigError(
+            f"{source}: [audit] target must be 'label' or 'predicted', got {settings.target!r}"
+        )
+    if settings.primary_method is not None and settings.primary_method not in settings.methods:
+        raise ConfigError(
+            f"{source}: [audit] primary_method {settings.primary_method!r} is not in methods "
+            f"{list(settings.methods)}"
+        )
+    for name in ("batch_size", "bootstrap", "score_batch_size", "faithfulness_steps"):
+        if getattr(settings, name) < 1:
+            raise ConfigError(f"{source}: [audit] {name} must be >= 1, got {getattr(settings, name)}")
+    for name in ("faithfulness_samples", "sanity_samples", "num_workers", "gallery_per_class",
+                 "pointing_tolerance"):
+        if getattr(settings, name) < 0:
+            raise ConfigError(f"{source}: [audit] {name} must be >= 0, got {getattr(settings, name)}")
+    if not 0.5 <= settings.confidence < 1:
+        raise ConfigError(
+            f"{source}: [audit] confidence must be in [0.5, 1), got {settings.confidence}"
+        )
+    if not 0 < settings.iou_threshold <= 1:
+        raise ConfigError(
+            f"{source}: [audit] iou_threshold must be in (0, 1], got {settings.iou_threshold}"
+        )
+    if not 0 < settings.border_width < 0.5:
+        raise ConfigError(
+            f"{source}: [audit] border_width must be in (0, 0.5), got {settings.border_width}"
+        )
+    if settings.intervention_fill not in ("mean", "blur", "black"):
+        raise ConfigError(
+            f"{source}: [audit] intervention_fill must be 'mean', 'blur' or 'black', got "
+            f"{settings.intervention_fill!r}"
+        )
+    if settings.autocast not in (None, "bfloat16", "float16"):
+        raise ConfigError(
+            f"{source}: [audit] autocast must be 'bfloat16' or 'float16', got {settings.autocast!r}"
+        )
+    return settings
+
+
+@dataclass(frozen=True)
+class GateRule:
+    """One release gate: ``stat`` of ``quantity`` must stay within [min, max].
+
+    ``scope`` "class" checks every class (or those in ``classes``), "overall" the whole set.
+    ``quantity`` is a metric name (``background_focus``...), ``accuracy``, an intervention
+    quantity (``only_fg_drop``, ``background_gap``...), or ``findings_<severity>`` (count).
+    """
+
+    name: str
+    quantity: str
+    stat: str = "mean"
+    scope: str = "class"
+    method: str | None = None
+    min: float | None = None
+    max: float | None = None
+    classes: tuple[str, ...] | None = None
+
+
+RULE_KEYS = ("name", "metric", "stat", "scope", "method", "min", "max", "classes")
+
+
+def _parse_gates(
+    table: Mapping[str, Any], source: str, known_metrics: tuple[str, ...]
+) -> tuple[GateRule, ...]:
+    quantities = known_metrics + GATE_EXTRA_QUANTITIES
+    shorthand = [f"{b}_{q}" for q in quantities for b in ("max", "min")]
+    shorthand += [f"max_findings_{s}" for s in SEVERITIES]
+    shorthand += [f"max_overall_{q}" for q in quantities] + [f"min_overall_{q}" for q in quantities]
+    # comparison gates (used by `auditor compare`): max_<metric>_increase / _decrease
+    shorthand += [f"max_{q}_increase" for q in quantities] + [
+        f"max_{q}_decrease" for q in quantities
+    ]
+    check_keys(table, tuple(shorthand) + ("rule",), "gates", source)
+    rules: list[GateRule] = []
+    for key, value in table.items():
+        if key == "rule":
+            continue
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ConfigError(f"{source}: [gates] {key} must be a number, got {value!r}")
+        if key.endswith("_increase") or key.endswith("_decrease"):
+            rules.append(GateRule(name=key, quantity=key[4:], scope="compare", max=float(value)))
+            continue
+        bound, rest = key.split("_", 1)
+        scope = "class"
+        if rest.startswith("overall_"):
+            scope, rest = "overall", rest[len("overall_"):]
+        if rest.startswith("findings_"):
+            scope = "findings"
+        kwargs = {bound: float(value)}
+        rules.append(GateRule(name=key, quantity=rest, scope=scope, **kwargs))  # type: ignore[arg-type]
+    for i, raw in enumerate(table.get("rule", [])):
+        where = f"[[gates.rule]] #{i + 1}"
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{source}: {where} must be a table, got {raw!r}")
+        check_keys(raw, RULE_KEYS, f"gates.rule #{i + 1}", source)
+        metric = raw.get("metric")
+        if metric not in quantities:
+            raise ConfigError(
+                f"{source}: {where} metric must be one of {', '.join(quantities)}, got {metric!r}"
+            )
+        stat = raw.get("stat", "mean")
+        if stat not in ("mean", "ci_low", "ci_high"):
+            raise ConfigError(f"{source}: {where} stat must be mean/ci_low/ci_high, got {stat!r}")
+        scope = raw.get("scope", "class")
+        if scope not in ("class", "overall"):
+            raise ConfigError(f"{source}: {where} scope must be 'class' or 'overall', got {scope!r}")
+        lo, hi = raw.get("min"), raw.get("max")
+        for nm, v in (("min", lo), ("max", hi)):
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+                raise ConfigError(f"{source}: {where} {nm} must be a number, got {v!r}")
+        if lo is None and hi is None:
+            raise ConfigError(f"{source}: {where} needs min or max")
+        classes = raw.get("classes")
+        if classes is not None and (
+            not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+        ):
+            raise ConfigError(f"{source}: {where} classes must be a list of names, got {classes!r}")
+        rules.append(
+            GateRule(
+                name=str(raw.get("name") or f"rule{i + 1}:{metric}"),
+                quantity=metric,
+                stat=stat,
+                scope=scope,
+                method=raw.get("method"),
+                min=None if lo is None else float(lo),
+                max=None if hi is None else float(hi),
+                classes=tuple(classes) if classes else None,
+            )
+        )
+    return tuple(rules)
+
+
+@dataclass(frozen=True)
+class ReportSettings:
+    """The ``[report]`` section."""
+
+    title: str = "Model attention audit"
+    pdf: bool = True
+    templates: Path | None = None
+    pdf_timeout_s: float = 600.0
+
+
+def _parse_report(table: Mapping[str, Any], base: Path, source: str) -> ReportSettings:
+    check_keys(table, ("title", "pdf", "templates", "pdf_timeout_s"), "report", source)
+    tpl = _typed(table, "templates", str, None, "report", source)
+    return ReportSettings(
+        title=_typed(table, "title", str, ReportSettings.title, "report", source),
+        pdf=_typed(table, "pdf", bool, True, "report", source),
+        templates=(base / tpl).resolve() if tpl else None,
+        pdf_timeout_s=float(_typed(table, "pdf_timeout_s", (int, float), 600.0, "report", source)),
+    )
+
+
+@dataclass(frozen=True)
+class AuditConfig:
+    """The whole validated configuration; ``sha256`` fingerprints the file's bytes."""
+
+    model: ModelConfig
+    data: Any  # auditor.data.config.DataConfig
+    audit: AuditSettings
+    gates: tuple[GateRule, ...]
+    report: ReportSettings
+    source: Path | None
+    sha256: str
+    raw: Mapping[str, Any]
+
+
+def parse_config(
+    raw: Mapping[str, Any], *, base_dir: Path, source: str = "<config>", sha256: str | None = None
+) -> AuditConfig:
+    """Validate an already-parsed TOML mapping (see :func:`load_config`)."""
+    from auditor.data.config import parse_data_section
+    from auditor.metrics.registry import METRICS
+
+    check_keys(raw, TOP_LEVEL_SECTIONS, "top level", source)
+    for section in ("model", "data"):
+        if section not in raw:
+            raise ConfigError(f"{source}: missing section [{section}]")
+    for section in TOP_LEVEL_SECTIONS:
+        if section in raw and not isinstance(raw[section], dict):
+            raise ConfigError(f"{source}: [{section}] must be a table")
+    base = base_dir.resolve()
+    digest = sha256 or hashlib.sha256(repr(sorted(raw.items())).encode()).hexdigest()
+    return AuditConfig(
+        model=_parse_model(raw["model"], base, source),
+        data=parse_data_section(raw["data"], base, source),
+        audit=_parse_audit(raw.get("audit", {}), source),
+        gates=_parse_gates(raw.get("gates", {}), source, tuple(METRICS)),
+        report=_parse_report(raw.get("report", {}), base, source),
+        source=None,
+        sha256=digest,
+        raw=raw,
+    )
+
+
+def load_config(path: str | Path) -> AuditConfig:
+    """Read and validate a TOML config file.
+
+    Raises :class:`ConfigError` naming the file (and the key) for anything wrong.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}")
+    data = p.read_bytes()
+    try:
+        raw = tomllib.loads(data.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p.name}: invalid TOML: {exc}") from exc
+    cfg = parse_config(
+        raw, base_dir=p.parent, source=p.name, sha256=hashlib.sha256(data).hexdigest()
+    )
+    return _replace(cfg, source=p.resolve())
+
+
+def _replace(cfg: AuditConfig, **changes: Any) -> AuditConfig:
+    from dataclasses import replace
+
+    return replace(cfg, **changes)
+
+
+def with_overrides(cfg: AuditConfig, **audit_changes: Any) -> AuditConfig:
+    """A copy with ``[audit]`` fields replaced (CLI flags such as --device, --limit)."""
+    from dataclasses import replace
+
+    changes = {k: v for k, v in audit_changes.items() if v is not None}
+    return replace(cfg, audit=replace(cfg.audit, **changes))
+
+
+def to_jsonable(obj: Any) -> Any:
+    """Dataclasses/paths/tuples → JSON-friendly values (for provenance and summary.json)."""
+    if is_dataclass(obj) and not isinstance(obj, type):
+        return {k: to_jsonable(v) for k, v in asdict(obj).items()}
+    if isinstance(obj, Mapping):
+        return {str(k): to_jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [to_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj

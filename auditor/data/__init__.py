@@ -1,0 +1,26 @@
+"""Datasets in: readers per format, safe paths, transforms that keep masks aligned.
+
+Public API::
+
+    from auditor.data import parse_data_section, open_dataset, dataset_from_torch, iter_batches
+"""
+
+from __future__ import annotations
+
+from auditor.data.api import dataset_from_torch, open_dataset
+from auditor.data.config import DataConfig, parse_data_section
+from auditor.data.loader import Batch, iter_batches
+from auditor.data.safety import safe_join
+from auditor.data.sample import EvalDataset, EvalSample
+
+__all__ = [
+    "Batch",
+    "DataConfig",
+    "EvalDataset",
+    "EvalSample",
+    "dataset_from_torch",
+    "iter_batches",
+    "open_dataset",
+    "parse_data_section",
+    "safe_join",
+]

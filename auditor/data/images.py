@@ -1,0 +1,250 @@
+"""Reading image and mask files defensively.
+
+Every function here raises :class:`BadSample` with a human-readable reason for bad data
+(missing, empty, truncated, corrupt, not an image, decompression bomb, unsupported mode); the
+dataset turns it into :class:`auditor.errors.SampleSkipped` with the sample id. Nothing here
+changes PIL's global settings.
+
+Rules (documented in ``docs/data-formats.md``):
+
+* Only a fixed set of decoders is enabled (:data:`IMAGE_FORMATS`), which narrows the attack
+  surface of exotic formats.
+* The pixel count is checked from the header BEFORE decoding (``max_image_pixels``); PIL's own
+  ``DecompressionBombWarning``/``DecompressionBombError`` are turned into skips as well.
+* Images get ``ImageOps.exif_transpose`` (the displayed orientation); masks are used exactly
+  as stored, and are expected in the displayed orientation of their image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import struct
+import warnings
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+__all__ = [
+    "IMAGE_FORMATS",
+    "BadSample",
+    "DecodedImage",
+    "binary_from_values",
+    "decode_image",
+    "decode_mask_values",
+    "read_bytes",
+    "sha256_bytes",
+    "trimap_to_mask",
+]
+
+#: PIL decoders allowed for images and masks.
+IMAGE_FORMATS: tuple[str, ...] = ("PNG", "JPEG", "BMP", "GIF", "TIFF", "WEBP", "PPM")
+
+_DECODE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    SyntaxError,
+    ValueError,
+    EOFError,
+    TypeError,
+    IndexError,
+    KeyError,
+    struct.error,
+    zlib.error,
+    MemoryError,
+)
+
+
+class BadSample(Exception):  # noqa: N818 - internal signal carrying a skip reason
+    """A sample that cannot be used; ``reason`` is shown in the report."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+def sha256_bytes(data: bytes) -> str:
+    """Hex sha256 of ``data``."""
+    return hashlib.sha256(data).hexdigest()
+
+
+def read_bytes(path: Path, what: str, max_bytes: int) -> bytes:
+    """Read a whole file after checking it exists, is a regular file, non-empty, not too big.
+
+    ``what`` (``"image"``, ``"mask"``, ...) prefixes the reasons.
+    """
+    name = path.name
+    try:
+        if not path.exists():
+            raise BadSample(f"{what} file not found: {name}")
+        if not path.is_file():
+            raise BadSample(f"{what} path is not a regular file: {name}")
+        size = path.stat().st_size
+        if size == 0:
+            raise BadSample(f"{what} file is empty (0 bytes): {name}")
+        if size > max_bytes:
+            raise BadSample(
+                f"{what} file too large: {size} bytes > max_file_bytes={max_bytes}: {name}"
+            )
+        return path.read_bytes()
+    except OSError as exc:
+        raise BadSample(f"cannot read {what} file {name}: {exc.strerror or exc}") from exc
+
+
+def _open_checked(data: bytes, what: str, max_pixels: int) -> Image.Image:
+    """Open from bytes, check the header's pixel count, then decode fully."""
+    pil_limit = Image.MAX_IMAGE_PIXELS
+    with warnings.catch_warnings():
+        if pil_limit is None or max_pixels <= pil_limit:
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+        else:
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        try:
+            im = Image.open(io.BytesIO(data), formats=IMAGE_FORMATS)
+            width, height = im.size
+            if width <= 0 or height <= 0:
+                raise BadSample(f"{what} has an empty size {width}x{height}")
+            if width * height > max_pixels:
+                raise BadSample(
+                    f"decompression bomb guard: {what} is {width}x{height} = "
+                    f"{width * height} pixels > max_image_pixels={max_pixels} (not decoded)"
+                )
+            im.load()
+        except BadSample:
+            raise
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise BadSample(f"decompression bomb guard: {what} rejected by PIL: {exc}") from exc
+        except UnidentifiedImageError as exc:
+            raise BadSample(
+                f"{what} is not a recognised image (allowed: {', '.join(IMAGE_FORMATS)})"
+            ) from exc
+        except _DECODE_ERRORS as exc:
+            raise BadSample(f"cannot decode {what} (corrupt or truncated): {exc}") from exc
+    return im
+
+
+@dataclass(frozen=True)
+class DecodedImage:
+    """An RGB image in its displayed orientation, with provenance."""
+
+    image: Image.Image
+    sha256: str
+    stored_size: tuple[int, int]  # (width, height) before EXIF transposition
+    notes: tuple[str, ...]
+
+
+def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
+    """Decode image bytes to RGB in the displayed (EXIF-transposed) orientation.
+
+    Modes: ``RGB`` kept; ``L``/``1``/``P``/``CMYK``/``YCbCr``/``LAB``/``HSV`` converted with
+    PIL; alpha channels (``RGBA``/``LA``/``PA``/``P`` with transparency) are dropped with a
+    note; 16-bit grey is scaled by 1/257 to 8 bits with a note; other modes are skipped.
+    """
+    im = _open_checked(data, "image", max_pixels)
+    notes: list[str] = []
+    n_frames = int(getattr(im, "n_frames", 1))
+    if n_frames > 1:
+        notes.append(f"multi-frame image ({n_frames} frames): first frame used")
+    stored_size = im.size
+    try:
+        im = ImageOps.exif_transpose(im)
+    except _DECODE_ERRORS as exc:
+        notes.append(f"EXIF orientation unreadable ({exc}): image used as stored")
+    if im.size != stored_size:
+        notes.append("EXIF orientation applied (image rotated to its displayed orientation)")
+    mode = im.mode
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
+        arr = np.asarray(im, dtype=np.uint16)
+        im = Image.fromarray((arr // 257).astype(np.uint8), mode="L")
+        notes.append("16-bit grey image scaled to 8 bits")
+        mode = "L"
+    if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
+        notes.append(f"alpha channel of {mode} image dropped")
+    if mode not in ("RGB", "RGBA", "L", "LA", "1", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"):
+        raise BadSample(f"unsupported image mode {mode!r}")
+    if mode != "RGB":
+        try:
+            im = im.convert("RGBA").convert("RGB") if mode in ("P", "PA") else im.convert("RGB")
+        except _DECODE_ERRORS as exc:
+            raise BadSample(f"cannot convert image mode {mode!r} to RGB: {exc}") from exc
+    return DecodedImage(im, sha256_bytes(data), stored_size, tuple(notes))
+
+
+def decode_mask_values(data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Decode a mask file to a 2-D integer array of its stored values.
+
+    Palette (``P``) images give their palette INDICES (VOC class / instance ids), not colours.
+    Multi-channel masks (RGB/RGBA) give the per-pixel maximum over the colour channels with a
+    note. Masks are never EXIF-transposed: they are expected in the displayed orientation.
+    """
+    im = _open_checked(data, "mask", max_pixels)
+    notes: list[str] = []
+    mode = im.mode
+    try:
+        if mode in ("P", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"):
+            values = np.asarray(im).astype(np.int64)
+        elif mode == "1":
+            values = np.asarray(im).astype(np.int64)
+        elif mode in ("LA", "PA"):
+            values = np.asarray(im.getchannel(0)).astype(np.int64)
+            notes.append(f"{mode} mask: alpha ignored")
+        elif mode in ("RGB", "RGBA", "CMYK"):
+            values = np.asarray(im.convert("RGB")).astype(np.int64).max(axis=2)
+            notes.append(f"{mode} mask: a pixel is object where any colour channel is nonzero")
+        elif mode == "F":
+            arr = np.asarray(im)
+            if not np.isfinite(arr).all():
+                raise BadSample("mask has NaN or infinite values")
+            values = (arr != 0).astype(np.int64)
+        else:
+            raise BadSample(f"unsupported mask mode {mode!r}")
+    except BadSample:
+        raise
+    except _DECODE_ERRORS as exc:
+        raise BadSample(f"cannot decode mask: {exc}") from exc
+    if values.ndim != 2:
+        raise BadSample(f"mask must be 2-D, got shape {values.shape}")
+    return values, tuple(notes)
+
+
+def binary_from_values(values: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Binary mask rule: nonzero = object.
+
+    Expected value sets are ``{0, 1}`` and ``{0, 255}``; anything else (e.g. ``0/128/255``
+    from anti-aliased export, or VOC-style ``255`` void) still maps nonzero to object, with a
+    note listing the values found.
+    """
+    uniq = np.unique(values)
+    notes: list[str] = []
+    found = set(uniq.tolist())
+    if not (found <= {0, 1} or found <= {0, 255}):
+        shown = ", ".join(str(v) for v in uniq[:8].tolist()) + (", ..." if len(uniq) > 8 else "")
+        notes.append(f"mask values {{{shown}}} (expected 0/1 or 0/255): nonzero = object")
+    mask = values != 0
+    if not mask.any():
+        notes.append("mask is empty (no object pixel)")
+    return mask, tuple(notes)
+
+
+def trimap_to_mask(values: np.ndarray, boundary: str) -> tuple[np.ndarray, tuple[str, ...]]:
+    """Oxford-IIIT Pet trimap (Parkhi et al., 2012, "Cats and Dogs"): 1 = foreground,
+    2 = background, 3 = boundary / not classified.
+
+    ``boundary = "foreground"`` gives ``mask = (v == 1) | (v == 3)``; ``"background"`` gives
+    ``mask = (v == 1)``. Other values are background, with a note.
+    """
+    if boundary not in ("foreground", "background"):
+        raise ValueError(f"`boundary` must be 'foreground' or 'background', got {boundary!r}")
+    notes: list[str] = []
+    uniq = set(np.unique(values).tolist())
+    odd = sorted(uniq - {1, 2, 3})
+    if odd:
+        notes.append(f"trimap values {odd} outside 1/2/3 treated as background")
+    mask = values == 1
+    if boundary == "foreground":
+        mask = mask | (values == 3)
+    if not mask.any():
+        notes.append("mask is empty (no object pixel)")
+    return mask, tuple(notes)

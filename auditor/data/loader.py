@@ -1,0 +1,139 @@
+"""Batching for the runner: deterministic order, skips recorded, optional worker processes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from auditor.data.sample import EvalDataset, EvalSample
+from auditor.errors import SampleSkipped
+
+__all__ = ["Batch", "collate_samples", "iter_batches"]
+
+
+@dataclass
+class Batch:
+    """A batch of loaded samples plus the samples of this chunk that were skipped.
+
+    ``masks`` is all-False for samples without a mask (``has_mask`` False).
+    """
+
+    indices: list[int]
+    ids: list[str]
+    images: Tensor  # float32 [B, 3, H, W]
+    masks: Tensor  # bool [B, H, W]
+    has_mask: Tensor  # bool [B]
+    labels: Tensor  # int64 [B]
+    image_sha256: list[str]
+    mask_sha256: list[str | None]
+    notes: list[tuple[str, ...]]
+    skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (index, id, reason)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+@dataclass(frozen=True)
+class _Skip:
+    index: int
+    id: str
+    reason: str
+
+
+class _SafeLoad(torch.utils.data.Dataset):  # type: ignore[type-arg]
+    """Map-style view whose items are an EvalSample or a _Skip (never raises SampleSkipped)."""
+
+    def __init__(self, dataset: EvalDataset) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int) -> EvalSample | _Skip:
+        try:
+            return self.dataset.load(index)
+        except SampleSkipped as exc:
+            return _Skip(index, exc.sample_id, exc.reason)
+
+
+def collate_samples(items: Sequence[EvalSample | _Skip], input_size: tuple[int, int]) -> Batch:
+    """Stack samples into a :class:`Batch`; skips go to ``Batch.skipped``."""
+    samples = [s for s in items if isinstance(s, EvalSample)]
+    skipped = [(s.index, s.id, s.reason) for s in items if isinstance(s, _Skip)]
+    h, w = input_size
+    if samples:
+        images = torch.stack([s.image for s in samples])
+        masks = torch.stack(
+            [s.mask if s.mask is not None else torch.zeros((h, w), dtype=torch.bool)
+             for s in samples]
+        )  # fmt: skip
+    else:
+        images = torch.zeros((0, 3, h, w), dtype=torch.float32)
+        masks = torch.zeros((0, h, w), dtype=torch.bool)
+    return Batch(
+        indices=[s.index for s in samples],
+        ids=[s.id for s in samples],
+        images=images,
+        masks=masks,
+        has_mask=torch.tensor([s.mask is not None for s in samples], dtype=torch.bool),
+        labels=torch.tensor([s.label for s in samples], dtype=torch.long),
+        image_sha256=[s.image_sha256 for s in samples],
+        mask_sha256=[s.mask_sha256 for s in samples],
+        notes=[s.notes for s in samples],
+        skipped=skipped,
+    )
+
+
+class _Collate:
+    """Picklable collate function bound to the output size."""
+
+    def __init__(self, input_size: tuple[int, int]) -> None:
+        self.input_size = input_size
+
+    def __call__(self, items: Sequence[EvalSample | _Skip]) -> Batch:
+        return collate_samples(items, self.input_size)
+
+
+def iter_batches(
+    dataset: EvalDataset,
+    indices: Sequence[int],
+    batch_size: int,
+    *,
+    num_workers: int = 0,
+) -> Iterator[Batch]:
+    """Yield batches over ``indices`` in order (chunks of ``batch_size``).
+
+    With ``num_workers > 0`` decoding runs in a ``torch.utils.data.DataLoader`` over a batch
+    sampler (the chunks), so it overlaps the runner's compute; the order stays deterministic.
+    A chunk whose samples were all skipped is still yielded (``B == 0``) with its ``skipped``.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
+    if isinstance(num_workers, bool) or not isinstance(num_workers, int) or num_workers < 0:
+        raise ValueError(f"`num_workers` must be an int >= 0, got {num_workers!r}")
+    n = len(dataset)
+    order = [int(i) for i in indices]
+    for i in order:
+        if not 0 <= i < n:
+            raise ValueError(f"`indices` must lie in [0, {n}), got {i}")
+    chunks = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
+    if not chunks:
+        return
+    collate = _Collate(tuple(dataset.config.input_size))  # type: ignore[arg-type]
+    safe = _SafeLoad(dataset)
+    if num_workers == 0:
+        for chunk in chunks:
+            yield collate([safe[i] for i in chunk])
+        return
+    loader = torch.utils.data.DataLoader(
+        safe,
+        batch_sampler=chunks,
+        num_workers=num_workers,
+        collate_fn=collate,
+        pin_memory=False,
+        persistent_workers=False,
+    )
+    yield from loader

@@ -1,0 +1,340 @@
+"""Model-parameter randomisation sanity check for saliency methods.
+
+Adebayo, Gilmer, Muelly, Goodfellow, Hardt, Kim 2018, "Sanity Checks for Saliency Maps"
+(NeurIPS): a saliency method that explains the *model* must produce different maps when the
+model's learned parameters are replaced by random ones. Here the final linear layer(s) (the
+"head", and optionally the last blocks: the paper's cascading randomisation) of a deep copy of
+the model are re-initialised with a seeded random init, maps are computed on the original and
+on the randomised copy, and their similarity is measured per image with the Spearman rank
+correlation of the absolute maps (the paper's main measure):
+
+.. math::
+
+    \\rho(a, b) = \\frac{\\operatorname{cov}(R(|a|), R(|b|))}
+                       {\\sigma(R(|a|))\\,\\sigma(R(|b|))}
+
+with :math:`R` the average ranks over pixels (ties get their mean rank). The mean of
+:math:`\\rho` over the images is the method's ``similarity``; a method whose maps barely change
+(``similarity >= threshold``) fails the check and is reported as not trustworthy. A global
+SSIM-like score (Wang, Bovik, Sheikh, Simoncelli 2004, "Image Quality Assessment: From Error
+Visibility to Structural Similarity", computed once over the whole min-max normalised map, not
+over sliding windows) is reported alongside.
+
+Methods that ignore the class and the head (e.g. Eigen-CAM) are expected to fail head
+randomisation: their maps do not depend on the head at all.
+
+The user's model is never modified: every change happens on a :func:`copy.deepcopy`.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+__all__ = [
+    "SanityResult",
+    "find_head",
+    "randomisation_sanity_check",
+    "randomised_copy",
+    "spearman_per_image",
+    "ssim_global_per_image",
+]
+
+ComputeFn = Callable[..., Mapping[str, Tensor]]
+
+_RANDOMISE = ("head", "cascade")
+_CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+@dataclass(frozen=True)
+class SanityResult:
+    """Outcome of the randomisation check for one CAM method.
+
+    Attributes:
+        method: CAM method name.
+        similarity: mean Spearman rank correlation between the maps of the trained and of the
+            randomised model over the images where it is defined (NaN when none is).
+        ssim_like: mean global SSIM of the min-max normalised maps, or None if not computed.
+        n: number of images that entered ``similarity``.
+        trustworthy: ``similarity < threshold`` (False when similarity is NaN).
+        threshold: the threshold used.
+        randomised: names of the modules that were re-initialised.
+    """
+
+    method: str
+    similarity: float
+    ssim_like: float | None
+    n: int
+    trustworthy: bool
+    threshold: float
+    randomised: tuple[str, ...] = ()
+
+
+# --------------------------------------------------------------------------------------------
+# similarity measures (vectorised over the batch)
+
+
+def _average_ranks(x: Tensor) -> Tensor:
+    """Average (fractional) ranks along the last dim, 0-based: ties share their mean rank.
+
+    Uses one sort and two batched ``searchsorted``: rank = (#less + #less-or-equal - 1) / 2.
+    """
+    x = x.contiguous()
+    s = torch.sort(x, dim=-1).values
+    left = torch.searchsorted(s, x, right=False)
+    right = torch.searchsorted(s, x, right=True)
+    return (left + right - 1).to(torch.float64) / 2
+
+
+def spearman_per_image(a: Tensor, b: Tensor) -> Tensor:
+    """Spearman rank correlation of ``|a|`` and ``|b|`` per image: ``[B, ...] -> [B]``.
+
+    Pearson correlation of the average ranks. NaN for images where either map is constant
+    (no rank variance) or holds a non-finite value.
+    """
+    if a.shape != b.shape or a.dim() < 2:
+        raise ValueError(
+            f"`a` and `b` must have the same shape [B, ...], got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+    fa = a.detach().flatten(1).abs().double()
+    fb = b.detach().flatten(1).abs().double()
+    finite = torch.isfinite(fa).all(1) & torch.isfinite(fb).all(1)
+    fa = torch.where(torch.isfinite(fa), fa, torch.zeros_like(fa))
+    fb = torch.where(torch.isfinite(fb), fb, torch.zeros_like(fb))
+    ra = _average_ranks(fa)
+    rb = _average_ranks(fb)
+    ra = ra - ra.mean(1, keepdim=True)
+    rb = rb - rb.mean(1, keepdim=True)
+    cov = (ra * rb).sum(1)
+    denom = torch.sqrt((ra * ra).sum(1) * (rb * rb).sum(1))
+    rho = cov / torch.where(denom > 0, denom, torch.ones_like(denom))
+    rho = torch.where(finite & (denom > 0), rho, torch.full_like(rho, math.nan))
+    return rho.clamp(-1.0, 1.0).float()
+
+
+def ssim_global_per_image(a: Tensor, b: Tensor, *, c1: float = 1e-4, c2: float = 9e-4) -> Tensor:
+    """Global SSIM of per-image min-max normalised maps: ``[B, ...] -> [B]``.
+
+    :math:`\\mathrm{SSIM} = \\frac{(2\\mu_a\\mu_b + C_1)(2\\sigma_{ab} + C_2)}
+    {(\\mu_a^2 + \\mu_b^2 + C_1)(\\sigma_a^2 + \\sigma_b^2 + C_2)}` with
+    :math:`C_1 = 0.01^2, C_2 = 0.03^2` (Wang et al. 2004), computed once over the whole map.
+    NaN where a map is constant or non-finite.
+    """
+    if a.shape != b.shape or a.dim() < 2:
+        raise ValueError(
+            f"`a` and `b` must have the same shape [B, ...], got {tuple(a.shape)} and "
+            f"{tuple(b.shape)}"
+        )
+
+    def norm(x: Tensor) -> tuple[Tensor, Tensor]:
+        f = x.detach().flatten(1).abs().double()
+        ok = torch.isfinite(f).all(1)
+        f = torch.where(torch.isfinite(f), f, torch.zeros_like(f))
+        lo = f.min(1, keepdim=True).values
+        span = f.max(1, keepdim=True).values - lo
+        ok = ok & (span.squeeze(1) > 0)
+        return (f - lo) / torch.where(span > 0, span, torch.ones_like(span)), ok
+
+    na, ok_a = norm(a)
+    nb, ok_b = norm(b)
+    mu_a, mu_b = na.mean(1), nb.mean(1)
+    var_a = ((na - mu_a[:, None]) ** 2).mean(1)
+    var_b = ((nb - mu_b[:, None]) ** 2).mean(1)
+    cov = ((na - mu_a[:, None]) * (nb - mu_b[:, None])).mean(1)
+    ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / (
+        (mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2)
+    )
+    return torch.where(ok_a & ok_b, ssim, torch.full_like(ssim, math.nan)).float()
+
+
+# --------------------------------------------------------------------------------------------
+# randomisation
+
+
+def find_head(model: nn.Module) -> tuple[str, ...]:
+    """Names of the final linear layer(s): every ``nn.Linear`` registered after the last
+    convolution (an MLP head is re-initialised as a whole), or the last ``nn.Linear`` when
+    the model has no convolution.
+
+    Raises:
+        ValueError: when the model has no ``nn.Linear``.
+    """
+    named = list(model.named_modules())
+    last_conv = max((i for i, (_, m) in enumerate(named) if isinstance(m, _CONV_TYPES)), default=-1)
+    linears = [(i, n) for i, (n, m) in enumerate(named) if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(
+            f"`model` ({type(model).__name__}) has no nn.Linear head to randomise; pass "
+            "`head=` with the names of the modules to re-initialise"
+        )
+    head = tuple(n for i, n in linears if i > last_conv)
+    return head or (linears[-1][1],)
+
+
+def _reinit_(module: nn.Module, generator: torch.Generator) -> None:
+    """Seeded re-initialisation of every parameter of ``module`` (recursively), in place.
+
+    Weights with >= 2 dims: normal with std sqrt(2 / fan_in) for convolutions (He et al.
+    2015) and sqrt(1 / fan_in) for everything else; 1-D weights (normalisation layers): 1;
+    biases: 0.
+    """
+    with torch.no_grad():
+        for sub in module.modules():
+            for name, param in sub.named_parameters(recurse=False):
+                if param.dim() >= 2:
+                    fan_in = param[0].numel()
+                    gain = 2.0 if isinstance(sub, _CONV_TYPES) else 1.0
+                    std = math.sqrt(gain / max(fan_in, 1))
+                    values = torch.randn(param.shape, generator=generator) * std
+                elif name.endswith("bias"):
+                    values = torch.zeros(param.shape)
+                else:
+                    values = torch.ones(param.shape)
+                param.copy_(values.to(device=param.device, dtype=param.dtype))
+
+
+def randomised_copy(
+    model: nn.Module,
+    *,
+    seed: int = 0,
+    randomise: str = "head",
+    cascade_blocks: int = 1,
+    head: Sequence[str] | None = None,
+) -> tuple[nn.Module, tuple[str, ...]]:
+    """A deep copy of ``model`` with its head (and for ``"cascade"`` its last
+    ``cascade_blocks`` parameterised top-level blocks) re-initialised with seed ``seed``.
+
+    Returns:
+        ``(copy, names of the re-initialised modules)``. ``model`` itself is untouched.
+    """
+    if randomise not in _RANDOMISE:
+        raise ValueError(f"`randomise` must be one of {_RANDOMISE}, got {randomise!r}")
+    if isinstance(cascade_blocks, bool) or not isinstance(cascade_blocks, int):
+        raise TypeError(f"`cascade_blocks` must be an int, got {type(cascade_blocks).__name__}")
+    if cascade_blocks < 0:
+        raise ValueError(f"`cascade_blocks` must be >= 0, got {cascade_blocks}")
+    head_names = tuple(head) if head is not None else find_head(model)
+    available = dict(model.named_modules())
+    for name in head_names:
+        if name not in available:
+            raise ValueError(f"`head` names a module that the model does not have: {name!r}")
+    targets = list(head_names)
+    if randomise == "cascade" and cascade_blocks:
+
+        def in_head(block: str) -> bool:
+            return any(h == block or h.startswith(block + ".") for h in head_names)
+
+        blocks = [
+            n
+            for n, child in model.named_children()
+            if any(True for _ in child.parameters()) and not in_head(n)
+        ]
+        targets += [b for b in blocks[-cascade_blocks:] if b not in targets]
+
+    clone = copy.deepcopy(model)
+    generator = torch.Generator().manual_seed(int(seed))
+    clone_modules = dict(clone.named_modules())
+    for name in targets:
+        _reinit_(clone_modules[name], generator)
+    return clone, tuple(targets)
+
+
+def _default_compute() -> ComputeFn:
+    from auditor.cam import compute_cams  # local import: the CAM engine imports metrics
+
+    return compute_cams
+
+
+def randomisation_sanity_check(
+    model: nn.Module,
+    images: Tensor,
+    targets: Tensor,
+    methods: Sequence[str],
+    layer: str | nn.Module | None,
+    *,
+    seed: int = 0,
+    randomise: str = "head",
+    cascade_blocks: int = 1,
+    head: Sequence[str] | None = None,
+    threshold: float = 0.5,
+    compute: ComputeFn | None = None,
+) -> dict[str, SanityResult]:
+    """Model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for Saliency
+    Maps").
+
+    Maps are computed with ``compute(model, images, targets, methods=..., layer=...)``
+    (default :func:`auditor.cam.compute_cams`) on the model and on a randomised deep copy
+    (see :func:`randomised_copy`); per image the Spearman rank correlation of the absolute
+    maps is taken (:func:`spearman_per_image`) and averaged over the images where it is
+    defined. ``trustworthy = similarity < threshold``.
+
+    Args:
+        model: the trained classifier (never modified).
+        images: ``[B, C, H, W]`` inputs.
+        targets: ``[B]`` classes to explain (the same for both models).
+        methods: CAM method names.
+        layer: target layer name (or a module of ``model``, replaced by its name).
+        seed: seed of the re-initialisation.
+        randomise: ``"head"`` (final linear layer(s)) or ``"cascade"`` (head plus the last
+            ``cascade_blocks`` top-level blocks with parameters).
+        head: explicit names of the head modules (default: :func:`find_head`).
+        threshold: similarity at or above which a method is not trustworthy.
+        compute: CAM function, for tests or another engine.
+
+    Returns:
+        ``{method: SanityResult}``.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(methods, str):
+        methods = (methods,)
+    methods = tuple(methods)
+    if not methods:
+        raise ValueError("`methods` must name at least one CAM method, got ()")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"`threshold` must be a number, got {type(threshold).__name__}")
+    if not -1.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"`threshold` must lie in [-1, 1], got {threshold}")
+    compute_fn = compute if compute is not None else _default_compute()
+
+    clone, randomised = randomised_copy(
+        model, seed=seed, randomise=randomise, cascade_blocks=cascade_blocks, head=head
+    )
+    if isinstance(layer, nn.Module):
+        # the engine addresses layers by name; the deep copy has the same names
+        names = {id(m): n for n, m in model.named_modules()}
+        if id(layer) not in names:
+            raise ValueError("`layer` is a module that is not part of `model`")
+        layer = names[id(layer)]
+
+    maps_trained = compute_fn(model, images, targets, methods=methods, layer=layer)
+    maps_random = compute_fn(clone, images, targets, methods=methods, layer=layer)
+
+    results: dict[str, SanityResult] = {}
+    for method in methods:
+        if method not in maps_trained or method not in maps_random:
+            raise ValueError(f"`compute` returned no maps for method {method!r}")
+        a, b = maps_trained[method], maps_random[method].to(maps_trained[method].device)
+        rho = spearman_per_image(a, b)
+        ok = ~torch.isnan(rho)
+        n = int(ok.sum())
+        similarity = float(rho[ok].mean()) if n else math.nan
+        ssim = ssim_global_per_image(a, b)
+        ssim_ok = ~torch.isnan(ssim)
+        ssim_like = float(ssim[ssim_ok].mean()) if bool(ssim_ok.any()) else None
+        results[method] = SanityResult(
+            method=method,
+            similarity=similarity,
+            ssim_like=ssim_like,
+            n=n,
+            trustworthy=bool(n) and similarity < float(threshold),
+            threshold=float(threshold),
+            randomised=randomised,
+        )
+    return results

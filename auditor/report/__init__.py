@@ -1,0 +1,93 @@
+"""Audit reports: one self-contained HTML file and a PDF, rendered from a run directory.
+
+Rendering reads ``summary.json``, ``samples.parquet`` and ``gallery/*.png`` and never computes
+a statistic. Templates are looked up in the user's ``templates`` folder first (files it lacks
+fall back to the built-in set), then in ``auditor/templates`` (installed wheel), then in the
+repository's ``templates/`` (source checkout).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from auditor.report.context import ReportLimits, build_context
+from auditor.report.figures import cluster_panel, gallery_panel
+from auditor.report.html import atomic_write, render_document, render_string
+from auditor.report.pdf import html_to_pdf
+
+__all__ = [
+    "ReportLimits",
+    "build_context",
+    "cluster_panel",
+    "gallery_panel",
+    "render_document",
+    "render_html",
+    "render_pdf",
+    "render_report",
+]
+
+REPORT_TEMPLATE = "report.html.j2"
+
+
+def _run_dir(run_dir: Path) -> Path:
+    if not isinstance(run_dir, (str, Path)):
+        raise TypeError(f"`run_dir` must be a path, got {type(run_dir).__name__}")
+    path = Path(run_dir)
+    if not path.is_dir():
+        from auditor.errors import RenderError
+
+        raise RenderError(f"`run_dir` must be an existing directory, got {str(path)!r}")
+    return path
+
+
+def render_html(
+    run_dir: Path, *, templates: Path | None = None, limits: ReportLimits | None = None
+) -> Path:
+    """Render ``run_dir/report.html`` (self-contained, works offline); return its path."""
+    run_dir = _run_dir(run_dir)
+    context = build_context(run_dir, limits=limits)
+    text = render_string(REPORT_TEMPLATE, {**context, "output": "html"}, templates=templates)
+    return atomic_write(run_dir / "report.html", text)
+
+
+def render_pdf(
+    run_dir: Path,
+    *,
+    templates: Path | None = None,
+    timeout_s: float = 600,
+    limits: ReportLimits | None = None,
+) -> Path:
+    """Render ``run_dir/report.pdf`` with WeasyPrint in a subprocess limited to ``timeout_s``."""
+    run_dir = _run_dir(run_dir)
+    context = build_context(run_dir, limits=limits)
+    text = render_string(REPORT_TEMPLATE, {**context, "output": "pdf"}, templates=templates)
+    return html_to_pdf(text, run_dir / "report.pdf", base_dir=run_dir, timeout_s=timeout_s)
+
+
+def render_report(
+    run_dir: Path,
+    *,
+    html: bool = True,
+    pdf: bool = True,
+    templates: Path | None = None,
+    pdf_timeout_s: float = 600,
+    limits: ReportLimits | None = None,
+) -> dict[str, Path]:
+    """Render the report formats asked for; return ``{"html": path, "pdf": path}`` (as made).
+
+    The context (figures, gallery images) is built once and shared by both formats.
+    """
+    run_dir = _run_dir(run_dir)
+    out: dict[str, Path] = {}
+    if not (html or pdf):
+        return out
+    context = build_context(run_dir, limits=limits)
+    if html:
+        text = render_string(REPORT_TEMPLATE, {**context, "output": "html"}, templates=templates)
+        out["html"] = atomic_write(run_dir / "report.html", text)
+    if pdf:
+        text = render_string(REPORT_TEMPLATE, {**context, "output": "pdf"}, templates=templates)
+        out["pdf"] = html_to_pdf(
+            text, run_dir / "report.pdf", base_dir=run_dir, timeout_s=pdf_timeout_s
+        )
+    return out

@@ -1,0 +1,550 @@
+"""Report figures: pure functions, data in, PNG bytes out.
+
+Every function here builds its own :class:`matplotlib.figure.Figure` attached to a
+:class:`~matplotlib.backends.backend_agg.FigureCanvasAgg`; nothing touches ``pyplot`` global
+state, so figures can be drawn from threads or worker processes and never leak between calls.
+No function computes a statistic: the values come from ``summary.json`` / ``samples.parquet``
+and are only drawn. PNG bytes are deterministic for equal inputs (no timestamp metadata).
+"""
+
+from __future__ import annotations
+
+import io
+import math
+from collections.abc import Sequence
+
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.colors import LogNorm, Normalize
+from matplotlib.figure import Figure
+from PIL import Image
+
+__all__ = [
+    "background_focus_by_class",
+    "cluster_panel",
+    "confusion_matrix",
+    "energy_distribution",
+    "energy_vs_confidence",
+    "gallery_panel",
+    "interventions_by_class",
+    "method_agreement",
+    "plain_text",
+]
+
+#: Colours shared with report.css so figures and badges read as one document.
+COLOURS = {
+    "ink": "#1f2933",
+    "muted": "#7b8794",
+    "grid": "#e4e7eb",
+    "accent": "#1d4e89",
+    "correct": "#2f855a",
+    "wrong": "#c53030",
+    "baseline": "#b7791f",
+    "fg": "#2b6cb0",
+    "bg": "#c05621",
+    "mixed": "#6b46c1",
+    "orig": "#4a5568",
+}
+
+_PNG_METADATA = {"Software": None}
+
+
+def plain_text(text: object, max_chars: int = 48) -> str:
+    """Make an arbitrary user string safe for a matplotlib label.
+
+    Dollar signs are escaped (matplotlib would parse ``$...$`` as mathtext and fail on odd
+    input) and long strings are shortened with an ellipsis so a 300-character class name
+    cannot blow up a figure's layout.
+    """
+    s = str(text).replace("\n", " ")
+    if len(s) > max_chars:
+        s = s[: max_chars - 1] + "…"
+    return s.replace("$", r"\$")
+
+
+def _new_figure(width_in: float, height_in: float) -> Figure:
+    fig = Figure(figsize=(width_in, height_in), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _to_png(fig: Figure, dpi: int = 110) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, metadata=_PNG_METADATA, facecolor="white")
+    return buf.getvalue()
+
+
+def _style_axes(ax: object) -> None:
+    ax.spines["top"].set_visible(False)  # type: ignore[attr-defined]
+    ax.spines["right"].set_visible(False)  # type: ignore[attr-defined]
+    ax.tick_params(colors=COLOURS["ink"], labelsize=8)  # type: ignore[attr-defined]
+
+
+def _as_float_array(values: Sequence[float | None] | np.ndarray, name: str) -> np.ndarray:
+    try:
+        arr = np.array([np.nan if v is None else v for v in values], dtype=float)
+    except (TypeError, ValueError) as exc:
+        raise TypeError(f"`{name}` must be a sequence of numbers or None, got {values!r}") from exc
+    if arr.ndim != 1:
+        raise ValueError(f"`{name}` must be one-dimensional, got shape {arr.shape}")
+    return arr
+
+
+def _check_lengths(n: int, **arrays: np.ndarray | Sequence[object]) -> None:
+    for name, arr in arrays.items():
+        if len(arr) != n:
+            raise ValueError(f"`{name}` must have length {n} (one per class), got {len(arr)}")
+
+
+# --------------------------------------------------------------------------------------------
+# Gallery panels
+# --------------------------------------------------------------------------------------------
+
+
+def _upsample_bilinear(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Bilinear resize (half-pixel centres, like ``align_corners=False``) via Pillow mode F."""
+    img = Image.fromarray(np.ascontiguousarray(cam, dtype=np.float32), mode="F")
+    return np.asarray(img.resize((width, height), resample=Image.Resampling.BILINEAR))
+
+
+def _normalise_cam(cam: np.ndarray, height: int, width: int) -> tuple[np.ndarray, str]:
+    """Upsample ``cam`` to ``(height, width)`` and divide by its maximum.
+
+    ``cam_n = up(cam) / max(up(cam))``. Non-finite entries are drawn as 0 and reported in the
+    returned note; an all-zero (or all non-finite) map is drawn as zeros with a note, never
+    divided by zero.
+    """
+    note = ""
+    cam = np.asarray(cam, dtype=np.float64)
+    finite = np.isfinite(cam)
+    if not finite.all():
+        note = "CAM has non-finite values (drawn as 0)"
+        cam = np.where(finite, cam, 0.0)
+    up = _upsample_bilinear(cam, height, width).astype(np.float64)
+    peak = float(up.max()) if up.size else 0.0
+    if peak > 0.0:
+        return np.clip(up / peak, 0.0, 1.0), note
+    return np.zeros_like(up), note or "CAM is zero everywhere"
+
+
+def gallery_panel(
+    image: np.ndarray,
+    mask: np.ndarray | None,
+    cam: np.ndarray,
+    *,
+    title: str = "",
+    subtitle: str = "",
+) -> bytes:
+    """Draw one gallery panel: image | image + object outline | CAM overlay with colour bar.
+
+    The CAM is bilinearly upsampled to the image size and normalised to its maximum,
+    ``cam_n(x) = cam(x) / max_x cam(x)`` (an all-zero map stays zero), then alpha-blended
+    over the image with the ``jet`` colour map. The object outline is the 0.5 iso-contour of
+    the mask. Grad-CAM overlays as in Selvaraju et al. (2017), "Grad-CAM: Visual Explanations
+    from Deep Networks via Gradient-based Localization".
+
+    Args:
+        image: ``[H, W, 3]`` ``uint8`` RGB image.
+        mask: ``[H, W]`` boolean object mask, or ``None`` when the sample has no annotation.
+        cam: ``[h, w]`` float class activation map (any non-negative scale).
+        title: first line above the panel (e.g. the sample id).
+        subtitle: second line (e.g. label, prediction, energy in object).
+
+    Returns:
+        PNG bytes.
+    """
+    image = np.asarray(image)
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise ValueError(f"`image` must have shape [H, W, 3], got {tuple(image.shape)}")
+    if image.dtype != np.uint8:
+        raise TypeError(f"`image` must be uint8, got dtype {image.dtype}")
+    height, width = int(image.shape[0]), int(image.shape[1])
+    if height == 0 or width == 0:
+        raise ValueError(f"`image` must not be empty, got shape {tuple(image.shape)}")
+    if mask is not None:
+        mask = np.asarray(mask)
+        if mask.shape != (height, width):
+            raise ValueError(
+                f"`mask` must have shape [H, W] = {(height, width)}, got {tuple(mask.shape)}"
+            )
+        if mask.dtype != np.bool_:
+            raise TypeError(f"`mask` must be bool, got dtype {mask.dtype}")
+    cam = np.asarray(cam)
+    if cam.ndim != 2 or 0 in cam.shape:
+        raise ValueError(f"`cam` must have shape [h, w] with h, w > 0, got {tuple(cam.shape)}")
+    if not np.issubdtype(cam.dtype, np.number) or np.iscomplexobj(cam):
+        raise TypeError(f"`cam` must be a real float array, got dtype {cam.dtype}")
+
+    cam_n, note = _normalise_cam(cam, height, width)
+
+    fig = _new_figure(9.0, 3.4)
+    axes = fig.subplots(1, 3)
+    axes[0].imshow(image, interpolation="nearest")
+    axes[0].set_title("image", fontsize=9, color=COLOURS["muted"])
+
+    axes[1].imshow(image, interpolation="nearest")
+    if mask is None:
+        mask_note = "no mask"
+    elif not mask.any():
+        mask_note = "empty mask"
+    elif mask.all():
+        mask_note = "mask covers the whole image"
+    else:
+        mask_note = "object outline"
+        axes[1].contour(
+            mask.astype(np.float32), levels=[0.5], colors=["#39ff14"], linewidths=1.6
+        )
+    axes[1].set_title(mask_note, fontsize=9, color=COLOURS["muted"])
+
+    axes[2].imshow(image, interpolation="nearest")
+    overlay = axes[2].imshow(
+        cam_n, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0, interpolation="nearest"
+    )
+    axes[2].set_title(
+        "CAM overlay" + (f" ({note})" if note else ""), fontsize=9, color=COLOURS["muted"]
+    )
+    cbar = fig.colorbar(overlay, ax=axes[2], fraction=0.046, pad=0.03)
+    cbar.ax.tick_params(labelsize=7)
+    cbar.set_label("CAM / max", fontsize=7)
+    for ax in axes:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    heading = "\n".join(plain_text(t, 90) for t in (title, subtitle) if t)
+    if heading:
+        fig.suptitle(heading, fontsize=9, color=COLOURS["ink"])
+    return _to_png(fig, dpi=100)
+
+
+def cluster_panel(
+    mean_map: np.ndarray,
+    exemplars: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    title: str,
+) -> bytes:
+    """Draw a cluster of explanations: its mean CAM, then exemplar images with CAM overlays.
+
+    Each exemplar is ``(image [H, W, 3] uint8, cam [h, w] float)``; the CAM is upsampled and
+    normalised as in :func:`gallery_panel`. Clusters of explanation maps follow the spectral
+    relevance analysis of Lapuschkin et al. (2019), "Unmasking Clever Hans predictors and
+    assessing what machines really learn".
+    """
+    mean_map = np.asarray(mean_map)
+    if mean_map.ndim != 2 or 0 in mean_map.shape:
+        raise ValueError(f"`mean_map` must have shape [h, w], got {tuple(mean_map.shape)}")
+    if not isinstance(exemplars, list):
+        raise TypeError(f"`exemplars` must be a list of (image, cam), got {type(exemplars)}")
+    for i, item in enumerate(exemplars):
+        if not (isinstance(item, tuple) and len(item) == 2):
+            raise TypeError(f"`exemplars[{i}]` must be a tuple (image, cam), got {item!r:.60}")
+        img = np.asarray(item[0])
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise ValueError(
+                f"`exemplars[{i}]` image must be [H, W, 3] uint8, got {tuple(img.shape)} "
+                f"{img.dtype}"
+            )
+        if np.asarray(item[1]).ndim != 2:
+            raise ValueError(
+                f"`exemplars[{i}]` cam must be [h, w], got {tuple(np.asarray(item[1]).shape)}"
+            )
+
+    n = 1 + len(exemplars)
+    fig = _new_figure(max(3.0, 2.2 * n), 2.6)
+    axes = np.atleast_1d(fig.subplots(1, n))
+    mean_n, note = _normalise_cam(mean_map, *mean_map.shape)
+    im = axes[0].imshow(mean_n, cmap="jet", vmin=0.0, vmax=1.0)
+    axes[0].set_title("mean map" + (f"\n({note})" if note else ""), fontsize=8)
+    fig.colorbar(im, ax=axes[0], fraction=0.046, pad=0.03).ax.tick_params(labelsize=6)
+    for ax, (img, cam) in zip(axes[1:], exemplars):
+        img = np.asarray(img)
+        cam_n, _ = _normalise_cam(np.asarray(cam), img.shape[0], img.shape[1])
+        ax.imshow(img, interpolation="nearest")
+        ax.imshow(cam_n, cmap="jet", alpha=0.5, vmin=0.0, vmax=1.0)
+    for i, ax in enumerate(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+        if i:
+            ax.set_title(f"exemplar {i}", fontsize=8, color=COLOURS["muted"])
+    fig.suptitle(plain_text(title, 90), fontsize=9, color=COLOURS["ink"])
+    return _to_png(fig, dpi=100)
+
+
+# --------------------------------------------------------------------------------------------
+# Report figures
+# --------------------------------------------------------------------------------------------
+
+
+def background_focus_by_class(
+    names: Sequence[str],
+    means: Sequence[float | None],
+    ci_low: Sequence[float | None],
+    ci_high: Sequence[float | None],
+    *,
+    baseline: float | None = None,
+    threshold: float | None = None,
+) -> bytes:
+    """Horizontal interval plot of per-class background focus, ``1 − E_in``.
+
+    Background focus of a CAM ``S`` and object mask ``M`` is
+    ``BF = Σ_{x∉M} S(x) / Σ_x S(x)`` (energy outside the object; energy-based pointing of
+    Wang et al. (2020), "Score-CAM: Score-Weighted Visual Explanations for Convolutional Neural
+    Networks"). Points are the class means, bars their confidence intervals (as given), the
+    dashed line the dataset baseline and the dotted line the gate threshold when given. Classes
+    are drawn in the order given (the caller passes them sorted by risk).
+    """
+    n = len(names)
+    if n == 0:
+        raise ValueError("`names` must contain at least one class, got 0")
+    m = _as_float_array(means, "means")
+    lo = _as_float_array(ci_low, "ci_low")
+    hi = _as_float_array(ci_high, "ci_high")
+    _check_lengths(n, means=m, ci_low=lo, ci_high=hi)
+
+    fig = _new_figure(7.2, max(2.0, 0.26 * n + 1.0))
+    ax = fig.add_subplot()
+    y = np.arange(n)[::-1]
+    has_ci = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(m)
+    err = np.vstack([np.where(has_ci, m - lo, 0.0), np.where(has_ci, hi - m, 0.0)])
+    ax.errorbar(
+        np.where(np.isfinite(m), m, np.nan),
+        y,
+        xerr=np.clip(err, 0.0, None),
+        fmt="o",
+        color=COLOURS["accent"],
+        ecolor="#90a4c3",
+        elinewidth=2,
+        capsize=2,
+        markersize=4,
+    )
+    for yi, mi in zip(y, m):
+        if not np.isfinite(mi):
+            ax.text(0.01, yi, "no value", va="center", fontsize=7, color=COLOURS["muted"])
+    if baseline is not None and math.isfinite(baseline):
+        ax.axvline(baseline, color=COLOURS["baseline"], ls="--", lw=1.2, label="dataset baseline")
+    if threshold is not None and math.isfinite(threshold):
+        ax.axvline(threshold, color=COLOURS["wrong"], ls=":", lw=1.4, label="gate threshold")
+    ax.set_yticks(y)
+    ax.set_yticklabels([plain_text(s, 40) for s in names], fontsize=8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_ylim(-0.7, n - 0.3)
+    ax.set_xlabel("background focus (share of CAM energy outside the object)", fontsize=8)
+    ax.grid(axis="x", color=COLOURS["grid"], lw=0.8)
+    _style_axes(ax)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, loc="lower right", frameon=False)
+    return _to_png(fig)
+
+
+def energy_distribution(
+    correct: Sequence[float] | np.ndarray,
+    wrong: Sequence[float] | np.ndarray,
+    *,
+    bins: int = 20,
+) -> bytes:
+    """Histogram of per-sample energy in object, ``E_in = Σ_{x∈M} S(x) / Σ_x S(x)``, for
+    correct vs wrong predictions (densities, so unequal group sizes compare; NaN excluded).
+
+    Energy in the mask follows Wang et al. (2020), "Score-CAM: Score-Weighted Visual
+    Explanations for Convolutional Neural Networks" (energy-based pointing game).
+    """
+    if not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"`bins` must be a positive int, got {bins!r}")
+    c = _as_float_array(np.asarray(correct, dtype=float).ravel(), "correct")
+    w = _as_float_array(np.asarray(wrong, dtype=float).ravel(), "wrong")
+    c, w = c[np.isfinite(c)], w[np.isfinite(w)]
+    fig = _new_figure(6.4, 2.9)
+    ax = fig.add_subplot()
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    for data, colour, label in ((c, COLOURS["correct"], "correct"), (w, COLOURS["wrong"], "wrong")):
+        if data.size:
+            ax.hist(
+                np.clip(data, 0.0, 1.0),
+                bins=edges,
+                density=True,
+                alpha=0.55,
+                color=colour,
+                label=f"{label} (n = {data.size:,})",
+                edgecolor="white",
+                linewidth=0.5,
+            )
+    if not (c.size or w.size):
+        ax.text(0.5, 0.5, "no finite values", ha="center", transform=ax.transAxes)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("energy in object (share of CAM energy inside the mask)", fontsize=8)
+    ax.set_ylabel("density", fontsize=8)
+    ax.grid(axis="y", color=COLOURS["grid"], lw=0.8)
+    _style_axes(ax)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, frameon=False)
+    return _to_png(fig)
+
+
+def energy_vs_confidence(
+    energy: Sequence[float] | np.ndarray,
+    confidence: Sequence[float] | np.ndarray,
+    correct: Sequence[bool] | np.ndarray,
+) -> bytes:
+    """Scatter of per-sample energy in object against the model's confidence in the target.
+
+    Confidence is the softmax probability ``p_t = exp(z_t) / Σ_j exp(z_j)``; energy in object
+    as in :func:`energy_distribution`. Points with a non-finite coordinate are not drawn.
+    Large runs are drawn rasterised with small, translucent markers.
+    """
+    e = np.asarray(energy, dtype=float).ravel()
+    p = np.asarray(confidence, dtype=float).ravel()
+    ok = np.asarray(correct).ravel()
+    if not (e.shape == p.shape == ok.shape):
+        raise ValueError(
+            f"`energy`, `confidence` and `correct` must have equal lengths, got "
+            f"{e.shape[0]}, {p.shape[0]}, {ok.shape[0]}"
+        )
+    ok = ok.astype(bool)
+    finite = np.isfinite(e) & np.isfinite(p)
+    fig = _new_figure(6.4, 3.2)
+    ax = fig.add_subplot()
+    size = 10.0 if e.size < 2000 else 3.0
+    alpha = 0.7 if e.size < 2000 else 0.25
+    for sel, colour, label in ((ok, COLOURS["correct"], "correct"), (~ok, COLOURS["wrong"], "wrong")):
+        idx = sel & finite
+        if idx.any():
+            ax.scatter(
+                e[idx], p[idx], s=size, alpha=alpha, color=colour, label=label,
+                linewidths=0, rasterized=True,
+            )
+    if not finite.any():
+        ax.text(0.5, 0.5, "no finite values", ha="center", transform=ax.transAxes)
+    ax.set_xlim(-0.02, 1.02)
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("energy in object", fontsize=8)
+    ax.set_ylabel("confidence in target class", fontsize=8)
+    ax.grid(color=COLOURS["grid"], lw=0.8)
+    _style_axes(ax)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=7, frameon=False, loc="lower right", markerscale=2)
+    return _to_png(fig)
+
+
+def confusion_matrix(classes: Sequence[str], matrix: Sequence[Sequence[float]] | np.ndarray) -> bytes:
+    """Confusion matrix heat map: rows are true classes, columns predictions (counts as given).
+
+    Colours use a logarithmic scale of the counts (zero cells are white) so that rare
+    confusions remain visible next to a dominant diagonal; counts are printed when the matrix
+    is small enough to read.
+    """
+    mat = np.asarray(matrix, dtype=float)
+    n = len(classes)
+    if mat.ndim != 2 or mat.shape != (n, n):
+        raise ValueError(
+            f"`matrix` must have shape [{n}, {n}] (one row/column per class), got {mat.shape}"
+        )
+    if n == 0:
+        raise ValueError("`classes` must contain at least one class, got 0")
+    side = min(9.0, max(3.2, 0.32 * n + 1.8))
+    fig = _new_figure(side + 1.0, side)
+    ax = fig.add_subplot()
+    positive = mat[np.isfinite(mat) & (mat > 0)]
+    shown = np.where(np.isfinite(mat) & (mat > 0), mat, np.nan)
+    if positive.size:
+        norm: Normalize = LogNorm(vmin=max(positive.min(), 1e-9), vmax=max(positive.max(), 1.0))
+    else:
+        norm = Normalize(0.0, 1.0)
+    im = ax.imshow(shown, cmap="Blues", norm=norm, interpolation="nearest")
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="count").ax.tick_params(labelsize=7)
+    labels = [plain_text(s, 24) for s in classes]
+    ticks = np.arange(n)
+    ax.set_xticks(ticks)
+    ax.set_yticks(ticks)
+    fs = 8 if n <= 20 else 5
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=fs)
+    ax.set_yticklabels(labels, fontsize=fs)
+    ax.set_xlabel("predicted", fontsize=8)
+    ax.set_ylabel("true", fontsize=8)
+    if n <= 15:
+        vmax = np.nanmax(shown) if positive.size else 1.0
+        for i in range(n):
+            for j in range(n):
+                v = mat[i, j]
+                text = "—" if not np.isfinite(v) else f"{v:g}"
+                colour = "white" if np.isfinite(v) and v > 0 and v >= 0.5 * vmax else "#1f2933"
+                ax.text(j, i, text, ha="center", va="center", fontsize=7, color=colour)
+    return _to_png(fig)
+
+
+def interventions_by_class(
+    names: Sequence[str],
+    original: Sequence[float | None],
+    only_fg: Sequence[float | None],
+    only_bg: Sequence[float | None],
+    mixed: Sequence[float | None],
+) -> bytes:
+    """Grouped bars of per-class accuracy on original images and on intervened images.
+
+    Interventions follow Xiao et al. (2021), "Noise or Signal: The Role of Image Backgrounds
+    in Object Recognition": *only-fg* keeps the object on a blank background, *only-bg*
+    removes the object, *mixed-rand* pastes the object on a random other image's background.
+    A model that relies on the object keeps its accuracy on only-fg and mixed, and drops to
+    chance on only-bg. Missing values are drawn as absent bars.
+    """
+    n = len(names)
+    if n == 0:
+        raise ValueError("`names` must contain at least one class, got 0")
+    arrays = {
+        "original": _as_float_array(original, "original"),
+        "only_fg": _as_float_array(only_fg, "only_fg"),
+        "only_bg": _as_float_array(only_bg, "only_bg"),
+        "mixed": _as_float_array(mixed, "mixed"),
+    }
+    _check_lengths(n, **arrays)
+    labels = ("original", "only foreground", "only background", "mixed background")
+    series = dict(zip(labels, arrays.values()))
+    colours = [COLOURS["orig"], COLOURS["fg"], COLOURS["bg"], COLOURS["mixed"]]
+    fig = _new_figure(7.2, max(2.4, 0.42 * n + 1.2))
+    ax = fig.add_subplot()
+    y = np.arange(n)[::-1].astype(float)
+    h = 0.2
+    for k, ((label, vals), colour) in enumerate(zip(series.items(), colours)):
+        ax.barh(
+            y + (1.5 - k) * h, np.nan_to_num(vals, nan=0.0), height=h, color=colour,
+            label=label,
+        )
+    ax.set_yticks(y)
+    ax.set_yticklabels([plain_text(s, 40) for s in names], fontsize=8)
+    ax.set_xlim(0.0, 1.0)
+    ax.set_xlabel("accuracy", fontsize=8)
+    ax.grid(axis="x", color=COLOURS["grid"], lw=0.8)
+    _style_axes(ax)
+    ax.legend(fontsize=7, frameon=False, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    return _to_png(fig)
+
+
+def method_agreement(methods: Sequence[str], spearman: Sequence[Sequence[float | None]]) -> bytes:
+    """Heat map of the rank correlation between methods' maps (values as given).
+
+    Spearman's ``ρ = 1 − 6 Σ d_i² / (n (n² − 1))`` between two maps' pixel rankings, averaged
+    over samples by the analysis (Spearman, 1904, "The proof and measurement of association
+    between two things"). Cells with no value show "—".
+    """
+    k = len(methods)
+    mat = np.array(
+        [[np.nan if v is None else float(v) for v in row] for row in spearman], dtype=float
+    )
+    if k == 0 or mat.shape != (k, k):
+        raise ValueError(f"`spearman` must have shape [{k}, {k}], got {mat.shape}")
+    side = max(3.0, 0.7 * k + 1.6)
+    fig = _new_figure(side + 0.8, side)
+    ax = fig.add_subplot()
+    im = ax.imshow(mat, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
+    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="Spearman ρ").ax.tick_params(
+        labelsize=7
+    )
+    labels = [plain_text(m, 20) for m in methods]
+    ax.set_xticks(range(k))
+    ax.set_yticks(range(k))
+    ax.set_xticklabels(labels, rotation=45, ha="right", fontsize=8)
+    ax.set_yticklabels(labels, fontsize=8)
+    for i in range(k):
+        for j in range(k):
+            v = mat[i, j]
+            txt = "—" if not np.isfinite(v) else f"{v:.2f}"
+            colour = "white" if np.isfinite(v) and abs(v) > 0.6 else "#1f2933"
+            ax.text(j, i, txt, ha="center", va="center", fontsize=8, color=colour)
+    return _to_png(fig)

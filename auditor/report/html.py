@@ -1,0 +1,244 @@
+"""Jinja environment, formatting filters, atomic writes and the generic document renderer.
+
+There is exactly one environment factory, :func:`make_environment`: autoescape is on for every
+template, undefined variables raise (:class:`jinja2.StrictUndefined`), and the number filters
+print ``—`` for a missing value (``None``, NaN, ±inf), never ``nan`` or a fake ``0``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import re
+import tempfile
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import jinja2
+from markupsafe import Markup
+
+from auditor.errors import RenderError
+
+__all__ = [
+    "MISSING",
+    "atomic_write",
+    "builtin_template_dirs",
+    "fmt_ci",
+    "fmt_num",
+    "fmt_pct",
+    "make_environment",
+    "render_document",
+    "render_string",
+    "slugify",
+]
+
+#: What a value that cannot be shown prints as.
+MISSING = "—"
+
+
+def builtin_template_dirs() -> list[Path]:
+    """Built-in template folders, in lookup order.
+
+    ``auditor/templates`` inside an installed wheel (pyproject maps the top-level
+    ``templates/`` there), then ``<repo>/templates`` for an editable or source checkout.
+    """
+    package_dir = Path(__file__).resolve().parents[1]
+    candidates = [package_dir / "templates", package_dir.parent / "templates"]
+    return [c for c in candidates if c.is_dir()]
+
+
+def _finite(value: object) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def fmt_pct(value: object, digits: int = 1) -> str:
+    """Format a share ``x`` as ``100·x %``: ``0.123 → "12.3%"``; missing → ``"—"``."""
+    x = _finite(value)
+    return MISSING if x is None else f"{100.0 * x:.{digits}f}%"
+
+
+def fmt_num(value: object, digits: int = 2) -> str:
+    """Format a number: ints with thousands separators, floats with ``digits`` decimals.
+
+    ``None``, NaN and ±inf print ``"—"``; a non-numeric string is returned unchanged.
+    """
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+    x = _finite(value)
+    if x is None:
+        return MISSING
+    return f"{x:,.{digits}f}"
+
+
+def fmt_ci(value: object, kind: str = "num", digits: int | None = None) -> str:
+    """Format an interval ``[lo, hi]`` (a pair, or a mapping with ``ci_low``/``ci_high``).
+
+    ``kind`` is ``"pct"`` or ``"num"``. Either bound missing → ``"—"``.
+    """
+    lo: object
+    hi: object
+    if isinstance(value, Mapping):
+        lo, hi = value.get("ci_low"), value.get("ci_high")
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        lo, hi = value[0], value[1]
+    else:
+        return MISSING
+    if _finite(lo) is None or _finite(hi) is None:
+        return MISSING
+    if kind == "pct":
+        f: Callable[[object], str] = lambda v: fmt_pct(v, 1 if digits is None else digits)  # noqa: E731
+    elif kind == "num":
+        f = lambda v: fmt_num(v, 2 if digits is None else digits)  # noqa: E731
+    else:
+        raise ValueError(f"`kind` must be 'pct' or 'num', got {kind!r}")
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+def sort_value(value: object) -> str:
+    """A ``data-value`` attribute for client-side numeric sorting: missing → empty string."""
+    x = _finite(value)
+    return "" if x is None else repr(x)
+
+
+def slugify(name: object) -> str:
+    """A unique, HTML-id-safe slug for an arbitrary class name.
+
+    ASCII letters/digits of the name (lower-cased, other runs → ``-``, at most 40 characters)
+    plus the first 8 hex digits of the name's SHA-256, so two names never collide even when
+    they differ only in punctuation or script: ``"Cat / Dog" → "cat-dog-5b1d…"``.
+    """
+    text = str(name)
+    stem = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{stem}-{digest}" if stem else f"c-{digest}"
+
+
+def _inline_asset(env: jinja2.Environment) -> Callable[[str], Markup]:
+    """A template global ``inline(name)``: the raw text of a CSS/JS asset (user override first)."""
+
+    def inline(name: str) -> Markup:
+        if env.loader is None:  # pragma: no cover - make_environment always sets one
+            raise RenderError("no template loader configured")
+        try:
+            source, _, _ = env.loader.get_source(env, name)
+        except jinja2.TemplateNotFound as exc:
+            raise RenderError(f"template asset not found: {name}") from exc
+        # Assets are template-author content; only guard against closing the element early.
+        return Markup(source.replace("</", "<\\/"))  # noqa: S704
+
+    return inline
+
+
+def make_environment(templates: Path | None = None) -> jinja2.Environment:
+    """The one Jinja environment: user overrides first, then the built-in templates.
+
+    Autoescape is on for everything, undefined names raise, and the filters ``pct``, ``num``,
+    ``ci``, ``sortval`` and ``slug`` are registered.
+    """
+    loaders: list[jinja2.BaseLoader] = []
+    if templates is not None:
+        templates = Path(templates)
+        if not templates.is_dir():
+            raise RenderError(f"`templates` must be a directory, got {str(templates)!r}")
+        loaders.append(jinja2.FileSystemLoader(str(templates)))
+    builtin = builtin_template_dirs()
+    if not builtin:
+        raise RenderError("built-in report templates not found (auditor/templates or templates/)")
+    loaders.extend(jinja2.FileSystemLoader(str(d)) for d in builtin)
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    env.filters.update(
+        pct=fmt_pct, num=fmt_num, ci=fmt_ci, sortval=sort_value, slug=slugify
+    )
+    env.globals["inline"] = _inline_asset(env)
+    env.globals["MISSING"] = MISSING
+    return env
+
+
+def render_string(
+    template_name: str, context: Mapping[str, Any], *, templates: Path | None = None
+) -> str:
+    """Render ``template_name`` with ``context``; any template problem becomes RenderError."""
+    env = make_environment(templates)
+    try:
+        return env.get_template(template_name).render(**dict(context))
+    except RenderError:
+        raise
+    except jinja2.TemplateError as exc:
+        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        raise RenderError(
+            f"template {template_name!r}{where}: {type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def atomic_write(path: Path, data: bytes | str) -> Path:
+    """Write ``data`` to a temporary file beside ``path``, fsync it, then ``os.replace``.
+
+    A failure leaves any previous file at ``path`` untouched and no temporary file behind.
+    """
+    path = Path(path)
+    raw = data.encode("utf-8") if isinstance(data, str) else data
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(raw)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def render_document(
+    template_name: str,
+    context: Mapping[str, Any],
+    out_html: Path,
+    *,
+    out_pdf: Path | None,
+    base_dir: Path,
+    templates: Path | None = None,
+    pdf_timeout_s: float = 600,
+) -> None:
+    """Render a template to a self-contained HTML file, and optionally to PDF.
+
+    The template is rendered twice when a PDF is asked for: with ``output = "html"`` for the
+    browser file and with ``output = "pdf"`` for WeasyPrint (no script, full tables, table of
+    contents with page numbers). Both files are written atomically; the PDF's URL fetcher only
+    allows ``data:`` URIs and ``file:`` URLs inside ``base_dir``.
+    """
+    from auditor.report.pdf import html_to_pdf
+
+    base_dir = Path(base_dir)
+    if not base_dir.is_dir():
+        raise RenderError(f"`base_dir` must be an existing directory, got {str(base_dir)!r}")
+    html_text = render_string(template_name, {**context, "output": "html"}, templates=templates)
+    pdf_html = None
+    if out_pdf is not None:
+        pdf_html = render_string(template_name, {**context, "output": "pdf"}, templates=templates)
+    atomic_write(Path(out_html), html_text)
+    if out_pdf is not None and pdf_html is not None:
+        html_to_pdf(pdf_html, Path(out_pdf), base_dir=base_dir, timeout_s=pdf_timeout_s)

@@ -1,0 +1,733 @@
+"""The audit loop: batches → CAMs → metrics → shards, then analysis, gallery and report.
+
+Per batch (nothing is held for the whole dataset):
+
+1. decode (``auditor.data.iter_batches``, optionally in worker processes);
+2. ONE forward + ONE partial backward for every gradient method (``auditor.cam.CamEngine``),
+   whose logits also give the prediction and confidence;
+3. localisation metrics on the batch (``auditor.metrics.localisation_metrics``);
+4. interventions (only-foreground, only-background, mixed-random backgrounds: three plain
+   inference forwards) and, on a seeded subset, faithfulness (deletion/insertion, average drop);
+5. one shard written atomically (rows + low-resolution CAMs + skips).
+
+A run killed at any point keeps every completed batch; ``resume=True`` continues it and, since
+every random choice is seeded per batch, ends with exactly the results of an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import torch
+
+from auditor._version import __version__
+from auditor.analysis import FindingRules, analyse, evaluate_gates
+from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
+from auditor.errors import AuditorInputError, ConfigError
+from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("auditor")
+
+SCHEMA_VERSION = 1
+
+
+@dataclass
+class AuditOutcome:
+    """What :func:`run_audit` returns: the run directory, the summary and the gate verdict."""
+
+    run_dir: Path
+    summary: dict[str, Any]
+    passed: bool
+    report: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+
+def library_versions() -> dict[str, str]:
+    """Versions of Python and every library the result depends on (provenance)."""
+    from importlib import metadata
+
+    out = {"python": platform.python_version(), "platform": platform.platform()}
+    for dist in ("cam-auditor", "torch", "torchvision", "numpy", "pillow", "pyarrow", "scipy",
+                 "scikit-learn", "matplotlib", "jinja2", "weasyprint", "pycocotools",
+                 "safetensors", "defusedxml"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            continue
+    return out
+
+
+def _progress(total: int, enabled: bool | None, desc: str) -> Any:
+    from tqdm.auto import tqdm
+
+    if enabled is None:
+        enabled = sys.stderr.isatty() and not os.environ.get("CI")
+    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True,
+                smoothing=0.1)
+
+
+def _seeded_subset(n: int, k: int, seed: int) -> set[int]:
+    if k <= 0 or n == 0:
+        return set()
+    g = np.random.default_rng(seed + 7919)
+    return set(g.permutation(n)[: min(k, n)].tolist())
+
+
+def _reshape_fn(name: str | None) -> Any:
+    if name is None:
+        return None
+    from auditor.cam import swin_reshape, vit_reshape
+
+    return vit_reshape() if name == "vit" else swin_reshape()
+
+
+class _BatchAuditor:
+    """Turns one :class:`auditor.data.Batch` into a row table and low-resolution CAMs."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        engine: Any,
+        settings: AuditSettings,
+        classes: Sequence[str],
+        device: torch.device,
+        faith_subset: set[int],
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        self.model = model
+        self.engine = engine
+        self.s = settings
+        self.classes = list(classes)
+        self.device = device
+        self.faith_subset = faith_subset
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device)
+
+    def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():
+            out = self.model(x)
+            if isinstance(out, dict | tuple | list):
+                out = out["logits"] if isinstance(out, dict) else out[0]
+            return torch.softmax(out.float(), dim=1)
+
+    def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        from auditor.metrics import localisation_metrics
+
+        s = self.s
+        images = batch.images.to(self.device, non_blocking=True)
+        labels = batch.labels.to(self.device)
+        masks = batch.masks.to(self.device)
+        has_mask = batch.has_mask.to(self.device)
+        n_cls = len(self.classes)
+        targets: Any = labels if s.target == "label" else "predicted"
+        with self.engine:
+            cb = self.engine.run(images, targets)
+        logits = cb.logits.float()
+        if logits.shape[1] != n_cls:
+            raise AuditorInputError(
+                f"the model returns {logits.shape[1]} logits but the dataset has {n_cls} "
+                f"classes ({', '.join(self.classes[:5])}…): set [data] classes or "
+                f"[model] num_classes to match"
+            )
+        probs = torch.softmax(logits, dim=1)
+        tgt = cb.targets.to(self.device)
+        pred = probs.argmax(1)
+        conf = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        size = (images.shape[-2], images.shape[-1])
+        up = cb.upsampled(size)
+
+        cols: dict[str, Any] = {}
+        b = len(batch)
+        base = {
+            "index": np.asarray(batch.indices, np.int64),
+            "id": list(batch.ids),
+            "label": batch.labels.numpy().astype(np.int64),
+            "label_name": [self.classes[i] for i in batch.labels.tolist()],
+            "target": tgt.cpu().numpy().astype(np.int64),
+            "pred": pred.cpu().numpy().astype(np.int64),
+            "correct": (pred == labels).cpu().numpy(),
+            "confidence": conf.cpu().numpy().astype(np.float64),
+            "pred_confidence": probs.max(1).values.cpu().numpy().astype(np.float64),
+            "has_mask": batch.has_mask.numpy(),
+            "mask_area": batch.masks.flatten(1).float().mean(1).numpy().astype(np.float64),
+            "image_sha256": list(batch.image_sha256),
+            "mask_sha256": [m or "" for m in batch.mask_sha256],
+            "notes": ["; ".join(n) for n in batch.notes],
+        }
+        base["mask_area"] = np.where(base["has_mask"], base["mask_area"], np.nan)
+
+        # interventions: three inference forwards on edited images (Xiao et al. 2021)
+        iv: dict[str, np.ndarray] = {}
+        if s.interventions and bool(has_mask.any()):
+            from auditor.metrics.interventions import mixed_random, only_background, only_foreground
+
+            fill_value = (-self.mean / self.std) if s.intervention_fill == "black" else None
+            g = torch.Generator().manual_seed(s.seed * 1_000_003 + batch_no)
+            edited = {
+                "only_fg": only_foreground(images, masks, fill=s.intervention_fill,
+                                           fill_value=fill_value),
+                "only_bg": only_background(images, masks, fill=s.intervention_fill,
+                                           fill_value=fill_value),
+            }
+            mixed, perm = mixed_random(images, masks, g)
+            edited["mixed_rand"] = mixed
+            hm = batch.has_mask.numpy()
+            for key, x in edited.items():
+                p = self._forward_probs(x)
+                correct = (p.argmax(1) == labels).cpu().numpy().astype(float)
+                cconf = p.gather(1, tgt.view(-1, 1)).squeeze(1).cpu().numpy().astype(np.float64)
+                valid = hm.copy()
+                if key == "mixed_rand":
+                    pv = perm.cpu().numpy()
+                    valid &= pv >= 0
+                    valid &= hm[np.clip(pv, 0, None)]  # the donor background needs a mask too
+                iv[f"{key}_correct"] = np.where(valid, correct, np.nan)
+                iv[f"{key}_confidence"] = np.where(valid, cconf, np.nan)
+
+        # faithfulness on the seeded subset (Petsiuk et al. 2018; Chattopadhay et al. 2018)
+        faith: dict[str, dict[str, np.ndarray]] = {}
+        sel = [j for j, i in enumerate(batch.indices) if i in self.faith_subset]
+        if sel:
+            from auditor.metrics.faithfulness import faithfulness_metrics
+
+            res = faithfulness_metrics(
+                self.model, images, up, tgt, steps=s.faithfulness_steps, subset=sel,
+                forward_batch_size=max(64, s.score_batch_size),
+            )
+            faith = {m: {k: v.cpu().numpy().astype(np.float64) for k, v in d.items()}
+                     for m, d in res.items()}
+
+        tables = []
+        low_res: dict[str, np.ndarray] = {}
+        for method in s.methods:
+            metrics, status = localisation_metrics(
+                up[method], masks, has_mask=has_mask,
+                pointing_tolerance=s.pointing_tolerance, iou_threshold=s.iou_threshold,
+                border_width=s.border_width,
+            )
+            cols = dict(base)
+            cols["method"] = [method] * b
+            cols["status"] = list(status)
+            cols["cam_status"] = list(cb.status[method])
+            for name, values in metrics.items():
+                cols[name] = values.double().cpu().numpy()
+            for key, values in iv.items():
+                cols[key] = values
+            for key, values in faith.get(method, {}).items():
+                cols[key] = values
+            tables.append(pa.table(cols))
+            cam = cb.cams[method].float()
+            peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
+            low_res[method] = (cam / peak).cpu().numpy()
+        table = pa.concat_tables(tables) if tables else pa.table({})
+        return table, low_res
+
+
+def _empty_skip_rows(batch: Any) -> list[dict[str, Any]]:
+    return [{"index": i, "id": sid, "reason": reason} for i, sid, reason in batch.skipped]
+
+
+def run_audit(
+    config: AuditConfig,
+    out: str | Path,
+    *,
+    limit: int | None = None,
+    device: str | None = None,
+    resume: bool = False,
+    pdf: bool | None = None,
+    progress: bool | None = None,
+    trust_model_code: bool | None = None,
+    render: bool = True,
+    command: str | None = None,
+) -> AuditOutcome:
+    """Audit the model and data described by ``config`` into the run directory ``out``."""
+    from auditor.data import open_dataset
+    from auditor.models import load_model
+
+    cfg = with_overrides(config, device=device, limit=limit)
+    dataset = open_dataset(cfg.data)
+    loaded = load_model(cfg.model, num_classes=len(dataset.classes),
+                        trust_model_code=trust_model_code)
+    return audit(
+        loaded.module,
+        dataset,
+        out,
+        settings=cfg.audit,
+        gates=cfg.gates,
+        layer=cfg.model.target_layer,
+        reshape=cfg.model.reshape,
+        model_info={"name": loaded.name, "sha256": loaded.sha256, "source": loaded.source,
+                    "parameters": loaded.parameters},
+        config=cfg,
+        resume=resume,
+        pdf=cfg.report.pdf if pdf is None else pdf,
+        progress=progress,
+        render=render,
+        command=command,
+    )
+
+
+def audit(
+    model: torch.nn.Module,
+    dataset: Any,
+    out: str | Path,
+    *,
+    settings: AuditSettings | None = None,
+    gates: Sequence[GateRule] = (),
+    layer: str | Sequence[str] | None = None,
+    reshape: str | None = None,
+    model_info: dict[str, Any] | None = None,
+    config: AuditConfig | None = None,
+    resume: bool = False,
+    pdf: bool = True,
+    progress: bool | None = None,
+    render: bool = True,
+    command: str | None = None,
+) -> AuditOutcome:
+    """Audit an in-memory ``model`` on an :class:`auditor.data.EvalDataset` (Python API path).
+
+    The model leaves as it came: the engine removes its hooks and restores train/eval flags.
+    """
+    from auditor.cam import CamEngine, find_target_layer
+    from auditor.models import state_dict_sha256
+
+    s = settings or AuditSettings()
+    started = datetime.now(timezone.utc)
+    t0 = time.perf_counter()
+    run_dir = Path(out)
+    store = RunStore(run_dir)
+    dev = torch.device(s.device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise AuditorInputError(f"--device {s.device}: CUDA is not available on this machine")
+    torch.manual_seed(s.seed)
+    classes = list(dataset.classes)
+    model_info = dict(model_info or {})
+    model_info.setdefault("name", type(model).__name__)
+    model_info.setdefault("source", f"python:{type(model).__module__}.{type(model).__qualname__}")
+    if "sha256" not in model_info:
+        model_info["sha256"] = state_dict_sha256(model)
+    model_info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
+    model_info["num_classes"] = len(classes)
+
+    was_training = model.training
+    orig_device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    model.to(dev)
+    try:
+        layer_names = layer
+        if layer_names is None:
+            example = torch.zeros(1, 3, *dataset.config.input_size, device=dev)
+            layer_names = find_target_layer(model, example)
+        try:
+            engine = CamEngine(
+                model, layer_names, s.methods, score_batch_size=s.score_batch_size,
+                autocast={"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
+                    s.autocast or ""
+                ),
+                reshape=_reshape_fn(reshape),
+            )
+        except (ValueError, TypeError, KeyError) as exc:
+            raise ConfigError(f"[model]/[audit]: {exc}") from exc
+        model_info["target_layer"] = ",".join(engine.layer_names)
+
+        n_total = len(dataset)
+        n = n_total if s.limit is None else min(s.limit, n_total)
+        indices = list(range(n))
+        chunks = [indices[k : k + s.batch_size] for k in range(0, n, s.batch_size)]
+        fingerprints = {
+            "config_sha256": config.sha256 if config else "python-api",
+            "model_sha256": model_info["sha256"],
+            "annotation_sha256": dataset.annotation_sha256(),
+            "settings": hashlib.sha256(repr(to_jsonable(s)).encode()).hexdigest(),
+            "tool_version": __version__,
+        }
+        done = store.prepare(fingerprints, resume=resume)
+        store.write_provenance(
+            {"fingerprints": fingerprints, "versions": library_versions(),
+             "model": model_info, "started": started.isoformat(timespec="seconds")}
+        )
+        if config is not None and config.source is not None:
+            atomic_write_bytes(run_dir / "config.toml", Path(config.source).read_bytes())
+
+        # the first missing batch and everything after it run again (batches complete in order)
+        first_missing = next((b for b in range(len(chunks)) if b not in done), len(chunks))
+        todo = chunks[first_missing:]
+        worker = _BatchAuditor(
+            model, engine, s, classes, dev, _seeded_subset(n, s.faithfulness_samples, s.seed),
+            dataset.config.mean, dataset.config.std,
+        )
+        sanity = _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
+        from auditor.data import iter_batches
+
+        t_loop = time.perf_counter()
+        bar = _progress(sum(len(c) for c in todo), progress, "auditing")
+        try:
+            flat = [i for c in todo for i in c]
+            for offset, batch in enumerate(
+                iter_batches(dataset, flat, s.batch_size, num_workers=s.num_workers)
+            ):
+                batch_no = first_missing + offset
+                if len(batch):
+                    rows, cams = worker.process(batch, batch_no)
+                else:
+                    rows, cams = pa.table({}), {}
+                store.write_batch(batch_no, rows, cams, list(batch.ids), list(batch.indices),
+                                  _empty_skip_rows(batch))
+                bar.update(len(batch) + len(batch.skipped))
+        finally:
+            bar.close()
+        loop_s = time.perf_counter() - t_loop
+    finally:
+        model.to(orig_device)
+        model.train(was_training)
+
+    return finalize(
+        run_dir, store, dataset=dataset, classes=classes, settings=s, gates=gates,
+        model=model, model_info=model_info, config=config, sanity=sanity, started=started,
+        t0=t0, loop_s=loop_s, pdf=pdf, render=render, command=command,
+    )
+
+
+def _sanity(
+    run_dir: Path, model: torch.nn.Module, dataset: Any, s: AuditSettings,
+    layers: Sequence[str], dev: torch.device, n: int,
+) -> dict[str, Any] | None:
+    """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
+
+    Stored in ``sanity.json`` so that a resumed run reuses it (same numbers as uninterrupted).
+    """
+    import json
+
+    path = run_dir / "sanity.json"
+    if not s.sanity_check or s.sanity_samples == 0 or n == 0:
+        return None
+    if path.is_file():
+        return json.loads(path.read_text("utf-8"))
+    from auditor.data import iter_batches
+    from auditor.metrics.sanity import randomisation_sanity_check
+
+    methods = [m for m in s.methods if m not in ("scorecam", "ablationcam")]
+    if not methods:
+        return None
+    batch = next(iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))),
+                                   s.sanity_samples)))
+    if not len(batch):
+        return None
+    try:
+        res = randomisation_sanity_check(
+            model, batch.images.to(dev), batch.labels.to(dev), methods,
+            layers[0] if len(layers) == 1 else list(layers), seed=s.seed,
+        )
+    except (ValueError, RuntimeError) as exc:  # e.g. no linear head to randomise
+        log.warning("sanity check skipped: %s", exc)
+        out: dict[str, Any] = {"_skipped": str(exc)}
+        atomic_write_json(path, out)
+        return out
+    out = {
+        m: {"similarity": r.similarity, "threshold": r.threshold, "trustworthy": r.trustworthy,
+            "n": r.n, "randomised": list(r.randomised)}
+        for m, r in res.items()
+    }
+    atomic_write_json(path, out)
+    return out
+
+
+def _cluster_analysis(
+    store: RunStore, table: pa.Table, classes: Sequence[str], s: AuditSettings
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """SpRAy per class on the stored low-resolution CAMs of the primary method."""
+    from auditor.metrics.clusters import spray_clusters
+
+    if not s.clusters or table.num_rows == 0:
+        return {}, {}
+    prim = table.filter(pc.equal(table.column("method"), s.primary))
+    idx = prim.column("index").to_numpy()
+    labels = prim.column("label").to_numpy()
+    bf = prim.column("background_focus").to_numpy(zero_copy_only=False).astype(float)
+    ids = prim.column("id").to_pylist()
+    cams: dict[int, np.ndarray] = {}
+    for bidx, arr in store.iter_cams(s.primary):
+        for j, i in enumerate(bidx.tolist()):
+            cams[int(i)] = arr[j]
+    out: dict[str, Any] = {}
+    maps_out: dict[str, Any] = {}
+    for ci, name in enumerate(classes):
+        sel = np.flatnonzero(labels == ci)
+        sel = np.asarray([j for j in sel if int(idx[j]) in cams])
+        if len(sel) < 6:
+            continue
+        maps = np.stack([cams[int(idx[j])] for j in sel])
+        bfc = bf[sel]
+        res = spray_clusters(maps, background_focus=bfc if np.isfinite(bfc).any() else None,
+                             seed=s.seed)
+        clusters = []
+        for cl in res.clusters:
+            clusters.append(
+                {
+                    "id": int(cl.id),
+                    "size": int(cl.size),
+                    "background_focus": None
+                    if cl.mean_background_focus is None or not np.isfinite(cl.mean_background_focus)
+                    else float(cl.mean_background_focus),
+                    "exemplars": [ids[int(sel[e])] for e in cl.exemplars],
+                    "outlier": int(cl.id) in set(int(x) for x in res.outlier_clusters),
+                    "gallery": [],
+                }
+            )
+        out[name] = {"k": int(res.k), "eigengap": float(res.eigengap), "clusters": clusters}
+        maps_out[name] = (res, sel, idx)
+    return out, maps_out
+
+
+def finalize(
+    run_dir: Path,
+    store: RunStore,
+    *,
+    dataset: Any,
+    classes: Sequence[str],
+    settings: AuditSettings,
+    gates: Sequence[GateRule],
+    model: torch.nn.Module | None,
+    model_info: dict[str, Any],
+    config: AuditConfig | None,
+    sanity: dict[str, Any] | None,
+    started: datetime,
+    t0: float,
+    loop_s: float,
+    pdf: bool,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
+    """Aggregate the shards, write samples.parquet, summary.json, gallery, junit, report."""
+    s = settings
+    t_an = time.perf_counter()
+    table = store.read_rows()
+    skipped = store.read_skipped()
+    if table.num_rows:
+        store.write_samples(table)
+    clusters, _ = _cluster_analysis(store, table, classes, s)
+    sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
+    if table.num_rows:
+        stats = analyse(table, classes=classes, methods=s.methods, settings=s,
+                        rules=FindingRules(), clusters=clusters, sanity=sanity_clean)
+    else:
+        stats = {"overall": {"n": 0, "accuracy": None, "accuracy_ci": [None, None], "metrics": {}},
+                 "classes": {}, "findings": [], "rules": {}, "confusion": None,
+                 "method_agreement": None, "faithfulness": None}
+
+    from auditor.cam import METHODS
+    from auditor.metrics.registry import METRICS
+
+    prim = table.filter(pc.equal(table.column("method"), s.primary)) if table.num_rows else table
+    h = hashlib.sha256()
+    if prim.num_rows:
+        for sid, ish, msh, lab in zip(prim.column("id").to_pylist(),
+                                      prim.column("image_sha256").to_pylist(),
+                                      prim.column("mask_sha256").to_pylist(),
+                                      prim.column("label").to_pylist()):
+            h.update(f"{sid}\0{ish}\0{msh}\0{lab}\n".encode())
+    for sk in skipped:
+        h.update(f"skipped\0{sk['id']}\n".encode())
+    annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
+    finished = datetime.now(timezone.utc)
+    summary: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "tool": {"name": "cam-auditor", "version": __version__},
+        "run": {
+            "started": started.isoformat(timespec="seconds"),
+            "finished": finished.isoformat(timespec="seconds"),
+            "duration_s": round(time.perf_counter() - t0, 3),
+            "timings": {"audit_loop_s": round(loop_s, 3),
+                        "analysis_s": round(time.perf_counter() - t_an, 3)},
+            "config_sha256": config.sha256 if config else None,
+            "seed": s.seed,
+            "device": s.device,
+            "command": command,
+            "versions": library_versions(),
+            "config": to_jsonable(config.raw) if config else to_jsonable(s),
+        },
+        "title": config.report.title if config else "Model attention audit",
+        "model": model_info,
+        "dataset": {
+            "name": getattr(dataset.config, "source", None) and Path(
+                str(dataset.config.manifest or dataset.config.root)).name,
+            "format": dataset.config.format,
+            "sha256": h.hexdigest(),
+            "annotation_sha256": dataset.annotation_sha256(),
+            "n_samples": len(dataset),
+            "n_evaluated": int(prim.num_rows),
+            "n_skipped": len(skipped),
+            "annotated": annotated,
+            "input_size": list(dataset.config.input_size),
+            "classes": list(classes),
+            "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
+        },
+        "methods": list(s.methods),
+        "primary_method": s.primary,
+        "methods_info": {m: _method_info(METHODS[m]) for m in s.methods},
+        "metrics_info": {k: to_jsonable(v) for k, v in METRICS.items()},
+        **stats,
+        "sanity": sanity_clean or None,
+        "clusters": clusters or None,
+        "settings": to_jsonable(s),
+    }
+    summary["gates"] = evaluate_gates(summary, gates)
+    summary["gallery"] = _gallery(run_dir, store, dataset, table, summary, s)
+    atomic_write_json(run_dir / "summary.json", summary)
+    write_junit(run_dir / "junit.xml", summary)
+    report: dict[str, Path] = {}
+    if render:
+        from auditor.report import render_report
+
+        report = render_report(
+            run_dir, html=True, pdf=pdf,
+            templates=config.report.templates if config else None,
+            pdf_timeout_s=config.report.pdf_timeout_s if config else 600,
+        )
+    return AuditOutcome(run_dir=run_dir, summary=summary, passed=summary["gates"]["passed"],
+                        report=report)
+
+
+def _method_info(method: Any) -> dict[str, Any]:
+    doc = (getattr(method, "__doc__", None) or getattr(method, "description", "") or "").strip()
+    info = {
+        "title": getattr(method, "title", None) or getattr(method, "name", ""),
+        "formula": getattr(method, "formula", "") or "",
+        "reference": getattr(method, "reference", "") or "",
+        "description": doc.split("\n\n")[0] if doc else "",
+    }
+    return info
+
+
+def _gallery(
+    run_dir: Path, store: RunStore, dataset: Any, table: pa.Table, summary: dict[str, Any],
+    s: AuditSettings,
+) -> dict[str, list[dict[str, Any]]]:
+    """Choose and draw gallery panels: flagged classes (highest background focus first) and,
+    for contrast, the class with the lowest risk (highest energy in the object)."""
+    from auditor.report import cluster_panel, gallery_panel
+
+    if table.num_rows == 0 or s.gallery_per_class == 0:
+        return {}
+    gdir = run_dir / "gallery"
+    gdir.mkdir(exist_ok=True)
+    classes = summary["classes"]
+    prim = table.filter(pc.equal(table.column("method"), s.primary))
+    cols = {c: prim.column(c).to_numpy(zero_copy_only=False) for c in
+            ("index", "id", "label", "pred", "confidence", "background_focus", "energy_in_mask")}
+    names = list(summary["dataset"]["classes"])
+    flagged = [c for c, v in classes.items() if v["flagged"]]
+    ranked = sorted((c for c in classes if classes[c]["n"]), key=lambda c: classes[c]["risk"])
+    contrast = [c for c in ranked if c not in flagged][:1]
+    chosen: list[tuple[str, str]] = [(c, "flagged") for c in flagged[:20]] + [
+        (c, "contrast") for c in contrast
+    ]
+    out: dict[str, list[dict[str, Any]]] = {}
+    for cname, why in chosen:
+        ci = names.index(cname)
+        sel = np.flatnonzero(cols["label"] == ci)
+        key = cols["background_focus"].astype(float)[sel]
+        key = np.where(np.isfinite(key), key, -np.inf)
+        order = sel[np.argsort(-key if why == "flagged" else key, kind="stable")]
+        picks = order[: s.gallery_per_class]
+        cams = store.load_cams(s.primary, [int(cols["index"][j]) for j in picks])
+        entries = []
+        for rank, j in enumerate(picks):
+            i = int(cols["index"][j])
+            if i not in cams:
+                continue
+            image, mask = dataset.load_display(i)
+            bfv = float(cols["background_focus"][j])
+            png = gallery_panel(
+                image, mask, cams[i], title=str(cols["id"][j]),
+                subtitle=f"label {cname} · predicted {names[int(cols['pred'][j])]} · "
+                f"background focus {bfv:.0%}" if np.isfinite(bfv) else "",
+            )
+            fname = f"gallery/{_slug(cname)}-{rank}.png"
+            atomic_write_bytes(run_dir / fname, png)
+            entries.append(
+                {
+                    "id": str(cols["id"][j]),
+                    "file": fname,
+                    "label": cname,
+                    "pred": names[int(cols["pred"][j])],
+                    "confidence": float(cols["confidence"][j]),
+                    "energy_in_mask": _num(cols["energy_in_mask"][j]),
+                    "background_focus": _num(bfv),
+                    "why": "highest background focus" if why == "flagged"
+                    else "lowest-risk class, for contrast",
+                }
+            )
+        out[cname] = entries
+    # cluster exemplar panels
+    for cname, res in (summary.get("clusters") or {}).items():
+        if len(res["clusters"]) < 2:
+            continue
+        id_to_index = {str(a): int(b) for a, b in zip(cols["id"], cols["index"])}
+        for cl in res["clusters"][:6]:
+            wanted = [id_to_index[e] for e in cl["exemplars"] if e in id_to_index][:4]
+            cams = store.load_cams(s.primary, wanted)
+            ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
+            if not ex:
+                continue
+            mean_map = np.mean([c for _, c in ex], axis=0)
+            png = cluster_panel(mean_map, ex, title=f"{cname}: cluster {cl['id']} "
+                                f"({cl['size']} images)")
+            fname = f"gallery/cluster-{_slug(cname)}-{cl['id']}.png"
+            atomic_write_bytes(run_dir / fname, png)
+            cl["gallery"] = [fname]
+    return out
+
+
+def _num(v: Any) -> float | None:
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if np.isfinite(f) else None
+
+
+def _slug(name: str) -> str:
+    safe = "".join(ch if ch.isalnum() else "-" for ch in name)[:40].strip("-") or "class"
+    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
+
+
+def write_junit(path: Path, summary: dict[str, Any]) -> None:
+    """Gate results as JUnit XML: one test case per rule × class, failures for failed gates."""
+    from xml.sax.saxutils import quoteattr
+
+    results = summary.get("gates", {}).get("results", [])
+    failures = sum(1 for r in results if not r["passed"])
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuites name="cam-auditor" tests="{len(results)}" failures="{failures}">',
+        f'  <testsuite name={quoteattr("gates: " + str(summary.get("model", {}).get("name")))} '
+        f'tests="{len(results)}" failures="{failures}" errors="0">',
+    ]
+    for r in results:
+        name = r["rule"] + (f"[{r['class']}]" if r.get("class") is not None else "")
+        value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
+        lines.append(f'    <testcase classname="cam-auditor.gates" name={quoteattr(name)}>')
+        if not r["passed"]:
+            msg = (f"{r['quantity']} ({r['stat']}) = {value}, {r['bound']} allowed "
+                   f"{r['threshold']}" + (f" ({r['note']})" if r.get("note") else ""))
+            lines.append(f"      <failure message={quoteattr(msg)}/>")
+        lines.append("    </testcase>")
+    lines += ["  </testsuite>", "</testsuites>", ""]
+    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))

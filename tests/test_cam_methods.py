@@ -1,0 +1,223 @@
+"""Hand-derived maps for every CAM method on tiny fixed-weight models.
+
+Both models take a 2-channel 3x3 input ``X >= 0``; the target layer ``relu`` computes
+``A = ReLU(conv1x1_identity(X)) = X``, so the activations are chosen directly:
+
+    A0 = [[1, 0, 2],      A1 = [[0, 1, 0],
+          [0, 1, 0],            [0, 1, 0],
+          [0, 0, 3]]            [2, 0, 1]]      sum A0 = 7, sum A1 = 5, Z = 9
+
+* ``GapNet``: GAP + linear, W = [[1, -1], [0.5, 2]] (no bias), so G_k = W[c, k] / 9 everywhere.
+  y_0 = (7 - 5) / 9 = 2/9, y_1 = (3.5 + 10) / 9 = 1.5.
+* ``FlatNet``: flatten + linear; row 0 of W is (G0, G1) below, so dy_0/dA = (G0, G1):
+
+    G0 = [[1, 0, 0],      G1 = [[0, 1, 0],
+          [0, -1, 0],           [0, 1, 0],
+          [0, 0, 1]]            [-1, 0, 0]]
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from auditor.cam import METHODS, CamEngine, compute_cams
+
+A0 = torch.tensor([[1.0, 0, 2], [0, 1, 0], [0, 0, 3]])
+A1 = torch.tensor([[0.0, 1, 0], [0, 1, 0], [2, 0, 1]])
+G0 = torch.tensor([[1.0, 0, 0], [0, -1, 0], [0, 0, 1]])
+G1 = torch.tensor([[0.0, 1, 0], [0, 1, 0], [-1, 0, 0]])
+X = torch.stack([A0, A1])[None]  # [1, 2, 3, 3]
+
+
+def _feature_block(model: nn.Module) -> None:
+    model.conv = nn.Conv2d(2, 2, 1, bias=False)
+    model.relu = nn.ReLU()
+    with torch.no_grad():
+        model.conv.weight.copy_(torch.eye(2)[:, :, None, None])
+
+
+class GapNet(nn.Module):
+    def __init__(self, weight: list[list[float]] | None = None) -> None:
+        super().__init__()
+        _feature_block(self)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(2, 2, bias=False)
+        with torch.no_grad():
+            self.fc.weight.copy_(torch.tensor(weight or [[1.0, -1.0], [0.5, 2.0]]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.pool(self.relu(self.conv(x))).flatten(1))
+
+
+class FlatNet(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        _feature_block(self)
+        self.fc = nn.Linear(18, 2, bias=False)
+        with torch.no_grad():
+            self.fc.weight.zero_()
+            self.fc.weight[0] = torch.cat([G0.flatten(), G1.flatten()])
+            self.fc.weight[1, 0] = 1.0
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.relu(self.conv(x)).flatten(1))
+
+
+def sigmoid(z: float) -> float:
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+def pca_map(p0: torch.Tensor, p1: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
+    """Eigen-CAM by hand for K = 2: top eigenvector of the 2x2 scatter matrix in closed form."""
+    c0, c1 = p0 - p0.mean(), p1 - p1.mean()
+    a, b, d = float((c0 * c0).sum()), float((c0 * c1).sum()), float((c1 * c1).sum())
+    lam = (a + d) / 2 + math.sqrt(((a - d) / 2) ** 2 + b * b)
+    v = (b, lam - a) if abs(b) > 1e-12 else ((1.0, 0.0) if a >= d else (0.0, 1.0))
+    norm = math.hypot(*v)
+    proj = c0 * v[0] / norm + c1 * v[1] / norm
+    if float(((proj - proj.mean()) * (ref - ref.mean())).sum()) < 0:
+        proj = -proj
+    return proj.clamp_min(0)
+
+
+def run(model: nn.Module, method: str, target: int, **kw: object) -> torch.Tensor:
+    with CamEngine(model, "relu", (method,), **kw) as engine:
+        batch = engine.run(X, torch.tensor([target]))
+    assert batch.status[method] == ["ok"]
+    return batch.cams[method][0]
+
+
+# ----------------------------------------------------------------------------- GapNet, class 0
+
+# cam: relu(1*A0 - 1*A1) = relu([[1,-1,2],[0,0,0],[-2,0,2]])
+CAM_C0 = torch.tensor([[1.0, 0, 2], [0, 0, 0], [0, 0, 2]])
+
+GAP_CASES = {
+    "cam": (0, CAM_C0),
+    # alpha_k = W[0, k] / 9 -> relu(A0 - A1) / 9
+    "gradcam": (0, CAM_C0 / 9),
+    # constant gradients: HiResCAM = Grad-CAM
+    "hirescam": (0, CAM_C0 / 9),
+    # w_k = sum (A_k / sum A_k) * g_k = g_k -> Grad-CAM
+    "xgradcam": (0, CAM_C0 / 9),
+    # only channel 0 has a positive gradient: relu(1/9) * A0
+    "layercam": (0, A0 / 9),
+    # alpha0 = 1 / (2 + 7 * (1/9)) = 9/25, w0 = 9 * 9/25 * 1/9 = 9/25; relu(g1) = 0 -> w1 = 0
+    "gradcam++": (0, A0 * 9 / 25),
+    # zeroing A0: y = -5/9 -> w0 = (2/9 + 5/9) / (2/9) = 7/2; zeroing A1: y = 7/9 -> w1 = -5/2
+    "ablationcam": (0, (3.5 * A0 - 2.5 * A1).clamp_min(0)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(GAP_CASES))
+def test_gapnet_hand_values(method: str) -> None:
+    target, expected = GAP_CASES[method]
+    torch.testing.assert_close(run(GapNet(), method, target), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_gradcam_pp_class1_hand_values() -> None:
+    # g0 = 0.5/9, S0 = 7: alpha0 = 1/(2 + 3.5/9) = 18/43, w0 = 9 * 18/43 * 0.5/9 = 9/43
+    # g1 = 2/9,   S1 = 5: alpha1 = 1/(2 + 10/9) = 9/28,  w1 = 9 * 9/28 * 2/9 = 9/14
+    expected = A0 * 9 / 43 + A1 * 9 / 14
+    torch.testing.assert_close(run(GapNet(), "gradcam++", 1), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_scorecam_hand_values() -> None:
+    # H0 = A0 / 3; relu(conv(X * H0)) = (A0^2/3, A0*A1/3): sums 5 and 4/3
+    #   y0 = (5 - 4/3)/9 = 11/27, y1 = (2.5 + 8/3)/9 = 31/54 -> p0 = sigmoid(y0 - y1) = s(-1/6)
+    # H1 = A1 / 2; (A0*A1/2, A1^2/2): sums 2 and 3.5
+    #   y0 = (2 - 3.5)/9 = -1/6, y1 = (1 + 7)/9 = 8/9      -> p0 = s(-1/6 - 8/9) = s(-19/18)
+    s = torch.tensor([sigmoid(-1 / 6), sigmoid(-19 / 18)])
+    w = torch.softmax(s, 0)
+    expected = w[0] * A0 + w[1] * A1
+    torch.testing.assert_close(run(GapNet(), "scorecam", 0), expected, atol=1e-6, rtol=1e-5)
+    # chunking the masked forwards does not change the result
+    torch.testing.assert_close(
+        run(GapNet(), "scorecam", 0, score_batch_size=1), expected, atol=1e-6, rtol=1e-5
+    )
+
+
+def test_eigencam_hand_values() -> None:
+    # scatter of the centred [9, 2] matrix (A0, A1): [[10 - ..]] solved in closed form by pca_map;
+    # sign: positive correlation with (A0 + A1) / 2
+    expected = pca_map(A0, A1, (A0 + A1) / 2)
+    torch.testing.assert_close(run(GapNet(), "eigencam", 0), expected, atol=1e-5, rtol=1e-4)
+    # class-agnostic
+    torch.testing.assert_close(run(GapNet(), "eigencam", 1), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_gradcam_equals_relu_cam_over_z_for_gap_linear() -> None:
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(6, 5, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(5, 4),
+    )
+    images = torch.randn(3, 3, 8, 8)
+    targets = torch.tensor([0, 2, 3])
+    with CamEngine(model, "3", ("cam", "gradcam")) as engine:
+        batch = engine.run(images, targets)
+    torch.testing.assert_close(batch.cams["gradcam"], batch.cams["cam"] / 64, atol=1e-6, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- FlatNet, class 0
+
+FLAT_CASES = {
+    # relu(G0*A0 + G1*A1) = relu([[1,1,0],[0,0,0],[-2,0,3]])
+    "hirescam": torch.tensor([[1.0, 1, 0], [0, 0, 0], [0, 0, 3]]),
+    # relu(G0)*A0 + relu(G1)*A1 = [[1,0,0],[0,0,0],[0,0,3]] + [[0,1,0],[0,1,0],[0,0,0]]
+    "layercam": torch.tensor([[1.0, 1, 0], [0, 1, 0], [0, 0, 3]]),
+    # alpha0 = mean G0 = 1/9, alpha1 = mean G1 = 1/9
+    "gradcam": (A0 + A1) / 9,
+    # w0 = (1 - 1 + 3) / 7 = 3/7; w1 = (1 + 1 - 2) / 5 = 0
+    "xgradcam": A0 * 3 / 7,
+    # positive g = 1 only: w_k = sum_{g>0} 1 / (2 + S_k) -> w0 = 2/9, w1 = 2/7 (0/0 -> 0 elsewhere)
+    "gradcam++": A0 * 2 / 9 + A1 * 2 / 7,
+    # Eigen-CAM of A*G, sign fixed by sum_k A_k G_k
+    "eigengradcam": pca_map(A0 * G0, A1 * G1, A0 * G0 + A1 * G1),
+}
+
+
+@pytest.mark.parametrize("method", sorted(FLAT_CASES))
+def test_flatnet_hand_values(method: str) -> None:
+    torch.testing.assert_close(run(FlatNet(), method, 0), FLAT_CASES[method], atol=1e-5, rtol=1e-4)
+
+
+def test_ablationcam_flatnet_hand_values() -> None:
+    # y0 = sum G*A = (1 - 1 + 3) + (1 + 1 - 2) = 3; zeroing A0 -> y = 0 (w0 = 1); A1 -> y = 3 (w1 = 0)
+    torch.testing.assert_close(run(FlatNet(), "ablationcam", 0), A0, atol=1e-6, rtol=1e-5)
+
+
+def test_cam_without_gap_head_raises_helpful_error() -> None:
+    with pytest.raises(ValueError, match="gradcam"):
+        run(FlatNet(), "cam", 0)
+
+
+def test_every_method_has_a_hand_test() -> None:
+    covered = set(GAP_CASES) | set(FLAT_CASES) | {"scorecam", "eigencam"}
+    assert covered == set(METHODS)
+
+
+def test_every_method_documents_formula_and_paper() -> None:
+    for name, method in METHODS.items():
+        assert method.fn.__doc__ and "=" in method.fn.__doc__, name
+        assert any(str(y) in method.reference for y in range(2015, 2025)), name
+
+
+def test_compute_cams_upsamples_to_image_size() -> None:
+    out = compute_cams(GapNet(), X, torch.tensor([0]), methods=("cam", "gradcam"), layer="relu")
+    assert set(out) == {"cam", "gradcam"}
+    assert out["cam"].shape == (1, 3, 3) and out["cam"].dtype == torch.float32
+    torch.testing.assert_close(out["cam"][0], CAM_C0)
+    big = torch.nn.functional.interpolate(X, size=(6, 6), mode="nearest")
+    out = compute_cams(GapNet(), big, [0], methods=("cam",), layer="relu")
+    assert out["cam"].shape == (1, 6, 6)
+    assert float(out["cam"].min()) >= 0

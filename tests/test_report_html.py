@@ -1,0 +1,294 @@
+"""The HTML report rendered from a synthetic run directory."""
+
+from __future__ import annotations
+
+import markupsafe
+import json
+import re
+import shutil
+from html.parser import HTMLParser
+from pathlib import Path
+
+import pytest
+
+from auditor.errors import RenderError
+from auditor.report import ReportLimits, build_context, render_html, render_report
+from auditor.report.html import slugify
+from tests.report_fixtures import DEFAULT_CLASSES, LONG_NAME, QUOTE_NAME, XSS_NAME, make_run_dir
+
+
+class _Doc(HTMLParser):
+    """Collects tags with attributes and the visible text (outside script/style)."""
+
+    def __init__(self) -> None:
+        super().__init__(convert_charrefs=True)
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+        self.text: list[str] = []
+        self._skip = 0
+        self.stack: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        self.tags.append((tag, dict(attrs)))
+        if tag in ("script", "style"):
+            self._skip += 1
+
+    def handle_endtag(self, tag):
+        if tag in ("script", "style"):
+            self._skip -= 1
+
+    def handle_data(self, data):
+        if not self._skip:
+            self.text.append(data)
+
+
+def parse(text: str) -> _Doc:
+    doc = _Doc()
+    doc.feed(text)
+    return doc
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory) -> Path:
+    return make_run_dir(tmp_path_factory.mktemp("run"))
+
+
+@pytest.fixture(scope="module")
+def report(run_dir) -> str:
+    path = render_html(run_dir)
+    assert path == run_dir / "report.html"
+    return path.read_text(encoding="utf-8")
+
+
+def _copy(run_dir: Path, tmp_path: Path) -> Path:
+    dst = tmp_path / "run"
+    shutil.copytree(run_dir, dst)
+    return dst
+
+
+def _edit_summary(run: Path, fn) -> None:
+    path = run / "summary.json"
+    summary = json.loads(path.read_text())
+    fn(summary)
+    path.write_text(json.dumps(summary))
+
+
+def test_hostile_class_names_render_literally(report):
+    doc = parse(report)
+    text = "".join(doc.text)
+    for name in DEFAULT_CLASSES:
+        assert name in text, name[:30]
+    assert "<script>alert(1)" not in report
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in report
+    assert sum(1 for tag, _ in doc.tags if tag == "script") == 1  # only the report's own JS
+    assert "<b>bold</b>" not in report  # QUOTE_NAME contains markup: escaped
+    assert str(markupsafe.escape(QUOTE_NAME)) in report
+    assert LONG_NAME in text
+    assert "overflow-wrap: anywhere" in report
+
+
+def test_self_contained_no_external_resources(report):
+    doc = parse(report)
+    for tag, attrs in doc.tags:
+        assert tag != "link", attrs
+        for key in ("src", "href"):
+            value = attrs.get(key)
+            if value is None:
+                continue
+            assert not re.match(r"^\s*(https?:|//|file:|ftp:)", value, re.I), (tag, value[:80])
+            if key == "src":
+                assert value.startswith("data:image/png;base64,"), (tag, value[:40])
+            if key == "href":
+                assert value.startswith("#"), value[:80]
+    assert "@import" not in report and "url(http" not in report
+
+
+def test_accessibility_alt_scope_captions(report):
+    doc = parse(report)
+    imgs = [a for t, a in doc.tags if t == "img"]
+    assert len(imgs) >= 8  # figures + gallery panels + cluster views
+    assert all(a.get("alt") for a in imgs)
+    n_tables = sum(1 for t, _ in doc.tags if t == "table")
+    n_captions = sum(1 for t, _ in doc.tags if t == "caption")
+    assert n_captions == n_tables
+    in_thead = False
+    for tag, attrs in doc.tags:
+        if tag == "thead":
+            in_thead = True
+        elif tag == "tbody":
+            in_thead = False
+        elif tag == "th" and in_thead:
+            assert attrs.get("scope") == "col"
+
+
+def test_ids_unique_and_class_anchors(report, run_dir):
+    doc = parse(report)
+    ids = [a["id"] for _, a in doc.tags if a.get("id")]
+    assert len(ids) == len(set(ids))
+    for name in DEFAULT_CLASSES:
+        assert f"class-{slugify(name)}" in ids
+    # every in-page link points at an existing id
+    for _, attrs in doc.tags:
+        href = attrs.get("href")
+        if href and href.startswith("#"):
+            assert href[1:] in ids, href
+
+
+def test_class_rows_sorted_by_risk_desc(report, run_dir):
+    summary = json.loads((run_dir / "summary.json").read_text())
+    expected = sorted(summary["classes"], key=lambda c: (-summary["classes"][c]["risk"], c))
+    doc = parse(report)
+    order = [a["id"] for t, a in doc.tags if t == "tr" and (a.get("id") or "").startswith("class-")]
+    assert order == [f"class-{slugify(c)}" for c in expected]
+
+
+def test_sections_and_content(report):
+    text = " ".join("".join(parse(report).text).split())
+    for title in (
+        "Executive summary",
+        "Findings",
+        "Per-class results",
+        "Figures",
+        "Galleries",
+        "Methodology",
+        "Provenance and limitations",
+        "Limitations of CAM-based evidence",
+        "Skipped samples",
+        "Software versions",
+    ):
+        assert title in text
+    assert "a" * 64 in text  # model sha256
+    assert "2 of 6 gate checks failed" in text
+    assert "Figure 1. Background focus per class" in text
+    assert "img/broken-0.png" in text and "cannot decode image" in text
+    assert "What to do next" in text and "Inspect the galleries" in text
+
+
+def test_missing_values_print_a_dash(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path)
+
+    def edit(s):
+        stats = s["classes"]["circle"]["metrics"]["gradcam"]
+        stats["iou"] = {"mean": None, "ci_low": None, "ci_high": None, "n": 0, "n_nan": 12}
+        del stats["auc"]
+        s["classes"]["circle"]["accuracy"] = None
+        s["classes"]["circle"]["risk"] = None
+
+    _edit_summary(run, edit)
+    page = render_html(run).read_text()
+    doc = parse(page)
+    text = "".join(doc.text)
+    assert not re.search(r"\bnan\b", text, re.I)
+    assert not re.search(r"\bNone\b", text)
+    row = page.split(f'id="class-{slugify("circle")}"', 1)[1].split("</tr>", 1)[0]
+    assert row.count("—") >= 4  # accuracy, iou, auc, risk
+    assert 'data-value=""' in row
+    # a class without a risk score sorts last
+    order = [a["id"] for t, a in doc.tags if t == "tr" and (a.get("id") or "").startswith("class-")]
+    assert order[-1] == f"class-{slugify('circle')}"
+
+
+def test_render_error_leaves_previous_report_untouched(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path)
+    good = render_html(run).read_bytes()
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "report.html.j2").write_text("<p>" + "x" * 10000 + "</p>{{ no_such_value }}")
+    with pytest.raises(RenderError, match="no_such_value"):
+        render_html(run, templates=tpl)
+    assert (run / "report.html").read_bytes() == good
+    assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
+
+
+def test_missing_gallery_file_is_an_error(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path)
+    previous = render_html(run).read_bytes()
+    victim = sorted((run / "gallery").glob("class*.png"))[0]
+    victim.unlink()
+    with pytest.raises(RenderError, match=re.escape(victim.name)):
+        render_html(run)
+    assert (run / "report.html").read_bytes() == previous
+
+
+def test_gallery_path_outside_run_is_refused(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path)
+    (tmp_path / "outside.png").write_bytes(
+        (sorted((run / "gallery").glob("*.png"))[0]).read_bytes()
+    )
+
+    def edit(s):
+        first = next(iter(s["gallery"]))
+        s["gallery"][first][0]["file"] = "../outside.png"
+
+    _edit_summary(run, edit)
+    with pytest.raises(RenderError, match="outside the run directory"):
+        render_html(run)
+
+
+def test_caps_for_big_runs(run_dir):
+    limits = ReportLimits(table_page=2, skipped=1, gallery_classes=1, gallery_per_class=1, top_n=2)
+    ctx = build_context(run_dir, limits=limits)
+    assert len(ctx["skipped"]) == 1 and ctx["n_skipped"] == 3
+    assert len(ctx["galleries"]) == 1 and len(ctx["galleries"][0]["panels"]) == 1
+    bf = next(f for f in ctx["figures"] if f["id"] == "fig-background-focus")
+    assert "2 highest-risk of 6 classes" in bf["caption"]
+    conf = next(f for f in ctx["figures"] if f["id"] == "fig-confusion")
+    assert "Restricted to the 2 highest-risk of 6" in conf["caption"]
+    from auditor.report.html import render_string
+
+    page = render_string("report.html.j2", {**ctx, "output": "html"})
+    assert 'data-page="2"' in page and 'id="show-all"' in page
+    text = " ".join("".join(parse(page).text).split())
+    assert "the first 1 are listed" in text
+    assert "Showing galleries of the 1 highest-risk of 2 classes" in text
+    assert "Showing 1 of 2 panels" in text
+
+
+def test_limits_validate():
+    with pytest.raises(ValueError, match="`top_n` must be a non-negative int, got -1"):
+        ReportLimits(top_n=-1)
+
+
+def test_sections_that_did_not_run(tmp_path):
+    run = make_run_dir(
+        tmp_path / "run",
+        interventions=False,
+        faithfulness=False,
+        gallery=False,
+        methods=("gradcam",),
+        n_skipped=0,
+        class_names=("a", "b"),
+        shortcut_classes=("b",),
+        n_per_class=4,
+    )
+    page = render_html(run).read_text()
+    text = " ".join("".join(parse(page).text).split())
+    assert "Background interventions did not run" in text
+    assert "Faithfulness metrics (deletion/insertion) did not run" in text
+    assert "Drop, object only" not in text
+    assert "No sample was skipped" in text
+    assert "fig-interventions" not in page and "fig-method-agreement" not in page
+
+
+def test_bad_run_directories(tmp_path, run_dir):
+    with pytest.raises(RenderError, match="run_dir"):
+        render_html(tmp_path / "missing")
+    with pytest.raises(RenderError, match="summary.json not found"):
+        render_html(tmp_path)
+    run = _copy(run_dir, tmp_path)
+    _edit_summary(run, lambda s: s.update(schema_version=2))
+    with pytest.raises(RenderError, match="schema_version must be 1, got 2"):
+        render_html(run)
+    (run / "summary.json").write_text("{not json")
+    with pytest.raises(RenderError, match="cannot read summary"):
+        render_html(run)
+    with pytest.raises(TypeError, match="run_dir"):
+        render_html(42)  # type: ignore[arg-type]
+
+
+def test_render_report_html_only(run_dir, tmp_path):
+    run = _copy(run_dir, tmp_path)
+    (run / "report.pdf").unlink(missing_ok=True)
+    out = render_report(run, pdf=False)
+    assert out == {"html": run / "report.html"}
+    assert not (run / "report.pdf").exists()
+    assert render_report(run, html=False, pdf=False) == {}
