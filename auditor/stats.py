@@ -125,7 +125,13 @@ def _check_count(name: str, value: Any) -> int:
 # bootstrap core
 # --------------------------------------------------------------------------------------------
 def _boot_means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
-    """Replicate means ``[G, n_boot]`` for the rows of ``x`` (``[G, m]``, all of size ``m``)."""
+    """Replicate means ``[G, n_boot]`` for the rows of ``x`` (``[G, m]``, all of size ``m``).
+
+    The indices come from ``default_rng(seed)`` in chunks of ``rows x m`` (a function of
+    ``m`` only), so they depend on ``(seed, m, n_boot)`` alone. One row: gather and sum. Several
+    rows: turn the indices into counts once and take ``counts @ x`` for all rows (``einsum``,
+    single-threaded on purpose: BLAS thread start-up dominates at these sizes).
+    """
     g, m = x.shape
     rng = np.random.default_rng(seed)
     rows = max(1, min(n_boot, _CHUNK_ELEMENTS // m))
@@ -134,8 +140,12 @@ def _boot_means(x: np.ndarray, n_boot: int, seed: int) -> np.ndarray:
     for start in range(0, n_boot, rows):
         r = min(rows, n_boot - start)
         idx = rng.integers(0, m, size=(r, m))
-        counts = np.bincount((idx + offsets[:r]).ravel(), minlength=r * m).reshape(r, m)
-        out[:, start : start + r] = x @ counts.T.astype(np.float64)
+        if g == 1:
+            out[0, start : start + r] = x[0][idx].sum(axis=1)
+        else:
+            flat = (idx + offsets[:r]).ravel()
+            counts = np.bincount(flat, minlength=r * m).reshape(r, m).astype(np.float64)
+            out[:, start : start + r] = np.einsum("gm,rm->gr", x, counts)
     out /= m
     return out
 
@@ -303,7 +313,9 @@ def _wilson_bounds(k: int, n: int, z: float) -> tuple[float, float]:
     denom = 1.0 + z * z / n
     centre = (p + z * z / (2 * n)) / denom
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    return max(0.0, centre - half), min(1.0, centre + half)
+    low = 0.0 if k == 0 else max(0.0, centre - half)  # exact at the ends (no rounding)
+    high = 1.0 if k == n else min(1.0, centre + half)
+    return low, high
 
 
 def wilson_interval(successes: int, n: int, confidence: float = 0.95) -> Interval:

@@ -315,7 +315,8 @@ def test_bad_arguments_raise() -> None:
 
 def test_find_target_layer_torchvision() -> None:
     assert find_target_layer(torchvision.models.resnet18(weights=None)) == "layer4"
-    assert find_target_layer(torchvision.models.vgg11(weights=None)) == "features.19"
+    vgg = torchvision.models.vgg11(weights=None)
+    assert find_target_layer(vgg, torch.zeros(1, 3, 64, 64)) == "features.19"
 
 
 def test_find_target_layer_custom_and_restores_flags() -> None:
@@ -394,8 +395,8 @@ def test_ablation_tail_equals_fallback_smallnet() -> None:
 def test_ablation_tail_equals_fallback_resnet18() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
-    images = _images(1, 64)
-    with CamEngine(model, "layer4", ("ablationcam",)) as engine:
+    images = _images(1, 64)  # layer4: 2x2; the fallback runs 512 full forwards
+    with CamEngine(model, "layer4", ("ablationcam",), score_batch_size=256) as engine:
         with_tail = engine.run(images)
         assert engine.tail_reasons["layer4"] == ""
         engine.use_tail = False

@@ -192,7 +192,8 @@ def test_flatnet_hand_values(method: str) -> None:
 
 
 def test_ablationcam_flatnet_hand_values() -> None:
-    # y0 = sum G*A = (1 - 1 + 3) + (1 + 1 - 2) = 3; zeroing A0 -> y = 0 (w0 = 1); A1 -> y = 3 (w1 = 0)
+    # y0 = sum G*A = (1 - 1 + 3) + (1 + 1 - 2) = 3
+    # zeroing A0 -> y = 0 (w0 = 1); zeroing A1 -> y = 3 (w1 = 0)
     torch.testing.assert_close(run(FlatNet(), "ablationcam", 0), A0, atol=1e-6, rtol=1e-5)
 
 

@@ -288,14 +288,17 @@ def test_localisation_metrics_passes_options() -> None:
     mask = torch.zeros(1, 5, 5, dtype=torch.bool)
     mask[0, 0, 2] = True
     m0, _ = localisation_metrics(cam, mask, pointing_tolerance=0, border_width=0.2)
-    m2, _ = localisation_metrics(
-        cam, mask, pointing_tolerance=2, iou_threshold=0.4, border_width=0.2
-    )
+    m2, _ = localisation_metrics(cam, mask, pointing_tolerance=2, border_width=0.2)
     assert m0["pointing_game"].item() == 0.0
     assert m2["pointing_game"].item() == 1.0
-    assert m0["iou"].item() == 0.0
-    assert m2["iou"].item() == pytest.approx(0.0)  # {(0,0),(4,4)} vs {(0,2)}
     assert m0["border_focus"].item() == 1.0
+    corner = torch.zeros(1, 5, 5, dtype=torch.bool)
+    corner[0, 4, 4] = True
+    # binarised at 0.5 * max: {(0,0), (4,4)} -> IoU 1/2; at 0.6 * max: {(0,0)} -> 0
+    m5, _ = localisation_metrics(cam, corner, iou_threshold=0.5, border_width=0.2)
+    m6, _ = localisation_metrics(cam, corner, iou_threshold=0.6, border_width=0.2)
+    assert m5["iou"].item() == 0.5
+    assert m6["iou"].item() == 0.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -328,3 +331,39 @@ def test_argument_errors() -> None:
         )
     with pytest.raises(ValueError, match="`pointing_tolerance` must be >= 0"):
         localisation_metrics(torch.ones(1, 5, 5), None, pointing_tolerance=-2)
+
+
+# ---------------------------------------------------------------------------------------------
+# metadata
+# ---------------------------------------------------------------------------------------------
+def test_registry_covers_every_metric() -> None:
+    from auditor.metrics import METRICS, MetricInfo, metric_info
+
+    extra = {
+        "deletion_auc",
+        "insertion_auc",
+        "average_drop",
+        "increase_in_confidence",
+        "only_fg_accuracy",
+        "only_bg_accuracy",
+        "mixed_rand_accuracy",
+        "background_gap",
+    }
+    assert set(METRICS) == set(METRIC_NAMES) | extra
+    for name in METRIC_NAMES:
+        info = METRICS[name]
+        assert info.name == name
+        assert info.needs_mask == (name in MASK_METRICS)
+        assert info.category in ("localisation", "concentration")
+        assert info.formula and info.description and info.reference
+    assert METRICS["background_focus"].higher_is_better is False
+    assert METRICS["deletion_auc"].higher_is_better is False
+    assert METRICS["average_drop"].higher_is_better is False
+    assert METRICS["insertion_auc"].higher_is_better is True
+    assert metric_info("auc").range == (0.0, 1.0)
+    with pytest.raises(KeyError, match="unknown metric 'nope'"):
+        metric_info("nope")
+    with pytest.raises(TypeError):
+        METRICS["x"] = METRICS["auc"]  # type: ignore[index]
+    with pytest.raises(ValueError, match="`category` must be one of"):
+        MetricInfo("x", "X", True, "vibes", False, None, "f", "d", "r")

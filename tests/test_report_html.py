@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-import markupsafe
 import json
 import re
 import shutil
 from html.parser import HTMLParser
 from pathlib import Path
 
+import markupsafe
 import pytest
 
 from auditor.errors import RenderError
 from auditor.report import ReportLimits, build_context, render_html, render_report
 from auditor.report.html import slugify
-from tests.report_fixtures import DEFAULT_CLASSES, LONG_NAME, QUOTE_NAME, XSS_NAME, make_run_dir
+from tests.report_fixtures import DEFAULT_CLASSES, LONG_NAME, QUOTE_NAME, make_run_dir
 
 
 class _Doc(HTMLParser):

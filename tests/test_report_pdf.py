@@ -13,8 +13,8 @@ import pypdf
 import pytest
 
 from auditor.errors import RenderError
-from auditor.report import render_pdf, render_report
 from auditor.report import pdf as rpdf
+from auditor.report import render_pdf, render_report
 from auditor.report.pdf import html_to_pdf, resolve_resource
 from tests.report_fixtures import DEFAULT_CLASSES, LONG_NAME, XSS_NAME, make_run_dir
 
@@ -224,3 +224,26 @@ def test_worker_crash_is_a_render_error(tmp_path):
     with pytest.raises(RenderError, match="exit 1.*boom"):
         html_to_pdf("<p>x</p>", tmp_path / "t.pdf", base_dir=tmp_path, timeout_s=5, runner=fake_run)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_render_document_generic(tmp_path):
+    from auditor.report import render_document
+
+    tpl = tmp_path / "tpl"
+    tpl.mkdir()
+    (tpl / "cmp.html.j2").write_text(
+        "<html><body><h1>{{ title }}</h1><p>{{ output }}: {{ value|pct }}</p></body></html>"
+    )
+    out = tmp_path / "out"
+    out.mkdir()
+    render_document(
+        "cmp.html.j2", {"title": "A <vs> B", "value": None}, out / "c.html",
+        out_pdf=out / "c.pdf", base_dir=out, templates=tpl,
+    )
+    assert (out / "c.html").read_text() == (
+        "<html><body><h1>A &lt;vs&gt; B</h1><p>html: —</p></body></html>"
+    )
+    text = pypdf.PdfReader(out / "c.pdf").pages[0].extract_text()
+    assert "A <vs> B" in text and "pdf: —" in text
+    with pytest.raises(RenderError, match="base_dir"):
+        render_document("cmp.html.j2", {}, out / "d.html", out_pdf=None, base_dir=tmp_path / "no")

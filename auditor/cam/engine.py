@@ -164,7 +164,9 @@ class CamEngine:
         if not isinstance(score_batch_size, int) or score_batch_size < 1:
             raise ValueError(f"`score_batch_size` must be an int >= 1, got {score_batch_size!r}")
         if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
-            raise ValueError(f"`autocast` must be torch.bfloat16, torch.float16 or None, got {autocast}")
+            raise ValueError(
+                f"`autocast` must be torch.bfloat16, torch.float16 or None, got {autocast}"
+            )
         if reshape is not None and not callable(reshape):
             raise TypeError(f"`reshape` must be callable, got {type(reshape).__name__}")
 
@@ -342,7 +344,9 @@ class CamEngine:
         if targets is None or (isinstance(targets, str) and targets == "predicted"):
             return logits.detach().argmax(dim=1, keepdim=True), False
         if isinstance(targets, str):
-            raise ValueError(f"`targets` must be 'predicted', None or class indices, got {targets!r}")
+            raise ValueError(
+                f"`targets` must be 'predicted', None or class indices, got {targets!r}"
+            )
         if not isinstance(targets, Tensor):
             targets = torch.as_tensor(list(targets))
         if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
@@ -354,7 +358,8 @@ class CamEngine:
             targets_bt, multi = targets, True
         else:
             raise ValueError(
-                f"`targets` must have shape [B] or [B, T] with B={batch}, got {tuple(targets.shape)}"
+                f"`targets` must have shape [B] or [B, T] with B={batch}, "
+                f"got {tuple(targets.shape)}"
             )
         if bool(((targets_bt < 0) | (targets_bt >= n_classes)).any()):
             raise ValueError(
@@ -370,7 +375,9 @@ class CamEngine:
         if not self._needs_grad:
             return [None] * len(captured)
         if not logits.requires_grad:
-            return [torch.zeros(targets_bt.numel(), *a.shape[1:], device=a.device) for a in captured]
+            return [
+                torch.zeros(targets_bt.numel(), *a.shape[1:], device=a.device) for a in captured
+            ]
         per_target: list[list[Tensor]] = []
         with torch.enable_grad():  # the caller's grad mode may be off
             scores = logits.gather(1, targets_bt)  # [B, T] raw logits
@@ -512,8 +519,8 @@ class CamEngine:
         if not matching:
             found = [m.in_features for m in linears]
             raise ValueError(
-                f"method 'cam' needs a global-average-pool + linear head on layer {name!r}: a final "
-                f"nn.Linear with in_features == {channels} channels, but "
+                f"method 'cam' needs a global-average-pool + linear head on layer {name!r}: "
+                f"a final nn.Linear with in_features == {channels} channels, but "
                 f"{type(self.model).__name__} has Linear in_features {found}; use 'gradcam' "
                 "(equal to CAM up to a positive scale on GAP+linear heads) or another method"
             )

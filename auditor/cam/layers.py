@@ -71,7 +71,7 @@ def resolve_layer(model: nn.Module, name: str) -> nn.Module:
 
 
 def _default_example(model: nn.Module) -> Tensor:
-    """A small zero image batch ``[2, C, 224, 224]`` on the model's device (C from the first conv)."""
+    """A zero image ``[1, C, 224, 224]`` on the model's device (C from the first conv)."""
     channels = 3
     for module in model.modules():
         if isinstance(module, nn.Conv2d):
@@ -80,7 +80,7 @@ def _default_example(model: nn.Module) -> Tensor:
     param = next(model.parameters(), None)
     device = param.device if param is not None else torch.device("cpu")
     dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
-    return torch.zeros(2, channels, 224, 224, device=device, dtype=dtype)
+    return torch.zeros(1, channels, 224, 224, device=device, dtype=dtype)
 
 
 def spatial_layer_candidates(
@@ -89,7 +89,7 @@ def spatial_layer_candidates(
     """Modules with a 4-D spatial output ``[B, K, h, w]`` (``h * w > 1``), in execution order.
 
     A dry forward is run in eval mode under :func:`torch.no_grad` on ``example`` (default: a zero
-    batch ``[2, C, 224, 224]``); the training flags of every submodule are restored afterwards and
+    batch ``[1, C, 224, 224]``); the training flags of every submodule are restored afterwards and
     every hook is removed, also on error. Each entry is ``(name, output shape)`` in the order the
     modules *finished* their forward; pooling/dropout/identity modules (and containers returning
     their output unchanged) are excluded.
@@ -151,7 +151,7 @@ def find_target_layer(model: nn.Module, example: Tensor | None = None) -> str:
 
     Args:
         model: the classifier.
-        example: an input batch for the dry forward; default a zero batch ``[2, C, 224, 224]``.
+        example: an input batch for the dry forward; default a zero batch ``[1, C, 224, 224]``.
 
     Raises:
         ValueError: the model has no spatial layer (e.g. a transformer: pass ``layer=`` and a
@@ -208,7 +208,7 @@ def vit_reshape(
 
 
 def swin_reshape() -> Callable[[Tensor], Tensor]:
-    """Return a callable turning channels-last grids ``[B, h, w, D]`` (Swin) into ``[B, D, h, w]``."""
+    """Return a callable turning channels-last Swin grids ``[B, h, w, D]`` into ``[B, D, h, w]``."""
 
     def reshape(x: Tensor) -> Tensor:
         if x.dim() != 4:

@@ -231,8 +231,7 @@ def _xgradcam(ctx: CamContext) -> Tensor:
     needs_gradients=True,
     kind="gradient",
     reference=(
-        "Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for "
-        "Localization"
+        "Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for Localization"
     ),
 )
 def _layercam(ctx: CamContext) -> Tensor:

@@ -1,0 +1,63 @@
+"""Metrics on class activation maps: localisation, concentration, interventions, metadata.
+
+Public API::
+
+    from auditor.metrics import energy_in_mask, localisation_metrics, METRICS
+"""
+
+from __future__ import annotations
+
+from auditor.metrics.interventions import (
+    FILLS,
+    derangement,
+    masked_gaussian_blur,
+    mixed_random,
+    only_background,
+    only_foreground,
+)
+from auditor.metrics.localisation import (
+    MASK_METRICS,
+    METRIC_NAMES,
+    STATUSES,
+    background_focus,
+    border_focus,
+    concentration_entropy,
+    dilate_masks,
+    energy_in_mask,
+    energy_lift,
+    iou_at_threshold,
+    localisation_auc,
+    localisation_metrics,
+    pointing_game,
+    relevance_rank_accuracy,
+    saliency_density_difference,
+)
+from auditor.metrics.registry import CATEGORIES, METRICS, MetricInfo, metric_info
+
+__all__ = [
+    "CATEGORIES",
+    "FILLS",
+    "MASK_METRICS",
+    "METRICS",
+    "METRIC_NAMES",
+    "STATUSES",
+    "MetricInfo",
+    "background_focus",
+    "border_focus",
+    "concentration_entropy",
+    "derangement",
+    "dilate_masks",
+    "energy_in_mask",
+    "energy_lift",
+    "iou_at_threshold",
+    "localisation_auc",
+    "localisation_metrics",
+    "masked_gaussian_blur",
+    "metric_info",
+    "mixed_random",
+    "only_background",
+    "only_foreground",
+    "pointing_game",
+    "relevance_rank_accuracy",
+    "saliency_density_difference",
+]

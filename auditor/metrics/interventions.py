@@ -80,8 +80,7 @@ def _check_fill(fill: str, fill_value: Tensor | None, channels: int) -> None:
     if fill == "black":
         if fill_value is None:
             raise ValueError(
-                '`fill_value` (Tensor[C], e.g. -mean / std) is required with fill="black", '
-                "got None"
+                '`fill_value` (Tensor[C], e.g. -mean / std) is required with fill="black", got None'
             )
         if not isinstance(fill_value, Tensor) or tuple(fill_value.shape) != (channels,):
             shape = tuple(fill_value.shape) if isinstance(fill_value, Tensor) else fill_value

@@ -150,7 +150,7 @@ class _CamState:
         self.finite = torch.isfinite(flat).all(dim=1)
         # Non-finite rows are zeroed so that they cannot poison sorts or sums; they are
         # reported as NaN at the end anyway.
-        self.x = torch.where(self.finite[:, None], flat, torch.zeros((), dtype=dtype))
+        self.x = torch.where(self.finite[:, None], flat, torch.zeros_like(flat))
         self.total = self.x.sum(dim=1)
         self.max = self.x.amax(dim=1)
         self.min = self.x.amin(dim=1)

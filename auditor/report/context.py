@@ -43,12 +43,29 @@ _INTERVENTION_KEYS = (
 _STAT_KEYS = ("mean", "ci_low", "ci_high", "n", "n_nan")
 _MODEL_KEYS = ("name", "source", "sha256", "target_layer", "num_classes", "parameters")
 _DATASET_KEYS = (
-    "name", "format", "sha256", "annotation_sha256", "n_samples", "n_evaluated", "n_skipped",
-    "annotated", "input_size", "classes", "skipped",
+    "name",
+    "format",
+    "sha256",
+    "annotation_sha256",
+    "n_samples",
+    "n_evaluated",
+    "n_skipped",
+    "annotated",
+    "input_size",
+    "classes",
+    "skipped",
 )
 _RUN_KEYS = (
-    "started", "finished", "duration_s", "config_sha256", "seed", "device", "command",
-    "timings", "versions", "config",
+    "started",
+    "finished",
+    "duration_s",
+    "config_sha256",
+    "seed",
+    "device",
+    "command",
+    "timings",
+    "versions",
+    "config",
 )
 _GATE_KEYS = ("rule", "class", "value", "threshold", "passed")
 
@@ -162,7 +179,9 @@ def _read_samples(run_dir: Path, primary: str) -> dict[str, np.ndarray] | None:
 
     try:
         schema = pq.read_schema(path)
-        wanted = [c for c in ("method", "correct", "energy_in_mask", "confidence") if c in schema.names]
+        wanted = [
+            c for c in ("method", "correct", "energy_in_mask", "confidence") if c in schema.names
+        ]
         if "method" not in wanted or "energy_in_mask" not in wanted or "correct" not in wanted:
             return None
         table = pq.read_table(path, columns=wanted)
@@ -185,7 +204,7 @@ def _read_samples(run_dir: Path, primary: str) -> dict[str, np.ndarray] | None:
 
 
 def _class_rows(summary: Mapping[str, Any], primary: str) -> list[dict[str, Any]]:
-    rows = []
+    rows: list[dict[str, Any]] = []
     for name, raw in summary["classes"].items():
         c = _d(raw)
         metrics = _d(_d(c.get("metrics")).get(primary))
@@ -236,16 +255,20 @@ def _figures(
     primary = str(summary["primary_method"])
     n_classes = len(rows)
     top = rows[: limits.top_n] if limits.top_n else rows
-    cut = f" Showing the {len(top)} highest-risk of {n_classes} classes." if len(top) < n_classes else ""
+    cut = (
+        f" Showing the {len(top)} highest-risk of {n_classes} classes."
+        if len(top) < n_classes
+        else ""
+    )
 
     def add(fid: str, title: str, caption: str, alt: str, png: bytes) -> None:
         out.append({"id": fid, "title": title, "caption": caption, "alt": alt, "uri": png_uri(png)})
 
     with_bf = [r for r in top if r["m"]["background_focus"]["mean"] is not None]
     if with_bf:
-        baseline = _d(_d(_d(_d(summary.get("overall")).get("metrics")).get(primary)).get(
-            "background_focus"
-        )).get("mean")
+        baseline = _d(
+            _d(_d(_d(summary.get("overall")).get("metrics")).get(primary)).get("background_focus")
+        ).get("mean")
         threshold = _gate_threshold(summary)
         add(
             "fig-background-focus",
@@ -253,7 +276,8 @@ def _figures(
             f"Mean background focus ({primary}) per class with its confidence interval; the "
             "dashed line is the dataset-wide value"
             + (", the dotted line the gate threshold" if threshold is not None else "")
-            + "." + cut,
+            + "."
+            + cut,
             "Interval plot of background focus per class, highest-risk classes at the top.",
             figs.background_focus_by_class(
                 [r["name"] for r in with_bf],
@@ -360,7 +384,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     by_name = {r["name"]: r for r in rows}
 
     gallery = _d(summary.get("gallery"))
-    findings = []
+    findings: list[dict[str, Any]] = []
     for i, raw in enumerate(summary.get("findings") or []):
         f = _d(raw)
         cls = f.get("class")
@@ -404,7 +428,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
             "n_failed": sum(1 for r in results if r.get("passed") is False),
         }
 
-    galleries = []
+    galleries: list[dict[str, Any]] = []
     gallery_names = [r["name"] for r in rows if r["name"] in gallery]
     gallery_names += [n for n in gallery if n not in by_name]
     for name in gallery_names[: limits.gallery_classes]:
@@ -421,10 +445,10 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
             }
         )
 
-    clusters = []
+    clusters: list[dict[str, Any]] = []
     for name, raw in _d(summary.get("clusters")).items():
         c = _d(raw)
-        items = []
+        items: list[dict[str, Any]] = []
         for cl in c.get("clusters") or []:
             cl = _d(cl)
             items.append(
@@ -435,8 +459,13 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
                 }
             )
         clusters.append(
-            {"class": str(name), "slug": slugify(name), "k": c.get("k"),
-             "eigengap": c.get("eigengap"), "clusters": items}
+            {
+                "class": str(name),
+                "slug": slugify(name),
+                "k": c.get("k"),
+                "eigengap": c.get("eigengap"),
+                "clusters": items,
+            }
         )
     risk_pos = {r["name"]: i for i, r in enumerate(rows)}
     clusters.sort(key=lambda c: risk_pos.get(c["class"], len(rows)))
@@ -444,7 +473,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
 
     overall = _with_keys(summary.get("overall"), ("n", "accuracy", "accuracy_ci", "metrics"))
     methods_info = _d(summary.get("methods_info"))
-    methods = [
+    methods: list[dict[str, Any]] = [
         {
             "name": str(m),
             "title": str(_d(methods_info.get(m)).get("title") or m),
@@ -456,16 +485,26 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         }
         for m in summary.get("methods") or []
     ]
-    metrics_info = [
-        {"name": str(k), **{f: _d(v).get(f) for f in (
-            "title", "formula", "description", "reference", "higher_is_better", "category",
-            "range")}}
+    metrics_info: list[dict[str, Any]] = [
+        {
+            "name": str(k),
+            **{
+                f: _d(v).get(f)
+                for f in (
+                    "title",
+                    "formula",
+                    "description",
+                    "reference",
+                    "higher_is_better",
+                    "category",
+                    "range",
+                )
+            },
+        }
         for k, v in _d(summary.get("metrics_info")).items()
     ]
     metric_titles = {m["name"]: m["title"] or m["name"] for m in metrics_info}
-    overall_metric_names = list(
-        dict.fromkeys(k for m in methods for k in m["metrics"])
-    )
+    overall_metric_names = list(dict.fromkeys(k for m in methods for k in m["metrics"]))
 
     faith = [
         {"method": str(m), "metrics": {k: _stat(v) for k, v in _d(stats).items()}}
@@ -484,8 +523,10 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     any_interventions = any(r["interventions"] is not None for r in rows)
     notes = []
     if not any_interventions:
-        notes.append("Background interventions did not run: the report shows where the model "
-                     "looks, not whether it depends on the background.")
+        notes.append(
+            "Background interventions did not run: the report shows where the model "
+            "looks, not whether it depends on the background."
+        )
     if not faith:
         notes.append("Faithfulness metrics (deletion/insertion) did not run.")
     if dataset.get("annotated") is False:

@@ -191,9 +191,7 @@ def gallery_panel(
         mask_note = "mask covers the whole image"
     else:
         mask_note = "object outline"
-        axes[1].contour(
-            mask.astype(np.float32), levels=[0.5], colors=["#39ff14"], linewidths=1.6
-        )
+        axes[1].contour(mask.astype(np.float32), levels=[0.5], colors=["#39ff14"], linewidths=1.6)
     axes[1].set_title(mask_note, fontsize=9, color=COLOURS["muted"])
 
     axes[2].imshow(image, interpolation="nearest")
@@ -353,7 +351,7 @@ def energy_distribution(
     c, w = c[np.isfinite(c)], w[np.isfinite(w)]
     fig = _new_figure(6.4, 2.9)
     ax = fig.add_subplot()
-    edges = np.linspace(0.0, 1.0, bins + 1)
+    edges = np.linspace(0.0, 1.0, bins + 1).tolist()
     for data, colour, label in ((c, COLOURS["correct"], "correct"), (w, COLOURS["wrong"], "wrong")):
         if data.size:
             ax.hist(
@@ -403,12 +401,21 @@ def energy_vs_confidence(
     ax = fig.add_subplot()
     size = 10.0 if e.size < 2000 else 3.0
     alpha = 0.7 if e.size < 2000 else 0.25
-    for sel, colour, label in ((ok, COLOURS["correct"], "correct"), (~ok, COLOURS["wrong"], "wrong")):
+    for sel, colour, label in (
+        (ok, COLOURS["correct"], "correct"),
+        (~ok, COLOURS["wrong"], "wrong"),
+    ):
         idx = sel & finite
         if idx.any():
             ax.scatter(
-                e[idx], p[idx], s=size, alpha=alpha, color=colour, label=label,
-                linewidths=0, rasterized=True,
+                e[idx],
+                p[idx],
+                s=size,
+                alpha=alpha,
+                color=colour,
+                label=label,
+                linewidths=0,
+                rasterized=True,
             )
     if not finite.any():
         ax.text(0.5, 0.5, "no finite values", ha="center", transform=ax.transAxes)
@@ -423,7 +430,9 @@ def energy_vs_confidence(
     return _to_png(fig)
 
 
-def confusion_matrix(classes: Sequence[str], matrix: Sequence[Sequence[float]] | np.ndarray) -> bytes:
+def confusion_matrix(
+    classes: Sequence[str], matrix: Sequence[Sequence[float]] | np.ndarray
+) -> bytes:
     """Confusion matrix heat map: rows are true classes, columns predictions (counts as given).
 
     Colours use a logarithmic scale of the counts (zero cells are white) so that rare
@@ -503,7 +512,10 @@ def interventions_by_class(
     h = 0.2
     for k, ((label, vals), colour) in enumerate(zip(series.items(), colours)):
         ax.barh(
-            y + (1.5 - k) * h, np.nan_to_num(vals, nan=0.0), height=h, color=colour,
+            y + (1.5 - k) * h,
+            np.nan_to_num(vals, nan=0.0),
+            height=h,
+            color=colour,
             label=label,
         )
     ax.set_yticks(y)

@@ -168,9 +168,7 @@ def make_environment(templates: Path | None = None) -> jinja2.Environment:
         lstrip_blocks=True,
         keep_trailing_newline=True,
     )
-    env.filters.update(
-        pct=fmt_pct, num=fmt_num, ci=fmt_ci, sortval=sort_value, slug=slugify
-    )
+    env.filters.update(pct=fmt_pct, num=fmt_num, ci=fmt_ci, sortval=sort_value, slug=slugify)
     env.globals["inline"] = _inline_asset(env)
     env.globals["MISSING"] = MISSING
     return env
@@ -186,7 +184,8 @@ def render_string(
     except RenderError:
         raise
     except jinja2.TemplateError as exc:
-        where = f" (line {exc.lineno})" if getattr(exc, "lineno", None) else ""
+        lineno = getattr(exc, "lineno", None)
+        where = f" (line {lineno})" if lineno else ""
         raise RenderError(
             f"template {template_name!r}{where}: {type(exc).__name__}: {exc}"
         ) from exc

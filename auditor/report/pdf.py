@@ -178,8 +178,15 @@ def html_to_pdf(
             p for p in (_package_root(), env.get("PYTHONPATH", "")) if p
         )
         cmd = [
-            sys.executable, "-m", "auditor.report._pdf_worker",
-            "--html", tmp_html, "--out", tmp_pdf, "--base-dir", str(Path(base_dir).resolve()),
+            sys.executable,
+            "-m",
+            "auditor.report._pdf_worker",
+            "--html",
+            tmp_html,
+            "--out",
+            tmp_pdf,
+            "--base-dir",
+            str(Path(base_dir).resolve()),
         ]
         run = runner or subprocess.run
         try:
