@@ -253,11 +253,13 @@ methods = ["gradcam", "gradcam++", "layercam", "cam"]
 target = "label"
 batch_size = 50
 seed = 0
-faithfulness_samples = 48
+faithfulness_samples = 24
+faithfulness_steps = 10
+intervention_fill = "blur"
 sanity_samples = 32
 
 [gates]
-max_background_focus = 0.6
+max_background_focus = 0.7
 max_findings_high = 0
 
 [report]

@@ -42,6 +42,10 @@ from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
 log = logging.getLogger("auditor")
 
 SCHEMA_VERSION = 1
+INTERVENTION_COLUMNS = tuple(
+    f"{k}_{v}" for k in ("only_fg", "only_bg", "mixed_rand") for v in ("correct", "confidence")
+)
+FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
 
 
 @dataclass
@@ -215,6 +219,7 @@ class _BatchAuditor:
                      for m, d in res.items()}
 
         tables = []
+        nan_col = np.full(b, np.nan)
         low_res: dict[str, np.ndarray] = {}
         for method in s.methods:
             metrics, status = localisation_metrics(
@@ -228,10 +233,13 @@ class _BatchAuditor:
             cols["cam_status"] = list(cb.status[method])
             for name, values in metrics.items():
                 cols[name] = values.double().cpu().numpy()
-            for key, values in iv.items():
-                cols[key] = values
-            for key, values in faith.get(method, {}).items():
-                cols[key] = values
+            # a fixed schema in every shard: columns of analyses that did not apply are NaN
+            if s.interventions:
+                for key in INTERVENTION_COLUMNS:
+                    cols[key] = iv.get(key, nan_col)
+            if s.faithfulness_samples > 0:
+                for key in FAITHFULNESS_COLUMNS:
+                    cols[key] = faith.get(method, {}).get(key, nan_col)
             tables.append(pa.table(cols))
             cam = cb.cams[method].float()
             peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)

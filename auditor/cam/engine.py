@@ -536,7 +536,7 @@ class CamEngine:
         batch, channels = acts.shape[:2]
         size = (int(images.shape[-2]), int(images.shape[-1]))
         with torch.inference_mode():
-            zero_probs = self._forward_logits(images[:1] * 0).softmax(1)[0]  # [C]
+            zero_probs = self._forward_logits(torch.zeros_like(images[:1])).softmax(1)[0]  # [C]
             scores = zero_probs[targets_bt][:, None, :].expand(batch, channels, -1).clone()
             flat = acts.flatten(2)
             varying = flat.amax(2) > flat.amin(2)  # [B, K]; upsampling keeps the range

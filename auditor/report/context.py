@@ -86,6 +86,12 @@ class ReportLimits:
     """gallery panels shown inside each finding block"""
     skipped: int = 50
     """skipped samples listed by id (the total is always given)"""
+    findings: int = 40
+    """findings shown as full blocks (evidence, pictures); the rest as rows of a table"""
+    gate_rows: int = 100
+    """gate checks listed (failed first; the totals are always given)"""
+    pdf_table_rows: int = 300
+    """per-class rows in the PDF (highest risk first; the HTML always has every row)"""
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -385,12 +391,17 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
 
     gallery = _d(summary.get("gallery"))
     findings: list[dict[str, Any]] = []
-    for i, raw in enumerate(summary.get("findings") or []):
-        f = _d(raw)
+    raw_findings = [_d(f) for f in summary.get("findings") or []]
+    # Severity order is decided before pictures are attached, so that only the findings shown
+    # as full blocks (the first `limits.findings`) carry images.
+    order = sorted(range(len(raw_findings)), key=lambda i: _severity_rank(
+        str(raw_findings[i].get("severity") or "info").lower()))
+    for rank, i in enumerate(order):
+        f = raw_findings[i]
         cls = f.get("class")
         fid = str(f.get("id") or f"F{i + 1}")
         panels = []
-        if cls is not None and limits.finding_images:
+        if cls is not None and limits.finding_images and rank < limits.findings:
             entries = [_d(g) for g in gallery.get(str(cls)) or []]
             examples = [str(x) for x in f.get("examples") or []]
             chosen = [g for g in entries if g.get("id") in examples] or entries
@@ -455,7 +466,9 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
                 {
                     **{k: cl.get(k) for k in ("id", "size", "background_focus", "outlier")},
                     "exemplars": [str(x) for x in cl.get("exemplars") or []],
-                    "images": [images.uri(str(p)) for p in cl.get("gallery") or []],
+                    "images": [
+                        {"file": str(p), "uri": images.uri(str(p))} for p in cl.get("gallery") or []
+                    ],
                 }
             )
         clusters.append(

@@ -1,0 +1,1331 @@
+"""Paired comparison of two audit runs on the same data (``auditor compare RUN_A RUN_B``).
+
+Run A is the baseline (e.g. the model in production), run B the candidate. Both runs must have
+audited the same evaluation set (same ``summary["dataset"]["sha256"]``, same classes). Samples
+are paired by ``(index, id)``; every statistic is computed on the pairs, so the noise that the
+two models share (hard images, small objects) cancels out.
+
+Statistics, per class and overall, for every metric both runs measured
+    * ``mean_a``, ``mean_b``: means over the pairs where both values are finite (NaN values,
+      e.g. an empty mask, drop the pair and are counted in ``n_nan``); ``diff = mean_b −
+      mean_a`` is then exactly the mean paired difference
+      ``d̄ = (1/n) Σ_i (b_i − a_i)``.
+    * ``[ci_low, ci_high]``: paired bootstrap interval of ``d̄``: the pairs are resampled
+      together (the differences ``d_i`` are resampled), BCa with a percentile fallback
+      (Efron & Tibshirani 1993, "An Introduction to the Bootstrap"; Efron 1987, "Better
+      bootstrap confidence intervals", JASA). Per-class intervals use the same seed as the
+      overall one (:func:`auditor.stats.grouped_bootstrap_mean_ci`).
+    * ``p_value``: Wilcoxon signed-rank test of the ``d_i`` for continuous metrics (Wilcoxon
+      1945, "Individual comparisons by ranking methods"); for correctness (accuracy and the
+      intervention accuracies) McNemar's exact test: with ``n01`` pairs right in A only and
+      ``n10`` right in B only, ``p = P(|X − m/2| ≥ |n10 − m/2|)``, ``X ~ Binomial(m, ½)``,
+      ``m = n01 + n10`` (McNemar 1947, "Note on the sampling error of the difference between
+      correlated proportions or percentages", Psychometrika; exact form via
+      ``scipy.stats.binomtest``).
+    * ``status``: ``"regressed"`` when the interval excludes 0 on the harmful side (the
+      metric's ``higher_is_better`` from :data:`auditor.metrics.registry.METRICS`),
+      ``"improved"`` when it excludes 0 on the beneficial side, ``"changed"`` for a metric
+      without a good direction (entropy), ``"unchanged"`` when the interval contains 0, and
+      ``"n/a"`` without pairs.
+
+A class is *regressed* when its background focus or its accuracy (primary methods) regressed,
+*improved* when one of them improved and neither regressed.
+
+Gates (``[gates]`` shorthands with ``scope == "compare"``)
+    ``max_<q>_increase = t``: for every class, ``mean_b − mean_a`` of ``q`` must be ``≤ t``;
+    ``max_<q>_decrease = t``: ``mean_a − mean_b ≤ t``. A value that cannot be computed fails
+    the gate (as in :func:`auditor.analysis.evaluate_gates`).
+
+Outputs (in ``out``): ``comparison.json``, ``comparison.parquet`` (one row per paired sample
+and comparison), ``gallery/moved-*.png``, ``junit.xml``, ``compare.html`` and ``compare.pdf``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import tomllib
+
+from auditor._version import __version__
+from auditor.analysis import AGG_METRICS, FAITH_METRICS
+from auditor.config import GateRule
+from auditor.errors import AuditorError, AuditorInputError, ConfigError
+from auditor.stats import (
+    bootstrap_mean_ci,
+    grouped_bootstrap_mean_ci,
+    paired_bootstrap_diff_ci,
+    paired_test,
+)
+from auditor.store import atomic_write_bytes, atomic_write_json, atomic_write_table
+
+__all__ = [
+    "COMPARISON_SCHEMA_VERSION",
+    "ComparisonResult",
+    "classify_change",
+    "compare_runs",
+    "evaluate_comparison_gates",
+    "focus_comparison_figure",
+    "load_compare_gates",
+    "mcnemar_exact",
+    "moved_panel",
+]
+
+log = logging.getLogger("auditor")
+
+COMPARISON_SCHEMA_VERSION = 1
+
+#: Accuracy-like quantities: name → correctness column of samples.parquet (0/1 per sample).
+BINARY_QUANTITIES: Mapping[str, str] = {
+    "accuracy": "correct",
+    "only_fg_accuracy": "only_fg_correct",
+    "only_bg_accuracy": "only_bg_correct",
+    "mixed_rand_accuracy": "mixed_rand_correct",
+}
+#: Per-sample intervention effects: name → (clean correctness, edited correctness); the value
+#: of a sample is ``clean − edited`` ∈ {−1, 0, 1}, its class mean the summary's quantity.
+DERIVED_QUANTITIES: Mapping[str, tuple[str, str]] = {
+    "only_fg_drop": ("correct", "only_fg_correct"),
+    "background_gap": ("correct", "mixed_rand_correct"),
+}
+#: What decides a class's verdict (primary methods).
+VERDICT_QUANTITIES = ("background_focus", "accuracy")
+STATUS_ORDER = {"regressed": 0, "changed": 1, "unchanged": 2, "n/a": 3, "improved": 4}
+_INCREASE, _DECREASE = "_increase", "_decrease"
+
+
+def higher_is_better(quantity: str) -> bool | None:
+    """Direction of ``quantity``: True/False, or None when neither direction is "good"."""
+    from auditor.metrics.registry import METRICS
+
+    if quantity == "accuracy":
+        return True
+    if quantity == "only_fg_drop":
+        return False
+    info = METRICS.get(quantity)
+    return None if info is None else info.higher_is_better
+
+
+# --------------------------------------------------------------------------------------------
+# statistics
+# --------------------------------------------------------------------------------------------
+def mcnemar_exact(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
+    """McNemar's exact test for paired binary outcomes (0/1; NaN pairs are dropped).
+
+    With ``n01`` = #(a=1, b=0) and ``n10`` = #(a=0, b=1), under H0 the discordant pairs split
+    evenly: ``n10 ~ Binomial(n01 + n10, ½)``; the two-sided exact p-value is that of
+    ``scipy.stats.binomtest``. No discordant pair: ``p_value = 1.0``. McNemar 1947, "Note on
+    the sampling error of the difference between correlated proportions or percentages"
+    (Psychometrika).
+
+    Returns ``{"statistic": n10, "p_value", "test": "mcnemar_exact", "n", "a_only", "b_only"}``
+    where ``a_only = n01`` (right in A only) and ``b_only = n10`` (right in B only).
+    """
+    from scipy.stats import binomtest
+
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    if x.shape != y.shape or x.ndim != 1:
+        raise ValueError(f"`a` and `b` must be 1-D of the same shape, got {x.shape} and {y.shape}")
+    ok = np.isfinite(x) & np.isfinite(y)
+    x, y = x[ok], y[ok]
+    bad = ~np.isin(x, (0.0, 1.0)) | ~np.isin(y, (0.0, 1.0))
+    if bad.any():
+        odd = sorted(set(x[bad].tolist()) | set(y[bad].tolist()))[:5]
+        raise ValueError(f"`a` and `b` must hold 0/1 values, got {odd}")
+    n01 = int(np.sum((x == 1) & (y == 0)))
+    n10 = int(np.sum((x == 0) & (y == 1)))
+    m = n01 + n10
+    p = 1.0 if m == 0 else float(binomtest(n10, m, 0.5).pvalue)
+    return {
+        "statistic": float(n10),
+        "p_value": p,
+        "test": "mcnemar_exact",
+        "n": int(x.size),
+        "a_only": n01,
+        "b_only": n10,
+    }
+
+
+def classify_change(low: float | None, high: float | None, better_higher: bool | None) -> str:
+    """Status of a paired difference ``B − A`` from its interval ``[low, high]``.
+
+    ``"unchanged"`` when the interval contains 0; otherwise ``"improved"``/``"regressed"``
+    according to ``better_higher`` (a higher value is beneficial when True), or ``"changed"``
+    when the metric has no good direction (None). A missing bound gives ``"n/a"``.
+    """
+    if low is None or high is None or not (math.isfinite(low) and math.isfinite(high)):
+        return "n/a"
+    if low <= 0.0 <= high:
+        return "unchanged"
+    if better_higher is None:
+        return "changed"
+    up = low > 0.0
+    return "improved" if up == bool(better_higher) else "regressed"
+
+
+def _num(value: Any) -> float | None:
+    try:
+        f = float(value)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _stat_block(
+    a: np.ndarray,
+    b: np.ndarray,
+    quantity: str,
+    interval: Any,
+    test: Mapping[str, Any],
+) -> dict[str, Any]:
+    ok = np.isfinite(a) & np.isfinite(b)
+    n = int(ok.sum())
+    better = higher_is_better(quantity)
+    low, high = (_num(interval.low), _num(interval.high)) if n else (None, None)
+    out: dict[str, Any] = {
+        "mean_a": float(a[ok].mean()) if n else None,
+        "mean_b": float(b[ok].mean()) if n else None,
+        "diff": float((b[ok] - a[ok]).mean()) if n else None,
+        "ci_low": low,
+        "ci_high": high,
+        "n": n,
+        "n_nan": int(a.size - n),
+        "test": test.get("test"),
+        "statistic": _num(test.get("statistic")),
+        "p_value": _num(test.get("p_value")),
+        "higher_is_better": better,
+        "status": classify_change(low, high, better) if n else "n/a",
+    }
+    if "a_only" in test:
+        out["a_only"] = int(test["a_only"])
+        out["b_only"] = int(test["b_only"])
+    return out
+
+
+def _paired_quantity(
+    quantity: str,
+    a: np.ndarray,
+    b: np.ndarray,
+    groups: list[np.ndarray],
+    *,
+    labels: np.ndarray,
+    n_boot: int,
+    seed: int,
+    confidence: float,
+) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(overall block, [block per class]) for one quantity; ``groups[c]`` = pair positions."""
+    binary = quantity in BINARY_QUANTITIES
+    kw: dict[str, Any] = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+    overall = _stat_block(
+        a,
+        b,
+        quantity,
+        paired_bootstrap_diff_ci(a, b, **kw),
+        mcnemar_exact(a, b) if binary else paired_test(a, b),
+    )
+    d = np.where(np.isfinite(a) & np.isfinite(b), b - a, np.nan)
+    grouped = grouped_bootstrap_mean_ci(d, labels, **kw) if d.size else {}
+    per_class = []
+    for ci, sel in enumerate(groups):
+        xa, xb = a[sel], b[sel]
+        iv = grouped.get(ci)
+        if iv is None:
+            iv = bootstrap_mean_ci(np.array([], dtype=float), **kw)
+        test = mcnemar_exact(xa, xb) if binary else paired_test(xa, xb)
+        per_class.append(_stat_block(xa, xb, quantity, iv, test))
+    return overall, per_class
+
+
+# --------------------------------------------------------------------------------------------
+# runs
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class _Run:
+    role: str
+    path: Path
+    summary: dict[str, Any]
+    table: pa.Table
+
+    @property
+    def name(self) -> str:
+        return str((self.summary.get("model") or {}).get("name") or self.path.name)
+
+    @property
+    def primary(self) -> str:
+        return str(self.summary.get("primary_method") or (self.summary.get("methods") or [""])[0])
+
+
+def _load_run(path: Path, role: str) -> _Run:
+    if not isinstance(path, str | Path):
+        raise TypeError(f"`{role}` must be a path, got {type(path).__name__}")
+    p = Path(path)
+    if not p.is_dir():
+        raise AuditorInputError(f"{role.upper()} {p}: not a directory")
+    sp = p / "summary.json"
+    if not sp.is_file():
+        raise AuditorInputError(f"{role.upper()} {p}: no summary.json (not a run directory)")
+    try:
+        summary = json.loads(sp.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise AuditorInputError(f"{role.upper()} {sp}: unreadable summary.json: {exc}") from exc
+    if not isinstance(summary, dict) or not isinstance(summary.get("dataset"), dict):
+        raise AuditorInputError(f"{role.upper()} {sp}: summary.json has no 'dataset' section")
+    pp = p / "samples.parquet"
+    if not pp.is_file():
+        raise AuditorInputError(f"{role.upper()} {p}: no samples.parquet (the run has no rows)")
+    try:
+        table = pq.read_table(pp)
+    except (OSError, pa.ArrowException) as exc:
+        raise AuditorInputError(f"{role.upper()} {pp}: unreadable samples.parquet: {exc}") from exc
+    for col in ("index", "id", "method", "label"):
+        if col not in table.column_names:
+            raise AuditorInputError(f"{role.upper()} {pp}: column {col!r} missing")
+    return _Run(role, p, summary, table)
+
+
+def _float_col(table: pa.Table, name: str) -> np.ndarray:
+    if name not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    values = table.column(name).to_pylist()
+    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+
+
+def _method_rows(run: _Run, method: str) -> pa.Table:
+    import pyarrow.compute as pc
+
+    rows = run.table.filter(pc.equal(run.table.column("method"), method))
+    return rows.sort_by([("index", "ascending")])
+
+
+def _pair_rows(ta: pa.Table, tb: pa.Table) -> tuple[np.ndarray, np.ndarray]:
+    """Positions in ``ta`` and ``tb`` of the samples present in both, paired by (index, id)."""
+    ia = ta.column("index").to_numpy().astype(np.int64)
+    ib = tb.column("index").to_numpy().astype(np.int64)
+    ida = ta.column("id").to_pylist()
+    idb = tb.column("id").to_pylist()
+    pos_b = {int(i): j for j, i in enumerate(ib)}
+    pa_, pb_ = [], []
+    for j, i in enumerate(ia):
+        k = pos_b.get(int(i))
+        if k is None:
+            continue
+        if str(ida[j]) != str(idb[k]):
+            raise AuditorInputError(
+                f"sample index {int(i)} is {ida[j]!r} in RUN_A but {idb[k]!r} in RUN_B: the "
+                f"runs did not see the same data in the same order"
+            )
+        pa_.append(j)
+        pb_.append(k)
+    return np.asarray(pa_, dtype=np.int64), np.asarray(pb_, dtype=np.int64)
+
+
+def _quantities(ta: pa.Table, tb: pa.Table, with_accuracy: bool) -> list[str]:
+    both = set(ta.column_names) & set(tb.column_names)
+    out = [m for m in AGG_METRICS if m in both]
+    out += [m for m in FAITH_METRICS if m in both]
+    if with_accuracy:
+        out += [q for q, col in BINARY_QUANTITIES.items() if col in both]
+        out += [q for q, (c1, c2) in DERIVED_QUANTITIES.items() if c1 in both and c2 in both]
+    return out
+
+
+def _values(table: pa.Table, quantity: str) -> np.ndarray:
+    if quantity in BINARY_QUANTITIES:
+        return _float_col(table, BINARY_QUANTITIES[quantity])
+    if quantity in DERIVED_QUANTITIES:
+        c1, c2 = DERIVED_QUANTITIES[quantity]
+        return _float_col(table, c1) - _float_col(table, c2)
+    return _float_col(table, quantity)
+
+
+@dataclass
+class _Paired:
+    method_a: str
+    method_b: str
+    ta: pa.Table
+    tb: pa.Table
+    labels: np.ndarray
+    quantities: list[str]
+    overall: dict[str, Any] = field(default_factory=dict)
+    classes: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _compare_methods(
+    ra: _Run,
+    rb: _Run,
+    method_a: str,
+    method_b: str,
+    classes: Sequence[str],
+    *,
+    with_accuracy: bool,
+    n_boot: int,
+    seed: int,
+    confidence: float,
+) -> _Paired:
+    ta_all, tb_all = _method_rows(ra, method_a), _method_rows(rb, method_b)
+    if ta_all.num_rows == 0:
+        raise AuditorInputError(f"RUN_A {ra.path}: no samples for method {method_a!r}")
+    if tb_all.num_rows == 0:
+        raise AuditorInputError(f"RUN_B {rb.path}: no samples for method {method_b!r}")
+    pos_a, pos_b = _pair_rows(ta_all, tb_all)
+    ta, tb = ta_all.take(pa.array(pos_a)), tb_all.take(pa.array(pos_b))
+    la = ta.column("label").to_numpy().astype(np.int64)
+    lb = tb.column("label").to_numpy().astype(np.int64)
+    if not np.array_equal(la, lb):
+        j = int(np.flatnonzero(la != lb)[0])
+        raise AuditorInputError(
+            f"sample {ta.column('id')[j].as_py()!r} has label {int(la[j])} in RUN_A but "
+            f"{int(lb[j])} in RUN_B"
+        )
+    n_cls = len(classes)
+    if la.size and (la.min() < 0 or la.max() >= n_cls):
+        raise AuditorInputError(f"labels outside 0..{n_cls - 1} in samples.parquet")
+    order = np.argsort(la, kind="stable")
+    bounds = np.searchsorted(la[order], np.arange(n_cls + 1))
+    groups = [order[bounds[c] : bounds[c + 1]] for c in range(n_cls)]
+    res = _Paired(method_a, method_b, ta, tb, la, _quantities(ta, tb, with_accuracy))
+    res.classes = [{} for _ in range(n_cls)]
+    for q in res.quantities:
+        a, b = _values(ta, q), _values(tb, q)
+        ov, per = _paired_quantity(
+            q, a, b, groups, labels=la, n_boot=n_boot, seed=seed, confidence=confidence
+        )
+        res.overall[q] = ov
+        for c in range(n_cls):
+            res.classes[c][q] = per[c]
+    if "background_focus" in res.quantities:
+        # each run's own interval over the paired samples (for the A-vs-B figure)
+        for side, t in (("a", ta), ("b", tb)):
+            v = _values(t, "background_focus")
+            ok = np.isfinite(_values(ta, "background_focus")) & np.isfinite(
+                _values(tb, "background_focus")
+            )
+            v = np.where(ok, v, np.nan)
+            kw: dict[str, Any] = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+            g = grouped_bootstrap_mean_ci(v, la, **kw) if v.size else {}
+            for c in range(n_cls):
+                iv = g.get(c)
+                block = res.classes[c]["background_focus"]
+                block[f"ci_{side}"] = (
+                    [_num(iv.low), _num(iv.high)] if iv is not None and iv.n else [None, None]
+                )
+            ivo = bootstrap_mean_ci(v, **kw)
+            res.overall["background_focus"][f"ci_{side}"] = (
+                [_num(ivo.low), _num(ivo.high)] if ivo.n else [None, None]
+            )
+    return res
+
+
+def _class_status(block: Mapping[str, Any]) -> str:
+    statuses = [block[q]["status"] for q in VERDICT_QUANTITIES if q in block]
+    if "regressed" in statuses:
+        return "regressed"
+    if "improved" in statuses:
+        return "improved"
+    if statuses and all(s == "n/a" for s in statuses):
+        return "n/a"
+    return "unchanged"
+
+
+# --------------------------------------------------------------------------------------------
+# gates
+# --------------------------------------------------------------------------------------------
+def _gate_quantity(rule: GateRule) -> tuple[str, int]:
+    q = rule.quantity
+    if q.endswith(_INCREASE):
+        return q[: -len(_INCREASE)], 1
+    if q.endswith(_DECREASE):
+        return q[: -len(_DECREASE)], -1
+    raise ValueError(
+        f"`gates` rule {rule.name!r}: quantity must end with '_increase' or '_decrease', got {q!r}"
+    )
+
+
+def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
+    """The comparison gates (``scope == "compare"``) of a TOML file's ``[gates]`` section.
+
+    ``config`` may be a small file with only ``[gates]`` or a full audit config; rules of other
+    scopes (``max_background_focus`` ...) apply to single runs and are ignored here. Unknown
+    keys are errors (a typo must not silently disable a gate).
+    """
+    from auditor.config import _parse_gates
+    from auditor.metrics.registry import METRICS
+
+    p = Path(config)
+    if not p.is_file():
+        raise ConfigError(f"--config: file not found: {p}")
+    try:
+        raw = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p.name}: invalid TOML: {exc}") from exc
+    table = raw.get("gates")
+    if table is None:
+        raise ConfigError(
+            f"{p.name}: no [gates] section (expected e.g. max_background_focus_increase = 0.05)"
+        )
+    if not isinstance(table, dict):
+        raise ConfigError(f"{p.name}: [gates] must be a table")
+    rules = _parse_gates(table, p.name, tuple(METRICS))
+    return tuple(r for r in rules if r.scope == "compare")
+
+
+def evaluate_comparison_gates(
+    comparison: Mapping[str, Any], rules: Sequence[GateRule]
+) -> dict[str, Any]:
+    """Check comparison gates against ``comparison`` (the dict of ``comparison.json``).
+
+    ``max_<q>_increase = t``: per class, ``value = mean_b − mean_a`` (stat ``mean``; ``ci_low``
+    / ``ci_high`` use the paired interval's bounds) must be ``≤ t``. ``max_<q>_decrease = t``:
+    ``value = mean_a − mean_b`` (bounds mirrored). The primary comparison is used unless the
+    rule names a ``method`` both runs share. A value that is missing fails the gate. Returns
+    ``{"passed", "results": [{rule, class, quantity, stat, value, threshold, bound, passed,
+    note}]}``, the shape of ``summary["gates"]``.
+    """
+    results: list[dict[str, Any]] = []
+    for rule in rules:
+        if rule.scope != "compare":
+            raise ValueError(f"`rules` must have scope 'compare', got {rule.scope!r} ({rule.name})")
+        base, sign = _gate_quantity(rule)
+        block = comparison["primary"]
+        if rule.method is not None:
+            block = comparison.get("methods", {}).get(rule.method) or {"classes": {}}
+        for cls, entry in comparison["primary"]["classes"].items():
+            if rule.classes and cls not in rule.classes:
+                continue
+            if not entry.get("n"):
+                continue
+            stat = (block["classes"].get(cls) or {}).get("metrics", {}).get(base)
+            value: float | None = None
+            if stat is not None and stat.get("diff") is not None:
+                if rule.stat == "mean":
+                    value = sign * stat["diff"]
+                else:
+                    lo, hi = stat.get("ci_low"), stat.get("ci_high")
+                    if lo is not None and hi is not None:
+                        lo2, hi2 = (lo, hi) if sign > 0 else (-hi, -lo)
+                        value = lo2 if rule.stat == "ci_low" else hi2
+            if value is None:
+                passed, note = False, f"{base} not available in both runs"
+            else:
+                passed = (rule.max is None or value <= rule.max) and (
+                    rule.min is None or value >= rule.min
+                )
+                note = ""
+            results.append(
+                {
+                    "rule": rule.name,
+                    "class": cls,
+                    "quantity": rule.quantity,
+                    "stat": rule.stat,
+                    "value": value,
+                    "threshold": rule.max if rule.max is not None else rule.min,
+                    "bound": "max" if rule.max is not None else "min",
+                    "passed": bool(passed),
+                    "note": note,
+                }
+            )
+    return {"passed": all(r["passed"] for r in results), "results": results}
+
+
+# --------------------------------------------------------------------------------------------
+# figures (pure: data in, PNG bytes out; no pyplot)
+# --------------------------------------------------------------------------------------------
+def _png(fig: Any) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, facecolor="white")
+    return buf.getvalue()
+
+
+def _norm_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
+    """``up(cam) / max(up(cam))`` (bilinear upsampling; non-finite → 0; all-zero stays 0)."""
+    from PIL import Image
+
+    cam = np.asarray(cam, dtype=np.float32)
+    cam = np.where(np.isfinite(cam), cam, 0.0).astype(np.float32)
+    if cam.shape != (height, width):
+        img = Image.fromarray(np.ascontiguousarray(cam), mode="F")
+        cam = np.asarray(img.resize((width, height), resample=Image.Resampling.BILINEAR))
+    peak = float(cam.max()) if cam.size else 0.0
+    return np.clip(cam / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(cam)
+
+
+def moved_panel(
+    cam_a: np.ndarray,
+    cam_b: np.ndarray,
+    *,
+    image: np.ndarray | None = None,
+    mask: np.ndarray | None = None,
+    title: str = "",
+    label_a: str = "A",
+    label_b: str = "B",
+) -> bytes:
+    """Side-by-side CAMs of one sample under run A and run B (PNG bytes).
+
+    Each map is bilinearly upsampled to the image size (or drawn at its own size without an
+    image) and normalised to its maximum, ``cam_n = cam / max cam`` (Grad-CAM overlays as in
+    Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
+    Gradient-based Localization"); the object outline is the mask's 0.5 iso-contour.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from auditor.report.figures import plain_text
+
+    ca, cb = np.asarray(cam_a), np.asarray(cam_b)
+    for nm, c in (("cam_a", ca), ("cam_b", cb)):
+        if c.ndim != 2 or 0 in c.shape:
+            raise ValueError(f"`{nm}` must have shape [h, w] with h, w > 0, got {tuple(c.shape)}")
+    if image is not None:
+        image = np.asarray(image)
+        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+            raise ValueError(
+                f"`image` must be uint8 [H, W, 3], got {tuple(image.shape)} {image.dtype}"
+            )
+        h, w = int(image.shape[0]), int(image.shape[1])
+    else:
+        h, w = max(ca.shape[0], cb.shape[0]), max(ca.shape[1], cb.shape[1])
+    if mask is not None:
+        mask = np.asarray(mask, dtype=bool)
+        if mask.shape != (h, w):
+            mask = None  # a mask of another geometry cannot be outlined faithfully
+    fig = Figure(figsize=(6.6 if image is None else 9.0, 3.2), dpi=100)
+    FigureCanvasAgg(fig)
+    n = 2 if image is None else 3
+    axes = fig.subplots(1, n)
+    fig.subplots_adjust(left=0.01, right=0.9, bottom=0.02, top=0.84, wspace=0.06)
+    k = 0
+    if image is not None:
+        axes[0].imshow(image, interpolation="nearest")
+        if mask is not None and mask.any() and not mask.all():
+            axes[0].contour(
+                mask.astype(np.float32), levels=[0.5], colors=["#39ff14"], linewidths=1.4
+            )
+        axes[0].set_title("image" + (" + object" if mask is not None else ""), fontsize=9)
+        k = 1
+    im = None
+    for ax, cam, lab in ((axes[k], ca, label_a), (axes[k + 1], cb, label_b)):
+        cn = _norm_map(cam, h, w)
+        if image is not None:
+            ax.imshow(image, interpolation="nearest")
+            im = ax.imshow(cn, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="nearest")
+        else:
+            im = ax.imshow(cn, cmap="jet", vmin=0, vmax=1, interpolation="nearest")
+        if mask is not None and mask.any() and not mask.all():
+            ax.contour(mask.astype(np.float32), levels=[0.5], colors=["white"], linewidths=1.0)
+        ax.set_title(plain_text(lab, 50), fontsize=9)
+    for ax in np.atleast_1d(axes):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if im is not None:
+        cax = fig.add_axes((0.915, 0.08, 0.015, 0.7))
+        cbar = fig.colorbar(im, cax=cax)
+        cbar.ax.tick_params(labelsize=7)
+        cbar.set_label("CAM / max", fontsize=7)
+    if title:
+        fig.suptitle(plain_text(title, 100), fontsize=9)
+    return _png(fig)
+
+
+def focus_comparison_figure(
+    names: Sequence[str],
+    mean_a: Sequence[float | None],
+    ci_a: Sequence[Sequence[float | None]],
+    mean_b: Sequence[float | None],
+    ci_b: Sequence[Sequence[float | None]],
+    diff: Sequence[float | None],
+    ci_diff: Sequence[Sequence[float | None]],
+    *,
+    label_a: str = "A",
+    label_b: str = "B",
+    threshold: float | None = None,
+) -> bytes:
+    """Per-class background focus of A and B with intervals, and the paired difference.
+
+    Left: ``BF = 1 − Σ cam·mask / Σ cam`` (Wang et al. 2020, "Score-CAM") of each run with its
+    bootstrap interval over the paired samples. Right: ``d̄ = mean(BF_B − BF_A)`` with its paired
+    bootstrap interval; the dotted line is the ``max_background_focus_increase`` gate.
+    Classes are drawn top to bottom in the order given.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from auditor.report.figures import COLOURS, plain_text
+
+    n = len(names)
+    if n == 0:
+        raise ValueError("`names` must contain at least one class, got 0")
+    for nm, seq in (
+        ("mean_a", mean_a),
+        ("ci_a", ci_a),
+        ("mean_b", mean_b),
+        ("ci_b", ci_b),
+        ("diff", diff),
+        ("ci_diff", ci_diff),
+    ):
+        if len(seq) != n:
+            raise ValueError(f"`{nm}` must have length {n} (one per class), got {len(seq)}")
+
+    def arr(seq: Sequence[Any]) -> np.ndarray:
+        return np.array([np.nan if v is None else float(v) for v in seq], dtype=float)
+
+    def err(m: np.ndarray, ci: Sequence[Sequence[float | None]]) -> np.ndarray:
+        lo, hi = arr([c[0] for c in ci]), arr([c[1] for c in ci])
+        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(m)
+        e = np.vstack([np.where(ok, m - lo, 0.0), np.where(ok, hi - m, 0.0)])
+        return np.clip(e, 0.0, None)
+
+    ma, mb, md = arr(mean_a), arr(mean_b), arr(diff)
+    fig = Figure(figsize=(9.0, max(2.2, 0.3 * n + 1.2)), dpi=100, layout="constrained")
+    FigureCanvasAgg(fig)
+    ax1, ax2 = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
+    y = np.arange(n)[::-1].astype(float)
+    ax1.errorbar(
+        ma,
+        y + 0.15,
+        xerr=err(ma, ci_a),
+        fmt="o",
+        color=COLOURS["orig"],
+        ecolor="#a0aec0",
+        elinewidth=2,
+        capsize=2,
+        markersize=4,
+        label=plain_text(f"A: {label_a}", 40),
+    )
+    ax1.errorbar(
+        mb,
+        y - 0.15,
+        xerr=err(mb, ci_b),
+        fmt="s",
+        color=COLOURS["accent"],
+        ecolor="#90a4c3",
+        elinewidth=2,
+        capsize=2,
+        markersize=4,
+        label=plain_text(f"B: {label_b}", 40),
+    )
+    ax1.set_xlim(0.0, 1.0)
+    ax1.set_xlabel("background focus", fontsize=8)
+    ax1.set_yticks(y)
+    ax1.set_yticklabels([plain_text(s, 36) for s in names], fontsize=8)
+    ax1.set_ylim(-0.7, n - 0.3)
+    fig.legend(fontsize=7, loc="outside upper center", ncols=2, frameon=False)
+    colours = [COLOURS["wrong"] if (v > 0) else COLOURS["correct"] for v in np.nan_to_num(md)]
+    e = err(md, ci_diff)
+    for yi, mi, ea, eb, col in zip(y, md, e[0], e[1], colours):
+        if np.isfinite(mi):
+            ax2.errorbar(
+                [mi],
+                [yi],
+                xerr=[[ea], [eb]],
+                fmt="o",
+                color=col,
+                ecolor=col,
+                elinewidth=2,
+                capsize=2,
+                markersize=4,
+            )
+        else:
+            ax2.text(0.0, yi, "no value", va="center", fontsize=7, color=COLOURS["muted"])
+    ax2.axvline(0.0, color=COLOURS["ink"], lw=0.8)
+    if threshold is not None and math.isfinite(threshold):
+        ax2.axvline(threshold, color=COLOURS["wrong"], ls=":", lw=1.4)
+        ax2.text(threshold, n - 0.45, " gate", color=COLOURS["wrong"], fontsize=7, va="bottom")
+    ax2.set_xlabel("difference B − A (paired)", fontsize=8)
+    for ax in (ax1, ax2):
+        ax.grid(axis="x", color=COLOURS["grid"], lw=0.8)
+        ax.spines["top"].set_visible(False)
+        ax.spines["right"].set_visible(False)
+        ax.tick_params(labelsize=8)
+    return _png(fig)
+
+
+# --------------------------------------------------------------------------------------------
+# display images
+# --------------------------------------------------------------------------------------------
+def _open_display_dataset(run: _Run) -> Any | None:
+    """The run's dataset, re-opened from its ``config.toml`` copy, or None when unavailable.
+
+    Relative paths are tried against the run directory, its ``inputs/`` folder (``auditor
+    demo``) and its parent; a dataset is accepted only when its annotation fingerprint equals
+    the one recorded in ``summary.json``.
+    """
+    cfg = run.path / "config.toml"
+    want = run.summary.get("dataset", {}).get("annotation_sha256")
+    if not cfg.is_file() or not want:
+        return None
+    try:
+        raw = tomllib.loads(cfg.read_text("utf-8"))
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+        return None
+    data = raw.get("data")
+    if not isinstance(data, dict):
+        return None
+    from auditor.data import open_dataset
+    from auditor.data.config import parse_data_section
+
+    for base in (run.path, run.path / "inputs", run.path.parent):
+        try:
+            ds = open_dataset(parse_data_section(data, base.resolve(), cfg.name))
+            if ds.annotation_sha256() == want:
+                return ds
+        except (AuditorError, OSError, ValueError, TypeError):
+            continue
+    return None
+
+
+def _display(ds: Any, index: int, sample_id: str) -> tuple[np.ndarray | None, np.ndarray | None]:
+    if ds is None:
+        return None, None
+    try:
+        if ds.sample_id(index) != sample_id:
+            return None, None
+        image, mask = ds.load_display(index)
+        return image, mask
+    except (AuditorError, OSError, ValueError, IndexError):
+        return None, None
+
+
+# --------------------------------------------------------------------------------------------
+# the result
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ComparisonResult:
+    """What :func:`compare_runs` returns.
+
+    Attributes:
+        out_dir: the comparison directory.
+        comparison: the content of ``comparison.json``.
+        passed: all comparison gates passed (True when there are none).
+        report: ``{"html": path, "pdf": path}`` as rendered.
+    """
+
+    out_dir: Path
+    comparison: dict[str, Any]
+    passed: bool
+    report: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    def describe(self) -> str:
+        """A one-screen terminal summary: overall changes, regressed/improved classes, gates."""
+        c = self.comparison
+        prim = c["primary"]
+        a, b = c["run_a"], c["run_b"]
+        lines = [
+            f"cam-auditor {c['tool']['version']} compare: B {b['name']} vs A {a['name']} on "
+            f"{c['pairing']['n_paired']} paired images ({prim['method_b']} vs {prim['method_a']})",
+        ]
+        for q in ("background_focus", "energy_in_mask", "accuracy"):
+            s = prim["overall"].get(q)
+            if not s or s["n"] == 0:
+                continue
+            lines.append(
+                f"  {q}: {_fmt(s['mean_a'])} → {_fmt(s['mean_b'])} "
+                f"(B − A {_fmt(s['diff'], signed=True)} [{_fmt(s['ci_low'], signed=True)}, "
+                f"{_fmt(s['ci_high'], signed=True)}], p={_pfmt(s['p_value'])}) {s['status']}"
+            )
+        for kind in ("regressed", "improved"):
+            names = c[kind]
+            shown = []
+            for nm in names[:8]:
+                bf = prim["classes"][nm]["metrics"].get("background_focus") or {}
+                shown.append(f"{nm} (bf {_fmt(bf.get('diff'), signed=True)})")
+            more = f", … {len(names) - 8} more" if len(names) > 8 else ""
+            lines.append(f"  {kind} classes ({len(names)}): " + (", ".join(shown) + more or "none"))
+        g = c["gates"]
+        res = g["results"]
+        failed = [r for r in res if not r["passed"]]
+        if res:
+            verdict = "PASSED" if g["passed"] else "FAILED"
+            lines.append(f"  gates: {verdict} ({len(res) - len(failed)}/{len(res)} passed)")
+        else:
+            lines.append("  gates: none configured")
+        for r in failed[:6]:
+            lines.append(
+                f"    ✗ {r['rule']} [{r['class']}]: "
+                f"{'n/a' if r['value'] is None else format(r['value'], '.4g')} vs "
+                f"{r['bound']} {r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
+            )
+        if len(failed) > 6:
+            lines.append(f"    … {len(failed) - 6} more failed checks")
+        lines.append(f"  comparison: {self.out_dir / 'comparison.json'}")
+        for kind, path in self.report.items():
+            lines.append(f"  {kind}: {path}")
+        return "\n".join(lines)
+
+
+def _fmt(v: Any, digits: int = 3, signed: bool = False) -> str:
+    x = _num(v)
+    if x is None:
+        return "n/a"
+    return format(x, f"{'+' if signed else ''}.{digits}f")
+
+
+def _pfmt(v: Any) -> str:
+    x = _num(v)
+    return "n/a" if x is None else format(x, ".2g")
+
+
+def _check_args(n_boot: Any, seed: Any, confidence: Any, top_n: Any) -> None:
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or n_boot < 2:
+        raise ValueError(f"`n_boot` must be an int >= 2, got {n_boot!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer):
+        raise TypeError(f"`seed` must be an int, got {seed!r}")
+    if isinstance(confidence, bool) or not isinstance(confidence, int | float):
+        raise TypeError(f"`confidence` must be a float, got {confidence!r}")
+    if not 0.0 < float(confidence) < 1.0:
+        raise ValueError(f"`confidence` must be in (0, 1), got {confidence!r}")
+    if isinstance(top_n, bool) or not isinstance(top_n, int | np.integer) or top_n < 0:
+        raise ValueError(f"`top_n` must be an int >= 0, got {top_n!r}")
+
+
+def _run_info(run: _Run) -> dict[str, Any]:
+    s = run.summary
+    model = dict(s.get("model") or {})
+    return {
+        "path": str(run.path.resolve()),
+        "name": run.name,
+        "title": s.get("title"),
+        "model": model,
+        "primary_method": run.primary,
+        "methods": list(s.get("methods") or []),
+        "n_evaluated": (s.get("dataset") or {}).get("n_evaluated"),
+        "finished": (s.get("run") or {}).get("finished"),
+        "tool_version": (s.get("tool") or {}).get("version"),
+    }
+
+
+def _block_json(p: _Paired, classes: Sequence[str]) -> dict[str, Any]:
+    return {
+        "method_a": p.method_a,
+        "method_b": p.method_b,
+        "n": int(p.labels.size),
+        "overall": p.overall,
+        "classes": {
+            name: {"index": ci, "n": int(np.sum(p.labels == ci)), "metrics": p.classes[ci]}
+            for ci, name in enumerate(classes)
+        },
+    }
+
+
+def _paired_table(key: str, p: _Paired, classes: Sequence[str]) -> pa.Table:
+    cols: dict[str, Any] = {
+        "comparison": [key] * p.labels.size,
+        "method_a": [p.method_a] * p.labels.size,
+        "method_b": [p.method_b] * p.labels.size,
+        "index": p.ta.column("index").to_numpy().astype(np.int64),
+        "id": [str(x) for x in p.ta.column("id").to_pylist()],
+        "label": p.labels,
+        "label_name": [classes[int(i)] for i in p.labels],
+    }
+    for col in ("pred", "correct", "confidence"):
+        if col in p.ta.column_names and col in p.tb.column_names:
+            cols[f"{col}_a"] = p.ta.column(col)
+            cols[f"{col}_b"] = p.tb.column(col)
+    for q in p.quantities:
+        if q == "accuracy":  # already there as correct_a / correct_b
+            continue
+        a, b = _values(p.ta, q), _values(p.tb, q)
+        cols[f"{q}_a"] = a
+        cols[f"{q}_b"] = b
+        cols[f"{q}_diff"] = np.where(np.isfinite(a) & np.isfinite(b), b - a, np.nan)
+    return pa.table(cols)
+
+
+def _slug(text: str) -> str:
+    safe = "".join(ch if ch.isalnum() else "-" for ch in text)[:32].strip("-") or "s"
+    return f"{safe}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def _moved(
+    ra: _Run,
+    rb: _Run,
+    prim: _Paired,
+    classes: Sequence[str],
+    out: Path,
+    top_n: int,
+    dataset: Any | None,
+) -> list[dict[str, Any]]:
+    """The ``top_n`` samples whose background focus moved most, with side-by-side panels."""
+    from auditor.store import RunStore
+
+    if top_n == 0 or "background_focus" not in prim.quantities:
+        return []
+    a, b = _values(prim.ta, "background_focus"), _values(prim.tb, "background_focus")
+    d = b - a
+    idx = prim.ta.column("index").to_numpy().astype(np.int64)
+    ok = np.flatnonzero(np.isfinite(d))
+    if ok.size == 0:
+        return []
+    order = ok[np.lexsort((idx[ok], -np.abs(d[ok])))][:top_n]
+    wanted = [int(idx[j]) for j in order]
+    try:
+        cams_a = RunStore(ra.path).load_cams(prim.method_a, wanted)
+        cams_b = RunStore(rb.path).load_cams(prim.method_b, wanted)
+    except (OSError, ValueError, KeyError) as exc:
+        log.warning("compare: cannot read low-resolution CAMs: %s", exc)
+        cams_a, cams_b = {}, {}
+    ds = dataset if dataset is not None else _open_display_dataset(rb) or _open_display_dataset(ra)
+    ids = prim.ta.column("id").to_pylist()
+    preds_a = _float_col(prim.ta, "pred")
+    preds_b = _float_col(prim.tb, "pred")
+    out_list: list[dict[str, Any]] = []
+    for rank, j in enumerate(order):
+        i, sid = int(idx[j]), str(ids[j])
+        entry: dict[str, Any] = {
+            "rank": rank + 1,
+            "index": i,
+            "id": sid,
+            "label": classes[int(prim.labels[j])],
+            "pred_a": _class_name(classes, preds_a[j]),
+            "pred_b": _class_name(classes, preds_b[j]),
+            "background_focus_a": _num(a[j]),
+            "background_focus_b": _num(b[j]),
+            "delta": _num(d[j]),
+            "file": None,
+            "with_image": False,
+        }
+        if i in cams_a and i in cams_b:
+            image, mask = _display(ds, i, sid)
+            png = moved_panel(
+                cams_a[i],
+                cams_b[i],
+                image=image,
+                mask=mask,
+                title=f"{sid} · label {entry['label']} · background focus "
+                f"{_fmt(a[j], 2)} → {_fmt(b[j], 2)}",
+                label_a=f"A: {ra.name} ({prim.method_a}) · BF {_fmt(a[j], 2)}",
+                label_b=f"B: {rb.name} ({prim.method_b}) · BF {_fmt(b[j], 2)}",
+            )
+            fname = f"gallery/moved-{rank + 1:02d}-{_slug(sid)}.png"
+            atomic_write_bytes(out / fname, png)
+            entry["file"] = fname
+            entry["with_image"] = image is not None
+        out_list.append(entry)
+    return out_list
+
+
+def _class_name(classes: Sequence[str], value: float) -> str | None:
+    if not math.isfinite(value) or not 0 <= int(value) < len(classes):
+        return None
+    return classes[int(value)]
+
+
+def _sort_key(c: Mapping[str, Any], name: str) -> tuple[Any, ...]:
+    entry = c["primary"]["classes"][name]
+    bf = (entry["metrics"].get("background_focus") or {}).get("diff")
+    acc = (entry["metrics"].get("accuracy") or {}).get("diff")
+    return (
+        STATUS_ORDER.get(entry["status"], 3),
+        -(bf if bf is not None else -math.inf),
+        acc if acc is not None else math.inf,
+        name,
+    )
+
+
+def compare_runs(
+    run_a: str | Path,
+    run_b: str | Path,
+    *,
+    out: str | Path | None = None,
+    config: str | Path | None = None,
+    gates: Sequence[GateRule] = (),
+    pdf: bool = True,
+    n_boot: int = 2000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    top_n: int = 8,
+    dataset: Any | None = None,
+    templates: Path | None = None,
+    render: bool = True,
+) -> ComparisonResult:
+    """Paired comparison of run B (candidate) against run A (baseline) on the same data.
+
+    See the module docstring for the statistics. ``config``: a TOML file whose ``[gates]``
+    section holds ``max_<metric>_increase`` / ``max_<metric>_decrease`` rules (a full audit
+    config works too); ``gates``: more rules (``scope == "compare"``). ``out`` defaults to
+    ``<run_b>-vs-<run_a name>`` beside ``run_b``. ``dataset``: an optional
+    :class:`auditor.data.EvalDataset` for the display images of the moved samples (default:
+    re-opened from the runs' ``config.toml`` when the data can be found, else CAMs only).
+    ``render=False`` skips compare.html/compare.pdf.
+
+    Raises:
+        AuditorInputError: not a run directory, different datasets (sha256) or classes.
+        ConfigError: an invalid ``config``.
+        RenderError: the report could not be rendered.
+    """
+    _check_args(n_boot, seed, confidence, top_n)
+    gate_rules = list(load_compare_gates(config) if config is not None else ())
+    for rule in gates:
+        if not isinstance(rule, GateRule):
+            raise TypeError(f"`gates` must hold GateRule objects, got {type(rule).__name__}")
+        if rule.scope != "compare":
+            raise ValueError(
+                f"`gates` rules must have scope 'compare', got {rule.scope!r} ({rule.name})"
+            )
+        _gate_quantity(rule)
+        gate_rules.append(rule)
+
+    ra, rb = _load_run(Path(run_a), "run_a"), _load_run(Path(run_b), "run_b")
+    ha, hb = ra.summary["dataset"].get("sha256"), rb.summary["dataset"].get("sha256")
+    if not ha or not hb or ha != hb:
+        raise AuditorInputError(
+            f"the runs audited different datasets: RUN_A {ra.path} has dataset sha256 {ha}, "
+            f"RUN_B {rb.path} has {hb}; a paired comparison needs the same evaluation set"
+        )
+    ca = list(ra.summary["dataset"].get("classes") or [])
+    cb = list(rb.summary["dataset"].get("classes") or [])
+    if ca != cb or not ca:
+        raise AuditorInputError(
+            f"the runs have different classes: RUN_A {ca[:6]}{'…' if len(ca) > 6 else ''} "
+            f"({len(ca)}), RUN_B {cb[:6]}{'…' if len(cb) > 6 else ''} ({len(cb)})"
+        )
+    classes = ca
+    out_dir = Path(out) if out is not None else rb.path.parent / f"{rb.path.name}-vs-{ra.path.name}"
+    for r in (ra, rb):
+        if out_dir.resolve() == r.path.resolve():
+            raise AuditorInputError(f"--out {out_dir}: must not be a run directory ({r.role})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+
+    kw: dict[str, Any] = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
+    prim = _compare_methods(ra, rb, ra.primary, rb.primary, classes, with_accuracy=True, **kw)
+    if prim.labels.size == 0:
+        raise AuditorInputError(
+            f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
+        )
+    methods_b = rb.summary.get("methods") or []
+    shared = [m for m in (ra.summary.get("methods") or []) if m in methods_b]
+    others: dict[str, _Paired] = {}
+    for m in shared:
+        if m == ra.primary == rb.primary:
+            others[m] = prim
+        else:
+            others[m] = _compare_methods(ra, rb, m, m, classes, with_accuracy=False, **kw)
+
+    n_a = _method_rows(ra, ra.primary).num_rows
+    n_b = _method_rows(rb, rb.primary).num_rows
+    comparison: dict[str, Any] = {
+        "schema_version": COMPARISON_SCHEMA_VERSION,
+        "kind": "comparison",
+        "tool": {"name": "cam-auditor", "version": __version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_a": _run_info(ra),
+        "run_b": _run_info(rb),
+        "dataset": {
+            "sha256": ha,
+            "name": ra.summary["dataset"].get("name"),
+            "annotation_sha256": ra.summary["dataset"].get("annotation_sha256"),
+            "n_samples": ra.summary["dataset"].get("n_samples"),
+            "classes": classes,
+        },
+        "pairing": {
+            "key": ["index", "id"],
+            "n_paired": int(prim.labels.size),
+            "n_only_a": int(n_a - prim.labels.size),
+            "n_only_b": int(n_b - prim.labels.size),
+        },
+        "settings": {
+            "n_boot": int(n_boot),
+            "seed": int(seed),
+            "confidence": float(confidence),
+            "interval": "paired bootstrap (BCa, percentile fallback) of mean(B − A)",
+            "test": "wilcoxon signed-rank (zsplit); accuracies: McNemar exact",
+            "top_n": int(top_n),
+        },
+        "primary": _block_json(prim, classes),
+        "methods": {m: _block_json(p, classes) for m, p in others.items()},
+    }
+    for entry in comparison["primary"]["classes"].values():
+        entry["status"] = _class_status(entry["metrics"]) if entry["n"] else "n/a"
+    ranked = sorted(classes, key=lambda nm: _sort_key(comparison, nm))
+    comparison["class_order"] = ranked
+    comparison["regressed"] = [
+        c for c in ranked if comparison["primary"]["classes"][c]["status"] == "regressed"
+    ]
+    comparison["improved"] = [  # most improved first
+        c for c in reversed(ranked) if comparison["primary"]["classes"][c]["status"] == "improved"
+    ]
+    comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
+    comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
+    from auditor.config import to_jsonable
+    from auditor.metrics.registry import METRICS
+
+    comparison["metrics_info"] = {k: to_jsonable(v) for k, v in METRICS.items()}
+
+    atomic_write_json(out_dir / "comparison.json", comparison)
+    tables = [_paired_table("primary", prim, classes)]
+    tables += [_paired_table(m, p, classes) for m, p in others.items() if p is not prim]
+    atomic_write_table(
+        out_dir / "comparison.parquet", pa.concat_tables(tables, promote_options="default")
+    )
+    from auditor.runner import write_junit
+
+    write_junit(
+        out_dir / "junit.xml",
+        {"gates": comparison["gates"], "model": {"name": f"{rb.name} vs {ra.name}"}},
+    )
+    comparison = json.loads((out_dir / "comparison.json").read_text("utf-8"))  # NaN → null
+    report: dict[str, Path] = {}
+    if render:
+        from auditor.report import render_document
+
+        context = build_compare_context(comparison, out_dir)
+        out_pdf = out_dir / "compare.pdf" if pdf else None
+        render_document(
+            "compare.html.j2",
+            context,
+            out_dir / "compare.html",
+            out_pdf=out_pdf,
+            base_dir=out_dir,
+            templates=templates,
+        )
+        report["html"] = out_dir / "compare.html"
+        if out_pdf is not None:
+            report["pdf"] = out_pdf
+    return ComparisonResult(
+        out_dir=out_dir,
+        comparison=comparison,
+        passed=bool(comparison["gates"]["passed"]),
+        report=report,
+    )
+
+
+# --------------------------------------------------------------------------------------------
+# report context (formatting only; every number comes from `comparison`)
+# --------------------------------------------------------------------------------------------
+#: Localisation metrics shown in the per-class table (primary methods).
+TABLE_METRICS = ("background_focus", "energy_in_mask", "pointing_game", "iou", "auc")
+FIGURE_CLASSES = 30
+
+
+def build_compare_context(comparison: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
+    """The template context of ``compare.html.j2`` (figures as data URIs)."""
+    from auditor.report.context import png_uri
+    from auditor.report.html import slugify
+
+    c = comparison
+    prim = c["primary"]
+    titles = {k: v.get("title", k) for k, v in (c.get("metrics_info") or {}).items()}
+    titles.update({"accuracy": "Accuracy", "only_fg_drop": "Drop, object only"})
+    empty = {
+        "mean_a": None,
+        "mean_b": None,
+        "diff": None,
+        "ci_low": None,
+        "ci_high": None,
+        "n": 0,
+        "p_value": None,
+        "status": "n/a",
+        "test": None,
+    }
+    rows = []
+    for name in c["class_order"]:
+        e = prim["classes"][name]
+        rows.append(
+            {
+                "name": name,
+                "slug": slugify(name),
+                "n": e["n"],
+                "status": e["status"],
+                "m": {q: e["metrics"].get(q, empty) for q in ("accuracy",) + TABLE_METRICS},
+            }
+        )
+    overall_rows = [
+        {"name": q, "title": titles.get(q, q), "s": s} for q, s in prim["overall"].items()
+    ]
+    method_rows = []
+    for m, blk in c["methods"].items():
+        method_rows.append(
+            {
+                "name": m,
+                "m": {q: blk["overall"].get(q, empty) for q in TABLE_METRICS},
+            }
+        )
+    figures = []
+    with_bf = [r for r in rows if r["m"]["background_focus"]["n"]][:FIGURE_CLASSES]
+    if with_bf:
+        thr = [
+            g["threshold"]
+            for g in c["gates"]["results"]
+            if g["quantity"] == "background_focus_increase" and g["stat"] == "mean"
+        ]
+        png = focus_comparison_figure(
+            [r["name"] for r in with_bf],
+            [r["m"]["background_focus"]["mean_a"] for r in with_bf],
+            [r["m"]["background_focus"].get("ci_a", [None, None]) for r in with_bf],
+            [r["m"]["background_focus"]["mean_b"] for r in with_bf],
+            [r["m"]["background_focus"].get("ci_b", [None, None]) for r in with_bf],
+            [r["m"]["background_focus"]["diff"] for r in with_bf],
+            [
+                [r["m"]["background_focus"]["ci_low"], r["m"]["background_focus"]["ci_high"]]
+                for r in with_bf
+            ],
+            label_a=c["run_a"]["name"],
+            label_b=c["run_b"]["name"],
+            threshold=thr[0] if thr else None,
+        )
+        cut = (
+            f" Showing the first {len(with_bf)} of {len(rows)} classes in regression order."
+            if len(with_bf) < len(rows)
+            else ""
+        )
+        figures.append(
+            {
+                "id": "fig-focus",
+                "title": "Background focus per class, A vs B",
+                "caption": "Left: mean background focus of each run with its bootstrap "
+                "interval over the paired samples. Right: the paired difference B − A with its "
+                "paired bootstrap interval (red: more background)." + cut,
+                "alt": "Interval plots of background focus per class for both runs and their "
+                "paired difference.",
+                "uri": png_uri(png),
+            }
+        )
+    moved = []
+    root = Path(out_dir).resolve()
+    for mv in c["moved"]:
+        uri = None
+        if mv.get("file"):
+            p = (root / mv["file"]).resolve()
+            if p.is_relative_to(root) and p.is_file():
+                uri = png_uri(p.read_bytes())
+        moved.append({**mv, "uri": uri})
+    results = sorted(c["gates"]["results"], key=lambda g: (g["passed"], g["rule"]))
+    gates = {
+        "passed": c["gates"]["passed"],
+        "results": results,
+        "n_failed": sum(1 for g in results if not g["passed"]),
+    }
+    counts = {
+        k: sum(1 for r in rows if r["status"] == k)
+        for k in ("regressed", "improved", "unchanged", "changed", "n/a")
+    }
+    return {
+        "c": c,
+        "title": f"{c['run_b']['name']} vs {c['run_a']['name']}: model comparison",
+        "date": (c.get("created") or "")[:10],
+        "rows": rows,
+        "overall_rows": overall_rows,
+        "method_rows": method_rows,
+        "table_metrics": [(q, titles.get(q, q)) for q in TABLE_METRICS],
+        "metric_titles": titles,
+        "figures": figures,
+        "moved": moved,
+        "gates": gates,
+        "counts": counts,
+        "n_classes": len(rows),
+    }

@@ -1,0 +1,230 @@
+"""Benchmark the CAM engine against a plain forward and the reference libraries (``make bench``).
+
+resnet18 and resnet50 (``weights=None``, eval), 224x224, batch 16, ``torch.set_num_threads(2)``.
+Each row is timed after one warm-up call; the best of ``repeats`` runs is kept (the minimum is the
+least noisy estimate on a shared machine). Score-CAM runs ``K = 512`` masked forwards per image,
+so it is timed on resnet18 only with a few images. Baselines (pytorch-grad-cam, Captum, torch-cam)
+run only when installed (the ``bench`` extra).
+
+Prints a markdown table and writes it to ``docs/performance.md`` under ``## CAM engine``
+(replacing only that section).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import platform
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+import torchvision
+
+from auditor.cam import GRADIENT_METHODS, CamEngine
+
+ROOT = Path(__file__).resolve().parents[1]
+PGC_FIVE = ("GradCAM", "GradCAMPlusPlus", "XGradCAM", "LayerCAM", "HiResCAM")
+
+
+def best_time(fn: Callable[[], object], repeats: int, warmup: int = 1) -> float:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times)
+
+
+def _quiet(fn: Callable[[], object]) -> Callable[[], object]:
+    """Silence tqdm progress bars of the baselines."""
+
+    def run() -> object:
+        with contextlib.redirect_stderr(io.StringIO()):
+            return fn()
+
+    return run
+
+
+def bench_model(name: str, batch: int, repeats: int, slow_repeats: int) -> list[tuple[str, float]]:
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1))
+    rows: list[tuple[str, float]] = []
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(images)
+
+    rows.append(("plain forward (inference_mode)", best_time(plain, repeats)))
+
+    def ours(methods: tuple[str, ...]) -> Callable[[], object]:
+        def run() -> object:
+            with CamEngine(model, "layer4", methods) as engine:
+                return engine.run(images, targets)
+
+        return run
+
+    rows.append(("ours: gradcam", best_time(ours(("gradcam",)), repeats)))
+    family = (*GRADIENT_METHODS, "cam")
+    rows.append(
+        (f"ours: {len(family)} methods ({', '.join(family)})", best_time(ours(family), repeats))
+    )
+
+    try:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    except ImportError:
+        pgc = None
+    if pgc is not None:
+        cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+
+        def pgc_run(names: tuple[str, ...]) -> Callable[[], object]:
+            def run() -> object:
+                for cls_name in names:
+                    with getattr(pgc, cls_name)(model=model, target_layers=[model.layer4]) as cam:
+                        cam(images, targets=cam_targets)
+                return None
+
+            return run
+
+        rows.append(("pytorch-grad-cam: GradCAM", best_time(pgc_run(("GradCAM",)), slow_repeats)))
+        rows.append(
+            (
+                "pytorch-grad-cam: 5 methods one after another (" + ", ".join(PGC_FIVE) + ")",
+                best_time(pgc_run(PGC_FIVE), slow_repeats, warmup=0),
+            )
+        )
+    try:
+        from captum.attr import LayerGradCam
+    except ImportError:
+        LayerGradCam = None  # noqa: N806
+    if LayerGradCam is not None:
+        captum_cam = LayerGradCam(model, model.layer4)
+
+        def captum_run() -> object:
+            return captum_cam.attribute(images, target=targets, relu_attributions=True)
+
+        rows.append(("Captum: LayerGradCam", best_time(captum_run, slow_repeats)))
+    try:
+        from torchcam.methods import GradCAM as TorchCamGradCAM
+    except ImportError:
+        TorchCamGradCAM = None  # noqa: N806
+    if TorchCamGradCAM is not None:
+
+        def torchcam_run() -> object:
+            with TorchCamGradCAM(model, target_layer="layer4") as extractor:
+                scores = model(images)
+                return extractor(class_idx=targets.tolist(), scores=scores)
+
+        rows.append(("torch-cam: GradCAM", best_time(_quiet(torchcam_run), slow_repeats)))
+    return rows
+
+
+def bench_scorecam(n_images: int) -> list[tuple[str, float]]:
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None).eval()
+    images = torch.randn(n_images, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    targets = torch.arange(n_images)
+    rows: list[tuple[str, float]] = []
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(images)
+
+    rows.append(("plain forward (inference_mode)", best_time(plain, 3)))
+
+    def ours() -> object:
+        with CamEngine(model, "layer4", ("scorecam",), score_batch_size=128) as engine:
+            return engine.run(images, targets)
+
+    rows.append((f"ours: scorecam (score_batch_size=128, {n_images} img)", best_time(ours, 1, 0)))
+    try:
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputSoftmaxTarget
+    except ImportError:
+        return rows
+
+    def pgc_run() -> object:
+        with pgc.ScoreCAM(model=model, target_layers=[model.layer4]) as cam:
+            return cam(images, targets=[ClassifierOutputSoftmaxTarget(int(t)) for t in targets])
+
+    rows.append(
+        (
+            f"pytorch-grad-cam: ScoreCAM (its batch_size=16, {n_images} img)",
+            best_time(_quiet(pgc_run), 1, 0),
+        )
+    )
+    return rows
+
+
+def table(title: str, rows: list[tuple[str, float]], n_images: int) -> str:
+    base = rows[0][1]
+    lines = [
+        f"### {title}",
+        "",
+        "| ratio vs plain forward | images/s | what |",
+        "|---:|---:|---|",
+    ]
+    for label, seconds in rows:
+        lines.append(f"| {base / seconds:.2f}x | {n_images / seconds:.2f} | {label} |")
+    return "\n".join(lines)
+
+
+def write_section(text: str) -> Path:
+    path = ROOT / "docs" / "performance.md"
+    section = "## CAM engine\n\n" + text.strip() + "\n"
+    if path.exists():
+        old = path.read_text()
+        pattern = re.compile(r"^## CAM engine\n.*?(?=^## |\Z)", re.S | re.M)
+        new = (
+            pattern.sub(section + "\n", old)
+            if pattern.search(old)
+            else old.rstrip() + "\n\n" + section
+        )
+    else:
+        new = "# Performance\n\n" + section
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(new)
+    return path
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--slow-repeats", type=int, default=1)
+    parser.add_argument("--scorecam-images", type=int, default=1)
+    parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument("--no-write", action="store_true")
+    args = parser.parse_args()
+    torch.set_num_threads(2)
+    started = time.perf_counter()
+    parts = [
+        f"Machine: {platform.machine()} {platform.processor() or ''}, torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads, CPU. Batch {args.batch}, 224x224, weights=None, "
+        f"best of {args.repeats} (baselines: best of {args.slow_repeats}) after a warm-up.",
+    ]
+    for name in args.models.split(","):
+        rows = bench_model(name, args.batch, args.repeats, args.slow_repeats)
+        parts.append(table(f"{name}, batch {args.batch}", rows, args.batch))
+        print(parts[-1], "\n", flush=True)
+    rows = bench_scorecam(args.scorecam_images)
+    parts.append(
+        table(f"Score-CAM, resnet18, {args.scorecam_images} image(s)", rows, args.scorecam_images)
+    )
+    print(parts[-1], "\n", flush=True)
+    parts.append(f"Total benchmark time: {time.perf_counter() - started:.0f} s.")
+    text = "\n\n".join(parts)
+    if not args.no_write:
+        print("written to", write_section(text))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""CLI exit codes, --resume after a real SIGKILL, fingerprint checks, determinism, JUnit."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import xml.etree.ElementTree as ET  # noqa: S405 - parsing our own output
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+
+from auditor.cli import main
+
+pytestmark = pytest.mark.slow
+
+SMALL = """
+[model]
+factory = "auditor.demo:build_model"
+weights = "{weights}"
+name = "demo-small"
+
+[data]
+manifest = "{manifest}"
+classes = ["circle", "square", "triangle", "cross"]
+input_size = 64
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+
+[audit]
+methods = ["gradcam", "layercam"]
+batch_size = {batch_size}
+faithfulness_samples = 8
+faithfulness_steps = 5
+sanity_samples = 8
+bootstrap = 200
+
+[gates]
+max_background_focus = {gate}
+"""
+
+
+def small_config(tmp: Path, demo_inputs: Path, *, batch_size: int = 10, gate: float = 0.99,
+                 name: str = "small.toml") -> Path:
+    folder = demo_inputs.parent
+    p = tmp / name
+    p.write_text(SMALL.format(weights=folder / "demo-shortcut.pt",
+                              manifest=folder / "data" / "manifest.csv",
+                              batch_size=batch_size, gate=gate))
+    return p
+
+
+def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "auditor.cli", *args], capture_output=True,
+                          text=True, cwd=cwd, timeout=600,
+                          env={**os.environ, "CI": "1"})
+
+
+def test_bad_config_exits_2_with_one_line_reason(tmp_path: Path) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text('[model]\nfactory = "x:y"\n[data]\nmanifest = "m.csv"\n[audit]\nmethdos = 1\n')
+    (tmp_path / "m.csv").write_text("image,label\n")
+    res = cli("run", str(cfg), "--out", str(tmp_path / "out"))
+    assert res.returncode == 2
+    assert "methdos" in res.stderr and "bad.toml" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_config_exits_2(tmp_path: Path) -> None:
+    assert main(["run", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_gate_failure_exits_1_and_writes_junit(tmp_path: Path, demo_inputs: Path) -> None:
+    cfg = small_config(tmp_path, demo_inputs, gate=0.5)
+    code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "40", "--no-pdf",
+                 "--no-progress"])
+    assert code == 1
+    s = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert s["dataset"]["n_evaluated"] == 40
+    assert not s["gates"]["passed"]
+    failed = [r for r in s["gates"]["results"] if not r["passed"]]
+    assert failed and all(r["value"] > 0.5 for r in failed)
+    root = ET.parse(tmp_path / "run" / "junit.xml").getroot()  # noqa: S314
+    cases = root.findall(".//testcase")
+    assert len(cases) == len(s["gates"]["results"])
+    assert len(root.findall(".//failure")) == len(failed)
+    assert (tmp_path / "run" / "report.html").is_file()
+    assert not (tmp_path / "run" / "report.pdf").exists()
+
+
+def test_existing_run_dir_refused_without_resume(tmp_path: Path, demo_inputs: Path) -> None:
+    cfg = small_config(tmp_path, demo_inputs)
+    args = ["run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "10", "--no-pdf"]
+    assert main(args) == 0
+    assert main(args) == 2
+
+
+def _strip_run(summary: dict) -> dict:
+    s = dict(summary)
+    s.pop("run")
+    return s
+
+
+def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, demo_inputs: Path) -> None:
+    cfg = small_config(tmp_path, demo_inputs, batch_size=10)
+    ref, killed = tmp_path / "ref", tmp_path / "killed"
+    base = ["run", str(cfg), "--limit", "80", "--no-pdf", "--no-progress"]
+    assert cli(*base, "--out", str(ref)).returncode == 0
+
+    proc = subprocess.Popen([sys.executable, "-m", "auditor.cli", *base, "--out", str(killed)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                            env={**os.environ, "CI": "1"})
+    deadline = time.time() + 300
+    while time.time() < deadline:
+        if len(list((killed / "shards").glob("part-*.parquet"))) >= 3:
+            break
+        if proc.poll() is not None:
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    done = len(list((killed / "shards").glob("part-*.parquet")))
+    assert 3 <= done < 8
+    assert not (killed / "summary.json").exists()
+
+    res = cli(*base, "--out", str(killed), "--resume")
+    assert res.returncode == 0, res.stderr
+    a = pq.read_table(ref / "samples.parquet")
+    b = pq.read_table(killed / "samples.parquet")
+    assert a.num_rows == b.num_rows == 160 and a.schema.equals(b.schema)
+    assert (ref / "samples.parquet").read_bytes() == (killed / "samples.parquet").read_bytes()
+    sa = json.loads((ref / "summary.json").read_text())
+    sb = json.loads((killed / "summary.json").read_text())
+    assert _strip_run(sa) == _strip_run(sb)
+
+
+def test_resume_with_other_model_is_refused(tmp_path: Path, demo_inputs: Path) -> None:
+    cfg = small_config(tmp_path, demo_inputs)
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--limit", "10", "--no-pdf"]) == 0
+    other = tmp_path / "other.toml"
+    from auditor.demo import weights_path
+
+    other.write_text(cfg.read_text().replace(str(demo_inputs.parent / "demo-shortcut.pt"),
+                                             str(weights_path("fixed"))))
+    res = cli("run", str(other), "--out", str(out), "--limit", "10", "--no-pdf", "--resume")
+    assert res.returncode == 2
+    assert "model_sha256" in res.stderr and "config_sha256" in res.stderr
+
+
+def test_same_config_and_seed_give_identical_outputs(tmp_path: Path, demo_inputs: Path) -> None:
+    cfg = small_config(tmp_path, demo_inputs)
+    outs = [tmp_path / "a", tmp_path / "b"]
+    for out in outs:
+        assert main(["run", str(cfg), "--out", str(out), "--limit", "30", "--no-pdf"]) == 0
+    a, b = (json.loads((o / "summary.json").read_text()) for o in outs)
+    assert _strip_run(a) == _strip_run(b)
+    raw = [(o / "summary.json").read_text().splitlines() for o in outs]
+    diff = [(x, y) for x, y in zip(*raw) if x != y]
+    # only timestamps and durations differ, and they all live in the "run" block
+    assert all(any(k in x for k in ("started", "finished", "duration_s", "_s\":")) for x, _ in diff)
+    assert (outs[0] / "samples.parquet").read_bytes() == (outs[1] / "samples.parquet").read_bytes()
