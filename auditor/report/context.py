@@ -86,11 +86,11 @@ class ReportLimits:
     """gallery panels shown inside each finding block"""
     skipped: int = 50
     """skipped samples listed by id (the total is always given)"""
-    findings: int = 40
+    findings: int = 30
     """findings shown as full blocks (evidence, pictures); the rest as rows of a table"""
-    gate_rows: int = 100
+    gate_rows: int = 50
     """gate checks listed (failed first; the totals are always given)"""
-    pdf_table_rows: int = 300
+    pdf_table_rows: int = 200
     """per-class rows in the PDF (highest risk first; the HTML always has every row)"""
 
     def __post_init__(self) -> None:
