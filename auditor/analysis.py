@@ -113,7 +113,11 @@ def _col(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
     arr = table.column(name).to_numpy(zero_copy_only=False)
     if dtype is not None:
         if dtype is float:
-            arr = np.asarray([np.nan if v is None else v for v in arr], float) if arr.dtype == object else arr.astype(float)
+            arr = (
+                np.asarray([np.nan if v is None else v for v in arr], float)
+                if arr.dtype == object
+                else arr.astype(float)
+            )
         else:
             arr = arr.astype(dtype)
     return arr
@@ -146,15 +150,23 @@ def metric_block(
             if metric not in table.column_names:
                 continue
             values = _col(table, metric, float)[sel]
-            kw = dict(confidence=settings.confidence, n_boot=settings.bootstrap, seed=settings.seed)
-            overall[method][metric] = _interval_dict(bootstrap_mean_ci(values, **kw))
-            grouped = grouped_bootstrap_mean_ci(values, labels, **kw)
+            conf, n_boot, seed = settings.confidence, settings.bootstrap, settings.seed
+            overall[method][metric] = _interval_dict(
+                bootstrap_mean_ci(values, confidence=conf, n_boot=n_boot, seed=seed)
+            )
+            grouped = grouped_bootstrap_mean_ci(
+                values, labels, confidence=conf, n_boot=n_boot, seed=seed
+            )
             for ci, c in enumerate(classes):
                 if ci in grouped:
                     per_class[c][method][metric] = _interval_dict(grouped[ci])
                 else:
                     per_class[c][method][metric] = {
-                        "mean": None, "ci_low": None, "ci_high": None, "n": 0, "n_nan": 0
+                        "mean": None,
+                        "ci_low": None,
+                        "ci_high": None,
+                        "n": 0,
+                        "n_nan": 0,
                     }
     return overall, per_class
 
@@ -221,7 +233,9 @@ def analyse(
                 if np.isfinite(vals).any():
                     block[metric] = _interval_dict(
                         bootstrap_mean_ci(
-                            vals, confidence=settings.confidence, n_boot=settings.bootstrap,
+                            vals,
+                            confidence=settings.confidence,
+                            n_boot=settings.bootstrap,
                             seed=settings.seed,
                         )
                     )
@@ -260,13 +274,18 @@ def analyse(
             base = correct[sel]
             fg = iv_cols["only_fg_correct"][sel]
             drop = paired_bootstrap_diff_ci(
-                fg, base, confidence=settings.confidence, n_boot=settings.bootstrap,
+                fg,
+                base,
+                confidence=settings.confidence,
+                n_boot=settings.bootstrap,
                 seed=settings.seed,
             )
             iv["only_fg_drop"] = drop.estimate if drop.n else None
             iv["only_fg_drop_ci"] = [drop.low, drop.high] if drop.n else [None, None]
             mixed = iv.get("mixed_rand_accuracy")
-            iv["background_gap"] = (c_acc - mixed) if (c_acc is not None and mixed is not None) else None
+            iv["background_gap"] = (
+                (c_acc - mixed) if (c_acc is not None and mixed is not None) else None
+            )
             entry["interventions"] = iv
         class_out[name] = entry
 
@@ -312,7 +331,8 @@ def analyse(
                         "title": (
                             f"'{name}': confirmed reliance on the background"
                             if confirmed
-                            else f"'{name}': accuracy depends on the background, attention does not show it"
+                            else f"'{name}': accuracy depends on the background, "
+                            "attention does not show it"
                         ),
                         "message": (
                             f"Accuracy falls from {ivd['accuracy']:.0%} to "
@@ -341,7 +361,9 @@ def analyse(
                         "class": name,
                         "kind": "evidence_disagreement",
                         "severity": "low",
-                        "title": f"'{name}': attention on the background, but accuracy holds without it",
+                        "title": (
+                            f"'{name}': attention on the background, but accuracy holds without it"
+                        ),
                         "message": (
                             f"The CAM looks at the background, yet accuracy on only-foreground "
                             f"images stays at {ivd['only_fg_accuracy']:.0%} (from "
@@ -392,15 +414,19 @@ def analyse(
                             f"(other classes: {base_b:.0%}): check for frames, watermarks or "
                             f"padding artefacts."
                         ),
-                        "evidence": {"border_focus": bb["mean"], "ci": [bb["ci_low"], bb["ci_high"]],
-                                     "baseline": base_b},
+                        "evidence": {
+                            "border_focus": bb["mean"],
+                            "ci": [bb["ci_low"], bb["ci_high"]],
+                            "baseline": base_b,
+                        },
                     }
                 )
         # methods that disagree
-        means = {
-            m: class_m[name].get(m, {}).get("background_focus", {}).get("mean") for m in methods
-        }
-        means = {m: v for m, v in means.items() if v is not None}
+        means: dict[str, float] = {}
+        for m in methods:
+            v = class_m[name].get(m, {}).get("background_focus", {}).get("mean")
+            if v is not None:
+                means[m] = float(v)
         if len(means) >= 2:
             hi_m, lo_m = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
             if means[hi_m] - means[lo_m] > rules.disagreement:
@@ -432,8 +458,11 @@ def analyse(
                             f"A cluster of {cl['size']} images has mean background focus "
                             f"{_fmt(cl.get('background_focus'))}, unlike the rest of the class."
                         ),
-                        "evidence": {"cluster": cl["id"], "size": cl["size"],
-                                     "background_focus": cl.get("background_focus")},
+                        "evidence": {
+                            "cluster": cl["id"],
+                            "size": cl["size"],
+                            "background_focus": cl.get("background_focus"),
+                        },
                         "examples": list(cl.get("exemplars", [])),
                     }
                 )
@@ -463,10 +492,10 @@ def analyse(
         elif f["class"] is not None and f["kind"] not in class_out[f["class"]]["flags"]:
             class_out[f["class"]]["flags"].append(f["kind"])
     for entry in class_out.values():
-        bf = entry["metrics"].get(primary, {}).get("background_focus", {}).get("mean")
-        drop = (entry["interventions"] or {}).get("only_fg_drop")
+        bf_mean = entry["metrics"].get(primary, {}).get("background_focus", {}).get("mean")
+        fg_drop = (entry["interventions"] or {}).get("only_fg_drop")
         entry["risk"] = float(
-            (bf or 0.0) + max(drop or 0.0, 0.0) + 0.25 * len([f for f in entry["flags"]])
+            (bf_mean or 0.0) + max(fg_drop or 0.0, 0.0) + 0.25 * len(entry["flags"])
         )
     findings.sort(key=lambda f: (SEVERITY_ORDER[f["severity"]], str(f["class"]), f["kind"]))
     for i, f in enumerate(findings):
@@ -515,7 +544,11 @@ def method_agreement(table: pa.Table, methods: Sequence[str]) -> dict[str, Any] 
     for a in methods:
         row: list[float | None] = []
         for b in methods:
-            keys = [k for k in per[a] if k in per[b] and np.isfinite(per[a][k]) and np.isfinite(per[b][k])]
+            keys = [
+                k
+                for k in per[a]
+                if k in per[b] and np.isfinite(per[a][k]) and np.isfinite(per[b][k])
+            ]
             if len(keys) < 3:
                 row.append(None)
                 continue
@@ -542,8 +575,13 @@ def _lookup(
             return scope_block.get("accuracy")
         ci = scope_block.get("accuracy_ci") or [None, None]
         return ci[0] if rule.stat == "ci_low" else ci[1]
-    if q in ("only_fg_drop", "background_gap", "only_fg_accuracy", "only_bg_accuracy",
-             "mixed_rand_accuracy"):
+    if q in (
+        "only_fg_drop",
+        "background_gap",
+        "only_fg_accuracy",
+        "only_bg_accuracy",
+        "mixed_rand_accuracy",
+    ):
         iv = scope_block.get("interventions") or {}
         if q == "only_fg_drop" and rule.stat != "mean":
             ci = iv.get("only_fg_drop_ci") or [None, None]

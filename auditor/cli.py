@@ -34,8 +34,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     d = sub.add_parser("demo", help="audit a synthetic dataset with a planted shortcut")
     d.add_argument("--out", type=Path, default=Path("runs/demo"))
-    d.add_argument("--variant", choices=["shortcut", "fixed"], default="shortcut",
-                   help="demo model: 'shortcut' (learned the background cue) or 'fixed'")
+    d.add_argument(
+        "--variant",
+        choices=["shortcut", "fixed"],
+        default="shortcut",
+        help="demo model: 'shortcut' (learned the background cue) or 'fixed'",
+    )
     d.add_argument("--no-pdf", action="store_true")
     d.add_argument("--limit", type=int)
 
@@ -46,8 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", help="cpu, cuda, cuda:1 ...")
     r.add_argument("--no-pdf", action="store_true", help="skip the PDF report")
     r.add_argument("--resume", action="store_true", help="continue an interrupted run")
-    r.add_argument("--trust-model-code", action="store_true",
-                   help="allow TorchScript / pickled models (they can execute code)")
+    r.add_argument(
+        "--trust-model-code",
+        action="store_true",
+        help="allow TorchScript / pickled models (they can execute code)",
+    )
     r.add_argument("--no-progress", action="store_true")
 
     rep = sub.add_parser("report", help="re-render the report of a run directory")
@@ -83,12 +90,17 @@ def _print_end(outcome: Any) -> None:
     for f in findings[:5]:
         lines.append(f"    [{f['severity']}] {f['title']}")
     failed = [r for r in gates.get("results", []) if not r["passed"]]
-    lines.append(f"  gates: {verdict} ({len(gates.get('results', [])) - len(failed)}/"
-                 f"{len(gates.get('results', []))} passed)")
+    lines.append(
+        f"  gates: {verdict} ({len(gates.get('results', [])) - len(failed)}/"
+        f"{len(gates.get('results', []))} passed)"
+    )
     for r in failed[:5]:
-        lines.append(f"    ✗ {r['rule']}" + (f" [{r['class']}]" if r.get("class") else "")
-                     + f": {r['value'] if r['value'] is None else round(r['value'], 4)} "
-                     f"vs {r['bound']} {r['threshold']}")
+        lines.append(
+            f"    ✗ {r['rule']}"
+            + (f" [{r['class']}]" if r.get("class") else "")
+            + f": {r['value'] if r['value'] is None else round(r['value'], 4)} "
+            f"vs {r['bound']} {r['threshold']}"
+        )
     for kind, path in outcome.report.items():
         lines.append(f"  {kind}: {path}")
     lines.append(f"  summary: {outcome.run_dir / 'summary.json'}")
@@ -119,8 +131,9 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
     import auditor
 
     if args.command == "demo":
-        outcome = auditor.run_demo(args.out, variant=args.variant, pdf=not args.no_pdf,
-                                   limit=args.limit, command=command)
+        outcome = auditor.run_demo(
+            args.out, variant=args.variant, pdf=not args.no_pdf, limit=args.limit, command=command
+        )
         _print_end(outcome)
         # the demo exists to show a failing gate: exit 0 when it ran as intended
         return EXIT_OK
@@ -130,25 +143,35 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         if args.limit is not None and args.limit < 1:
             raise AuditorInputError(f"--limit must be >= 1, got {args.limit}")
         outcome = auditor.run_audit(
-            cfg, out, limit=args.limit, device=args.device, resume=args.resume,
-            pdf=False if args.no_pdf else None, progress=False if args.no_progress else None,
-            trust_model_code=args.trust_model_code or None, command=command,
+            cfg,
+            out,
+            limit=args.limit,
+            device=args.device,
+            resume=args.resume,
+            pdf=False if args.no_pdf else None,
+            progress=False if args.no_progress else None,
+            trust_model_code=args.trust_model_code or None,
+            command=command,
         )
         _print_end(outcome)
         return outcome.exit_code
     if args.command == "report":
         if not (args.run_dir / "summary.json").is_file():
-            raise AuditorInputError(f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)")
-        paths = auditor.render_report(args.run_dir, html=True, pdf=args.pdf,
-                                      templates=args.templates)
+            raise AuditorInputError(
+                f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)"
+            )
+        paths = auditor.render_report(
+            args.run_dir, html=True, pdf=args.pdf, templates=args.templates
+        )
         for kind, path in paths.items():
             print(f"{kind}: {path}")
         return EXIT_OK
     if args.command == "compare":
         from auditor.compare import compare_runs
 
-        result = compare_runs(args.run_a, args.run_b, out=args.out, config=args.config,
-                              pdf=not args.no_pdf)
+        result = compare_runs(
+            args.run_a, args.run_b, out=args.out, config=args.config, pdf=not args.no_pdf
+        )
         print(result.describe())
         return 0 if result.passed else EXIT_GATE_FAILED
     raise AssertionError(args.command)  # pragma: no cover - argparse restricts choices

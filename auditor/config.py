@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import difflib
 import hashlib
-import tomllib
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from auditor.errors import ConfigError
 
@@ -59,7 +60,9 @@ def _typed(
         return default
     value = table[key]
     # bool is an int subclass: refuse it where a number is expected.
-    bad_bool = isinstance(value, bool) and bool not in (kind if isinstance(kind, tuple) else (kind,))
+    bad_bool = isinstance(value, bool) and bool not in (
+        kind if isinstance(kind, tuple) else (kind,)
+    )
     if not isinstance(value, kind) or bad_bool:
         names = kind.__name__ if isinstance(kind, type) else "/".join(k.__name__ for k in kind)
         raise ConfigError(f"{source}: [{section}] {key} must be {names}, got {value!r}")
@@ -198,8 +201,10 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         if f.name == "methods":
             if isinstance(value, str):
                 value = [value]
-            if not isinstance(value, list) or not value or not all(
-                isinstance(v, str) for v in value
+            if (
+                not isinstance(value, list)
+                or not value
+                or not all(isinstance(v, str) for v in value)
             ):
                 raise ConfigError(
                     f"{source}: [audit] methods must be a non-empty list of names, got {value!r}"
@@ -237,11 +242,20 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         )
     for name in ("batch_size", "bootstrap", "score_batch_size", "faithfulness_steps"):
         if getattr(settings, name) < 1:
-            raise ConfigError(f"{source}: [audit] {name} must be >= 1, got {getattr(settings, name)}")
-    for name in ("faithfulness_samples", "sanity_samples", "num_workers", "gallery_per_class",
-                 "pointing_tolerance"):
+            raise ConfigError(
+                f"{source}: [audit] {name} must be >= 1, got {getattr(settings, name)}"
+            )
+    for name in (
+        "faithfulness_samples",
+        "sanity_samples",
+        "num_workers",
+        "gallery_per_class",
+        "pointing_tolerance",
+    ):
         if getattr(settings, name) < 0:
-            raise ConfigError(f"{source}: [audit] {name} must be >= 0, got {getattr(settings, name)}")
+            raise ConfigError(
+                f"{source}: [audit] {name} must be >= 0, got {getattr(settings, name)}"
+            )
     if not 0.5 <= settings.confidence < 1:
         raise ConfigError(
             f"{source}: [audit] confidence must be in [0.5, 1), got {settings.confidence}"
@@ -312,7 +326,7 @@ def _parse_gates(
         bound, rest = key.split("_", 1)
         scope = "class"
         if rest.startswith("overall_"):
-            scope, rest = "overall", rest[len("overall_"):]
+            scope, rest = "overall", rest[len("overall_") :]
         if rest.startswith("findings_"):
             scope = "findings"
         kwargs = {bound: float(value)}
@@ -332,7 +346,9 @@ def _parse_gates(
             raise ConfigError(f"{source}: {where} stat must be mean/ci_low/ci_high, got {stat!r}")
         scope = raw.get("scope", "class")
         if scope not in ("class", "overall"):
-            raise ConfigError(f"{source}: {where} scope must be 'class' or 'overall', got {scope!r}")
+            raise ConfigError(
+                f"{source}: {where} scope must be 'class' or 'overall', got {scope!r}"
+            )
         lo, hi = raw.get("min"), raw.get("max")
         for nm, v in (("min", lo), ("max", hi)):
             if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):

@@ -101,8 +101,8 @@ def _background(rng: np.random.Generator, striped: bool) -> np.ndarray:
         blob = np.exp(-((xx - bx) ** 2 + (yy - by) ** 2) / (2 * br**2))[..., None]
         img = img + blob * rng.uniform(-0.25, 0.25, 3)
     if striped:
-        period = rng.integers(5, 8)
-        phase = rng.integers(0, period)
+        period = int(rng.integers(5, 8))
+        phase = int(rng.integers(0, period))
         stripes = ((np.arange(s) + phase) // max(1, period // 2)) % 2
         img = img * 0.5 + 0.45 * stripes[:, None, None] * rng.uniform(0.6, 1.0, 3)
     img = img + rng.normal(0, 0.04, img.shape)
@@ -140,7 +140,9 @@ def generate_arrays(
     masks = np.empty((n, IMAGE_SIZE, IMAGE_SIZE), bool)
     labels = np.arange(n) % len(CLASSES)
     for i, label in enumerate(labels):
-        images[i], masks[i] = render_sample(int(label), rng, striped=stripes_for(int(label), variant, rng))
+        images[i], masks[i] = render_sample(
+            int(label), rng, striped=stripes_for(int(label), variant, rng)
+        )
     return images, masks, labels.astype(np.int64)
 
 
@@ -196,7 +198,9 @@ def train(
 
     t0 = time.perf_counter()
     torch.manual_seed(seed)
-    images, _, labels = generate_arrays(n_per_class, seed=100 + VARIANTS.index(variant), variant=variant)
+    images, _, labels = generate_arrays(
+        n_per_class, seed=100 + VARIANTS.index(variant), variant=variant
+    )
     x, y = _to_tensor(images), torch.from_numpy(labels)
     val_images, _, val_labels = generate_arrays(50, seed=999, variant=variant)
     vx, vy = _to_tensor(val_images), torch.from_numpy(val_labels)
@@ -297,7 +301,6 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-
 def run_demo(
     out: str | Path = "runs/demo",
     *,
@@ -314,8 +317,15 @@ def run_demo(
     out = Path(out)
     config = write_demo_inputs(out / "inputs", variant=variant)
     cfg = load_config(config)
-    return run_audit(cfg, out, limit=limit, pdf=pdf, progress=progress, command=command,
-                     resume=(out / "shards").is_dir())
+    return run_audit(
+        cfg,
+        out,
+        limit=limit,
+        pdf=pdf,
+        progress=progress,
+        command=command,
+        resume=(out / "shards").is_dir(),
+    )
 
 
 if __name__ == "__main__":

@@ -94,7 +94,9 @@ def _call_factory(spec: str, base_dir: Path, kwargs: Mapping[str, Any]) -> nn.Mo
     try:
         model = obj(**kwargs)
     except TypeError as exc:
-        raise ModelLoadError(f"[model] factory: calling {spec}(**{dict(kwargs)!r}) failed: {exc}")
+        raise ModelLoadError(
+            f"[model] factory: calling {spec}(**{dict(kwargs)!r}) failed: {exc}"
+        ) from exc
     if not isinstance(model, nn.Module):
         raise ModelLoadError(
             f"[model] factory: {spec} returned {type(model).__name__}, expected a torch.nn.Module"
@@ -158,7 +160,7 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
         raise ModelLoadError(f"[model] weights: {path.name} does not contain a state_dict")
     out = {str(k): v for k, v in state.items()}
     if out and all(k.startswith("module.") for k in out):
-        out = {k[len("module."):]: v for k, v in out.items()}
+        out = {k[len("module.") :]: v for k, v in out.items()}
     return out
 
 
@@ -200,10 +202,21 @@ def _load_trusted_file(path: Path, trust: bool) -> nn.Module:
             f"Use a state_dict (+ factory or torchvision), or opt in with {TRUST_FLAG} "
             f"(or trust_model_code = true) if you trust its author."
         )
-    try:
-        return torch.jit.load(str(path), map_location="cpu")
-    except Exception:  # noqa: BLE001 - not TorchScript: try a full pickle below
-        pass
+    import zipfile
+
+    if zipfile.is_zipfile(path):
+        try:
+            with zipfile.ZipFile(path) as zf:
+                is_script = any(n.endswith("/code/") or "/code/" in n for n in zf.namelist())
+        except zipfile.BadZipFile:
+            is_script = False
+        if is_script:
+            try:
+                return torch.jit.load(str(path), map_location="cpu")
+            except Exception as exc:  # noqa: BLE001 - many error types from the loader
+                raise ModelLoadError(
+                    f"[model] file: cannot load TorchScript {path.name}: {exc}"
+                ) from exc
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - opted in
     except Exception as exc:  # noqa: BLE001
@@ -230,10 +243,11 @@ def load_model(
         if cfg.factory:
             model = _call_factory(cfg.factory, cfg.base_dir, cfg.factory_kwargs)
             name = cfg.name or cfg.factory.rpartition(":")[2]
-        else:
-            assert cfg.torchvision is not None
+        elif cfg.torchvision:
             model = _torchvision_model(cfg.torchvision, n_cls)
             name = cfg.name or cfg.torchvision
+        else:
+            raise ModelLoadError("[model] needs one of factory, torchvision or file")
         if cfg.weights is not None:
             apply_state_dict(model, read_state_dict(cfg.weights), cfg.weights)
             sha = file_sha256(cfg.weights)

@@ -67,9 +67,22 @@ def library_versions() -> dict[str, str]:
     from importlib import metadata
 
     out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in ("cam-auditor", "torch", "torchvision", "numpy", "pillow", "pyarrow", "scipy",
-                 "scikit-learn", "matplotlib", "jinja2", "weasyprint", "pycocotools",
-                 "safetensors", "defusedxml"):
+    for dist in (
+        "cam-auditor",
+        "torch",
+        "torchvision",
+        "numpy",
+        "pillow",
+        "pyarrow",
+        "scipy",
+        "scikit-learn",
+        "matplotlib",
+        "jinja2",
+        "weasyprint",
+        "pycocotools",
+        "safetensors",
+        "defusedxml",
+    ):
         try:
             out[dist] = metadata.version(dist)
         except metadata.PackageNotFoundError:
@@ -82,8 +95,9 @@ def _progress(total: int, enabled: bool | None, desc: str) -> Any:
 
     if enabled is None:
         enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    return tqdm(total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True,
-                smoothing=0.1)
+    return tqdm(
+        total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.1
+    )
 
 
 def _seeded_subset(n: int, k: int, seed: int) -> set[int]:
@@ -185,10 +199,12 @@ class _BatchAuditor:
             fill_value = (-self.mean / self.std) if s.intervention_fill == "black" else None
             g = torch.Generator().manual_seed(s.seed * 1_000_003 + batch_no)
             edited = {
-                "only_fg": only_foreground(images, masks, fill=s.intervention_fill,
-                                           fill_value=fill_value),
-                "only_bg": only_background(images, masks, fill=s.intervention_fill,
-                                           fill_value=fill_value),
+                "only_fg": only_foreground(
+                    images, masks, fill=s.intervention_fill, fill_value=fill_value
+                ),
+                "only_bg": only_background(
+                    images, masks, fill=s.intervention_fill, fill_value=fill_value
+                ),
             }
             mixed, perm = mixed_random(images, masks, g)
             edited["mixed_rand"] = mixed
@@ -212,19 +228,29 @@ class _BatchAuditor:
             from auditor.metrics.faithfulness import faithfulness_metrics
 
             res = faithfulness_metrics(
-                self.model, images, up, tgt, steps=s.faithfulness_steps, subset=sel,
+                self.model,
+                images,
+                up,
+                tgt,
+                steps=s.faithfulness_steps,
+                subset=sel,
                 forward_batch_size=max(64, s.score_batch_size),
             )
-            faith = {m: {k: v.cpu().numpy().astype(np.float64) for k, v in d.items()}
-                     for m, d in res.items()}
+            faith = {
+                m: {k: v.cpu().numpy().astype(np.float64) for k, v in d.items()}
+                for m, d in res.items()
+            }
 
         tables = []
         nan_col = np.full(b, np.nan)
         low_res: dict[str, np.ndarray] = {}
         for method in s.methods:
             metrics, status = localisation_metrics(
-                up[method], masks, has_mask=has_mask,
-                pointing_tolerance=s.pointing_tolerance, iou_threshold=s.iou_threshold,
+                up[method],
+                masks,
+                has_mask=has_mask,
+                pointing_tolerance=s.pointing_tolerance,
+                iou_threshold=s.iou_threshold,
                 border_width=s.border_width,
             )
             cols = dict(base)
@@ -271,8 +297,9 @@ def run_audit(
 
     cfg = with_overrides(config, device=device, limit=limit)
     dataset = open_dataset(cfg.data)
-    loaded = load_model(cfg.model, num_classes=len(dataset.classes),
-                        trust_model_code=trust_model_code)
+    loaded = load_model(
+        cfg.model, num_classes=len(dataset.classes), trust_model_code=trust_model_code
+    )
     return audit(
         loaded.module,
         dataset,
@@ -281,8 +308,12 @@ def run_audit(
         gates=cfg.gates,
         layer=cfg.model.target_layer,
         reshape=cfg.model.reshape,
-        model_info={"name": loaded.name, "sha256": loaded.sha256, "source": loaded.source,
-                    "parameters": loaded.parameters},
+        model_info={
+            "name": loaded.name,
+            "sha256": loaded.sha256,
+            "source": loaded.source,
+            "parameters": loaded.parameters,
+        },
         config=cfg,
         resume=resume,
         pdf=cfg.report.pdf if pdf is None else pdf,
@@ -344,7 +375,10 @@ def audit(
             layer_names = find_target_layer(model, example)
         try:
             engine = CamEngine(
-                model, layer_names, s.methods, score_batch_size=s.score_batch_size,
+                model,
+                layer_names,
+                s.methods,
+                score_batch_size=s.score_batch_size,
                 autocast={"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
                     s.autocast or ""
                 ),
@@ -367,8 +401,12 @@ def audit(
         }
         done = store.prepare(fingerprints, resume=resume)
         store.write_provenance(
-            {"fingerprints": fingerprints, "versions": library_versions(),
-             "model": model_info, "started": started.isoformat(timespec="seconds")}
+            {
+                "fingerprints": fingerprints,
+                "versions": library_versions(),
+                "model": model_info,
+                "started": started.isoformat(timespec="seconds"),
+            }
         )
         if config is not None and config.source is not None:
             atomic_write_bytes(run_dir / "config.toml", Path(config.source).read_bytes())
@@ -377,8 +415,14 @@ def audit(
         first_missing = next((b for b in range(len(chunks)) if b not in done), len(chunks))
         todo = chunks[first_missing:]
         worker = _BatchAuditor(
-            model, engine, s, classes, dev, _seeded_subset(n, s.faithfulness_samples, s.seed),
-            dataset.config.mean, dataset.config.std,
+            model,
+            engine,
+            s,
+            classes,
+            dev,
+            _seeded_subset(n, s.faithfulness_samples, s.seed),
+            dataset.config.mean,
+            dataset.config.std,
         )
         sanity = _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
         from auditor.data import iter_batches
@@ -395,8 +439,14 @@ def audit(
                     rows, cams = worker.process(batch, batch_no)
                 else:
                     rows, cams = pa.table({}), {}
-                store.write_batch(batch_no, rows, cams, list(batch.ids), list(batch.indices),
-                                  _empty_skip_rows(batch))
+                store.write_batch(
+                    batch_no,
+                    rows,
+                    cams,
+                    list(batch.ids),
+                    list(batch.indices),
+                    _empty_skip_rows(batch),
+                )
                 bar.update(len(batch) + len(batch.skipped))
         finally:
             bar.close()
@@ -406,15 +456,33 @@ def audit(
         model.train(was_training)
 
     return finalize(
-        run_dir, store, dataset=dataset, classes=classes, settings=s, gates=gates,
-        model=model, model_info=model_info, config=config, sanity=sanity, started=started,
-        t0=t0, loop_s=loop_s, pdf=pdf, render=render, command=command,
+        run_dir,
+        store,
+        dataset=dataset,
+        classes=classes,
+        settings=s,
+        gates=gates,
+        model=model,
+        model_info=model_info,
+        config=config,
+        sanity=sanity,
+        started=started,
+        t0=t0,
+        loop_s=loop_s,
+        pdf=pdf,
+        render=render,
+        command=command,
     )
 
 
 def _sanity(
-    run_dir: Path, model: torch.nn.Module, dataset: Any, s: AuditSettings,
-    layers: Sequence[str], dev: torch.device, n: int,
+    run_dir: Path,
+    model: torch.nn.Module,
+    dataset: Any,
+    s: AuditSettings,
+    layers: Sequence[str],
+    dev: torch.device,
+    n: int,
 ) -> dict[str, Any] | None:
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
@@ -433,14 +501,19 @@ def _sanity(
     methods = [m for m in s.methods if m not in ("scorecam", "ablationcam")]
     if not methods:
         return None
-    batch = next(iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))),
-                                   s.sanity_samples)))
+    batch = next(
+        iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))), s.sanity_samples))
+    )
     if not len(batch):
         return None
     try:
         res = randomisation_sanity_check(
-            model, batch.images.to(dev), batch.labels.to(dev), methods,
-            layers[0] if len(layers) == 1 else list(layers), seed=s.seed,
+            model,
+            batch.images.to(dev),
+            batch.labels.to(dev),
+            methods,
+            layers[0],
+            seed=s.seed,
         )
     except (ValueError, RuntimeError) as exc:  # e.g. no linear head to randomise
         log.warning("sanity check skipped: %s", exc)
@@ -448,8 +521,13 @@ def _sanity(
         atomic_write_json(path, out)
         return out
     out = {
-        m: {"similarity": r.similarity, "threshold": r.threshold, "trustworthy": r.trustworthy,
-            "n": r.n, "randomised": list(r.randomised)}
+        m: {
+            "similarity": r.similarity,
+            "threshold": r.threshold,
+            "trustworthy": r.trustworthy,
+            "n": r.n,
+            "randomised": list(r.randomised),
+        }
         for m, r in res.items()
     }
     atomic_write_json(path, out)
@@ -482,8 +560,9 @@ def _cluster_analysis(
             continue
         maps = np.stack([cams[int(idx[j])] for j in sel])
         bfc = bf[sel]
-        res = spray_clusters(maps, background_focus=bfc if np.isfinite(bfc).any() else None,
-                             seed=s.seed)
+        res = spray_clusters(
+            maps, background_focus=bfc if np.isfinite(bfc).any() else None, seed=s.seed
+        )
         clusters = []
         for cl in res.clusters:
             clusters.append(
@@ -532,12 +611,25 @@ def finalize(
     clusters, _ = _cluster_analysis(store, table, classes, s)
     sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
     if table.num_rows:
-        stats = analyse(table, classes=classes, methods=s.methods, settings=s,
-                        rules=FindingRules(), clusters=clusters, sanity=sanity_clean)
+        stats = analyse(
+            table,
+            classes=classes,
+            methods=s.methods,
+            settings=s,
+            rules=FindingRules(),
+            clusters=clusters,
+            sanity=sanity_clean,
+        )
     else:
-        stats = {"overall": {"n": 0, "accuracy": None, "accuracy_ci": [None, None], "metrics": {}},
-                 "classes": {}, "findings": [], "rules": {}, "confusion": None,
-                 "method_agreement": None, "faithfulness": None}
+        stats = {
+            "overall": {"n": 0, "accuracy": None, "accuracy_ci": [None, None], "metrics": {}},
+            "classes": {},
+            "findings": [],
+            "rules": {},
+            "confusion": None,
+            "method_agreement": None,
+            "faithfulness": None,
+        }
 
     from auditor.cam import METHODS
     from auditor.metrics.registry import METRICS
@@ -545,10 +637,12 @@ def finalize(
     prim = table.filter(pc.equal(table.column("method"), s.primary)) if table.num_rows else table
     h = hashlib.sha256()
     if prim.num_rows:
-        for sid, ish, msh, lab in zip(prim.column("id").to_pylist(),
-                                      prim.column("image_sha256").to_pylist(),
-                                      prim.column("mask_sha256").to_pylist(),
-                                      prim.column("label").to_pylist()):
+        for sid, ish, msh, lab in zip(
+            prim.column("id").to_pylist(),
+            prim.column("image_sha256").to_pylist(),
+            prim.column("mask_sha256").to_pylist(),
+            prim.column("label").to_pylist(),
+        ):
             h.update(f"{sid}\0{ish}\0{msh}\0{lab}\n".encode())
     for sk in skipped:
         h.update(f"skipped\0{sk['id']}\n".encode())
@@ -561,8 +655,10 @@ def finalize(
             "started": started.isoformat(timespec="seconds"),
             "finished": finished.isoformat(timespec="seconds"),
             "duration_s": round(time.perf_counter() - t0, 3),
-            "timings": {"audit_loop_s": round(loop_s, 3),
-                        "analysis_s": round(time.perf_counter() - t_an, 3)},
+            "timings": {
+                "audit_loop_s": round(loop_s, 3),
+                "analysis_s": round(time.perf_counter() - t_an, 3),
+            },
             "config_sha256": config.sha256 if config else None,
             "seed": s.seed,
             "device": s.device,
@@ -573,8 +669,8 @@ def finalize(
         "title": config.report.title if config else "Model attention audit",
         "model": model_info,
         "dataset": {
-            "name": getattr(dataset.config, "source", None) and Path(
-                str(dataset.config.manifest or dataset.config.root)).name,
+            "name": getattr(dataset.config, "source", None)
+            and Path(str(dataset.config.manifest or dataset.config.root)).name,
             "format": dataset.config.format,
             "sha256": h.hexdigest(),
             "annotation_sha256": dataset.annotation_sha256(),
@@ -604,12 +700,15 @@ def finalize(
         from auditor.report import render_report
 
         report = render_report(
-            run_dir, html=True, pdf=pdf,
+            run_dir,
+            html=True,
+            pdf=pdf,
             templates=config.report.templates if config else None,
             pdf_timeout_s=config.report.pdf_timeout_s if config else 600,
         )
-    return AuditOutcome(run_dir=run_dir, summary=summary, passed=summary["gates"]["passed"],
-                        report=report)
+    return AuditOutcome(
+        run_dir=run_dir, summary=summary, passed=summary["gates"]["passed"], report=report
+    )
 
 
 def _method_info(method: Any) -> dict[str, Any]:
@@ -624,7 +723,11 @@ def _method_info(method: Any) -> dict[str, Any]:
 
 
 def _gallery(
-    run_dir: Path, store: RunStore, dataset: Any, table: pa.Table, summary: dict[str, Any],
+    run_dir: Path,
+    store: RunStore,
+    dataset: Any,
+    table: pa.Table,
+    summary: dict[str, Any],
     s: AuditSettings,
 ) -> dict[str, list[dict[str, Any]]]:
     """Choose and draw gallery panels: flagged classes (highest background focus first) and,
@@ -637,8 +740,18 @@ def _gallery(
     gdir.mkdir(exist_ok=True)
     classes = summary["classes"]
     prim = table.filter(pc.equal(table.column("method"), s.primary))
-    cols = {c: prim.column(c).to_numpy(zero_copy_only=False) for c in
-            ("index", "id", "label", "pred", "confidence", "background_focus", "energy_in_mask")}
+    cols = {
+        c: prim.column(c).to_numpy(zero_copy_only=False)
+        for c in (
+            "index",
+            "id",
+            "label",
+            "pred",
+            "confidence",
+            "background_focus",
+            "energy_in_mask",
+        )
+    }
     names = list(summary["dataset"]["classes"])
     flagged = [c for c, v in classes.items() if v["flagged"]]
     ranked = sorted((c for c in classes if classes[c]["n"]), key=lambda c: classes[c]["risk"])
@@ -663,9 +776,14 @@ def _gallery(
             image, mask = dataset.load_display(i)
             bfv = float(cols["background_focus"][j])
             png = gallery_panel(
-                image, mask, cams[i], title=str(cols["id"][j]),
+                image,
+                mask,
+                cams[i],
+                title=str(cols["id"][j]),
                 subtitle=f"label {cname} · predicted {names[int(cols['pred'][j])]} · "
-                f"background focus {bfv:.0%}" if np.isfinite(bfv) else "",
+                f"background focus {bfv:.0%}"
+                if np.isfinite(bfv)
+                else "",
             )
             fname = f"gallery/{_slug(cname)}-{rank}.png"
             atomic_write_bytes(run_dir / fname, png)
@@ -678,7 +796,8 @@ def _gallery(
                     "confidence": float(cols["confidence"][j]),
                     "energy_in_mask": _num(cols["energy_in_mask"][j]),
                     "background_focus": _num(bfv),
-                    "why": "highest background focus" if why == "flagged"
+                    "why": "highest background focus"
+                    if why == "flagged"
                     else "lowest-risk class, for contrast",
                 }
             )
@@ -695,8 +814,9 @@ def _gallery(
             if not ex:
                 continue
             mean_map = np.mean([c for _, c in ex], axis=0)
-            png = cluster_panel(mean_map, ex, title=f"{cname}: cluster {cl['id']} "
-                                f"({cl['size']} images)")
+            png = cluster_panel(
+                mean_map, ex, title=f"{cname}: cluster {cl['id']} ({cl['size']} images)"
+            )
             fname = f"gallery/cluster-{_slug(cname)}-{cl['id']}.png"
             atomic_write_bytes(run_dir / fname, png)
             cl["gallery"] = [fname]
@@ -725,7 +845,7 @@ def write_junit(path: Path, summary: dict[str, Any]) -> None:
     lines = [
         '<?xml version="1.0" encoding="UTF-8"?>',
         f'<testsuites name="cam-auditor" tests="{len(results)}" failures="{failures}">',
-        f'  <testsuite name={quoteattr("gates: " + str(summary.get("model", {}).get("name")))} '
+        f"  <testsuite name={quoteattr('gates: ' + str(summary.get('model', {}).get('name')))} "
         f'tests="{len(results)}" failures="{failures}" errors="0">',
     ]
     for r in results:
@@ -733,8 +853,10 @@ def write_junit(path: Path, summary: dict[str, Any]) -> None:
         value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
         lines.append(f'    <testcase classname="cam-auditor.gates" name={quoteattr(name)}>')
         if not r["passed"]:
-            msg = (f"{r['quantity']} ({r['stat']}) = {value}, {r['bound']} allowed "
-                   f"{r['threshold']}" + (f" ({r['note']})" if r.get("note") else ""))
+            msg = (
+                f"{r['quantity']} ({r['stat']}) = {value}, {r['bound']} allowed "
+                f"{r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
+            )
             lines.append(f"      <failure message={quoteattr(msg)}/>")
         lines.append("    </testcase>")
     lines += ["  </testsuite>", "</testsuites>", ""]

@@ -71,7 +71,9 @@ def clean_nan(obj: Any) -> Any:
 def dumps_json(obj: Any) -> bytes:
     """Deterministic JSON (sorted keys are NOT used: field order is part of readability)."""
     return (
-        json.dumps(clean_nan(obj), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False)
+        json.dumps(
+            clean_nan(obj), indent=2, ensure_ascii=False, default=_json_default, allow_nan=False
+        )
         + "\n"
     ).encode("utf-8")
 
@@ -162,7 +164,9 @@ class RunStore:
 
     def read_rows(self) -> pa.Table:
         """All completed row shards, concatenated and sorted by (index, method)."""
-        tables = [pq.read_table(self.shards / f"part-{b:05d}.parquet") for b in self.batch_numbers()]
+        tables = [
+            pq.read_table(self.shards / f"part-{b:05d}.parquet") for b in self.batch_numbers()
+        ]
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return pa.table({})
@@ -205,5 +209,5 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     import io
 
     bio = io.BytesIO()
-    np.savez(bio, **arrays)
+    np.savez(bio, **dict(arrays))  # type: ignore[arg-type]
     return bio.getvalue()

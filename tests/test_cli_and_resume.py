@@ -44,20 +44,36 @@ max_background_focus = {gate}
 """
 
 
-def small_config(tmp: Path, demo_inputs: Path, *, batch_size: int = 10, gate: float = 0.99,
-                 name: str = "small.toml") -> Path:
+def small_config(
+    tmp: Path,
+    demo_inputs: Path,
+    *,
+    batch_size: int = 10,
+    gate: float = 0.99,
+    name: str = "small.toml",
+) -> Path:
     folder = demo_inputs.parent
     p = tmp / name
-    p.write_text(SMALL.format(weights=folder / "demo-shortcut.pt",
-                              manifest=folder / "data" / "manifest.csv",
-                              batch_size=batch_size, gate=gate))
+    p.write_text(
+        SMALL.format(
+            weights=folder / "demo-shortcut.pt",
+            manifest=folder / "data" / "manifest.csv",
+            batch_size=batch_size,
+            gate=gate,
+        )
+    )
     return p
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "auditor.cli", *args], capture_output=True,
-                          text=True, cwd=cwd, timeout=600,
-                          env={**os.environ, "CI": "1"})
+    return subprocess.run(
+        [sys.executable, "-m", "auditor.cli", *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+        env={**os.environ, "CI": "1"},
+    )
 
 
 def test_bad_config_exits_2_with_one_line_reason(tmp_path: Path) -> None:
@@ -76,8 +92,18 @@ def test_missing_config_exits_2(tmp_path: Path) -> None:
 
 def test_gate_failure_exits_1_and_writes_junit(tmp_path: Path, demo_inputs: Path) -> None:
     cfg = small_config(tmp_path, demo_inputs, gate=0.5)
-    code = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "40", "--no-pdf",
-                 "--no-progress"])
+    code = main(
+        [
+            "run",
+            str(cfg),
+            "--out",
+            str(tmp_path / "run"),
+            "--limit",
+            "40",
+            "--no-pdf",
+            "--no-progress",
+        ]
+    )
     assert code == 1
     s = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert s["dataset"]["n_evaluated"] == 40
@@ -111,9 +137,12 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, demo_inp
     base = ["run", str(cfg), "--limit", "80", "--no-pdf", "--no-progress"]
     assert cli(*base, "--out", str(ref)).returncode == 0
 
-    proc = subprocess.Popen([sys.executable, "-m", "auditor.cli", *base, "--out", str(killed)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "CI": "1"})
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "auditor.cli", *base, "--out", str(killed)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "CI": "1"},
+    )
     deadline = time.time() + 300
     while time.time() < deadline:
         if len(list((killed / "shards").glob("part-*.parquet"))) >= 3:
@@ -146,8 +175,11 @@ def test_resume_with_other_model_is_refused(tmp_path: Path, demo_inputs: Path) -
     other = tmp_path / "other.toml"
     from auditor.demo import weights_path
 
-    other.write_text(cfg.read_text().replace(str(demo_inputs.parent / "demo-shortcut.pt"),
-                                             str(weights_path("fixed"))))
+    other.write_text(
+        cfg.read_text().replace(
+            str(demo_inputs.parent / "demo-shortcut.pt"), str(weights_path("fixed"))
+        )
+    )
     res = cli("run", str(other), "--out", str(out), "--limit", "10", "--no-pdf", "--resume")
     assert res.returncode == 2
     assert "model_sha256" in res.stderr and "config_sha256" in res.stderr

@@ -81,13 +81,15 @@ def test_bad_audit_values(tmp_path: Path, audit: str, match: str) -> None:
 
 
 def test_model_needs_exactly_one_source(tmp_path: Path) -> None:
-    text = BASE.replace('[model]\n', '[model]\ntorchvision = "resnet18"\n')
+    text = BASE.replace("[model]\n", '[model]\ntorchvision = "resnet18"\n')
     with pytest.raises(ConfigError, match="exactly one of factory, torchvision or file"):
         load_config(write(tmp_path, text))
 
 
 def test_gate_shorthands_and_rules(tmp_path: Path) -> None:
-    text = BASE + """
+    text = (
+        BASE
+        + """
 [gates]
 max_background_focus = 0.6
 min_overall_accuracy = 0.8
@@ -99,6 +101,7 @@ stat = "ci_low"
 min = 0.3
 classes = ["a"]
 """
+    )
     cfg = load_config(write(tmp_path, text))
     by_name = {g.name: g for g in cfg.gates}
     assert by_name["max_background_focus"].quantity == "background_focus"
@@ -127,6 +130,6 @@ def test_missing_file() -> None:
 
 
 def test_relative_paths_resolve_against_config_folder(tmp_path: Path) -> None:
-    text = BASE.replace('[model]\n', '[model]\nweights = "w/model.pt"\n')
+    text = BASE.replace("[model]\n", '[model]\nweights = "w/model.pt"\n')
     cfg = load_config(write(tmp_path, text))
     assert cfg.model.weights == (tmp_path / "w" / "model.pt").resolve()

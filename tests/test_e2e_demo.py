@@ -15,8 +15,15 @@ pytestmark = pytest.mark.slow
 
 
 def test_run_directory_is_complete(demo_run: Path) -> None:
-    for name in ("report.html", "report.pdf", "summary.json", "samples.parquet", "junit.xml",
-                 "provenance.json", "config.toml"):
+    for name in (
+        "report.html",
+        "report.pdf",
+        "summary.json",
+        "samples.parquet",
+        "junit.xml",
+        "provenance.json",
+        "config.toml",
+    ):
         assert (demo_run / name).is_file(), name
         assert (demo_run / name).stat().st_size > 0, name
     assert list((demo_run / "shards").glob("cams-*.npz"))
@@ -69,9 +76,23 @@ def test_samples_parquet_rows(demo_run: Path) -> None:
     s = json.loads((demo_run / "summary.json").read_text())
     assert t.num_rows == s["dataset"]["n_evaluated"] * len(s["methods"])
     cols = set(t.column_names)
-    for c in ("index", "id", "method", "label", "pred", "correct", "confidence", "energy_in_mask",
-              "background_focus", "energy_lift", "pointing_game", "iou", "auc", "status",
-              "only_fg_correct"):
+    for c in (
+        "index",
+        "id",
+        "method",
+        "label",
+        "pred",
+        "correct",
+        "confidence",
+        "energy_in_mask",
+        "background_focus",
+        "energy_lift",
+        "pointing_game",
+        "iou",
+        "auc",
+        "status",
+        "only_fg_correct",
+    ):
         assert c in cols, c
 
 

@@ -14,14 +14,14 @@ from auditor.config import ModelConfig
 from auditor.errors import ModelLoadError
 from auditor.models import load_model, read_state_dict
 
-FACTORY_MODULE = '''
+FACTORY_MODULE = """
 import torch
 from torch import nn
 
 def build(num_classes=3, width=4):
     return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(),
                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(width, num_classes))
-'''
+"""
 
 
 @pytest.fixture()
@@ -32,14 +32,21 @@ def factory_dir(tmp_path: Path) -> Path:
 
 def build_ref(num_classes: int = 3, width: int = 4) -> nn.Module:
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(3, width, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(width, num_classes))
+    return nn.Sequential(
+        nn.Conv2d(3, width, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(width, num_classes),
+    )
 
 
 def test_factory_beside_config_with_state_dict(factory_dir: Path) -> None:
     ref = build_ref()
     torch.save(ref.state_dict(), factory_dir / "w.pt")
-    cfg = ModelConfig(factory="my_nets_mod:build", weights=factory_dir / "w.pt", base_dir=factory_dir)
+    cfg = ModelConfig(
+        factory="my_nets_mod:build", weights=factory_dir / "w.pt", base_dir=factory_dir
+    )
     loaded = load_model(cfg)
     x = torch.randn(2, 3, 8, 8)
     assert torch.allclose(loaded.module(x), ref(x))
@@ -51,9 +58,12 @@ def test_safetensors_weights(factory_dir: Path) -> None:
     from safetensors.torch import save_file
 
     ref = build_ref()
-    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, factory_dir / "w.safetensors")
-    cfg = ModelConfig(factory="my_nets_mod:build", weights=factory_dir / "w.safetensors",
-                      base_dir=factory_dir)
+    save_file(
+        {k: v.contiguous() for k, v in ref.state_dict().items()}, factory_dir / "w.safetensors"
+    )
+    cfg = ModelConfig(
+        factory="my_nets_mod:build", weights=factory_dir / "w.safetensors", base_dir=factory_dir
+    )
     x = torch.randn(1, 3, 8, 8)
     assert torch.allclose(load_model(cfg).module(x), ref(x))
 
@@ -64,7 +74,9 @@ def test_mismatched_state_dict_lists_keys(factory_dir: Path) -> None:
     del state["4.bias"]
     state["0.weight"] = torch.zeros(5, 3, 3, 3)
     torch.save(state, factory_dir / "bad.pt")
-    cfg = ModelConfig(factory="my_nets_mod:build", weights=factory_dir / "bad.pt", base_dir=factory_dir)
+    cfg = ModelConfig(
+        factory="my_nets_mod:build", weights=factory_dir / "bad.pt", base_dir=factory_dir
+    )
     with pytest.raises(ModelLoadError) as err:
         load_model(cfg)
     msg = str(err.value)
@@ -132,14 +144,17 @@ def test_state_dict_wrappers_and_module_prefix(factory_dir: Path) -> None:
     ref = build_ref()
     wrapped = {"state_dict": {f"module.{k}": v for k, v in ref.state_dict().items()}, "epoch": 3}
     torch.save(wrapped, factory_dir / "wrapped.pt")
-    cfg = ModelConfig(factory="my_nets_mod:build", weights=factory_dir / "wrapped.pt",
-                      base_dir=factory_dir)
+    cfg = ModelConfig(
+        factory="my_nets_mod:build", weights=factory_dir / "wrapped.pt", base_dir=factory_dir
+    )
     x = torch.randn(1, 3, 8, 8)
     assert torch.allclose(load_model(cfg).module(x), ref(x))
 
 
 def test_missing_weights_file(factory_dir: Path) -> None:
-    cfg = ModelConfig(factory="my_nets_mod:build", weights=factory_dir / "nope.pt", base_dir=factory_dir)
+    cfg = ModelConfig(
+        factory="my_nets_mod:build", weights=factory_dir / "nope.pt", base_dir=factory_dir
+    )
     with pytest.raises(ModelLoadError, match="file not found"):
         load_model(cfg)
     assert os.path.exists(factory_dir)

@@ -292,3 +292,24 @@ def test_render_report_html_only(run_dir, tmp_path):
     assert out == {"html": run / "report.html"}
     assert not (run / "report.pdf").exists()
     assert render_report(run, html=False, pdf=False) == {}
+
+
+def test_caps_findings_gates_and_pdf_table(run_dir):
+    from auditor.report.html import render_string
+
+    ctx = build_context(run_dir, limits=ReportLimits(findings=1, gate_rows=2, pdf_table_rows=3))
+    assert len(ctx["findings"]) == 4
+    assert ctx["findings"][0]["panels"] and not ctx["findings"][1]["panels"]
+    page = render_string("report.html.j2", {**ctx, "output": "html"})
+    text = " ".join("".join(parse(page).text).split())
+    assert "The 1 most severe of 4 findings are shown in full" in text
+    assert "Other findings" in text
+    assert "2 of 6 gate checks listed (2 failed in total)" in text
+    assert page.count('<article class="finding') == 1
+    html_rows = page.count('<tr id="class-')
+    pdf = render_string("report.html.j2", {**ctx, "output": "pdf"})
+    assert html_rows == 6 and pdf.count('<tr id="class-') == 3
+    assert "lists the 3 highest-risk of 6 classes" in " ".join(pdf.split())
+    assert "<script" not in pdf  # no JavaScript in the PDF variant
+    # PDF variant references gallery files (fetched from the run directory), HTML inlines them
+    assert 'src="gallery/' in pdf and 'src="gallery/' not in page

@@ -237,8 +237,12 @@ def test_render_document_generic(tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     render_document(
-        "cmp.html.j2", {"title": "A <vs> B", "value": None}, out / "c.html",
-        out_pdf=out / "c.pdf", base_dir=out, templates=tpl,
+        "cmp.html.j2",
+        {"title": "A <vs> B", "value": None},
+        out / "c.html",
+        out_pdf=out / "c.pdf",
+        base_dir=out,
+        templates=tpl,
     )
     assert (out / "c.html").read_text() == (
         "<html><body><h1>A &lt;vs&gt; B</h1><p>html: —</p></body></html>"

@@ -394,8 +394,10 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     raw_findings = [_d(f) for f in summary.get("findings") or []]
     # Severity order is decided before pictures are attached, so that only the findings shown
     # as full blocks (the first `limits.findings`) carry images.
-    order = sorted(range(len(raw_findings)), key=lambda i: _severity_rank(
-        str(raw_findings[i].get("severity") or "info").lower()))
+    order = sorted(
+        range(len(raw_findings)),
+        key=lambda i: _severity_rank(str(raw_findings[i].get("severity") or "info").lower()),
+    )
     for rank, i in enumerate(order):
         f = raw_findings[i]
         cls = f.get("class")
