@@ -286,11 +286,20 @@ def write_demo_inputs(out: Path, *, variant: str = "shortcut", n_per_class: int 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m auditor.demo train``: retrain and save the shipped weights."""
+    """``python -m auditor.demo train`` retrains the shipped weights (seeded);
+    ``python -m auditor.demo inputs --out DIR`` writes the demo dataset, weights and configs."""
     parser = argparse.ArgumentParser(prog="python -m auditor.demo")
-    parser.add_argument("command", choices=["train"])
-    parser.add_argument("--out", type=Path, default=WEIGHTS_DIR)
+    parser.add_argument("command", choices=["train", "inputs"])
+    parser.add_argument("--out", type=Path, default=None,
+                        help="train: weights folder (default auditor/_weights); "
+                        "inputs: folder for the demo dataset, weights and configs")
     args = parser.parse_args(argv)
+    if args.command == "inputs":
+        out = args.out or Path("runs/demo/inputs")
+        for variant in VARIANTS:
+            print(write_demo_inputs(out, variant=variant))
+        return 0
+    args.out = args.out or WEIGHTS_DIR
     torch.set_num_threads(2)
     for variant in VARIANTS:
         _, rep = train(variant, out=args.out)
