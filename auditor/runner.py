@@ -695,6 +695,13 @@ def finalize(
     summary["gallery"] = _gallery(run_dir, store, dataset, table, summary, s)
     atomic_write_json(run_dir / "summary.json", summary)
     write_junit(run_dir / "junit.xml", summary)
+    if summary["dataset"]["n_evaluated"] == 0:
+        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in summary["dataset"]["skipped"][:3])
+        raise AuditorInputError(
+            f"no sample could be evaluated ({len(skipped)} skipped"
+            + (f", e.g. {reasons}" if reasons else "")
+            + f"); see {run_dir / 'summary.json'}"
+        )
     report: dict[str, Path] = {}
     if render:
         from auditor.report import render_report
