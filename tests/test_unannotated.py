@@ -68,7 +68,7 @@ def test_all_samples_skipped_is_bad_input(tmp_path: Path, demo_inputs: Path) -> 
     (tmp_path / "broken.png").write_bytes(b"not a png")
     (tmp_path / "manifest.csv").write_text("image,label\nbroken.png,circle\n../escape.png,circle\n")
     cfg = tmp_path / "audit.toml"
-    cfg.write_text(f"""
+    cfg.write_text("""
 [model]
 factory = "auditor.demo:build_model"
 [data]
