@@ -37,6 +37,7 @@ from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
 from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
 from auditor.errors import AuditorInputError, ConfigError
+from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("auditor")
@@ -695,6 +696,8 @@ def finalize(
     summary["gallery"] = _gallery(run_dir, store, dataset, table, summary, s)
     atomic_write_json(run_dir / "summary.json", summary)
     write_junit(run_dir / "junit.xml", summary)
+    write_per_class_csv(summary, run_dir / "classes.csv")
+    write_findings_csv(summary, run_dir / "findings.csv")
     if summary["dataset"]["n_evaluated"] == 0:
         reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in summary["dataset"]["skipped"][:3])
         raise AuditorInputError(

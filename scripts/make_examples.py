@@ -434,7 +434,7 @@ def make_examples(
         source = EXAMPLES_DIR / name / "config.toml"
         folder = EXAMPLES_DIR / name if out is None else Path(out) / name
         folder.mkdir(parents=True, exist_ok=True)
-        if out is not None:
+        if folder.resolve() != source.parent.resolve():
             shutil.copyfile(source, folder / "config.toml")
         data = folder / "data"
         if data.exists():
