@@ -8,8 +8,11 @@ report only formats them. The default class names include hostile strings on pur
 
 from __future__ import annotations
 
+import atexit
 import json
 import math
+import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -495,3 +498,21 @@ def make_run_dir(
     }
     (root / "summary.json").write_text(json.dumps(summary, indent=1), encoding="utf-8")
     return root
+
+
+_CACHE: dict[tuple[tuple[str, Any], ...], Path] = {}
+
+
+def cached_run_dir(dst: Path, **kwargs: Any) -> Path:
+    """A copy at ``dst`` of ``make_run_dir(**kwargs)``, built once per test session.
+
+    Building draws gallery panels with matplotlib (seconds on a small machine); tests that
+    need the same fixture share one build and each gets its own copy to modify.
+    """
+    key = tuple(sorted(kwargs.items()))
+    if key not in _CACHE:
+        base = Path(tempfile.mkdtemp(prefix="report-fixture-"))
+        atexit.register(shutil.rmtree, base, ignore_errors=True)
+        _CACHE[key] = make_run_dir(base / "run", **kwargs)
+    shutil.copytree(_CACHE[key], dst)
+    return Path(dst)

@@ -10,7 +10,7 @@ import pytest
 
 from auditor.report import ReportLimits, render_html
 from auditor.report.html import slugify
-from tests.report_fixtures import XSS_NAME, make_run_dir
+from tests.report_fixtures import XSS_NAME, cached_run_dir
 
 pytestmark = pytest.mark.browser
 
@@ -35,7 +35,7 @@ sync_api = pytest.importorskip("playwright.sync_api", reason="playwright not ins
 
 @pytest.fixture(scope="module")
 def page_info(tmp_path_factory):
-    run = make_run_dir(tmp_path_factory.mktemp("run"))
+    run = cached_run_dir(tmp_path_factory.mktemp("browser") / "run")
     # table_page=4 so that pagination ("show all") is exercised with 6 classes
     render_html(run, limits=ReportLimits(table_page=4))
     with sync_api.sync_playwright() as p:

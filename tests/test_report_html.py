@@ -14,7 +14,13 @@ import pytest
 from auditor.errors import RenderError
 from auditor.report import ReportLimits, build_context, render_html, render_report
 from auditor.report.html import slugify
-from tests.report_fixtures import DEFAULT_CLASSES, LONG_NAME, QUOTE_NAME, make_run_dir
+from tests.report_fixtures import (
+    DEFAULT_CLASSES,
+    LONG_NAME,
+    QUOTE_NAME,
+    cached_run_dir,
+    make_run_dir,
+)
 
 
 class _Doc(HTMLParser):
@@ -49,14 +55,15 @@ def parse(text: str) -> _Doc:
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    return make_run_dir(tmp_path_factory.mktemp("run"))
+    return cached_run_dir(tmp_path_factory.mktemp("html") / "run")
 
 
 @pytest.fixture(scope="module")
 def report(run_dir) -> str:
-    path = render_html(run_dir)
-    assert path == run_dir / "report.html"
-    return path.read_text(encoding="utf-8")
+    out = render_report(run_dir, pdf=False)
+    assert out == {"html": run_dir / "report.html"}
+    assert not (run_dir / "report.pdf").exists()
+    return out["html"].read_text(encoding="utf-8")
 
 
 def _copy(run_dir: Path, tmp_path: Path) -> Path:
@@ -189,24 +196,24 @@ def test_missing_values_print_a_dash(run_dir, tmp_path):
 
 def test_render_error_leaves_previous_report_untouched(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path)
-    good = render_html(run).read_bytes()
+    (run / "report.html").write_bytes(b"previous report")
     tpl = tmp_path / "tpl"
     tpl.mkdir()
     (tpl / "report.html.j2").write_text("<p>" + "x" * 10000 + "</p>{{ no_such_value }}")
     with pytest.raises(RenderError, match="no_such_value"):
         render_html(run, templates=tpl)
-    assert (run / "report.html").read_bytes() == good
+    assert (run / "report.html").read_bytes() == b"previous report"
     assert not [p.name for p in run.iterdir() if p.name.startswith(".")]
 
 
 def test_missing_gallery_file_is_an_error(run_dir, tmp_path):
     run = _copy(run_dir, tmp_path)
-    previous = render_html(run).read_bytes()
+    (run / "report.html").write_bytes(b"previous report")
     victim = sorted((run / "gallery").glob("class*.png"))[0]
     victim.unlink()
     with pytest.raises(RenderError, match=re.escape(victim.name)):
         render_html(run)
-    assert (run / "report.html").read_bytes() == previous
+    assert (run / "report.html").read_bytes() == b"previous report"
 
 
 def test_gallery_path_outside_run_is_refused(run_dir, tmp_path):
@@ -222,25 +229,6 @@ def test_gallery_path_outside_run_is_refused(run_dir, tmp_path):
     _edit_summary(run, edit)
     with pytest.raises(RenderError, match="outside the run directory"):
         render_html(run)
-
-
-def test_caps_for_big_runs(run_dir):
-    limits = ReportLimits(table_page=2, skipped=1, gallery_classes=1, gallery_per_class=1, top_n=2)
-    ctx = build_context(run_dir, limits=limits)
-    assert len(ctx["skipped"]) == 1 and ctx["n_skipped"] == 3
-    assert len(ctx["galleries"]) == 1 and len(ctx["galleries"][0]["panels"]) == 1
-    bf = next(f for f in ctx["figures"] if f["id"] == "fig-background-focus")
-    assert "2 highest-risk of 6 classes" in bf["caption"]
-    conf = next(f for f in ctx["figures"] if f["id"] == "fig-confusion")
-    assert "Restricted to the 2 highest-risk of 6" in conf["caption"]
-    from auditor.report.html import render_string
-
-    page = render_string("report.html.j2", {**ctx, "output": "html"})
-    assert 'data-page="2"' in page and 'id="show-all"' in page
-    text = " ".join("".join(parse(page).text).split())
-    assert "the first 1 are listed" in text
-    assert "Showing galleries of the 1 highest-risk of 2 classes" in text
-    assert "Showing 1 of 2 panels" in text
 
 
 def test_limits_validate():
@@ -285,23 +273,38 @@ def test_bad_run_directories(tmp_path, run_dir):
         render_html(42)  # type: ignore[arg-type]
 
 
-def test_render_report_html_only(run_dir, tmp_path):
-    run = _copy(run_dir, tmp_path)
-    (run / "report.pdf").unlink(missing_ok=True)
-    out = render_report(run, pdf=False)
-    assert out == {"html": run / "report.html"}
-    assert not (run / "report.pdf").exists()
-    assert render_report(run, html=False, pdf=False) == {}
+def test_render_report_nothing_asked(run_dir):
+    assert render_report(run_dir, html=False, pdf=False) == {}
 
 
-def test_caps_findings_gates_and_pdf_table(run_dir):
+def test_caps_for_big_runs(run_dir):
     from auditor.report.html import render_string
 
-    ctx = build_context(run_dir, limits=ReportLimits(findings=1, gate_rows=2, pdf_table_rows=3))
+    limits = ReportLimits(
+        table_page=2,
+        skipped=1,
+        gallery_classes=1,
+        gallery_per_class=1,
+        top_n=2,
+        findings=1,
+        gate_rows=2,
+        pdf_table_rows=3,
+    )
+    ctx = build_context(run_dir, limits=limits)
+    assert len(ctx["skipped"]) == 1 and ctx["n_skipped"] == 3
+    assert len(ctx["galleries"]) == 1 and len(ctx["galleries"][0]["panels"]) == 1
+    bf = next(f for f in ctx["figures"] if f["id"] == "fig-background-focus")
+    assert "2 highest-risk of 6 classes" in bf["caption"]
+    conf = next(f for f in ctx["figures"] if f["id"] == "fig-confusion")
+    assert "Restricted to the 2 highest-risk of 6" in conf["caption"]
     assert len(ctx["findings"]) == 4
     assert ctx["findings"][0]["panels"] and not ctx["findings"][1]["panels"]
     page = render_string("report.html.j2", {**ctx, "output": "html"})
     text = " ".join("".join(parse(page).text).split())
+    assert 'data-page="2"' in page and 'id="show-all"' in page
+    assert "the first 1 are listed" in text
+    assert "Showing galleries of the 1 highest-risk of 2 classes" in text
+    assert "Showing 1 of 2 panels" in text
     assert "The 1 most severe of 4 findings are shown in full" in text
     assert "Other findings" in text
     assert "2 of 6 gate checks listed (2 failed in total)" in text

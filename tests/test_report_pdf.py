@@ -16,7 +16,7 @@ from auditor.errors import RenderError
 from auditor.report import pdf as rpdf
 from auditor.report import render_pdf, render_report
 from auditor.report.pdf import html_to_pdf, resolve_resource
-from tests.report_fixtures import DEFAULT_CLASSES, LONG_NAME, XSS_NAME, make_run_dir
+from tests.report_fixtures import DEFAULT_CLASSES, LONG_NAME, XSS_NAME, cached_run_dir
 
 PNG_1PX = base64.b64decode(
     "iVBORw0KGgoAAAANSUhEUgAAAAEAAAABCAYAAAAfFcSJAAAADUlEQVR42mP8z8BQDwAEhQGAhKmMIQAAAABJRU5ErkJggg=="
@@ -42,6 +42,9 @@ def test_fetcher_allows_files_inside_the_run(tmp_path):
     url = (tmp_path / "gallery" / "a b.png").as_uri()
     assert resolve_resource(url, tmp_path) == (PNG_1PX, "image/png")
     assert resolve_resource(url + "?x=1", tmp_path)[0] == PNG_1PX
+    (tmp_path / "gallery" / "odd #?.png").write_bytes(PNG_1PX)
+    odd = (tmp_path / "gallery").as_uri() + "/odd%20%23%3F.png"
+    assert resolve_resource(odd, tmp_path)[0] == PNG_1PX
 
 
 @pytest.mark.parametrize(
@@ -90,7 +93,7 @@ def test_weasyprint_fetcher_records_refusals(tmp_path):
 
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory) -> Path:
-    run = make_run_dir(tmp_path_factory.mktemp("run"))
+    run = cached_run_dir(tmp_path_factory.mktemp("pdf") / "run")
     out = render_report(run, html=True, pdf=True)
     assert out == {"html": run / "report.html", "pdf": run / "report.pdf"}
     return run
@@ -164,8 +167,8 @@ def test_pdf_toc_has_page_numbers(reader):
     assert lines and lines[0].rstrip()[-1].isdigit(), lines
 
 
-@pytest.mark.parametrize("bad", ["file:///etc/passwd", "http://example.com/x.png"])
-def test_template_with_foreign_resource_fails_end_to_end(run_dir, tmp_path, bad):
+def test_template_with_foreign_resource_fails_end_to_end(run_dir, tmp_path):
+    bad = "file:///etc/passwd"
     run = tmp_path / "run"
     shutil.copytree(run_dir, run)
     before = (run / "report.pdf").read_bytes()
@@ -181,14 +184,18 @@ def test_template_with_foreign_resource_fails_end_to_end(run_dir, tmp_path, bad)
     assert not [p for p in run.iterdir() if p.name.startswith(".")]
 
 
-def test_stylesheet_import_outside_is_refused(run_dir, tmp_path):
+@pytest.mark.parametrize(
+    "html, match",
+    [
+        ('<img src="http://example.com/x.png" alt="x">', "not allowed.*http://example.com"),
+        ('<style>@import url("file:///etc/passwd");</style>x', "outside the run.*/etc/passwd"),
+    ],
+)
+def test_foreign_resources_refused_by_weasyprint(run_dir, tmp_path, html, match):
     out = tmp_path / "x.pdf"
-    html = (
-        '<html><head><style>@import url("file:///etc/passwd");</style></head><body>x</body></html>'
-    )
-    with pytest.raises(RenderError, match="outside the run"):
-        html_to_pdf(html, out, base_dir=run_dir)
-    assert not out.exists()
+    with pytest.raises(RenderError, match=match):
+        html_to_pdf(f"<html><body>{html}</body></html>", out, base_dir=run_dir)
+    assert list(tmp_path.iterdir()) == []
 
 
 def test_relative_file_inside_run_is_embedded(run_dir, tmp_path):

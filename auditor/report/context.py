@@ -301,8 +301,8 @@ def _figures(
                 "fig-energy-distribution",
                 "Energy in object: correct vs wrong predictions",
                 f"Distribution of the per-sample share of CAM energy inside the object "
-                f"({primary}); {int(ok.sum()):,} correct and {int((~ok).sum()):,} wrong "
-                "predictions, samples without a value excluded.",
+                f"({primary}) for correct and wrong predictions (counts in the legend; samples "
+                "without a value excluded). Densities, so groups of unequal size compare.",
                 "Histograms of energy in object for correct and wrong predictions.",
                 figs.energy_distribution(e[ok], e[~ok]),
             )
