@@ -395,7 +395,7 @@ def test_ablation_tail_equals_fallback_smallnet() -> None:
 def test_ablation_tail_equals_fallback_resnet18() -> None:
     torch.manual_seed(0)
     model = torchvision.models.resnet18(weights=None, num_classes=5).eval()
-    images = _images(1, 64)  # layer4: 2x2; the fallback runs 512 full forwards
+    images = _images(1, 48)  # layer4: 2x2; the fallback runs 512 full forwards
     with CamEngine(model, "layer4", ("ablationcam",), score_batch_size=256) as engine:
         with_tail = engine.run(images)
         assert engine.tail_reasons["layer4"] == ""

@@ -126,7 +126,7 @@ def _first_component(x: Tensor, reference: Tensor) -> Tensor:
     ``X_n`` (rows: positions, columns: channels) is centred per channel; with the SVD
     ``X_n = U S V^T`` the map is ``X_n v_1 = s_1 u_1``. Rather than a full batched SVD of the
     ``[hw, K]`` matrices (slow on CPU: ~1 s for 16 x 49 x 512), we take the top eigenpair of the
-    smaller Gram matrix with :func:`torch.linalg.eigh` in float64: ``X X^T = U S^2 U^T``
+    smaller Gram matrix with :func:`torch.linalg.eigh`: ``X X^T = U S^2 U^T``
     (``hw <= K``: map ``= sqrt(lambda_1) u_1``) or ``X^T X = V S^2 V^T`` (map ``= X v_1``); the
     result is the same as the SVD's. The sign of a singular vector is arbitrary, so it is fixed
     to make the map correlate positively with ``reference`` (``[N, h, w]``).
@@ -134,7 +134,7 @@ def _first_component(x: Tensor, reference: Tensor) -> Tensor:
     n, k, h, w = x.shape
     if h * w < 2:
         return torch.zeros(n, h, w, dtype=x.dtype, device=x.device)
-    mat = x.reshape(n, k, h * w).transpose(1, 2).double()  # [N, hw, K]
+    mat = x.reshape(n, k, h * w).transpose(1, 2).float()  # [N, hw, K]
     centred = mat - mat.mean(dim=1, keepdim=True)
     if h * w <= k:
         evals, evecs = torch.linalg.eigh(centred @ centred.transpose(1, 2))  # ascending
@@ -142,7 +142,7 @@ def _first_component(x: Tensor, reference: Tensor) -> Tensor:
     else:
         _, evecs = torch.linalg.eigh(centred.transpose(1, 2) @ centred)
         proj = torch.einsum("npk,nk->np", centred, evecs[:, :, -1])
-    ref = reference.reshape(n, h * w).double()
+    ref = reference.reshape(n, h * w).float()
     cov = ((proj - proj.mean(1, keepdim=True)) * (ref - ref.mean(1, keepdim=True))).sum(1)
     sign = torch.where(cov < 0, -1.0, 1.0).to(proj.dtype)
     return F.relu(proj * sign[:, None]).reshape(n, h, w).to(x.dtype)
@@ -273,8 +273,9 @@ def _eigencam(ctx: CamContext) -> Tensor:
     """Eigen-CAM: ``M = ReLU(X v_1)`` (Muhammad & Yeasin 2020).
 
     ``X`` is the per-sample ``[hw, K]`` activation matrix centred per channel and ``v_1`` its
-    first right singular vector (computed from the Gram matrix). Class-agnostic. The SVD sign is fixed so that the
-    map correlates positively with the channel-mean activation ``(1/K) sum_k A_k``.
+    first right singular vector (computed from the Gram matrix). Class-agnostic. The sign is
+    fixed so that the map correlates positively with the channel-mean activation
+    ``(1/K) sum_k A_k``.
     """
     acts = ctx.activations
     return _first_component(acts, acts.mean(dim=1))
