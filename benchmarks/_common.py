@@ -139,14 +139,15 @@ def render_image(label: int, size: int, rng: np.random.Generator) -> tuple[np.nd
         from auditor.demo import CLASSES as DEMO_CLASSES
         from auditor.demo import SHORTCUT_CLASS, render_sample
 
-        img, mask = render_sample(
-            label, rng, striped=DEMO_CLASSES[label] == SHORTCUT_CLASS
-        )
+        img, mask = render_sample(label, rng, striped=DEMO_CLASSES[label] == SHORTCUT_CLASS)
         if size != img.shape[0]:
             img = np.asarray(Image.fromarray(img).resize((size, size), Image.BILINEAR))
-            mask = np.asarray(
-                Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
-            ) > 127
+            mask = (
+                np.asarray(
+                    Image.fromarray(mask.astype(np.uint8) * 255).resize((size, size), Image.NEAREST)
+                )
+                > 127
+            )
         return img, mask
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32)
     r = rng.uniform(0.2, 0.35) * size
