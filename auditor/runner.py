@@ -415,6 +415,23 @@ def audit(
         # the first missing batch and everything after it run again (batches complete in order)
         first_missing = next((b for b in range(len(chunks)) if b not in done), len(chunks))
         todo = chunks[first_missing:]
+        log.info(
+            "model %s (sha256 %s…), target layer %s, methods %s, device %s",
+            model_info["name"],
+            model_info["sha256"][:12],
+            model_info["target_layer"],
+            ",".join(s.methods),
+            dev,
+        )
+        log.info(
+            "%d of %d samples in %d batches of %d; %d batch(es) already done%s",
+            n,
+            n_total,
+            len(chunks),
+            s.batch_size,
+            first_missing,
+            " (resumed)" if first_missing else "",
+        )
         worker = _BatchAuditor(
             model,
             engine,
@@ -606,6 +623,7 @@ def finalize(
     s = settings
     t_an = time.perf_counter()
     table = store.read_rows()
+    log.info("aggregating %d rows from %s", table.num_rows, store.shards)
     skipped = store.read_skipped()
     if table.num_rows:
         store.write_samples(table)

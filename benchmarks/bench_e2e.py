@@ -345,6 +345,12 @@ def main() -> int:
             f"{on.throughput / off.throughput:.2f}x the extras-off audit (interventions add three "
             "inference forwards per batch: a feature cost, not the engine's)."
         )
+    lines.append(
+        "Wall time is the target's measure on an idle machine; when the load average exceeds "
+        "the core count, wall times also count waiting for a core and the CPU-time columns "
+        "are the steadier figure (they weigh the single-threaded decode less than an idle "
+        "2-core wall clock would)."
+    )
     print()
     print("\n".join(lines))
     if profile_text:
