@@ -183,10 +183,12 @@ def decode_mask_values(data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[
     notes: list[str] = []
     mode = im.mode
     try:
-        if mode in ("P", "L", "I", "I;16", "I;16L", "I;16B", "I;16N"):
+        if mode in ("P", "L"):
+            values = np.asarray(im)  # uint8: no widening copy
+        elif mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
             values = np.asarray(im).astype(np.int64)
         elif mode == "1":
-            values = np.asarray(im).astype(np.int64)
+            values = np.asarray(im).astype(np.uint8)
         elif mode in ("LA", "PA"):
             values = np.asarray(im.getchannel(0)).astype(np.int64)
             notes.append(f"{mode} mask: alpha ignored")
@@ -216,7 +218,15 @@ def binary_from_values(values: np.ndarray) -> tuple[np.ndarray, tuple[str, ...]]
     from anti-aliased export, or VOC-style ``255`` void) still maps nonzero to object, with a
     note listing the values found.
     """
-    uniq = np.unique(values)
+    if values.dtype == np.bool_:
+        uniq = np.flatnonzero(np.bincount(values.ravel().view(np.uint8), minlength=2))
+    elif values.dtype == np.uint8 or (
+        values.dtype.kind in "iu" and values.size and 0 <= values.min() and values.max() < 65536
+    ):
+        # a histogram is ~10x faster than np.unique's sort/hash on 8/16-bit masks
+        uniq = np.flatnonzero(np.bincount(values.ravel()))
+    else:
+        uniq = np.unique(values)
     notes: list[str] = []
     found = set(uniq.tolist())
     if not (found <= {0, 1} or found <= {0, 255}):
