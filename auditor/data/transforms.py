@@ -81,10 +81,14 @@ def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
         raise ValueError(f"`image` must be uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
     if len(mean) != 3 or len(std) != 3:
         raise ValueError(f"`mean`/`std` must have 3 values, got {list(mean)!r}, {list(std)!r}")
-    t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1).to(torch.float32) / 255.0
-    m = torch.tensor(list(mean), dtype=torch.float32).view(3, 1, 1)
-    s = torch.tensor(list(std), dtype=torch.float32).view(3, 1, 1)
-    return ((t - m) / s).contiguous()
+    # channel-first uint8 copy first (cheap), then one float conversion and two in-place ops:
+    # x = v * (1 / (255 std)) - mean / std, the same affine map with fewer passes over memory
+    t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32)
+    s = torch.tensor(list(std), dtype=torch.float64)
+    m = torch.tensor(list(mean), dtype=torch.float64)
+    scale = (1.0 / (255.0 * s)).to(torch.float32).view(3, 1, 1)
+    shift = (m / s).to(torch.float32).view(3, 1, 1)
+    return t.mul_(scale).sub_(shift)
 
 
 def rasterise_boxes(
