@@ -224,8 +224,14 @@ def analyse(
             iv_cols[name] = _bool_float(_col(prim, name))
 
     faith: dict[str, Any] = {}
+    # faithfulness ran on a seeded subset: samples outside it are not "undefined", just not run
+    in_subset = (
+        _col(table, "faithfulness_subset").astype(bool)
+        if "faithfulness_subset" in table.column_names
+        else np.ones(table.num_rows, bool)
+    )
     for method in methods:
-        sel = method_col == method
+        sel = (method_col == method) & in_subset
         block = {}
         for metric in FAITH_METRICS:
             if metric in table.column_names:

@@ -265,6 +265,9 @@ class _BatchAuditor:
                 for key in INTERVENTION_COLUMNS:
                     cols[key] = iv.get(key, nan_col)
             if s.faithfulness_samples > 0:
+                cols["faithfulness_subset"] = np.isin(
+                    np.asarray(batch.indices), np.asarray(sorted(self.faith_subset), dtype=np.int64)
+                )
                 for key in FAITHFULNESS_COLUMNS:
                     cols[key] = faith.get(method, {}).get(key, nan_col)
             tables.append(pa.table(cols))

@@ -53,6 +53,10 @@ def test_summary_schema(demo_run: Path) -> None:
         for key in ("accuracy", "only_fg_accuracy", "only_bg_accuracy", "mixed_rand_accuracy"):
             assert 0.0 <= c["interventions"][key] <= 1.0
     assert "passed" in s["gates"] and s["gates"]["results"]
+    # faithfulness ran on the seeded subset of 24 samples: the others are not counted as NaN
+    faith = s["faithfulness"]["gradcam"]["deletion_auc"]
+    assert faith["n"] + faith["n_nan"] == 24
+    assert 0.0 <= faith["mean"] <= 1.0
 
 
 def test_planted_shortcut_is_found_and_clean_classes_are_not(demo_run: Path) -> None:
