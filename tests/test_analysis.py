@@ -11,7 +11,11 @@ from auditor.config import AuditSettings, GateRule
 
 
 def make_table(
-    bf_by_class: dict[int, list[float]], *, fg_correct: dict[int, list[float]] | None = None
+    bf_by_class: dict[int, list[float]],
+    *,
+    fg_correct: dict[int, list[float]] | None = None,
+    interventions: bool = True,
+    area: float = 0.3,
 ) -> pa.Table:
     rows: dict[str, list] = {
         k: []
@@ -41,7 +45,7 @@ def make_table(
             rows["correct"].append(True)
             rows["background_focus"].append(bf)
             rows["energy_in_mask"].append(1 - bf)
-            rows["energy_lift"].append((1 - bf) / 0.3)
+            rows["energy_lift"].append((1 - bf) / area)
             rows["border_focus"].append(0.2)
             rows["status"].append("ok")
             fg = (fg_correct or {}).get(label)
@@ -49,7 +53,7 @@ def make_table(
             iv["only_bg_correct"].append(0.0)
             iv["mixed_rand_correct"].append(1.0)
             i += 1
-    return pa.table({**rows, **iv})
+    return pa.table({**rows, **iv} if interventions else rows)
 
 
 SETTINGS = AuditSettings(bootstrap=500)
@@ -82,7 +86,7 @@ def test_background_focus_rule_uses_the_interval() -> None:
     rng = np.random.default_rng(0)
     clean = list(np.clip(rng.normal(0.4, 0.05, 40), 0, 1))
     shortcut = list(np.clip(rng.normal(0.9, 0.03, 40), 0, 1))
-    t = make_table({0: clean, 1: clean[:], 2: shortcut})
+    t = make_table({0: clean, 1: clean[:], 2: shortcut}, interventions=False)
     out = analyse(t, classes=["a", "b", "c"], methods=["gradcam"], settings=SETTINGS)
     assert out["classes"]["c"]["flagged"]
     assert "background_focus" in out["classes"]["c"]["flags"]
@@ -169,3 +173,28 @@ def test_missing_value_fails_the_gate() -> None:
     }
     res = evaluate_gates(summary, [GateRule(name="g", quantity="iou", min=0.1)])
     assert not res["passed"] and res["results"][0]["note"] == "value not available"
+
+
+def test_interventions_that_refute_downgrade_to_disagreement() -> None:
+    rng = np.random.default_rng(0)
+    clean = list(np.clip(rng.normal(0.4, 0.05, 40), 0, 1))
+    shortcut = list(np.clip(rng.normal(0.9, 0.03, 40), 0, 1))
+    t = make_table({0: clean, 1: shortcut})  # only-foreground accuracy stays at 100 %
+    out = analyse(t, classes=["a", "b"], methods=["gradcam"], settings=SETTINGS)
+    kinds = {(f["class"], f["kind"], f["severity"]) for f in out["findings"]}
+    assert ("b", "evidence_disagreement", "low") in kinds
+    assert not {k for k in kinds if k[1] in ("background_focus", "background_reliance")}
+    assert "background_focus" not in out["classes"]["b"]["flags"]
+
+
+def test_small_objects_alone_do_not_raise_background_focus() -> None:
+    # class b has more mass off the object only because its objects are smaller: same lift
+    rows = make_table({0: [0.4] * 30}, interventions=False)
+    small = make_table({1: [0.7] * 30}, interventions=False, area=0.15)
+    lift_a = 0.6 / 0.3
+    lift_b = 0.3 / 0.15
+    assert lift_a == lift_b
+    small = small.set_column(small.column_names.index("index"), "index", pa.array(range(30, 60)))
+    t = pa.concat_tables([rows, small])
+    out = analyse(t, classes=["a", "b"], methods=["gradcam"], settings=SETTINGS)
+    assert not out["findings"]
