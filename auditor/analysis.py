@@ -35,6 +35,7 @@ import numpy as np
 import pyarrow as pa
 
 from auditor.config import AuditSettings, GateRule
+from auditor.metrics.localisation import METRIC_NAMES
 from auditor.stats import (
     bootstrap_mean_ci,
     grouped_bootstrap_mean_ci,
@@ -43,18 +44,7 @@ from auditor.stats import (
 )
 
 #: Localisation metrics aggregated per class (names as in DESIGN 4.3/4.4).
-AGG_METRICS = (
-    "energy_in_mask",
-    "background_focus",
-    "energy_lift",
-    "pointing_game",
-    "relevance_rank_accuracy",
-    "iou",
-    "auc",
-    "density_diff",
-    "border_focus",
-    "entropy",
-)
+AGG_METRICS = METRIC_NAMES
 FAITH_METRICS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
 SEVERITY_ORDER = {"high": 0, "medium": 1, "low": 2, "info": 3}
 
@@ -639,33 +629,35 @@ def _lookup(
     return block.get(rule.stat)
 
 
+def gate_result(
+    rule: GateRule, cls: str | None, value: float | None, missing: str = "value not available"
+) -> dict[str, Any]:
+    """One gate check as it appears in ``summary["gates"]["results"]``; a missing value fails."""
+    if value is None:
+        passed, note = False, missing
+    else:
+        passed = (rule.max is None or value <= rule.max) and (rule.min is None or value >= rule.min)
+        note = ""
+    return {
+        "rule": rule.name,
+        "class": cls,
+        "quantity": rule.quantity,
+        "stat": rule.stat,
+        "value": value,
+        "threshold": rule.max if rule.max is not None else rule.min,
+        "bound": "max" if rule.max is not None else "min",
+        "passed": bool(passed),
+        "note": note,
+    }
+
+
 def evaluate_gates(summary: Mapping[str, Any], rules: Sequence[GateRule]) -> dict[str, Any]:
     """Check every gate rule against the summary; a value that is missing fails the gate."""
     primary = summary["primary_method"]
     results: list[dict[str, Any]] = []
 
     def check(rule: GateRule, cls: str | None, value: float | None) -> None:
-        threshold = rule.max if rule.max is not None else rule.min
-        if value is None:
-            passed, note = False, "value not available"
-        else:
-            passed = (rule.max is None or value <= rule.max) and (
-                rule.min is None or value >= rule.min
-            )
-            note = ""
-        results.append(
-            {
-                "rule": rule.name,
-                "class": cls,
-                "quantity": rule.quantity,
-                "stat": rule.stat,
-                "value": value,
-                "threshold": threshold,
-                "bound": "max" if rule.max is not None else "min",
-                "passed": bool(passed),
-                "note": note,
-            }
-        )
+        results.append(gate_result(rule, cls, value))
 
     for rule in rules:
         if rule.scope == "compare":

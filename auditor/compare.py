@@ -59,7 +59,7 @@ import pyarrow.parquet as pq
 import tomllib
 
 from auditor._version import __version__
-from auditor.analysis import AGG_METRICS, FAITH_METRICS
+from auditor.analysis import AGG_METRICS, FAITH_METRICS, gate_result
 from auditor.config import GateRule
 from auditor.errors import AuditorError, AuditorInputError, ConfigError
 from auditor.stats import (
@@ -516,26 +516,7 @@ def evaluate_comparison_gates(
                     if lo is not None and hi is not None:
                         lo2, hi2 = (lo, hi) if sign > 0 else (-hi, -lo)
                         value = lo2 if rule.stat == "ci_low" else hi2
-            if value is None:
-                passed, note = False, f"{base} not available in both runs"
-            else:
-                passed = (rule.max is None or value <= rule.max) and (
-                    rule.min is None or value >= rule.min
-                )
-                note = ""
-            results.append(
-                {
-                    "rule": rule.name,
-                    "class": cls,
-                    "quantity": rule.quantity,
-                    "stat": rule.stat,
-                    "value": value,
-                    "threshold": rule.max if rule.max is not None else rule.min,
-                    "bound": "max" if rule.max is not None else "min",
-                    "passed": bool(passed),
-                    "note": note,
-                }
-            )
+            results.append(gate_result(rule, cls, value, f"{base} not available in both runs"))
     return {"passed": all(r["passed"] for r in results), "results": results}
 
 

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import math
-import os
 import re
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -192,23 +190,14 @@ def render_string(
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` to a temporary file beside ``path``, fsync it, then ``os.replace``.
+    """Write ``data`` atomically (see :func:`auditor.store.atomic_write_bytes`); return ``path``.
 
     A failure leaves any previous file at ``path`` untouched and no temporary file behind.
     """
+    from auditor.store import atomic_write_bytes
+
     path = Path(path)
-    raw = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        os.chmod(tmp, 0o644)  # mkstemp makes 0600; a report is meant to be shared
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(raw)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
     return path
 
 
