@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import jinja2
@@ -106,7 +107,9 @@ def test_atomic_write_replaces_and_leaves_no_temp(tmp_path):
     atomic_write(target, b"two")
     assert target.read_text() == "two"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["report.html"]
-    assert target.stat().st_mode & 0o777 == 0o644
+    umask = os.umask(0)
+    os.umask(umask)
+    assert target.stat().st_mode & 0o777 == 0o666 & ~umask  # not mkstemp's private 0600
 
 
 def test_atomic_write_failure_keeps_previous(tmp_path, monkeypatch):
@@ -116,7 +119,9 @@ def test_atomic_write_failure_keeps_previous(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(rhtml.os, "replace", boom)
+    import auditor.store as store
+
+    monkeypatch.setattr(store.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):
         atomic_write(target, "new")
     assert target.read_text() == "previous"
