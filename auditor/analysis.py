@@ -179,12 +179,6 @@ def _acc(correct: np.ndarray, confidence: float) -> tuple[float | None, list[flo
     return k / n, [iv.low, iv.high]
 
 
-def _bool_float(x: np.ndarray) -> np.ndarray:
-    if x.dtype == object:
-        return np.asarray([np.nan if v is None else float(v) for v in x], float)
-    return x.astype(float)
-
-
 def analyse(
     table: pa.Table,
     *,
@@ -203,7 +197,7 @@ def analyse(
     method_col = _col(table, "method", str)
     prim = table.filter(pa.array(method_col == primary))
     labels = _col(prim, "label", int)
-    correct = _bool_float(_col(prim, "correct"))
+    correct = _col(prim, "correct", float)
     preds = _col(prim, "pred", int)
     n_cls = len(classes)
 
@@ -219,7 +213,7 @@ def analyse(
     iv_cols = {}
     if has_iv:
         for name in ("only_fg_correct", "only_bg_correct", "mixed_rand_correct"):
-            iv_cols[name] = _bool_float(_col(prim, name))
+            iv_cols[name] = _col(prim, name, float)
 
     faith: dict[str, Any] = {}
     # faithfulness ran on a seeded subset: samples outside it are not "undefined", just not run

@@ -483,7 +483,6 @@ def audit(
         classes=classes,
         settings=s,
         gates=gates,
-        model=model,
         model_info=model_info,
         config=config,
         sanity=sanity,
@@ -556,24 +555,19 @@ def _sanity(
 
 
 def _cluster_analysis(
-    store: RunStore, table: pa.Table, classes: Sequence[str], s: AuditSettings
-) -> tuple[dict[str, Any], dict[str, Any]]:
+    cams: dict[int, np.ndarray], table: pa.Table, classes: Sequence[str], s: AuditSettings
+) -> dict[str, Any]:
     """SpRAy per class on the stored low-resolution CAMs of the primary method."""
     from auditor.metrics.clusters import spray_clusters
 
     if not s.clusters or table.num_rows == 0:
-        return {}, {}
+        return {}
     prim = table.filter(pc.equal(table.column("method"), s.primary))
     idx = prim.column("index").to_numpy()
     labels = prim.column("label").to_numpy()
     bf = prim.column("background_focus").to_numpy(zero_copy_only=False).astype(float)
     ids = prim.column("id").to_pylist()
-    cams: dict[int, np.ndarray] = {}
-    for bidx, arr in store.iter_cams(s.primary):
-        for j, i in enumerate(bidx.tolist()):
-            cams[int(i)] = arr[j]
     out: dict[str, Any] = {}
-    maps_out: dict[str, Any] = {}
     for ci, name in enumerate(classes):
         sel = np.flatnonzero(labels == ci)
         sel = np.asarray([j for j in sel if int(idx[j]) in cams])
@@ -599,8 +593,7 @@ def _cluster_analysis(
                 }
             )
         out[name] = {"k": int(res.k), "eigengap": float(res.eigengap), "clusters": clusters}
-        maps_out[name] = (res, sel, idx)
-    return out, maps_out
+    return out
 
 
 def finalize(
@@ -611,7 +604,6 @@ def finalize(
     classes: Sequence[str],
     settings: AuditSettings,
     gates: Sequence[GateRule],
-    model: torch.nn.Module | None,
     model_info: dict[str, Any],
     config: AuditConfig | None,
     sanity: dict[str, Any] | None,
@@ -630,7 +622,10 @@ def finalize(
     skipped = store.read_skipped()
     if table.num_rows:
         store.write_samples(table)
-    clusters, _ = _cluster_analysis(store, table, classes, s)
+    # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
+    # h×w float32 per sample)
+    primary_cams = store.load_cams(s.primary) if table.num_rows else {}
+    clusters = _cluster_analysis(primary_cams, table, classes, s)
     sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
     if table.num_rows:
         stats = analyse(
@@ -714,7 +709,7 @@ def finalize(
         "settings": to_jsonable(s),
     }
     summary["gates"] = evaluate_gates(summary, gates)
-    summary["gallery"] = _gallery(run_dir, store, dataset, table, summary, s)
+    summary["gallery"] = _gallery(run_dir, primary_cams, dataset, table, summary, s)
     atomic_write_json(run_dir / "summary.json", summary)
     write_junit(run_dir / "junit.xml", summary)
     write_per_class_csv(summary, run_dir / "classes.csv")
@@ -755,7 +750,7 @@ def _method_info(method: Any) -> dict[str, Any]:
 
 def _gallery(
     run_dir: Path,
-    store: RunStore,
+    cams: dict[int, np.ndarray],
     dataset: Any,
     table: pa.Table,
     summary: dict[str, Any],
@@ -798,7 +793,6 @@ def _gallery(
         key = np.where(np.isfinite(key), key, -np.inf)
         order = sel[np.argsort(-key if why == "flagged" else key, kind="stable")]
         picks = order[: s.gallery_per_class]
-        cams = store.load_cams(s.primary, [int(cols["index"][j]) for j in picks])
         entries = []
         for rank, j in enumerate(picks):
             i = int(cols["index"][j])
@@ -834,13 +828,12 @@ def _gallery(
             )
         out[cname] = entries
     # cluster exemplar panels
+    id_to_index = {str(a): int(b) for a, b in zip(cols["id"], cols["index"])}
     for cname, res in (summary.get("clusters") or {}).items():
         if len(res["clusters"]) < 2:
             continue
-        id_to_index = {str(a): int(b) for a, b in zip(cols["id"], cols["index"])}
         for cl in res["clusters"][:6]:
             wanted = [id_to_index[e] for e in cl["exemplars"] if e in id_to_index][:4]
-            cams = store.load_cams(s.primary, wanted)
             ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
             if not ex:
                 continue

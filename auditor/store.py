@@ -189,13 +189,13 @@ class RunStore:
                 if key in z.files and len(z["indices"]):
                     yield z["indices"], z[key].astype(np.float32)
 
-    def load_cams(self, method: str, wanted: Iterable[int]) -> dict[int, np.ndarray]:
-        """Low-resolution CAMs of the samples ``wanted`` (dataset indices)."""
-        want = set(int(i) for i in wanted)
+    def load_cams(self, method: str, wanted: Iterable[int] | None = None) -> dict[int, np.ndarray]:
+        """Low-resolution CAMs of the samples ``wanted`` (dataset indices; ``None`` = all)."""
+        want = None if wanted is None else set(int(i) for i in wanted)
         out: dict[int, np.ndarray] = {}
         for idx, cams in self.iter_cams(method):
             for j, i in enumerate(idx.tolist()):
-                if i in want:
+                if want is None or i in want:
                     out[i] = cams[j]
         return out
 
