@@ -507,7 +507,12 @@ def analyse(
                     "message": (
                         f"{method}'s maps keep a rank correlation of "
                         f"{_fmt(res.get('similarity'), '.2f')} after the classifier head is "
-                        f"randomised: they do not reflect what the model learned."
+                        + (
+                            "randomised: they do not reflect what the model learned."
+                            if (res.get("similarity") or 0.0) >= rules.sanity_strong
+                            else "randomised: they depend partly on the activations alone; "
+                            "read them alongside another method or the interventions."
+                        )
                     ),
                     "evidence": dict(res),
                 }
