@@ -178,7 +178,8 @@ class AuditSettings:
     pointing_tolerance: int = 0
     iou_threshold: float = 0.5
     border_width: float = 0.1
-    score_batch_size: int = 128
+    score_batch_size: int | None = None
+    inference_copy: bool = True
     gallery_per_class: int = 4
     autocast: str | None = None
     limit: int | None = None
@@ -228,7 +229,7 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         elif isinstance(default, float):
             kind = (int, float)
         else:
-            kind = (str,) if f.name != "limit" else (int,)
+            kind = (int,) if f.name in ("limit", "score_batch_size") else (str,)
         values[f.name] = _typed(table, f.name, kind, default, "audit", source)
     settings = AuditSettings(**values)
     if settings.target not in ("label", "predicted"):
@@ -241,7 +242,7 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
             f"{list(settings.methods)}"
         )
     for name in ("batch_size", "bootstrap", "score_batch_size", "faithfulness_steps"):
-        if getattr(settings, name) < 1:
+        if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise ConfigError(
                 f"{source}: [audit] {name} must be >= 1, got {getattr(settings, name)}"
             )

@@ -290,9 +290,13 @@ def main(argv: list[str] | None = None) -> int:
     ``python -m auditor.demo inputs --out DIR`` writes the demo dataset, weights and configs."""
     parser = argparse.ArgumentParser(prog="python -m auditor.demo")
     parser.add_argument("command", choices=["train", "inputs"])
-    parser.add_argument("--out", type=Path, default=None,
-                        help="train: weights folder (default auditor/_weights); "
-                        "inputs: folder for the demo dataset, weights and configs")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="train: weights folder (default auditor/_weights); "
+        "inputs: folder for the demo dataset, weights and configs",
+    )
     args = parser.parse_args(argv)
     if args.command == "inputs":
         out = args.out or Path("runs/demo/inputs")

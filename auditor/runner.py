@@ -235,7 +235,7 @@ class _BatchAuditor:
                 tgt,
                 steps=s.faithfulness_steps,
                 subset=sel,
-                forward_batch_size=max(64, s.score_batch_size),
+                forward_batch_size=max(64, s.score_batch_size or 0),
             )
             faith = {
                 m: {k: v.cpu().numpy().astype(np.float64) for k, v in d.items()}
@@ -383,6 +383,7 @@ def audit(
                 layer_names,
                 s.methods,
                 score_batch_size=s.score_batch_size,
+                inference_copy=s.inference_copy,
                 autocast={"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
                     s.autocast or ""
                 ),
@@ -472,6 +473,12 @@ def audit(
         finally:
             bar.close()
         loop_s = time.perf_counter() - t_loop
+        if engine.replica_status:
+            log.info(
+                "Score-CAM: %d masked forwards; inference copy %s",
+                engine.masked_forwards,
+                engine.replica_status,
+            )
     finally:
         model.to(orig_device)
         model.train(was_training)

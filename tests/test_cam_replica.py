@@ -1,0 +1,311 @@
+"""Score-CAM's inference copy: exact BatchNorm folding, validation, fallbacks, sharing masks."""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import pytest
+import torch
+import torch.nn.functional as F
+import torchvision
+from torch import fx, nn
+
+from auditor.cam import CamEngine, upsample_cams
+from auditor.cam.engine import AUTO_SCORE_BATCH, _logits_of
+from auditor.cam.replica import build_replica, fold_batchnorm
+
+
+def _randomise_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Non-trivial running statistics and affine parameters (fresh BNs are the identity)."""
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.3)
+                m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                if m.affine:
+                    m.weight.copy_(torch.rand(m.num_features, generator=g) + 0.5)
+                    m.bias.copy_(torch.randn(m.num_features, generator=g) * 0.2)
+    return model.eval()
+
+
+class ConvBn(nn.Module):
+    def __init__(self, bias: bool = True, affine: bool = True) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, padding=1, bias=bias)
+        self.bn = nn.BatchNorm2d(4, affine=affine)
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(F.relu(self.bn(self.conv(x))).mean((2, 3)))
+
+
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+def test_fold_batchnorm_matches_hand_formula(bias: bool, affine: bool) -> None:
+    torch.manual_seed(0)
+    model = _randomise_bn(ConvBn(bias, affine))
+    gm = fx.symbolic_trace(copy.deepcopy(model))
+    assert fold_batchnorm(gm) == 1
+    assert not any(isinstance(m, nn.BatchNorm2d) for m in gm.modules())
+    # by hand: W' = W * s, b' = (b - mu) * s + beta, s = gamma / sqrt(var + eps)
+    bn, conv = model.bn, model.conv
+    s = (bn.weight if affine else 1.0) / torch.sqrt(bn.running_var + bn.eps)
+    b = conv.bias if bias else torch.zeros(4)
+    beta = bn.bias if affine else torch.zeros(4)
+    torch.testing.assert_close(gm.conv.weight, conv.weight * s[:, None, None, None])
+    torch.testing.assert_close(gm.conv.bias, (b - bn.running_mean) * s + beta)
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        torch.testing.assert_close(gm(x), model(x), atol=1e-5, rtol=1e-5)
+    assert model.bn.running_var.min() >= 0.5  # the original is untouched
+
+
+class SharedConv(nn.Module):
+    """One conv called twice; a conv output used twice (residual): neither may be folded."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.bn1 = nn.BatchNorm2d(3)
+        self.bn2 = nn.BatchNorm2d(3)
+        self.conv2 = nn.Conv2d(3, 3, 1)
+        self.bn3 = nn.BatchNorm2d(3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.bn1(self.conv(x))
+        b = self.bn2(self.conv(a))
+        c = self.conv2(b)
+        return (self.bn3(c) + c).mean((2, 3))
+
+
+def test_fold_batchnorm_skips_unsafe_pairs() -> None:
+    model = _randomise_bn(SharedConv())
+    gm = fx.symbolic_trace(copy.deepcopy(model))
+    assert fold_batchnorm(gm) == 0
+    train = ConvBn().train()
+    gm = fx.symbolic_trace(copy.deepcopy(train))
+    assert fold_batchnorm(gm) == 0  # batch statistics: not an affine map
+
+
+def _resnet(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return _randomise_bn(torchvision.models.resnet18(num_classes=5))
+
+
+def _param_state(model: nn.Module) -> list[tuple[str, int, torch.Tensor, bool]]:
+    return [
+        (n, p.data_ptr(), p.detach().clone(), p.is_contiguous())
+        for n, p in model.state_dict(keep_vars=True).items()
+    ]
+
+
+def test_replica_matches_model_and_leaves_it_untouched() -> None:
+    model = _resnet()
+    x = torch.randn(3, 3, 64, 64)
+    before = _param_state(model)
+    # a user hook that changes the output must be in the copy too, or validation would fail
+    model.fc.register_forward_hook(lambda m, i, o: o * 2 + 1)
+    replica, reason, logits = build_replica(model, x, _logits_of)
+    assert replica is not None, reason
+    assert replica.channels_last and replica.traced and replica.folded == 20
+    with torch.inference_mode():
+        expected = model(x)
+        torch.testing.assert_close(logits, expected)
+        torch.testing.assert_close(replica(x), expected, atol=1e-4, rtol=1e-4)
+    after = _param_state(model)
+    assert [(n, p, c) for n, p, _, c in before] == [(n, p, c) for n, p, _, c in after]
+    assert all(torch.equal(a[2], b[2]) for a, b in zip(before, after))
+    assert any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
+    assert not any(p.requires_grad is False for p in model.parameters())
+    assert len(model.fc._forward_hooks) == 1
+
+
+class ViewNet(nn.Module):
+    """Uses .view() on a conv output: fails on channels_last tensors."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3, stride=4)
+        self.fc = nn.Linear(4 * 4 * 4, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.conv(x)
+        return self.fc(h.view(h.shape[0], -1))
+
+
+def test_replica_falls_back_to_contiguous_for_view_models() -> None:
+    torch.manual_seed(0)
+    model = ViewNet().eval()
+    x = torch.randn(2, 3, 16, 16)
+    replica, reason, _ = build_replica(model, x, _logits_of)
+    assert replica is not None and not replica.channels_last
+    assert "channels_last" in reason and "RuntimeError" in reason
+    with torch.inference_mode():
+        torch.testing.assert_close(replica(x), model(x))
+
+
+class BranchyNet(nn.Module):
+    """Data-dependent control flow: not fx-traceable, still copyable."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+        self.bn = nn.BatchNorm2d(4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.bn(self.conv(x))
+        if h.mean() > 100:  # never true, but fx cannot know
+            h = h * 0
+        return h.mean((2, 3))
+
+
+def test_untraceable_model_uses_plain_copy() -> None:
+    model = _randomise_bn(BranchyNet())
+    x = torch.randn(2, 3, 8, 8)
+    replica, reason, _ = build_replica(model, x, _logits_of)
+    assert replica is not None and not replica.traced and replica.folded == 0
+    assert "not fx-traceable" in reason
+
+
+class DriftingNet(nn.Module):
+    """Output depends on a call counter shared by all copies: the copy cannot agree."""
+
+    calls = 0
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc = nn.Linear(3, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        DriftingNet.calls += 1
+        return self.fc(x.mean((2, 3))) + float(DriftingNet.calls)
+
+
+class NoCopy(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.conv(x).mean((2, 3))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> NoCopy:
+        raise RuntimeError("not copyable")
+
+
+def test_disagreeing_or_uncopyable_models_are_rejected() -> None:
+    x = torch.randn(2, 3, 8, 8)
+    replica, reason, logits = build_replica(DriftingNet().eval(), x, _logits_of)
+    assert replica is None and "max |difference|" in reason and logits is not None
+    replica, reason, _ = build_replica(NoCopy().eval(), x, _logits_of)
+    assert replica is None and "cannot be deep-copied" in reason
+
+
+def _scorecam(model: nn.Module, x: torch.Tensor, t: torch.Tensor, **kw: Any) -> tuple[Any, ...]:
+    with CamEngine(model, "layer4", ("scorecam",), **kw) as engine:
+        maps = engine.run(x, t).cams["scorecam"]
+    return maps, engine
+
+
+def test_scorecam_same_maps_with_and_without_copy() -> None:
+    model = _resnet()
+    x = torch.randn(2, 3, 64, 64)
+    t = torch.tensor([1, 3])
+    fast, engine = _scorecam(model, x, t, score_batch_size=64)
+    slow, engine_slow = _scorecam(model, x, t, score_batch_size=64, inference_copy=False)
+    assert engine.replica_status.startswith("used: fx-traced copy, 20 BatchNorm folded")
+    assert engine_slow.replica_status == ""
+    assert engine.masked_forwards == engine_slow.masked_forwards
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=1e-4)
+    assert float(fast.abs().max()) > 0
+
+
+def test_copy_reused_across_with_blocks_until_the_model_changes() -> None:
+    model = _resnet()
+    x = torch.randn(1, 3, 32, 32)
+    engine = CamEngine(model, "layer4", ("scorecam",), score_batch_size=128)
+    with engine:
+        engine.run(x, torch.tensor([0]))
+    first = engine._replica
+    assert first is not None
+    with engine:
+        engine.run(x, torch.tensor([0]))
+    assert engine._replica is first
+    with torch.no_grad():
+        model.fc.weight.mul_(2.0)  # in place: the copy is stale
+    with engine:
+        maps = engine.run(x, torch.tensor([0])).cams["scorecam"]
+    assert engine._replica is not first and engine._replica is not None
+    expected, _ = _scorecam(model, x, torch.tensor([0]), inference_copy=False)
+    torch.testing.assert_close(maps, expected, atol=1e-5, rtol=1e-4)
+
+
+class DupNet(nn.Module):
+    """``layer4`` outputs channels (a, 2a, b, b): channels 0/1 and 2/3 normalise alike."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3, stride=2, padding=1)
+        self.layer4 = nn.Identity()
+        self.fc = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = F.relu(self.conv(x))
+        a, b = h[:, :1], h[:, 1:]
+        z = self.layer4(torch.cat([a, 2 * a, b, b], 1))
+        return self.fc(z.mean((2, 3)))
+
+
+def _brute_force_scorecam(model: nn.Module, x: torch.Tensor, target: int) -> torch.Tensor:
+    """The paper's definition, one forward per channel, no sharing."""
+    acts: list[torch.Tensor] = []
+    handle = model.layer4.register_forward_hook(lambda m, i, o: acts.append(o))
+    with torch.no_grad():
+        model(x)
+    handle.remove()
+    a = acts[0][0]
+    scores = []
+    for k in range(a.shape[0]):
+        up = upsample_cams(a[k][None], tuple(x.shape[-2:]))[0]
+        lo, hi = up.min(), up.max()
+        mask = (up - lo) / (hi - lo) if hi > lo else torch.zeros_like(up)
+        with torch.no_grad():
+            scores.append(model(x * mask).softmax(1)[0, target])
+    w = torch.softmax(torch.stack(scores), 0)
+    return F.relu((w[:, None, None] * a).sum(0))
+
+
+def test_duplicate_masks_share_one_forward_and_match_the_definition() -> None:
+    torch.manual_seed(3)
+    model = DupNet().eval()
+    x = torch.rand(1, 3, 16, 16)
+    for copy_ in (True, False):
+        maps, engine = _scorecam(model, x, torch.tensor([2]), inference_copy=copy_)
+        assert engine.masked_forwards == 2  # 4 channels, 2 distinct masks
+        expected = _brute_force_scorecam(model, x, 2)
+        torch.testing.assert_close(maps[0], expected, atol=1e-5, rtol=1e-4)
+
+
+def test_constant_channels_share_the_zero_input_forward() -> None:
+    torch.manual_seed(3)
+    model = DupNet().eval()
+    with torch.no_grad():
+        model.conv.weight[1].zero_()
+        model.conv.bias[1] = -1.0  # channel b = relu(-1) = 0 everywhere: constant
+    x = torch.rand(1, 3, 16, 16)
+    maps, engine = _scorecam(model, x, torch.tensor([0]))
+    assert engine.masked_forwards == 2  # one shared mask for a/2a+1, one zero-input forward
+    torch.testing.assert_close(maps[0], _brute_force_scorecam(model, x, 0), atol=1e-5, rtol=1e-4)
+
+
+def test_score_batch_size_auto_and_validation() -> None:
+    model = DupNet().eval()
+    assert AUTO_SCORE_BATCH["cpu"] == 16
+    assert CamEngine(model, "layer4", ("scorecam",)).score_batch_size is None
+    for bad in (0, -1, 1.5, True, "16"):
+        with pytest.raises(ValueError, match="score_batch_size"):
+            CamEngine(model, "layer4", ("scorecam",), score_batch_size=bad)  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match="inference_copy"):
+        CamEngine(model, "layer4", ("scorecam",), inference_copy="yes")  # type: ignore[arg-type]
