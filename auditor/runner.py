@@ -140,11 +140,8 @@ class _BatchAuditor:
         self.std = torch.tensor(std, dtype=torch.float32, device=device)
 
     def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
-        with torch.inference_mode():
-            out = self.model(x)
-            if isinstance(out, dict | tuple | list):
-                out = out["logits"] if isinstance(out, dict) else out[0]
-            return torch.softmax(out.float(), dim=1)
+        """Class probabilities of an inference forward (on the engine's validated copy)."""
+        return torch.softmax(self.engine.forward_logits(x), dim=1)
 
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         from auditor.metrics import localisation_metrics
@@ -369,9 +366,10 @@ def audit(
     model_info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
     model_info["num_classes"] = len(classes)
 
-    was_training = model.training
+    flags = {m: m.training for m in model.modules()}
     orig_device = next((p.device for p in model.parameters()), torch.device("cpu"))
     model.to(dev)
+    model.eval()  # every forward of the audit (interventions included) sees the eval model
     try:
         layer_names = layer
         if layer_names is None:
@@ -481,7 +479,8 @@ def audit(
             )
     finally:
         model.to(orig_device)
-        model.train(was_training)
+        for module, flag in flags.items():
+            module.training = flag
 
     return finalize(
         run_dir,

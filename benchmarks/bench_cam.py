@@ -296,9 +296,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--slow-repeats", type=int, default=1)
-    parser.add_argument("--scorecam-images", default="1,3", help="one or two image counts")
-    parser.add_argument("--scorecam-models", default="resnet18")
-    parser.add_argument("--scorecam-rounds", type=int, default=2)
+    parser.add_argument(
+        "--scorecam",
+        action="append",
+        metavar="ARCH:N1[,N2][:ROUNDS]",
+        help="a Score-CAM case (repeatable; default resnet18:1,3:2); 'none' skips Score-CAM",
+    )
     parser.add_argument("--models", default="resnet18,resnet50")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
@@ -313,10 +316,14 @@ def main() -> None:
         rows = bench_model(name, args.batch, args.repeats, args.slow_repeats)
         parts.append(table(f"{name}, batch {args.batch}", rows, args.batch))
         print(parts[-1], "\n", flush=True)
-    for name in filter(None, args.scorecam_models.split(",")):
-        counts = [int(c) for c in args.scorecam_images.split(",")]
-        rows, note = bench_scorecam(name, counts, args.scorecam_rounds)
-        title = f"Score-CAM, {name}, best of {args.scorecam_rounds} interleaved rounds"
+    for spec in args.scorecam or ["resnet18:1,3:2"]:
+        if spec == "none":
+            continue
+        name, images, *more = spec.split(":")
+        counts = [int(c) for c in images.split(",")]
+        rounds = int(more[0]) if more else 2
+        rows, note = bench_scorecam(name, counts, rounds)
+        title = f"Score-CAM, {name}, best of {rounds} interleaved round(s)"
         lines = [f"### {title}", "", "| s per call | what |", "|---:|---|"]
         lines += [f"| {seconds:.3g} | {label} |" for label, seconds in rows]
         parts.append("\n".join(lines) + "\n\n" + note)

@@ -309,3 +309,84 @@ def test_score_batch_size_auto_and_validation() -> None:
             CamEngine(model, "layer4", ("scorecam",), score_batch_size=bad)  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="inference_copy"):
         CamEngine(model, "layer4", ("scorecam",), inference_copy="yes")  # type: ignore[arg-type]
+
+
+def test_fixed_shapes_get_a_validated_onednn_trace() -> None:
+    model = _resnet()
+    x = torch.randn(4, 3, 32, 32)
+    replica, reason, logits = build_replica(model, x, _logits_of, script=True)
+    assert replica is not None and replica.script, reason
+    flag = torch.jit.onednn_fusion_enabled()
+    with torch.inference_mode():
+        expected = model(x)
+        assert torch.equal(logits, replica(x))  # the validation output is the eager copy's
+        torch.testing.assert_close(replica(x), expected, atol=1e-4, rtol=1e-4)
+        assert not replica.scripts  # the eager path never traces
+        torch.testing.assert_close(replica.fixed(x), expected, atol=1e-4, rtol=1e-4)
+        assert isinstance(replica.scripts[(4, 3, 32, 32)], torch.jit.ScriptModule)
+        first = replica.fixed(x)
+        # the traced result does not depend on what ran before: a fresh copy agrees bit for bit
+        fresh, _, _ = build_replica(model, x[:2], _logits_of, script=True)
+        assert fresh is not None
+        assert torch.equal(fresh.fixed(x), first)
+        assert torch.equal(replica.fixed(x), first)
+    assert torch.jit.onednn_fusion_enabled() == flag  # the global flag is restored
+    assert "traced: batches of 4" in replica.description
+
+
+class Output:
+    """A model output object with ``.logits`` (as Hugging Face models return)."""
+
+    def __init__(self, logits: torch.Tensor) -> None:
+        self.logits = logits
+
+
+class ObjectOut(nn.Module):
+    """The engine reads ``.logits``; TorchScript cannot trace an object output."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(3, 2, 3)
+
+    def forward(self, x: torch.Tensor) -> Output:
+        return Output(self.conv(x).mean((2, 3)))
+
+
+def test_untraceable_shapes_stay_eager_with_a_note() -> None:
+    torch.manual_seed(0)
+    model = ObjectOut().eval()
+    x = torch.randn(2, 3, 8, 8)
+    replica, reason, _ = build_replica(model, x, _logits_of, script=True)
+    assert replica is not None, reason
+    with torch.inference_mode():
+        for _ in range(2):
+            torch.testing.assert_close(_logits_of(replica.fixed(x)), model(x).logits)
+    assert replica.scripts == {(2, 3, 8, 8): None}
+    assert "TorchScript trace failed" in replica.description
+
+
+def test_scorecam_maps_do_not_depend_on_earlier_batches() -> None:
+    """What --resume relies on: a batch gives the same bits whatever the engine computed before."""
+    model = _resnet()
+    a, b = torch.randn(2, 3, 64, 64), torch.randn(2, 3, 64, 64)  # layer4: 2x2
+    t = torch.tensor([0, 1])
+    engine = CamEngine(model, "layer4", ("scorecam",), score_batch_size=16)
+    with engine:
+        engine.run(a, t)
+        after_a = engine.run(b, t).cams["scorecam"]
+    with CamEngine(model, "layer4", ("scorecam",), score_batch_size=16) as fresh:
+        alone = fresh.run(b, t).cams["scorecam"]
+    assert "traced: batches of 16" in fresh.replica_status
+    assert torch.equal(after_a, alone)
+
+
+def test_forward_logits_outside_the_with_block() -> None:
+    model = _resnet()
+    engine = CamEngine(model, "layer4", ("gradcam",))
+    x = torch.randn(3, 3, 32, 32)
+    with torch.inference_mode():
+        expected = model(x)
+    torch.testing.assert_close(engine.forward_logits(x), expected)  # validation call
+    torch.testing.assert_close(engine.forward_logits(x), expected, atol=1e-4, rtol=1e-4)
+    assert engine.replica_status.startswith("used:")
+    assert all(len(m._forward_hooks) == 0 for m in model.modules())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 
@@ -163,3 +164,54 @@ def test_argument_errors() -> None:
         mixed_random(IMG, MASK, 0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="`n` must be an int >= 2"):
         derangement(1, torch.Generator())
+
+
+class _DropoutHead(torch.nn.Module):
+    """The demo network with a dropout before its head: train mode would randomise forwards."""
+
+    def __init__(self, net: torch.nn.Module) -> None:
+        super().__init__()
+        self.features = net.features
+        self.pool = net.pool
+        self.drop = torch.nn.Dropout(0.5)
+        self.fc = net.fc
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.drop(torch.flatten(self.pool(self.features(x)), 1)))
+
+
+@pytest.mark.slow
+def test_audit_runs_every_forward_in_eval_mode_and_restores_flags(tmp_path, demo_inputs) -> None:
+    import pyarrow.parquet as pq
+
+    import auditor
+    from auditor.config import AuditSettings
+    from auditor.data import open_dataset
+    from auditor.models import load_model
+
+    cfg = auditor.load_config(demo_inputs)
+    dataset = open_dataset(cfg.data)
+    net = load_model(cfg.model, num_classes=len(dataset.classes)).module
+    settings = AuditSettings(
+        methods=("gradcam",),
+        limit=24,
+        faithfulness_samples=0,
+        sanity_check=False,
+        clusters=False,
+        bootstrap=100,
+    )
+    tables = {}
+    for mode in ("eval", "train"):
+        model = _DropoutHead(net)
+        model.train(mode == "train")
+        model.features[0].train(False)  # mixed flags must come back as they were
+        before = {name: m.training for name, m in model.named_modules()}
+        auditor.audit(model, dataset, tmp_path / mode, settings=settings, render=False)
+        assert {name: m.training for name, m in model.named_modules()} == before
+        tables[mode] = pq.read_table(tmp_path / mode / "samples.parquet").to_pydict()
+    cols = [c for c in tables["eval"] if c.startswith(("only_", "mixed_"))]
+    assert cols, "the interventions ran"
+    for col in [*cols, "confidence"]:
+        a = np.asarray(tables["train"][col], dtype=float)
+        b = np.asarray(tables["eval"][col], dtype=float)
+        assert np.array_equal(a, b, equal_nan=True), col

@@ -236,8 +236,7 @@ class CamEngine:
         self.inference_copy = inference_copy
         self._replica: Replica | None = None
         self._replica_key: tuple[Any, ...] | None = None
-        self.replica_status = ""
-        """``"used: ..."`` / ``"not used: <why>"`` once Score-CAM ran; ``""`` before."""
+        self._replica_reason = ""  # "" before the first extra forward
         self.masked_forwards = 0
         """Score-CAM masked inputs actually forwarded (after sharing duplicates) so far."""
 
@@ -247,9 +246,6 @@ class CamEngine:
         if self._flags is not None:
             raise RuntimeError("CamEngine is already entered; it is not re-entrant")
         self._flags = {m: m.training for m in self.model.modules()}
-        if self._replica_key is not None and self._replica_key != _state_key(self.model):
-            # the model changed since the copy was made: build (and validate) a new one
-            self._replica, self.replica_status, self._replica_key = None, "", None
         try:
             self.model.eval()
             for name, module in zip(self.layer_names, self._modules):
@@ -312,8 +308,11 @@ class CamEngine:
         with torch.inference_mode(), self._autocast(images.device):
             return _logits_of(self.model(images)).float()
 
+    def _chunk_size(self, device: torch.device) -> int:
+        return self.score_batch_size or AUTO_SCORE_BATCH.get(device.type, 128)
+
     def _chunks(self, total: int, device: torch.device) -> Iterator[slice]:
-        size = self.score_batch_size or AUTO_SCORE_BATCH.get(device.type, 128)
+        size = self._chunk_size(device)
         for start in range(0, total, size):
             yield slice(start, min(start + size, total))
 
@@ -602,6 +601,8 @@ class CamEngine:
                 reps = pairs[first]  # one (b, k) per distinct (image, mask)
                 rep_scores = torch.empty(reps.shape[0], n_targets, device=acts.device)
                 grid = acts.shape[-2:]
+                # the compiled tier of the inference copy wants one shape: pad the last chunk
+                pad_to = self._chunk_size(acts.device) if self._scripted(acts.device) else 0
                 for chunk in self._chunks(reps.shape[0], acts.device):
                     b_idx, k_idx = reps[chunk, 0], reps[chunk, 1]
                     up = upsample_cams(norm[b_idx, k_idx].unflatten(1, grid), size)  # [n, H, W]
@@ -609,7 +610,12 @@ class CamEngine:
                     up_hi = up.flatten(1).amax(1)[:, None, None]
                     masks = (up - up_lo) / torch.where(up_hi > up_lo, up_hi - up_lo, 1.0)
                     masked = images[b_idx] * masks[:, None].to(images.dtype)
-                    probs = self._perturbed_logits(masked).softmax(1)
+                    n = masked.shape[0]
+                    if n < pad_to:
+                        masked = torch.cat(
+                            [masked, masked.new_zeros(pad_to - n, *masked.shape[1:])]
+                        )
+                    probs = self._perturbed_logits(masked, fixed=True)[:n].softmax(1)
                     rep_scores[chunk] = probs.gather(1, targets_bt[b_idx])
                 scores[pairs[:, 0], pairs[:, 1]] = rep_scores[inverse]
                 self.masked_forwards += int(reps.shape[0])
@@ -620,33 +626,59 @@ class CamEngine:
                 scores[const[:, 0], const[:, 1]] = zero[targets_bt[const[:, 0]]]
         return scores
 
-    def _perturbed_logits(self, images: Tensor) -> Tensor:
+    @property
+    def replica_status(self) -> str:
+        """``"used: <what>"`` / ``"not used: <why>"`` once an extra forward ran, else ``""``."""
+        if self._replica is not None:
+            note = f" ({self._replica_reason})" if self._replica_reason else ""
+            return f"used: {self._replica.description}{note}"
+        return self._replica_reason
+
+    def forward_logits(self, images: Tensor) -> Tensor:
+        """Float logits of one inference forward of ``images`` (no capture, no graph).
+
+        Runs on the validated inference copy (see :mod:`auditor.cam.replica`) when
+        ``inference_copy`` is on, else on the model. Usable inside or outside ``with engine:``;
+        outside, the model should be in eval mode (the copy is validated against it as it is).
+        """
+        images = images.to(_model_device(self.model) or images.device)
+        with torch.inference_mode():
+            return self._perturbed_logits(images)
+
+    def _scripted(self, device: torch.device) -> bool:
+        """Whether Score-CAM's chunks may take the copy's TorchScript tier (CPU, no autocast)."""
+        return self.inference_copy and self.autocast is None and device.type == "cpu"
+
+    def _perturbed_logits(self, images: Tensor, fixed: bool = False) -> Tensor:
         """Logits of an extra full forward without capture, on the inference copy when valid.
 
         The copy (:func:`auditor.cam.replica.build_replica`) is built on the first call and
         validated against the model on that call's inputs; :attr:`replica_status` says whether
-        it is used and, if not, why.
+        it is used and, if not, why. ``fixed``: a chunk of the one repeated shape (Score-CAM),
+        eligible for the copy's TorchScript tier. Which path computes an input depends only on
+        the model and the shape, so results do not depend on what ran before (``--resume``).
         """
-        if self._replica is None and self.inference_copy and not self.replica_status:
+        if self._replica_key is not None and self._replica_key != _state_key(self.model):
+            # the model changed since the copy was made: build (and validate) a new one
+            self._replica, self._replica_reason, self._replica_key = None, "", None
+        if self._replica is None and self.inference_copy and not self._replica_reason:
             replica, reason, logits = build_replica(
                 self.model,
                 images,
                 _logits_of,
                 hook_ids={handle.id for handle in self._handles},
                 autocast=lambda: self._autocast(images.device),
-                script=self.autocast is None,
+                script=self._scripted(images.device),
             )
             self._replica = replica
             self._replica_key = _state_key(self.model)
-            if replica is None:
-                self.replica_status = f"not used: {reason}"
-            else:
-                note = f" ({reason})" if reason else ""
-                self.replica_status = f"used: {replica.description}{note}"
-            return logits
+            self._replica_reason = reason if replica is not None else f"not used: {reason}"
+            if replica is None or not fixed:
+                return logits.float()
         if self._replica is not None:
             with torch.inference_mode(), self._autocast(images.device):
-                return _logits_of(self._replica(images)).float()
+                out = self._replica.fixed(images) if fixed else self._replica(images)
+            return _logits_of(out).float()
         return self._forward_logits(images)
 
     def _ablated_scores(self, images: Tensor, name: str, raw: Tensor, targets_bt: Tensor) -> Tensor:
