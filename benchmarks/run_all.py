@@ -26,7 +26,10 @@ ROOT = HERE.parent
 
 #: name -> (script, extra arguments in --quick mode)
 BENCHES: dict[str, tuple[str, list[str]]] = {
-    "cam": ("bench_cam.py", ["--models", "resnet18", "--repeats", "1"]),
+    "cam": (
+        "bench_cam.py",
+        ["--models", "resnet18", "--repeats", "1", "--scorecam", "resnet18:1:1"],
+    ),
     "e2e": ("bench_e2e.py", ["--quick"]),
     "memory": ("bench_memory.py", ["--quick"]),
     "report": ("bench_report.py", ["--classes", "100", "--per-class", "20"]),
