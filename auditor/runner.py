@@ -141,7 +141,7 @@ class _BatchAuditor:
 
     def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of an inference forward (on the engine's validated copy)."""
-        return torch.softmax(self.engine.forward_logits(x), dim=1)
+        return torch.softmax(self.engine.forward_logits(x, autocast=False), dim=1)
 
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         from auditor.metrics import localisation_metrics

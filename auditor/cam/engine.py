@@ -115,9 +115,16 @@ def _state_key(model: nn.Module) -> tuple[Any, ...]:
     modified in place (``Tensor._version`` counts in-place writes).
     """
     return tuple(
-        (name, t.data_ptr(), t._version, tuple(t.shape))
+        (name, t.data_ptr(), _version(t), tuple(t.shape))
         for name, t in [*model.named_parameters(), *model.named_buffers()]
     )
+
+
+def _version(tensor: Tensor) -> int:
+    try:
+        return int(tensor._version)
+    except RuntimeError:  # inference tensors have no version counter: identity only
+        return -1
 
 
 def _logits_of(output: Any) -> Tensor:
@@ -237,6 +244,7 @@ class CamEngine:
         self._replica: Replica | None = None
         self._replica_key: tuple[Any, ...] | None = None
         self._replica_reason = ""  # "" before the first extra forward
+        self._replica_builds = 0
         self.masked_forwards = 0
         """Score-CAM masked inputs actually forwarded (after sharing duplicates) so far."""
 
@@ -578,7 +586,8 @@ class CamEngine:
         affine maps), so channels of one image with identical ``q_k`` share one forward, and
         constant channels (``H_k = 0``, the all-zero input) share one forward for the whole
         batch. The other masked images run in chunks of ``score_batch_size`` on the validated
-        inference copy of the model (:mod:`auditor.cam.replica`) when it is available.
+        inference copy of the model (:mod:`auditor.cam.replica`) when it is available: full
+        chunks on its traced tier (CPU), the last partial chunk on its eager form.
         """
         batch, channels = acts.shape[:2]
         size = (int(images.shape[-2]), int(images.shape[-1]))
@@ -601,8 +610,7 @@ class CamEngine:
                 reps = pairs[first]  # one (b, k) per distinct (image, mask)
                 rep_scores = torch.empty(reps.shape[0], n_targets, device=acts.device)
                 grid = acts.shape[-2:]
-                # the compiled tier of the inference copy wants one shape: pad the last chunk
-                pad_to = self._chunk_size(acts.device) if self._scripted(acts.device) else 0
+                full = self._chunk_size(acts.device)
                 for chunk in self._chunks(reps.shape[0], acts.device):
                     b_idx, k_idx = reps[chunk, 0], reps[chunk, 1]
                     up = upsample_cams(norm[b_idx, k_idx].unflatten(1, grid), size)  # [n, H, W]
@@ -610,12 +618,10 @@ class CamEngine:
                     up_hi = up.flatten(1).amax(1)[:, None, None]
                     masks = (up - up_lo) / torch.where(up_hi > up_lo, up_hi - up_lo, 1.0)
                     masked = images[b_idx] * masks[:, None].to(images.dtype)
-                    n = masked.shape[0]
-                    if n < pad_to:
-                        masked = torch.cat(
-                            [masked, masked.new_zeros(pad_to - n, *masked.shape[1:])]
-                        )
-                    probs = self._perturbed_logits(masked, fixed=True)[:n].softmax(1)
+                    # full chunks may take the copy's traced tier, a last partial one the eager
+                    # copy: decided by the chunk's size alone, never by what ran before
+                    fixed = masked.shape[0] == full
+                    probs = self._perturbed_logits(masked, fixed=fixed).softmax(1)
                     rep_scores[chunk] = probs.gather(1, targets_bt[b_idx])
                 scores[pairs[:, 0], pairs[:, 1]] = rep_scores[inverse]
                 self.masked_forwards += int(reps.shape[0])
@@ -634,52 +640,72 @@ class CamEngine:
             return f"used: {self._replica.description}{note}"
         return self._replica_reason
 
-    def forward_logits(self, images: Tensor) -> Tensor:
+    def forward_logits(self, images: Tensor, autocast: bool = True) -> Tensor:
         """Float logits of one inference forward of ``images`` (no capture, no graph).
 
         Runs on the validated inference copy (see :mod:`auditor.cam.replica`) when
         ``inference_copy`` is on, else on the model. Usable inside or outside ``with engine:``;
         outside, the model should be in eval mode (the copy is validated against it as it is).
+        ``autocast=False``: float32 even when the engine has an autocast dtype.
         """
         images = images.to(_model_device(self.model) or images.device)
         with torch.inference_mode():
-            return self._perturbed_logits(images)
+            return self._perturbed_logits(images, autocast=autocast)
 
     def _scripted(self, device: torch.device) -> bool:
         """Whether Score-CAM's chunks may take the copy's TorchScript tier (CPU, no autocast)."""
         return self.inference_copy and self.autocast is None and device.type == "cpu"
 
-    def _perturbed_logits(self, images: Tensor, fixed: bool = False) -> Tensor:
+    def _ensure_replica(self, probe_shape: Sequence[int], device: torch.device) -> Replica | None:
+        """The inference copy, built (and validated on a seeded probe) on first use.
+
+        Rebuilt when the model's parameters or buffers changed (:func:`_state_key`); a model
+        that changes on every call (e.g. a buffer rewritten by its forward) is not copied at all.
+        """
+        if not self.inference_copy:
+            return None
+        key = _state_key(self.model)
+        if self._replica_key is not None and self._replica_key != key:
+            self._replica, self._replica_reason, self._replica_key = None, "", None
+            self._replica_builds += 1
+            if self._replica_builds >= 3:
+                self._replica_reason = (
+                    "not used: the model's parameters or buffers change between calls"
+                )
+        if self._replica is None and not self._replica_reason:
+            replica, reason = build_replica(
+                self.model,
+                probe_shape,
+                _logits_of,
+                device=device,
+                hook_ids={handle.id for handle in self._handles},
+                autocast=lambda: self._autocast(device),
+                rtol=1e-3 if self.autocast is None else 5e-2,
+                script=self._scripted(device),
+            )
+            self._replica, self._replica_key = replica, _state_key(self.model)
+            self._replica_reason = reason if replica is not None else f"not used: {reason}"
+        return self._replica
+
+    def _perturbed_logits(
+        self, images: Tensor, fixed: bool = False, autocast: bool = True
+    ) -> Tensor:
         """Logits of an extra full forward without capture, on the inference copy when valid.
 
-        The copy (:func:`auditor.cam.replica.build_replica`) is built on the first call and
-        validated against the model on that call's inputs; :attr:`replica_status` says whether
-        it is used and, if not, why. ``fixed``: a chunk of the one repeated shape (Score-CAM),
-        eligible for the copy's TorchScript tier. Which path computes an input depends only on
-        the model and the shape, so results do not depend on what ran before (``--resume``).
+        ``fixed``: a chunk of the one repeated shape (Score-CAM), eligible for the copy's
+        TorchScript tier. Which path computes an input depends only on the model and the shape
+        (the copy is validated on a seeded probe, the trace per shape too), so results do not
+        depend on what ran before (``--resume``). ``autocast=False`` runs in float32 even when
+        the engine has an autocast dtype.
         """
-        if self._replica_key is not None and self._replica_key != _state_key(self.model):
-            # the model changed since the copy was made: build (and validate) a new one
-            self._replica, self._replica_reason, self._replica_key = None, "", None
-        if self._replica is None and self.inference_copy and not self._replica_reason:
-            replica, reason, logits = build_replica(
-                self.model,
-                images,
-                _logits_of,
-                hook_ids={handle.id for handle in self._handles},
-                autocast=lambda: self._autocast(images.device),
-                script=self._scripted(images.device),
-            )
-            self._replica = replica
-            self._replica_key = _state_key(self.model)
-            self._replica_reason = reason if replica is not None else f"not used: {reason}"
-            if replica is None or not fixed:
-                return logits.float()
-        if self._replica is not None:
-            with torch.inference_mode(), self._autocast(images.device):
-                out = self._replica.fixed(images) if fixed else self._replica(images)
+        replica = self._ensure_replica(tuple(images.shape), images.device)
+        context = self._autocast(images.device) if autocast else contextlib.nullcontext()
+        if replica is not None:
+            with torch.inference_mode(), context:
+                out = replica.fixed(images) if fixed else replica(images)
             return _logits_of(out).float()
-        return self._forward_logits(images)
+        with torch.inference_mode(), context:
+            return _logits_of(self.model(images)).float()
 
     def _ablated_scores(self, images: Tensor, name: str, raw: Tensor, targets_bt: Tensor) -> Tensor:
         """Ablation-CAM: target logits with channel ``k`` zeroed at layer ``name`` -> ``[B, K, T]``.

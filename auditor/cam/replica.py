@@ -4,7 +4,7 @@ Score-CAM (Wang et al. 2020) costs ``K`` full forwards per image (one per channe
 layer: 512 for a ResNet-18's ``layer4``, 2048 for a ResNet-50's), so its speed is the speed of
 the model's forward. Those forwards need neither hooks, gradients nor the user's module objects,
 so the engine runs them on a *replica*: a deep copy of the model in eval mode, transformed with
-two exact, standard inference rewrites:
+standard inference rewrites that change results only by floating-point rounding:
 
 1. **BatchNorm folding.** An eval-mode ``y = BN(conv(x))`` is the affine map
    ``y = gamma * (W*x + b - mu) / sqrt(var + eps) + beta``, i.e. a convolution with weights
@@ -20,25 +20,30 @@ two exact, standard inference rewrites:
    partition). On a 2-core x86 machine this ran ResNet-18 forwards ~1.7x and ResNet-50 ~2.2x
    faster than the eager model (the eager copy alone: ~1.45x / ~1.55x).
 
-Both change results only by floating-point rounding. The replica is *validated* on the first real
-batch against the user's model (same inputs, same autocast): if the logits differ by more than
-``rtol * (1 + max |logit|)``, if the copy cannot be made, or if the model rejects channels_last
-tensors (e.g. a ``.view()`` that needs contiguous memory), the engine keeps using the model itself
-and records why (:attr:`auditor.cam.CamEngine.replica_reason`). The user's model is never
-modified: the copy owns its own parameters, and the engine's hooks are removed from it.
+The replica is *validated* against the user's model on a seeded noise probe (same shape, same
+autocast; never the user's data, so the choice does not depend on which batch came first): the
+logits must agree within ``rtol * (1 + max |logit|)``. Forms are tried from fastest to plainest
+(folded + channels_last, folded + contiguous for models that ``.view()`` a conv output, then
+unfolded); when none agrees or the model cannot be deep-copied, the engine keeps using the model
+itself and says why (:attr:`auditor.cam.CamEngine.replica_status`). The user's model is never
+modified: the copy owns its parameters; the engine's own hooks are removed from it, the user's
+hooks are kept (a model with hooks on a module that fx would inline, i.e. one with children or
+the root, is not fx-traced, so those hooks keep running).
 """
 
 from __future__ import annotations
 
 import contextlib
 import copy
+import threading
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, fx, nn
+from torch.nn.utils import parametrize
 
 __all__ = ["Replica", "build_replica", "fold_batchnorm"]
 
@@ -81,6 +86,8 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
             continue
         if bn.training or bn.running_mean is None or bn.running_var is None:
             continue
+        if _has_hooks(conv) or _has_hooks(bn) or parametrize.is_parametrized(conv):
+            continue  # a hook or parametrization would recompute or see the unfolded values
         with torch.no_grad():
             dtype = conv.weight.dtype
             var = bn.running_var.double()
@@ -105,15 +112,23 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
     return folded
 
 
+_FUSION_LOCK = threading.Lock()
+
+
 @contextlib.contextmanager
 def _onednn_fusion() -> Iterator[None]:
-    """Switch TorchScript's oneDNN Graph fusion on for the block, then restore the flag."""
-    before = torch.jit.onednn_fusion_enabled()
-    torch.jit.enable_onednn_fusion(True)
-    try:
-        yield
-    finally:
-        torch.jit.enable_onednn_fusion(before)
+    """Switch TorchScript's oneDNN Graph fusion on for the block, then restore the flag.
+
+    The flag is process-global: a lock keeps two threads from toggling it under each other
+    (which could run one of them unfused, with other rounding).
+    """
+    with _FUSION_LOCK:
+        before = torch.jit.onednn_fusion_enabled()
+        torch.jit.enable_onednn_fusion(True)
+        try:
+            yield
+        finally:
+            torch.jit.enable_onednn_fusion(before)
 
 
 @dataclass
@@ -229,64 +244,98 @@ def _mismatch(out: Tensor, ref: Tensor, rtol: float) -> str:
     return ""
 
 
+def _has_hooks(module: nn.Module) -> bool:
+    return any(getattr(module, attr, None) for attr in _HOOK_DICTS)
+
+
+def _make_candidate(
+    model: nn.Module, hook_ids: set[int], fold: bool, channels_last: bool
+) -> tuple[nn.Module, bool, int, str]:
+    """A fresh copy, fx-traced and BatchNorm-folded when ``fold``, in the asked layout."""
+    module = _copy_without_hooks(model, hook_ids)
+    traced, folded, note = False, 0, ""
+    if fold:
+        # fx inlines every module that has children (and the root) into one graph: hooks on
+        # them would silently stop running, so such models are used as copied
+        hooked = [name or "<root>" for name, m in module.named_modules() if _has_hooks(m)]
+        hooked = [n for n in hooked if n == "<root>" or list(module.get_submodule(n).children())]
+        if hooked:
+            note = f"not fx-traced (hooks on {', '.join(hooked[:3])}), BatchNorm not folded"
+        else:
+            try:
+                gm = fx.symbolic_trace(module)
+                folded = fold_batchnorm(gm)
+                module, traced = gm, True
+            except Exception as exc:  # noqa: BLE001 - untraceable models are used as copied
+                note = f"not fx-traceable ({type(exc).__name__}), BatchNorm not folded"
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    return module.to(memory_format=fmt), traced, folded, note
+
+
 def build_replica(
     model: nn.Module,
-    example: Tensor,
+    probe_shape: Sequence[int],
     logits_of: Callable[[Any], Tensor],
     *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
     hook_ids: set[int] | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
     rtol: float = 1e-3,
     script: bool = True,
-) -> tuple[Replica | None, str, Tensor]:
-    """Copy, fold and re-layout ``model``; validate it on ``example``.
+) -> tuple[Replica | None, str]:
+    """Copy, fold and re-layout ``model``; validate it on a seeded probe of ``probe_shape``.
+
+    The probe is ``N(0, 1)`` noise from a fixed seed, never the user's data, so whether the copy
+    is used (and in which form) depends only on the model and the shape: a resumed run makes the
+    same choice as an uninterrupted one. Forms are tried in order (BatchNorm folded +
+    channels_last, folded + contiguous, unfolded + channels_last, unfolded + contiguous); the
+    first whose logits agree with the model's within ``rtol * (1 + max |logit|)`` is used.
 
     Args:
         model: the user's model (only read).
-        example: a real input batch; the replica's output on it must match the model's.
+        probe_shape: input shape ``[B, C, H, W]`` of the validation probe.
         logits_of: turns a model output into the logits tensor.
+        device, dtype: of the probe (the model's inputs).
         hook_ids: ids of hooks (the engine's) to drop from the copy.
         autocast: context factory for the forwards (the engine's autocast).
         rtol: tolerance relative to ``1 + max |logit|``.
-        script: also try the oneDNN Graph TorchScript tier (CPU only, no autocast).
+        script: enable the oneDNN Graph TorchScript tier for :meth:`Replica.fixed` (CPU only).
 
     Returns:
-        ``(replica, reason, logits)``: ``replica`` is ``None`` when it is unavailable, with
-        ``reason`` saying why. ``logits`` are the logits on ``example`` computed for the
-        validation: the eager copy's when the copy is used (what ``replica(example)`` returns),
-        else the model's own, so that the caller need not run them again.
+        ``(replica, reason)``: ``replica`` is ``None`` when no form agrees or the model cannot be
+        copied; ``reason`` says why (or notes what was skipped).
     """
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(tuple(probe_shape), generator=generator).to(device, dtype)
     with torch.inference_mode(), autocast():
-        reference = logits_of(model(example)).float()
-    try:
-        replica = _copy_without_hooks(model, hook_ids or set())
-    except Exception as exc:  # noqa: BLE001 - an uncopyable model just keeps the slow path
-        return None, f"the model cannot be deep-copied: {type(exc).__name__}: {exc}", reference
-
-    module: nn.Module = replica
-    traced, folded, notes = False, 0, []
-    try:
-        gm = fx.symbolic_trace(replica)
-        folded = fold_batchnorm(gm)
-        module, traced = gm, True
-    except Exception as exc:  # noqa: BLE001 - untraceable models are used as copied
-        notes.append(f"not fx-traceable ({type(exc).__name__}), BatchNorm not folded")
-
+        reference = logits_of(model(probe)).float()
     failures: list[str] = []
-    for channels_last in (True, False):
+    nothing_folded = False
+    for fold, channels_last in ((True, True), (True, False), (False, True), (False, False)):
+        if not fold and nothing_folded:
+            continue  # the unfolded forms would repeat the ones already tried
         try:
-            fmt = torch.channels_last if channels_last else torch.contiguous_format
-            module = module.to(memory_format=fmt)
-            candidate = Replica(module, channels_last, folded, traced, logits_of, rtol=rtol)
+            module, traced, folded, note = _make_candidate(
+                model, hook_ids or set(), fold, channels_last
+            )
+        except Exception as exc:  # noqa: BLE001 - an uncopyable model keeps the slow path
+            return None, f"the model cannot be deep-copied: {type(exc).__name__}: {exc}"
+        if note and note not in failures:
+            failures.append(note)
+        nothing_folded = nothing_folded or (fold and not folded)
+        candidate = Replica(module, channels_last, folded, traced, logits_of, rtol=rtol)
+        form = ("folded " if folded else "") + ("channels_last" if channels_last else "contiguous")
+        try:
             with torch.inference_mode(), autocast():
-                out = logits_of(candidate(example)).float()
+                out = logits_of(candidate(probe)).float()
         except Exception as exc:  # noqa: BLE001 - e.g. .view() on a channels_last tensor
-            failures.append(f"{fmt}: {type(exc).__name__}: {exc}")
+            failures.append(f"{form}: {type(exc).__name__}: {exc}")
             continue
         why = _mismatch(out, reference, rtol)
         if why:
-            failures.append(f"{fmt}: {why}")
+            failures.append(f"{form}: {why}")
             continue
-        candidate.script = script and example.device.type == "cpu"
-        return candidate, "; ".join(notes + failures), out
-    return None, "replica rejected: " + "; ".join(notes + failures), reference
+        candidate.script = script and probe.device.type == "cpu"
+        return candidate, "; ".join(failures)
+    return None, "replica rejected: " + "; ".join(failures)
