@@ -103,3 +103,54 @@ def test_dataset_from_torch() -> None:
     assert [s[0] for s in batches[1].skipped] == [4, 5] and batches[0].skipped[0][0] == 3
     with pytest.raises(TypeError, match="`classes`"):
         dataset_from_torch(_Toy(), "ab")
+
+
+def test_prefetch_thread_gives_the_same_batches(tmp_path: Path) -> None:
+    ds = _dataset(tmp_path, break_ids=(1,))
+    order = [4, 0, 2, 1, 3]
+    plain = list(iter_batches(ds, order, batch_size=2, prefetch=False))
+    ahead = list(iter_batches(ds, order, batch_size=2, prefetch=True))
+    assert [b.indices for b in plain] == [b.indices for b in ahead]
+    assert [b.skipped for b in plain] == [b.skipped for b in ahead]
+    for a, b in zip(plain, ahead):
+        assert torch.equal(a.images, b.images) and torch.equal(a.masks, b.masks)
+
+
+class _Exploding:
+    """A dataset whose third sample raises a bug (not a skip): it must reach the caller."""
+
+    def __init__(self, ds) -> None:
+        self.ds = ds
+        self.config = ds.config
+
+    def __len__(self) -> int:
+        return len(self.ds)
+
+    def load(self, index: int):
+        if index == 2:
+            raise RuntimeError("reader bug on sample 2")
+        return self.ds.load(index)
+
+
+def _prefetch_threads() -> list:
+    import threading
+
+    return [t for t in threading.enumerate() if t.name == "auditor-prefetch" and t.is_alive()]
+
+
+def test_prefetch_reraises_errors_and_stops_with_the_consumer(tmp_path: Path) -> None:
+    import time
+
+    ds = _dataset(tmp_path)
+    batches = iter_batches(_Exploding(ds), [0, 1, 2, 3], batch_size=2)  # type: ignore[arg-type]
+    assert next(batches).indices == [0, 1]
+    with pytest.raises(RuntimeError, match="reader bug on sample 2"):
+        next(batches)
+    # a consumer that stops early (e.g. a run that fails midway) leaves no thread behind
+    gen = iter_batches(ds, [0, 1, 2, 3, 4], batch_size=1)
+    next(gen)
+    gen.close()
+    deadline = time.monotonic() + 5
+    while _prefetch_threads() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _prefetch_threads()

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from torch import Tensor
@@ -97,18 +101,66 @@ class _Collate:
         return collate_samples(items, self.input_size)
 
 
+_DONE = object()
+
+
+def _prefetched(items: Iterator[Batch]) -> Iterator[Batch]:
+    """Produce ``items`` one ahead in a daemon thread; stops when the consumer stops."""
+    slot: queue.Queue[Any] = queue.Queue(maxsize=1)
+    stop = threading.Event()
+
+    def put(entry: tuple[Any, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slot.put(entry, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce() -> None:
+        try:
+            for item in items:
+                if not put((item, None)):
+                    return
+            put((_DONE, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer, raised there
+            put((_DONE, exc))
+
+    worker = threading.Thread(target=produce, name="auditor-prefetch", daemon=True)
+    worker.start()
+    try:
+        while True:
+            item, error = slot.get()
+            if error is not None:
+                raise error
+            if item is _DONE:
+                return
+            yield item
+    finally:
+        stop.set()
+        with contextlib.suppress(queue.Empty):
+            slot.get_nowait()  # unblock a producer waiting to put
+        worker.join(timeout=5)
+
+
 def iter_batches(
     dataset: EvalDataset,
     indices: Sequence[int],
     batch_size: int,
     *,
     num_workers: int = 0,
+    prefetch: bool = True,
 ) -> Iterator[Batch]:
     """Yield batches over ``indices`` in order (chunks of ``batch_size``).
 
     With ``num_workers > 0`` decoding runs in a ``torch.utils.data.DataLoader`` over a batch
     sampler (the chunks), so it overlaps the runner's compute; the order stays deterministic.
-    A chunk whose samples were all skipped is still yielded (``B == 0``) with its ``skipped``.
+    With ``num_workers == 0`` and ``prefetch`` (default), one background thread decodes the next
+    chunk while the caller computes on the current one (PIL's decoders and torch's kernels
+    release the GIL): no worker processes to start, same order, same batches; an error raised
+    while decoding is re-raised in the caller. A chunk whose samples were all skipped is still
+    yielded (``B == 0``) with its ``skipped``.
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
@@ -125,8 +177,8 @@ def iter_batches(
     collate = _Collate(tuple(dataset.config.input_size))  # type: ignore[arg-type]
     safe = _SafeLoad(dataset)
     if num_workers == 0:
-        for chunk in chunks:
-            yield collate([safe[i] for i in chunk])
+        batches = (collate([safe[i] for i in chunk]) for chunk in chunks)
+        yield from (_prefetched(batches) if prefetch and len(chunks) > 1 else batches)
         return
     loader = torch.utils.data.DataLoader(
         safe,
