@@ -454,3 +454,32 @@ def test_tuple_outputs_and_autocast_copy() -> None:
         engine.run(x, torch.tensor([0, 1]))
     assert engine.replica_status.startswith("used:")
     assert "TorchScript" not in engine.replica_status  # no traced tier under autocast
+
+
+def test_capture_forward_channels_last_and_fallback_for_view_models() -> None:
+    model = _resnet()
+    x = torch.randn(2, 3, 64, 64)
+    t = torch.tensor([1, 2])
+    maps = {}
+    for layout in (True, False):
+        with CamEngine(model, "layer4", ("gradcam", "layercam"), channels_last=layout) as e:
+            out = e.run(x, t)
+        maps[layout] = out
+        assert e.layout_note == ""
+    for m in ("gradcam", "layercam"):
+        torch.testing.assert_close(maps[True].cams[m], maps[False].cams[m], atol=1e-5, rtol=1e-4)
+    torch.testing.assert_close(maps[True].logits, maps[False].logits, atol=1e-5, rtol=1e-4)
+
+    torch.manual_seed(0)
+    view_model = ViewNet().eval()
+    xv = torch.randn(2, 3, 16, 16)
+    with CamEngine(view_model, "conv", ("gradcam",)) as engine:  # auto: channels_last on CPU
+        first = engine.run(xv, torch.tensor([0, 1])).cams["gradcam"]
+        assert "channels_last input rejected" in engine.layout_note
+        assert engine.channels_last is False  # decided once, for every later batch
+        again = engine.run(xv, torch.tensor([0, 1])).cams["gradcam"]
+    with CamEngine(view_model, "conv", ("gradcam",), channels_last=False) as plain:
+        expected = plain.run(xv, torch.tensor([0, 1])).cams["gradcam"]
+    assert torch.equal(first, expected) and torch.equal(again, expected)
+    with pytest.raises(TypeError, match="channels_last"):
+        CamEngine(view_model, "conv", channels_last="yes")  # type: ignore[arg-type]

@@ -159,6 +159,11 @@ class CamEngine:
         inference_copy: run Score-CAM's masked forwards on a validated inference copy of the
             model (BatchNorm folded, channels_last; :mod:`auditor.cam.replica`). The engine
             falls back to the model itself when the copy cannot be made or disagrees with it.
+        channels_last: give the capture forward a channels_last copy of the images (the
+            layout oneDNN's CPU convolutions run fastest in; ResNet-18 forwards ~1.3x faster
+            here). ``None`` = on CPU only. A model that raises on it (``.view()`` of a conv
+            output) gets the images as given from then on (:attr:`layout_note` says so); the
+            memory format never changes what an op computes, only its rounding order.
         autocast: optional dtype (``torch.bfloat16``/``torch.float16``) for the forwards; maps
             are computed in float32.
         reshape: callable turning the target layer's output into ``[B, K, h, w]`` (token outputs:
@@ -181,6 +186,7 @@ class CamEngine:
         autocast: torch.dtype | None = None,
         reshape: Callable[[Tensor], Tensor] | None = None,
         inference_copy: bool = True,
+        channels_last: bool | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -204,6 +210,8 @@ class CamEngine:
             )
         if not isinstance(inference_copy, bool):
             raise TypeError(f"`inference_copy` must be a bool, got {inference_copy!r}")
+        if channels_last is not None and not isinstance(channels_last, bool):
+            raise TypeError(f"`channels_last` must be a bool or None, got {channels_last!r}")
         if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
             raise ValueError(
                 f"`autocast` must be torch.bfloat16, torch.float16 or None, got {autocast}"
@@ -241,6 +249,9 @@ class CamEngine:
         self.use_tail = True
         """Set to False to force Ablation-CAM's full-forward fallback (testing/debugging)."""
         self.inference_copy = inference_copy
+        self.channels_last = channels_last
+        self.layout_note = ""
+        """Why the capture forward fell back to contiguous input (``""`` when it did not)."""
         self._replica: Replica | None = None
         self._replica_key: tuple[Any, ...] | None = None
         self._replica_reason = ""  # "" before the first extra forward
@@ -306,6 +317,15 @@ class CamEngine:
 
     # ------------------------------------------------------------------ forwards
 
+    def _layouts(self, images: Tensor) -> Iterator[Tensor]:
+        """The capture forward's input: channels_last first on CPU, then as given."""
+        use = self.channels_last
+        if use is None:
+            use = images.device.type == "cpu"
+        if use and not images.is_contiguous(memory_format=torch.channels_last):
+            yield images.contiguous(memory_format=torch.channels_last)
+        yield images
+
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         if self.autocast is None:
             return contextlib.nullcontext()
@@ -349,14 +369,22 @@ class CamEngine:
         grad_mode = torch.is_grad_enabled()
         try:
             with torch.inference_mode(False):
-                self._captured = {}
-                self._capturing = True
-                try:
-                    with torch.no_grad(), self._autocast(device):
-                        raw_logits = _logits_of(self.model(images))
-                finally:
-                    self._capturing = False
-                    torch.set_grad_enabled(grad_mode)
+                for attempt in self._layouts(images):
+                    self._captured = {}
+                    self._capturing = True
+                    try:
+                        with torch.no_grad(), self._autocast(device):
+                            raw_logits = _logits_of(self.model(attempt))
+                        break
+                    except RuntimeError as exc:
+                        if attempt is images:
+                            raise
+                        # e.g. .view() on a conv output: contiguous input from now on
+                        self.channels_last = False
+                        self.layout_note = f"channels_last input rejected by the model ({exc})"
+                    finally:
+                        self._capturing = False
+                        torch.set_grad_enabled(grad_mode)
                 missing = [n for n in self.layer_names if n not in self._captured]
                 if missing:
                     raise ValueError(
