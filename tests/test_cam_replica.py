@@ -483,3 +483,24 @@ def test_capture_forward_channels_last_and_fallback_for_view_models() -> None:
     assert torch.equal(first, expected) and torch.equal(again, expected)
     with pytest.raises(TypeError, match="channels_last"):
         CamEngine(view_model, "conv", channels_last="yes")  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("layer", ["layer4", "layer3.1.conv2", "layer3.1.bn2"])
+def test_capture_copy_keeps_target_layers_and_matches_the_model(layer: str) -> None:
+    model = _resnet()
+    x = torch.randn(2, 3, 64, 64)
+    t = torch.tensor([1, 2])
+    methods = ("gradcam", "gradcam++", "layercam", "eigencam")
+    with CamEngine(model, layer, methods) as fast:
+        a = fast.run(x, t)
+    with CamEngine(model, layer, methods, inference_copy=False, channels_last=False) as slow:
+        b = slow.run(x, t)
+    assert fast.capture_status.startswith("used: copy,"), fast.capture_status
+    # a target conv or BatchNorm is never folded into or away: its output stays the layer's
+    folded = int(fast.capture_status.split()[2])
+    assert folded == (15 if layer == "layer4" else 19)
+    assert slow.capture_status == ""
+    for m in methods:
+        torch.testing.assert_close(a.cams[m], b.cams[m], atol=1e-4, rtol=1e-3)
+    torch.testing.assert_close(a.logits, b.logits, atol=1e-4, rtol=1e-4)
+    assert sum(isinstance(m, nn.BatchNorm2d) for m in model.modules()) == 20  # model untouched

@@ -35,7 +35,7 @@ from torch.utils.hooks import RemovableHandle
 
 from .layers import find_target_layer, resolve_layer
 from .methods import METHODS, CamContext
-from .replica import Replica, build_replica
+from .replica import Replica, build_capture_copy, build_replica
 from .tail import build_tail
 
 __all__ = ["AUTO_SCORE_BATCH", "CamBatch", "CamEngine", "STATUSES", "compute_cams", "upsample_cams"]
@@ -250,6 +250,10 @@ class CamEngine:
         """Set to False to force Ablation-CAM's full-forward fallback (testing/debugging)."""
         self.inference_copy = inference_copy
         self.channels_last = channels_last
+        self._capture: nn.Module | None = None
+        self._capture_key: tuple[Any, ...] | None = None
+        self._capture_reason = ""
+        self._capture_layout = torch.contiguous_format
         self.layout_note = ""
         """Why the capture forward fell back to contiguous input (``""`` when it did not)."""
         self._replica: Replica | None = None
@@ -317,6 +321,49 @@ class CamEngine:
 
     # ------------------------------------------------------------------ forwards
 
+    def _capture_module(self, images: Tensor) -> tuple[nn.Module, torch.memory_format]:
+        """The module the capture forward runs on, and the input layout it was validated for.
+
+        With ``inference_copy``, a BatchNorm-folded channels_last copy whose target layers stay
+        hookable modules (:func:`auditor.cam.replica.build_capture_copy`), validated on a seeded
+        probe; else (or when it cannot be made) the model itself.
+        """
+        if not self.inference_copy:
+            return self.model, torch.contiguous_format
+        key = _state_key(self.model)
+        if self._capture_key is not None and self._capture_key != key:
+            self._capture, self._capture_reason, self._capture_key = None, "", None
+        if self._capture is None and not self._capture_reason:
+            copy, channels_last, reason = build_capture_copy(
+                self.model,
+                self.layer_names,
+                tuple(images.shape),
+                _logits_of,
+                device=images.device,
+                hook_ids={handle.id for handle in self._handles},
+                autocast=lambda: self._autocast(images.device),
+                rtol=1e-3 if self.autocast is None else 5e-2,
+            )
+            if copy is not None:
+                for name in self.layer_names:  # private copy: its hooks live as long as it
+                    copy.get_submodule(name).register_forward_hook(self._make_hook(name))
+                layout = "channels_last" if channels_last else "contiguous"
+                self._capture_reason = f"used: copy, {reason}, {layout}"
+                self._capture_layout = (
+                    torch.channels_last if channels_last else torch.contiguous_format
+                )
+            else:
+                self._capture_reason = f"not used: {reason}"
+            self._capture, self._capture_key = copy, key
+        if self._capture is not None:
+            return self._capture, self._capture_layout
+        return self.model, torch.contiguous_format
+
+    @property
+    def capture_status(self) -> str:
+        """How the capture forward runs: ``"used: copy, ..."`` or ``"not used: <why>"``."""
+        return self._capture_reason
+
     def _layouts(self, images: Tensor) -> Iterator[Tensor]:
         """The capture forward's input: channels_last first on CPU, then as given."""
         use = self.channels_last
@@ -369,15 +416,21 @@ class CamEngine:
         grad_mode = torch.is_grad_enabled()
         try:
             with torch.inference_mode(False):
-                for attempt in self._layouts(images):
+                module, copy_layout = self._capture_module(images)
+                attempts = (
+                    list(self._layouts(images))
+                    if module is self.model
+                    else [images.contiguous(memory_format=copy_layout)]
+                )
+                for attempt in attempts:
                     self._captured = {}
                     self._capturing = True
                     try:
                         with torch.no_grad(), self._autocast(device):
-                            raw_logits = _logits_of(self.model(attempt))
+                            raw_logits = _logits_of(module(attempt))
                         break
                     except RuntimeError as exc:
-                        if attempt is images:
+                        if attempt is attempts[-1]:
                             raise
                         # e.g. .view() on a conv output: contiguous input from now on
                         self.channels_last = False

@@ -56,7 +56,7 @@ _HOOK_DICTS = (
 )
 
 
-def fold_batchnorm(gm: fx.GraphModule) -> int:
+def fold_batchnorm(gm: fx.GraphModule, protect: frozenset[str] = frozenset()) -> int:
     """Fold every eval-mode ``BatchNorm2d`` that follows a ``Conv2d`` into it; return the count.
 
     ``W' = W * s``, ``b' = (b - mu) * s + beta`` with ``s = gamma / sqrt(var + eps)`` (computed in
@@ -84,6 +84,8 @@ def fold_batchnorm(gm: fx.GraphModule) -> int:
             continue
         if calls[str(node.target)] != 1 or calls[str(conv_node.target)] != 1:
             continue
+        if str(node.target) in protect or str(conv_node.target) in protect:
+            continue  # a target layer's output must stay what it is
         if bn.training or bn.running_mean is None or bn.running_var is None:
             continue
         if _has_hooks(conv) or _has_hooks(bn) or parametrize.is_parametrized(conv):
@@ -339,3 +341,68 @@ def build_replica(
         candidate.script = script and probe.device.type == "cpu"
         return candidate, "; ".join(failures)
     return None, "replica rejected: " + "; ".join(failures)
+
+
+def build_capture_copy(
+    model: nn.Module,
+    layers: Sequence[str],
+    probe_shape: Sequence[int],
+    logits_of: Callable[[Any], Tensor],
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    hook_ids: set[int] | None = None,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+    rtol: float = 1e-3,
+) -> tuple[nn.Module | None, bool, str]:
+    """A BatchNorm-folded, channels_last copy for the engine's capture forward.
+
+    Like :func:`build_replica`, but the target ``layers`` stay modules (fx leaves, never folded
+    into or away), so the engine can hook them and back-propagate from the logits to their
+    output; BatchNorms are folded everywhere else. Validated on the same kind of seeded probe
+    (logits within ``rtol * (1 + max |logit|)``). Returns ``(copy, channels_last, reason)``;
+    ``copy`` is ``None`` (use the model) when the model has hooks on modules fx would inline,
+    cannot be traced or copied, nothing could be folded, or no form agrees.
+    """
+    from .tail import _LeafTracer
+
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(tuple(probe_shape), generator=generator).to(device, dtype)
+    with torch.inference_mode(), autocast():
+        reference = logits_of(model(probe)).float()
+    failures: list[str] = []
+    for channels_last in (True, False):
+        try:
+            module = _copy_without_hooks(model, hook_ids or set())
+        except Exception as exc:  # noqa: BLE001 - an uncopyable model keeps the slow path
+            return None, False, f"the model cannot be deep-copied: {type(exc).__name__}"
+        hooked = [name or "<root>" for name, m in module.named_modules() if _has_hooks(m)]
+        if any(n == "<root>" or list(module.get_submodule(n).children()) for n in hooked):
+            return None, False, "hooks on modules that fx would inline"
+        try:
+            graph = _LeafTracer(tuple(layers)).trace(module)
+            gm = fx.GraphModule(module, graph)
+            folded = fold_batchnorm(gm, protect=frozenset(layers))
+            for name in layers:
+                gm.get_submodule(name)
+        except Exception as exc:  # noqa: BLE001 - untraceable: the model itself is used
+            return None, False, f"not fx-traceable ({type(exc).__name__})"
+        if not folded:
+            return None, False, "nothing to fold"
+        fmt = torch.channels_last if channels_last else torch.contiguous_format
+        gm = gm.to(memory_format=fmt)
+        for param in gm.parameters():
+            param.requires_grad_(False)
+        try:
+            x = probe.contiguous(memory_format=fmt)
+            with torch.inference_mode(), autocast():
+                out = logits_of(gm(x)).float()
+        except Exception as exc:  # noqa: BLE001 - e.g. .view() on a channels_last tensor
+            failures.append(f"{fmt}: {type(exc).__name__}")
+            continue
+        why = _mismatch(out, reference, rtol)
+        if why:
+            failures.append(f"{fmt}: {why}")
+            continue
+        return gm, channels_last, f"{folded} BatchNorm folded"
+    return None, False, "rejected: " + "; ".join(failures)

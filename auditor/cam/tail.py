@@ -18,17 +18,19 @@ __all__ = ["build_tail"]
 
 
 class _LeafTracer(fx.Tracer):
-    """A tracer that keeps the target layer as one ``call_module`` node."""
+    """A tracer that keeps the target layer(s) as one ``call_module`` node each."""
 
-    def __init__(self, leaf: str) -> None:
+    def __init__(self, leaf: str | tuple[str, ...]) -> None:
         super().__init__()
-        self.leaf = leaf
+        self.leaves = (leaf,) if isinstance(leaf, str) else tuple(leaf)
 
     def is_leaf_module(self, m: nn.Module, module_qualified_name: str) -> bool:
-        if module_qualified_name == self.leaf:
+        if module_qualified_name in self.leaves:
             return True
-        if self.leaf.startswith(module_qualified_name + ".") or module_qualified_name == "":
-            return False  # an ancestor of the target: trace through it
+        if module_qualified_name == "" or any(
+            leaf.startswith(module_qualified_name + ".") for leaf in self.leaves
+        ):
+            return False  # an ancestor of a target: trace through it
         return super().is_leaf_module(m, module_qualified_name)
 
 
