@@ -382,6 +382,7 @@ def audit(
                 s.methods,
                 score_batch_size=s.score_batch_size,
                 inference_copy=s.inference_copy,
+                capture_copy=s.inference_copy,
                 autocast={"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
                     s.autocast or ""
                 ),

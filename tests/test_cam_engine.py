@@ -162,7 +162,7 @@ def test_pre_target_part_builds_no_graph(copy: bool) -> None:
     model.features[0].register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
     model.fc.register_forward_hook(lambda m, i, o: seen.append(o.requires_grad))
     compute_cams(
-        model, _images(), None, methods=("gradcam",), layer="features.4", inference_copy=copy
+        model, _images(), None, methods=("gradcam",), layer="features.4", capture_copy=copy
     )
     # the capture forward is the last one (a validation forward on a probe may precede it)
     assert seen[-2:] == [False, True] and (copy or seen == [False, True])

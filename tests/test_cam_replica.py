@@ -491,7 +491,7 @@ def test_capture_copy_keeps_target_layers_and_matches_the_model(layer: str) -> N
     x = torch.randn(2, 3, 64, 64)
     t = torch.tensor([1, 2])
     methods = ("gradcam", "gradcam++", "layercam", "eigencam")
-    with CamEngine(model, layer, methods) as fast:
+    with CamEngine(model, layer, methods, capture_copy=True) as fast:
         a = fast.run(x, t)
     with CamEngine(model, layer, methods, inference_copy=False, channels_last=False) as slow:
         b = slow.run(x, t)

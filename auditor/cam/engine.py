@@ -164,6 +164,10 @@ class CamEngine:
             here). ``None`` = on CPU only. A model that raises on it (``.view()`` of a conv
             output) gets the images as given from then on (:attr:`layout_note` says so); the
             memory format never changes what an op computes, only its rounding order.
+        capture_copy: run the capture forward on a validated BatchNorm-folded channels_last
+            copy (:func:`auditor.cam.replica.build_capture_copy`). Building it costs a few
+            forwards, so it pays off for an engine that runs many batches (the runner turns it
+            on); off by default for one-shot engines such as :func:`compute_cams`.
         autocast: optional dtype (``torch.bfloat16``/``torch.float16``) for the forwards; maps
             are computed in float32.
         reshape: callable turning the target layer's output into ``[B, K, h, w]`` (token outputs:
@@ -187,6 +191,7 @@ class CamEngine:
         reshape: Callable[[Tensor], Tensor] | None = None,
         inference_copy: bool = True,
         channels_last: bool | None = None,
+        capture_copy: bool = False,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -210,6 +215,8 @@ class CamEngine:
             )
         if not isinstance(inference_copy, bool):
             raise TypeError(f"`inference_copy` must be a bool, got {inference_copy!r}")
+        if not isinstance(capture_copy, bool):
+            raise TypeError(f"`capture_copy` must be a bool, got {capture_copy!r}")
         if channels_last is not None and not isinstance(channels_last, bool):
             raise TypeError(f"`channels_last` must be a bool or None, got {channels_last!r}")
         if autocast is not None and autocast not in (torch.bfloat16, torch.float16):
@@ -250,6 +257,7 @@ class CamEngine:
         """Set to False to force Ablation-CAM's full-forward fallback (testing/debugging)."""
         self.inference_copy = inference_copy
         self.channels_last = channels_last
+        self.capture_copy = capture_copy
         self._capture: nn.Module | None = None
         self._capture_key: tuple[Any, ...] | None = None
         self._capture_reason = ""
@@ -328,7 +336,7 @@ class CamEngine:
         hookable modules (:func:`auditor.cam.replica.build_capture_copy`), validated on a seeded
         probe; else (or when it cannot be made) the model itself.
         """
-        if not self.inference_copy:
+        if not (self.capture_copy and self.inference_copy):
             return self.model, torch.contiguous_format
         key = _state_key(self.model)
         if self._capture_key is not None and self._capture_key != key:
