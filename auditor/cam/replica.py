@@ -246,6 +246,38 @@ def _mismatch(out: Tensor, ref: Tensor, rtol: float) -> str:
     return ""
 
 
+def _probe_reference(
+    model: nn.Module,
+    shape: Sequence[int],
+    logits_of: Callable[[Any], Tensor],
+    device: torch.device | str,
+    dtype: torch.dtype,
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+) -> tuple[Tensor, Tensor]:
+    """The seeded ``N(0, 1)`` validation probe and the model's own logits on it."""
+    generator = torch.Generator().manual_seed(0)
+    probe = torch.randn(tuple(shape), generator=generator).to(device, dtype)
+    with torch.inference_mode(), autocast():
+        return probe, logits_of(model(probe)).float()
+
+
+def _disagreement(
+    forward: Callable[[Tensor], Any],
+    probe: Tensor,
+    reference: Tensor,
+    logits_of: Callable[[Any], Tensor],
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]],
+    rtol: float,
+) -> str:
+    """Why a candidate's logits on ``probe`` fail to match ``reference`` (``""``: they match)."""
+    try:
+        with torch.inference_mode(), autocast():
+            out = logits_of(forward(probe)).float()
+    except Exception as exc:  # noqa: BLE001 - e.g. .view() on a channels_last tensor
+        return f"{type(exc).__name__}: {exc}"
+    return _mismatch(out, reference, rtol)
+
+
 def _has_hooks(module: nn.Module) -> bool:
     return any(getattr(module, attr, None) for attr in _HOOK_DICTS)
 
@@ -308,10 +340,7 @@ def build_replica(
         ``(replica, reason)``: ``replica`` is ``None`` when no form agrees or the model cannot be
         copied; ``reason`` says why (or notes what was skipped).
     """
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(tuple(probe_shape), generator=generator).to(device, dtype)
-    with torch.inference_mode(), autocast():
-        reference = logits_of(model(probe)).float()
+    probe, reference = _probe_reference(model, probe_shape, logits_of, device, dtype, autocast)
     failures: list[str] = []
     nothing_folded = False
     for fold, channels_last in ((True, True), (True, False), (False, True), (False, False)):
@@ -328,13 +357,7 @@ def build_replica(
         nothing_folded = nothing_folded or (fold and not folded)
         candidate = Replica(module, channels_last, folded, traced, logits_of, rtol=rtol)
         form = ("folded " if folded else "") + ("channels_last" if channels_last else "contiguous")
-        try:
-            with torch.inference_mode(), autocast():
-                out = logits_of(candidate(probe)).float()
-        except Exception as exc:  # noqa: BLE001 - e.g. .view() on a channels_last tensor
-            failures.append(f"{form}: {type(exc).__name__}: {exc}")
-            continue
-        why = _mismatch(out, reference, rtol)
+        why = _disagreement(candidate, probe, reference, logits_of, autocast, rtol)
         if why:
             failures.append(f"{form}: {why}")
             continue
@@ -366,10 +389,7 @@ def build_capture_copy(
     """
     from .tail import _LeafTracer
 
-    generator = torch.Generator().manual_seed(0)
-    probe = torch.randn(tuple(probe_shape), generator=generator).to(device, dtype)
-    with torch.inference_mode(), autocast():
-        reference = logits_of(model(probe)).float()
+    probe, reference = _probe_reference(model, probe_shape, logits_of, device, dtype, autocast)
     failures: list[str] = []
     for channels_last in (True, False):
         try:
@@ -393,14 +413,10 @@ def build_capture_copy(
         gm = gm.to(memory_format=fmt)
         for param in gm.parameters():
             param.requires_grad_(False)
-        try:
-            x = probe.contiguous(memory_format=fmt)
-            with torch.inference_mode(), autocast():
-                out = logits_of(gm(x)).float()
-        except Exception as exc:  # noqa: BLE001 - e.g. .view() on a channels_last tensor
-            failures.append(f"{fmt}: {type(exc).__name__}")
-            continue
-        why = _mismatch(out, reference, rtol)
+        def forward(x: Tensor, gm: nn.Module = gm, fmt: torch.memory_format = fmt) -> Any:
+            return gm(x.contiguous(memory_format=fmt))
+
+        why = _disagreement(forward, probe, reference, logits_of, autocast, rtol)
         if why:
             failures.append(f"{fmt}: {why}")
             continue
