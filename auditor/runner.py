@@ -394,6 +394,7 @@ def audit(
                 ),
                 reshape=_reshape_fn(reshape),
                 example=example,
+                seed=int(s.seed),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"[model]/[audit]: {exc}") from exc
