@@ -301,7 +301,10 @@ def run_audit(
     cfg = with_overrides(config, device=device, limit=limit)
     dataset = open_dataset(cfg.data)
     loaded = load_model(
-        cfg.model, num_classes=len(dataset.classes), trust_model_code=trust_model_code
+        cfg.model,
+        num_classes=len(dataset.classes),
+        trust_model_code=trust_model_code,
+        in_channels=getattr(cfg.data, "channels", None),
     )
     return audit(
         loaded.module,
@@ -453,7 +456,9 @@ def audit(
             dataset.config.mean,
             dataset.config.std,
         )
-        sanity = _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
+        sanity = _sanity(
+            run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape
+        )
         from auditor.data import iter_batches
 
         t_loop = time.perf_counter()
@@ -534,41 +539,72 @@ def _sanity(
     layers: Sequence[str],
     dev: torch.device,
     n: int,
-) -> dict[str, Any] | None:
+    reshape: Any = None,
+) -> dict[str, Any]:
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
-    Stored in ``sanity.json`` so that a resumed run reuses it (same numbers as uninterrupted).
+    What is randomised: every parameterised module that produces the logits from the target
+    layer's output (:func:`auditor.metrics.sanity.downstream_of`: for a CNN the classifier, for
+    a transformer the blocks after the layer and the head). The result always carries
+    ``"_status": {"run", "reason", "randomised"}`` so that the report says why it did not run,
+    never a silent null. Stored in ``sanity.json`` so that a resumed run reuses it.
     """
+    import functools
     import json
 
+    def not_run(reason: str) -> dict[str, Any]:
+        log.warning("sanity check not run: %s", reason)
+        return {"_status": {"run": False, "reason": reason, "randomised": []}}
+
     path = run_dir / "sanity.json"
-    if not s.sanity_check or s.sanity_samples == 0 or n == 0:
-        return None
+    if not s.sanity_check:
+        return not_run("disabled in the config ([audit] sanity_check = false)")
+    if s.sanity_samples == 0:
+        return not_run("[audit] sanity_samples = 0")
+    if n == 0:
+        return not_run("no sample to run it on")
     if path.is_file():
-        return json.loads(path.read_text("utf-8"))
+        stored: dict[str, Any] = json.loads(path.read_text("utf-8"))
+        if "_skipped" in stored and "_status" not in stored:  # older runs
+            stored["_status"] = {"run": False, "reason": stored["_skipped"], "randomised": []}
+        return stored
+    from auditor.cam import compute_cams
     from auditor.data import iter_batches
-    from auditor.metrics.sanity import randomisation_sanity_check
+    from auditor.metrics.sanity import downstream_of, randomisation_sanity_check
 
     methods = [m for m in s.methods if m not in ("scorecam", "ablationcam")]
     if not methods:
-        return None
+        out = not_run(
+            "only perturbation methods (Score-CAM/Ablation-CAM) were requested; the check "
+            "runs on gradient and activation methods"
+        )
+        atomic_write_json(path, out)
+        return out
     batch = next(
         iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))), s.sanity_samples))
     )
     if not len(batch):
-        return None
+        return not_run("the first samples could not be read")
+    images = batch.images.to(dev)
     try:
+        head = downstream_of(model, layers[0], images[:2])
+        if not head:
+            raise ValueError(
+                f"no module with parameters runs after the target layer {layers[0]!r}: "
+                "nothing to randomise"
+            )
         res = randomisation_sanity_check(
             model,
-            batch.images.to(dev),
+            images,
             batch.labels.to(dev),
             methods,
             layers[0],
             seed=s.seed,
+            head=head,
+            compute=functools.partial(compute_cams, reshape=reshape),
         )
-    except (ValueError, RuntimeError) as exc:  # e.g. no linear head to randomise
-        log.warning("sanity check skipped: %s", exc)
-        out: dict[str, Any] = {"_skipped": str(exc)}
+    except (ValueError, RuntimeError, TypeError) as exc:
+        out = not_run(str(exc).splitlines()[0][:300])
         atomic_write_json(path, out)
         return out
     out = {
@@ -580,6 +616,12 @@ def _sanity(
             "randomised": list(r.randomised),
         }
         for m, r in res.items()
+    }
+    out["_status"] = {
+        "run": True,
+        "reason": f"randomised the {len(head)} module(s) that compute the logits from "
+        f"{layers[0]!r}",
+        "randomised": list(head),
     }
     atomic_write_json(path, out)
     return out
@@ -736,6 +778,8 @@ def finalize(
         "metrics_info": {k: to_jsonable(v) for k, v in METRICS.items()},
         **stats,
         "sanity": sanity_clean or None,
+        "sanity_status": (sanity or {}).get("_status")
+        or {"run": False, "reason": "not run", "randomised": []},
         "clusters": clusters or None,
         "settings": to_jsonable(s),
     }
