@@ -35,7 +35,15 @@ import torch
 
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
-from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
+from auditor.config import (
+    AuditConfig,
+    AuditSettings,
+    GateRule,
+    check_device_available,
+    check_gates,
+    to_jsonable,
+    with_overrides,
+)
 from auditor.errors import AuditorInputError, ConfigError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.store import (
@@ -332,7 +340,11 @@ def _run_locked(
     from auditor.data import open_dataset
     from auditor.models import load_model
 
+    where = cfg.source.name if cfg.source is not None else "<config>"
+    check_device_available(cfg.audit.device, "--device" if cfg.audit.device else where)
     dataset = open_dataset(cfg.data)
+    # gates naming classes are checked against the dataset's class list before the model loads
+    check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     loaded = load_model(
         cfg.model,
         num_classes=len(dataset.classes),
@@ -449,9 +461,9 @@ def _audit_locked(
     t0 = time.perf_counter()
     run_dir = Path(out)
     store = RunStore(run_dir)
+    check_device_available(s.device, "device")
     dev = torch.device(s.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AuditorInputError(f"--device {s.device}: CUDA is not available on this machine")
+    check_gates(tuple(gates), settings=s, classes=list(dataset.classes), source="gates")
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
     model_info = dict(model_info or {})

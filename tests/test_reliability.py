@@ -210,3 +210,97 @@ def test_internal_error_exits_4_one_line_and_traceback_in_the_run_log(
     # the lock was released on the way out: the next run can take it
     with RunLock(out) as lock:
         assert lock.held
+
+
+# -- 2 and 3. every config value validated before any model or data is touched ---------------
+
+BAD_VALUES = [
+    ({"audit_extra": 'device = "gpu0"'}, ["[audit] device", "gpu0"]),
+    ({"audit_extra": "seed = -1"}, ["[audit] seed", "-1"]),
+    ({"_replace": 'methods = ["gradcam"]|methods = ["gradcam", "gradcan"]'}, ["gradcan"]),
+    ({"_replace": "bootstrap = 50|bootstrap = 1"}, ["[audit] bootstrap", "got 1"]),
+    ({"report_extra": "pdf_timeout_s = -1"}, ["[report] pdf_timeout_s", "-1"]),
+    ({"_replace": "input_size = 64|input_size = 1"}, ["[data] input_size"]),
+    ({"_replace": "input_size = 64|input_size = 100000"}, ["[data] input_size", "100000"]),
+    (
+        {"gates_extra": '[[gates.rule]]\nmetric = "energy_in_mask"\nmin = 0.1\nclasses = ["nine"]'},
+        ["classes", "nine", "circle"],
+    ),
+    (
+        {
+            "gates_extra": '[[gates.rule]]\nmetric = "energy_in_mask"\nmin = 0.1\n'
+            'method = "layercam"'
+        },
+        ["method 'layercam' is not run"],
+    ),
+    (
+        {"gates_extra": '[[gates.rule]]\nmetric = "energy_in_mask"\nmin = nan'},
+        ["min must be a finite number"],
+    ),
+    (
+        {"gates_extra": '[[gates.rule]]\nmetric = "energy_in_mask"\nmin = 0.8\nmax = 0.2'},
+        ["min 0.8 > max 0.2"],
+    ),
+    ({"gates_extra": "max_border_focuss = 0.5"}, ["[gates] max_border_focuss"]),
+    ({"gates_extra": "min_only_bg_accuracy = 0.1"}, ["interventions = false"]),
+]
+
+
+@pytest.mark.parametrize(("extra", "expected"), BAD_VALUES, ids=[e[1][0] for e in BAD_VALUES])
+def test_bad_config_values_exit_2_naming_key_and_file_before_the_model(
+    tmp_path: Path,
+    demo_inputs: Path,
+    capsys: pytest.CaptureFixture[str],
+    extra: dict[str, str],
+    expected: list[str],
+) -> None:
+    extra = dict(extra)
+    old, _, new = extra.pop("_replace", "|").partition("|")
+    cfg = tiny_config(tmp_path, demo_inputs, "typo.toml", **extra)
+    cfg.write_text(cfg.read_text().replace(old, new) if old else cfg.read_text())
+    # a missing weights file: had the model been loaded first, the error would name it instead
+    cfg.write_text(cfg.read_text().replace("demo-shortcut.pt", "not-loaded.pt"))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == EXIT_BAD_INPUT
+    line = _one_line_error(capsys.readouterr().err)
+    assert "typo.toml" in line, line
+    for part in expected:
+        assert part in line, line
+    assert not (out / "shards").exists()
+
+
+def test_cli_device_typo_and_gate_classes_from_the_dataset_exit_2(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(tmp_path, demo_inputs)
+    assert main(["run", str(cfg), "--out", str(tmp_path / "a"), "--device", "gpu0"]) == 2
+    assert "--device" in _one_line_error(capsys.readouterr().err)
+    # no [data] classes: the gate's class is checked against the manifest's labels, after the
+    # dataset is read and before the (here missing) weights are loaded
+    text = cfg.read_text().replace('classes = ["circle", "square", "triangle", "cross"]\n', "")
+    text = text.replace("demo-shortcut.pt", "not-loaded.pt")
+    cfg.write_text(
+        text + '\n[[gates.rule]]\nmetric = "energy_in_mask"\nmin = 0.1\nclasses = ["nine"]\n'
+    )
+    assert main(["run", str(cfg), "--out", str(tmp_path / "b"), "--no-progress"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "nine" in line and "not classes of the dataset" in line
+
+
+def test_a_gate_that_checks_nothing_fails_instead_of_disappearing() -> None:
+    from auditor.analysis import evaluate_gates
+    from auditor.config import GateRule
+
+    summary = {
+        "primary_method": "gradcam",
+        "classes": {
+            "cat": {"n": 3, "metrics": {"gradcam": {"energy_in_mask": {"mean": 0.5}}}},
+            "dog": {"n": 0, "metrics": {}},
+        },
+        "overall": {},
+    }
+    rule = GateRule(name="r", quantity="energy_in_mask", min=0.1, classes=("dog",))
+    res = evaluate_gates(summary, [rule])
+    assert not res["passed"] and res["results"][0]["note"] == "no evaluated sample"
+    ok = evaluate_gates(summary, [GateRule(name="r", quantity="energy_in_mask", min=0.1)])
+    assert ok["passed"] and len(ok["results"]) == 1
