@@ -38,7 +38,15 @@ from auditor.analysis import FindingRules, analyse, evaluate_gates
 from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
 from auditor.errors import AuditorInputError, ConfigError
 from auditor.export import write_findings_csv, write_per_class_csv
-from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
+from auditor.store import (
+    MAIN_LOCK,
+    RunLock,
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_run_dir,
+    sweep_temp_files,
+)
 
 log = logging.getLogger("auditor")
 
@@ -294,11 +302,36 @@ def run_audit(
     render: bool = True,
     command: str | None = None,
 ) -> AuditOutcome:
-    """Audit the model and data described by ``config`` into the run directory ``out``."""
+    """Audit the model and data described by ``config`` into the run directory ``out``.
+
+    Order of checks (each failure is an :class:`auditor.errors.AuditorInputError`, CLI exit
+    2): the overrides (``device``, ``limit``); the run directory (claimed and locked before
+    anything heavy runs); the dataset's class list against the gates; only then the model.
+    """
+    cfg = with_overrides(config, device=device, limit=limit)
+    run_dir = Path(out)
+    claim_run_dir(run_dir)
+    with RunLock(run_dir, command=command) as lock:
+        sweep_temp_files(run_dir)
+        return _run_locked(
+            cfg, run_dir, lock, trust_model_code, resume, pdf, progress, render, command
+        )
+
+
+def _run_locked(
+    cfg: AuditConfig,
+    out: Path,
+    lock: RunLock,
+    trust_model_code: bool | None,
+    resume: bool,
+    pdf: bool | None,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
     from auditor.data import open_dataset
     from auditor.models import load_model
 
-    cfg = with_overrides(config, device=device, limit=limit)
     dataset = open_dataset(cfg.data)
     loaded = load_model(
         cfg.model,
@@ -326,6 +359,7 @@ def run_audit(
         progress=progress,
         render=render,
         command=command,
+        lock=lock,
     )
 
 
@@ -345,6 +379,7 @@ def audit(
     progress: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    lock: RunLock | None = None,
 ) -> AuditOutcome:
     """Audit an in-memory ``model`` on an :class:`auditor.data.EvalDataset` (Python API path).
 
@@ -354,7 +389,58 @@ def audit(
     :func:`auditor.cam.vit_reshape` (``vit_reshape(num_prefix_tokens=0)`` included).
 
     The model leaves as it came: the engine removes its hooks and restores train/eval flags.
+    The run directory is claimed (a non-empty folder of other files is refused) and locked
+    for the whole call (:class:`auditor.store.RunLock`; a second audit into it raises
+    :class:`auditor.errors.RunLockedError`); pass ``lock`` to use a lock the caller already
+    holds (a shard job's writer lock, or the main lock taken before loading the model).
     """
+    run_dir = Path(out)
+    own = lock is None
+    if lock is None:
+        claim_run_dir(run_dir)
+        lock = RunLock(run_dir, command=command)
+    lock.acquire()
+    try:
+        if lock.name == MAIN_LOCK:
+            sweep_temp_files(run_dir)
+        return _audit_locked(
+            model,
+            dataset,
+            run_dir,
+            settings=settings,
+            gates=gates,
+            layer=layer,
+            reshape=reshape,
+            model_info=model_info,
+            config=config,
+            resume=resume,
+            pdf=pdf,
+            progress=progress,
+            render=render,
+            command=command,
+        )
+    finally:
+        if own:
+            lock.release()
+
+
+def _audit_locked(
+    model: torch.nn.Module,
+    dataset: Any,
+    out: Path,
+    *,
+    settings: AuditSettings | None,
+    gates: Sequence[GateRule],
+    layer: str | Sequence[str] | None,
+    reshape: Any,
+    model_info: dict[str, Any] | None,
+    config: AuditConfig | None,
+    resume: bool,
+    pdf: bool,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
     from auditor.cam import CamEngine
     from auditor.models import state_dict_sha256
 
