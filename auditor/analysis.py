@@ -670,10 +670,26 @@ def evaluate_gates(summary: Mapping[str, Any], rules: Sequence[GateRule]) -> dic
             overall.setdefault("interventions", None)
             check(rule, None, _lookup(summary, overall, rule, primary))
         else:
+            checked = 0
             for cls, block in summary["classes"].items():
                 if rule.classes and cls not in rule.classes:
                     continue
                 if not block.get("n"):
                     continue
                 check(rule, cls, _lookup(summary, block, rule, primary))
+                checked += 1
+            # a gate that checked nothing must not pass by disappearing ("0/0 passed")
+            for cls in rule.classes or ():
+                block = summary["classes"].get(cls)
+                if block is None or not block.get("n"):
+                    results.append(
+                        gate_result(
+                            rule,
+                            cls,
+                            None,
+                            "unknown class" if block is None else "no evaluated sample",
+                        )
+                    )
+            if not checked and not rule.classes:
+                results.append(gate_result(rule, None, None, "no class has evaluated samples"))
     return {"passed": all(r["passed"] for r in results), "results": results}

@@ -35,10 +35,26 @@ import torch
 
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
-from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
-from auditor.errors import AuditorInputError, ConfigError
+from auditor.config import (
+    AuditConfig,
+    AuditSettings,
+    GateRule,
+    check_device_available,
+    check_gates,
+    to_jsonable,
+    with_overrides,
+)
+from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
-from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
+from auditor.store import (
+    MAIN_LOCK,
+    RunLock,
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_run_dir,
+    sweep_temp_files,
+)
 
 log = logging.getLogger("auditor")
 
@@ -277,6 +293,28 @@ class _BatchAuditor:
         return table, low_res
 
 
+def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
+    """Whether ``exc`` was raised inside the forward of one of ``model``'s module types.
+
+    The traceback is walked for a frame whose ``self`` is an ``nn.Module`` of a type the
+    model is made of (the engine may run a copy of the model, so types, not objects, are
+    compared). Errors raised elsewhere (cam-auditor's own code) are bugs: not skipped.
+    """
+    types = {type(m) for m in model.modules()}
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and type(owner) in types:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _model_failure(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
 def _empty_skip_rows(batch: Any) -> list[dict[str, Any]]:
     return [{"index": i, "id": sid, "reason": reason} for i, sid, reason in batch.skipped]
 
@@ -294,14 +332,46 @@ def run_audit(
     render: bool = True,
     command: str | None = None,
 ) -> AuditOutcome:
-    """Audit the model and data described by ``config`` into the run directory ``out``."""
+    """Audit the model and data described by ``config`` into the run directory ``out``.
+
+    Order of checks (each failure is an :class:`auditor.errors.AuditorInputError`, CLI exit
+    2): the overrides (``device``, ``limit``); the run directory (claimed and locked before
+    anything heavy runs); the dataset's class list against the gates; only then the model.
+    """
+    cfg = with_overrides(config, device=device, limit=limit)
+    run_dir = Path(out)
+    claim_run_dir(run_dir)
+    with RunLock(run_dir, command=command) as lock:
+        sweep_temp_files(run_dir)
+        return _run_locked(
+            cfg, run_dir, lock, trust_model_code, resume, pdf, progress, render, command
+        )
+
+
+def _run_locked(
+    cfg: AuditConfig,
+    out: Path,
+    lock: RunLock,
+    trust_model_code: bool | None,
+    resume: bool,
+    pdf: bool | None,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
     from auditor.data import open_dataset
     from auditor.models import load_model
 
-    cfg = with_overrides(config, device=device, limit=limit)
+    where = cfg.source.name if cfg.source is not None else "<config>"
+    check_device_available(cfg.audit.device, "--device" if cfg.audit.device else where)
     dataset = open_dataset(cfg.data)
+    # gates naming classes are checked against the dataset's class list before the model loads
+    check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     loaded = load_model(
-        cfg.model, num_classes=len(dataset.classes), trust_model_code=trust_model_code
+        cfg.model,
+        num_classes=len(dataset.classes),
+        trust_model_code=trust_model_code,
+        in_channels=getattr(cfg.data, "channels", None),
     )
     return audit(
         loaded.module,
@@ -323,6 +393,7 @@ def run_audit(
         progress=progress,
         render=render,
         command=command,
+        lock=lock,
     )
 
 
@@ -342,6 +413,7 @@ def audit(
     progress: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    lock: RunLock | None = None,
 ) -> AuditOutcome:
     """Audit an in-memory ``model`` on an :class:`auditor.data.EvalDataset` (Python API path).
 
@@ -351,7 +423,58 @@ def audit(
     :func:`auditor.cam.vit_reshape` (``vit_reshape(num_prefix_tokens=0)`` included).
 
     The model leaves as it came: the engine removes its hooks and restores train/eval flags.
+    The run directory is claimed (a non-empty folder of other files is refused) and locked
+    for the whole call (:class:`auditor.store.RunLock`; a second audit into it raises
+    :class:`auditor.errors.RunLockedError`); pass ``lock`` to use a lock the caller already
+    holds (a shard job's writer lock, or the main lock taken before loading the model).
     """
+    run_dir = Path(out)
+    own = lock is None
+    if lock is None:
+        claim_run_dir(run_dir)
+        lock = RunLock(run_dir, command=command)
+    lock.acquire()
+    try:
+        if lock.name == MAIN_LOCK:
+            sweep_temp_files(run_dir)
+        return _audit_locked(
+            model,
+            dataset,
+            run_dir,
+            settings=settings,
+            gates=gates,
+            layer=layer,
+            reshape=reshape,
+            model_info=model_info,
+            config=config,
+            resume=resume,
+            pdf=pdf,
+            progress=progress,
+            render=render,
+            command=command,
+        )
+    finally:
+        if own:
+            lock.release()
+
+
+def _audit_locked(
+    model: torch.nn.Module,
+    dataset: Any,
+    out: Path,
+    *,
+    settings: AuditSettings | None,
+    gates: Sequence[GateRule],
+    layer: str | Sequence[str] | None,
+    reshape: Any,
+    model_info: dict[str, Any] | None,
+    config: AuditConfig | None,
+    resume: bool,
+    pdf: bool,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
     from auditor.cam import CamEngine
     from auditor.models import state_dict_sha256
 
@@ -360,9 +483,9 @@ def audit(
     t0 = time.perf_counter()
     run_dir = Path(out)
     store = RunStore(run_dir)
+    check_device_available(s.device, "device")
     dev = torch.device(s.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AuditorInputError(f"--device {s.device}: CUDA is not available on this machine")
+    check_gates(tuple(gates), settings=s, classes=list(dataset.classes), source="gates")
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
     model_info = dict(model_info or {})
@@ -454,10 +577,13 @@ def audit(
             dataset.config.mean,
             dataset.config.std,
         )
-        sanity = _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
+        sanity = _sanity(
+            run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape
+        )
         from auditor.data import iter_batches
 
         t_loop = time.perf_counter()
+        failures: list[str] = []
         bar = _progress(sum(len(c) for c in todo), progress, "auditing")
         try:
             flat = [i for c in todo for i in c]
@@ -465,18 +591,36 @@ def audit(
                 iter_batches(dataset, flat, s.batch_size, num_workers=s.num_workers)
             ):
                 batch_no = first_missing + offset
+                skip_rows = _empty_skip_rows(batch)
+                ids, idx = list(batch.ids), list(batch.indices)
                 if len(batch):
-                    rows, cams = worker.process(batch, batch_no)
+                    try:
+                        rows, cams = worker.process(batch, batch_no)
+                    except Exception as exc:  # noqa: BLE001 - only the model's own errors
+                        if not raised_by_model(exc, model):
+                            raise
+                        failures.append(_model_failure(exc))
+                        log.warning(
+                            "batch %d: the model raised %s; its %d samples are skipped",
+                            batch_no,
+                            failures[-1],
+                            len(batch),
+                        )
+                        if len(failures) > s.max_failed_batches:
+                            raise ModelRuntimeError(
+                                f"the model {model_info['name']!r} raised on "
+                                f"{len(failures)} batches (more than [audit] "
+                                f"max_failed_batches = {s.max_failed_batches}); first: "
+                                f"{failures[0]}"
+                            ) from exc
+                        reason = f"the model raised {failures[-1]}"
+                        skip_rows += [
+                            {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
+                        ]
+                        rows, cams, ids, idx = pa.table({}), {}, [], []
                 else:
                     rows, cams = pa.table({}), {}
-                store.write_batch(
-                    batch_no,
-                    rows,
-                    cams,
-                    list(batch.ids),
-                    list(batch.indices),
-                    _empty_skip_rows(batch),
-                )
+                store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
                 bar.update(len(batch) + len(batch.skipped))
         finally:
             bar.close()
@@ -535,41 +679,72 @@ def _sanity(
     layers: Sequence[str],
     dev: torch.device,
     n: int,
-) -> dict[str, Any] | None:
+    reshape: Any = None,
+) -> dict[str, Any]:
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
-    Stored in ``sanity.json`` so that a resumed run reuses it (same numbers as uninterrupted).
+    What is randomised: every parameterised module that produces the logits from the target
+    layer's output (:func:`auditor.metrics.sanity.downstream_of`: for a CNN the classifier, for
+    a transformer the blocks after the layer and the head). The result always carries
+    ``"_status": {"run", "reason", "randomised"}`` so that the report says why it did not run,
+    never a silent null. Stored in ``sanity.json`` so that a resumed run reuses it.
     """
+    import functools
     import json
 
+    def not_run(reason: str) -> dict[str, Any]:
+        log.warning("sanity check not run: %s", reason)
+        return {"_status": {"run": False, "reason": reason, "randomised": []}}
+
     path = run_dir / "sanity.json"
-    if not s.sanity_check or s.sanity_samples == 0 or n == 0:
-        return None
+    if not s.sanity_check:
+        return not_run("disabled in the config ([audit] sanity_check = false)")
+    if s.sanity_samples == 0:
+        return not_run("[audit] sanity_samples = 0")
+    if n == 0:
+        return not_run("no sample to run it on")
     if path.is_file():
-        return json.loads(path.read_text("utf-8"))
+        stored: dict[str, Any] = json.loads(path.read_text("utf-8"))
+        if "_skipped" in stored and "_status" not in stored:  # older runs
+            stored["_status"] = {"run": False, "reason": stored["_skipped"], "randomised": []}
+        return stored
+    from auditor.cam import compute_cams
     from auditor.data import iter_batches
-    from auditor.metrics.sanity import randomisation_sanity_check
+    from auditor.metrics.sanity import downstream_of, randomisation_sanity_check
 
     methods = [m for m in s.methods if m not in ("scorecam", "ablationcam")]
     if not methods:
-        return None
+        out = not_run(
+            "only perturbation methods (Score-CAM/Ablation-CAM) were requested; the check "
+            "runs on gradient and activation methods"
+        )
+        atomic_write_json(path, out)
+        return out
     batch = next(
         iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))), s.sanity_samples))
     )
     if not len(batch):
-        return None
+        return not_run("the first samples could not be read")
+    images = batch.images.to(dev)
     try:
+        head = downstream_of(model, layers[0], images[:2])
+        if not head:
+            raise ValueError(
+                f"no module with parameters runs after the target layer {layers[0]!r}: "
+                "nothing to randomise"
+            )
         res = randomisation_sanity_check(
             model,
-            batch.images.to(dev),
+            images,
             batch.labels.to(dev),
             methods,
             layers[0],
             seed=s.seed,
+            head=head,
+            compute=functools.partial(compute_cams, reshape=reshape),
         )
-    except (ValueError, RuntimeError) as exc:  # e.g. no linear head to randomise
-        log.warning("sanity check skipped: %s", exc)
-        out: dict[str, Any] = {"_skipped": str(exc)}
+    except (ValueError, RuntimeError, TypeError) as exc:
+        out = not_run(str(exc).splitlines()[0][:300])
         atomic_write_json(path, out)
         return out
     out = {
@@ -581,6 +756,12 @@ def _sanity(
             "randomised": list(r.randomised),
         }
         for m, r in res.items()
+    }
+    out["_status"] = {
+        "run": True,
+        "reason": f"randomised the {len(head)} module(s) that compute the logits from "
+        f"{layers[0]!r}",
+        "randomised": list(head),
     }
     atomic_write_json(path, out)
     return out
@@ -737,6 +918,8 @@ def finalize(
         "metrics_info": {k: to_jsonable(v) for k, v in METRICS.items()},
         **stats,
         "sanity": sanity_clean or None,
+        "sanity_status": (sanity or {}).get("_status")
+        or {"run": False, "reason": "not run", "randomised": []},
         "clusters": clusters or None,
         "settings": to_jsonable(s),
     }
