@@ -1077,7 +1077,12 @@ def _slug(name: str) -> str:
 
 def write_junit(path: Path, summary: dict[str, Any]) -> None:
     """Gate results as JUnit XML: one test case per rule × class, failures for failed gates."""
-    from xml.sax.saxutils import quoteattr
+    from xml.sax.saxutils import quoteattr as _quoteattr
+
+    from auditor.safe_text import xml_safe
+
+    def quoteattr(text: str) -> str:  # user strings (class names) may hold control characters
+        return _quoteattr(xml_safe(text))
 
     results = summary.get("gates", {}).get("results", [])
     failures = sum(1 for r in results if not r["passed"])

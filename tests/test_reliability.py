@@ -409,3 +409,38 @@ def test_zero_byte_weights_and_torchscript_exit_2_with_one_line(
     assert main(args) == 2
     line = _one_line_error(_last(capsys))
     assert "TorchScript" in line and "hooks" in line and "torch.save(model" in line
+
+
+# -- 6. hostile strings: terminal, JUnit XML, [report] title -----------------------------------
+
+HOSTILE = "circle\x1b]0;pwned\x07\x1b[2J\x01\u202e"
+
+
+def test_control_characters_are_neutralised_in_terminal_and_junit_and_title_is_honoured(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import xml.etree.ElementTree as ET  # noqa: S405 - parsing our own output
+
+    data = demo_inputs.parent / "data"
+    rows = (data / "manifest.csv").read_text().splitlines()[:9]
+    manifest = data / "manifest-hostile.csv"
+    manifest.write_text("\n".join(r.replace(",circle,", f",{HOSTILE},") for r in rows) + "\n")
+    toml_name = HOSTILE.encode("unicode_escape").decode().replace("\\x", "\\u00")
+    cfg = tiny_config(
+        tmp_path,
+        demo_inputs,
+        manifest=manifest,
+        report_extra='title = "Release 7 audit: lesion model"',
+    )
+    text = cfg.read_text().replace('["circle",', f'["{toml_name}",')
+    cfg.write_text(text.replace("max_background_focus = 0.99", "max_background_focus = 0.01"))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 1  # the gate fails
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed and "\u202e" not in printed
+    assert "circle\\x1b]0;pwned\\x07" in printed  # shown, inert
+    root = ET.parse(out / "junit.xml").getroot()  # noqa: S314 - well-formed despite \x01
+    names = [c.get("name") for c in root.iter("testcase")]
+    assert any("circle\\x1b]0;pwned" in str(n) for n in names)
+    html = (out / "report.html").read_text()
+    assert "<title>Release 7 audit: lesion model</title>" in html
