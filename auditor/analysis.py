@@ -21,7 +21,10 @@ Findings (rules are recorded verbatim in ``summary["rules"]``)
     * ``border_focus``: mean CAM mass in the outer band above the other classes' baseline by
       ``margin`` (interval rule) and above the band's area share (frames, watermarks).
     * ``method_disagreement``: two methods' mean background focus for a class differ by > 0.25.
-    * ``strategy_cluster``: SpRAy found a small cluster whose focus differs from the rest.
+    * ``subgroup_shortcut`` / ``strategy_cluster``: a SpRAy cluster of a class tested against
+      the rest of its class (``auditor.metrics.subgroups``, ``auditor.subgroup_findings``).
+    * ``background_sufficiency``: the background alone is predicted as the class far more
+      often than other classes' backgrounds are (Xiao et al. 2021).
     * ``sanity_check``: a method whose maps barely change when the head is randomised.
 """
 
@@ -36,12 +39,14 @@ import pyarrow as pa
 
 from auditor.config import AuditSettings, GateRule
 from auditor.metrics.localisation import METRIC_NAMES
+from auditor.metrics.subgroups import SubgroupRules
 from auditor.stats import (
     bootstrap_mean_ci,
     grouped_bootstrap_mean_ci,
     paired_bootstrap_diff_ci,
     wilson_interval,
 )
+from auditor.subgroup_findings import SufficiencyRules
 
 #: Localisation metrics aggregated per class (names as in DESIGN 4.3/4.4).
 AGG_METRICS = METRIC_NAMES
@@ -92,10 +97,13 @@ class FindingRules:
                 f"Two methods' mean background focus for the class differ by more than "
                 f"{self.disagreement:.2f}."
             ),
+            "subgroup_shortcut": SubgroupRules().describe(confidence),
             "strategy_cluster": (
-                "SpRAy (spectral clustering of the class's CAMs) finds a cluster of at most 25% "
-                "of the class whose mean background focus differs from the rest by more than 0.2."
+                "A SpRAy cluster that separates from the rest of its class on some statistic "
+                "(same intervals as subgroup_shortcut) but does not look elsewhere, or is "
+                "shown by the interventions not to be needed: low severity."
             ),
+            "background_sufficiency": SufficiencyRules().describe(confidence),
             "sanity_check": (
                 "A method whose maps keep a Spearman correlation of at least 0.5 with the "
                 "original maps after the classifier head is re-initialised (Adebayo et al. "
@@ -464,28 +472,20 @@ def analyse(
                     }
                 )
 
-    # clusters and sanity findings
-    for name, res in (clusters or {}).items():
-        for cl in res.get("clusters", []):
-            if cl.get("outlier"):
-                findings.append(
-                    {
-                        "class": name,
-                        "kind": "strategy_cluster",
-                        "severity": "medium",
-                        "title": f"'{name}': a distinct explanation strategy",
-                        "message": (
-                            f"A cluster of {cl['size']} images has mean background focus "
-                            f"{_fmt(cl.get('background_focus'))}, unlike the rest of the class."
-                        ),
-                        "evidence": {
-                            "cluster": cl["id"],
-                            "size": cl["size"],
-                            "background_focus": cl.get("background_focus"),
-                        },
-                        "examples": list(cl.get("exemplars", [])),
-                    }
-                )
+    # subgroups (SpRAy clusters tested against their class) and background sufficiency
+    from auditor.subgroup_findings import subgroup_findings, sufficiency_findings
+
+    findings.extend(subgroup_findings(clusters))
+    if "only_bg_pred" in prim.column_names:
+        findings.extend(
+            sufficiency_findings(
+                labels,
+                _col(prim, "only_bg_pred", int),
+                [str(v) for v in _col(prim, "id", str)],
+                classes,
+                confidence=settings.confidence,
+            )
+        )
     for method, res in (sanity or {}).items():
         if not res.get("trustworthy", True):
             findings.append(
