@@ -954,7 +954,7 @@ class AuditResult:
 
     ``classes`` keeps the dataset's class order; ``findings`` are sorted by severity and carry
     ids ``F1``, ``F2``, …; ``clusters``, ``sanity``, ``faithfulness`` are ``None`` when that
-    analysis did not run.
+    analysis did not run; ``sanity_status`` (``{"run", "reason", "randomised"}``) says why.
     """
 
     methods: tuple[str, ...]
@@ -968,6 +968,7 @@ class AuditResult:
     faithfulness: Mapping[str, Mapping[str, Stat]] | None = None
     sanity: Mapping[str, SanityResult] | None = None
     clusters: Mapping[str, ClassClusters] | None = None
+    sanity_status: Mapping[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
     tool: Mapping[str, Any] = field(default_factory=_empty)
     run: RunInfo = field(default_factory=RunInfo)
@@ -1001,6 +1002,7 @@ class AuditResult:
         "method_agreement",
         "faithfulness",
         "sanity",
+        "sanity_status",
         "clusters",
         "settings",
         "gates",
@@ -1046,6 +1048,7 @@ class AuditResult:
             "sanity": (
                 None if self.sanity is None else {k: v.to_json() for k, v in self.sanity.items()}
             ),
+            "sanity_status": thaw(self.sanity_status),
             "clusters": (
                 None
                 if self.clusters is None
@@ -1055,6 +1058,8 @@ class AuditResult:
             "gates": None if self.gates is None else self.gates.to_json(),
             "gallery": {k: [p.to_json() for p in v] for k, v in self.gallery.items()},
         }
+        if self.sanity_status is None:  # written by runs since the status was added
+            del out["sanity_status"]
         return _with_extra(out, self.extra)
 
     @classmethod
@@ -1115,6 +1120,11 @@ class AuditResult:
             if clusters is None
             else MappingProxyType(
                 {str(k): ClassClusters.from_json(v) for k, v in _obj(clusters, "clusters").items()}
+            ),
+            sanity_status=(
+                None
+                if d.get("sanity_status") is None
+                else freeze(_obj(d.get("sanity_status"), "sanity_status"))
             ),
             settings=freeze(_obj(d.get("settings"), "settings")),
             gates=Gates.from_json(d.get("gates")),

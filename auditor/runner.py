@@ -36,7 +36,15 @@ import torch
 
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
-from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
+from auditor.config import (
+    AuditConfig,
+    AuditSettings,
+    GateRule,
+    check_device_available,
+    check_gates,
+    to_jsonable,
+    with_overrides,
+)
 from auditor.errors import AuditorInputError, ConfigError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.format import slugify
@@ -50,7 +58,15 @@ from auditor.results import (
     freeze,
     method_info,
 )
-from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
+from auditor.store import (
+    MAIN_LOCK,
+    RunLock,
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_run_dir,
+    sweep_temp_files,
+)
 
 log = logging.getLogger("auditor")
 
@@ -124,12 +140,14 @@ def _seeded_subset(n: int, k: int, seed: int) -> set[int]:
     return set(g.permutation(n)[: min(k, n)].tolist())
 
 
-def _reshape_fn(name: str | None) -> Any:
-    if name is None:
-        return None
-    from auditor.cam import swin_reshape, vit_reshape
+def _reshape_fn(value: Any) -> Any:
+    """A config/API reshape (``None``/"auto", "vit", "swin", a table, a callable) for the
+    engine; ``None`` means "auto" here: inferred from the layer's output."""
+    from auditor.cam.layers import parse_reshape
 
-    return vit_reshape() if name == "vit" else swin_reshape()
+    if value is None:
+        return "auto"
+    return parse_reshape(value, "[model] reshape")
 
 
 class _BatchAuditor:
@@ -308,14 +326,46 @@ def run_audit(
     render: bool = True,
     command: str | None = None,
 ) -> AuditOutcome:
-    """Audit the model and data described by ``config`` into the run directory ``out``."""
+    """Audit the model and data described by ``config`` into the run directory ``out``.
+
+    Order of checks (each failure is an :class:`auditor.errors.AuditorInputError`, CLI exit
+    2): the overrides (``device``, ``limit``); the run directory (claimed and locked before
+    anything heavy runs); the dataset's class list against the gates; only then the model.
+    """
+    cfg = with_overrides(config, device=device, limit=limit)
+    run_dir = Path(out)
+    claim_run_dir(run_dir)
+    with RunLock(run_dir, command=command) as lock:
+        sweep_temp_files(run_dir)
+        return _run_locked(
+            cfg, run_dir, lock, trust_model_code, resume, pdf, progress, render, command
+        )
+
+
+def _run_locked(
+    cfg: AuditConfig,
+    out: Path,
+    lock: RunLock,
+    trust_model_code: bool | None,
+    resume: bool,
+    pdf: bool | None,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
     from auditor.data import open_dataset
     from auditor.models import load_model
 
-    cfg = with_overrides(config, device=device, limit=limit)
+    where = cfg.source.name if cfg.source is not None else "<config>"
+    check_device_available(cfg.audit.device, "--device" if cfg.audit.device else where)
     dataset = open_dataset(cfg.data)
+    # gates naming classes are checked against the dataset's class list before the model loads
+    check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     loaded = load_model(
-        cfg.model, num_classes=len(dataset.classes), trust_model_code=trust_model_code
+        cfg.model,
+        num_classes=len(dataset.classes),
+        trust_model_code=trust_model_code,
+        in_channels=getattr(cfg.data, "channels", None),
     )
     return audit(
         loaded.module,
@@ -337,6 +387,7 @@ def run_audit(
         progress=progress,
         render=render,
         command=command,
+        lock=lock,
     )
 
 
@@ -348,7 +399,7 @@ def audit(
     settings: AuditSettings | None = None,
     gates: Sequence[GateRule] = (),
     layer: str | Sequence[str] | None = None,
-    reshape: str | None = None,
+    reshape: Any = None,
     model_info: dict[str, Any] | None = None,
     config: AuditConfig | None = None,
     resume: bool = False,
@@ -356,12 +407,69 @@ def audit(
     progress: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    lock: RunLock | None = None,
 ) -> AuditOutcome:
     """Audit an in-memory ``model`` on an :class:`auditor.data.EvalDataset` (Python API path).
 
+    ``layer=None`` auto-detects the target layer (:func:`auditor.cam.layers.detect_target_layer`);
+    ``reshape`` is ``None``/``"auto"`` (inferred from the layer), ``"vit"``, ``"swin"``, a
+    table ``{"kind": "tokens", "prefix_tokens": 1, "grid": [14, 14]}`` or a callable such as
+    :func:`auditor.cam.vit_reshape` (``vit_reshape(num_prefix_tokens=0)`` included).
+
     The model leaves as it came: the engine removes its hooks and restores train/eval flags.
+    The run directory is claimed (a non-empty folder of other files is refused) and locked
+    for the whole call (:class:`auditor.store.RunLock`; a second audit into it raises
+    :class:`auditor.errors.RunLockedError`); pass ``lock`` to use a lock the caller already
+    holds (a shard job's writer lock, or the main lock taken before loading the model).
     """
-    from auditor.cam import CamEngine, find_target_layer
+    run_dir = Path(out)
+    own = lock is None
+    if lock is None:
+        claim_run_dir(run_dir)
+        lock = RunLock(run_dir, command=command)
+    lock.acquire()
+    try:
+        if lock.name == MAIN_LOCK:
+            sweep_temp_files(run_dir)
+        return _audit_locked(
+            model,
+            dataset,
+            run_dir,
+            settings=settings,
+            gates=gates,
+            layer=layer,
+            reshape=reshape,
+            model_info=model_info,
+            config=config,
+            resume=resume,
+            pdf=pdf,
+            progress=progress,
+            render=render,
+            command=command,
+        )
+    finally:
+        if own:
+            lock.release()
+
+
+def _audit_locked(
+    model: torch.nn.Module,
+    dataset: Any,
+    out: Path,
+    *,
+    settings: AuditSettings | None,
+    gates: Sequence[GateRule],
+    layer: str | Sequence[str] | None,
+    reshape: Any,
+    model_info: dict[str, Any] | None,
+    config: AuditConfig | None,
+    resume: bool,
+    pdf: bool,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
+    from auditor.cam import CamEngine
     from auditor.models import state_dict_sha256
 
     s = settings or AuditSettings()
@@ -369,9 +477,9 @@ def audit(
     t0 = time.perf_counter()
     run_dir = Path(out)
     store = RunStore(run_dir)
+    check_device_available(s.device, "device")
     dev = torch.device(s.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AuditorInputError(f"--device {s.device}: CUDA is not available on this machine")
+    check_gates(tuple(gates), settings=s, classes=list(dataset.classes), source="gates")
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
     model_info = dict(model_info or {})
@@ -387,14 +495,13 @@ def audit(
     model.to(dev)
     model.eval()  # every forward of the audit (interventions included) sees the eval model
     try:
-        layer_names = layer
-        if layer_names is None:
-            example = torch.zeros(1, 3, *dataset.config.input_size, device=dev)
-            layer_names = find_target_layer(model, example)
+        channels = int(getattr(dataset.config, "channels", 3) or 3)
+        gen = torch.Generator().manual_seed(s.seed)
+        example = torch.randn(2, channels, *dataset.config.input_size, generator=gen).to(dev)
         try:
             engine = CamEngine(
                 model,
-                layer_names,
+                layer,
                 s.methods,
                 score_batch_size=s.score_batch_size,
                 inference_copy=s.inference_copy,
@@ -403,10 +510,12 @@ def audit(
                     s.autocast or ""
                 ),
                 reshape=_reshape_fn(reshape),
+                example=example,
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"[model]/[audit]: {exc}") from exc
         model_info["target_layer"] = ",".join(engine.layer_names)
+        _describe_layers(model_info, engine)
 
         n_total = len(dataset)
         n = n_total if s.limit is None else min(s.limit, n_total)
@@ -461,7 +570,9 @@ def audit(
             dataset.config.mean,
             dataset.config.std,
         )
-        sanity = _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
+        sanity = _sanity(
+            run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape
+        )
         from auditor.data import iter_batches
 
         t_loop = time.perf_counter()
@@ -518,6 +629,22 @@ def audit(
     )
 
 
+def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:
+    """Additive summary fields: which layer, which reshape, and why."""
+    from auditor.cam.layers import describe_reshape
+
+    choices = list(engine.layer_choices)
+    model_info["reshape"] = describe_reshape(engine.reshape)
+    if choices:
+        model_info["target_layer_reason"] = "; ".join(
+            (f"{c.name}: " if len(choices) > 1 else "") + c.reason for c in choices
+        )
+        model_info["target_layer_shape"] = [list(c.shape) for c in choices if c.shape] or None
+        model_info["target_layer_family"] = choices[0].family
+    else:
+        model_info["target_layer_reason"] = "set by the user"
+
+
 def _sanity(
     run_dir: Path,
     model: torch.nn.Module,
@@ -526,41 +653,72 @@ def _sanity(
     layers: Sequence[str],
     dev: torch.device,
     n: int,
-) -> dict[str, Any] | None:
+    reshape: Any = None,
+) -> dict[str, Any]:
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
-    Stored in ``sanity.json`` so that a resumed run reuses it (same numbers as uninterrupted).
+    What is randomised: every parameterised module that produces the logits from the target
+    layer's output (:func:`auditor.metrics.sanity.downstream_of`: for a CNN the classifier, for
+    a transformer the blocks after the layer and the head). The result always carries
+    ``"_status": {"run", "reason", "randomised"}`` so that the report says why it did not run,
+    never a silent null. Stored in ``sanity.json`` so that a resumed run reuses it.
     """
+    import functools
     import json
 
+    def not_run(reason: str) -> dict[str, Any]:
+        log.warning("sanity check not run: %s", reason)
+        return {"_status": {"run": False, "reason": reason, "randomised": []}}
+
     path = run_dir / "sanity.json"
-    if not s.sanity_check or s.sanity_samples == 0 or n == 0:
-        return None
+    if not s.sanity_check:
+        return not_run("disabled in the config ([audit] sanity_check = false)")
+    if s.sanity_samples == 0:
+        return not_run("[audit] sanity_samples = 0")
+    if n == 0:
+        return not_run("no sample to run it on")
     if path.is_file():
-        return json.loads(path.read_text("utf-8"))
+        stored: dict[str, Any] = json.loads(path.read_text("utf-8"))
+        if "_skipped" in stored and "_status" not in stored:  # older runs
+            stored["_status"] = {"run": False, "reason": stored["_skipped"], "randomised": []}
+        return stored
+    from auditor.cam import compute_cams
     from auditor.data import iter_batches
-    from auditor.metrics.sanity import randomisation_sanity_check
+    from auditor.metrics.sanity import downstream_of, randomisation_sanity_check
 
     methods = [m for m in s.methods if m not in ("scorecam", "ablationcam")]
     if not methods:
-        return None
+        out = not_run(
+            "only perturbation methods (Score-CAM/Ablation-CAM) were requested; the check "
+            "runs on gradient and activation methods"
+        )
+        atomic_write_json(path, out)
+        return out
     batch = next(
         iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))), s.sanity_samples))
     )
     if not len(batch):
-        return None
+        return not_run("the first samples could not be read")
+    images = batch.images.to(dev)
     try:
+        head = downstream_of(model, layers[0], images[:2])
+        if not head:
+            raise ValueError(
+                f"no module with parameters runs after the target layer {layers[0]!r}: "
+                "nothing to randomise"
+            )
         res = randomisation_sanity_check(
             model,
-            batch.images.to(dev),
+            images,
             batch.labels.to(dev),
             methods,
             layers[0],
             seed=s.seed,
+            head=head,
+            compute=functools.partial(compute_cams, reshape=reshape),
         )
-    except (ValueError, RuntimeError) as exc:  # e.g. no linear head to randomise
-        log.warning("sanity check skipped: %s", exc)
-        out: dict[str, Any] = {"_skipped": str(exc)}
+    except (ValueError, RuntimeError, TypeError) as exc:
+        out = not_run(str(exc).splitlines()[0][:300])
         atomic_write_json(path, out)
         return out
     out = {
@@ -572,6 +730,12 @@ def _sanity(
             "randomised": list(r.randomised),
         }
         for m, r in res.items()
+    }
+    out["_status"] = {
+        "run": True,
+        "reason": f"randomised the {len(head)} module(s) that compute the logits from "
+        f"{layers[0]!r}",
+        "randomised": list(head),
     }
     atomic_write_json(path, out)
     return out
@@ -720,6 +884,9 @@ def finalize(
         methods_info=MappingProxyType({m: method_info(METHODS[m]) for m in s.methods}),
         metrics_info=MappingProxyType(dict(METRICS)),
         settings=freeze(to_jsonable(s)),
+        sanity_status=freeze(
+            (sanity or {}).get("_status") or {"run": False, "reason": "not run", "randomised": []}
+        ),
     )
     result = result.replace(gates=evaluate_gates(result, gates))
     result = _gallery(run_dir, primary_cams, dataset, table, result, s)

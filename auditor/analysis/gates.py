@@ -2,7 +2,8 @@
 
 A gate whose value is missing (the quantity was not measured for that class, or the class has
 no intervention results) FAILS, with the reason in ``note``: a gate must never pass by
-default. Classes without samples are not checked.
+default. Classes without samples are not checked, but a gate that names a class that is
+unknown or has no sample, or that checks no class at all, fails.
 """
 
 from __future__ import annotations
@@ -87,10 +88,20 @@ def evaluate_gates(
         elif rule.scope == "overall":
             results.append(gate_result(rule, None, gate_value(result.overall, rule, primary)))
         else:
+            checked = 0
             for cls, block in result.classes.items():
                 if rule.classes and cls not in rule.classes:
                     continue
                 if not block.n:
                     continue
                 results.append(gate_result(rule, cls, gate_value(block, rule, primary)))
+                checked += 1
+            # a gate that checked nothing must not pass by disappearing ("0/0 passed")
+            for cls in rule.classes or ():
+                named = result.classes.get(cls)
+                if named is None or not named.n:
+                    why = "unknown class" if named is None else "no evaluated sample"
+                    results.append(gate_result(rule, cls, None, why))
+            if not checked and not rule.classes:
+                results.append(gate_result(rule, None, None, "no class has evaluated samples"))
     return Gates.of(results)
