@@ -269,6 +269,9 @@ class AuditSettings:
     gallery_per_class: int = 4
     autocast: str | None = None
     limit: int | None = None
+    #: batches on which the model may raise (their samples are skipped with the error as the
+    #: reason) before the run stops with exit code 2 naming the model
+    max_failed_batches: int = 3
 
     @property
     def primary(self) -> str:
@@ -338,6 +341,7 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         "num_workers",
         "gallery_per_class",
         "pointing_tolerance",
+        "max_failed_batches",
     ):
         if getattr(settings, name) < 0:
             raise ConfigError(

@@ -232,7 +232,12 @@ def write_junit(
 
     ``suite`` names the test suite (default ``"gates: <model name>"``). Written atomically.
     """
-    from xml.sax.saxutils import quoteattr
+    from xml.sax.saxutils import quoteattr as _quoteattr
+
+    from auditor.safe_text import xml_safe
+
+    def quoteattr(text: str) -> str:  # user strings (class names) may hold control characters
+        return _quoteattr(xml_safe(text))
 
     result = _result(summary)
     results = result.gates.results if result.gates is not None else ()

@@ -45,7 +45,7 @@ from auditor.config import (
     to_jsonable,
     with_overrides,
 )
-from auditor.errors import AuditorInputError, ConfigError
+from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.format import slugify
 from auditor.results import (
@@ -309,6 +309,28 @@ class _BatchAuditor:
         return table, low_res
 
 
+def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
+    """Whether ``exc`` was raised inside the forward of one of ``model``'s module types.
+
+    The traceback is walked for a frame whose ``self`` is an ``nn.Module`` of a type the
+    model is made of (the engine may run a copy of the model, so types, not objects, are
+    compared). Errors raised elsewhere (cam-auditor's own code) are bugs: not skipped.
+    """
+    types = {type(m) for m in model.modules()}
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and type(owner) in types:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _model_failure(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
 def _empty_skip_rows(batch: Any) -> list[dict[str, Any]]:
     return [{"index": i, "id": sid, "reason": reason} for i, sid, reason in batch.skipped]
 
@@ -511,6 +533,7 @@ def _audit_locked(
                 ),
                 reshape=_reshape_fn(reshape),
                 example=example,
+                seed=int(s.seed),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"[model]/[audit]: {exc}") from exc
@@ -576,6 +599,7 @@ def _audit_locked(
         from auditor.data import iter_batches
 
         t_loop = time.perf_counter()
+        failures: list[str] = []
         bar = _progress(sum(len(c) for c in todo), progress, "auditing")
         try:
             flat = [i for c in todo for i in c]
@@ -583,18 +607,36 @@ def _audit_locked(
                 iter_batches(dataset, flat, s.batch_size, num_workers=s.num_workers)
             ):
                 batch_no = first_missing + offset
+                skip_rows = _empty_skip_rows(batch)
+                ids, idx = list(batch.ids), list(batch.indices)
                 if len(batch):
-                    rows, cams = worker.process(batch, batch_no)
+                    try:
+                        rows, cams = worker.process(batch, batch_no)
+                    except Exception as exc:  # noqa: BLE001 - only the model's own errors
+                        if not raised_by_model(exc, model):
+                            raise
+                        failures.append(_model_failure(exc))
+                        log.warning(
+                            "batch %d: the model raised %s; its %d samples are skipped",
+                            batch_no,
+                            failures[-1],
+                            len(batch),
+                        )
+                        if len(failures) > s.max_failed_batches:
+                            raise ModelRuntimeError(
+                                f"the model {model_info['name']!r} raised on "
+                                f"{len(failures)} batches (more than [audit] "
+                                f"max_failed_batches = {s.max_failed_batches}); first: "
+                                f"{failures[0]}"
+                            ) from exc
+                        reason = f"the model raised {failures[-1]}"
+                        skip_rows += [
+                            {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
+                        ]
+                        rows, cams, ids, idx = pa.table({}), {}, [], []
                 else:
                     rows, cams = pa.table({}), {}
-                store.write_batch(
-                    batch_no,
-                    rows,
-                    cams,
-                    list(batch.ids),
-                    list(batch.indices),
-                    _empty_skip_rows(batch),
-                )
+                store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
                 bar.update(len(batch) + len(batch.skipped))
         finally:
             bar.close()

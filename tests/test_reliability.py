@@ -9,6 +9,7 @@ child process.
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -304,3 +305,142 @@ def test_a_gate_that_checks_nothing_fails_instead_of_disappearing() -> None:
     assert not res.passed and res.results[0].note == "no evaluated sample"
     ok = evaluate_gates(summary, [GateRule(name="r", quantity="energy_in_mask", min=0.1)])
     assert ok.passed and len(ok.results) == 1
+
+
+# -- 3. crashes of the model side: exit 2 with one line, or skipped samples --------------------
+
+FLAKY = '''
+import torch
+from auditor.demo import DemoNet
+
+CALLS = {"n": 0}
+
+
+class Flaky(DemoNet):
+    """Raises on chosen forward calls of full batches (a driver fault, a kernel error)."""
+
+    fail: tuple = ()
+
+    def forward(self, x):
+        if x.shape[0] == 4:
+            CALLS["n"] += 1
+            if CALLS["n"] in self.fail or -1 in self.fail:
+                raise RuntimeError("flaky kernel failed")
+        return super().forward(x)
+
+
+def build(fail):
+    m = Flaky()
+    m.fail = tuple(fail)
+    return m
+'''
+
+
+def _flaky_config(tmp: Path, demo_inputs: Path, fail: str) -> Path:
+    (tmp / "flaky_net.py").write_text(FLAKY)
+    cfg = tiny_config(
+        tmp,
+        demo_inputs,
+        "flaky.toml",
+        model_extra=f'target_layer = "features"\nkwargs = {{ fail = {fail} }}',
+        audit_extra="inference_copy = false\nmax_failed_batches = 1",
+    )
+    cfg.write_text(cfg.read_text().replace("auditor.demo:build_model", "flaky_net:build"))
+    return cfg
+
+
+def test_a_model_that_raises_on_one_batch_skips_its_samples_and_completes(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # calls 2 and 3 are batch 1 (the engine retries a failed capture once, contiguous)
+    cfg = _flaky_config(tmp_path, demo_inputs, "[2, 3]")
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--limit", "12", "--no-progress"]) == 0
+    s = json.loads((out / "summary.json").read_text())
+    assert s["dataset"]["n_evaluated"] == 8 and s["dataset"]["n_skipped"] == 4
+    reasons = {d["reason"] for d in s["dataset"]["skipped"]}
+    assert reasons == {"the model raised RuntimeError: flaky kernel failed"}
+    assert [d["id"] for d in s["dataset"]["skipped"]] == [
+        f"images/{i:04d}_{c}.png"
+        for i, c in zip(range(4, 8), ("circle", "square", "triangle", "cross"))
+    ]
+
+
+def test_a_model_that_keeps_raising_exits_2_naming_the_model(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = _flaky_config(tmp_path, demo_inputs, "[-1]")
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--limit", "12", "--no-progress"]) == 2
+    line = _one_line_error(_last(capsys))
+    assert "the model 'demo-tiny' raised on 2 batches" in line and "flaky kernel failed" in line
+    assert not (out / "summary.json").exists()
+
+
+def _last(capsys: pytest.CaptureFixture[str]) -> str:
+    """stderr without the (expected) per-batch warnings logged before the final line."""
+    err = capsys.readouterr().err
+    return "\n".join(ln for ln in err.splitlines() if not ln.startswith("WARNING"))
+
+
+def test_zero_byte_weights_and_torchscript_exit_2_with_one_line(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import torch
+
+    from auditor.demo import build_model
+
+    empty = tmp_path / "empty.pt"
+    empty.write_bytes(b"")
+    cfg = tiny_config(tmp_path, demo_inputs)
+    cfg.write_text(
+        cfg.read_text().replace(str(demo_inputs.parent / "demo-shortcut.pt"), str(empty))
+    )
+    assert main(["run", str(cfg), "--out", str(tmp_path / "a"), "--limit", "4"]) == 2
+    assert "empty (0 bytes)" in _one_line_error(_last(capsys))
+
+    model = build_model().eval()
+    scripted = tmp_path / "scripted.pt"
+    with pytest.warns(FutureWarning):
+        torch.jit.script(model).save(str(scripted))
+    text = cfg.read_text().replace('factory = "auditor.demo:build_model"', f'file = "{scripted}"')
+    cfg.write_text("\n".join(ln for ln in text.splitlines() if not ln.startswith("weights")))
+    args = ["run", str(cfg), "--out", str(tmp_path / "b"), "--limit", "4", "--trust-model-code"]
+    assert main(args) == 2
+    line = _one_line_error(_last(capsys))
+    assert "TorchScript" in line and "hooks" in line and "torch.save(model" in line
+
+
+# -- 6. hostile strings: terminal, JUnit XML, [report] title -----------------------------------
+
+HOSTILE = "circle\x1b]0;pwned\x07\x1b[2J\x01\u202e"
+
+
+def test_control_characters_are_neutralised_in_terminal_and_junit_and_title_is_honoured(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import xml.etree.ElementTree as ET  # noqa: S405 - parsing our own output
+
+    data = demo_inputs.parent / "data"
+    rows = (data / "manifest.csv").read_text().splitlines()[:9]
+    manifest = data / "manifest-hostile.csv"
+    manifest.write_text("\n".join(r.replace(",circle,", f",{HOSTILE},") for r in rows) + "\n")
+    toml_name = HOSTILE.encode("unicode_escape").decode().replace("\\x", "\\u00")
+    cfg = tiny_config(
+        tmp_path,
+        demo_inputs,
+        manifest=manifest,
+        report_extra='title = "Release 7 audit: lesion model"',
+    )
+    text = cfg.read_text().replace('["circle",', f'["{toml_name}",')
+    cfg.write_text(text.replace("max_background_focus = 0.99", "max_background_focus = 0.01"))
+    out = tmp_path / "run"
+    assert main(["run", str(cfg), "--out", str(out), "--no-progress"]) == 1  # the gate fails
+    printed = capsys.readouterr().out
+    assert "\x1b" not in printed and "\x07" not in printed and "\u202e" not in printed
+    assert "circle\\x1b]0;pwned\\x07" in printed  # shown, inert
+    root = ET.parse(out / "junit.xml").getroot()  # noqa: S314 - well-formed despite \x01
+    names = [c.get("name") for c in root.iter("testcase")]
+    assert any("circle\\x1b]0;pwned" in str(n) for n in names)
+    html = (out / "report.html").read_text()
+    assert "<title>Release 7 audit: lesion model</title>" in html
