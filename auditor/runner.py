@@ -517,6 +517,7 @@ def _audit_locked(
                 ),
                 reshape=_reshape_fn(reshape),
                 example=example,
+                seed=int(s.seed),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"[model]/[audit]: {exc}") from exc
