@@ -444,3 +444,49 @@ def test_control_characters_are_neutralised_in_terminal_and_junit_and_title_is_h
     assert any("circle\\x1b]0;pwned" in str(n) for n in names)
     html = (out / "report.html").read_text()
     assert "<title>Release 7 audit: lesion model</title>" in html
+
+
+# -- 3. faults: a full disk, then a truncated shard on --resume --------------------------------
+
+FSIZE_CHILD = """
+import resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)   # EFBIG instead of a kill, as in `auditor`
+resource.setrlimit(resource.RLIMIT_FSIZE, (20_000, 20_000))
+from auditor.cli import main
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_disk_full_exits_2_with_path_and_free_space_then_resume_recomputes_a_bad_shard(
+    tmp_path: Path, demo_inputs: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    import pyarrow.parquet as pq
+
+    if not hasattr(os, "fork"):
+        pytest.skip("RLIMIT_FSIZE needs a POSIX child process")
+    cfg = tiny_config(tmp_path, demo_inputs)
+    out = tmp_path / "run"
+    args = ["run", str(cfg), "--out", str(out), "--limit", "8", "--no-progress"]
+    # summary.json (~30 KB) is the first file over the 20 KB file-size limit
+    res = subprocess.run(
+        [sys.executable, "-c", FSIZE_CHILD, *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**_env(), "PYTHONDONTWRITEBYTECODE": "1"},
+    )
+    assert res.returncode == EXIT_BAD_INPUT, res.stderr
+    line = _one_line_error(
+        "\n".join(ln for ln in res.stderr.splitlines() if not ln.startswith("WARNING"))
+    )
+    assert "summary.json" in line and "file too large" in line and "free" in line
+    assert not (out / "summary.json").exists()  # nothing half-written at a final path
+    assert not [p for p in out.rglob(".*") if p.name.endswith(".tmp")]
+    shards = sorted((out / "shards").glob("part-*.parquet"))
+    assert len(shards) == 2
+    shards[1].write_bytes(shards[1].read_bytes()[:100])  # truncated by a failing copy
+    caplog.set_level("WARNING", logger="auditor")
+    assert main([*args, "--resume"]) == 0
+    assert "batch 1 is recomputed" in caplog.text
+    assert pq.read_table(out / "samples.parquet").num_rows == 8
+    assert json.loads((out / "summary.json").read_text())["dataset"]["n_evaluated"] == 8
