@@ -22,10 +22,11 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -35,14 +36,40 @@ import torch
 
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
-from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
-from auditor.errors import AuditorInputError, ConfigError
+from auditor.config import (
+    AuditConfig,
+    AuditSettings,
+    GateRule,
+    check_device_available,
+    check_gates,
+    to_jsonable,
+    with_overrides,
+)
+from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
-from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
+from auditor.format import slugify
+from auditor.results import (
+    AuditResult,
+    ClassClusters,
+    DatasetInfo,
+    GalleryPanel,
+    ModelInfo,
+    RunInfo,
+    freeze,
+    method_info,
+)
+from auditor.store import (
+    MAIN_LOCK,
+    RunLock,
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_run_dir,
+    sweep_temp_files,
+)
 
 log = logging.getLogger("auditor")
 
-SCHEMA_VERSION = 1
 INTERVENTION_COLUMNS = tuple(
     f"{k}_{v}" for k in ("only_fg", "only_bg", "mixed_rand") for v in ("correct", "confidence")
 )
@@ -51,12 +78,17 @@ FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "average_drop", "increa
 
 @dataclass
 class AuditOutcome:
-    """What :func:`run_audit` returns: the run directory, the summary and the gate verdict."""
+    """What :func:`run_audit` returns: the run directory, the typed result and the verdict."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    result: AuditResult
     passed: bool
     report: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The result as the ``summary.json`` object (a fresh dict on every call)."""
+        return self.result.to_json()
 
     @property
     def exit_code(self) -> int:
@@ -108,12 +140,14 @@ def _seeded_subset(n: int, k: int, seed: int) -> set[int]:
     return set(g.permutation(n)[: min(k, n)].tolist())
 
 
-def _reshape_fn(name: str | None) -> Any:
-    if name is None:
-        return None
-    from auditor.cam import swin_reshape, vit_reshape
+def _reshape_fn(value: Any) -> Any:
+    """A config/API reshape (``None``/"auto", "vit", "swin", a table, a callable) for the
+    engine; ``None`` means "auto" here: inferred from the layer's output."""
+    from auditor.cam.layers import parse_reshape
 
-    return vit_reshape() if name == "vit" else swin_reshape()
+    if value is None:
+        return "auto"
+    return parse_reshape(value, "[model] reshape")
 
 
 class _BatchAuditor:
@@ -280,6 +314,28 @@ class _BatchAuditor:
         return table, low_res
 
 
+def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
+    """Whether ``exc`` was raised inside the forward of one of ``model``'s module types.
+
+    The traceback is walked for a frame whose ``self`` is an ``nn.Module`` of a type the
+    model is made of (the engine may run a copy of the model, so types, not objects, are
+    compared). Errors raised elsewhere (cam-auditor's own code) are bugs: not skipped.
+    """
+    types = {type(m) for m in model.modules()}
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and type(owner) in types:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _model_failure(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
+
+
 def _empty_skip_rows(batch: Any) -> list[dict[str, Any]]:
     return [{"index": i, "id": sid, "reason": reason} for i, sid, reason in batch.skipped]
 
@@ -297,14 +353,46 @@ def run_audit(
     render: bool = True,
     command: str | None = None,
 ) -> AuditOutcome:
-    """Audit the model and data described by ``config`` into the run directory ``out``."""
+    """Audit the model and data described by ``config`` into the run directory ``out``.
+
+    Order of checks (each failure is an :class:`auditor.errors.AuditorInputError`, CLI exit
+    2): the overrides (``device``, ``limit``); the run directory (claimed and locked before
+    anything heavy runs); the dataset's class list against the gates; only then the model.
+    """
+    cfg = with_overrides(config, device=device, limit=limit)
+    run_dir = Path(out)
+    claim_run_dir(run_dir)
+    with RunLock(run_dir, command=command) as lock:
+        sweep_temp_files(run_dir)
+        return _run_locked(
+            cfg, run_dir, lock, trust_model_code, resume, pdf, progress, render, command
+        )
+
+
+def _run_locked(
+    cfg: AuditConfig,
+    out: Path,
+    lock: RunLock,
+    trust_model_code: bool | None,
+    resume: bool,
+    pdf: bool | None,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
     from auditor.data import open_dataset
     from auditor.models import load_model
 
-    cfg = with_overrides(config, device=device, limit=limit)
+    where = cfg.source.name if cfg.source is not None else "<config>"
+    check_device_available(cfg.audit.device, "--device" if cfg.audit.device else where)
     dataset = open_dataset(cfg.data)
+    # gates naming classes are checked against the dataset's class list before the model loads
+    check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     loaded = load_model(
-        cfg.model, num_classes=len(dataset.classes), trust_model_code=trust_model_code
+        cfg.model,
+        num_classes=len(dataset.classes),
+        trust_model_code=trust_model_code,
+        in_channels=getattr(cfg.data, "channels", None),
     )
     return audit(
         loaded.module,
@@ -326,6 +414,7 @@ def run_audit(
         progress=progress,
         render=render,
         command=command,
+        lock=lock,
     )
 
 
@@ -337,7 +426,7 @@ def audit(
     settings: AuditSettings | None = None,
     gates: Sequence[GateRule] = (),
     layer: str | Sequence[str] | None = None,
-    reshape: str | None = None,
+    reshape: Any = None,
     model_info: dict[str, Any] | None = None,
     config: AuditConfig | None = None,
     resume: bool = False,
@@ -345,12 +434,69 @@ def audit(
     progress: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    lock: RunLock | None = None,
 ) -> AuditOutcome:
     """Audit an in-memory ``model`` on an :class:`auditor.data.EvalDataset` (Python API path).
 
+    ``layer=None`` auto-detects the target layer (:func:`auditor.cam.layers.detect_target_layer`);
+    ``reshape`` is ``None``/``"auto"`` (inferred from the layer), ``"vit"``, ``"swin"``, a
+    table ``{"kind": "tokens", "prefix_tokens": 1, "grid": [14, 14]}`` or a callable such as
+    :func:`auditor.cam.vit_reshape` (``vit_reshape(num_prefix_tokens=0)`` included).
+
     The model leaves as it came: the engine removes its hooks and restores train/eval flags.
+    The run directory is claimed (a non-empty folder of other files is refused) and locked
+    for the whole call (:class:`auditor.store.RunLock`; a second audit into it raises
+    :class:`auditor.errors.RunLockedError`); pass ``lock`` to use a lock the caller already
+    holds (a shard job's writer lock, or the main lock taken before loading the model).
     """
-    from auditor.cam import CamEngine, find_target_layer
+    run_dir = Path(out)
+    own = lock is None
+    if lock is None:
+        claim_run_dir(run_dir)
+        lock = RunLock(run_dir, command=command)
+    lock.acquire()
+    try:
+        if lock.name == MAIN_LOCK:
+            sweep_temp_files(run_dir)
+        return _audit_locked(
+            model,
+            dataset,
+            run_dir,
+            settings=settings,
+            gates=gates,
+            layer=layer,
+            reshape=reshape,
+            model_info=model_info,
+            config=config,
+            resume=resume,
+            pdf=pdf,
+            progress=progress,
+            render=render,
+            command=command,
+        )
+    finally:
+        if own:
+            lock.release()
+
+
+def _audit_locked(
+    model: torch.nn.Module,
+    dataset: Any,
+    out: Path,
+    *,
+    settings: AuditSettings | None,
+    gates: Sequence[GateRule],
+    layer: str | Sequence[str] | None,
+    reshape: Any,
+    model_info: dict[str, Any] | None,
+    config: AuditConfig | None,
+    resume: bool,
+    pdf: bool,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
+    from auditor.cam import CamEngine
     from auditor.models import state_dict_sha256
 
     s = settings or AuditSettings()
@@ -358,9 +504,9 @@ def audit(
     t0 = time.perf_counter()
     run_dir = Path(out)
     store = RunStore(run_dir)
+    check_device_available(s.device, "device")
     dev = torch.device(s.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AuditorInputError(f"--device {s.device}: CUDA is not available on this machine")
+    check_gates(tuple(gates), settings=s, classes=list(dataset.classes), source="gates")
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
     model_info = dict(model_info or {})
@@ -376,14 +522,13 @@ def audit(
     model.to(dev)
     model.eval()  # every forward of the audit (interventions included) sees the eval model
     try:
-        layer_names = layer
-        if layer_names is None:
-            example = torch.zeros(1, 3, *dataset.config.input_size, device=dev)
-            layer_names = find_target_layer(model, example)
+        channels = int(getattr(dataset.config, "channels", 3) or 3)
+        gen = torch.Generator().manual_seed(s.seed)
+        example = torch.randn(2, channels, *dataset.config.input_size, generator=gen).to(dev)
         try:
             engine = CamEngine(
                 model,
-                layer_names,
+                layer,
                 s.methods,
                 score_batch_size=s.score_batch_size,
                 inference_copy=s.inference_copy,
@@ -392,10 +537,13 @@ def audit(
                     s.autocast or ""
                 ),
                 reshape=_reshape_fn(reshape),
+                example=example,
+                seed=int(s.seed),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"[model]/[audit]: {exc}") from exc
         model_info["target_layer"] = ",".join(engine.layer_names)
+        _describe_layers(model_info, engine)
 
         n_total = len(dataset)
         n = n_total if s.limit is None else min(s.limit, n_total)
@@ -450,10 +598,13 @@ def audit(
             dataset.config.mean,
             dataset.config.std,
         )
-        sanity = _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
+        sanity = _sanity(
+            run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape
+        )
         from auditor.data import iter_batches
 
         t_loop = time.perf_counter()
+        failures: list[str] = []
         bar = _progress(sum(len(c) for c in todo), progress, "auditing")
         try:
             flat = [i for c in todo for i in c]
@@ -461,18 +612,36 @@ def audit(
                 iter_batches(dataset, flat, s.batch_size, num_workers=s.num_workers)
             ):
                 batch_no = first_missing + offset
+                skip_rows = _empty_skip_rows(batch)
+                ids, idx = list(batch.ids), list(batch.indices)
                 if len(batch):
-                    rows, cams = worker.process(batch, batch_no)
+                    try:
+                        rows, cams = worker.process(batch, batch_no)
+                    except Exception as exc:  # noqa: BLE001 - only the model's own errors
+                        if not raised_by_model(exc, model):
+                            raise
+                        failures.append(_model_failure(exc))
+                        log.warning(
+                            "batch %d: the model raised %s; its %d samples are skipped",
+                            batch_no,
+                            failures[-1],
+                            len(batch),
+                        )
+                        if len(failures) > s.max_failed_batches:
+                            raise ModelRuntimeError(
+                                f"the model {model_info['name']!r} raised on "
+                                f"{len(failures)} batches (more than [audit] "
+                                f"max_failed_batches = {s.max_failed_batches}); first: "
+                                f"{failures[0]}"
+                            ) from exc
+                        reason = f"the model raised {failures[-1]}"
+                        skip_rows += [
+                            {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
+                        ]
+                        rows, cams, ids, idx = pa.table({}), {}, [], []
                 else:
                     rows, cams = pa.table({}), {}
-                store.write_batch(
-                    batch_no,
-                    rows,
-                    cams,
-                    list(batch.ids),
-                    list(batch.indices),
-                    _empty_skip_rows(batch),
-                )
+                store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
                 bar.update(len(batch) + len(batch.skipped))
         finally:
             bar.close()
@@ -507,6 +676,22 @@ def audit(
     )
 
 
+def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:
+    """Additive summary fields: which layer, which reshape, and why."""
+    from auditor.cam.layers import describe_reshape
+
+    choices = list(engine.layer_choices)
+    model_info["reshape"] = describe_reshape(engine.reshape)
+    if choices:
+        model_info["target_layer_reason"] = "; ".join(
+            (f"{c.name}: " if len(choices) > 1 else "") + c.reason for c in choices
+        )
+        model_info["target_layer_shape"] = [list(c.shape) for c in choices if c.shape] or None
+        model_info["target_layer_family"] = choices[0].family
+    else:
+        model_info["target_layer_reason"] = "set by the user"
+
+
 def _sanity(
     run_dir: Path,
     model: torch.nn.Module,
@@ -515,41 +700,72 @@ def _sanity(
     layers: Sequence[str],
     dev: torch.device,
     n: int,
-) -> dict[str, Any] | None:
+    reshape: Any = None,
+) -> dict[str, Any]:
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
-    Stored in ``sanity.json`` so that a resumed run reuses it (same numbers as uninterrupted).
+    What is randomised: every parameterised module that produces the logits from the target
+    layer's output (:func:`auditor.metrics.sanity.downstream_of`: for a CNN the classifier, for
+    a transformer the blocks after the layer and the head). The result always carries
+    ``"_status": {"run", "reason", "randomised"}`` so that the report says why it did not run,
+    never a silent null. Stored in ``sanity.json`` so that a resumed run reuses it.
     """
+    import functools
     import json
 
+    def not_run(reason: str) -> dict[str, Any]:
+        log.warning("sanity check not run: %s", reason)
+        return {"_status": {"run": False, "reason": reason, "randomised": []}}
+
     path = run_dir / "sanity.json"
-    if not s.sanity_check or s.sanity_samples == 0 or n == 0:
-        return None
+    if not s.sanity_check:
+        return not_run("disabled in the config ([audit] sanity_check = false)")
+    if s.sanity_samples == 0:
+        return not_run("[audit] sanity_samples = 0")
+    if n == 0:
+        return not_run("no sample to run it on")
     if path.is_file():
-        return json.loads(path.read_text("utf-8"))
+        stored: dict[str, Any] = json.loads(path.read_text("utf-8"))
+        if "_skipped" in stored and "_status" not in stored:  # older runs
+            stored["_status"] = {"run": False, "reason": stored["_skipped"], "randomised": []}
+        return stored
+    from auditor.cam import compute_cams
     from auditor.data import iter_batches
-    from auditor.metrics.sanity import randomisation_sanity_check
+    from auditor.metrics.sanity import downstream_of, randomisation_sanity_check
 
     methods = [m for m in s.methods if m not in ("scorecam", "ablationcam")]
     if not methods:
-        return None
+        out = not_run(
+            "only perturbation methods (Score-CAM/Ablation-CAM) were requested; the check "
+            "runs on gradient and activation methods"
+        )
+        atomic_write_json(path, out)
+        return out
     batch = next(
         iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))), s.sanity_samples))
     )
     if not len(batch):
-        return None
+        return not_run("the first samples could not be read")
+    images = batch.images.to(dev)
     try:
+        head = downstream_of(model, layers[0], images[:2])
+        if not head:
+            raise ValueError(
+                f"no module with parameters runs after the target layer {layers[0]!r}: "
+                "nothing to randomise"
+            )
         res = randomisation_sanity_check(
             model,
-            batch.images.to(dev),
+            images,
             batch.labels.to(dev),
             methods,
             layers[0],
             seed=s.seed,
+            head=head,
+            compute=functools.partial(compute_cams, reshape=reshape),
         )
-    except (ValueError, RuntimeError) as exc:  # e.g. no linear head to randomise
-        log.warning("sanity check skipped: %s", exc)
-        out: dict[str, Any] = {"_skipped": str(exc)}
+    except (ValueError, RuntimeError, TypeError) as exc:
+        out = not_run(str(exc).splitlines()[0][:300])
         atomic_write_json(path, out)
         return out
     out = {
@@ -561,6 +777,12 @@ def _sanity(
             "randomised": list(r.randomised),
         }
         for m, r in res.items()
+    }
+    out["_status"] = {
+        "run": True,
+        "reason": f"randomised the {len(head)} module(s) that compute the logits from "
+        f"{layers[0]!r}",
+        "randomised": list(head),
     }
     atomic_write_json(path, out)
     return out
@@ -668,7 +890,7 @@ def finalize(
         store.write_samples(table)
     sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
     if table.num_rows:
-        stats = analyse(
+        result = analyse(
             table,
             classes=classes,
             methods=s.methods,
@@ -678,15 +900,7 @@ def finalize(
             sanity=sanity_clean,
         )
     else:
-        stats = {
-            "overall": {"n": 0, "accuracy": None, "accuracy_ci": [None, None], "metrics": {}},
-            "classes": {},
-            "findings": [],
-            "rules": {},
-            "confusion": None,
-            "method_agreement": None,
-            "faithfulness": None,
-        }
+        result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
 
     from auditor.cam import METHODS
     from auditor.metrics.registry import METRICS
@@ -705,57 +919,58 @@ def finalize(
         h.update(f"skipped\0{sk['id']}\n".encode())
     annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
     finished = datetime.now(timezone.utc)
-    summary: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "cam-auditor", "version": __version__},
-        "run": {
-            "started": started.isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "timings": {
-                "audit_loop_s": round(loop_s, 3),
-                "analysis_s": round(time.perf_counter() - t_an, 3),
-            },
-            "config_sha256": config.sha256 if config else None,
-            "seed": s.seed,
-            "device": s.device,
-            "command": command,
-            "versions": library_versions(),
-            "config": to_jsonable(config.raw) if config else to_jsonable(s),
-        },
-        "title": config.report.title if config else "Model attention audit",
-        "model": model_info,
-        "dataset": {
-            "name": getattr(dataset.config, "source", None)
-            and Path(str(dataset.config.manifest or dataset.config.root)).name,
-            "format": dataset.config.format,
-            "sha256": h.hexdigest(),
-            "annotation_sha256": dataset.annotation_sha256(),
-            "n_samples": len(dataset),
-            "n_evaluated": int(prim.num_rows),
-            "n_skipped": len(skipped),
-            "annotated": annotated,
-            "input_size": list(dataset.config.input_size),
-            "classes": list(classes),
-            "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
-        },
-        "methods": list(s.methods),
-        "primary_method": s.primary,
-        "methods_info": {m: _method_info(METHODS[m]) for m in s.methods},
-        "metrics_info": {k: to_jsonable(v) for k, v in METRICS.items()},
-        **stats,
-        "sanity": sanity_clean or None,
-        "clusters": clusters or None,
-        "settings": to_jsonable(s),
-    }
-    summary["gates"] = evaluate_gates(summary, gates)
-    summary["gallery"] = _gallery(run_dir, primary_cams, dataset, table, summary, s)
-    atomic_write_json(run_dir / "summary.json", summary)
-    write_junit(run_dir / "junit.xml", summary)
-    write_per_class_csv(summary, run_dir / "classes.csv")
-    write_findings_csv(summary, run_dir / "findings.csv")
-    if summary["dataset"]["n_evaluated"] == 0:
-        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in summary["dataset"]["skipped"][:3])
+    result = result.replace(
+        tool=freeze({"name": "cam-auditor", "version": __version__}),
+        run=RunInfo.from_json(
+            {
+                "started": started.isoformat(timespec="seconds"),
+                "finished": finished.isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - t0, 3),
+                "timings": {
+                    "audit_loop_s": round(loop_s, 3),
+                    "analysis_s": round(time.perf_counter() - t_an, 3),
+                },
+                "config_sha256": config.sha256 if config else None,
+                "seed": s.seed,
+                "device": s.device,
+                "command": command,
+                "versions": library_versions(),
+                "config": to_jsonable(config.raw) if config else to_jsonable(s),
+            }
+        ),
+        title=config.report.title if config else "Model attention audit",
+        model=ModelInfo.from_json(model_info),
+        dataset=DatasetInfo.from_json(
+            {
+                "name": getattr(dataset.config, "source", None)
+                and Path(str(dataset.config.manifest or dataset.config.root)).name,
+                "format": dataset.config.format,
+                "sha256": h.hexdigest(),
+                "annotation_sha256": dataset.annotation_sha256(),
+                "n_samples": len(dataset),
+                "n_evaluated": int(prim.num_rows),
+                "n_skipped": len(skipped),
+                "annotated": annotated,
+                "input_size": list(dataset.config.input_size),
+                "classes": list(classes),
+                "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
+            }
+        ),
+        methods_info=MappingProxyType({m: method_info(METHODS[m]) for m in s.methods}),
+        metrics_info=MappingProxyType(dict(METRICS)),
+        settings=freeze(to_jsonable(s)),
+        sanity_status=freeze(
+            (sanity or {}).get("_status") or {"run": False, "reason": "not run", "randomised": []}
+        ),
+    )
+    result = result.replace(gates=evaluate_gates(result, gates))
+    result = _gallery(run_dir, primary_cams, dataset, table, result, s)
+    atomic_write_json(run_dir / "summary.json", result.to_json())
+    write_junit(run_dir / "junit.xml", result)
+    write_per_class_csv(result, run_dir / "classes.csv")
+    write_findings_csv(result, run_dir / "findings.csv")
+    if result.dataset.n_evaluated == 0:
+        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in result.dataset.skipped[:3])
         raise AuditorInputError(
             f"no sample could be evaluated ({len(skipped)} skipped"
             + (f", e.g. {reasons}" if reasons else "")
@@ -772,20 +987,7 @@ def finalize(
             templates=config.report.templates if config else None,
             pdf_timeout_s=config.report.pdf_timeout_s if config else 600,
         )
-    return AuditOutcome(
-        run_dir=run_dir, summary=summary, passed=summary["gates"]["passed"], report=report
-    )
-
-
-def _method_info(method: Any) -> dict[str, Any]:
-    doc = (getattr(method, "__doc__", None) or getattr(method, "description", "") or "").strip()
-    info = {
-        "title": getattr(method, "title", None) or getattr(method, "name", ""),
-        "formula": getattr(method, "formula", "") or "",
-        "reference": getattr(method, "reference", "") or "",
-        "description": doc.split("\n\n")[0] if doc else "",
-    }
-    return info
+    return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
 
 
 def _gallery(
@@ -793,135 +995,72 @@ def _gallery(
     cams: dict[int, np.ndarray],
     dataset: Any,
     table: pa.Table,
-    summary: dict[str, Any],
+    result: AuditResult,
     s: AuditSettings,
-) -> dict[str, list[dict[str, Any]]]:
-    """Choose and draw gallery panels: flagged classes (highest background focus first) and,
-    for contrast, the class with the lowest risk (highest energy in the object)."""
+) -> AuditResult:
+    """Draw the gallery panels chosen by :func:`auditor.analysis.gallery.choose_gallery` and
+    the cluster exemplar panels; return the result with ``gallery`` and the clusters'
+    ``gallery`` files filled in."""
+    from auditor.analysis.gallery import choose_gallery
     from auditor.report import cluster_panel, gallery_panel
 
     if table.num_rows == 0 or s.gallery_per_class == 0:
-        return {}
+        return result
     gdir = run_dir / "gallery"
     gdir.mkdir(exist_ok=True)
-    classes = summary["classes"]
-    prim = table.filter(pc.equal(table.column("method"), s.primary))
-    cols = {
-        c: prim.column(c).to_numpy(zero_copy_only=False)
-        for c in (
-            "index",
-            "id",
-            "label",
-            "pred",
-            "confidence",
-            "background_focus",
-            "energy_in_mask",
-        )
-    }
-    names = list(summary["dataset"]["classes"])
-    flagged = [c for c, v in classes.items() if v["flagged"]]
-    ranked = sorted((c for c in classes if classes[c]["n"]), key=lambda c: classes[c]["risk"])
-    contrast = [c for c in ranked if c not in flagged][:1]
-    chosen: list[tuple[str, str]] = [(c, "flagged") for c in flagged[:20]] + [
-        (c, "contrast") for c in contrast
-    ]
-    out: dict[str, list[dict[str, Any]]] = {}
-    for cname, why in chosen:
-        ci = names.index(cname)
-        sel = np.flatnonzero(cols["label"] == ci)
-        key = cols["background_focus"].astype(float)[sel]
-        key = np.where(np.isfinite(key), key, -np.inf)
-        order = sel[np.argsort(-key if why == "flagged" else key, kind="stable")]
-        picks = order[: s.gallery_per_class]
+    out: dict[str, tuple[GalleryPanel, ...]] = {}
+    for cname, picks in choose_gallery(result, table, s.gallery_per_class).items():
         entries = []
-        for rank, j in enumerate(picks):
-            i = int(cols["index"][j])
-            if i not in cams:
+        for rank, pick in enumerate(picks):
+            if pick.index not in cams:
                 continue
-            image, mask = dataset.load_display(i)
-            bfv = float(cols["background_focus"][j])
+            image, mask = dataset.load_display(pick.index)
+            bfv = pick.panel.background_focus
             png = gallery_panel(
                 image,
                 mask,
-                cams[i],
-                title=str(cols["id"][j]),
-                subtitle=f"label {cname} · predicted {names[int(cols['pred'][j])]} · "
-                f"background focus {bfv:.0%}"
-                if np.isfinite(bfv)
+                cams[pick.index],
+                title=pick.panel.id,
+                subtitle=f"label {cname} · predicted {pick.panel.pred} · background focus {bfv:.0%}"
+                if bfv is not None
                 else "",
             )
-            fname = f"gallery/{_slug(cname)}-{rank}.png"
+            fname = f"gallery/{slugify(cname)}-{rank}.png"
             atomic_write_bytes(run_dir / fname, png)
-            entries.append(
-                {
-                    "id": str(cols["id"][j]),
-                    "file": fname,
-                    "label": cname,
-                    "pred": names[int(cols["pred"][j])],
-                    "confidence": float(cols["confidence"][j]),
-                    "energy_in_mask": _num(cols["energy_in_mask"][j]),
-                    "background_focus": _num(bfv),
-                    "why": "highest background focus"
-                    if why == "flagged"
-                    else "lowest-risk class, for contrast",
-                }
-            )
-        out[cname] = entries
+            entries.append(replace(pick.panel, file=fname))
+        out[cname] = tuple(entries)
     # cluster exemplar panels
-    id_to_index = {str(a): int(b) for a, b in zip(cols["id"], cols["index"])}
-    for cname, res in (summary.get("clusters") or {}).items():
-        if len(res["clusters"]) < 2:
+    prim = table.filter(pc.equal(table.column("method"), s.primary))
+    id_to_index = {
+        str(a): int(b)
+        for a, b in zip(prim.column("id").to_pylist(), prim.column("index").to_pylist())
+    }
+    clusters: dict[str, ClassClusters] = {}
+    for cname, res in (result.clusters or {}).items():
+        if len(res.clusters) < 2:
+            clusters[cname] = res
             continue
-        for cl in res["clusters"][:6]:
-            wanted = [id_to_index[e] for e in cl["exemplars"] if e in id_to_index][:4]
+        drawn = []
+        for pos, cl in enumerate(res.clusters):
+            wanted = [id_to_index[e] for e in cl.exemplars if e in id_to_index][:4]
             ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
-            if not ex:
+            if pos >= 6 or not ex:
+                drawn.append(cl)
                 continue
             mean_map = np.mean([c for _, c in ex], axis=0)
-            png = cluster_panel(
-                mean_map, ex, title=f"{cname}: cluster {cl['id']} ({cl['size']} images)"
-            )
-            fname = f"gallery/cluster-{_slug(cname)}-{cl['id']}.png"
+            png = cluster_panel(mean_map, ex, title=f"{cname}: cluster {cl.id} ({cl.size} images)")
+            fname = f"gallery/cluster-{slugify(cname)}-{cl.id}.png"
             atomic_write_bytes(run_dir / fname, png)
-            cl["gallery"] = [fname]
-    return out
+            drawn.append(replace(cl, gallery=(fname,)))
+        clusters[cname] = replace(res, clusters=tuple(drawn))
+    return result.replace(
+        gallery=MappingProxyType(out),
+        clusters=MappingProxyType(clusters) if result.clusters is not None else None,
+    )
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
+def write_junit(path: Path, result: AuditResult | Mapping[str, Any]) -> None:
+    """Deprecated location: see :func:`auditor.export.write_junit`."""
+    from auditor.export import write_junit as _write
 
-
-def _slug(name: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "-" for ch in name)[:40].strip("-") or "class"
-    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-def write_junit(path: Path, summary: dict[str, Any]) -> None:
-    """Gate results as JUnit XML: one test case per rule × class, failures for failed gates."""
-    from xml.sax.saxutils import quoteattr
-
-    results = summary.get("gates", {}).get("results", [])
-    failures = sum(1 for r in results if not r["passed"])
-    lines = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<testsuites name="cam-auditor" tests="{len(results)}" failures="{failures}">',
-        f"  <testsuite name={quoteattr('gates: ' + str(summary.get('model', {}).get('name')))} "
-        f'tests="{len(results)}" failures="{failures}" errors="0">',
-    ]
-    for r in results:
-        name = r["rule"] + (f"[{r['class']}]" if r.get("class") is not None else "")
-        value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
-        lines.append(f'    <testcase classname="cam-auditor.gates" name={quoteattr(name)}>')
-        if not r["passed"]:
-            msg = (
-                f"{r['quantity']} ({r['stat']}) = {value}, {r['bound']} allowed "
-                f"{r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
-            )
-            lines.append(f"      <failure message={quoteattr(msg)}/>")
-        lines.append("    </testcase>")
-    lines += ["  </testsuite>", "</testsuites>", ""]
-    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    _write(path, result)
