@@ -304,9 +304,9 @@ def test_a_gate_that_checks_nothing_fails_instead_of_disappearing() -> None:
     }
     rule = GateRule(name="r", quantity="energy_in_mask", min=0.1, classes=("dog",))
     res = evaluate_gates(summary, [rule])
-    assert not res["passed"] and res["results"][0]["note"] == "no evaluated sample"
+    assert not res.passed and res.results[0].note == "no evaluated sample"
     ok = evaluate_gates(summary, [GateRule(name="r", quantity="energy_in_mask", min=0.1)])
-    assert ok["passed"] and len(ok["results"]) == 1
+    assert ok.passed and len(ok.results) == 1
 
 
 # -- 3. crashes of the model side: exit 2 with one line, or skipped samples --------------------
