@@ -11,8 +11,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -490,3 +492,49 @@ def test_disk_full_exits_2_with_path_and_free_space_then_resume_recomputes_a_bad
     assert "batch 1 is recomputed" in caplog.text
     assert pq.read_table(out / "samples.parquet").num_rows == 8
     assert json.loads((out / "summary.json").read_text())["dataset"]["n_evaluated"] == 8
+
+
+# -- 6. a killed PDF render: its worker dies with it and its temp files go ---------------------
+
+PDF_PARENT = """
+import sys
+import time
+from pathlib import Path
+from auditor.report.pdf import html_to_pdf
+rows = "".join(f"<tr><td>{i}</td><td>{'x' * 40}</td></tr>" for i in range(20000))
+html_to_pdf(f"<html><body><table>{rows}</table></body></html>", Path(sys.argv[1]) / "r.pdf",
+            base_dir=Path(sys.argv[1]), timeout_s=300)
+"""
+
+
+def _workers(folder: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "_pdf_worker" in cmd and str(folder) in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_pdf_render_takes_its_worker_and_temp_files_with_it(tmp_path: Path) -> None:
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc to find the worker process")
+    parent = subprocess.Popen([sys.executable, "-c", PDF_PARENT, str(tmp_path)], env=_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and not _workers(tmp_path):
+        assert parent.poll() is None, "the render ended before its worker was seen"
+        time.sleep(0.05)
+    assert _workers(tmp_path), "no PDF worker started"
+    time.sleep(0.5)  # let the worker get going (importing WeasyPrint, reading its HTML)
+    os.kill(parent.pid, signal.SIGKILL)  # no cleanup can run in the parent
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and (_workers(tmp_path) or list(tmp_path.iterdir())):
+        time.sleep(0.1)
+    assert not _workers(tmp_path), "the PDF worker outlived its parent"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # temp HTML/PDF removed, no PDF
