@@ -401,6 +401,110 @@ def _evidence_items(evidence: object) -> list[tuple[str, Any]]:
     return [(str(k), v) for k, v in _d(evidence).items()]
 
 
+_STAT_LABELS = {
+    "background_focus": "Background focus",
+    "border_focus": "Border focus",
+    "entropy": "Map entropy",
+    "peak_distance": "Peak distance from the centre",
+    "only_fg_drop": "Accuracy lost without the background",
+    "only_bg_hit": "Background alone predicted as the class",
+    "correct": "Accuracy",
+}
+
+
+def _support(raw: object) -> dict[str, Any] | None:
+    """The statistic a finding rests on: its estimate, interval and the baseline it excludes."""
+    d = _d(raw)
+    if not d:
+        return None
+    ci = d.get("ci") or [None, None]
+    return {
+        "statistic": str(d.get("statistic") or ""),
+        "label": str(d.get("label") or d.get("statistic") or ""),
+        "estimate": _num(d.get("estimate")),
+        "ci": [_num(ci[0]), _num(ci[1])] if len(ci) == 2 else [None, None],
+        "baseline": _num(d.get("baseline")),
+        "against": str(d.get("against") or ""),
+        "subgroup": _num(d.get("subgroup")),
+        "rest": _num(d.get("rest")),
+        "confidence": _num(d.get("confidence")),
+    }
+
+
+def _num(v: object) -> float | None:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _subgroups(
+    summary: Mapping[str, Any], findings: list[dict[str, Any]], images: Any
+) -> list[dict[str, Any]]:
+    """One entry per reported subgroup (``summary["clusters"][class]["subgroups"]``), with
+    its finding, its separating statistics and intervals, and its panels beside the rest's."""
+    by_key: dict[tuple[str, Any], dict[str, Any]] = {}
+    raw_by_id = {str(_d(f).get("id")): _d(f) for f in summary.get("findings") or []}
+    for f in findings:
+        if f["kind"] in ("subgroup_shortcut", "strategy_cluster"):
+            ev = _d(raw_by_id.get(f["id"], {}).get("evidence"))
+            by_key[(str(f["class"]), ev.get("cluster"))] = f
+    out: list[dict[str, Any]] = []
+    for name, raw in _d(summary.get("clusters")).items():
+        for sg in _d(raw).get("subgroups") or []:
+            sg = _d(sg)
+            match = by_key.get((str(name), sg.get("cluster")))
+            tests = []
+            for key, t in _d(sg.get("tests")).items():
+                t = _d(t)
+                ci = t.get("ci") or [None, None]
+                tests.append(
+                    {
+                        "name": str(key),
+                        "label": _STAT_LABELS.get(str(key), str(key)),
+                        "subgroup": _num(t.get("subgroup")),
+                        "rest": _num(t.get("rest")),
+                        "diff": _num(t.get("diff")),
+                        "ci": [_num(ci[0]), _num(ci[1])],
+                        "margin": _num(t.get("margin")),
+                        "method": str(t.get("method") or ""),
+                        "separates": bool(t.get("separates")),
+                        "n_subgroup": t.get("n_subgroup"),
+                        "n_rest": t.get("n_rest"),
+                    }
+                )
+            members = [str(x) for x in sg.get("members") or []]
+            rate = list(sg.get("only_bg_rate") or [None, None, None]) + [None] * 3
+            out.append(
+                {
+                    "class": str(name),
+                    "slug": slugify(name),
+                    "finding": match,
+                    "severity": str(sg.get("severity") or "low"),
+                    "size": sg.get("size"),
+                    "class_size": sg.get("class_size"),
+                    "where": str(sg.get("where") or ""),
+                    "region_share": _num(sg.get("region_share")),
+                    "rest_region_share": _num(sg.get("rest_region_share")),
+                    "elsewhere_statistic": sg.get("elsewhere_statistic"),
+                    "needed_statistic": sg.get("needed_statistic"),
+                    "interventions": bool(sg.get("interventions")),
+                    "only_bg_rate": _num(rate[0]),
+                    "only_bg_rate_ci": [_num(rate[1]), _num(rate[2])],
+                    "tests": tests,
+                    "members": members[:60],
+                    "n_members_hidden": max(0, len(members) - 60),
+                    "images": [
+                        {"file": str(p), "uri": images.uri(str(p))} for p in sg.get("gallery") or []
+                    ],
+                }
+            )
+    order = {"high": 0, "medium": 1, "low": 2}
+    out.sort(key=lambda g: (order.get(g["severity"], 3), g["class"]))
+    return out
+
+
 def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[str, Any]:
     """Everything the report templates use; see ``docs/report.md`` for each key."""
     run_dir = Path(run_dir)
@@ -447,9 +551,11 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
                 "severity": str(f.get("severity") or "info").lower(),
                 "title": str(f.get("title") or f.get("message") or f.get("kind") or fid),
                 "message": str(f.get("message") or ""),
-                "evidence": _evidence_items(f.get("evidence")),
+                # member lists are long: the Subgroups section shows them
+                "evidence": [kv for kv in _evidence_items(f.get("evidence")) if kv[0] != "members"],
                 "examples": [str(x) for x in f.get("examples") or []],
                 "panels": panels,
+                "support": _support(f.get("support")),
             }
         )
     findings.sort(key=lambda f: _severity_rank(f["severity"]))
@@ -512,6 +618,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     risk_pos = {r["name"]: i for i, r in enumerate(rows)}
     clusters.sort(key=lambda c: risk_pos.get(c["class"], len(rows)))
     clusters = clusters[: limits.gallery_classes]
+    subgroups = _subgroups(summary, findings, images)
 
     overall = _with_keys(summary.get("overall"), ("n", "accuracy", "accuracy_ci", "metrics"))
     methods_info = _d(summary.get("methods_info"))
@@ -607,6 +714,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "galleries": galleries,
         "n_gallery_classes": len(gallery_names),
         "clusters": clusters,
+        "subgroups": subgroups,
         "rules": [(str(k), str(v)) for k, v in _d(summary.get("rules")).items()],
         "faithfulness": faith,
         "sanity": sanity,
