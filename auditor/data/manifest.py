@@ -149,9 +149,9 @@ def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
         except csv.Error as exc:
             # this row alone is unusable (unterminated quote, oversized cell): skip it
             key = f"line {line}"
-            error = f"manifest line {line}: unreadable CSV row ({exc})"
-            groups[key] = _Group(line, key, "", error=error)
-            first_error = first_error or (line, error)
+            bad = f"manifest line {line}: unreadable CSV row ({exc})"
+            groups[key] = _Group(line, key, "", error=bad)
+            first_error = first_error or (line, bad)
             continue
         if not any(cell.strip() for cell in row):
             n_rows -= 1
