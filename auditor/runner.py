@@ -252,6 +252,9 @@ class _BatchAuditor:
                     valid &= hm[np.clip(pv, 0, None)]  # the donor background needs a mask too
                 iv[f"{key}_correct"] = np.where(valid, correct, np.nan)
                 iv[f"{key}_confidence"] = np.where(valid, cconf, np.nan)
+                if key == "only_bg":
+                    pred_bg = p.argmax(1).cpu().numpy().astype(np.int64)
+                    iv["only_bg_pred"] = np.where(valid, pred_bg, -1)
 
         # faithfulness on the seeded subset (Petsiuk et al. 2018; Chattopadhay et al. 2018)
         faith: dict[str, dict[str, np.ndarray]] = {}
@@ -295,6 +298,8 @@ class _BatchAuditor:
             if s.interventions:
                 for key in INTERVENTION_COLUMNS:
                     cols[key] = iv.get(key, nan_col)
+                # the class the background alone is predicted as (-1: not run for the sample)
+                cols["only_bg_pred"] = iv.get("only_bg_pred", np.full(b, -1, np.int64))
             if s.faithfulness_samples > 0:
                 cols["faithfulness_subset"] = np.isin(
                     np.asarray(batch.indices), np.asarray(sorted(self.faith_subset), dtype=np.int64)
@@ -784,45 +789,66 @@ def _sanity(
 
 
 def _cluster_analysis(
-    cams: dict[int, np.ndarray], table: pa.Table, classes: Sequence[str], s: AuditSettings
-) -> dict[str, Any]:
-    """SpRAy per class on the stored low-resolution CAMs of the primary method."""
-    from auditor.metrics.clusters import spray_clusters
+    cams: dict[int, np.ndarray],
+    table: pa.Table,
+    classes: Sequence[str],
+    s: AuditSettings,
+    input_size: tuple[int, int] | None = None,
+) -> tuple[dict[str, Any], dict[int, int]]:
+    """SpRAy + subgroup tests per class on the primary method's low-resolution CAMs.
+
+    Returns (``summary["clusters"]``, ``{dataset index: cluster id within its class}``).
+    """
+    from auditor.metrics.subgroups import analyse_class, border_chance, class_to_json
 
     if not s.clusters or table.num_rows == 0:
-        return {}
+        return {}, {}
     prim = table.filter(pc.equal(table.column("method"), s.primary))
     idx = prim.column("index").to_numpy()
     labels = prim.column("label").to_numpy()
-    bf = prim.column("background_focus").to_numpy(zero_copy_only=False).astype(float)
     ids = prim.column("id").to_pylist()
+
+    def col(name: str) -> np.ndarray:
+        if name not in prim.column_names:
+            return np.full(prim.num_rows, np.nan)
+        return np.asarray(
+            [np.nan if v is None else float(v) for v in prim.column(name).to_pylist()], float
+        )
+
+    correct = col("correct")
+    per_sample = {
+        "background_focus": col("background_focus"),
+        "border_focus": col("border_focus"),
+        "entropy": col("entropy"),
+        "correct": correct,
+        "only_bg_hit": col("only_bg_correct"),
+        "only_fg_drop": correct - col("only_fg_correct"),
+    }
+    some = next(iter(cams.values()), None)
+    size = input_size or ((some.shape[0], some.shape[1]) if some is not None else (1, 1))
+    chance = border_chance(size, s.border_width) if min(size) > 2 else 1.0
     out: dict[str, Any] = {}
+    membership: dict[int, int] = {}
     for ci, name in enumerate(classes):
         sel = np.flatnonzero(labels == ci)
-        sel = np.asarray([j for j in sel if int(idx[j]) in cams])
+        sel = np.asarray([j for j in sel if int(idx[j]) in cams], dtype=np.int64)
         if len(sel) < 6:
             continue
         maps = np.stack([cams[int(idx[j])] for j in sel])
-        bfc = bf[sel]
-        res = spray_clusters(
-            maps, background_focus=bfc if np.isfinite(bfc).any() else None, seed=s.seed
+        stats = {k: v[sel] for k, v in per_sample.items() if np.isfinite(v[sel]).sum() >= 2}
+        res = analyse_class(
+            maps,
+            stats,
+            n_classes=len(classes),
+            border_chance_share=chance,
+            confidence=s.confidence,
+            n_boot=max(200, min(s.bootstrap, 2000)),
+            seed=s.seed,
         )
-        clusters = []
-        for cl in res.clusters:
-            clusters.append(
-                {
-                    "id": int(cl.id),
-                    "size": int(cl.size),
-                    "background_focus": None
-                    if cl.mean_background_focus is None or not np.isfinite(cl.mean_background_focus)
-                    else float(cl.mean_background_focus),
-                    "exemplars": [ids[int(sel[e])] for e in cl.exemplars],
-                    "outlier": int(cl.id) in set(int(x) for x in res.outlier_clusters),
-                    "gallery": [],
-                }
-            )
-        out[name] = {"k": int(res.k), "eigengap": float(res.eigengap), "clusters": clusters}
-    return out
+        out[name] = class_to_json(res, [ids[int(j)] for j in sel])
+        for j, lab in zip(sel, res.labels):
+            membership[int(idx[j])] = int(lab)
+    return out, membership
 
 
 def finalize(
@@ -849,12 +875,19 @@ def finalize(
     table = store.read_rows()
     log.info("aggregating %d rows from %s", table.num_rows, store.shards)
     skipped = store.read_skipped()
-    if table.num_rows:
-        store.write_samples(table)
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
-    clusters = _cluster_analysis(primary_cams, table, classes, s)
+    clusters, membership = _cluster_analysis(
+        primary_cams, table, classes, s, tuple(dataset.config.input_size)
+    )
+    if table.num_rows:
+        # `cluster`: the primary method's cluster id within the sample's class (-1: none)
+        cl_col = np.asarray(
+            [membership.get(int(i), -1) for i in table.column("index").to_pylist()], np.int64
+        )
+        table = table.append_column("cluster", pa.array(cl_col, pa.int64()))
+        store.write_samples(table)
     sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
     if table.num_rows:
         result = analyse(

@@ -11,9 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -490,3 +493,95 @@ def test_disk_full_exits_2_with_path_and_free_space_then_resume_recomputes_a_bad
     assert "batch 1 is recomputed" in caplog.text
     assert pq.read_table(out / "samples.parquet").num_rows == 8
     assert json.loads((out / "summary.json").read_text())["dataset"]["n_evaluated"] == 8
+
+
+# -- 6. a killed PDF render: its worker dies with it and its temp files go ---------------------
+
+PDF_PARENT = """
+import sys
+import time
+from pathlib import Path
+from typing import Any
+from auditor.report.pdf import html_to_pdf
+rows = "".join(f"<tr><td>{i}</td><td>{'x' * 40}</td></tr>" for i in range(20000))
+html_to_pdf(f"<html><body><table>{rows}</table></body></html>", Path(sys.argv[1]) / "r.pdf",
+            base_dir=Path(sys.argv[1]), timeout_s=300)
+"""
+
+
+def _workers(folder: Path) -> list[int]:
+    pids = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "_pdf_worker" in cmd and str(folder) in cmd:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_killed_pdf_render_takes_its_worker_and_temp_files_with_it(tmp_path: Path) -> None:
+    if not Path("/proc/self/cmdline").exists():
+        pytest.skip("needs /proc to find the worker process")
+    parent = subprocess.Popen([sys.executable, "-c", PDF_PARENT, str(tmp_path)], env=_env())
+    deadline = time.time() + 120
+    while time.time() < deadline and not _workers(tmp_path):
+        assert parent.poll() is None, "the render ended before its worker was seen"
+        time.sleep(0.05)
+    assert _workers(tmp_path), "no PDF worker started"
+    time.sleep(0.5)  # let the worker get going (importing WeasyPrint, reading its HTML)
+    os.kill(parent.pid, signal.SIGKILL)  # no cleanup can run in the parent
+    parent.wait()
+    deadline = time.time() + 30
+    while time.time() < deadline and (_workers(tmp_path) or list(tmp_path.iterdir())):
+        time.sleep(0.1)
+    assert not _workers(tmp_path), "the PDF worker outlived its parent"
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # temp HTML/PDF removed, no PDF
+
+
+# -- 5 and 6. manifests: a bad row is isolated, duplicates noted, an oversized cell skipped ---
+
+
+def _manifest_dataset(root: Path, body: str) -> object:
+    from PIL import Image
+
+    from auditor.data import open_dataset
+    from auditor.data.config import parse_data_section
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(13):
+        Image.new("RGB", (8, 8), (i * 10, 0, 0)).save(root / f"im{i}.png")
+    (root / "manifest.csv").write_text(body, encoding="utf-8")
+    section = {"manifest": "manifest.csv", "input_size": 8, "classes": ["a", "b"]}
+    return open_dataset(parse_data_section(section, root, "c.toml"))
+
+
+def test_an_unterminated_quote_skips_its_row_only(tmp_path: Path) -> None:
+    rows = [f"im{i}.png,{'ab'[i % 2]}" for i in range(13)]
+    rows[3] = 'im3.png,"a'  # the quote never closes: it used to swallow rows 4..12
+    ds: Any = _manifest_dataset(tmp_path, "image,label\n" + "\n".join(rows) + "\n")
+    assert len(ds) == 13  # every line of the file is accounted for
+    skipped = []
+    for i in range(len(ds)):
+        try:
+            ds.load(i)
+        except Exception as exc:  # noqa: BLE001 - SampleSkipped carries the reason
+            skipped.append(str(exc))
+    assert len(skipped) == 1 and "manifest line 5" in skipped[0] and "CSV" in skipped[0]
+
+
+def test_duplicate_rows_are_noted_and_an_oversized_cell_skips_one_row(tmp_path: Path) -> None:
+    rows = [f"im{i}.png,{'ab'[i % 2]}" for i in range(6)]
+    rows.insert(2, rows[1])  # an identical duplicate of line 3
+    rows[4] = "im3.png," + "b" * 200_000  # beyond csv's field limit
+    ds: Any = _manifest_dataset(tmp_path, "image,label\n" + "\n".join(rows) + "\n")
+    ids = [ds.sample_id(i) for i in range(len(ds))]
+    assert ids.count("im1.png") == 1 and len(ds) == 6
+    sample = ds.load(ids.index("im1.png"))
+    assert any("repeats line 3" in n for n in sample.notes)
+    with pytest.raises(Exception, match="manifest line 6.*field larger"):
+        ds.load(ids.index("line 6"))
+    assert ds.load(ids.index("im5.png")).label == 1

@@ -141,6 +141,9 @@ class PrimaryColumns:
     border_focus: np.ndarray
     energy_lift: np.ndarray
     interventions: Mapping[str, np.ndarray]
+    ids: tuple[str, ...] = ()
+    #: the class the background alone was predicted as (-1: not run); None: column absent
+    only_bg_pred: np.ndarray | None = None
 
     @classmethod
     def of(cls, table: pa.Table, primary: str) -> PrimaryColumns:
@@ -158,6 +161,10 @@ class PrimaryColumns:
             border_focus=col(prim, "border_focus", float),
             energy_lift=col(prim, "energy_lift", float),
             interventions=iv,
+            ids=tuple(str(v) for v in col(prim, "id", str)) if "id" in prim.column_names else (),
+            only_bg_pred=col(prim, "only_bg_pred", int)
+            if "only_bg_pred" in prim.column_names
+            else None,
         )
 
 

@@ -21,7 +21,10 @@ are read from :func:`auditor.metrics.clusters.spray_clusters` and the sanity res
   on the object than its area (energy lift < 1) has a Wilson lower bound above 0.5.
 * ``border_focus``: mean CAM mass in the outer band above the other classes' baseline.
 * ``method_disagreement``: two methods' mean background focus differ by > ``disagreement``.
-* ``strategy_cluster``: SpRAy found a small cluster whose focus differs from the rest.
+* ``subgroup_shortcut`` / ``strategy_cluster``: a SpRAy cluster of a class tested against the
+  rest of its class (:mod:`auditor.metrics.subgroups`, :mod:`auditor.subgroup_findings`).
+* ``background_sufficiency``: the background alone is predicted as the class far more often
+  than other classes' backgrounds are (Xiao et al. 2021).
 * ``sanity_check``: a method whose maps barely change when the head is randomised.
 """
 
@@ -422,52 +425,73 @@ def method_disagreement_rule(ctx: RuleContext) -> list[Finding]:
 # --------------------------------------------------------------------------------------------
 # run-wide rules on other analyses' results
 # --------------------------------------------------------------------------------------------
-def _spray_default(name: str, fallback: float) -> float:
-    """A default of :func:`auditor.metrics.clusters.spray_clusters` (the owner of the value)."""
-    try:
-        from auditor.metrics.clusters import spray_clusters
+def _as_finding(d: Mapping[str, Any]) -> Finding:
+    return Finding(
+        cls=d["class"],
+        kind=d["kind"],
+        severity=d["severity"],
+        title=d["title"],
+        message=d["message"],
+        evidence=d["evidence"],
+        examples=tuple(d.get("examples") or ()),
+        extra={"support": d["support"]} if d.get("support") else {},
+    )
 
-        value = inspect.signature(spray_clusters).parameters[name].default
-    except (ImportError, KeyError):  # pragma: no cover - clusters module changed
-        return fallback
-    return float(value) if isinstance(value, int | float) else fallback
+
+def _subgroup_dicts(ctx: RuleContext) -> list[dict[str, Any]]:
+    from auditor.subgroup_findings import subgroup_findings
+
+    return subgroup_findings({name: res.to_json() for name, res in ctx.clusters.items()})
+
+
+def _describe_subgroup(r: FindingRules, confidence: float) -> str:
+    from auditor.metrics.subgroups import SubgroupRules
+
+    return SubgroupRules().describe(confidence)
+
+
+@finding_rule("subgroup_shortcut", describe=_describe_subgroup)
+def subgroup_shortcut_rule(ctx: RuleContext) -> list[Finding]:
+    """A subgroup of a class that looks elsewhere, tested against the rest of its class
+    (SpRAy, Lapuschkin et al. 2019; :mod:`auditor.metrics.subgroups`): high or medium."""
+    return [_as_finding(d) for d in _subgroup_dicts(ctx) if d["kind"] == "subgroup_shortcut"]
 
 
 def _describe_cluster(r: FindingRules, confidence: float) -> str:
-    share = _spray_default("outlier_max_fraction", 0.25)
-    diff = _spray_default("outlier_min_difference", 0.2)
     return (
-        f"SpRAy (spectral clustering of the class's CAMs) finds a cluster of at most {share:.0%} "
-        f"of the class whose mean background focus differs from the rest by more than {diff:g}."
+        "A SpRAy cluster that separates from the rest of its class on some statistic (the "
+        "intervals of subgroup_shortcut) but does not look elsewhere, or that the "
+        "interventions show is not needed: low severity. Clusters that separate on no "
+        "statistic are not reported."
     )
 
 
 @finding_rule("strategy_cluster", describe=_describe_cluster)
 def strategy_cluster_rule(ctx: RuleContext) -> list[Finding]:
-    """A small SpRAy cluster whose background focus differs (Lapuschkin et al. 2019)."""
-    out: list[Finding] = []
-    for name, res in ctx.clusters.items():
-        for cl in res.clusters:
-            if cl.outlier:
-                out.append(
-                    Finding(
-                        cls=name,
-                        kind="strategy_cluster",
-                        severity="medium",
-                        title=f"'{name}': a distinct explanation strategy",
-                        message=(
-                            f"A cluster of {cl.size} images has mean background focus "
-                            f"{_fmt(cl.background_focus)}, unlike the rest of the class."
-                        ),
-                        evidence={
-                            "cluster": cl.id,
-                            "size": cl.size,
-                            "background_focus": cl.background_focus,
-                        },
-                        examples=tuple(cl.exemplars),
-                    )
-                )
-    return out
+    """A SpRAy cluster that differs from its class without a shortcut verdict (low)."""
+    return [_as_finding(d) for d in _subgroup_dicts(ctx) if d["kind"] == "strategy_cluster"]
+
+
+def _describe_sufficiency(r: FindingRules, confidence: float) -> str:
+    from auditor.subgroup_findings import SufficiencyRules
+
+    return SufficiencyRules().describe(confidence)
+
+
+@finding_rule("background_sufficiency", describe=_describe_sufficiency)
+def background_sufficiency_rule(ctx: RuleContext) -> list[Finding]:
+    """The background alone is predicted as the class (Xiao et al. 2021, only-BG)."""
+    from auditor.subgroup_findings import sufficiency_findings
+
+    p = ctx.samples
+    if p.only_bg_pred is None or len(p.ids) != len(p.labels):
+        return []
+    return [
+        _as_finding(d)
+        for d in sufficiency_findings(
+            p.labels, p.only_bg_pred, p.ids, list(ctx.classes), confidence=ctx.confidence
+        )
+    ]
 
 
 def _sanity_threshold(ctx_sanity: Mapping[str, SanityResult] | None = None) -> float:
