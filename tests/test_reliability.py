@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from auditor.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, exit_code_for, main
@@ -585,3 +586,36 @@ def test_duplicate_rows_are_noted_and_an_oversized_cell_skips_one_row(tmp_path: 
     with pytest.raises(Exception, match="manifest line 6.*field larger"):
         ds.load(ids.index("line 6"))
     assert ds.load(ids.index("im5.png")).label == 1
+
+
+# -- 4. EXIF: one rule whatever the shape -------------------------------------------------------
+
+
+def test_exif_rotated_square_image_with_a_mask_is_skipped_naming_the_orientation(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    from auditor.data import open_dataset
+    from auditor.data.config import parse_data_section
+    from auditor.errors import SampleSkipped
+
+    root = tmp_path / "d"
+    root.mkdir()
+    stored = np.zeros((8, 8, 3), dtype=np.uint8)
+    stored[:, :2] = 255  # the object, left in storage: top once turned for display
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display: the shape stays 8x8
+    Image.fromarray(stored).save(root / "sq.png", exif=exif.tobytes())
+    Image.fromarray(stored).save(root / "plain.png")
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, :2] = 1
+    Image.fromarray(mask * 255).save(root / "m.png")
+    (root / "manifest.csv").write_text(
+        "id,image,label,mask\nrot,sq.png,a,m.png\nplain,plain.png,a,m.png\n"
+    )
+    section = {"manifest": "manifest.csv", "input_size": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    ds = open_dataset(parse_data_section(section, root, "c.toml"))
+    with pytest.raises(SampleSkipped, match="EXIF orientation 6.*stored or the displayed"):
+        ds.load(0)  # was: image turned, mask not, energy measured against the wrong region
+    assert ds.load(1).mask is not None  # no EXIF tag: used as stored
