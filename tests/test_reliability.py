@@ -16,7 +16,9 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 
 from auditor.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, exit_code_for, main
@@ -500,6 +502,7 @@ PDF_PARENT = """
 import sys
 import time
 from pathlib import Path
+from typing import Any
 from auditor.report.pdf import html_to_pdf
 rows = "".join(f"<tr><td>{i}</td><td>{'x' * 40}</td></tr>" for i in range(20000))
 html_to_pdf(f"<html><body><table>{rows}</table></body></html>", Path(sys.argv[1]) / "r.pdf",
@@ -538,3 +541,81 @@ def test_a_killed_pdf_render_takes_its_worker_and_temp_files_with_it(tmp_path: P
         time.sleep(0.1)
     assert not _workers(tmp_path), "the PDF worker outlived its parent"
     assert sorted(p.name for p in tmp_path.iterdir()) == []  # temp HTML/PDF removed, no PDF
+
+
+# -- 5 and 6. manifests: a bad row is isolated, duplicates noted, an oversized cell skipped ---
+
+
+def _manifest_dataset(root: Path, body: str) -> object:
+    from PIL import Image
+
+    from auditor.data import open_dataset
+    from auditor.data.config import parse_data_section
+
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(13):
+        Image.new("RGB", (8, 8), (i * 10, 0, 0)).save(root / f"im{i}.png")
+    (root / "manifest.csv").write_text(body, encoding="utf-8")
+    section = {"manifest": "manifest.csv", "input_size": 8, "classes": ["a", "b"]}
+    return open_dataset(parse_data_section(section, root, "c.toml"))
+
+
+def test_an_unterminated_quote_skips_its_row_only(tmp_path: Path) -> None:
+    rows = [f"im{i}.png,{'ab'[i % 2]}" for i in range(13)]
+    rows[3] = 'im3.png,"a'  # the quote never closes: it used to swallow rows 4..12
+    ds: Any = _manifest_dataset(tmp_path, "image,label\n" + "\n".join(rows) + "\n")
+    assert len(ds) == 13  # every line of the file is accounted for
+    skipped = []
+    for i in range(len(ds)):
+        try:
+            ds.load(i)
+        except Exception as exc:  # noqa: BLE001 - SampleSkipped carries the reason
+            skipped.append(str(exc))
+    assert len(skipped) == 1 and "manifest line 5" in skipped[0] and "CSV" in skipped[0]
+
+
+def test_duplicate_rows_are_noted_and_an_oversized_cell_skips_one_row(tmp_path: Path) -> None:
+    rows = [f"im{i}.png,{'ab'[i % 2]}" for i in range(6)]
+    rows.insert(2, rows[1])  # an identical duplicate of line 3
+    rows[4] = "im3.png," + "b" * 200_000  # beyond csv's field limit
+    ds: Any = _manifest_dataset(tmp_path, "image,label\n" + "\n".join(rows) + "\n")
+    ids = [ds.sample_id(i) for i in range(len(ds))]
+    assert ids.count("im1.png") == 1 and len(ds) == 6
+    sample = ds.load(ids.index("im1.png"))
+    assert any("repeats line 3" in n for n in sample.notes)
+    with pytest.raises(Exception, match="manifest line 6.*field larger"):
+        ds.load(ids.index("line 6"))
+    assert ds.load(ids.index("im5.png")).label == 1
+
+
+# -- 4. EXIF: one rule whatever the shape -------------------------------------------------------
+
+
+def test_exif_rotated_square_image_with_a_mask_is_skipped_naming_the_orientation(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    from auditor.data import open_dataset
+    from auditor.data.config import parse_data_section
+    from auditor.errors import SampleSkipped
+
+    root = tmp_path / "d"
+    root.mkdir()
+    stored = np.zeros((8, 8, 3), dtype=np.uint8)
+    stored[:, :2] = 255  # the object, left in storage: top once turned for display
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display: the shape stays 8x8
+    Image.fromarray(stored).save(root / "sq.png", exif=exif.tobytes())
+    Image.fromarray(stored).save(root / "plain.png")
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, :2] = 1
+    Image.fromarray(mask * 255).save(root / "m.png")
+    (root / "manifest.csv").write_text(
+        "id,image,label,mask\nrot,sq.png,a,m.png\nplain,plain.png,a,m.png\n"
+    )
+    section = {"manifest": "manifest.csv", "input_size": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    ds = open_dataset(parse_data_section(section, root, "c.toml"))
+    with pytest.raises(SampleSkipped, match="EXIF orientation 6.*stored or the displayed"):
+        ds.load(0)  # was: image turned, mask not, energy measured against the wrong region
+    assert ds.load(1).mask is not None  # no EXIF tag: used as stored
