@@ -415,6 +415,15 @@ def test_zero_byte_weights_and_torchscript_exit_2_with_one_line(
     assert "TorchScript" in line and "hooks" in line and "torch.save(model" in line
 
 
+def test_a_non_spatial_target_layer_exits_2_naming_it(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(tmp_path, demo_inputs, model_extra='target_layer = "fc"')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "4"]) == 2
+    line = _one_line_error(_last(capsys))
+    assert "'fc'" in line and "[model]" in line and "not a grid" in line
+
+
 # -- 6. hostile strings: terminal, JUnit XML, [report] title -----------------------------------
 
 HOSTILE = "circle\x1b]0;pwned\x07\x1b[2J\x01\u202e"

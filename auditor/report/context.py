@@ -700,7 +700,10 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "output": "html",
         "summary": result,
         "result": result,
-        "title": f"Model audit: {result.model.name or result.model.source or 'unnamed model'}",
+        # [report] title when the user set one (issue 13), else the model's name
+        "title": str(result.title)
+        if result.title and result.title != "Model attention audit"
+        else f"Model audit: {result.model.name or result.model.source or 'unnamed model'}",
         "date": finished[:10] if finished else None,
         "tool": tool,
         "model": model,
