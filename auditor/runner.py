@@ -22,10 +22,11 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -46,6 +47,17 @@ from auditor.config import (
 )
 from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
+from auditor.format import slugify
+from auditor.results import (
+    AuditResult,
+    ClassClusters,
+    DatasetInfo,
+    GalleryPanel,
+    ModelInfo,
+    RunInfo,
+    freeze,
+    method_info,
+)
 from auditor.store import (
     MAIN_LOCK,
     RunLock,
@@ -58,7 +70,6 @@ from auditor.store import (
 
 log = logging.getLogger("auditor")
 
-SCHEMA_VERSION = 1
 INTERVENTION_COLUMNS = tuple(
     f"{k}_{v}" for k in ("only_fg", "only_bg", "mixed_rand") for v in ("correct", "confidence")
 )
@@ -67,12 +78,17 @@ FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "average_drop", "increa
 
 @dataclass
 class AuditOutcome:
-    """What :func:`run_audit` returns: the run directory, the summary and the gate verdict."""
+    """What :func:`run_audit` returns: the run directory, the typed result and the verdict."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    result: AuditResult
     passed: bool
     report: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The result as the ``summary.json`` object (a fresh dict on every call)."""
+        return self.result.to_json()
 
     @property
     def exit_code(self) -> int:
@@ -236,6 +252,9 @@ class _BatchAuditor:
                     valid &= hm[np.clip(pv, 0, None)]  # the donor background needs a mask too
                 iv[f"{key}_correct"] = np.where(valid, correct, np.nan)
                 iv[f"{key}_confidence"] = np.where(valid, cconf, np.nan)
+                if key == "only_bg":
+                    pred_bg = p.argmax(1).cpu().numpy().astype(np.int64)
+                    iv["only_bg_pred"] = np.where(valid, pred_bg, -1)
 
         # faithfulness on the seeded subset (Petsiuk et al. 2018; Chattopadhay et al. 2018)
         faith: dict[str, dict[str, np.ndarray]] = {}
@@ -279,6 +298,8 @@ class _BatchAuditor:
             if s.interventions:
                 for key in INTERVENTION_COLUMNS:
                     cols[key] = iv.get(key, nan_col)
+                # the class the background alone is predicted as (-1: not run for the sample)
+                cols["only_bg_pred"] = iv.get("only_bg_pred", np.full(b, -1, np.int64))
             if s.faithfulness_samples > 0:
                 cols["faithfulness_subset"] = np.isin(
                     np.asarray(batch.indices), np.asarray(sorted(self.faith_subset), dtype=np.int64)
@@ -768,45 +789,66 @@ def _sanity(
 
 
 def _cluster_analysis(
-    cams: dict[int, np.ndarray], table: pa.Table, classes: Sequence[str], s: AuditSettings
-) -> dict[str, Any]:
-    """SpRAy per class on the stored low-resolution CAMs of the primary method."""
-    from auditor.metrics.clusters import spray_clusters
+    cams: dict[int, np.ndarray],
+    table: pa.Table,
+    classes: Sequence[str],
+    s: AuditSettings,
+    input_size: tuple[int, int] | None = None,
+) -> tuple[dict[str, Any], dict[int, int]]:
+    """SpRAy + subgroup tests per class on the primary method's low-resolution CAMs.
+
+    Returns (``summary["clusters"]``, ``{dataset index: cluster id within its class}``).
+    """
+    from auditor.metrics.subgroups import analyse_class, border_chance, class_to_json
 
     if not s.clusters or table.num_rows == 0:
-        return {}
+        return {}, {}
     prim = table.filter(pc.equal(table.column("method"), s.primary))
     idx = prim.column("index").to_numpy()
     labels = prim.column("label").to_numpy()
-    bf = prim.column("background_focus").to_numpy(zero_copy_only=False).astype(float)
     ids = prim.column("id").to_pylist()
+
+    def col(name: str) -> np.ndarray:
+        if name not in prim.column_names:
+            return np.full(prim.num_rows, np.nan)
+        return np.asarray(
+            [np.nan if v is None else float(v) for v in prim.column(name).to_pylist()], float
+        )
+
+    correct = col("correct")
+    per_sample = {
+        "background_focus": col("background_focus"),
+        "border_focus": col("border_focus"),
+        "entropy": col("entropy"),
+        "correct": correct,
+        "only_bg_hit": col("only_bg_correct"),
+        "only_fg_drop": correct - col("only_fg_correct"),
+    }
+    some = next(iter(cams.values()), None)
+    size = input_size or ((some.shape[0], some.shape[1]) if some is not None else (1, 1))
+    chance = border_chance(size, s.border_width) if min(size) > 2 else 1.0
     out: dict[str, Any] = {}
+    membership: dict[int, int] = {}
     for ci, name in enumerate(classes):
         sel = np.flatnonzero(labels == ci)
-        sel = np.asarray([j for j in sel if int(idx[j]) in cams])
+        sel = np.asarray([j for j in sel if int(idx[j]) in cams], dtype=np.int64)
         if len(sel) < 6:
             continue
         maps = np.stack([cams[int(idx[j])] for j in sel])
-        bfc = bf[sel]
-        res = spray_clusters(
-            maps, background_focus=bfc if np.isfinite(bfc).any() else None, seed=s.seed
+        stats = {k: v[sel] for k, v in per_sample.items() if np.isfinite(v[sel]).sum() >= 2}
+        res = analyse_class(
+            maps,
+            stats,
+            n_classes=len(classes),
+            border_chance_share=chance,
+            confidence=s.confidence,
+            n_boot=max(200, min(s.bootstrap, 2000)),
+            seed=s.seed,
         )
-        clusters = []
-        for cl in res.clusters:
-            clusters.append(
-                {
-                    "id": int(cl.id),
-                    "size": int(cl.size),
-                    "background_focus": None
-                    if cl.mean_background_focus is None or not np.isfinite(cl.mean_background_focus)
-                    else float(cl.mean_background_focus),
-                    "exemplars": [ids[int(sel[e])] for e in cl.exemplars],
-                    "outlier": int(cl.id) in set(int(x) for x in res.outlier_clusters),
-                    "gallery": [],
-                }
-            )
-        out[name] = {"k": int(res.k), "eigengap": float(res.eigengap), "clusters": clusters}
-    return out
+        out[name] = class_to_json(res, [ids[int(j)] for j in sel])
+        for j, lab in zip(sel, res.labels):
+            membership[int(idx[j])] = int(lab)
+    return out, membership
 
 
 def finalize(
@@ -833,15 +875,22 @@ def finalize(
     table = store.read_rows()
     log.info("aggregating %d rows from %s", table.num_rows, store.shards)
     skipped = store.read_skipped()
-    if table.num_rows:
-        store.write_samples(table)
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
-    clusters = _cluster_analysis(primary_cams, table, classes, s)
+    clusters, membership = _cluster_analysis(
+        primary_cams, table, classes, s, tuple(dataset.config.input_size)
+    )
+    if table.num_rows:
+        # `cluster`: the primary method's cluster id within the sample's class (-1: none)
+        cl_col = np.asarray(
+            [membership.get(int(i), -1) for i in table.column("index").to_pylist()], np.int64
+        )
+        table = table.append_column("cluster", pa.array(cl_col, pa.int64()))
+        store.write_samples(table)
     sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
     if table.num_rows:
-        stats = analyse(
+        result = analyse(
             table,
             classes=classes,
             methods=s.methods,
@@ -851,15 +900,7 @@ def finalize(
             sanity=sanity_clean,
         )
     else:
-        stats = {
-            "overall": {"n": 0, "accuracy": None, "accuracy_ci": [None, None], "metrics": {}},
-            "classes": {},
-            "findings": [],
-            "rules": {},
-            "confusion": None,
-            "method_agreement": None,
-            "faithfulness": None,
-        }
+        result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
 
     from auditor.cam import METHODS
     from auditor.metrics.registry import METRICS
@@ -878,59 +919,58 @@ def finalize(
         h.update(f"skipped\0{sk['id']}\n".encode())
     annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
     finished = datetime.now(timezone.utc)
-    summary: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "cam-auditor", "version": __version__},
-        "run": {
-            "started": started.isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "timings": {
-                "audit_loop_s": round(loop_s, 3),
-                "analysis_s": round(time.perf_counter() - t_an, 3),
-            },
-            "config_sha256": config.sha256 if config else None,
-            "seed": s.seed,
-            "device": s.device,
-            "command": command,
-            "versions": library_versions(),
-            "config": to_jsonable(config.raw) if config else to_jsonable(s),
-        },
-        "title": config.report.title if config else "Model attention audit",
-        "model": model_info,
-        "dataset": {
-            "name": getattr(dataset.config, "source", None)
-            and Path(str(dataset.config.manifest or dataset.config.root)).name,
-            "format": dataset.config.format,
-            "sha256": h.hexdigest(),
-            "annotation_sha256": dataset.annotation_sha256(),
-            "n_samples": len(dataset),
-            "n_evaluated": int(prim.num_rows),
-            "n_skipped": len(skipped),
-            "annotated": annotated,
-            "input_size": list(dataset.config.input_size),
-            "classes": list(classes),
-            "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
-        },
-        "methods": list(s.methods),
-        "primary_method": s.primary,
-        "methods_info": {m: _method_info(METHODS[m]) for m in s.methods},
-        "metrics_info": {k: to_jsonable(v) for k, v in METRICS.items()},
-        **stats,
-        "sanity": sanity_clean or None,
-        "sanity_status": (sanity or {}).get("_status")
-        or {"run": False, "reason": "not run", "randomised": []},
-        "clusters": clusters or None,
-        "settings": to_jsonable(s),
-    }
-    summary["gates"] = evaluate_gates(summary, gates)
-    summary["gallery"] = _gallery(run_dir, primary_cams, dataset, table, summary, s)
-    atomic_write_json(run_dir / "summary.json", summary)
-    write_junit(run_dir / "junit.xml", summary)
-    write_per_class_csv(summary, run_dir / "classes.csv")
-    write_findings_csv(summary, run_dir / "findings.csv")
-    if summary["dataset"]["n_evaluated"] == 0:
-        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in summary["dataset"]["skipped"][:3])
+    result = result.replace(
+        tool=freeze({"name": "cam-auditor", "version": __version__}),
+        run=RunInfo.from_json(
+            {
+                "started": started.isoformat(timespec="seconds"),
+                "finished": finished.isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - t0, 3),
+                "timings": {
+                    "audit_loop_s": round(loop_s, 3),
+                    "analysis_s": round(time.perf_counter() - t_an, 3),
+                },
+                "config_sha256": config.sha256 if config else None,
+                "seed": s.seed,
+                "device": s.device,
+                "command": command,
+                "versions": library_versions(),
+                "config": to_jsonable(config.raw) if config else to_jsonable(s),
+            }
+        ),
+        title=config.report.title if config else "Model attention audit",
+        model=ModelInfo.from_json(model_info),
+        dataset=DatasetInfo.from_json(
+            {
+                "name": getattr(dataset.config, "source", None)
+                and Path(str(dataset.config.manifest or dataset.config.root)).name,
+                "format": dataset.config.format,
+                "sha256": h.hexdigest(),
+                "annotation_sha256": dataset.annotation_sha256(),
+                "n_samples": len(dataset),
+                "n_evaluated": int(prim.num_rows),
+                "n_skipped": len(skipped),
+                "annotated": annotated,
+                "input_size": list(dataset.config.input_size),
+                "classes": list(classes),
+                "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
+            }
+        ),
+        methods_info=MappingProxyType({m: method_info(METHODS[m]) for m in s.methods}),
+        metrics_info=MappingProxyType(dict(METRICS)),
+        settings=freeze(to_jsonable(s)),
+        sanity_status=freeze(
+            (sanity or {}).get("_status") or {"run": False, "reason": "not run", "randomised": []}
+        ),
+    )
+    result = result.replace(gates=evaluate_gates(result, gates))
+    result = _gallery(run_dir, primary_cams, dataset, table, result, s)
+    atomic_write_json(run_dir / "summary.json", result.to_json())
+    write_junit(run_dir / "junit.xml", result)
+    write_per_class_csv(result, run_dir / "classes.csv")
+    write_findings_csv(result, run_dir / "findings.csv")
+    if result.dataset.n_evaluated == 0:
+        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in result.dataset.skipped[:3])
         raise AuditorInputError(
             f"no sample could be evaluated ({len(skipped)} skipped"
             + (f", e.g. {reasons}" if reasons else "")
@@ -947,20 +987,7 @@ def finalize(
             templates=config.report.templates if config else None,
             pdf_timeout_s=config.report.pdf_timeout_s if config else 600,
         )
-    return AuditOutcome(
-        run_dir=run_dir, summary=summary, passed=summary["gates"]["passed"], report=report
-    )
-
-
-def _method_info(method: Any) -> dict[str, Any]:
-    doc = (getattr(method, "__doc__", None) or getattr(method, "description", "") or "").strip()
-    info = {
-        "title": getattr(method, "title", None) or getattr(method, "name", ""),
-        "formula": getattr(method, "formula", "") or "",
-        "reference": getattr(method, "reference", "") or "",
-        "description": doc.split("\n\n")[0] if doc else "",
-    }
-    return info
+    return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
 
 
 def _gallery(
@@ -968,140 +995,146 @@ def _gallery(
     cams: dict[int, np.ndarray],
     dataset: Any,
     table: pa.Table,
-    summary: dict[str, Any],
+    result: AuditResult,
     s: AuditSettings,
-) -> dict[str, list[dict[str, Any]]]:
-    """Choose and draw gallery panels: flagged classes (highest background focus first) and,
-    for contrast, the class with the lowest risk (highest energy in the object)."""
+) -> AuditResult:
+    """Draw the gallery panels chosen by :func:`auditor.analysis.gallery.choose_gallery` and
+    the cluster exemplar panels; return the result with ``gallery`` and the clusters'
+    ``gallery`` files filled in."""
+    from auditor.analysis.gallery import choose_gallery
     from auditor.report import cluster_panel, gallery_panel
 
     if table.num_rows == 0 or s.gallery_per_class == 0:
-        return {}
+        return result
     gdir = run_dir / "gallery"
     gdir.mkdir(exist_ok=True)
-    classes = summary["classes"]
-    prim = table.filter(pc.equal(table.column("method"), s.primary))
-    cols = {
-        c: prim.column(c).to_numpy(zero_copy_only=False)
-        for c in (
-            "index",
-            "id",
-            "label",
-            "pred",
-            "confidence",
-            "background_focus",
-            "energy_in_mask",
-        )
-    }
-    names = list(summary["dataset"]["classes"])
-    flagged = [c for c, v in classes.items() if v["flagged"]]
-    ranked = sorted((c for c in classes if classes[c]["n"]), key=lambda c: classes[c]["risk"])
-    contrast = [c for c in ranked if c not in flagged][:1]
-    chosen: list[tuple[str, str]] = [(c, "flagged") for c in flagged[:20]] + [
-        (c, "contrast") for c in contrast
-    ]
-    out: dict[str, list[dict[str, Any]]] = {}
-    for cname, why in chosen:
-        ci = names.index(cname)
-        sel = np.flatnonzero(cols["label"] == ci)
-        key = cols["background_focus"].astype(float)[sel]
-        key = np.where(np.isfinite(key), key, -np.inf)
-        order = sel[np.argsort(-key if why == "flagged" else key, kind="stable")]
-        picks = order[: s.gallery_per_class]
+    out: dict[str, tuple[GalleryPanel, ...]] = {}
+    for cname, picks in choose_gallery(result, table, s.gallery_per_class).items():
         entries = []
-        for rank, j in enumerate(picks):
-            i = int(cols["index"][j])
-            if i not in cams:
+        for rank, pick in enumerate(picks):
+            if pick.index not in cams:
+                continue
+            image, mask = dataset.load_display(pick.index)
+            bfv = pick.panel.background_focus
+            png = gallery_panel(
+                image,
+                mask,
+                cams[pick.index],
+                title=pick.panel.id,
+                subtitle=f"label {cname} · predicted {pick.panel.pred} · background focus {bfv:.0%}"
+                if bfv is not None
+                else "",
+            )
+            fname = f"gallery/{slugify(cname)}-{rank}.png"
+            atomic_write_bytes(run_dir / fname, png)
+            entries.append(replace(pick.panel, file=fname))
+        out[cname] = tuple(entries)
+    # cluster exemplar panels
+    prim = table.filter(pc.equal(table.column("method"), s.primary))
+    id_to_index = {
+        str(a): int(b)
+        for a, b in zip(prim.column("id").to_pylist(), prim.column("index").to_pylist())
+    }
+    # background-sufficiency findings: the images whose background alone is called the class
+    names = list(result.dataset.classes) or list(result.classes)
+    id_to_pred = dict(zip(map(str, prim.column("id").to_pylist()), prim.column("pred").to_pylist()))
+    for f in result.findings:
+        if f.kind != "background_sufficiency" or f.cls is None:
+            continue
+        have = {g.id for g in out.get(f.cls, ())}
+        extra_panels: list[GalleryPanel] = []
+        for k, sid in enumerate([e for e in f.examples if e not in have][:4]):
+            i = id_to_index.get(sid)
+            if i is None or i not in cams:
                 continue
             image, mask = dataset.load_display(i)
-            bfv = float(cols["background_focus"][j])
             png = gallery_panel(
                 image,
                 mask,
                 cams[i],
-                title=str(cols["id"][j]),
-                subtitle=f"label {cname} · predicted {names[int(cols['pred'][j])]} · "
-                f"background focus {bfv:.0%}"
-                if np.isfinite(bfv)
-                else "",
+                title=sid,
+                subtitle=f"label {f.cls} · background alone predicted '{f.cls}'",
             )
-            fname = f"gallery/{_slug(cname)}-{rank}.png"
+            fname = f"gallery/{slugify(f.cls)}-sufficiency-{k}.png"
             atomic_write_bytes(run_dir / fname, png)
-            entries.append(
-                {
-                    "id": str(cols["id"][j]),
-                    "file": fname,
-                    "label": cname,
-                    "pred": names[int(cols["pred"][j])],
-                    "confidence": float(cols["confidence"][j]),
-                    "energy_in_mask": _num(cols["energy_in_mask"][j]),
-                    "background_focus": _num(bfv),
-                    "why": "highest background focus"
-                    if why == "flagged"
-                    else "lowest-risk class, for contrast",
-                }
+            extra_panels.append(
+                GalleryPanel(
+                    id=sid,
+                    file=fname,
+                    label=f.cls,
+                    pred=names[int(id_to_pred[sid])]
+                    if 0 <= int(id_to_pred.get(sid, -1)) < len(names)
+                    else None,
+                    why="background alone predicted as the class",
+                )
             )
-        out[cname] = entries
-    # cluster exemplar panels
-    id_to_index = {str(a): int(b) for a, b in zip(cols["id"], cols["index"])}
-    for cname, res in (summary.get("clusters") or {}).items():
-        if len(res["clusters"]) < 2:
+        if extra_panels:
+            out[f.cls] = tuple(out.get(f.cls, ())) + tuple(extra_panels)
+    clusters: dict[str, ClassClusters] = {}
+    for cname, res in (result.clusters or {}).items():
+        if len(res.clusters) < 2:
+            clusters[cname] = res
             continue
-        for cl in res["clusters"][:6]:
-            wanted = [id_to_index[e] for e in cl["exemplars"] if e in id_to_index][:4]
+        drawn = []
+        for pos, cl in enumerate(res.clusters):
+            wanted = [id_to_index[e] for e in cl.exemplars if e in id_to_index][:4]
+            ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
+            if pos >= 6 or not ex:
+                drawn.append(cl)
+                continue
+            mean_map = np.mean([c for _, c in ex], axis=0)
+            png = cluster_panel(mean_map, ex, title=f"{cname}: cluster {cl.id} ({cl.size} images)")
+            fname = f"gallery/cluster-{slugify(cname)}-{cl.id}.png"
+            atomic_write_bytes(run_dir / fname, png)
+            drawn.append(replace(cl, gallery=(fname,)))
+        clusters[cname] = replace(
+            res,
+            clusters=tuple(drawn),
+            extra=_subgroup_panels(run_dir, cname, res.extra, id_to_index, dataset, cams),
+        )
+    return result.replace(
+        gallery=MappingProxyType(out),
+        clusters=MappingProxyType(clusters) if result.clusters is not None else None,
+    )
+
+
+def _subgroup_panels(
+    run_dir: Path,
+    cname: str,
+    extra: Mapping[str, Any],
+    id_to_index: Mapping[str, int],
+    dataset: Any,
+    cams: Mapping[int, np.ndarray],
+) -> Mapping[str, Any]:
+    """Draw each subgroup's exemplars and, beside them, the rest of its class's exemplars;
+    return the clusters' ``extra`` with each subgroup's ``gallery`` [members, rest] filled."""
+    from auditor.report import cluster_panel
+    from auditor.results import freeze, thaw
+
+    subgroups = thaw(extra.get("subgroups") or [])
+    if not subgroups:
+        return extra
+    for sg in subgroups:
+        files: list[str] = []
+        for part, key in (("members", "exemplars"), ("rest", "rest_exemplars")):
+            wanted = [id_to_index[e] for e in sg.get(key) or [] if e in id_to_index][:4]
             ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
             if not ex:
                 continue
-            mean_map = np.mean([c for _, c in ex], axis=0)
-            png = cluster_panel(
-                mean_map, ex, title=f"{cname}: cluster {cl['id']} ({cl['size']} images)"
+            n = sg["size"] if part == "members" else sg["class_size"] - sg["size"]
+            title = (
+                f"{cname}: subgroup, {n} images" if part == "members" else f"{cname}: the rest, {n}"
             )
-            fname = f"gallery/cluster-{_slug(cname)}-{cl['id']}.png"
+            png = cluster_panel(np.mean([c for _, c in ex], axis=0), ex, title=title)
+            fname = f"gallery/subgroup-{slugify(cname)}-{sg['cluster']}-{part}.png"
             atomic_write_bytes(run_dir / fname, png)
-            cl["gallery"] = [fname]
-    return out
+            files.append(fname)
+        sg["gallery"] = files
+    return freeze({**thaw(extra), "subgroups": subgroups})
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
+def write_junit(path: Path, result: AuditResult | Mapping[str, Any]) -> None:
+    """Deprecated location: see :func:`auditor.export.write_junit`."""
+    from auditor.export import write_junit as _write
 
-
-def _slug(name: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "-" for ch in name)[:40].strip("-") or "class"
-    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-def write_junit(path: Path, summary: dict[str, Any]) -> None:
-    """Gate results as JUnit XML: one test case per rule × class, failures for failed gates."""
-    from xml.sax.saxutils import quoteattr as _quoteattr
-
-    from auditor.safe_text import xml_safe
-
-    def quoteattr(text: str) -> str:  # user strings (class names) may hold control characters
-        return _quoteattr(xml_safe(text))
-
-    results = summary.get("gates", {}).get("results", [])
-    failures = sum(1 for r in results if not r["passed"])
-    lines = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<testsuites name="cam-auditor" tests="{len(results)}" failures="{failures}">',
-        f"  <testsuite name={quoteattr('gates: ' + str(summary.get('model', {}).get('name')))} "
-        f'tests="{len(results)}" failures="{failures}" errors="0">',
-    ]
-    for r in results:
-        name = r["rule"] + (f"[{r['class']}]" if r.get("class") is not None else "")
-        value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
-        lines.append(f'    <testcase classname="cam-auditor.gates" name={quoteattr(name)}>')
-        if not r["passed"]:
-            msg = (
-                f"{r['quantity']} ({r['stat']}) = {value}, {r['bound']} allowed "
-                f"{r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
-            )
-            lines.append(f"      <failure message={quoteattr(msg)}/>")
-        lines.append("    </testcase>")
-    lines += ["  </testsuite>", "</testsuites>", ""]
-    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    _write(path, result)

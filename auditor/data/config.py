@@ -178,9 +178,9 @@ def _positive_int(value: Any, key: str, source: str) -> int:
     return value
 
 
-#: Allowed side lengths of ``input_size`` (pixels). Below 8 no classifier keeps a spatial map
-#: to explain; above 4096 one batch of float32 images alone is > 200 MiB per image.
-INPUT_SIZE_RANGE = (8, 4096)
+#: Allowed side lengths of ``input_size`` (pixels). A 1-pixel image has no location to explain;
+#: above 4096 one float32 image alone is > 200 MiB (a typo such as 100000 would exhaust memory).
+INPUT_SIZE_RANGE = (2, 4096)
 
 
 def _input_size(value: Any, source: str) -> tuple[int, int]:
