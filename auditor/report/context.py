@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -431,6 +432,107 @@ def _evidence_items(
     return [(evidence_label(str(k), titles), v) for k, v in evidence.items()]
 
 
+_STAT_LABELS = {
+    "background_focus": "Background focus",
+    "border_focus": "Border focus",
+    "entropy": "Map entropy",
+    "peak_distance": "Peak distance from the centre",
+    "only_fg_drop": "Accuracy lost without the background",
+    "only_bg_hit": "Background alone predicted as the class",
+    "correct": "Accuracy",
+}
+
+
+def _num(v: object) -> float | None:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _pair(v: object) -> list[float | None]:
+    if isinstance(v, list | tuple) and len(v) == 2:
+        return [_num(v[0]), _num(v[1])]
+    return [None, None]
+
+
+def _support(raw: object) -> dict[str, Any] | None:
+    """The statistic a finding rests on: its estimate, interval and the baseline it excludes."""
+    d = thaw(raw) if raw is not None else None
+    if not isinstance(d, dict) or not d:
+        return None
+    return {
+        "statistic": str(d.get("statistic") or ""),
+        "label": str(d.get("label") or d.get("statistic") or ""),
+        "estimate": _num(d.get("estimate")),
+        "ci": _pair(d.get("ci")),
+        "baseline": _num(d.get("baseline")),
+        "against": str(d.get("against") or ""),
+        "subgroup": _num(d.get("subgroup")),
+        "rest": _num(d.get("rest")),
+        "confidence": _num(d.get("confidence")),
+    }
+
+
+def _subgroups(result: AuditResult, images: Any) -> list[dict[str, Any]]:
+    """One entry per reported subgroup (``clusters[class].subgroups``): its finding, every
+    statistic's difference and interval, the intervention outcome, members, and the panels of
+    its exemplars beside the rest of its class."""
+    by_key: dict[tuple[str, Any], dict[str, Any]] = {}
+    for f in result.findings:
+        if f.kind in ("subgroup_shortcut", "strategy_cluster") and f.cls is not None:
+            by_key[(f.cls, f.evidence.get("cluster"))] = {"id": f.id, "title": f.title}
+    out: list[dict[str, Any]] = []
+    for name, cc in (result.clusters or {}).items():
+        for sg in thaw(cc.extra.get("subgroups")) or []:
+            if not isinstance(sg, dict):
+                continue
+            tests = []
+            for key, t in (sg.get("tests") or {}).items():
+                tests.append(
+                    {
+                        "name": str(key),
+                        "label": _STAT_LABELS.get(str(key), str(key)),
+                        "subgroup": _num(t.get("subgroup")),
+                        "rest": _num(t.get("rest")),
+                        "diff": _num(t.get("diff")),
+                        "ci": _pair(t.get("ci")),
+                        "margin": _num(t.get("margin")),
+                        "method": str(t.get("method") or ""),
+                        "separates": bool(t.get("separates")),
+                    }
+                )
+            members = [str(x) for x in sg.get("members") or []]
+            rate = list(sg.get("only_bg_rate") or []) + [None, None, None]
+            out.append(
+                {
+                    "class": name,
+                    "slug": slugify(name),
+                    "finding": by_key.get((name, sg.get("cluster"))),
+                    "severity": str(sg.get("severity") or "low"),
+                    "size": sg.get("size"),
+                    "class_size": sg.get("class_size"),
+                    "where": str(sg.get("where") or ""),
+                    "region_share": _num(sg.get("region_share")),
+                    "rest_region_share": _num(sg.get("rest_region_share")),
+                    "needed_statistic": sg.get("needed_statistic"),
+                    "interventions": bool(sg.get("interventions")),
+                    "only_bg_rate": _num(rate[0]),
+                    "only_bg_rate_ci": [_num(rate[1]), _num(rate[2])],
+                    "tests": tests,
+                    "members": members[:60],
+                    "n_members_hidden": max(0, len(members) - 60),
+                    "images": [
+                        {"file": str(p), "uri": images.uri(str(p))} for p in sg.get("gallery") or []
+                    ],
+                }
+            )
+    order = {"high": 0, "medium": 1, "low": 2}
+    out.sort(key=lambda g: (order.get(g["severity"], 3), g["class"]))
+    return out
+
+
 def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[str, Any]:
     """Everything the report templates use; see ``docs/report.md`` for each key."""
     run_dir = Path(run_dir)
@@ -478,9 +580,13 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
                 "severity": f.severity,
                 "title": f.title or f.message or f.kind or fid,
                 "message": f.message,
-                "evidence": _evidence_items(f.evidence, metric_titles),
+                # member lists are long: the Subgroups section shows them
+                "evidence": _evidence_items(
+                    {k: v for k, v in f.evidence.items() if k != "members"}, metric_titles
+                ),
                 "examples": list(f.examples),
                 "panels": panels,
+                "support": _support(f.extra.get("support")),
             }
         )
     findings.sort(key=lambda f: _severity_rank(f["severity"]))
@@ -540,6 +646,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     risk_pos = {r["name"]: i for i, r in enumerate(rows)}
     clusters.sort(key=lambda c: risk_pos.get(c["class"], len(rows)))
     clusters = clusters[: limits.gallery_classes]
+    subgroups = _subgroups(result, images)
 
     overall = result.overall.to_json()
     infos = _method_infos(result)
@@ -595,7 +702,10 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "output": "html",
         "summary": result,
         "result": result,
-        "title": f"Model audit: {result.model.name or result.model.source or 'unnamed model'}",
+        # [report] title when the user set one (issue 13), else the model's name
+        "title": str(result.title)
+        if result.title and result.title != "Model attention audit"
+        else f"Model audit: {result.model.name or result.model.source or 'unnamed model'}",
         "date": finished[:10] if finished else None,
         "tool": tool,
         "model": model,
@@ -628,6 +738,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "galleries": galleries,
         "n_gallery_classes": len(gallery_names),
         "clusters": clusters,
+        "subgroups": subgroups,
         "rules": [(k, v) for k, v in result.rules.items()],
         "faithfulness": faith,
         "sanity": sanity,
