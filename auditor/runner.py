@@ -172,12 +172,18 @@ class _BatchAuditor:
                 f"classes ({', '.join(self.classes[:5])}…): set [data] classes or "
                 f"[model] num_classes to match"
             )
+        # NaN/Inf logits are no prediction: pred -1 (never argmax's class 0), incorrect,
+        # confidence NaN, every metric NaN, status "nonfinite_logits" (counted, and a finding
+        # when frequent)
+        finite_logits = torch.isfinite(logits).all(1)
         probs = torch.softmax(logits, dim=1)
         tgt = cb.targets.to(self.device)
-        pred = probs.argmax(1)
+        pred = torch.where(finite_logits, probs.argmax(1), -1)
         conf = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        conf = torch.where(finite_logits, conf, float("nan"))
         size = (images.shape[-2], images.shape[-1])
         up = cb.upsampled(size)
+        bad_logits = (~finite_logits).cpu().numpy()
 
         cols: dict[str, Any] = {}
         b = len(batch)
@@ -190,7 +196,10 @@ class _BatchAuditor:
             "pred": pred.cpu().numpy().astype(np.int64),
             "correct": (pred == labels).cpu().numpy(),
             "confidence": conf.cpu().numpy().astype(np.float64),
-            "pred_confidence": probs.max(1).values.cpu().numpy().astype(np.float64),
+            "pred_confidence": torch.where(finite_logits, probs.max(1).values, float("nan"))
+            .cpu()
+            .numpy()
+            .astype(np.float64),
             "has_mask": batch.has_mask.numpy(),
             "mask_area": batch.masks.flatten(1).float().mean(1).numpy().astype(np.float64),
             "image_sha256": list(batch.image_sha256),
@@ -221,7 +230,8 @@ class _BatchAuditor:
                 p = self._forward_probs(x)
                 correct = (p.argmax(1) == labels).cpu().numpy().astype(float)
                 cconf = p.gather(1, tgt.view(-1, 1)).squeeze(1).cpu().numpy().astype(np.float64)
-                valid = hm.copy()
+                # no outcome where either forward gave non-finite logits (never argmax's 0)
+                valid = hm.copy() & ~bad_logits & torch.isfinite(p).all(1).cpu().numpy()
                 if key == "mixed_rand":
                     pv = perm.cpu().numpy()
                     valid &= pv >= 0
@@ -263,10 +273,12 @@ class _BatchAuditor:
             )
             cols = dict(base)
             cols["method"] = [method] * b
-            cols["status"] = list(status)
+            cols["status"] = [
+                "nonfinite_logits" if bad else st for st, bad in zip(status, bad_logits)
+            ]
             cols["cam_status"] = list(cb.status[method])
             for name, values in metrics.items():
-                cols[name] = values.double().cpu().numpy()
+                cols[name] = np.where(bad_logits, np.nan, values.double().cpu().numpy())
             # a fixed schema in every shard: columns of analyses that did not apply are NaN
             if s.interventions:
                 for key in INTERVENTION_COLUMNS:
@@ -639,7 +651,7 @@ def _sanity(
     import json
 
     def not_run(reason: str) -> dict[str, Any]:
-        log.warning("sanity check not run: %s", reason)
+        (log.info if "config" in reason else log.warning)("sanity check not run: %s", reason)
         return {"_status": {"run": False, "reason": reason, "randomised": []}}
 
     path = run_dir / "sanity.json"
@@ -823,6 +835,10 @@ def finalize(
     for sk in skipped:
         h.update(f"skipped\0{sk['id']}\n".encode())
     annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
+    n_nonfinite, nonfinite_finding = _nonfinite_finding(prim)
+    if nonfinite_finding is not None:
+        stats["findings"] = [*stats["findings"], nonfinite_finding]
+        nonfinite_finding["id"] = f"F{len(stats['findings'])}"
     finished = datetime.now(timezone.utc)
     summary: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
@@ -853,6 +869,7 @@ def finalize(
             "n_samples": len(dataset),
             "n_evaluated": int(prim.num_rows),
             "n_skipped": len(skipped),
+            "n_nonfinite_logits": n_nonfinite,
             "annotated": annotated,
             "input_size": list(dataset.config.input_size),
             "classes": list(classes),
@@ -966,7 +983,7 @@ def _gallery(
                 mask,
                 cams[i],
                 title=str(cols["id"][j]),
-                subtitle=f"label {cname} · predicted {names[int(cols['pred'][j])]} · "
+                subtitle=f"label {cname} · predicted {_pred_name(names, cols['pred'][j])} · "
                 f"background focus {bfv:.0%}"
                 if np.isfinite(bfv)
                 else "",
@@ -978,7 +995,7 @@ def _gallery(
                     "id": str(cols["id"][j]),
                     "file": fname,
                     "label": cname,
-                    "pred": names[int(cols["pred"][j])],
+                    "pred": _pred_name(names, cols["pred"][j]),
                     "confidence": float(cols["confidence"][j]),
                     "energy_in_mask": _num(cols["energy_in_mask"][j]),
                     "background_focus": _num(bfv),
@@ -1006,6 +1023,35 @@ def _gallery(
             atomic_write_bytes(run_dir / fname, png)
             cl["gallery"] = [fname]
     return out
+
+
+def _pred_name(names: Sequence[str], pred: Any) -> str:
+    """Class name of a prediction; ``-1`` (non-finite logits) is no class."""
+    p = int(pred)
+    return names[p] if 0 <= p < len(names) else "none (non-finite logits)"
+
+
+def _nonfinite_finding(prim: pa.Table) -> tuple[int, dict[str, Any] | None]:
+    """Samples whose logits were NaN/Inf, and a finding when they are >= 1 % of the run."""
+    if not prim.num_rows or "status" not in prim.column_names:
+        return 0, None
+    status = np.asarray(prim.column("status").to_pylist(), dtype=object)
+    bad = status == "nonfinite_logits"
+    n_bad, n = int(bad.sum()), int(prim.num_rows)
+    if n_bad == 0 or n_bad / n < 0.01:
+        return n_bad, None
+    ids = [str(x) for x in np.asarray(prim.column("id").to_pylist(), dtype=object)[bad][:20]]
+    return n_bad, {
+        "class": None,
+        "kind": "nonfinite_logits",
+        "severity": "high" if n_bad / n >= 0.05 else "medium",
+        "message": (
+            f"{n_bad} of {n} images ({n_bad / n:.0%}) got NaN/Inf logits from the model: "
+            "no prediction, no map; they count as incorrect and their metrics are NaN"
+        ),
+        "evidence": {"n": n_bad, "share": n_bad / n, "ids": ids},
+        "examples": ids[:4],
+    }
 
 
 def _num(v: Any) -> float | None:
