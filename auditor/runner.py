@@ -22,10 +22,11 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -35,9 +36,29 @@ import torch
 
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
-from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
-from auditor.errors import AuditorInputError, ConfigError
+from auditor.config import (
+    AuditConfig,
+    AuditSettings,
+    GateRule,
+    check_device_available,
+    check_gates,
+    to_jsonable,
+    with_overrides,
+)
+from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
+from auditor.format import slugify
+from auditor.results import (
+    AuditResult,
+    ClassClusters,
+    DatasetInfo,
+    Finding,
+    GalleryPanel,
+    ModelInfo,
+    RunInfo,
+    freeze,
+    method_info,
+)
 from auditor.store import (
     MAIN_LOCK,
     RunLock,
@@ -50,7 +71,6 @@ from auditor.store import (
 
 log = logging.getLogger("auditor")
 
-SCHEMA_VERSION = 1
 INTERVENTION_COLUMNS = tuple(
     f"{k}_{v}" for k in ("only_fg", "only_bg", "mixed_rand") for v in ("correct", "confidence")
 )
@@ -59,12 +79,17 @@ FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "average_drop", "increa
 
 @dataclass
 class AuditOutcome:
-    """What :func:`run_audit` returns: the run directory, the summary and the gate verdict."""
+    """What :func:`run_audit` returns: the run directory, the typed result and the verdict."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    result: AuditResult
     passed: bool
     report: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The result as the ``summary.json`` object (a fresh dict on every call)."""
+        return self.result.to_json()
 
     @property
     def exit_code(self) -> int:
@@ -238,6 +263,9 @@ class _BatchAuditor:
                     valid &= hm[np.clip(pv, 0, None)]  # the donor background needs a mask too
                 iv[f"{key}_correct"] = np.where(valid, correct, np.nan)
                 iv[f"{key}_confidence"] = np.where(valid, cconf, np.nan)
+                if key == "only_bg":
+                    pred_bg = p.argmax(1).cpu().numpy().astype(np.int64)
+                    iv["only_bg_pred"] = np.where(valid, pred_bg, -1)
 
         # faithfulness on the seeded subset (Petsiuk et al. 2018; Chattopadhay et al. 2018)
         faith: dict[str, dict[str, np.ndarray]] = {}
@@ -283,6 +311,8 @@ class _BatchAuditor:
             if s.interventions:
                 for key in INTERVENTION_COLUMNS:
                     cols[key] = iv.get(key, nan_col)
+                # the class the background alone is predicted as (-1: not run for the sample)
+                cols["only_bg_pred"] = iv.get("only_bg_pred", np.full(b, -1, np.int64))
             if s.faithfulness_samples > 0:
                 cols["faithfulness_subset"] = np.isin(
                     np.asarray(batch.indices), np.asarray(sorted(self.faith_subset), dtype=np.int64)
@@ -295,6 +325,28 @@ class _BatchAuditor:
             low_res[method] = (cam / peak).cpu().numpy()
         table = pa.concat_tables(tables) if tables else pa.table({})
         return table, low_res
+
+
+def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
+    """Whether ``exc`` was raised inside the forward of one of ``model``'s module types.
+
+    The traceback is walked for a frame whose ``self`` is an ``nn.Module`` of a type the
+    model is made of (the engine may run a copy of the model, so types, not objects, are
+    compared). Errors raised elsewhere (cam-auditor's own code) are bugs: not skipped.
+    """
+    types = {type(m) for m in model.modules()}
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and type(owner) in types:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _model_failure(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _empty_skip_rows(batch: Any) -> list[dict[str, Any]]:
@@ -344,7 +396,11 @@ def _run_locked(
     from auditor.data import open_dataset
     from auditor.models import load_model
 
+    where = cfg.source.name if cfg.source is not None else "<config>"
+    check_device_available(cfg.audit.device, "--device" if cfg.audit.device else where)
     dataset = open_dataset(cfg.data)
+    # gates naming classes are checked against the dataset's class list before the model loads
+    check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     loaded = load_model(
         cfg.model,
         num_classes=len(dataset.classes),
@@ -461,9 +517,9 @@ def _audit_locked(
     t0 = time.perf_counter()
     run_dir = Path(out)
     store = RunStore(run_dir)
+    check_device_available(s.device, "device")
     dev = torch.device(s.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AuditorInputError(f"--device {s.device}: CUDA is not available on this machine")
+    check_gates(tuple(gates), settings=s, classes=list(dataset.classes), source="gates")
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
     model_info = dict(model_info or {})
@@ -495,6 +551,7 @@ def _audit_locked(
                 ),
                 reshape=_reshape_fn(reshape),
                 example=example,
+                seed=int(s.seed),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"[model]/[audit]: {exc}") from exc
@@ -560,6 +617,7 @@ def _audit_locked(
         from auditor.data import iter_batches
 
         t_loop = time.perf_counter()
+        failures: list[str] = []
         bar = _progress(sum(len(c) for c in todo), progress, "auditing")
         try:
             flat = [i for c in todo for i in c]
@@ -567,18 +625,36 @@ def _audit_locked(
                 iter_batches(dataset, flat, s.batch_size, num_workers=s.num_workers)
             ):
                 batch_no = first_missing + offset
+                skip_rows = _empty_skip_rows(batch)
+                ids, idx = list(batch.ids), list(batch.indices)
                 if len(batch):
-                    rows, cams = worker.process(batch, batch_no)
+                    try:
+                        rows, cams = worker.process(batch, batch_no)
+                    except Exception as exc:  # noqa: BLE001 - only the model's own errors
+                        if not raised_by_model(exc, model):
+                            raise
+                        failures.append(_model_failure(exc))
+                        log.warning(
+                            "batch %d: the model raised %s; its %d samples are skipped",
+                            batch_no,
+                            failures[-1],
+                            len(batch),
+                        )
+                        if len(failures) > s.max_failed_batches:
+                            raise ModelRuntimeError(
+                                f"the model {model_info['name']!r} raised on "
+                                f"{len(failures)} batches (more than [audit] "
+                                f"max_failed_batches = {s.max_failed_batches}); first: "
+                                f"{failures[0]}"
+                            ) from exc
+                        reason = f"the model raised {failures[-1]}"
+                        skip_rows += [
+                            {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
+                        ]
+                        rows, cams, ids, idx = pa.table({}), {}, [], []
                 else:
                     rows, cams = pa.table({}), {}
-                store.write_batch(
-                    batch_no,
-                    rows,
-                    cams,
-                    list(batch.ids),
-                    list(batch.indices),
-                    _empty_skip_rows(batch),
-                )
+                store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
                 bar.update(len(batch) + len(batch.skipped))
         finally:
             bar.close()
@@ -726,45 +802,66 @@ def _sanity(
 
 
 def _cluster_analysis(
-    cams: dict[int, np.ndarray], table: pa.Table, classes: Sequence[str], s: AuditSettings
-) -> dict[str, Any]:
-    """SpRAy per class on the stored low-resolution CAMs of the primary method."""
-    from auditor.metrics.clusters import spray_clusters
+    cams: dict[int, np.ndarray],
+    table: pa.Table,
+    classes: Sequence[str],
+    s: AuditSettings,
+    input_size: tuple[int, int] | None = None,
+) -> tuple[dict[str, Any], dict[int, int]]:
+    """SpRAy + subgroup tests per class on the primary method's low-resolution CAMs.
+
+    Returns (``summary["clusters"]``, ``{dataset index: cluster id within its class}``).
+    """
+    from auditor.metrics.subgroups import analyse_class, border_chance, class_to_json
 
     if not s.clusters or table.num_rows == 0:
-        return {}
+        return {}, {}
     prim = table.filter(pc.equal(table.column("method"), s.primary))
     idx = prim.column("index").to_numpy()
     labels = prim.column("label").to_numpy()
-    bf = prim.column("background_focus").to_numpy(zero_copy_only=False).astype(float)
     ids = prim.column("id").to_pylist()
+
+    def col(name: str) -> np.ndarray:
+        if name not in prim.column_names:
+            return np.full(prim.num_rows, np.nan)
+        return np.asarray(
+            [np.nan if v is None else float(v) for v in prim.column(name).to_pylist()], float
+        )
+
+    correct = col("correct")
+    per_sample = {
+        "background_focus": col("background_focus"),
+        "border_focus": col("border_focus"),
+        "entropy": col("entropy"),
+        "correct": correct,
+        "only_bg_hit": col("only_bg_correct"),
+        "only_fg_drop": correct - col("only_fg_correct"),
+    }
+    some = next(iter(cams.values()), None)
+    size = input_size or ((some.shape[0], some.shape[1]) if some is not None else (1, 1))
+    chance = border_chance(size, s.border_width) if min(size) > 2 else 1.0
     out: dict[str, Any] = {}
+    membership: dict[int, int] = {}
     for ci, name in enumerate(classes):
         sel = np.flatnonzero(labels == ci)
-        sel = np.asarray([j for j in sel if int(idx[j]) in cams])
+        sel = np.asarray([j for j in sel if int(idx[j]) in cams], dtype=np.int64)
         if len(sel) < 6:
             continue
         maps = np.stack([cams[int(idx[j])] for j in sel])
-        bfc = bf[sel]
-        res = spray_clusters(
-            maps, background_focus=bfc if np.isfinite(bfc).any() else None, seed=s.seed
+        stats = {k: v[sel] for k, v in per_sample.items() if np.isfinite(v[sel]).sum() >= 2}
+        res = analyse_class(
+            maps,
+            stats,
+            n_classes=len(classes),
+            border_chance_share=chance,
+            confidence=s.confidence,
+            n_boot=max(200, min(s.bootstrap, 2000)),
+            seed=s.seed,
         )
-        clusters = []
-        for cl in res.clusters:
-            clusters.append(
-                {
-                    "id": int(cl.id),
-                    "size": int(cl.size),
-                    "background_focus": None
-                    if cl.mean_background_focus is None or not np.isfinite(cl.mean_background_focus)
-                    else float(cl.mean_background_focus),
-                    "exemplars": [ids[int(sel[e])] for e in cl.exemplars],
-                    "outlier": int(cl.id) in set(int(x) for x in res.outlier_clusters),
-                    "gallery": [],
-                }
-            )
-        out[name] = {"k": int(res.k), "eigengap": float(res.eigengap), "clusters": clusters}
-    return out
+        out[name] = class_to_json(res, [ids[int(j)] for j in sel])
+        for j, lab in zip(sel, res.labels):
+            membership[int(idx[j])] = int(lab)
+    return out, membership
 
 
 def finalize(
@@ -791,15 +888,22 @@ def finalize(
     table = store.read_rows()
     log.info("aggregating %d rows from %s", table.num_rows, store.shards)
     skipped = store.read_skipped()
-    if table.num_rows:
-        store.write_samples(table)
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
-    clusters = _cluster_analysis(primary_cams, table, classes, s)
+    clusters, membership = _cluster_analysis(
+        primary_cams, table, classes, s, tuple(dataset.config.input_size)
+    )
+    if table.num_rows:
+        # `cluster`: the primary method's cluster id within the sample's class (-1: none)
+        cl_col = np.asarray(
+            [membership.get(int(i), -1) for i in table.column("index").to_pylist()], np.int64
+        )
+        table = table.append_column("cluster", pa.array(cl_col, pa.int64()))
+        store.write_samples(table)
     sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
     if table.num_rows:
-        stats = analyse(
+        result = analyse(
             table,
             classes=classes,
             methods=s.methods,
@@ -809,15 +913,7 @@ def finalize(
             sanity=sanity_clean,
         )
     else:
-        stats = {
-            "overall": {"n": 0, "accuracy": None, "accuracy_ci": [None, None], "metrics": {}},
-            "classes": {},
-            "findings": [],
-            "rules": {},
-            "confusion": None,
-            "method_agreement": None,
-            "faithfulness": None,
-        }
+        result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
 
     from auditor.cam import METHODS
     from auditor.metrics.registry import METRICS
@@ -837,63 +933,63 @@ def finalize(
     annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
     n_nonfinite, nonfinite_finding = _nonfinite_finding(prim)
     if nonfinite_finding is not None:
-        stats["findings"] = [*stats["findings"], nonfinite_finding]
-        nonfinite_finding["id"] = f"F{len(stats['findings'])}"
+        found = tuple(result.findings)
+        nonfinite_finding = replace(nonfinite_finding, id=f"F{len(found) + 1}")
+        result = result.replace(findings=(*found, nonfinite_finding))
     finished = datetime.now(timezone.utc)
-    summary: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "cam-auditor", "version": __version__},
-        "run": {
-            "started": started.isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "timings": {
-                "audit_loop_s": round(loop_s, 3),
-                "analysis_s": round(time.perf_counter() - t_an, 3),
-            },
-            "config_sha256": config.sha256 if config else None,
-            "seed": s.seed,
-            "device": s.device,
-            "command": command,
-            "versions": library_versions(),
-            "config": to_jsonable(config.raw) if config else to_jsonable(s),
-        },
-        "title": config.report.title if config else "Model attention audit",
-        "model": model_info,
-        "dataset": {
-            "name": getattr(dataset.config, "source", None)
-            and Path(str(dataset.config.manifest or dataset.config.root)).name,
-            "format": dataset.config.format,
-            "sha256": h.hexdigest(),
-            "annotation_sha256": dataset.annotation_sha256(),
-            "n_samples": len(dataset),
-            "n_evaluated": int(prim.num_rows),
-            "n_skipped": len(skipped),
-            "n_nonfinite_logits": n_nonfinite,
-            "annotated": annotated,
-            "input_size": list(dataset.config.input_size),
-            "classes": list(classes),
-            "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
-        },
-        "methods": list(s.methods),
-        "primary_method": s.primary,
-        "methods_info": {m: _method_info(METHODS[m]) for m in s.methods},
-        "metrics_info": {k: to_jsonable(v) for k, v in METRICS.items()},
-        **stats,
-        "sanity": sanity_clean or None,
-        "sanity_status": (sanity or {}).get("_status")
-        or {"run": False, "reason": "not run", "randomised": []},
-        "clusters": clusters or None,
-        "settings": to_jsonable(s),
-    }
-    summary["gates"] = evaluate_gates(summary, gates)
-    summary["gallery"] = _gallery(run_dir, primary_cams, dataset, table, summary, s)
-    atomic_write_json(run_dir / "summary.json", summary)
-    write_junit(run_dir / "junit.xml", summary)
-    write_per_class_csv(summary, run_dir / "classes.csv")
-    write_findings_csv(summary, run_dir / "findings.csv")
-    if summary["dataset"]["n_evaluated"] == 0:
-        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in summary["dataset"]["skipped"][:3])
+    result = result.replace(
+        tool=freeze({"name": "cam-auditor", "version": __version__}),
+        run=RunInfo.from_json(
+            {
+                "started": started.isoformat(timespec="seconds"),
+                "finished": finished.isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - t0, 3),
+                "timings": {
+                    "audit_loop_s": round(loop_s, 3),
+                    "analysis_s": round(time.perf_counter() - t_an, 3),
+                },
+                "config_sha256": config.sha256 if config else None,
+                "seed": s.seed,
+                "device": s.device,
+                "command": command,
+                "versions": library_versions(),
+                "config": to_jsonable(config.raw) if config else to_jsonable(s),
+            }
+        ),
+        title=config.report.title if config else "Model attention audit",
+        model=ModelInfo.from_json(model_info),
+        dataset=DatasetInfo.from_json(
+            {
+                "name": getattr(dataset.config, "source", None)
+                and Path(str(dataset.config.manifest or dataset.config.root)).name,
+                "format": dataset.config.format,
+                "sha256": h.hexdigest(),
+                "annotation_sha256": dataset.annotation_sha256(),
+                "n_samples": len(dataset),
+                "n_evaluated": int(prim.num_rows),
+                "n_skipped": len(skipped),
+                "n_nonfinite_logits": n_nonfinite,
+                "annotated": annotated,
+                "input_size": list(dataset.config.input_size),
+                "classes": list(classes),
+                "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
+            }
+        ),
+        methods_info=MappingProxyType({m: method_info(METHODS[m]) for m in s.methods}),
+        metrics_info=MappingProxyType(dict(METRICS)),
+        settings=freeze(to_jsonable(s)),
+        sanity_status=freeze(
+            (sanity or {}).get("_status") or {"run": False, "reason": "not run", "randomised": []}
+        ),
+    )
+    result = result.replace(gates=evaluate_gates(result, gates))
+    result = _gallery(run_dir, primary_cams, dataset, table, result, s)
+    atomic_write_json(run_dir / "summary.json", result.to_json())
+    write_junit(run_dir / "junit.xml", result)
+    write_per_class_csv(result, run_dir / "classes.csv")
+    write_findings_csv(result, run_dir / "findings.csv")
+    if result.dataset.n_evaluated == 0:
+        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in result.dataset.skipped[:3])
         raise AuditorInputError(
             f"no sample could be evaluated ({len(skipped)} skipped"
             + (f", e.g. {reasons}" if reasons else "")
@@ -910,20 +1006,7 @@ def finalize(
             templates=config.report.templates if config else None,
             pdf_timeout_s=config.report.pdf_timeout_s if config else 600,
         )
-    return AuditOutcome(
-        run_dir=run_dir, summary=summary, passed=summary["gates"]["passed"], report=report
-    )
-
-
-def _method_info(method: Any) -> dict[str, Any]:
-    doc = (getattr(method, "__doc__", None) or getattr(method, "description", "") or "").strip()
-    info = {
-        "title": getattr(method, "title", None) or getattr(method, "name", ""),
-        "formula": getattr(method, "formula", "") or "",
-        "reference": getattr(method, "reference", "") or "",
-        "description": doc.split("\n\n")[0] if doc else "",
-    }
-    return info
+    return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
 
 
 def _gallery(
@@ -931,107 +1014,71 @@ def _gallery(
     cams: dict[int, np.ndarray],
     dataset: Any,
     table: pa.Table,
-    summary: dict[str, Any],
+    result: AuditResult,
     s: AuditSettings,
-) -> dict[str, list[dict[str, Any]]]:
-    """Choose and draw gallery panels: flagged classes (highest background focus first) and,
-    for contrast, the class with the lowest risk (highest energy in the object)."""
+) -> AuditResult:
+    """Draw the gallery panels chosen by :func:`auditor.analysis.gallery.choose_gallery` and
+    the cluster exemplar panels; return the result with ``gallery`` and the clusters'
+    ``gallery`` files filled in."""
+    from auditor.analysis.gallery import choose_gallery
     from auditor.report import cluster_panel, gallery_panel
 
     if table.num_rows == 0 or s.gallery_per_class == 0:
-        return {}
+        return result
     gdir = run_dir / "gallery"
     gdir.mkdir(exist_ok=True)
-    classes = summary["classes"]
-    prim = table.filter(pc.equal(table.column("method"), s.primary))
-    cols = {
-        c: prim.column(c).to_numpy(zero_copy_only=False)
-        for c in (
-            "index",
-            "id",
-            "label",
-            "pred",
-            "confidence",
-            "background_focus",
-            "energy_in_mask",
-        )
-    }
-    names = list(summary["dataset"]["classes"])
-    flagged = [c for c, v in classes.items() if v["flagged"]]
-    ranked = sorted((c for c in classes if classes[c]["n"]), key=lambda c: classes[c]["risk"])
-    contrast = [c for c in ranked if c not in flagged][:1]
-    chosen: list[tuple[str, str]] = [(c, "flagged") for c in flagged[:20]] + [
-        (c, "contrast") for c in contrast
-    ]
-    out: dict[str, list[dict[str, Any]]] = {}
-    for cname, why in chosen:
-        ci = names.index(cname)
-        sel = np.flatnonzero(cols["label"] == ci)
-        key = cols["background_focus"].astype(float)[sel]
-        key = np.where(np.isfinite(key), key, -np.inf)
-        order = sel[np.argsort(-key if why == "flagged" else key, kind="stable")]
-        picks = order[: s.gallery_per_class]
+    out: dict[str, tuple[GalleryPanel, ...]] = {}
+    for cname, picks in choose_gallery(result, table, s.gallery_per_class).items():
         entries = []
-        for rank, j in enumerate(picks):
-            i = int(cols["index"][j])
-            if i not in cams:
+        for rank, pick in enumerate(picks):
+            if pick.index not in cams:
                 continue
-            image, mask = dataset.load_display(i)
-            bfv = float(cols["background_focus"][j])
+            image, mask = dataset.load_display(pick.index)
+            bfv = pick.panel.background_focus
             png = gallery_panel(
                 image,
                 mask,
-                cams[i],
-                title=str(cols["id"][j]),
-                subtitle=f"label {cname} · predicted {_pred_name(names, cols['pred'][j])} · "
-                f"background focus {bfv:.0%}"
-                if np.isfinite(bfv)
+                cams[pick.index],
+                title=pick.panel.id,
+                subtitle=f"label {cname} · predicted {pick.panel.pred} · background focus {bfv:.0%}"
+                if bfv is not None
                 else "",
             )
-            fname = f"gallery/{_slug(cname)}-{rank}.png"
+            fname = f"gallery/{slugify(cname)}-{rank}.png"
             atomic_write_bytes(run_dir / fname, png)
-            entries.append(
-                {
-                    "id": str(cols["id"][j]),
-                    "file": fname,
-                    "label": cname,
-                    "pred": _pred_name(names, cols["pred"][j]),
-                    "confidence": float(cols["confidence"][j]),
-                    "energy_in_mask": _num(cols["energy_in_mask"][j]),
-                    "background_focus": _num(bfv),
-                    "why": "highest background focus"
-                    if why == "flagged"
-                    else "lowest-risk class, for contrast",
-                }
-            )
-        out[cname] = entries
+            entries.append(replace(pick.panel, file=fname))
+        out[cname] = tuple(entries)
     # cluster exemplar panels
-    id_to_index = {str(a): int(b) for a, b in zip(cols["id"], cols["index"])}
-    for cname, res in (summary.get("clusters") or {}).items():
-        if len(res["clusters"]) < 2:
+    prim = table.filter(pc.equal(table.column("method"), s.primary))
+    id_to_index = {
+        str(a): int(b)
+        for a, b in zip(prim.column("id").to_pylist(), prim.column("index").to_pylist())
+    }
+    clusters: dict[str, ClassClusters] = {}
+    for cname, res in (result.clusters or {}).items():
+        if len(res.clusters) < 2:
+            clusters[cname] = res
             continue
-        for cl in res["clusters"][:6]:
-            wanted = [id_to_index[e] for e in cl["exemplars"] if e in id_to_index][:4]
+        drawn = []
+        for pos, cl in enumerate(res.clusters):
+            wanted = [id_to_index[e] for e in cl.exemplars if e in id_to_index][:4]
             ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
-            if not ex:
+            if pos >= 6 or not ex:
+                drawn.append(cl)
                 continue
             mean_map = np.mean([c for _, c in ex], axis=0)
-            png = cluster_panel(
-                mean_map, ex, title=f"{cname}: cluster {cl['id']} ({cl['size']} images)"
-            )
-            fname = f"gallery/cluster-{_slug(cname)}-{cl['id']}.png"
+            png = cluster_panel(mean_map, ex, title=f"{cname}: cluster {cl.id} ({cl.size} images)")
+            fname = f"gallery/cluster-{slugify(cname)}-{cl.id}.png"
             atomic_write_bytes(run_dir / fname, png)
-            cl["gallery"] = [fname]
-    return out
+            drawn.append(replace(cl, gallery=(fname,)))
+        clusters[cname] = replace(res, clusters=tuple(drawn))
+    return result.replace(
+        gallery=MappingProxyType(out),
+        clusters=MappingProxyType(clusters) if result.clusters is not None else None,
+    )
 
 
-def _pred_name(names: Sequence[str], pred: Any) -> str:
-    """Class name of a prediction; ``-1`` (non-finite logits) is no class."""
-    p = int(pred)
-    return names[p] if 0 <= p < len(names) else "none (non-finite logits)"
-
-
-def _nonfinite_finding(prim: pa.Table) -> tuple[int, dict[str, Any] | None]:
+def _nonfinite_finding(prim: pa.Table) -> tuple[int, Finding | None]:
     """Samples whose logits were NaN/Inf, and a finding when they are >= 1 % of the run."""
     if not prim.num_rows or "status" not in prim.column_names:
         return 0, None
@@ -1041,54 +1088,22 @@ def _nonfinite_finding(prim: pa.Table) -> tuple[int, dict[str, Any] | None]:
     if n_bad == 0 or n_bad / n < 0.01:
         return n_bad, None
     ids = [str(x) for x in np.asarray(prim.column("id").to_pylist(), dtype=object)[bad][:20]]
-    return n_bad, {
-        "class": None,
-        "kind": "nonfinite_logits",
-        "severity": "high" if n_bad / n >= 0.05 else "medium",
-        "message": (
+    return n_bad, Finding(
+        kind="nonfinite_logits",
+        severity="high" if n_bad / n >= 0.05 else "medium",
+        title="The model returned NaN/Inf logits",
+        message=(
             f"{n_bad} of {n} images ({n_bad / n:.0%}) got NaN/Inf logits from the model: "
             "no prediction, no map; they count as incorrect and their metrics are NaN"
         ),
-        "evidence": {"n": n_bad, "share": n_bad / n, "ids": ids},
-        "examples": ids[:4],
-    }
+        cls=None,
+        evidence={"n": n_bad, "share": n_bad / n, "ids": ids},
+        examples=tuple(ids[:4]),
+    )
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
+def write_junit(path: Path, result: AuditResult | Mapping[str, Any]) -> None:
+    """Deprecated location: see :func:`auditor.export.write_junit`."""
+    from auditor.export import write_junit as _write
 
-
-def _slug(name: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "-" for ch in name)[:40].strip("-") or "class"
-    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-def write_junit(path: Path, summary: dict[str, Any]) -> None:
-    """Gate results as JUnit XML: one test case per rule × class, failures for failed gates."""
-    from xml.sax.saxutils import quoteattr
-
-    results = summary.get("gates", {}).get("results", [])
-    failures = sum(1 for r in results if not r["passed"])
-    lines = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<testsuites name="cam-auditor" tests="{len(results)}" failures="{failures}">',
-        f"  <testsuite name={quoteattr('gates: ' + str(summary.get('model', {}).get('name')))} "
-        f'tests="{len(results)}" failures="{failures}" errors="0">',
-    ]
-    for r in results:
-        name = r["rule"] + (f"[{r['class']}]" if r.get("class") is not None else "")
-        value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
-        lines.append(f'    <testcase classname="cam-auditor.gates" name={quoteattr(name)}>')
-        if not r["passed"]:
-            msg = (
-                f"{r['quantity']} ({r['stat']}) = {value}, {r['bound']} allowed "
-                f"{r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
-            )
-            lines.append(f"      <failure message={quoteattr(msg)}/>")
-        lines.append("    </testcase>")
-    lines += ["  </testsuite>", "</testsuites>", ""]
-    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    _write(path, result)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
-import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -110,10 +109,3 @@ def test_cam_head_probe_accepts_gap_linear_and_refuses_hidden_layer() -> None:
     assert mnv3.classifier[0].in_features == 96
     with pytest.raises(ValueError, match=r"W \* GAP\(A\) \+ b"):
         compute_cams(mnv3, images, None, methods=("cam",), layer="features")
-
-
-def test_gallery_name_of_missing_prediction() -> None:
-    from auditor.runner import _pred_name
-
-    assert _pred_name(["a", "b"], -1).startswith("none")
-    assert _pred_name(["a", "b"], np.int64(1)) == "b"

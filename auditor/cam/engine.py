@@ -15,7 +15,8 @@ One batch costs ONE forward and ONE partial backward for every gradient method t
 
 Several target layers are fused: maps are computed per layer, bilinearly upsampled to the
 largest layer resolution and summed. Degenerate samples get a defined map and a status
-(``"ok"``, ``"zero_gradient"``, ``"constant_activation"``, ``"nonfinite"``, ``"zero_map"``).
+(``"ok"``, ``"zero_gradient"``, ``"constant_activation"``, ``"nonfinite"``, ``"zero_map"``,
+``"method_failed"``).
 
 The user's model leaves as it came: hooks removed, ``training`` flags restored, grad mode
 restored, parameters' ``requires_grad`` untouched, also on error.
@@ -24,6 +25,7 @@ restored, parameters' ``requires_grad`` untouched, also on error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,9 +49,14 @@ STATUSES: tuple[str, ...] = (
     "constant_activation",
     "zero_gradient",
     "nonfinite",
+    "method_failed",
 )
-"""Per-sample statuses, by increasing precedence (the highest applicable one is reported)."""
-_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE = range(5)
+"""Per-sample statuses, by increasing precedence (the highest applicable one is reported).
+
+``method_failed``: the method could not compute this sample's map (e.g. an eigendecomposition
+that did not converge even in float64 and with the SVD fallback); the map is zero and the rest
+of the batch is unaffected."""
+_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE, _FAILED = range(6)
 
 
 AUTO_SCORE_BATCH: dict[str, int] = {"cpu": 16}
@@ -166,6 +173,12 @@ class CamEngine:
             reshape is used unless one is given (:func:`auditor.cam.layers.resolve_target`).
         example: probe batch for auto-detection (default: a seeded batch at the model's
             declared input size, else 224x224); :func:`compute_cams` passes the images.
+        eigen_smooth: for methods that combine channels (``CamMethod.smoothable``), take the
+            first principal component of the weighted activations instead of their channel sum
+            (pytorch-grad-cam's ``eigen_smooth``); a ValueError for other methods.
+        seed: seed of every random draw (``randomcam``'s weights, the noise of
+            ``smoothgradcam++`` and ``sscam``): a batch of the same composition always gets the
+            same draws, whatever ran before.
 
     Example:
         >>> with CamEngine(model, "layer4", ("gradcam", "layercam")) as engine:  # doctest: +SKIP
@@ -186,6 +199,8 @@ class CamEngine:
         channels_last: bool | None = None,
         capture_copy: bool = False,
         example: Tensor | None = None,
+        eigen_smooth: bool = False,
+        seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -219,6 +234,18 @@ class CamEngine:
             )
         if reshape is not None and not callable(reshape) and not isinstance(reshape, str):
             raise TypeError(f"`reshape` must be callable, got {type(reshape).__name__}")
+        if not isinstance(eigen_smooth, bool):
+            raise TypeError(f"`eigen_smooth` must be a bool, got {eigen_smooth!r}")
+        if eigen_smooth:
+            rigid = [m for m in methods if not METHODS[m].smoothable]
+            if rigid:
+                raise ValueError(
+                    f"`eigen_smooth` applies to methods that combine channels; {rigid} do not "
+                    f"(smoothable: {sorted(m for m, v in METHODS.items() if v.smoothable)})"
+                )
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"`seed` must be an int, got {seed!r}")
+        seed = seed % (1 << 63)  # any int; torch generators take [0, 2**64)
 
         self.layer_choices: tuple[LayerChoice, ...] = ()
         """Which layer(s), which reshape and why (auto-detection or ``reshape="auto"``)."""
@@ -243,6 +270,10 @@ class CamEngine:
             raise ValueError(f"`reshape` {reshape!r} could not be resolved")
         self.reshape: Callable[[Tensor], Tensor] | None = reshape
         self._needs_grad = any(METHODS[m].needs_gradients for m in methods)
+        self._needs_hvp = any(METHODS[m].needs_hvp for m in methods)
+        self._score_methods = tuple(m for m in methods if METHODS[m].score is not None)
+        self.eigen_smooth = eigen_smooth
+        self.seed = seed
         self._handles: list[RemovableHandle] = []
         self._flags: dict[nn.Module, bool] | None = None
         self._capturing = False
@@ -457,9 +488,9 @@ class CamEngine:
                     )
                 targets_bt, multi = self._resolve_targets(targets, raw_logits)
                 captured = [self._captured[n] for n in self.layer_names]
-                grads = self._gradients(raw_logits, targets_bt, captured)
+                grads, extra = self._gradients(raw_logits, targets_bt, captured)
                 logits = raw_logits.detach().float()
-                cams, codes = self._compute_maps(images, logits, targets_bt, captured, grads)
+                cams, codes = self._compute_maps(images, logits, targets_bt, captured, grads, extra)
         finally:
             self._captured = {}
             torch.set_grad_enabled(grad_mode)
@@ -509,33 +540,67 @@ class CamEngine:
 
     def _gradients(
         self, logits: Tensor, targets_bt: Tensor, captured: list[Tensor]
-    ) -> list[Tensor | None]:
-        """``dy_c/dA`` per layer as ``[B*T, ...]`` (row-major over (sample, target))."""
+    ) -> tuple[list[Tensor | None], dict[str, list[Tensor]]]:
+        """``dy_c/dA`` per layer as ``[B*T, ...]`` (row-major over (sample, target)), and extras.
+
+        Extras, from the same graph: ``"hvp"`` (``H A`` per layer, one double backward, when a
+        method needs it) and, per method with its own ``score`` (Finer-CAM), ``ds/dA``.
+        """
         if not self._needs_grad:
-            return [None] * len(captured)
+            return [None] * len(captured), {}
+        keys = ["hvp"] if self._needs_hvp else []
+        keys += list(self._score_methods)
         if not logits.requires_grad:
-            return [
+            zeros = [
                 torch.zeros(targets_bt.numel(), *a.shape[1:], device=a.device) for a in captured
             ]
-        per_target: list[list[Tensor]] = []
+            return list(zeros), {key: list(zeros) for key in keys}
+        per_target: dict[str, list[list[Tensor]]] = {key: [] for key in ["grad", *keys]}
+        n_targets = targets_bt.shape[1]
+        jobs = [(t, key) for t in range(n_targets) for key in ["grad", *self._score_methods]]
+
+        def zero_fill(grads: Sequence[Tensor | None]) -> list[Tensor]:
+            return [torch.zeros_like(a) if g is None else g for g, a in zip(grads, captured)]
+
         with torch.enable_grad():  # the caller's grad mode may be off
-            scores = logits.gather(1, targets_bt)  # [B, T] raw logits
-            n_targets = scores.shape[1]
-            for t in range(n_targets):
+            for index, (t, key) in enumerate(jobs):
+                retain = index < len(jobs) - 1
+                if key == "grad":
+                    score = logits.gather(1, targets_bt[:, t : t + 1]).sum()
+                else:
+                    score_fn = METHODS[key].score
+                    if score_fn is None:  # filtered in __init__
+                        raise RuntimeError(f"method {key!r} has no score function")
+                    score = score_fn(logits, targets_bt[:, t]).sum()
+                double = key == "grad" and self._needs_hvp
                 grads = torch.autograd.grad(
-                    scores[:, t].sum(),
+                    score,
                     captured,
-                    retain_graph=t < n_targets - 1,
+                    retain_graph=retain or double,
+                    create_graph=double,
                     allow_unused=True,
                 )
-                per_target.append(
-                    [torch.zeros_like(a) if g is None else g for g, a in zip(grads, captured)]
-                )
-        out: list[Tensor | None] = []
-        for index in range(len(captured)):
-            stacked = torch.stack([per_target[t][index] for t in range(n_targets)], dim=1)
-            out.append(stacked.flatten(0, 1))
-        return out
+                if double:
+                    hvps: list[Tensor | None] = []
+                    for g, a in zip(grads, captured):
+                        if g is None or not g.requires_grad:  # the tail is linear in A: H = 0
+                            hvps.append(None)
+                            continue
+                        (hv,) = torch.autograd.grad(
+                            g, a, grad_outputs=a.detach(), retain_graph=True, allow_unused=True
+                        )
+                        hvps.append(None if hv is None else hv.detach())
+                    per_target["hvp"].append(zero_fill(hvps))
+                    grads = tuple(None if g is None else g.detach() for g in grads)
+                per_target[key].append(zero_fill(grads))
+        out: dict[str, list[Tensor]] = {}
+        for key, lists in per_target.items():
+            out[key] = [
+                torch.stack([lists[t][index] for t in range(n_targets)], dim=1).flatten(0, 1)
+                for index in range(len(captured))
+            ]
+        grads_out: list[Tensor | None] = list(out.pop("grad"))
+        return grads_out, out
 
     def _to_grid(self, tensor: Tensor, name: str) -> Tensor:
         grid = self.reshape(tensor) if self.reshape is not None else tensor
@@ -554,6 +619,7 @@ class CamEngine:
         targets_bt: Tensor,
         captured: list[Tensor],
         grads: list[Tensor | None],
+        extra: dict[str, list[Tensor]] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         batch, n_targets = targets_bt.shape
         rows = batch * n_targets
@@ -561,9 +627,16 @@ class CamEngine:
         targets_n = targets_bt.reshape(-1)
         logits_n = logits[sample_index]
 
+        extra = extra or {}
         per_layer: list[dict[str, Tensor]] = []
         flags: list[dict[str, Tensor]] = []
-        for name, module, raw, grad_raw in zip(self.layer_names, self._modules, captured, grads):
+        failed_by_method = {
+            m: torch.zeros(rows, dtype=torch.bool, device=logits.device) for m in self.methods
+        }
+        zero_grad_by_method: dict[str, list[Tensor]] = {m: [] for m in self._score_methods}
+        for index, (name, module, raw, grad_raw) in enumerate(
+            zip(self.layer_names, self._modules, captured, grads)
+        ):
             raw = raw.detach()
             acts_b = self._to_grid(raw, name).float()
             finite_b = torch.isfinite(acts_b).flatten(1).all(1)
@@ -578,6 +651,15 @@ class CamEngine:
                 finite = finite & grad_finite
                 grad = torch.where(finite[:, None, None, None], grad, 0.0)
                 zero_grad = (grad == 0).flatten(1).all(1)
+
+            def grid_of(raw_grad: Tensor, name: str = name, finite: Tensor = finite) -> Tensor:
+                grid = self._to_grid(raw_grad, name).float()
+                return torch.where(finite[:, None, None, None], grid, 0.0).nan_to_num(0.0)
+
+            hvp = grid_of(extra["hvp"][index]) if "hvp" in extra else None
+            own_grads = {m: grid_of(extra[m][index]) for m in self._score_methods}
+            for m, g in own_grads.items():
+                zero_grad_by_method[m].append((g == 0).flatten(1).all(1))
             flat = acts.flatten(2)
             constant = (flat.amax(2) == flat.amin(2)).all(1)
             flags.append({"finite": finite, "zero_grad": zero_grad, "constant": constant})
@@ -615,15 +697,26 @@ class CamEngine:
                 head_weight=head_weight,
                 masked_scores=masked_scores,
                 ablated_scores=ablated_scores,
+                hvp=hvp,
+                eigen_smooth=self.eigen_smooth,
+                seed=self.seed,
             )
             maps: dict[str, Tensor] = {}
             for method in self.methods:
                 spec = METHODS[method]
-                cam = spec.fn(ctx).float()
+                if method in own_grads:
+                    own = own_grads[method]
+                    cam = spec.fn(dataclasses.replace(ctx, gradients=own)).float()
+                    method_zero_grad = (own == 0).flatten(1).all(1)
+                else:
+                    cam = spec.fn(ctx).float()
+                    method_zero_grad = zero_grad
+                failed = ~torch.isfinite(cam).flatten(1).all(1) & finite
+                failed_by_method[method] |= failed
                 cam = torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
-                bad = ~finite
+                bad = ~finite | failed
                 if spec.needs_gradients:
-                    bad = bad | zero_grad
+                    bad = bad | method_zero_grad
                 maps[method] = torch.where(bad[:, None, None], 0.0, cam)
             per_layer.append(maps)
 
@@ -642,9 +735,13 @@ class CamEngine:
             code = torch.full((rows,), _OK, dtype=torch.long, device=fused.device)
             code = torch.where(zero_map, _ZERO_MAP, code)
             code = torch.where(all_constant, _CONSTANT, code)
-            if METHODS[method].needs_gradients:
+            if method in zero_grad_by_method:
+                own_zero = torch.stack(zero_grad_by_method[method]).all(0)
+                code = torch.where(own_zero, _ZERO_GRAD, code)
+            elif METHODS[method].needs_gradients:
                 code = torch.where(all_zero_grad, _ZERO_GRAD, code)
             code = torch.where(nonfinite, _NONFINITE, code)
+            code = torch.where(failed_by_method[method], _FAILED, code)
             cams[method] = fused
             codes[method] = code
         return cams, codes

@@ -10,39 +10,11 @@ escaped by the template.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from types import MappingProxyType
 
+from auditor.results import CATEGORIES, MetricInfo
+
 __all__ = ["CATEGORIES", "METRICS", "MetricInfo", "metric_info"]
-
-CATEGORIES: tuple[str, ...] = ("localisation", "concentration", "faithfulness", "intervention")
-
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """What a metric means, for people reading a report.
-
-    ``higher_is_better``: ``True``/``False``, or ``None`` when neither direction is "good"
-    (e.g. entropy, a description of the map). ``range``: the bounds of the per-sample value,
-    ``None`` when unbounded or image-dependent.
-    """
-
-    name: str
-    title: str
-    higher_is_better: bool | None
-    category: str
-    needs_mask: bool
-    range: tuple[float, float] | None
-    formula: str
-    description: str
-    reference: str
-
-    def __post_init__(self) -> None:
-        if self.category not in CATEGORIES:
-            raise ValueError(f"`category` must be one of {CATEGORIES}, got {self.category!r}")
-        if self.range is not None and not self.range[0] <= self.range[1]:
-            raise ValueError(f"`range` must be (low, high) with low <= high, got {self.range}")
-
 
 _WANG = "Wang et al. 2020, “Score-CAM: Score-Weighted Visual Explanations for CNNs” (CVPR-W)"
 _ARRAS = "Arras, Osman & Samek 2022, “CLEVR-XAI: A benchmark dataset for the ground truth "

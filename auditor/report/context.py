@@ -581,7 +581,10 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     return {
         "output": "html",
         "summary": summary,
-        "title": f"Model audit: {model.get('name') or model.get('source') or 'unnamed model'}",
+        # [report] title when the user set one, else the model's name
+        "title": str(summary.get("title"))
+        if summary.get("title") and summary.get("title") != "Model attention audit"
+        else f"Model audit: {model.get('name') or model.get('source') or 'unnamed model'}",
         "date": finished[:10] if finished else None,
         "tool": tool,
         "model": model,
