@@ -25,6 +25,7 @@ from types import MappingProxyType
 from typing import Any
 
 __all__ = [
+    "EVIDENCE_LABELS",
     "SCHEMA_VERSION",
     "SEVERITIES",
     "AuditResult",
@@ -46,6 +47,7 @@ __all__ = [
     "SanityResult",
     "Stat",
     "SubgroupResult",
+    "evidence_label",
     "freeze",
     "method_info",
     "thaw",
@@ -1176,3 +1178,36 @@ def method_info(method: Any) -> MethodInfo:
         description=str(getattr(method, "description", "") or _doc_description(doc)),
         extra=freeze(extra),
     )
+
+
+#: Readable labels of the evidence keys the finding rules (``auditor.analysis.findings``)
+#: write; metric names are labelled with their :class:`MetricInfo` title instead. A rule
+#: that writes a new key adds its label here.
+EVIDENCE_LABELS: Mapping[str, str] = MappingProxyType(
+    {
+        "ci": "confidence interval",
+        "baseline": "other classes (baseline)",
+        "baseline_lift": "other classes' energy lift",
+        "method": "method",
+        "share": "share of correct predictions",
+        "n": "samples",
+        "accuracy": "accuracy",
+        "only_fg_drop": "accuracy drop without background",
+        "only_fg_drop_ci": "interval of the drop",
+        "background_focus_by_method": "background focus by method",
+        "cluster": "cluster",
+        "size": "images in the cluster",
+        "similarity": "rank correlation after randomisation",
+        "threshold": "threshold",
+        "trustworthy": "trustworthy",
+        "randomised": "randomised layers",
+    }
+)
+
+
+def evidence_label(key: str, titles: Mapping[str, str] | None = None) -> str:
+    """A readable label for an evidence key: the metric's title, the rule's label, else the
+    key with underscores as spaces."""
+    if titles and key in titles:
+        return titles[key]
+    return EVIDENCE_LABELS.get(key, key.replace("_", " "))

@@ -1071,7 +1071,11 @@ def _gallery(
             fname = f"gallery/cluster-{slugify(cname)}-{cl.id}.png"
             atomic_write_bytes(run_dir / fname, png)
             drawn.append(replace(cl, gallery=(fname,)))
-        clusters[cname] = replace(res, clusters=tuple(drawn))
+        clusters[cname] = replace(
+            res,
+            clusters=tuple(drawn),
+            extra=_subgroup_panels(run_dir, cname, res.extra, id_to_index, dataset, cams),
+        )
     return result.replace(
         gallery=MappingProxyType(out),
         clusters=MappingProxyType(clusters) if result.clusters is not None else None,
@@ -1100,6 +1104,41 @@ def _nonfinite_finding(prim: pa.Table) -> tuple[int, Finding | None]:
         evidence={"n": n_bad, "share": n_bad / n, "ids": ids},
         examples=tuple(ids[:4]),
     )
+
+
+def _subgroup_panels(
+    run_dir: Path,
+    cname: str,
+    extra: Mapping[str, Any],
+    id_to_index: Mapping[str, int],
+    dataset: Any,
+    cams: Mapping[int, np.ndarray],
+) -> Mapping[str, Any]:
+    """Draw each subgroup's exemplars and, beside them, the rest of its class's exemplars;
+    return the clusters' ``extra`` with each subgroup's ``gallery`` [members, rest] filled."""
+    from auditor.report import cluster_panel
+    from auditor.results import freeze, thaw
+
+    subgroups = thaw(extra.get("subgroups") or [])
+    if not subgroups:
+        return extra
+    for sg in subgroups:
+        files: list[str] = []
+        for part, key in (("members", "exemplars"), ("rest", "rest_exemplars")):
+            wanted = [id_to_index[e] for e in sg.get(key) or [] if e in id_to_index][:4]
+            ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
+            if not ex:
+                continue
+            n = sg["size"] if part == "members" else sg["class_size"] - sg["size"]
+            title = (
+                f"{cname}: subgroup, {n} images" if part == "members" else f"{cname}: the rest, {n}"
+            )
+            png = cluster_panel(np.mean([c for _, c in ex], axis=0), ex, title=title)
+            fname = f"gallery/subgroup-{slugify(cname)}-{sg['cluster']}-{part}.png"
+            atomic_write_bytes(run_dir / fname, png)
+            files.append(fname)
+        sg["gallery"] = files
+    return freeze({**thaw(extra), "subgroups": subgroups})
 
 
 def write_junit(path: Path, result: AuditResult | Mapping[str, Any]) -> None:

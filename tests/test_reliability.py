@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from auditor.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, exit_code_for, main
@@ -414,6 +415,15 @@ def test_zero_byte_weights_and_torchscript_exit_2_with_one_line(
     assert "TorchScript" in line and "hooks" in line and "torch.save(model" in line
 
 
+def test_a_non_spatial_target_layer_exits_2_naming_it(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    cfg = tiny_config(tmp_path, demo_inputs, model_extra='target_layer = "fc"')
+    assert main(["run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "4"]) == 2
+    line = _one_line_error(_last(capsys))
+    assert "'fc'" in line and "[model]" in line and "not a grid" in line
+
+
 # -- 6. hostile strings: terminal, JUnit XML, [report] title -----------------------------------
 
 HOSTILE = "circle\x1b]0;pwned\x07\x1b[2J\x01\u202e"
@@ -585,3 +595,77 @@ def test_duplicate_rows_are_noted_and_an_oversized_cell_skips_one_row(tmp_path: 
     with pytest.raises(Exception, match="manifest line 6.*field larger"):
         ds.load(ids.index("line 6"))
     assert ds.load(ids.index("im5.png")).label == 1
+
+
+# -- 4. EXIF: one rule whatever the shape -------------------------------------------------------
+
+
+def test_exif_rotated_square_image_with_a_mask_is_skipped_naming_the_orientation(
+    tmp_path: Path,
+) -> None:
+    from PIL import Image
+
+    from auditor.data import open_dataset
+    from auditor.data.config import parse_data_section
+    from auditor.errors import SampleSkipped
+
+    root = tmp_path / "d"
+    root.mkdir()
+    stored = np.zeros((8, 8, 3), dtype=np.uint8)
+    stored[:, :2] = 255  # the object, left in storage: top once turned for display
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees to display: the shape stays 8x8
+    Image.fromarray(stored).save(root / "sq.png", exif=exif.tobytes())
+    Image.fromarray(stored).save(root / "plain.png")
+    mask = np.zeros((8, 8), dtype=np.uint8)
+    mask[:, :2] = 1
+    Image.fromarray(mask * 255).save(root / "m.png")
+    (root / "manifest.csv").write_text(
+        "id,image,label,mask\nrot,sq.png,a,m.png\nplain,plain.png,a,m.png\n"
+    )
+    section = {"manifest": "manifest.csv", "input_size": 8, "mean": [0, 0, 0], "std": [1, 1, 1]}
+    ds = open_dataset(parse_data_section(section, root, "c.toml"))
+    with pytest.raises(SampleSkipped, match="EXIF orientation 6.*stored or the displayed"):
+        ds.load(0)  # was: image turned, mask not, energy measured against the wrong region
+    assert ds.load(1).mask is not None  # no EXIF tag: used as stored
+
+
+# -- 3. faults on a real small file system: read-only --out, ENOSPC -----------------------------
+
+
+def _mount_tmpfs(where: Path, options: str) -> None:
+    where.mkdir(parents=True, exist_ok=True)
+    res = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if res.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here ({res.stderr.strip() or 'not permitted'})")
+
+
+def test_read_only_out_and_a_full_disk_on_a_real_tmpfs(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from auditor.errors import StorageError
+    from auditor.store import atomic_write_bytes
+
+    ro, small = tmp_path / "ro", tmp_path / "small"
+    _mount_tmpfs(ro, "ro,size=64k")
+    try:
+        _mount_tmpfs(small, "size=64k")
+        try:
+            cfg = tiny_config(tmp_path, demo_inputs)
+            assert main(["run", str(cfg), "--out", str(ro / "run"), "--limit", "4"]) == 2
+            line = _one_line_error(capsys.readouterr().err)
+            assert str(ro / "run") in line and "read-only file system" in line and "free" in line
+            (small / "old.json").write_bytes(b"{}")
+            with pytest.raises(StorageError, match="no space left on device.*free"):
+                atomic_write_bytes(small / "old.json", b"x" * 200_000)
+            assert (small / "old.json").read_bytes() == b"{}"  # the final path kept its content
+            assert sorted(p.name for p in small.iterdir()) == ["old.json"]  # temp file removed
+        finally:
+            subprocess.run(["umount", str(small)], check=False)
+    finally:
+        subprocess.run(["umount", str(ro)], check=False)

@@ -50,8 +50,17 @@ def test_unknown_keys_are_kept_and_missing_ones_defaulted() -> None:
         "primary_method": "gradcam",
         "classes": {"a": {"n": 2, "future_field": [1, 2], "metrics": {}}},
         "findings": [
-            {"class": "a", "kind": "k", "severity": "low", "title": "t", "message": "m",
-             "evidence": {"x": 1}, "id": "F1", "examples": [], "members": ["s1"]}
+            {
+                "class": "a",
+                "kind": "k",
+                "severity": "low",
+                "title": "t",
+                "message": "m",
+                "evidence": {"x": 1},
+                "id": "F1",
+                "examples": [],
+                "members": ["s1"],
+            }
         ],
         "subgroups": {"a": []},
     }

@@ -243,6 +243,17 @@ def test_tagged_subgroup_recovered_with_masks(tagged_run: Any) -> None:
     sub = prim[prim.id.isin(f["evidence"]["members"])]
     assert set(sub.cluster) == {f["evidence"]["cluster"]}
     assert (prim[prim.label != 0].cluster >= 0).all()  # other classes clustered too (k=1 → 0)
+    # the report's Subgroups section: the finding, the members, both panels, the statistic
+    from auditor.report import render_report
+
+    render_report(outcome.run_dir, html=True, pdf=False)
+    html = (outcome.run_dir / "report.html").read_text("utf-8").replace("&#39;", "'")
+    section = html[html.index('<section id="subgroups">') :]
+    section = section[: section.index("</section>")]
+    assert f["title"] in section and f["evidence"]["members"][0] in section
+    assert "The rest of the class" in section and "Background focus" in section
+    assert section.count("<img") == 2
+    assert "Rests on: <b>background focus</b>" in html
 
 
 def test_tagged_subgroup_recovered_without_masks(tmp_path: Path) -> None:

@@ -67,9 +67,7 @@ def gate_result(
     )
 
 
-def evaluate_gates(
-    result: AuditResult | Mapping[str, Any], rules: Sequence[GateRule]
-) -> Gates:
+def evaluate_gates(result: AuditResult | Mapping[str, Any], rules: Sequence[GateRule]) -> Gates:
     """Check every gate rule (``scope == "compare"`` ones are left to ``compare``).
 
     ``result`` is the audit result (a ``summary.json`` mapping is parsed first).
