@@ -1054,6 +1054,41 @@ def _gallery(
         str(a): int(b)
         for a, b in zip(prim.column("id").to_pylist(), prim.column("index").to_pylist())
     }
+    # background-sufficiency findings: the images whose background alone is called the class
+    names = list(result.dataset.classes) or list(result.classes)
+    id_to_pred = dict(zip(map(str, prim.column("id").to_pylist()), prim.column("pred").to_pylist()))
+    for f in result.findings:
+        if f.kind != "background_sufficiency" or f.cls is None:
+            continue
+        have = {g.id for g in out.get(f.cls, ())}
+        extra_panels: list[GalleryPanel] = []
+        for k, sid in enumerate([e for e in f.examples if e not in have][:4]):
+            i = id_to_index.get(sid)
+            if i is None or i not in cams:
+                continue
+            image, mask = dataset.load_display(i)
+            png = gallery_panel(
+                image,
+                mask,
+                cams[i],
+                title=sid,
+                subtitle=f"label {f.cls} · background alone predicted '{f.cls}'",
+            )
+            fname = f"gallery/{slugify(f.cls)}-sufficiency-{k}.png"
+            atomic_write_bytes(run_dir / fname, png)
+            extra_panels.append(
+                GalleryPanel(
+                    id=sid,
+                    file=fname,
+                    label=f.cls,
+                    pred=names[int(id_to_pred[sid])]
+                    if 0 <= int(id_to_pred.get(sid, -1)) < len(names)
+                    else None,
+                    why="background alone predicted as the class",
+                )
+            )
+        if extra_panels:
+            out[f.cls] = tuple(out.get(f.cls, ())) + tuple(extra_panels)
     clusters: dict[str, ClassClusters] = {}
     for cname, res in (result.clusters or {}).items():
         if len(res.clusters) < 2:

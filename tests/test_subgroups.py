@@ -236,6 +236,10 @@ def test_tagged_subgroup_recovered_with_masks(tagged_run: Any) -> None:
     suff = [g for g in s["findings"] if g["kind"] == "background_sufficiency"]
     assert [g["class"] for g in suff] == ["circle"]
     assert suff[0]["evidence"]["ci"][0] > 0.25
+    # ... with the gallery of those images (drawn, listed under the class)
+    panels = [g for g in s["gallery"]["circle"] if g["why"].startswith("background alone")]
+    assert panels and {g["id"] for g in panels} <= set(suff[0]["examples"])
+    assert all((outcome.run_dir / g["file"]).is_file() for g in panels)
     # samples.parquet: `cluster` for every row; members share the subgroup's cluster id
     t = pq.read_table(outcome.run_dir / "samples.parquet").to_pandas()
     assert "cluster" in t.columns and "only_bg_pred" in t.columns
