@@ -48,6 +48,7 @@ from auditor.config import (
 from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.format import slugify
+from auditor.modelstate import preserved_training_flags
 from auditor.results import (
     AuditResult,
     ClassClusters,
@@ -180,6 +181,7 @@ class _BatchAuditor:
 
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         from auditor.metrics import localisation_metrics
+        from auditor.metrics.registry import registered_metrics
 
         s = self.s
         images = batch.images.to(self.device, non_blocking=True)
@@ -299,6 +301,7 @@ class _BatchAuditor:
                 iou_threshold=s.iou_threshold,
                 border_width=s.border_width,
             )
+            metrics.update(registered_metrics(up[method], masks, has_mask))
             cols = dict(base)
             cols["method"] = [method] * b
             cols["status"] = [
@@ -530,10 +533,11 @@ def _audit_locked(
     model_info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
     model_info["num_classes"] = len(classes)
 
-    flags = {m: m.training for m in model.modules()}
     orig_device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    flags = preserved_training_flags(model, eval=True)
     model.to(dev)
-    model.eval()  # every forward of the audit (interventions included) sees the eval model
+    # every forward of the audit (interventions included) sees the eval model
+    flags.__enter__()
     try:
         channels = int(getattr(dataset.config, "channels", 3) or 3)
         gen = torch.Generator().manual_seed(s.seed)
@@ -667,8 +671,7 @@ def _audit_locked(
             )
     finally:
         model.to(orig_device)
-        for module, flag in flags.items():
-            module.training = flag
+        flags.__exit__(None, None, None)
 
     return finalize(
         run_dir,
