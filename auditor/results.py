@@ -663,6 +663,8 @@ class MetricInfo:
     formula: str
     description: str
     reference: str
+    table: bool = False
+    """shown as a column of the report's per-class table"""
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
@@ -690,6 +692,7 @@ class MetricInfo:
             "formula": self.formula,
             "description": self.description,
             "reference": self.reference,
+            **({"table": True} if self.table else {}),
         }
 
     @classmethod
@@ -708,6 +711,7 @@ class MetricInfo:
             formula=str(d.get("formula") or ""),
             description=str(d.get("description") or ""),
             reference=str(d.get("reference") or ""),
+            table=bool(d.get("table", False)),
         )
 
 

@@ -120,3 +120,21 @@ def test_method_info_reads_the_registration_then_the_docstring() -> None:
         "Me 2026",
         "The activations.",
     )
+
+
+def test_preserved_training_flags_restores_each_module_also_on_error() -> None:
+    from torch import nn
+
+    from auditor.modelstate import preserved_training_flags
+
+    model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.BatchNorm1d(2))
+    model.train()
+    model[2].eval()  # a user's deliberate mix
+    with pytest.raises(RuntimeError, match="boom"):
+        with preserved_training_flags(model, eval=True):
+            assert not any(m.training for m in model.modules())
+            raise RuntimeError("boom")
+    assert [m.training for m in model.modules()] == [True, True, True, False]
+    with pytest.raises(TypeError, match="`model` must be a torch.nn.Module"):
+        with preserved_training_flags("model"):  # type: ignore[arg-type]
+            pass

@@ -42,6 +42,7 @@ from auditor.analysis.findings import (
 from auditor.analysis.gates import evaluate_gates, gate_result, gate_value
 from auditor.config import AuditSettings
 from auditor.metrics.localisation import METRIC_NAMES
+from auditor.metrics.registry import sample_metric_names
 from auditor.results import AuditResult, ClassClusters, SanityResult, freeze
 
 __all__ = [
@@ -60,7 +61,8 @@ __all__ = [
     "metric_block",
 ]
 
-#: Localisation metrics aggregated per class (names as in DESIGN 4.3/4.4).
+#: Built-in localisation metrics aggregated per class (names as in DESIGN 4.3/4.4); metrics
+#: added with ``@auditor.metrics.registry.metric`` are aggregated too (``sample_metric_names``).
 AGG_METRICS = METRIC_NAMES
 FAITH_METRICS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
 
@@ -101,7 +103,7 @@ def analyse(
     """
     rules = rules or FindingRules()
     primary = settings.primary
-    metrics = [m for m in AGG_METRICS if m in table.column_names]
+    metrics = [m for m in sample_metric_names() if m in table.column_names]
     overall_m, class_m = metric_block(table, classes, methods, metrics, settings)
     prim = PrimaryColumns.of(table, primary)
     cls_results = class_results(prim, classes, class_m, settings)

@@ -44,7 +44,7 @@ __all__ = [
 #: Findings are listed in this order; unknown severities come last.
 SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
 
-#: Per-class table metrics of the primary method, in column order.
+#: Per-class table metrics for summaries that do not record ``table`` in ``metrics_info``.
 TABLE_METRICS = ("energy_in_mask", "background_focus", "energy_lift", "pointing_game", "iou", "auc")
 
 _INTERVENTION_KEYS = (
@@ -75,6 +75,7 @@ _DATASET_KEYS = (
     "n_samples",
     "n_evaluated",
     "n_skipped",
+    "n_nonfinite_logits",
     "annotated",
     "input_size",
     "classes",
@@ -546,7 +547,9 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     tool = {"name": None, "version": None, **thaw(result.tool)}
 
     metrics_info_all = dict(result.metrics_info)
-    table_metrics = TABLE_METRICS
+    # the per-class table's columns come from the metrics' registration (``table=True``);
+    # summaries written before that was recorded get the built-in set
+    table_metrics = tuple(n for n, mi in metrics_info_all.items() if mi.table) or TABLE_METRICS
     rows = _class_rows(result, table_metrics)
     by_name = {r["name"]: r for r in rows}
     metric_titles = {k: v.title or k for k, v in metrics_info_all.items()}
@@ -716,6 +719,14 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "overall": overall,
         "overall_metric_names": overall_metric_names,
         "table_metrics": list(table_metrics),
+        "table_columns": [
+            {
+                "name": k,
+                "title": metric_titles.get(k, k),
+                "formula": metrics_info_all[k].formula if k in metrics_info_all else "",
+            }
+            for k in table_metrics
+        ],
         "classes": rows,
         "n_classes": len(rows),
         "n_flagged": sum(1 for r in rows if r["flagged"]),
