@@ -22,9 +22,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from auditor.cam import METHODS, CamEngine, compute_cams
+from auditor.cam import methods as methods_module
 
 A0 = torch.tensor([[1.0, 0, 2], [0, 1, 0], [0, 0, 3]])
 A1 = torch.tensor([[0.0, 1, 0], [0, 1, 0], [2, 0, 1]])
@@ -204,7 +206,7 @@ def test_cam_without_gap_head_raises_helpful_error() -> None:
 
 def test_every_method_has_a_hand_test() -> None:
     covered = set(GAP_CASES) | set(FLAT_CASES) | set(GAP_CASES_PARITY)
-    covered |= {"scorecam", "eigencam", "randomcam", "kpcacam"}
+    covered |= {"scorecam", "eigencam", "randomcam", "kpcacam", "smoothgradcam++", "iscam", "sscam"}
     assert covered == set(METHODS)
 
 
@@ -431,3 +433,80 @@ def test_eigen_failure_is_a_per_sample_status(monkeypatch: pytest.MonkeyPatch) -
     torch.testing.assert_close(
         batch.cams["eigencam"][1], pca_map(A0, A1, (A0 + A1) / 2), atol=1e-5, rtol=1e-4
     )
+
+
+# ----------------------------------------------------------------------------- extra passes
+
+
+def test_smoothgradcam_pp_equals_gradcam_pp_when_gradients_ignore_the_noise() -> None:
+    # GapNet: dy/dA = W / 9 whatever the input, so D_p = G^p and SmoothGrad-CAM++ = Grad-CAM++
+    torch.testing.assert_close(run(GapNet(), "smoothgradcam++", 0), A0 * 9 / 25)
+
+
+def test_smoothgradcam_pp_averages_noisy_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    # QuadNet y0 = sum A0 A1: G = (A1, A0) of the noisy input; with S noisy copies of X the
+    # engine's seeded draws are replayed here: D_p = mean_s relu(X + e_s)^p (channel-swapped)
+    monkeypatch.setattr(methods_module, "SMOOTHGRAD_SAMPLES", 2)
+    gen = torch.Generator().manual_seed(0)
+    noisy = [F.relu(X[0] + torch.randn(X.shape, generator=gen)[0] * 0.3) for _ in range(2)]
+    grads = torch.stack([n.flip(0) for n in noisy])  # [S, K, 3, 3]: G0 = A1', G1 = A0'
+    d1, d2, d3 = grads.mean(0), grads.pow(2).mean(0), grads.pow(3).mean(0)
+    acts = torch.stack([A0, A1])
+    denom = 2 * d2 + acts.sum((1, 2), keepdim=True) * d3
+    alpha = torch.where(denom == 0, 0.0, d2 / torch.where(denom == 0, 1.0, denom))
+    w = (alpha * F.relu(d1)).sum((1, 2))
+    expected = (w[0] * A0 + w[1] * A1).clamp_min(0)
+    torch.testing.assert_close(run(QuadNet(), "smoothgradcam++", 0), expected, atol=1e-5, rtol=1e-4)
+
+
+# Score-CAM-style masks on GapNet (3x3 input = layer size: no interpolation):
+# m0 = A0/3, m1 = A1/2; y0(X * m0) = (5 - 4/3)/9 = 11/27, y0(X * m1) = (2 - 3.5)/9 = -1/6,
+# and y is positively homogeneous on X >= 0: y(c X m) = c y(X m).
+S_MASKED = torch.tensor([11 / 27, -1 / 6])
+
+
+def test_iscam_hand_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    # S = 2: c_1 = 1/2, c_2 = 1/2 + 1 = 3/2 -> mean coefficient 1: s = S_MASKED
+    monkeypatch.setattr(methods_module, "ISCAM_SAMPLES", 2)
+    w = torch.softmax(S_MASKED, 0)
+    expected = w[0] * A0 + w[1] * A1
+    torch.testing.assert_close(run(GapNet(), "iscam", 0), expected, atol=1e-6, rtol=1e-5)
+    # S = 3: c = 1/3, 1, 2 -> mean 10/9
+    monkeypatch.setattr(methods_module, "ISCAM_SAMPLES", 3)
+    w = torch.softmax(S_MASKED * 10 / 9, 0)
+    torch.testing.assert_close(
+        run(GapNet(), "iscam", 0), w[0] * A0 + w[1] * A1, atol=1e-6, rtol=1e-5
+    )
+
+
+def test_sscam_hand_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(methods_module, "SSCAM_SAMPLES", 2)
+    monkeypatch.setattr(methods_module, "SSCAM_STD", 0.0)  # no noise: Score-CAM on raw logits
+    w = torch.softmax(S_MASKED, 0)
+    torch.testing.assert_close(
+        run(GapNet(), "sscam", 0), w[0] * A0 + w[1] * A1, atol=1e-6, rtol=1e-5
+    )
+    # with noise: y0(X * (m + e)) = sum relu(X (m + e)) . W[0] / 9, replayed from the seed
+    monkeypatch.setattr(methods_module, "SSCAM_STD", 0.5)
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.stack([A0 / 3, A1 / 2])
+    scores = torch.zeros(2)
+    for _ in range(2):  # one draw per sample for the whole chunk of (image, channel) masks
+        eps = torch.randn(2, 1, 3, 3, generator=gen)[:, 0] * 0.5
+        for k in range(2):
+            a = F.relu(X[0] * (masks[k] + eps[k]))
+            scores[k] += (a[0].sum() - a[1].sum()) / 9 / 2
+    w = torch.softmax(scores, 0)
+    torch.testing.assert_close(
+        run(GapNet(), "sscam", 0), w[0] * A0 + w[1] * A1, atol=1e-5, rtol=1e-4
+    )
+
+
+def test_aug_smooth_hand_values() -> None:
+    # GapNet Grad-CAM is positively homogeneous in X and equivariant to flips: every augmented
+    # map, normalised and flipped back, is minmax(relu(A0 - A1)) = CAM_C0 / 2
+    torch.testing.assert_close(run(GapNet(), "gradcam", 0, aug_smooth=True), CAM_C0 / 2)
+    # an asymmetric case: FlatNet's map is not flip-equivariant, the average differs from it
+    plain = run(FlatNet(), "hirescam", 0)
+    smooth = run(FlatNet(), "hirescam", 0, aug_smooth=True)
+    assert float(smooth.max()) <= 1 + 1e-6 and not torch.allclose(smooth, plain / plain.max())

@@ -107,6 +107,14 @@ class CamBatch:
         return {name: upsample_cams(cam, size) for name, cam in self.cams.items()}
 
 
+def _minmax(maps: Tensor) -> Tensor:
+    """Per-map min-max normalisation to ``[0, 1]`` over the last two dims (constant maps: 0)."""
+    flat = maps.flatten(-2)
+    lo = flat.amin(-1, keepdim=True)
+    span = flat.amax(-1, keepdim=True) - lo
+    return ((flat - lo) / torch.where(span > 0, span, 1.0)).reshape(maps.shape)
+
+
 def _model_device(model: nn.Module) -> torch.device | None:
     for param in model.parameters():
         return param.device
@@ -176,6 +184,10 @@ class CamEngine:
         eigen_smooth: for methods that combine channels (``CamMethod.smoothable``), take the
             first principal component of the weighted activations instead of their channel sum
             (pytorch-grad-cam's ``eigen_smooth``); a ValueError for other methods.
+        aug_smooth: test-time augmentation (pytorch-grad-cam's ``aug_smooth``): the maps of the
+            batch, of its horizontal flip and of both multiplied by 0.9 and 1.1 (6 captures,
+            batched), each min-max normalised per image, flipped back and averaged. Logits,
+            targets and statuses are the unaugmented batch's. Costs 6x every method.
         seed: seed of every random draw (``randomcam``'s weights, the noise of
             ``smoothgradcam++`` and ``sscam``): a batch of the same composition always gets the
             same draws, whatever ran before.
@@ -200,6 +212,7 @@ class CamEngine:
         capture_copy: bool = False,
         example: Tensor | None = None,
         eigen_smooth: bool = False,
+        aug_smooth: bool = False,
         seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
@@ -234,6 +247,8 @@ class CamEngine:
             )
         if reshape is not None and not callable(reshape) and not isinstance(reshape, str):
             raise TypeError(f"`reshape` must be callable, got {type(reshape).__name__}")
+        if not isinstance(aug_smooth, bool):
+            raise TypeError(f"`aug_smooth` must be a bool, got {aug_smooth!r}")
         if not isinstance(eigen_smooth, bool):
             raise TypeError(f"`eigen_smooth` must be a bool, got {eigen_smooth!r}")
         if eigen_smooth:
@@ -273,6 +288,7 @@ class CamEngine:
         self._needs_hvp = any(METHODS[m].needs_hvp for m in methods)
         self._score_methods = tuple(m for m in methods if METHODS[m].score is not None)
         self.eigen_smooth = eigen_smooth
+        self.aug_smooth = aug_smooth
         self.seed = seed
         self._handles: list[RemovableHandle] = []
         self._flags: dict[nn.Module, bool] | None = None
@@ -439,6 +455,31 @@ class CamEngine:
                 ``[B]`` / sequence of ints (one class per sample), or ``[B, T]`` (T classes per
                 sample: one forward, T partial backwards; maps ``[B, T, h, w]``).
         """
+        batch = self._run_once(images, targets)
+        if not self.aug_smooth:
+            return batch
+        # test-time augmentation: flip x {0.9, 1, 1.1}, the identity already computed
+        augmented = [(flip, f) for flip in (False, True) for f in (0.9, 1.0, 1.1)]
+        augmented.remove((False, 1.0))
+        images = images.to(batch.logits.device)
+        stacked = torch.cat(
+            [(images.flip(-1) if flip else images) * factor for flip, factor in augmented]
+        )
+        reps = (len(augmented),) + (1,) * (batch.targets.dim() - 1)
+        aug = self._run_once(stacked, batch.targets.repeat(*reps))
+        n = images.shape[0]
+        cams: dict[str, Tensor] = {}
+        for method, cam in batch.cams.items():
+            total = _minmax(cam)
+            for i, (flip, _factor) in enumerate(augmented):
+                part = _minmax(aug.cams[method][i * n : (i + 1) * n])
+                total = total + (part.flip(-1) if flip else part)
+            cams[method] = total / (len(augmented) + 1)
+        return dataclasses.replace(batch, cams=cams)
+
+    def _run_once(
+        self, images: Tensor, targets: Tensor | Sequence[int] | str | None = None
+    ) -> CamBatch:
         if self._flags is None:
             raise RuntimeError("CamEngine.run must be called inside `with engine:`")
         if not isinstance(images, Tensor) or images.dim() != 4:
@@ -539,7 +580,7 @@ class CamEngine:
         return targets_bt, multi
 
     def _gradients(
-        self, logits: Tensor, targets_bt: Tensor, captured: list[Tensor]
+        self, logits: Tensor, targets_bt: Tensor, captured: list[Tensor], extras: bool = True
     ) -> tuple[list[Tensor | None], dict[str, list[Tensor]]]:
         """``dy_c/dA`` per layer as ``[B*T, ...]`` (row-major over (sample, target)), and extras.
 
@@ -548,8 +589,10 @@ class CamEngine:
         """
         if not self._needs_grad:
             return [None] * len(captured), {}
-        keys = ["hvp"] if self._needs_hvp else []
-        keys += list(self._score_methods)
+        needs_hvp = self._needs_hvp and extras
+        score_methods = self._score_methods if extras else ()
+        keys = ["hvp"] if needs_hvp else []
+        keys += list(score_methods)
         if not logits.requires_grad:
             zeros = [
                 torch.zeros(targets_bt.numel(), *a.shape[1:], device=a.device) for a in captured
@@ -557,7 +600,7 @@ class CamEngine:
             return list(zeros), {key: list(zeros) for key in keys}
         per_target: dict[str, list[list[Tensor]]] = {key: [] for key in ["grad", *keys]}
         n_targets = targets_bt.shape[1]
-        jobs = [(t, key) for t in range(n_targets) for key in ["grad", *self._score_methods]]
+        jobs = [(t, key) for t in range(n_targets) for key in ["grad", *score_methods]]
 
         def zero_fill(grads: Sequence[Tensor | None]) -> list[Tensor]:
             return [torch.zeros_like(a) if g is None else g for g, a in zip(grads, captured)]
@@ -572,7 +615,7 @@ class CamEngine:
                     if score_fn is None:  # filtered in __init__
                         raise RuntimeError(f"method {key!r} has no score function")
                     score = score_fn(logits, targets_bt[:, t]).sum()
-                double = key == "grad" and self._needs_hvp
+                double = key == "grad" and needs_hvp
                 grads = torch.autograd.grad(
                     score,
                     captured,
@@ -628,6 +671,7 @@ class CamEngine:
         logits_n = logits[sample_index]
 
         extra = extra or {}
+        shared: dict[str, list[Tensor]] = {}  # noisy captures serve every layer at once
         per_layer: list[dict[str, Tensor]] = []
         flags: list[dict[str, Tensor]] = []
         failed_by_method = {
@@ -666,8 +710,8 @@ class CamEngine:
 
             cache: dict[str, Tensor] = {}
 
-            def head_weight(name: str = name, k: int = acts.shape[1]) -> Tensor:
-                return self._head_weight(name, k)
+            def head_weight(name: str = name, acts_b: Tensor = acts_b) -> Tensor:
+                return self._head_weight(name, acts_b, logits)
 
             def masked_scores(
                 name: str = name, acts_b: Tensor = acts_b, cache: dict[str, Tensor] = cache
@@ -688,6 +732,32 @@ class CamEngine:
                     cache["ablated"] = scores.permute(0, 2, 1).reshape(rows, -1)
                 return cache["ablated"]
 
+            def noisy_gradients(
+                samples: int, std: float, index: int = index, cache: dict[str, Tensor] = cache
+            ) -> Tensor:
+                key = f"noisy:{samples}:{std}"
+                if key not in shared:
+                    shared[key] = self._noisy_gradients(images, targets_bt, samples, std)
+                return shared[key][index]
+
+            def smoothed_scores(
+                samples: int, std: float, acts_b: Tensor = acts_b, cache: dict[str, Tensor] = cache
+            ) -> Tensor:
+                key = f"smoothed:{samples}:{std}"
+                if key not in cache:
+                    scores = self._sweep_scores(images, acts_b, targets_bt, samples, std, False)
+                    cache[key] = scores.permute(0, 2, 1).reshape(rows, -1)
+                return cache[key]
+
+            def integrated_scores(
+                samples: int, acts_b: Tensor = acts_b, cache: dict[str, Tensor] = cache
+            ) -> Tensor:
+                key = f"integrated:{samples}"
+                if key not in cache:
+                    scores = self._sweep_scores(images, acts_b, targets_bt, samples, 0.0, True)
+                    cache[key] = scores.permute(0, 2, 1).reshape(rows, -1)
+                return cache[key]
+
             ctx = CamContext(
                 activations=acts,
                 gradients=grad,
@@ -700,6 +770,9 @@ class CamEngine:
                 hvp=hvp,
                 eigen_smooth=self.eigen_smooth,
                 seed=self.seed,
+                noisy_gradients=noisy_gradients,
+                smoothed_scores=smoothed_scores,
+                integrated_scores=integrated_scores,
             )
             maps: dict[str, Tensor] = {}
             for method in self.methods:
@@ -748,19 +821,53 @@ class CamEngine:
 
     # ------------------------------------------------------------------ method helpers
 
-    def _head_weight(self, name: str, channels: int) -> Tensor:
-        """Weight ``[C, K]`` of the last ``nn.Linear`` with ``in_features == K`` (CAM's head)."""
-        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-        matching = [m for m in linears if m.in_features == channels]
+    def _head_weight(self, name: str, acts: Tensor, logits: Tensor) -> Tensor:
+        """Weight ``[C, K]`` of the classifier that maps GAP(A) to the logits (CAM's head).
+
+        CAM (Zhou et al. 2016) is defined only for ``y = W GAP(A) + b``. Candidates are the
+        ``nn.Linear`` with ``in_features == K``, last first; one counts only when it reproduces
+        this batch's logits from the captured activations: ``|W GAP(A) + b - y| <= 1e-3 *
+        max|y|`` (5e-2 under autocast). A hidden layer of an MLP head (mobilenet_v3's
+        ``classifier.0``, 960 -> 1280) or a class-token readout fails the probe: a clear error,
+        never "class c" read from hidden unit c.
+        """
+        channels = int(acts.shape[1])
+        linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
+        matching = [(n, m) for n, m in linears if m.in_features == channels]
         if not matching:
-            found = [m.in_features for m in linears]
+            found = [m.in_features for _, m in linears]
             raise ValueError(
                 f"method 'cam' needs a global-average-pool + linear head on layer {name!r}: "
                 f"a final nn.Linear with in_features == {channels} channels, but "
                 f"{type(self.model).__name__} has Linear in_features {found}; use 'gradcam' "
                 "(equal to CAM up to a positive scale on GAP+linear heads) or another method"
             )
-        return matching[-1].weight.detach().float()
+        gap = acts.float().mean(dim=(2, 3))  # [B, K]
+        y = logits.float()
+        rows = torch.isfinite(gap).all(1) & torch.isfinite(y).all(1)
+        if not bool(rows.any()):  # nothing to verify on: those maps are zeroed as nonfinite
+            return matching[-1][1].weight.detach().float()
+        gap, y = gap[rows], y[rows]
+        tol = (1e-3 if self.autocast is None else 5e-2) * float(y.abs().max().clamp_min(1e-6))
+        tried = []
+        for lname, linear in reversed(matching):
+            weight = linear.weight.detach().float().to(gap.device)
+            if weight.shape[0] != y.shape[1]:
+                tried.append(f"{lname} ({weight.shape[0]} outputs, {y.shape[1]} logits)")
+                continue
+            pred = gap @ weight.T
+            if linear.bias is not None:
+                pred = pred + linear.bias.detach().float().to(gap.device)
+            err = float((pred - y).abs().max())
+            if err <= tol:
+                return weight
+            tried.append(f"{lname} (max error {err:.3g} > {tol:.3g})")
+        raise ValueError(
+            f"method 'cam' needs logits = W * GAP(A) + b for the target layer {name!r}, but no "
+            f"nn.Linear with in_features == {channels} reproduces the logits from the "
+            f"layer's pooled activations (tried {', '.join(tried)}); the head is not a single "
+            "linear layer on GAP of this layer: use 'gradcam' or another method"
+        )
 
     def _masked_scores(self, images: Tensor, acts: Tensor, targets_bt: Tensor) -> Tensor:
         """Score-CAM: softmax prob of each target for ``X * norm(up(A_k))`` -> ``[B, K, T]``.
@@ -890,6 +997,98 @@ class CamEngine:
             return _logits_of(out).float()
         with torch.inference_mode(), context:
             return _logits_of(self.model(images)).float()
+
+    def _noisy_gradients(
+        self, images: Tensor, targets_bt: Tensor, samples: int, std: float
+    ) -> list[Tensor]:
+        """``dy_c/dA`` for ``samples`` noisy copies ``X + eps``, ``eps ~ N(0, std^2)``.
+
+        Returns per layer ``[S, B*T, K, h, w]``. The noise comes from a CPU generator seeded with
+        :attr:`seed` (one ``[B, C, H, W]`` draw per copy, in order); the copies run as captures
+        of up to ``max(B, 64)`` images per forward (one partial backward each), on the model.
+        """
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = [torch.randn(images.shape, generator=gen) * std for _ in range(samples)]
+        per_forward = max(1, max(images.shape[0], 64) // images.shape[0])
+        per_layer: list[list[Tensor]] = [[] for _ in self.layer_names]
+        saved, grad_mode = self._captured, torch.is_grad_enabled()
+        batch = images.shape[0]
+        try:
+            for start in range(0, samples, per_forward):
+                group = noise[start : start + per_forward]
+                noisy = torch.cat([images + n.to(images.device, images.dtype) for n in group])
+                self._captured, self._capturing = {}, True
+                try:
+                    with torch.no_grad(), self._autocast(images.device):
+                        logits = _logits_of(self.model(noisy))
+                finally:
+                    self._capturing = False
+                    torch.set_grad_enabled(grad_mode)
+                captured = [self._captured[n] for n in self.layer_names]
+                grads, _ = self._gradients(
+                    logits, targets_bt.repeat(len(group), 1), captured, False
+                )
+                for index, (name, grad) in enumerate(zip(self.layer_names, grads)):
+                    if grad is None:
+                        raise RuntimeError("noisy captures need gradients")
+                    grid = self._to_grid(grad.detach(), name).float()
+                    rows = batch * targets_bt.shape[1]
+                    per_layer[index].extend(grid.reshape(len(group), rows, *grid.shape[1:]))
+        finally:
+            self._captured = saved
+            torch.set_grad_enabled(grad_mode)
+        return [torch.stack(rows_).nan_to_num(0.0) for rows_ in per_layer]
+
+    def _sweep_scores(
+        self,
+        images: Tensor,
+        acts: Tensor,
+        targets_bt: Tensor,
+        samples: int,
+        std: float,
+        integrated: bool,
+    ) -> Tensor:
+        """SS-CAM / IS-CAM channel scores ``[B, K, T]``: mean target logit over ``samples``.
+
+        Masks ``m_k = up(norm(A_k))`` (per-channel min-max with ``1e-8`` in the denominator, as
+        torch-cam). SS-CAM (``integrated=False``): inputs ``X * (m_k + eps)``, ``eps ~ N(0,
+        std^2)`` per pixel, drawn in (sample, image, channel) order from a generator seeded with
+        :attr:`seed`. IS-CAM: inputs ``c_i X * m_k`` with ``c_i = sum_{j<=i} j / samples``.
+        Chunks of ``score_batch_size`` run on the validated inference copy when available.
+        """
+        batch, channels = acts.shape[:2]
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        flat = acts.flatten(2)
+        lo = flat.amin(2, keepdim=True)
+        norm = flat - lo
+        norm = (norm / (norm.amax(2, keepdim=True) + 1e-8)).reshape(acts.shape)
+        total = batch * channels
+        b_all = torch.arange(batch, device=acts.device).repeat_interleave(channels)
+        k_all = torch.arange(channels, device=acts.device).repeat(batch)
+        sums = torch.zeros(total, targets_bt.shape[1], device=acts.device)
+        gen = torch.Generator().manual_seed(self.seed)
+        full = self._chunk_size(acts.device)
+        coeff = 0.0
+        with torch.inference_mode():
+            for step in range(samples):
+                coeff += (step + 1) / samples
+                for chunk in self._chunks(total, acts.device):
+                    b_idx, k_idx = b_all[chunk], k_all[chunk]
+                    masks = F.interpolate(
+                        norm[b_idx, k_idx][:, None],
+                        size=size,
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                    if integrated:
+                        inputs = images[b_idx] * (coeff * masks).to(images.dtype)
+                    else:
+                        eps = torch.randn(masks.shape, generator=gen) * std
+                        noisy = masks + eps.to(masks.device, masks.dtype)
+                        inputs = images[b_idx] * noisy.to(images.dtype)
+                    logits = self._perturbed_logits(inputs, fixed=inputs.shape[0] == full)
+                    sums[chunk] += logits.gather(1, targets_bt[b_idx])
+        return (sums / samples).reshape(batch, channels, -1)
 
     def _ablated_scores(self, images: Tensor, name: str, raw: Tensor, targets_bt: Tensor) -> Tensor:
         """Ablation-CAM: target logits with channel ``k`` zeroed at layer ``name`` -> ``[B, K, T]``.

@@ -809,6 +809,116 @@ def _finercam(ctx: CamContext) -> Tensor:
     return _channel_map(ctx, ctx.grads.mean(dim=(2, 3)))
 
 
+@register(
+    "smoothgradcam++",
+    needs_gradients=True,
+    kind="perturbation",
+    smoothable=True,
+    title="SmoothGrad-CAM++",
+    formula=(
+        "D_p = (1/S) sum_s (dy_c/dA(X + eps_s))^p, alpha_kij = D_2 / (2 D_2 + sum_ab A_kab D_3), "
+        "w_k = sum_ij alpha_kij ReLU(D_1), M = ReLU(sum_k w_k A_k)"
+    ),
+    description=(
+        "Grad-CAM++ with its derivatives averaged over noisy copies of the input (SmoothGrad): "
+        "less gradient noise, sharper maps, at S extra captures per image."
+    ),
+    cost=(
+        f"1 forward + 1 partial backward (capture) + S = {SMOOTHGRAD_SAMPLES} noisy forwards, "
+        "each with a partial backward, batched"
+    ),
+    extra_forwards=SMOOTHGRAD_SAMPLES,
+    reference=(
+        "Omeiza et al. 2019, Smooth Grad-CAM++: An Enhanced Inference Level Visualization "
+        "Technique for Deep Convolutional Neural Network Models"
+    ),
+)
+def _smoothgradcam_pp(ctx: CamContext) -> Tensor:
+    """SmoothGrad-CAM++: ``D_p = (1/S) sum_s (dy_c/dA(X + eps_s))^p, alpha_kij = D_2 / (2 D_2 +
+    sum_ab A_kab D_3), w_k = sum_ij alpha_kij ReLU(D_1), M = ReLU(sum_k w_k A_k)``.
+
+    ``eps_s ~ N(0, 0.3^2)`` per input value, ``S = 4`` (:data:`SMOOTHGRAD_SAMPLES`,
+    :data:`SMOOTHGRAD_STD`: torch-cam's defaults), drawn from the engine's seeded generator;
+    ``A`` is the clean input's activation. ``alpha = 0`` where its denominator is ``0``. As in
+    torch-cam, the numerator of ``alpha`` is ``D_2`` (the paper prints ``D_1``); unlike torch-cam,
+    the ``ReLU`` term is the averaged gradient ``D_1`` (the paper's), not the last noisy sample's.
+    """
+    noisy = ctx.noisy_gradients(SMOOTHGRAD_SAMPLES, SMOOTHGRAD_STD)  # [S, N, K, h, w]
+    acts = ctx.activations
+    d1, d2, d3 = noisy.mean(0), noisy.pow(2).mean(0), noisy.pow(3).mean(0)
+    denom = 2 * d2 + acts.sum(dim=(2, 3), keepdim=True) * d3
+    alpha = _safe_div(d2, denom)
+    return _channel_map(ctx, (alpha * F.relu(d1)).sum(dim=(2, 3)))
+
+
+@register(
+    "sscam",
+    needs_gradients=False,
+    kind="perturbation",
+    smoothable=True,
+    title="SS-CAM",
+    formula=(
+        "s_k = (1/S) sum_s y_c(X * (norm(up(A_k)) + eps_s)), w = softmax_k(s), "
+        "M = ReLU(sum_k w_k A_k)"
+    ),
+    description=(
+        "Score-CAM with the channel scores averaged over noisy copies of each mask: smoother "
+        "weights than Score-CAM, at S x K extra forwards per image."
+    ),
+    cost=(
+        f"1 forward (capture) + S x K masked forwards (S = {SSCAM_SAMPLES}, K = channels of the "
+        "target layer), batched"
+    ),
+    extra_forwards=f"{SSCAM_SAMPLES} K",
+    reference=(
+        "Wang et al. 2020, SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization"
+    ),
+)
+def _sscam(ctx: CamContext) -> Tensor:
+    """SS-CAM: ``s_k = (1/S) sum_s y_c(X * (norm(up(A_k)) + eps_s)), w = softmax_k(s),
+    M = ReLU(sum_k w_k A_k)``.
+
+    As torch-cam (the reference implementation): ``norm`` is the per-channel min-max
+    ``(A_k - min) / (max - min + 1e-8)`` at the layer's resolution, ``up`` bilinear upsampling,
+    ``eps_s ~ N(0, 2^2)`` per pixel (:data:`SSCAM_STD`), ``S = 35`` (:data:`SSCAM_SAMPLES`) and
+    ``y_c`` the raw logit (subtracting the clean logit, as torch-cam does, leaves the softmax
+    unchanged).
+    """
+    return _channel_map(ctx, torch.softmax(ctx.smoothed_scores(SSCAM_SAMPLES, SSCAM_STD), dim=1))
+
+
+@register(
+    "iscam",
+    needs_gradients=False,
+    kind="perturbation",
+    smoothable=True,
+    title="IS-CAM",
+    formula=(
+        "s_k = (1/S) sum_{i=1..S} y_c(c_i X * norm(up(A_k))), c_i = sum_{j<=i} j/S, "
+        "w = softmax_k(s), M = ReLU(sum_k w_k A_k)"
+    ),
+    description=(
+        "Score-CAM with the channel scores integrated along a path of scaled masks (as "
+        "Integrated Gradients does for inputs), at S x K extra forwards per image."
+    ),
+    cost=(
+        f"1 forward (capture) + S x K masked forwards (S = {ISCAM_SAMPLES}, K = channels of the "
+        "target layer), batched"
+    ),
+    extra_forwards=f"{ISCAM_SAMPLES} K",
+    reference=("Naidu et al. 2020, IS-CAM: Integrated Score-CAM for axiomatic-based explanations"),
+)
+def _iscam(ctx: CamContext) -> Tensor:
+    """IS-CAM: ``s_k = (1/S) sum_{i=1..S} y_c(c_i X * norm(up(A_k))), c_i = sum_{j<=i} j/S,
+    w = softmax_k(s), M = ReLU(sum_k w_k A_k)``.
+
+    ``S = 10`` (:data:`ISCAM_SAMPLES`); ``norm``, ``up`` and ``y_c`` as in SS-CAM. The
+    cumulative coefficient ``c_i`` (which reaches ``(S + 1) / 2``) is torch-cam's reading of the
+    paper's sum over the integration path.
+    """
+    return _channel_map(ctx, torch.softmax(ctx.integrated_scores(ISCAM_SAMPLES), dim=1))
+
+
 GRADIENT_METHODS: tuple[str, ...] = tuple(
     name for name, method in _REGISTRY.items() if method.kind == "gradient"
 )
