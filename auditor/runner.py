@@ -53,6 +53,7 @@ from auditor.results import (
     AuditResult,
     ClassClusters,
     DatasetInfo,
+    Finding,
     GalleryPanel,
     ModelInfo,
     RunInfo,
@@ -198,12 +199,18 @@ class _BatchAuditor:
                 f"classes ({', '.join(self.classes[:5])}…): set [data] classes or "
                 f"[model] num_classes to match"
             )
+        # NaN/Inf logits are no prediction: pred -1 (never argmax's class 0), incorrect,
+        # confidence NaN, every metric NaN, status "nonfinite_logits" (counted, and a finding
+        # when frequent)
+        finite_logits = torch.isfinite(logits).all(1)
         probs = torch.softmax(logits, dim=1)
         tgt = cb.targets.to(self.device)
-        pred = probs.argmax(1)
+        pred = torch.where(finite_logits, probs.argmax(1), -1)
         conf = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        conf = torch.where(finite_logits, conf, float("nan"))
         size = (images.shape[-2], images.shape[-1])
         up = cb.upsampled(size)
+        bad_logits = (~finite_logits).cpu().numpy()
 
         cols: dict[str, Any] = {}
         b = len(batch)
@@ -216,7 +223,10 @@ class _BatchAuditor:
             "pred": pred.cpu().numpy().astype(np.int64),
             "correct": (pred == labels).cpu().numpy(),
             "confidence": conf.cpu().numpy().astype(np.float64),
-            "pred_confidence": probs.max(1).values.cpu().numpy().astype(np.float64),
+            "pred_confidence": torch.where(finite_logits, probs.max(1).values, float("nan"))
+            .cpu()
+            .numpy()
+            .astype(np.float64),
             "has_mask": batch.has_mask.numpy(),
             "mask_area": batch.masks.flatten(1).float().mean(1).numpy().astype(np.float64),
             "image_sha256": list(batch.image_sha256),
@@ -247,7 +257,8 @@ class _BatchAuditor:
                 p = self._forward_probs(x)
                 correct = (p.argmax(1) == labels).cpu().numpy().astype(float)
                 cconf = p.gather(1, tgt.view(-1, 1)).squeeze(1).cpu().numpy().astype(np.float64)
-                valid = hm.copy()
+                # no outcome where either forward gave non-finite logits (never argmax's 0)
+                valid = hm.copy() & ~bad_logits & torch.isfinite(p).all(1).cpu().numpy()
                 if key == "mixed_rand":
                     pv = perm.cpu().numpy()
                     valid &= pv >= 0
@@ -293,10 +304,12 @@ class _BatchAuditor:
             metrics.update(registered_metrics(up[method], masks, has_mask))
             cols = dict(base)
             cols["method"] = [method] * b
-            cols["status"] = list(status)
+            cols["status"] = [
+                "nonfinite_logits" if bad else st for st, bad in zip(status, bad_logits)
+            ]
             cols["cam_status"] = list(cb.status[method])
             for name, values in metrics.items():
-                cols[name] = values.double().cpu().numpy()
+                cols[name] = np.where(bad_logits, np.nan, values.double().cpu().numpy())
             # a fixed schema in every shard: columns of analyses that did not apply are NaN
             if s.interventions:
                 for key in INTERVENTION_COLUMNS:
@@ -717,7 +730,7 @@ def _sanity(
     import json
 
     def not_run(reason: str) -> dict[str, Any]:
-        log.warning("sanity check not run: %s", reason)
+        (log.info if "config" in reason else log.warning)("sanity check not run: %s", reason)
         return {"_status": {"run": False, "reason": reason, "randomised": []}}
 
     path = run_dir / "sanity.json"
@@ -921,6 +934,11 @@ def finalize(
     for sk in skipped:
         h.update(f"skipped\0{sk['id']}\n".encode())
     annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
+    n_nonfinite, nonfinite_finding = _nonfinite_finding(prim)
+    if nonfinite_finding is not None:
+        found = tuple(result.findings)
+        nonfinite_finding = replace(nonfinite_finding, id=f"F{len(found) + 1}")
+        result = result.replace(findings=(*found, nonfinite_finding))
     finished = datetime.now(timezone.utc)
     result = result.replace(
         tool=freeze({"name": "cam-auditor", "version": __version__}),
@@ -953,6 +971,7 @@ def finalize(
                 "n_samples": len(dataset),
                 "n_evaluated": int(prim.num_rows),
                 "n_skipped": len(skipped),
+                "n_nonfinite_logits": n_nonfinite,
                 "annotated": annotated,
                 "input_size": list(dataset.config.input_size),
                 "classes": list(classes),
@@ -1098,6 +1117,30 @@ def _gallery(
     return result.replace(
         gallery=MappingProxyType(out),
         clusters=MappingProxyType(clusters) if result.clusters is not None else None,
+    )
+
+
+def _nonfinite_finding(prim: pa.Table) -> tuple[int, Finding | None]:
+    """Samples whose logits were NaN/Inf, and a finding when they are >= 1 % of the run."""
+    if not prim.num_rows or "status" not in prim.column_names:
+        return 0, None
+    status = np.asarray(prim.column("status").to_pylist(), dtype=object)
+    bad = status == "nonfinite_logits"
+    n_bad, n = int(bad.sum()), int(prim.num_rows)
+    if n_bad == 0 or n_bad / n < 0.01:
+        return n_bad, None
+    ids = [str(x) for x in np.asarray(prim.column("id").to_pylist(), dtype=object)[bad][:20]]
+    return n_bad, Finding(
+        kind="nonfinite_logits",
+        severity="high" if n_bad / n >= 0.05 else "medium",
+        title="The model returned NaN/Inf logits",
+        message=(
+            f"{n_bad} of {n} images ({n_bad / n:.0%}) got NaN/Inf logits from the model: "
+            "no prediction, no map; they count as incorrect and their metrics are NaN"
+        ),
+        cls=None,
+        evidence={"n": n_bad, "share": n_bad / n, "ids": ids},
+        examples=tuple(ids[:4]),
     )
 
 

@@ -74,7 +74,11 @@ def choose_gallery(
                         id=str(cols["id"][j]),
                         file="",
                         label=cname,
-                        pred=names[int(cols["pred"][j])],
+                        pred=(  # -1: non-finite logits, no prediction (never the last class)
+                            names[int(cols["pred"][j])]
+                            if 0 <= int(cols["pred"][j]) < len(names)
+                            else "none (non-finite logits)"
+                        ),
                         confidence=float(cols["confidence"][j]),
                         energy_in_mask=finite_or_none(cols["energy_in_mask"][j]),
                         background_focus=finite_or_none(cols["background_focus"][j]),

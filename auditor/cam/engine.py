@@ -710,8 +710,8 @@ class CamEngine:
 
             cache: dict[str, Tensor] = {}
 
-            def head_weight(name: str = name, k: int = acts.shape[1]) -> Tensor:
-                return self._head_weight(name, k)
+            def head_weight(name: str = name, acts_b: Tensor = acts_b) -> Tensor:
+                return self._head_weight(name, acts_b, logits)
 
             def masked_scores(
                 name: str = name, acts_b: Tensor = acts_b, cache: dict[str, Tensor] = cache
@@ -821,19 +821,53 @@ class CamEngine:
 
     # ------------------------------------------------------------------ method helpers
 
-    def _head_weight(self, name: str, channels: int) -> Tensor:
-        """Weight ``[C, K]`` of the last ``nn.Linear`` with ``in_features == K`` (CAM's head)."""
-        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-        matching = [m for m in linears if m.in_features == channels]
+    def _head_weight(self, name: str, acts: Tensor, logits: Tensor) -> Tensor:
+        """Weight ``[C, K]`` of the classifier that maps GAP(A) to the logits (CAM's head).
+
+        CAM (Zhou et al. 2016) is defined only for ``y = W GAP(A) + b``. Candidates are the
+        ``nn.Linear`` with ``in_features == K``, last first; one counts only when it reproduces
+        this batch's logits from the captured activations: ``|W GAP(A) + b - y| <= 1e-3 *
+        max|y|`` (5e-2 under autocast). A hidden layer of an MLP head (mobilenet_v3's
+        ``classifier.0``, 960 -> 1280) or a class-token readout fails the probe: a clear error,
+        never "class c" read from hidden unit c.
+        """
+        channels = int(acts.shape[1])
+        linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
+        matching = [(n, m) for n, m in linears if m.in_features == channels]
         if not matching:
-            found = [m.in_features for m in linears]
+            found = [m.in_features for _, m in linears]
             raise ValueError(
                 f"method 'cam' needs a global-average-pool + linear head on layer {name!r}: "
                 f"a final nn.Linear with in_features == {channels} channels, but "
                 f"{type(self.model).__name__} has Linear in_features {found}; use 'gradcam' "
                 "(equal to CAM up to a positive scale on GAP+linear heads) or another method"
             )
-        return matching[-1].weight.detach().float()
+        gap = acts.float().mean(dim=(2, 3))  # [B, K]
+        y = logits.float()
+        rows = torch.isfinite(gap).all(1) & torch.isfinite(y).all(1)
+        if not bool(rows.any()):  # nothing to verify on: those maps are zeroed as nonfinite
+            return matching[-1][1].weight.detach().float()
+        gap, y = gap[rows], y[rows]
+        tol = (1e-3 if self.autocast is None else 5e-2) * float(y.abs().max().clamp_min(1e-6))
+        tried = []
+        for lname, linear in reversed(matching):
+            weight = linear.weight.detach().float().to(gap.device)
+            if weight.shape[0] != y.shape[1]:
+                tried.append(f"{lname} ({weight.shape[0]} outputs, {y.shape[1]} logits)")
+                continue
+            pred = gap @ weight.T
+            if linear.bias is not None:
+                pred = pred + linear.bias.detach().float().to(gap.device)
+            err = float((pred - y).abs().max())
+            if err <= tol:
+                return weight
+            tried.append(f"{lname} (max error {err:.3g} > {tol:.3g})")
+        raise ValueError(
+            f"method 'cam' needs logits = W * GAP(A) + b for the target layer {name!r}, but no "
+            f"nn.Linear with in_features == {channels} reproduces the logits from the "
+            f"layer's pooled activations (tried {', '.join(tried)}); the head is not a single "
+            "linear layer on GAP of this layer: use 'gradcam' or another method"
+        )
 
     def _masked_scores(self, images: Tensor, acts: Tensor, targets_bt: Tensor) -> Tensor:
         """Score-CAM: softmax prob of each target for ``X * norm(up(A_k))`` -> ``[B, K, T]``.

@@ -75,6 +75,7 @@ _DATASET_KEYS = (
     "n_samples",
     "n_evaluated",
     "n_skipped",
+    "n_nonfinite_logits",
     "annotated",
     "input_size",
     "classes",
