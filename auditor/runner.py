@@ -36,6 +36,17 @@ import torch
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
 from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
+from auditor.distributed import (
+    ShardSpec,
+    barrier,
+    check_compatible,
+    check_complete,
+    init_process_group,
+    manifest_path,
+    owned_todo,
+    restarted_by_torchrun,
+    torchrun_env,
+)
 from auditor.errors import AuditorInputError, ConfigError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
@@ -148,9 +159,9 @@ class _BatchAuditor:
 
         s = self.s
         images = batch.images.to(self.device, non_blocking=True)
-        labels = batch.labels.to(self.device)
-        masks = batch.masks.to(self.device)
-        has_mask = batch.has_mask.to(self.device)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        masks = batch.masks.to(self.device, non_blocking=True)
+        has_mask = batch.has_mask.to(self.device, non_blocking=True)
         n_cls = len(self.classes)
         targets: Any = labels if s.target == "label" else "predicted"
         with self.engine:
@@ -291,8 +302,14 @@ def run_audit(
     trust_model_code: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    shard: ShardSpec | None = None,
 ) -> AuditOutcome:
-    """Audit the model and data described by ``config`` into the run directory ``out``."""
+    """Audit the model and data described by ``config`` into the run directory ``out``.
+
+    ``shard``: compute only shard I of N (``--shard I/N``, :mod:`auditor.distributed`); under
+    torchrun the rank is the shard. ``None``: torchrun's rank when started by torchrun, else
+    the whole run.
+    """
     from auditor.data import open_dataset
     from auditor.models import load_model
 
@@ -321,6 +338,8 @@ def run_audit(
         progress=progress,
         render=render,
         command=command,
+        shard=shard,
+        overrides={"device": device, "limit": limit},
     )
 
 
@@ -340,15 +359,20 @@ def audit(
     progress: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    shard: ShardSpec | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> AuditOutcome:
     """Audit an in-memory ``model`` on an :class:`auditor.data.EvalDataset` (Python API path).
 
     The model leaves as it came: the engine removes its hooks and restores train/eval flags.
+    ``shard``: see :func:`run_audit`; a ``"shard"`` job returns after writing its batches
+    (``passed`` True, empty summary: ``auditor finalize`` makes the summary).
     """
     from auditor.cam import CamEngine, find_target_layer
     from auditor.models import state_dict_sha256
 
     s = settings or AuditSettings()
+    spec = shard or torchrun_env() or ShardSpec()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     run_dir = Path(out)
@@ -356,6 +380,13 @@ def audit(
     dev = torch.device(s.device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise AuditorInputError(f"--device {s.device}: CUDA is not available on this machine")
+    if spec.mode == "torchrun":
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", spec.local_rank)  # one GPU per local rank
+        init_process_group(spec, dev.type)
+        resume = resume or restarted_by_torchrun()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
     model_info = dict(model_info or {})
@@ -403,21 +434,45 @@ def audit(
             "settings": hashlib.sha256(repr(to_jsonable(s)).encode()).hexdigest(),
             "tool_version": __version__,
         }
-        done = store.prepare(fingerprints, resume=resume)
-        store.write_provenance(
-            {
-                "fingerprints": fingerprints,
-                "versions": library_versions(),
-                "model": model_info,
-                "started": started.isoformat(timespec="seconds"),
-            }
-        )
-        if config is not None and config.source is not None:
+        provenance = {
+            "fingerprints": fingerprints,
+            "versions": library_versions(),
+            "model": model_info,
+            "started": started.isoformat(timespec="seconds"),
+        }
+        if spec.mode == "single":
+            done = store.prepare(fingerprints, resume=resume)
+            store.write_provenance(provenance)
+            # the first missing batch and everything after it run again
+            first_missing = next((b for b in range(len(chunks)) if b not in done), len(chunks))
+            todo_batches = list(range(first_missing, len(chunks)))
+        else:
+            store.shards.mkdir(parents=True, exist_ok=True)
+            check_compatible(store.shards, spec, fingerprints, resume=resume)
+            done = store.completed_batches()
+            todo_batches = owned_todo(spec, len(chunks), done)
+            first_missing = len(spec.batches(len(chunks))) - len(todo_batches)
+        manifest = {
+            "shard": spec.label,
+            "mode": spec.mode,
+            "status": "running",
+            "fingerprints": fingerprints,
+            "n_samples": n,
+            "n_batches": len(chunks),
+            "batch_size": s.batch_size,
+            "batches": spec.batches(len(chunks)),
+            "config_path": str(Path(config.source).resolve())
+            if config is not None and config.source is not None
+            else None,
+            "overrides": dict(overrides or {}),
+            "model": model_info,
+            "provenance": provenance,
+            "started": started.isoformat(timespec="seconds"),
+        }
+        atomic_write_json(manifest_path(store.shards, spec), manifest)
+        if config is not None and config.source is not None and spec.index == 0:
             atomic_write_bytes(run_dir / "config.toml", Path(config.source).read_bytes())
-
-        # the first missing batch and everything after it run again (batches complete in order)
-        first_missing = next((b for b in range(len(chunks)) if b not in done), len(chunks))
-        todo = chunks[first_missing:]
+        todo = [chunks[b] for b in todo_batches]
         log.info(
             "model %s (sha256 %s…), target layer %s, methods %s, device %s",
             model_info["name"],
@@ -445,17 +500,31 @@ def audit(
             dataset.config.mean,
             dataset.config.std,
         )
-        sanity = _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
+        # the sanity check runs once, in shard 0 (a resumed or finalising run reads sanity.json)
+        sanity = (
+            _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
+            if spec.index == 0
+            else None
+        )
         from auditor.data import iter_batches
 
         t_loop = time.perf_counter()
         bar = _progress(sum(len(c) for c in todo), progress, "auditing")
         try:
             flat = [i for c in todo for i in c]
-            for offset, batch in enumerate(
-                iter_batches(dataset, flat, s.batch_size, num_workers=s.num_workers)
+            # only the globally last chunk can be short, so re-chunking the concatenation of
+            # this shard's chunks gives back exactly those chunks
+            for batch_no, batch in zip(
+                todo_batches,
+                iter_batches(
+                    dataset,
+                    flat,
+                    s.batch_size,
+                    num_workers=s.num_workers,
+                    pin_memory=dev.type == "cuda",
+                ),
+                strict=True,
             ):
-                batch_no = first_missing + offset
                 if len(batch):
                     rows, cams = worker.process(batch, batch_no)
                 else:
@@ -482,6 +551,24 @@ def audit(
         model.to(orig_device)
         for module, flag in flags.items():
             module.training = flag
+    manifest.update(
+        status="complete",
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        loop_s=round(loop_s, 3),
+    )
+    atomic_write_json(manifest_path(store.shards, spec), manifest)
+
+    if spec.mode == "shard":
+        log.info("shard %s complete: %d batch(es) written", spec.label, len(todo_batches))
+        return AuditOutcome(run_dir=run_dir, summary={}, passed=True)
+    if spec.mode == "torchrun":
+        barrier()  # every rank's batches are on disk
+        if spec.index != 0:
+            return AuditOutcome(run_dir=run_dir, summary={}, passed=True)
+        manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
+        store.write_provenance(manifests[0]["provenance"])
+        loop_s = max(float(m.get("loop_s") or 0.0) for m in manifests)
+        sanity = _read_sanity(run_dir)
 
     return finalize(
         run_dir,
@@ -497,6 +584,85 @@ def audit(
         t0=t0,
         loop_s=loop_s,
         pdf=pdf,
+        render=render,
+        command=command,
+    )
+
+
+def _read_sanity(run_dir: Path) -> dict[str, Any] | None:
+    import json
+
+    path = run_dir / "sanity.json"
+    return json.loads(path.read_text("utf-8")) if path.is_file() else None
+
+
+def finalize_run(
+    run_dir: str | Path,
+    *,
+    config_path: str | Path | None = None,
+    pdf: bool | None = None,
+    render: bool = True,
+    command: str | None = None,
+) -> AuditOutcome:
+    """``auditor finalize RUN_DIR``: combine the shards of a run directory into its results.
+
+    Checks that every shard ``I/N`` is present and complete and that all were made with the
+    same config, model, annotations, settings and tool version (naming what is missing or
+    differs), then writes samples.parquet, summary.json, gallery, JUnit and the reports as a
+    single-process run would. The config is read from where the shards were started
+    (recorded in their shard records) unless ``config_path`` is given; its fingerprint must
+    match. No model is loaded.
+    """
+    from auditor.config import load_config
+    from auditor.data import open_dataset
+
+    t0 = time.perf_counter()
+    root = Path(run_dir)
+    store = RunStore(root)
+    if not root.is_dir():
+        raise AuditorInputError(f"RUN_DIR {root}: no such directory")
+    manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
+    first = manifests[0]
+    src = Path(config_path) if config_path is not None else first.get("config_path")
+    if not src:
+        raise AuditorInputError(
+            f"RUN_DIR {root}: the shards were made through the Python API (no config file); "
+            f"pass --config CONFIG.toml"
+        )
+    if not Path(src).is_file():
+        raise AuditorInputError(
+            f"config {src} (recorded by the shards) is not there any more: pass --config"
+        )
+    cfg = load_config(Path(src))
+    ov = first.get("overrides") or {}
+    cfg = with_overrides(cfg, device=ov.get("device"), limit=ov.get("limit"))
+    if cfg.sha256 != first["fingerprints"].get("config_sha256"):
+        raise AuditorInputError(
+            f"config {src} differs from the one the shards were made with "
+            f"(sha256 {cfg.sha256[:12]}… vs "
+            f"{str(first['fingerprints'].get('config_sha256'))[:12]}…)"
+        )
+    dataset = open_dataset(cfg.data)
+    if dataset.annotation_sha256() != first["fingerprints"].get("annotation_sha256"):
+        raise AuditorInputError(
+            f"the dataset's annotations changed since the shards were made ({src})"
+        )
+    store.write_provenance(first["provenance"])
+    started = min(datetime.fromisoformat(m["started"]) for m in manifests if m.get("started"))
+    return finalize(
+        root,
+        store,
+        dataset=dataset,
+        classes=list(dataset.classes),
+        settings=cfg.audit,
+        gates=cfg.gates,
+        model_info=dict(first["model"]),
+        config=cfg,
+        sanity=_read_sanity(root),
+        started=started,
+        t0=t0,
+        loop_s=max(float(m.get("loop_s") or 0.0) for m in manifests),
+        pdf=cfg.report.pdf if pdf is None else pdf,
         render=render,
         command=command,
     )
