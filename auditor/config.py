@@ -81,7 +81,7 @@ class ModelConfig:
     target_layer: str | tuple[str, ...] | None = None
     name: str | None = None
     trust_model_code: bool = False
-    reshape: str | None = None
+    reshape: str | Mapping[str, Any] | None = None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
 
@@ -136,9 +136,14 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
                 f"{source}: [model] target_layer must be a string or a list of strings, "
                 f"got {layer!r}"
             )
-    reshape = _typed(table, "reshape", str, None, "model", source)
-    if reshape is not None and reshape not in ("vit", "swin"):
-        raise ConfigError(f"{source}: [model] reshape must be 'vit' or 'swin', got {reshape!r}")
+    reshape = _typed(table, "reshape", (str, dict), None, "model", source)
+    if reshape is not None:
+        from auditor.cam.layers import parse_reshape
+
+        try:
+            parse_reshape(reshape, "[model] reshape")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
     kwargs = _typed(table, "kwargs", dict, {}, "model", source)
     return ModelConfig(
         factory=factory,

@@ -119,12 +119,14 @@ def _seeded_subset(n: int, k: int, seed: int) -> set[int]:
     return set(g.permutation(n)[: min(k, n)].tolist())
 
 
-def _reshape_fn(name: str | None) -> Any:
-    if name is None:
-        return None
-    from auditor.cam import swin_reshape, vit_reshape
+def _reshape_fn(value: Any) -> Any:
+    """A config/API reshape (``None``/"auto", "vit", "swin", a table, a callable) for the
+    engine; ``None`` means "auto" here: inferred from the layer's output."""
+    from auditor.cam.layers import parse_reshape
 
-    return vit_reshape() if name == "vit" else swin_reshape()
+    if value is None:
+        return "auto"
+    return parse_reshape(value, "[model] reshape")
 
 
 class _BatchAuditor:
@@ -351,7 +353,7 @@ def audit(
     settings: AuditSettings | None = None,
     gates: Sequence[GateRule] = (),
     layer: str | Sequence[str] | None = None,
-    reshape: str | None = None,
+    reshape: Any = None,
     model_info: dict[str, Any] | None = None,
     config: AuditConfig | None = None,
     resume: bool = False,
@@ -364,11 +366,16 @@ def audit(
 ) -> AuditOutcome:
     """Audit an in-memory ``model`` on an :class:`auditor.data.EvalDataset` (Python API path).
 
+    ``layer=None`` auto-detects the target layer (:func:`auditor.cam.layers.detect_target_layer`);
+    ``reshape`` is ``None``/``"auto"`` (inferred from the layer), ``"vit"``, ``"swin"``, a
+    table ``{"kind": "tokens", "prefix_tokens": 1, "grid": [14, 14]}`` or a callable such as
+    :func:`auditor.cam.vit_reshape` (``vit_reshape(num_prefix_tokens=0)`` included).
+
     The model leaves as it came: the engine removes its hooks and restores train/eval flags.
     ``shard``: see :func:`run_audit`; a ``"shard"`` job returns after writing its batches
     (``passed`` True, empty summary: ``auditor finalize`` makes the summary).
     """
-    from auditor.cam import CamEngine, find_target_layer
+    from auditor.cam import CamEngine
     from auditor.models import state_dict_sha256
 
     s = settings or AuditSettings()
@@ -402,14 +409,13 @@ def audit(
     model.to(dev)
     model.eval()  # every forward of the audit (interventions included) sees the eval model
     try:
-        layer_names = layer
-        if layer_names is None:
-            example = torch.zeros(1, 3, *dataset.config.input_size, device=dev)
-            layer_names = find_target_layer(model, example)
+        channels = int(getattr(dataset.config, "channels", 3) or 3)
+        gen = torch.Generator().manual_seed(s.seed)
+        example = torch.randn(2, channels, *dataset.config.input_size, generator=gen).to(dev)
         try:
             engine = CamEngine(
                 model,
-                layer_names,
+                layer,
                 s.methods,
                 score_batch_size=s.score_batch_size,
                 inference_copy=s.inference_copy,
@@ -418,10 +424,12 @@ def audit(
                     s.autocast or ""
                 ),
                 reshape=_reshape_fn(reshape),
+                example=example,
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"[model]/[audit]: {exc}") from exc
         model_info["target_layer"] = ",".join(engine.layer_names)
+        _describe_layers(model_info, engine)
 
         n_total = len(dataset)
         n = n_total if s.limit is None else min(s.limit, n_total)
@@ -666,6 +674,22 @@ def finalize_run(
         render=render,
         command=command,
     )
+
+
+def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:
+    """Additive summary fields: which layer, which reshape, and why."""
+    from auditor.cam.layers import describe_reshape
+
+    choices = list(engine.layer_choices)
+    model_info["reshape"] = describe_reshape(engine.reshape)
+    if choices:
+        model_info["target_layer_reason"] = "; ".join(
+            (f"{c.name}: " if len(choices) > 1 else "") + c.reason for c in choices
+        )
+        model_info["target_layer_shape"] = [list(c.shape) for c in choices if c.shape] or None
+        model_info["target_layer_family"] = choices[0].family
+    else:
+        model_info["target_layer_reason"] = "set by the user"
 
 
 def _sanity(

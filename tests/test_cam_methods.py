@@ -210,7 +210,44 @@ def test_every_method_has_a_hand_test() -> None:
 def test_every_method_documents_formula_and_paper() -> None:
     for name, method in METHODS.items():
         assert method.fn.__doc__ and "=" in method.fn.__doc__, name
-        assert any(str(y) in method.reference for y in range(2015, 2025)), name
+        assert any(str(y) in method.reference for y in range(2015, 2027)), name
+
+
+def test_every_method_carries_report_metadata() -> None:
+    squash = lambda t: " ".join(t.replace("`", "").split())  # noqa: E731
+    for name, method in METHODS.items():
+        assert method.title and method.description and method.cost, name
+        assert "=" in method.formula and squash(method.formula) in squash(method.fn.__doc__ or "")
+        info = method.info()
+        assert info["formula"] == method.formula and info["title"] == method.title
+        assert info["reference"] == method.reference and info["kind"] == method.kind
+        if method.kind == "perturbation":
+            assert method.extra_forwards != 0, name
+        else:
+            assert method.extra_forwards == 0 and "no extra pass" in method.cost, name
+    assert METHODS["gradcam"].title == "Grad-CAM"
+    assert METHODS["scorecam"].extra_forwards == "K"
+
+
+def test_register_refuses_a_formula_missing_from_the_docstring() -> None:
+    from auditor.cam import register
+
+    def _fn(ctx: object) -> torch.Tensor:
+        """Doc without the formula: ``M = A``."""
+        raise NotImplementedError
+
+    deco = register(
+        "_test_bad", needs_gradients=False, kind="activation", reference="X 2020",
+        title="Bad", formula="M = B", description="d",
+    )
+    with pytest.raises(ValueError, match="formula"):
+        deco(_fn)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="title"):
+        register(
+            "_test_bad", needs_gradients=False, kind="activation", reference="X 2020",
+            title=" ", formula="M = A", description="d",
+        )
+    assert "_test_bad" not in METHODS
 
 
 def test_compute_cams_upsamples_to_image_size() -> None:

@@ -33,8 +33,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from .layers import find_target_layer, resolve_layer
+from .layers import LayerChoice, resolve_layer, resolve_target
 from .methods import METHODS, CamContext
+from .outputs import logits_of as _logits_of
 from .replica import Replica, build_capture_copy, build_replica
 from .tail import build_tail
 
@@ -127,20 +128,6 @@ def _version(tensor: Tensor) -> int:
         return -1
 
 
-def _logits_of(output: Any) -> Tensor:
-    if isinstance(output, Tensor):
-        return output
-    if isinstance(output, (tuple, list)) and output and isinstance(output[0], Tensor):
-        return output[0]
-    logits = getattr(output, "logits", None)
-    if isinstance(logits, Tensor):
-        return logits
-    raise TypeError(
-        f"the model must return a logits Tensor [B, C] (or a tuple whose first item is one), "
-        f"got {type(output).__name__}"
-    )
-
-
 class CamEngine:
     """Compute CAMs for batches of images with one forward and one partial backward.
 
@@ -150,8 +137,9 @@ class CamEngine:
 
     Args:
         model: the classifier (returns logits ``[B, C]``).
-        layer: target layer name(s); ``None`` = :func:`find_target_layer`. Several names: maps are
-            computed per layer, upsampled to the largest layer resolution and summed.
+        layer: target layer name(s); ``None`` = auto-detected
+            (:func:`auditor.cam.layers.detect_target_layer`). Several names: maps are computed
+            per layer, upsampled to the largest layer resolution and summed.
         methods: names from :data:`auditor.cam.METHODS`.
         score_batch_size: perturbed inputs per extra forward (Score-CAM, Ablation-CAM);
             ``None`` = :data:`AUTO_SCORE_BATCH` for the images' device (16 on CPU, where small
@@ -173,6 +161,11 @@ class CamEngine:
         reshape: callable turning the target layer's output into ``[B, K, h, w]`` (token outputs:
             :func:`auditor.cam.vit_reshape`, :func:`auditor.cam.swin_reshape`). It must be a pure
             re-indexing (permute/slice/view): the engine applies it to the gradients too.
+            ``"auto"`` (or any value :func:`auditor.cam.layers.parse_reshape` takes): inferred
+            from the layer's output on a dry forward. With ``layer=None`` the detected layer's
+            reshape is used unless one is given (:func:`auditor.cam.layers.resolve_target`).
+        example: probe batch for auto-detection (default: a seeded batch at the model's
+            declared input size, else 224x224); :func:`compute_cams` passes the images.
 
     Example:
         >>> with CamEngine(model, "layer4", ("gradcam", "layercam")) as engine:  # doctest: +SKIP
@@ -188,10 +181,11 @@ class CamEngine:
         *,
         score_batch_size: int | None = None,
         autocast: torch.dtype | None = None,
-        reshape: Callable[[Tensor], Tensor] | None = None,
+        reshape: Callable[[Tensor], Tensor] | str | None = None,
         inference_copy: bool = True,
         channels_last: bool | None = None,
         capture_copy: bool = False,
+        example: Tensor | None = None,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -223,11 +217,13 @@ class CamEngine:
             raise ValueError(
                 f"`autocast` must be torch.bfloat16, torch.float16 or None, got {autocast}"
             )
-        if reshape is not None and not callable(reshape):
+        if reshape is not None and not callable(reshape) and not isinstance(reshape, str):
             raise TypeError(f"`reshape` must be callable, got {type(reshape).__name__}")
 
-        if layer is None:
-            names: tuple[str, ...] = (find_target_layer(model),)
+        self.layer_choices: tuple[LayerChoice, ...] = ()
+        """Which layer(s), which reshape and why (auto-detection or ``reshape="auto"``)."""
+        if layer is None or isinstance(reshape, str):
+            names, reshape, self.layer_choices = resolve_target(model, layer, reshape, example)
         elif isinstance(layer, str):
             names = (layer,)
         else:
@@ -243,7 +239,9 @@ class CamEngine:
         self.methods: tuple[str, ...] = methods
         self.score_batch_size = score_batch_size
         self.autocast = autocast
-        self.reshape = reshape
+        if isinstance(reshape, str):  # resolve_target returns a callable or None
+            raise ValueError(f"`reshape` {reshape!r} could not be resolved")
+        self.reshape: Callable[[Tensor], Tensor] | None = reshape
         self._needs_grad = any(METHODS[m].needs_gradients for m in methods)
         self._handles: list[RemovableHandle] = []
         self._flags: dict[nn.Module, bool] | None = None
@@ -867,11 +865,17 @@ def compute_cams(
         targets: LongTensor ``[B]`` (class per sample), ``"predicted"`` or ``None`` (= predicted),
             or ``[B, T]`` for several classes per image (maps ``[B, T, H, W]``, one forward).
         methods: names from :data:`auditor.cam.METHODS`.
-        layer: target layer name(s); ``None`` = auto-detected.
+        layer: target layer name(s); ``None`` = auto-detected on ``images``
+            (:func:`auditor.cam.layers.detect_target_layer`: with the reshape token and
+            channels-last layers need).
 
     Returns:
         ``{method: Tensor[B, H, W]}`` float32 >= 0 on the model's device, not normalised.
     """
+    if (layer is None or isinstance(engine_kwargs.get("reshape"), str)) and isinstance(
+        images, Tensor
+    ):
+        engine_kwargs.setdefault("example", images)
     with CamEngine(model, layer, methods, **engine_kwargs) as engine:
         batch = engine.run(images, targets)
     size = (int(images.shape[-2]), int(images.shape[-1]))

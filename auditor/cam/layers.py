@@ -11,24 +11,42 @@ layers. This module answers three questions:
   from Deep Networks via Gradient-based Localization", use the last convolutional layer).
   Pooling, dropout and identity modules are skipped (they only resample the previous layer), and
   so is a container whose output is the very tensor returned by such a skipped module.
-* :func:`vit_reshape` / :func:`swin_reshape`: transformers emit tokens, not grids. These helpers
-  return the ``reshape`` callable the engine needs to turn a token output into ``[B, K, h, w]``.
+* :func:`detect_target_layer`: the architecture-aware version: the layer, the reshape it needs
+  (tokens ``[B, N, D]`` with prefix tokens and a grid, channels-last ``[B, h, w, D]``) and the
+  reason, for the report. Outputs without a batch dimension are never chosen; the stem is never
+  chosen when later spatial or token layers exist.
+* :func:`vit_reshape` / :func:`swin_reshape` / :func:`parse_reshape`: transformers emit tokens,
+  not grids. These return the ``reshape`` callable the engine needs to turn a token output into
+  ``[B, K, h, w]``.
 """
 
 from __future__ import annotations
 
 import difflib
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 __all__ = [
+    "ChannelsLastReshape",
+    "LayerChoice",
+    "Reshape",
+    "TokenReshape",
+    "describe_reshape",
+    "detect_target_layer",
     "find_target_layer",
+    "infer_reshape",
+    "native_input_size",
+    "parse_reshape",
     "resolve_layer",
+    "resolve_target",
     "spatial_layer_candidates",
     "swin_reshape",
+    "token_grid",
     "vit_reshape",
 ]
 
@@ -37,6 +55,10 @@ _SKIPPED_TYPES: tuple[type[nn.Module], ...] = (
     nn.AvgPool2d,
     nn.AdaptiveAvgPool2d,
     nn.AdaptiveMaxPool2d,
+    nn.AdaptiveAvgPool1d,
+    nn.AdaptiveMaxPool1d,
+    nn.AvgPool1d,
+    nn.MaxPool1d,
     nn.LPPool2d,
     nn.FractionalMaxPool2d,
     nn.Dropout,
@@ -142,34 +164,122 @@ def spatial_layer_candidates(
 
 
 def find_target_layer(model: nn.Module, example: Tensor | None = None) -> str:
-    """Auto-detect the target layer: the last spatial module in forward execution order.
+    """Auto-detect the target layer's name: :func:`detect_target_layer` ``.name``.
 
-    The rule (Grad-CAM's "last convolutional layer", Selvaraju et al. 2017): the last module to
-    finish its forward whose output is 4-D ``[B, K, h, w]`` with ``h * w > 1``, pooling/dropout/
-    identity modules excluded. torchvision ``resnet18`` -> ``"layer4"``, ``vgg11`` ->
-    ``"features.19"`` (the last ReLU before the final max-pool).
-
-    Args:
-        model: the classifier.
-        example: an input batch for the dry forward; default a zero batch ``[1, C, 224, 224]``.
+    CNNs: the last module to finish its forward whose output is spatial (``h * w > 1``),
+    pooling/dropout/identity excluded (Grad-CAM's "last convolutional layer", Selvaraju et al.
+    2017): torchvision ``resnet18`` -> ``"layer4"``, ``vgg11`` -> ``"features.19"``. Token
+    models (ViT, DeiT, Mixer, Swin tokens) and channels-last models: see
+    :func:`detect_target_layer`, which also returns the reshape the layer needs.
 
     Raises:
-        ValueError: the model has no spatial layer (e.g. a transformer: pass ``layer=`` and a
-            ``reshape`` such as :func:`vit_reshape`).
+        ValueError: the model has no candidate layer; pass ``layer=`` explicitly.
     """
-    candidates = spatial_layer_candidates(model, example)
-    if not candidates:
-        raise ValueError(
-            f"no module of {type(model).__name__} outputs a 4-D spatial tensor [B, K, h, w] with "
-            "h*w > 1; pass `layer=` explicitly (and `reshape=` for token outputs, e.g. "
-            "auditor.cam.vit_reshape())"
-        )
-    return candidates[-1][0]
+    return detect_target_layer(model, example).name
 
 
-def vit_reshape(
-    num_prefix_tokens: int = 1, grid: tuple[int, int] | None = None
-) -> Callable[[Tensor], Tensor]:
+# ---------------------------------------------------------------------------------------------
+# reshapes: how a target layer's output becomes a grid [B, K, h, w]
+
+
+class Reshape:
+    """Base of the reshapes the engine applies to a layer's output (and to its gradient).
+
+    A reshape is a pure re-indexing (slice/permute/view), so applying it to the gradient gives
+    the gradient of the grid. :meth:`describe` says what it does, for ``summary.json``.
+    """
+
+    kind: str = "none"
+
+    def __call__(self, x: Tensor) -> Tensor:  # pragma: no cover - overridden
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly description: ``{"kind": ..., ...}``."""
+        return {"kind": self.kind}
+
+
+@dataclass(frozen=True)
+class TokenReshape(Reshape):
+    """Tokens ``[B, P + h*w, D]`` → grid ``[B, D, h, w]``: drop ``prefix_tokens`` (class,
+    distillation, register tokens), lay the rest out row-major on ``grid`` (default: square).
+
+    Attributes:
+        prefix_tokens: tokens before the patch tokens (ViT: 1, distilled DeiT: 2, ViT with 4
+            register tokens: 5, Mixer and Swin: 0).
+        grid: ``(h, w)`` of the patch tokens; ``None`` = square.
+        source: where ``prefix_tokens``/``grid`` came from (for the report).
+    """
+
+    prefix_tokens: int = 1
+    grid: tuple[int, int] | None = None
+    source: str = "given"
+    kind: str = "tokens"
+
+    def __post_init__(self) -> None:
+        p = self.prefix_tokens
+        if isinstance(p, bool) or not isinstance(p, int) or p < 0:
+            raise ValueError(f"`num_prefix_tokens` must be an int >= 0, got {p!r}")
+        if self.grid is not None:
+            g = self.grid
+            if (
+                not isinstance(g, tuple)
+                or len(g) != 2
+                or not all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in g)
+            ):
+                raise ValueError(f"`grid` must be (h, w) with positive ints, got {g!r}")
+
+    def __call__(self, tokens: Tensor) -> Tensor:
+        if tokens.dim() != 3:
+            raise ValueError(
+                f"vit_reshape expects tokens [B, N, D], got shape {tuple(tokens.shape)}"
+            )
+        patches = tokens[:, self.prefix_tokens :, :]
+        n = patches.shape[1]
+        if self.grid is None:
+            side = math.isqrt(n)
+            if side * side != n or n == 0:
+                raise ValueError(
+                    f"vit_reshape: {n} patch tokens (after dropping {self.prefix_tokens} prefix "
+                    "tokens) do not form a square grid; pass `grid=(h, w)` or fix "
+                    "`num_prefix_tokens`"
+                )
+            h, w = side, side
+        else:
+            h, w = self.grid
+            if h * w != n:
+                raise ValueError(
+                    f"vit_reshape: `grid` {self.grid} does not hold {n} patch tokens "
+                    f"(layer output {tuple(tokens.shape)}, {self.prefix_tokens} prefix tokens)"
+                )
+        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "kind": "tokens",
+            "prefix_tokens": self.prefix_tokens,
+            "grid": list(self.grid) if self.grid is not None else None,
+            "source": self.source,
+        }
+
+
+@dataclass(frozen=True)
+class ChannelsLastReshape(Reshape):
+    """Channels-last grids ``[B, h, w, D]`` (Swin, timm NHWC models) → ``[B, D, h, w]``."""
+
+    source: str = "given"
+    kind: str = "channels_last"
+
+    def __call__(self, x: Tensor) -> Tensor:
+        if x.dim() != 4:
+            raise ValueError(f"swin_reshape expects [B, h, w, D], got shape {tuple(x.shape)}")
+        return x.permute(0, 3, 1, 2)
+
+    def describe(self) -> dict[str, Any]:
+        return {"kind": "channels_last", "source": self.source}
+
+
+def vit_reshape(num_prefix_tokens: int = 1, grid: tuple[int, int] | None = None) -> TokenReshape:
     """Return a callable turning ViT tokens ``[B, P + h*w, D]`` into a grid ``[B, D, h, w]``.
 
     The first ``num_prefix_tokens`` tokens (class token, distillation/register tokens) are dropped;
@@ -177,42 +287,554 @@ def vit_reshape(
     pure re-indexing, as the engine requires (it applies the same callable to the gradients).
     For torchvision ``vit_b_16`` use ``layer="encoder.layers.encoder_layer_11.ln_1"``: the output
     of the *last* block reaches the logits only through the class token, so its patch tokens have
-    zero gradient.
+    zero gradient. ``num_prefix_tokens=0`` (Mixer, Swin tokens) is a token reshape too.
     """
-    if not isinstance(num_prefix_tokens, int) or num_prefix_tokens < 0:
-        raise ValueError(f"`num_prefix_tokens` must be an int >= 0, got {num_prefix_tokens!r}")
-
-    def reshape(tokens: Tensor) -> Tensor:
-        if tokens.dim() != 3:
-            raise ValueError(
-                f"vit_reshape expects tokens [B, N, D], got shape {tuple(tokens.shape)}"
-            )
-        patches = tokens[:, num_prefix_tokens:, :]
-        n = patches.shape[1]
-        if grid is None:
-            side = math.isqrt(n)
-            if side * side != n:
-                raise ValueError(
-                    f"vit_reshape: {n} patch tokens (after dropping {num_prefix_tokens} prefix "
-                    "tokens) do not form a square grid; pass `grid=(h, w)` or fix "
-                    "`num_prefix_tokens`"
-                )
-            h, w = side, side
-        else:
-            h, w = grid
-            if h * w != n:
-                raise ValueError(f"vit_reshape: `grid` {grid} does not hold {n} patch tokens")
-        return patches.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], h, w)
-
-    return reshape
+    shape = (int(grid[0]), int(grid[1])) if grid is not None and len(grid) == 2 else grid
+    return TokenReshape(prefix_tokens=num_prefix_tokens, grid=shape)
 
 
-def swin_reshape() -> Callable[[Tensor], Tensor]:
+def swin_reshape() -> ChannelsLastReshape:
     """Return a callable turning channels-last Swin grids ``[B, h, w, D]`` into ``[B, D, h, w]``."""
+    return ChannelsLastReshape()
 
-    def reshape(x: Tensor) -> Tensor:
-        if x.dim() != 4:
-            raise ValueError(f"swin_reshape expects [B, h, w, D], got shape {tuple(x.shape)}")
-        return x.permute(0, 3, 1, 2)
 
-    return reshape
+def parse_reshape(
+    value: Any, where: str = "`reshape`"
+) -> Reshape | Callable[[Tensor], Tensor] | str | None:
+    """Turn a config/API value into a reshape: ``"auto"`` (returned as is: infer from the layer),
+    ``None``/``"none"`` (the layer outputs ``[B, K, h, w]``), ``"vit"`` (tokens, 1 prefix token,
+    square grid), ``"swin"``/``"channels_last"``, a table
+    ``{kind = "tokens", prefix_tokens = 1, grid = [14, 14]}`` / ``{kind = "channels_last"}``,
+    or a callable (used as is).
+
+    Raises:
+        ValueError/TypeError naming ``where`` and the value.
+    """
+    if value is None or value == "none":
+        return None
+    if isinstance(value, str):
+        if value == "auto":
+            return "auto"
+        if value == "vit":
+            return TokenReshape(1, None, "reshape = 'vit'")
+        if value in ("swin", "channels_last"):
+            return ChannelsLastReshape(f"reshape = {value!r}")
+        raise ValueError(
+            f"{where} must be 'auto', 'none', 'vit', 'swin', 'channels_last' or a table "
+            f"{{kind = 'tokens', prefix_tokens = N, grid = [h, w]}}, got {value!r}"
+        )
+    if isinstance(value, Reshape) or (callable(value) and not isinstance(value, Mapping)):
+        return value
+    if isinstance(value, Mapping):
+        allowed = {"kind", "prefix_tokens", "grid"}
+        extra = sorted(set(value) - allowed)
+        if extra:
+            raise ValueError(f"{where}: unknown key(s) {extra}; allowed: {sorted(allowed)}")
+        kind = value.get("kind")
+        if kind == "tokens":
+            prefix = value.get("prefix_tokens", 1)
+            if isinstance(prefix, bool) or not isinstance(prefix, int) or prefix < 0:
+                raise ValueError(f"{where}.prefix_tokens must be an int >= 0, got {prefix!r}")
+            grid = value.get("grid")
+            if grid is not None:
+                if (
+                    not isinstance(grid, list | tuple)
+                    or len(grid) != 2
+                    or not all(
+                        isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in grid
+                    )
+                ):
+                    raise ValueError(
+                        f"{where}.grid must be [h, w] with positive ints, got {grid!r}"
+                    )
+                grid = (int(grid[0]), int(grid[1]))
+            return TokenReshape(prefix, grid, "config")
+        if kind == "channels_last":
+            if set(value) - {"kind"}:
+                raise ValueError(
+                    f"{where}: kind 'channels_last' takes no other key, got {dict(value)!r}"
+                )
+            return ChannelsLastReshape("config")
+        if kind == "none":
+            return None
+        raise ValueError(f"{where}.kind must be 'tokens', 'channels_last' or 'none', got {kind!r}")
+    raise TypeError(f"{where} must be a string, a table or a callable, got {type(value).__name__}")
+
+
+def describe_reshape(reshape: Any) -> dict[str, Any]:
+    """``summary.json``'s description of a reshape (``{"kind": "none"}`` for none)."""
+    if reshape is None:
+        return {"kind": "none"}
+    if isinstance(reshape, Reshape):
+        return reshape.describe()
+    return {"kind": "custom", "callable": getattr(reshape, "__qualname__", type(reshape).__name__)}
+
+
+# ---------------------------------------------------------------------------------------------
+# architecture-aware detection
+
+_NORM1_NAMES = ("norm1", "ln_1", "layernorm_before", "norm_1", "ln1")
+"""Names of a transformer block's first (pre-attention / pre-token-mixing) norm: timm
+``blocks[i].norm1``, torchvision ``encoder_layer_i.ln_1``, Hugging Face ``layernorm_before``."""
+
+_MAX_PREFIX = 16
+
+
+@dataclass(frozen=True)
+class LayerChoice:
+    """The target layer chosen for a model, how its output becomes a grid, and why.
+
+    Attributes:
+        name: dotted module name.
+        shape: the layer's output shape on the probe batch (batch first).
+        reshape: the reshape to ``[B, K, h, w]`` (``None``: already channels-first).
+        reason: one sentence for the report: which rule chose the layer and the reshape.
+        family: ``"cnn"``, ``"channels_last"``, ``"vit"`` (class-token readout) or ``"tokens"``
+            (token model pooled over all tokens).
+    """
+
+    name: str
+    shape: tuple[int, ...]
+    reshape: Reshape | None
+    reason: str
+    family: str
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-friendly: layer, output shape, reshape and reason."""
+        return {
+            "layer": self.name,
+            "output_shape": list(self.shape),
+            "reshape": describe_reshape(self.reshape),
+            "family": self.family,
+            "reason": self.reason,
+        }
+
+
+@dataclass
+class _Rec:
+    name: str
+    module: nn.Module
+    shape: tuple[int, ...]
+    kind: str  # "nchw", "nhwc", "tokens"
+
+
+def native_input_size(model: nn.Module) -> tuple[int, int] | None:
+    """The input size the model declares, if any: Hugging Face ``config.image_size``, timm
+    ``patch_embed.img_size``/``default_cfg["input_size"]``, torchvision ViT ``image_size``."""
+    cfg = getattr(model, "config", None)
+    size = getattr(cfg, "image_size", None) if cfg is not None else None
+    if size is None:
+        pe = getattr(model, "patch_embed", None)
+        size = getattr(pe, "img_size", None) if pe is not None else None
+    if size is None:
+        size = getattr(model, "image_size", None)
+    if isinstance(size, int) and not isinstance(size, bool) and size > 0:
+        return (size, size)
+    if isinstance(size, list | tuple) and len(size) == 2 and all(isinstance(v, int) for v in size):
+        return (int(size[0]), int(size[1]))
+    return None
+
+
+def _in_channels(model: nn.Module) -> int:
+    cfg = getattr(model, "config", None)
+    n = getattr(cfg, "num_channels", None) if cfg is not None else None
+    if isinstance(n, int) and n > 0:
+        return n
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            return module.in_channels
+    return 3
+
+
+def _probe(model: nn.Module, example: Tensor | None) -> Tensor:
+    if example is not None:
+        if not isinstance(example, Tensor):
+            raise TypeError(f"`example` must be a Tensor, got {type(example).__name__}")
+        if example.dim() != 4:
+            raise ValueError(f"`example` must have shape [B, C, H, W], got {tuple(example.shape)}")
+        param = next(model.parameters(), None)
+        return example.to(param.device) if param is not None else example
+    param = next(model.parameters(), None)
+    device = param.device if param is not None else torch.device("cpu")
+    dtype = param.dtype if param is not None and param.is_floating_point() else torch.float32
+    size = native_input_size(model) or (224, 224)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, _in_channels(model), *size, generator=g)
+    return x.to(device=device, dtype=dtype)
+
+
+def _trace(model: nn.Module, example: Tensor) -> tuple[list[tuple[str, nn.Module, Tensor]], int]:
+    """Dry forward (eval, no_grad); kept modules' tensor outputs in finish order, batch size.
+
+    Pooling/dropout/identity modules and containers that return such a module's tensor
+    unchanged are dropped; flags and hooks are restored, also on error.
+    """
+    records: list[tuple[str, nn.Module, Tensor | None, bool]] = []
+
+    def make_hook(name: str, module: nn.Module) -> Callable[..., None]:
+        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
+            skipped = isinstance(module, _SKIPPED_TYPES)
+            records.append((name, module, output if isinstance(output, Tensor) else None, skipped))
+
+        return hook
+
+    flags = {m: m.training for m in model.modules()}
+    handles = [
+        module.register_forward_hook(make_hook(name, module))
+        for name, module in model.named_modules()
+        if name
+    ]
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in flags.items():
+            module.training = flag
+    accepted: set[int] = set()
+    pooled: set[int] = set()
+    kept: list[tuple[str, nn.Module, Tensor]] = []
+    for name, module, out, skipped in records:
+        if out is None:
+            continue
+        if skipped:
+            if id(out) not in accepted:
+                pooled.add(id(out))
+            continue
+        if id(out) in pooled:
+            continue
+        accepted.add(id(out))
+        kept.append((name, module, out))
+    return kept, int(example.shape[0])
+
+
+def _is_channels_last(model: nn.Module, module: nn.Module, shape: tuple[int, ...]) -> bool:
+    """Whether a 4-D output ``[B, a, b, c]`` is channels-last ``[B, h, w, D]``.
+
+    Evidence, in order: a LayerNorm over the last dim whose size differs from dim 1 (timm's
+    ``LayerNorm2d`` normalises dim 1 of an NCHW tensor and is not mistaken for it); the model
+    declares ``output_fmt = "NHWC"`` (timm Swin).
+    """
+    _, a, _, c = shape
+    if isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (c,) and a != c:
+        return True
+    return getattr(model, "output_fmt", None) == "NHWC" and a != c
+
+
+def _classify(
+    model: nn.Module, name: str, module: nn.Module, out: Tensor, batch: int
+) -> _Rec | None:
+    shape = tuple(int(v) for v in out.shape)
+    if len(shape) < 3 or shape[0] != batch:
+        return None  # no batch dimension (e.g. a relative-position-bias MLP): never a target
+    if len(shape) == 4:
+        if _is_channels_last(model, module, shape):
+            return _Rec(name, module, shape, "nhwc") if shape[1] * shape[2] > 1 else None
+        return _Rec(name, module, shape, "nchw") if shape[2] * shape[3] > 1 else None
+    if len(shape) == 3 and shape[1] > 1:
+        return _Rec(name, module, shape, "tokens")
+    return None
+
+
+def token_grid(n: int, size: tuple[int, int]) -> tuple[int, int] | None:
+    """A grid ``(h, w)`` with ``h * w == n`` matching an input of ``size = (H, W)`` for one
+    integer stride ``s`` (``h`` in ``{floor(H/s), ceil(H/s)}``, same for ``w``), else None."""
+    big_h, big_w = size
+    for stride in range(1, max(big_h, big_w) + 1):
+        hs = {big_h // stride, -(-big_h // stride)}
+        ws = {big_w // stride, -(-big_w // stride)}
+        for h in sorted(hs):
+            for w in sorted(ws):
+                if h > 0 and w > 0 and h * w == n:
+                    return (h, w)
+    return None
+
+
+def _declared_prefix(model: nn.Module) -> tuple[int | None, str]:
+    n = getattr(model, "num_prefix_tokens", None)
+    if isinstance(n, int) and not isinstance(n, bool) and n >= 0:
+        return n, "the model's num_prefix_tokens"
+    return None, ""
+
+
+def _token_layout(
+    model: nn.Module, n: int, size: tuple[int, int], stem: tuple[int, int] | None
+) -> tuple[int, tuple[int, int], str] | None:
+    """``(prefix_tokens, grid, source)`` for tokens ``[B, n, D]`` of an input of ``size``.
+
+    Sources, in order: the model's ``num_prefix_tokens`` (timm) with the grid from the input
+    size; the patch grid of the stem (the last grid output before the tokens: ViT's patch
+    embedding) when ``0 <= n - h*w <= 16``; else the smallest prefix for which the rest forms a
+    grid of the input's aspect at one integer stride.
+    """
+    declared, why = _declared_prefix(model)
+    if declared is not None:
+        pe = getattr(model, "patch_embed", None)
+        gs = getattr(pe, "grid_size", None)
+        if (
+            isinstance(gs, list | tuple)
+            and len(gs) == 2
+            and int(gs[0]) * int(gs[1]) == n - declared
+            and token_grid(n - declared, size) == (int(gs[0]), int(gs[1]))
+        ):
+            return declared, (int(gs[0]), int(gs[1])), f"{why} and patch_embed.grid_size"
+        grid = token_grid(n - declared, size) if n > declared else None
+        if grid is not None:
+            return declared, grid, f"{why}, grid from the input size {size[0]}x{size[1]}"
+        return None
+    if stem is not None and 0 <= n - stem[0] * stem[1] <= _MAX_PREFIX:
+        return n - stem[0] * stem[1], stem, "the patch-embedding grid"
+    for prefix in range(0, min(_MAX_PREFIX, n - 1) + 1):
+        grid = token_grid(n - prefix, size)
+        if grid is not None and grid[0] * grid[1] > 1:
+            return prefix, grid, f"inferred from the input size {size[0]}x{size[1]}"
+    return None
+
+
+def detect_target_layer(model: nn.Module, example: Tensor | None = None) -> LayerChoice:
+    """Choose the target layer (and its reshape) from the model's own structure.
+
+    One dry forward on ``example`` (default: a seeded batch of 2 at the model's declared input
+    size, else 224x224) records every module's output. Outputs whose first dimension is not the
+    batch are never candidates. Rules:
+
+    * **CNNs** (the last candidate is a grid): the last module, in forward execution order, with
+      a spatial output ``h*w > 1`` (Grad-CAM's "last convolutional layer", Selvaraju et al.
+      2017); pooling/dropout/identity excluded. A channels-last output ``[B, h, w, D]`` (timm
+      Swin's ``norm``, a LayerNorm over the last dim) gets :class:`ChannelsLastReshape`.
+    * **Token models** (token outputs ``[B, N, D]`` after the last grid, so the grid was the
+      stem): with prefix tokens (class/distillation/register: a class-token readout), the first
+      norm of the last block (``blocks[-1].norm1`` / ``ln_1`` / ``layernorm_before``, the
+      recipe pytorch-grad-cam documents; the last block's output reaches the logits only
+      through the class token); without prefix tokens (Mixer, Swin tokens, pooled over all
+      tokens), the last token output (the final norm: the last stage's output). Prefix count
+      and grid come from the model where it says (timm ``num_prefix_tokens``,
+      ``patch_embed.grid_size``), else from the patch-embedding grid, else from the input size.
+
+    Raises:
+        ValueError: no candidate, or a token model whose layout or block norm cannot be
+            determined; the message says what to set.
+    """
+    x = _probe(model, example)
+    kept, batch = _trace(model, x)
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    recs = [r for r in (_classify(model, n, m, o, batch) for n, m, o in kept) if r is not None]
+    grids = [i for i, r in enumerate(recs) if r.kind in ("nchw", "nhwc")]
+    last_grid = grids[-1] if grids else -1
+    tokens_after = [i for i, r in enumerate(recs) if r.kind == "tokens" and i > last_grid]
+    if tokens_after:
+        return _choose_token_layer(model, recs, last_grid, tokens_after, size)
+    if last_grid < 0:
+        raise ValueError(
+            f"no module of {type(model).__name__} outputs a spatial grid [B, K, h, w] / "
+            "[B, h, w, K] or tokens [B, N, D] with a batch dimension; pass `layer=` "
+            "explicitly (config: [model] target_layer, and reshape for token outputs)"
+        )
+    rec = recs[last_grid]
+    if rec.kind == "nhwc":
+        return LayerChoice(
+            rec.name,
+            rec.shape,
+            ChannelsLastReshape("auto-detected"),
+            f"last spatial layer in forward order; output {list(rec.shape)} is channels-last "
+            f"[B, h, w, D] (D = {rec.shape[-1]}), permuted to [B, D, h, w]",
+            "channels_last",
+        )
+    return LayerChoice(
+        rec.name,
+        rec.shape,
+        None,
+        f"last spatial layer in forward order (Grad-CAM's last convolutional layer); output "
+        f"{list(rec.shape)} is [B, K, h, w]",
+        "cnn",
+    )
+
+
+def _choose_token_layer(
+    model: nn.Module,
+    recs: list[_Rec],
+    last_grid: int,
+    tokens_after: list[int],
+    size: tuple[int, int],
+) -> LayerChoice:
+    final = recs[tokens_after[-1]]
+    n = final.shape[1]
+    stem = None
+    if last_grid >= 0:
+        g = recs[last_grid]
+        stem = (g.shape[2], g.shape[3]) if g.kind == "nchw" else (g.shape[1], g.shape[2])
+    layout = _token_layout(model, n, size, stem)
+    if layout is None:
+        raise ValueError(
+            f"{type(model).__name__} outputs tokens {list(final.shape)} at {final.name!r} whose "
+            f"layout (prefix tokens, grid) cannot be determined for an input of "
+            f'{size[0]}x{size[1]}; set [model] target_layer and reshape = {{ kind = "tokens", '
+            "prefix_tokens = P, grid = [h, w] }"
+        )
+    prefix, grid, source = layout
+    if prefix == 0:
+        return LayerChoice(
+            final.name,
+            final.shape,
+            TokenReshape(0, grid, source),
+            f"token model pooled over all tokens (no prefix token; layout from {source}): the last "
+            f"token output (the last stage's output), {n} tokens on a {grid[0]}x{grid[1]} grid",
+            "tokens",
+        )
+    norms = [
+        recs[i]
+        for i in tokens_after
+        if recs[i].name.rsplit(".", 1)[-1] in _NORM1_NAMES and recs[i].shape[1] == n
+    ]
+    if not norms:
+        raise ValueError(
+            f"{type(model).__name__} reads its logits from {prefix} prefix token(s) (from "
+            f"{source}) but no block norm named {'/'.join(_NORM1_NAMES)} was found; set "
+            f"[model] target_layer to the first norm of the last block and reshape = "
+            f'{{ kind = "tokens", prefix_tokens = {prefix}, grid = [{grid[0]}, {grid[1]}] }}'
+        )
+    rec = norms[-1]
+    return LayerChoice(
+        rec.name,
+        rec.shape,
+        TokenReshape(prefix, grid, source),
+        f"ViT-style model with {prefix} prefix token(s) ({source}): the first norm of the last "
+        f"block (its output reaches the logits through attention to the prefix token; the last "
+        f"block's output would give the patch tokens zero gradient); {n} tokens = {prefix} + "
+        f"{grid[0]}x{grid[1]}",
+        "vit",
+    )
+
+
+def infer_reshape(model: nn.Module, layer: str, example: Tensor | None = None) -> LayerChoice:
+    """The reshape for a user-chosen ``layer`` from its output on a dry forward.
+
+    ``[B, K, h, w]`` → none; channels-last ``[B, h, w, D]`` (see :func:`detect_target_layer`)
+    → :class:`ChannelsLastReshape`; tokens ``[B, N, D]`` → :class:`TokenReshape` with the prefix
+    and grid inferred as in :func:`detect_target_layer`.
+
+    Raises:
+        ValueError: unknown layer, a layer that did not run, an output without a batch
+            dimension, or a token layout that cannot be determined.
+    """
+    resolve_layer(model, layer)
+    x = _probe(model, example)
+    kept, batch = _trace(model, x)
+    size = (int(x.shape[-2]), int(x.shape[-1]))
+    recs = [r for r in (_classify(model, n, m, o, batch) for n, m, o in kept) if r is not None]
+    outs = {n: o for n, _, o in kept}
+    mine = [i for i, r in enumerate(recs) if r.name == layer]
+    if not mine:
+        if layer in outs:
+            raise ValueError(
+                f"`layer` {layer!r} outputs shape {tuple(outs[layer].shape)}, which is not a "
+                f"grid [B, K, h, w] / [B, h, w, K] or tokens [B, N, D] with batch first "
+                f"(batch {batch}); pick another layer"
+            )
+        raise ValueError(
+            f"`layer` {layer!r} did not output a tensor during the forward of "
+            f"{type(model).__name__} (not on the path to the logits, a pooling/identity "
+            "module, or it returns a tuple); pick another layer"
+        )
+    i = mine[-1]
+    rec = recs[i]
+    if rec.kind == "nchw":
+        return LayerChoice(
+            layer,
+            rec.shape,
+            None,
+            f"set by the user; output {list(rec.shape)} is [B, K, h, w]",
+            "cnn",
+        )
+    if rec.kind == "nhwc":
+        return LayerChoice(
+            layer,
+            rec.shape,
+            ChannelsLastReshape("auto-detected"),
+            f"set by the user; output {list(rec.shape)} is channels-last, permuted",
+            "channels_last",
+        )
+    grids = [j for j, r in enumerate(recs[:i]) if r.kind in ("nchw", "nhwc")]
+    stem = None
+    if grids:
+        g = recs[grids[-1]]
+        stem = (g.shape[2], g.shape[3]) if g.kind == "nchw" else (g.shape[1], g.shape[2])
+    layout = _token_layout(model, rec.shape[1], size, stem)
+    if layout is None:
+        raise ValueError(
+            f"`layer` {layer!r} outputs tokens {list(rec.shape)} whose layout cannot be "
+            f"determined for an input of {size[0]}x{size[1]}; set reshape = {{ kind = "
+            '"tokens", prefix_tokens = P, grid = [h, w] }'
+        )
+    prefix, grid, source = layout
+    return LayerChoice(
+        layer,
+        rec.shape,
+        TokenReshape(prefix, grid, source),
+        f"set by the user; tokens {list(rec.shape)} = {prefix} prefix + {grid[0]}x{grid[1]} "
+        f"({source})",
+        "vit" if prefix else "tokens",
+    )
+
+
+def _probe_from(example: Tensor | None) -> Tensor | None:
+    """A probe with a batch of at least 2 (batch-first checks need B >= 2)."""
+    if example is None or example.dim() != 4 or example.shape[0] >= 2:
+        return example
+    return example[:1].expand(2, *example.shape[1:]).clone()
+
+
+def resolve_target(
+    model: nn.Module,
+    layer: str | Sequence[str] | None,
+    reshape: Any = None,
+    example: Tensor | None = None,
+) -> tuple[tuple[str, ...], Any, tuple[LayerChoice, ...]]:
+    """Layer names, the reshape and the reasons for an engine.
+
+    * ``layer=None``: :func:`detect_target_layer` (layer and reshape); an explicit ``reshape``
+      (not ``None``/``"auto"``) replaces the detected one.
+    * ``layer`` given and ``reshape="auto"``: :func:`infer_reshape` per layer; the layers must
+      agree on the reshape.
+    * ``layer`` given and an explicit ``reshape`` (or ``None``): used as given.
+
+    ``reshape`` takes everything :func:`parse_reshape` does. ``example``: the probe batch
+    (a batch of 1 is repeated to 2).
+    """
+    parsed = parse_reshape(reshape)
+    probe = _probe_from(example)
+    if layer is None:
+        choice = detect_target_layer(model, probe)
+        if parsed not in (None, "auto"):
+            choice = LayerChoice(
+                choice.name,
+                choice.shape,
+                parsed if isinstance(parsed, Reshape) else None,
+                choice.reason + "; reshape given by the user",
+                choice.family,
+            )
+            return (choice.name,), parsed, (choice,)
+        return (choice.name,), choice.reshape, (choice,)
+    names = (layer,) if isinstance(layer, str) else tuple(layer)
+    if parsed != "auto":
+        given = tuple(
+            LayerChoice(
+                n,
+                (),
+                parsed if isinstance(parsed, Reshape) else None,
+                "set by the user" + ("; reshape given by the user" if parsed is not None else ""),
+                "given",
+            )
+            for n in names
+        )
+        return names, parsed, given
+    choices = tuple(infer_reshape(model, n, probe) for n in names)
+    kinds = {repr(describe_reshape(c.reshape)) for c in choices}
+    if len(kinds) > 1:
+        raise ValueError(
+            f"`layer` {list(names)} need different reshapes "
+            f"({', '.join(sorted(kinds))}); fuse layers of one kind or set `reshape`"
+        )
+    return names, choices[0].reshape, choices

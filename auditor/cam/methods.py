@@ -68,7 +68,7 @@ class CamContext:
 
 @dataclass(frozen=True)
 class CamMethod:
-    """A registered CAM method.
+    """A registered CAM method and the metadata the report prints about it.
 
     Attributes:
         name: registry key (``"gradcam"``).
@@ -77,6 +77,14 @@ class CamMethod:
         kind: ``"gradient"`` (single capture with gradients), ``"activation"`` (single capture,
             no gradient) or ``"perturbation"`` (batched extra forwards).
         reference: the paper (authors, year, title).
+        title: display name (``"Grad-CAM"``).
+        formula: the defining formula, the same text as in ``fn``'s docstring.
+        description: one or two plain sentences: what the map shows and when to use it.
+        cost: what one image costs, in forwards and backwards (``"shared capture: 1 forward +
+            1 partial backward"``).
+        extra_forwards: forwards per image beyond the shared capture, as a number where it is
+            fixed (``0`` for capture-only methods), else a short expression (``"K"``: one per
+            channel of the target layer).
     """
 
     name: str
@@ -84,23 +92,83 @@ class CamMethod:
     needs_gradients: bool
     kind: str
     reference: str
+    title: str = ""
+    formula: str = ""
+    description: str = ""
+    cost: str = ""
+    extra_forwards: int | str = 0
+
+    def info(self) -> dict[str, str | int]:
+        """The metadata as a JSON-ready dict (``title``, ``formula``, ``reference``, ...)."""
+        return {
+            "name": self.name,
+            "title": self.title,
+            "kind": self.kind,
+            "formula": self.formula,
+            "reference": self.reference,
+            "description": self.description,
+            "cost": self.cost,
+            "extra_forwards": self.extra_forwards,
+        }
 
 
 _REGISTRY: dict[str, CamMethod] = {}
 METHODS: Mapping[str, CamMethod] = MappingProxyType(_REGISTRY)
 
+_KINDS = ("gradient", "activation", "perturbation")
+COST_CAPTURE_GRAD = "shared capture: 1 forward + 1 partial backward (no extra pass)"
+COST_CAPTURE = "shared capture: 1 forward (no extra pass, no backward)"
+
+
+def _squash(text: str) -> str:
+    """Whitespace- and backtick-insensitive form used to find the formula in a docstring."""
+    return " ".join(text.replace("`", "").split())
+
 
 def register(
-    name: str, *, needs_gradients: bool, kind: str, reference: str
+    name: str,
+    *,
+    needs_gradients: bool,
+    kind: str,
+    reference: str,
+    title: str,
+    formula: str,
+    description: str,
+    cost: str | None = None,
+    extra_forwards: int | str = 0,
 ) -> Callable[[Callable[[CamContext], Tensor]], Callable[[CamContext], Tensor]]:
-    """Decorator adding ``fn`` to :data:`METHODS` under ``name``."""
-    if kind not in ("gradient", "activation", "perturbation"):
+    """Decorator adding ``fn`` to :data:`METHODS` under ``name`` with its metadata.
+
+    ``formula`` must appear in ``fn``'s docstring (whitespace-insensitive) so that the report
+    and the API documentation cannot drift apart; ``cost`` defaults to the shared capture's.
+    """
+    if kind not in _KINDS:
         raise ValueError(f"`kind` must be gradient|activation|perturbation, got {kind!r}")
+    for key, value in (("title", title), ("formula", formula), ("reference", reference)):
+        if not value.strip():
+            raise ValueError(f"`{key}` of CAM method {name!r} must not be empty")
+    if cost is None:
+        cost = COST_CAPTURE_GRAD if needs_gradients else COST_CAPTURE
 
     def deco(fn: Callable[[CamContext], Tensor]) -> Callable[[CamContext], Tensor]:
         if name in _REGISTRY:
             raise ValueError(f"CAM method {name!r} is already registered")
-        _REGISTRY[name] = CamMethod(name, fn, needs_gradients, kind, reference)
+        if _squash(formula) not in _squash(fn.__doc__ or ""):
+            raise ValueError(
+                f"the docstring of CAM method {name!r} must contain its formula {formula!r}"
+            )
+        _REGISTRY[name] = CamMethod(
+            name=name,
+            fn=fn,
+            needs_gradients=needs_gradients,
+            kind=kind,
+            reference=reference,
+            title=title,
+            formula=formula,
+            description=description,
+            cost=cost,
+            extra_forwards=extra_forwards,
+        )
         return fn
 
     return deco
@@ -155,6 +223,12 @@ def _first_component(x: Tensor, reference: Tensor) -> Tensor:
     "cam",
     needs_gradients=False,
     kind="activation",
+    title="CAM",
+    formula="M_c = max(0, sum_k w_{c,k} A_k)",
+    description=(
+        "Channels of the target layer weighted by the classifier weights of the class; "
+        "defined only for a global-average-pooling + linear head."
+    ),
     reference="Zhou et al. 2016, Learning Deep Features for Discriminative Localization",
 )
 def _cam(ctx: CamContext) -> Tensor:
@@ -172,6 +246,12 @@ def _cam(ctx: CamContext) -> Tensor:
     "gradcam",
     needs_gradients=True,
     kind="gradient",
+    title="Grad-CAM",
+    formula="alpha_k = (1/Z) sum_ij G_kij; M = ReLU(sum_k alpha_k A_k)",
+    description=(
+        "Channels weighted by their spatially averaged gradient: the standard, coarse "
+        "class-discriminative map."
+    ),
     reference=(
         "Selvaraju et al. 2017, Grad-CAM: Visual Explanations from Deep Networks via "
         "Gradient-based Localization"
@@ -191,6 +271,15 @@ def _gradcam(ctx: CamContext) -> Tensor:
     "gradcam++",
     needs_gradients=True,
     kind="gradient",
+    title="Grad-CAM++",
+    formula=(
+        "alpha_kij = G_kij^2 / (2 G_kij^2 + sum_ab A_kab G_kij^3), "
+        "w_k = sum_ij alpha_kij ReLU(G_kij), M = ReLU(sum_k w_k A_k)"
+    ),
+    description=(
+        "Grad-CAM with per-position weights from higher-order terms; better when several "
+        "instances of the class appear."
+    ),
     reference=(
         "Chattopadhay et al. 2018, Grad-CAM++: Generalized Gradient-based Visual Explanations "
         "for Deep Convolutional Networks"
@@ -199,10 +288,10 @@ def _gradcam(ctx: CamContext) -> Tensor:
 def _gradcam_pp(ctx: CamContext) -> Tensor:
     """Grad-CAM++ (Chattopadhay et al. 2018), closed form with ``Y = exp(y_c)``.
 
+    ``alpha_kij = G_kij^2 / (2 G_kij^2 + sum_ab A_kab G_kij^3), w_k = sum_ij alpha_kij
+    ReLU(G_kij), M = ReLU(sum_k w_k A_k)``, with ``alpha = 0`` where the denominator is ``0``.
     For a piecewise-linear network the higher derivatives of ``exp(y_c)`` are powers of ``G``,
-    giving ``alpha_kij = G_kij^2 / (2 G_kij^2 + sum_ab A_kab G_kij^3)`` (``0`` where the
-    denominator is ``0``), ``w_k = sum_ij alpha_kij ReLU(G_kij)`` and
-    ``M = ReLU(sum_k w_k A_k)``. The positive factor ``exp(y_c)`` of ``dY/dA`` is dropped (it
+    which gives this closed form. The positive factor ``exp(y_c)`` of ``dY/dA`` is dropped (it
     scales the whole map and would overflow for large logits).
     """
     grads = ctx.grads
@@ -218,6 +307,12 @@ def _gradcam_pp(ctx: CamContext) -> Tensor:
     "xgradcam",
     needs_gradients=True,
     kind="gradient",
+    title="XGrad-CAM",
+    formula="w_k = sum_ij (A_kij / sum_ab A_kab) G_kij; M = ReLU(sum_k w_k A_k)",
+    description=(
+        "Grad-CAM with activation-normalised gradient weights, chosen to satisfy "
+        "sensitivity and conservation axioms."
+    ),
     reference=(
         "Fu et al. 2020, Axiom-based Grad-CAM: Towards Accurate Visualization and Explanation "
         "of CNNs"
@@ -238,6 +333,11 @@ def _xgradcam(ctx: CamContext) -> Tensor:
     "layercam",
     needs_gradients=True,
     kind="gradient",
+    title="LayerCAM",
+    formula="M_ij = ReLU(sum_k ReLU(G_kij) A_kij)",
+    description=(
+        "Element-wise positive-gradient weighting; finer maps, also usable at early layers."
+    ),
     reference=(
         "Jiang et al. 2021, LayerCAM: Exploring Hierarchical Class Activation Maps for Localization"
     ),
@@ -251,6 +351,12 @@ def _layercam(ctx: CamContext) -> Tensor:
     "hirescam",
     needs_gradients=True,
     kind="gradient",
+    title="HiResCAM",
+    formula="M_ij = ReLU(sum_k G_kij A_kij)",
+    description=(
+        "Element-wise gradient times activation without averaging; provably reflects the "
+        "locations the score depends on for CNN heads."
+    ),
     reference=(
         "Draelos & Carin 2020, Use HiResCAM instead of Grad-CAM for faithful explanations of "
         "convolutional neural networks"
@@ -265,6 +371,9 @@ def _hirescam(ctx: CamContext) -> Tensor:
     "eigencam",
     needs_gradients=False,
     kind="activation",
+    title="Eigen-CAM",
+    formula="M = ReLU(X v_1)",
+    description=("First principal component of the activations: class-agnostic, no gradients."),
     reference=(
         "Muhammad & Yeasin 2020, Eigen-CAM: Class Activation Map using Principal Components"
     ),
@@ -285,6 +394,12 @@ def _eigencam(ctx: CamContext) -> Tensor:
     "eigengradcam",
     needs_gradients=True,
     kind="gradient",
+    title="Eigen-Grad-CAM",
+    formula="M = ReLU(X v_1) with X the centred [hw, K] matrix of A_kij G_kij",
+    description=(
+        "First principal component of gradient-weighted activations: a smoother class-"
+        "discriminative map."
+    ),
     reference=(
         "Muhammad & Yeasin 2020, Eigen-CAM (applied to A * dy_c/dA, as in pytorch-grad-cam's "
         "EigenGradCAM)"
@@ -304,6 +419,14 @@ def _eigengradcam(ctx: CamContext) -> Tensor:
     "scorecam",
     needs_gradients=False,
     kind="perturbation",
+    title="Score-CAM",
+    formula="s_k = softmax(f(X * H_k))_c, w = softmax_k(s) and M = ReLU(sum_k w_k A_k)",
+    description=(
+        "Channels weighted by the class probability of the input masked by each channel: "
+        "gradient-free, one extra forward per channel."
+    ),
+    cost="1 forward (capture) + K masked forwards (K = channels of the target layer), batched",
+    extra_forwards="K",
     reference=(
         "Wang et al. 2020, Score-CAM: Score-Weighted Visual Explanations for Convolutional "
         "Neural Networks"
@@ -325,6 +448,17 @@ def _scorecam(ctx: CamContext) -> Tensor:
     "ablationcam",
     needs_gradients=False,
     kind="perturbation",
+    title="Ablation-CAM",
+    formula="w_k = (y_c - y_c^k) / y_c",
+    description=(
+        "Channels weighted by the drop of the class logit when the channel is zeroed: "
+        "gradient-free, one extra tail forward per channel."
+    ),
+    cost=(
+        "1 forward (capture) + K forwards of the layers after the target layer with channel k "
+        "zeroed, batched"
+    ),
+    extra_forwards="K (tail only)",
     reference=(
         "Desai & Ramaswamy 2020, Ablation-CAM: Visual Explanation for Deep Convolutional "
         "Network via Gradient-free Localization"

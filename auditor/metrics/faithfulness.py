@@ -28,6 +28,7 @@ import contextlib
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -158,7 +159,10 @@ def _check_inputs(
     return targets.long()
 
 
-def _target_probability(logits: Tensor, targets: Tensor) -> Tensor:
+def _target_probability(output: Any, targets: Tensor) -> Tensor:
+    from auditor.cam.outputs import logits_of  # the one unwrapping helper (HF outputs)
+
+    logits = logits_of(output)
     if logits.dim() != 2:
         raise ValueError(
             f"the model must return logits of shape [N, num_classes], got {tuple(logits.shape)}"
