@@ -1,28 +1,151 @@
 """Command line: parse arguments, call the API, map errors to exit codes (DESIGN 4.1).
 
-Exit codes: 0 success and all gates passed; 1 audit completed but a gate failed; 2 bad input
-(config, files, arguments) with a one-line reason naming the culprit; anything else is a bug.
+Exit codes (the contract, as code: :func:`exit_code_for`):
+
+* 0 the audit completed and every gate passed;
+* 1 the audit completed and a gate failed: NOTHING else exits 1;
+* 2 bad input (config, files, arguments, a locked or unwritable run directory, a full disk,
+  a model that keeps raising) with one line naming the culprit;
+* 3 the report could not be rendered (results are kept; ``auditor report RUN_DIR`` retries);
+* 4 internal error: a bug in cam-auditor. One line on stderr; the traceback goes to the run
+  directory's ``auditor.log`` (or a temporary file when there is no run directory yet);
+* 130 / 143 interrupted (Ctrl-C / SIGTERM); completed batches are kept for ``--resume``.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime as _dt
 import logging
+import os
 import shlex
+import signal
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 from typing import Any
 
 from auditor._version import __version__
 from auditor.errors import AuditorInputError, RenderError
+from auditor.safe_text import one_line, terminal_safe
 
-EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_RENDER = 0, 1, 2, 3
+EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_RENDER, EXIT_INTERNAL = 0, 1, 2, 3, 4
+EXIT_INTERRUPTED, EXIT_TERMINATED = 130, 143
+LOG_NAME = "auditor.log"
+
+
+class _Terminated(BaseException):  # noqa: N818 - a signal, not an error
+    """SIGTERM turned into an exception, so ``finally`` blocks (locks, temp files) run."""
+
+
+def exit_code_for(exc: BaseException) -> int:
+    """The exit code of an exception escaping a command (the one place that decides it)."""
+    from auditor.store import is_storage_error
+
+    if isinstance(exc, _Terminated):
+        return EXIT_TERMINATED
+    if isinstance(exc, KeyboardInterrupt):
+        return EXIT_INTERRUPTED
+    if isinstance(exc, AuditorInputError):
+        return EXIT_BAD_INPUT
+    if isinstance(exc, RenderError):
+        return EXIT_RENDER
+    if is_storage_error(exc) or isinstance(exc, FileNotFoundError | MemoryError):
+        return EXIT_BAD_INPUT
+    if type(exc).__name__ == "OutOfMemoryError":  # torch.OutOfMemoryError (CUDA/MPS)
+        return EXIT_BAD_INPUT
+    return EXIT_INTERNAL
+
+
+def _message(exc: BaseException, code: int, log_path: Path | None) -> str:
+    from auditor.store import is_storage_error, storage_error
+
+    if code == EXIT_INTERRUPTED:
+        return "auditor: interrupted; completed batches are kept (use --resume)"
+    if code == EXIT_TERMINATED:
+        return "auditor: terminated (SIGTERM); completed batches are kept (use --resume)"
+    if code == EXIT_RENDER:
+        return f"auditor: report rendering failed: {one_line(exc)}"
+    if code == EXIT_BAD_INPUT:
+        if is_storage_error(exc) and isinstance(exc, OSError):
+            where = Path(str(exc.filename)) if exc.filename else Path(".")
+            return f"auditor: error: {one_line(storage_error(exc, where))}"
+        if isinstance(exc, FileNotFoundError):
+            return f"auditor: error: file not found: {one_line(exc.filename or exc)}"
+        if isinstance(exc, MemoryError) or type(exc).__name__ == "OutOfMemoryError":
+            return (
+                f"auditor: error: out of memory ({one_line(str(exc)[:200]) or type(exc).__name__}"
+                f"); lower [audit] batch_size or [data] input_size"
+            )
+        return f"auditor: error: {one_line(exc)}"
+    logged = f"traceback in {log_path}" if log_path else "no log could be written"
+    return (
+        f"auditor: internal error (a bug in cam-auditor {__version__}, exit 4): "
+        f"{type(exc).__name__}: {one_line(str(exc)[:300])} ({logged})"
+    )
+
+
+def _log_dir(args: argparse.Namespace | None) -> Path | None:
+    """The run directory a command writes into, if it exists and is ours."""
+    from auditor.store import RUN_MARKER
+
+    if args is None:
+        return None
+    cand: Path | None = None
+    if args.command == "run":
+        cand = args.out or Path("runs") / Path(args.config).stem
+    elif args.command in ("demo", "compare"):
+        cand = args.out
+    else:
+        cand = getattr(args, "run_dir", None) or getattr(args, "out", None)
+    if cand is None or not Path(cand).is_dir():
+        return None
+    names = (RUN_MARKER, "summary.json", "provenance.json", "comparison.json")
+    return Path(cand) if any((Path(cand) / n).exists() for n in names) else None
+
+
+def write_traceback(
+    exc: BaseException, args: argparse.Namespace | None, command: str
+) -> Path | None:
+    """Append ``exc``'s traceback to ``<run>/auditor.log`` (or a temporary file); its path."""
+    text = (
+        f"--- {_dt.datetime.now(_dt.timezone.utc).isoformat(timespec='seconds')} "
+        f"cam-auditor {__version__} pid {os.getpid()}: {command}\n"
+        + "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+    )
+    folder = _log_dir(args)
+    candidates = ([folder / LOG_NAME] if folder else []) + [
+        Path(tempfile.gettempdir()) / f"cam-auditor-{os.getpid()}.log"
+    ]
+    for path in candidates:
+        try:
+            with open(path, "a", encoding="utf-8") as fh:
+                fh.write(text)
+            return path
+        except OSError:
+            continue
+    return None
+
+
+def _install_signals() -> None:
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return
+
+    def on_term(signum: int, frame: Any) -> None:
+        raise _Terminated()
+
+    signal.signal(signal.SIGTERM, on_term)
+    if hasattr(signal, "SIGXFSZ"):  # a file-size limit: EFBIG (exit 2), not a silent kill
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
 
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> Any:  # argparse exits 2 too; keep the one-line style
         self.print_usage(sys.stderr)
-        print(f"auditor: error: {message}", file=sys.stderr)
+        print(f"auditor: error: {one_line(message)}", file=sys.stderr)
         raise SystemExit(EXIT_BAD_INPUT)
 
 
@@ -83,7 +206,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _print_end(outcome: Any) -> None:
+    """The end-of-run summary; every user string (model, class, finding) is neutralised."""
     s = outcome.summary
+    t = terminal_safe
     findings = s.get("findings", [])
     by_sev: dict[str, int] = {}
     for f in findings:
@@ -93,13 +218,13 @@ def _print_end(outcome: Any) -> None:
     acc = s["overall"].get("accuracy")
     lines = [
         "",
-        f"cam-auditor {__version__}: {s['model'].get('name')} on "
+        f"cam-auditor {__version__}: {t(s['model'].get('name'))} on "
         f"{s['dataset']['n_evaluated']} images ({s['dataset']['n_skipped']} skipped)",
         f"  accuracy {acc:.1%}" if acc is not None else "  accuracy n/a",
-        "  findings: " + (", ".join(f"{v} {k}" for k, v in by_sev.items()) or "none"),
+        "  findings: " + (", ".join(f"{v} {t(k)}" for k, v in by_sev.items()) or "none"),
     ]
     for f in findings[:5]:
-        lines.append(f"    [{f['severity']}] {f['title']}")
+        lines.append(f"    [{t(f['severity'])}] {t(f['title'])}")
     failed = [r for r in gates.get("results", []) if not r["passed"]]
     lines.append(
         f"  gates: {verdict} ({len(gates.get('results', [])) - len(failed)}/"
@@ -107,35 +232,42 @@ def _print_end(outcome: Any) -> None:
     )
     for r in failed[:5]:
         lines.append(
-            f"    ✗ {r['rule']}"
-            + (f" [{r['class']}]" if r.get("class") else "")
+            f"    ✗ {t(r['rule'])}"
+            + (f" [{t(r['class'])}]" if r.get("class") else "")
             + f": {r['value'] if r['value'] is None else round(r['value'], 4)} "
             f"vs {r['bound']} {r['threshold']}"
         )
     for kind, path in outcome.report.items():
-        lines.append(f"  {kind}: {path}")
-    lines.append(f"  summary: {outcome.run_dir / 'summary.json'}")
-    print("\n".join(lines))
+        lines.append(f"  {kind}: {t(path)}")
+    lines.append(f"  summary: {t(outcome.run_dir / 'summary.json')}")
+    print(terminal_safe("\n".join(lines), keep_newlines=True))
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; return its exit code (see the module docstring). Never raises,
+    except ``SystemExit`` from ``--help``/``--version`` and argument errors (exit 2)."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(
         level=logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
     command = "auditor " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
+    previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
+    _install_signals()
     try:
         code = _dispatch(args, command)
-    except AuditorInputError as exc:
-        print(f"auditor: error: {exc}", file=sys.stderr)
-        code = EXIT_BAD_INPUT
-    except RenderError as exc:
-        print(f"auditor: report rendering failed: {exc}", file=sys.stderr)
-        code = EXIT_RENDER
-    except KeyboardInterrupt:
-        print("auditor: interrupted; completed batches are kept (use --resume)", file=sys.stderr)
-        return 130
+    except BaseException as exc:  # noqa: BLE001 - the one place that maps errors to codes
+        if isinstance(exc, SystemExit):
+            raise
+        code = exit_code_for(exc)
+        log_path = write_traceback(exc, args, command) if code == EXIT_INTERNAL else None
+        print(_message(exc, code, log_path), file=sys.stderr)
+    finally:
+        for sig, handler in previous.items():
+            try:
+                signal.signal(sig, handler)
+            except (ValueError, TypeError):  # not the main thread / not restorable
+                pass
     from auditor.distributed import agree_exit_code
 
     return agree_exit_code(code)  # under torchrun every rank exits with rank 0's code
@@ -178,8 +310,9 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         if not outcome.summary:  # a shard job, or a torchrun rank other than 0
             if spec is not None:
                 print(
-                    f"shard {spec.label} complete in {outcome.run_dir}; when all {spec.count} "
-                    f"are, run: auditor finalize {shlex.quote(str(outcome.run_dir))}"
+                    f"shard {spec.label} complete in {terminal_safe(outcome.run_dir)}; when all "
+                    f"{spec.count} are, run: auditor finalize "
+                    f"{terminal_safe(shlex.quote(str(outcome.run_dir)))}"
                 )
             return EXIT_OK
         _print_end(outcome)
@@ -204,7 +337,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             args.run_dir, html=True, pdf=args.pdf, templates=args.templates
         )
         for kind, path in paths.items():
-            print(f"{kind}: {path}")
+            print(f"{kind}: {terminal_safe(path)}")
         return EXIT_OK
     if args.command == "compare":
         from auditor.compare import compare_runs
@@ -212,9 +345,9 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         result = compare_runs(
             args.run_a, args.run_b, out=args.out, config=args.config, pdf=not args.no_pdf
         )
-        print(result.describe())
+        print(terminal_safe(result.describe(), keep_newlines=True))
         return 0 if result.passed else EXIT_GATE_FAILED
-    raise AssertionError(args.command)  # pragma: no cover - argparse restricts choices
+    raise AuditorInputError(f"unknown command {args.command!r}")  # argparse restricts choices
 
 
 if __name__ == "__main__":

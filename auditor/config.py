@@ -75,6 +75,9 @@ class ModelConfig:
 
     factory: str | None = None
     torchvision: str | None = None
+    timm: str | None = None
+    transformers: Path | None = None
+    random_weights: bool = False
     weights: Path | None = None
     file: Path | None = None
     num_classes: int | None = None
@@ -91,12 +94,19 @@ class ModelConfig:
             return f"factory:{self.factory}"
         if self.torchvision:
             return f"torchvision:{self.torchvision}"
+        if self.timm:
+            return f"timm:{self.timm}"
+        if self.transformers is not None:
+            return f"transformers:{self.transformers}"
         return f"file:{self.file}"
 
 
 MODEL_KEYS = (
     "factory",
     "torchvision",
+    "timm",
+    "transformers",
+    "random_weights",
     "weights",
     "file",
     "num_classes",
@@ -113,17 +123,44 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
     factory = _typed(table, "factory", str, None, "model", source)
     tv = _typed(table, "torchvision", str, None, "model", source)
     file = _typed(table, "file", str, None, "model", source)
-    given = [k for k, v in (("factory", factory), ("torchvision", tv), ("file", file)) if v]
+    timm_name = _typed(table, "timm", str, None, "model", source)
+    hf_dir = _typed(table, "transformers", str, None, "model", source)
+    sources = (
+        ("factory", factory),
+        ("torchvision", tv),
+        ("timm", timm_name),
+        ("transformers", hf_dir),
+        ("file", file),
+    )
+    given = [k for k, v in sources if v]
     if len(given) != 1:
         raise ConfigError(
-            f"{source}: [model] needs exactly one of factory, torchvision or file; got "
-            f"{given or 'none'}"
+            f"{source}: [model] needs exactly one of factory, torchvision, timm, transformers "
+            f"or file; got {given or 'none'}"
         )
     if factory and ":" not in factory:
         raise ConfigError(
             f"{source}: [model] factory must look like 'module:callable', got {factory!r}"
         )
     weights = _typed(table, "weights", str, None, "model", source)
+    random_weights = _typed(table, "random_weights", bool, False, "model", source)
+    if (tv or timm_name) and weights is None and not random_weights:
+        key = "torchvision" if tv else "timm"
+        raise ConfigError(
+            f"{source}: [model] {key} = {tv or timm_name!r} has no `weights`: the audit would "
+            f"explain a randomly initialised network (pretrained weights are never downloaded); "
+            f'set weights = "model.safetensors" (or a state_dict file), or random_weights = '
+            f"true to audit random weights on purpose"
+        )
+    if random_weights and weights is not None:
+        raise ConfigError(
+            f"{source}: [model] random_weights = true contradicts weights = {weights!r}; remove one"
+        )
+    if hf_dir and weights is not None:
+        raise ConfigError(
+            f"{source}: [model] transformers = {hf_dir!r} reads its weights from the "
+            "directory (model.safetensors); remove `weights`"
+        )
     num_classes = _typed(table, "num_classes", int, None, "model", source)
     if num_classes is not None and num_classes < 1:
         raise ConfigError(f"{source}: [model] num_classes must be >= 1, got {num_classes}")
@@ -148,6 +185,9 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
     return ModelConfig(
         factory=factory,
         torchvision=tv,
+        timm=timm_name,
+        transformers=(base / hf_dir).resolve() if hf_dir else None,
+        random_weights=random_weights,
         weights=(base / weights).resolve() if weights else None,
         file=(base / file).resolve() if file else None,
         num_classes=num_classes,

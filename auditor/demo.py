@@ -326,8 +326,10 @@ def run_demo(
     """Write the demo inputs into ``out/inputs`` and audit them into ``out`` (``auditor demo``)."""
     from auditor.config import load_config
     from auditor.runner import run_audit
+    from auditor.store import claim_run_dir
 
     out = Path(out)
+    claim_run_dir(out)  # before the inputs land there: a folder of the user's files is refused
     config = write_demo_inputs(out / "inputs", variant=variant)
     cfg = load_config(config)
     return run_audit(

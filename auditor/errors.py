@@ -45,5 +45,21 @@ class ResumeMismatchError(AuditorInputError):
     """``--resume`` on a run directory made with another model, data or config."""
 
 
+class RunLockedError(AuditorInputError):
+    """The run directory is locked by another live process (``holder`` describes it)."""
+
+    def __init__(self, message: str, holder: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        self.holder = dict(holder or {})
+
+
+class StorageError(AuditorInputError):
+    """The run directory cannot be written (disk full, read-only, not a folder). Exit code 2."""
+
+
+class ModelRuntimeError(AuditorInputError):
+    """The user's model raised on too many batches (its error is quoted). Exit code 2."""
+
+
 class RenderError(AuditorError):
     """The report could not be rendered (missing figure, time limit, template error)."""

@@ -5,6 +5,16 @@ Sources (``[model]`` in the config):
 * ``factory = "module:callable"`` + ``weights`` (a state_dict): the module may sit beside the
   config file. ``kwargs`` are passed to the callable.
 * ``torchvision = "<arch>"`` + ``num_classes`` + ``weights``.
+* ``timm = "<name>"`` + ``num_classes`` + ``weights`` (``.safetensors`` or a state_dict); built
+  with ``pretrained=False`` (nothing is ever downloaded). Needs ``pip install cam-auditor[timm]``.
+* ``transformers = "DIR"``: a local Hugging Face model directory (``config.json`` +
+  ``model.safetensors``) loaded offline (``local_files_only``, never remote code); its output
+  object is unwrapped to logits everywhere (:func:`auditor.cam.outputs.logits_of`). Needs
+  ``pip install cam-auditor[hf]``.
+* ``random_weights = true``: torchvision/timm/transformers without weights, built under a fixed
+  seed (0) so that the same config gives the same model. Without it a missing ``weights`` is an
+  error (an unseeded random model must never be audited by accident). ``kwargs`` are passed to
+  the factory, the torchvision builder or ``timm.create_model`` (e.g. a reduced depth).
 * ``file = "model.pt"``: a TorchScript archive or a fully pickled module. Both can run
   arbitrary code when loaded, so they are refused unless ``trust_model_code = true`` (CLI
   ``--trust-model-code``).
@@ -104,7 +114,111 @@ def _call_factory(spec: str, base_dir: Path, kwargs: Mapping[str, Any]) -> nn.Mo
     return model
 
 
-def _torchvision_model(arch: str, num_classes: int | None) -> nn.Module:
+def _optional(module: str, extra: str, key: str) -> Any:
+    """Import an optional dependency or fail with the install command (exit code 2)."""
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise ModelLoadError(
+            f"[model] {key}: needs the optional package {module!r}, which is not installed "
+            f"({exc}); install it with: pip install 'cam-auditor[{extra}]'"
+        ) from exc
+
+
+def _timm_model(
+    name: str, num_classes: int | None, in_chans: int | None, kwargs: Mapping[str, Any]
+) -> nn.Module:
+    timm = _optional("timm", "timm", "timm")
+    if not timm.is_model(name):
+        import difflib
+
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        raise ModelLoadError(
+            f"[model] timm: unknown model {name!r}"
+            + (f"; did you mean {', '.join(close)}?" if close else "")
+        )
+    if "pretrained" in kwargs or "pretrained_cfg_overlay" in kwargs:
+        raise ModelLoadError(
+            "[model] kwargs: `pretrained` is not allowed (nothing is downloaded); give the "
+            "weights file in `weights`"
+        )
+    args: dict[str, Any] = {"pretrained": False, **kwargs}
+    if num_classes is not None:
+        args["num_classes"] = num_classes
+    if in_chans is not None and in_chans != 3:
+        args["in_chans"] = in_chans
+    try:
+        model = timm.create_model(name, **args)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise ModelLoadError(f"[model] timm: cannot build {name!r} with {args!r}: {exc}") from exc
+    return model
+
+
+def _transformers_model(
+    directory: Path, num_classes: int | None, random_weights: bool
+) -> tuple[nn.Module, str]:
+    """A local Hugging Face image classifier, offline; returns (model, sha256 of its files)."""
+    import os
+
+    if not directory.is_dir():
+        raise ModelLoadError(f"[model] transformers: not a directory: {directory}")
+    config_file = directory / "config.json"
+    weights = directory / "model.safetensors"
+    if not config_file.is_file():
+        raise ModelLoadError(f"[model] transformers: {directory} has no config.json")
+    if not random_weights and not weights.is_file():
+        found = sorted(p.name for p in directory.iterdir())[:8]
+        raise ModelLoadError(
+            f"[model] transformers: {directory} has no model.safetensors (found {found}); "
+            "only safetensors weights are read (pickled .bin files can run code), or set "
+            "random_weights = true"
+        )
+    transformers = _optional("transformers", "hf", "transformers")
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update({"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"})
+    try:
+        config = transformers.AutoConfig.from_pretrained(
+            str(directory), local_files_only=True, trust_remote_code=False
+        )
+        auto = transformers.AutoModelForImageClassification
+        if random_weights:
+            model = auto.from_config(config)
+        else:
+            model = auto.from_pretrained(
+                str(directory),
+                local_files_only=True,
+                use_safetensors=True,
+                trust_remote_code=False,
+            )
+    except (OSError, ValueError, KeyError, TypeError, RuntimeError) as exc:
+        first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+        raise ModelLoadError(
+            f"[model] transformers: cannot load an image classifier from {directory}: {first}"
+        ) from exc
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    n_labels = getattr(model.config, "num_labels", None)
+    if num_classes is not None and n_labels is not None and n_labels != num_classes:
+        raise ModelLoadError(
+            f"[model] transformers: {directory.name} has {n_labels} labels (config.json "
+            f"num_labels) but {num_classes} classes are expected"
+        )
+    h = hashlib.sha256()
+    for part in (config_file, weights):
+        if part.is_file():
+            h.update(part.name.encode())
+            h.update(bytes.fromhex(file_sha256(part)))
+    sha = h.hexdigest() if not random_weights else state_dict_sha256(model)
+    return model, sha
+
+
+def _torchvision_model(
+    arch: str, num_classes: int | None, kwargs: Mapping[str, Any] | None = None
+) -> nn.Module:
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
@@ -116,10 +230,15 @@ def _torchvision_model(arch: str, num_classes: int | None) -> nn.Module:
             f"[model] torchvision: unknown architecture {arch!r}"
             + (f"; did you mean {', '.join(close)}?" if close else "")
         )
-    kwargs: dict[str, Any] = {"weights": None}
+    args: dict[str, Any] = {"weights": None, **(kwargs or {})}
     if num_classes is not None:
-        kwargs["num_classes"] = num_classes
-    return torchvision.models.get_model(arch, **kwargs)
+        args["num_classes"] = num_classes
+    try:
+        return torchvision.models.get_model(arch, **args)
+    except (TypeError, ValueError) as exc:
+        raise ModelLoadError(
+            f"[model] torchvision: cannot build {arch!r} with {args!r}: {exc}"
+        ) from exc
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -230,29 +349,70 @@ def _load_trusted_file(path: Path, trust: bool) -> nn.Module:
 
 
 def load_model(
-    cfg: ModelConfig, *, num_classes: int | None = None, trust_model_code: bool | None = None
+    cfg: ModelConfig,
+    *,
+    num_classes: int | None = None,
+    trust_model_code: bool | None = None,
+    in_channels: int | None = None,
 ) -> LoadedModel:
-    """Build the model described by ``cfg`` and load its weights (see module docstring)."""
+    """Build the model described by ``cfg`` and load its weights (see module docstring).
+
+    ``in_channels``: the dataset's channels (``[data] channels``); timm builds the model with
+    ``in_chans``, the other sources are checked against it.
+    """
     trust = cfg.trust_model_code if trust_model_code is None else trust_model_code
     n_cls = cfg.num_classes if cfg.num_classes is not None else num_classes
+    builtin = cfg.torchvision or cfg.timm or cfg.transformers is not None
+    if builtin and cfg.weights is None and cfg.transformers is None and not cfg.random_weights:
+        key = "torchvision" if cfg.torchvision else "timm"
+        raise ModelLoadError(
+            f"[model] {key} = {cfg.torchvision or cfg.timm!r} has no `weights`: the audit would "
+            "explain a randomly initialised network; set weights, or random_weights = true"
+        )
     if cfg.file is not None:
         model = _load_trusted_file(cfg.file, trust)
         sha = file_sha256(cfg.file)
         name = cfg.name or cfg.file.stem
+    elif cfg.transformers is not None:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            model, sha = _transformers_model(cfg.transformers, n_cls, cfg.random_weights)
+        name = cfg.name or cfg.transformers.name
     else:
-        if cfg.factory:
-            model = _call_factory(cfg.factory, cfg.base_dir, cfg.factory_kwargs)
-            name = cfg.name or cfg.factory.rpartition(":")[2]
-        elif cfg.torchvision:
-            model = _torchvision_model(cfg.torchvision, n_cls)
-            name = cfg.name or cfg.torchvision
-        else:
-            raise ModelLoadError("[model] needs one of factory, torchvision or file")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # random_weights: the same config gives the same model
+            if cfg.factory:
+                model = _call_factory(cfg.factory, cfg.base_dir, cfg.factory_kwargs)
+                name = cfg.name or cfg.factory.rpartition(":")[2]
+            elif cfg.torchvision:
+                model = _torchvision_model(cfg.torchvision, n_cls, cfg.factory_kwargs)
+                name = cfg.name or cfg.torchvision
+            elif cfg.timm:
+                model = _timm_model(cfg.timm, n_cls, in_channels, cfg.factory_kwargs)
+                name = cfg.name or cfg.timm
+            else:
+                raise ModelLoadError(
+                    "[model] needs one of factory, torchvision, timm, transformers or file"
+                )
         if cfg.weights is not None:
             apply_state_dict(model, read_state_dict(cfg.weights), cfg.weights)
             sha = file_sha256(cfg.weights)
         else:
             sha = state_dict_sha256(model)
     model.eval()
+    if in_channels is not None:
+        _check_channels(model, in_channels)
     n_params = sum(p.numel() for p in model.parameters())
     return LoadedModel(module=model, name=name, source=cfg.source, sha256=sha, parameters=n_params)
+
+
+def _check_channels(model: nn.Module, channels: int) -> None:
+    """The first convolution must take the dataset's channels (``[data] channels``)."""
+    first = next((m for m in model.modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first.in_channels != channels:
+        raise ModelLoadError(
+            f"[model]: the model's first convolution takes {first.in_channels} channel(s) but "
+            f"[data] channels = {channels}; set [data] channels = {first.in_channels} (with a "
+            f"mean/std of that length) or use a model built for {channels} channel(s) "
+            "(timm builds one with in_chans)"
+        )

@@ -49,7 +49,15 @@ from auditor.distributed import (
 )
 from auditor.errors import AuditorInputError, ConfigError
 from auditor.export import write_findings_csv, write_per_class_csv
-from auditor.store import RunStore, atomic_write_bytes, atomic_write_json
+from auditor.store import (
+    MAIN_LOCK,
+    RunLock,
+    RunStore,
+    atomic_write_bytes,
+    atomic_write_json,
+    claim_run_dir,
+    sweep_temp_files,
+)
 
 log = logging.getLogger("auditor")
 
@@ -308,17 +316,63 @@ def run_audit(
 ) -> AuditOutcome:
     """Audit the model and data described by ``config`` into the run directory ``out``.
 
-    ``shard``: compute only shard I of N (``--shard I/N``, :mod:`auditor.distributed`); under
-    torchrun the rank is the shard. ``None``: torchrun's rank when started by torchrun, else
-    the whole run.
+    Order of checks (each failure is an :class:`auditor.errors.AuditorInputError`, CLI exit
+    2): the overrides (``device``, ``limit``); the run directory (claimed and locked before
+    anything heavy runs); the dataset's class list against the gates; only then the model.
+
+    ``shard``: compute only shard I of N (``--shard I/N``, :mod:`auditor.distributed`) under
+    the writer lock ``locks/shard-I-of-N.lock``; under torchrun the rank is the shard.
+    ``None``: torchrun's rank when started by torchrun, else the whole run (main lock).
     """
+    cfg = with_overrides(config, device=device, limit=limit)
+    run_dir = Path(out)
+    spec = shard or torchrun_env() or ShardSpec()
+    claim_run_dir(run_dir)
+    lock = (
+        RunLock(run_dir, command=command)
+        if spec.mode == "single"
+        else RunLock.for_shard(run_dir, spec.index, spec.count, command=command)
+    )
+    with lock:
+        if lock.name == MAIN_LOCK:
+            sweep_temp_files(run_dir)
+        return _run_locked(
+            cfg,
+            run_dir,
+            lock,
+            trust_model_code,
+            resume,
+            pdf,
+            progress,
+            render,
+            command,
+            spec,
+            {"device": device, "limit": limit},
+        )
+
+
+def _run_locked(
+    cfg: AuditConfig,
+    out: Path,
+    lock: RunLock,
+    trust_model_code: bool | None,
+    resume: bool,
+    pdf: bool | None,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+    spec: ShardSpec,
+    overrides: dict[str, Any],
+) -> AuditOutcome:
     from auditor.data import open_dataset
     from auditor.models import load_model
 
-    cfg = with_overrides(config, device=device, limit=limit)
     dataset = open_dataset(cfg.data)
     loaded = load_model(
-        cfg.model, num_classes=len(dataset.classes), trust_model_code=trust_model_code
+        cfg.model,
+        num_classes=len(dataset.classes),
+        trust_model_code=trust_model_code,
+        in_channels=getattr(cfg.data, "channels", None),
     )
     return audit(
         loaded.module,
@@ -340,8 +394,9 @@ def run_audit(
         progress=progress,
         render=render,
         command=command,
-        shard=shard,
-        overrides={"device": device, "limit": limit},
+        lock=lock,
+        shard=spec,
+        overrides=overrides,
     )
 
 
@@ -361,6 +416,7 @@ def audit(
     progress: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    lock: RunLock | None = None,
     shard: ShardSpec | None = None,
     overrides: dict[str, Any] | None = None,
 ) -> AuditOutcome:
@@ -372,14 +428,74 @@ def audit(
     :func:`auditor.cam.vit_reshape` (``vit_reshape(num_prefix_tokens=0)`` included).
 
     The model leaves as it came: the engine removes its hooks and restores train/eval flags.
+    The run directory is claimed (a non-empty folder of other files is refused) and locked
+    for the whole call (:class:`auditor.store.RunLock`; a second audit into it raises
+    :class:`auditor.errors.RunLockedError`); pass ``lock`` to use a lock the caller already
+    holds (a shard job's writer lock, or the main lock taken before loading the model).
     ``shard``: see :func:`run_audit`; a ``"shard"`` job returns after writing its batches
-    (``passed`` True, empty summary: ``auditor finalize`` makes the summary).
+    (``passed`` True, empty summary: ``auditor finalize`` makes the summary), as does a
+    torchrun rank other than 0.
     """
+    run_dir = Path(out)
+    spec = shard or torchrun_env() or ShardSpec()
+    own = lock is None
+    if lock is None:
+        claim_run_dir(run_dir)
+        lock = (
+            RunLock(run_dir, command=command)
+            if spec.mode == "single"
+            else RunLock.for_shard(run_dir, spec.index, spec.count, command=command)
+        )
+    lock.acquire()
+    try:
+        if lock.name == MAIN_LOCK:
+            sweep_temp_files(run_dir)
+        return _audit_locked(
+            model,
+            dataset,
+            run_dir,
+            settings=settings,
+            gates=gates,
+            layer=layer,
+            reshape=reshape,
+            model_info=model_info,
+            config=config,
+            resume=resume,
+            pdf=pdf,
+            progress=progress,
+            render=render,
+            command=command,
+            spec=spec,
+            overrides=overrides,
+        )
+    finally:
+        if own:
+            lock.release()
+
+
+def _audit_locked(
+    model: torch.nn.Module,
+    dataset: Any,
+    out: Path,
+    *,
+    settings: AuditSettings | None,
+    gates: Sequence[GateRule],
+    layer: str | Sequence[str] | None,
+    reshape: Any,
+    model_info: dict[str, Any] | None,
+    config: AuditConfig | None,
+    resume: bool,
+    pdf: bool,
+    progress: bool | None,
+    render: bool,
+    command: str | None,
+    spec: ShardSpec,
+    overrides: dict[str, Any] | None,
+) -> AuditOutcome:
     from auditor.cam import CamEngine
     from auditor.models import state_dict_sha256
 
     s = settings or AuditSettings()
-    spec = shard or torchrun_env() or ShardSpec()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     run_dir = Path(out)
@@ -510,7 +626,7 @@ def audit(
         )
         # the sanity check runs once, in shard 0 (a resumed or finalising run reads sanity.json)
         sanity = (
-            _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n)
+            _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape)
             if spec.index == 0
             else None
         )
@@ -573,6 +689,7 @@ def audit(
         barrier()  # every rank's batches are on disk
         if spec.index != 0:
             return AuditOutcome(run_dir=run_dir, summary={}, passed=True)
+        # rank 0 finalises under its writer lock: the other ranks of the group only wait
         manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
         store.write_provenance(manifests[0]["provenance"])
         loop_s = max(float(m.get("loop_s") or 0.0) for m in manifests)
@@ -597,6 +714,22 @@ def audit(
     )
 
 
+def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:
+    """Additive summary fields: which layer, which reshape, and why."""
+    from auditor.cam.layers import describe_reshape
+
+    choices = list(engine.layer_choices)
+    model_info["reshape"] = describe_reshape(engine.reshape)
+    if choices:
+        model_info["target_layer_reason"] = "; ".join(
+            (f"{c.name}: " if len(choices) > 1 else "") + c.reason for c in choices
+        )
+        model_info["target_layer_shape"] = [list(c.shape) for c in choices if c.shape] or None
+        model_info["target_layer_family"] = choices[0].family
+    else:
+        model_info["target_layer_reason"] = "set by the user"
+
+
 def _read_sanity(run_dir: Path) -> dict[str, Any] | None:
     import json
 
@@ -614,21 +747,34 @@ def finalize_run(
 ) -> AuditOutcome:
     """``auditor finalize RUN_DIR``: combine the shards of a run directory into its results.
 
-    Checks that every shard ``I/N`` is present and complete and that all were made with the
+    Takes the run directory's main lock (refused while a shard writer is alive, naming it),
+    checks that every shard ``I/N`` is present and complete and that all were made with the
     same config, model, annotations, settings and tool version (naming what is missing or
     differs), then writes samples.parquet, summary.json, gallery, JUnit and the reports as a
     single-process run would. The config is read from where the shards were started
     (recorded in their shard records) unless ``config_path`` is given; its fingerprint must
     match. No model is loaded.
     """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise AuditorInputError(f"RUN_DIR {root}: no such directory")
+    with RunLock(root, command=command):
+        sweep_temp_files(root)
+        return _finalize_locked(root, config_path, pdf, render, command)
+
+
+def _finalize_locked(
+    root: Path,
+    config_path: str | Path | None,
+    pdf: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
     from auditor.config import load_config
     from auditor.data import open_dataset
 
     t0 = time.perf_counter()
-    root = Path(run_dir)
     store = RunStore(root)
-    if not root.is_dir():
-        raise AuditorInputError(f"RUN_DIR {root}: no such directory")
     manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
     first = manifests[0]
     src = Path(config_path) if config_path is not None else first.get("config_path")
@@ -676,22 +822,6 @@ def finalize_run(
     )
 
 
-def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:
-    """Additive summary fields: which layer, which reshape, and why."""
-    from auditor.cam.layers import describe_reshape
-
-    choices = list(engine.layer_choices)
-    model_info["reshape"] = describe_reshape(engine.reshape)
-    if choices:
-        model_info["target_layer_reason"] = "; ".join(
-            (f"{c.name}: " if len(choices) > 1 else "") + c.reason for c in choices
-        )
-        model_info["target_layer_shape"] = [list(c.shape) for c in choices if c.shape] or None
-        model_info["target_layer_family"] = choices[0].family
-    else:
-        model_info["target_layer_reason"] = "set by the user"
-
-
 def _sanity(
     run_dir: Path,
     model: torch.nn.Module,
@@ -700,41 +830,72 @@ def _sanity(
     layers: Sequence[str],
     dev: torch.device,
     n: int,
-) -> dict[str, Any] | None:
+    reshape: Any = None,
+) -> dict[str, Any]:
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
-    Stored in ``sanity.json`` so that a resumed run reuses it (same numbers as uninterrupted).
+    What is randomised: every parameterised module that produces the logits from the target
+    layer's output (:func:`auditor.metrics.sanity.downstream_of`: for a CNN the classifier, for
+    a transformer the blocks after the layer and the head). The result always carries
+    ``"_status": {"run", "reason", "randomised"}`` so that the report says why it did not run,
+    never a silent null. Stored in ``sanity.json`` so that a resumed run reuses it.
     """
+    import functools
     import json
 
+    def not_run(reason: str) -> dict[str, Any]:
+        log.warning("sanity check not run: %s", reason)
+        return {"_status": {"run": False, "reason": reason, "randomised": []}}
+
     path = run_dir / "sanity.json"
-    if not s.sanity_check or s.sanity_samples == 0 or n == 0:
-        return None
+    if not s.sanity_check:
+        return not_run("disabled in the config ([audit] sanity_check = false)")
+    if s.sanity_samples == 0:
+        return not_run("[audit] sanity_samples = 0")
+    if n == 0:
+        return not_run("no sample to run it on")
     if path.is_file():
-        return json.loads(path.read_text("utf-8"))
+        stored: dict[str, Any] = json.loads(path.read_text("utf-8"))
+        if "_skipped" in stored and "_status" not in stored:  # older runs
+            stored["_status"] = {"run": False, "reason": stored["_skipped"], "randomised": []}
+        return stored
+    from auditor.cam import compute_cams
     from auditor.data import iter_batches
-    from auditor.metrics.sanity import randomisation_sanity_check
+    from auditor.metrics.sanity import downstream_of, randomisation_sanity_check
 
     methods = [m for m in s.methods if m not in ("scorecam", "ablationcam")]
     if not methods:
-        return None
+        out = not_run(
+            "only perturbation methods (Score-CAM/Ablation-CAM) were requested; the check "
+            "runs on gradient and activation methods"
+        )
+        atomic_write_json(path, out)
+        return out
     batch = next(
         iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))), s.sanity_samples))
     )
     if not len(batch):
-        return None
+        return not_run("the first samples could not be read")
+    images = batch.images.to(dev)
     try:
+        head = downstream_of(model, layers[0], images[:2])
+        if not head:
+            raise ValueError(
+                f"no module with parameters runs after the target layer {layers[0]!r}: "
+                "nothing to randomise"
+            )
         res = randomisation_sanity_check(
             model,
-            batch.images.to(dev),
+            images,
             batch.labels.to(dev),
             methods,
             layers[0],
             seed=s.seed,
+            head=head,
+            compute=functools.partial(compute_cams, reshape=reshape),
         )
-    except (ValueError, RuntimeError) as exc:  # e.g. no linear head to randomise
-        log.warning("sanity check skipped: %s", exc)
-        out: dict[str, Any] = {"_skipped": str(exc)}
+    except (ValueError, RuntimeError, TypeError) as exc:
+        out = not_run(str(exc).splitlines()[0][:300])
         atomic_write_json(path, out)
         return out
     out = {
@@ -746,6 +907,12 @@ def _sanity(
             "randomised": list(r.randomised),
         }
         for m, r in res.items()
+    }
+    out["_status"] = {
+        "run": True,
+        "reason": f"randomised the {len(head)} module(s) that compute the logits from "
+        f"{layers[0]!r}",
+        "randomised": list(head),
     }
     atomic_write_json(path, out)
     return out
@@ -902,6 +1069,8 @@ def finalize(
         "metrics_info": {k: to_jsonable(v) for k, v in METRICS.items()},
         **stats,
         "sanity": sanity_clean or None,
+        "sanity_status": (sanity or {}).get("_status")
+        or {"run": False, "reason": "not run", "randomised": []},
         "clusters": clusters or None,
         "settings": to_jsonable(s),
     }

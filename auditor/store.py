@@ -9,10 +9,18 @@ batch, and a run killed at any point loses at most the batch in flight.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
 import json
+import logging
 import os
+import shutil
+import socket
+import sys
 import tempfile
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
@@ -20,27 +28,392 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auditor.errors import AuditorInputError, ResumeMismatchError
+from auditor.errors import (
+    AuditorInputError,
+    DataError,
+    ResumeMismatchError,
+    RunLockedError,
+    StorageError,
+)
 
 SHARD_DIR = "shards"
+LOCK_DIR = "locks"
+MAIN_LOCK = "main"
+#: A file that marks a folder as a cam-auditor run directory (written when it is claimed).
+RUN_MARKER = ".cam-auditor-run"
+#: Names whose presence marks a folder as ours (older run directories have no marker).
+_OURS = (RUN_MARKER, "provenance.json", "summary.json", SHARD_DIR, LOCK_DIR)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+log = logging.getLogger("auditor")
+
+#: errno values that mean "the output location cannot take the write" (exit code 2).
+_STORAGE_ERRNOS = {
+    errno.ENOSPC,
+    errno.EDQUOT,
+    errno.EFBIG,
+    errno.EROFS,
+    errno.EACCES,
+    errno.EPERM,
+    errno.ENOTDIR,
+    errno.EEXIST,
+    errno.EISDIR,
+}
+
+
+def free_space(path: Path) -> str:
+    """Free space of the file system holding ``path`` (nearest existing parent), for messages."""
+    p = Path(path)
+    while not p.exists() and p != p.parent:
+        p = p.parent
+    try:
+        free = float(shutil.disk_usage(p).free)
+    except OSError:
+        return "free space unknown"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if free < 1024 or unit == "TiB":
+            return f"{free:.0f} {unit} free" if unit == "B" else f"{free:.1f} {unit} free"
+        free /= 1024
+    return "free space unknown"  # pragma: no cover
+
+
+def storage_error(exc: OSError, path: Path) -> StorageError:
+    """A one-line :class:`StorageError` for ``exc`` raised while writing ``path``."""
+    why = {
+        errno.ENOSPC: "no space left on device",
+        errno.EDQUOT: "disk quota exceeded",
+        errno.EFBIG: "file too large (file-size limit reached)",
+        errno.EROFS: "read-only file system",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.ENOTDIR: "a path component is a file, not a folder",
+        errno.EEXIST: "exists and is not a folder",
+        errno.EISDIR: "is a folder",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return StorageError(
+        f"cannot write {path}: {why} ({free_space(path)}); nothing was left "
+        f"half-written at a final path"
+    )
+
+
+def is_storage_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is an OSError about the output location (full, read-only, not a dir)."""
+    return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``.
+
+    A failure (disk full, read-only, file-size limit) removes the temporary file and raises
+    :class:`StorageError` naming ``path`` and the free space; the final path keeps its old
+    content (or stays absent): nothing is ever half-written there.
+    """
+    tmp: str | None = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as exc:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                Path(tmp).unlink(missing_ok=True)
+        if is_storage_error(exc):
+            raise storage_error(exc, path) from exc  # type: ignore[arg-type]
         raise
+
+
+def sweep_temp_files(root: Path) -> list[Path]:
+    """Remove temporary files left by killed writers (``.NAME.*.tmp``, ``.report-pdf.*``).
+
+    Call only while holding the run directory's main lock (no live writer then).
+    """
+    removed: list[Path] = []
+    root = Path(root)
+    for folder in (root, root / SHARD_DIR, root / "gallery"):
+        if not folder.is_dir():
+            continue
+        for p in folder.iterdir():
+            if p.name.startswith(".") and (
+                p.name.endswith(".tmp") or p.name.startswith(".report-pdf.")
+            ):
+                with contextlib.suppress(OSError):
+                    p.unlink()
+                    removed.append(p)
+    return removed
+
+
+# -- run-directory locks -----------------------------------------------------------------------
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _read_holder(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text("utf-8")
+    except OSError:
+        return {}
+    try:
+        obj = json.loads(text) if text.strip() else {}
+    except ValueError:
+        return {}
+    return obj if isinstance(obj, dict) else {}
+
+
+def _describe(holder: Mapping[str, Any]) -> str:
+    if not holder:
+        return "another process"
+    parts = [f"PID {holder.get('pid')}"]
+    if holder.get("name") and holder.get("name") != MAIN_LOCK:
+        parts.insert(0, f"writer {holder['name']}:")
+    if holder.get("host") and holder.get("host") != socket.gethostname():
+        parts.append(f"on {holder['host']}")
+    if holder.get("command"):
+        parts.append(f"({str(holder['command'])[:120]})")
+    if holder.get("started"):
+        parts.append(f"since {holder['started']}")
+    return " ".join(parts)
+
+
+class RunLock:
+    """An OS-level lock on a run directory, held for a whole run and released on any exit.
+
+    Usage::
+
+        with RunLock(run_dir, command="auditor run ..."):          # plain run or finalize
+            ...
+        with RunLock.for_shard(run_dir, i, n, command=...):        # shard job / torchrun rank
+            ...
+
+    Locks are ``fcntl.flock`` locks on files under ``<run>/locks/``, so the kernel releases
+    them when the holding process exits for any reason (SIGKILL included); each lock file
+    holds JSON ``{pid, host, command, started}`` of its current holder, for messages.
+
+    * ``name="main"`` (a plain ``auditor run``, ``auditor finalize``, ``auditor demo``): an
+      exclusive lock on ``locks/main.lock``. It fails while any other main holder or any
+      writer lock holder is alive.
+    * any other name, e.g. ``shard-I-of-N`` (:meth:`for_shard`, also used for torchrun rank
+      r of world size N): a SHARED lock on ``locks/main.lock`` plus an exclusive lock on
+      ``locks/<name>.lock``. Writers with different names coexist; the same writer twice, or
+      a writer while a plain run/finalize holds the main lock, fails. So a finalize (main,
+      exclusive) refuses while any writer is alive.
+
+    A failure raises :class:`auditor.errors.RunLockedError` (CLI exit code 2) naming the
+    holder's PID, host and command. A lock file left by a dead process (its PID no longer
+    runs) is stale: the kernel already released it, the next holder takes it over and
+    :attr:`took_over` records the previous holder (logged). Locks are per open file: a second
+    ``RunLock`` on the same name in the same process also fails, except that re-entering
+    the SAME name from the same process through :meth:`acquire` on one object is a no-op.
+
+    Limitations: ``flock`` is advisory and node-local on some network file systems (NFSv3
+    without lockd); on such a file system concurrent runs from different hosts are not caught.
+    """
+
+    def __init__(self, run_dir: str | Path, name: str = MAIN_LOCK, *, command: str | None = None):
+        if not isinstance(name, str) or not name or "/" in name or name.startswith("."):
+            raise ValueError(f"`name` must be a plain lock name such as 'main', got {name!r}")
+        self.run_dir = Path(run_dir)
+        self.name = name
+        self.command = command
+        self.took_over: dict[str, Any] | None = None
+        self._fds: list[int] = []
+
+    @classmethod
+    def for_shard(
+        cls, run_dir: str | Path, index: int, count: int, *, command: str | None = None
+    ) -> RunLock:
+        """The writer lock of shard ``index`` of ``count`` (``locks/shard-I-of-N.lock``)."""
+        if isinstance(index, bool) or isinstance(count, bool) or not 0 <= index < count:
+            raise ValueError(f"shard must satisfy 0 <= index < count, got {index}/{count}")
+        return cls(run_dir, f"shard-{index}-of-{count}", command=command)
+
+    @property
+    def path(self) -> Path:
+        return self.run_dir / LOCK_DIR / f"{self.name}.lock"
+
+    @property
+    def main_path(self) -> Path:
+        return self.run_dir / LOCK_DIR / f"{MAIN_LOCK}.lock"
+
+    @property
+    def held(self) -> bool:
+        return bool(self._fds)
+
+    def _open(self, path: Path) -> int:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            return os.open(path, os.O_RDWR | os.O_CREAT, 0o666 & ~_UMASK)
+        except OSError as exc:
+            if is_storage_error(exc):
+                raise storage_error(exc, path) from exc
+            raise
+
+    def _lock(self, path: Path, mode: int) -> int:
+        fd = self._open(path)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise self._locked_error(path) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return fd
+
+    def _locked_error(self, path: Path) -> RunLockedError:
+        holders = []
+        if path == self.main_path and self.name == MAIN_LOCK:
+            main = _read_holder(path)
+            if main and _pid_alive(int(main.get("pid", -1))):
+                holders.append(main)
+            holders += [h for _, h in held_writer_locks(self.run_dir)]
+        else:
+            holders.append(_read_holder(path))
+        holders = holders or [{}]
+        what = "its main lock" if path == self.main_path else f"lock {path.name}"
+        if self.name == MAIN_LOCK and holders and holders[0].get("name") not in (None, MAIN_LOCK):
+            what = "shard writers are running"
+        return RunLockedError(
+            f"--out {self.run_dir} is in use ({what}: held by "
+            + "; ".join(_describe(h) for h in holders[:4])
+            + (f" and {len(holders) - 4} more" if len(holders) > 4 else "")
+            + "): wait for it to finish or choose another --out",
+            holders[0],
+        )
+
+    def acquire(self) -> RunLock:
+        """Take the lock (non-blocking) or raise :class:`RunLockedError`; returns ``self``."""
+        if self._fds:
+            return self
+        if self.name == MAIN_LOCK:
+            previous = _read_holder(self.main_path) if self.main_path.exists() else {}
+            fd = self._lock(self.main_path, fcntl.LOCK_EX)
+            self._fds = [fd]
+            target_fd, target = fd, self.main_path
+        else:
+            main_fd = self._lock(self.main_path, fcntl.LOCK_SH)
+            try:
+                previous = _read_holder(self.path) if self.path.exists() else {}
+                fd = self._lock(self.path, fcntl.LOCK_EX)
+            except BaseException:
+                os.close(main_fd)
+                raise
+            self._fds = [main_fd, fd]
+            target_fd, target = fd, self.path
+        if previous.get("pid") is not None and previous.get("pid") != os.getpid():
+            self.took_over = previous  # the kernel released it: its holder is gone
+            log.info("taking over the stale lock %s of %s", target, _describe(previous))
+        record = {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "command": self.command or " ".join(sys.argv),
+            "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "name": self.name,
+        }
+        try:
+            os.ftruncate(target_fd, 0)
+            os.pwrite(target_fd, json.dumps(record).encode("utf-8"), 0)
+        except OSError as exc:  # a full disk must not leave the lock held
+            self.release()
+            if is_storage_error(exc):
+                raise storage_error(exc, target) from exc
+            raise
+        return self
+
+    def release(self) -> None:
+        """Release the lock (idempotent). The lock file stays; its content is cleared."""
+        fds, self._fds = self._fds, []
+        for i, fd in enumerate(reversed(fds)):
+            if i == 0:
+                with contextlib.suppress(OSError):
+                    os.ftruncate(fd, 0)
+            with contextlib.suppress(OSError):
+                fcntl.flock(fd, fcntl.LOCK_UN)
+            with contextlib.suppress(OSError):
+                os.close(fd)
+
+    def __enter__(self) -> RunLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+    def __del__(self) -> None:  # a forgotten lock is released with its object
+        with contextlib.suppress(Exception):
+            self.release()
+
+
+def lock_is_held(path: Path) -> bool:
+    """Whether some process (this one included, through another open file) holds ``path``."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken just now
+    return False
+
+
+def held_writer_locks(run_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
+    """``[(name, holder record)]`` of the writer (non-main) locks currently held in ``run_dir``.
+
+    ``auditor finalize`` uses it to name the shard jobs still running.
+    """
+    folder = Path(run_dir) / LOCK_DIR
+    if not folder.is_dir():
+        return []
+    out = []
+    for p in sorted(folder.glob("*.lock")):
+        if p.stem != MAIN_LOCK and lock_is_held(p):
+            out.append((p.stem, _read_holder(p)))
+    return out
+
+
+def claim_run_dir(run_dir: str | Path) -> Path:
+    """Check that ``run_dir`` can be a run directory of ours, create it and mark it.
+
+    Refused (:class:`auditor.errors.StorageError`, exit code 2): a path that is a file, a
+    folder that cannot be written (read-only, permissions; the free space is named), and a
+    NON-EMPTY folder that holds none of our files (a folder of the user's own files would be
+    mixed with, or overwritten by, the audit's outputs).
+    """
+    root = Path(run_dir)
+    if root.exists() and not root.is_dir():
+        raise StorageError(f"--out {root} is a file, not a folder; choose a folder")
+    if root.is_dir():
+        try:
+            entries = [p.name for p in root.iterdir()]
+        except OSError as exc:
+            raise storage_error(exc, root) from exc
+        if entries and not any(n in entries for n in _OURS):
+            shown = ", ".join(sorted(entries)[:3]) + (", …" if len(entries) > 3 else "")
+            raise StorageError(
+                f"--out {root} is a non-empty folder that is not a cam-auditor run directory "
+                f"(it holds {shown}); choose an empty or new folder, so none of your files "
+                f"is overwritten"
+            )
+    marker = root / RUN_MARKER
+    if not marker.exists():
+        atomic_write_bytes(marker, b"cam-auditor run directory\n")
+    elif not os.access(root, os.W_OK):
+        raise storage_error(OSError(errno.EACCES, "permission denied"), root)
+    return root
 
 
 def _json_default(obj: Any) -> Any:
@@ -118,7 +491,7 @@ class RunStore:
                     + ", ".join(changed)
                     + "; use a new --out directory or run without --resume"
                 )
-            return self.completed_batches()
+            return self.completed_batches(validate=True)
         if self.shards.is_dir() and any(self.shards.glob("part-*.parquet")):
             if not resume:
                 raise AuditorInputError(
@@ -131,14 +504,48 @@ class RunStore:
     def write_provenance(self, record: Mapping[str, Any]) -> None:
         atomic_write_json(self.root / "provenance.json", record)
 
-    def completed_batches(self) -> set[int]:
+    def completed_batches(self, *, validate: bool = False) -> set[int]:
+        """Numbers of the batches whose row shard exists (the commit point).
+
+        With ``validate`` (``--resume``) a batch counts only when its three files are
+        readable: a truncated or corrupt shard (a disk that filled up under another tool, a
+        copy cut short) is logged and its batch is computed again instead of failing the run.
+        """
         done = set()
         for p in self.shards.glob("part-*.parquet"):
             try:
-                done.add(int(p.stem.split("-")[1]))
+                b = int(p.stem.split("-")[1])
             except (IndexError, ValueError):
                 continue
+            if validate:
+                problem = self.batch_problem(b)
+                if problem:
+                    log.warning("--resume: batch %d is recomputed: %s", b, problem)
+                    continue
+            done.add(b)
         return done
+
+    def batch_problem(self, batch_no: int) -> str | None:
+        """Why the stored batch ``batch_no`` cannot be used, or ``None`` when it is intact."""
+        part = self.shards / f"part-{batch_no:05d}.parquet"
+        cams = self.shards / f"cams-{batch_no:05d}.npz"
+        skipped = self.shards / f"skipped-{batch_no:05d}.json"
+        try:
+            pq.read_metadata(part)
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types on bad files
+            return f"{part.name} is unreadable ({type(exc).__name__}: {str(exc)[:120]})"
+        try:
+            with np.load(cams, allow_pickle=False) as z:
+                for key in z.files:
+                    z[key]
+        except Exception as exc:  # noqa: BLE001 - zipfile/numpy errors of many types
+            return f"{cams.name} is missing or unreadable ({type(exc).__name__})"
+        try:
+            if not isinstance(json.loads(skipped.read_text("utf-8")), list):
+                return f"{skipped.name} is not a list"
+        except (OSError, ValueError) as exc:
+            return f"{skipped.name} is missing or unreadable ({type(exc).__name__})"
+        return None
 
     # -- shards ---------------------------------------------------------------------------
     def write_batch(
@@ -164,9 +571,16 @@ class RunStore:
 
     def read_rows(self) -> pa.Table:
         """All completed row shards, concatenated and sorted by (index, method)."""
-        tables = [
-            pq.read_table(self.shards / f"part-{b:05d}.parquet") for b in self.batch_numbers()
-        ]
+        tables = []
+        for b in self.batch_numbers():
+            path = self.shards / f"part-{b:05d}.parquet"
+            try:
+                tables.append(pq.read_table(path))
+            except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+                raise DataError(
+                    f"run directory shard {path} is unreadable ({type(exc).__name__}); rerun "
+                    f"with --resume to recompute it"
+                ) from exc
         tables = [t for t in tables if t.num_rows]
         if not tables:
             return pa.table({})

@@ -82,7 +82,7 @@ def test_bad_audit_values(tmp_path: Path, audit: str, match: str) -> None:
 
 def test_model_needs_exactly_one_source(tmp_path: Path) -> None:
     text = BASE.replace("[model]\n", '[model]\ntorchvision = "resnet18"\n')
-    with pytest.raises(ConfigError, match="exactly one of factory, torchvision or file"):
+    with pytest.raises(ConfigError, match="exactly one of factory, torchvision"):
         load_config(write(tmp_path, text))
 
 

@@ -125,14 +125,14 @@ def test_torchscript_refused_without_trust_and_cams_work_with_it(tmp_path: Path)
 
 
 def test_torchvision_with_num_classes() -> None:
-    loaded = load_model(ModelConfig(torchvision="resnet18", num_classes=5))
+    loaded = load_model(ModelConfig(torchvision="resnet18", num_classes=5, random_weights=True))
     assert loaded.module.fc.out_features == 5
     assert loaded.parameters > 10_000_000
 
 
 def test_unknown_torchvision_arch_suggests() -> None:
     with pytest.raises(ModelLoadError, match="resnet18"):
-        load_model(ModelConfig(torchvision="resnet81", num_classes=2))
+        load_model(ModelConfig(torchvision="resnet81", num_classes=2, random_weights=True))
 
 
 def test_factory_import_error_names_module(tmp_path: Path) -> None:

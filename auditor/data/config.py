@@ -40,6 +40,7 @@ _COMMON_KEYS = frozenset(
         "input_size",
         "mean",
         "std",
+        "channels",
         "resize",
         "max_image_pixels",
         "max_file_bytes",
@@ -87,8 +88,9 @@ class DataConfig:
     classes: tuple[str, ...] | None = None
     classes_file: Path | None = None
     input_size: tuple[int, int] = (224, 224)
-    mean: tuple[float, float, float] = IMAGENET_MEAN
-    std: tuple[float, float, float] = IMAGENET_STD
+    mean: tuple[float, ...] = IMAGENET_MEAN
+    std: tuple[float, ...] = IMAGENET_STD
+    channels: int = 3
     resize: str = "direct"
     max_image_pixels: int = 40_000_000
     max_file_bytes: int = 256 * 1024 * 1024
@@ -153,18 +155,21 @@ def _str_list(value: Any, key: str, source: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _triple(value: Any, key: str, source: str, *, positive: bool) -> tuple[float, float, float]:
+def _triple(
+    value: Any, key: str, source: str, *, positive: bool, n: int = 3
+) -> tuple[float, ...]:
     if (
         not isinstance(value, list)
-        or len(value) != 3
+        or len(value) != n
         or not all(isinstance(v, int | float) and not isinstance(v, bool) for v in value)
     ):
-        raise _err(source, key, f"must be a list of 3 numbers, got {value!r}")
+        extra = f" (one per channel: [data] channels = {n})" if n != 3 else ""
+        raise _err(source, key, f"must be a list of {n} numbers{extra}, got {value!r}")
     out = tuple(float(v) for v in value)
     if not all(math.isfinite(v) for v in out) or (positive and not all(v > 0 for v in out)):
         cond = "finite and > 0" if positive else "finite"
         raise _err(source, key, f"values must be {cond}, got {value!r}")
-    return out  # type: ignore[return-value]
+    return out
 
 
 def _positive_int(value: Any, key: str, source: str) -> int:
@@ -313,10 +318,23 @@ def parse_data_section(table: Mapping[str, Any], base_dir: Path, source: str) ->
 
     if "input_size" in table:
         kwargs["input_size"] = _input_size(table["input_size"], source)
+    channels = 3
+    if "channels" in table:
+        channels = table["channels"]
+        if isinstance(channels, bool) or channels not in (1, 3):
+            raise _err(source, "channels", f"must be 1 or 3, got {channels!r}")
+        kwargs["channels"] = channels
+        if channels == 1 and ("mean" not in table or "std" not in table):
+            raise _err(
+                source,
+                "channels",
+                "channels = 1 needs `mean` and `std` with one value each (the model's grey "
+                "normalisation, e.g. mean = [0.5], std = [0.25])",
+            )
     if "mean" in table:
-        kwargs["mean"] = _triple(table["mean"], "mean", source, positive=False)
+        kwargs["mean"] = _triple(table["mean"], "mean", source, positive=False, n=channels)
     if "std" in table:
-        kwargs["std"] = _triple(table["std"], "std", source, positive=True)
+        kwargs["std"] = _triple(table["std"], "std", source, positive=True, n=channels)
     for key in ("max_image_pixels", "max_file_bytes"):
         if key in table:
             kwargs[key] = _positive_int(table[key], key, source)
@@ -341,7 +359,11 @@ def validate_choices(config: DataConfig) -> None:
     h, w = config.input_size
     if h <= 0 or w <= 0:
         raise ConfigError(f"DataConfig.input_size must be positive, got {config.input_size!r}")
-    if len(config.mean) != 3 or len(config.std) != 3 or any(s <= 0 for s in config.std):
+    n = config.channels
+    if n not in (1, 3):
+        raise ConfigError(f"DataConfig.channels must be 1 or 3, got {n!r}")
+    if len(config.mean) != n or len(config.std) != n or any(s <= 0 for s in config.std):
         raise ConfigError(
-            f"DataConfig.mean/std must have 3 values, std > 0; got {config.mean!r}, {config.std!r}"
+            f"DataConfig.mean/std must have {n} value(s) (channels = {n}), std > 0; got "
+            f"{config.mean!r}, {config.std!r}"
         )

@@ -18,7 +18,7 @@ from auditor.errors import DataError
 __all__ = ["IMAGE_EXTENSIONS", "read_imagefolder"]
 
 IMAGE_EXTENSIONS: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm"}
+    {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".dcm"}
 )
 
 

@@ -33,9 +33,12 @@ __all__ = [
     "BadSample",
     "DecodedImage",
     "binary_from_values",
+    "decode_dicom",
     "decode_image",
     "decode_mask_values",
+    "is_dicom",
     "read_bytes",
+    "scale_high_bit_depth",
     "sha256_bytes",
     "trimap_to_mask",
 ]
@@ -135,13 +138,119 @@ class DecodedImage:
     notes: tuple[str, ...]
 
 
+def is_dicom(data: bytes) -> bool:
+    """DICOM Part 10 file: a 128-byte preamble then ``b"DICM"``."""
+    return len(data) >= 132 and data[128:132] == b"DICM"
+
+
+def _to_uint8(values: np.ndarray, lo: float, hi: float) -> np.ndarray:
+    """Linear map of ``[lo, hi]`` to ``[0, 255]``, clipped; a constant range gives 0."""
+    x = values.astype(np.float64)
+    span = hi - lo
+    out = np.zeros_like(x) if span <= 0 else np.clip((x - lo) / span, 0.0, 1.0) * 255.0
+    return np.rint(out).astype(np.uint8)
+
+
+def scale_high_bit_depth(arr: np.ndarray) -> tuple[np.ndarray, str]:
+    """16-bit (or 32-bit integer) grey → uint8 by the data's true range.
+
+    Images often hold 10/12/14-bit data in a 16-bit container (a 12-bit X-ray stored as
+    16-bit PNG peaks at 4095: dividing by 257 would make it nearly black). The bit depth used
+    is the smallest of 8, 10, 12, 14, 16 that holds the image's maximum, so a device's images
+    keep one common scale: ``v8 = round(255 * v / (2**bits - 1))``. Negative or wider values
+    (32-bit TIFF) are mapped by their min..max. Returns ``(uint8 array, note)``.
+    """
+    a = np.asarray(arr)
+    vmin, vmax = (int(a.min()), int(a.max())) if a.size else (0, 0)
+    if vmin >= 0 and vmax <= 65535:
+        bits = next(b for b in (8, 10, 12, 14, 16) if vmax <= 2**b - 1)
+        return _to_uint8(a, 0.0, float(2**bits - 1)), f"{bits}-bit grey data scaled to 8 bits"
+    return _to_uint8(a, float(vmin), float(vmax)), (
+        f"grey data in [{vmin}, {vmax}] scaled to 8 bits by its range"
+    )
+
+
+def decode_dicom(data: bytes, max_pixels: int) -> tuple[Image.Image, tuple[str, ...]]:
+    """A DICOM image (``.dcm``, via pydicom) → 8-bit grey (or RGB) for the audit.
+
+    Display pipeline of DICOM PS3.3 / PS3.4: stored values → Modality LUT (Rescale Slope and
+    Intercept: ``u = slope * v + intercept``) → VOI: the linear window of C.11.2.1.2
+    (``y = ((u - (c - 0.5)) / (w - 1) + 0.5)`` clipped to [0, 1], first Window Center/Width),
+    else a VOI LUT Sequence (pydicom ``apply_voi_lut``, then its output range), else the
+    image's min..max (noted) → ``MONOCHROME1`` inverted (its 0 is white) → 8 bits. Multi-frame
+    files use the first frame (noted). Requires ``pip install cam-auditor[dicom]``.
+    """
+    try:
+        import pydicom
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError as exc:
+        raise BadSample(
+            f"DICOM image needs pydicom, which is not installed: pip install "
+            f"'cam-auditor[dicom]' ({exc})"
+        ) from exc
+    notes: list[str] = []
+    try:
+        with warnings.catch_warnings():  # malformed files warn before they fail: the reason
+            warnings.simplefilter("ignore")  # goes to the skip list instead
+            ds = pydicom.dcmread(io.BytesIO(data))
+        rows, cols = int(ds.Rows), int(ds.Columns)
+        if rows * cols > max_pixels:
+            raise BadSample(f"DICOM image too large: {cols}x{rows} > max_image_pixels")
+        arr = ds.pixel_array
+    except BadSample:
+        raise
+    except Exception as exc:  # noqa: BLE001 - pydicom raises many types for bad files
+        first = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
+        raise BadSample(f"unreadable DICOM image: {first}") from exc
+    photometric = str(getattr(ds, "PhotometricInterpretation", "MONOCHROME2")).upper()
+    frames = int(getattr(ds, "NumberOfFrames", 1) or 1)
+    samples = int(getattr(ds, "SamplesPerPixel", 1) or 1)
+    if frames > 1:
+        arr = arr[0]
+        notes.append(f"multi-frame DICOM ({frames} frames): first frame used")
+    if samples == 3:
+        if photometric != "RGB" or arr.dtype != np.uint8:
+            raise BadSample(f"unsupported colour DICOM ({photometric}, {arr.dtype})")
+        return Image.fromarray(np.ascontiguousarray(arr), mode="RGB"), tuple(notes)
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        raise BadSample(f"unsupported DICOM photometric interpretation {photometric!r}")
+    values = np.asarray(apply_modality_lut(arr, ds), dtype=np.float64)
+    center, width = getattr(ds, "WindowCenter", None), getattr(ds, "WindowWidth", None)
+    if center is not None and width is not None:
+        c = float(center[0] if isinstance(center, pydicom.multival.MultiValue) else center)
+        w = float(width[0] if isinstance(width, pydicom.multival.MultiValue) else width)
+        if w < 1:
+            raise BadSample(f"DICOM Window Width must be >= 1, got {w}")
+        y = np.clip((values - (c - 0.5)) / max(w - 1, 1e-12) + 0.5, 0.0, 1.0)
+        out = np.rint(y * 255.0).astype(np.uint8)
+        notes.append(f"DICOM window center {c:g} width {w:g} applied")
+    elif "VOILUTSequence" in ds:
+        lut = np.asarray(apply_voi_lut(arr, ds), dtype=np.float64)
+        desc = ds.VOILUTSequence[0].LUTDescriptor
+        bits = int(desc[2]) if len(desc) > 2 else 16
+        out = _to_uint8(lut, 0.0, float(2**bits - 1))
+        notes.append("DICOM VOI LUT applied")
+    else:
+        out = _to_uint8(values, float(values.min()), float(values.max()))
+        notes.append("DICOM without a window: scaled by the image's min..max")
+    if photometric == "MONOCHROME1":
+        out = 255 - out
+        notes.append("MONOCHROME1 inverted (0 is white)")
+    return Image.fromarray(out, mode="L").convert("RGB"), tuple(notes)
+
+
 def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     """Decode image bytes to RGB in the displayed (EXIF-transposed) orientation.
 
     Modes: ``RGB`` kept; ``L``/``1``/``P``/``CMYK``/``YCbCr``/``LAB``/``HSV`` converted with
     PIL; alpha channels (``RGBA``/``LA``/``PA``/``P`` with transparency) are dropped with a
-    note; 16-bit grey is scaled by 1/257 to 8 bits with a note; other modes are skipped.
+    note; 16-bit (and 32-bit integer) grey is scaled to 8 bits by its true range
+    (:func:`scale_high_bit_depth`) with a note; DICOM files go through :func:`decode_dicom`;
+    other modes are skipped.
     """
+    if is_dicom(data):
+        image, dicom_notes = decode_dicom(data, max_pixels)
+        return DecodedImage(image, sha256_bytes(data), image.size, dicom_notes)
     im = _open_checked(data, "image", max_pixels)
     notes: list[str] = []
     n_frames = int(getattr(im, "n_frames", 1))
@@ -155,10 +264,10 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
     if im.size != stored_size:
         notes.append("EXIF orientation applied (image rotated to its displayed orientation)")
     mode = im.mode
-    if mode in ("I;16", "I;16L", "I;16B", "I;16N"):
-        arr = np.asarray(im, dtype=np.uint16)
-        im = Image.fromarray((arr // 257).astype(np.uint8), mode="L")
-        notes.append("16-bit grey image scaled to 8 bits")
+    if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
+        scaled, note = scale_high_bit_depth(np.asarray(im))
+        im = Image.fromarray(scaled, mode="L")
+        notes.append(note)
         mode = "L"
     if mode in ("RGBA", "LA", "PA", "La", "RGBa") or (mode == "P" and "transparency" in im.info):
         notes.append(f"alpha channel of {mode} image dropped")

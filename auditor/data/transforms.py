@@ -76,11 +76,23 @@ def resize_mask(mask: np.ndarray, size: tuple[int, int], mode: str) -> np.ndarra
 
 
 def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) -> Tensor:
-    """uint8 ``[H, W, 3]`` -> float32 ``[3, H, W]`` with ``x = (v / 255 - mean_c) / std_c``."""
+    """uint8 ``[H, W, 3]`` -> float32 ``[C, H, W]`` with ``x = (v / 255 - mean_c) / std_c``.
+
+    ``C = len(mean)``: 3, or 1 for grey models (``[data] channels = 1``), where ``v`` is the
+    luma ``L = (299 R + 587 G + 114 B) / 1000`` (ITU-R 601, PIL's ``"L"`` conversion; exact
+    for grey images, whose three channels are equal).
+    """
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"`image` must be uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
-    if len(mean) != 3 or len(std) != 3:
-        raise ValueError(f"`mean`/`std` must have 3 values, got {list(mean)!r}, {list(std)!r}")
+    if len(mean) != len(std) or len(mean) not in (1, 3):
+        raise ValueError(
+            f"`mean`/`std` must have 3 (or 1) values each, got {list(mean)!r}, {list(std)!r}"
+        )
+    if len(mean) == 1:
+        rgb = image.astype(np.float32)
+        luma = (rgb[..., 0] * 299 + rgb[..., 1] * 587 + rgb[..., 2] * 114) / 1000.0
+        grey = torch.from_numpy(np.ascontiguousarray(luma))[None]
+        return (grey / 255.0 - float(mean[0])) / float(std[0])
     # channel-first uint8 copy first (cheap), then one float conversion and two in-place ops:
     # x = v * (1 / (255 std)) - mean / std, the same affine map with fewer passes over memory
     t = torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1))).to(torch.float32)

@@ -38,6 +38,7 @@ from torch import Tensor, nn
 
 __all__ = [
     "SanityResult",
+    "downstream_of",
     "find_head",
     "randomisation_sanity_check",
     "randomised_copy",
@@ -175,6 +176,59 @@ def find_head(model: nn.Module) -> tuple[str, ...]:
         )
     head = tuple(n for i, n in linears if i > last_conv)
     return head or (linears[-1][1],)
+
+
+def downstream_of(model: nn.Module, layer: str, example: Tensor) -> tuple[str, ...]:
+    """Names of the parameterised modules that produce the logits from ``layer``'s output.
+
+    One dry forward (eval, no_grad) records, with forward pre-hooks, which modules *start*
+    after ``layer`` has finished: those compute the logits from the layer's output (for a CNN
+    with ``layer4``: the classifier; for a ViT explained at ``blocks[-1].norm1``: the rest of
+    the last block, the final norm and the head). Modules with parameters are returned in the
+    order they start, outermost only (a module whose ancestor is listed is left out).
+    Randomising them is the model-randomisation test of what the map can depend on (Adebayo et
+    al. 2018).
+
+    Raises:
+        ValueError: ``layer`` is not a submodule or did not run.
+    """
+    modules = dict(model.named_modules())
+    if layer not in modules:
+        raise ValueError(f"`layer` {layer!r} is not a submodule of {type(model).__name__}")
+    state = {"done": False}
+    after: list[str] = []
+
+    def pre(name: str) -> Callable[..., None]:
+        def hook(_m: nn.Module, _i: object) -> None:
+            if state["done"]:
+                after.append(name)
+
+        return hook
+
+    def finished(_m: nn.Module, _i: object, _o: object) -> None:
+        state["done"] = True
+
+    flags = {m: m.training for m in model.modules()}
+    handles = [m.register_forward_pre_hook(pre(n)) for n, m in modules.items() if n]
+    handles.append(modules[layer].register_forward_hook(finished))
+    try:
+        model.eval()
+        with torch.no_grad():
+            model(example)
+    finally:
+        for handle in handles:
+            handle.remove()
+        for module, flag in flags.items():
+            module.training = flag
+    if not state["done"]:
+        raise ValueError(f"`layer` {layer!r} did not run during the forward")
+    seen: list[str] = []
+    for name in dict.fromkeys(after):  # start order: a container before its children
+        if any(name.startswith(p + ".") for p in seen):
+            continue
+        if any(True for _ in modules[name].parameters()):
+            seen.append(name)
+    return tuple(seen)
 
 
 def _reinit_(module: nn.Module, generator: torch.Generator) -> None:

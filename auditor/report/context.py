@@ -41,7 +41,16 @@ _INTERVENTION_KEYS = (
     "n",
 )
 _STAT_KEYS = ("mean", "ci_low", "ci_high", "n", "n_nan")
-_MODEL_KEYS = ("name", "source", "sha256", "target_layer", "num_classes", "parameters")
+_MODEL_KEYS = (
+    "name",
+    "source",
+    "sha256",
+    "target_layer",
+    "num_classes",
+    "parameters",
+    "target_layer_reason",
+    "reshape",
+)
 _DATASET_KEYS = (
     "name",
     "format",
@@ -128,6 +137,24 @@ def _d(value: object) -> dict[str, Any]:
 def _with_keys(value: object, keys: tuple[str, ...]) -> dict[str, Any]:
     """A copy of a summary object with every key the templates read present (None if absent)."""
     return {**{k: None for k in keys}, **_d(value)}
+
+
+def _reshape_text(value: object) -> str | None:
+    """One line for the report: how the target layer's output became a grid."""
+    r = _d(value)
+    kind = r.get("kind")
+    if not kind:
+        return None
+    if kind == "none":
+        return "none: the layer outputs [B, K, h, w]"
+    if kind == "channels_last":
+        return "channels-last [B, h, w, D] permuted to [B, D, h, w]"
+    if kind == "tokens":
+        grid = r.get("grid")
+        g = f"{grid[0]}x{grid[1]}" if isinstance(grid, list) and len(grid) == 2 else "square"
+        src = f" ({r['source']})" if r.get("source") else ""
+        return f"tokens: {r.get('prefix_tokens')} prefix token(s) dropped, {g} grid{src}"
+    return str(kind)
 
 
 def _stat(value: object) -> dict[str, Any]:
@@ -580,6 +607,8 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "rules": [(str(k), str(v)) for k, v in _d(summary.get("rules")).items()],
         "faithfulness": faith,
         "sanity": sanity,
+        "sanity_status": _d(summary.get("sanity_status")) or None,
+        "reshape_text": _reshape_text(model.get("reshape")),
         "versions": versions,
         "timings": [(str(k), v) for k, v in _d(run.get("timings")).items()],
         "config_text": (
