@@ -8,6 +8,7 @@ The curated public API (pinned by ``tests/test_public_api.py``)::
     auditor.render_report("runs/v2", pdf=True)           # re-render without the model
     auditor.compare_runs("runs/v1", "runs/v2", out="runs/v1-vs-v2")
     cams = auditor.compute_cams(model, images, labels, methods=("gradcam", "layercam"))
+    run = auditor.load_run("runs/v2")                    # pandas: .samples .classes .findings
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ __all__ = [
     "compare_runs",
     "compute_cams",
     "load_config",
+    "load_run",
     "render_report",
     "run_audit",
     "run_demo",
@@ -52,6 +54,7 @@ _LAZY = {
     "run_audit": "auditor.runner",
     "run_demo": "auditor.demo",
     "load_config": "auditor.config",
+    "load_run": "auditor.notebook",
     "render_report": "auditor.report",
     "compare_runs": "auditor.compare",
     "compute_cams": "auditor.cam",

@@ -62,6 +62,7 @@ from auditor._version import __version__
 from auditor.analysis import AGG_METRICS, FAITH_METRICS, gate_result
 from auditor.config import GateRule
 from auditor.errors import AuditorError, AuditorInputError, ConfigError
+from auditor.results import GateResult, Gates
 from auditor.stats import (
     bootstrap_mean_ci,
     grouped_bootstrap_mean_ci,
@@ -493,7 +494,7 @@ def evaluate_comparison_gates(
     ``{"passed", "results": [{rule, class, quantity, stat, value, threshold, bound, passed,
     note}]}``, the shape of ``summary["gates"]``.
     """
-    results: list[dict[str, Any]] = []
+    results: list[GateResult] = []
     for rule in rules:
         if rule.scope != "compare":
             raise ValueError(f"`rules` must have scope 'compare', got {rule.scope!r} ({rule.name})")
@@ -517,7 +518,7 @@ def evaluate_comparison_gates(
                         lo2, hi2 = (lo, hi) if sign > 0 else (-hi, -lo)
                         value = lo2 if rule.stat == "ci_low" else hi2
             results.append(gate_result(rule, cls, value, f"{base} not available in both runs"))
-    return {"passed": all(r["passed"] for r in results), "results": results}
+    return Gates.of(results).to_json()
 
 
 # --------------------------------------------------------------------------------------------
@@ -1153,7 +1154,7 @@ def compare_runs(
     atomic_write_table(
         out_dir / "comparison.parquet", pa.concat_tables(tables, promote_options="default")
     )
-    from auditor.runner import write_junit
+    from auditor.export import write_junit
 
     write_junit(
         out_dir / "junit.xml",

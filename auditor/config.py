@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import difflib
 import hashlib
+import math
+import re
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -200,6 +202,45 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
     )
 
 
+_DEVICE_RE = re.compile(r"^(cpu|cuda|mps|xpu)(:\d+)?$")
+
+
+def check_device(device: Any, where: str) -> str:
+    """``device`` if it is a torch device string (``cpu``, ``cuda``, ``cuda:1``, ``mps``).
+
+    Only the spelling is checked here (no torch import); availability is checked by
+    :func:`check_device_available` before the model is loaded.
+    """
+    if not isinstance(device, str) or not _DEVICE_RE.match(device) or device.startswith("cpu:"):
+        close = _suggest(str(device), ["cpu", "cuda", "cuda:0", "mps"])
+        raise ConfigError(f"{where} must be cpu, cuda, cuda:N or mps, got {device!r}{close}")
+    return device
+
+
+def check_device_available(device: str, where: str = "--device") -> None:
+    """Refuse a device this machine does not have (before any model or data is touched)."""
+    import torch
+
+    kind, _, index = device.partition(":")
+    if kind == "cuda":
+        if not torch.cuda.is_available():
+            raise ConfigError(f"{where} {device}: CUDA is not available on this machine")
+        if index and int(index) >= torch.cuda.device_count():
+            raise ConfigError(
+                f"{where} {device}: this machine has {torch.cuda.device_count()} CUDA device(s)"
+            )
+    elif kind == "mps" and not (
+        getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()
+    ):
+        raise ConfigError(f"{where} {device}: MPS is not available on this machine")
+    elif kind == "xpu" and not (hasattr(torch, "xpu") and torch.xpu.is_available()):
+        raise ConfigError(f"{where} {device}: XPU is not available on this machine")
+
+
+#: Fewest bootstrap replicates accepted: an interval needs replicates beyond both ends.
+MIN_BOOTSTRAP = 50
+
+
 @dataclass(frozen=True)
 class AuditSettings:
     """The ``[audit]`` section: methods, targets and which analyses run."""
@@ -228,6 +269,9 @@ class AuditSettings:
     gallery_per_class: int = 4
     autocast: str | None = None
     limit: int | None = None
+    #: batches on which the model may raise (their samples are skipped with the error as the
+    #: reason) before the run stops with exit code 2 naming the model
+    max_failed_batches: int = 3
 
     @property
     def primary(self) -> str:
@@ -297,14 +341,24 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         "num_workers",
         "gallery_per_class",
         "pointing_tolerance",
+        "max_failed_batches",
     ):
         if getattr(settings, name) < 0:
             raise ConfigError(
                 f"{source}: [audit] {name} must be >= 0, got {getattr(settings, name)}"
             )
+    if settings.seed < 0:
+        raise ConfigError(f"{source}: [audit] seed must be >= 0, got {settings.seed}")
+    check_device(settings.device, f"{source}: [audit] device")
     if not 0.5 <= settings.confidence < 1:
         raise ConfigError(
             f"{source}: [audit] confidence must be in [0.5, 1), got {settings.confidence}"
+        )
+    need = max(MIN_BOOTSTRAP, math.ceil(2 / max(1e-9, 1 - settings.confidence)))
+    if settings.bootstrap < need:
+        raise ConfigError(
+            f"{source}: [audit] bootstrap must be >= {need} (replicates beyond both ends of a "
+            f"{settings.confidence:.0%} interval), got {settings.bootstrap}"
         )
     if not 0 < settings.iou_threshold <= 1:
         raise ConfigError(
@@ -401,6 +455,10 @@ def _parse_gates(
                 raise ConfigError(f"{source}: {where} {nm} must be a number, got {v!r}")
         if lo is None and hi is None:
             raise ConfigError(f"{source}: {where} needs min or max")
+        if raw.get("method") is not None and not isinstance(raw.get("method"), str):
+            raise ConfigError(
+                f"{source}: {where} method must be a method name, got {raw['method']!r}"
+            )
         classes = raw.get("classes")
         if classes is not None and (
             not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
@@ -421,6 +479,73 @@ def _parse_gates(
     return tuple(rules)
 
 
+#: Gate quantities that exist only when the analysis producing them runs.
+INTERVENTION_QUANTITIES = (
+    "only_fg_drop",
+    "background_gap",
+    "only_fg_accuracy",
+    "only_bg_accuracy",
+    "mixed_rand_accuracy",
+)
+FAITHFULNESS_QUANTITIES = (
+    "deletion_auc",
+    "insertion_auc",
+    "average_drop",
+    "increase_in_confidence",
+)
+
+
+def check_gates(
+    gates: tuple[GateRule, ...],
+    *,
+    settings: AuditSettings,
+    classes: Any = None,
+    source: str = "<config>",
+) -> None:
+    """Refuse gates that could never be checked as written (they would pass or fail silently).
+
+    Thresholds must be finite and ``min <= max``; ``method`` must be one of ``[audit]
+    methods``; a gate on an intervention or faithfulness quantity needs that analysis on;
+    ``classes`` must name classes of the dataset (checked when ``classes`` is given: from
+    ``[data] classes`` at load time, else right after the dataset is read, before the model).
+    """
+    names = None if classes is None else list(classes)
+    for rule in gates:
+        where = f"{source}: [gates] {rule.name}"
+        for bound in ("min", "max"):
+            v = getattr(rule, bound)
+            if v is not None and not math.isfinite(v):
+                raise ConfigError(f"{where}: {bound} must be a finite number, got {v!r}")
+        if rule.min is not None and rule.max is not None and rule.min > rule.max:
+            raise ConfigError(
+                f"{where}: min {rule.min:g} > max {rule.max:g}: no value can pass this gate"
+            )
+        if rule.scope == "compare":
+            continue
+        if rule.method is not None and rule.method not in settings.methods:
+            raise ConfigError(
+                f"{where}: method {rule.method!r} is not run ([audit] methods = "
+                f"{list(settings.methods)}){_suggest(rule.method, settings.methods)}"
+            )
+        if rule.quantity in INTERVENTION_QUANTITIES and not settings.interventions:
+            raise ConfigError(
+                f"{where}: {rule.quantity} needs the interventions, but [audit] interventions "
+                f"= false"
+            )
+        if rule.quantity in FAITHFULNESS_QUANTITIES and settings.faithfulness_samples == 0:
+            raise ConfigError(
+                f"{where}: {rule.quantity} needs faithfulness, but [audit] faithfulness_samples = 0"
+            )
+        if rule.classes and names is not None:
+            unknown = [c for c in rule.classes if c not in names]
+            if unknown:
+                raise ConfigError(
+                    f"{where}: classes {unknown!r} are not classes of the dataset"
+                    f"{_suggest(unknown[0], names)}; classes: {', '.join(names[:10])}"
+                    + (" …" if len(names) > 10 else "")
+                )
+
+
 @dataclass(frozen=True)
 class ReportSettings:
     """The ``[report]`` section."""
@@ -434,11 +559,17 @@ class ReportSettings:
 def _parse_report(table: Mapping[str, Any], base: Path, source: str) -> ReportSettings:
     check_keys(table, ("title", "pdf", "templates", "pdf_timeout_s"), "report", source)
     tpl = _typed(table, "templates", str, None, "report", source)
+    timeout = float(_typed(table, "pdf_timeout_s", (int, float), 600.0, "report", source))
+    if not (math.isfinite(timeout) and timeout > 0):
+        raise ConfigError(
+            f"{source}: [report] pdf_timeout_s must be a positive number of seconds, "
+            f"got {table.get('pdf_timeout_s')!r}"
+        )
     return ReportSettings(
         title=_typed(table, "title", str, ReportSettings.title, "report", source),
         pdf=_typed(table, "pdf", bool, True, "report", source),
         templates=(base / tpl).resolve() if tpl else None,
-        pdf_timeout_s=float(_typed(table, "pdf_timeout_s", (int, float), 600.0, "report", source)),
+        pdf_timeout_s=timeout,
     )
 
 
@@ -472,11 +603,15 @@ def parse_config(
             raise ConfigError(f"{source}: [{section}] must be a table")
     base = base_dir.resolve()
     digest = sha256 or hashlib.sha256(repr(sorted(raw.items())).encode()).hexdigest()
+    data = parse_data_section(raw["data"], base, source)
+    audit = _parse_audit(raw.get("audit", {}), source)
+    gates = _parse_gates(raw.get("gates", {}), source, tuple(METRICS))
+    check_gates(gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     return AuditConfig(
         model=_parse_model(raw["model"], base, source),
-        data=parse_data_section(raw["data"], base, source),
-        audit=_parse_audit(raw.get("audit", {}), source),
-        gates=_parse_gates(raw.get("gates", {}), source, tuple(METRICS)),
+        data=data,
+        audit=audit,
+        gates=gates,
         report=_parse_report(raw.get("report", {}), base, source),
         source=None,
         sha256=digest,
@@ -514,6 +649,14 @@ def with_overrides(cfg: AuditConfig, **audit_changes: Any) -> AuditConfig:
     from dataclasses import replace
 
     changes = {k: v for k, v in audit_changes.items() if v is not None}
+    if "device" in changes:
+        check_device(changes["device"], "--device")
+    if "limit" in changes and (
+        isinstance(changes["limit"], bool)
+        or not isinstance(changes["limit"], int)
+        or changes["limit"] < 1
+    ):
+        raise ConfigError(f"--limit must be an integer >= 1, got {changes['limit']!r}")
     return replace(cfg, audit=replace(cfg.audit, **changes))
 
 

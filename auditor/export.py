@@ -1,4 +1,4 @@
-"""Spreadsheet exports of a run's ``summary.json``: per-class table and findings, as CSV.
+"""Exports of an audit result: per-class table and findings as CSV, gate checks as JUnit XML.
 
 Class names, finding messages and evidence come from user data (folder names, annotation
 files) and end up in a spreadsheet. A cell that starts with ``=``, ``+``, ``-``, ``@``, a tab or
@@ -29,6 +29,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from auditor.results import AuditResult, thaw
 from auditor.store import atomic_write_bytes, clean_nan
 
 __all__ = [
@@ -38,6 +39,7 @@ __all__ = [
     "neutralise",
     "per_class_rows",
     "write_findings_csv",
+    "write_junit",
     "write_per_class_csv",
 ]
 
@@ -118,89 +120,76 @@ def _plain(value: Any) -> str:
     return "" if value is None else str(value)
 
 
-def _get(mapping: Any, *keys: str) -> Any:
-    for key in keys:
-        if not isinstance(mapping, Mapping) or key not in mapping:
-            return None
-        mapping = mapping[key]
-    return mapping
-
-
-def _ci(value: Any) -> tuple[Any, Any]:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return value[0], value[1]
-    return None, None
-
-
-def _check_summary(summary: Any) -> None:
+def _result(summary: Any) -> AuditResult:
+    """The typed result of ``summary`` (an :class:`AuditResult` or a summary.json mapping)."""
+    if isinstance(summary, AuditResult):
+        return summary
     if not isinstance(summary, Mapping):
         raise TypeError(f"`summary` must be a mapping (summary.json), got {type(summary).__name__}")
     if not isinstance(summary.get("classes", {}), Mapping):
         raise ValueError(
             f"`summary['classes']` must be a mapping, got {type(summary['classes']).__name__}"
         )
+    return AuditResult.from_json(summary)
 
 
-def _metric_names(summary: Mapping[str, Any], method: str | None) -> list[str]:
+def _metric_names(result: AuditResult, method: str | None) -> list[str]:
     """Metric names of the primary method, in first-seen order across overall and classes."""
     names: list[str] = []
-    tables = [_get(summary, "overall", "metrics", method or "")]
-    tables += [_get(c, "metrics", method or "") for c in summary.get("classes", {}).values()]
+    tables = [result.overall.metrics.get(method or "")]
+    tables += [c.metrics.get(method or "") for c in result.classes.values()]
     for table in tables:
-        if isinstance(table, Mapping):
+        if table is not None:
             names.extend(k for k in table if k not in names)
     return names
 
 
-def per_class_rows(summary: Mapping[str, Any]) -> list[list[Any]]:
-    """Header + one row per class of ``summary`` (raw values, before :func:`csv_cell`).
+def per_class_rows(summary: AuditResult | Mapping[str, Any]) -> list[list[Any]]:
+    """Header + one row per class (raw values, before :func:`csv_cell`).
 
+    ``summary`` is an :class:`~auditor.results.AuditResult` or a ``summary.json`` mapping.
     Columns: ``class, n, accuracy, accuracy_ci_low, accuracy_ci_high, method``, then for each
     metric of the primary method ``<metric>_mean, <metric>_ci_low, <metric>_ci_high``, then
     the intervention accuracies (:data:`INTERVENTION_KEYS`), ``flagged`` and ``flags``.
 
     Raises:
-        TypeError: ``summary`` is not a mapping.
+        TypeError: ``summary`` is neither a result nor a mapping.
         ValueError: ``summary['classes']`` is not a mapping.
     """
-    _check_summary(summary)
-    method = summary.get("primary_method") or next(iter(summary.get("methods") or []), None)
-    metrics = _metric_names(summary, method)
+    result = _result(summary)
+    method = result.primary_method or None
+    metrics = _metric_names(result, method)
     header: list[Any] = ["class", "n", "accuracy", "accuracy_ci_low", "accuracy_ci_high"]
     header.append("method")
     for m in metrics:
         header += [f"{m}_mean", f"{m}_ci_low", f"{m}_ci_high"]
     header += list(INTERVENTION_KEYS) + ["flagged", "flags"]
     rows: list[list[Any]] = [header]
-    for name, cls in summary.get("classes", {}).items():
-        cls = cls if isinstance(cls, Mapping) else {}
-        lo, hi = _ci(cls.get("accuracy_ci"))
-        row: list[Any] = [name, cls.get("n"), cls.get("accuracy"), lo, hi, method]
+    for name, cls in result.classes.items():
+        lo, hi = cls.accuracy_ci
+        row: list[Any] = [name, cls.n, cls.accuracy, lo, hi, method]
         for m in metrics:
-            stat = _get(cls, "metrics", method or "", m)
-            stat = stat if isinstance(stat, Mapping) else {}
-            row += [stat.get("mean"), stat.get("ci_low"), stat.get("ci_high")]
-        interventions = cls.get("interventions") or {}
-        row += [_get(interventions, k) for k in INTERVENTION_KEYS]
-        row += [cls.get("flagged"), list(cls.get("flags") or [])]
+            stat = cls.stat(method or "", m)
+            row += [None, None, None] if stat is None else [stat.mean, stat.ci_low, stat.ci_high]
+        iv = cls.interventions
+        row += [None if iv is None else iv.get(k) for k in INTERVENTION_KEYS]
+        row += [cls.flagged, list(cls.flags)]
         rows.append(row)
     return rows
 
 
-def findings_rows(summary: Mapping[str, Any]) -> list[list[Any]]:
+def findings_rows(summary: AuditResult | Mapping[str, Any]) -> list[list[Any]]:
     """Header + one row per finding: ``id, class, kind, severity, title, message, evidence``
     (evidence as a JSON object in one cell).
 
     Raises:
-        TypeError: ``summary`` is not a mapping.
+        TypeError: ``summary`` is neither a result nor a mapping.
     """
-    _check_summary(summary)
-    keys = ("id", "class", "kind", "severity", "title", "message")
-    rows: list[list[Any]] = [[*keys, "evidence"]]
-    for finding in summary.get("findings") or []:
-        if not isinstance(finding, Mapping):
-            continue
-        rows.append([finding.get(k) for k in keys] + [finding.get("evidence") or None])
+    result = _result(summary)
+    rows: list[list[Any]] = [["id", "class", "kind", "severity", "title", "message", "evidence"]]
+    for f in result.findings:
+        evidence = thaw(f.evidence) or None
+        rows.append([f.id, f.cls, f.kind, f.severity, f.title, f.message, evidence])
     return rows
 
 
@@ -212,7 +201,7 @@ def _encode(rows: Iterable[Sequence[Any]]) -> bytes:
     return buf.getvalue().encode("utf-8-sig")
 
 
-def write_per_class_csv(summary: Mapping[str, Any], path: Path) -> Path:
+def write_per_class_csv(summary: AuditResult | Mapping[str, Any], path: Path) -> Path:
     """Write the per-class table of ``summary`` (see :func:`per_class_rows`) to ``path``,
     atomically, with spreadsheet formulas neutralised; returns ``path``.
 
@@ -224,7 +213,7 @@ def write_per_class_csv(summary: Mapping[str, Any], path: Path) -> Path:
     return path
 
 
-def write_findings_csv(summary: Mapping[str, Any], path: Path) -> Path:
+def write_findings_csv(summary: AuditResult | Mapping[str, Any], path: Path) -> Path:
     """Write the findings of ``summary`` (see :func:`findings_rows`) to ``path``, atomically,
     with spreadsheet formulas neutralised; returns ``path``.
 
@@ -234,3 +223,48 @@ def write_findings_csv(summary: Mapping[str, Any], path: Path) -> Path:
     path = Path(path)
     atomic_write_bytes(path, _encode(findings_rows(summary)))
     return path
+
+
+def write_junit(
+    path: Path, summary: AuditResult | Mapping[str, Any], *, suite: str | None = None
+) -> Path:
+    """Gate results as JUnit XML: one test case per rule × class, failures for failed gates.
+
+    ``suite`` names the test suite (default ``"gates: <model name>"``). Written atomically.
+    """
+    from xml.sax.saxutils import quoteattr as _quoteattr
+
+    from auditor.safe_text import xml_safe
+
+    def quoteattr(text: str) -> str:  # user strings (class names) may hold control characters
+        return _quoteattr(xml_safe(text))
+
+    result = _result(summary)
+    results = result.gates.results if result.gates is not None else ()
+    failures = sum(1 for r in results if not r.passed)
+    name = suite if suite is not None else "gates: " + str(result.model.name)
+    lines = [
+        '<?xml version="1.0" encoding="UTF-8"?>',
+        f'<testsuites name="cam-auditor" tests="{len(results)}" failures="{failures}">',
+        f"  <testsuite name={quoteattr(name)} "
+        f'tests="{len(results)}" failures="{failures}" errors="0">',
+    ]
+    for r in results:
+        case = r.rule + (f"[{r.cls}]" if r.cls is not None else "")
+        value = "n/a" if r.value is None else f"{r.value:.4g}"
+        lines.append(f'    <testcase classname="cam-auditor.gates" name={quoteattr(case)}>')
+        if not r.passed:
+            msg = (
+                f"{r.quantity} ({r.stat}) = {value}, {r.bound} allowed "
+                f"{_plain_threshold(r.threshold)}" + (f" ({r.note})" if r.note else "")
+            )
+            lines.append(f"      <failure message={quoteattr(msg)}/>")
+        lines.append("    </testcase>")
+    lines += ["  </testsuite>", "</testsuites>", ""]
+    path = Path(path)
+    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    return path
+
+
+def _plain_threshold(value: float | None) -> str:
+    return "None" if value is None else repr(value)

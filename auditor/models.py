@@ -251,6 +251,10 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     """
     if not path.is_file():
         raise ModelLoadError(f"[model] weights: file not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(
+            f"[model] weights: {path} is empty (0 bytes): an interrupted download or copy?"
+        )
     if path.suffix == ".safetensors":
         from safetensors import SafetensorError
         from safetensors.torch import load_file
@@ -311,9 +315,23 @@ def apply_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor], path: 
     model.load_state_dict(state, strict=True)
 
 
+#: TorchScript is refused even when trusted: the CAM engine needs forward and backward hooks
+#: on the target layer, and ScriptModules support neither (``register_forward_hook is not
+#: supported on ScriptModules``); nor can a compiled graph be turned back into the eager module.
+_SCRIPT_REFUSED = (
+    "[model] file: {name} is a TorchScript archive; TorchScript modules cannot be audited "
+    "because they do not support the forward/backward hooks CAM methods need on the target "
+    "layer. Give the eager model instead: its state_dict in `weights =` with `factory =` or "
+    "`torchvision =` (safe), or a full pickle (torch.save(model, 'model.pt')) in `file =` "
+    f"with {TRUST_FLAG}"
+)
+
+
 def _load_trusted_file(path: Path, trust: bool) -> nn.Module:
     if not path.is_file():
         raise ModelLoadError(f"[model] file: not found: {path}")
+    if path.stat().st_size == 0:
+        raise ModelLoadError(f"[model] file: {path} is empty (0 bytes)")
     if not trust:
         raise ModelLoadError(
             f"[model] file: {path.name} is a TorchScript archive or a pickled model; loading "
@@ -330,16 +348,13 @@ def _load_trusted_file(path: Path, trust: bool) -> nn.Module:
         except zipfile.BadZipFile:
             is_script = False
         if is_script:
-            try:
-                return torch.jit.load(str(path), map_location="cpu")
-            except Exception as exc:  # noqa: BLE001 - many error types from the loader
-                raise ModelLoadError(
-                    f"[model] file: cannot load TorchScript {path.name}: {exc}"
-                ) from exc
+            raise ModelLoadError(_SCRIPT_REFUSED.format(name=path.name))
     try:
         obj = torch.load(path, map_location="cpu", weights_only=False)  # noqa: S614 - opted in
     except Exception as exc:  # noqa: BLE001
         raise ModelLoadError(f"[model] file: cannot load {path.name}: {exc}") from exc
+    if isinstance(obj, torch.jit.ScriptModule):
+        raise ModelLoadError(_SCRIPT_REFUSED.format(name=path.name))
     if not isinstance(obj, nn.Module):
         raise ModelLoadError(
             f"[model] file: {path.name} holds a {type(obj).__name__}, not a torch.nn.Module; "

@@ -22,10 +22,11 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -35,7 +36,15 @@ import torch
 
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
-from auditor.config import AuditConfig, AuditSettings, GateRule, to_jsonable, with_overrides
+from auditor.config import (
+    AuditConfig,
+    AuditSettings,
+    GateRule,
+    check_device_available,
+    check_gates,
+    to_jsonable,
+    with_overrides,
+)
 from auditor.distributed import (
     ShardSpec,
     barrier,
@@ -47,8 +56,21 @@ from auditor.distributed import (
     restarted_by_torchrun,
     torchrun_env,
 )
-from auditor.errors import AuditorInputError, ConfigError
+from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
+from auditor.format import slugify
+from auditor.modelstate import preserved_training_flags
+from auditor.results import (
+    AuditResult,
+    ClassClusters,
+    DatasetInfo,
+    Finding,
+    GalleryPanel,
+    ModelInfo,
+    RunInfo,
+    freeze,
+    method_info,
+)
 from auditor.store import (
     MAIN_LOCK,
     RunLock,
@@ -61,7 +83,6 @@ from auditor.store import (
 
 log = logging.getLogger("auditor")
 
-SCHEMA_VERSION = 1
 INTERVENTION_COLUMNS = tuple(
     f"{k}_{v}" for k in ("only_fg", "only_bg", "mixed_rand") for v in ("correct", "confidence")
 )
@@ -70,12 +91,18 @@ FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "average_drop", "increa
 
 @dataclass
 class AuditOutcome:
-    """What :func:`run_audit` returns: the run directory, the summary and the gate verdict."""
+    """What :func:`run_audit` returns: the run directory, the typed result and the verdict."""
 
     run_dir: Path
-    summary: dict[str, Any]
+    result: AuditResult | None  # None: a shard job / torchrun rank > 0 (no finalisation here)
     passed: bool
     report: dict[str, Path] = field(default_factory=dict)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """The result as the ``summary.json`` object (a fresh dict on every call; ``{}`` for a
+        shard job, whose results ``auditor finalize`` makes)."""
+        return self.result.to_json() if self.result is not None else {}
 
     @property
     def exit_code(self) -> int:
@@ -166,6 +193,7 @@ class _BatchAuditor:
 
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         from auditor.metrics import localisation_metrics
+        from auditor.metrics.registry import registered_metrics
 
         s = self.s
         images = batch.images.to(self.device, non_blocking=True)
@@ -183,12 +211,18 @@ class _BatchAuditor:
                 f"classes ({', '.join(self.classes[:5])}…): set [data] classes or "
                 f"[model] num_classes to match"
             )
+        # NaN/Inf logits are no prediction: pred -1 (never argmax's class 0), incorrect,
+        # confidence NaN, every metric NaN, status "nonfinite_logits" (counted, and a finding
+        # when frequent)
+        finite_logits = torch.isfinite(logits).all(1)
         probs = torch.softmax(logits, dim=1)
         tgt = cb.targets.to(self.device)
-        pred = probs.argmax(1)
+        pred = torch.where(finite_logits, probs.argmax(1), -1)
         conf = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
+        conf = torch.where(finite_logits, conf, float("nan"))
         size = (images.shape[-2], images.shape[-1])
         up = cb.upsampled(size)
+        bad_logits = (~finite_logits).cpu().numpy()
 
         cols: dict[str, Any] = {}
         b = len(batch)
@@ -201,7 +235,10 @@ class _BatchAuditor:
             "pred": pred.cpu().numpy().astype(np.int64),
             "correct": (pred == labels).cpu().numpy(),
             "confidence": conf.cpu().numpy().astype(np.float64),
-            "pred_confidence": probs.max(1).values.cpu().numpy().astype(np.float64),
+            "pred_confidence": torch.where(finite_logits, probs.max(1).values, float("nan"))
+            .cpu()
+            .numpy()
+            .astype(np.float64),
             "has_mask": batch.has_mask.numpy(),
             "mask_area": batch.masks.flatten(1).float().mean(1).numpy().astype(np.float64),
             "image_sha256": list(batch.image_sha256),
@@ -232,13 +269,17 @@ class _BatchAuditor:
                 p = self._forward_probs(x)
                 correct = (p.argmax(1) == labels).cpu().numpy().astype(float)
                 cconf = p.gather(1, tgt.view(-1, 1)).squeeze(1).cpu().numpy().astype(np.float64)
-                valid = hm.copy()
+                # no outcome where either forward gave non-finite logits (never argmax's 0)
+                valid = hm.copy() & ~bad_logits & torch.isfinite(p).all(1).cpu().numpy()
                 if key == "mixed_rand":
                     pv = perm.cpu().numpy()
                     valid &= pv >= 0
                     valid &= hm[np.clip(pv, 0, None)]  # the donor background needs a mask too
                 iv[f"{key}_correct"] = np.where(valid, correct, np.nan)
                 iv[f"{key}_confidence"] = np.where(valid, cconf, np.nan)
+                if key == "only_bg":
+                    pred_bg = p.argmax(1).cpu().numpy().astype(np.int64)
+                    iv["only_bg_pred"] = np.where(valid, pred_bg, -1)
 
         # faithfulness on the seeded subset (Petsiuk et al. 2018; Chattopadhay et al. 2018)
         faith: dict[str, dict[str, np.ndarray]] = {}
@@ -272,16 +313,21 @@ class _BatchAuditor:
                 iou_threshold=s.iou_threshold,
                 border_width=s.border_width,
             )
+            metrics.update(registered_metrics(up[method], masks, has_mask))
             cols = dict(base)
             cols["method"] = [method] * b
-            cols["status"] = list(status)
+            cols["status"] = [
+                "nonfinite_logits" if bad else st for st, bad in zip(status, bad_logits)
+            ]
             cols["cam_status"] = list(cb.status[method])
             for name, values in metrics.items():
-                cols[name] = values.double().cpu().numpy()
+                cols[name] = np.where(bad_logits, np.nan, values.double().cpu().numpy())
             # a fixed schema in every shard: columns of analyses that did not apply are NaN
             if s.interventions:
                 for key in INTERVENTION_COLUMNS:
                     cols[key] = iv.get(key, nan_col)
+                # the class the background alone is predicted as (-1: not run for the sample)
+                cols["only_bg_pred"] = iv.get("only_bg_pred", np.full(b, -1, np.int64))
             if s.faithfulness_samples > 0:
                 cols["faithfulness_subset"] = np.isin(
                     np.asarray(batch.indices), np.asarray(sorted(self.faith_subset), dtype=np.int64)
@@ -294,6 +340,28 @@ class _BatchAuditor:
             low_res[method] = (cam / peak).cpu().numpy()
         table = pa.concat_tables(tables) if tables else pa.table({})
         return table, low_res
+
+
+def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
+    """Whether ``exc`` was raised inside the forward of one of ``model``'s module types.
+
+    The traceback is walked for a frame whose ``self`` is an ``nn.Module`` of a type the
+    model is made of (the engine may run a copy of the model, so types, not objects, are
+    compared). Errors raised elsewhere (cam-auditor's own code) are bugs: not skipped.
+    """
+    types = {type(m) for m in model.modules()}
+    tb = exc.__traceback__
+    while tb is not None:
+        owner = tb.tb_frame.f_locals.get("self")
+        if isinstance(owner, torch.nn.Module) and type(owner) in types:
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _model_failure(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
 
 
 def _empty_skip_rows(batch: Any) -> list[dict[str, Any]]:
@@ -367,7 +435,11 @@ def _run_locked(
     from auditor.data import open_dataset
     from auditor.models import load_model
 
+    where = cfg.source.name if cfg.source is not None else "<config>"
+    check_device_available(cfg.audit.device, "--device" if cfg.audit.device else where)
     dataset = open_dataset(cfg.data)
+    # gates naming classes are checked against the dataset's class list before the model loads
+    check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     loaded = load_model(
         cfg.model,
         num_classes=len(dataset.classes),
@@ -500,9 +572,8 @@ def _audit_locked(
     t0 = time.perf_counter()
     run_dir = Path(out)
     store = RunStore(run_dir)
+    check_device_available(s.device, "device")
     dev = torch.device(s.device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise AuditorInputError(f"--device {s.device}: CUDA is not available on this machine")
     if spec.mode == "torchrun":
         if dev.type == "cuda" and dev.index is None:
             dev = torch.device("cuda", spec.local_rank)  # one GPU per local rank
@@ -510,6 +581,7 @@ def _audit_locked(
         resume = resume or restarted_by_torchrun()
     if dev.type == "cuda":
         torch.cuda.set_device(dev)
+    check_gates(tuple(gates), settings=s, classes=list(dataset.classes), source="gates")
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
     model_info = dict(model_info or {})
@@ -520,10 +592,11 @@ def _audit_locked(
     model_info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
     model_info["num_classes"] = len(classes)
 
-    flags = {m: m.training for m in model.modules()}
     orig_device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    flags = preserved_training_flags(model, eval=True)
     model.to(dev)
-    model.eval()  # every forward of the audit (interventions included) sees the eval model
+    # every forward of the audit (interventions included) sees the eval model
+    flags.__enter__()
     try:
         channels = int(getattr(dataset.config, "channels", 3) or 3)
         gen = torch.Generator().manual_seed(s.seed)
@@ -541,6 +614,7 @@ def _audit_locked(
                 ),
                 reshape=_reshape_fn(reshape),
                 example=example,
+                seed=int(s.seed),
             )
         except (ValueError, TypeError, KeyError) as exc:
             raise ConfigError(f"[model]/[audit]: {exc}") from exc
@@ -576,7 +650,7 @@ def _audit_locked(
             done = store.completed_batches()
             todo_batches = owned_todo(spec, len(chunks), done)
             first_missing = len(spec.batches(len(chunks))) - len(todo_batches)
-        manifest = {
+        manifest: dict[str, Any] = {
             "shard": spec.label,
             "mode": spec.mode,
             "status": "running",
@@ -624,7 +698,7 @@ def _audit_locked(
             dataset.config.mean,
             dataset.config.std,
         )
-        # the sanity check runs once, in shard 0 (a resumed or finalising run reads sanity.json)
+        # the sanity check runs once, in shard 0, which records it for finalisation
         sanity = (
             _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape)
             if spec.index == 0
@@ -633,6 +707,7 @@ def _audit_locked(
         from auditor.data import iter_batches
 
         t_loop = time.perf_counter()
+        failures: list[str] = []
         bar = _progress(sum(len(c) for c in todo), progress, "auditing")
         try:
             flat = [i for c in todo for i in c]
@@ -649,18 +724,36 @@ def _audit_locked(
                 ),
                 strict=True,
             ):
+                skip_rows = _empty_skip_rows(batch)
+                ids, idx = list(batch.ids), list(batch.indices)
                 if len(batch):
-                    rows, cams = worker.process(batch, batch_no)
+                    try:
+                        rows, cams = worker.process(batch, batch_no)
+                    except Exception as exc:  # noqa: BLE001 - only the model's own errors
+                        if not raised_by_model(exc, model):
+                            raise
+                        failures.append(_model_failure(exc))
+                        log.warning(
+                            "batch %d: the model raised %s; its %d samples are skipped",
+                            batch_no,
+                            failures[-1],
+                            len(batch),
+                        )
+                        if len(failures) > s.max_failed_batches:
+                            raise ModelRuntimeError(
+                                f"the model {model_info['name']!r} raised on "
+                                f"{len(failures)} batches (more than [audit] "
+                                f"max_failed_batches = {s.max_failed_batches}); first: "
+                                f"{failures[0]}"
+                            ) from exc
+                        reason = f"the model raised {failures[-1]}"
+                        skip_rows += [
+                            {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
+                        ]
+                        rows, cams, ids, idx = pa.table({}), {}, [], []
                 else:
                     rows, cams = pa.table({}), {}
-                store.write_batch(
-                    batch_no,
-                    rows,
-                    cams,
-                    list(batch.ids),
-                    list(batch.indices),
-                    _empty_skip_rows(batch),
-                )
+                store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
                 bar.update(len(batch) + len(batch.skipped))
         finally:
             bar.close()
@@ -673,27 +766,26 @@ def _audit_locked(
             )
     finally:
         model.to(orig_device)
-        for module, flag in flags.items():
-            module.training = flag
+        flags.__exit__(None, None, None)
     manifest.update(
         status="complete",
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         loop_s=round(loop_s, 3),
+        sanity=sanity,
     )
     atomic_write_json(manifest_path(store.shards, spec), manifest)
 
     if spec.mode == "shard":
         log.info("shard %s complete: %d batch(es) written", spec.label, len(todo_batches))
-        return AuditOutcome(run_dir=run_dir, summary={}, passed=True)
+        return AuditOutcome(run_dir=run_dir, result=None, passed=True)
     if spec.mode == "torchrun":
         barrier()  # every rank's batches are on disk
         if spec.index != 0:
-            return AuditOutcome(run_dir=run_dir, summary={}, passed=True)
+            return AuditOutcome(run_dir=run_dir, result=None, passed=True)
         # rank 0 finalises under its writer lock: the other ranks of the group only wait
         manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
         store.write_provenance(manifests[0]["provenance"])
         loop_s = max(float(m.get("loop_s") or 0.0) for m in manifests)
-        sanity = _read_sanity(run_dir)
 
     return finalize(
         run_dir,
@@ -730,13 +822,6 @@ def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:
         model_info["target_layer_reason"] = "set by the user"
 
 
-def _read_sanity(run_dir: Path) -> dict[str, Any] | None:
-    import json
-
-    path = run_dir / "sanity.json"
-    return json.loads(path.read_text("utf-8")) if path.is_file() else None
-
-
 def finalize_run(
     run_dir: str | Path,
     *,
@@ -753,7 +838,7 @@ def finalize_run(
     differs), then writes samples.parquet, summary.json, gallery, JUnit and the reports as a
     single-process run would. The config is read from where the shards were started
     (recorded in their shard records) unless ``config_path`` is given; its fingerprint must
-    match. No model is loaded.
+    match. No model is loaded: the sanity check is the one shard 0 recorded.
     """
     root = Path(run_dir)
     if not root.is_dir():
@@ -812,7 +897,7 @@ def _finalize_locked(
         gates=cfg.gates,
         model_info=dict(first["model"]),
         config=cfg,
-        sanity=_read_sanity(root),
+        sanity=first.get("sanity"),
         started=started,
         t0=t0,
         loop_s=max(float(m.get("loop_s") or 0.0) for m in manifests),
@@ -844,7 +929,7 @@ def _sanity(
     import json
 
     def not_run(reason: str) -> dict[str, Any]:
-        log.warning("sanity check not run: %s", reason)
+        (log.info if "config" in reason else log.warning)("sanity check not run: %s", reason)
         return {"_status": {"run": False, "reason": reason, "randomised": []}}
 
     path = run_dir / "sanity.json"
@@ -919,45 +1004,66 @@ def _sanity(
 
 
 def _cluster_analysis(
-    cams: dict[int, np.ndarray], table: pa.Table, classes: Sequence[str], s: AuditSettings
-) -> dict[str, Any]:
-    """SpRAy per class on the stored low-resolution CAMs of the primary method."""
-    from auditor.metrics.clusters import spray_clusters
+    cams: dict[int, np.ndarray],
+    table: pa.Table,
+    classes: Sequence[str],
+    s: AuditSettings,
+    input_size: tuple[int, int] | None = None,
+) -> tuple[dict[str, Any], dict[int, int]]:
+    """SpRAy + subgroup tests per class on the primary method's low-resolution CAMs.
+
+    Returns (``summary["clusters"]``, ``{dataset index: cluster id within its class}``).
+    """
+    from auditor.metrics.subgroups import analyse_class, border_chance, class_to_json
 
     if not s.clusters or table.num_rows == 0:
-        return {}
+        return {}, {}
     prim = table.filter(pc.equal(table.column("method"), s.primary))
     idx = prim.column("index").to_numpy()
     labels = prim.column("label").to_numpy()
-    bf = prim.column("background_focus").to_numpy(zero_copy_only=False).astype(float)
     ids = prim.column("id").to_pylist()
+
+    def col(name: str) -> np.ndarray:
+        if name not in prim.column_names:
+            return np.full(prim.num_rows, np.nan)
+        return np.asarray(
+            [np.nan if v is None else float(v) for v in prim.column(name).to_pylist()], float
+        )
+
+    correct = col("correct")
+    per_sample = {
+        "background_focus": col("background_focus"),
+        "border_focus": col("border_focus"),
+        "entropy": col("entropy"),
+        "correct": correct,
+        "only_bg_hit": col("only_bg_correct"),
+        "only_fg_drop": correct - col("only_fg_correct"),
+    }
+    some = next(iter(cams.values()), None)
+    size = input_size or ((some.shape[0], some.shape[1]) if some is not None else (1, 1))
+    chance = border_chance(size, s.border_width) if min(size) > 2 else 1.0
     out: dict[str, Any] = {}
+    membership: dict[int, int] = {}
     for ci, name in enumerate(classes):
         sel = np.flatnonzero(labels == ci)
-        sel = np.asarray([j for j in sel if int(idx[j]) in cams])
+        sel = np.asarray([j for j in sel if int(idx[j]) in cams], dtype=np.int64)
         if len(sel) < 6:
             continue
         maps = np.stack([cams[int(idx[j])] for j in sel])
-        bfc = bf[sel]
-        res = spray_clusters(
-            maps, background_focus=bfc if np.isfinite(bfc).any() else None, seed=s.seed
+        stats = {k: v[sel] for k, v in per_sample.items() if np.isfinite(v[sel]).sum() >= 2}
+        res = analyse_class(
+            maps,
+            stats,
+            n_classes=len(classes),
+            border_chance_share=chance,
+            confidence=s.confidence,
+            n_boot=max(200, min(s.bootstrap, 2000)),
+            seed=s.seed,
         )
-        clusters = []
-        for cl in res.clusters:
-            clusters.append(
-                {
-                    "id": int(cl.id),
-                    "size": int(cl.size),
-                    "background_focus": None
-                    if cl.mean_background_focus is None or not np.isfinite(cl.mean_background_focus)
-                    else float(cl.mean_background_focus),
-                    "exemplars": [ids[int(sel[e])] for e in cl.exemplars],
-                    "outlier": int(cl.id) in set(int(x) for x in res.outlier_clusters),
-                    "gallery": [],
-                }
-            )
-        out[name] = {"k": int(res.k), "eigengap": float(res.eigengap), "clusters": clusters}
-    return out
+        out[name] = class_to_json(res, [ids[int(j)] for j in sel])
+        for j, lab in zip(sel, res.labels):
+            membership[int(idx[j])] = int(lab)
+    return out, membership
 
 
 def finalize(
@@ -984,15 +1090,22 @@ def finalize(
     table = store.read_rows()
     log.info("aggregating %d rows from %s", table.num_rows, store.shards)
     skipped = store.read_skipped()
-    if table.num_rows:
-        store.write_samples(table)
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
-    clusters = _cluster_analysis(primary_cams, table, classes, s)
+    clusters, membership = _cluster_analysis(
+        primary_cams, table, classes, s, tuple(dataset.config.input_size)
+    )
+    if table.num_rows:
+        # `cluster`: the primary method's cluster id within the sample's class (-1: none)
+        cl_col = np.asarray(
+            [membership.get(int(i), -1) for i in table.column("index").to_pylist()], np.int64
+        )
+        table = table.append_column("cluster", pa.array(cl_col, pa.int64()))
+        store.write_samples(table)
     sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
     if table.num_rows:
-        stats = analyse(
+        result = analyse(
             table,
             classes=classes,
             methods=s.methods,
@@ -1002,15 +1115,7 @@ def finalize(
             sanity=sanity_clean,
         )
     else:
-        stats = {
-            "overall": {"n": 0, "accuracy": None, "accuracy_ci": [None, None], "metrics": {}},
-            "classes": {},
-            "findings": [],
-            "rules": {},
-            "confusion": None,
-            "method_agreement": None,
-            "faithfulness": None,
-        }
+        result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
 
     from auditor.cam import METHODS
     from auditor.metrics.registry import METRICS
@@ -1028,60 +1133,65 @@ def finalize(
     for sk in skipped:
         h.update(f"skipped\0{sk['id']}\n".encode())
     annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
+    n_nonfinite, nonfinite_finding = _nonfinite_finding(prim)
+    if nonfinite_finding is not None:
+        found = tuple(result.findings)
+        nonfinite_finding = replace(nonfinite_finding, id=f"F{len(found) + 1}")
+        result = result.replace(findings=(*found, nonfinite_finding))
     finished = datetime.now(timezone.utc)
-    summary: dict[str, Any] = {
-        "schema_version": SCHEMA_VERSION,
-        "tool": {"name": "cam-auditor", "version": __version__},
-        "run": {
-            "started": started.isoformat(timespec="seconds"),
-            "finished": finished.isoformat(timespec="seconds"),
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "timings": {
-                "audit_loop_s": round(loop_s, 3),
-                "analysis_s": round(time.perf_counter() - t_an, 3),
-            },
-            "config_sha256": config.sha256 if config else None,
-            "seed": s.seed,
-            "device": s.device,
-            "command": command,
-            "versions": library_versions(),
-            "config": to_jsonable(config.raw) if config else to_jsonable(s),
-        },
-        "title": config.report.title if config else "Model attention audit",
-        "model": model_info,
-        "dataset": {
-            "name": getattr(dataset.config, "source", None)
-            and Path(str(dataset.config.manifest or dataset.config.root)).name,
-            "format": dataset.config.format,
-            "sha256": h.hexdigest(),
-            "annotation_sha256": dataset.annotation_sha256(),
-            "n_samples": len(dataset),
-            "n_evaluated": int(prim.num_rows),
-            "n_skipped": len(skipped),
-            "annotated": annotated,
-            "input_size": list(dataset.config.input_size),
-            "classes": list(classes),
-            "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
-        },
-        "methods": list(s.methods),
-        "primary_method": s.primary,
-        "methods_info": {m: _method_info(METHODS[m]) for m in s.methods},
-        "metrics_info": {k: to_jsonable(v) for k, v in METRICS.items()},
-        **stats,
-        "sanity": sanity_clean or None,
-        "sanity_status": (sanity or {}).get("_status")
-        or {"run": False, "reason": "not run", "randomised": []},
-        "clusters": clusters or None,
-        "settings": to_jsonable(s),
-    }
-    summary["gates"] = evaluate_gates(summary, gates)
-    summary["gallery"] = _gallery(run_dir, primary_cams, dataset, table, summary, s)
-    atomic_write_json(run_dir / "summary.json", summary)
-    write_junit(run_dir / "junit.xml", summary)
-    write_per_class_csv(summary, run_dir / "classes.csv")
-    write_findings_csv(summary, run_dir / "findings.csv")
-    if summary["dataset"]["n_evaluated"] == 0:
-        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in summary["dataset"]["skipped"][:3])
+    result = result.replace(
+        tool=freeze({"name": "cam-auditor", "version": __version__}),
+        run=RunInfo.from_json(
+            {
+                "started": started.isoformat(timespec="seconds"),
+                "finished": finished.isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - t0, 3),
+                "timings": {
+                    "audit_loop_s": round(loop_s, 3),
+                    "analysis_s": round(time.perf_counter() - t_an, 3),
+                },
+                "config_sha256": config.sha256 if config else None,
+                "seed": s.seed,
+                "device": s.device,
+                "command": command,
+                "versions": library_versions(),
+                "config": to_jsonable(config.raw) if config else to_jsonable(s),
+            }
+        ),
+        title=config.report.title if config else "Model attention audit",
+        model=ModelInfo.from_json(model_info),
+        dataset=DatasetInfo.from_json(
+            {
+                "name": getattr(dataset.config, "source", None)
+                and Path(str(dataset.config.manifest or dataset.config.root)).name,
+                "format": dataset.config.format,
+                "sha256": h.hexdigest(),
+                "annotation_sha256": dataset.annotation_sha256(),
+                "n_samples": len(dataset),
+                "n_evaluated": int(prim.num_rows),
+                "n_skipped": len(skipped),
+                "n_nonfinite_logits": n_nonfinite,
+                "annotated": annotated,
+                "input_size": list(dataset.config.input_size),
+                "classes": list(classes),
+                "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
+            }
+        ),
+        methods_info=MappingProxyType({m: method_info(METHODS[m]) for m in s.methods}),
+        metrics_info=MappingProxyType(dict(METRICS)),
+        settings=freeze(to_jsonable(s)),
+        sanity_status=freeze(
+            (sanity or {}).get("_status") or {"run": False, "reason": "not run", "randomised": []}
+        ),
+    )
+    result = result.replace(gates=evaluate_gates(result, gates))
+    result = _gallery(run_dir, primary_cams, dataset, table, result, s)
+    atomic_write_json(run_dir / "summary.json", result.to_json())
+    write_junit(run_dir / "junit.xml", result)
+    write_per_class_csv(result, run_dir / "classes.csv")
+    write_findings_csv(result, run_dir / "findings.csv")
+    if result.dataset.n_evaluated == 0:
+        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in result.dataset.skipped[:3])
         raise AuditorInputError(
             f"no sample could be evaluated ({len(skipped)} skipped"
             + (f", e.g. {reasons}" if reasons else "")
@@ -1098,20 +1208,7 @@ def finalize(
             templates=config.report.templates if config else None,
             pdf_timeout_s=config.report.pdf_timeout_s if config else 600,
         )
-    return AuditOutcome(
-        run_dir=run_dir, summary=summary, passed=summary["gates"]["passed"], report=report
-    )
-
-
-def _method_info(method: Any) -> dict[str, Any]:
-    doc = (getattr(method, "__doc__", None) or getattr(method, "description", "") or "").strip()
-    info = {
-        "title": getattr(method, "title", None) or getattr(method, "name", ""),
-        "formula": getattr(method, "formula", "") or "",
-        "reference": getattr(method, "reference", "") or "",
-        "description": doc.split("\n\n")[0] if doc else "",
-    }
-    return info
+    return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
 
 
 def _gallery(
@@ -1119,135 +1216,170 @@ def _gallery(
     cams: dict[int, np.ndarray],
     dataset: Any,
     table: pa.Table,
-    summary: dict[str, Any],
+    result: AuditResult,
     s: AuditSettings,
-) -> dict[str, list[dict[str, Any]]]:
-    """Choose and draw gallery panels: flagged classes (highest background focus first) and,
-    for contrast, the class with the lowest risk (highest energy in the object)."""
+) -> AuditResult:
+    """Draw the gallery panels chosen by :func:`auditor.analysis.gallery.choose_gallery` and
+    the cluster exemplar panels; return the result with ``gallery`` and the clusters'
+    ``gallery`` files filled in."""
+    from auditor.analysis.gallery import choose_gallery
     from auditor.report import cluster_panel, gallery_panel
 
     if table.num_rows == 0 or s.gallery_per_class == 0:
-        return {}
+        return result
     gdir = run_dir / "gallery"
     gdir.mkdir(exist_ok=True)
-    classes = summary["classes"]
-    prim = table.filter(pc.equal(table.column("method"), s.primary))
-    cols = {
-        c: prim.column(c).to_numpy(zero_copy_only=False)
-        for c in (
-            "index",
-            "id",
-            "label",
-            "pred",
-            "confidence",
-            "background_focus",
-            "energy_in_mask",
-        )
-    }
-    names = list(summary["dataset"]["classes"])
-    flagged = [c for c, v in classes.items() if v["flagged"]]
-    ranked = sorted((c for c in classes if classes[c]["n"]), key=lambda c: classes[c]["risk"])
-    contrast = [c for c in ranked if c not in flagged][:1]
-    chosen: list[tuple[str, str]] = [(c, "flagged") for c in flagged[:20]] + [
-        (c, "contrast") for c in contrast
-    ]
-    out: dict[str, list[dict[str, Any]]] = {}
-    for cname, why in chosen:
-        ci = names.index(cname)
-        sel = np.flatnonzero(cols["label"] == ci)
-        key = cols["background_focus"].astype(float)[sel]
-        key = np.where(np.isfinite(key), key, -np.inf)
-        order = sel[np.argsort(-key if why == "flagged" else key, kind="stable")]
-        picks = order[: s.gallery_per_class]
+    out: dict[str, tuple[GalleryPanel, ...]] = {}
+    for cname, picks in choose_gallery(result, table, s.gallery_per_class).items():
         entries = []
-        for rank, j in enumerate(picks):
-            i = int(cols["index"][j])
-            if i not in cams:
+        for rank, pick in enumerate(picks):
+            if pick.index not in cams:
+                continue
+            image, mask = dataset.load_display(pick.index)
+            bfv = pick.panel.background_focus
+            png = gallery_panel(
+                image,
+                mask,
+                cams[pick.index],
+                title=pick.panel.id,
+                subtitle=f"label {cname} · predicted {pick.panel.pred} · background focus {bfv:.0%}"
+                if bfv is not None
+                else "",
+            )
+            fname = f"gallery/{slugify(cname)}-{rank}.png"
+            atomic_write_bytes(run_dir / fname, png)
+            entries.append(replace(pick.panel, file=fname))
+        out[cname] = tuple(entries)
+    # cluster exemplar panels
+    prim = table.filter(pc.equal(table.column("method"), s.primary))
+    id_to_index = {
+        str(a): int(b)
+        for a, b in zip(prim.column("id").to_pylist(), prim.column("index").to_pylist())
+    }
+    # background-sufficiency findings: the images whose background alone is called the class
+    names = list(result.dataset.classes) or list(result.classes)
+    id_to_pred = dict(zip(map(str, prim.column("id").to_pylist()), prim.column("pred").to_pylist()))
+    for f in result.findings:
+        if f.kind != "background_sufficiency" or f.cls is None:
+            continue
+        have = {g.id for g in out.get(f.cls, ())}
+        extra_panels: list[GalleryPanel] = []
+        for k, sid in enumerate([e for e in f.examples if e not in have][:4]):
+            i = id_to_index.get(sid)
+            if i is None or i not in cams:
                 continue
             image, mask = dataset.load_display(i)
-            bfv = float(cols["background_focus"][j])
             png = gallery_panel(
                 image,
                 mask,
                 cams[i],
-                title=str(cols["id"][j]),
-                subtitle=f"label {cname} · predicted {names[int(cols['pred'][j])]} · "
-                f"background focus {bfv:.0%}"
-                if np.isfinite(bfv)
-                else "",
+                title=sid,
+                subtitle=f"label {f.cls} · background alone predicted '{f.cls}'",
             )
-            fname = f"gallery/{_slug(cname)}-{rank}.png"
+            fname = f"gallery/{slugify(f.cls)}-sufficiency-{k}.png"
             atomic_write_bytes(run_dir / fname, png)
-            entries.append(
-                {
-                    "id": str(cols["id"][j]),
-                    "file": fname,
-                    "label": cname,
-                    "pred": names[int(cols["pred"][j])],
-                    "confidence": float(cols["confidence"][j]),
-                    "energy_in_mask": _num(cols["energy_in_mask"][j]),
-                    "background_focus": _num(bfv),
-                    "why": "highest background focus"
-                    if why == "flagged"
-                    else "lowest-risk class, for contrast",
-                }
+            extra_panels.append(
+                GalleryPanel(
+                    id=sid,
+                    file=fname,
+                    label=f.cls,
+                    pred=names[int(id_to_pred[sid])]
+                    if 0 <= int(id_to_pred.get(sid, -1)) < len(names)
+                    else None,
+                    why="background alone predicted as the class",
+                )
             )
-        out[cname] = entries
-    # cluster exemplar panels
-    id_to_index = {str(a): int(b) for a, b in zip(cols["id"], cols["index"])}
-    for cname, res in (summary.get("clusters") or {}).items():
-        if len(res["clusters"]) < 2:
+        if extra_panels:
+            out[f.cls] = tuple(out.get(f.cls, ())) + tuple(extra_panels)
+    clusters: dict[str, ClassClusters] = {}
+    for cname, res in (result.clusters or {}).items():
+        if len(res.clusters) < 2:
+            clusters[cname] = res
             continue
-        for cl in res["clusters"][:6]:
-            wanted = [id_to_index[e] for e in cl["exemplars"] if e in id_to_index][:4]
+        drawn = []
+        for pos, cl in enumerate(res.clusters):
+            wanted = [id_to_index[e] for e in cl.exemplars if e in id_to_index][:4]
+            ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
+            if pos >= 6 or not ex:
+                drawn.append(cl)
+                continue
+            mean_map = np.mean([c for _, c in ex], axis=0)
+            png = cluster_panel(mean_map, ex, title=f"{cname}: cluster {cl.id} ({cl.size} images)")
+            fname = f"gallery/cluster-{slugify(cname)}-{cl.id}.png"
+            atomic_write_bytes(run_dir / fname, png)
+            drawn.append(replace(cl, gallery=(fname,)))
+        clusters[cname] = replace(
+            res,
+            clusters=tuple(drawn),
+            extra=_subgroup_panels(run_dir, cname, res.extra, id_to_index, dataset, cams),
+        )
+    return result.replace(
+        gallery=MappingProxyType(out),
+        clusters=MappingProxyType(clusters) if result.clusters is not None else None,
+    )
+
+
+def _nonfinite_finding(prim: pa.Table) -> tuple[int, Finding | None]:
+    """Samples whose logits were NaN/Inf, and a finding when they are >= 1 % of the run."""
+    if not prim.num_rows or "status" not in prim.column_names:
+        return 0, None
+    status = np.asarray(prim.column("status").to_pylist(), dtype=object)
+    bad = status == "nonfinite_logits"
+    n_bad, n = int(bad.sum()), int(prim.num_rows)
+    if n_bad == 0 or n_bad / n < 0.01:
+        return n_bad, None
+    ids = [str(x) for x in np.asarray(prim.column("id").to_pylist(), dtype=object)[bad][:20]]
+    return n_bad, Finding(
+        kind="nonfinite_logits",
+        severity="high" if n_bad / n >= 0.05 else "medium",
+        title="The model returned NaN/Inf logits",
+        message=(
+            f"{n_bad} of {n} images ({n_bad / n:.0%}) got NaN/Inf logits from the model: "
+            "no prediction, no map; they count as incorrect and their metrics are NaN"
+        ),
+        cls=None,
+        evidence={"n": n_bad, "share": n_bad / n, "ids": ids},
+        examples=tuple(ids[:4]),
+    )
+
+
+def _subgroup_panels(
+    run_dir: Path,
+    cname: str,
+    extra: Mapping[str, Any],
+    id_to_index: Mapping[str, int],
+    dataset: Any,
+    cams: Mapping[int, np.ndarray],
+) -> Mapping[str, Any]:
+    """Draw each subgroup's exemplars and, beside them, the rest of its class's exemplars;
+    return the clusters' ``extra`` with each subgroup's ``gallery`` [members, rest] filled."""
+    from auditor.report import cluster_panel
+    from auditor.results import freeze, thaw
+
+    subgroups = thaw(extra.get("subgroups") or [])
+    if not subgroups:
+        return extra
+    for sg in subgroups:
+        files: list[str] = []
+        for part, key in (("members", "exemplars"), ("rest", "rest_exemplars")):
+            wanted = [id_to_index[e] for e in sg.get(key) or [] if e in id_to_index][:4]
             ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
             if not ex:
                 continue
-            mean_map = np.mean([c for _, c in ex], axis=0)
-            png = cluster_panel(
-                mean_map, ex, title=f"{cname}: cluster {cl['id']} ({cl['size']} images)"
+            n = sg["size"] if part == "members" else sg["class_size"] - sg["size"]
+            title = (
+                f"{cname}: subgroup, {n} images" if part == "members" else f"{cname}: the rest, {n}"
             )
-            fname = f"gallery/cluster-{_slug(cname)}-{cl['id']}.png"
+            png = cluster_panel(np.mean([c for _, c in ex], axis=0), ex, title=title)
+            fname = f"gallery/subgroup-{slugify(cname)}-{sg['cluster']}-{part}.png"
             atomic_write_bytes(run_dir / fname, png)
-            cl["gallery"] = [fname]
-    return out
+            files.append(fname)
+        sg["gallery"] = files
+    return freeze({**thaw(extra), "subgroups": subgroups})
 
 
-def _num(v: Any) -> float | None:
-    try:
-        f = float(v)
-    except (TypeError, ValueError):
-        return None
-    return f if np.isfinite(f) else None
+def write_junit(path: Path, result: AuditResult | Mapping[str, Any]) -> None:
+    """Deprecated location: see :func:`auditor.export.write_junit`."""
+    from auditor.export import write_junit as _write
 
-
-def _slug(name: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "-" for ch in name)[:40].strip("-") or "class"
-    return f"{safe}-{hashlib.sha256(name.encode()).hexdigest()[:8]}"
-
-
-def write_junit(path: Path, summary: dict[str, Any]) -> None:
-    """Gate results as JUnit XML: one test case per rule × class, failures for failed gates."""
-    from xml.sax.saxutils import quoteattr
-
-    results = summary.get("gates", {}).get("results", [])
-    failures = sum(1 for r in results if not r["passed"])
-    lines = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<testsuites name="cam-auditor" tests="{len(results)}" failures="{failures}">',
-        f"  <testsuite name={quoteattr('gates: ' + str(summary.get('model', {}).get('name')))} "
-        f'tests="{len(results)}" failures="{failures}" errors="0">',
-    ]
-    for r in results:
-        name = r["rule"] + (f"[{r['class']}]" if r.get("class") is not None else "")
-        value = "n/a" if r["value"] is None else f"{r['value']:.4g}"
-        lines.append(f'    <testcase classname="cam-auditor.gates" name={quoteattr(name)}>')
-        if not r["passed"]:
-            msg = (
-                f"{r['quantity']} ({r['stat']}) = {value}, {r['bound']} allowed "
-                f"{r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
-            )
-            lines.append(f"      <failure message={quoteattr(msg)}/>")
-        lines.append("    </testcase>")
-    lines += ["  </testsuite>", "</testsuites>", ""]
-    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
+    _write(path, result)

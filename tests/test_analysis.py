@@ -62,24 +62,24 @@ SETTINGS = AuditSettings(bootstrap=500)
 def test_class_means_and_accuracy() -> None:
     t = make_table({0: [0.2, 0.4], 1: [0.5, 0.7, 0.9]})
     out = analyse(t, classes=["a", "b"], methods=["gradcam"], settings=SETTINGS)
-    a = out["classes"]["a"]["metrics"]["gradcam"]["background_focus"]
-    b = out["classes"]["b"]["metrics"]["gradcam"]["background_focus"]
-    assert a["mean"] == pytest.approx(0.3)
-    assert b["mean"] == pytest.approx(0.7)
-    assert out["overall"]["metrics"]["gradcam"]["background_focus"]["mean"] == pytest.approx(
-        (0.2 + 0.4 + 0.5 + 0.7 + 0.9) / 5
-    )
-    assert out["classes"]["a"]["accuracy"] == 1.0
-    assert out["overall"]["n"] == 5
-    assert out["confusion"]["matrix"] == [[2, 0], [0, 3]]
+    a = out.classes["a"].stat("gradcam", "background_focus")
+    b = out.classes["b"].stat("gradcam", "background_focus")
+    assert a is not None and b is not None
+    assert a.mean == pytest.approx(0.3)
+    assert b.mean == pytest.approx(0.7)
+    overall = out.overall.stat("gradcam", "background_focus")
+    assert overall is not None and overall.mean == pytest.approx((0.2 + 0.4 + 0.5 + 0.7 + 0.9) / 5)
+    assert out.classes["a"].accuracy == 1.0
+    assert out.overall.n == 5
+    assert out.confusion is not None and out.confusion.matrix == ((2, 0), (0, 3))
 
 
 def test_nan_excluded_and_counted() -> None:
     t = make_table({0: [0.2, float("nan"), 0.4]})
     out = analyse(t, classes=["a"], methods=["gradcam"], settings=SETTINGS)
-    m = out["classes"]["a"]["metrics"]["gradcam"]["background_focus"]
-    assert m["mean"] == pytest.approx(0.3)
-    assert (m["n"], m["n_nan"]) == (2, 1)
+    m = out.classes["a"].stat("gradcam", "background_focus")
+    assert m is not None and m.mean == pytest.approx(0.3)
+    assert (m.n, m.n_nan) == (2, 1)
 
 
 def test_background_focus_rule_uses_the_interval() -> None:
@@ -88,19 +88,19 @@ def test_background_focus_rule_uses_the_interval() -> None:
     shortcut = list(np.clip(rng.normal(0.9, 0.03, 40), 0, 1))
     t = make_table({0: clean, 1: clean[:], 2: shortcut}, interventions=False)
     out = analyse(t, classes=["a", "b", "c"], methods=["gradcam"], settings=SETTINGS)
-    assert out["classes"]["c"]["flagged"]
-    assert "background_focus" in out["classes"]["c"]["flags"]
-    assert not out["classes"]["a"]["flagged"] and not out["classes"]["b"]["flagged"]
-    (f,) = [f for f in out["findings"] if f["kind"] == "background_focus"]
-    assert f["severity"] == "high" and f["class"] == "c"
-    assert f["evidence"]["baseline"] == pytest.approx(np.mean(clean), abs=1e-9)
+    assert out.classes["c"].flagged
+    assert "background_focus" in out.classes["c"].flags
+    assert not out.classes["a"].flagged and not out.classes["b"].flagged
+    (f,) = [f for f in out.findings if f.kind == "background_focus"]
+    assert f.severity == "high" and f.cls == "c" and f.id == "F1"
+    assert f.evidence["baseline"] == pytest.approx(np.mean(clean), abs=1e-9)
 
 
 def test_noisy_small_class_is_not_flagged_on_its_mean_alone() -> None:
     # mean 0.55 vs baseline 0.4, but with 3 noisy samples the interval reaches the baseline
     t = make_table({0: [0.4] * 30, 1: [0.1, 0.65, 0.9]})
     out = analyse(t, classes=["a", "b"], methods=["gradcam"], settings=SETTINGS)
-    assert not out["classes"]["b"]["flagged"]
+    assert not out.classes["b"].flagged
 
 
 def test_confirmed_reliance_needs_both_kinds_of_evidence() -> None:
@@ -111,12 +111,13 @@ def test_confirmed_reliance_needs_both_kinds_of_evidence() -> None:
         {0: clean, 1: shortcut, 2: clean[:]}, fg_correct={1: [0.0] * 30, 2: [0.0] * 15 + [1.0] * 15}
     )
     out = analyse(t, classes=["a", "b", "c"], methods=["gradcam"], settings=SETTINGS)
-    kinds = {(f["class"], f["kind"], f["severity"]) for f in out["findings"]}
+    kinds = {(f.cls, f.kind, f.severity) for f in out.findings}
     assert ("b", "background_reliance", "high") in kinds
     # class c: accuracy collapses without background but the CAM looks at the object
     assert ("c", "evidence_disagreement", "medium") in kinds
-    ivb = out["classes"]["b"]["interventions"]
-    assert ivb["only_fg_accuracy"] == 0.0 and ivb["only_fg_drop"] == pytest.approx(1.0)
+    ivb = out.classes["b"].interventions
+    assert ivb is not None
+    assert ivb.only_fg_accuracy == 0.0 and ivb.only_fg_drop == pytest.approx(1.0)
 
 
 def test_gates_per_class_overall_and_findings() -> None:
@@ -153,15 +154,15 @@ def test_gates_per_class_overall_and_findings() -> None:
         GateRule(name="only_b", quantity="accuracy", min=0.5, classes=("b",)),
     ]
     res = evaluate_gates(summary, rules)
-    by = {(r["rule"], r["class"]): r for r in res["results"]}
-    assert by[("max_background_focus", "a")]["passed"]
-    assert not by[("max_background_focus", "b")]["passed"]
-    assert by[("ci", "b")]["passed"]  # lower bound 0.55 <= 0.6
-    assert not by[("min_overall_accuracy", None)]["passed"]
-    assert by[("max_findings_high", None)]["value"] == 1.0
-    assert not by[("max_findings_high", None)]["passed"]
-    assert ("only_b", "a") not in by and by[("only_b", "b")]["passed"]
-    assert not res["passed"]
+    by = {(r.rule, r.cls): r for r in res.results}
+    assert by[("max_background_focus", "a")].passed
+    assert not by[("max_background_focus", "b")].passed
+    assert by[("ci", "b")].passed  # lower bound 0.55 <= 0.6
+    assert not by[("min_overall_accuracy", None)].passed
+    assert by[("max_findings_high", None)].value == 1.0
+    assert not by[("max_findings_high", None)].passed
+    assert ("only_b", "a") not in by and by[("only_b", "b")].passed
+    assert not res.passed and res.n_failed == 3
 
 
 def test_missing_value_fails_the_gate() -> None:
@@ -172,7 +173,7 @@ def test_missing_value_fails_the_gate() -> None:
         "classes": {"a": {"n": 3, "metrics": {}, "interventions": None}},
     }
     res = evaluate_gates(summary, [GateRule(name="g", quantity="iou", min=0.1)])
-    assert not res["passed"] and res["results"][0]["note"] == "value not available"
+    assert not res.passed and res.results[0].note == "value not available"
 
 
 def test_interventions_that_refute_downgrade_to_disagreement() -> None:
@@ -181,10 +182,10 @@ def test_interventions_that_refute_downgrade_to_disagreement() -> None:
     shortcut = list(np.clip(rng.normal(0.9, 0.03, 40), 0, 1))
     t = make_table({0: clean, 1: shortcut})  # only-foreground accuracy stays at 100 %
     out = analyse(t, classes=["a", "b"], methods=["gradcam"], settings=SETTINGS)
-    kinds = {(f["class"], f["kind"], f["severity"]) for f in out["findings"]}
+    kinds = {(f.cls, f.kind, f.severity) for f in out.findings}
     assert ("b", "evidence_disagreement", "low") in kinds
     assert not {k for k in kinds if k[1] in ("background_focus", "background_reliance")}
-    assert "background_focus" not in out["classes"]["b"]["flags"]
+    assert "background_focus" not in out.classes["b"].flags
 
 
 def test_small_objects_alone_do_not_raise_background_focus() -> None:
@@ -197,4 +198,4 @@ def test_small_objects_alone_do_not_raise_background_focus() -> None:
     small = small.set_column(small.column_names.index("index"), "index", pa.array(range(30, 60)))
     t = pa.concat_tables([rows, small])
     out = analyse(t, classes=["a", "b"], methods=["gradcam"], settings=SETTINGS)
-    assert not out["findings"]
+    assert not out.findings

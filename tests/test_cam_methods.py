@@ -22,9 +22,11 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from auditor.cam import METHODS, CamEngine, compute_cams
+from auditor.cam import methods as methods_module
 
 A0 = torch.tensor([[1.0, 0, 2], [0, 1, 0], [0, 0, 3]])
 A1 = torch.tensor([[0.0, 1, 0], [0, 1, 0], [2, 0, 1]])
@@ -203,7 +205,8 @@ def test_cam_without_gap_head_raises_helpful_error() -> None:
 
 
 def test_every_method_has_a_hand_test() -> None:
-    covered = set(GAP_CASES) | set(FLAT_CASES) | {"scorecam", "eigencam"}
+    covered = set(GAP_CASES) | set(FLAT_CASES) | set(GAP_CASES_PARITY)
+    covered |= {"scorecam", "eigencam", "randomcam", "kpcacam", "smoothgradcam++", "iscam", "sscam"}
     assert covered == set(METHODS)
 
 
@@ -224,7 +227,7 @@ def test_every_method_carries_report_metadata() -> None:
         if method.kind == "perturbation":
             assert method.extra_forwards != 0, name
         else:
-            assert method.extra_forwards == 0 and "no extra pass" in method.cost, name
+            assert method.extra_forwards == 0 and "no extra" in method.cost, name
     assert METHODS["gradcam"].title == "Grad-CAM"
     assert METHODS["scorecam"].extra_forwards == "K"
 
@@ -237,15 +240,25 @@ def test_register_refuses_a_formula_missing_from_the_docstring() -> None:
         raise NotImplementedError
 
     deco = register(
-        "_test_bad", needs_gradients=False, kind="activation", reference="X 2020",
-        title="Bad", formula="M = B", description="d",
+        "_test_bad",
+        needs_gradients=False,
+        kind="activation",
+        reference="X 2020",
+        title="Bad",
+        formula="M = B",
+        description="d",
     )
     with pytest.raises(ValueError, match="formula"):
         deco(_fn)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="title"):
         register(
-            "_test_bad", needs_gradients=False, kind="activation", reference="X 2020",
-            title=" ", formula="M = A", description="d",
+            "_test_bad",
+            needs_gradients=False,
+            kind="activation",
+            reference="X 2020",
+            title=" ",
+            formula="M = A",
+            description="d",
         )
     assert "_test_bad" not in METHODS
 
@@ -259,3 +272,241 @@ def test_compute_cams_upsamples_to_image_size() -> None:
     out = compute_cams(GapNet(), big, [0], methods=("cam",), layer="relu")
     assert out["cam"].shape == (1, 6, 6)
     assert float(out["cam"].min()) >= 0
+
+
+# ----------------------------------------------------------------------------- parity methods
+
+# FEM, A0 = [1,0,2,0,1,0,0,0,3]: mean 7/9, population std sqrt(15/9 - 49/81) = 1.031, threshold
+# 2.84 -> only the 3 is above: w0 = 1/9; A1: mean 5/9, std sqrt(7/9 - 25/81) = 0.685,
+# threshold 1.93 -> only the 2: w1 = 1/9.
+GAP_CASES_PARITY = {
+    # relu(G0 A0) + relu(G1 A1) with G0 = 1/9 > 0, G1 = -1/9 < 0
+    "gradcam_elementwise": (0, A0 / 9),
+    # GAP + linear: the Hessian is 0, ShapleyCAM = Grad-CAM
+    "shapleycam": (0, CAM_C0 / 9),
+    "fem": (0, (A0 + A1) / 9),
+    # two classes: the only comparison is class 1, s = p1 (y0 - y1) / (p1 + 1e-9) ~= y0 - y1:
+    # ds/dA_k = (W[0, k] - W[1, k]) / 9 = (0.5, -3) / 9
+    "finercam": (0, (0.5 * A0 - 3 * A1).clamp_min(0) / 9),
+}
+
+
+@pytest.mark.parametrize("method", sorted(GAP_CASES_PARITY))
+def test_gapnet_parity_hand_values(method: str) -> None:
+    target, expected = GAP_CASES_PARITY[method]
+    torch.testing.assert_close(run(GapNet(), method, target), expected, atol=1e-6, rtol=1e-5)
+
+
+def test_gradcam_elementwise_flatnet_hand_values() -> None:
+    # relu(G0*A0) = [[1,0,0],[0,0,0],[0,0,3]]; relu(G1*A1) = [[0,1,0],[0,1,0],[0,0,0]]
+    expected = torch.tensor([[1.0, 1, 0], [0, 1, 0], [0, 0, 3]])
+    torch.testing.assert_close(run(FlatNet(), "gradcam_elementwise", 0), expected)
+
+
+class QuadNet(nn.Module):
+    """y0 = sum_ij A0 A1 (a quadratic tail: the Hessian couples the two channels), y1 = sum A."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        _feature_block(self)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.relu(self.conv(x))
+        return torch.stack([(a[:, 0] * a[:, 1]).sum((1, 2)), a.sum((1, 2, 3))], dim=1)
+
+
+def test_shapleycam_hessian_term_hand_values() -> None:
+    # G = (A1, A0); H A = (A1, A0) as well (d/dA0 of G.A: the coupling term), so
+    # G - 0.5 HA = (A1, A0) / 2: w0 = mean(A1)/2 = 5/18, w1 = mean(A0)/2 = 7/18
+    expected = (5 * A0 + 7 * A1) / 18
+    torch.testing.assert_close(run(QuadNet(), "shapleycam", 0), expected, atol=1e-6, rtol=1e-5)
+    # Grad-CAM on the same capture: w = (5/9, 7/9), twice ShapleyCAM's
+    torch.testing.assert_close(run(QuadNet(), "gradcam", 0), 2 * expected, atol=1e-6, rtol=1e-5)
+
+
+def test_randomcam_is_seeded_relu_of_uniform_weights() -> None:
+    for seed in (0, 3):
+        w = torch.rand(1, 2, generator=torch.Generator().manual_seed(seed)) * 2 - 1
+        expected = (w[0, 0] * A0 + w[0, 1] * A1).clamp_min(0)
+        with CamEngine(GapNet(), "relu", ("randomcam",), seed=seed) as engine:
+            got = engine.run(X, torch.tensor([0])).cams["randomcam"][0]
+        torch.testing.assert_close(got, expected)
+    with pytest.raises(TypeError, match="seed"):
+        CamEngine(GapNet(), "relu", ("randomcam",), seed="0")  # type: ignore[arg-type]
+
+
+def test_kpcacam_matches_scikit_learn_kernel_pca() -> None:
+    decomposition = pytest.importorskip("sklearn.decomposition")
+    mat = torch.stack([A0, A1]).reshape(2, 9).T.double().numpy()
+    mat = mat - mat.mean(0)
+    proj = decomposition.KernelPCA(n_components=1, kernel="sigmoid").fit_transform(mat)[:, 0]
+    proj_t = torch.from_numpy(proj).float().reshape(3, 3)
+    ref = (A0 + A1) / 2
+    if float(((proj_t - proj_t.mean()) * (ref - ref.mean())).sum()) < 0:
+        proj_t = -proj_t
+    torch.testing.assert_close(
+        run(GapNet(), "kpcacam", 1), proj_t.clamp_min(0), atol=1e-5, rtol=1e-4
+    )
+
+
+def test_eigen_smooth_is_the_first_component_of_the_weighted_activations() -> None:
+    # GapNet class 0, Grad-CAM: weighted activations (A0, -A1) / 9
+    expected = pca_map(A0 / 9, -A1 / 9, (A0 - A1) / 9)
+    torch.testing.assert_close(
+        run(GapNet(), "gradcam", 0, eigen_smooth=True), expected, atol=1e-6, rtol=1e-4
+    )
+    # element-wise methods: the products G_k A_k (FlatNet, HiResCAM)
+    expected = pca_map(A0 * G0, A1 * G1, A0 * G0 + A1 * G1)
+    torch.testing.assert_close(
+        run(FlatNet(), "hirescam", 0, eigen_smooth=True), expected, atol=1e-5, rtol=1e-4
+    )
+    with pytest.raises(ValueError, match="eigen_smooth"):
+        CamEngine(GapNet(), "relu", ("eigencam",), eigen_smooth=True)
+
+
+def _ill_conditioned_net(channels: int = 64) -> nn.Module:
+    """Channels spanning 1e-30 .. 1e21: float32 Gram matrices overflow (eigh used to raise)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, channels, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(channels, 3),
+    )
+    with torch.no_grad():
+        model[0].weight.mul_(torch.logspace(-30, 21, channels)[:, None, None, None])
+    return model
+
+
+def test_eigen_methods_survive_ill_conditioned_activations() -> None:
+    model = _ill_conditioned_net()
+    x = torch.rand(2, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    with CamEngine(model, "1", ("eigencam", "eigengradcam", "kpcacam")) as engine:
+        batch = engine.run(x, torch.tensor([0, 1]))
+    for method in ("eigencam", "eigengradcam"):
+        cams = batch.cams[method]
+        assert bool(torch.isfinite(cams).all()) and float(cams.amax()) > 0, method
+        assert batch.status[method] == ["ok", "ok"], method
+    # the same map as a float64 SVD of the centred activations (the definition)
+    with torch.no_grad():
+        acts = model[1](model[0](x)).double()
+    mat = acts.flatten(2).transpose(1, 2)
+    mat = mat - mat.mean(1, keepdim=True)
+    u, svals, _ = torch.linalg.svd(mat, full_matrices=False)
+    proj = (u[:, :, 0] * svals[:, :1]).reshape(2, 4, 4)
+    ref = acts.mean(1)
+    for i in range(2):
+        p = (
+            proj[i]
+            if float(((proj[i] - proj[i].mean()) * (ref[i] - ref[i].mean())).sum()) >= 0
+            else -proj[i]
+        )
+        got = batch.cams["eigencam"][i].double()
+        torch.testing.assert_close(
+            got / got.max(), p.clamp_min(0) / p.clamp_min(0).max(), atol=1e-4, rtol=1e-3
+        )
+
+
+def test_eigen_failure_is_a_per_sample_status(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Fault injection: eigh never converges and the SVD fails for the first sample only."""
+    real_svd = torch.linalg.svd
+    calls = {"svd": 0}
+
+    def bad_eigh(*_a: object, **_k: object) -> None:
+        raise torch.linalg.LinAlgError("injected: failed to converge")
+
+    def svd(m: torch.Tensor, *a: object, **k: object) -> object:
+        calls["svd"] += 1
+        if calls["svd"] == 1:
+            raise torch.linalg.LinAlgError("injected: failed to converge")
+        return real_svd(m, *a, **k)
+
+    monkeypatch.setattr(torch.linalg, "eigh", bad_eigh)
+    monkeypatch.setattr(torch.linalg, "svd", svd)
+    images = torch.cat([X, X])
+    with CamEngine(GapNet(), "relu", ("eigencam", "gradcam")) as engine:
+        batch = engine.run(images, torch.tensor([0, 0]))
+    assert batch.status["eigencam"] == ["method_failed", "ok"]
+    assert batch.status["gradcam"] == ["ok", "ok"]
+    assert float(batch.cams["eigencam"][0].abs().sum()) == 0
+    torch.testing.assert_close(
+        batch.cams["eigencam"][1], pca_map(A0, A1, (A0 + A1) / 2), atol=1e-5, rtol=1e-4
+    )
+
+
+# ----------------------------------------------------------------------------- extra passes
+
+
+def test_smoothgradcam_pp_equals_gradcam_pp_when_gradients_ignore_the_noise() -> None:
+    # GapNet: dy/dA = W / 9 whatever the input, so D_p = G^p and SmoothGrad-CAM++ = Grad-CAM++
+    torch.testing.assert_close(run(GapNet(), "smoothgradcam++", 0), A0 * 9 / 25)
+
+
+def test_smoothgradcam_pp_averages_noisy_gradients(monkeypatch: pytest.MonkeyPatch) -> None:
+    # QuadNet y0 = sum A0 A1: G = (A1, A0) of the noisy input; with S noisy copies of X the
+    # engine's seeded draws are replayed here: D_p = mean_s relu(X + e_s)^p (channel-swapped)
+    monkeypatch.setattr(methods_module, "SMOOTHGRAD_SAMPLES", 2)
+    gen = torch.Generator().manual_seed(0)
+    noisy = [F.relu(X[0] + torch.randn(X.shape, generator=gen)[0] * 0.3) for _ in range(2)]
+    grads = torch.stack([n.flip(0) for n in noisy])  # [S, K, 3, 3]: G0 = A1', G1 = A0'
+    d1, d2, d3 = grads.mean(0), grads.pow(2).mean(0), grads.pow(3).mean(0)
+    acts = torch.stack([A0, A1])
+    denom = 2 * d2 + acts.sum((1, 2), keepdim=True) * d3
+    alpha = torch.where(denom == 0, 0.0, d2 / torch.where(denom == 0, 1.0, denom))
+    w = (alpha * F.relu(d1)).sum((1, 2))
+    expected = (w[0] * A0 + w[1] * A1).clamp_min(0)
+    torch.testing.assert_close(run(QuadNet(), "smoothgradcam++", 0), expected, atol=1e-5, rtol=1e-4)
+
+
+# Score-CAM-style masks on GapNet (3x3 input = layer size: no interpolation):
+# m0 = A0/3, m1 = A1/2; y0(X * m0) = (5 - 4/3)/9 = 11/27, y0(X * m1) = (2 - 3.5)/9 = -1/6,
+# and y is positively homogeneous on X >= 0: y(c X m) = c y(X m).
+S_MASKED = torch.tensor([11 / 27, -1 / 6])
+
+
+def test_iscam_hand_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    # S = 2: c_1 = 1/2, c_2 = 1/2 + 1 = 3/2 -> mean coefficient 1: s = S_MASKED
+    monkeypatch.setattr(methods_module, "ISCAM_SAMPLES", 2)
+    w = torch.softmax(S_MASKED, 0)
+    expected = w[0] * A0 + w[1] * A1
+    torch.testing.assert_close(run(GapNet(), "iscam", 0), expected, atol=1e-6, rtol=1e-5)
+    # S = 3: c = 1/3, 1, 2 -> mean 10/9
+    monkeypatch.setattr(methods_module, "ISCAM_SAMPLES", 3)
+    w = torch.softmax(S_MASKED * 10 / 9, 0)
+    torch.testing.assert_close(
+        run(GapNet(), "iscam", 0), w[0] * A0 + w[1] * A1, atol=1e-6, rtol=1e-5
+    )
+
+
+def test_sscam_hand_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(methods_module, "SSCAM_SAMPLES", 2)
+    monkeypatch.setattr(methods_module, "SSCAM_STD", 0.0)  # no noise: Score-CAM on raw logits
+    w = torch.softmax(S_MASKED, 0)
+    torch.testing.assert_close(
+        run(GapNet(), "sscam", 0), w[0] * A0 + w[1] * A1, atol=1e-6, rtol=1e-5
+    )
+    # with noise: y0(X * (m + e)) = sum relu(X (m + e)) . W[0] / 9, replayed from the seed
+    monkeypatch.setattr(methods_module, "SSCAM_STD", 0.5)
+    gen = torch.Generator().manual_seed(0)
+    masks = torch.stack([A0 / 3, A1 / 2])
+    scores = torch.zeros(2)
+    for _ in range(2):  # one draw per sample for the whole chunk of (image, channel) masks
+        eps = torch.randn(2, 1, 3, 3, generator=gen)[:, 0] * 0.5
+        for k in range(2):
+            a = F.relu(X[0] * (masks[k] + eps[k]))
+            scores[k] += (a[0].sum() - a[1].sum()) / 9 / 2
+    w = torch.softmax(scores, 0)
+    torch.testing.assert_close(
+        run(GapNet(), "sscam", 0), w[0] * A0 + w[1] * A1, atol=1e-5, rtol=1e-4
+    )
+
+
+def test_aug_smooth_hand_values() -> None:
+    # GapNet Grad-CAM is positively homogeneous in X and equivariant to flips: every augmented
+    # map, normalised and flipped back, is minmax(relu(A0 - A1)) = CAM_C0 / 2
+    torch.testing.assert_close(run(GapNet(), "gradcam", 0, aug_smooth=True), CAM_C0 / 2)
+    # an asymmetric case: FlatNet's map is not flip-equivariant, the average differs from it
+    plain = run(FlatNet(), "hirescam", 0)
+    smooth = run(FlatNet(), "hirescam", 0, aug_smooth=True)
+    assert float(smooth.max()) <= 1 + 1e-6 and not torch.allclose(smooth, plain / plain.max())

@@ -114,13 +114,23 @@ def test_full_pickle_refused_without_trust_and_loads_with_it(tmp_path: Path) -> 
     assert torch.allclose(loaded.module(x), model(x))
 
 
-def test_torchscript_refused_without_trust_and_cams_work_with_it(tmp_path: Path) -> None:
+def test_torchscript_refused_without_trust_and_with_it_names_the_eager_route(
+    tmp_path: Path,
+) -> None:
+    # issue 13: a trusted TorchScript archive loaded, then failed at the first hook
+    # ("register_forward_hook is not supported on ScriptModules"); it is refused up front
     scripted = torch.jit.script(build_ref())
     scripted.save(str(tmp_path / "m.ts"))
     cfg = ModelConfig(file=tmp_path / "m.ts", base_dir=tmp_path)
     with pytest.raises(ModelLoadError, match="TorchScript"):
         load_model(cfg)
-    loaded = load_model(cfg, trust_model_code=True)
+    with pytest.raises(ModelLoadError, match="hooks.*state_dict.*full pickle"):
+        load_model(cfg, trust_model_code=True)
+    # the eager route works: a full pickle of the module, trusted
+    torch.save(build_ref(), tmp_path / "m.pt")
+    loaded = load_model(
+        ModelConfig(file=tmp_path / "m.pt", base_dir=tmp_path), trust_model_code=True
+    )
     assert loaded.module(torch.randn(1, 3, 8, 8)).shape == (1, 3)
 
 

@@ -19,6 +19,7 @@ EXPECTED = {
     "compare_runs",
     "compute_cams",
     "load_config",
+    "load_run",
     "render_report",
     "run_audit",
     "run_demo",

@@ -15,7 +15,8 @@ One batch costs ONE forward and ONE partial backward for every gradient method t
 
 Several target layers are fused: maps are computed per layer, bilinearly upsampled to the
 largest layer resolution and summed. Degenerate samples get a defined map and a status
-(``"ok"``, ``"zero_gradient"``, ``"constant_activation"``, ``"nonfinite"``, ``"zero_map"``).
+(``"ok"``, ``"zero_gradient"``, ``"constant_activation"``, ``"nonfinite"``, ``"zero_map"``,
+``"method_failed"``).
 
 The user's model leaves as it came: hooks removed, ``training`` flags restored, grad mode
 restored, parameters' ``requires_grad`` untouched, also on error.
@@ -24,6 +25,7 @@ restored, parameters' ``requires_grad`` untouched, also on error.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -47,9 +49,14 @@ STATUSES: tuple[str, ...] = (
     "constant_activation",
     "zero_gradient",
     "nonfinite",
+    "method_failed",
 )
-"""Per-sample statuses, by increasing precedence (the highest applicable one is reported)."""
-_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE = range(5)
+"""Per-sample statuses, by increasing precedence (the highest applicable one is reported).
+
+``method_failed``: the method could not compute this sample's map (e.g. an eigendecomposition
+that did not converge even in float64 and with the SVD fallback); the map is zero and the rest
+of the batch is unaffected."""
+_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE, _FAILED = range(6)
 
 
 AUTO_SCORE_BATCH: dict[str, int] = {"cpu": 16}
@@ -98,6 +105,14 @@ class CamBatch:
     def upsampled(self, size: tuple[int, int]) -> dict[str, Tensor]:
         """``{method: [B, H, W]}`` bilinearly upsampled to ``size`` (see :func:`upsample_cams`)."""
         return {name: upsample_cams(cam, size) for name, cam in self.cams.items()}
+
+
+def _minmax(maps: Tensor) -> Tensor:
+    """Per-map min-max normalisation to ``[0, 1]`` over the last two dims (constant maps: 0)."""
+    flat = maps.flatten(-2)
+    lo = flat.amin(-1, keepdim=True)
+    span = flat.amax(-1, keepdim=True) - lo
+    return ((flat - lo) / torch.where(span > 0, span, 1.0)).reshape(maps.shape)
 
 
 def _model_device(model: nn.Module) -> torch.device | None:
@@ -166,6 +181,16 @@ class CamEngine:
             reshape is used unless one is given (:func:`auditor.cam.layers.resolve_target`).
         example: probe batch for auto-detection (default: a seeded batch at the model's
             declared input size, else 224x224); :func:`compute_cams` passes the images.
+        eigen_smooth: for methods that combine channels (``CamMethod.smoothable``), take the
+            first principal component of the weighted activations instead of their channel sum
+            (pytorch-grad-cam's ``eigen_smooth``); a ValueError for other methods.
+        aug_smooth: test-time augmentation (pytorch-grad-cam's ``aug_smooth``): the maps of the
+            batch, of its horizontal flip and of both multiplied by 0.9 and 1.1 (6 captures,
+            batched), each min-max normalised per image, flipped back and averaged. Logits,
+            targets and statuses are the unaugmented batch's. Costs 6x every method.
+        seed: seed of every random draw (``randomcam``'s weights, the noise of
+            ``smoothgradcam++`` and ``sscam``): a batch of the same composition always gets the
+            same draws, whatever ran before.
 
     Example:
         >>> with CamEngine(model, "layer4", ("gradcam", "layercam")) as engine:  # doctest: +SKIP
@@ -186,6 +211,9 @@ class CamEngine:
         channels_last: bool | None = None,
         capture_copy: bool = False,
         example: Tensor | None = None,
+        eigen_smooth: bool = False,
+        aug_smooth: bool = False,
+        seed: int = 0,
     ) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
@@ -219,6 +247,20 @@ class CamEngine:
             )
         if reshape is not None and not callable(reshape) and not isinstance(reshape, str):
             raise TypeError(f"`reshape` must be callable, got {type(reshape).__name__}")
+        if not isinstance(aug_smooth, bool):
+            raise TypeError(f"`aug_smooth` must be a bool, got {aug_smooth!r}")
+        if not isinstance(eigen_smooth, bool):
+            raise TypeError(f"`eigen_smooth` must be a bool, got {eigen_smooth!r}")
+        if eigen_smooth:
+            rigid = [m for m in methods if not METHODS[m].smoothable]
+            if rigid:
+                raise ValueError(
+                    f"`eigen_smooth` applies to methods that combine channels; {rigid} do not "
+                    f"(smoothable: {sorted(m for m, v in METHODS.items() if v.smoothable)})"
+                )
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise TypeError(f"`seed` must be an int, got {seed!r}")
+        seed = seed % (1 << 63)  # any int; torch generators take [0, 2**64)
 
         self.layer_choices: tuple[LayerChoice, ...] = ()
         """Which layer(s), which reshape and why (auto-detection or ``reshape="auto"``)."""
@@ -243,6 +285,11 @@ class CamEngine:
             raise ValueError(f"`reshape` {reshape!r} could not be resolved")
         self.reshape: Callable[[Tensor], Tensor] | None = reshape
         self._needs_grad = any(METHODS[m].needs_gradients for m in methods)
+        self._needs_hvp = any(METHODS[m].needs_hvp for m in methods)
+        self._score_methods = tuple(m for m in methods if METHODS[m].score is not None)
+        self.eigen_smooth = eigen_smooth
+        self.aug_smooth = aug_smooth
+        self.seed = seed
         self._handles: list[RemovableHandle] = []
         self._flags: dict[nn.Module, bool] | None = None
         self._capturing = False
@@ -408,6 +455,31 @@ class CamEngine:
                 ``[B]`` / sequence of ints (one class per sample), or ``[B, T]`` (T classes per
                 sample: one forward, T partial backwards; maps ``[B, T, h, w]``).
         """
+        batch = self._run_once(images, targets)
+        if not self.aug_smooth:
+            return batch
+        # test-time augmentation: flip x {0.9, 1, 1.1}, the identity already computed
+        augmented = [(flip, f) for flip in (False, True) for f in (0.9, 1.0, 1.1)]
+        augmented.remove((False, 1.0))
+        images = images.to(batch.logits.device)
+        stacked = torch.cat(
+            [(images.flip(-1) if flip else images) * factor for flip, factor in augmented]
+        )
+        reps = (len(augmented),) + (1,) * (batch.targets.dim() - 1)
+        aug = self._run_once(stacked, batch.targets.repeat(*reps))
+        n = images.shape[0]
+        cams: dict[str, Tensor] = {}
+        for method, cam in batch.cams.items():
+            total = _minmax(cam)
+            for i, (flip, _factor) in enumerate(augmented):
+                part = _minmax(aug.cams[method][i * n : (i + 1) * n])
+                total = total + (part.flip(-1) if flip else part)
+            cams[method] = total / (len(augmented) + 1)
+        return dataclasses.replace(batch, cams=cams)
+
+    def _run_once(
+        self, images: Tensor, targets: Tensor | Sequence[int] | str | None = None
+    ) -> CamBatch:
         if self._flags is None:
             raise RuntimeError("CamEngine.run must be called inside `with engine:`")
         if not isinstance(images, Tensor) or images.dim() != 4:
@@ -457,9 +529,9 @@ class CamEngine:
                     )
                 targets_bt, multi = self._resolve_targets(targets, raw_logits)
                 captured = [self._captured[n] for n in self.layer_names]
-                grads = self._gradients(raw_logits, targets_bt, captured)
+                grads, extra = self._gradients(raw_logits, targets_bt, captured)
                 logits = raw_logits.detach().float()
-                cams, codes = self._compute_maps(images, logits, targets_bt, captured, grads)
+                cams, codes = self._compute_maps(images, logits, targets_bt, captured, grads, extra)
         finally:
             self._captured = {}
             torch.set_grad_enabled(grad_mode)
@@ -508,34 +580,70 @@ class CamEngine:
         return targets_bt, multi
 
     def _gradients(
-        self, logits: Tensor, targets_bt: Tensor, captured: list[Tensor]
-    ) -> list[Tensor | None]:
-        """``dy_c/dA`` per layer as ``[B*T, ...]`` (row-major over (sample, target))."""
+        self, logits: Tensor, targets_bt: Tensor, captured: list[Tensor], extras: bool = True
+    ) -> tuple[list[Tensor | None], dict[str, list[Tensor]]]:
+        """``dy_c/dA`` per layer as ``[B*T, ...]`` (row-major over (sample, target)), and extras.
+
+        Extras, from the same graph: ``"hvp"`` (``H A`` per layer, one double backward, when a
+        method needs it) and, per method with its own ``score`` (Finer-CAM), ``ds/dA``.
+        """
         if not self._needs_grad:
-            return [None] * len(captured)
+            return [None] * len(captured), {}
+        needs_hvp = self._needs_hvp and extras
+        score_methods = self._score_methods if extras else ()
+        keys = ["hvp"] if needs_hvp else []
+        keys += list(score_methods)
         if not logits.requires_grad:
-            return [
+            zeros = [
                 torch.zeros(targets_bt.numel(), *a.shape[1:], device=a.device) for a in captured
             ]
-        per_target: list[list[Tensor]] = []
+            return list(zeros), {key: list(zeros) for key in keys}
+        per_target: dict[str, list[list[Tensor]]] = {key: [] for key in ["grad", *keys]}
+        n_targets = targets_bt.shape[1]
+        jobs = [(t, key) for t in range(n_targets) for key in ["grad", *score_methods]]
+
+        def zero_fill(grads: Sequence[Tensor | None]) -> list[Tensor]:
+            return [torch.zeros_like(a) if g is None else g for g, a in zip(grads, captured)]
+
         with torch.enable_grad():  # the caller's grad mode may be off
-            scores = logits.gather(1, targets_bt)  # [B, T] raw logits
-            n_targets = scores.shape[1]
-            for t in range(n_targets):
+            for index, (t, key) in enumerate(jobs):
+                retain = index < len(jobs) - 1
+                if key == "grad":
+                    score = logits.gather(1, targets_bt[:, t : t + 1]).sum()
+                else:
+                    score_fn = METHODS[key].score
+                    if score_fn is None:  # filtered in __init__
+                        raise RuntimeError(f"method {key!r} has no score function")
+                    score = score_fn(logits, targets_bt[:, t]).sum()
+                double = key == "grad" and needs_hvp
                 grads = torch.autograd.grad(
-                    scores[:, t].sum(),
+                    score,
                     captured,
-                    retain_graph=t < n_targets - 1,
+                    retain_graph=retain or double,
+                    create_graph=double,
                     allow_unused=True,
                 )
-                per_target.append(
-                    [torch.zeros_like(a) if g is None else g for g, a in zip(grads, captured)]
-                )
-        out: list[Tensor | None] = []
-        for index in range(len(captured)):
-            stacked = torch.stack([per_target[t][index] for t in range(n_targets)], dim=1)
-            out.append(stacked.flatten(0, 1))
-        return out
+                if double:
+                    hvps: list[Tensor | None] = []
+                    for g, a in zip(grads, captured):
+                        if g is None or not g.requires_grad:  # the tail is linear in A: H = 0
+                            hvps.append(None)
+                            continue
+                        (hv,) = torch.autograd.grad(
+                            g, a, grad_outputs=a.detach(), retain_graph=True, allow_unused=True
+                        )
+                        hvps.append(None if hv is None else hv.detach())
+                    per_target["hvp"].append(zero_fill(hvps))
+                    grads = tuple(None if g is None else g.detach() for g in grads)
+                per_target[key].append(zero_fill(grads))
+        out: dict[str, list[Tensor]] = {}
+        for key, lists in per_target.items():
+            out[key] = [
+                torch.stack([lists[t][index] for t in range(n_targets)], dim=1).flatten(0, 1)
+                for index in range(len(captured))
+            ]
+        grads_out: list[Tensor | None] = list(out.pop("grad"))
+        return grads_out, out
 
     def _to_grid(self, tensor: Tensor, name: str) -> Tensor:
         grid = self.reshape(tensor) if self.reshape is not None else tensor
@@ -554,6 +662,7 @@ class CamEngine:
         targets_bt: Tensor,
         captured: list[Tensor],
         grads: list[Tensor | None],
+        extra: dict[str, list[Tensor]] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         batch, n_targets = targets_bt.shape
         rows = batch * n_targets
@@ -561,9 +670,17 @@ class CamEngine:
         targets_n = targets_bt.reshape(-1)
         logits_n = logits[sample_index]
 
+        extra = extra or {}
+        shared: dict[str, list[Tensor]] = {}  # noisy captures serve every layer at once
         per_layer: list[dict[str, Tensor]] = []
         flags: list[dict[str, Tensor]] = []
-        for name, module, raw, grad_raw in zip(self.layer_names, self._modules, captured, grads):
+        failed_by_method = {
+            m: torch.zeros(rows, dtype=torch.bool, device=logits.device) for m in self.methods
+        }
+        zero_grad_by_method: dict[str, list[Tensor]] = {m: [] for m in self._score_methods}
+        for index, (name, module, raw, grad_raw) in enumerate(
+            zip(self.layer_names, self._modules, captured, grads)
+        ):
             raw = raw.detach()
             acts_b = self._to_grid(raw, name).float()
             finite_b = torch.isfinite(acts_b).flatten(1).all(1)
@@ -578,14 +695,23 @@ class CamEngine:
                 finite = finite & grad_finite
                 grad = torch.where(finite[:, None, None, None], grad, 0.0)
                 zero_grad = (grad == 0).flatten(1).all(1)
+
+            def grid_of(raw_grad: Tensor, name: str = name, finite: Tensor = finite) -> Tensor:
+                grid = self._to_grid(raw_grad, name).float()
+                return torch.where(finite[:, None, None, None], grid, 0.0).nan_to_num(0.0)
+
+            hvp = grid_of(extra["hvp"][index]) if "hvp" in extra else None
+            own_grads = {m: grid_of(extra[m][index]) for m in self._score_methods}
+            for m, g in own_grads.items():
+                zero_grad_by_method[m].append((g == 0).flatten(1).all(1))
             flat = acts.flatten(2)
             constant = (flat.amax(2) == flat.amin(2)).all(1)
             flags.append({"finite": finite, "zero_grad": zero_grad, "constant": constant})
 
             cache: dict[str, Tensor] = {}
 
-            def head_weight(name: str = name, k: int = acts.shape[1]) -> Tensor:
-                return self._head_weight(name, k)
+            def head_weight(name: str = name, acts_b: Tensor = acts_b) -> Tensor:
+                return self._head_weight(name, acts_b, logits)
 
             def masked_scores(
                 name: str = name, acts_b: Tensor = acts_b, cache: dict[str, Tensor] = cache
@@ -606,6 +732,32 @@ class CamEngine:
                     cache["ablated"] = scores.permute(0, 2, 1).reshape(rows, -1)
                 return cache["ablated"]
 
+            def noisy_gradients(
+                samples: int, std: float, index: int = index, cache: dict[str, Tensor] = cache
+            ) -> Tensor:
+                key = f"noisy:{samples}:{std}"
+                if key not in shared:
+                    shared[key] = self._noisy_gradients(images, targets_bt, samples, std)
+                return shared[key][index]
+
+            def smoothed_scores(
+                samples: int, std: float, acts_b: Tensor = acts_b, cache: dict[str, Tensor] = cache
+            ) -> Tensor:
+                key = f"smoothed:{samples}:{std}"
+                if key not in cache:
+                    scores = self._sweep_scores(images, acts_b, targets_bt, samples, std, False)
+                    cache[key] = scores.permute(0, 2, 1).reshape(rows, -1)
+                return cache[key]
+
+            def integrated_scores(
+                samples: int, acts_b: Tensor = acts_b, cache: dict[str, Tensor] = cache
+            ) -> Tensor:
+                key = f"integrated:{samples}"
+                if key not in cache:
+                    scores = self._sweep_scores(images, acts_b, targets_bt, samples, 0.0, True)
+                    cache[key] = scores.permute(0, 2, 1).reshape(rows, -1)
+                return cache[key]
+
             ctx = CamContext(
                 activations=acts,
                 gradients=grad,
@@ -615,15 +767,29 @@ class CamEngine:
                 head_weight=head_weight,
                 masked_scores=masked_scores,
                 ablated_scores=ablated_scores,
+                hvp=hvp,
+                eigen_smooth=self.eigen_smooth,
+                seed=self.seed,
+                noisy_gradients=noisy_gradients,
+                smoothed_scores=smoothed_scores,
+                integrated_scores=integrated_scores,
             )
             maps: dict[str, Tensor] = {}
             for method in self.methods:
                 spec = METHODS[method]
-                cam = spec.fn(ctx).float()
+                if method in own_grads:
+                    own = own_grads[method]
+                    cam = spec.fn(dataclasses.replace(ctx, gradients=own)).float()
+                    method_zero_grad = (own == 0).flatten(1).all(1)
+                else:
+                    cam = spec.fn(ctx).float()
+                    method_zero_grad = zero_grad
+                failed = ~torch.isfinite(cam).flatten(1).all(1) & finite
+                failed_by_method[method] |= failed
                 cam = torch.nan_to_num(cam, nan=0.0, posinf=0.0, neginf=0.0).clamp_min(0)
-                bad = ~finite
+                bad = ~finite | failed
                 if spec.needs_gradients:
-                    bad = bad | zero_grad
+                    bad = bad | method_zero_grad
                 maps[method] = torch.where(bad[:, None, None], 0.0, cam)
             per_layer.append(maps)
 
@@ -642,28 +808,66 @@ class CamEngine:
             code = torch.full((rows,), _OK, dtype=torch.long, device=fused.device)
             code = torch.where(zero_map, _ZERO_MAP, code)
             code = torch.where(all_constant, _CONSTANT, code)
-            if METHODS[method].needs_gradients:
+            if method in zero_grad_by_method:
+                own_zero = torch.stack(zero_grad_by_method[method]).all(0)
+                code = torch.where(own_zero, _ZERO_GRAD, code)
+            elif METHODS[method].needs_gradients:
                 code = torch.where(all_zero_grad, _ZERO_GRAD, code)
             code = torch.where(nonfinite, _NONFINITE, code)
+            code = torch.where(failed_by_method[method], _FAILED, code)
             cams[method] = fused
             codes[method] = code
         return cams, codes
 
     # ------------------------------------------------------------------ method helpers
 
-    def _head_weight(self, name: str, channels: int) -> Tensor:
-        """Weight ``[C, K]`` of the last ``nn.Linear`` with ``in_features == K`` (CAM's head)."""
-        linears = [m for m in self.model.modules() if isinstance(m, nn.Linear)]
-        matching = [m for m in linears if m.in_features == channels]
+    def _head_weight(self, name: str, acts: Tensor, logits: Tensor) -> Tensor:
+        """Weight ``[C, K]`` of the classifier that maps GAP(A) to the logits (CAM's head).
+
+        CAM (Zhou et al. 2016) is defined only for ``y = W GAP(A) + b``. Candidates are the
+        ``nn.Linear`` with ``in_features == K``, last first; one counts only when it reproduces
+        this batch's logits from the captured activations: ``|W GAP(A) + b - y| <= 1e-3 *
+        max|y|`` (5e-2 under autocast). A hidden layer of an MLP head (mobilenet_v3's
+        ``classifier.0``, 960 -> 1280) or a class-token readout fails the probe: a clear error,
+        never "class c" read from hidden unit c.
+        """
+        channels = int(acts.shape[1])
+        linears = [(n, m) for n, m in self.model.named_modules() if isinstance(m, nn.Linear)]
+        matching = [(n, m) for n, m in linears if m.in_features == channels]
         if not matching:
-            found = [m.in_features for m in linears]
+            found = [m.in_features for _, m in linears]
             raise ValueError(
                 f"method 'cam' needs a global-average-pool + linear head on layer {name!r}: "
                 f"a final nn.Linear with in_features == {channels} channels, but "
                 f"{type(self.model).__name__} has Linear in_features {found}; use 'gradcam' "
                 "(equal to CAM up to a positive scale on GAP+linear heads) or another method"
             )
-        return matching[-1].weight.detach().float()
+        gap = acts.float().mean(dim=(2, 3))  # [B, K]
+        y = logits.float()
+        rows = torch.isfinite(gap).all(1) & torch.isfinite(y).all(1)
+        if not bool(rows.any()):  # nothing to verify on: those maps are zeroed as nonfinite
+            return matching[-1][1].weight.detach().float()
+        gap, y = gap[rows], y[rows]
+        tol = (1e-3 if self.autocast is None else 5e-2) * float(y.abs().max().clamp_min(1e-6))
+        tried = []
+        for lname, linear in reversed(matching):
+            weight = linear.weight.detach().float().to(gap.device)
+            if weight.shape[0] != y.shape[1]:
+                tried.append(f"{lname} ({weight.shape[0]} outputs, {y.shape[1]} logits)")
+                continue
+            pred = gap @ weight.T
+            if linear.bias is not None:
+                pred = pred + linear.bias.detach().float().to(gap.device)
+            err = float((pred - y).abs().max())
+            if err <= tol:
+                return weight
+            tried.append(f"{lname} (max error {err:.3g} > {tol:.3g})")
+        raise ValueError(
+            f"method 'cam' needs logits = W * GAP(A) + b for the target layer {name!r}, but no "
+            f"nn.Linear with in_features == {channels} reproduces the logits from the "
+            f"layer's pooled activations (tried {', '.join(tried)}); the head is not a single "
+            "linear layer on GAP of this layer: use 'gradcam' or another method"
+        )
 
     def _masked_scores(self, images: Tensor, acts: Tensor, targets_bt: Tensor) -> Tensor:
         """Score-CAM: softmax prob of each target for ``X * norm(up(A_k))`` -> ``[B, K, T]``.
@@ -793,6 +997,98 @@ class CamEngine:
             return _logits_of(out).float()
         with torch.inference_mode(), context:
             return _logits_of(self.model(images)).float()
+
+    def _noisy_gradients(
+        self, images: Tensor, targets_bt: Tensor, samples: int, std: float
+    ) -> list[Tensor]:
+        """``dy_c/dA`` for ``samples`` noisy copies ``X + eps``, ``eps ~ N(0, std^2)``.
+
+        Returns per layer ``[S, B*T, K, h, w]``. The noise comes from a CPU generator seeded with
+        :attr:`seed` (one ``[B, C, H, W]`` draw per copy, in order); the copies run as captures
+        of up to ``max(B, 64)`` images per forward (one partial backward each), on the model.
+        """
+        gen = torch.Generator().manual_seed(self.seed)
+        noise = [torch.randn(images.shape, generator=gen) * std for _ in range(samples)]
+        per_forward = max(1, max(images.shape[0], 64) // images.shape[0])
+        per_layer: list[list[Tensor]] = [[] for _ in self.layer_names]
+        saved, grad_mode = self._captured, torch.is_grad_enabled()
+        batch = images.shape[0]
+        try:
+            for start in range(0, samples, per_forward):
+                group = noise[start : start + per_forward]
+                noisy = torch.cat([images + n.to(images.device, images.dtype) for n in group])
+                self._captured, self._capturing = {}, True
+                try:
+                    with torch.no_grad(), self._autocast(images.device):
+                        logits = _logits_of(self.model(noisy))
+                finally:
+                    self._capturing = False
+                    torch.set_grad_enabled(grad_mode)
+                captured = [self._captured[n] for n in self.layer_names]
+                grads, _ = self._gradients(
+                    logits, targets_bt.repeat(len(group), 1), captured, False
+                )
+                for index, (name, grad) in enumerate(zip(self.layer_names, grads)):
+                    if grad is None:
+                        raise RuntimeError("noisy captures need gradients")
+                    grid = self._to_grid(grad.detach(), name).float()
+                    rows = batch * targets_bt.shape[1]
+                    per_layer[index].extend(grid.reshape(len(group), rows, *grid.shape[1:]))
+        finally:
+            self._captured = saved
+            torch.set_grad_enabled(grad_mode)
+        return [torch.stack(rows_).nan_to_num(0.0) for rows_ in per_layer]
+
+    def _sweep_scores(
+        self,
+        images: Tensor,
+        acts: Tensor,
+        targets_bt: Tensor,
+        samples: int,
+        std: float,
+        integrated: bool,
+    ) -> Tensor:
+        """SS-CAM / IS-CAM channel scores ``[B, K, T]``: mean target logit over ``samples``.
+
+        Masks ``m_k = up(norm(A_k))`` (per-channel min-max with ``1e-8`` in the denominator, as
+        torch-cam). SS-CAM (``integrated=False``): inputs ``X * (m_k + eps)``, ``eps ~ N(0,
+        std^2)`` per pixel, drawn in (sample, image, channel) order from a generator seeded with
+        :attr:`seed`. IS-CAM: inputs ``c_i X * m_k`` with ``c_i = sum_{j<=i} j / samples``.
+        Chunks of ``score_batch_size`` run on the validated inference copy when available.
+        """
+        batch, channels = acts.shape[:2]
+        size = (int(images.shape[-2]), int(images.shape[-1]))
+        flat = acts.flatten(2)
+        lo = flat.amin(2, keepdim=True)
+        norm = flat - lo
+        norm = (norm / (norm.amax(2, keepdim=True) + 1e-8)).reshape(acts.shape)
+        total = batch * channels
+        b_all = torch.arange(batch, device=acts.device).repeat_interleave(channels)
+        k_all = torch.arange(channels, device=acts.device).repeat(batch)
+        sums = torch.zeros(total, targets_bt.shape[1], device=acts.device)
+        gen = torch.Generator().manual_seed(self.seed)
+        full = self._chunk_size(acts.device)
+        coeff = 0.0
+        with torch.inference_mode():
+            for step in range(samples):
+                coeff += (step + 1) / samples
+                for chunk in self._chunks(total, acts.device):
+                    b_idx, k_idx = b_all[chunk], k_all[chunk]
+                    masks = F.interpolate(
+                        norm[b_idx, k_idx][:, None],
+                        size=size,
+                        mode="bilinear",
+                        align_corners=False,
+                    )
+                    if integrated:
+                        inputs = images[b_idx] * (coeff * masks).to(images.dtype)
+                    else:
+                        eps = torch.randn(masks.shape, generator=gen) * std
+                        noisy = masks + eps.to(masks.device, masks.dtype)
+                        inputs = images[b_idx] * noisy.to(images.dtype)
+                    logits = self._perturbed_logits(inputs, fixed=inputs.shape[0] == full)
+                    sums[chunk] += logits.gather(1, targets_bt[b_idx])
+        return (sums / samples).reshape(batch, channels, -1)
 
     def _ablated_scores(self, images: Tensor, name: str, raw: Tensor, targets_bt: Tensor) -> Tensor:
         """Ablation-CAM: target logits with channel ``k`` zeroed at layer ``name`` -> ``[B, K, T]``.

@@ -463,17 +463,20 @@ def _probe(model: nn.Module, example: Tensor | None) -> Tensor:
     return x.to(device=device, dtype=dtype)
 
 
-def _trace(model: nn.Module, example: Tensor) -> tuple[list[tuple[str, nn.Module, Tensor]], int]:
+def _trace(
+    model: nn.Module, example: Tensor, keep: str | None = None
+) -> tuple[list[tuple[str, nn.Module, Tensor]], int]:
     """Dry forward (eval, no_grad); kept modules' tensor outputs in finish order, batch size.
 
     Pooling/dropout/identity modules and containers that return such a module's tensor
-    unchanged are dropped; flags and hooks are restored, also on error.
+    unchanged are dropped (except ``keep``, a layer the user named); flags and hooks are
+    restored, also on error.
     """
     records: list[tuple[str, nn.Module, Tensor | None, bool]] = []
 
     def make_hook(name: str, module: nn.Module) -> Callable[..., None]:
         def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-            skipped = isinstance(module, _SKIPPED_TYPES)
+            skipped = isinstance(module, _SKIPPED_TYPES) and name != keep
             records.append((name, module, output if isinstance(output, Tensor) else None, skipped))
 
         return hook
@@ -503,7 +506,7 @@ def _trace(model: nn.Module, example: Tensor) -> tuple[list[tuple[str, nn.Module
             if id(out) not in accepted:
                 pooled.add(id(out))
             continue
-        if id(out) in pooled:
+        if id(out) in pooled and name != keep:
             continue
         accepted.add(id(out))
         kept.append((name, module, out))
@@ -524,15 +527,15 @@ def _is_channels_last(model: nn.Module, module: nn.Module, shape: tuple[int, ...
 
 
 def _classify(
-    model: nn.Module, name: str, module: nn.Module, out: Tensor, batch: int
+    model: nn.Module, name: str, module: nn.Module, out: Tensor, batch: int, least: int = 2
 ) -> _Rec | None:
     shape = tuple(int(v) for v in out.shape)
     if len(shape) < 3 or shape[0] != batch:
         return None  # no batch dimension (e.g. a relative-position-bias MLP): never a target
     if len(shape) == 4:
         if _is_channels_last(model, module, shape):
-            return _Rec(name, module, shape, "nhwc") if shape[1] * shape[2] > 1 else None
-        return _Rec(name, module, shape, "nchw") if shape[2] * shape[3] > 1 else None
+            return _Rec(name, module, shape, "nhwc") if shape[1] * shape[2] >= least else None
+        return _Rec(name, module, shape, "nchw") if shape[2] * shape[3] >= least else None
     if len(shape) == 3 and shape[1] > 1:
         return _Rec(name, module, shape, "tokens")
     return None
@@ -721,9 +724,13 @@ def infer_reshape(model: nn.Module, layer: str, example: Tensor | None = None) -
     """
     resolve_layer(model, layer)
     x = _probe(model, example)
-    kept, batch = _trace(model, x)
+    kept, batch = _trace(model, x, keep=layer)
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    recs = [r for r in (_classify(model, n, m, o, batch) for n, m, o in kept) if r is not None]
+    recs = [
+        r
+        for r in (_classify(model, n, m, o, batch, 1 if n == layer else 2) for n, m, o in kept)
+        if r is not None
+    ]
     outs = {n: o for n, _, o in kept}
     mine = [i for i, r in enumerate(recs) if r.name == layer]
     if not mine:

@@ -15,7 +15,7 @@ Adding a method: write ``def _my(ctx: CamContext) -> Tensor`` and call :func:`re
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 
 import torch
@@ -29,6 +29,10 @@ __all__ = [
     "CamMethod",
     "register",
 ]
+
+
+def _unavailable(*_args: object) -> Tensor:
+    raise RuntimeError("this CAM method needs an engine helper that was not provided")
 
 
 @dataclass(frozen=True)
@@ -47,6 +51,18 @@ class CamContext:
             input masked by each normalised, upsampled channel (Score-CAM's extra forwards).
         ablated_scores: lazily returns ``[N, K]``: the target logit with channel ``k`` zeroed at
             the target layer (Ablation-CAM's extra forwards).
+        hvp: ``H A`` ``[N, K, h, w]``, the Hessian of ``y_c`` w.r.t. ``A`` applied to ``A`` (one
+            double backward through the layers after the target layer), for methods registered
+            with ``needs_hvp=True``; else ``None``.
+        eigen_smooth: replace the channel sum of the weighted activations by their first
+            principal component (pytorch-grad-cam's ``eigen_smooth``).
+        seed: seed of the engine's random draws (``randomcam``, noisy passes).
+        noisy_gradients: ``(samples, std) -> [S, N, K, h, w]``: ``dy_c/dA`` for ``S`` copies of
+            the input with Gaussian noise ``N(0, std^2)`` added (extra captures, batched).
+        smoothed_scores: ``(samples, std) -> [N, K]``: mean over ``S`` draws of the target logit
+            for ``X * (norm(up(A_k)) + noise)`` (SS-CAM's extra forwards).
+        integrated_scores: ``(samples) -> [N, K]``: mean over ``i = 1..S`` of the target logit
+            for ``c_i X * norm(up(A_k))``, ``c_i = sum_{j<=i} j/S`` (IS-CAM's extra forwards).
     """
 
     activations: Tensor
@@ -57,6 +73,12 @@ class CamContext:
     head_weight: Callable[[], Tensor]
     masked_scores: Callable[[], Tensor]
     ablated_scores: Callable[[], Tensor]
+    hvp: Tensor | None = None
+    eigen_smooth: bool = False
+    seed: int = 0
+    noisy_gradients: Callable[[int, float], Tensor] = field(default=_unavailable)
+    smoothed_scores: Callable[[int, float], Tensor] = field(default=_unavailable)
+    integrated_scores: Callable[[int], Tensor] = field(default=_unavailable)
 
     @property
     def grads(self) -> Tensor:
@@ -85,6 +107,11 @@ class CamMethod:
         extra_forwards: forwards per image beyond the shared capture, as a number where it is
             fixed (``0`` for capture-only methods), else a short expression (``"K"``: one per
             channel of the target layer).
+        score: ``(logits [N, C] with graph, targets [N]) -> [N]``: the score whose gradient the
+            method reads, when it is not the raw target logit (Finer-CAM); the engine runs one
+            more partial backward from the same capture for it.
+        needs_hvp: the engine computes ``ctx.hvp`` (one double backward, same capture).
+        smoothable: the map is a channel combination, so ``eigen_smooth`` applies.
     """
 
     name: str
@@ -97,6 +124,9 @@ class CamMethod:
     description: str = ""
     cost: str = ""
     extra_forwards: int | str = 0
+    score: Callable[[Tensor, Tensor], Tensor] | None = None
+    needs_hvp: bool = False
+    smoothable: bool = False
 
     def info(self) -> dict[str, str | int]:
         """The metadata as a JSON-ready dict (``title``, ``formula``, ``reference``, ...)."""
@@ -136,6 +166,9 @@ def register(
     description: str,
     cost: str | None = None,
     extra_forwards: int | str = 0,
+    score: Callable[[Tensor, Tensor], Tensor] | None = None,
+    needs_hvp: bool = False,
+    smoothable: bool = False,
 ) -> Callable[[Callable[[CamContext], Tensor]], Callable[[CamContext], Tensor]]:
     """Decorator adding ``fn`` to :data:`METHODS` under ``name`` with its metadata.
 
@@ -168,6 +201,9 @@ def register(
             description=description,
             cost=cost,
             extra_forwards=extra_forwards,
+            score=score,
+            needs_hvp=needs_hvp,
+            smoothable=smoothable,
         )
         return fn
 
@@ -188,6 +224,21 @@ def _safe_div(num: Tensor, den: Tensor) -> Tensor:
     return torch.where(zero, torch.zeros_like(num), num / torch.where(zero, 1.0, den))
 
 
+def _top_projection(centred: Tensor, positions_le_channels: bool) -> Tensor:
+    """``X v_1`` for a batch of centred ``[hw, K]`` matrices, via the smaller Gram matrix."""
+    if positions_le_channels:
+        evals, evecs = torch.linalg.eigh(centred @ centred.transpose(-1, -2))  # ascending
+        return evecs[..., :, -1] * evals[..., -1:].clamp_min(0).sqrt()
+    _, evecs = torch.linalg.eigh(centred.transpose(-1, -2) @ centred)
+    return torch.einsum("...pk,...k->...p", centred, evecs[..., :, -1])
+
+
+def _svd_projection(centred: Tensor) -> Tensor:
+    """``X v_1 = s_1 u_1`` from a (slower, more robust) SVD of one ``[hw, K]`` matrix."""
+    u, svals, _ = torch.linalg.svd(centred, full_matrices=False)
+    return u[:, 0] * svals[0]
+
+
 def _first_component(x: Tensor, reference: Tensor) -> Tensor:
     """Projection of each sample's ``[hw, K]`` matrix on its first principal component.
 
@@ -198,22 +249,55 @@ def _first_component(x: Tensor, reference: Tensor) -> Tensor:
     (``hw <= K``: map ``= sqrt(lambda_1) u_1``) or ``X^T X = V S^2 V^T`` (map ``= X v_1``); the
     result is the same as the SVD's. The sign of a singular vector is arbitrary, so it is fixed
     to make the map correlate positively with ``reference`` (``[N, h, w]``).
+
+    Robust to ill-conditioned activations (a trained network's layer can span 1e-8 .. 1e6):
+    each matrix is divided by its largest absolute entry (the map scales back linearly) and the
+    decomposition runs in float64. Where the batched ``eigh`` still fails, each sample is retried
+    alone, then with an SVD; a sample for which both fail gets a NaN map, which the engine turns
+    into a zero map with status ``"method_failed"`` (the rest of the batch is unaffected).
     """
     n, k, h, w = x.shape
     if h * w < 2:
         return torch.zeros(n, h, w, dtype=x.dtype, device=x.device)
-    mat = x.reshape(n, k, h * w).transpose(1, 2).float()  # [N, hw, K]
+    mat = x.reshape(n, k, h * w).transpose(1, 2).double()  # [N, hw, K]
     centred = mat - mat.mean(dim=1, keepdim=True)
-    if h * w <= k:
-        evals, evecs = torch.linalg.eigh(centred @ centred.transpose(1, 2))  # ascending
-        proj = evecs[:, :, -1] * evals[:, -1:].clamp_min(0).sqrt()  # [N, hw]
-    else:
-        _, evecs = torch.linalg.eigh(centred.transpose(1, 2) @ centred)
-        proj = torch.einsum("npk,nk->np", centred, evecs[:, :, -1])
-    ref = reference.reshape(n, h * w).float()
+    scale = centred.abs().flatten(1).amax(1)  # [N]
+    scale = torch.where(torch.isfinite(scale) & (scale > 0), scale, 1.0)
+    centred = centred / scale[:, None, None]
+    small = h * w <= k
+    try:
+        proj = _top_projection(centred, small)
+    except RuntimeError:  # torch.linalg.LinAlgError: retry sample by sample
+        rows = []
+        for one in centred:
+            try:
+                rows.append(_top_projection(one, small))
+            except RuntimeError:
+                try:
+                    rows.append(_svd_projection(one))
+                except RuntimeError:
+                    rows.append(torch.full((h * w,), float("nan"), dtype=one.dtype))
+        proj = torch.stack([r.to(centred.device) for r in rows])
+    proj = proj * scale[:, None]
+    ref = reference.reshape(n, h * w).double()
     cov = ((proj - proj.mean(1, keepdim=True)) * (ref - ref.mean(1, keepdim=True))).sum(1)
     sign = torch.where(cov < 0, -1.0, 1.0).to(proj.dtype)
     return F.relu(proj * sign[:, None]).reshape(n, h, w).to(x.dtype)
+
+
+def _channel_map(ctx: CamContext, weights: Tensor) -> Tensor:
+    """``ReLU(sum_k w_k A_k)``, or with ``eigen_smooth`` the first component of ``w_k A_k``."""
+    if ctx.eigen_smooth:
+        weighted = weights[:, :, None, None] * ctx.activations
+        return _first_component(weighted, weighted.sum(dim=1))
+    return F.relu(_weighted_sum(weights, ctx.activations))
+
+
+def _elementwise_map(ctx: CamContext, weighted: Tensor) -> Tensor:
+    """``ReLU(sum_k P_k)`` for per-position products ``P`` ``[N, K, h, w]`` (or eigen-smoothed)."""
+    if ctx.eigen_smooth:
+        return _first_component(weighted, weighted.sum(dim=1))
+    return F.relu(weighted.sum(dim=1))
 
 
 # --------------------------------------------------------------------------- methods
@@ -221,6 +305,7 @@ def _first_component(x: Tensor, reference: Tensor) -> Tensor:
 
 @register(
     "cam",
+    smoothable=True,
     needs_gradients=False,
     kind="activation",
     title="CAM",
@@ -239,11 +324,12 @@ def _cam(ctx: CamContext) -> Tensor:
     engine raises a ``ValueError`` otherwise. Negative evidence is clamped to 0.
     """
     weight = ctx.head_weight()[ctx.targets]  # [N, K]
-    return F.relu(_weighted_sum(weight, ctx.activations))
+    return _channel_map(ctx, weight)
 
 
 @register(
     "gradcam",
+    smoothable=True,
     needs_gradients=True,
     kind="gradient",
     title="Grad-CAM",
@@ -264,11 +350,12 @@ def _gradcam(ctx: CamContext) -> Tensor:
     ``ReLU(CAM) / Z``.
     """
     alpha = ctx.grads.mean(dim=(2, 3))
-    return F.relu(_weighted_sum(alpha, ctx.activations))
+    return _channel_map(ctx, alpha)
 
 
 @register(
     "gradcam++",
+    smoothable=True,
     needs_gradients=True,
     kind="gradient",
     title="Grad-CAM++",
@@ -300,11 +387,12 @@ def _gradcam_pp(ctx: CamContext) -> Tensor:
     denom = 2 * g2 + acts.sum(dim=(2, 3), keepdim=True) * grads.pow(3)
     alpha = _safe_div(g2, denom)
     weights = (alpha * F.relu(grads)).sum(dim=(2, 3))
-    return F.relu(_weighted_sum(weights, acts))
+    return _channel_map(ctx, weights)
 
 
 @register(
     "xgradcam",
+    smoothable=True,
     needs_gradients=True,
     kind="gradient",
     title="XGrad-CAM",
@@ -326,11 +414,12 @@ def _xgradcam(ctx: CamContext) -> Tensor:
     acts = ctx.activations
     norm = _safe_div(acts, acts.sum(dim=(2, 3), keepdim=True))
     weights = (norm * ctx.grads).sum(dim=(2, 3))
-    return F.relu(_weighted_sum(weights, acts))
+    return _channel_map(ctx, weights)
 
 
 @register(
     "layercam",
+    smoothable=True,
     needs_gradients=True,
     kind="gradient",
     title="LayerCAM",
@@ -344,11 +433,12 @@ def _xgradcam(ctx: CamContext) -> Tensor:
 )
 def _layercam(ctx: CamContext) -> Tensor:
     """LayerCAM: ``M_ij = ReLU(sum_k ReLU(G_kij) A_kij)`` (Jiang et al. 2021)."""
-    return F.relu((F.relu(ctx.grads) * ctx.activations).sum(dim=1))
+    return _elementwise_map(ctx, F.relu(ctx.grads) * ctx.activations)
 
 
 @register(
     "hirescam",
+    smoothable=True,
     needs_gradients=True,
     kind="gradient",
     title="HiResCAM",
@@ -364,7 +454,7 @@ def _layercam(ctx: CamContext) -> Tensor:
 )
 def _hirescam(ctx: CamContext) -> Tensor:
     """HiResCAM: ``M_ij = ReLU(sum_k G_kij A_kij)`` (Draelos & Carin 2020), no averaging."""
-    return F.relu((ctx.grads * ctx.activations).sum(dim=1))
+    return _elementwise_map(ctx, ctx.grads * ctx.activations)
 
 
 @register(
@@ -417,6 +507,7 @@ def _eigengradcam(ctx: CamContext) -> Tensor:
 
 @register(
     "scorecam",
+    smoothable=True,
     needs_gradients=False,
     kind="perturbation",
     title="Score-CAM",
@@ -441,11 +532,12 @@ def _scorecam(ctx: CamContext) -> Tensor:
     large batches in the engine.
     """
     weights = torch.softmax(ctx.masked_scores(), dim=1)
-    return F.relu(_weighted_sum(weights, ctx.activations))
+    return _channel_map(ctx, weights)
 
 
 @register(
     "ablationcam",
+    smoothable=True,
     needs_gradients=False,
     kind="perturbation",
     title="Ablation-CAM",
@@ -472,7 +564,359 @@ def _ablationcam(ctx: CamContext) -> Tensor:
     """
     y = ctx.logits.gather(1, ctx.targets[:, None])  # [N, 1]
     weights = _safe_div(y - ctx.ablated_scores(), y.expand(-1, ctx.activations.shape[1]))
-    return F.relu(_weighted_sum(weights, ctx.activations))
+    return _channel_map(ctx, weights)
+
+
+# ----------------------------------------------------------------- parity with the peer libraries
+
+FINER_COMPARISONS = 3
+"""Finer-CAM compares the target with this many classes whose logits are closest to it."""
+FINER_ALPHA = 1.0
+"""Finer-CAM's comparison strength ``alpha``."""
+SMOOTHGRAD_SAMPLES, SMOOTHGRAD_STD = 4, 0.3
+"""SmoothGrad-CAM++ noisy copies and the noise's standard deviation (torch-cam's defaults)."""
+SSCAM_SAMPLES, SSCAM_STD = 35, 2.0
+"""SS-CAM noisy masks per channel and the noise's standard deviation (torch-cam's defaults)."""
+ISCAM_SAMPLES = 10
+"""IS-CAM integration steps (torch-cam's default)."""
+FEM_K = 2.0
+"""FEM's ``k``-sigma threshold (pytorch-grad-cam's default)."""
+
+
+@register(
+    "gradcam_elementwise",
+    needs_gradients=True,
+    kind="gradient",
+    smoothable=True,
+    title="Grad-CAM element-wise",
+    formula="M_ij = sum_k ReLU(G_kij A_kij)",
+    description=(
+        "Grad-CAM without the spatial average: positive gradient-times-activation terms summed "
+        "over channels, so a position's negative evidence in one channel cannot cancel another's."
+    ),
+    reference=(
+        "Selvaraju et al. 2017 (Grad-CAM), element-wise variant as in pytorch-grad-cam's "
+        "GradCAMElementWise (Gildenblat et al. 2021, PyTorch library for CAM methods)"
+    ),
+)
+def _gradcam_elementwise(ctx: CamContext) -> Tensor:
+    """Grad-CAM element-wise: ``M_ij = sum_k ReLU(G_kij A_kij)``.
+
+    The ReLU is taken per channel and position before the channel sum (HiResCAM takes it after).
+    """
+    return _elementwise_map(ctx, F.relu(ctx.grads * ctx.activations))
+
+
+@register(
+    "randomcam",
+    needs_gradients=False,
+    kind="activation",
+    smoothable=True,
+    title="Random-CAM (null baseline)",
+    formula="w_k ~ U(-1, 1) i.i.d., M = ReLU(sum_k w_k A_k)",
+    description=(
+        "Random channel weights: what a map that ignores the class scores on the same "
+        "activations, the chance level against which a method's localisation is read."
+    ),
+    reference=(
+        "Adebayo et al. 2018, Sanity Checks for Saliency Maps (random baselines); as "
+        "pytorch-grad-cam's RandomCAM"
+    ),
+)
+def _randomcam(ctx: CamContext) -> Tensor:
+    """Random-CAM: ``w_k ~ U(-1, 1) i.i.d., M = ReLU(sum_k w_k A_k)``.
+
+    The weights come from a CPU generator seeded with the engine's ``seed`` (a batch of the same
+    composition always gets the same weights, so ``--resume`` reproduces a run).
+    """
+    n, k = ctx.activations.shape[:2]
+    gen = torch.Generator().manual_seed(ctx.seed)
+    weights = torch.rand(n, k, generator=gen).mul_(2).sub_(1).to(ctx.activations.device)
+    return _channel_map(ctx, weights)
+
+
+@register(
+    "fem",
+    needs_gradients=False,
+    kind="activation",
+    smoothable=True,
+    title="FEM",
+    formula="w_k = (1/Z) sum_ij 1[A_kij > mu_k + 2 sigma_k], M = ReLU(sum_k w_k A_k)",
+    description=(
+        "Feature Explanation Method: each channel weighted by the share of its positions that "
+        "are outliers (above mean + 2 standard deviations); gradient-free and class-agnostic."
+    ),
+    reference=(
+        "Fuad et al. 2020, Features Understanding in 3D CNNs for Actions Recognition in Video "
+        "(IPTA)"
+    ),
+)
+def _fem(ctx: CamContext) -> Tensor:
+    """FEM: ``w_k = (1/Z) sum_ij 1[A_kij > mu_k + 2 sigma_k], M = ReLU(sum_k w_k A_k)``.
+
+    ``mu_k`` and ``sigma_k`` are the spatial mean and (population) standard deviation of
+    channel ``k`` (``k = 2`` in the threshold: :data:`FEM_K`).
+    """
+    acts = ctx.activations
+    mean = acts.mean(dim=(2, 3), keepdim=True)
+    std = acts.std(dim=(2, 3), keepdim=True, correction=0)
+    weights = (acts > mean + FEM_K * std).float().mean(dim=(2, 3))
+    return _channel_map(ctx, weights)
+
+
+def _kernel_first_component(x: Tensor, reference: Tensor) -> Tensor:
+    """Kernel PCA (sigmoid kernel) first component of each sample's centred ``[hw, K]`` matrix.
+
+    ``k(a, b) = tanh(gamma <a, b> + 1)`` with ``gamma = 1/K``; the kernel matrix is centred
+    (``K_c = K - 1K - K1 + 1K1``), and the map is ``sqrt(lambda_1) u_1`` of its top eigenpair
+    (the training projection of kernel PCA), signed to correlate positively with ``reference``.
+    Computed in float64; a sample whose decomposition fails gets a NaN map (``method_failed``).
+    """
+    n, k, h, w = x.shape
+    if h * w < 2:
+        return torch.zeros(n, h, w, dtype=x.dtype, device=x.device)
+    mat = x.reshape(n, k, h * w).transpose(1, 2).double()
+    centred = mat - mat.mean(dim=1, keepdim=True)
+    gram = torch.tanh(centred @ centred.transpose(1, 2) / k + 1.0)  # [N, hw, hw]
+    gram = gram - gram.mean(1, keepdim=True) - gram.mean(2, keepdim=True)
+    gram = gram + gram.mean(dim=(1, 2), keepdim=True)
+    try:
+        evals, evecs = torch.linalg.eigh(gram)
+        proj = evecs[:, :, -1] * evals[:, -1:].clamp_min(0).sqrt()
+    except RuntimeError:
+        rows = []
+        for one in gram:
+            try:
+                ev, vec = torch.linalg.eigh(one)
+                rows.append(vec[:, -1] * ev[-1].clamp_min(0).sqrt())
+            except RuntimeError:
+                rows.append(torch.full((h * w,), float("nan"), dtype=one.dtype))
+        proj = torch.stack([r.to(gram.device) for r in rows])
+    ref = reference.reshape(n, h * w).double()
+    cov = ((proj - proj.mean(1, keepdim=True)) * (ref - ref.mean(1, keepdim=True))).sum(1)
+    sign = torch.where(cov < 0, -1.0, 1.0).to(proj.dtype)
+    return F.relu(proj * sign[:, None]).reshape(n, h, w).to(x.dtype)
+
+
+@register(
+    "kpcacam",
+    needs_gradients=False,
+    kind="activation",
+    title="KPCA-CAM",
+    formula="M = ReLU(sqrt(lambda_1) u_1) of the centred kernel matrix tanh(<a_i, a_j>/K + 1)",
+    description=(
+        "Eigen-CAM with kernel PCA (sigmoid kernel) of the activations: the first non-linear "
+        "principal component; class-agnostic, no gradients."
+    ),
+    reference=(
+        "Karmani et al. 2024, KPCA-CAM: Visual Explainability of Deep Computer Vision Models "
+        "using Kernel PCA"
+    ),
+)
+def _kpcacam(ctx: CamContext) -> Tensor:
+    """KPCA-CAM: ``M = ReLU(sqrt(lambda_1) u_1)`` of the centred kernel matrix
+    ``tanh(<a_i, a_j>/K + 1)``.
+
+    ``a_i`` is the channel vector at position ``i`` of the per-channel-centred activations,
+    ``(lambda_1, u_1)`` the top eigenpair of the centred ``[hw, hw]`` kernel matrix (scikit-learn's
+    ``KernelPCA(kernel="sigmoid")`` defaults, as pytorch-grad-cam). The sign, arbitrary in kernel
+    PCA, is fixed to correlate positively with the channel-mean activation (as Eigen-CAM).
+    """
+    acts = ctx.activations
+    return _kernel_first_component(acts, acts.mean(dim=1))
+
+
+@register(
+    "shapleycam",
+    needs_gradients=True,
+    needs_hvp=True,
+    kind="gradient",
+    smoothable=True,
+    title="ShapleyCAM",
+    formula="w_k = (1/Z) sum_ij (G_kij - 0.5 (H A)_kij), M = ReLU(sum_k w_k A_k)",
+    description=(
+        "Grad-CAM with a second-order (Hessian-vector) correction: the channel weights "
+        "approximate Shapley values of the channels' contributions to the class score."
+    ),
+    cost=(
+        "shared capture: 1 forward + 1 partial backward + 1 double backward through the layers "
+        "after the target layer (no extra forward)"
+    ),
+    reference=("Cai 2024, CAMs as Shapley Value-based Explainers (ShapleyCAM, arXiv:2501.06261)"),
+)
+def _shapleycam(ctx: CamContext) -> Tensor:
+    """ShapleyCAM: ``w_k = (1/Z) sum_ij (G_kij - 0.5 (H A)_kij), M = ReLU(sum_k w_k A_k)``.
+
+    ``H = d^2 y_c / dA^2``; ``H A`` is one Hessian-vector product from the same capture. For a
+    head that is linear in ``A`` (GAP + linear) ``H = 0`` and ShapleyCAM equals Grad-CAM.
+    """
+    hvp = ctx.hvp if ctx.hvp is not None else torch.zeros_like(ctx.grads)
+    weights = (ctx.grads - 0.5 * hvp).mean(dim=(2, 3))
+    return _channel_map(ctx, weights)
+
+
+def finer_score(logits: Tensor, targets: Tensor) -> Tensor:
+    """Finer-CAM's score ``s = sum_j p_j (y_c - alpha y_j) / sum_j p_j`` per row ``[N]``.
+
+    ``j`` runs over the :data:`FINER_COMPARISONS` classes whose logits are closest to ``y_c``
+    (``c`` excluded), ``p = softmax(y)`` (kept in the graph, as pytorch-grad-cam's
+    ``FinerWeightedTarget``), ``alpha`` = :data:`FINER_ALPHA`. With a single class, ``s = y_c``.
+    """
+    n, classes = logits.shape
+    y_c = logits.gather(1, targets[:, None])  # [N, 1]
+    m = min(FINER_COMPARISONS, classes - 1)
+    if m <= 0:
+        return y_c[:, 0]
+    gap = (logits.detach() - y_c.detach()).abs()
+    gap = gap.scatter(1, targets[:, None], float("inf"))
+    closest = gap.topk(m, dim=1, largest=False).indices  # ties: the lower index first? see docs
+    probs = logits.softmax(dim=1).gather(1, closest)
+    diffs = y_c - FINER_ALPHA * logits.gather(1, closest)
+    return (probs * diffs).sum(1) / (probs.sum(1) + 1e-9)
+
+
+@register(
+    "finercam",
+    needs_gradients=True,
+    kind="gradient",
+    smoothable=True,
+    score=finer_score,
+    title="Finer-CAM",
+    formula=(
+        "s = sum_j p_j (y_c - alpha y_j) / sum_j p_j; alpha_k = (1/Z) sum_ij ds/dA_kij, "
+        "M = ReLU(sum_k alpha_k A_k)"
+    ),
+    description=(
+        "Grad-CAM of the target's margin over its closest classes (the three nearest logits): "
+        "shows what separates a fine-grained class from its look-alikes."
+    ),
+    cost=(
+        "shared capture: 1 forward + 2 partial backwards (target logit, Finer score; no extra "
+        "forward)"
+    ),
+    reference=(
+        "Zhang et al. 2025, Finer-CAM: Spotting the Difference Reveals Finer Details for Visual "
+        "Explanation (CVPR)"
+    ),
+)
+def _finercam(ctx: CamContext) -> Tensor:
+    """Finer-CAM: ``s = sum_j p_j (y_c - alpha y_j) / sum_j p_j; alpha_k = (1/Z) sum_ij
+    ds/dA_kij, M = ReLU(sum_k alpha_k A_k)``.
+
+    Grad-CAM applied to the score :func:`finer_score` (``ctx.gradients`` holds ``ds/dA`` for
+    this method: the engine runs its partial backward from the same capture).
+    """
+    return _channel_map(ctx, ctx.grads.mean(dim=(2, 3)))
+
+
+@register(
+    "smoothgradcam++",
+    needs_gradients=True,
+    kind="perturbation",
+    smoothable=True,
+    title="SmoothGrad-CAM++",
+    formula=(
+        "D_p = (1/S) sum_s (dy_c/dA(X + eps_s))^p, alpha_kij = D_2 / (2 D_2 + sum_ab A_kab D_3), "
+        "w_k = sum_ij alpha_kij ReLU(D_1), M = ReLU(sum_k w_k A_k)"
+    ),
+    description=(
+        "Grad-CAM++ with its derivatives averaged over noisy copies of the input (SmoothGrad): "
+        "less gradient noise, sharper maps, at S extra captures per image."
+    ),
+    cost=(
+        f"1 forward + 1 partial backward (capture) + S = {SMOOTHGRAD_SAMPLES} noisy forwards, "
+        "each with a partial backward, batched"
+    ),
+    extra_forwards=SMOOTHGRAD_SAMPLES,
+    reference=(
+        "Omeiza et al. 2019, Smooth Grad-CAM++: An Enhanced Inference Level Visualization "
+        "Technique for Deep Convolutional Neural Network Models"
+    ),
+)
+def _smoothgradcam_pp(ctx: CamContext) -> Tensor:
+    """SmoothGrad-CAM++: ``D_p = (1/S) sum_s (dy_c/dA(X + eps_s))^p, alpha_kij = D_2 / (2 D_2 +
+    sum_ab A_kab D_3), w_k = sum_ij alpha_kij ReLU(D_1), M = ReLU(sum_k w_k A_k)``.
+
+    ``eps_s ~ N(0, 0.3^2)`` per input value, ``S = 4`` (:data:`SMOOTHGRAD_SAMPLES`,
+    :data:`SMOOTHGRAD_STD`: torch-cam's defaults), drawn from the engine's seeded generator;
+    ``A`` is the clean input's activation. ``alpha = 0`` where its denominator is ``0``. As in
+    torch-cam, the numerator of ``alpha`` is ``D_2`` (the paper prints ``D_1``); unlike torch-cam,
+    the ``ReLU`` term is the averaged gradient ``D_1`` (the paper's), not the last noisy sample's.
+    """
+    noisy = ctx.noisy_gradients(SMOOTHGRAD_SAMPLES, SMOOTHGRAD_STD)  # [S, N, K, h, w]
+    acts = ctx.activations
+    d1, d2, d3 = noisy.mean(0), noisy.pow(2).mean(0), noisy.pow(3).mean(0)
+    denom = 2 * d2 + acts.sum(dim=(2, 3), keepdim=True) * d3
+    alpha = _safe_div(d2, denom)
+    return _channel_map(ctx, (alpha * F.relu(d1)).sum(dim=(2, 3)))
+
+
+@register(
+    "sscam",
+    needs_gradients=False,
+    kind="perturbation",
+    smoothable=True,
+    title="SS-CAM",
+    formula=(
+        "s_k = (1/S) sum_s y_c(X * (norm(up(A_k)) + eps_s)), w = softmax_k(s), "
+        "M = ReLU(sum_k w_k A_k)"
+    ),
+    description=(
+        "Score-CAM with the channel scores averaged over noisy copies of each mask: smoother "
+        "weights than Score-CAM, at S x K extra forwards per image."
+    ),
+    cost=(
+        f"1 forward (capture) + S x K masked forwards (S = {SSCAM_SAMPLES}, K = channels of the "
+        "target layer), batched"
+    ),
+    extra_forwards=f"{SSCAM_SAMPLES} K",
+    reference=(
+        "Wang et al. 2020, SS-CAM: Smoothed Score-CAM for Sharper Visual Feature Localization"
+    ),
+)
+def _sscam(ctx: CamContext) -> Tensor:
+    """SS-CAM: ``s_k = (1/S) sum_s y_c(X * (norm(up(A_k)) + eps_s)), w = softmax_k(s),
+    M = ReLU(sum_k w_k A_k)``.
+
+    As torch-cam (the reference implementation): ``norm`` is the per-channel min-max
+    ``(A_k - min) / (max - min + 1e-8)`` at the layer's resolution, ``up`` bilinear upsampling,
+    ``eps_s ~ N(0, 2^2)`` per pixel (:data:`SSCAM_STD`), ``S = 35`` (:data:`SSCAM_SAMPLES`) and
+    ``y_c`` the raw logit (subtracting the clean logit, as torch-cam does, leaves the softmax
+    unchanged).
+    """
+    return _channel_map(ctx, torch.softmax(ctx.smoothed_scores(SSCAM_SAMPLES, SSCAM_STD), dim=1))
+
+
+@register(
+    "iscam",
+    needs_gradients=False,
+    kind="perturbation",
+    smoothable=True,
+    title="IS-CAM",
+    formula=(
+        "s_k = (1/S) sum_{i=1..S} y_c(c_i X * norm(up(A_k))), c_i = sum_{j<=i} j/S, "
+        "w = softmax_k(s), M = ReLU(sum_k w_k A_k)"
+    ),
+    description=(
+        "Score-CAM with the channel scores integrated along a path of scaled masks (as "
+        "Integrated Gradients does for inputs), at S x K extra forwards per image."
+    ),
+    cost=(
+        f"1 forward (capture) + S x K masked forwards (S = {ISCAM_SAMPLES}, K = channels of the "
+        "target layer), batched"
+    ),
+    extra_forwards=f"{ISCAM_SAMPLES} K",
+    reference=("Naidu et al. 2020, IS-CAM: Integrated Score-CAM for axiomatic-based explanations"),
+)
+def _iscam(ctx: CamContext) -> Tensor:
+    """IS-CAM: ``s_k = (1/S) sum_{i=1..S} y_c(c_i X * norm(up(A_k))), c_i = sum_{j<=i} j/S,
+    w = softmax_k(s), M = ReLU(sum_k w_k A_k)``.
+
+    ``S = 10`` (:data:`ISCAM_SAMPLES`); ``norm``, ``up`` and ``y_c`` as in SS-CAM. The
+    cumulative coefficient ``c_i`` (which reaches ``(S + 1) / 2``) is torch-cam's reading of the
+    paper's sum over the integration path.
+    """
+    return _channel_map(ctx, torch.softmax(ctx.integrated_scores(ISCAM_SAMPLES), dim=1))
 
 
 GRADIENT_METHODS: tuple[str, ...] = tuple(

@@ -413,6 +413,7 @@ def build_capture_copy(
         gm = gm.to(memory_format=fmt)
         for param in gm.parameters():
             param.requires_grad_(False)
+
         def forward(x: Tensor, gm: nn.Module = gm, fmt: torch.memory_format = fmt) -> Any:
             return gm(x.contiguous(memory_format=fmt))
 

@@ -217,6 +217,7 @@ class FileDataset:
                 self, record.label, height, width
             )
             notes.extend(mask_notes)
+            _check_exif_frame(record.annotation, decoded, raw.shape, (height, width))
             if raw.shape != (height, width):
                 mh, mw = raw.shape
                 problem = f"mask size {mw}x{mh} != image size {width}x{height}"
@@ -257,3 +258,33 @@ class FileDataset:
         """uint8 ``[H, W, 3]`` image (geometry of ``load``, not normalised) and bool mask."""
         prepared = self._prepare(index)
         return prepared.display, prepared.mask
+
+
+def _check_exif_frame(
+    annotation: object, decoded: Any, mask_shape: tuple[int, ...], displayed: tuple[int, int]
+) -> None:
+    """One rule for every EXIF-oriented image, whatever its shape (issue 13).
+
+    The image is used in its displayed orientation; its annotation must be too. A mask proves
+    its frame only by its shape: when the EXIF transform changes the shape (a 90° turn of a
+    non-square image), a mask of the displayed shape is in the displayed frame (accepted) and
+    one of the stored shape is not (refused later, naming the mismatch). When the transform
+    keeps the shape (square images, 180° turns, mirrorings) or the annotation is a set of box
+    coordinates, nothing tells the frames apart: the sample is skipped with that reason,
+    rather than measured against a mask that may be turned relative to its image.
+    """
+    orientation = int(getattr(decoded, "orientation", 1) or 1)
+    if orientation == 1:
+        return
+    stored_hw = (decoded.stored_size[1], decoded.stored_size[0])
+    kind = "boxes" if type(annotation).__name__ == "BoxesAnnotation" else "mask"
+    if kind == "mask" and stored_hw != displayed and tuple(mask_shape) == displayed:
+        return  # only the displayed frame has this shape: unambiguous
+    if kind == "mask" and stored_hw != displayed:
+        return  # the stored shape: the size check names the mismatch
+    raise BadSample(
+        f"image has EXIF orientation {orientation} (turned/flipped for display) and its {kind} "
+        f"cannot show whether it was drawn on the stored or the displayed pixels; save the "
+        f"image in its displayed orientation without the EXIF tag (e.g. PIL "
+        f"ImageOps.exif_transpose) and its {kind} to match"
+    )

@@ -178,18 +178,28 @@ def _positive_int(value: Any, key: str, source: str) -> int:
     return value
 
 
+#: Allowed side lengths of ``input_size`` (pixels). A 1-pixel image has no location to explain;
+#: above 4096 one float32 image alone is > 200 MiB (a typo such as 100000 would exhaust memory).
+INPUT_SIZE_RANGE = (2, 4096)
+
+
 def _input_size(value: Any, source: str) -> tuple[int, int]:
+    lo, hi = INPUT_SIZE_RANGE
     if isinstance(value, int) and not isinstance(value, bool):
-        if value <= 0:
-            raise _err(source, "input_size", f"must be > 0, got {value!r}")
-        return (value, value)
-    if (
+        sides = [value]
+    elif (
         isinstance(value, list)
         and len(value) == 2
-        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+        and all(isinstance(v, int) and not isinstance(v, bool) for v in value)
     ):
-        return (value[0], value[1])
-    raise _err(source, "input_size", f"must be a positive int or [H, W], got {value!r}")
+        sides = list(value)
+    else:
+        raise _err(source, "input_size", f"must be a positive int or [H, W], got {value!r}")
+    if not all(v > 0 for v in sides):
+        raise _err(source, "input_size", f"must be > 0, got {value!r}")
+    if not all(lo <= v <= hi for v in sides):
+        raise _err(source, "input_size", f"each side must be in [{lo}, {hi}] pixels, got {value!r}")
+    return (sides[0], sides[-1])
 
 
 def read_classes_file(path: Path) -> tuple[str, ...]:

@@ -136,6 +136,8 @@ class DecodedImage:
     sha256: str
     stored_size: tuple[int, int]  # (width, height) before EXIF transposition
     notes: tuple[str, ...]
+    #: EXIF orientation tag (1 = as stored; 2-8 = flipped and/or rotated for display)
+    orientation: int = 1
 
 
 def is_dicom(data: bytes) -> bool:
@@ -258,11 +260,19 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
         notes.append(f"multi-frame image ({n_frames} frames): first frame used")
     stored_size = im.size
     try:
+        orientation = int(im.getexif().get(0x0112, 1) or 1)
+    except _DECODE_ERRORS:
+        orientation = 1
+    if orientation not in range(1, 9):
+        orientation = 1
+    try:
         im = ImageOps.exif_transpose(im)
     except _DECODE_ERRORS as exc:
         notes.append(f"EXIF orientation unreadable ({exc}): image used as stored")
-    if im.size != stored_size:
-        notes.append("EXIF orientation applied (image rotated to its displayed orientation)")
+    if orientation != 1:
+        notes.append(
+            f"EXIF orientation {orientation} applied (image turned to its displayed orientation)"
+        )
     mode = im.mode
     if mode in ("I;16", "I;16L", "I;16B", "I;16N", "I"):
         scaled, note = scale_high_bit_depth(np.asarray(im))
@@ -278,7 +288,7 @@ def decode_image(data: bytes, max_pixels: int) -> DecodedImage:
             im = im.convert("RGBA").convert("RGB") if mode in ("P", "PA") else im.convert("RGB")
         except _DECODE_ERRORS as exc:
             raise BadSample(f"cannot convert image mode {mode!r} to RGB: {exc}") from exc
-    return DecodedImage(im, sha256_bytes(data), stored_size, tuple(notes))
+    return DecodedImage(im, sha256_bytes(data), stored_size, tuple(notes), orientation)
 
 
 def decode_mask_values(data: bytes, max_pixels: int) -> tuple[np.ndarray, tuple[str, ...]]:

@@ -13,7 +13,6 @@ at all, or has no usable row, raises :class:`~auditor.errors.DataError` naming t
 from __future__ import annotations
 
 import csv
-import io
 import json
 import math
 from dataclasses import dataclass, field
@@ -92,19 +91,38 @@ def _check_usable(path: Path, records: list[Record], first_error: tuple[int, str
         raise DataError(f"{path}: line {line}: no usable row; first problem: {reason}")
 
 
+def _parse_line(text: str) -> list[str]:
+    """One CSV row from one physical line; ``csv.Error`` for a bad quote or oversized cell."""
+    return next(csv.reader([text.rstrip("\r")], strict=True), [])
+
+
+def get_key(row: list[str], col: dict[str, int], line: int) -> str:
+    """The sample key of a row: its ``id``, else its image path, else ``line N``."""
+
+    def get(name: str) -> str:
+        i = col.get(name)
+        return row[i] if i is not None and i < len(row) else ""
+
+    return get("id").strip() or get("image").strip() or f"line {line}"
+
+
 def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
     """Index a CSV manifest; returns ``(records, sha256 of the manifest bytes)``."""
     path = config.manifest
     if path is None:
         raise DataError("[data] manifest: not set")
     text, sha = _read_text(path)
-    reader = csv.reader(io.StringIO(text, newline=""))
+    # One physical line is one row: a manifest cell never holds a line break, so a stray or
+    # unterminated quote must not swallow the rows after it (csv's default would join them).
+    lines = text.split("\n")
+    if lines and lines[-1] == "":
+        lines.pop()
+    if not lines or not lines[0].strip():
+        raise DataError(f"{path}: line 1: empty file, expected a header row")
     try:
-        header = next(reader)
-    except StopIteration:
-        raise DataError(f"{path}: line 1: empty file, expected a header row") from None
+        header = _parse_line(lines[0])
     except csv.Error as exc:
-        raise DataError(f"{path}: line {reader.line_num}: unreadable CSV: {exc}") from exc
+        raise DataError(f"{path}: line 1: unreadable CSV header: {exc}") from exc
     columns = [c.strip().lower() for c in header]
     if len(set(columns)) != len(columns):
         raise DataError(f"{path}: line 1: duplicate column names in header {header!r}")
@@ -119,20 +137,35 @@ def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
     col = {name: i for i, name in enumerate(columns)}
     groups: dict[str, _Group] = {}
     first_error: tuple[int, str] | None = None
+    seen_rows: dict[tuple[str, ...], int] = {}
     n_rows = 0
     line = 1
-    while True:
-        start_line = reader.line_num + 1
-        try:
-            row = next(reader)
-        except StopIteration:
-            break
-        except csv.Error as exc:
-            raise DataError(f"{path}: line {reader.line_num}: unreadable CSV: {exc}") from exc
-        line = start_line
-        if not any(cell.strip() for cell in row):
+    for line, raw_line in enumerate(lines[1:], start=2):
+        if not raw_line.strip():
             continue
         n_rows += 1
+        try:
+            row = _parse_line(raw_line)
+        except csv.Error as exc:
+            # this row alone is unusable (unterminated quote, oversized cell): skip it
+            key = f"line {line}"
+            bad = f"manifest line {line}: unreadable CSV row ({exc})"
+            groups[key] = _Group(line, key, "", error=bad)
+            first_error = first_error or (line, bad)
+            continue
+        if not any(cell.strip() for cell in row):
+            n_rows -= 1
+            continue
+        dup_of = seen_rows.get(tuple(row))
+        if dup_of is not None:
+            # an identical row adds nothing (not a second box): noted, never silently merged
+            key = get_key(row, col, line)
+            if key in groups:
+                groups[key].notes.append(
+                    f"manifest line {line} repeats line {dup_of} exactly (ignored)"
+                )
+            continue
+        seen_rows[tuple(row)] = line
 
         def get(name: str, row: list[str] = row) -> str:
             i = col.get(name)

@@ -19,6 +19,29 @@ Pipeline (:func:`spray_clusters`):
 4. ``sklearn.cluster.SpectralClustering(affinity="precomputed")`` partitions :math:`A` into
    :math:`k` clusters; clusters are relabelled by decreasing size (ties: smallest member index).
 
+Choosing k by stability (``select_k="stability"``, what the audit uses): the eigengap rule
+over-splits maps that vary smoothly (an object seen at different positions adds small
+eigenvalues of its own). With ``select_k="stability"`` the number of clusters is the one whose
+partition survives resampling (Ben-Hur, Elisseeff & Guyon 2002, "A stability based method for
+discovering structure in clustered data"; Lange, Roth, Braun & Buhmann 2004): for
+``n_resamples`` subsamples of ``resample_fraction * N`` maps (without replacement, seeded) the
+k-NN graph and its spectral embedding are rebuilt and every candidate ``k`` is clustered again;
+the stability of ``k`` is the mean adjusted Rand index (Hubert & Arabie 1985) between the
+subsample's partition and the full data's partition restricted to the subsample:
+
+.. math:: \\mathrm{stab}(k) = \\frac{1}{R}\\sum_{r=1}^{R} \\mathrm{ARI}\\big(\\ell^{(r)}_k,
+          \\ell_k|_{S_r}\\big)
+
+``k`` is the largest candidate (the finest partition) with :math:`\\mathrm{stab}(k) \\ge`
+``min_stability`` whose smallest cluster has at least ``min_cluster_size`` members (the most
+stable ``k`` favours ``k = 2`` and would merge a small subgroup into a large one); when none
+qualifies, ``k = 1`` (nothing separates). Partitions come from the first ``k`` eigenvectors
+of :math:`L` by the deterministic CPQR assignment ("cluster_qr", Damle, Minden & Ying 2019,
+"Simple, direct and efficient multi-way spectral clustering"): with
+:math:`V \\in \\mathbb{R}^{N\\times k}`, the pivots :math:`P` of a column-pivoted QR of
+:math:`V^\\top`, and :math:`U\\Sigma W^\\top = V_{P,:}^\\top`, the label of row :math:`i` is
+:math:`\\arg\\max_j |(V U W^\\top)_{ij}|`.
+
 Outlier rule (documented, thresholds are parameters): a cluster is an *outlier cluster* when
 ``k >= 2``, its size is at most ``outlier_max_fraction * N`` (default 25 %) and its mean
 background focus differs from the mean over all other samples by more than
@@ -28,16 +51,19 @@ background focus differs from the mean over all other samples by more than
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-__all__ = ["Cluster", "ClusterResult", "spray_clusters"]
+__all__ = ["Cluster", "ClusterResult", "adjusted_rand_index", "spray_clusters"]
 
 _DENSE_MAX_N = 600
 _ASSIGN = ("cluster_qr", "kmeans", "discretize")
+_SELECT = ("eigengap", "stability")
 
 
 @dataclass(frozen=True)
@@ -76,6 +102,9 @@ class ClusterResult:
         clusters: the clusters, by id.
         outlier_clusters: ids of the small clusters whose background focus differs from the
             rest (see the module docstring for the rule).
+        k_rule: how ``k`` was chosen: ``"eigengap"``, ``"stability"`` or ``"fixed"``.
+        stability: ``{k: mean adjusted Rand index over the resamples}`` for every candidate
+            ``k >= 2`` (only with ``select_k="stability"``).
     """
 
     k: int
@@ -84,6 +113,8 @@ class ClusterResult:
     labels: np.ndarray
     clusters: tuple[Cluster, ...]
     outlier_clusters: tuple[int, ...]
+    k_rule: str = "eigengap"
+    stability: dict[int, float] = field(default_factory=dict)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -140,6 +171,11 @@ def spray_clusters(
     outlier_max_fraction: float = 0.25,
     outlier_min_difference: float = 0.2,
     n_clusters: int | None = None,
+    select_k: str = "eigengap",
+    n_resamples: int = 20,
+    resample_fraction: float = 0.8,
+    min_stability: float = 0.9,
+    min_cluster_size: int = 3,
 ) -> ClusterResult:
     """Spectral Relevance Analysis (Lapuschkin et al. 2019) of a set of explanation maps.
 
@@ -163,6 +199,10 @@ def spray_clusters(
         outlier_min_difference: smallest absolute difference in mean background focus.
         n_clusters: force the number of clusters instead of the eigengap choice (the
             eigenvalues are still reported; ``eigengap`` is then the gap at that k).
+        select_k: ``"eigengap"`` (default) or ``"stability"`` (see the module docstring; the
+            partition then comes from the CPQR assignment, ``assign_labels`` is not used).
+        n_resamples, resample_fraction, min_stability, min_cluster_size: parameters of the
+            stability rule.
 
     Note:
         The eigengap rule finds groups that are well separated compared with their internal
@@ -201,6 +241,14 @@ def spray_clusters(
             raise ValueError(
                 f"`n_clusters` must be <= max(N - 1, 1) = {max(n - 1, 1)}, got {n_clusters}"
             )
+    if select_k not in _SELECT:
+        raise ValueError(f"`select_k` must be one of {_SELECT}, got {select_k!r}")
+    n_resamples = _check_int("n_resamples", n_resamples, 2)
+    min_cluster_size = _check_int("min_cluster_size", min_cluster_size, 1)
+    if not 0.0 < resample_fraction < 1.0:
+        raise ValueError(f"`resample_fraction` must be in (0, 1), got {resample_fraction}")
+    if not 0.0 <= min_stability <= 1.0:
+        raise ValueError(f"`min_stability` must be in [0, 1], got {min_stability}")
     focus: np.ndarray | None = None
     if background_focus is not None:
         focus = np.asarray(background_focus, dtype=np.float64)
@@ -213,8 +261,26 @@ def spray_clusters(
     degenerate = n < 3 or bool(np.all(np.abs(features - features[:1]).max() <= 1e-12))
     eigenvalues = np.zeros(0)
     eigengap = 0.0
+    stability: dict[int, float] = {}
+    k_rule = "fixed" if n_clusters is not None else select_k
     if degenerate or n_clusters == 1:
         labels = np.zeros(n, dtype=np.int64)
+    elif select_k == "stability":
+        labels, eigenvalues, stability = _stable_partition(
+            features,
+            max_k=max_k,
+            n_neighbors=n_neighbors,
+            seed=seed,
+            n_resamples=n_resamples,
+            fraction=resample_fraction,
+            min_stability=min_stability,
+            min_size=min_cluster_size,
+            n_clusters=n_clusters,
+        )
+        k_sel = int(labels.max()) + 1
+        gaps = np.diff(eigenvalues)
+        eigengap = float(gaps[k_sel - 1]) if k_sel >= 2 and k_sel - 1 < gaps.size else 0.0
+        labels = _relabel(labels)
     else:
         from sklearn.cluster import SpectralClustering
         from sklearn.neighbors import kneighbors_graph
@@ -286,7 +352,141 @@ def spray_clusters(
         labels=labels,
         clusters=tuple(clusters),
         outlier_clusters=tuple(outliers),
+        k_rule=k_rule,
+        stability=stability,
     )
+
+
+def _knn_affinity(features: np.ndarray, n_neighbors: int) -> Any:
+    """Symmetrised k-NN connectivity (Euclidean), as in :func:`spray_clusters` step 2."""
+    from scipy.sparse import csr_matrix
+
+    n = features.shape[0]
+    nn_eff = min(n_neighbors, max(1, (n - 1) // 2))
+    if n > 2000:
+        from sklearn.neighbors import kneighbors_graph
+
+        knn = kneighbors_graph(features, nn_eff, mode="connectivity", include_self=False)
+    else:
+        sq = (features**2).sum(1)
+        d2 = sq[:, None] + sq[None, :] - 2.0 * features @ features.T
+        np.fill_diagonal(d2, np.inf)
+        # stable order: ties go to the smaller index, deterministic
+        nbr = np.argsort(d2, axis=1, kind="stable")[:, :nn_eff]
+        rows = np.repeat(np.arange(n), nn_eff)
+        knn = csr_matrix((np.ones(rows.size), (rows, nbr.ravel())), shape=(n, n))
+    return (0.5 * (knn + knn.T)).tocsr()
+
+
+def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
+    """Adjusted Rand index of two partitions (Hubert & Arabie 1985, "Comparing partitions").
+
+    .. math:: \\mathrm{ARI} = \\frac{\\sum_{ij}\\binom{n_{ij}}{2} - E}{\\tfrac12
+              (\\sum_i\\binom{a_i}{2} + \\sum_j\\binom{b_j}{2}) - E},\\quad
+              E = \\frac{\\sum_i\\binom{a_i}{2}\\sum_j\\binom{b_j}{2}}{\\binom{n}{2}}
+
+    with :math:`n_{ij}` the contingency table and :math:`a_i, b_j` its margins. Both
+    partitions a single cluster (or identical trivial partitions): 1.0.
+    """
+    x = np.unique(np.asarray(a), return_inverse=True)[1]
+    y = np.unique(np.asarray(b), return_inverse=True)[1]
+    if x.shape != y.shape:
+        raise ValueError(f"`a` and `b` must have the same length, got {x.shape} and {y.shape}")
+    n = x.size
+    table = np.zeros((int(x.max(initial=0)) + 1, int(y.max(initial=0)) + 1))
+    np.add.at(table, (x, y), 1.0)
+
+    def c2(v: np.ndarray) -> float:
+        return float((v * (v - 1) / 2.0).sum())
+
+    s_ij, s_a, s_b = c2(table), c2(table.sum(1)), c2(table.sum(0))
+    total = n * (n - 1) / 2.0
+    if total == 0:
+        return 1.0
+    expected = s_a * s_b / total
+    top = 0.5 * (s_a + s_b) - expected
+    if top == 0:
+        return 1.0
+    return (s_ij - expected) / top
+
+
+def _embedding(affinity: Any, n_vec: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Smallest ``n_vec`` eigenpairs of the normalised Laplacian: (values asc, vectors N×n_vec)."""
+    from scipy.sparse import identity
+    from scipy.sparse.csgraph import laplacian
+    from scipy.sparse.linalg import eigsh
+
+    lap = laplacian(affinity, normed=True)
+    n = lap.shape[0]
+    if n <= _DENSE_MAX_N or n_vec >= n - 1:
+        vals, vecs = np.linalg.eigh(lap.toarray())
+        vals, vecs = vals[:n_vec], vecs[:, :n_vec]
+    else:
+        v0 = np.random.default_rng(seed).uniform(0.5, 1.5, n)
+        shifted = (2.0 * identity(n, format="csr") - lap).tocsr()
+        top, vecs = eigsh(shifted, k=n_vec, which="LA", v0=v0, tol=1e-8)
+        vals = 2.0 - top
+        order = np.argsort(vals, kind="stable")
+        vals, vecs = vals[order], vecs[:, order]
+    return np.clip(np.real(vals), 0.0, 2.0), np.real(vecs)
+
+
+def _cluster_qr(vectors: np.ndarray) -> np.ndarray:
+    """CPQR label assignment of Damle, Minden & Ying 2019 (see the module docstring)."""
+    from scipy.linalg import qr
+
+    k = vectors.shape[1]
+    _, _, piv = qr(vectors.T, pivoting=True, mode="economic")
+    u, _, wt = np.linalg.svd(vectors[piv[:k], :].T)
+    return np.abs(vectors @ (u @ wt)).argmax(axis=1).astype(np.int64)
+
+
+def _partitions(
+    features: np.ndarray, ks: Sequence[int], n_neighbors: int, seed: int
+) -> tuple[dict[int, np.ndarray], np.ndarray]:
+    affinity = _knn_affinity(features, n_neighbors)
+    vals, vecs = _embedding(affinity, min(max(ks) + 1, features.shape[0]), seed)
+    return {k: _cluster_qr(vecs[:, :k]) for k in ks}, vals
+
+
+def _stable_partition(
+    features: np.ndarray,
+    *,
+    max_k: int,
+    n_neighbors: int,
+    seed: int,
+    n_resamples: int,
+    fraction: float,
+    min_stability: float,
+    min_size: int,
+    n_clusters: int | None,
+) -> tuple[np.ndarray, np.ndarray, dict[int, float]]:
+    """Labels for the most stable k (module docstring), the eigenvalues, the stabilities."""
+    n = features.shape[0]
+    m = max(3, int(round(fraction * n)))
+    k_hi = min(max_k, n - 1, m - 1)
+    ks = list(range(2, k_hi + 1)) if n_clusters is None else [n_clusters]
+    if not ks:
+        return np.zeros(n, dtype=np.int64), np.zeros(0), {}
+    full, vals = _partitions(features, ks, n_neighbors, seed)
+    rng = np.random.default_rng(seed)
+    scores: dict[int, list[float]] = {k: [] for k in ks}
+    for _ in range(n_resamples):
+        sub = np.sort(rng.choice(n, size=m, replace=False))
+        part, _ = _partitions(features[sub], ks, n_neighbors, seed)
+        for k in ks:
+            scores[k].append(adjusted_rand_index(full[k][sub], part[k]))
+    stability = {k: float(np.mean(v)) for k, v in scores.items()}
+    if n_clusters is not None:
+        return full[n_clusters], vals, stability
+    best: int | None = None
+    for k in ks:
+        sizes = np.bincount(full[k], minlength=k)
+        if stability[k] >= min_stability and sizes.min() >= min_size:
+            best = k  # the finest partition that is still stable
+    if best is None:
+        return np.zeros(n, dtype=np.int64), vals, stability
+    return full[best], vals, stability
 
 
 def _relabel(labels: np.ndarray) -> np.ndarray:

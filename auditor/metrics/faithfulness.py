@@ -34,6 +34,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from auditor.modelstate import preserved_training_flags
+
 __all__ = [
     "FAITHFULNESS_METRICS",
     "FaithfulnessResult",
@@ -122,13 +124,8 @@ class FaithfulnessResult:
 @contextlib.contextmanager
 def _eval_mode(model: nn.Module) -> Iterator[None]:
     """Put every submodule in eval mode and restore each module's own flag afterwards."""
-    flags = [(m, m.training) for m in model.modules()]
-    try:
-        model.eval()
+    with preserved_training_flags(model, eval=True):
         yield
-    finally:
-        for module, flag in flags:
-            module.training = flag
 
 
 def _check_inputs(

@@ -28,7 +28,11 @@ constant CAM (``> 0``)    the CAM carries no localisation. Metrics whose definit
                           share, ``entropy = 1``. Metrics that select the "top" pixels are
                           NaN: ``pointing_game`` (every pixel is a maximum), ``iou`` (every
                           pixel passes the threshold) and ``relevance_rank_accuracy`` (the
-                          top-K set is arbitrary). Status ``"constant_cam"``.
+                          top-K set is arbitrary). Status ``"constant_cam"``; in
+                          :func:`localisation_metrics` (the audit) EVERY metric of a
+                          constant CAM is NaN: its "localisation" would only restate the
+                          mask area. Constant means ``max - min <= 1e-5 * max`` (a 1x1 layer
+                          map upsampled carries rounding noise, not localisation).
 no mask for the sample    mask metrics NaN, border/entropy given; ``"no_mask"``
 ========================  ==================================================================
 
@@ -155,7 +159,8 @@ class _CamState:
         self.max = self.x.amax(dim=1)
         self.min = self.x.amin(dim=1)
         self.zero = self.total <= 0
-        self.constant = (self.max == self.min) & ~self.zero
+        # relative tolerance: an upsampled 1x1 map differs from constant by rounding only
+        self.constant = ((self.max - self.min) <= 1e-5 * self.max.abs()) & ~self.zero
         self.shape = (b, h, w)
         self.dtype = dtype
         self._sorted: tuple[Tensor, Tensor] | None = None
@@ -571,7 +576,9 @@ def localisation_metrics(
             out[name] = _nan_where(out[name], ~present)
     out["border_focus"] = _border_focus(cs, bw)
     out["entropy"] = _entropy(cs)
-    metrics = {name: out[name] for name in METRIC_NAMES}
+    # a constant map localises nothing: no metric, not even the ones that would restate the
+    # mask area (energy_in_mask = A / N) or chance (auc = 0.5)
+    metrics = {name: _nan_where(out[name], cs.constant) for name in METRIC_NAMES}
 
     conditions = (
         ~cs.finite,

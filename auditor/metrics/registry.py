@@ -9,40 +9,29 @@ escaped by the template.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import replace
 from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["CATEGORIES", "METRICS", "MetricInfo", "metric_info"]
+from auditor.results import CATEGORIES, MetricInfo
 
-CATEGORIES: tuple[str, ...] = ("localisation", "concentration", "faithfulness", "intervention")
+if TYPE_CHECKING:  # torch is imported only where a batch is computed
+    from torch import Tensor
+else:
+    Tensor = Any
 
-
-@dataclass(frozen=True)
-class MetricInfo:
-    """What a metric means, for people reading a report.
-
-    ``higher_is_better``: ``True``/``False``, or ``None`` when neither direction is "good"
-    (e.g. entropy, a description of the map). ``range``: the bounds of the per-sample value,
-    ``None`` when unbounded or image-dependent.
-    """
-
-    name: str
-    title: str
-    higher_is_better: bool | None
-    category: str
-    needs_mask: bool
-    range: tuple[float, float] | None
-    formula: str
-    description: str
-    reference: str
-
-    def __post_init__(self) -> None:
-        if self.category not in CATEGORIES:
-            raise ValueError(f"`category` must be one of {CATEGORIES}, got {self.category!r}")
-        if self.range is not None and not self.range[0] <= self.range[1]:
-            raise ValueError(f"`range` must be (low, high) with low <= high, got {self.range}")
-
+__all__ = [
+    "CATEGORIES",
+    "METRICS",
+    "MetricInfo",
+    "metric",
+    "metric_info",
+    "registered_metrics",
+    "sample_metric_names",
+    "table_metric_names",
+    "unregister",
+]
 
 _WANG = "Wang et al. 2020, “Score-CAM: Score-Weighted Visual Explanations for CNNs” (CVPR-W)"
 _ARRAS = "Arras, Osman & Samek 2022, “CLEVR-XAI: A benchmark dataset for the ground truth "
@@ -274,8 +263,111 @@ _ALL = [
     ),
 ]
 
-#: Every metric the auditor reports, by name (read-only).
-METRICS: Mapping[str, MetricInfo] = MappingProxyType({m.name: m for m in _ALL})
+#: The per-class table of the report (primary method), in column order.
+_TABLE = ("energy_in_mask", "background_focus", "energy_lift", "pointing_game", "iou", "auc")
+
+_REGISTRY: dict[str, MetricInfo] = {m.name: replace(m, table=m.name in _TABLE) for m in _ALL}
+#: Per-sample functions of metrics added with :func:`metric` (the built-in localisation
+#: metrics are computed together by :func:`auditor.metrics.localisation_metrics`).
+_FUNCTIONS: dict[str, Callable[[Tensor, Tensor], Tensor]] = {}
+
+#: Every metric the auditor reports, by name (read-only, live: :func:`metric` adds to it).
+METRICS: Mapping[str, MetricInfo] = MappingProxyType(_REGISTRY)
+
+MetricFn = TypeVar("MetricFn", bound=Callable[..., Any])
+
+
+def metric(
+    name: str,
+    *,
+    title: str,
+    formula: str,
+    higher_is_better: bool | None,
+    needs_mask: bool,
+    range: tuple[float, float] | None = None,  # noqa: A002 - the metadata's own name
+    category: str = "localisation",
+    description: str = "",
+    reference: str = "",
+    table: bool = False,
+) -> Callable[[MetricFn], MetricFn]:
+    """Register a per-sample metric: ``fn(cams [B, H, W] float >= 0, masks [B, H, W] bool)
+    -> Tensor[B]`` (NaN where undefined), with the metadata the report prints.
+
+    From this one registration the audit computes it for every method and batch (a column of
+    ``samples.parquet``; NaN for samples without a mask when ``needs_mask``), aggregates it per
+    class and overall (``summary.json``), lists it in the methodology, and, with
+    ``table=True``, shows it in the report's per-class table.
+
+    Raises:
+        ValueError: ``name`` is already registered, or the metadata is invalid.
+    """
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"`name` must be an identifier, got {name!r}")
+    if name in _REGISTRY:
+        raise ValueError(f"metric {name!r} is already registered")
+    info = MetricInfo(
+        name,
+        title,
+        higher_is_better,
+        category,
+        needs_mask,
+        range,
+        formula,
+        description,
+        reference,
+        table,
+    )
+
+    def deco(fn: MetricFn) -> MetricFn:
+        if not callable(fn):
+            raise TypeError(f"@metric({name!r}) must decorate a function, got {fn!r}")
+        _REGISTRY[name] = info
+        _FUNCTIONS[name] = fn
+        return fn
+
+    return deco
+
+
+def unregister(name: str) -> None:
+    """Remove a metric added with :func:`metric` (built-in metrics cannot be removed)."""
+    if name not in _FUNCTIONS:
+        raise ValueError(f"`name` must be a metric added with @metric, got {name!r}")
+    del _FUNCTIONS[name]
+    del _REGISTRY[name]
+
+
+def sample_metric_names() -> tuple[str, ...]:
+    """Per-sample metrics aggregated per class: the built-in localisation metrics, then the
+    ones added with :func:`metric`, in registration order."""
+    from auditor.metrics.localisation import METRIC_NAMES
+
+    return tuple(METRIC_NAMES) + tuple(n for n in _FUNCTIONS if n not in METRIC_NAMES)
+
+
+def table_metric_names(infos: Mapping[str, MetricInfo] | None = None) -> tuple[str, ...]:
+    """The per-class table's columns: metrics with ``table=True`` (of ``infos``, default the
+    registry), in registration order."""
+    return tuple(n for n, m in (METRICS if infos is None else infos).items() if m.table)
+
+
+def registered_metrics(cams: Tensor, masks: Tensor, has_mask: Tensor) -> dict[str, Tensor]:
+    """The values of every metric added with :func:`metric` on one batch (float64, NaN for
+    samples without a mask where the metric needs one)."""
+    import torch
+
+    out: dict[str, Tensor] = {}
+    for name, fn in _FUNCTIONS.items():
+        values = fn(cams, masks)
+        if not isinstance(values, torch.Tensor) or tuple(values.shape) != (cams.shape[0],):
+            got = (
+                tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
+            )
+            raise ValueError(f"metric {name!r} must return a Tensor[{cams.shape[0]}], got {got}")
+        values = values.to(torch.float64)
+        if _REGISTRY[name].needs_mask:
+            values = torch.where(has_mask.to(values.device), values, torch.nan)
+        out[name] = values
+    return out
 
 
 def metric_info(name: str) -> MetricInfo:

@@ -36,6 +36,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from auditor.modelstate import preserved_training_flags
+
 __all__ = [
     "SanityResult",
     "downstream_of",
@@ -208,18 +210,14 @@ def downstream_of(model: nn.Module, layer: str, example: Tensor) -> tuple[str, .
     def finished(_m: nn.Module, _i: object, _o: object) -> None:
         state["done"] = True
 
-    flags = {m: m.training for m in model.modules()}
     handles = [m.register_forward_pre_hook(pre(n)) for n, m in modules.items() if n]
     handles.append(modules[layer].register_forward_hook(finished))
     try:
-        model.eval()
-        with torch.no_grad():
+        with preserved_training_flags(model, eval=True), torch.no_grad():
             model(example)
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in flags.items():
-            module.training = flag
     if not state["done"]:
         raise ValueError(f"`layer` {layer!r} did not run during the forward")
     seen: list[str] = []

@@ -1,7 +1,8 @@
 """Build the template context from a run directory.
 
-Input: ``summary.json`` (the analysis' results), ``samples.parquet`` (per-sample rows, used
-only to draw two distribution figures) and ``gallery/*.png``. Output: a plain dict of values
+Input: ``summary.json`` read as the typed result (:class:`auditor.results.AuditResult`, the
+only source of every number), ``samples.parquet`` (per-sample rows, used only to draw two
+distribution figures) and ``gallery/*.png``. Output: a plain dict of values
 the templates format, documented in ``docs/report.md``. Nothing here computes a statistic:
 values are copied, ordered (classes by risk), capped (top-N, gallery, skipped list) and drawn.
 """
@@ -19,15 +20,31 @@ from typing import Any
 import numpy as np
 
 from auditor.errors import RenderError
+from auditor.format import finite_or_none, slugify
 from auditor.report import figures as figs
-from auditor.report.html import slugify
+from auditor.results import (
+    AuditResult,
+    Gates,
+    MethodInfo,
+    Stat,
+    evidence_label,
+    method_info,
+    thaw,
+)
 
-__all__ = ["SEVERITY_ORDER", "TABLE_METRICS", "ReportLimits", "build_context", "load_summary"]
+__all__ = [
+    "SEVERITY_ORDER",
+    "TABLE_METRICS",
+    "ReportLimits",
+    "build_context",
+    "load_result",
+    "load_summary",
+]
 
 #: Findings are listed in this order; unknown severities come last.
 SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
 
-#: Per-class table metrics of the primary method, in column order.
+#: Per-class table metrics for summaries that do not record ``table`` in ``metrics_info``.
 TABLE_METRICS = ("energy_in_mask", "background_focus", "energy_lift", "pointing_game", "iou", "auc")
 
 _INTERVENTION_KEYS = (
@@ -40,7 +57,6 @@ _INTERVENTION_KEYS = (
     "background_gap",
     "n",
 )
-_STAT_KEYS = ("mean", "ci_low", "ci_high", "n", "n_nan")
 _MODEL_KEYS = (
     "name",
     "source",
@@ -59,6 +75,7 @@ _DATASET_KEYS = (
     "n_samples",
     "n_evaluated",
     "n_skipped",
+    "n_nonfinite_logits",
     "annotated",
     "input_size",
     "classes",
@@ -76,7 +93,6 @@ _RUN_KEYS = (
     "versions",
     "config",
 )
-_GATE_KEYS = ("rule", "class", "value", "threshold", "passed")
 
 
 @dataclass(frozen=True)
@@ -130,18 +146,18 @@ def load_summary(run_dir: Path) -> dict[str, Any]:
     return summary
 
 
-def _d(value: object) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _with_keys(value: object, keys: tuple[str, ...]) -> dict[str, Any]:
-    """A copy of a summary object with every key the templates read present (None if absent)."""
-    return {**{k: None for k in keys}, **_d(value)}
+def load_result(run_dir: Path) -> AuditResult:
+    """``run_dir/summary.json`` as the typed result (:class:`auditor.results.AuditResult`)."""
+    summary = load_summary(run_dir)
+    try:
+        return AuditResult.from_json(summary)
+    except (TypeError, ValueError) as exc:
+        raise RenderError(f"{str(Path(run_dir) / 'summary.json')!r}: {exc}") from exc
 
 
 def _reshape_text(value: object) -> str | None:
     """One line for the report: how the target layer's output became a grid."""
-    r = _d(value)
+    r = value if isinstance(value, Mapping) else {}
     kind = r.get("kind")
     if not kind:
         return None
@@ -155,21 +171,6 @@ def _reshape_text(value: object) -> str | None:
         src = f" ({r['source']})" if r.get("source") else ""
         return f"tokens: {r.get('prefix_tokens')} prefix token(s) dropped, {g} grid{src}"
     return str(kind)
-
-
-def _stat(value: object) -> dict[str, Any]:
-    src = _d(value)
-    return {k: src.get(k) for k in _STAT_KEYS}
-
-
-def _finite_or_none(value: object) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
 
 
 class _Images:
@@ -236,30 +237,30 @@ def _read_samples(run_dir: Path, primary: str) -> dict[str, np.ndarray] | None:
     return out
 
 
-def _class_rows(summary: Mapping[str, Any], primary: str) -> list[dict[str, Any]]:
+def _class_rows(result: AuditResult, table_metrics: tuple[str, ...]) -> list[dict[str, Any]]:
+    primary = result.primary_method
     rows: list[dict[str, Any]] = []
-    for name, raw in summary["classes"].items():
-        c = _d(raw)
-        metrics = _d(_d(c.get("metrics")).get(primary))
-        inter = c.get("interventions")
-        acc_ci = c.get("accuracy_ci")
+    empty = Stat().to_json() | {"n": None, "n_nan": None}
+    for name, c in result.classes.items():
+        inter = c.interventions
         rows.append(
             {
-                "name": str(name),
+                "name": name,
                 "slug": slugify(name),
-                "index": c.get("index"),
-                "n": c.get("n"),
-                "accuracy": c.get("accuracy"),
-                "accuracy_ci": acc_ci if isinstance(acc_ci, list) else None,
-                "m": {k: _stat(metrics.get(k)) for k in TABLE_METRICS},
+                "index": c.index,
+                "n": c.n,
+                "accuracy": c.accuracy,
+                "accuracy_ci": list(c.accuracy_ci),
+                "m": {
+                    k: (st.to_json() if (st := c.stat(primary, k)) is not None else dict(empty))
+                    for k in table_metrics
+                },
                 "interventions": (
-                    {k: _d(inter).get(k) for k in _INTERVENTION_KEYS}
-                    if isinstance(inter, dict)
-                    else None
+                    None if inter is None else {k: inter.get(k) for k in _INTERVENTION_KEYS}
                 ),
-                "flagged": bool(c.get("flagged", False)),
-                "flags": [str(f) for f in (c.get("flags") or [])],
-                "risk": _finite_or_none(c.get("risk")),
+                "flagged": c.flagged,
+                "flags": list(c.flags),
+                "risk": finite_or_none(c.risk),
                 "finding_ids": [],
             }
         )
@@ -273,19 +274,20 @@ def _severity_rank(sev: object) -> int:
     return SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER else len(SEVERITY_ORDER)
 
 
-def _gate_threshold(summary: Mapping[str, Any]) -> float | None:
-    cfg = _d(_d(_d(summary.get("run")).get("config")).get("gates"))
-    return _finite_or_none(cfg.get("max_background_focus"))
+def _gate_threshold(result: AuditResult) -> float | None:
+    cfg = result.run.config or {}
+    gates = cfg.get("gates") if isinstance(cfg, Mapping) else None
+    return finite_or_none(gates.get("max_background_focus")) if isinstance(gates, Mapping) else None
 
 
 def _figures(
-    summary: Mapping[str, Any],
+    result: AuditResult,
     rows: list[dict[str, Any]],
     samples: dict[str, np.ndarray] | None,
     limits: ReportLimits,
 ) -> list[dict[str, str]]:
     out: list[dict[str, str]] = []
-    primary = str(summary["primary_method"])
+    primary = result.primary_method
     n_classes = len(rows)
     top = rows[: limits.top_n] if limits.top_n else rows
     cut = (
@@ -299,10 +301,9 @@ def _figures(
 
     with_bf = [r for r in top if r["m"]["background_focus"]["mean"] is not None]
     if with_bf:
-        baseline = _d(
-            _d(_d(_d(summary.get("overall")).get("metrics")).get(primary)).get("background_focus")
-        ).get("mean")
-        threshold = _gate_threshold(summary)
+        overall_bf = result.overall.stat(primary, "background_focus")
+        baseline = None if overall_bf is None else overall_bf.mean
+        threshold = _gate_threshold(result)
         add(
             "fig-background-focus",
             "Background focus per class",
@@ -317,7 +318,7 @@ def _figures(
                 [r["m"]["background_focus"]["mean"] for r in with_bf],
                 [r["m"]["background_focus"]["ci_low"] for r in with_bf],
                 [r["m"]["background_focus"]["ci_high"] for r in with_bf],
-                baseline=_finite_or_none(baseline),
+                baseline=finite_or_none(baseline),
                 threshold=threshold,
             ),
         )
@@ -342,11 +343,11 @@ def _figures(
                     "Scatter plot of energy in object against confidence, coloured by correctness.",
                     figs.energy_vs_confidence(e, samples["confidence"], ok),
                 )
-    conf = summary.get("confusion")
-    if isinstance(conf, dict) and conf.get("classes") and conf.get("matrix") is not None:
-        names = [str(c) for c in conf["classes"]]
+    conf = result.confusion
+    if conf is not None and conf.classes:
+        names = list(conf.classes)
         mat = np.asarray(
-            [[np.nan if v is None else v for v in row] for row in conf["matrix"]], dtype=float
+            [[np.nan if v is None else v for v in row] for row in conf.matrix], dtype=float
         )
         caption = "Rows: true class; columns: predicted class; colour on a log scale."
         if limits.top_n and len(names) > limits.top_n:
@@ -355,7 +356,7 @@ def _figures(
             names = [names[i] for i in keep]
             mat = mat[np.ix_(keep, keep)]
             caption += (
-                f" Restricted to the {len(keep)} highest-risk of {len(conf['classes'])} classes;"
+                f" Restricted to the {len(keep)} highest-risk of {len(conf.classes)} classes;"
                 " confusions with other classes are not shown."
             )
         if names:
@@ -383,8 +384,8 @@ def _figures(
                 [r["interventions"]["mixed_rand_accuracy"] for r in with_int],
             ),
         )
-    agree = summary.get("method_agreement")
-    if isinstance(agree, dict) and len(agree.get("methods") or []) >= 2:
+    agree = result.method_agreement
+    if agree is not None and len(agree.methods) >= 2:
         add(
             "fig-method-agreement",
             "Agreement between methods",
@@ -392,175 +393,296 @@ def _figures(
             "agreement means the explanation depends on the method, so read single-method "
             "evidence with care.",
             "Heat map of rank correlation between CAM methods.",
-            figs.method_agreement([str(m) for m in agree["methods"]], agree["spearman"]),
+            figs.method_agreement(list(agree.methods), [list(r) for r in agree.spearman]),
         )
     return out
 
 
-def _evidence_items(evidence: object) -> list[tuple[str, Any]]:
-    return [(str(k), v) for k, v in _d(evidence).items()]
+def _keyed(value: Mapping[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """``value`` with every key the templates read present (``None`` where absent)."""
+    return {**{k: None for k in keys}, **value}
+
+
+def _method_infos(result: AuditResult) -> dict[str, MethodInfo]:
+    """Each method's metadata from the summary; where a run written before the metadata fix
+    has none (empty formula), from the live registry, so that a re-render shows it."""
+    out = dict(result.methods_info)
+    stale = [m for m in result.methods if not (out.get(m) and out[m].formula)]
+    if stale:
+        from auditor.cam import METHODS  # imports torch: only for such old runs
+
+        for m in stale:
+            if m in METHODS:
+                out[m] = method_info(METHODS[m])
+    return out
+
+
+def _verdict(gates: Gates | None) -> str:
+    """The cover's one-line verdict."""
+    if gates is None or not gates.results:
+        return "No release gates configured"
+    if gates.passed:
+        return f"All {len(gates.results)} gate checks passed"
+    return f"{gates.n_failed} of {len(gates.results)} gate checks failed"
+
+
+def _evidence_items(
+    evidence: Mapping[str, Any], titles: Mapping[str, str]
+) -> list[tuple[str, Any]]:
+    """(readable label, value) pairs: metric titles, then the finding rules' labels."""
+    return [(evidence_label(str(k), titles), v) for k, v in evidence.items()]
+
+
+_STAT_LABELS = {
+    "background_focus": "Background focus",
+    "border_focus": "Border focus",
+    "entropy": "Map entropy",
+    "peak_distance": "Peak distance from the centre",
+    "only_fg_drop": "Accuracy lost without the background",
+    "only_bg_hit": "Background alone predicted as the class",
+    "correct": "Accuracy",
+}
+
+
+def _num(v: object) -> float | None:
+    try:
+        f = float(v)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _pair(v: object) -> list[float | None]:
+    if isinstance(v, list | tuple) and len(v) == 2:
+        return [_num(v[0]), _num(v[1])]
+    return [None, None]
+
+
+def _support(raw: object) -> dict[str, Any] | None:
+    """The statistic a finding rests on: its estimate, interval and the baseline it excludes."""
+    d = thaw(raw) if raw is not None else None
+    if not isinstance(d, dict) or not d:
+        return None
+    return {
+        "statistic": str(d.get("statistic") or ""),
+        "label": str(d.get("label") or d.get("statistic") or ""),
+        "estimate": _num(d.get("estimate")),
+        "ci": _pair(d.get("ci")),
+        "baseline": _num(d.get("baseline")),
+        "against": str(d.get("against") or ""),
+        "subgroup": _num(d.get("subgroup")),
+        "rest": _num(d.get("rest")),
+        "confidence": _num(d.get("confidence")),
+    }
+
+
+def _subgroups(result: AuditResult, images: Any) -> list[dict[str, Any]]:
+    """One entry per reported subgroup (``clusters[class].subgroups``): its finding, every
+    statistic's difference and interval, the intervention outcome, members, and the panels of
+    its exemplars beside the rest of its class."""
+    by_key: dict[tuple[str, Any], dict[str, Any]] = {}
+    for f in result.findings:
+        if f.kind in ("subgroup_shortcut", "strategy_cluster") and f.cls is not None:
+            by_key[(f.cls, f.evidence.get("cluster"))] = {"id": f.id, "title": f.title}
+    out: list[dict[str, Any]] = []
+    for name, cc in (result.clusters or {}).items():
+        for sg in thaw(cc.extra.get("subgroups")) or []:
+            if not isinstance(sg, dict):
+                continue
+            tests = []
+            for key, t in (sg.get("tests") or {}).items():
+                tests.append(
+                    {
+                        "name": str(key),
+                        "label": _STAT_LABELS.get(str(key), str(key)),
+                        "subgroup": _num(t.get("subgroup")),
+                        "rest": _num(t.get("rest")),
+                        "diff": _num(t.get("diff")),
+                        "ci": _pair(t.get("ci")),
+                        "margin": _num(t.get("margin")),
+                        "method": str(t.get("method") or ""),
+                        "separates": bool(t.get("separates")),
+                    }
+                )
+            members = [str(x) for x in sg.get("members") or []]
+            rate = list(sg.get("only_bg_rate") or []) + [None, None, None]
+            out.append(
+                {
+                    "class": name,
+                    "slug": slugify(name),
+                    "finding": by_key.get((name, sg.get("cluster"))),
+                    "severity": str(sg.get("severity") or "low"),
+                    "size": sg.get("size"),
+                    "class_size": sg.get("class_size"),
+                    "where": str(sg.get("where") or ""),
+                    "region_share": _num(sg.get("region_share")),
+                    "rest_region_share": _num(sg.get("rest_region_share")),
+                    "needed_statistic": sg.get("needed_statistic"),
+                    "interventions": bool(sg.get("interventions")),
+                    "only_bg_rate": _num(rate[0]),
+                    "only_bg_rate_ci": [_num(rate[1]), _num(rate[2])],
+                    "tests": tests,
+                    "members": members[:60],
+                    "n_members_hidden": max(0, len(members) - 60),
+                    "images": [
+                        {"file": str(p), "uri": images.uri(str(p))} for p in sg.get("gallery") or []
+                    ],
+                }
+            )
+    order = {"high": 0, "medium": 1, "low": 2}
+    out.sort(key=lambda g: (order.get(g["severity"], 3), g["class"]))
+    return out
 
 
 def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[str, Any]:
     """Everything the report templates use; see ``docs/report.md`` for each key."""
     run_dir = Path(run_dir)
     limits = limits or ReportLimits()
-    summary = load_summary(run_dir)
+    result = load_result(run_dir)
     images = _Images(run_dir)
-    primary = str(summary["primary_method"])
-    model = _with_keys(summary.get("model"), _MODEL_KEYS)
-    dataset = _with_keys(summary.get("dataset"), _DATASET_KEYS)
-    run = _with_keys(summary.get("run"), _RUN_KEYS)
-    tool = _with_keys(summary.get("tool"), ("name", "version"))
+    primary = result.primary_method
+    model = _keyed(result.model.to_json(), _MODEL_KEYS)
+    dataset = _keyed(result.dataset.to_json(), _DATASET_KEYS)
+    run = _keyed(result.run.to_json(), _RUN_KEYS)
+    tool = {"name": None, "version": None, **thaw(result.tool)}
 
-    rows = _class_rows(summary, primary)
+    metrics_info_all = dict(result.metrics_info)
+    # the per-class table's columns come from the metrics' registration (``table=True``);
+    # summaries written before that was recorded get the built-in set
+    table_metrics = tuple(n for n, mi in metrics_info_all.items() if mi.table) or TABLE_METRICS
+    rows = _class_rows(result, table_metrics)
     by_name = {r["name"]: r for r in rows}
+    metric_titles = {k: v.title or k for k, v in metrics_info_all.items()}
 
-    gallery = _d(summary.get("gallery"))
+    gallery = result.gallery
     findings: list[dict[str, Any]] = []
-    raw_findings = [_d(f) for f in summary.get("findings") or []]
     # Severity order is decided before pictures are attached, so that only the findings shown
     # as full blocks (the first `limits.findings`) carry images.
     order = sorted(
-        range(len(raw_findings)),
-        key=lambda i: _severity_rank(str(raw_findings[i].get("severity") or "info").lower()),
+        range(len(result.findings)), key=lambda i: _severity_rank(result.findings[i].severity)
     )
     for rank, i in enumerate(order):
-        f = raw_findings[i]
-        cls = f.get("class")
-        fid = str(f.get("id") or f"F{i + 1}")
+        f = result.findings[i]
+        fid = f.id or f"F{i + 1}"
         panels = []
-        if cls is not None and limits.finding_images and rank < limits.findings:
-            entries = [_d(g) for g in gallery.get(str(cls)) or []]
-            examples = [str(x) for x in f.get("examples") or []]
-            chosen = [g for g in entries if g.get("id") in examples] or entries
+        if f.cls is not None and limits.finding_images and rank < limits.findings:
+            entries = list(gallery.get(f.cls, ()))
+            chosen = [g for g in entries if g.id in f.examples] or entries
             for g in chosen[: limits.finding_images]:
-                panels.append({**g, "uri": images.uri(str(g.get("file")))})
-        if cls is not None and str(cls) in by_name:
-            by_name[str(cls)]["finding_ids"].append(fid)
+                panels.append({**g.to_json(), "uri": images.uri(g.file)})
+        if f.cls is not None and f.cls in by_name:
+            by_name[f.cls]["finding_ids"].append(fid)
         findings.append(
             {
                 "id": fid,
-                "class": None if cls is None else str(cls),
-                "slug": None if cls is None else slugify(cls),
-                "kind": str(f.get("kind") or "other"),
-                "severity": str(f.get("severity") or "info").lower(),
-                "title": str(f.get("title") or f.get("message") or f.get("kind") or fid),
-                "message": str(f.get("message") or ""),
-                "evidence": _evidence_items(f.get("evidence")),
-                "examples": [str(x) for x in f.get("examples") or []],
+                "class": f.cls,
+                "slug": None if f.cls is None else slugify(f.cls),
+                "kind": f.kind,
+                "severity": f.severity,
+                "title": f.title or f.message or f.kind or fid,
+                "message": f.message,
+                # member lists are long: the Subgroups section shows them
+                "evidence": _evidence_items(
+                    {k: v for k, v in f.evidence.items() if k != "members"}, metric_titles
+                ),
+                "examples": list(f.examples),
                 "panels": panels,
+                "support": _support(f.extra.get("support")),
             }
         )
     findings.sort(key=lambda f: _severity_rank(f["severity"]))
     severity_counts = {s: 0 for s in SEVERITY_ORDER}
-    for f in findings:
-        severity_counts[f["severity"]] = severity_counts.get(f["severity"], 0) + 1
+    for fd in findings:
+        severity_counts[fd["severity"]] = severity_counts.get(fd["severity"], 0) + 1
 
-    gates_raw = summary.get("gates")
     gates = None
-    if isinstance(gates_raw, dict):
-        results = [_with_keys(r, _GATE_KEYS) for r in gates_raw.get("results") or []]
-        results.sort(key=lambda r: (bool(r.get("passed")), str(r.get("rule")), str(r.get("class"))))
+    if result.gates is not None:
+        results = [r.to_json() for r in result.gates.results]
+        results.sort(key=lambda r: (bool(r["passed"]), str(r["rule"]), str(r["class"])))
         gates = {
-            "passed": gates_raw.get("passed"),
+            "passed": result.gates.passed,
             "results": results,
-            "n_failed": sum(1 for r in results if r.get("passed") is False),
+            "n_failed": result.gates.n_failed,
         }
 
     galleries: list[dict[str, Any]] = []
     gallery_names = [r["name"] for r in rows if r["name"] in gallery]
     gallery_names += [n for n in gallery if n not in by_name]
     for name in gallery_names[: limits.gallery_classes]:
-        entries = [_d(g) for g in gallery[name] or []]
+        entries = list(gallery[name])
         galleries.append(
             {
                 "class": name,
                 "slug": slugify(name),
                 "n_total": len(entries),
                 "panels": [
-                    {**g, "uri": images.uri(str(g.get("file")))}
+                    {**g.to_json(), "uri": images.uri(g.file)}
                     for g in entries[: limits.gallery_per_class]
                 ],
             }
         )
 
     clusters: list[dict[str, Any]] = []
-    for name, raw in _d(summary.get("clusters")).items():
-        c = _d(raw)
-        items: list[dict[str, Any]] = []
-        for cl in c.get("clusters") or []:
-            cl = _d(cl)
-            items.append(
-                {
-                    **{k: cl.get(k) for k in ("id", "size", "background_focus", "outlier")},
-                    "exemplars": [str(x) for x in cl.get("exemplars") or []],
-                    "images": [
-                        {"file": str(p), "uri": images.uri(str(p))} for p in cl.get("gallery") or []
-                    ],
-                }
-            )
+    for name, cc in (result.clusters or {}).items():
+        items = [
+            {
+                "id": cl.id,
+                "size": cl.size,
+                "background_focus": cl.background_focus,
+                "outlier": cl.outlier,
+                "exemplars": list(cl.exemplars),
+                "images": [{"file": p, "uri": images.uri(p)} for p in cl.gallery],
+            }
+            for cl in cc.clusters
+        ]
         clusters.append(
             {
-                "class": str(name),
+                "class": name,
                 "slug": slugify(name),
-                "k": c.get("k"),
-                "eigengap": c.get("eigengap"),
+                "k": cc.k,
+                "eigengap": cc.eigengap,
                 "clusters": items,
             }
         )
     risk_pos = {r["name"]: i for i, r in enumerate(rows)}
     clusters.sort(key=lambda c: risk_pos.get(c["class"], len(rows)))
     clusters = clusters[: limits.gallery_classes]
+    subgroups = _subgroups(result, images)
 
-    overall = _with_keys(summary.get("overall"), ("n", "accuracy", "accuracy_ci", "metrics"))
-    methods_info = _d(summary.get("methods_info"))
-    methods: list[dict[str, Any]] = [
-        {
-            "name": str(m),
-            "title": str(_d(methods_info.get(m)).get("title") or m),
-            "formula": _d(methods_info.get(m)).get("formula"),
-            "reference": _d(methods_info.get(m)).get("reference"),
-            "primary": str(m) == primary,
-            "metrics": {k: _stat(v) for k, v in _d(_d(overall.get("metrics")).get(m)).items()},
-            "status_counts": _d(_d(overall.get("status_counts")).get(m)),
-        }
-        for m in summary.get("methods") or []
-    ]
+    overall = result.overall.to_json()
+    infos = _method_infos(result)
+    methods: list[dict[str, Any]] = []
+    for m in result.methods:
+        info = infos.get(m) or MethodInfo(name=m, title=m)
+        methods.append(
+            {
+                "name": m,
+                "title": info.title or m,
+                "formula": info.formula or None,
+                "description": info.description or None,
+                "reference": info.reference or None,
+                "cost": info.extra.get("cost"),
+                "primary": m == primary,
+                "metrics": {k: s.to_json() for k, s in result.overall.metrics.get(m, {}).items()},
+                "status_counts": thaw(result.overall.status_counts.get(m, {})),
+            }
+        )
     metrics_info: list[dict[str, Any]] = [
-        {
-            "name": str(k),
-            **{
-                f: _d(v).get(f)
-                for f in (
-                    "title",
-                    "formula",
-                    "description",
-                    "reference",
-                    "higher_is_better",
-                    "category",
-                    "range",
-                )
-            },
-        }
-        for k, v in _d(summary.get("metrics_info")).items()
+        {**mi.to_json(), "direction": mi.direction} for mi in metrics_info_all.values()
     ]
-    metric_titles = {m["name"]: m["title"] or m["name"] for m in metrics_info}
     overall_metric_names = list(dict.fromkeys(k for m in methods for k in m["metrics"]))
 
     faith = [
-        {"method": str(m), "metrics": {k: _stat(v) for k, v in _d(stats).items()}}
-        for m, stats in _d(summary.get("faithfulness")).items()
+        {"method": m, "metrics": {k: s.to_json() for k, s in stats.items()}}
+        for m, stats in (result.faithfulness or {}).items()
     ]
-    sanity = [{"method": str(m), **_d(v)} for m, v in _d(summary.get("sanity")).items()]
+    sanity = [{"method": m, **v.to_json()} for m, v in (result.sanity or {}).items()]
 
-    skipped_all = [_d(s) for s in dataset.get("skipped") or []]
-    n_skipped = dataset.get("n_skipped")
-    if not isinstance(n_skipped, int):
-        n_skipped = len(skipped_all)
+    skipped_all = [dict(s) for s in result.dataset.skipped]
+    n_skipped = result.dataset.n_skipped
 
     samples = _read_samples(run_dir, primary)
-    figures = _figures(summary, rows, samples, limits)
+    figures = _figures(result, rows, samples, limits)
 
     any_interventions = any(r["interventions"] is not None for r in rows)
     notes = []
@@ -571,16 +693,20 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         )
     if not faith:
         notes.append("Faithfulness metrics (deletion/insertion) did not run.")
-    if dataset.get("annotated") is False:
+    if result.dataset.annotated is False:
         notes.append("The dataset has no object annotations: localisation metrics are absent.")
 
-    finished = str(run.get("finished") or run.get("started") or "")
-    versions = sorted((str(k), str(v)) for k, v in _d(run.get("versions")).items())
-    config = run.get("config")
+    finished = str(result.run.finished or result.run.started or "")
+    versions = sorted((str(k), str(v)) for k, v in result.run.versions.items())
+    config = thaw(result.run.config) if result.run.config is not None else None
     return {
         "output": "html",
-        "summary": summary,
-        "title": f"Model audit: {model.get('name') or model.get('source') or 'unnamed model'}",
+        "summary": result,
+        "result": result,
+        # [report] title when the user set one (issue 13), else the model's name
+        "title": str(result.title)
+        if result.title and result.title != "Model attention audit"
+        else f"Model audit: {result.model.name or result.model.source or 'unnamed model'}",
         "date": finished[:10] if finished else None,
         "tool": tool,
         "model": model,
@@ -592,7 +718,15 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "metric_titles": metric_titles,
         "overall": overall,
         "overall_metric_names": overall_metric_names,
-        "table_metrics": list(TABLE_METRICS),
+        "table_metrics": list(table_metrics),
+        "table_columns": [
+            {
+                "name": k,
+                "title": metric_titles.get(k, k),
+                "formula": metrics_info_all[k].formula if k in metrics_info_all else "",
+            }
+            for k in table_metrics
+        ],
         "classes": rows,
         "n_classes": len(rows),
         "n_flagged": sum(1 for r in rows if r["flagged"]),
@@ -600,17 +734,19 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "findings": findings,
         "severity_counts": severity_counts,
         "gates": gates,
+        "verdict_text": _verdict(result.gates),
         "figures": figures,
         "galleries": galleries,
         "n_gallery_classes": len(gallery_names),
         "clusters": clusters,
-        "rules": [(str(k), str(v)) for k, v in _d(summary.get("rules")).items()],
+        "subgroups": subgroups,
+        "rules": [(k, v) for k, v in result.rules.items()],
         "faithfulness": faith,
         "sanity": sanity,
-        "sanity_status": _d(summary.get("sanity_status")) or None,
+        "sanity_status": thaw(result.sanity_status) if result.sanity_status else None,
         "reshape_text": _reshape_text(model.get("reshape")),
         "versions": versions,
-        "timings": [(str(k), v) for k, v in _d(run.get("timings")).items()],
+        "timings": [(str(k), v) for k, v in result.run.timings.items()],
         "config_text": (
             json.dumps(config, indent=2, sort_keys=True, default=str) if config else None
         ),

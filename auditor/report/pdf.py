@@ -187,6 +187,8 @@ def html_to_pdf(
             tmp_pdf,
             "--base-dir",
             str(Path(base_dir).resolve()),
+            "--parent-pid",  # the worker ends (and removes these temp files) if we die
+            str(os.getpid()),
         ]
         run = runner or subprocess.run
         try:

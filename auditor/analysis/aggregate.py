@@ -1,0 +1,339 @@
+"""Per-class and overall statistics from the per-sample rows (one row per sample × method).
+
+* metric means per class and overall with bootstrap confidence intervals (BCa; Efron 1987)
+  that exclude NaN and count it (:func:`metric_block`);
+* accuracies with Wilson intervals (Wilson 1927);
+* intervention accuracies and the only-foreground drop with a paired bootstrap interval over
+  the same samples (Xiao et al. 2021);
+* faithfulness means on the seeded subset, per-sample status counts, the confusion matrix and
+  the agreement between methods (Spearman).
+
+Everything returns :mod:`auditor.results` objects; nothing here decides a finding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from auditor.config import AuditSettings
+from auditor.results import (
+    ClassResult,
+    Confusion,
+    Interventions,
+    MethodAgreement,
+    OverallResult,
+    Stat,
+)
+from auditor.stats import (
+    bootstrap_mean_ci,
+    grouped_bootstrap_mean_ci,
+    paired_bootstrap_diff_ci,
+    wilson_interval,
+)
+
+__all__ = [
+    "PrimaryColumns",
+    "accuracy_with_ci",
+    "class_results",
+    "col",
+    "confusion_matrix",
+    "faithfulness_block",
+    "method_agreement",
+    "metric_block",
+    "overall_result",
+    "status_counts",
+]
+
+#: Intervention correctness columns of samples.parquet, and the summary key of each.
+INTERVENTION_CORRECT = {
+    "only_fg_correct": "only_fg_accuracy",
+    "only_bg_correct": "only_bg_accuracy",
+    "mixed_rand_correct": "mixed_rand_accuracy",
+}
+
+
+def col(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
+    """Column ``name`` as numpy (all-NaN when absent); ``dtype=float`` maps nulls to NaN."""
+    if name not in table.column_names:
+        return np.full(table.num_rows, np.nan)
+    arr = table.column(name).to_numpy(zero_copy_only=False)
+    if dtype is not None:
+        if dtype is float:
+            arr = (
+                np.asarray([np.nan if v is None else v for v in arr], float)
+                if arr.dtype == object
+                else arr.astype(float)
+            )
+        else:
+            arr = arr.astype(dtype)
+    return arr
+
+
+def _stat(iv: Any) -> Stat:
+    d = iv.to_dict()
+    return Stat(d.get("mean"), d.get("ci_low"), d.get("ci_high"), d.get("n", 0), d.get("n_nan", 0))
+
+
+def metric_block(
+    table: pa.Table,
+    classes: Sequence[str],
+    methods: Sequence[str],
+    metrics: Sequence[str],
+    settings: AuditSettings,
+) -> tuple[dict[str, dict[str, Stat]], dict[str, dict[str, dict[str, Stat]]]]:
+    """(overall ``{method: {metric: Stat}}``, per class ``{class: {method: {metric: Stat}}}``).
+
+    A class without samples gets an empty :class:`Stat` (mean ``None``, ``n`` 0).
+    """
+    overall: dict[str, dict[str, Stat]] = {}
+    per_class: dict[str, dict[str, dict[str, Stat]]] = {c: {} for c in classes}
+    method_col = col(table, "method", str)
+    labels_all = col(table, "label", int)
+    conf, n_boot, seed = settings.confidence, settings.bootstrap, settings.seed
+    for method in methods:
+        sel = method_col == method
+        labels = labels_all[sel]
+        overall[method] = {}
+        for c in classes:
+            per_class[c][method] = {}
+        for metric in metrics:
+            if metric not in table.column_names:
+                continue
+            values = col(table, metric, float)[sel]
+            overall[method][metric] = _stat(
+                bootstrap_mean_ci(values, confidence=conf, n_boot=n_boot, seed=seed)
+            )
+            grouped = grouped_bootstrap_mean_ci(
+                values, labels, confidence=conf, n_boot=n_boot, seed=seed
+            )
+            for ci, c in enumerate(classes):
+                per_class[c][method][metric] = _stat(grouped[ci]) if ci in grouped else Stat()
+    return overall, per_class
+
+
+def accuracy_with_ci(
+    correct: np.ndarray, confidence: float
+) -> tuple[float | None, tuple[float | None, float | None]]:
+    """Share of correct predictions (NaN rows excluded) and its Wilson interval."""
+    ok = correct[~np.isnan(correct)] if correct.dtype.kind == "f" else correct
+    n = int(len(ok))
+    if n == 0:
+        return None, (None, None)
+    k = int(np.sum(ok))
+    iv = wilson_interval(k, n, confidence=confidence)
+    return k / n, (iv.low, iv.high)
+
+
+@dataclass(frozen=True)
+class PrimaryColumns:
+    """The primary method's per-sample columns the class statistics and finding rules read."""
+
+    labels: np.ndarray
+    correct: np.ndarray
+    preds: np.ndarray
+    background_focus: np.ndarray
+    border_focus: np.ndarray
+    energy_lift: np.ndarray
+    interventions: Mapping[str, np.ndarray]
+    ids: tuple[str, ...] = ()
+    #: the class the background alone was predicted as (-1: not run); None: column absent
+    only_bg_pred: np.ndarray | None = None
+
+    @classmethod
+    def of(cls, table: pa.Table, primary: str) -> PrimaryColumns:
+        prim = table.filter(pa.array(col(table, "method", str) == primary))
+        iv = (
+            {name: col(prim, name, float) for name in INTERVENTION_CORRECT}
+            if "only_fg_correct" in prim.column_names
+            else {}
+        )
+        return cls(
+            labels=col(prim, "label", int),
+            correct=col(prim, "correct", float),
+            preds=col(prim, "pred", int),
+            background_focus=col(prim, "background_focus", float),
+            border_focus=col(prim, "border_focus", float),
+            energy_lift=col(prim, "energy_lift", float),
+            interventions=iv,
+            ids=tuple(str(v) for v in col(prim, "id", str)) if "id" in prim.column_names else (),
+            only_bg_pred=col(prim, "only_bg_pred", int)
+            if "only_bg_pred" in prim.column_names
+            else None,
+        )
+
+
+def _interventions(
+    p: PrimaryColumns, sel: np.ndarray, acc: float | None, n: int, settings: AuditSettings
+) -> Interventions:
+    means: dict[str, float | None] = {}
+    for key, out in INTERVENTION_CORRECT.items():
+        vals = p.interventions[key][sel]
+        finite = vals[np.isfinite(vals)]
+        means[out] = float(finite.mean()) if len(finite) else None
+    drop = paired_bootstrap_diff_ci(
+        p.interventions["only_fg_correct"][sel],
+        p.correct[sel],
+        confidence=settings.confidence,
+        n_boot=settings.bootstrap,
+        seed=settings.seed,
+    )
+    mixed = means["mixed_rand_accuracy"]
+    return Interventions(
+        accuracy=acc,
+        n=n,
+        only_fg_accuracy=means["only_fg_accuracy"],
+        only_bg_accuracy=means["only_bg_accuracy"],
+        mixed_rand_accuracy=mixed,
+        only_fg_drop=drop.estimate if drop.n else None,
+        only_fg_drop_ci=(drop.low, drop.high) if drop.n else (None, None),
+        background_gap=(acc - mixed) if (acc is not None and mixed is not None) else None,
+    )
+
+
+def class_results(
+    p: PrimaryColumns,
+    classes: Sequence[str],
+    class_metrics: Mapping[str, Mapping[str, Mapping[str, Stat]]],
+    settings: AuditSettings,
+) -> dict[str, ClassResult]:
+    """One :class:`ClassResult` per class (not yet flagged: see ``findings.apply_flags``)."""
+    out: dict[str, ClassResult] = {}
+    for ci, name in enumerate(classes):
+        sel = p.labels == ci
+        n = int(sel.sum())
+        acc, acc_ci = accuracy_with_ci(p.correct[sel], settings.confidence)
+        out[name] = ClassResult(
+            name=name,
+            index=ci,
+            n=n,
+            accuracy=acc,
+            accuracy_ci=acc_ci,
+            metrics=MappingProxyType(
+                {m: MappingProxyType(dict(v)) for m, v in class_metrics[name].items()}
+            ),
+            interventions=(
+                _interventions(p, sel, acc, n, settings) if p.interventions and n else None
+            ),
+        )
+    return out
+
+
+def status_counts(table: pa.Table, methods: Sequence[str]) -> dict[str, dict[str, int]]:
+    """``{method: {status: count}}`` of the per-sample ``status`` column."""
+    out: dict[str, dict[str, int]] = {}
+    if "status" not in table.column_names:
+        return out
+    method_col = col(table, "method", str)
+    st = col(table, "status", str)
+    for method in methods:
+        vals, counts = np.unique(st[method_col == method], return_counts=True)
+        out[method] = {str(v): int(c) for v, c in zip(vals, counts)}
+    return out
+
+
+def overall_result(
+    table: pa.Table,
+    p: PrimaryColumns,
+    methods: Sequence[str],
+    metrics: Mapping[str, Mapping[str, Stat]],
+    settings: AuditSettings,
+) -> OverallResult:
+    acc, acc_ci = accuracy_with_ci(p.correct, settings.confidence)
+    return OverallResult(
+        n=int(len(p.labels)),
+        accuracy=acc,
+        accuracy_ci=acc_ci,
+        metrics=MappingProxyType({m: MappingProxyType(dict(v)) for m, v in metrics.items()}),
+        status_counts=MappingProxyType(
+            {m: MappingProxyType(v) for m, v in status_counts(table, methods).items()}
+        ),
+    )
+
+
+def faithfulness_block(
+    table: pa.Table, methods: Sequence[str], metrics: Sequence[str], settings: AuditSettings
+) -> dict[str, dict[str, Stat]] | None:
+    """Means of the faithfulness metrics over the seeded subset, per method (None: not run).
+
+    Samples outside the subset are not "undefined", just not run: they are left out, not
+    counted as NaN.
+    """
+    faith: dict[str, dict[str, Stat]] = {}
+    method_col = col(table, "method", str)
+    in_subset = (
+        col(table, "faithfulness_subset").astype(bool)
+        if "faithfulness_subset" in table.column_names
+        else np.ones(table.num_rows, bool)
+    )
+    for method in methods:
+        sel = (method_col == method) & in_subset
+        block = {}
+        for metric in metrics:
+            if metric in table.column_names:
+                vals = col(table, metric, float)[sel]
+                if np.isfinite(vals).any():
+                    block[metric] = _stat(
+                        bootstrap_mean_ci(
+                            vals,
+                            confidence=settings.confidence,
+                            n_boot=settings.bootstrap,
+                            seed=settings.seed,
+                        )
+                    )
+        if block:
+            faith[method] = block
+    return faith or None
+
+
+def confusion_matrix(p: PrimaryColumns, classes: Sequence[str]) -> Confusion:
+    n_cls = len(classes)
+    confusion = np.zeros((n_cls, n_cls), dtype=int)
+    ok = (p.labels >= 0) & (p.preds >= 0) & (p.preds < n_cls)
+    np.add.at(confusion, (p.labels[ok], p.preds[ok]), 1)
+    return Confusion(
+        classes=tuple(classes), matrix=tuple(tuple(int(v) for v in r) for r in confusion)
+    )
+
+
+def method_agreement(table: pa.Table, methods: Sequence[str]) -> MethodAgreement | None:
+    """Spearman correlation between methods of the per-sample energy in the object.
+
+    ``None`` for a pair with fewer than 3 common finite values or a constant side.
+    """
+    if len(methods) < 2 or "energy_in_mask" not in table.column_names:
+        return None
+    from scipy.stats import spearmanr
+
+    method_col = col(table, "method", str)
+    idx = col(table, "index", int)
+    values = col(table, "energy_in_mask", float)
+    per = {}
+    for m in methods:
+        sel = method_col == m
+        per[m] = dict(zip(idx[sel].tolist(), values[sel].tolist()))
+    mat: list[tuple[float | None, ...]] = []
+    for a in methods:
+        row: list[float | None] = []
+        for b in methods:
+            keys = [
+                k
+                for k in per[a]
+                if k in per[b] and np.isfinite(per[a][k]) and np.isfinite(per[b][k])
+            ]
+            if len(keys) < 3:
+                row.append(None)
+                continue
+            va = np.array([per[a][k] for k in keys])
+            vb = np.array([per[b][k] for k in keys])
+            if np.ptp(va) == 0 or np.ptp(vb) == 0:
+                row.append(None)
+                continue
+            row.append(float(spearmanr(va, vb).statistic))
+        mat.append(tuple(row))
+    return MethodAgreement(methods=tuple(methods), metric="energy_in_mask", spearman=tuple(mat))

@@ -1,0 +1,135 @@
+"""The one number formatter and the one slug, shared by findings, reports, compare and export.
+
+Nothing here imports torch, Jinja or matplotlib: the analysis formats its finding messages
+with the same functions the templates use as filters.
+
+* :func:`finite_or_none`: a float, or ``None`` for ``None``/NaN/±inf/booleans/non-numbers;
+* :func:`fmt`: a Python format spec (``".0%"``, ``".2f"``) with a placeholder for a missing
+  value (finding messages: ``"n/a"``);
+* :func:`fmt_pct`, :func:`fmt_num`, :func:`fmt_ci`: the report's filters (missing → ``"—"``);
+* :func:`slugify`: a unique, id- and file-name-safe slug for any class name or sample id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+
+__all__ = [
+    "MISSING",
+    "finite_or_none",
+    "fmt",
+    "fmt_ci",
+    "fmt_num",
+    "fmt_pct",
+    "fmt_signed",
+    "slugify",
+    "sort_value",
+]
+
+#: What a value that cannot be shown prints as in a report.
+MISSING = "—"
+
+
+def finite_or_none(value: object) -> float | None:
+    """``float(value)`` when it is a finite number, else ``None`` (booleans are not numbers)."""
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        x = float(value)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        return None
+    return x if math.isfinite(x) else None
+
+
+def fmt(value: object, spec: str = ".2f", *, missing: str = MISSING) -> str:
+    """``format(value, spec)`` for a finite number, ``missing`` otherwise.
+
+    >>> fmt(0.1234, ".0%"), fmt(None, ".0%", missing="n/a"), fmt(float("nan"))
+    ('12%', 'n/a', '—')
+    """
+    x = finite_or_none(value)
+    return missing if x is None else format(x, spec)
+
+
+def fmt_signed(value: object, digits: int = 3, *, missing: str = MISSING) -> str:
+    """A number with an explicit sign (``+0.120``, ``−0.050`` with a real minus sign)."""
+    x = finite_or_none(value)
+    if x is None:
+        return missing
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def fmt_pct(value: object, digits: int = 1) -> str:
+    """Format a share ``x`` as ``100·x %``: ``0.123 → "12.3%"``; missing → ``"—"``."""
+    x = finite_or_none(value)
+    return MISSING if x is None else f"{100.0 * x:.{digits}f}%"
+
+
+def fmt_num(value: object, digits: int = 2) -> str:
+    """Format a number: ints with thousands separators, floats with ``digits`` decimals.
+
+    ``None``, NaN and ±inf print ``"—"``; a non-numeric string is returned unchanged;
+    booleans print ``yes``/``no``.
+    """
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, int):
+        return f"{value:,}"
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return value
+    x = finite_or_none(value)
+    if x is None:
+        return MISSING
+    return f"{x:,.{digits}f}"
+
+
+def fmt_ci(value: object, kind: str = "num", digits: int | None = None) -> str:
+    """Format an interval ``[lo, hi]`` (a pair, a mapping with ``ci_low``/``ci_high``, or an
+    object with those attributes, e.g. :class:`auditor.results.Stat`).
+
+    ``kind`` is ``"pct"`` or ``"num"``. Either bound missing → ``"—"``.
+    """
+    lo: object
+    hi: object
+    if isinstance(value, Mapping):
+        lo, hi = value.get("ci_low"), value.get("ci_high")
+    elif hasattr(value, "ci_low") and hasattr(value, "ci_high"):
+        lo, hi = value.ci_low, value.ci_high
+    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
+        lo, hi = value[0], value[1]
+    else:
+        return MISSING
+    if finite_or_none(lo) is None or finite_or_none(hi) is None:
+        return MISSING
+    if kind == "pct":
+        f: Callable[[object], str] = lambda v: fmt_pct(v, 1 if digits is None else digits)  # noqa: E731
+    elif kind == "num":
+        f = lambda v: fmt_num(v, 2 if digits is None else digits)  # noqa: E731
+    else:
+        raise ValueError(f"`kind` must be 'pct' or 'num', got {kind!r}")
+    return f"[{f(lo)}, {f(hi)}]"
+
+
+def sort_value(value: object) -> str:
+    """A ``data-value`` attribute for client-side numeric sorting: missing → empty string."""
+    x = finite_or_none(value)
+    return "" if x is None else repr(x)
+
+
+def slugify(name: object) -> str:
+    """A unique, HTML-id- and file-name-safe slug for an arbitrary class name or sample id.
+
+    ASCII letters/digits of the name (lower-cased, other runs → ``-``, at most 40 characters)
+    plus the first 8 hex digits of the name's SHA-256, so two names never collide even when
+    they differ only in punctuation, case or script: ``"Cat / Dog" → "cat-dog-5b1d…"``.
+    """
+    text = str(name)
+    stem = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
+    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+    return f"{stem}-{digest}" if stem else f"c-{digest}"

@@ -1,0 +1,248 @@
+"""Finding rules on subgroups and on background sufficiency (one function per rule).
+
+* :func:`subgroup_findings` turns the tested clusters of :mod:`auditor.metrics.subgroups`
+  into findings: ``subgroup_shortcut`` ("N of M '<class>' images are predicted from
+  <where>", high or medium) and ``strategy_cluster`` (a cluster that separates from its class
+  on some statistic but does not look elsewhere, or is not needed: low).
+* :func:`sufficiency_findings`: ``background_sufficiency``: the background alone (object
+  removed, Xiao, Engstrom, Ilyas & Madry 2021, "Noise or Signal: The Role of Image
+  Backgrounds in Object Recognition", ICLR, who report only-BG accuracy for this reason) is
+  predicted as the class for the class's images far more often than for other classes'
+  images. With :math:`p_c = P(\\hat y_{bg} = c \\mid y = c)` and
+  :math:`p_o = P(\\hat y_{bg} = c \\mid y \\ne c)` (the class's baseline: how often any
+  background is called ``c``), the rule fires when the Newcombe interval of
+  :math:`p_c - p_o` has its lower bound above ``margin`` and the Wilson lower bound of
+  :math:`p_c` is above chance (1 / number of classes). High when the lower bound of the
+  difference is above ``high_margin``.
+
+Every finding carries ``support``: the statistic, its estimate and interval, and the baseline
+its interval excludes, so the report can say which number the finding rests on.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from auditor.stats import two_proportion_diff_ci, wilson_interval
+
+__all__ = ["STAT_LABELS", "SufficiencyRules", "subgroup_findings", "sufficiency_findings"]
+
+#: Readable names of the subgroup statistics.
+STAT_LABELS: dict[str, str] = {
+    "background_focus": "background focus",
+    "border_focus": "border focus",
+    "entropy": "map entropy",
+    "peak_distance": "peak distance from the centre",
+    "only_fg_drop": "accuracy lost without the background",
+    "only_bg_hit": "background alone predicted as the class",
+    "correct": "accuracy",
+}
+
+
+@dataclass(frozen=True)
+class SufficiencyRules:
+    """Margins of the background-sufficiency rule."""
+
+    margin: float = 0.25
+    high_margin: float = 0.5
+    max_examples: int = 8
+
+    def describe(self, confidence: float) -> str:
+        return (
+            "The share of a class's images whose background alone (object removed) is "
+            "predicted as the class, minus the share of other classes' backgrounds predicted "
+            f"as it (the baseline): the {confidence:.0%} Newcombe interval of the difference "
+            f"must lie above {self.margin:.2f} and the share's Wilson lower bound above "
+            f"chance (1 / number of classes). High severity above {self.high_margin:.2f}."
+        )
+
+
+def _pct(v: Any) -> str:
+    return "n/a" if v is None else f"{float(v):.0%}"
+
+
+def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """Findings from ``summary["clusters"]`` blocks that carry ``subgroups``."""
+    out: list[dict[str, Any]] = []
+    for name, res in (clusters or {}).items():
+        for sg in res.get("subgroups") or []:
+            tests = sg.get("tests") or {}
+            key = sg.get("elsewhere_statistic") or (sg.get("separating") or [None])[0]
+            t = tests.get(key) if key else None
+            if t is None:
+                continue
+            support = {
+                "statistic": key,
+                "label": STAT_LABELS.get(key, key),
+                "estimate": t["diff"],
+                "ci": t["ci"],
+                "baseline": t["baseline"],
+                "against": "the rest of the class",
+                "subgroup": t["subgroup"],
+                "rest": t["rest"],
+                "confidence": t["confidence"],
+            }
+            needed = sg.get("needed_statistic")
+            nt = tests.get(needed) if needed else None
+            evidence = {
+                "cluster": sg["cluster"],
+                "size": sg["size"],
+                "class_size": sg["class_size"],
+                "where": sg["where"],
+                "region_share": sg["region_share"],
+                "rest_region_share": sg["rest_region_share"],
+                "border_share": sg["border_share"],
+                "separating": list(sg.get("separating") or []),
+                "statistic": key,
+                "subgroup": t["subgroup"],
+                "rest": t["rest"],
+                "diff": t["diff"],
+                "ci": t["ci"],
+                "only_bg_rate": (sg.get("only_bg_rate") or [None])[0],
+                "only_bg_rate_ci": list((sg.get("only_bg_rate") or [None, None, None])[1:]),
+                "intervention": needed,
+                "intervention_diff": nt["diff"] if nt else None,
+                "intervention_ci": nt["ci"] if nt else None,
+                "members": list(sg["members"]),
+            }
+            n, m, where = sg["size"], sg["class_size"], sg["where"]
+            lo, hi = t["ci"]
+            stat_txt = (
+                f"{STAT_LABELS.get(key, key)} {_pct(t['subgroup'])} against {_pct(t['rest'])} "
+                f"for the rest of the class (difference {_pct(t['diff'])}, interval "
+                f"{_pct(lo)} to {_pct(hi)})"
+            )
+            if sg["elsewhere"] and sg["severity"] in ("high", "medium"):
+                if sg["needed"] and needed == "only_bg_hit":
+                    iv_txt = (
+                        f" With the object removed, the background alone is still called "
+                        f"'{name}' for {_pct(evidence['only_bg_rate'])} of them (the rest: "
+                        f"{_pct(nt['rest'] if nt else None)})."
+                    )
+                elif sg["needed"]:
+                    iv_txt = (
+                        " Removing the background breaks their predictions more than the rest's."
+                    )
+                else:
+                    iv_txt = " No intervention could test it (no object masks)."
+                out.append(
+                    {
+                        "class": name,
+                        "kind": "subgroup_shortcut",
+                        "severity": sg["severity"],
+                        "title": f"{n} of {m} '{name}' images are predicted from the {where}",
+                        "message": (
+                            f"A subgroup of {n} of the {m} '{name}' images puts "
+                            f"{_pct(sg['region_share'])} of its CAM mass in the {where} "
+                            f"(the rest of the class: {_pct(sg['rest_region_share'])}); "
+                            f"{stat_txt}." + iv_txt
+                        ),
+                        "evidence": evidence,
+                        "support": support,
+                        "examples": list(sg["exemplars"]),
+                    }
+                )
+            else:
+                out.append(
+                    {
+                        "class": name,
+                        "kind": "strategy_cluster",
+                        "severity": "low",
+                        "title": f"'{name}': a distinct explanation strategy ({n} of {m})",
+                        "message": (
+                            f"A cluster of {n} of the {m} '{name}' images differs from the "
+                            f"rest: {stat_txt}."
+                            + (
+                                " The interventions show the model does not need what it "
+                                "looks at there."
+                                if sg["elsewhere"]
+                                else ""
+                            )
+                        ),
+                        "evidence": evidence,
+                        "support": support,
+                        "examples": list(sg["exemplars"]),
+                    }
+                )
+    return out
+
+
+def sufficiency_findings(
+    labels: np.ndarray,
+    only_bg_pred: np.ndarray,
+    ids: Sequence[str],
+    classes: Sequence[str],
+    *,
+    confidence: float = 0.95,
+    rules: SufficiencyRules | None = None,
+) -> list[dict[str, Any]]:
+    """``background_sufficiency`` findings (module docstring); ``only_bg_pred`` -1 = not run."""
+    rules = rules or SufficiencyRules()
+    lab = np.asarray(labels, dtype=np.int64)
+    pred = np.asarray(only_bg_pred, dtype=np.int64)
+    if lab.shape != pred.shape or lab.shape != (len(ids),):
+        raise ValueError(
+            f"`labels`, `only_bg_pred` and `ids` must have the same length, got "
+            f"{lab.shape}, {pred.shape}, {len(ids)}"
+        )
+    ran = pred >= 0
+    k_cls = len(classes)
+    out: list[dict[str, Any]] = []
+    if k_cls < 2 or not ran.any():
+        return out
+    for ci, name in enumerate(classes):
+        own = ran & (lab == ci)
+        other = ran & (lab != ci)
+        n_c, n_o = int(own.sum()), int(other.sum())
+        if n_c < 5 or n_o < 5:
+            continue
+        hit = own & (pred == ci)
+        k_c, k_o = int(hit.sum()), int((other & (pred == ci)).sum())
+        d = two_proportion_diff_ci(k_c, n_c, k_o, n_o, confidence=confidence)
+        w = wilson_interval(k_c, n_c, confidence=confidence)
+        if not (d.low > rules.margin and w.low > 1.0 / k_cls):
+            continue
+        examples = [str(ids[int(j)]) for j in np.flatnonzero(hit)[: rules.max_examples]]
+        p_c, p_o = k_c / n_c, k_o / n_o
+        out.append(
+            {
+                "class": name,
+                "kind": "background_sufficiency",
+                "severity": "high" if d.low > rules.high_margin else "medium",
+                "title": f"'{name}': the background alone is predicted as '{name}'",
+                "message": (
+                    f"With the object removed, {k_c} of {n_c} '{name}' images "
+                    f"({p_c:.0%}, interval {w.low:.0%} to {w.high:.0%}) are still classified "
+                    f"as '{name}', against {p_o:.0%} of other classes' backgrounds: the "
+                    f"background carries the class (difference {d.estimate:.0%}, interval "
+                    f"{d.low:.0%} to {d.high:.0%})."
+                ),
+                "evidence": {
+                    "only_bg_accuracy": p_c,
+                    "only_bg_accuracy_ci": [w.low, w.high],
+                    "baseline": p_o,
+                    "diff": d.estimate,
+                    "ci": [d.low, d.high],
+                    "n": n_c,
+                    "n_other": n_o,
+                    "chance": 1.0 / k_cls,
+                },
+                "support": {
+                    "statistic": "only_bg_accuracy",
+                    "label": "background alone predicted as the class",
+                    "estimate": d.estimate,
+                    "ci": [d.low, d.high],
+                    "baseline": 0.0,
+                    "against": "other classes' backgrounds predicted as this class",
+                    "subgroup": p_c,
+                    "rest": p_o,
+                    "confidence": confidence,
+                },
+                "examples": examples,
+            }
+        )
+    return out
