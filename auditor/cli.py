@@ -179,6 +179,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow TorchScript / pickled models (they can execute code)",
     )
     r.add_argument("--no-progress", action="store_true")
+    r.add_argument(
+        "--shard",
+        metavar="I/N",
+        help="compute only shard I of N (batches b with b mod N == I) into a shared --out; "
+        "then `auditor finalize DIR`",
+    )
+
+    fin = sub.add_parser("finalize", help="combine the shards of a run directory into results")
+    fin.add_argument("run_dir", type=Path)
+    fin.add_argument("--config", type=Path, help="config file, if it moved since the shards ran")
+    fin.add_argument("--no-pdf", action="store_true", help="skip the PDF report")
 
     rep = sub.add_parser("report", help="re-render the report of a run directory")
     rep.add_argument("run_dir", type=Path)
@@ -244,20 +255,22 @@ def main(argv: list[str] | None = None) -> int:
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
     _install_signals()
     try:
-        return _dispatch(args, command)
+        code = _dispatch(args, command)
     except BaseException as exc:  # noqa: BLE001 - the one place that maps errors to codes
         if isinstance(exc, SystemExit):
             raise
         code = exit_code_for(exc)
         log_path = write_traceback(exc, args, command) if code == EXIT_INTERNAL else None
         print(_message(exc, code, log_path), file=sys.stderr)
-        return code
     finally:
         for sig, handler in previous.items():
             try:
                 signal.signal(sig, handler)
             except (ValueError, TypeError):  # not the main thread / not restorable
                 pass
+    from auditor.distributed import agree_exit_code
+
+    return agree_exit_code(code)  # under torchrun every rank exits with rank 0's code
 
 
 def _dispatch(args: argparse.Namespace, command: str) -> int:
@@ -275,6 +288,13 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         out = args.out or Path("runs") / args.config.stem
         if args.limit is not None and args.limit < 1:
             raise AuditorInputError(f"--limit must be >= 1, got {args.limit}")
+        from auditor.distributed import parse_shard, torchrun_env
+
+        spec = parse_shard(args.shard) if args.shard else None
+        if spec is not None and torchrun_env() is not None:
+            raise AuditorInputError(
+                "--shard cannot be combined with torchrun (the rank is the shard)"
+            )
         outcome = auditor.run_audit(
             cfg,
             out,
@@ -284,6 +304,26 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             pdf=False if args.no_pdf else None,
             progress=False if args.no_progress else None,
             trust_model_code=args.trust_model_code or None,
+            command=command,
+            shard=spec,
+        )
+        if not outcome.summary:  # a shard job, or a torchrun rank other than 0
+            if spec is not None:
+                print(
+                    f"shard {spec.label} complete in {terminal_safe(outcome.run_dir)}; when all "
+                    f"{spec.count} are, run: auditor finalize "
+                    f"{terminal_safe(shlex.quote(str(outcome.run_dir)))}"
+                )
+            return EXIT_OK
+        _print_end(outcome)
+        return outcome.exit_code
+    if args.command == "finalize":
+        from auditor.runner import finalize_run
+
+        outcome = finalize_run(
+            args.run_dir,
+            config_path=args.config,
+            pdf=False if args.no_pdf else None,
             command=command,
         )
         _print_end(outcome)

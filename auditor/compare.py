@@ -42,8 +42,6 @@ and comparison), ``gallery/moved-*.png``, ``junit.xml``, ``compare.html`` and ``
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import logging
 import math
@@ -62,7 +60,9 @@ from auditor._version import __version__
 from auditor.analysis import AGG_METRICS, FAITH_METRICS, gate_result
 from auditor.config import GateRule
 from auditor.errors import AuditorError, AuditorInputError, ConfigError
-from auditor.results import GateResult, Gates
+from auditor.format import finite_or_none, fmt, slugify
+from auditor.report.compare import build_compare_context, focus_comparison_figure, moved_panel
+from auditor.results import AuditResult, GateResult, Gates
 from auditor.stats import (
     bootstrap_mean_ci,
     grouped_bootstrap_mean_ci,
@@ -176,12 +176,7 @@ def classify_change(low: float | None, high: float | None, better_higher: bool |
     return "improved" if up == bool(better_higher) else "regressed"
 
 
-def _num(value: Any) -> float | None:
-    try:
-        f = float(value)
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
+_num = finite_or_none
 
 
 def _stat_block(
@@ -256,16 +251,16 @@ def _paired_quantity(
 class _Run:
     role: str
     path: Path
-    summary: dict[str, Any]
+    summary: AuditResult
     table: pa.Table
 
     @property
     def name(self) -> str:
-        return str((self.summary.get("model") or {}).get("name") or self.path.name)
+        return str(self.summary.model.name or self.path.name)
 
     @property
     def primary(self) -> str:
-        return str(self.summary.get("primary_method") or (self.summary.get("methods") or [""])[0])
+        return self.summary.primary_method or (self.summary.methods or ("",))[0]
 
 
 def _load_run(path: Path, role: str) -> _Run:
@@ -283,6 +278,10 @@ def _load_run(path: Path, role: str) -> _Run:
         raise AuditorInputError(f"{role.upper()} {sp}: unreadable summary.json: {exc}") from exc
     if not isinstance(summary, dict) or not isinstance(summary.get("dataset"), dict):
         raise AuditorInputError(f"{role.upper()} {sp}: summary.json has no 'dataset' section")
+    try:
+        result = AuditResult.from_json(summary)
+    except (TypeError, ValueError) as exc:
+        raise AuditorInputError(f"{role.upper()} {sp}: {exc}") from exc
     pp = p / "samples.parquet"
     if not pp.is_file():
         raise AuditorInputError(f"{role.upper()} {p}: no samples.parquet (the run has no rows)")
@@ -293,7 +292,7 @@ def _load_run(path: Path, role: str) -> _Run:
     for col in ("index", "id", "method", "label"):
         if col not in table.column_names:
             raise AuditorInputError(f"{role.upper()} {pp}: column {col!r} missing")
-    return _Run(role, p, summary, table)
+    return _Run(role, p, result, table)
 
 
 def _float_col(table: pa.Table, name: str) -> np.ndarray:
@@ -522,218 +521,6 @@ def evaluate_comparison_gates(
 
 
 # --------------------------------------------------------------------------------------------
-# figures (pure: data in, PNG bytes out; no pyplot)
-# --------------------------------------------------------------------------------------------
-def _png(fig: Any) -> bytes:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None}, facecolor="white")
-    return buf.getvalue()
-
-
-def _norm_map(cam: np.ndarray, height: int, width: int) -> np.ndarray:
-    """``up(cam) / max(up(cam))`` (bilinear upsampling; non-finite → 0; all-zero stays 0)."""
-    from PIL import Image
-
-    cam = np.asarray(cam, dtype=np.float32)
-    cam = np.where(np.isfinite(cam), cam, 0.0).astype(np.float32)
-    if cam.shape != (height, width):
-        img = Image.fromarray(np.ascontiguousarray(cam), mode="F")
-        cam = np.asarray(img.resize((width, height), resample=Image.Resampling.BILINEAR))
-    peak = float(cam.max()) if cam.size else 0.0
-    return np.clip(cam / peak, 0.0, 1.0) if peak > 0 else np.zeros_like(cam)
-
-
-def moved_panel(
-    cam_a: np.ndarray,
-    cam_b: np.ndarray,
-    *,
-    image: np.ndarray | None = None,
-    mask: np.ndarray | None = None,
-    title: str = "",
-    label_a: str = "A",
-    label_b: str = "B",
-) -> bytes:
-    """Side-by-side CAMs of one sample under run A and run B (PNG bytes).
-
-    Each map is bilinearly upsampled to the image size (or drawn at its own size without an
-    image) and normalised to its maximum, ``cam_n = cam / max cam`` (Grad-CAM overlays as in
-    Selvaraju et al. 2017, "Grad-CAM: Visual Explanations from Deep Networks via
-    Gradient-based Localization"); the object outline is the mask's 0.5 iso-contour.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from auditor.report.figures import plain_text
-
-    ca, cb = np.asarray(cam_a), np.asarray(cam_b)
-    for nm, c in (("cam_a", ca), ("cam_b", cb)):
-        if c.ndim != 2 or 0 in c.shape:
-            raise ValueError(f"`{nm}` must have shape [h, w] with h, w > 0, got {tuple(c.shape)}")
-    if image is not None:
-        image = np.asarray(image)
-        if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
-            raise ValueError(
-                f"`image` must be uint8 [H, W, 3], got {tuple(image.shape)} {image.dtype}"
-            )
-        h, w = int(image.shape[0]), int(image.shape[1])
-    else:
-        h, w = max(ca.shape[0], cb.shape[0]), max(ca.shape[1], cb.shape[1])
-    if mask is not None:
-        mask = np.asarray(mask, dtype=bool)
-        if mask.shape != (h, w):
-            mask = None  # a mask of another geometry cannot be outlined faithfully
-    fig = Figure(figsize=(6.6 if image is None else 9.0, 3.2), dpi=100)
-    FigureCanvasAgg(fig)
-    n = 2 if image is None else 3
-    axes = fig.subplots(1, n)
-    fig.subplots_adjust(left=0.01, right=0.9, bottom=0.02, top=0.84, wspace=0.06)
-    k = 0
-    if image is not None:
-        axes[0].imshow(image, interpolation="nearest")
-        if mask is not None and mask.any() and not mask.all():
-            axes[0].contour(
-                mask.astype(np.float32), levels=[0.5], colors=["#39ff14"], linewidths=1.4
-            )
-        axes[0].set_title("image" + (" + object" if mask is not None else ""), fontsize=9)
-        k = 1
-    im = None
-    for ax, cam, lab in ((axes[k], ca, label_a), (axes[k + 1], cb, label_b)):
-        cn = _norm_map(cam, h, w)
-        if image is not None:
-            ax.imshow(image, interpolation="nearest")
-            im = ax.imshow(cn, cmap="jet", alpha=0.5, vmin=0, vmax=1, interpolation="nearest")
-        else:
-            im = ax.imshow(cn, cmap="jet", vmin=0, vmax=1, interpolation="nearest")
-        if mask is not None and mask.any() and not mask.all():
-            ax.contour(mask.astype(np.float32), levels=[0.5], colors=["white"], linewidths=1.0)
-        ax.set_title(plain_text(lab, 50), fontsize=9)
-    for ax in np.atleast_1d(axes):
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if im is not None:
-        cax = fig.add_axes((0.915, 0.08, 0.015, 0.7))
-        cbar = fig.colorbar(im, cax=cax)
-        cbar.ax.tick_params(labelsize=7)
-        cbar.set_label("CAM / max", fontsize=7)
-    if title:
-        fig.suptitle(plain_text(title, 100), fontsize=9)
-    return _png(fig)
-
-
-def focus_comparison_figure(
-    names: Sequence[str],
-    mean_a: Sequence[float | None],
-    ci_a: Sequence[Sequence[float | None]],
-    mean_b: Sequence[float | None],
-    ci_b: Sequence[Sequence[float | None]],
-    diff: Sequence[float | None],
-    ci_diff: Sequence[Sequence[float | None]],
-    *,
-    label_a: str = "A",
-    label_b: str = "B",
-    threshold: float | None = None,
-) -> bytes:
-    """Per-class background focus of A and B with intervals, and the paired difference.
-
-    Left: ``BF = 1 − Σ cam·mask / Σ cam`` (Wang et al. 2020, "Score-CAM") of each run with its
-    bootstrap interval over the paired samples. Right: ``d̄ = mean(BF_B − BF_A)`` with its paired
-    bootstrap interval; the dotted line is the ``max_background_focus_increase`` gate.
-    Classes are drawn top to bottom in the order given.
-    """
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    from auditor.report.figures import COLOURS, plain_text
-
-    n = len(names)
-    if n == 0:
-        raise ValueError("`names` must contain at least one class, got 0")
-    for nm, seq in (
-        ("mean_a", mean_a),
-        ("ci_a", ci_a),
-        ("mean_b", mean_b),
-        ("ci_b", ci_b),
-        ("diff", diff),
-        ("ci_diff", ci_diff),
-    ):
-        if len(seq) != n:
-            raise ValueError(f"`{nm}` must have length {n} (one per class), got {len(seq)}")
-
-    def arr(seq: Sequence[Any]) -> np.ndarray:
-        return np.array([np.nan if v is None else float(v) for v in seq], dtype=float)
-
-    def err(m: np.ndarray, ci: Sequence[Sequence[float | None]]) -> np.ndarray:
-        lo, hi = arr([c[0] for c in ci]), arr([c[1] for c in ci])
-        ok = np.isfinite(lo) & np.isfinite(hi) & np.isfinite(m)
-        e = np.vstack([np.where(ok, m - lo, 0.0), np.where(ok, hi - m, 0.0)])
-        return np.clip(e, 0.0, None)
-
-    ma, mb, md = arr(mean_a), arr(mean_b), arr(diff)
-    fig = Figure(figsize=(9.0, max(2.2, 0.3 * n + 1.2)), dpi=100, layout="constrained")
-    FigureCanvasAgg(fig)
-    ax1, ax2 = fig.subplots(1, 2, sharey=True, gridspec_kw={"width_ratios": [3, 2]})
-    y = np.arange(n)[::-1].astype(float)
-    ax1.errorbar(
-        ma,
-        y + 0.15,
-        xerr=err(ma, ci_a),
-        fmt="o",
-        color=COLOURS["orig"],
-        ecolor="#a0aec0",
-        elinewidth=2,
-        capsize=2,
-        markersize=4,
-        label=plain_text(f"A: {label_a}", 40),
-    )
-    ax1.errorbar(
-        mb,
-        y - 0.15,
-        xerr=err(mb, ci_b),
-        fmt="s",
-        color=COLOURS["accent"],
-        ecolor="#90a4c3",
-        elinewidth=2,
-        capsize=2,
-        markersize=4,
-        label=plain_text(f"B: {label_b}", 40),
-    )
-    ax1.set_xlim(0.0, 1.0)
-    ax1.set_xlabel("background focus", fontsize=8)
-    ax1.set_yticks(y)
-    ax1.set_yticklabels([plain_text(s, 36) for s in names], fontsize=8)
-    ax1.set_ylim(-0.7, n - 0.3)
-    fig.legend(fontsize=7, loc="outside upper center", ncols=2, frameon=False)
-    colours = [COLOURS["wrong"] if (v > 0) else COLOURS["correct"] for v in np.nan_to_num(md)]
-    e = err(md, ci_diff)
-    for yi, mi, ea, eb, col in zip(y, md, e[0], e[1], colours):
-        if np.isfinite(mi):
-            ax2.errorbar(
-                [mi],
-                [yi],
-                xerr=[[ea], [eb]],
-                fmt="o",
-                color=col,
-                ecolor=col,
-                elinewidth=2,
-                capsize=2,
-                markersize=4,
-            )
-        else:
-            ax2.text(0.0, yi, "no value", va="center", fontsize=7, color=COLOURS["muted"])
-    ax2.axvline(0.0, color=COLOURS["ink"], lw=0.8)
-    if threshold is not None and math.isfinite(threshold):
-        ax2.axvline(threshold, color=COLOURS["wrong"], ls=":", lw=1.4)
-        ax2.text(threshold, n - 0.45, " gate", color=COLOURS["wrong"], fontsize=7, va="bottom")
-    ax2.set_xlabel("difference B − A (paired)", fontsize=8)
-    for ax in (ax1, ax2):
-        ax.grid(axis="x", color=COLOURS["grid"], lw=0.8)
-        ax.spines["top"].set_visible(False)
-        ax.spines["right"].set_visible(False)
-        ax.tick_params(labelsize=8)
-    return _png(fig)
-
-
-# --------------------------------------------------------------------------------------------
 # display images
 # --------------------------------------------------------------------------------------------
 def _open_display_dataset(run: _Run) -> Any | None:
@@ -744,7 +531,7 @@ def _open_display_dataset(run: _Run) -> Any | None:
     the one recorded in ``summary.json``.
     """
     cfg = run.path / "config.toml"
-    want = run.summary.get("dataset", {}).get("annotation_sha256")
+    want = run.summary.dataset.annotation_sha256
     if not cfg.is_file() or not want:
         return None
     try:
@@ -851,15 +638,11 @@ class ComparisonResult:
 
 
 def _fmt(v: Any, digits: int = 3, signed: bool = False) -> str:
-    x = _num(v)
-    if x is None:
-        return "n/a"
-    return format(x, f"{'+' if signed else ''}.{digits}f")
+    return fmt(v, f"{'+' if signed else ''}.{digits}f", missing="n/a")
 
 
 def _pfmt(v: Any) -> str:
-    x = _num(v)
-    return "n/a" if x is None else format(x, ".2g")
+    return fmt(v, ".2g", missing="n/a")
 
 
 def _check_args(n_boot: Any, seed: Any, confidence: Any, top_n: Any) -> None:
@@ -877,17 +660,16 @@ def _check_args(n_boot: Any, seed: Any, confidence: Any, top_n: Any) -> None:
 
 def _run_info(run: _Run) -> dict[str, Any]:
     s = run.summary
-    model = dict(s.get("model") or {})
     return {
         "path": str(run.path.resolve()),
         "name": run.name,
-        "title": s.get("title"),
-        "model": model,
+        "title": s.title,
+        "model": s.model.to_json(),
         "primary_method": run.primary,
-        "methods": list(s.get("methods") or []),
-        "n_evaluated": (s.get("dataset") or {}).get("n_evaluated"),
-        "finished": (s.get("run") or {}).get("finished"),
-        "tool_version": (s.get("tool") or {}).get("version"),
+        "methods": list(s.methods),
+        "n_evaluated": s.dataset.n_evaluated,
+        "finished": s.run.finished,
+        "tool_version": s.tool.get("version"),
     }
 
 
@@ -926,11 +708,6 @@ def _paired_table(key: str, p: _Paired, classes: Sequence[str]) -> pa.Table:
         cols[f"{q}_b"] = b
         cols[f"{q}_diff"] = np.where(np.isfinite(a) & np.isfinite(b), b - a, np.nan)
     return pa.table(cols)
-
-
-def _slug(text: str) -> str:
-    safe = "".join(ch if ch.isalnum() else "-" for ch in text)[:32].strip("-") or "s"
-    return f"{safe}-{hashlib.sha256(text.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
 
 
 def _moved(
@@ -993,7 +770,7 @@ def _moved(
                 label_a=f"A: {ra.name} ({prim.method_a}) · BF {_fmt(a[j], 2)}",
                 label_b=f"B: {rb.name} ({prim.method_b}) · BF {_fmt(b[j], 2)}",
             )
-            fname = f"gallery/moved-{rank + 1:02d}-{_slug(sid)}.png"
+            fname = f"gallery/moved-{rank + 1:02d}-{slugify(sid)}.png"
             atomic_write_bytes(out / fname, png)
             entry["file"] = fname
             entry["with_image"] = image is not None
@@ -1063,14 +840,14 @@ def compare_runs(
         gate_rules.append(rule)
 
     ra, rb = _load_run(Path(run_a), "run_a"), _load_run(Path(run_b), "run_b")
-    ha, hb = ra.summary["dataset"].get("sha256"), rb.summary["dataset"].get("sha256")
+    ha, hb = ra.summary.dataset.sha256, rb.summary.dataset.sha256
     if not ha or not hb or ha != hb:
         raise AuditorInputError(
             f"the runs audited different datasets: RUN_A {ra.path} has dataset sha256 {ha}, "
             f"RUN_B {rb.path} has {hb}; a paired comparison needs the same evaluation set"
         )
-    ca = list(ra.summary["dataset"].get("classes") or [])
-    cb = list(rb.summary["dataset"].get("classes") or [])
+    ca = list(ra.summary.dataset.classes)
+    cb = list(rb.summary.dataset.classes)
     if ca != cb or not ca:
         raise AuditorInputError(
             f"the runs have different classes: RUN_A {ca[:6]}{'…' if len(ca) > 6 else ''} "
@@ -1089,8 +866,8 @@ def compare_runs(
         raise AuditorInputError(
             f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
         )
-    methods_b = rb.summary.get("methods") or []
-    shared = [m for m in (ra.summary.get("methods") or []) if m in methods_b]
+    methods_b = list(rb.summary.methods)
+    shared = [m for m in ra.summary.methods if m in methods_b]
     others: dict[str, _Paired] = {}
     for m in shared:
         if m == ra.primary == rb.primary:
@@ -1109,9 +886,9 @@ def compare_runs(
         "run_b": _run_info(rb),
         "dataset": {
             "sha256": ha,
-            "name": ra.summary["dataset"].get("name"),
-            "annotation_sha256": ra.summary["dataset"].get("annotation_sha256"),
-            "n_samples": ra.summary["dataset"].get("n_samples"),
+            "name": ra.summary.dataset.name,
+            "annotation_sha256": ra.summary.dataset.annotation_sha256,
+            "n_samples": ra.summary.dataset.n_samples,
             "classes": classes,
         },
         "pairing": {
@@ -1184,130 +961,3 @@ def compare_runs(
         passed=bool(comparison["gates"]["passed"]),
         report=report,
     )
-
-
-# --------------------------------------------------------------------------------------------
-# report context (formatting only; every number comes from `comparison`)
-# --------------------------------------------------------------------------------------------
-#: Localisation metrics shown in the per-class table (primary methods).
-TABLE_METRICS = ("background_focus", "energy_in_mask", "pointing_game", "iou", "auc")
-FIGURE_CLASSES = 30
-
-
-def build_compare_context(comparison: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
-    """The template context of ``compare.html.j2`` (figures as data URIs)."""
-    from auditor.report.context import png_uri
-    from auditor.report.html import slugify
-
-    c = comparison
-    prim = c["primary"]
-    titles = {k: v.get("title", k) for k, v in (c.get("metrics_info") or {}).items()}
-    titles.update({"accuracy": "Accuracy", "only_fg_drop": "Drop, object only"})
-    empty = {
-        "mean_a": None,
-        "mean_b": None,
-        "diff": None,
-        "ci_low": None,
-        "ci_high": None,
-        "n": 0,
-        "p_value": None,
-        "status": "n/a",
-        "test": None,
-    }
-    rows = []
-    for name in c["class_order"]:
-        e = prim["classes"][name]
-        rows.append(
-            {
-                "name": name,
-                "slug": slugify(name),
-                "n": e["n"],
-                "status": e["status"],
-                "m": {q: e["metrics"].get(q, empty) for q in ("accuracy",) + TABLE_METRICS},
-            }
-        )
-    overall_rows = [
-        {"name": q, "title": titles.get(q, q), "s": s} for q, s in prim["overall"].items()
-    ]
-    method_rows = []
-    for m, blk in c["methods"].items():
-        method_rows.append(
-            {
-                "name": m,
-                "m": {q: blk["overall"].get(q, empty) for q in TABLE_METRICS},
-            }
-        )
-    figures = []
-    with_bf = [r for r in rows if r["m"]["background_focus"]["n"]][:FIGURE_CLASSES]
-    if with_bf:
-        thr = [
-            g["threshold"]
-            for g in c["gates"]["results"]
-            if g["quantity"] == "background_focus_increase" and g["stat"] == "mean"
-        ]
-        png = focus_comparison_figure(
-            [r["name"] for r in with_bf],
-            [r["m"]["background_focus"]["mean_a"] for r in with_bf],
-            [r["m"]["background_focus"].get("ci_a", [None, None]) for r in with_bf],
-            [r["m"]["background_focus"]["mean_b"] for r in with_bf],
-            [r["m"]["background_focus"].get("ci_b", [None, None]) for r in with_bf],
-            [r["m"]["background_focus"]["diff"] for r in with_bf],
-            [
-                [r["m"]["background_focus"]["ci_low"], r["m"]["background_focus"]["ci_high"]]
-                for r in with_bf
-            ],
-            label_a=c["run_a"]["name"],
-            label_b=c["run_b"]["name"],
-            threshold=thr[0] if thr else None,
-        )
-        cut = (
-            f" Showing the first {len(with_bf)} of {len(rows)} classes in regression order."
-            if len(with_bf) < len(rows)
-            else ""
-        )
-        figures.append(
-            {
-                "id": "fig-focus",
-                "title": "Background focus per class, A vs B",
-                "caption": "Left: mean background focus of each run with its bootstrap "
-                "interval over the paired samples. Right: the paired difference B − A with its "
-                "paired bootstrap interval (red: more background)." + cut,
-                "alt": "Interval plots of background focus per class for both runs and their "
-                "paired difference.",
-                "uri": png_uri(png),
-            }
-        )
-    moved = []
-    root = Path(out_dir).resolve()
-    for mv in c["moved"]:
-        uri = None
-        if mv.get("file"):
-            p = (root / mv["file"]).resolve()
-            if p.is_relative_to(root) and p.is_file():
-                uri = png_uri(p.read_bytes())
-        moved.append({**mv, "uri": uri})
-    results = sorted(c["gates"]["results"], key=lambda g: (g["passed"], g["rule"]))
-    gates = {
-        "passed": c["gates"]["passed"],
-        "results": results,
-        "n_failed": sum(1 for g in results if not g["passed"]),
-    }
-    counts = {
-        k: sum(1 for r in rows if r["status"] == k)
-        for k in ("regressed", "improved", "unchanged", "changed", "n/a")
-    }
-    return {
-        "c": c,
-        "title": f"{c['run_b']['name']} vs {c['run_a']['name']}: model comparison",
-        "date": (c.get("created") or "")[:10],
-        "rows": rows,
-        "overall_rows": overall_rows,
-        "method_rows": method_rows,
-        "table_metrics": [(q, titles.get(q, q)) for q in TABLE_METRICS],
-        "metric_titles": titles,
-        "figures": figures,
-        "moved": moved,
-        "gates": gates,
-        "counts": counts,
-        "n_classes": len(rows),
-    }

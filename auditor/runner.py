@@ -45,6 +45,17 @@ from auditor.config import (
     to_jsonable,
     with_overrides,
 )
+from auditor.distributed import (
+    ShardSpec,
+    barrier,
+    check_compatible,
+    check_complete,
+    init_process_group,
+    manifest_path,
+    owned_todo,
+    restarted_by_torchrun,
+    torchrun_env,
+)
 from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.format import slugify
@@ -83,14 +94,15 @@ class AuditOutcome:
     """What :func:`run_audit` returns: the run directory, the typed result and the verdict."""
 
     run_dir: Path
-    result: AuditResult
+    result: AuditResult | None  # None: a shard job / torchrun rank > 0 (no finalisation here)
     passed: bool
     report: dict[str, Path] = field(default_factory=dict)
 
     @property
     def summary(self) -> dict[str, Any]:
-        """The result as the ``summary.json`` object (a fresh dict on every call)."""
-        return self.result.to_json()
+        """The result as the ``summary.json`` object (a fresh dict on every call; ``{}`` for a
+        shard job, whose results ``auditor finalize`` makes)."""
+        return self.result.to_json() if self.result is not None else {}
 
     @property
     def exit_code(self) -> int:
@@ -185,9 +197,9 @@ class _BatchAuditor:
 
         s = self.s
         images = batch.images.to(self.device, non_blocking=True)
-        labels = batch.labels.to(self.device)
-        masks = batch.masks.to(self.device)
-        has_mask = batch.has_mask.to(self.device)
+        labels = batch.labels.to(self.device, non_blocking=True)
+        masks = batch.masks.to(self.device, non_blocking=True)
+        has_mask = batch.has_mask.to(self.device, non_blocking=True)
         n_cls = len(self.classes)
         targets: Any = labels if s.target == "label" else "predicted"
         with self.engine:
@@ -368,20 +380,42 @@ def run_audit(
     trust_model_code: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    shard: ShardSpec | None = None,
 ) -> AuditOutcome:
     """Audit the model and data described by ``config`` into the run directory ``out``.
 
     Order of checks (each failure is an :class:`auditor.errors.AuditorInputError`, CLI exit
     2): the overrides (``device``, ``limit``); the run directory (claimed and locked before
     anything heavy runs); the dataset's class list against the gates; only then the model.
+
+    ``shard``: compute only shard I of N (``--shard I/N``, :mod:`auditor.distributed`) under
+    the writer lock ``locks/shard-I-of-N.lock``; under torchrun the rank is the shard.
+    ``None``: torchrun's rank when started by torchrun, else the whole run (main lock).
     """
     cfg = with_overrides(config, device=device, limit=limit)
     run_dir = Path(out)
+    spec = shard or torchrun_env() or ShardSpec()
     claim_run_dir(run_dir)
-    with RunLock(run_dir, command=command) as lock:
-        sweep_temp_files(run_dir)
+    lock = (
+        RunLock(run_dir, command=command)
+        if spec.mode == "single"
+        else RunLock.for_shard(run_dir, spec.index, spec.count, command=command)
+    )
+    with lock:
+        if lock.name == MAIN_LOCK:
+            sweep_temp_files(run_dir)
         return _run_locked(
-            cfg, run_dir, lock, trust_model_code, resume, pdf, progress, render, command
+            cfg,
+            run_dir,
+            lock,
+            trust_model_code,
+            resume,
+            pdf,
+            progress,
+            render,
+            command,
+            spec,
+            {"device": device, "limit": limit},
         )
 
 
@@ -395,6 +429,8 @@ def _run_locked(
     progress: bool | None,
     render: bool,
     command: str | None,
+    spec: ShardSpec,
+    overrides: dict[str, Any],
 ) -> AuditOutcome:
     from auditor.data import open_dataset
     from auditor.models import load_model
@@ -431,6 +467,8 @@ def _run_locked(
         render=render,
         command=command,
         lock=lock,
+        shard=spec,
+        overrides=overrides,
     )
 
 
@@ -451,6 +489,8 @@ def audit(
     render: bool = True,
     command: str | None = None,
     lock: RunLock | None = None,
+    shard: ShardSpec | None = None,
+    overrides: dict[str, Any] | None = None,
 ) -> AuditOutcome:
     """Audit an in-memory ``model`` on an :class:`auditor.data.EvalDataset` (Python API path).
 
@@ -464,12 +504,20 @@ def audit(
     for the whole call (:class:`auditor.store.RunLock`; a second audit into it raises
     :class:`auditor.errors.RunLockedError`); pass ``lock`` to use a lock the caller already
     holds (a shard job's writer lock, or the main lock taken before loading the model).
+    ``shard``: see :func:`run_audit`; a ``"shard"`` job returns after writing its batches
+    (``passed`` True, empty summary: ``auditor finalize`` makes the summary), as does a
+    torchrun rank other than 0.
     """
     run_dir = Path(out)
+    spec = shard or torchrun_env() or ShardSpec()
     own = lock is None
     if lock is None:
         claim_run_dir(run_dir)
-        lock = RunLock(run_dir, command=command)
+        lock = (
+            RunLock(run_dir, command=command)
+            if spec.mode == "single"
+            else RunLock.for_shard(run_dir, spec.index, spec.count, command=command)
+        )
     lock.acquire()
     try:
         if lock.name == MAIN_LOCK:
@@ -489,6 +537,8 @@ def audit(
             progress=progress,
             render=render,
             command=command,
+            spec=spec,
+            overrides=overrides,
         )
     finally:
         if own:
@@ -511,6 +561,8 @@ def _audit_locked(
     progress: bool | None,
     render: bool,
     command: str | None,
+    spec: ShardSpec,
+    overrides: dict[str, Any] | None,
 ) -> AuditOutcome:
     from auditor.cam import CamEngine
     from auditor.models import state_dict_sha256
@@ -522,6 +574,13 @@ def _audit_locked(
     store = RunStore(run_dir)
     check_device_available(s.device, "device")
     dev = torch.device(s.device)
+    if spec.mode == "torchrun":
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", spec.local_rank)  # one GPU per local rank
+        init_process_group(spec, dev.type)
+        resume = resume or restarted_by_torchrun()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
     check_gates(tuple(gates), settings=s, classes=list(dataset.classes), source="gates")
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
@@ -573,21 +632,45 @@ def _audit_locked(
             "settings": hashlib.sha256(repr(to_jsonable(s)).encode()).hexdigest(),
             "tool_version": __version__,
         }
-        done = store.prepare(fingerprints, resume=resume)
-        store.write_provenance(
-            {
-                "fingerprints": fingerprints,
-                "versions": library_versions(),
-                "model": model_info,
-                "started": started.isoformat(timespec="seconds"),
-            }
-        )
-        if config is not None and config.source is not None:
+        provenance = {
+            "fingerprints": fingerprints,
+            "versions": library_versions(),
+            "model": model_info,
+            "started": started.isoformat(timespec="seconds"),
+        }
+        if spec.mode == "single":
+            done = store.prepare(fingerprints, resume=resume)
+            store.write_provenance(provenance)
+            # the first missing batch and everything after it run again
+            first_missing = next((b for b in range(len(chunks)) if b not in done), len(chunks))
+            todo_batches = list(range(first_missing, len(chunks)))
+        else:
+            store.shards.mkdir(parents=True, exist_ok=True)
+            check_compatible(store.shards, spec, fingerprints, resume=resume)
+            done = store.completed_batches()
+            todo_batches = owned_todo(spec, len(chunks), done)
+            first_missing = len(spec.batches(len(chunks))) - len(todo_batches)
+        manifest: dict[str, Any] = {
+            "shard": spec.label,
+            "mode": spec.mode,
+            "status": "running",
+            "fingerprints": fingerprints,
+            "n_samples": n,
+            "n_batches": len(chunks),
+            "batch_size": s.batch_size,
+            "batches": spec.batches(len(chunks)),
+            "config_path": str(Path(config.source).resolve())
+            if config is not None and config.source is not None
+            else None,
+            "overrides": dict(overrides or {}),
+            "model": model_info,
+            "provenance": provenance,
+            "started": started.isoformat(timespec="seconds"),
+        }
+        atomic_write_json(manifest_path(store.shards, spec), manifest)
+        if config is not None and config.source is not None and spec.index == 0:
             atomic_write_bytes(run_dir / "config.toml", Path(config.source).read_bytes())
-
-        # the first missing batch and everything after it run again (batches complete in order)
-        first_missing = next((b for b in range(len(chunks)) if b not in done), len(chunks))
-        todo = chunks[first_missing:]
+        todo = [chunks[b] for b in todo_batches]
         log.info(
             "model %s (sha256 %s…), target layer %s, methods %s, device %s",
             model_info["name"],
@@ -615,8 +698,11 @@ def _audit_locked(
             dataset.config.mean,
             dataset.config.std,
         )
-        sanity = _sanity(
-            run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape
+        # the sanity check runs once, in shard 0, which records it for finalisation
+        sanity = (
+            _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape)
+            if spec.index == 0
+            else None
         )
         from auditor.data import iter_batches
 
@@ -625,10 +711,19 @@ def _audit_locked(
         bar = _progress(sum(len(c) for c in todo), progress, "auditing")
         try:
             flat = [i for c in todo for i in c]
-            for offset, batch in enumerate(
-                iter_batches(dataset, flat, s.batch_size, num_workers=s.num_workers)
+            # only the globally last chunk can be short, so re-chunking the concatenation of
+            # this shard's chunks gives back exactly those chunks
+            for batch_no, batch in zip(
+                todo_batches,
+                iter_batches(
+                    dataset,
+                    flat,
+                    s.batch_size,
+                    num_workers=s.num_workers,
+                    pin_memory=dev.type == "cuda",
+                ),
+                strict=True,
             ):
-                batch_no = first_missing + offset
                 skip_rows = _empty_skip_rows(batch)
                 ids, idx = list(batch.ids), list(batch.indices)
                 if len(batch):
@@ -672,6 +767,25 @@ def _audit_locked(
     finally:
         model.to(orig_device)
         flags.__exit__(None, None, None)
+    manifest.update(
+        status="complete",
+        finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        loop_s=round(loop_s, 3),
+        sanity=sanity,
+    )
+    atomic_write_json(manifest_path(store.shards, spec), manifest)
+
+    if spec.mode == "shard":
+        log.info("shard %s complete: %d batch(es) written", spec.label, len(todo_batches))
+        return AuditOutcome(run_dir=run_dir, result=None, passed=True)
+    if spec.mode == "torchrun":
+        barrier()  # every rank's batches are on disk
+        if spec.index != 0:
+            return AuditOutcome(run_dir=run_dir, result=None, passed=True)
+        # rank 0 finalises under its writer lock: the other ranks of the group only wait
+        manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
+        store.write_provenance(manifests[0]["provenance"])
+        loop_s = max(float(m.get("loop_s") or 0.0) for m in manifests)
 
     return finalize(
         run_dir,
@@ -706,6 +820,91 @@ def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:
         model_info["target_layer_family"] = choices[0].family
     else:
         model_info["target_layer_reason"] = "set by the user"
+
+
+def finalize_run(
+    run_dir: str | Path,
+    *,
+    config_path: str | Path | None = None,
+    pdf: bool | None = None,
+    render: bool = True,
+    command: str | None = None,
+) -> AuditOutcome:
+    """``auditor finalize RUN_DIR``: combine the shards of a run directory into its results.
+
+    Takes the run directory's main lock (refused while a shard writer is alive, naming it),
+    checks that every shard ``I/N`` is present and complete and that all were made with the
+    same config, model, annotations, settings and tool version (naming what is missing or
+    differs), then writes samples.parquet, summary.json, gallery, JUnit and the reports as a
+    single-process run would. The config is read from where the shards were started
+    (recorded in their shard records) unless ``config_path`` is given; its fingerprint must
+    match. No model is loaded: the sanity check is the one shard 0 recorded.
+    """
+    root = Path(run_dir)
+    if not root.is_dir():
+        raise AuditorInputError(f"RUN_DIR {root}: no such directory")
+    with RunLock(root, command=command):
+        sweep_temp_files(root)
+        return _finalize_locked(root, config_path, pdf, render, command)
+
+
+def _finalize_locked(
+    root: Path,
+    config_path: str | Path | None,
+    pdf: bool | None,
+    render: bool,
+    command: str | None,
+) -> AuditOutcome:
+    from auditor.config import load_config
+    from auditor.data import open_dataset
+
+    t0 = time.perf_counter()
+    store = RunStore(root)
+    manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
+    first = manifests[0]
+    src = Path(config_path) if config_path is not None else first.get("config_path")
+    if not src:
+        raise AuditorInputError(
+            f"RUN_DIR {root}: the shards were made through the Python API (no config file); "
+            f"pass --config CONFIG.toml"
+        )
+    if not Path(src).is_file():
+        raise AuditorInputError(
+            f"config {src} (recorded by the shards) is not there any more: pass --config"
+        )
+    cfg = load_config(Path(src))
+    ov = first.get("overrides") or {}
+    cfg = with_overrides(cfg, device=ov.get("device"), limit=ov.get("limit"))
+    if cfg.sha256 != first["fingerprints"].get("config_sha256"):
+        raise AuditorInputError(
+            f"config {src} differs from the one the shards were made with "
+            f"(sha256 {cfg.sha256[:12]}… vs "
+            f"{str(first['fingerprints'].get('config_sha256'))[:12]}…)"
+        )
+    dataset = open_dataset(cfg.data)
+    if dataset.annotation_sha256() != first["fingerprints"].get("annotation_sha256"):
+        raise AuditorInputError(
+            f"the dataset's annotations changed since the shards were made ({src})"
+        )
+    store.write_provenance(first["provenance"])
+    started = min(datetime.fromisoformat(m["started"]) for m in manifests if m.get("started"))
+    return finalize(
+        root,
+        store,
+        dataset=dataset,
+        classes=list(dataset.classes),
+        settings=cfg.audit,
+        gates=cfg.gates,
+        model_info=dict(first["model"]),
+        config=cfg,
+        sanity=first.get("sanity"),
+        started=started,
+        t0=t0,
+        loop_s=max(float(m.get("loop_s") or 0.0) for m in manifests),
+        pdf=cfg.report.pdf if pdf is None else pdf,
+        render=render,
+        command=command,
+    )
 
 
 def _sanity(

@@ -104,6 +104,19 @@ class _Collate:
 _DONE = object()
 
 
+def _pinned(batch: Batch) -> Batch:
+    """The batch with its tensors in page-locked memory (for asynchronous copies to CUDA)."""
+    from dataclasses import replace
+
+    return replace(
+        batch,
+        images=batch.images.pin_memory(),
+        masks=batch.masks.pin_memory(),
+        has_mask=batch.has_mask.pin_memory(),
+        labels=batch.labels.pin_memory(),
+    )
+
+
 def _prefetched(items: Iterator[Batch]) -> Iterator[Batch]:
     """Produce ``items`` one ahead in a daemon thread; stops when the consumer stops."""
     slot: queue.Queue[Any] = queue.Queue(maxsize=1)
@@ -151,6 +164,7 @@ def iter_batches(
     *,
     num_workers: int = 0,
     prefetch: bool = True,
+    pin_memory: bool = False,
 ) -> Iterator[Batch]:
     """Yield batches over ``indices`` in order (chunks of ``batch_size``).
 
@@ -160,7 +174,8 @@ def iter_batches(
     chunk while the caller computes on the current one (PIL's decoders and torch's kernels
     release the GIL): no worker processes to start, same order, same batches; an error raised
     while decoding is re-raised in the caller. A chunk whose samples were all skipped is still
-    yielded (``B == 0``) with its ``skipped``.
+    yielded (``B == 0``) with its ``skipped``. ``pin_memory``: tensors in page-locked host
+    memory (for CUDA: the runner's ``non_blocking`` copies then overlap compute).
     """
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size <= 0:
         raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}")
@@ -178,6 +193,8 @@ def iter_batches(
     safe = _SafeLoad(dataset)
     if num_workers == 0:
         batches = (collate([safe[i] for i in chunk]) for chunk in chunks)
+        if pin_memory:  # page-locked host memory: the runner's non_blocking copies overlap
+            batches = (_pinned(b) for b in batches)
         yield from (_prefetched(batches) if prefetch and len(chunks) > 1 else batches)
         return
     loader = torch.utils.data.DataLoader(
@@ -185,7 +202,7 @@ def iter_batches(
         batch_sampler=chunks,
         num_workers=num_workers,
         collate_fn=collate,
-        pin_memory=False,
+        pin_memory=pin_memory,
         persistent_workers=False,
     )
     yield from loader
