@@ -21,9 +21,11 @@ import re
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 import torchvision
+from torch import Tensor
 
 from auditor.cam import GRADIENT_METHODS, CamEngine
 
@@ -165,6 +167,97 @@ def bench_model(name: str, batch: int, repeats: int, slow_repeats: int) -> list[
 
         rows.append(("torch-cam: GradCAM", _quiet(torchcam_run), slow_repeats))
     return interleaved(rows, max(repeats, slow_repeats))
+
+
+PGC_PARITY = {
+    "gradcam_elementwise": "GradCAMElementWise",
+    "fem": "FEM",
+    "kpcacam": "KPCA_CAM",
+    "shapleycam": "ShapleyCAM",
+    "randomcam": "RandomCAM",
+}
+
+
+def bench_parity(name: str, batch: int, samples: int) -> list[tuple[str, float]]:
+    """The parity methods, ours vs the peer that defines them, same model, batch and samples.
+
+    Capture-only methods (one call each: ours computes them from one shared capture); noisy and
+    swept methods with ``samples`` noisy copies / integration steps on both sides (the peers'
+    defaults are 4, 35 and 10; cost is linear in them).
+    """
+    from auditor.cam import methods as method_module
+
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1))
+    small = images[:1, :, :64, :64].contiguous()
+    method_module.SSCAM_SAMPLES = method_module.ISCAM_SAMPLES = samples
+    rows: list[tuple[str, Callable[[], object], int]] = []
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(images)
+
+    rows.append(("plain forward (inference_mode)", plain, 1))
+
+    def ours(methods: tuple[str, ...], x: Tensor, t: Tensor, **kw: Any) -> Callable[[], object]:
+        def run() -> object:
+            with CamEngine(model, "layer4", methods, **kw) as engine:
+                return engine.run(x, t)
+
+        return run
+
+    capture_only = (*PGC_PARITY, "finercam")
+    rows.append(
+        (f"ours: {', '.join(capture_only)} (one capture)", ours(capture_only, images, targets), 1)
+    )
+    import pytorch_grad_cam as pgc
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from torchcam import methods as tc
+
+    cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+
+    def pgc_run(cls_name: str, **kw: Any) -> Callable[[], object]:
+        def run() -> object:
+            with getattr(pgc, cls_name)(model=model, target_layers=[model.layer4]) as cam:
+                return cam(images, targets=cam_targets, **kw)
+
+        return run
+
+    for ours_name, cls_name in PGC_PARITY.items():
+        rows.append((f"pytorch-grad-cam: {cls_name}", _quiet(pgc_run(cls_name)), 1))
+    rows.append(
+        ("ours: gradcam aug_smooth", ours(("gradcam",), images, targets, aug_smooth=True), 1)
+    )
+    rows.append(
+        ("pytorch-grad-cam: GradCAM aug_smooth", _quiet(pgc_run("GradCAM", aug_smooth=True)), 1)
+    )
+    rows.append(("ours: smoothgradcam++", ours(("smoothgradcam++",), images, targets), 1))
+
+    def tc_smooth() -> object:
+        with tc.SmoothGradCAMpp(model, target_layer="layer4") as extractor:
+            model(images)
+            return extractor(class_idx=targets.tolist())
+
+    rows.append(("torch-cam: SmoothGradCAMpp", _quiet(tc_smooth), 1))
+    for method, cls in (("sscam", tc.SSCAM), ("iscam", tc.ISCAM)):
+        rows.append(
+            (
+                f"ours: {method}, 1 image 64x64, {samples} samples",
+                ours((method,), small, targets[:1]),
+                2,
+            )
+        )
+
+        def tc_run(cls: Any = cls) -> object:
+            with cls(model, target_layer="layer4", batch_size=16, num_samples=samples) as extractor:
+                with torch.no_grad():
+                    model(small)
+                return extractor(class_idx=targets[:1].tolist())
+
+        rows.append((f"torch-cam: {cls.__name__}, same", _quiet(tc_run), 2))
+    return interleaved(rows, 2)
 
 
 def bench_scorecam(
@@ -328,6 +421,11 @@ def main() -> None:
         ),
     )
     parser.add_argument("--models", default="resnet18,resnet50")
+    parser.add_argument(
+        "--parity",
+        default="resnet18:4:2",
+        help="ARCH:BATCH:SAMPLES for the parity methods vs their peers; 'none' skips them",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -340,6 +438,12 @@ def main() -> None:
     for name in filter(None, args.models.split(",")):
         rows = bench_model(name, args.batch, args.repeats, args.slow_repeats)
         parts.append(table(f"{name}, batch {args.batch}", rows, args.batch) + family_note(rows))
+        print(parts[-1], "\n", flush=True)
+    if args.parity != "none":
+        arch, pbatch, psamples = args.parity.split(":")
+        rows = bench_parity(arch, int(pbatch), int(psamples))
+        title = f"parity methods vs their peers, {arch}, batch {pbatch}"
+        parts.append(table(title, rows, int(pbatch)))
         print(parts[-1], "\n", flush=True)
     for spec in args.scorecam or ["resnet18:1,3:2", "resnet50:1:1"]:
         if spec == "none":

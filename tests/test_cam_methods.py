@@ -510,3 +510,12 @@ def test_aug_smooth_hand_values() -> None:
     plain = run(FlatNet(), "hirescam", 0)
     smooth = run(FlatNet(), "hirescam", 0, aug_smooth=True)
     assert float(smooth.max()) <= 1 + 1e-6 and not torch.allclose(smooth, plain / plain.max())
+
+
+def test_docs_method_table_lists_every_method() -> None:
+    from pathlib import Path
+
+    text = (Path(__file__).resolve().parents[1] / "docs" / "cam-engine.md").read_text()
+    table = text.split("### Every method: cost and reference", 1)[1]
+    for name in METHODS:
+        assert f"| `{name}` |" in table, name
