@@ -142,7 +142,7 @@ def test_run_one_channel_dicom_audit(tmp_path: Path) -> None:
     (tmp_path / "manifest.csv").write_text("\n".join(rows) + "\n")
     (tmp_path / "audit.toml").write_text(
         """[model]
-timm = "resnet18"
+timm = "test_resnet"
 random_weights = true
 
 [data]
