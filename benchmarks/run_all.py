@@ -33,6 +33,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "e2e": ("bench_e2e.py", ["--quick"]),
     "memory": ("bench_memory.py", ["--quick"]),
     "report": ("bench_report.py", ["--classes", "100", "--per-class", "20"]),
+    "scale": ("bench_scale.py", ["--quick"]),
 }
 
 #: Runs the script as ``__main__`` after pinning torch's threads (``-c`` program).

@@ -71,3 +71,25 @@ def test_constant_empty_and_bad_input() -> None:
         pb.update(np.array([0]), np.array([0]), np.array([[1.0, 2.0]]))
     with pytest.raises(ValueError, match="n_boot"):
         PoissonBootstrap(1, ["v"], n_boot=1)
+
+
+def test_bf16_autocast_maps_agree_with_float32_on_cpu() -> None:
+    """The GPU path's optional bf16 autocast, checked where it runs here (CPU bf16 kernels)."""
+    import torch
+
+    from auditor.cam import compute_cams
+    from auditor.demo import build_model
+
+    torch.manual_seed(0)
+    model = build_model().eval()
+    images = torch.randn(4, 3, 64, 64)
+    targets = torch.tensor([0, 1, 2, 3])
+    methods = ("gradcam", "gradcam++", "layercam")
+    ref = compute_cams(model, images, targets, methods=methods)
+    bf = compute_cams(model, images, targets, methods=methods, autocast=torch.bfloat16)
+    for m in methods:
+        assert bf[m].dtype == torch.float32 and bool(torch.isfinite(bf[m]).all())
+        a, b = ref[m].flatten(1).double(), bf[m].flatten(1).double()
+        r = torch.stack([torch.corrcoef(torch.stack([x, y]))[0, 1] for x, y in zip(a, b)])
+        assert bool((r > 0.95).all()), (m, r)  # bf16 has 8 bits of mantissa: close, not equal
+        assert not torch.equal(a, b)  # autocast really ran in bf16
