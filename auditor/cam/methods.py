@@ -769,7 +769,7 @@ def finer_score(logits: Tensor, targets: Tensor) -> Tensor:
         return y_c[:, 0]
     gap = (logits.detach() - y_c.detach()).abs()
     gap = gap.scatter(1, targets[:, None], float("inf"))
-    closest = gap.topk(m, dim=1, largest=False).indices  # ties: the lower index first? see docs
+    closest = gap.topk(m, dim=1, largest=False).indices  # exact ties: either tied class
     probs = logits.softmax(dim=1).gather(1, closest)
     diffs = y_c - FINER_ALPHA * logits.gather(1, closest)
     return (probs * diffs).sum(1) / (probs.sum(1) + 1e-9)
