@@ -126,24 +126,38 @@ def init_process_group(spec: ShardSpec, device_type: str) -> None:
     dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
 
 
+_STATE = {"past_barrier": False}
+
+
 def barrier() -> None:
+    """Wait until every rank has written its batches (then the ranks agree on the exit code)."""
     import torch.distributed as dist
 
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
+        _STATE["past_barrier"] = True
 
 
 def agree_exit_code(code: int) -> int:
-    """Every rank returns rank 0's exit code; tear the process group down (no-op alone)."""
+    """Every rank returns rank 0's exit code; tear the process group down (no-op alone).
+
+    Only after :func:`barrier`: a rank that fails before it returns its own code (a collective
+    the other ranks never join would hang).
+    """
     import torch.distributed as dist
 
     if not (dist.is_available() and dist.is_initialized()):
+        return code
+    if not _STATE["past_barrier"]:
+        # this rank failed before the barrier: the others are not waiting for a broadcast, so
+        # exit with our own code; torchrun sees the failure and stops (or restarts) the group
         return code
     try:
         box: list[Any] = [int(code)]
         dist.broadcast_object_list(box, src=0)
         return int(box[0])
     finally:
+        _STATE["past_barrier"] = False
         dist.destroy_process_group()
 
 
