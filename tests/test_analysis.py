@@ -14,6 +14,7 @@ def make_table(
     bf_by_class: dict[int, list[float]],
     *,
     fg_correct: dict[int, list[float]] | None = None,
+    mixed_correct: dict[int, list[float]] | None = None,
     interventions: bool = True,
     area: float = 0.3,
 ) -> pa.Table:
@@ -51,7 +52,8 @@ def make_table(
             fg = (fg_correct or {}).get(label)
             iv["only_fg_correct"].append(fg[j] if fg else 1.0)
             iv["only_bg_correct"].append(0.0)
-            iv["mixed_rand_correct"].append(1.0)
+            mixed = (mixed_correct or {}).get(label)
+            iv["mixed_rand_correct"].append(mixed[j] if mixed else 1.0)
             i += 1
     return pa.table({**rows, **iv} if interventions else rows)
 
@@ -107,14 +109,24 @@ def test_confirmed_reliance_needs_both_kinds_of_evidence() -> None:
     rng = np.random.default_rng(1)
     clean = list(np.clip(rng.normal(0.4, 0.05, 30), 0, 1))
     shortcut = list(np.clip(rng.normal(0.9, 0.03, 30), 0, 1))
+    fg = {1: [0.0] * 30, 2: [0.0] * 15 + [1.0] * 15}
+    # class c: accuracy collapses without background but the CAM looks at the object, and on
+    # other images' backgrounds (mixed-rand, natural pixels) it loses accuracy too → medium
     t = make_table(
-        {0: clean, 1: shortcut, 2: clean[:]}, fg_correct={1: [0.0] * 30, 2: [0.0] * 15 + [1.0] * 15}
+        {0: clean, 1: shortcut, 2: clean[:]},
+        fg_correct=fg,
+        mixed_correct={2: [0.0] * 10 + [1.0] * 20},
     )
     out = analyse(t, classes=["a", "b", "c"], methods=["gradcam"], settings=SETTINGS)
     kinds = {(f.cls, f.kind, f.severity) for f in out.findings}
     assert ("b", "background_reliance", "high") in kinds
-    # class c: accuracy collapses without background but the CAM looks at the object
     assert ("c", "evidence_disagreement", "medium") in kinds
+    # the same drop seen only with the synthetic fill (mixed-rand keeps 100 %) → a low note
+    t = make_table({0: clean, 1: shortcut, 2: clean[:]}, fg_correct=fg)
+    out = analyse(t, classes=["a", "b", "c"], methods=["gradcam"], settings=SETTINGS)
+    (c,) = [f for f in out.findings if f.cls == "c"]
+    assert (c.kind, c.severity) == ("evidence_disagreement", "low")
+    assert "synthetic fill" in c.message
     ivb = out.classes["b"].interventions
     assert ivb is not None
     assert ivb.only_fg_accuracy == 0.0 and ivb.only_fg_drop == pytest.approx(1.0)

@@ -179,7 +179,9 @@ def test_sufficiency_hand_computed() -> None:
 # end to end: the tagged model and its clean control
 
 
-def _audit(variant: str, out: Path, *, masks: bool, render: bool = False) -> Any:
+def _audit(
+    variant: str, out: Path, *, masks: bool, render: bool = False, fill: str = "blur"
+) -> Any:
     from auditor import demo_subgroup as D
     from auditor.config import AuditSettings
     from auditor.data.api import dataset_from_torch
@@ -197,7 +199,7 @@ def _audit(variant: str, out: Path, *, masks: bool, render: bool = False) -> Any
         sanity_check=False,
         bootstrap=300,
         batch_size=128,
-        intervention_fill="blur",
+        intervention_fill=fill,
         inference_copy=False,
         gallery_per_class=2,
     )
@@ -271,8 +273,11 @@ def test_tagged_subgroup_recovered_without_masks(tmp_path: Path) -> None:
     assert f["evidence"]["where"] == "bottom-left corner"
 
 
-def test_clean_model_is_silent(tmp_path: Path) -> None:
-    outcome, _ = _audit("clean", tmp_path / "clean", masks=True)
+@pytest.mark.parametrize("fill", ["blur", "mean"])
+def test_clean_model_is_silent(tmp_path: Path, fill: str) -> None:
+    # "mean" (the default fill) once raised a medium disagreement on 'cross': its accuracy
+    # drops on a flat grey surround but not on other images' backgrounds (mixed-rand)
+    outcome, _ = _audit("clean", tmp_path / "clean", masks=True, fill=fill)
     s = outcome.summary
     loud = [f for f in s["findings"] if f["severity"] in ("high", "medium")]
     assert loud == [], [f["title"] for f in loud]

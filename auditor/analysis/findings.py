@@ -16,7 +16,9 @@ are read from :func:`auditor.metrics.clusters.spray_clusters` and the sanity res
   size-adjusted energy lift is clearly lower. High when the interventions confirm it or the
   lift is below chance; a low-severity disagreement when the interventions refute it.
 * ``background_reliance``: accuracy on only-foreground images (background removed, Xiao et
-  al. 2021) drops by more than ``drop_margin`` with the interval's lower bound > 0.
+  al. 2021) drops by more than ``drop_margin`` with the interval's lower bound > 0. Without
+  attention evidence it is a disagreement: medium when mixed-rand or only-background (natural
+  pixels) agree, low when only the synthetic fill shows it.
 * ``right_for_wrong_reasons``: among correct predictions, the share whose CAM puts less mass
   on the object than its area (energy lift < 1) has a Wilson lower bound above 0.5.
 * ``border_focus``: mean CAM mass in the outer band above the other classes' baseline.
@@ -260,8 +262,24 @@ def _describe_background_reliance(r: FindingRules, confidence: float) -> str:
     return (
         f"Accuracy on only-foreground images drops by more than {r.drop_margin:.2f} "
         f"with a {_pct(confidence)} paired-bootstrap interval above 0. Confirmed (high) when the "
-        f"background-focus rule also fires; otherwise reported as a disagreement."
+        f"background-focus rule also fires; otherwise reported as a disagreement: medium when "
+        f"an intervention with natural pixels agrees (mixed-rand accuracy lower by more than "
+        f"{r.drop_margin:.2f}, or only-background still predicted as the class for more than "
+        f"{r.drop_margin:.2f}), low when only the synthetic fill shows it."
     )
+
+
+def _natural_background_agrees(r: FindingRules, iv: Any) -> bool:
+    """Whether an intervention with natural pixels supports background reliance.
+
+    Mixed-rand (Xiao et al. 2021: the object pasted on another image's background) loses more
+    than ``drop_margin`` of accuracy, or only-background still predicts the class for more than
+    ``drop_margin`` of the images. Unknown values count as no support.
+    """
+    acc, mixed, only_bg = iv.accuracy, iv.mixed_rand_accuracy, iv.only_bg_accuracy
+    mixed_drop = acc is not None and mixed is not None and acc - mixed > r.drop_margin
+    sufficient = only_bg is not None and only_bg > r.drop_margin
+    return bool(mixed_drop or sufficient)
 
 
 @finding_rule("background_reliance", describe=_describe_background_reliance)
@@ -273,11 +291,17 @@ def background_reliance_rule(ctx: RuleContext) -> list[Finding]:
         iv = c.interventions
         if not b.reliance or iv is None:
             continue
+        # Attention on the object, accuracy falls without the background: medium only when an
+        # intervention that keeps natural pixels agrees (the object on another image's
+        # background loses accuracy too, or the background alone is still called the class).
+        # Otherwise the drop may come from the synthetic fill being out of distribution (a
+        # flat or blurred surround the model never saw), so it is a low-severity note.
+        corroborated = b.flagged or _natural_background_agrees(ctx.rules, iv)
         out.append(
             Finding(
                 cls=name,
                 kind="background_reliance" if b.flagged else "evidence_disagreement",
-                severity="high" if b.flagged else "medium",
+                severity="high" if b.flagged else ("medium" if corroborated else "low"),
                 title=(
                     f"'{name}': confirmed reliance on the background"
                     if b.flagged
@@ -293,6 +317,13 @@ def background_reliance_rule(ctx: RuleContext) -> list[Finding]:
                         else ""
                     )
                     + "."
+                    + (
+                        ""
+                        if corroborated
+                        else " On other images' backgrounds it keeps "
+                        f"{_fmt(iv.mixed_rand_accuracy)}, so the drop may come from the "
+                        "synthetic fill rather than from this class's background."
+                    )
                 ),
                 evidence={
                     "accuracy": iv.accuracy,
