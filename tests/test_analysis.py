@@ -211,3 +211,41 @@ def test_small_objects_alone_do_not_raise_background_focus() -> None:
     t = pa.concat_tables([rows, small])
     out = analyse(t, classes=["a", "b"], methods=["gradcam"], settings=SETTINGS)
     assert not out.findings
+
+
+def test_null_baseline_is_mask_area_and_randomcam_when_run() -> None:
+    # two classes, gradcam + randomcam rows per sample; mask areas hand-chosen
+    areas = {0: [0.1, 0.3, np.nan], 1: [0.5, 0.7]}  # nan: an unannotated sample
+    rows: dict[str, list] = {
+        k: [] for k in ("index", "id", "method", "label", "pred", "correct", "energy_in_mask",
+                        "background_focus", "status", "mask_area")
+    }
+    i = 0
+    for label, vals in areas.items():
+        for a in vals:
+            for method, e in (("gradcam", 0.9), ("randomcam", 0.2 + 0.1 * label)):
+                rows["index"].append(i)
+                rows["id"].append(f"s{i}")
+                rows["method"].append(method)
+                rows["label"].append(label)
+                rows["pred"].append(label)
+                rows["correct"].append(True)
+                rows["energy_in_mask"].append(e if np.isfinite(a) else np.nan)
+                rows["background_focus"].append(1 - e if np.isfinite(a) else np.nan)
+                rows["status"].append("ok")
+                rows["mask_area"].append(a)
+            i += 1
+    t = pa.table(rows)
+    out = analyse(t, classes=["a", "b"], methods=["gradcam", "randomcam"], settings=SETTINGS)
+    nb = out.classes["a"].extra["null_baseline"]
+    assert nb["area"] == pytest.approx(0.2)  # mean of 0.1 and 0.3; the nan sample excluded
+    assert nb["randomcam"]["mean"] == pytest.approx(0.2)
+    assert out.classes["b"].extra["null_baseline"]["area"] == pytest.approx(0.6)
+    assert out.classes["b"].extra["null_baseline"]["randomcam"]["mean"] == pytest.approx(0.3)
+    # survives the JSON round trip of the typed result
+    again = type(out).from_json(out.to_json())
+    assert again.classes["b"].extra["null_baseline"]["area"] == pytest.approx(0.6)
+    # randomcam as the primary method has no baseline against itself
+    s2 = AuditSettings(bootstrap=200, primary_method="randomcam")
+    out2 = analyse(t, classes=["a", "b"], methods=["randomcam", "gradcam"], settings=s2)
+    assert "randomcam" not in out2.classes["a"].extra["null_baseline"]

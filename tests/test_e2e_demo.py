@@ -125,3 +125,23 @@ def test_report_rerenders_without_model(demo_run: Path, tmp_path: Path) -> None:
     assert main(["report", str(demo_run)]) == 0
     assert (demo_run / "report.html").is_file()
     assert (demo_run / "summary.json").read_bytes() == before
+
+
+def test_null_baseline_in_summary_and_class_table(demo_run: Path) -> None:
+    """Each class's chance level of energy in the object: its mean object area fraction
+    (recomputed here from samples.parquet), in summary.json and as a class-table column."""
+    import numpy as np
+
+    s = json.loads((demo_run / "summary.json").read_text("utf-8"))
+    t = pq.read_table(demo_run / "samples.parquet").to_pandas()
+    prim = t[t.method == s["primary_method"]]
+    for i, name in enumerate(CLASSES):
+        area = prim[prim.label == i].mask_area.to_numpy(float)
+        expected = float(np.nanmean(area))
+        assert s["classes"][name]["null_baseline"]["area"] == pytest.approx(expected, abs=1e-9)
+        # the primary method's energy reads against it: lift = energy / area, per sample
+        assert 0 < expected < 1
+    html = (demo_run / "report.html").read_text("utf-8")
+    table = html[html.index('id="class-table"') :]
+    table = table[: table.index("</table>")]
+    assert "Chance energy" in table

@@ -27,6 +27,7 @@ from auditor.analysis.aggregate import (
     faithfulness_block,
     method_agreement,
     metric_block,
+    null_baselines,
     overall_result,
 )
 from auditor.analysis.findings import (
@@ -106,7 +107,8 @@ def analyse(
     metrics = [m for m in sample_metric_names() if m in table.column_names]
     overall_m, class_m = metric_block(table, classes, methods, metrics, settings)
     prim = PrimaryColumns.of(table, primary)
-    cls_results = class_results(prim, classes, class_m, settings)
+    null = null_baselines(table, classes, primary, class_m)
+    cls_results = class_results(prim, classes, class_m, settings, null)
     cl = _clusters(clusters)
     sa = _sanity(sanity)
     ctx = RuleContext(

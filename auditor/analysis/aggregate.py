@@ -29,6 +29,7 @@ from auditor.results import (
     MethodAgreement,
     OverallResult,
     Stat,
+    freeze,
 )
 from auditor.stats import (
     bootstrap_mean_ci,
@@ -201,8 +202,12 @@ def class_results(
     classes: Sequence[str],
     class_metrics: Mapping[str, Mapping[str, Mapping[str, Stat]]],
     settings: AuditSettings,
+    null: Mapping[str, Mapping[str, Any]] | None = None,
 ) -> dict[str, ClassResult]:
-    """One :class:`ClassResult` per class (not yet flagged: see ``findings.apply_flags``)."""
+    """One :class:`ClassResult` per class (not yet flagged: see ``findings.apply_flags``).
+
+    ``null`` (from :func:`null_baselines`) lands in each class's ``null_baseline`` field.
+    """
     out: dict[str, ClassResult] = {}
     for ci, name in enumerate(classes):
         sel = p.labels == ci
@@ -220,7 +225,52 @@ def class_results(
             interventions=(
                 _interventions(p, sel, acc, n, settings) if p.interventions and n else None
             ),
+            extra=freeze({"null_baseline": dict(null[name])} if null and name in null else {}),
         )
+    return out
+
+
+RANDOM_METHOD = "randomcam"
+
+
+def null_baselines(
+    table: pa.Table,
+    classes: Sequence[str],
+    primary: str,
+    class_metrics: Mapping[str, Mapping[str, Mapping[str, Stat]]],
+) -> dict[str, dict[str, Any]]:
+    """Chance level of ``energy_in_mask`` per class: what a map that ignores the image scores.
+
+    * ``area``: the mean mask area fraction ``E[|M| / N]`` of the class's annotated samples.
+      For a map ``R`` whose value distribution is the same at every pixel (a spatially uniform
+      or i.i.d. random map), ``E[sum_M R / sum R] = |M| / N``, so this is the exact expectation
+      of energy in the object for "looking nowhere in particular" (Wang et al. 2020, Score-CAM,
+      use the same energy-based pointing; the ratio ``energy_lift`` divides by this value).
+    * ``randomcam``: the class's mean ``energy_in_mask`` (with its interval) of the
+      ``randomcam`` method (random channel weights over the same activations, the null
+      baseline pytorch-grad-cam offers), when that method was run: chance for maps built from
+      this model's features, which are not spatially uniform.
+
+    A class without annotated samples gets ``None`` for ``area``; ``randomcam`` is omitted when
+    not run or when it is the primary method itself.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    if "mask_area" not in table.column_names or "label" not in table.column_names:
+        return out
+    prim = table.filter(pa.array(col(table, "method", str) == primary))
+    labels = col(prim, "label", int)
+    area = col(prim, "mask_area", float)
+    for ci, name in enumerate(classes):
+        vals = area[(labels == ci) & np.isfinite(area)]
+        entry: dict[str, Any] = {
+            "metric": "energy_in_mask",
+            "area": float(vals.mean()) if len(vals) else None,
+        }
+        if primary != RANDOM_METHOD:
+            st = class_metrics.get(name, {}).get(RANDOM_METHOD, {}).get("energy_in_mask")
+            if st is not None and st.mean is not None:
+                entry["randomcam"] = st.to_json()
+        out[name] = entry
     return out
 
 

@@ -262,11 +262,32 @@ def _class_rows(result: AuditResult, table_metrics: tuple[str, ...]) -> list[dic
                 "flags": list(c.flags),
                 "risk": finite_or_none(c.risk),
                 "finding_ids": [],
+                "chance": _chance(c),
             }
         )
     # Highest risk first; classes without a risk score last; ties by name (stable, readable).
     rows.sort(key=lambda r: (r["risk"] is None, -(r["risk"] or 0.0), r["name"]))
     return rows
+
+
+def _chance(c: Any) -> dict[str, Any] | None:
+    """The class's chance level of energy in the object for the table: the ``randomcam``
+    baseline with its interval where that method ran, else the mean mask area fraction."""
+    null = c.extra.get("null_baseline") if isinstance(c.extra, Mapping) else None
+    if not isinstance(null, Mapping):
+        return None
+    rnd = null.get("randomcam")
+    if isinstance(rnd, Mapping) and finite_or_none(rnd.get("mean")) is not None:
+        return {
+            "source": "randomcam",
+            "mean": finite_or_none(rnd.get("mean")),
+            "ci_low": finite_or_none(rnd.get("ci_low")),
+            "ci_high": finite_or_none(rnd.get("ci_high")),
+        }
+    area = finite_or_none(null.get("area"))
+    if area is None:
+        return None
+    return {"source": "area", "mean": area, "ci_low": None, "ci_high": None}
 
 
 def _severity_rank(sev: object) -> int:
@@ -731,6 +752,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "n_classes": len(rows),
         "n_flagged": sum(1 for r in rows if r["flagged"]),
         "any_interventions": any_interventions,
+        "any_chance": any(r["chance"] is not None for r in rows),
         "findings": findings,
         "severity_counts": severity_counts,
         "gates": gates,
