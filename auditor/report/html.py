@@ -7,10 +7,7 @@ print ``—`` for a missing value (``None``, NaN, ±inf), never ``nan`` or a fak
 
 from __future__ import annotations
 
-import hashlib
-import math
-import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +15,9 @@ import jinja2
 from markupsafe import Markup
 
 from auditor.errors import RenderError
+
+# The one formatter (auditor.format), re-exported: templates get them as filters.
+from auditor.format import MISSING, fmt_ci, fmt_num, fmt_pct, slugify, sort_value
 
 __all__ = [
     "MISSING",
@@ -32,9 +32,6 @@ __all__ = [
     "slugify",
 ]
 
-#: What a value that cannot be shown prints as.
-MISSING = "—"
-
 
 def builtin_template_dirs() -> list[Path]:
     """Built-in template folders, in lookup order.
@@ -45,85 +42,6 @@ def builtin_template_dirs() -> list[Path]:
     package_dir = Path(__file__).resolve().parents[1]
     candidates = [package_dir / "templates", package_dir.parent / "templates"]
     return [c for c in candidates if c.is_dir()]
-
-
-def _finite(value: object) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        x = float(value)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return x if math.isfinite(x) else None
-
-
-def fmt_pct(value: object, digits: int = 1) -> str:
-    """Format a share ``x`` as ``100·x %``: ``0.123 → "12.3%"``; missing → ``"—"``."""
-    x = _finite(value)
-    return MISSING if x is None else f"{100.0 * x:.{digits}f}%"
-
-
-def fmt_num(value: object, digits: int = 2) -> str:
-    """Format a number: ints with thousands separators, floats with ``digits`` decimals.
-
-    ``None``, NaN and ±inf print ``"—"``; a non-numeric string is returned unchanged.
-    """
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, int):
-        return f"{value:,}"
-    if isinstance(value, str):
-        try:
-            float(value)
-        except ValueError:
-            return value
-    x = _finite(value)
-    if x is None:
-        return MISSING
-    return f"{x:,.{digits}f}"
-
-
-def fmt_ci(value: object, kind: str = "num", digits: int | None = None) -> str:
-    """Format an interval ``[lo, hi]`` (a pair, or a mapping with ``ci_low``/``ci_high``).
-
-    ``kind`` is ``"pct"`` or ``"num"``. Either bound missing → ``"—"``.
-    """
-    lo: object
-    hi: object
-    if isinstance(value, Mapping):
-        lo, hi = value.get("ci_low"), value.get("ci_high")
-    elif isinstance(value, Sequence) and not isinstance(value, str) and len(value) == 2:
-        lo, hi = value[0], value[1]
-    else:
-        return MISSING
-    if _finite(lo) is None or _finite(hi) is None:
-        return MISSING
-    if kind == "pct":
-        f: Callable[[object], str] = lambda v: fmt_pct(v, 1 if digits is None else digits)  # noqa: E731
-    elif kind == "num":
-        f = lambda v: fmt_num(v, 2 if digits is None else digits)  # noqa: E731
-    else:
-        raise ValueError(f"`kind` must be 'pct' or 'num', got {kind!r}")
-    return f"[{f(lo)}, {f(hi)}]"
-
-
-def sort_value(value: object) -> str:
-    """A ``data-value`` attribute for client-side numeric sorting: missing → empty string."""
-    x = _finite(value)
-    return "" if x is None else repr(x)
-
-
-def slugify(name: object) -> str:
-    """A unique, HTML-id-safe slug for an arbitrary class name.
-
-    ASCII letters/digits of the name (lower-cased, other runs → ``-``, at most 40 characters)
-    plus the first 8 hex digits of the name's SHA-256, so two names never collide even when
-    they differ only in punctuation or script: ``"Cat / Dog" → "cat-dog-5b1d…"``.
-    """
-    text = str(name)
-    stem = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
-    digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
-    return f"{stem}-{digest}" if stem else f"c-{digest}"
 
 
 def _inline_asset(env: jinja2.Environment) -> Callable[[str], Markup]:
