@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from auditor.modelstate import preserved_training_flags
+
 __all__ = [
     "ChannelsLastReshape",
     "LayerChoice",
@@ -120,47 +122,12 @@ def spatial_layer_candidates(
         example = _default_example(model)
     if not isinstance(example, Tensor):
         raise TypeError(f"`example` must be a Tensor, got {type(example).__name__}")
-    records: list[tuple[str, Tensor | None, bool]] = []
-
-    def make_hook(name: str, module: nn.Module) -> Callable[..., None]:
-        def hook(_module: nn.Module, _inputs: object, output: object) -> None:
-            skipped = isinstance(module, _SKIPPED_TYPES)
-            records.append((name, output if isinstance(output, Tensor) else None, skipped))
-
-        return hook
-
-    flags = {m: m.training for m in model.modules()}
-    handles = [
-        module.register_forward_hook(make_hook(name, module))
-        for name, module in model.named_modules()
-        if name
+    kept, _ = _trace(model, example)
+    return [
+        (name, tuple(out.shape))
+        for name, _module, out in kept
+        if out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1
     ]
-    try:
-        model.eval()
-        with torch.no_grad():
-            model(example)
-    finally:
-        for handle in handles:
-            handle.remove()
-        for module, flag in flags.items():
-            module.training = flag
-
-    accepted: set[int] = set()  # tensors produced by a kept module
-    pooled: set[int] = set()  # new tensors produced by pooling/dropout/identity modules
-    result: list[tuple[str, tuple[int, ...]]] = []
-    for name, out, skipped in records:
-        if out is None:
-            continue
-        if skipped:
-            if id(out) not in accepted:  # an identity dropout returns its input: nothing new
-                pooled.add(id(out))
-            continue
-        if id(out) in pooled:  # a container returning a pooled tensor unchanged
-            continue
-        accepted.add(id(out))
-        if out.dim() == 4 and out.shape[-1] * out.shape[-2] > 1:
-            result.append((name, tuple(out.shape)))
-    return result
 
 
 def find_target_layer(model: nn.Module, example: Tensor | None = None) -> str:
@@ -481,21 +448,17 @@ def _trace(
 
         return hook
 
-    flags = {m: m.training for m in model.modules()}
     handles = [
         module.register_forward_hook(make_hook(name, module))
         for name, module in model.named_modules()
         if name
     ]
     try:
-        model.eval()
-        with torch.no_grad():
+        with preserved_training_flags(model, eval=True), torch.no_grad():
             model(example)
     finally:
         for handle in handles:
             handle.remove()
-        for module, flag in flags.items():
-            module.training = flag
     accepted: set[int] = set()
     pooled: set[int] = set()
     kept: list[tuple[str, nn.Module, Tensor]] = []
