@@ -47,6 +47,7 @@ from auditor.results import (
     ClassClusters,
     ClassResult,
     Finding,
+    Interventions,
     SanityResult,
 )
 from auditor.stats import wilson_interval
@@ -269,7 +270,7 @@ def _describe_background_reliance(r: FindingRules, confidence: float) -> str:
     )
 
 
-def _natural_background_agrees(r: FindingRules, iv: Any) -> bool:
+def _natural_background_agrees(r: FindingRules, iv: Interventions) -> bool:
     """Whether an intervention with natural pixels supports background reliance.
 
     Mixed-rand (Xiao et al. 2021: the object pasted on another image's background) loses more
