@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
+from . import sweep
 from .layers import LayerChoice, resolve_layer, resolve_target
 from .methods import METHODS, CamContext
 from .outputs import logits_of as _logits_of
@@ -1048,47 +1049,23 @@ class CamEngine:
         std: float,
         integrated: bool,
     ) -> Tensor:
-        """SS-CAM / IS-CAM channel scores ``[B, K, T]``: mean target logit over ``samples``.
+        """SS-CAM / IS-CAM channel scores ``[B, K, T]`` (:mod:`auditor.cam.sweep`).
 
-        Masks ``m_k = up(norm(A_k))`` (per-channel min-max with ``1e-8`` in the denominator, as
-        torch-cam). SS-CAM (``integrated=False``): inputs ``X * (m_k + eps)``, ``eps ~ N(0,
-        std^2)`` per pixel, drawn in (sample, image, channel) order from a generator seeded with
-        :attr:`seed`. IS-CAM: inputs ``c_i X * m_k`` with ``c_i = sum_{j<=i} j / samples``.
-        Chunks of ``score_batch_size`` run on the validated inference copy when available.
+        Chunks of ``score_batch_size`` masked inputs run on the validated inference copy when
+        available (full chunks on its traced tier); SS-CAM's noise comes from :attr:`seed`.
         """
-        batch, channels = acts.shape[:2]
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        flat = acts.flatten(2)
-        lo = flat.amin(2, keepdim=True)
-        norm = flat - lo
-        norm = (norm / (norm.amax(2, keepdim=True) + 1e-8)).reshape(acts.shape)
-        total = batch * channels
-        b_all = torch.arange(batch, device=acts.device).repeat_interleave(channels)
-        k_all = torch.arange(channels, device=acts.device).repeat(batch)
-        sums = torch.zeros(total, targets_bt.shape[1], device=acts.device)
-        gen = torch.Generator().manual_seed(self.seed)
-        full = self._chunk_size(acts.device)
-        coeff = 0.0
-        with torch.inference_mode():
-            for step in range(samples):
-                coeff += (step + 1) / samples
-                for chunk in self._chunks(total, acts.device):
-                    b_idx, k_idx = b_all[chunk], k_all[chunk]
-                    masks = F.interpolate(
-                        norm[b_idx, k_idx][:, None],
-                        size=size,
-                        mode="bilinear",
-                        align_corners=False,
-                    )
-                    if integrated:
-                        inputs = images[b_idx] * (coeff * masks).to(images.dtype)
-                    else:
-                        eps = torch.randn(masks.shape, generator=gen) * std
-                        noisy = masks + eps.to(masks.device, masks.dtype)
-                        inputs = images[b_idx] * noisy.to(images.dtype)
-                    logits = self._perturbed_logits(inputs, fixed=inputs.shape[0] == full)
-                    sums[chunk] += logits.gather(1, targets_bt[b_idx])
-        return (sums / samples).reshape(batch, channels, -1)
+
+        def forward(inputs: Tensor, full: bool) -> Tensor:
+            return self._perturbed_logits(inputs, fixed=full)
+
+        chunk = self._chunk_size(acts.device)
+        if integrated:
+            return sweep.integrated_scores(
+                images, acts, targets_bt, samples, forward=forward, chunk=chunk
+            )
+        return sweep.smoothed_scores(
+            images, acts, targets_bt, samples, std, forward=forward, chunk=chunk, seed=self.seed
+        )
 
     def _ablated_scores(self, images: Tensor, name: str, raw: Tensor, targets_bt: Tensor) -> Tensor:
         """Ablation-CAM: target logits with channel ``k`` zeroed at layer ``name`` -> ``[B, K, T]``.
