@@ -55,13 +55,16 @@ def _effective_bias(module: nn.Module) -> Tensor:
             raise ValueError(f"BatchNorm2d {module} has no running statistics")
         scale = module.weight / torch.sqrt(module.running_var + module.eps)
         return (module.bias - module.running_mean * scale).detach().float()
-    return module.bias.detach().float()  # type: ignore[union-attr]
+    bias = module.bias
+    if not isinstance(bias, Tensor):
+        raise ValueError(f"layer {module} has no bias")
+    return bias.detach().float()
 
 
 def bias_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
     """The layers whose bias terms FullGrad sums: every ``nn.Conv2d`` with a bias and every
     affine ``nn.BatchNorm2d`` (in module order; pytorch-grad-cam's selection)."""
-    out = []
+    out: list[tuple[str, nn.Module]] = []
     for name, module in model.named_modules():
         if isinstance(module, nn.Conv2d) and module.bias is not None:
             out.append((name, module))
@@ -74,7 +77,9 @@ def _is_attention(module: nn.Module) -> bool:
     return isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower()
 
 
-def check_fullgrad_model(model: nn.Module, token_layer: bool = False) -> list[tuple[str, nn.Module]]:
+def check_fullgrad_model(
+    model: nn.Module, token_layer: bool = False
+) -> list[tuple[str, nn.Module]]:
     """The model's FullGrad bias layers, or a ``ValueError`` saying why FullGrad cannot apply.
 
     Refused: a model with no biased conv/BatchNorm layer (the map would be the input gradient

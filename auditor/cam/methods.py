@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-def _unavailable(*_args: object) -> Tensor:
+def _unavailable(*_args: object) -> Any:
     raise RuntimeError("this CAM method needs an engine helper that was not provided")
 
 
