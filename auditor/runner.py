@@ -851,8 +851,13 @@ def finalize_run(
     pdf: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    aggregation: str | None = None,
 ) -> AuditOutcome:
     """``auditor finalize RUN_DIR``: combine the shards of a run directory into its results.
+
+    ``aggregation`` ("auto", "exact", "streaming") overrides the config's
+    ``[audit] aggregation`` (it changes how the shards are read, not what they hold, so the
+    config fingerprint still matches).
 
     Takes the run directory's main lock (refused while a shard writer is alive, naming it),
     checks that every shard ``I/N`` is present and complete and that all were made with the
@@ -867,7 +872,7 @@ def finalize_run(
         raise AuditorInputError(f"RUN_DIR {root}: no such directory")
     with RunLock(root, command=command):
         sweep_temp_files(root)
-        return _finalize_locked(root, config_path, pdf, render, command)
+        return _finalize_locked(root, config_path, pdf, render, command, aggregation)
 
 
 def _finalize_locked(
@@ -876,6 +881,7 @@ def _finalize_locked(
     pdf: bool | None,
     render: bool,
     command: str | None,
+    aggregation: str | None = None,
 ) -> AuditOutcome:
     from auditor.config import load_config
     from auditor.data import open_dataset
@@ -908,6 +914,12 @@ def _finalize_locked(
         raise AuditorInputError(
             f"the dataset's annotations changed since the shards were made ({src})"
         )
+    if aggregation is not None:
+        if aggregation not in ("auto", "exact", "streaming"):
+            raise AuditorInputError(
+                f"--aggregation must be 'auto', 'exact' or 'streaming', got {aggregation!r}"
+            )
+        cfg = replace(cfg, audit=replace(cfg.audit, aggregation=aggregation))
     store.write_provenance(first["provenance"])
     started = min(datetime.fromisoformat(m["started"]) for m in manifests if m.get("started"))
     return finalize(
