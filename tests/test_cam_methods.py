@@ -659,6 +659,15 @@ def test_fullgrad_refuses_models_it_cannot_explain() -> None:
 
     with pytest.raises(ValueError, match="transformer"):
         CamEngine(TinyViT(), "patch", ("fullgrad",))
+    # a real (small) torchvision ViT, target layer and token reshape auto-detected
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    with pytest.raises(ValueError, match="fullgrad.*transformer"):
+        compute_cams(vit, torch.randn(1, 3, 32, 32), [0], methods=("fullgrad",))
     # the other methods still work on it
     CamEngine(TinyViT(), "patch", ("gradcam",))
 
