@@ -24,6 +24,8 @@ from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any
 
+from auditor.status import migrate_status
+
 __all__ = [
     "EVIDENCE_LABELS",
     "SCHEMA_VERSION",
@@ -311,6 +313,28 @@ class ClassResult:
         )
 
 
+def _migrate_status_counts(counts: Mapping[str, Any]) -> dict[str, Any]:
+    """Status counts of an older summary.json in the one vocabulary (:mod:`auditor.status`).
+
+    Runs written before the vocabulary was one say ``nonfinite_cam`` where they now say
+    ``nonfinite``; counts of a renamed status are added to the new name's.
+    """
+    out: dict[str, Any] = {}
+    for method, per in counts.items():
+        if not isinstance(per, Mapping):
+            out[method] = per
+            continue
+        merged: dict[str, Any] = {}
+        for status, n in per.items():
+            key = migrate_status(str(status))
+            if key in merged and isinstance(n, int) and isinstance(merged[key], int):
+                merged[key] += n
+            else:
+                merged[key] = n
+        out[method] = merged
+    return out
+
+
 @dataclass(frozen=True)
 class OverallResult:
     """The whole evaluation set: accuracy, metrics per method, per-sample status counts."""
@@ -345,7 +369,9 @@ class OverallResult:
             accuracy=_opt_float(d.get("accuracy")),
             accuracy_ci=_pair(d.get("accuracy_ci")),
             metrics=_method_metric_stats(d.get("metrics"), "overall.metrics"),
-            status_counts=freeze(_obj(d.get("status_counts"), "overall.status_counts")),
+            status_counts=freeze(
+                _migrate_status_counts(_obj(d.get("status_counts"), "overall.status_counts"))
+            ),
             extra=_extra(d, cls._KEYS),
         )
 
