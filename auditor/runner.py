@@ -339,11 +339,30 @@ class _BatchAuditor:
                 for key in FAITHFULNESS_COLUMNS:
                     cols[key] = faith.get(method, {}).get(key, nan_col)
             tables.append(rows_table(cols, schema))
-            cam = cb.cams[method].float()
+            cam = _stored_map(method, cb.cams[method].float())
             peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
             low_res[method] = (cam / peak).cpu().numpy()
         table = pa.concat_tables(tables) if tables else pa.table({})
         return table, low_res
+
+
+STORED_INPUT_MAP_SIDE = 56
+"""Largest side of a stored map of an input-resolution method (``fullgrad``): its maps are
+area-averaged (``adaptive_avg_pool2d``) to at most this size in ``shards/cams-*.npz``, so a
+224x224 map costs 6 KB per image (float16) rather than 100 KB. Metrics always read the
+full-resolution map; the stored one serves the gallery, clusters and ``load_run(...).cams``."""
+
+
+def _stored_map(method: str, cam: torch.Tensor) -> torch.Tensor:
+    """The map kept in the shard: layer-resolution maps as computed, input-resolution maps
+    (``CamMethod.resolution == "input"``) area-pooled to :data:`STORED_INPUT_MAP_SIDE`."""
+    from auditor.cam import METHODS
+
+    h, w = int(cam.shape[-2]), int(cam.shape[-1])
+    side = STORED_INPUT_MAP_SIDE
+    if METHODS[method].resolution != "input" or max(h, w) <= side:
+        return cam
+    return torch.nn.functional.adaptive_avg_pool2d(cam[:, None], (min(h, side), min(w, side)))[:, 0]
 
 
 def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:

@@ -46,6 +46,7 @@ from auditor.status import CAM_STATUSES
 
 from . import perturbation
 from .copies import ModelCopies, autocast_context
+from .fullgrad import check_fullgrad_model, fullgrad_terms
 from .layers import LayerChoice, resolve_layer, resolve_target
 from .methods import METHODS, CamContext
 from .outputs import logits_of as _logits_of
@@ -76,7 +77,8 @@ class CamBatch:
         logits: ``[B, C]`` detached logits of the same forward (use them for predictions).
         targets: ``[B]`` (or ``[B, T]``) long, the class(es) explained.
         cams: ``{method: [B, h, w]}`` (``[B, T, h, w]`` for multi-target) float32 >= 0 at the
-            target layer's resolution (the largest one when layers are fused), not normalised.
+            target layer's resolution (the largest one when layers are fused), not normalised;
+            methods with ``CamMethod.resolution == "input"`` (``fullgrad``) at the input's.
         status: ``{method: [status per sample]}``; for multi-target, per (sample, target) in
             row-major order. See :data:`STATUSES`.
     """
@@ -248,6 +250,13 @@ class CamEngine:
         if isinstance(reshape, str):  # resolve_target returns a callable or None
             raise ValueError(f"`reshape` {reshape!r} could not be resolved")
         self.reshape: Callable[[Tensor], Tensor] | None = reshape
+        # FullGrad's own pass (auditor.cam.fullgrad): its layers, checked here (a clear error
+        # for a model it cannot explain); no hook is added unless it is requested
+        self._fullgrad_layers = (
+            check_fullgrad_model(model, token_layer=reshape is not None)
+            if "fullgrad" in methods
+            else []
+        )
         self._needs_grad = any(METHODS[m].needs_gradients for m in methods)
         self._needs_hvp = any(METHODS[m].needs_hvp for m in methods)
         self._score_methods = tuple(m for m in methods if METHODS[m].score is not None)
@@ -608,6 +617,21 @@ class CamEngine:
 
         extra = extra or {}
         shared: dict[str, list[Tensor]] = {}  # noisy captures serve every layer at once
+        full: list[tuple[Tensor, Tensor]] = []  # FullGrad's pass: once per batch, any layer
+
+        def full_gradient() -> tuple[Tensor, Tensor]:
+            if not full:
+                full.append(
+                    fullgrad_terms(
+                        self.model,
+                        images,
+                        targets_bt,
+                        self._fullgrad_layers,
+                        lambda: self._autocast(images.device),
+                    )
+                )
+            return full[0]
+
         per_layer: list[dict[str, Tensor]] = []
         flags: list[dict[str, Tensor]] = []
         failed_by_method = {
@@ -709,6 +733,7 @@ class CamEngine:
                 noisy_gradients=noisy_gradients,
                 smoothed_scores=smoothed_scores,
                 integrated_scores=integrated_scores,
+                full_gradient=full_gradient,
             )
             maps: dict[str, Tensor] = {}
             for method in self.methods:
@@ -729,7 +754,8 @@ class CamEngine:
                 maps[method] = torch.where(bad[:, None, None], 0.0, cam)
             per_layer.append(maps)
 
-        size = max((m[self.methods[0]].shape[-2:] for m in per_layer), key=lambda s: s[0] * s[1])
+        on_layer = [m for m in self.methods if METHODS[m].resolution == "layer"] or self.methods
+        size = max((m[on_layer[0]].shape[-2:] for m in per_layer), key=lambda s: s[0] * s[1])
         size_t = (int(size[0]), int(size[1]))
         cams: dict[str, Tensor] = {}
         codes: dict[str, Tensor] = {}
@@ -738,7 +764,7 @@ class CamEngine:
         all_constant = torch.stack([f["constant"] for f in flags]).all(0)
         for method in self.methods:
             fused = per_layer[0][method]
-            if len(per_layer) > 1:
+            if len(per_layer) > 1 and METHODS[method].resolution == "layer":
                 fused = sum(upsample_cams(m[method], size_t) for m in per_layer)  # type: ignore[assignment]
             zero_map = (fused == 0).flatten(1).all(1)
             code = torch.full((rows,), _OK, dtype=torch.long, device=fused.device)
