@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from auditor.modelstate import preserved_training_flags
+from auditor.status import CAM_STATUSES
 
 from . import perturbation
 from .copies import ModelCopies, autocast_context
@@ -55,20 +56,17 @@ from .replica import Replica
 
 __all__ = ["AUTO_SCORE_BATCH", "CamBatch", "CamEngine", "STATUSES", "compute_cams", "upsample_cams"]
 
-STATUSES: tuple[str, ...] = (
-    "ok",
-    "zero_map",
-    "constant_activation",
-    "zero_gradient",
-    "nonfinite",
-    "method_failed",
-)
-"""Per-sample statuses, by increasing precedence (the highest applicable one is reported).
+STATUSES: tuple[str, ...] = CAM_STATUSES
+"""Per-sample statuses, by increasing precedence (the highest applicable one is reported); the
+engine's part of the one vocabulary, :mod:`auditor.status`.
 
 ``method_failed``: the method could not compute this sample's map (e.g. an eigendecomposition
 that did not converge even in float64 and with the SVD fallback); the map is zero and the rest
 of the batch is unaffected."""
-_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE, _FAILED = range(6)
+_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE, _FAILED = map(
+    STATUSES.index,
+    ("ok", "zero_map", "constant_activation", "zero_gradient", "nonfinite", "method_failed"),
+)
 
 
 @dataclass(frozen=True)
