@@ -53,7 +53,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import tomllib
 
 from auditor._version import __version__
@@ -62,14 +61,20 @@ from auditor.config import GateRule
 from auditor.errors import AuditorError, AuditorInputError, ConfigError
 from auditor.format import finite_or_none, fmt, slugify
 from auditor.report.compare import build_compare_context, focus_comparison_figure, moved_panel
-from auditor.results import AuditResult, GateResult, Gates
+from auditor.results import (
+    COMPARISON_SCHEMA_VERSION,
+    AuditResult,
+    ComparisonResult,
+    GateResult,
+    Gates,
+)
 from auditor.stats import (
     bootstrap_mean_ci,
     grouped_bootstrap_mean_ci,
     paired_bootstrap_diff_ci,
     paired_test,
 )
-from auditor.store import atomic_write_bytes, atomic_write_json, atomic_write_table
+from auditor.store import atomic_write_bytes, atomic_write_json, atomic_write_table, read_samples
 
 __all__ = [
     "COMPARISON_SCHEMA_VERSION",
@@ -85,7 +90,6 @@ __all__ = [
 
 log = logging.getLogger("auditor")
 
-COMPARISON_SCHEMA_VERSION = 1
 
 #: Accuracy-like quantities: name → correctness column of samples.parquet (0/1 per sample).
 BINARY_QUANTITIES: Mapping[str, str] = {
@@ -286,7 +290,7 @@ def _load_run(path: Path, role: str) -> _Run:
     if not pp.is_file():
         raise AuditorInputError(f"{role.upper()} {p}: no samples.parquet (the run has no rows)")
     try:
-        table = pq.read_table(pp)
+        table = read_samples(pp)
     except (OSError, pa.ArrowException) as exc:
         raise AuditorInputError(f"{role.upper()} {pp}: unreadable samples.parquet: {exc}") from exc
     for col in ("index", "id", "method", "label"):
@@ -569,74 +573,6 @@ def _display(ds: Any, index: int, sample_id: str) -> tuple[np.ndarray | None, np
 # --------------------------------------------------------------------------------------------
 # the result
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ComparisonResult:
-    """What :func:`compare_runs` returns.
-
-    Attributes:
-        out_dir: the comparison directory.
-        comparison: the content of ``comparison.json``.
-        passed: all comparison gates passed (True when there are none).
-        report: ``{"html": path, "pdf": path}`` as rendered.
-    """
-
-    out_dir: Path
-    comparison: dict[str, Any]
-    passed: bool
-    report: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
-
-    def describe(self) -> str:
-        """A one-screen terminal summary: overall changes, regressed/improved classes, gates."""
-        c = self.comparison
-        prim = c["primary"]
-        a, b = c["run_a"], c["run_b"]
-        lines = [
-            f"cam-auditor {c['tool']['version']} compare: B {b['name']} vs A {a['name']} on "
-            f"{c['pairing']['n_paired']} paired images ({prim['method_b']} vs {prim['method_a']})",
-        ]
-        for q in ("background_focus", "energy_in_mask", "accuracy"):
-            s = prim["overall"].get(q)
-            if not s or s["n"] == 0:
-                continue
-            lines.append(
-                f"  {q}: {_fmt(s['mean_a'])} → {_fmt(s['mean_b'])} "
-                f"(B − A {_fmt(s['diff'], signed=True)} [{_fmt(s['ci_low'], signed=True)}, "
-                f"{_fmt(s['ci_high'], signed=True)}], p={_pfmt(s['p_value'])}) {s['status']}"
-            )
-        for kind in ("regressed", "improved"):
-            names = c[kind]
-            shown = []
-            for nm in names[:8]:
-                bf = prim["classes"][nm]["metrics"].get("background_focus") or {}
-                shown.append(f"{nm} (bf {_fmt(bf.get('diff'), signed=True)})")
-            more = f", … {len(names) - 8} more" if len(names) > 8 else ""
-            lines.append(f"  {kind} classes ({len(names)}): " + (", ".join(shown) + more or "none"))
-        g = c["gates"]
-        res = g["results"]
-        failed = [r for r in res if not r["passed"]]
-        if res:
-            verdict = "PASSED" if g["passed"] else "FAILED"
-            lines.append(f"  gates: {verdict} ({len(res) - len(failed)}/{len(res)} passed)")
-        else:
-            lines.append("  gates: none configured")
-        for r in failed[:6]:
-            lines.append(
-                f"    ✗ {r['rule']} [{r['class']}]: "
-                f"{'n/a' if r['value'] is None else format(r['value'], '.4g')} vs "
-                f"{r['bound']} {r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
-            )
-        if len(failed) > 6:
-            lines.append(f"    … {len(failed) - 6} more failed checks")
-        lines.append(f"  comparison: {self.out_dir / 'comparison.json'}")
-        for kind, path in self.report.items():
-            lines.append(f"  {kind}: {path}")
-        return "\n".join(lines)
-
-
 def _fmt(v: Any, digits: int = 3, signed: bool = False) -> str:
     return fmt(v, f"{'+' if signed else ''}.{digits}f", missing="n/a")
 
@@ -796,6 +732,181 @@ def _sort_key(c: Mapping[str, Any], name: str) -> tuple[Any, ...]:
     )
 
 
+def _gate_rules(config: str | Path | None, gates: Sequence[GateRule]) -> list[GateRule]:
+    """The comparison gates of ``config`` (a TOML file) and ``gates``, checked."""
+    gate_rules = list(load_compare_gates(config) if config is not None else ())
+    for rule in gates:
+        if not isinstance(rule, GateRule):
+            raise TypeError(f"`gates` must hold GateRule objects, got {type(rule).__name__}")
+        if rule.scope != "compare":
+            raise ValueError(
+                f"`gates` rules must have scope 'compare', got {rule.scope!r} ({rule.name})"
+            )
+        _gate_quantity(rule)
+        gate_rules.append(rule)
+    return gate_rules
+
+
+def _check_comparable(ra: _Run, rb: _Run) -> list[str]:
+    """The runs' shared classes; an error when they audited different data or classes."""
+    ha, hb = ra.summary.dataset.sha256, rb.summary.dataset.sha256
+    if not ha or not hb or ha != hb:
+        raise AuditorInputError(
+            f"the runs audited different datasets: RUN_A {ra.path} has dataset sha256 {ha}, "
+            f"RUN_B {rb.path} has {hb}; a paired comparison needs the same evaluation set"
+        )
+    ca = list(ra.summary.dataset.classes)
+    cb = list(rb.summary.dataset.classes)
+    if ca != cb or not ca:
+        raise AuditorInputError(
+            f"the runs have different classes: RUN_A {ca[:6]}{'…' if len(ca) > 6 else ''} "
+            f"({len(ca)}), RUN_B {cb[:6]}{'…' if len(cb) > 6 else ''} ({len(cb)})"
+        )
+    return ca
+
+
+def _out_dir(out: str | Path | None, ra: _Run, rb: _Run) -> Path:
+    """The comparison directory (default ``<run_b>-vs-<run_a name>`` beside run B), created."""
+    out_dir = Path(out) if out is not None else rb.path.parent / f"{rb.path.name}-vs-{ra.path.name}"
+    for r in (ra, rb):
+        if out_dir.resolve() == r.path.resolve():
+            raise AuditorInputError(f"--out {out_dir}: must not be a run directory ({r.role})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _pair_methods(
+    ra: _Run, rb: _Run, classes: Sequence[str], settings: Mapping[str, Any]
+) -> tuple[_Paired, dict[str, _Paired]]:
+    """The primary methods' paired statistics (with accuracy) and each shared method's."""
+    prim = _compare_methods(ra, rb, ra.primary, rb.primary, classes, with_accuracy=True, **settings)
+    if prim.labels.size == 0:
+        raise AuditorInputError(
+            f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
+        )
+    methods_b = list(rb.summary.methods)
+    shared = [m for m in ra.summary.methods if m in methods_b]
+    others: dict[str, _Paired] = {}
+    for m in shared:
+        if m == ra.primary == rb.primary:
+            others[m] = prim
+        else:
+            others[m] = _compare_methods(ra, rb, m, m, classes, with_accuracy=False, **settings)
+    return prim, others
+
+
+def _comparison_json(
+    ra: _Run,
+    rb: _Run,
+    prim: _Paired,
+    others: Mapping[str, _Paired],
+    classes: Sequence[str],
+    settings: Mapping[str, Any],
+    top_n: int,
+) -> dict[str, Any]:
+    """``comparison.json`` up to the class ranking, gates, moved samples and metrics_info."""
+    n_a = _method_rows(ra, ra.primary).num_rows
+    n_b = _method_rows(rb, rb.primary).num_rows
+    return {
+        "schema_version": COMPARISON_SCHEMA_VERSION,
+        "kind": "comparison",
+        "tool": {"name": "cam-auditor", "version": __version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_a": _run_info(ra),
+        "run_b": _run_info(rb),
+        "dataset": {
+            "sha256": ra.summary.dataset.sha256,
+            "name": ra.summary.dataset.name,
+            "annotation_sha256": ra.summary.dataset.annotation_sha256,
+            "n_samples": ra.summary.dataset.n_samples,
+            "classes": list(classes),
+        },
+        "pairing": {
+            "key": ["index", "id"],
+            "n_paired": int(prim.labels.size),
+            "n_only_a": int(n_a - prim.labels.size),
+            "n_only_b": int(n_b - prim.labels.size),
+        },
+        "settings": {
+            **settings,
+            "interval": "paired bootstrap (BCa, percentile fallback) of mean(B − A)",
+            "test": "wilcoxon signed-rank (zsplit); accuracies: McNemar exact",
+            "top_n": top_n,
+        },
+        "primary": _block_json(prim, classes),
+        "methods": {m: _block_json(p, classes) for m, p in others.items()},
+    }
+
+
+def _rank_classes(comparison: dict[str, Any], classes: Sequence[str]) -> None:
+    """Each primary class's status, ``class_order`` (worst first), ``regressed``, ``improved``."""
+    for entry in comparison["primary"]["classes"].values():
+        entry["status"] = _class_status(entry["metrics"]) if entry["n"] else "n/a"
+    ranked = sorted(classes, key=lambda nm: _sort_key(comparison, nm))
+    comparison["class_order"] = ranked
+    comparison["regressed"] = [
+        c for c in ranked if comparison["primary"]["classes"][c]["status"] == "regressed"
+    ]
+    comparison["improved"] = [  # most improved first
+        c for c in reversed(ranked) if comparison["primary"]["classes"][c]["status"] == "improved"
+    ]
+
+
+def _metrics_info() -> dict[str, Any]:
+    from auditor.config import to_jsonable
+    from auditor.metrics.registry import METRICS
+
+    return {k: to_jsonable(v) for k, v in METRICS.items()}
+
+
+def _write_outputs(
+    out_dir: Path,
+    comparison: dict[str, Any],
+    prim: _Paired,
+    others: Mapping[str, _Paired],
+    classes: Sequence[str],
+    ra: _Run,
+    rb: _Run,
+) -> dict[str, Any]:
+    """Write comparison.json, comparison.parquet and junit.xml; the JSON as written (NaN → null)."""
+    atomic_write_json(out_dir / "comparison.json", comparison)
+    tables = [_paired_table("primary", prim, classes)]
+    tables += [_paired_table(m, p, classes) for m, p in others.items() if p is not prim]
+    atomic_write_table(
+        out_dir / "comparison.parquet", pa.concat_tables(tables, promote_options="default")
+    )
+    from auditor.export import write_junit
+
+    write_junit(
+        out_dir / "junit.xml",
+        {"gates": comparison["gates"], "model": {"name": f"{rb.name} vs {ra.name}"}},
+    )
+    loaded: dict[str, Any] = json.loads((out_dir / "comparison.json").read_text("utf-8"))
+    return loaded
+
+
+def _render(
+    comparison: Mapping[str, Any], out_dir: Path, *, pdf: bool, templates: Path | None
+) -> dict[str, Path]:
+    """compare.html (and compare.pdf with ``pdf``) from the written comparison."""
+    from auditor.report import render_document
+
+    context = build_compare_context(comparison, out_dir)
+    out_pdf = out_dir / "compare.pdf" if pdf else None
+    render_document(
+        "compare.html.j2",
+        context,
+        out_dir / "compare.html",
+        out_pdf=out_pdf,
+        base_dir=out_dir,
+        templates=templates,
+    )
+    report = {"html": out_dir / "compare.html"}
+    if out_pdf is not None:
+        report["pdf"] = out_pdf
+    return report
+
+
 def compare_runs(
     run_a: str | Path,
     run_b: str | Path,
@@ -828,136 +939,17 @@ def compare_runs(
         RenderError: the report could not be rendered.
     """
     _check_args(n_boot, seed, confidence, top_n)
-    gate_rules = list(load_compare_gates(config) if config is not None else ())
-    for rule in gates:
-        if not isinstance(rule, GateRule):
-            raise TypeError(f"`gates` must hold GateRule objects, got {type(rule).__name__}")
-        if rule.scope != "compare":
-            raise ValueError(
-                f"`gates` rules must have scope 'compare', got {rule.scope!r} ({rule.name})"
-            )
-        _gate_quantity(rule)
-        gate_rules.append(rule)
-
+    gate_rules = _gate_rules(config, gates)
     ra, rb = _load_run(Path(run_a), "run_a"), _load_run(Path(run_b), "run_b")
-    ha, hb = ra.summary.dataset.sha256, rb.summary.dataset.sha256
-    if not ha or not hb or ha != hb:
-        raise AuditorInputError(
-            f"the runs audited different datasets: RUN_A {ra.path} has dataset sha256 {ha}, "
-            f"RUN_B {rb.path} has {hb}; a paired comparison needs the same evaluation set"
-        )
-    ca = list(ra.summary.dataset.classes)
-    cb = list(rb.summary.dataset.classes)
-    if ca != cb or not ca:
-        raise AuditorInputError(
-            f"the runs have different classes: RUN_A {ca[:6]}{'…' if len(ca) > 6 else ''} "
-            f"({len(ca)}), RUN_B {cb[:6]}{'…' if len(cb) > 6 else ''} ({len(cb)})"
-        )
-    classes = ca
-    out_dir = Path(out) if out is not None else rb.path.parent / f"{rb.path.name}-vs-{ra.path.name}"
-    for r in (ra, rb):
-        if out_dir.resolve() == r.path.resolve():
-            raise AuditorInputError(f"--out {out_dir}: must not be a run directory ({r.role})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    kw: dict[str, Any] = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
-    prim = _compare_methods(ra, rb, ra.primary, rb.primary, classes, with_accuracy=True, **kw)
-    if prim.labels.size == 0:
-        raise AuditorInputError(
-            f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
-        )
-    methods_b = list(rb.summary.methods)
-    shared = [m for m in ra.summary.methods if m in methods_b]
-    others: dict[str, _Paired] = {}
-    for m in shared:
-        if m == ra.primary == rb.primary:
-            others[m] = prim
-        else:
-            others[m] = _compare_methods(ra, rb, m, m, classes, with_accuracy=False, **kw)
-
-    n_a = _method_rows(ra, ra.primary).num_rows
-    n_b = _method_rows(rb, rb.primary).num_rows
-    comparison: dict[str, Any] = {
-        "schema_version": COMPARISON_SCHEMA_VERSION,
-        "kind": "comparison",
-        "tool": {"name": "cam-auditor", "version": __version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_a": _run_info(ra),
-        "run_b": _run_info(rb),
-        "dataset": {
-            "sha256": ha,
-            "name": ra.summary.dataset.name,
-            "annotation_sha256": ra.summary.dataset.annotation_sha256,
-            "n_samples": ra.summary.dataset.n_samples,
-            "classes": classes,
-        },
-        "pairing": {
-            "key": ["index", "id"],
-            "n_paired": int(prim.labels.size),
-            "n_only_a": int(n_a - prim.labels.size),
-            "n_only_b": int(n_b - prim.labels.size),
-        },
-        "settings": {
-            "n_boot": int(n_boot),
-            "seed": int(seed),
-            "confidence": float(confidence),
-            "interval": "paired bootstrap (BCa, percentile fallback) of mean(B − A)",
-            "test": "wilcoxon signed-rank (zsplit); accuracies: McNemar exact",
-            "top_n": int(top_n),
-        },
-        "primary": _block_json(prim, classes),
-        "methods": {m: _block_json(p, classes) for m, p in others.items()},
-    }
-    for entry in comparison["primary"]["classes"].values():
-        entry["status"] = _class_status(entry["metrics"]) if entry["n"] else "n/a"
-    ranked = sorted(classes, key=lambda nm: _sort_key(comparison, nm))
-    comparison["class_order"] = ranked
-    comparison["regressed"] = [
-        c for c in ranked if comparison["primary"]["classes"][c]["status"] == "regressed"
-    ]
-    comparison["improved"] = [  # most improved first
-        c for c in reversed(ranked) if comparison["primary"]["classes"][c]["status"] == "improved"
-    ]
+    classes = _check_comparable(ra, rb)
+    out_dir = _out_dir(out, ra, rb)
+    settings = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
+    prim, others = _pair_methods(ra, rb, classes, settings)
+    comparison = _comparison_json(ra, rb, prim, others, classes, settings, int(top_n))
+    _rank_classes(comparison, classes)
     comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
     comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
-    from auditor.config import to_jsonable
-    from auditor.metrics.registry import METRICS
-
-    comparison["metrics_info"] = {k: to_jsonable(v) for k, v in METRICS.items()}
-
-    atomic_write_json(out_dir / "comparison.json", comparison)
-    tables = [_paired_table("primary", prim, classes)]
-    tables += [_paired_table(m, p, classes) for m, p in others.items() if p is not prim]
-    atomic_write_table(
-        out_dir / "comparison.parquet", pa.concat_tables(tables, promote_options="default")
-    )
-    from auditor.export import write_junit
-
-    write_junit(
-        out_dir / "junit.xml",
-        {"gates": comparison["gates"], "model": {"name": f"{rb.name} vs {ra.name}"}},
-    )
-    comparison = json.loads((out_dir / "comparison.json").read_text("utf-8"))  # NaN → null
-    report: dict[str, Path] = {}
-    if render:
-        from auditor.report import render_document
-
-        context = build_compare_context(comparison, out_dir)
-        out_pdf = out_dir / "compare.pdf" if pdf else None
-        render_document(
-            "compare.html.j2",
-            context,
-            out_dir / "compare.html",
-            out_pdf=out_pdf,
-            base_dir=out_dir,
-            templates=templates,
-        )
-        report["html"] = out_dir / "compare.html"
-        if out_pdf is not None:
-            report["pdf"] = out_pdf
-    return ComparisonResult(
-        out_dir=out_dir,
-        comparison=comparison,
-        passed=bool(comparison["gates"]["passed"]),
-        report=report,
-    )
+    comparison["metrics_info"] = _metrics_info()
+    comparison = _write_outputs(out_dir, comparison, prim, others, classes, ra, rb)
+    report = _render(comparison, out_dir, pdf=pdf, templates=templates) if render else {}
+    return ComparisonResult.from_json(comparison, out_dir=out_dir, report=report)

@@ -32,7 +32,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     ),
     "e2e": ("bench_e2e.py", ["--quick"]),
     "memory": ("bench_memory.py", ["--quick"]),
-    "report": ("bench_report.py", ["--classes", "100", "--per-class", "20"]),
+    "report": ("bench_report.py", ["--classes", "100", "--samples", "2000"]),
     "scale": ("bench_scale.py", ["--quick"]),
 }
 

@@ -389,6 +389,52 @@ def test_score_family_against_torchcam(
     assert float(np.median(corr)) >= 0.98, corr
 
 
+def _fullgrad_model() -> torch.nn.Module:
+    """Seeded resnet18 whose BatchNorms carry seeded non-trivial statistics and affine terms.
+
+    At initialisation every BatchNorm has mean 0, var 1, gamma 1, beta 0: its effective bias
+    ``beta - mu gamma / sqrt(var + eps)`` is 0 and FullGrad's bias terms would all vanish."""
+    torch.manual_seed(0)
+    model = torchvision.models.resnet18(weights=None, num_classes=10).eval()
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                c = module.num_features
+                module.running_mean.copy_(torch.rand(c, generator=gen) * 0.4 - 0.2)
+                module.running_var.copy_(torch.rand(c, generator=gen) * 1.5 + 0.5)
+                module.weight.copy_(torch.rand(c, generator=gen) + 0.5)
+                module.bias.copy_(torch.rand(c, generator=gen) * 0.4 - 0.2)
+    return model
+
+
+def test_fullgrad_against_pytorch_grad_cam(setup: tuple[torch.nn.Module, torch.Tensor]) -> None:
+    """FullGrad: the same definition as pytorch-grad-cam's ``FullGrad`` (every biased Conv2d and
+    affine BatchNorm2d, ``|.|``, per-(image, channel) min-max with ``1e-7``, bilinear
+    ``align_corners=False``, sum, final min-max). The authors' code (idiap/fullgrad-saliency)
+    normalises each layer as a whole and upsamples with ``align_corners=True``: a definitional
+    difference of the post-processing, not compared. Ours keeps no parameter gradient and
+    upsamples once per resolution, which is exact (upsampling is linear)."""
+    pgc = pytest.importorskip("pytorch_grad_cam")
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+    model = _fullgrad_model()
+    images = setup[1]
+    ours = compute_cams(model, images, torch.tensor(TARGETS), methods=("fullgrad",), layer="layer4")
+    with pgc.FullGrad(model, []) as ref_cam:
+        ref = torch.from_numpy(ref_cam(images, [ClassifierOutputTarget(t) for t in TARGETS]))
+    assert ours["fullgrad"].shape == ref.shape == (2, SIZE, SIZE)
+    assert np.median(_corr(ours["fullgrad"], ref)) >= 0.98
+    torch.testing.assert_close(_minmax(ours["fullgrad"]), ref, atol=1e-4, rtol=0)
+    # the bias terms matter on this model: the input term alone is a different map
+    from auditor.cam.fullgrad import bias_layers, fullgrad_terms
+
+    x_term, b_term = fullgrad_terms(
+        model.eval(), images, torch.tensor(TARGETS)[:, None], bias_layers(model)
+    )
+    assert float(b_term.std()) > 0 and max(_corr(x_term, ref)) < 0.98
+
+
 # ----------------------------------------------------------------------------- LeGrad (ViT)
 
 

@@ -207,7 +207,7 @@ def test_cam_without_gap_head_raises_helpful_error() -> None:
 def test_every_method_has_a_hand_test() -> None:
     covered = set(GAP_CASES) | set(FLAT_CASES) | set(GAP_CASES_PARITY)
     covered |= {"scorecam", "eigencam", "randomcam", "kpcacam", "smoothgradcam++", "iscam", "sscam"}
-    covered |= {"legrad"}  # test_legrad_hand_values
+    covered |= {"fullgrad", "legrad"}  # test_fullgrad_*, test_legrad_hand_values
     assert covered == set(METHODS)
 
 
@@ -225,7 +225,7 @@ def test_every_method_carries_report_metadata() -> None:
         info = method.info()
         assert info["formula"] == method.formula and info["title"] == method.title
         assert info["reference"] == method.reference and info["kind"] == method.kind
-        if method.kind == "perturbation" or method.own_pass is not None:
+        if method.kind in ("perturbation", "backprop") or method.own_pass is not None:
             assert method.extra_forwards != 0, name
         else:
             assert method.extra_forwards == 0 and "no extra" in method.cost, name
@@ -520,6 +520,177 @@ def test_docs_method_table_lists_every_method() -> None:
     table = text.split("### Every method: cost and reference", 1)[1]
     for name in METHODS:
         assert f"| `{name}` |" in table, name
+
+
+# ----------------------------------------------------------------------------- FullGrad
+
+
+class FullGradNet(nn.Module):
+    """1-channel 3x3 input -> conv1x1 (w = [2, -1], b = [1, -0.5]) -> flatten -> linear.
+
+    No nonlinearity, so ``dy_0/dz_k = V_k`` with row 0 of the head ``(V0, V1) = (G0, G1)`` and
+    ``dy_0/dx = 2 G0 - G1``; the head's bias (non-spatial) is not a FullGrad term.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 2, 1)
+        self.fc = nn.Linear(18, 2)
+        with torch.no_grad():
+            self.conv.weight.copy_(torch.tensor([2.0, -1.0])[:, None, None, None])
+            self.conv.bias.copy_(torch.tensor([1.0, -0.5]))
+            self.fc.weight.zero_()
+            self.fc.weight[0] = torch.cat([G0.flatten(), G1.flatten()])
+            self.fc.weight[1, 0] = 1.0
+            self.fc.bias.copy_(torch.tensor([5.0, -5.0]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).flatten(1))
+
+
+def test_fullgrad_hand_values() -> None:
+    # x = A0; grad_x y_0 = 2 G0 - G1 = [[2,-1,0],[0,-3,0],[1,0,2]]
+    # |grad_x * x| = [[2,0,0],[0,3,0],[0,0,6]] -> norm (/6): [[1/3,0,0],[0,1/2,0],[0,0,1]]
+    # |G0 * 1| -> norm: [[1,0,0],[0,1,0],[0,0,1]];  |G1 * -0.5| -> norm: [[0,1,0],[0,1,0],[1,0,0]]
+    # S = [[4/3,1,0],[0,5/2,0],[1,0,2]], min S = 0
+    expected = torch.tensor([[4 / 3, 1.0, 0.0], [0.0, 2.5, 0.0], [1.0, 0.0, 2.0]])
+    with CamEngine(FullGradNet(), "conv", ("fullgrad", "gradcam")) as engine:
+        batch = engine.run(A0[None, None], torch.tensor([0]))
+    assert batch.status["fullgrad"] == ["ok"]
+    torch.testing.assert_close(batch.cams["fullgrad"][0], expected, atol=1e-5, rtol=1e-5)
+
+
+def test_fullgrad_upsamples_each_resolution_bilinearly() -> None:
+    # a stride-2 conv: its bias term is [2, 2] and upsampled to the 4x4 input (align_corners=False)
+    class Strided(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(1, 1, 2, stride=2)
+            self.fc = nn.Linear(4, 1)
+            with torch.no_grad():
+                self.conv.weight.fill_(1.0)
+                self.conv.bias.fill_(2.0)
+                self.fc.weight.copy_(torch.tensor([[1.0, -2.0, 0.0, 4.0]]))
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.fc(self.conv(x).flatten(1))
+
+    x = torch.arange(1.0, 17.0).reshape(1, 1, 4, 4)
+    # dy/dz = [[1,-2],[0,4]]; |dy/dz * 2| = [[2,4],[0,8]] -> norm [[1/4,1/2],[0,1]]
+    low = torch.tensor([[0.25, 0.5], [0.0, 1.0]])
+    # grad_x = dy/dz repeated over each 2x2 block (weights 1); |grad_x * x| normalised
+    grad_x = torch.tensor([[1.0, -2.0], [0.0, 4.0]]).repeat_interleave(2, 0).repeat_interleave(2, 1)
+    term = (grad_x * x[0, 0]).abs()
+    term = term / term.max()
+    up = F.interpolate(low[None, None], size=(4, 4), mode="bilinear", align_corners=False)[0, 0]
+    expected = term + up
+    expected = expected - expected.min()
+    with CamEngine(Strided(), "conv", ("fullgrad",)) as engine:
+        got = engine.run(x, torch.tensor([0])).cams["fullgrad"][0]
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
+def _bn_net(inplace: bool) -> nn.Module:
+    torch.manual_seed(0)
+    net = nn.Sequential(
+        nn.Conv2d(3, 4, 3, padding=1, bias=False),
+        nn.BatchNorm2d(4),
+        nn.ReLU(inplace=inplace),
+        nn.Conv2d(4, 4, 3, padding=1, stride=2),
+        nn.ReLU(inplace=inplace),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(4, 3),
+    )
+    bn = net[1]
+    with torch.no_grad():
+        bn.running_mean.copy_(torch.tensor([0.3, -0.2, 0.1, 0.5]))
+        bn.running_var.copy_(torch.tensor([0.5, 2.0, 1.0, 1.5]))
+        bn.bias.copy_(torch.tensor([0.2, 0.1, -0.3, 0.0]))
+    return net
+
+
+def test_fullgrad_bn_effective_bias_and_inplace_relu() -> None:
+    # BatchNorm's term uses beta - mu gamma / sqrt(var + eps); in-place ReLUs after a layer
+    # must not change the gradient read at its output
+    from auditor.cam.fullgrad import _effective_bias
+
+    net = _bn_net(False)
+    bn = net[1]
+    expected_b = bn.bias - bn.running_mean * bn.weight / torch.sqrt(bn.running_var + bn.eps)
+    torch.testing.assert_close(_effective_bias(bn), expected_b.detach())
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(0))
+    maps = [
+        compute_cams(_bn_net(inplace), x, [0, 2], methods=("fullgrad",), layer="3")["fullgrad"]
+        for inplace in (False, True)
+    ]
+    torch.testing.assert_close(maps[0], maps[1])
+    assert maps[0].shape == (2, 8, 8) and bool((maps[0] >= 0).all())
+
+
+def test_fullgrad_multi_target_rows_match_single_targets() -> None:
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(1))
+    both = compute_cams(
+        _bn_net(True), x, torch.tensor([[0, 1], [2, 0]]), methods=("fullgrad",), layer="3"
+    )["fullgrad"]
+    assert both.shape == (2, 2, 8, 8)
+    for t in range(2):
+        one = compute_cams(
+            _bn_net(True), x, torch.tensor([[0, 1], [2, 0]])[:, t], methods=("fullgrad",), layer="3"
+        )["fullgrad"]
+        torch.testing.assert_close(both[:, t], one)
+
+
+def test_fullgrad_refuses_models_it_cannot_explain() -> None:
+    # no biased conv/BN layer: the map would be the input gradient alone
+    with pytest.raises(ValueError, match="biased nn.Conv2d"):
+        CamEngine(GapNet(), "relu", ("fullgrad",))
+
+    class TinyViT(nn.Module):  # patch-embedding conv (biased) + attention over tokens
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, 8, 4, stride=4)
+            self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            return self.fc(self.attn(t, t, t)[0].mean(1))
+
+    with pytest.raises(ValueError, match="transformer"):
+        CamEngine(TinyViT(), "patch", ("fullgrad",))
+    # the other methods still work on it
+    CamEngine(TinyViT(), "patch", ("gradcam",))
+
+    stats_free = nn.Sequential(
+        nn.Conv2d(3, 2, 3),
+        nn.BatchNorm2d(2, track_running_stats=False),
+        nn.Flatten(),
+        nn.LazyLinear(2),
+    )
+    with pytest.raises(ValueError, match="running statistics"):
+        CamEngine(stats_free, "1", ("fullgrad",))
+
+
+def test_fullgrad_pass_runs_only_when_requested(monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor.cam import engine as engine_module
+
+    def boom(*_a: object, **_k: object) -> None:
+        raise AssertionError("FullGrad's pass ran although it was not requested")
+
+    monkeypatch.setattr(engine_module, "fullgrad_terms", boom)
+    net = _bn_net(True)
+    added: list[nn.Module] = []
+    original = nn.Module.register_forward_hook
+
+    def counting(self: nn.Module, *a: object, **k: object) -> object:
+        added.append(self)
+        return original(self, *a, **k)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(nn.Module, "register_forward_hook", counting)
+    x = torch.randn(1, 3, 8, 8)
+    compute_cams(net, x, [0], methods=("gradcam", "gradcam++"), layer="3")
+    assert all(m is net[3] for m in added)  # the target layer only: no hook on the bias layers
 
 
 # ----------------------------------------------------------------------------- LeGrad

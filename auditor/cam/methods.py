@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-def _unavailable(*_args: object) -> Tensor:
+def _unavailable(*_args: object) -> Any:
     raise RuntimeError("this CAM method needs an engine helper that was not provided")
 
 
@@ -64,6 +64,10 @@ class CamContext:
             for ``X * (norm(up(A_k)) + noise)`` (SS-CAM's extra forwards).
         integrated_scores: ``(samples) -> [N, K]``: mean over ``i = 1..S`` of the target logit
             for ``c_i X * norm(up(A_k))``, ``c_i = sum_{j<=i} j/S`` (IS-CAM's extra forwards).
+        full_gradient: ``() -> (input_term, bias_term)``, each ``[N, H, W]`` at the INPUT
+            resolution: FullGrad's post-processed input-gradient and bias-gradient sums
+            (:func:`auditor.cam.fullgrad.fullgrad_terms`: one forward from the input and one
+            full backward per target, batched, independent of the target layer).
         own_map: ``(method) -> [N, h', w']``: the map computed by that method's own pass
             (``CamMethod.own_pass``: its own forward/backward on the model, once per batch,
             shared by every target layer), at the resolution the pass gives (LeGrad: the patch
@@ -84,6 +88,7 @@ class CamContext:
     noisy_gradients: Callable[[int, float], Tensor] = field(default=_unavailable)
     smoothed_scores: Callable[[int, float], Tensor] = field(default=_unavailable)
     integrated_scores: Callable[[int], Tensor] = field(default=_unavailable)
+    full_gradient: Callable[[], tuple[Tensor, Tensor]] = field(default=_unavailable)
     own_map: Callable[[str], Tensor] = field(default=_unavailable)
 
     @property
@@ -103,8 +108,9 @@ class CamMethod:
         fn: ``CamContext -> Tensor[N, h, w]``.
         needs_gradients: whether the engine must run the partial backward.
         kind: ``"gradient"`` (single capture with gradients), ``"activation"`` (single capture,
-            no gradient), ``"perturbation"`` (batched extra forwards) or ``"attention"`` (a ViT
-            method with its own pass over the attention maps: ``own_pass``).
+            no gradient), ``"perturbation"`` (batched extra forwards), ``"backprop"`` (its own
+            batched forward from the input and full backward to it: FullGrad) or
+            ``"attention"`` (a ViT method with its own pass over the attention maps: LeGrad).
         reference: the paper (authors, year, title).
         title: display name (``"Grad-CAM"``).
         formula: the defining formula, the same text as in ``fn``'s docstring.
@@ -119,6 +125,10 @@ class CamMethod:
             more partial backward from the same capture for it.
         needs_hvp: the engine computes ``ctx.hvp`` (one double backward, same capture).
         smoothable: the map is a channel combination, so ``eigen_smooth`` applies.
+        resolution: ``"layer"`` (maps at the target layer's resolution), ``"input"`` (maps at
+            the input's resolution, independent of the target layer: FullGrad) or ``"patch"``
+            (a ViT's patch grid, independent of the target layer: LeGrad). Maps that are not at
+            the layer's resolution are not fused over several target layers.
         own_pass: ``(model, images [B, C, H, W], targets [B, T]) -> [B*T, h', w']``: a method
             that cannot come from the target layer's capture (LeGrad reads every block's
             attention) runs this pass, once per batch, under the engine's autocast; ``fn``
@@ -141,6 +151,7 @@ class CamMethod:
     score: Callable[[Tensor, Tensor], Tensor] | None = None
     needs_hvp: bool = False
     smoothable: bool = False
+    resolution: str = "layer"
     own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None
     check_model: Callable[[Any], None] | None = None
 
@@ -161,7 +172,8 @@ class CamMethod:
 _REGISTRY: dict[str, CamMethod] = {}
 METHODS: Mapping[str, CamMethod] = MappingProxyType(_REGISTRY)
 
-_KINDS = ("gradient", "activation", "perturbation", "attention")
+_KINDS = ("gradient", "activation", "perturbation", "backprop", "attention")
+_RESOLUTIONS = ("layer", "input", "patch")
 COST_CAPTURE_GRAD = "shared capture: 1 forward + 1 partial backward (no extra pass)"
 COST_CAPTURE = "shared capture: 1 forward (no extra pass, no backward)"
 
@@ -185,6 +197,7 @@ def register(
     score: Callable[[Tensor, Tensor], Tensor] | None = None,
     needs_hvp: bool = False,
     smoothable: bool = False,
+    resolution: str = "layer",
     own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
     check_model: Callable[[Any], None] | None = None,
 ) -> Callable[[Callable[[CamContext], Tensor]], Callable[[CamContext], Tensor]]:
@@ -194,7 +207,11 @@ def register(
     and the API documentation cannot drift apart; ``cost`` defaults to the shared capture's.
     """
     if kind not in _KINDS:
-        raise ValueError(f"`kind` must be gradient|activation|perturbation|attention, got {kind!r}")
+        raise ValueError(f"`kind` must be one of {'|'.join(_KINDS)}, got {kind!r}")
+    if resolution not in _RESOLUTIONS:
+        raise ValueError(
+            f"`resolution` must be one of {'|'.join(_RESOLUTIONS)}, got {resolution!r}"
+        )
     for key, value in (("title", title), ("formula", formula), ("reference", reference)):
         if not value.strip():
             raise ValueError(f"`{key}` of CAM method {name!r} must not be empty")
@@ -222,6 +239,7 @@ def register(
             score=score,
             needs_hvp=needs_hvp,
             smoothable=smoothable,
+            resolution=resolution,
             own_pass=own_pass,
             check_model=check_model,
         )
@@ -939,6 +957,50 @@ def _iscam(ctx: CamContext) -> Tensor:
     return _channel_map(ctx, torch.softmax(ctx.integrated_scores(ISCAM_SAMPLES), dim=1))
 
 
+@register(
+    "fullgrad",
+    needs_gradients=False,
+    kind="backprop",
+    resolution="input",
+    title="FullGrad",
+    formula=(
+        "S = sum_ch psi(grad_x y_c * x) + sum_l sum_k up(psi(dy_c/dz_{l,k} b_{l,k})), "
+        "psi = norm(|.|), M = S - min S"
+    ),
+    description=(
+        "Full-gradient saliency: the input-gradient term plus the bias-gradient maps of every "
+        "conv and BatchNorm layer, at the input's resolution (finer than a layer CAM, "
+        "independent of the target layer); convolutional networks with biased conv/BatchNorm "
+        "layers only."
+    ),
+    cost=(
+        "own pass: 1 forward from the input + 1 full backward to the input per image (batched, "
+        "no parameter gradient), besides the shared capture forward"
+    ),
+    extra_forwards=1,
+    reference=(
+        "Srinivas & Fleuret 2019, Full-Gradient Representation for Neural Network "
+        "Visualization (NeurIPS)"
+    ),
+)
+def _fullgrad(ctx: CamContext) -> Tensor:
+    """FullGrad: ``S = sum_ch psi(grad_x y_c * x) + sum_l sum_k up(psi(dy_c/dz_{l,k} b_{l,k})),
+    psi = norm(|.|), M = S - min S``.
+
+    ``z_l`` is the output of biased ``nn.Conv2d`` / affine ``nn.BatchNorm2d`` layer ``l`` and
+    ``b_l`` its bias (eval-mode BatchNorm: ``beta - mu gamma / sqrt(var + eps)``); ``norm`` is
+    the per-(image, channel) min-max ``(t - min) / (max - min + 1e-7)``, ``up`` bilinear
+    upsampling to the input size (pytorch-grad-cam's post-processing; Srinivas & Fleuret 2019).
+    The terms come from FullGrad's own batched pass (``ctx.full_gradient``,
+    :mod:`auditor.cam.fullgrad`), not from the target layer; the map is at the INPUT resolution.
+    The per-channel normalisation leaves a floor (``S >= 0`` everywhere); it is removed
+    (``M = S - min S``, as the peers' final min-max does) so that energy metrics read contrast.
+    """
+    input_term, bias_term = ctx.full_gradient()
+    total = input_term + bias_term
+    return total - total.flatten(1).amin(1)[:, None, None]
+
+
 def _legrad_pass(model: Any, images: Tensor, targets: Tensor) -> Tensor:
     from .legrad import legrad_maps  # the hooks live beside the pass, not in the registry
 
@@ -955,6 +1017,7 @@ def _legrad_check(model: Any) -> None:
     "legrad",
     needs_gradients=False,
     kind="attention",
+    resolution="patch",
     title="LeGrad",
     formula=(
         "s^l = head(norm(mean_i z^l_i))_c, E^l = mean_{h,i} ReLU(ds^l/dA^l)[h, i, :], "
