@@ -71,22 +71,22 @@ from auditor.results import (
     freeze,
     method_info,
 )
+from auditor.status import sample_status
 from auditor.store import (
+    FAITHFULNESS_COLUMNS,
+    INTERVENTION_COLUMNS,
     MAIN_LOCK,
     RunLock,
     RunStore,
     atomic_write_bytes,
     atomic_write_json,
     claim_run_dir,
+    rows_table,
+    samples_schema,
     sweep_temp_files,
 )
 
 log = logging.getLogger("auditor")
-
-INTERVENTION_COLUMNS = tuple(
-    f"{k}_{v}" for k in ("only_fg", "only_bg", "mixed_rand") for v in ("correct", "confidence")
-)
-FAITHFULNESS_COLUMNS = ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
 
 
 @dataclass
@@ -193,7 +193,7 @@ class _BatchAuditor:
 
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         from auditor.metrics import localisation_metrics
-        from auditor.metrics.registry import registered_metrics
+        from auditor.metrics.registry import registered_metrics, sample_metric_names
 
         s = self.s
         images = batch.images.to(self.device, non_blocking=True)
@@ -302,6 +302,11 @@ class _BatchAuditor:
             }
 
         tables = []
+        schema = samples_schema(
+            sample_metric_names(),
+            interventions=s.interventions,
+            faithfulness=s.faithfulness_samples > 0,
+        )
         nan_col = np.full(b, np.nan)
         low_res: dict[str, np.ndarray] = {}
         for method in s.methods:
@@ -316,10 +321,9 @@ class _BatchAuditor:
             metrics.update(registered_metrics(up[method], masks, has_mask))
             cols = dict(base)
             cols["method"] = [method] * b
-            cols["status"] = [
-                "nonfinite_logits" if bad else st for st, bad in zip(status, bad_logits)
-            ]
-            cols["cam_status"] = list(cb.status[method])
+            cam_status = list(cb.status[method])
+            cols["status"] = sample_status(status, cam_status, bad_logits)
+            cols["cam_status"] = cam_status
             for name, values in metrics.items():
                 cols[name] = np.where(bad_logits, np.nan, values.double().cpu().numpy())
             # a fixed schema in every shard: columns of analyses that did not apply are NaN
@@ -334,7 +338,7 @@ class _BatchAuditor:
                 )
                 for key in FAITHFULNESS_COLUMNS:
                     cols[key] = faith.get(method, {}).get(key, nan_col)
-            tables.append(pa.table(cols))
+            tables.append(rows_table(cols, schema))
             cam = _stored_map(method, cb.cams[method].float())
             peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
             low_res[method] = (cam / peak).cpu().numpy()

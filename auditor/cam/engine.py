@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from auditor.modelstate import preserved_training_flags
+from auditor.status import CAM_STATUSES
 
 from . import perturbation
 from .copies import ModelCopies, autocast_context
@@ -55,20 +56,17 @@ from .replica import Replica
 
 __all__ = ["AUTO_SCORE_BATCH", "CamBatch", "CamEngine", "STATUSES", "compute_cams", "upsample_cams"]
 
-STATUSES: tuple[str, ...] = (
-    "ok",
-    "zero_map",
-    "constant_activation",
-    "zero_gradient",
-    "nonfinite",
-    "method_failed",
-)
-"""Per-sample statuses, by increasing precedence (the highest applicable one is reported).
+STATUSES: tuple[str, ...] = CAM_STATUSES
+"""Per-sample statuses, by increasing precedence (the highest applicable one is reported); the
+engine's part of the one vocabulary, :mod:`auditor.status`.
 
 ``method_failed``: the method could not compute this sample's map (e.g. an eigendecomposition
 that did not converge even in float64 and with the SVD fallback); the map is zero and the rest
 of the batch is unaffected."""
-_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE, _FAILED = range(6)
+_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE, _FAILED = map(
+    STATUSES.index,
+    ("ok", "zero_map", "constant_activation", "zero_gradient", "nonfinite", "method_failed"),
+)
 
 
 @dataclass(frozen=True)
@@ -228,6 +226,10 @@ class CamEngine:
                 )
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"`seed` must be an int, got {seed!r}")
+        for m in methods:  # methods with their own pass refuse unsupported models up front
+            check = METHODS[m].check_model
+            if check is not None:
+                check(model)
         seed = seed % (1 << 63)  # any int; torch generators take [0, 2**64)
 
         self.layer_choices: tuple[LayerChoice, ...] = ()
@@ -720,6 +722,12 @@ class CamEngine:
                     cache[key] = scores.permute(0, 2, 1).reshape(rows, -1)
                 return cache[key]
 
+            def own_map(method: str) -> Tensor:
+                key = f"own:{method}"
+                if key not in shared:  # once per batch, whatever the number of layers
+                    shared[key] = [self._own_pass(method, images, targets_bt)]
+                return shared[key][0]
+
             ctx = CamContext(
                 activations=acts,
                 gradients=grad,
@@ -736,6 +744,7 @@ class CamEngine:
                 smoothed_scores=smoothed_scores,
                 integrated_scores=integrated_scores,
                 full_gradient=full_gradient,
+                own_map=own_map,
             )
             maps: dict[str, Tensor] = {}
             for method in self.methods:
@@ -784,6 +793,18 @@ class CamEngine:
         return cams, codes
 
     # ------------------------------------------------------------------ method helpers
+
+    def _own_pass(self, method: str, images: Tensor, targets_bt: Tensor) -> Tensor:
+        """``CamMethod.own_pass`` of ``method`` on the model: ``[B*T, h', w']`` float32."""
+        own_pass = METHODS[method].own_pass
+        if own_pass is None:
+            raise RuntimeError(f"CAM method {method!r} has no own pass")
+        grad_mode = torch.is_grad_enabled()
+        try:
+            with torch.inference_mode(False), self._autocast(images.device):
+                return own_pass(self.model, images, targets_bt).float()
+        finally:
+            torch.set_grad_enabled(grad_mode)
 
     def _head_weight(self, name: str, acts: Tensor, logits: Tensor) -> Tensor:
         """Weight ``[C, K]`` of the classifier that maps GAP(A) to the logits (CAM's head).
