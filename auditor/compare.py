@@ -45,6 +45,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -62,14 +63,21 @@ from auditor.config import GateRule
 from auditor.errors import AuditorError, AuditorInputError, ConfigError
 from auditor.format import finite_or_none, fmt, slugify
 from auditor.report.compare import build_compare_context, focus_comparison_figure, moved_panel
-from auditor.results import AuditResult, GateResult, Gates
+from auditor.results import (
+    COMPARISON_SCHEMA_VERSION,
+    AuditResult,
+    ComparisonResult,
+    GateResult,
+    Gates,
+)
 from auditor.stats import (
     bootstrap_mean_ci,
     grouped_bootstrap_mean_ci,
     paired_bootstrap_diff_ci,
     paired_test,
 )
-from auditor.store import atomic_write_bytes, atomic_write_json, atomic_write_table
+from auditor.store import atomic_write_bytes, atomic_write_json, migrate_samples
+from auditor.streaming import PoissonBootstrap
 
 __all__ = [
     "COMPARISON_SCHEMA_VERSION",
@@ -85,7 +93,6 @@ __all__ = [
 
 log = logging.getLogger("auditor")
 
-COMPARISON_SCHEMA_VERSION = 1
 
 #: Accuracy-like quantities: name → correctness column of samples.parquet (0/1 per sample).
 BINARY_QUANTITIES: Mapping[str, str] = {
@@ -102,6 +109,10 @@ DERIVED_QUANTITIES: Mapping[str, tuple[str, str]] = {
 }
 #: What decides a class's verdict (primary methods).
 VERDICT_QUANTITIES = ("background_focus", "accuracy")
+#: Pairs (per compared method) from which the *overall* intervals use the streamed Poisson
+#: bootstrap (:class:`_KeyedPoisson`) instead of the exact multinomial one; per-class
+#: intervals stay exact (a class holds a small share of the samples).
+STREAM_MIN_PAIRS = 200_000
 STATUS_ORDER = {"regressed": 0, "changed": 1, "unchanged": 2, "n/a": 3, "improved": 4}
 _INCREASE, _DECREASE = "_increase", "_decrease"
 
@@ -220,15 +231,20 @@ def _paired_quantity(
     n_boot: int,
     seed: int,
     confidence: float,
+    overall_interval: Any | None = None,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """(overall block, [block per class]) for one quantity; ``groups[c]`` = pair positions."""
+    """(overall block, [block per class]) for one quantity; ``groups[c]`` = pair positions.
+
+    ``overall_interval``: the overall interval when already computed (the streamed path),
+    else the exact paired bootstrap.
+    """
     binary = quantity in BINARY_QUANTITIES
     kw: dict[str, Any] = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
     overall = _stat_block(
         a,
         b,
         quantity,
-        paired_bootstrap_diff_ci(a, b, **kw),
+        overall_interval if overall_interval is not None else paired_bootstrap_diff_ci(a, b, **kw),
         mcnemar_exact(a, b) if binary else paired_test(a, b),
     )
     d = np.where(np.isfinite(a) & np.isfinite(b), b - a, np.nan)
@@ -252,7 +268,7 @@ class _Run:
     role: str
     path: Path
     summary: AuditResult
-    table: pa.Table
+    columns: tuple[str, ...]
 
     @property
     def name(self) -> str:
@@ -262,8 +278,13 @@ class _Run:
     def primary(self) -> str:
         return self.summary.primary_method or (self.summary.methods or ("",))[0]
 
+    @property
+    def samples(self) -> Path:
+        return self.path / "samples.parquet"
+
 
 def _load_run(path: Path, role: str) -> _Run:
+    """The run's summary and the *schema* of its samples table (rows are read per method)."""
     if not isinstance(path, str | Path):
         raise TypeError(f"`{role}` must be a path, got {type(path).__name__}")
     p = Path(path)
@@ -286,44 +307,98 @@ def _load_run(path: Path, role: str) -> _Run:
     if not pp.is_file():
         raise AuditorInputError(f"{role.upper()} {p}: no samples.parquet (the run has no rows)")
     try:
-        table = pq.read_table(pp)
+        names = tuple(pq.read_schema(pp).names)
     except (OSError, pa.ArrowException) as exc:
         raise AuditorInputError(f"{role.upper()} {pp}: unreadable samples.parquet: {exc}") from exc
     for col in ("index", "id", "method", "label"):
-        if col not in table.column_names:
+        if col not in names:
             raise AuditorInputError(f"{role.upper()} {pp}: column {col!r} missing")
-    return _Run(role, p, result, table)
+    return _Run(role, p, result, names)
 
 
 def _float_col(table: pa.Table, name: str) -> np.ndarray:
+    """Column ``name`` as float64 (null → NaN, bool → 0/1); all NaN when absent."""
     if name not in table.column_names:
         return np.full(table.num_rows, np.nan)
-    values = table.column(name).to_pylist()
-    return np.array([np.nan if v is None else float(v) for v in values], dtype=np.float64)
+    col = table.column(name)
+    if pa.types.is_null(col.type):
+        return np.full(table.num_rows, np.nan)
+    values = col.cast(pa.float64()).fill_null(math.nan).to_numpy(zero_copy_only=False)
+    return np.array(values, dtype=np.float64)
 
 
-def _method_rows(run: _Run, method: str) -> pa.Table:
+#: Columns of samples.parquet that the comparison reads besides the quantities.
+_KEY_COLUMNS = ("index", "id", "label", "pred", "correct", "confidence")
+
+
+def _needed_columns(run: _Run, with_accuracy: bool) -> list[str]:
+    cols = [c for c in _KEY_COLUMNS if c in run.columns]
+    for q in _quantities(run.columns, run.columns, with_accuracy):
+        if q in BINARY_QUANTITIES:
+            cols.append(BINARY_QUANTITIES[q])
+        elif q in DERIVED_QUANTITIES:
+            cols.extend(DERIVED_QUANTITIES[q])
+        else:
+            cols.append(q)
+    return list(dict.fromkeys(cols))
+
+
+def _method_rows(run: _Run, method: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """The rows of ``method``, sorted by dataset index, with only ``columns`` (default: all).
+
+    Read with column projection and the method filter pushed into the Parquet reader (one row
+    group at a time), so the other methods' rows and unused columns are never materialised.
+    """
     import pyarrow.compute as pc
 
-    rows = run.table.filter(pc.equal(run.table.column("method"), method))
-    return rows.sort_by([("index", "ascending")])
+    want = [c for c in (columns if columns is not None else run.columns) if c != "method"]
+    try:
+        rows = pq.read_table(run.samples, columns=want, filters=pc.field("method") == method)
+    except (OSError, pa.ArrowException) as exc:
+        raise AuditorInputError(
+            f"{run.role.upper()} {run.samples}: unreadable samples.parquet: {exc}"
+        ) from exc
+    return migrate_samples(rows).sort_by([("index", "ascending")])
 
 
 def _pair_rows(ta: pa.Table, tb: pa.Table) -> tuple[np.ndarray, np.ndarray]:
-    """Positions in ``ta`` and ``tb`` of the samples present in both, paired by (index, id)."""
+    """Positions in ``ta`` and ``tb`` of the samples present in both, paired by (index, id).
+
+    Both tables are sorted by index. With unique indices (every run) the pairing is a
+    vectorised intersection and the ids are compared column-wise; duplicated indices fall back
+    to the row loop (the last row of B with an index wins, as before).
+    """
+    import pyarrow.compute as pc
+
     ia = ta.column("index").to_numpy().astype(np.int64)
     ib = tb.column("index").to_numpy().astype(np.int64)
-    ida = ta.column("id").to_pylist()
-    idb = tb.column("id").to_pylist()
+    if (ia.size < 2 or bool(np.all(np.diff(ia) > 0))) and (
+        ib.size < 2 or bool(np.all(np.diff(ib) > 0))
+    ):
+        _, ja, jb = np.intersect1d(ia, ib, assume_unique=True, return_indices=True)
+        ja, jb = ja.astype(np.int64), jb.astype(np.int64)
+        ida = pc.cast(ta.column("id").take(pa.array(ja)), pa.string()).fill_null("None")
+        idb = pc.cast(tb.column("id").take(pa.array(jb)), pa.string()).fill_null("None")
+        diff = np.asarray(pc.not_equal(ida, idb).to_numpy(zero_copy_only=False), dtype=bool)
+        if diff.any():
+            j = int(np.flatnonzero(diff)[0])
+            raise AuditorInputError(
+                f"sample index {int(ia[ja[j]])} is {ida[j].as_py()!r} in RUN_A but "
+                f"{idb[j].as_py()!r} in RUN_B: the runs did not see the same data in the same "
+                "order"
+            )
+        return ja, jb
+    ids_a = ta.column("id").to_pylist()
+    ids_b = tb.column("id").to_pylist()
     pos_b = {int(i): j for j, i in enumerate(ib)}
     pa_, pb_ = [], []
     for j, i in enumerate(ia):
         k = pos_b.get(int(i))
         if k is None:
             continue
-        if str(ida[j]) != str(idb[k]):
+        if str(ids_a[j]) != str(ids_b[k]):
             raise AuditorInputError(
-                f"sample index {int(i)} is {ida[j]!r} in RUN_A but {idb[k]!r} in RUN_B: the "
+                f"sample index {int(i)} is {ids_a[j]!r} in RUN_A but {ids_b[k]!r} in RUN_B: the "
                 f"runs did not see the same data in the same order"
             )
         pa_.append(j)
@@ -331,8 +406,8 @@ def _pair_rows(ta: pa.Table, tb: pa.Table) -> tuple[np.ndarray, np.ndarray]:
     return np.asarray(pa_, dtype=np.int64), np.asarray(pb_, dtype=np.int64)
 
 
-def _quantities(ta: pa.Table, tb: pa.Table, with_accuracy: bool) -> list[str]:
-    both = set(ta.column_names) & set(tb.column_names)
+def _quantities(cols_a: Sequence[str], cols_b: Sequence[str], with_accuracy: bool) -> list[str]:
+    both = set(cols_a) & set(cols_b)
     out = [m for m in AGG_METRICS if m in both]
     out += [m for m in FAITH_METRICS if m in both]
     if with_accuracy:
@@ -350,6 +425,73 @@ def _values(table: pa.Table, quantity: str) -> np.ndarray:
     return _float_col(table, quantity)
 
 
+#: Poisson(1) inverse CDF on a 2^16 grid: ``_POISSON_TABLE[u]`` for ``u`` uniform on
+#: ``{0, …, 65535}`` is Poisson(1) up to 1/65536 in each probability (values 0..8).
+def _poisson_table() -> np.ndarray:
+    from scipy.stats import poisson
+
+    cdf = poisson.cdf(np.arange(32), 1.0)
+    grid = (np.arange(65536, dtype=np.float64) + 0.5) / 65536.0
+    return np.searchsorted(cdf, grid, side="right").astype(np.uint8)
+
+
+class _KeyedPoisson(PoissonBootstrap):
+    """:class:`auditor.streaming.PoissonBootstrap` with table-lookup Poisson(1) weights.
+
+    A sample's weights depend only on ``(seed, dataset index)`` (drawn per block of
+    :data:`auditor.streaming.BLOCK` indices from ``default_rng([seed, index // BLOCK])``), so
+    the pairs of every quantity are resampled together and a sample gets the same weights
+    however the runs are cut. The weights are ``_POISSON_TABLE[u]`` with ``u`` a uniform 16-bit
+    integer: Poisson(1) up to 1.5e-5 per probability, about ten times faster to draw than
+    ``Generator.poisson`` (the draw dominates the cost at a million samples).
+    """
+
+    _table: np.ndarray | None = None
+
+    def _weights_for(self, keys: np.ndarray) -> np.ndarray:
+        from auditor.streaming import BLOCK
+
+        if _KeyedPoisson._table is None:
+            _KeyedPoisson._table = _poisson_table()
+        out = np.empty((keys.size, self.n_boot), dtype=np.float64)
+        blocks = keys // BLOCK
+        for b in np.unique(blocks):
+            if b != self._block:
+                rng = np.random.default_rng([self.seed, int(b), 0x9015])
+                u = rng.integers(0, 65536, size=(BLOCK, self.n_boot), dtype=np.uint16)
+                self._weights = _KeyedPoisson._table[u]
+                self._block = int(b)
+            sel = blocks == b
+            out[sel] = self._weights[keys[sel] % BLOCK]
+        return out
+
+
+def _streamed_overall(
+    keys: np.ndarray, columns: dict[str, np.ndarray], *, n_boot: int, seed: int, confidence: float
+) -> dict[str, Any]:
+    """Overall Poisson-bootstrap intervals ``{column: Interval}`` of the means of ``columns``
+    (NaN = undefined, dropped per column), fed one block of dataset indices at a time.
+
+    Memory: one block's weights (``BLOCK x n_boot``) and ``columns x n_boot`` accumulators,
+    whatever the number of pairs; ``keys`` must be sorted (the pairs are in index order).
+    """
+    from auditor.streaming import BLOCK
+
+    names = list(columns)
+    boot = _KeyedPoisson(1, names, n_boot=n_boot, seed=seed)
+    blocks = keys // BLOCK
+    cuts = np.flatnonzero(np.diff(blocks)) + 1
+    starts = np.concatenate([[0], cuts]).astype(np.int64)
+    ends = np.concatenate([cuts, [keys.size]]).astype(np.int64)
+    zero = np.zeros(0, dtype=np.int64)
+    for lo, hi in zip(starts.tolist(), ends.tolist(), strict=True):
+        if hi <= lo:
+            continue
+        block = np.stack([columns[c][lo:hi] for c in names], axis=1)
+        boot.update(np.zeros(hi - lo, dtype=np.int64) if hi > lo else zero, keys[lo:hi], block)
+    return {c: boot.interval(0, c, confidence=confidence) for c in names}
+
+
 @dataclass
 class _Paired:
     method_a: str
@@ -360,6 +502,9 @@ class _Paired:
     quantities: list[str]
     overall: dict[str, Any] = field(default_factory=dict)
     classes: list[dict[str, Any]] = field(default_factory=list)
+    n_rows_a: int = 0
+    n_rows_b: int = 0
+    streamed: bool = False
 
 
 def _compare_methods(
@@ -373,14 +518,18 @@ def _compare_methods(
     n_boot: int,
     seed: int,
     confidence: float,
+    stream_min_pairs: int = STREAM_MIN_PAIRS,
 ) -> _Paired:
-    ta_all, tb_all = _method_rows(ra, method_a), _method_rows(rb, method_b)
+    ta_all = _method_rows(ra, method_a, _needed_columns(ra, with_accuracy))
+    tb_all = _method_rows(rb, method_b, _needed_columns(rb, with_accuracy))
     if ta_all.num_rows == 0:
         raise AuditorInputError(f"RUN_A {ra.path}: no samples for method {method_a!r}")
     if tb_all.num_rows == 0:
         raise AuditorInputError(f"RUN_B {rb.path}: no samples for method {method_b!r}")
     pos_a, pos_b = _pair_rows(ta_all, tb_all)
     ta, tb = ta_all.take(pa.array(pos_a)), tb_all.take(pa.array(pos_b))
+    n_rows = (ta_all.num_rows, tb_all.num_rows)
+    del ta_all, tb_all
     la = ta.column("label").to_numpy().astype(np.int64)
     lb = tb.column("label").to_numpy().astype(np.int64)
     if not np.array_equal(la, lb):
@@ -395,25 +544,52 @@ def _compare_methods(
     order = np.argsort(la, kind="stable")
     bounds = np.searchsorted(la[order], np.arange(n_cls + 1))
     groups = [order[bounds[c] : bounds[c + 1]] for c in range(n_cls)]
-    res = _Paired(method_a, method_b, ta, tb, la, _quantities(ta, tb, with_accuracy))
+    res = _Paired(
+        method_a,
+        method_b,
+        ta,
+        tb,
+        la,
+        _quantities(ta.column_names, tb.column_names, with_accuracy),
+        n_rows_a=n_rows[0],
+        n_rows_b=n_rows[1],
+        streamed=la.size >= stream_min_pairs,
+    )
     res.classes = [{} for _ in range(n_cls)]
+    kw: dict[str, Any] = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+    streamed: dict[str, Any] = {}
+    if res.streamed:
+        # one pass over the pairs in index order for every quantity's overall interval (and
+        # each run's own background-focus interval): the weights are drawn once per block
+        cols: dict[str, np.ndarray] = {}
+        for q in res.quantities:
+            a, b = _values(ta, q), _values(tb, q)
+            cols[q] = np.where(np.isfinite(a) & np.isfinite(b), b - a, np.nan)
+        if "background_focus" in res.quantities:
+            a, b = _values(ta, "background_focus"), _values(tb, "background_focus")
+            ok = np.isfinite(a) & np.isfinite(b)
+            cols["\0bf_a"] = np.where(ok, a, np.nan)
+            cols["\0bf_b"] = np.where(ok, b, np.nan)
+        keys = ta.column("index").to_numpy().astype(np.int64)
+        streamed = _streamed_overall(keys, cols, **kw)
+        del cols
     for q in res.quantities:
         a, b = _values(ta, q), _values(tb, q)
-        ov, per = _paired_quantity(
-            q, a, b, groups, labels=la, n_boot=n_boot, seed=seed, confidence=confidence
-        )
+        iv = streamed.get(q)
+        if iv is not None:
+            n_drop = int(a.size - iv.n)
+            iv = type(iv)(iv.estimate, iv.low, iv.high, iv.n, n_drop, iv.method)
+        ov, per = _paired_quantity(q, a, b, groups, labels=la, overall_interval=iv, **kw)
         res.overall[q] = ov
         for c in range(n_cls):
             res.classes[c][q] = per[c]
     if "background_focus" in res.quantities:
         # each run's own interval over the paired samples (for the A-vs-B figure)
+        ok = np.isfinite(_values(ta, "background_focus")) & np.isfinite(
+            _values(tb, "background_focus")
+        )
         for side, t in (("a", ta), ("b", tb)):
-            v = _values(t, "background_focus")
-            ok = np.isfinite(_values(ta, "background_focus")) & np.isfinite(
-                _values(tb, "background_focus")
-            )
-            v = np.where(ok, v, np.nan)
-            kw: dict[str, Any] = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
+            v = np.where(ok, _values(t, "background_focus"), np.nan)
             g = grouped_bootstrap_mean_ci(v, la, **kw) if v.size else {}
             for c in range(n_cls):
                 iv = g.get(c)
@@ -421,7 +597,7 @@ def _compare_methods(
                 block[f"ci_{side}"] = (
                     [_num(iv.low), _num(iv.high)] if iv is not None and iv.n else [None, None]
                 )
-            ivo = bootstrap_mean_ci(v, **kw)
+            ivo = streamed.get(f"\0bf_{side}") or bootstrap_mean_ci(v, **kw)
             res.overall["background_focus"][f"ci_{side}"] = (
                 [_num(ivo.low), _num(ivo.high)] if ivo.n else [None, None]
             )
@@ -569,74 +745,6 @@ def _display(ds: Any, index: int, sample_id: str) -> tuple[np.ndarray | None, np
 # --------------------------------------------------------------------------------------------
 # the result
 # --------------------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class ComparisonResult:
-    """What :func:`compare_runs` returns.
-
-    Attributes:
-        out_dir: the comparison directory.
-        comparison: the content of ``comparison.json``.
-        passed: all comparison gates passed (True when there are none).
-        report: ``{"html": path, "pdf": path}`` as rendered.
-    """
-
-    out_dir: Path
-    comparison: dict[str, Any]
-    passed: bool
-    report: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
-
-    def describe(self) -> str:
-        """A one-screen terminal summary: overall changes, regressed/improved classes, gates."""
-        c = self.comparison
-        prim = c["primary"]
-        a, b = c["run_a"], c["run_b"]
-        lines = [
-            f"cam-auditor {c['tool']['version']} compare: B {b['name']} vs A {a['name']} on "
-            f"{c['pairing']['n_paired']} paired images ({prim['method_b']} vs {prim['method_a']})",
-        ]
-        for q in ("background_focus", "energy_in_mask", "accuracy"):
-            s = prim["overall"].get(q)
-            if not s or s["n"] == 0:
-                continue
-            lines.append(
-                f"  {q}: {_fmt(s['mean_a'])} → {_fmt(s['mean_b'])} "
-                f"(B − A {_fmt(s['diff'], signed=True)} [{_fmt(s['ci_low'], signed=True)}, "
-                f"{_fmt(s['ci_high'], signed=True)}], p={_pfmt(s['p_value'])}) {s['status']}"
-            )
-        for kind in ("regressed", "improved"):
-            names = c[kind]
-            shown = []
-            for nm in names[:8]:
-                bf = prim["classes"][nm]["metrics"].get("background_focus") or {}
-                shown.append(f"{nm} (bf {_fmt(bf.get('diff'), signed=True)})")
-            more = f", … {len(names) - 8} more" if len(names) > 8 else ""
-            lines.append(f"  {kind} classes ({len(names)}): " + (", ".join(shown) + more or "none"))
-        g = c["gates"]
-        res = g["results"]
-        failed = [r for r in res if not r["passed"]]
-        if res:
-            verdict = "PASSED" if g["passed"] else "FAILED"
-            lines.append(f"  gates: {verdict} ({len(res) - len(failed)}/{len(res)} passed)")
-        else:
-            lines.append("  gates: none configured")
-        for r in failed[:6]:
-            lines.append(
-                f"    ✗ {r['rule']} [{r['class']}]: "
-                f"{'n/a' if r['value'] is None else format(r['value'], '.4g')} vs "
-                f"{r['bound']} {r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
-            )
-        if len(failed) > 6:
-            lines.append(f"    … {len(failed) - 6} more failed checks")
-        lines.append(f"  comparison: {self.out_dir / 'comparison.json'}")
-        for kind, path in self.report.items():
-            lines.append(f"  {kind}: {path}")
-        return "\n".join(lines)
-
-
 def _fmt(v: Any, digits: int = 3, signed: bool = False) -> str:
     return fmt(v, f"{'+' if signed else ''}.{digits}f", missing="n/a")
 
@@ -674,27 +782,35 @@ def _run_info(run: _Run) -> dict[str, Any]:
 
 
 def _block_json(p: _Paired, classes: Sequence[str]) -> dict[str, Any]:
+    counts = np.bincount(p.labels, minlength=len(classes)) if p.labels.size else None
     return {
         "method_a": p.method_a,
         "method_b": p.method_b,
         "n": int(p.labels.size),
         "overall": p.overall,
         "classes": {
-            name: {"index": ci, "n": int(np.sum(p.labels == ci)), "metrics": p.classes[ci]}
+            name: {
+                "index": ci,
+                "n": 0 if counts is None else int(counts[ci]),
+                "metrics": p.classes[ci],
+            }
             for ci, name in enumerate(classes)
         },
     }
 
 
 def _paired_table(key: str, p: _Paired, classes: Sequence[str]) -> pa.Table:
+    import pyarrow.compute as pc
+
+    n = int(p.labels.size)
     cols: dict[str, Any] = {
-        "comparison": [key] * p.labels.size,
-        "method_a": [p.method_a] * p.labels.size,
-        "method_b": [p.method_b] * p.labels.size,
+        "comparison": pa.array([key], pa.string()).take(pa.array(np.zeros(n, dtype=np.int64))),
+        "method_a": pa.array([p.method_a], pa.string()).take(pa.array(np.zeros(n, np.int64))),
+        "method_b": pa.array([p.method_b], pa.string()).take(pa.array(np.zeros(n, np.int64))),
         "index": p.ta.column("index").to_numpy().astype(np.int64),
-        "id": [str(x) for x in p.ta.column("id").to_pylist()],
+        "id": pc.cast(p.ta.column("id"), pa.string()).fill_null("None").combine_chunks(),
         "label": p.labels,
-        "label_name": [classes[int(i)] for i in p.labels],
+        "label_name": pa.array(list(classes), pa.string()).take(pa.array(p.labels)),
     }
     for col in ("pred", "correct", "confidence"):
         if col in p.ta.column_names and col in p.tb.column_names:
@@ -708,6 +824,70 @@ def _paired_table(key: str, p: _Paired, classes: Sequence[str]) -> pa.Table:
         cols[f"{q}_b"] = b
         cols[f"{q}_diff"] = np.where(np.isfinite(a) & np.isfinite(b), b - a, np.nan)
     return pa.table(cols)
+
+
+class _TableSink:
+    """``comparison.parquet`` written one comparison at a time (each is released after), to a
+    temporary file renamed into place by :meth:`commit`. Tables after the first are widened to
+    its schema (null columns; the primary comparison has every column); one that does not fit
+    is kept and everything is written at once, as :func:`pyarrow.concat_tables` would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        self.writer: pq.ParquetWriter | None = None
+        self.schema: pa.Schema | None = None
+        self.held: list[pa.Table] = []
+
+    def write(self, table: pa.Table) -> None:
+        if self.schema is None:
+            self.schema = table.schema
+        elif not self.held and set(table.column_names) <= set(self.schema.names):
+            try:
+                table = pa.table(
+                    {
+                        f.name: (
+                            table.column(f.name).cast(f.type)
+                            if f.name in table.column_names
+                            else pa.nulls(table.num_rows, f.type)
+                        )
+                        for f in self.schema
+                    },
+                    schema=self.schema,
+                )
+            except (pa.ArrowException, ValueError):
+                self.held.append(table)
+                return
+        else:
+            self.held.append(table)
+            return
+        if self.writer is None:
+            self.writer = pq.ParquetWriter(
+                self.tmp,
+                self.schema,
+                compression="zstd",
+                use_dictionary=True,
+                write_statistics=True,
+            )
+        self.writer.write_table(table)
+
+    def commit(self) -> None:
+        try:
+            if self.writer is not None:
+                self.writer.close()
+            if self.held:  # rare: a schema the first table does not cover
+                first = pq.read_table(self.tmp) if self.tmp.exists() else None
+                tables = ([first] if first is not None else []) + self.held
+                pq.write_table(
+                    pa.concat_tables(tables, promote_options="default"),
+                    self.tmp,
+                    compression="zstd",
+                    use_dictionary=True,
+                    write_statistics=True,
+                )
+            os.replace(self.tmp, self.path)
+        finally:
+            self.tmp.unlink(missing_ok=True)
 
 
 def _moved(
@@ -796,6 +976,198 @@ def _sort_key(c: Mapping[str, Any], name: str) -> tuple[Any, ...]:
     )
 
 
+def _gate_rules(config: str | Path | None, gates: Sequence[GateRule]) -> list[GateRule]:
+    """The comparison gates of ``config`` (a TOML file) and ``gates``, checked."""
+    gate_rules = list(load_compare_gates(config) if config is not None else ())
+    for rule in gates:
+        if not isinstance(rule, GateRule):
+            raise TypeError(f"`gates` must hold GateRule objects, got {type(rule).__name__}")
+        if rule.scope != "compare":
+            raise ValueError(
+                f"`gates` rules must have scope 'compare', got {rule.scope!r} ({rule.name})"
+            )
+        _gate_quantity(rule)
+        gate_rules.append(rule)
+    return gate_rules
+
+
+def _check_comparable(ra: _Run, rb: _Run) -> list[str]:
+    """The runs' shared classes; an error when they audited different data or classes."""
+    ha, hb = ra.summary.dataset.sha256, rb.summary.dataset.sha256
+    if not ha or not hb or ha != hb:
+        raise AuditorInputError(
+            f"the runs audited different datasets: RUN_A {ra.path} has dataset sha256 {ha}, "
+            f"RUN_B {rb.path} has {hb}; a paired comparison needs the same evaluation set"
+        )
+    ca = list(ra.summary.dataset.classes)
+    cb = list(rb.summary.dataset.classes)
+    if ca != cb or not ca:
+        raise AuditorInputError(
+            f"the runs have different classes: RUN_A {ca[:6]}{'…' if len(ca) > 6 else ''} "
+            f"({len(ca)}), RUN_B {cb[:6]}{'…' if len(cb) > 6 else ''} ({len(cb)})"
+        )
+    return ca
+
+
+def _out_dir(out: str | Path | None, ra: _Run, rb: _Run) -> Path:
+    """The comparison directory (default ``<run_b>-vs-<run_a name>`` beside run B), created."""
+    out_dir = Path(out) if out is not None else rb.path.parent / f"{rb.path.name}-vs-{ra.path.name}"
+    for r in (ra, rb):
+        if out_dir.resolve() == r.path.resolve():
+            raise AuditorInputError(f"--out {out_dir}: must not be a run directory ({r.role})")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
+
+
+def _pair_methods(
+    ra: _Run,
+    rb: _Run,
+    classes: Sequence[str],
+    settings: Mapping[str, Any],
+    sink: _TableSink,
+    stream_min_pairs: int = STREAM_MIN_PAIRS,
+) -> tuple[_Paired, dict[str, _Paired]]:
+    """The primary methods' paired statistics (with accuracy) and each shared method's.
+
+    One method at a time: each comparison's rows go to ``sink`` (comparison.parquet) as soon
+    as they are computed and the other methods' tables are then released (their statistics
+    stay); the primary comparison keeps its rows for the moved samples.
+    """
+    kw = {**settings, "stream_min_pairs": stream_min_pairs}
+    prim = _compare_methods(ra, rb, ra.primary, rb.primary, classes, with_accuracy=True, **kw)
+    if prim.labels.size == 0:
+        raise AuditorInputError(
+            f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
+        )
+    sink.write(_paired_table("primary", prim, classes))
+    methods_b = list(rb.summary.methods)
+    shared = [m for m in ra.summary.methods if m in methods_b]
+    others: dict[str, _Paired] = {}
+    for m in shared:
+        if m == ra.primary == rb.primary:
+            others[m] = prim
+        else:
+            other = _compare_methods(ra, rb, m, m, classes, with_accuracy=False, **kw)
+            sink.write(_paired_table(m, other, classes))
+            other.ta, other.tb = other.ta.slice(0, 0), other.tb.slice(0, 0)  # on disk now
+            others[m] = other
+    return prim, others
+
+
+def _comparison_json(
+    ra: _Run,
+    rb: _Run,
+    prim: _Paired,
+    others: Mapping[str, _Paired],
+    classes: Sequence[str],
+    settings: Mapping[str, Any],
+    top_n: int,
+    stream_min_pairs: int = STREAM_MIN_PAIRS,
+) -> dict[str, Any]:
+    """``comparison.json`` up to the class ranking, gates, moved samples and metrics_info."""
+    n_a, n_b = prim.n_rows_a, prim.n_rows_b
+    streamed = prim.streamed or any(p.streamed for p in others.values())
+    return {
+        "schema_version": COMPARISON_SCHEMA_VERSION,
+        "kind": "comparison",
+        "tool": {"name": "cam-auditor", "version": __version__},
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "run_a": _run_info(ra),
+        "run_b": _run_info(rb),
+        "dataset": {
+            "sha256": ra.summary.dataset.sha256,
+            "name": ra.summary.dataset.name,
+            "annotation_sha256": ra.summary.dataset.annotation_sha256,
+            "n_samples": ra.summary.dataset.n_samples,
+            "classes": list(classes),
+        },
+        "pairing": {
+            "key": ["index", "id"],
+            "n_paired": int(prim.labels.size),
+            "n_only_a": int(n_a - prim.labels.size),
+            "n_only_b": int(n_b - prim.labels.size),
+        },
+        "settings": {
+            **settings,
+            "interval": "paired bootstrap (BCa, percentile fallback) of mean(B − A)",
+            "test": "wilcoxon signed-rank (zsplit); accuracies: McNemar exact",
+            "top_n": top_n,
+            "stream_min_pairs": int(stream_min_pairs),
+            "overall_interval": (
+                "poisson bootstrap keyed by dataset index (BCa, percentile fallback)"
+                if streamed
+                else "exact"
+            ),
+        },
+        "primary": _block_json(prim, classes),
+        "methods": {m: _block_json(p, classes) for m, p in others.items()},
+    }
+
+
+def _rank_classes(comparison: dict[str, Any], classes: Sequence[str]) -> None:
+    """Each primary class's status, ``class_order`` (worst first), ``regressed``, ``improved``."""
+    for entry in comparison["primary"]["classes"].values():
+        entry["status"] = _class_status(entry["metrics"]) if entry["n"] else "n/a"
+    ranked = sorted(classes, key=lambda nm: _sort_key(comparison, nm))
+    comparison["class_order"] = ranked
+    comparison["regressed"] = [
+        c for c in ranked if comparison["primary"]["classes"][c]["status"] == "regressed"
+    ]
+    comparison["improved"] = [  # most improved first
+        c for c in reversed(ranked) if comparison["primary"]["classes"][c]["status"] == "improved"
+    ]
+
+
+def _metrics_info() -> dict[str, Any]:
+    from auditor.config import to_jsonable
+    from auditor.metrics.registry import METRICS
+
+    return {k: to_jsonable(v) for k, v in METRICS.items()}
+
+
+def _write_outputs(
+    out_dir: Path,
+    comparison: dict[str, Any],
+    sink: _TableSink,
+    ra: _Run,
+    rb: _Run,
+) -> dict[str, Any]:
+    """Write comparison.json, comparison.parquet (its rows are already in ``sink``) and
+    junit.xml; the JSON as written (NaN → null)."""
+    atomic_write_json(out_dir / "comparison.json", comparison)
+    sink.commit()
+    from auditor.export import write_junit
+
+    write_junit(
+        out_dir / "junit.xml",
+        {"gates": comparison["gates"], "model": {"name": f"{rb.name} vs {ra.name}"}},
+    )
+    loaded: dict[str, Any] = json.loads((out_dir / "comparison.json").read_text("utf-8"))
+    return loaded
+
+
+def _render(
+    comparison: Mapping[str, Any], out_dir: Path, *, pdf: bool, templates: Path | None
+) -> dict[str, Path]:
+    """compare.html (and compare.pdf with ``pdf``) from the written comparison."""
+    from auditor.report import render_document
+
+    context = build_compare_context(comparison, out_dir)
+    out_pdf = out_dir / "compare.pdf" if pdf else None
+    render_document(
+        "compare.html.j2",
+        context,
+        out_dir / "compare.html",
+        out_pdf=out_pdf,
+        base_dir=out_dir,
+        templates=templates,
+    )
+    report = {"html": out_dir / "compare.html"}
+    if out_pdf is not None:
+        report["pdf"] = out_pdf
+    return report
+
+
 def compare_runs(
     run_a: str | Path,
     run_b: str | Path,
@@ -811,6 +1183,7 @@ def compare_runs(
     dataset: Any | None = None,
     templates: Path | None = None,
     render: bool = True,
+    stream_min_pairs: int = STREAM_MIN_PAIRS,
 ) -> ComparisonResult:
     """Paired comparison of run B (candidate) against run A (baseline) on the same data.
 
@@ -820,7 +1193,15 @@ def compare_runs(
     ``<run_b>-vs-<run_a name>`` beside ``run_b``. ``dataset``: an optional
     :class:`auditor.data.EvalDataset` for the display images of the moved samples (default:
     re-opened from the runs' ``config.toml`` when the data can be found, else CAMs only).
-    ``render=False`` skips compare.html/compare.pdf.
+    ``render=False`` skips compare.html/compare.pdf. ``stream_min_pairs``: from this many
+    pairs of a method on, its overall intervals come from the streamed Poisson bootstrap keyed
+    by dataset index (flat memory, one pass for every quantity; agrees with the exact paired
+    bootstrap within Monte-Carlo error); below it, the exact paired bootstrap.
+
+    Memory: each run's samples.parquet is read one method at a time with only the needed
+    columns, and each comparison's rows are written to comparison.parquet and released before
+    the next method is read (the primary comparison is kept for the moved samples).
+
 
     Raises:
         AuditorInputError: not a run directory, different datasets (sha256) or classes.
@@ -828,136 +1209,26 @@ def compare_runs(
         RenderError: the report could not be rendered.
     """
     _check_args(n_boot, seed, confidence, top_n)
-    gate_rules = list(load_compare_gates(config) if config is not None else ())
-    for rule in gates:
-        if not isinstance(rule, GateRule):
-            raise TypeError(f"`gates` must hold GateRule objects, got {type(rule).__name__}")
-        if rule.scope != "compare":
-            raise ValueError(
-                f"`gates` rules must have scope 'compare', got {rule.scope!r} ({rule.name})"
-            )
-        _gate_quantity(rule)
-        gate_rules.append(rule)
-
+    if (
+        isinstance(stream_min_pairs, bool)
+        or not isinstance(stream_min_pairs, int | np.integer)
+        or stream_min_pairs < 0
+    ):
+        raise ValueError(f"`stream_min_pairs` must be an int >= 0, got {stream_min_pairs!r}")
+    gate_rules = _gate_rules(config, gates)
     ra, rb = _load_run(Path(run_a), "run_a"), _load_run(Path(run_b), "run_b")
-    ha, hb = ra.summary.dataset.sha256, rb.summary.dataset.sha256
-    if not ha or not hb or ha != hb:
-        raise AuditorInputError(
-            f"the runs audited different datasets: RUN_A {ra.path} has dataset sha256 {ha}, "
-            f"RUN_B {rb.path} has {hb}; a paired comparison needs the same evaluation set"
-        )
-    ca = list(ra.summary.dataset.classes)
-    cb = list(rb.summary.dataset.classes)
-    if ca != cb or not ca:
-        raise AuditorInputError(
-            f"the runs have different classes: RUN_A {ca[:6]}{'…' if len(ca) > 6 else ''} "
-            f"({len(ca)}), RUN_B {cb[:6]}{'…' if len(cb) > 6 else ''} ({len(cb)})"
-        )
-    classes = ca
-    out_dir = Path(out) if out is not None else rb.path.parent / f"{rb.path.name}-vs-{ra.path.name}"
-    for r in (ra, rb):
-        if out_dir.resolve() == r.path.resolve():
-            raise AuditorInputError(f"--out {out_dir}: must not be a run directory ({r.role})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-
-    kw: dict[str, Any] = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
-    prim = _compare_methods(ra, rb, ra.primary, rb.primary, classes, with_accuracy=True, **kw)
-    if prim.labels.size == 0:
-        raise AuditorInputError(
-            f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
-        )
-    methods_b = list(rb.summary.methods)
-    shared = [m for m in ra.summary.methods if m in methods_b]
-    others: dict[str, _Paired] = {}
-    for m in shared:
-        if m == ra.primary == rb.primary:
-            others[m] = prim
-        else:
-            others[m] = _compare_methods(ra, rb, m, m, classes, with_accuracy=False, **kw)
-
-    n_a = _method_rows(ra, ra.primary).num_rows
-    n_b = _method_rows(rb, rb.primary).num_rows
-    comparison: dict[str, Any] = {
-        "schema_version": COMPARISON_SCHEMA_VERSION,
-        "kind": "comparison",
-        "tool": {"name": "cam-auditor", "version": __version__},
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "run_a": _run_info(ra),
-        "run_b": _run_info(rb),
-        "dataset": {
-            "sha256": ha,
-            "name": ra.summary.dataset.name,
-            "annotation_sha256": ra.summary.dataset.annotation_sha256,
-            "n_samples": ra.summary.dataset.n_samples,
-            "classes": classes,
-        },
-        "pairing": {
-            "key": ["index", "id"],
-            "n_paired": int(prim.labels.size),
-            "n_only_a": int(n_a - prim.labels.size),
-            "n_only_b": int(n_b - prim.labels.size),
-        },
-        "settings": {
-            "n_boot": int(n_boot),
-            "seed": int(seed),
-            "confidence": float(confidence),
-            "interval": "paired bootstrap (BCa, percentile fallback) of mean(B − A)",
-            "test": "wilcoxon signed-rank (zsplit); accuracies: McNemar exact",
-            "top_n": int(top_n),
-        },
-        "primary": _block_json(prim, classes),
-        "methods": {m: _block_json(p, classes) for m, p in others.items()},
-    }
-    for entry in comparison["primary"]["classes"].values():
-        entry["status"] = _class_status(entry["metrics"]) if entry["n"] else "n/a"
-    ranked = sorted(classes, key=lambda nm: _sort_key(comparison, nm))
-    comparison["class_order"] = ranked
-    comparison["regressed"] = [
-        c for c in ranked if comparison["primary"]["classes"][c]["status"] == "regressed"
-    ]
-    comparison["improved"] = [  # most improved first
-        c for c in reversed(ranked) if comparison["primary"]["classes"][c]["status"] == "improved"
-    ]
+    classes = _check_comparable(ra, rb)
+    out_dir = _out_dir(out, ra, rb)
+    settings = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
+    sink = _TableSink(out_dir / "comparison.parquet")
+    prim, others = _pair_methods(ra, rb, classes, settings, sink, int(stream_min_pairs))
+    comparison = _comparison_json(
+        ra, rb, prim, others, classes, settings, int(top_n), int(stream_min_pairs)
+    )
+    _rank_classes(comparison, classes)
     comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
     comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
-    from auditor.config import to_jsonable
-    from auditor.metrics.registry import METRICS
-
-    comparison["metrics_info"] = {k: to_jsonable(v) for k, v in METRICS.items()}
-
-    atomic_write_json(out_dir / "comparison.json", comparison)
-    tables = [_paired_table("primary", prim, classes)]
-    tables += [_paired_table(m, p, classes) for m, p in others.items() if p is not prim]
-    atomic_write_table(
-        out_dir / "comparison.parquet", pa.concat_tables(tables, promote_options="default")
-    )
-    from auditor.export import write_junit
-
-    write_junit(
-        out_dir / "junit.xml",
-        {"gates": comparison["gates"], "model": {"name": f"{rb.name} vs {ra.name}"}},
-    )
-    comparison = json.loads((out_dir / "comparison.json").read_text("utf-8"))  # NaN → null
-    report: dict[str, Path] = {}
-    if render:
-        from auditor.report import render_document
-
-        context = build_compare_context(comparison, out_dir)
-        out_pdf = out_dir / "compare.pdf" if pdf else None
-        render_document(
-            "compare.html.j2",
-            context,
-            out_dir / "compare.html",
-            out_pdf=out_pdf,
-            base_dir=out_dir,
-            templates=templates,
-        )
-        report["html"] = out_dir / "compare.html"
-        if out_pdf is not None:
-            report["pdf"] = out_pdf
-    return ComparisonResult(
-        out_dir=out_dir,
-        comparison=comparison,
-        passed=bool(comparison["gates"]["passed"]),
-        report=report,
-    )
+    comparison["metrics_info"] = _metrics_info()
+    comparison = _write_outputs(out_dir, comparison, sink, ra, rb)
+    report = _render(comparison, out_dir, pdf=pdf, templates=templates) if render else {}
+    return ComparisonResult.from_json(comparison, out_dir=out_dir, report=report)

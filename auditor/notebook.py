@@ -79,9 +79,9 @@ class Run:
         p = self.path / "samples.parquet"
         if not p.is_file():
             return pd.DataFrame()
-        import pyarrow.parquet as pq
+        from auditor.store import read_samples
 
-        return pq.read_table(p).to_pandas()
+        return read_samples(p).to_pandas()
 
     @cached_property
     def classes(self) -> pd.DataFrame:

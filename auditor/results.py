@@ -21,16 +21,21 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field, replace
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
+from auditor.status import migrate_status
+
 __all__ = [
+    "COMPARISON_SCHEMA_VERSION",
     "EVIDENCE_LABELS",
     "SCHEMA_VERSION",
     "SEVERITIES",
     "AuditResult",
     "ClassClusters",
     "ClassResult",
+    "ComparisonResult",
     "Confusion",
     "DatasetInfo",
     "Finding",
@@ -311,6 +316,28 @@ class ClassResult:
         )
 
 
+def _migrate_status_counts(counts: Mapping[str, Any]) -> dict[str, Any]:
+    """Status counts of an older summary.json in the one vocabulary (:mod:`auditor.status`).
+
+    Runs written before the vocabulary was one say ``nonfinite_cam`` where they now say
+    ``nonfinite``; counts of a renamed status are added to the new name's.
+    """
+    out: dict[str, Any] = {}
+    for method, per in counts.items():
+        if not isinstance(per, Mapping):
+            out[method] = per
+            continue
+        merged: dict[str, Any] = {}
+        for status, n in per.items():
+            key = migrate_status(str(status))
+            if key in merged and isinstance(n, int) and isinstance(merged[key], int):
+                merged[key] += n
+            else:
+                merged[key] = n
+        out[method] = merged
+    return out
+
+
 @dataclass(frozen=True)
 class OverallResult:
     """The whole evaluation set: accuracy, metrics per method, per-sample status counts."""
@@ -345,7 +372,9 @@ class OverallResult:
             accuracy=_opt_float(d.get("accuracy")),
             accuracy_ci=_pair(d.get("accuracy_ci")),
             metrics=_method_metric_stats(d.get("metrics"), "overall.metrics"),
-            status_counts=freeze(_obj(d.get("status_counts"), "overall.status_counts")),
+            status_counts=freeze(
+                _migrate_status_counts(_obj(d.get("status_counts"), "overall.status_counts"))
+            ),
             extra=_extra(d, cls._KEYS),
         )
 
@@ -1215,3 +1244,203 @@ def evidence_label(key: str, titles: Mapping[str, str] | None = None) -> str:
     if titles and key in titles:
         return titles[key]
     return EVIDENCE_LABELS.get(key, key.replace("_", " "))
+
+
+# --------------------------------------------------------------------------------------------
+# comparison.json (auditor compare)
+# --------------------------------------------------------------------------------------------
+COMPARISON_SCHEMA_VERSION = 1
+"""``comparison.json`` schema version written by this code (docs/compare.md)."""
+
+
+def _snum(v: Any, digits: int = 3, signed: bool = False) -> str:
+    from auditor.format import fmt
+
+    return fmt(v, f"{'+' if signed else ''}.{digits}f", missing="n/a")
+
+
+def _pnum(v: Any) -> str:
+    from auditor.format import fmt
+
+    return fmt(v, ".2g", missing="n/a")
+
+
+@dataclass(frozen=True)
+class ComparisonResult:
+    """``comparison.json`` typed (what :func:`auditor.compare_runs` returns and writes).
+
+    The paired blocks (``primary``, ``methods``: per-quantity statistics overall and per class,
+    docs/compare.md) stay read-only JSON mappings; gates are typed :class:`Gates`.
+    :meth:`to_json` gives ``comparison.json`` back key for key; unknown keys are kept in
+    ``extra``. ``out_dir`` and ``report`` say where it was written (not part of the JSON).
+
+    Attributes:
+        run_a, run_b: each run's name, path, model and primary method.
+        dataset: sha256, name, annotation_sha256, n_samples, classes.
+        pairing: key, n_paired, n_only_a, n_only_b.
+        settings: n_boot, seed, confidence, interval, test, top_n.
+        primary: the primary methods' paired block; ``methods``: one per shared method.
+        class_order: classes, most regressed first; ``regressed``, ``improved``: their names.
+        gates: the comparison gates; ``moved``: the samples whose maps moved most.
+        metrics_info: each metric's metadata (title, formula, direction).
+    """
+
+    run_a: Mapping[str, Any] = field(default_factory=_empty)
+    run_b: Mapping[str, Any] = field(default_factory=_empty)
+    dataset: Mapping[str, Any] = field(default_factory=_empty)
+    pairing: Mapping[str, Any] = field(default_factory=_empty)
+    settings: Mapping[str, Any] = field(default_factory=_empty)
+    primary: Mapping[str, Any] = field(default_factory=_empty)
+    methods: Mapping[str, Any] = field(default_factory=_empty)
+    class_order: tuple[str, ...] = ()
+    regressed: tuple[str, ...] = ()
+    improved: tuple[str, ...] = ()
+    gates: Gates = field(default_factory=Gates)
+    moved: tuple[Mapping[str, Any], ...] = ()
+    metrics_info: Mapping[str, Any] = field(default_factory=_empty)
+    tool: Mapping[str, Any] = field(default_factory=_empty)
+    created: str = ""
+    schema_version: int = COMPARISON_SCHEMA_VERSION
+    kind: str = "comparison"
+    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+    out_dir: Path | None = field(default=None, compare=False)
+    report: Mapping[str, Path] = field(default_factory=_empty, compare=False)
+
+    _KEYS = (
+        "schema_version",
+        "kind",
+        "tool",
+        "created",
+        "run_a",
+        "run_b",
+        "dataset",
+        "pairing",
+        "settings",
+        "primary",
+        "methods",
+        "class_order",
+        "regressed",
+        "improved",
+        "gates",
+        "moved",
+        "metrics_info",
+    )
+
+    @property
+    def passed(self) -> bool:
+        """All comparison gates passed (True when there are none)."""
+        return self.gates.passed
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.passed else 1
+
+    @property
+    def comparison(self) -> dict[str, Any]:
+        """The content of ``comparison.json`` (plain JSON data; :meth:`to_json`)."""
+        return self.to_json()
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in self._KEYS:
+            value = getattr(self, key)
+            out[key] = value.to_json() if key == "gates" else thaw(value)
+        return _with_extra(out, self.extra)
+
+    @classmethod
+    def from_json(
+        cls,
+        value: Any,
+        *,
+        out_dir: Path | None = None,
+        report: Mapping[str, Path] | None = None,
+    ) -> ComparisonResult:
+        """A typed comparison from the dict of ``comparison.json``.
+
+        Raises:
+            ValueError: ``schema_version`` or ``kind`` is not this code's.
+            TypeError: ``value`` or one of its sections has the wrong JSON type.
+        """
+        d = _obj(value, "comparison")
+        version = d.get("schema_version", COMPARISON_SCHEMA_VERSION)
+        if version != COMPARISON_SCHEMA_VERSION:
+            raise ValueError(
+                f"`schema_version` must be {COMPARISON_SCHEMA_VERSION}, got {version!r}"
+            )
+        if d.get("kind", "comparison") != "comparison":
+            raise ValueError(f"`kind` must be 'comparison', got {d.get('kind')!r}")
+
+        def names(key: str) -> tuple[str, ...]:
+            return tuple(str(v) for v in d.get(key) or ())
+
+        return cls(
+            run_a=freeze(_obj(d.get("run_a") or {}, "run_a")),
+            run_b=freeze(_obj(d.get("run_b") or {}, "run_b")),
+            dataset=freeze(_obj(d.get("dataset") or {}, "dataset")),
+            pairing=freeze(_obj(d.get("pairing") or {}, "pairing")),
+            settings=freeze(_obj(d.get("settings") or {}, "settings")),
+            primary=freeze(_obj(d.get("primary") or {}, "primary")),
+            methods=freeze(_obj(d.get("methods") or {}, "methods")),
+            class_order=names("class_order"),
+            regressed=names("regressed"),
+            improved=names("improved"),
+            gates=Gates.from_json(d.get("gates")) or Gates(),
+            moved=tuple(freeze(_obj(m, "moved[]")) for m in d.get("moved") or ()),
+            metrics_info=freeze(_obj(d.get("metrics_info") or {}, "metrics_info")),
+            tool=freeze(_obj(d.get("tool") or {}, "tool")),
+            created=str(d.get("created") or ""),
+            schema_version=COMPARISON_SCHEMA_VERSION,
+            kind="comparison",
+            extra=_extra(d, cls._KEYS),
+            out_dir=out_dir,
+            report=MappingProxyType(dict(report or {})),
+        )
+
+    def describe(self) -> str:
+        """A one-screen terminal summary: overall changes, regressed/improved classes, gates."""
+        c = self.to_json()
+        prim = c["primary"]
+        a, b = c["run_a"], c["run_b"]
+        lines = [
+            f"cam-auditor {c['tool']['version']} compare: B {b['name']} vs A {a['name']} on "
+            f"{c['pairing']['n_paired']} paired images ({prim['method_b']} vs {prim['method_a']})",
+        ]
+        for q in ("background_focus", "energy_in_mask", "accuracy"):
+            s = prim["overall"].get(q)
+            if not s or s["n"] == 0:
+                continue
+            lo, hi = _snum(s["ci_low"], signed=True), _snum(s["ci_high"], signed=True)
+            lines.append(
+                f"  {q}: {_snum(s['mean_a'])} → {_snum(s['mean_b'])} "
+                f"(B − A {_snum(s['diff'], signed=True)} [{lo}, {hi}], "
+                f"p={_pnum(s['p_value'])}) {s['status']}"
+            )
+        for kind in ("regressed", "improved"):
+            names = c[kind]
+            shown = []
+            for nm in names[:8]:
+                bf = prim["classes"][nm]["metrics"].get("background_focus") or {}
+                shown.append(f"{nm} (bf {_snum(bf.get('diff'), signed=True)})")
+            more = f", … {len(names) - 8} more" if len(names) > 8 else ""
+            lines.append(f"  {kind} classes ({len(names)}): " + (", ".join(shown) + more or "none"))
+        g = c["gates"]
+        res = g["results"]
+        failed = [r for r in res if not r["passed"]]
+        if res:
+            verdict = "PASSED" if g["passed"] else "FAILED"
+            lines.append(f"  gates: {verdict} ({len(res) - len(failed)}/{len(res)} passed)")
+        else:
+            lines.append("  gates: none configured")
+        for r in failed[:6]:
+            lines.append(
+                f"    ✗ {r['rule']} [{r['class']}]: "
+                f"{'n/a' if r['value'] is None else format(r['value'], '.4g')} vs "
+                f"{r['bound']} {r['threshold']}" + (f" ({r['note']})" if r.get("note") else "")
+            )
+        if len(failed) > 6:
+            lines.append(f"    … {len(failed) - 6} more failed checks")
+        if self.out_dir is not None:
+            lines.append(f"  comparison: {self.out_dir / 'comparison.json'}")
+        for kind, path in self.report.items():
+            lines.append(f"  {kind}: {path}")
+        return "\n".join(lines)

@@ -10,6 +10,7 @@ batch, and a run killed at any point loses at most the batch in flight.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import fcntl
 import json
@@ -19,7 +20,7 @@ import shutil
 import socket
 import sys
 import tempfile
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -35,6 +36,177 @@ from auditor.errors import (
     RunLockedError,
     StorageError,
 )
+from auditor.status import LEGACY_STATUSES, SAMPLE_STATUSES, migrate_status
+
+# ------------------------------------------------------------------------------------------
+# the samples row schema: one definition, written by the runner, read by everyone
+# ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleColumn:
+    """One column of the per-sample rows (shards and ``samples.parquet``).
+
+    ``when``: ``"always"``; ``"interventions"`` / ``"faithfulness"`` (only when that analysis
+    is configured); ``"finalize"`` (added to ``samples.parquet`` only, not to the shards).
+    """
+
+    name: str
+    type: pa.DataType
+    doc: str
+    when: str = "always"
+
+
+_STATUS_DOC = "per-sample metric status: " + ", ".join(f"`{s}`" for s in SAMPLE_STATUSES)
+
+SAMPLE_COLUMNS: tuple[SampleColumn, ...] = (
+    SampleColumn("index", pa.int64(), "position in the dataset"),
+    SampleColumn("id", pa.string(), "sample id"),
+    SampleColumn("label", pa.int64(), "true class index"),
+    SampleColumn("label_name", pa.string(), "true class name"),
+    SampleColumn("target", pa.int64(), "class explained"),
+    SampleColumn("pred", pa.int64(), "predicted class; -1 when the logits are not finite"),
+    SampleColumn("correct", pa.bool_(), "pred == label"),
+    SampleColumn("confidence", pa.float64(), "softmax probability of the target class"),
+    SampleColumn("pred_confidence", pa.float64(), "softmax probability of the prediction"),
+    SampleColumn("has_mask", pa.bool_(), "the sample has an object mask"),
+    SampleColumn("mask_area", pa.float64(), "object fraction of the image; NaN without a mask"),
+    SampleColumn("image_sha256", pa.string(), "hash of the image file"),
+    SampleColumn("mask_sha256", pa.string(), "hash of the mask file; empty without one"),
+    SampleColumn("notes", pa.string(), "reader notes, `; `-separated"),
+    SampleColumn("method", pa.string(), "CAM method of the row"),
+    SampleColumn("status", pa.string(), _STATUS_DOC),
+    SampleColumn("cam_status", pa.string(), "engine status (`auditor.cam.STATUSES`)"),
+    # one float64 column per metric goes here (METRIC_COLUMN_TYPE, auditor.metrics.registry)
+    *(
+        SampleColumn(
+            f"{k}_{v}",
+            pa.float64(),
+            f"{k} intervention: "
+            + (
+                "1/0, NaN where not run"
+                if v == "correct"
+                else "target-class probability, NaN where not run"
+            ),
+            "interventions",
+        )
+        for k in ("only_fg", "only_bg", "mixed_rand")
+        for v in ("correct", "confidence")
+    ),
+    SampleColumn(
+        "only_bg_pred",
+        pa.int64(),
+        "class the background alone is predicted as; -1 where not run",
+        "interventions",
+    ),
+    SampleColumn(
+        "faithfulness_subset", pa.bool_(), "in the seeded faithfulness subset", "faithfulness"
+    ),
+    *(
+        SampleColumn(name, pa.float64(), "faithfulness; NaN outside the subset", "faithfulness")
+        for name in ("deletion_auc", "insertion_auc", "average_drop", "increase_in_confidence")
+    ),
+    SampleColumn(
+        "cluster",
+        pa.int64(),
+        "primary method's SpRAy cluster within the class; -1 where not clustered",
+        "finalize",
+    ),
+)
+"""The per-sample row columns, in the order they are written (metrics after ``cam_status``)."""
+
+METRIC_COLUMN_TYPE = pa.float64()
+"""Type of every metric column (NaN where undefined)."""
+
+_METRICS_AFTER = "cam_status"
+
+#: Columns written only when interventions / faithfulness ran (runner's fixed-shape shards).
+INTERVENTION_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in SAMPLE_COLUMNS if c.when == "interventions" and c.type == pa.float64()
+)
+FAITHFULNESS_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in SAMPLE_COLUMNS if c.when == "faithfulness" and c.type == pa.float64()
+)
+
+
+def samples_schema(
+    metrics: Sequence[str],
+    *,
+    interventions: bool,
+    faithfulness: bool,
+    finalized: bool = False,
+) -> pa.Schema:
+    """The row schema of a run: fixed columns, one float64 column per metric in ``metrics``.
+
+    ``finalized``: the ``samples.parquet`` schema (with ``cluster``); else a shard's.
+    """
+    wanted = {"always"}
+    if interventions:
+        wanted.add("interventions")
+    if faithfulness:
+        wanted.add("faithfulness")
+    if finalized:
+        wanted.add("finalize")
+    fields: list[pa.Field] = []
+    for column in SAMPLE_COLUMNS:
+        if column.when in wanted:
+            fields.append(pa.field(column.name, column.type))
+        if column.name == _METRICS_AFTER:
+            fields.extend(pa.field(m, METRIC_COLUMN_TYPE) for m in metrics)
+    return pa.schema(fields)
+
+
+def samples_columns_markdown(metrics: Sequence[str] = ()) -> str:
+    """A markdown table of :data:`SAMPLE_COLUMNS` (docs/run-directory.md prints it)."""
+    lines = ["| column | type | when | meaning |", "|---|---|---|---|"]
+    for column in SAMPLE_COLUMNS:
+        lines.append(f"| `{column.name}` | {column.type} | {column.when} | {column.doc} |")
+        if column.name == _METRICS_AFTER:
+            names = ", ".join(f"`{m}`" for m in metrics) or "each metric"
+            lines.append(
+                f"| {names} | {METRIC_COLUMN_TYPE} | always | one column per metric of "
+                "`auditor.metrics` (built-in and `@metric`), NaN where undefined |"
+            )
+    return "\n".join(lines)
+
+
+def rows_table(columns: Mapping[str, Any], schema: pa.Schema) -> pa.Table:
+    """One batch's rows as a table of exactly ``schema`` (:func:`samples_schema`).
+
+    Raises:
+        RuntimeError: ``columns`` has other names than the schema (a writer out of step with
+            :data:`SAMPLE_COLUMNS`).
+    """
+    if set(columns) != set(schema.names):
+        extra = sorted(set(columns) - set(schema.names))
+        missing = sorted(set(schema.names) - set(columns))
+        raise RuntimeError(
+            f"sample rows do not match the row schema: extra {extra}, missing {missing}"
+        )
+    return pa.Table.from_pydict(dict(columns), schema=schema)
+
+
+def migrate_samples(table: pa.Table) -> pa.Table:
+    """Rows of an older run in the current vocabulary (``status``: :mod:`auditor.status`)."""
+    if "status" not in table.column_names or not table.num_rows:
+        return table
+    column = table.column("status")
+    values = column.to_pylist()
+    if not any(v in LEGACY_STATUSES for v in values):
+        return table
+    fixed = pa.array([None if v is None else migrate_status(v) for v in values], column.type)
+    return table.set_column(table.column_names.index("status"), "status", fixed)
+
+
+def read_samples(path: str | Path, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read ``samples.parquet`` (or a row shard), migrated to the current vocabulary.
+
+    ``columns``: the columns wanted (``None`` = all). Errors are pyarrow's (``OSError``,
+    ``ValueError``, ``pyarrow.ArrowInvalid``), for the caller to name the file.
+    """
+    table = pq.read_table(path, columns=None if columns is None else list(columns))
+    return migrate_samples(table)
+
 
 SHARD_DIR = "shards"
 LOCK_DIR = "locks"
@@ -575,7 +747,7 @@ class RunStore:
         for b in self.batch_numbers():
             path = self.shards / f"part-{b:05d}.parquet"
             try:
-                tables.append(pq.read_table(path))
+                tables.append(read_samples(path))
             except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
                 raise DataError(
                     f"run directory shard {path} is unreadable ({type(exc).__name__}); rerun "

@@ -1,5 +1,5 @@
-"""SS-CAM / IS-CAM batching (auditor.cam.sweep): the chunking, the shared forwards and the noise
-stream never change the scores, compared with the plain per-sample loop of the definition."""
+"""SS-CAM / IS-CAM batching (auditor.cam.perturbation): the chunking, the shared forwards and
+the noise stream never change the scores, compared with the plain per-sample loop."""
 
 from __future__ import annotations
 
@@ -7,17 +7,18 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from auditor.cam import CamEngine, sweep
+from auditor.cam import CamEngine
 from auditor.cam import methods as methods_module
+from auditor.cam import perturbation as sweep
 
 torch.manual_seed(0)
 W_LIN = torch.randn(3 * 8 * 8, 5, dtype=torch.float64)
 
 
-def linear_forward(calls: list[int]) -> sweep.Forward:
+def linear_forward(calls: list[int]) -> sweep.PerturbedForward:
     """A deterministic 'model': logits = flatten(x) @ W in float64 (exact under re-batching)."""
 
-    def forward(inputs: Tensor, full: bool) -> Tensor:
+    def forward(inputs: Tensor, fixed: bool = False) -> Tensor:
         calls.append(int(inputs.shape[0]))
         return (inputs.double().flatten(1) @ W_LIN).float()
 
@@ -51,7 +52,7 @@ def naive_integrated(images: Tensor, acts: Tensor, targets: Tensor, samples: int
         coeff += (step + 1) / samples
         for b in range(acts.shape[0]):
             for k in range(acts.shape[1]):
-                logits = forward(images[b : b + 1] * (coeff * masks[b, k]), False)
+                logits = forward(images[b : b + 1] * (coeff * masks[b, k]))
                 out[b, k] += logits[0, targets[b]]
     return out / samples
 
@@ -69,7 +70,7 @@ def naive_smoothed(
         for b in range(acts.shape[0]):
             for k in range(acts.shape[1]):
                 inputs = images[b : b + 1] * (masks[b, k] + noise[b, k])
-                out[b, k] += forward(inputs, False)[0, targets[b]]
+                out[b, k] += forward(inputs)[0, targets[b]]
     return out / samples
 
 

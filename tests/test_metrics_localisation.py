@@ -238,7 +238,7 @@ def test_localisation_metrics_status_and_nan() -> None:
     has_mask = torch.tensor([True, True, True, True, True, True, False])
     metrics, status = localisation_metrics(cams, masks, has_mask=has_mask, border_width=0.25)
     assert status == [
-        "nonfinite_cam",
+        "nonfinite",
         "zero_cam",
         "empty_mask",
         "full_mask",

@@ -9,6 +9,7 @@ from html.parser import HTMLParser
 from pathlib import Path
 
 import markupsafe
+import numpy as np
 import pytest
 
 from auditor.errors import RenderError
@@ -316,3 +317,44 @@ def test_caps_for_big_runs(run_dir):
     assert "<script" not in pdf  # no JavaScript in the PDF variant
     # PDF variant references gallery files (fetched from the run directory), HTML inlines them
     assert 'src="gallery/' in pdf and 'src="gallery/' not in page
+
+
+def test_scatter_downsampled_deterministically(run_dir):
+    """Above ``scatter_points`` the scatter draws a fixed uniform sample and says so; the
+    histogram keeps every sample."""
+    from auditor.report.context import downsample
+
+    n = 6 * 12  # the default fixture: 6 classes x 12 samples for the primary method
+    small = build_context(run_dir, limits=ReportLimits(scatter_points=10))
+    full = build_context(run_dir)
+    cap = {f["id"]: f["caption"] for f in small["figures"]}
+    assert f"10 of {n} samples shown" in cap["fig-energy-confidence"]
+    assert "shown" not in {f["id"]: f["caption"] for f in full["figures"]}["fig-energy-confidence"]
+    hist = next(f for f in small["figures"] if f["id"] == "fig-energy-distribution")
+    assert hist == next(f for f in full["figures"] if f["id"] == "fig-energy-distribution")
+    again = build_context(run_dir, limits=ReportLimits(scatter_points=10))
+    assert [f["uri"] for f in again["figures"]] == [f["uri"] for f in small["figures"]]
+    pos = downsample(1000, 50)
+    assert pos.size == 50 and np.array_equal(pos, np.sort(np.unique(pos)))
+    assert np.array_equal(pos, downsample(1000, 50)) and pos.max() > 500  # not a prefix
+    assert np.array_equal(downsample(7, 50), np.arange(7))
+    assert np.array_equal(downsample(70, 0), np.arange(70))
+
+
+def test_samples_read_per_row_group(tmp_path):
+    """A samples.parquet of several row groups (as shards write it) gives the same arrays."""
+    import pyarrow.parquet as pq
+
+    from auditor.report.context import _read_samples
+    from tests import report_fixtures
+
+    run = make_run_dir(tmp_path / "run", gallery=False, clusters=False)
+    one = _read_samples(run, "gradcam")
+    table = pq.read_table(run / "samples.parquet")
+    pq.write_table(table, run / "samples.parquet", row_group_size=7)
+    assert pq.ParquetFile(run / "samples.parquet").num_row_groups > 5
+    many = _read_samples(run, "gradcam")
+    assert one is not None and many is not None and set(one) == set(many)
+    for k in one:
+        assert np.array_equal(one[k], many[k], equal_nan=True)
+    assert one["correct"].size == len(report_fixtures.DEFAULT_CLASSES) * 12

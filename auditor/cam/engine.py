@@ -18,8 +18,15 @@ largest layer resolution and summed. Degenerate samples get a defined map and a 
 (``"ok"``, ``"zero_gradient"``, ``"constant_activation"``, ``"nonfinite"``, ``"zero_map"``,
 ``"method_failed"``).
 
-The user's model leaves as it came: hooks removed, ``training`` flags restored, grad mode
-restored, parameters' ``requires_grad`` untouched, also on error.
+The user's model leaves as it came: hooks removed, ``training`` flags restored (through the
+one helper, :func:`auditor.modelstate.preserved_training_flags`), grad mode restored,
+parameters' ``requires_grad`` untouched, also on error.
+
+Beside this module: :mod:`auditor.cam.perturbation` builds and scores the perturbed inputs of
+Score-CAM, SS-CAM, IS-CAM and Ablation-CAM (deduplication, chunking), and
+:mod:`auditor.cam.copies` holds the model copies those forwards and the capture run on (the
+capture copy, the validated replica, the fx tails) with their caches. The engine delegates to
+both; hooks, capture and backward stay here.
 """
 
 from __future__ import annotations
@@ -31,58 +38,35 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from . import sweep
+from auditor.modelstate import preserved_training_flags
+from auditor.status import CAM_STATUSES
+
+from . import perturbation
+from .copies import ModelCopies, autocast_context
+from .fullgrad import check_fullgrad_model, fullgrad_terms
 from .layers import LayerChoice, resolve_layer, resolve_target
 from .methods import METHODS, CamContext
 from .outputs import logits_of as _logits_of
-from .replica import Replica, build_capture_copy, build_replica
-from .tail import build_tail
+from .outputs import upsample_cams
+from .perturbation import AUTO_SCORE_BATCH
+from .replica import Replica
 
 __all__ = ["AUTO_SCORE_BATCH", "CamBatch", "CamEngine", "STATUSES", "compute_cams", "upsample_cams"]
 
-STATUSES: tuple[str, ...] = (
-    "ok",
-    "zero_map",
-    "constant_activation",
-    "zero_gradient",
-    "nonfinite",
-    "method_failed",
-)
-"""Per-sample statuses, by increasing precedence (the highest applicable one is reported).
+STATUSES: tuple[str, ...] = CAM_STATUSES
+"""Per-sample statuses, by increasing precedence (the highest applicable one is reported); the
+engine's part of the one vocabulary, :mod:`auditor.status`.
 
 ``method_failed``: the method could not compute this sample's map (e.g. an eigendecomposition
 that did not converge even in float64 and with the SVD fallback); the map is zero and the rest
 of the batch is unaffected."""
-_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE, _FAILED = range(6)
-
-
-AUTO_SCORE_BATCH: dict[str, int] = {"cpu": 16}
-"""Default perturbed inputs per extra forward by device type (others: 128). On CPU, batches of
-16 ran 20-25 % faster per image than 128 (ResNet-18, 224x224, 2 cores: cache effects); GPUs
-want large batches."""
-
-
-def upsample_cams(cams: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bilinearly upsample maps ``[B, h, w]`` (or ``[B, T, h, w]``) to ``size = (H, W)``.
-
-    Batched ``F.interpolate(mode="bilinear", align_corners=False)`` on the maps' device; the
-    result is clamped at 0 (bilinear interpolation of non-negative values is non-negative, the
-    clamp only removes rounding noise) and keeps the leading dimensions.
-    """
-    if not isinstance(cams, Tensor) or cams.dim() not in (3, 4):
-        shape = tuple(cams.shape) if isinstance(cams, Tensor) else type(cams).__name__
-        raise ValueError(f"`cams` must have shape [B, h, w] or [B, T, h, w], got {shape}")
-    if len(size) != 2 or not all(isinstance(s, int) and s > 0 for s in size):
-        raise ValueError(f"`size` must be (H, W) with positive ints, got {size!r}")
-    lead = cams.shape[:-2]
-    flat = cams.reshape(-1, 1, *cams.shape[-2:])
-    if tuple(flat.shape[-2:]) != tuple(size):
-        flat = F.interpolate(flat.float(), size=tuple(size), mode="bilinear", align_corners=False)
-    return flat.clamp_min(0).reshape(*lead, *size)
+_OK, _ZERO_MAP, _CONSTANT, _ZERO_GRAD, _NONFINITE, _FAILED = map(
+    STATUSES.index,
+    ("ok", "zero_map", "constant_activation", "zero_gradient", "nonfinite", "method_failed"),
+)
 
 
 @dataclass(frozen=True)
@@ -93,7 +77,8 @@ class CamBatch:
         logits: ``[B, C]`` detached logits of the same forward (use them for predictions).
         targets: ``[B]`` (or ``[B, T]``) long, the class(es) explained.
         cams: ``{method: [B, h, w]}`` (``[B, T, h, w]`` for multi-target) float32 >= 0 at the
-            target layer's resolution (the largest one when layers are fused), not normalised.
+            target layer's resolution (the largest one when layers are fused), not normalised;
+            methods with ``CamMethod.resolution == "input"`` (``fullgrad``) at the input's.
         status: ``{method: [status per sample]}``; for multi-target, per (sample, target) in
             row-major order. See :data:`STATUSES`.
     """
@@ -122,26 +107,6 @@ def _model_device(model: nn.Module) -> torch.device | None:
     for buffer in model.buffers():
         return buffer.device
     return None
-
-
-def _state_key(model: nn.Module) -> tuple[Any, ...]:
-    """Identity + in-place version of every parameter and buffer: changes when the model does.
-
-    Kept with the inference copy so that a copy made in one ``with engine:`` block is reused by
-    the next (the runner enters the engine once per batch) unless the weights were replaced or
-    modified in place (``Tensor._version`` counts in-place writes).
-    """
-    return tuple(
-        (name, t.data_ptr(), _version(t), tuple(t.shape))
-        for name, t in [*model.named_parameters(), *model.named_buffers()]
-    )
-
-
-def _version(tensor: Tensor) -> int:
-    try:
-        return int(tensor._version)
-    except RuntimeError:  # inference tensors have no version counter: identity only
-        return -1
 
 
 class CamEngine:
@@ -261,6 +226,10 @@ class CamEngine:
                 )
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"`seed` must be an int, got {seed!r}")
+        for m in methods:  # methods with their own pass refuse unsupported models up front
+            check = METHODS[m].check_model
+            if check is not None:
+                check(model)
         seed = seed % (1 << 63)  # any int; torch generators take [0, 2**64)
 
         self.layer_choices: tuple[LayerChoice, ...] = ()
@@ -285,6 +254,13 @@ class CamEngine:
         if isinstance(reshape, str):  # resolve_target returns a callable or None
             raise ValueError(f"`reshape` {reshape!r} could not be resolved")
         self.reshape: Callable[[Tensor], Tensor] | None = reshape
+        # FullGrad's own pass (auditor.cam.fullgrad): its layers, checked here (a clear error
+        # for a model it cannot explain); no hook is added unless it is requested
+        self._fullgrad_layers = (
+            check_fullgrad_model(model, token_layer=reshape is not None)
+            if "fullgrad" in methods
+            else []
+        )
         self._needs_grad = any(METHODS[m].needs_gradients for m in methods)
         self._needs_hvp = any(METHODS[m].needs_hvp for m in methods)
         self._score_methods = tuple(m for m in methods if METHODS[m].score is not None)
@@ -292,41 +268,41 @@ class CamEngine:
         self.aug_smooth = aug_smooth
         self.seed = seed
         self._handles: list[RemovableHandle] = []
-        self._flags: dict[nn.Module, bool] | None = None
+        self._entered: contextlib.ExitStack | None = None
         self._capturing = False
         self._captured: dict[str, Tensor] = {}
         self._replace: tuple[str, Tensor] | None = None
-        self._tails: dict[str, Any] = {}
-        self.tail_reasons: dict[str, str] = {}
-        """Why the fx tail is unavailable for a layer (Ablation-CAM then uses full forwards)."""
         self.use_tail = True
         """Set to False to force Ablation-CAM's full-forward fallback (testing/debugging)."""
-        self.inference_copy = inference_copy
         self.channels_last = channels_last
-        self.capture_copy = capture_copy
-        self._capture: nn.Module | None = None
-        self._capture_key: tuple[Any, ...] | None = None
-        self._capture_reason = ""
-        self._capture_layout = torch.contiguous_format
+        self._copies = ModelCopies(
+            model,
+            names,
+            inference_copy=inference_copy,
+            capture_copy=capture_copy,
+            autocast=autocast,
+            make_hook=self._make_hook,
+            hook_ids=lambda: {handle.id for handle in self._handles},
+        )
         self.layout_note = ""
         """Why the capture forward fell back to contiguous input (``""`` when it did not)."""
-        self._replica: Replica | None = None
-        self._replica_key: tuple[Any, ...] | None = None
-        self._replica_reason = ""  # "" before the first extra forward
-        self._replica_builds = 0
         self.masked_forwards = 0
         """Score-CAM masked inputs actually forwarded (after sharing duplicates) so far."""
 
     # ------------------------------------------------------------------ context management
 
     def __enter__(self) -> CamEngine:
-        if self._flags is not None:
+        if self._entered is not None:
             raise RuntimeError("CamEngine is already entered; it is not re-entrant")
-        self._flags = {m: m.training for m in self.model.modules()}
+        # unwinds last-in first-out: hooks removed first, then every training flag restored
+        self._entered = stack = contextlib.ExitStack()
         try:
-            self.model.eval()
+            stack.enter_context(preserved_training_flags(self.model, eval=True))
+            stack.callback(self._handles.clear)
             for name, module in zip(self.layer_names, self._modules):
-                self._handles.append(module.register_forward_hook(self._make_hook(name)))
+                handle = module.register_forward_hook(self._make_hook(name))
+                stack.callback(handle.remove)
+                self._handles.append(handle)
         except BaseException:
             self._restore()
             raise
@@ -336,16 +312,33 @@ class CamEngine:
         self._restore()
 
     def _restore(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        if self._flags is not None:
-            for module, flag in self._flags.items():
-                module.training = flag
-        self._flags = None
+        entered, self._entered = self._entered, None
         self._capturing = False
         self._replace = None
         self._captured = {}
+        if entered is not None:
+            entered.close()
+
+    # ------------------------------------------------------------------ copies (copies.py)
+
+    @property
+    def inference_copy(self) -> bool:
+        """Whether extra forwards (and, with :attr:`capture_copy`, the capture) use copies."""
+        return self._copies.inference_copy
+
+    @property
+    def capture_copy(self) -> bool:
+        """Whether the capture forward may run on a validated BatchNorm-folded copy."""
+        return self._copies.capture_copy
+
+    @property
+    def _replica(self) -> Replica | None:
+        return self._copies.replica
+
+    @property
+    def tail_reasons(self) -> dict[str, str]:
+        """Why the fx tail is unavailable for a layer (Ablation-CAM then uses full forwards)."""
+        return self._copies.tail_reasons
 
     # ------------------------------------------------------------------ hooks
 
@@ -375,48 +368,10 @@ class CamEngine:
 
     # ------------------------------------------------------------------ forwards
 
-    def _capture_module(self, images: Tensor) -> tuple[nn.Module, torch.memory_format]:
-        """The module the capture forward runs on, and the input layout it was validated for.
-
-        With ``inference_copy``, a BatchNorm-folded channels_last copy whose target layers stay
-        hookable modules (:func:`auditor.cam.replica.build_capture_copy`), validated on a seeded
-        probe; else (or when it cannot be made) the model itself.
-        """
-        if not (self.capture_copy and self.inference_copy):
-            return self.model, torch.contiguous_format
-        key = _state_key(self.model)
-        if self._capture_key is not None and self._capture_key != key:
-            self._capture, self._capture_reason, self._capture_key = None, "", None
-        if self._capture is None and not self._capture_reason:
-            copy, channels_last, reason = build_capture_copy(
-                self.model,
-                self.layer_names,
-                tuple(images.shape),
-                _logits_of,
-                device=images.device,
-                hook_ids={handle.id for handle in self._handles},
-                autocast=lambda: self._autocast(images.device),
-                rtol=1e-3 if self.autocast is None else 5e-2,
-            )
-            if copy is not None:
-                for name in self.layer_names:  # private copy: its hooks live as long as it
-                    copy.get_submodule(name).register_forward_hook(self._make_hook(name))
-                layout = "channels_last" if channels_last else "contiguous"
-                self._capture_reason = f"used: copy, {reason}, {layout}"
-                self._capture_layout = (
-                    torch.channels_last if channels_last else torch.contiguous_format
-                )
-            else:
-                self._capture_reason = f"not used: {reason}"
-            self._capture, self._capture_key = copy, key
-        if self._capture is not None:
-            return self._capture, self._capture_layout
-        return self.model, torch.contiguous_format
-
     @property
     def capture_status(self) -> str:
         """How the capture forward runs: ``"used: copy, ..."`` or ``"not used: <why>"``."""
-        return self._capture_reason
+        return self._copies.capture_status
 
     def _layouts(self, images: Tensor) -> Iterator[Tensor]:
         """The capture forward's input: channels_last first on CPU, then as given."""
@@ -428,9 +383,7 @@ class CamEngine:
         yield images
 
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
-        if self.autocast is None:
-            return contextlib.nullcontext()
-        return torch.autocast(device_type=device.type, dtype=self.autocast)
+        return autocast_context(self.autocast, device)
 
     def _forward_logits(self, images: Tensor) -> Tensor:
         """An extra forward without capture (hooks only replace when asked), inference mode."""
@@ -438,12 +391,7 @@ class CamEngine:
             return _logits_of(self.model(images)).float()
 
     def _chunk_size(self, device: torch.device) -> int:
-        return self.score_batch_size or AUTO_SCORE_BATCH.get(device.type, 128)
-
-    def _chunks(self, total: int, device: torch.device) -> Iterator[slice]:
-        size = self._chunk_size(device)
-        for start in range(0, total, size):
-            yield slice(start, min(start + size, total))
+        return perturbation.chunk_size(self.score_batch_size, device)
 
     # ------------------------------------------------------------------ public
 
@@ -481,7 +429,7 @@ class CamEngine:
     def _run_once(
         self, images: Tensor, targets: Tensor | Sequence[int] | str | None = None
     ) -> CamBatch:
-        if self._flags is None:
+        if self._entered is None:
             raise RuntimeError("CamEngine.run must be called inside `with engine:`")
         if not isinstance(images, Tensor) or images.dim() != 4:
             shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
@@ -495,7 +443,7 @@ class CamEngine:
         grad_mode = torch.is_grad_enabled()
         try:
             with torch.inference_mode(False):
-                module, copy_layout = self._capture_module(images)
+                module, copy_layout = self._copies.capture_module(images)
                 attempts = (
                     list(self._layouts(images))
                     if module is self.model
@@ -673,6 +621,21 @@ class CamEngine:
 
         extra = extra or {}
         shared: dict[str, list[Tensor]] = {}  # noisy captures serve every layer at once
+        full: list[tuple[Tensor, Tensor]] = []  # FullGrad's pass: once per batch, any layer
+
+        def full_gradient() -> tuple[Tensor, Tensor]:
+            if not full:
+                full.append(
+                    fullgrad_terms(
+                        self.model,
+                        images,
+                        targets_bt,
+                        self._fullgrad_layers,
+                        lambda: self._autocast(images.device),
+                    )
+                )
+            return full[0]
+
         per_layer: list[dict[str, Tensor]] = []
         flags: list[dict[str, Tensor]] = []
         failed_by_method = {
@@ -759,6 +722,12 @@ class CamEngine:
                     cache[key] = scores.permute(0, 2, 1).reshape(rows, -1)
                 return cache[key]
 
+            def own_map(method: str) -> Tensor:
+                key = f"own:{method}"
+                if key not in shared:  # once per batch, whatever the number of layers
+                    shared[key] = [self._own_pass(method, images, targets_bt)]
+                return shared[key][0]
+
             ctx = CamContext(
                 activations=acts,
                 gradients=grad,
@@ -774,6 +743,8 @@ class CamEngine:
                 noisy_gradients=noisy_gradients,
                 smoothed_scores=smoothed_scores,
                 integrated_scores=integrated_scores,
+                full_gradient=full_gradient,
+                own_map=own_map,
             )
             maps: dict[str, Tensor] = {}
             for method in self.methods:
@@ -794,7 +765,8 @@ class CamEngine:
                 maps[method] = torch.where(bad[:, None, None], 0.0, cam)
             per_layer.append(maps)
 
-        size = max((m[self.methods[0]].shape[-2:] for m in per_layer), key=lambda s: s[0] * s[1])
+        on_layer = [m for m in self.methods if METHODS[m].resolution == "layer"] or self.methods
+        size = max((m[on_layer[0]].shape[-2:] for m in per_layer), key=lambda s: s[0] * s[1])
         size_t = (int(size[0]), int(size[1]))
         cams: dict[str, Tensor] = {}
         codes: dict[str, Tensor] = {}
@@ -803,7 +775,7 @@ class CamEngine:
         all_constant = torch.stack([f["constant"] for f in flags]).all(0)
         for method in self.methods:
             fused = per_layer[0][method]
-            if len(per_layer) > 1:
+            if len(per_layer) > 1 and METHODS[method].resolution == "layer":
                 fused = sum(upsample_cams(m[method], size_t) for m in per_layer)  # type: ignore[assignment]
             zero_map = (fused == 0).flatten(1).all(1)
             code = torch.full((rows,), _OK, dtype=torch.long, device=fused.device)
@@ -821,6 +793,18 @@ class CamEngine:
         return cams, codes
 
     # ------------------------------------------------------------------ method helpers
+
+    def _own_pass(self, method: str, images: Tensor, targets_bt: Tensor) -> Tensor:
+        """``CamMethod.own_pass`` of ``method`` on the model: ``[B*T, h', w']`` float32."""
+        own_pass = METHODS[method].own_pass
+        if own_pass is None:
+            raise RuntimeError(f"CAM method {method!r} has no own pass")
+        grad_mode = torch.is_grad_enabled()
+        try:
+            with torch.inference_mode(False), self._autocast(images.device):
+                return own_pass(self.model, images, targets_bt).float()
+        finally:
+            torch.set_grad_enabled(grad_mode)
 
     def _head_weight(self, name: str, acts: Tensor, logits: Tensor) -> Tensor:
         """Weight ``[C, K]`` of the classifier that maps GAP(A) to the logits (CAM's head).
@@ -871,66 +855,17 @@ class CamEngine:
         )
 
     def _masked_scores(self, images: Tensor, acts: Tensor, targets_bt: Tensor) -> Tensor:
-        """Score-CAM: softmax prob of each target for ``X * norm(up(A_k))`` -> ``[B, K, T]``.
-
-        Exact savings, no approximation: ``norm(up(A_k))`` depends on ``A_k`` only through its
-        min-max normalised low-resolution map ``q_k`` (bilinear upsampling commutes with positive
-        affine maps), so channels of one image with identical ``q_k`` share one forward, and
-        constant channels (``H_k = 0``, the all-zero input) share one forward for the whole
-        batch. The other masked images run in chunks of ``score_batch_size`` on the validated
-        inference copy of the model (:mod:`auditor.cam.replica`) when it is available: full
-        chunks on its traced tier (CPU), the last partial chunk on its eager form.
-        """
-        batch, channels = acts.shape[:2]
-        size = (int(images.shape[-2]), int(images.shape[-1]))
-        n_targets = targets_bt.shape[1]
-        with torch.inference_mode():
-            flat = acts.flatten(2)
-            lo = flat.amin(2, keepdim=True)
-            hi = flat.amax(2, keepdim=True)
-            varying = (hi > lo).squeeze(2)  # [B, K]; upsampling keeps the range
-            norm = (flat - lo) / torch.where(hi > lo, hi - lo, 1.0)  # [B, K, hw] in [0, 1]
-            pairs = varying.nonzero()  # host sync: the number of masked forwards
-            scores = torch.empty(batch, channels, n_targets, device=acts.device)
-            if pairs.shape[0]:
-                keys = torch.cat([pairs[:, :1].to(norm.dtype), norm[pairs[:, 0], pairs[:, 1]]], 1)
-                unique, inverse = torch.unique(keys, dim=0, return_inverse=True)
-                first = torch.full((unique.shape[0],), pairs.shape[0], device=pairs.device)
-                first = first.scatter_reduce(
-                    0, inverse, torch.arange(pairs.shape[0], device=pairs.device), "amin"
-                )
-                reps = pairs[first]  # one (b, k) per distinct (image, mask)
-                rep_scores = torch.empty(reps.shape[0], n_targets, device=acts.device)
-                grid = acts.shape[-2:]
-                full = self._chunk_size(acts.device)
-                for chunk in self._chunks(reps.shape[0], acts.device):
-                    b_idx, k_idx = reps[chunk, 0], reps[chunk, 1]
-                    up = upsample_cams(norm[b_idx, k_idx].unflatten(1, grid), size)  # [n, H, W]
-                    up_lo = up.flatten(1).amin(1)[:, None, None]
-                    up_hi = up.flatten(1).amax(1)[:, None, None]
-                    masks = (up - up_lo) / torch.where(up_hi > up_lo, up_hi - up_lo, 1.0)
-                    masked = images[b_idx] * masks[:, None].to(images.dtype)
-                    # full chunks may take the copy's traced tier, a last partial one the eager
-                    # copy: decided by the chunk's size alone, never by what ran before
-                    fixed = masked.shape[0] == full
-                    probs = self._perturbed_logits(masked, fixed=fixed).softmax(1)
-                    rep_scores[chunk] = probs.gather(1, targets_bt[b_idx])
-                scores[pairs[:, 0], pairs[:, 1]] = rep_scores[inverse]
-                self.masked_forwards += int(reps.shape[0])
-            if not bool(varying.all()):
-                zero = self._perturbed_logits(torch.zeros_like(images[:1])).softmax(1)[0]
-                self.masked_forwards += 1
-                const = (~varying).nonzero()
-                scores[const[:, 0], const[:, 1]] = zero[targets_bt[const[:, 0]]]
+        """Score-CAM channel scores ``[B, K, T]`` (:func:`.perturbation.masked_scores`)."""
+        scores, forwards = perturbation.masked_scores(
+            images, acts, targets_bt, self._perturbed_logits, self._chunk_size(acts.device)
+        )
+        self.masked_forwards += forwards
         return scores
 
     @property
     def replica_status(self) -> str:
         """``"used: <what>"`` / ``"not used: <why>"`` once an extra forward ran, else ``""``."""
-        if self._replica is not None:
-            note = f" ({self._replica_reason})" if self._replica_reason else ""
-            return f"used: {self._replica.description}{note}"
-        return self._replica_reason
+        return self._copies.replica_status
 
     def forward_logits(self, images: Tensor, autocast: bool = True) -> Tensor:
         """Float logits of one inference forward of ``images`` (no capture, no graph).
@@ -944,60 +879,11 @@ class CamEngine:
         with torch.inference_mode():
             return self._perturbed_logits(images, autocast=autocast)
 
-    def _scripted(self, device: torch.device) -> bool:
-        """Whether Score-CAM's chunks may take the copy's TorchScript tier (CPU, no autocast)."""
-        return self.inference_copy and self.autocast is None and device.type == "cpu"
-
-    def _ensure_replica(self, probe_shape: Sequence[int], device: torch.device) -> Replica | None:
-        """The inference copy, built (and validated on a seeded probe) on first use.
-
-        Rebuilt when the model's parameters or buffers changed (:func:`_state_key`); a model
-        that changes on every call (e.g. a buffer rewritten by its forward) is not copied at all.
-        """
-        if not self.inference_copy:
-            return None
-        key = _state_key(self.model)
-        if self._replica_key is not None and self._replica_key != key:
-            self._replica, self._replica_reason, self._replica_key = None, "", None
-            self._replica_builds += 1
-            if self._replica_builds >= 3:
-                self._replica_reason = (
-                    "not used: the model's parameters or buffers change between calls"
-                )
-        if self._replica is None and not self._replica_reason:
-            replica, reason = build_replica(
-                self.model,
-                probe_shape,
-                _logits_of,
-                device=device,
-                hook_ids={handle.id for handle in self._handles},
-                autocast=lambda: self._autocast(device),
-                rtol=1e-3 if self.autocast is None else 5e-2,
-                script=self._scripted(device),
-            )
-            self._replica, self._replica_key = replica, _state_key(self.model)
-            self._replica_reason = reason if replica is not None else f"not used: {reason}"
-        return self._replica
-
     def _perturbed_logits(
         self, images: Tensor, fixed: bool = False, autocast: bool = True
     ) -> Tensor:
-        """Logits of an extra full forward without capture, on the inference copy when valid.
-
-        ``fixed``: a chunk of the one repeated shape (Score-CAM), eligible for the copy's
-        TorchScript tier. Which path computes an input depends only on the model and the shape
-        (the copy is validated on a seeded probe, the trace per shape too), so results do not
-        depend on what ran before (``--resume``). ``autocast=False`` runs in float32 even when
-        the engine has an autocast dtype.
-        """
-        replica = self._ensure_replica(tuple(images.shape), images.device)
-        context = self._autocast(images.device) if autocast else contextlib.nullcontext()
-        if replica is not None:
-            with torch.inference_mode(), context:
-                out = replica.fixed(images) if fixed else replica(images)
-            return _logits_of(out).float()
-        with torch.inference_mode(), context:
-            return _logits_of(self.model(images)).float()
+        """An extra full forward, on the validated copy when available (:mod:`.copies`)."""
+        return self._copies.perturbed_logits(images, fixed=fixed, autocast=autocast)
 
     def _noisy_gradients(
         self, images: Tensor, targets_bt: Tensor, samples: int, std: float
@@ -1049,74 +935,46 @@ class CamEngine:
         std: float,
         integrated: bool,
     ) -> Tensor:
-        """SS-CAM / IS-CAM channel scores ``[B, K, T]`` (:mod:`auditor.cam.sweep`).
-
-        Chunks of ``score_batch_size`` masked inputs run on the validated inference copy when
-        available (full chunks on its traced tier); SS-CAM's noise comes from :attr:`seed`.
-        """
-
-        def forward(inputs: Tensor, full: bool) -> Tensor:
-            return self._perturbed_logits(inputs, fixed=full)
-
-        chunk = self._chunk_size(acts.device)
-        if integrated:
-            return sweep.integrated_scores(
-                images, acts, targets_bt, samples, forward=forward, chunk=chunk
-            )
-        return sweep.smoothed_scores(
-            images, acts, targets_bt, samples, std, forward=forward, chunk=chunk, seed=self.seed
+        """SS-CAM / IS-CAM channel scores ``[B, K, T]`` (:func:`.perturbation.sweep_scores`)."""
+        return perturbation.sweep_scores(
+            images,
+            acts,
+            targets_bt,
+            samples,
+            std,
+            integrated,
+            forward=self._perturbed_logits,
+            size=self._chunk_size(acts.device),
+            seed=self.seed,
         )
 
     def _ablated_scores(self, images: Tensor, name: str, raw: Tensor, targets_bt: Tensor) -> Tensor:
         """Ablation-CAM: target logits with channel ``k`` zeroed at layer ``name`` -> ``[B, K, T]``.
 
         Uses the fx tail (:func:`auditor.cam.tail.build_tail`) when the network after the layer
-        depends only on it; otherwise full forwards with a hook replacing the layer's output.
+        depends only on it; otherwise full forwards with a hook replacing the layer's output
+        (:func:`auditor.cam.perturbation.ablated_scores`).
         """
-        grid = self._to_grid(raw, name)
-        batch, channels = grid.shape[:2]
-        tail = None
-        if self.use_tail:
-            if name not in self._tails:
-                self._tails[name], self.tail_reasons[name] = build_tail(self.model, name)
-            tail = self._tails[name]
-        total = batch * channels
-        out = torch.empty(total, targets_bt.shape[1], device=raw.device)
-        b_all = torch.arange(batch, device=raw.device).repeat_interleave(channels)
-        k_all = torch.arange(channels, device=raw.device).repeat(batch)
-        with torch.inference_mode():
-            for chunk in self._chunks(total, raw.device):
-                b_idx, k_idx = b_all[chunk], k_all[chunk]
-                ablated = self._ablate(raw[b_idx], k_idx)
-                if tail is not None:
-                    with self._autocast(raw.device):
-                        logits = _logits_of(tail(ablated)).float()
-                else:
-                    self._replace = (name, ablated)
-                    try:
-                        logits = self._forward_logits(images[b_idx])
-                    finally:
-                        self._replace = None
-                out[chunk] = logits.gather(1, targets_bt[b_idx])
-        return out.reshape(batch, channels, -1)
+        channels = int(self._to_grid(raw, name).shape[1])
+        tail = self._copies.tail(name) if self.use_tail else None
+
+        def forward_ablated(ablated: Tensor, b_idx: Tensor) -> Tensor:
+            if tail is not None:
+                with self._autocast(raw.device):
+                    return _logits_of(tail(ablated)).float()
+            self._replace = (name, ablated)
+            try:
+                return self._forward_logits(images[b_idx])
+            finally:
+                self._replace = None
+
+        return perturbation.ablated_scores(
+            raw, channels, targets_bt, forward_ablated, self._chunk_size(raw.device), self.reshape
+        )
 
     def _ablate(self, raw: Tensor, k_idx: Tensor) -> Tensor:
-        """Zero channel ``k_idx[i]`` of sample ``i`` (in the reshaped grid's channel space)."""
-        n = raw.shape[0]
-        rows = torch.arange(n, device=raw.device)
-        if self.reshape is None:
-            ablated = raw.clone()
-            ablated[rows, k_idx] = 0
-            return ablated
-        # the reshape is a re-indexing r: its adjoint maps the one-hot grid of channel k to the
-        # indicator of the raw entries that land in channel k
-        with torch.inference_mode(False), torch.enable_grad():
-            probe = torch.zeros(raw.shape, device=raw.device, requires_grad=True)
-            grid = self.reshape(probe)
-            onehot = torch.zeros(grid.shape, device=raw.device)
-            onehot[rows, k_idx] = 1.0
-            (indicator,) = torch.autograd.grad(grid, probe, grad_outputs=onehot)
-        return raw * (indicator == 0).to(raw.dtype)
+        """Zero channel ``k_idx[i]`` of sample ``i`` (:func:`auditor.cam.perturbation.ablate`)."""
+        return perturbation.ablate(raw, k_idx, self.reshape)
 
 
 def compute_cams(

@@ -17,6 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +32,7 @@ __all__ = [
 ]
 
 
-def _unavailable(*_args: object) -> Tensor:
+def _unavailable(*_args: object) -> Any:
     raise RuntimeError("this CAM method needs an engine helper that was not provided")
 
 
@@ -63,6 +64,14 @@ class CamContext:
             for ``X * (norm(up(A_k)) + noise)`` (SS-CAM's extra forwards).
         integrated_scores: ``(samples) -> [N, K]``: mean over ``i = 1..S`` of the target logit
             for ``c_i X * norm(up(A_k))``, ``c_i = sum_{j<=i} j/S`` (IS-CAM's extra forwards).
+        full_gradient: ``() -> (input_term, bias_term)``, each ``[N, H, W]`` at the INPUT
+            resolution: FullGrad's post-processed input-gradient and bias-gradient sums
+            (:func:`auditor.cam.fullgrad.fullgrad_terms`: one forward from the input and one
+            full backward per target, batched, independent of the target layer).
+        own_map: ``(method) -> [N, h', w']``: the map computed by that method's own pass
+            (``CamMethod.own_pass``: its own forward/backward on the model, once per batch,
+            shared by every target layer), at the resolution the pass gives (LeGrad: the patch
+            grid).
     """
 
     activations: Tensor
@@ -79,6 +88,8 @@ class CamContext:
     noisy_gradients: Callable[[int, float], Tensor] = field(default=_unavailable)
     smoothed_scores: Callable[[int, float], Tensor] = field(default=_unavailable)
     integrated_scores: Callable[[int], Tensor] = field(default=_unavailable)
+    full_gradient: Callable[[], tuple[Tensor, Tensor]] = field(default=_unavailable)
+    own_map: Callable[[str], Tensor] = field(default=_unavailable)
 
     @property
     def grads(self) -> Tensor:
@@ -97,7 +108,9 @@ class CamMethod:
         fn: ``CamContext -> Tensor[N, h, w]``.
         needs_gradients: whether the engine must run the partial backward.
         kind: ``"gradient"`` (single capture with gradients), ``"activation"`` (single capture,
-            no gradient) or ``"perturbation"`` (batched extra forwards).
+            no gradient), ``"perturbation"`` (batched extra forwards), ``"backprop"`` (its own
+            batched forward from the input and full backward to it: FullGrad) or
+            ``"attention"`` (a ViT method with its own pass over the attention maps: LeGrad).
         reference: the paper (authors, year, title).
         title: display name (``"Grad-CAM"``).
         formula: the defining formula, the same text as in ``fn``'s docstring.
@@ -112,6 +125,17 @@ class CamMethod:
             more partial backward from the same capture for it.
         needs_hvp: the engine computes ``ctx.hvp`` (one double backward, same capture).
         smoothable: the map is a channel combination, so ``eigen_smooth`` applies.
+        resolution: ``"layer"`` (maps at the target layer's resolution), ``"input"`` (maps at
+            the input's resolution, independent of the target layer: FullGrad) or ``"patch"``
+            (a ViT's patch grid, independent of the target layer: LeGrad). Maps that are not at
+            the layer's resolution are not fused over several target layers.
+        own_pass: ``(model, images [B, C, H, W], targets [B, T]) -> [B*T, h', w']``: a method
+            that cannot come from the target layer's capture (LeGrad reads every block's
+            attention) runs this pass, once per batch, under the engine's autocast; ``fn``
+            reads its result with ``ctx.own_map(name)``. It must leave the model as it came.
+        check_model: ``model -> None``, raising a :class:`ValueError` that names the reason
+            when the method cannot run on ``model`` (called when the engine is built, so an
+            unsupported architecture fails before any batch, never with a made-up map).
     """
 
     name: str
@@ -127,6 +151,9 @@ class CamMethod:
     score: Callable[[Tensor, Tensor], Tensor] | None = None
     needs_hvp: bool = False
     smoothable: bool = False
+    resolution: str = "layer"
+    own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None
+    check_model: Callable[[Any], None] | None = None
 
     def info(self) -> dict[str, str | int]:
         """The metadata as a JSON-ready dict (``title``, ``formula``, ``reference``, ...)."""
@@ -145,7 +172,8 @@ class CamMethod:
 _REGISTRY: dict[str, CamMethod] = {}
 METHODS: Mapping[str, CamMethod] = MappingProxyType(_REGISTRY)
 
-_KINDS = ("gradient", "activation", "perturbation")
+_KINDS = ("gradient", "activation", "perturbation", "backprop", "attention")
+_RESOLUTIONS = ("layer", "input", "patch")
 COST_CAPTURE_GRAD = "shared capture: 1 forward + 1 partial backward (no extra pass)"
 COST_CAPTURE = "shared capture: 1 forward (no extra pass, no backward)"
 
@@ -169,6 +197,9 @@ def register(
     score: Callable[[Tensor, Tensor], Tensor] | None = None,
     needs_hvp: bool = False,
     smoothable: bool = False,
+    resolution: str = "layer",
+    own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
+    check_model: Callable[[Any], None] | None = None,
 ) -> Callable[[Callable[[CamContext], Tensor]], Callable[[CamContext], Tensor]]:
     """Decorator adding ``fn`` to :data:`METHODS` under ``name`` with its metadata.
 
@@ -176,7 +207,11 @@ def register(
     and the API documentation cannot drift apart; ``cost`` defaults to the shared capture's.
     """
     if kind not in _KINDS:
-        raise ValueError(f"`kind` must be gradient|activation|perturbation, got {kind!r}")
+        raise ValueError(f"`kind` must be one of {'|'.join(_KINDS)}, got {kind!r}")
+    if resolution not in _RESOLUTIONS:
+        raise ValueError(
+            f"`resolution` must be one of {'|'.join(_RESOLUTIONS)}, got {resolution!r}"
+        )
     for key, value in (("title", title), ("formula", formula), ("reference", reference)):
         if not value.strip():
             raise ValueError(f"`{key}` of CAM method {name!r} must not be empty")
@@ -204,6 +239,9 @@ def register(
             score=score,
             needs_hvp=needs_hvp,
             smoothable=smoothable,
+            resolution=resolution,
+            own_pass=own_pass,
+            check_model=check_model,
         )
         return fn
 
@@ -917,6 +955,103 @@ def _iscam(ctx: CamContext) -> Tensor:
     paper's sum over the integration path.
     """
     return _channel_map(ctx, torch.softmax(ctx.integrated_scores(ISCAM_SAMPLES), dim=1))
+
+
+@register(
+    "fullgrad",
+    needs_gradients=False,
+    kind="backprop",
+    resolution="input",
+    title="FullGrad",
+    formula=(
+        "S = sum_ch psi(grad_x y_c * x) + sum_l sum_k up(psi(dy_c/dz_{l,k} b_{l,k})), "
+        "psi = norm(|.|), M = S - min S"
+    ),
+    description=(
+        "Full-gradient saliency: the input-gradient term plus the bias-gradient maps of every "
+        "conv and BatchNorm layer, at the input's resolution (finer than a layer CAM, "
+        "independent of the target layer); convolutional networks with biased conv/BatchNorm "
+        "layers only."
+    ),
+    cost=(
+        "own pass: 1 forward from the input + 1 full backward to the input per image (batched, "
+        "no parameter gradient), besides the shared capture forward"
+    ),
+    extra_forwards=1,
+    reference=(
+        "Srinivas & Fleuret 2019, Full-Gradient Representation for Neural Network "
+        "Visualization (NeurIPS)"
+    ),
+)
+def _fullgrad(ctx: CamContext) -> Tensor:
+    """FullGrad: ``S = sum_ch psi(grad_x y_c * x) + sum_l sum_k up(psi(dy_c/dz_{l,k} b_{l,k})),
+    psi = norm(|.|), M = S - min S``.
+
+    ``z_l`` is the output of biased ``nn.Conv2d`` / affine ``nn.BatchNorm2d`` layer ``l`` and
+    ``b_l`` its bias (eval-mode BatchNorm: ``beta - mu gamma / sqrt(var + eps)``); ``norm`` is
+    the per-(image, channel) min-max ``(t - min) / (max - min + 1e-7)``, ``up`` bilinear
+    upsampling to the input size (pytorch-grad-cam's post-processing; Srinivas & Fleuret 2019).
+    The terms come from FullGrad's own batched pass (``ctx.full_gradient``,
+    :mod:`auditor.cam.fullgrad`), not from the target layer; the map is at the INPUT resolution.
+    The per-channel normalisation leaves a floor (``S >= 0`` everywhere); it is removed
+    (``M = S - min S``, as the peers' final min-max does) so that energy metrics read contrast.
+    """
+    input_term, bias_term = ctx.full_gradient()
+    total = input_term + bias_term
+    return total - total.flatten(1).amin(1)[:, None, None]
+
+
+def _legrad_pass(model: Any, images: Tensor, targets: Tensor) -> Tensor:
+    from .legrad import legrad_maps  # the hooks live beside the pass, not in the registry
+
+    return legrad_maps(model, images, targets)
+
+
+def _legrad_check(model: Any) -> None:
+    from .legrad import legrad_check
+
+    legrad_check(model)
+
+
+@register(
+    "legrad",
+    needs_gradients=False,
+    kind="attention",
+    resolution="patch",
+    title="LeGrad",
+    formula=(
+        "s^l = head(norm(mean_i z^l_i))_c, E^l = mean_{h,i} ReLU(ds^l/dA^l)[h, i, :], "
+        "M = (1/L) sum_l E^l (patch tokens)"
+    ),
+    description=(
+        "ViT-native: how sensitive the class score read at each block is to that block's "
+        "attention, averaged over heads, queries and blocks, on the patch grid. Independent of "
+        "the target layer; for timm and torchvision ViTs only (other models are refused)."
+    ),
+    cost=(
+        "1 forward (capture) + its own pass: 1 forward with explicit attention maps + "
+        "1 backward per explained class, batched"
+    ),
+    extra_forwards=1,
+    reference=(
+        "Bousselham et al. 2024, LeGrad: An Explainability Method for Vision Transformers via "
+        "Feature Formation Sensitivity (arXiv:2404.03214)"
+    ),
+    own_pass=_legrad_pass,
+    check_model=_legrad_check,
+)
+def _legrad(ctx: CamContext) -> Tensor:
+    """LeGrad: ``s^l = head(norm(mean_i z^l_i))_c, E^l = mean_{h,i} ReLU(ds^l/dA^l)[h, i, :],
+    M = (1/L) sum_l E^l (patch tokens)``.
+
+    ``z^l``: the tokens after block ``l`` (all of them, prefix tokens included, as in the
+    authors' code and torch-cam); ``norm`` and ``head``: the model's final norm and classifier;
+    ``A^l`` ``[heads, tokens, tokens]``: block ``l``'s attention probabilities; ``h`` heads,
+    ``i`` query tokens; every block ``l = 1..L``. The prefix (class, register) key tokens are
+    dropped and ``M`` is reshaped to the patch grid. The pass is
+    :func:`auditor.cam.legrad.legrad_maps`; the target layer plays no part.
+    """
+    return ctx.own_map("legrad")
 
 
 GRADIENT_METHODS: tuple[str, ...] = tuple(

@@ -16,7 +16,7 @@ Let ``N = H * W``, ``A = |mask|`` (mask area) and ``S = sum(cam)``.
 situation                 result
 ========================  ==================================================================
 NaN / inf in the CAM      NaN for *every* metric (border and entropy included);
-                          status ``"nonfinite_cam"``
+                          status ``"nonfinite"`` (formerly ``"nonfinite_cam"``)
 all-zero CAM (``S = 0``)  NaN for every metric (no mass to distribute); ``"zero_cam"``
 empty mask (``A = 0``)    NaN for every mask metric; ``"empty_mask"``
 full mask (``A = N``)     NaN for every mask metric: a mask covering the whole image is
@@ -59,6 +59,8 @@ import math
 import torch
 from torch import Tensor
 
+from auditor.status import METRIC_STATUSES
+
 __all__ = [
     "MASK_METRICS",
     "METRIC_NAMES",
@@ -92,17 +94,9 @@ METRIC_NAMES: tuple[str, ...] = (
 )
 #: The metrics that need an object mask.
 MASK_METRICS: frozenset[str] = frozenset(METRIC_NAMES) - {"border_focus", "entropy"}
-#: Per-sample status values of :func:`localisation_metrics`, in priority order
-#: (the first that applies is reported).
-STATUSES: tuple[str, ...] = (
-    "nonfinite_cam",
-    "zero_cam",
-    "no_mask",
-    "empty_mask",
-    "full_mask",
-    "constant_cam",
-    "ok",
-)
+#: Per-sample status values of :func:`localisation_metrics`, in priority order (the first
+#: that applies is reported): the metrics' part of the one vocabulary, :mod:`auditor.status`.
+STATUSES: tuple[str, ...] = METRIC_STATUSES
 
 
 # --------------------------------------------------------------------------------------------
@@ -524,7 +518,7 @@ def localisation_metrics(
     (``energy_in_mask``, ``background_focus``, ``energy_lift``, ``pointing_game``,
     ``relevance_rank_accuracy``, ``iou``, ``auc``, ``density_diff``, ``border_focus``,
     ``entropy``) to a ``Tensor[B]``; ``status`` is a list of ``B`` strings from
-    :data:`STATUSES`, the first that applies in the order ``nonfinite_cam``, ``zero_cam``,
+    :data:`STATUSES`, the first that applies in the order ``nonfinite``, ``zero_cam``,
     ``no_mask``, ``empty_mask``, ``full_mask``, ``constant_cam``, ``ok``.
 
     ``masks=None`` means no sample has a mask; ``has_mask`` (``Tensor[B]`` bool) marks the

@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from auditor.format import slugify
+from auditor.results import ComparisonResult
 
 __all__ = [
     "FIGURE_CLASSES",
@@ -245,13 +246,24 @@ TABLE_METRICS = ("background_focus", "energy_in_mask", "pointing_game", "iou", "
 FIGURE_CLASSES = 30
 
 
-def build_compare_context(comparison: Mapping[str, Any], out_dir: Path) -> dict[str, Any]:
-    """The template context of ``compare.html.j2`` (figures as data URIs)."""
+def build_compare_context(
+    comparison: ComparisonResult | Mapping[str, Any], out_dir: Path
+) -> dict[str, Any]:
+    """The template context of ``compare.html.j2`` (figures as data URIs).
+
+    ``comparison``: the typed comparison (:class:`auditor.results.ComparisonResult`), or the
+    dict of a ``comparison.json`` (read through ``ComparisonResult.from_json``).
+    """
     from auditor.report.context import png_uri
 
-    c = comparison
+    r = (
+        comparison
+        if isinstance(comparison, ComparisonResult)
+        else ComparisonResult.from_json(comparison)
+    )
+    c = r.to_json()  # plain data for the template
     prim = c["primary"]
-    titles = {k: v.get("title", k) for k, v in (c.get("metrics_info") or {}).items()}
+    titles = {k: v.get("title", k) for k, v in r.metrics_info.items()}
     titles.update({"accuracy": "Accuracy", "only_fg_drop": "Drop, object only"})
     empty = {
         "mean_a": None,
@@ -265,7 +277,7 @@ def build_compare_context(comparison: Mapping[str, Any], out_dir: Path) -> dict[
         "test": None,
     }
     rows = []
-    for name in c["class_order"]:
+    for name in r.class_order:
         e = prim["classes"][name]
         rows.append(
             {
@@ -291,9 +303,9 @@ def build_compare_context(comparison: Mapping[str, Any], out_dir: Path) -> dict[
     with_bf = [r for r in rows if r["m"]["background_focus"]["n"]][:FIGURE_CLASSES]
     if with_bf:
         thr = [
-            g["threshold"]
-            for g in c["gates"]["results"]
-            if g["quantity"] == "background_focus_increase" and g["stat"] == "mean"
+            g.threshold
+            for g in r.gates.results
+            if g.quantity == "background_focus_increase" and g.stat == "mean"
         ]
         png = focus_comparison_figure(
             [r["name"] for r in with_bf],
@@ -306,8 +318,8 @@ def build_compare_context(comparison: Mapping[str, Any], out_dir: Path) -> dict[
                 [r["m"]["background_focus"]["ci_low"], r["m"]["background_focus"]["ci_high"]]
                 for r in with_bf
             ],
-            label_a=c["run_a"]["name"],
-            label_b=c["run_b"]["name"],
+            label_a=r.run_a["name"],
+            label_b=r.run_b["name"],
             threshold=thr[0] if thr else None,
         )
         cut = (
@@ -336,11 +348,11 @@ def build_compare_context(comparison: Mapping[str, Any], out_dir: Path) -> dict[
             if p.is_relative_to(root) and p.is_file():
                 uri = png_uri(p.read_bytes())
         moved.append({**mv, "uri": uri})
-    results = sorted(c["gates"]["results"], key=lambda g: (g["passed"], g["rule"]))
+    checks = sorted(r.gates.results, key=lambda g: (g.passed, g.rule))
     gates = {
-        "passed": c["gates"]["passed"],
-        "results": results,
-        "n_failed": sum(1 for g in results if not g["passed"]),
+        "passed": r.gates.passed,
+        "results": [g.to_json() for g in checks],
+        "n_failed": r.gates.n_failed,
     }
     counts = {
         k: sum(1 for r in rows if r["status"] == k)
@@ -348,8 +360,8 @@ def build_compare_context(comparison: Mapping[str, Any], out_dir: Path) -> dict[
     }
     return {
         "c": c,
-        "title": f"{c['run_b']['name']} vs {c['run_a']['name']}: model comparison",
-        "date": (c.get("created") or "")[:10],
+        "title": f"{r.run_b['name']} vs {r.run_a['name']}: model comparison",
+        "date": r.created[:10],
         "rows": rows,
         "overall_rows": overall_rows,
         "method_rows": method_rows,

@@ -117,6 +117,9 @@ class ReportLimits:
     """gate checks listed (failed first; the totals are always given)"""
     pdf_table_rows: int = 200
     """per-class rows in the PDF (highest risk first; the HTML always has every row)"""
+    scatter_points: int = 20000
+    """points drawn in a per-sample scatter figure (a deterministic uniform sample above it,
+    the caption says "n of N shown"; 0 = all). Histograms always use every sample."""
 
     def __post_init__(self) -> None:
         for name, value in asdict(self).items():
@@ -204,37 +207,69 @@ def png_uri(data: bytes) -> str:
 
 
 def _read_samples(run_dir: Path, primary: str) -> dict[str, np.ndarray] | None:
-    """Columns needed by the distribution figures, for the primary method; None if absent."""
+    """Columns needed by the distribution figures, for the primary method; None if absent.
+
+    Flat in the table's width and in its other methods: only the four columns are read, one
+    row group at a time, and only the primary method's rows are kept (1M samples x 3 methods:
+    three float arrays of 1M values).
+    """
     path = Path(run_dir) / "samples.parquet"
     if not path.is_file():
         return None
+    import pyarrow as pa
     import pyarrow.compute as pc
     import pyarrow.parquet as pq
 
+    chunks: dict[str, list[np.ndarray]] = {}
     try:
-        schema = pq.read_schema(path)
-        wanted = [
-            c for c in ("method", "correct", "energy_in_mask", "confidence") if c in schema.names
-        ]
+        pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        wanted = [c for c in ("method", "correct", "energy_in_mask", "confidence") if c in names]
         if "method" not in wanted or "energy_in_mask" not in wanted or "correct" not in wanted:
             return None
-        table = pq.read_table(path, columns=wanted)
-    except (OSError, ValueError) as exc:
+        chunks = {c: [] for c in wanted if c != "method"}
+        for rg in range(pf.num_row_groups):
+            table = pf.read_row_group(rg, columns=wanted)
+            method = table["method"]
+            if pa.types.is_dictionary(method.type):
+                method = method.cast(pa.string())
+            table = table.filter(pc.equal(method, primary))
+            for name in chunks:
+                col = table[name]
+                if name == "correct":
+                    arr = np.asarray(
+                        col.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool
+                    )
+                else:
+                    arr = np.asarray(
+                        col.cast("float64").fill_null(float("nan")).to_numpy(zero_copy_only=False),
+                        dtype=float,
+                    )
+                chunks[name].append(arr)
+    except (OSError, ValueError, pa.ArrowException) as exc:
         raise RenderError(f"{str(path)!r}: cannot read samples: {exc}") from exc
-    table = table.filter(pc.equal(table["method"], primary))
-    out: dict[str, np.ndarray] = {}
-    for name in wanted:
-        if name == "method":
-            continue
-        col = table[name]
-        if name == "correct":
-            out[name] = np.asarray(col.fill_null(False).to_numpy(zero_copy_only=False), dtype=bool)
-        else:
-            out[name] = np.asarray(
-                col.cast("float64").fill_null(float("nan")).to_numpy(zero_copy_only=False),
-                dtype=float,
-            )
-    return out
+    return {
+        name: (
+            np.concatenate(parts)
+            if parts
+            else np.zeros(0, dtype=bool if name == "correct" else float)
+        )
+        for name, parts in chunks.items()
+    }
+
+
+def downsample(n: int, limit: int, seed: int = 0) -> np.ndarray:
+    """Positions of a deterministic uniform sample of ``min(n, limit)`` of ``n`` points, in
+    increasing order (all of them when ``n <= limit`` or ``limit == 0``).
+
+    Drawn without replacement from ``numpy.random.default_rng(seed)``: the same run gives the
+    same figure, and every point is equally likely to be shown (no bias towards the start of
+    the table, unlike a prefix or a stride over batch-ordered rows).
+    """
+    if limit == 0 or n <= limit:
+        return np.arange(n)
+    rng = np.random.default_rng(seed)
+    return np.sort(rng.choice(n, size=limit, replace=False))
 
 
 def _class_rows(result: AuditResult, table_metrics: tuple[str, ...]) -> list[dict[str, Any]]:
@@ -356,13 +391,20 @@ def _figures(
                 figs.energy_distribution(e[ok], e[~ok]),
             )
             if "confidence" in samples:
+                shown = downsample(e.size, limits.scatter_points)
+                note = (
+                    f" {shown.size:,} of {e.size:,} samples shown (a uniform random sample, "
+                    "the same on every rendering)."
+                    if shown.size < e.size
+                    else ""
+                )
                 add(
                     "fig-energy-confidence",
                     "Energy in object vs confidence",
                     f"Each point is one sample ({primary}): energy in object against the "
-                    "model's probability for the explained class.",
+                    "model's probability for the explained class." + note,
                     "Scatter plot of energy in object against confidence, coloured by correctness.",
-                    figs.energy_vs_confidence(e, samples["confidence"], ok),
+                    figs.energy_vs_confidence(e[shown], samples["confidence"][shown], ok[shown]),
                 )
     conf = result.confusion
     if conf is not None and conf.classes:
