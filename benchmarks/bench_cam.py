@@ -260,6 +260,49 @@ def bench_parity(name: str, batch: int, samples: int) -> list[tuple[str, float]]
     return interleaved(rows, 2)
 
 
+def bench_fullgrad(name: str, batch: int, rounds: int) -> list[tuple[str, float]]:
+    """FullGrad, ours vs pytorch-grad-cam's ``FullGrad``: same model, batch and targets.
+
+    Ours: the engine's capture forward (for the logits and the other methods) + FullGrad's own
+    forward from the input + one backward to the input (no parameter gradient); the peer: one
+    forward + ``loss.backward()`` (parameter gradients too) + a cv2 resize per channel of every
+    bias layer. ``fullgrad + gradcam`` shows the marginal cost next to the gradient family.
+    """
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1))
+    rows: list[tuple[str, Callable[[], object], int]] = []
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(images)
+
+    def ours(methods: tuple[str, ...]) -> Callable[[], object]:
+        def run() -> object:
+            with CamEngine(model, "layer4", methods) as engine:
+                return engine.run(images, targets)
+
+        return run
+
+    rows.append(("plain forward (inference_mode)", plain, rounds))
+    rows.append(("ours: fullgrad", ours(("fullgrad",)), rounds))
+    rows.append(("ours: fullgrad + gradcam", ours(("fullgrad", "gradcam")), rounds))
+    with contextlib.suppress(ImportError):
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+
+        def theirs() -> object:
+            with contextlib.redirect_stdout(io.StringIO()):  # its "target_layers ignored" print
+                with pgc.FullGrad(model=model, target_layers=[]) as cam:
+                    return cam(images, targets=cam_targets)
+
+        rows.append(("pytorch-grad-cam: FullGrad", _quiet(theirs), rounds))
+    return interleaved(rows, rounds)
+
+
 def bench_scorecam(
     arch: str, counts: list[int], rounds: int
 ) -> tuple[list[tuple[str, float]], str]:
@@ -355,6 +398,61 @@ def bench_scorecam(
     return rows, note
 
 
+def bench_legrad(batch: int, depth: int) -> list[tuple[str, float]]:
+    """LeGrad on a ViT-S/16-like torchvision ViT (224x224, ``depth`` blocks, random weights):
+    ours (engine: capture + own pass; and the pass alone) vs torch-cam's ``LeGrad`` on every
+    block, plus ours on the timm ViT of the same size (no peer supports timm's attention)."""
+    import timm
+    from torchcam.methods import LeGrad
+
+    from auditor.cam.legrad import legrad_maps
+
+    torch.manual_seed(0)
+    model = torchvision.models.VisionTransformer(
+        image_size=224,
+        patch_size=16,
+        num_layers=depth,
+        num_heads=6,
+        hidden_dim=384,
+        mlp_dim=1536,
+        num_classes=1000,
+    ).eval()
+    torch.nn.init.normal_(model.heads.head.weight, std=0.02)  # torchvision zero-inits the head
+    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1))
+    timm_model = timm.create_model(
+        "vit_small_patch16_224", pretrained=False, depth=depth, num_classes=1000
+    ).eval()
+    rows: list[tuple[str, Callable[[], object], int]] = []
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(images)
+
+    def ours(net: torch.nn.Module) -> Callable[[], object]:
+        engine = CamEngine(net, None, ("legrad",), example=images[:1])  # built once, as the runner
+
+        def run() -> object:
+            with engine:
+                return engine.run(images, targets)
+
+        return run
+
+    def ours_pass() -> object:
+        return legrad_maps(model, images, targets)
+
+    def torchcam_run() -> object:
+        with LeGrad(model, list(model.encoder.layers)) as extractor:
+            return extractor(targets.tolist(), model(images))
+
+    rows.append(("plain forward (inference_mode)", plain, 2))
+    rows.append(("ours: legrad (engine: capture + own pass)", ours(model), 2))
+    rows.append(("ours: legrad pass alone (legrad_maps)", ours_pass, 2))
+    rows.append((f"torch-cam: LeGrad, all {depth} blocks", _quiet(torchcam_run), 2))
+    rows.append(("ours: legrad on timm vit_small (same size)", ours(timm_model), 2))
+    return interleaved(rows, 2)
+
+
 def family_note(rows: list[tuple[str, float]]) -> str:
     """The issue's two gradient-family targets, computed from the table's rows."""
     times = dict(rows)
@@ -426,6 +524,16 @@ def main() -> None:
         default="resnet18:4:2",
         help="ARCH:BATCH:SAMPLES for the parity methods vs their peers; 'none' skips them",
     )
+    parser.add_argument(
+        "--fullgrad",
+        default="resnet18:8:3",
+        help="ARCH:BATCH:ROUNDS for FullGrad vs pytorch-grad-cam (interleaved); 'none' skips it",
+    )
+    parser.add_argument(
+        "--legrad",
+        default="4:6",
+        help="BATCH:DEPTH of the ViT for LeGrad vs torch-cam; 'none' skips it",
+    )
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -444,6 +552,20 @@ def main() -> None:
         rows = bench_parity(arch, int(pbatch), int(psamples))
         title = f"parity methods vs their peers, {arch}, batch {pbatch}"
         parts.append(table(title, rows, int(pbatch)))
+        print(parts[-1], "\n", flush=True)
+    if args.fullgrad != "none":
+        arch, fbatch, frounds = args.fullgrad.split(":")
+        rows = bench_fullgrad(arch, int(fbatch), int(frounds))
+        title = (
+            f"FullGrad vs pytorch-grad-cam, {arch}, batch {fbatch}, best of {frounds} interleaved"
+        )
+        parts.append(table(title, rows, int(fbatch)))
+        print(parts[-1], "\n", flush=True)
+    if args.legrad != "none":
+        lbatch, ldepth = args.legrad.split(":")
+        rows = bench_legrad(int(lbatch), int(ldepth))
+        title = f"LeGrad vs torch-cam, ViT-S/16-like with {ldepth} blocks, batch {lbatch}"
+        parts.append(table(title, rows, int(lbatch)))
         print(parts[-1], "\n", flush=True)
     for spec in args.scorecam or ["resnet18:1,3:2", "resnet50:1:1"]:
         if spec == "none":

@@ -207,7 +207,7 @@ def test_cam_without_gap_head_raises_helpful_error() -> None:
 def test_every_method_has_a_hand_test() -> None:
     covered = set(GAP_CASES) | set(FLAT_CASES) | set(GAP_CASES_PARITY)
     covered |= {"scorecam", "eigencam", "randomcam", "kpcacam", "smoothgradcam++", "iscam", "sscam"}
-    covered |= {"fullgrad"}
+    covered |= {"fullgrad", "legrad"}  # test_fullgrad_*, test_legrad_hand_values
     assert covered == set(METHODS)
 
 
@@ -225,7 +225,7 @@ def test_every_method_carries_report_metadata() -> None:
         info = method.info()
         assert info["formula"] == method.formula and info["title"] == method.title
         assert info["reference"] == method.reference and info["kind"] == method.kind
-        if method.kind in ("perturbation", "backprop"):
+        if method.kind in ("perturbation", "backprop") or method.own_pass is not None:
             assert method.extra_forwards != 0, name
         else:
             assert method.extra_forwards == 0 and "no extra" in method.cost, name
@@ -659,6 +659,15 @@ def test_fullgrad_refuses_models_it_cannot_explain() -> None:
 
     with pytest.raises(ValueError, match="transformer"):
         CamEngine(TinyViT(), "patch", ("fullgrad",))
+    # a real (small) torchvision ViT, target layer and token reshape auto-detected
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    with pytest.raises(ValueError, match="fullgrad.*transformer"):
+        compute_cams(vit, torch.randn(1, 3, 32, 32), [0], methods=("fullgrad",))
     # the other methods still work on it
     CamEngine(TinyViT(), "patch", ("gradcam",))
 
@@ -691,3 +700,193 @@ def test_fullgrad_pass_runs_only_when_requested(monkeypatch: pytest.MonkeyPatch)
     x = torch.randn(1, 3, 8, 8)
     compute_cams(net, x, [0], methods=("gradcam", "gradcam++"), layer="3")
     assert all(m is net[3] for m in added)  # the target layer only: no hook on the bias layers
+
+
+# ----------------------------------------------------------------------------- LeGrad
+
+
+def _hand_vit() -> nn.Module:
+    """1 block, 1 head, D = 2, tokens: class + a 1x3 patch grid (N = 4), fixed weights.
+
+    Patch embedding, class token, both block norms' effect and the MLP are switched off so the
+    tokens are the position embeddings ``x = [(0, 0), (1, 0), (0, 1), (1, 1)]``; ``W_v = I``,
+    ``b_v = 0``, ``W_p = diag(1, -1)``, head ``w_0 = (2, 1)``, ``w_1 = (-1, -3)``. Queries and
+    keys are random: the map must not depend on the attention values.
+    """
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(3)
+    model = timm.models.vision_transformer.VisionTransformer(
+        img_size=(4, 12),
+        patch_size=4,
+        embed_dim=2,
+        depth=1,
+        num_heads=1,
+        mlp_ratio=1.0,
+        num_classes=2,
+        qkv_bias=True,
+        global_pool="token",
+    )
+    blk = model.blocks[0]
+    with torch.no_grad():
+        model.patch_embed.proj.weight.zero_()
+        model.patch_embed.proj.bias.zero_()
+        model.cls_token.zero_()
+        model.pos_embed.copy_(torch.tensor([[[0.0, 0], [1, 0], [0, 1], [1, 1]]]))
+        blk.attn.qkv.weight[4:].copy_(torch.eye(2))
+        blk.attn.qkv.bias[4:].zero_()
+        blk.attn.proj.weight.copy_(torch.tensor([[1.0, 0], [0, -1]]))
+        blk.mlp.fc2.weight.zero_()
+        blk.mlp.fc2.bias.zero_()
+        model.head.weight.copy_(torch.tensor([[2.0, 1], [-1, -3]]))
+    blk.norm1 = nn.Identity()
+    model.norm = nn.Identity()
+    return model.eval()
+
+
+def test_legrad_hand_values() -> None:
+    # s = w_c . mean_i z_i + b, z_i = x_i + W_p sum_j A_ij v_j + b_p, so
+    # ds/dA_ij = w_c . W_p v_j / N (the same for every query i; N = 4 tokens, one head, one
+    # block): E_j = ReLU(w_c . W_p x_j) / 4. W_p x_j = (1, 0), (0, -1), (1, -1) for the patches:
+    # class 0: (2, -1, 1) -> (0.5, 0, 0.25); class 1: (-1, 3, 2) -> (0, 0.75, 0.5)
+    model = _hand_vit()
+    images = torch.randn(2, 3, 4, 12)
+    from auditor.cam import vit_reshape
+
+    reshape = vit_reshape(1, grid=(1, 3))
+    with CamEngine(model, "blocks.0.norm2", ("legrad",), reshape=reshape) as engine:
+        batch = engine.run(images, torch.tensor([0, 1]))
+    expected = torch.tensor([[[0.5, 0.0, 0.25]], [[0.0, 0.75, 0.5]]])
+    torch.testing.assert_close(batch.cams["legrad"], expected, atol=1e-6, rtol=1e-5)
+    assert batch.status["legrad"] == ["ok", "ok"]
+
+
+def test_legrad_multi_target_equals_single_targets_and_restores_the_model() -> None:
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=(16, 24),
+        patch_size=8,
+        depth=2,
+        num_classes=4,
+        reg_tokens=2,
+    )
+    model.train()
+    model.blocks[1].eval()
+    fused = [blk.attn.fused_attn for blk in model.blocks]
+    flags = [m.training for m in model.modules()]
+    images = torch.randn(3, 3, 16, 24)
+    with torch.no_grad():
+        logits = model.eval()(images)
+    model.train()
+    model.blocks[1].eval()
+    both = compute_cams(model, images, torch.tensor([[0, 1], [2, 3], [1, 0]]), methods=("legrad",))
+    one = compute_cams(model, images, [0, 2, 1], methods=("legrad",))["legrad"]
+    torch.testing.assert_close(both["legrad"][:, 0], one)
+    assert both["legrad"].shape == (3, 2, 16, 24) and float(one.amax()) > 0
+    assert [blk.attn.fused_attn for blk in model.blocks] == fused
+    assert [m.training for m in model.modules()] == flags
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert all(p.grad is None for p in model.parameters())
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(images), logits)  # the model computes as before
+
+
+def test_legrad_restores_the_model_when_the_pass_fails() -> None:
+    from auditor.cam.legrad import legrad_maps
+
+    timm = pytest.importorskip("timm")
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, depth=2, num_classes=3
+    )
+    fused = [blk.attn.fused_attn for blk in model.blocks]
+
+    def boom(*_args: object) -> None:
+        raise RuntimeError("head failed")
+
+    handle = model.blocks[1].mlp.register_forward_hook(boom)
+    with pytest.raises(RuntimeError, match="head failed"):
+        legrad_maps(model, torch.randn(2, 3, 16, 16), torch.tensor([0, 1]))
+    handle.remove()
+    assert [blk.attn.fused_attn for blk in model.blocks] == fused
+    assert model.training and torch.is_grad_enabled()
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+def test_legrad_torchvision_keeps_the_attention_output() -> None:
+    import torchvision
+
+    from auditor.cam.legrad import legrad_maps
+
+    torch.manual_seed(1)
+    model = torchvision.models.VisionTransformer(
+        image_size=16,
+        patch_size=8,
+        num_layers=2,
+        num_heads=2,
+        hidden_dim=8,
+        mlp_dim=16,
+        num_classes=3,
+    ).eval()
+    nn.init.normal_(model.heads.head.weight)  # torchvision initialises the head to zero
+    images = torch.randn(2, 3, 16, 16)
+    with torch.no_grad():
+        logits = model(images)
+    maps = legrad_maps(model, images, torch.tensor([0, 2]))
+    assert maps.shape == (2, 2, 2) and bool((maps >= 0).all()) and float(maps.amax()) > 0
+    with torch.no_grad():
+        torch.testing.assert_close(model(images), logits)
+    assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+
+
+@pytest.mark.parametrize("arch", ["resnet", "swin", "wrapped_vit", "map_pool"])
+def test_legrad_refuses_unsupported_models(arch: str) -> None:
+    import torchvision
+
+    timm = pytest.importorskip("timm")
+    if arch == "resnet":
+        model: nn.Module = torchvision.models.resnet18(num_classes=3)
+        reason = "no supported ViT attention blocks"
+    elif arch == "swin":
+        model = timm.create_model(
+            "swin_tiny_patch4_window7_224",
+            pretrained=False,
+            img_size=28,
+            window_size=7,
+            embed_dim=12,
+            depths=(1, 1),
+            num_heads=(1, 1),
+            num_classes=3,
+        )
+        reason = "no supported ViT attention blocks"
+    elif arch == "wrapped_vit":
+        vit = timm.create_model(
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            img_size=16,
+            patch_size=8,
+            depth=1,
+            num_classes=3,
+        )
+        model = nn.Sequential(nn.Identity(), vit)
+        reason = "pass the ViT itself"
+    else:
+        model = timm.create_model(
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            img_size=16,
+            patch_size=8,
+            depth=1,
+            num_classes=3,
+            global_pool="map",
+        )
+        reason = "attention pooling"
+    with pytest.raises(ValueError, match=reason) as info:
+        CamEngine(
+            model,
+            "0" if arch == "wrapped_vit" else None,
+            ("gradcam", "legrad"),
+            example=torch.randn(1, 3, 16, 16) if arch != "swin" else torch.randn(1, 3, 28, 28),
+        )
+    assert "`legrad` cannot run on" in str(info.value)

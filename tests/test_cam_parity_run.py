@@ -58,19 +58,20 @@ def test_fullgrad_through_the_runner(tmp_path: Path, demo_inputs: Path) -> None:
     dataset = open_dataset(cfg.data)
     model = load_model(cfg.model, num_classes=len(dataset.classes)).module
     settings = AuditSettings(
-        methods=("gradcam", "fullgrad"),
-        limit=6,
+        methods=("fullgrad", "gradcam"),  # the primary method: gallery and report from its maps
+        limit=12,
         faithfulness_samples=2,
         sanity_check=False,
-        clusters=False,
+        clusters=True,
         interventions=False,
         bootstrap=50,
     )
     run = tmp_path / "run"
-    auditor.audit(model, dataset, run, settings=settings, render=False)
+    auditor.audit(model, dataset, run, settings=settings, render=True, pdf=False)
+    assert "FullGrad" in (run / "report.html").read_text()
     table = pq.read_table(run / "samples.parquet").to_pydict()
     mine = [i for i, m in enumerate(table["method"]) if m == "fullgrad"]
-    assert len(mine) == 6
+    assert len(mine) == 12
     assert all(table["cam_status"][i] == "ok" for i in mine)
     for metric in ("energy_in_mask", "pointing_game", "iou", "auc"):
         values = np.asarray([table[metric][i] for i in mine], dtype=float)
@@ -82,8 +83,59 @@ def test_fullgrad_through_the_runner(tmp_path: Path, demo_inputs: Path) -> None:
     stored = RunStore(run).load_cams("fullgrad")
     side = max(dataset.config.input_size)
     expected = min(side, STORED_INPUT_MAP_SIDE)
-    assert len(stored) == 6 and all(max(m.shape) == expected for m in stored.values())
+    assert len(stored) == 12 and all(max(m.shape) == expected for m in stored.values())
     assert all(
         np.isfinite(m).all() and float(m.max()) == pytest.approx(1.0, abs=1e-2)
         for m in stored.values()
     )
+
+
+def test_legrad_audit_on_a_small_timm_vit(tmp_path: Path, demo_inputs: Path) -> None:
+    """LeGrad through ``audit()`` on a seeded tiny timm ViT (random weights) on the demo data:
+    its patch-grid maps (4x4 at 64x64 input, patch 16) flow through the metrics, the low-res
+    CAM store and summary.json like the other methods."""
+    import json
+    import math
+
+    import numpy as np
+    import torch
+
+    import auditor
+    from auditor.config import AuditSettings
+    from auditor.data import open_dataset
+
+    timm = pytest.importorskip("timm")
+    cfg = auditor.load_config(demo_inputs)
+    dataset = open_dataset(cfg.data)
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224",
+        pretrained=False,
+        img_size=64,
+        depth=2,
+        num_classes=len(dataset.classes),
+    )
+    settings = AuditSettings(
+        methods=("legrad", "gradcam"),
+        limit=6,
+        faithfulness_samples=0,
+        sanity_check=False,
+        clusters=False,
+        interventions=False,
+        bootstrap=50,
+    )
+    auditor.audit(model, dataset, tmp_path / "run", settings=settings, render=False)
+    table = pq.read_table(tmp_path / "run" / "samples.parquet").to_pydict()
+    mine = [i for i, m in enumerate(table["method"]) if m == "legrad"]
+    assert len(mine) == 6
+    assert all(table["cam_status"][i] == "ok" for i in mine)
+    assert all(math.isfinite(table["energy_in_mask"][i]) for i in mine)
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert "legrad" in summary["methods"]
+    assert math.isfinite(summary["overall"]["metrics"]["legrad"]["energy_in_mask"]["mean"])
+    assert "legrad" in json.dumps(summary.get("methods_info"))
+    run = auditor.load_run(tmp_path / "run")
+    ids = list(run.samples["id"].astype(str).unique()[:2])
+    maps = run.cams(ids, method="legrad")
+    assert len(maps) == 2 and all(np.asarray(a).shape == (4, 4) for a in maps.values())
+    assert all(float(np.asarray(a).max()) == pytest.approx(1.0) for a in maps.values())

@@ -226,6 +226,10 @@ class CamEngine:
                 )
         if not isinstance(seed, int) or isinstance(seed, bool):
             raise TypeError(f"`seed` must be an int, got {seed!r}")
+        for m in methods:  # methods with their own pass refuse unsupported models up front
+            check = METHODS[m].check_model
+            if check is not None:
+                check(model)
         seed = seed % (1 << 63)  # any int; torch generators take [0, 2**64)
 
         self.layer_choices: tuple[LayerChoice, ...] = ()
@@ -718,6 +722,12 @@ class CamEngine:
                     cache[key] = scores.permute(0, 2, 1).reshape(rows, -1)
                 return cache[key]
 
+            def own_map(method: str) -> Tensor:
+                key = f"own:{method}"
+                if key not in shared:  # once per batch, whatever the number of layers
+                    shared[key] = [self._own_pass(method, images, targets_bt)]
+                return shared[key][0]
+
             ctx = CamContext(
                 activations=acts,
                 gradients=grad,
@@ -734,6 +744,7 @@ class CamEngine:
                 smoothed_scores=smoothed_scores,
                 integrated_scores=integrated_scores,
                 full_gradient=full_gradient,
+                own_map=own_map,
             )
             maps: dict[str, Tensor] = {}
             for method in self.methods:
@@ -782,6 +793,18 @@ class CamEngine:
         return cams, codes
 
     # ------------------------------------------------------------------ method helpers
+
+    def _own_pass(self, method: str, images: Tensor, targets_bt: Tensor) -> Tensor:
+        """``CamMethod.own_pass`` of ``method`` on the model: ``[B*T, h', w']`` float32."""
+        own_pass = METHODS[method].own_pass
+        if own_pass is None:
+            raise RuntimeError(f"CAM method {method!r} has no own pass")
+        grad_mode = torch.is_grad_enabled()
+        try:
+            with torch.inference_mode(False), self._autocast(images.device):
+                return own_pass(self.model, images, targets_bt).float()
+        finally:
+            torch.set_grad_enabled(grad_mode)
 
     def _head_weight(self, name: str, acts: Tensor, logits: Tensor) -> Tensor:
         """Weight ``[C, K]`` of the classifier that maps GAP(A) to the logits (CAM's head).

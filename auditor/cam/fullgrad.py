@@ -124,12 +124,19 @@ def check_fullgrad_model(
     return layers
 
 
-def _norm_channels(terms: Tensor) -> Tensor:
-    """``norm(|t|)`` per (image, channel) of ``[N, K, h, w]``: ``(t - min) / (max - min + eps)``."""
+def _norm_channel_sum(terms: Tensor, scale: Tensor | None = None) -> Tensor:
+    """``sum_k norm(|s_k t_k|)`` of ``[N, K, h, w]`` -> ``[N, h, w]``, ``norm(u) = (u - min) /
+    (max - min + eps)`` per (image, channel), ``s`` a per-channel factor ``[K]`` (default 1).
+
+    Computed as ``sum_k c_k |t_k| - sum_k c_k min_k |t_k|`` with ``c_k = |s_k| / (|s_k| (max_k -
+    min_k) + eps)`` (``min``/``max`` of ``|s_k t_k|`` are ``|s_k|`` times those of ``|t_k|``): one
+    abs, one min/max pass and one contraction, no scaled or normalised copy of the tensor.
+    """
     t = terms.abs()
-    lo = t.amin(dim=(2, 3), keepdim=True)
-    t = t - lo
-    return t / (t.amax(dim=(2, 3), keepdim=True) + FULLGRAD_EPS)
+    lo, hi = torch.aminmax(t.flatten(2), dim=2)  # [N, K]
+    s = torch.ones_like(lo) if scale is None else scale.abs()[None, :].expand_as(lo)
+    coeff = s / (s * (hi - lo) + FULLGRAD_EPS)
+    return torch.einsum("nkhw,nk->nhw", t, coeff) - (lo * coeff).sum(1)[:, None, None]
 
 
 def fullgrad_terms(
@@ -168,7 +175,7 @@ def fullgrad_terms(
 
         def grad_hook(grad: Tensor) -> None:
             # registered before any in-place op after the layer: dy/dz of the layer's own output
-            term = _norm_channels(grad.float() * bias[None, :, None, None]).sum(dim=1)
+            term = _norm_channel_sum(grad.float(), bias)
             acc = sums[current[0]]
             key = (int(term.shape[-2]), int(term.shape[-1]))
             acc[key] = acc[key] + term if key in acc else term
@@ -188,7 +195,7 @@ def fullgrad_terms(
                 current[0] = t
                 score = logits.gather(1, targets_bt[:, t : t + 1]).float().sum()
                 (grad_x,) = torch.autograd.grad(score, x, retain_graph=t < n_targets - 1)
-                inputs_t.append(_norm_channels((grad_x * x.detach()).float()).sum(dim=1))
+                inputs_t.append(_norm_channel_sum((grad_x * x.detach()).float()))
     finally:
         for handle in handles:
             handle.remove()

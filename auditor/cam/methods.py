@@ -68,6 +68,10 @@ class CamContext:
             resolution: FullGrad's post-processed input-gradient and bias-gradient sums
             (:func:`auditor.cam.fullgrad.fullgrad_terms`: one forward from the input and one
             full backward per target, batched, independent of the target layer).
+        own_map: ``(method) -> [N, h', w']``: the map computed by that method's own pass
+            (``CamMethod.own_pass``: its own forward/backward on the model, once per batch,
+            shared by every target layer), at the resolution the pass gives (LeGrad: the patch
+            grid).
     """
 
     activations: Tensor
@@ -85,6 +89,7 @@ class CamContext:
     smoothed_scores: Callable[[int, float], Tensor] = field(default=_unavailable)
     integrated_scores: Callable[[int], Tensor] = field(default=_unavailable)
     full_gradient: Callable[[], tuple[Tensor, Tensor]] = field(default=_unavailable)
+    own_map: Callable[[str], Tensor] = field(default=_unavailable)
 
     @property
     def grads(self) -> Tensor:
@@ -103,8 +108,9 @@ class CamMethod:
         fn: ``CamContext -> Tensor[N, h, w]``.
         needs_gradients: whether the engine must run the partial backward.
         kind: ``"gradient"`` (single capture with gradients), ``"activation"`` (single capture,
-            no gradient), ``"perturbation"`` (batched extra forwards) or ``"backprop"`` (its own
-            batched forward from the input and full backward to it: FullGrad).
+            no gradient), ``"perturbation"`` (batched extra forwards), ``"backprop"`` (its own
+            batched forward from the input and full backward to it: FullGrad) or
+            ``"attention"`` (a ViT method with its own pass over the attention maps: LeGrad).
         reference: the paper (authors, year, title).
         title: display name (``"Grad-CAM"``).
         formula: the defining formula, the same text as in ``fn``'s docstring.
@@ -119,8 +125,17 @@ class CamMethod:
             more partial backward from the same capture for it.
         needs_hvp: the engine computes ``ctx.hvp`` (one double backward, same capture).
         smoothable: the map is a channel combination, so ``eigen_smooth`` applies.
-        resolution: ``"layer"`` (maps at the target layer's resolution) or ``"input"`` (maps at
-            the input's resolution, independent of the target layer: FullGrad).
+        resolution: ``"layer"`` (maps at the target layer's resolution), ``"input"`` (maps at
+            the input's resolution, independent of the target layer: FullGrad) or ``"patch"``
+            (a ViT's patch grid, independent of the target layer: LeGrad). Maps that are not at
+            the layer's resolution are not fused over several target layers.
+        own_pass: ``(model, images [B, C, H, W], targets [B, T]) -> [B*T, h', w']``: a method
+            that cannot come from the target layer's capture (LeGrad reads every block's
+            attention) runs this pass, once per batch, under the engine's autocast; ``fn``
+            reads its result with ``ctx.own_map(name)``. It must leave the model as it came.
+        check_model: ``model -> None``, raising a :class:`ValueError` that names the reason
+            when the method cannot run on ``model`` (called when the engine is built, so an
+            unsupported architecture fails before any batch, never with a made-up map).
     """
 
     name: str
@@ -137,6 +152,8 @@ class CamMethod:
     needs_hvp: bool = False
     smoothable: bool = False
     resolution: str = "layer"
+    own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None
+    check_model: Callable[[Any], None] | None = None
 
     def info(self) -> dict[str, str | int]:
         """The metadata as a JSON-ready dict (``title``, ``formula``, ``reference``, ...)."""
@@ -155,8 +172,8 @@ class CamMethod:
 _REGISTRY: dict[str, CamMethod] = {}
 METHODS: Mapping[str, CamMethod] = MappingProxyType(_REGISTRY)
 
-_KINDS = ("gradient", "activation", "perturbation", "backprop")
-_RESOLUTIONS = ("layer", "input")
+_KINDS = ("gradient", "activation", "perturbation", "backprop", "attention")
+_RESOLUTIONS = ("layer", "input", "patch")
 COST_CAPTURE_GRAD = "shared capture: 1 forward + 1 partial backward (no extra pass)"
 COST_CAPTURE = "shared capture: 1 forward (no extra pass, no backward)"
 
@@ -181,6 +198,8 @@ def register(
     needs_hvp: bool = False,
     smoothable: bool = False,
     resolution: str = "layer",
+    own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
+    check_model: Callable[[Any], None] | None = None,
 ) -> Callable[[Callable[[CamContext], Tensor]], Callable[[CamContext], Tensor]]:
     """Decorator adding ``fn`` to :data:`METHODS` under ``name`` with its metadata.
 
@@ -190,7 +209,9 @@ def register(
     if kind not in _KINDS:
         raise ValueError(f"`kind` must be one of {'|'.join(_KINDS)}, got {kind!r}")
     if resolution not in _RESOLUTIONS:
-        raise ValueError(f"`resolution` must be 'layer' or 'input', got {resolution!r}")
+        raise ValueError(
+            f"`resolution` must be one of {'|'.join(_RESOLUTIONS)}, got {resolution!r}"
+        )
     for key, value in (("title", title), ("formula", formula), ("reference", reference)):
         if not value.strip():
             raise ValueError(f"`{key}` of CAM method {name!r} must not be empty")
@@ -219,6 +240,8 @@ def register(
             needs_hvp=needs_hvp,
             smoothable=smoothable,
             resolution=resolution,
+            own_pass=own_pass,
+            check_model=check_model,
         )
         return fn
 
@@ -976,6 +999,59 @@ def _fullgrad(ctx: CamContext) -> Tensor:
     input_term, bias_term = ctx.full_gradient()
     total = input_term + bias_term
     return total - total.flatten(1).amin(1)[:, None, None]
+
+
+def _legrad_pass(model: Any, images: Tensor, targets: Tensor) -> Tensor:
+    from .legrad import legrad_maps  # the hooks live beside the pass, not in the registry
+
+    return legrad_maps(model, images, targets)
+
+
+def _legrad_check(model: Any) -> None:
+    from .legrad import legrad_check
+
+    legrad_check(model)
+
+
+@register(
+    "legrad",
+    needs_gradients=False,
+    kind="attention",
+    resolution="patch",
+    title="LeGrad",
+    formula=(
+        "s^l = head(norm(mean_i z^l_i))_c, E^l = mean_{h,i} ReLU(ds^l/dA^l)[h, i, :], "
+        "M = (1/L) sum_l E^l (patch tokens)"
+    ),
+    description=(
+        "ViT-native: how sensitive the class score read at each block is to that block's "
+        "attention, averaged over heads, queries and blocks, on the patch grid. Independent of "
+        "the target layer; for timm and torchvision ViTs only (other models are refused)."
+    ),
+    cost=(
+        "1 forward (capture) + its own pass: 1 forward with explicit attention maps + "
+        "1 backward per explained class, batched"
+    ),
+    extra_forwards=1,
+    reference=(
+        "Bousselham et al. 2024, LeGrad: An Explainability Method for Vision Transformers via "
+        "Feature Formation Sensitivity (arXiv:2404.03214)"
+    ),
+    own_pass=_legrad_pass,
+    check_model=_legrad_check,
+)
+def _legrad(ctx: CamContext) -> Tensor:
+    """LeGrad: ``s^l = head(norm(mean_i z^l_i))_c, E^l = mean_{h,i} ReLU(ds^l/dA^l)[h, i, :],
+    M = (1/L) sum_l E^l (patch tokens)``.
+
+    ``z^l``: the tokens after block ``l`` (all of them, prefix tokens included, as in the
+    authors' code and torch-cam); ``norm`` and ``head``: the model's final norm and classifier;
+    ``A^l`` ``[heads, tokens, tokens]``: block ``l``'s attention probabilities; ``h`` heads,
+    ``i`` query tokens; every block ``l = 1..L``. The prefix (class, register) key tokens are
+    dropped and ``M`` is reshaped to the patch grid. The pass is
+    :func:`auditor.cam.legrad.legrad_maps`; the target layer plays no part.
+    """
+    return ctx.own_map("legrad")
 
 
 GRADIENT_METHODS: tuple[str, ...] = tuple(

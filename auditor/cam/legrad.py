@@ -1,0 +1,400 @@
+"""LeGrad's own pass: one forward with explicit attention maps, one backward per target.
+
+LeGrad (Bousselham, Boggust, Chaybouti, Strobelt, Kuehne 2024, "LeGrad: An Explainability Method
+for Vision Transformers via Feature Formation Sensitivity", arXiv:2404.03214, ICCV 2025) reads
+the gradient of a class score with respect to the attention maps of a ViT, block by block:
+
+* ``z^l`` ``[N_tok, D]``: the tokens after block ``l``; ``s^l = head(norm(mean_i z^l_i))[c]``:
+  the model's final norm and classifier applied to the mean of *all* tokens of block ``l``
+  (prefix tokens included), the score of class ``c`` "formed" at that block. This is the
+  readout of the authors' code (``ln_post(feat.mean(0)) @ proj``) and torch-cam's
+  ``LeGrad`` default for torchvision (``heads(ln(tokens.mean(1)))``); at the last block it is
+  the model's logit only for a model that mean-pools every token.
+* ``A^l`` ``[heads, N_tok, N_tok]``: block ``l``'s post-softmax attention probabilities.
+* ``E^l = mean_{h, i} ReLU(ds^l / dA^l)[h, i, :]``: the positive gradient averaged over heads
+  ``h`` and query tokens ``i`` (rows), one value per key token; only ``A^l`` of the *same*
+  block is differentiated (``s^l`` w.r.t. ``A^l``, not the final logit w.r.t. every ``A``).
+* ``M = (1/L) sum_l E^l[prefix:]``, reshaped to the patch grid ``[h, w]``. Not normalised here
+  (the engine's contract); the paper min-max normalises for display. The attention values
+  themselves are not multiplied in.
+
+Cost per batch: one forward (with grad mode only from each block's attention to its readout:
+every block's input is detached, so the blocks' graphs are independent and ``sum_l s^l`` needs
+ONE backward for all blocks) plus one backward per explained class. Attention maps must exist as
+tensors: timm's fused ``scaled_dot_product_attention`` is switched off (``fused_attn = False``)
+on each ``Attention`` for the pass and the probabilities are taken at ``attn_drop``'s output;
+torchvision's ``nn.MultiheadAttention`` is asked for per-head weights
+(``need_weights=True, average_attn_weights=False``) and its output recomputed from them
+(``out_proj(A V)``, the same value the module returns in eval mode). Every flag and hook is
+restored, also on error.
+
+Supported: timm ``VisionTransformer`` whose blocks use ``timm.layers.Attention`` and that pools
+without attention pooling (``global_pool`` ``token``/``avg``/...; DeiT, registers, non-square
+grids), torchvision ``VisionTransformer``. Anything else (CNNs, Swin, Hugging Face ViT, timm
+EVA/BEiT attention, distilled heads, attention pooling) is refused with the reason, never
+mapped by a guess.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.hooks import RemovableHandle
+
+from ..modelstate import preserved_training_flags
+
+__all__ = ["legrad_check", "legrad_maps"]
+
+SUPPORTED = (
+    "timm VisionTransformer (timm.layers.Attention blocks, no attention pooling) and "
+    "torchvision VisionTransformer"
+)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """How to run LeGrad on one model (found by :func:`_plan`)."""
+
+    family: str  # "timm" | "torchvision"
+    blocks: tuple[nn.Module, ...]
+    readout: Callable[[Tensor], Tensor]  # tokens [B, N, D] -> logits [B, C]
+    prefix: int
+    grid: Callable[[int, int], tuple[int, int]]  # image (H, W) -> patch grid (h, w)
+
+
+def _refuse(model: nn.Module, why: str) -> ValueError:
+    return ValueError(
+        f"`legrad` cannot run on {type(model).__name__}: {why}; it supports {SUPPORTED}"
+    )
+
+
+def _timm_plan(model: nn.Module) -> _Plan | None:
+    try:
+        from timm.layers import Attention
+        from timm.models.vision_transformer import VisionTransformer
+    except ImportError:  # pragma: no cover - timm is optional
+        return None
+    if not isinstance(model, VisionTransformer):
+        return None
+    if getattr(model, "attn_pool", None) is not None:
+        raise _refuse(model, "attention pooling (global_pool='map'/'prr') is not supported")
+    cls = type(model)
+    for name in ("forward_head", "forward_features", "pool", "forward"):
+        if getattr(cls, name) is not getattr(VisionTransformer, name):
+            raise _refuse(model, f"{cls.__name__} overrides VisionTransformer.{name}")
+    blocks = tuple(model.blocks)
+    if not blocks:
+        raise _refuse(model, "the model has no transformer blocks")
+    for i, blk in enumerate(blocks):
+        attn = getattr(blk, "attn", None)
+        if type(attn) is not Attention or not isinstance(attn.attn_drop, nn.Dropout):
+            raise _refuse(
+                model,
+                f"blocks.{i}.attn is {type(attn).__name__}, not timm.layers.Attention",
+            )
+
+    def readout(tokens: Tensor) -> Tensor:
+        pooled = model.norm(tokens.mean(dim=1))
+        return model.head(model.head_drop(model.fc_norm(pooled)))
+
+    def grid(height: int, width: int) -> tuple[int, int]:
+        embed = model.patch_embed
+        if getattr(model, "dynamic_img_size", False) and hasattr(embed, "dynamic_feat_size"):
+            h, w = embed.dynamic_feat_size((height, width))
+        else:
+            h, w = embed.grid_size
+        return int(h), int(w)
+
+    return _Plan("timm", blocks, readout, int(model.num_prefix_tokens), grid)
+
+
+def _torchvision_plan(model: nn.Module) -> _Plan | None:
+    try:
+        from torchvision.models.vision_transformer import EncoderBlock, VisionTransformer
+    except ImportError:  # pragma: no cover - torchvision is a dependency
+        return None
+    if not isinstance(model, VisionTransformer):
+        return None
+    cls = type(model)
+    for name in ("forward", "_process_input"):
+        if getattr(cls, name) is not getattr(VisionTransformer, name):
+            raise _refuse(model, f"{cls.__name__} overrides VisionTransformer.{name}")
+    blocks = tuple(model.encoder.layers)
+    if not blocks:
+        raise _refuse(model, "the model has no encoder layers")
+    for i, blk in enumerate(blocks):
+        mha = getattr(blk, "self_attention", None)
+        if type(blk) is not EncoderBlock or not isinstance(mha, nn.MultiheadAttention):
+            raise _refuse(model, f"encoder.layers[{i}] is not a torchvision EncoderBlock")
+        if (
+            not mha.batch_first
+            or not mha._qkv_same_embed_dim
+            or mha.in_proj_weight is None
+            or mha.bias_k is not None
+            or mha.add_zero_attn
+        ):
+            raise _refuse(model, f"encoder.layers[{i}].self_attention has an unusual layout")
+
+    def readout(tokens: Tensor) -> Tensor:
+        return model.heads(model.encoder.ln(tokens.mean(dim=1)))
+
+    def grid(height: int, width: int) -> tuple[int, int]:
+        return height // model.patch_size, width // model.patch_size
+
+    return _Plan("torchvision", blocks, readout, 1, grid)
+
+
+def _plan(model: nn.Module) -> _Plan:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    for finder in (_timm_plan, _torchvision_plan):
+        plan = finder(model)
+        if plan is not None:
+            return plan
+    inner = next(
+        (
+            name
+            for name, sub in model.named_modules()
+            if name and type(sub).__name__ == "VisionTransformer"
+        ),
+        None,
+    )
+    if inner is not None:
+        why = (
+            f"the ViT is the submodule {inner!r} inside a wrapper; LeGrad reads the ViT's own "
+            "norm and head, so pass the ViT itself as the model"
+        )
+    else:
+        why = "no supported ViT attention blocks (a CNN, Swin, Hugging Face or custom model)"
+    raise _refuse(model, why)
+
+
+def legrad_check(model: nn.Module) -> None:
+    """Raise a :class:`ValueError` naming the reason when ``model`` is not supported."""
+    _plan(model)
+
+
+@contextlib.contextmanager
+def _attributes(items: list[tuple[Any, str, Any]]) -> Iterator[None]:
+    """Set ``obj.name = value`` for each item; restore the originals (or their absence) on exit."""
+    missing = object()
+    saved = [(obj, name, obj.__dict__.get(name, missing)) for obj, name, _ in items]
+    try:
+        for obj, name, value in items:
+            setattr(obj, name, value)
+        yield
+    finally:
+        for obj, name, old in reversed(saved):
+            if old is missing:
+                obj.__dict__.pop(name, None)
+            else:
+                setattr(obj, name, old)
+
+
+class _Capture:
+    """Per-forward state: each block's attention leaf and its readout scores."""
+
+    def __init__(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.leaves: dict[int, Tensor] = {}
+        self.scores: dict[int, Tensor] = {}
+        self.tokens: dict[int, int] = {}
+        self.options: dict[int, tuple[bool, bool]] = {}
+
+    # -- every block: independent graph from its attention to its readout
+    def block_pre(self, index: int) -> Callable[..., Any]:
+        def hook(_module: nn.Module, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
+            torch.set_grad_enabled(False)  # norm1 / qkv need no graph
+            if args and isinstance(args[0], Tensor):
+                return (args[0].detach(), *args[1:])
+            return None
+
+        return hook
+
+    def block_post(self, index: int) -> Callable[..., Any]:
+        def hook(_module: nn.Module, _args: Any, output: Any) -> None:
+            if index not in self.leaves:
+                raise RuntimeError(f"legrad: block {index} ran without its attention")
+            if not isinstance(output, Tensor) or output.dim() != 3:
+                shape = tuple(output.shape) if isinstance(output, Tensor) else type(output)
+                raise ValueError(f"legrad: block {index} must output [B, N, D], got {shape}")
+            scores = self.plan.readout(output)
+            if scores.dim() != 2 or scores.shape[0] != output.shape[0]:
+                raise ValueError(
+                    f"legrad: the head applied to block {index} gives {tuple(scores.shape)}, "
+                    "expected logits [B, C]"
+                )
+            self.scores[index] = scores
+            self.tokens[index] = int(output.shape[1])
+
+        return hook
+
+    def _leaf(self, index: int, probs: Tensor) -> Tensor:
+        leaf = probs.detach().requires_grad_(True)
+        self.leaves[index] = leaf
+        torch.set_grad_enabled(True)  # from the attention on, up to this block's readout
+        return leaf
+
+    # -- timm: the probabilities are attn_drop's output (fused attention switched off)
+    def timm_probs(self, index: int) -> Callable[..., Any]:
+        def hook(_module: nn.Module, _args: Any, output: Tensor) -> Tensor:
+            return self._leaf(index, output)
+
+        return hook
+
+    # -- torchvision: per-head weights from nn.MultiheadAttention, output recomputed from them
+    def mha_pre(self, index: int) -> Callable[..., Any]:
+        def hook(
+            _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            args_l, kwargs = list(args), dict(kwargs)
+            # positions of nn.MultiheadAttention.forward: need_weights 4, average 6
+            requested = args_l[4] if len(args_l) > 4 else kwargs.get("need_weights", True)
+            averaged = args_l[6] if len(args_l) > 6 else kwargs.get("average_attn_weights", True)
+            self.options[index] = (bool(requested), bool(averaged))
+            if len(args_l) > 4:
+                args_l[4] = True
+            else:
+                kwargs["need_weights"] = True
+            if len(args_l) > 6:
+                args_l[6] = False
+            else:
+                kwargs["average_attn_weights"] = False
+            return tuple(args_l), kwargs
+
+        return hook
+
+    def mha_post(self, index: int) -> Callable[..., Any]:
+        def hook(
+            module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+        ) -> tuple[Tensor, Tensor | None]:
+            weights = out[1] if isinstance(out, tuple) and len(out) == 2 else None
+            value = args[2] if len(args) > 2 else kwargs.get("value")
+            if not isinstance(weights, Tensor) or weights.dim() != 4:
+                raise ValueError(f"legrad: encoder layer {index} returned no per-head weights")
+            if not isinstance(value, Tensor) or value.dim() != 3:
+                raise ValueError(f"legrad: encoder layer {index} needs batch-first [B, N, D]")
+            leaf = self._leaf(index, weights)
+            e = module.embed_dim
+            bias = None if module.in_proj_bias is None else module.in_proj_bias[2 * e :]
+            with torch.no_grad():  # V is a constant for dA
+                v = F.linear(value, module.in_proj_weight[2 * e :], bias)
+            b, n_src, _ = v.shape
+            v = v.reshape(b, n_src, module.num_heads, e // module.num_heads).transpose(1, 2)
+            mixed = torch.matmul(leaf.to(v.dtype), v).transpose(1, 2).reshape(b, -1, e)
+            result = module.out_proj(mixed)
+            requested, averaged = self.options.get(index, (False, True))
+            returned = (leaf.mean(dim=1) if averaged else leaf) if requested else None
+            return result, returned
+
+        return hook
+
+
+def _hooks(plan: _Plan, cap: _Capture) -> tuple[list[RemovableHandle], list[tuple[Any, str, Any]]]:
+    handles: list[RemovableHandle] = []
+    flags: list[tuple[Any, str, Any]] = []
+    try:
+        for i, blk in enumerate(plan.blocks):
+            handles.append(blk.register_forward_pre_hook(cap.block_pre(i)))
+            handles.append(blk.register_forward_hook(cap.block_post(i)))
+            if plan.family == "timm":
+                attn: Any = blk.attn
+                flags.append((attn, "fused_attn", False))
+                handles.append(attn.attn_drop.register_forward_hook(cap.timm_probs(i)))
+            else:
+                mha: Any = blk.self_attention
+                handles.append(mha.register_forward_pre_hook(cap.mha_pre(i), with_kwargs=True))
+                handles.append(mha.register_forward_hook(cap.mha_post(i), with_kwargs=True))
+    except BaseException:
+        for handle in handles:
+            handle.remove()
+        raise
+    return handles, flags
+
+
+def legrad_maps(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """LeGrad maps ``M = (1/L) sum_l mean_{h,i} ReLU(ds^l/dA^l)[h, i, prefix:]`` on the patch grid.
+
+    Args:
+        model: a supported ViT (see the module docstring); left as it came (flags, hooks).
+        images: ``[B, C, H, W]`` on the model's device.
+        targets: ``[B]`` or ``[B, T]`` long class indices.
+
+    Returns:
+        ``[B*T, h, w]`` float32 >= 0 (row-major over (image, target)), not normalised.
+
+    Raises:
+        ValueError: the model is not supported (the message says why) or the shapes disagree.
+    """
+    plan = _plan(model)
+    if not isinstance(images, Tensor) or images.dim() != 4:
+        shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+        raise ValueError(f"`images` must have shape [B, C, H, W], got {shape}")
+    targets_bt = targets[:, None] if targets.dim() == 1 else targets
+    if targets_bt.dim() != 2 or targets_bt.shape[0] != images.shape[0]:
+        raise ValueError(
+            f"`targets` must have shape [B] or [B, T] with B={images.shape[0]}, "
+            f"got {tuple(targets.shape)}"
+        )
+    if images.is_inference():
+        images = images.clone()
+    cap = _Capture(plan)
+    flags: list[tuple[Any, str, Any]] = []
+    handles: list[RemovableHandle] = []
+    if hasattr(model, "grad_checkpointing"):
+        flags.append((model, "grad_checkpointing", False))
+    try:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(preserved_training_flags(model, eval=True))
+            stack.enter_context(torch.inference_mode(False))
+            handles, attn_flags = _hooks(plan, cap)
+            stack.enter_context(_attributes(flags + attn_flags))
+            with torch.no_grad():  # grad mode is switched on inside each block only
+                model(images)
+    finally:
+        for handle in handles:
+            handle.remove()
+    n_blocks = len(plan.blocks)
+    if len(cap.leaves) != n_blocks or len(cap.scores) != n_blocks:
+        raise ValueError(
+            f"legrad: {len(cap.leaves)} of {n_blocks} blocks produced an attention map; every "
+            "block must run once per forward"
+        )
+    height, width = plan.grid(int(images.shape[-2]), int(images.shape[-1]))
+    leaves = [cap.leaves[i] for i in range(n_blocks)]
+    per_target: list[Tensor] = []
+    n_targets = targets_bt.shape[1]
+    with torch.enable_grad():
+        for t in range(n_targets):
+            index = targets_bt[:, t : t + 1].to(device=cap.scores[0].device, dtype=torch.long)
+            score = torch.stack([cap.scores[i].gather(1, index).sum() for i in range(n_blocks)])
+            score = score.sum()  # sum_l s^l: the blocks' graphs are independent
+            grads = torch.autograd.grad(
+                score, leaves, retain_graph=t < n_targets - 1, allow_unused=True
+            )
+            relevances: list[Tensor] = []
+            for i, (g, leaf) in enumerate(zip(grads, leaves)):
+                tokens = cap.tokens[i]
+                if leaf.shape[-1] != tokens or leaf.shape[-2] != tokens:
+                    raise ValueError(
+                        f"legrad: block {i} attention {tuple(leaf.shape)} does not match its "
+                        f"{tokens} tokens"
+                    )
+                g = torch.zeros_like(leaf) if g is None else g
+                relevances.append(g.float().clamp_min(0).mean(dim=(1, 2))[:, plan.prefix :])
+            mean = torch.stack(relevances).mean(dim=0)  # (1/L) sum_l E^l
+            patches = mean.shape[-1]
+            if patches != height * width:
+                raise ValueError(
+                    f"legrad: {patches} patch tokens after {plan.prefix} prefix tokens do not "
+                    f"fill the {height}x{width} patch grid of a "
+                    f"{images.shape[-2]}x{images.shape[-1]} image"
+                )
+            per_target.append(mean.reshape(-1, height, width))
+    return torch.stack(per_target, dim=1).flatten(0, 1).detach()
