@@ -829,6 +829,7 @@ def test_legrad_torchvision_keeps_the_attention_output() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(images), logits)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert not any("forward" in vars(m) for m in model.modules())  # the pass's forward is gone
 
 
 @pytest.mark.parametrize("arch", ["resnet", "swin", "wrapped_vit", "map_pool"])
