@@ -652,7 +652,10 @@ def _audit_locked(
             "config_sha256": config.sha256 if config else "python-api",
             "model_sha256": model_info["sha256"],
             "annotation_sha256": dataset.annotation_sha256(),
-            "settings": hashlib.sha256(repr(to_jsonable(s)).encode()).hexdigest(),
+            # `aggregation` only changes how finalisation reads the shards: not a fingerprint
+            "settings": hashlib.sha256(
+                repr({k: v for k, v in to_jsonable(s).items() if k != "aggregation"}).encode()
+            ).hexdigest(),
             "tool_version": __version__,
         }
         provenance = {
@@ -852,8 +855,13 @@ def finalize_run(
     pdf: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    aggregation: str | None = None,
 ) -> AuditOutcome:
     """``auditor finalize RUN_DIR``: combine the shards of a run directory into its results.
+
+    ``aggregation`` ("auto", "exact", "streaming") overrides the config's
+    ``[audit] aggregation`` (it changes how the shards are read, not what they hold, so the
+    config fingerprint still matches).
 
     Takes the run directory's main lock (refused while a shard writer is alive, naming it),
     checks that every shard ``I/N`` is present and complete and that all were made with the
@@ -868,7 +876,7 @@ def finalize_run(
         raise AuditorInputError(f"RUN_DIR {root}: no such directory")
     with RunLock(root, command=command):
         sweep_temp_files(root)
-        return _finalize_locked(root, config_path, pdf, render, command)
+        return _finalize_locked(root, config_path, pdf, render, command, aggregation)
 
 
 def _finalize_locked(
@@ -877,6 +885,7 @@ def _finalize_locked(
     pdf: bool | None,
     render: bool,
     command: str | None,
+    aggregation: str | None = None,
 ) -> AuditOutcome:
     from auditor.config import load_config
     from auditor.data import open_dataset
@@ -909,6 +918,12 @@ def _finalize_locked(
         raise AuditorInputError(
             f"the dataset's annotations changed since the shards were made ({src})"
         )
+    if aggregation is not None:
+        if aggregation not in ("auto", "exact", "streaming"):
+            raise AuditorInputError(
+                f"--aggregation must be 'auto', 'exact' or 'streaming', got {aggregation!r}"
+            )
+        cfg = replace(cfg, audit=replace(cfg.audit, aggregation=aggregation))
     store.write_provenance(first["provenance"])
     started = min(datetime.fromisoformat(m["started"]) for m in manifests if m.get("started"))
     return finalize(
@@ -1027,7 +1042,7 @@ def _sanity(
 
 
 def _cluster_analysis(
-    cams: dict[int, np.ndarray],
+    cams: Mapping[int, np.ndarray],
     table: pa.Table,
     classes: Sequence[str],
     s: AuditSettings,
@@ -1108,11 +1123,21 @@ def finalize(
     command: str | None,
 ) -> AuditOutcome:
     """Aggregate the shards, write samples.parquet, summary.json, gallery, junit, report."""
+    from auditor.analysis.streamed import choose_aggregation, count_rows
+
     s = settings
     t_an = time.perf_counter()
+    aggregation = choose_aggregation(
+        s.aggregation, count_rows(store.shards, store.batch_numbers()), len(s.methods)
+    )
+    if aggregation == "streaming":
+        return _finalize_streamed(
+            run_dir, store, dataset=dataset, classes=classes, settings=s, gates=gates,
+            model_info=model_info, config=config, sanity=sanity, started=started, t0=t0,
+            loop_s=loop_s, pdf=pdf, render=render, command=command, t_an=t_an,
+        )  # fmt: skip
     table = store.read_rows()
     log.info("aggregating %d rows from %s", table.num_rows, store.shards)
-    skipped = store.read_skipped()
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
@@ -1139,10 +1164,6 @@ def finalize(
         )
     else:
         result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
-
-    from auditor.cam import METHODS
-    from auditor.metrics.registry import METRICS
-
     prim = table.filter(pc.equal(table.column("method"), s.primary)) if table.num_rows else table
     h = hashlib.sha256()
     if prim.num_rows:
@@ -1153,6 +1174,75 @@ def finalize(
             prim.column("label").to_pylist(),
         ):
             h.update(f"{sid}\0{ish}\0{msh}\0{lab}\n".encode())
+    return _finish(
+        run_dir, store, result, prim, h, primary_cams, dataset=dataset, classes=classes,
+        settings=s, gates=gates, model_info=model_info, config=config, sanity=sanity,
+        started=started, t0=t0, loop_s=loop_s, pdf=pdf, render=render, command=command,
+        t_an=t_an, aggregation="exact",
+    )  # fmt: skip
+
+
+def _finalize_streamed(
+    run_dir: Path, store: RunStore, *, dataset: Any, classes: Sequence[str],
+    settings: AuditSettings, t_an: float, **kw: Any,
+) -> AuditOutcome:  # fmt: skip
+    """:func:`finalize` reading the shards one at a time (auditor.analysis.streamed)."""
+    from auditor.analysis.streamed import StreamedRun
+
+    s = settings
+    log.info("aggregating the shards of %s one at a time (streaming)", store.shards)
+    streamed = StreamedRun(store, classes=classes, settings=s)
+    try:
+        slim = streamed.slim
+        clusters, membership = _cluster_analysis(
+            streamed.cams, slim, classes, s, tuple(dataset.config.input_size)
+        )
+        if slim.num_rows:
+            streamed.write_samples(membership)
+            sanity_clean = {k: v for k, v in (kw["sanity"] or {}).items() if not k.startswith("_")}
+            result = streamed.analyse(rules=FindingRules(), clusters=clusters, sanity=sanity_clean)
+        else:
+            result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
+        return _finish(
+            run_dir, store, result, slim, streamed.hasher, streamed.cams, dataset=dataset,
+            classes=classes, settings=s, t_an=t_an, aggregation="streaming", **kw,
+        )  # fmt: skip
+    finally:
+        streamed.close()
+
+
+def _finish(
+    run_dir: Path,
+    store: RunStore,
+    result: AuditResult,
+    prim: pa.Table,
+    h: Any,
+    primary_cams: Mapping[int, np.ndarray],
+    *,
+    dataset: Any,
+    classes: Sequence[str],
+    settings: AuditSettings,
+    gates: Sequence[GateRule],
+    model_info: dict[str, Any],
+    config: AuditConfig | None,
+    sanity: dict[str, Any] | None,
+    started: datetime,
+    t0: float,
+    loop_s: float,
+    pdf: bool,
+    render: bool,
+    command: str | None,
+    t_an: float,
+    aggregation: str,
+) -> AuditOutcome:
+    """The rest of :func:`finalize` from the analysed result and the primary method's rows
+    (provenance, gates, gallery, summary.json, JUnit, CSVs, report)."""
+    s = settings
+    table = prim
+    skipped = store.read_skipped()
+    from auditor.cam import METHODS
+    from auditor.metrics.registry import METRICS
+
     for sk in skipped:
         h.update(f"skipped\0{sk['id']}\n".encode())
     annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
@@ -1174,6 +1264,7 @@ def finalize(
                     "analysis_s": round(time.perf_counter() - t_an, 3),
                 },
                 "config_sha256": config.sha256 if config else None,
+                "aggregation": aggregation,
                 "seed": s.seed,
                 "device": s.device,
                 "command": command,
@@ -1236,7 +1327,7 @@ def finalize(
 
 def _gallery(
     run_dir: Path,
-    cams: dict[int, np.ndarray],
+    cams: Mapping[int, np.ndarray],
     dataset: Any,
     table: pa.Table,
     result: AuditResult,

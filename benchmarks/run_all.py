@@ -30,6 +30,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
         "bench_cam.py",
         ["--models", "resnet18", "--repeats", "1", "--scorecam", "resnet18:1:1"],
     ),
+    "compare": ("bench_compare.py", ["--samples", "5000", "--classes", "50", "--no-pdf"]),
     "e2e": ("bench_e2e.py", ["--quick"]),
     "memory": ("bench_memory.py", ["--quick"]),
     "report": ("bench_report.py", ["--classes", "100", "--samples", "2000"]),
