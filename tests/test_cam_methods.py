@@ -906,3 +906,12 @@ def test_legrad_refuses_unsupported_models(arch: str) -> None:
             example=torch.randn(1, 3, 16, 16) if arch != "swin" else torch.randn(1, 3, 28, 28),
         )
     assert "`legrad` cannot run on" in str(info.value)
+
+
+def test_fullgrad_is_not_fused_over_target_layers() -> None:
+    # input-resolution maps do not depend on the target layer(s): not summed once per layer
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    one = compute_cams(_bn_net(True), x, [0, 1], methods=("fullgrad", "gradcam"), layer="3")
+    two = compute_cams(_bn_net(True), x, [0, 1], methods=("fullgrad", "gradcam"), layer=["1", "3"])
+    torch.testing.assert_close(one["fullgrad"], two["fullgrad"])
+    assert not torch.allclose(one["gradcam"], two["gradcam"])  # the layer methods are fused
