@@ -15,8 +15,10 @@
   :math:`p_c` is above chance (1 / number of classes). High when the lower bound of the
   difference is above ``high_margin``.
 
-Every finding carries ``support``: the statistic, its estimate and interval, and the baseline
-its interval excludes, so the report can say which number the finding rests on.
+Both return :class:`auditor.results.Finding` objects. Every finding carries ``support`` (in
+``Finding.extra``, written beside ``evidence`` in summary.json): the statistic, its estimate and
+interval, and the baseline its interval excludes, so the report can say which number the
+finding rests on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from auditor.results import ClassClusters, Finding
 from auditor.stats import two_proportion_diff_ci, wilson_interval
 
 __all__ = ["STAT_LABELS", "SufficiencyRules", "subgroup_findings", "sufficiency_findings"]
@@ -65,108 +68,133 @@ def _pct(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.0%}"
 
 
-def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
-    """Findings from ``summary["clusters"]`` blocks that carry ``subgroups``."""
-    out: list[dict[str, Any]] = []
+def _finding(
+    name: str,
+    kind: str,
+    severity: str,
+    title: str,
+    message: str,
+    evidence: Mapping[str, Any],
+    support: Mapping[str, Any],
+    examples: Sequence[str],
+) -> Finding:
+    return Finding(
+        cls=name,
+        kind=kind,
+        severity=severity,
+        title=title,
+        message=message,
+        evidence=evidence,
+        examples=tuple(examples),
+        extra={"support": dict(support)} if support else {},
+    )
+
+
+def subgroup_findings(
+    clusters: Mapping[str, ClassClusters | Mapping[str, Any]] | None,
+) -> list[Finding]:
+    """Findings from the clusters blocks (typed, or ``summary["clusters"]`` JSON) that carry
+    tested ``subgroups``."""
+    out: list[Finding] = []
     for name, res in (clusters or {}).items():
-        for sg in res.get("subgroups") or []:
-            tests = sg.get("tests") or {}
-            key = sg.get("elsewhere_statistic") or (sg.get("separating") or [None])[0]
-            t = tests.get(key) if key else None
-            if t is None:
+        cc = res if isinstance(res, ClassClusters) else ClassClusters.from_json(res)
+        for sg in cc.subgroups or ():
+            key = sg.elsewhere_statistic or (sg.separating or (None,))[0]
+            t = sg.tests.get(key) if key else None
+            if key is None or t is None:
                 continue
             support = {
                 "statistic": key,
                 "label": STAT_LABELS.get(key, key),
-                "estimate": t["diff"],
-                "ci": t["ci"],
-                "baseline": t["baseline"],
+                "estimate": t.diff,
+                "ci": list(t.ci),
+                "baseline": t.baseline,
                 "against": "the rest of the class",
-                "subgroup": t["subgroup"],
-                "rest": t["rest"],
-                "confidence": t["confidence"],
+                "subgroup": t.subgroup,
+                "rest": t.rest,
+                "confidence": t.confidence,
             }
-            needed = sg.get("needed_statistic")
-            nt = tests.get(needed) if needed else None
+            needed = sg.needed_statistic
+            nt = sg.tests.get(needed) if needed else None
             evidence = {
-                "cluster": sg["cluster"],
-                "size": sg["size"],
-                "class_size": sg["class_size"],
-                "where": sg["where"],
-                "region_share": sg["region_share"],
-                "rest_region_share": sg["rest_region_share"],
-                "border_share": sg["border_share"],
-                "separating": list(sg.get("separating") or []),
+                "cluster": sg.cluster,
+                "size": sg.size,
+                "class_size": sg.class_size,
+                "where": sg.where,
+                "region_share": sg.region_share,
+                "rest_region_share": sg.rest_region_share,
+                "border_share": sg.border_share,
+                "separating": list(sg.separating),
                 "statistic": key,
-                "subgroup": t["subgroup"],
-                "rest": t["rest"],
-                "diff": t["diff"],
-                "ci": t["ci"],
-                "only_bg_rate": (sg.get("only_bg_rate") or [None])[0],
-                "only_bg_rate_ci": list((sg.get("only_bg_rate") or [None, None, None])[1:]),
+                "subgroup": t.subgroup,
+                "rest": t.rest,
+                "diff": t.diff,
+                "ci": list(t.ci),
+                "only_bg_rate": sg.only_bg_rate[0],
+                "only_bg_rate_ci": list(sg.only_bg_rate[1:]),
                 "intervention": needed,
-                "intervention_diff": nt["diff"] if nt else None,
-                "intervention_ci": nt["ci"] if nt else None,
-                "members": list(sg["members"]),
+                "intervention_diff": nt.diff if nt else None,
+                "intervention_ci": list(nt.ci) if nt else None,
+                "members": list(sg.members),
             }
-            n, m, where = sg["size"], sg["class_size"], sg["where"]
-            lo, hi = t["ci"]
+            n, m, where = sg.size, sg.class_size, sg.where
+            lo, hi = t.ci
             stat_txt = (
-                f"{STAT_LABELS.get(key, key)} {_pct(t['subgroup'])} against {_pct(t['rest'])} "
-                f"for the rest of the class (difference {_pct(t['diff'])}, interval "
+                f"{STAT_LABELS.get(key, key)} {_pct(t.subgroup)} against {_pct(t.rest)} "
+                f"for the rest of the class (difference {_pct(t.diff)}, interval "
                 f"{_pct(lo)} to {_pct(hi)})"
             )
-            if sg["elsewhere"] and sg["severity"] in ("high", "medium"):
-                if sg["needed"] and needed == "only_bg_hit":
+            if sg.elsewhere and sg.severity in ("high", "medium"):
+                if sg.needed and needed == "only_bg_hit":
                     iv_txt = (
                         f" With the object removed, the background alone is still called "
                         f"'{name}' for {_pct(evidence['only_bg_rate'])} of them (the rest: "
-                        f"{_pct(nt['rest'] if nt else None)})."
+                        f"{_pct(nt.rest if nt else None)})."
                     )
-                elif sg["needed"]:
+                elif sg.needed:
                     iv_txt = (
                         " Removing the background breaks their predictions more than the rest's."
                     )
                 else:
                     iv_txt = " No intervention could test it (no object masks)."
                 out.append(
-                    {
-                        "class": name,
-                        "kind": "subgroup_shortcut",
-                        "severity": sg["severity"],
-                        "title": f"{n} of {m} '{name}' images are predicted from the {where}",
-                        "message": (
+                    _finding(
+                        name,
+                        "subgroup_shortcut",
+                        sg.severity,
+                        f"{n} of {m} '{name}' images are predicted from the {where}",
+                        (
                             f"A subgroup of {n} of the {m} '{name}' images puts "
-                            f"{_pct(sg['region_share'])} of its CAM mass in the {where} "
-                            f"(the rest of the class: {_pct(sg['rest_region_share'])}); "
+                            f"{_pct(sg.region_share)} of its CAM mass in the {where} "
+                            f"(the rest of the class: {_pct(sg.rest_region_share)}); "
                             f"{stat_txt}." + iv_txt
                         ),
-                        "evidence": evidence,
-                        "support": support,
-                        "examples": list(sg["exemplars"]),
-                    }
+                        evidence,
+                        support,
+                        sg.exemplars,
+                    )
                 )
             else:
                 out.append(
-                    {
-                        "class": name,
-                        "kind": "strategy_cluster",
-                        "severity": "low",
-                        "title": f"'{name}': a distinct explanation strategy ({n} of {m})",
-                        "message": (
+                    _finding(
+                        name,
+                        "strategy_cluster",
+                        "low",
+                        f"'{name}': a distinct explanation strategy ({n} of {m})",
+                        (
                             f"A cluster of {n} of the {m} '{name}' images differs from the "
                             f"rest: {stat_txt}."
                             + (
                                 " The interventions show the model does not need what it "
                                 "looks at there."
-                                if sg["elsewhere"]
+                                if sg.elsewhere
                                 else ""
                             )
                         ),
-                        "evidence": evidence,
-                        "support": support,
-                        "examples": list(sg["exemplars"]),
-                    }
+                        evidence,
+                        support,
+                        sg.exemplars,
+                    )
                 )
     return out
 
@@ -179,7 +207,7 @@ def sufficiency_findings(
     *,
     confidence: float = 0.95,
     rules: SufficiencyRules | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Finding]:
     """``background_sufficiency`` findings (module docstring); ``only_bg_pred`` -1 = not run."""
     rules = rules or SufficiencyRules()
     lab = np.asarray(labels, dtype=np.int64)
@@ -191,7 +219,7 @@ def sufficiency_findings(
         )
     ran = pred >= 0
     k_cls = len(classes)
-    out: list[dict[str, Any]] = []
+    out: list[Finding] = []
     if k_cls < 2 or not ran.any():
         return out
     for ci, name in enumerate(classes):
@@ -209,19 +237,19 @@ def sufficiency_findings(
         examples = [str(ids[int(j)]) for j in np.flatnonzero(hit)[: rules.max_examples]]
         p_c, p_o = k_c / n_c, k_o / n_o
         out.append(
-            {
-                "class": name,
-                "kind": "background_sufficiency",
-                "severity": "high" if d.low > rules.high_margin else "medium",
-                "title": f"'{name}': the background alone is predicted as '{name}'",
-                "message": (
+            _finding(
+                name,
+                "background_sufficiency",
+                "high" if d.low > rules.high_margin else "medium",
+                f"'{name}': the background alone is predicted as '{name}'",
+                (
                     f"With the object removed, {k_c} of {n_c} '{name}' images "
                     f"({p_c:.0%}, interval {w.low:.0%} to {w.high:.0%}) are still classified "
                     f"as '{name}', against {p_o:.0%} of other classes' backgrounds: the "
                     f"background carries the class (difference {d.estimate:.0%}, interval "
                     f"{d.low:.0%} to {d.high:.0%})."
                 ),
-                "evidence": {
+                {
                     "only_bg_accuracy": p_c,
                     "only_bg_accuracy_ci": [w.low, w.high],
                     "baseline": p_o,
@@ -231,7 +259,7 @@ def sufficiency_findings(
                     "n_other": n_o,
                     "chance": 1.0 / k_cls,
                 },
-                "support": {
+                {
                     "statistic": "only_bg_accuracy",
                     "label": "background alone predicted as the class",
                     "estimate": d.estimate,
@@ -242,7 +270,7 @@ def sufficiency_findings(
                     "rest": p_o,
                     "confidence": confidence,
                 },
-                "examples": examples,
-            }
+                examples,
+            )
         )
     return out

@@ -61,7 +61,7 @@ from auditor.analysis.aggregate import (
 from auditor.config import AuditSettings
 from auditor.errors import DataError
 from auditor.results import AuditResult, MethodAgreement, OverallResult, Stat
-from auditor.store import _UMASK
+from auditor.store import _UMASK, read_samples
 from auditor.streaming import PoissonBootstrap, PoissonWeights
 
 __all__ = [
@@ -133,10 +133,10 @@ def count_rows(shards: Path, batches: Sequence[int]) -> int:
 def _read(path: Path, columns: Sequence[str] | None, schema: pa.Schema) -> pa.Table:
     try:
         if columns is None:
-            t = pq.read_table(path)
+            t = read_samples(path)
         else:
             have = set(pq.read_schema(path).names)
-            t = pq.read_table(path, columns=[c for c in columns if c in have])
+            t = read_samples(path, columns=[c for c in columns if c in have])
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
         raise DataError(
             f"run directory shard {path} is unreadable ({type(exc).__name__}); rerun with "
