@@ -826,6 +826,26 @@ def _paired_table(key: str, p: _Paired, classes: Sequence[str]) -> pa.Table:
     return pa.table(cols)
 
 
+#: Rows of comparison.parquet built and written at a time (and its row-group size).
+_TABLE_ROWS = 65536
+
+
+def _paired_tables(key: str, p: _Paired, classes: Sequence[str]) -> Any:
+    """:func:`_paired_table` in slices of :data:`_TABLE_ROWS` pairs (one table when fewer),
+    so writing a million pairs holds one slice of columns at a time."""
+    n = int(p.labels.size)
+    if n <= _TABLE_ROWS:
+        yield _paired_table(key, p, classes)
+        return
+    for lo in range(0, n, _TABLE_ROWS):
+        k = min(_TABLE_ROWS, n - lo)
+        part = _Paired(
+            p.method_a, p.method_b, p.ta.slice(lo, k), p.tb.slice(lo, k), p.labels[lo : lo + k],
+            p.quantities,
+        )  # fmt: skip
+        yield _paired_table(key, part, classes)
+
+
 class _TableSink:
     """``comparison.parquet`` written one comparison at a time (each is released after), to a
     temporary file renamed into place by :meth:`commit`. Tables after the first are widened to
@@ -869,7 +889,7 @@ class _TableSink:
                 use_dictionary=True,
                 write_statistics=True,
             )
-        self.writer.write_table(table)
+        self.writer.write_table(table, row_group_size=_TABLE_ROWS)
 
     def commit(self) -> None:
         try:
@@ -1039,7 +1059,8 @@ def _pair_methods(
         raise AuditorInputError(
             f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
         )
-    sink.write(_paired_table("primary", prim, classes))
+    for table in _paired_tables("primary", prim, classes):
+        sink.write(table)
     methods_b = list(rb.summary.methods)
     shared = [m for m in ra.summary.methods if m in methods_b]
     others: dict[str, _Paired] = {}
@@ -1048,7 +1069,8 @@ def _pair_methods(
             others[m] = prim
         else:
             other = _compare_methods(ra, rb, m, m, classes, with_accuracy=False, **kw)
-            sink.write(_paired_table(m, other, classes))
+            for table in _paired_tables(m, other, classes):
+                sink.write(table)
             other.ta, other.tb = other.ta.slice(0, 0), other.tb.slice(0, 0)  # on disk now
             others[m] = other
     return prim, others
