@@ -190,6 +190,12 @@ def build_parser() -> argparse.ArgumentParser:
     fin.add_argument("run_dir", type=Path)
     fin.add_argument("--config", type=Path, help="config file, if it moved since the shards ran")
     fin.add_argument("--no-pdf", action="store_true", help="skip the PDF report")
+    fin.add_argument(
+        "--aggregation",
+        choices=("auto", "exact", "streaming"),
+        help="override [audit] aggregation: exact (one table) or streaming (shard by shard, "
+        "flat memory); auto streams above 100,000 evaluated samples",
+    )
 
     rep = sub.add_parser("report", help="re-render the report of a run directory")
     rep.add_argument("run_dir", type=Path)
@@ -325,6 +331,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             config_path=args.config,
             pdf=False if args.no_pdf else None,
             command=command,
+            aggregation=args.aggregation,
         )
         _print_end(outcome)
         return outcome.exit_code

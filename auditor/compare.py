@@ -110,7 +110,7 @@ DERIVED_QUANTITIES: Mapping[str, tuple[str, str]] = {
 #: What decides a class's verdict (primary methods).
 VERDICT_QUANTITIES = ("background_focus", "accuracy")
 #: Pairs (per compared method) from which the *overall* intervals use the streamed Poisson
-#: bootstrap (:class:`_KeyedPoisson`) instead of the exact multinomial one; per-class
+#: bootstrap (:class:`auditor.streaming.PoissonBootstrap`, keyed by dataset index) instead of the exact multinomial one; per-class
 #: intervals stay exact (a class holds a small share of the samples).
 STREAM_MIN_PAIRS = 200_000
 STATUS_ORDER = {"regressed": 0, "changed": 1, "unchanged": 2, "n/a": 3, "improved": 4}
@@ -425,47 +425,6 @@ def _values(table: pa.Table, quantity: str) -> np.ndarray:
     return _float_col(table, quantity)
 
 
-#: Poisson(1) inverse CDF on a 2^16 grid: ``_POISSON_TABLE[u]`` for ``u`` uniform on
-#: ``{0, …, 65535}`` is Poisson(1) up to 1/65536 in each probability (values 0..8).
-def _poisson_table() -> np.ndarray:
-    from scipy.stats import poisson
-
-    cdf = poisson.cdf(np.arange(32), 1.0)
-    grid = (np.arange(65536, dtype=np.float64) + 0.5) / 65536.0
-    return np.searchsorted(cdf, grid, side="right").astype(np.uint8)
-
-
-class _KeyedPoisson(PoissonBootstrap):
-    """:class:`auditor.streaming.PoissonBootstrap` with table-lookup Poisson(1) weights.
-
-    A sample's weights depend only on ``(seed, dataset index)`` (drawn per block of
-    :data:`auditor.streaming.BLOCK` indices from ``default_rng([seed, index // BLOCK])``), so
-    the pairs of every quantity are resampled together and a sample gets the same weights
-    however the runs are cut. The weights are ``_POISSON_TABLE[u]`` with ``u`` a uniform 16-bit
-    integer: Poisson(1) up to 1.5e-5 per probability, about ten times faster to draw than
-    ``Generator.poisson`` (the draw dominates the cost at a million samples).
-    """
-
-    _table: np.ndarray | None = None
-
-    def _weights_for(self, keys: np.ndarray) -> np.ndarray:
-        from auditor.streaming import BLOCK
-
-        if _KeyedPoisson._table is None:
-            _KeyedPoisson._table = _poisson_table()
-        out = np.empty((keys.size, self.n_boot), dtype=np.float64)
-        blocks = keys // BLOCK
-        for b in np.unique(blocks):
-            if b != self._block:
-                rng = np.random.default_rng([self.seed, int(b), 0x9015])
-                u = rng.integers(0, 65536, size=(BLOCK, self.n_boot), dtype=np.uint16)
-                self._weights = _KeyedPoisson._table[u]
-                self._block = int(b)
-            sel = blocks == b
-            out[sel] = self._weights[keys[sel] % BLOCK]
-        return out
-
-
 def _streamed_overall(
     keys: np.ndarray, columns: dict[str, np.ndarray], *, n_boot: int, seed: int, confidence: float
 ) -> dict[str, Any]:
@@ -478,7 +437,7 @@ def _streamed_overall(
     from auditor.streaming import BLOCK
 
     names = list(columns)
-    boot = _KeyedPoisson(1, names, n_boot=n_boot, seed=seed)
+    boot = PoissonBootstrap(1, names, n_boot=n_boot, seed=seed)
     blocks = keys // BLOCK
     cuts = np.flatnonzero(np.diff(blocks)) + 1
     starts = np.concatenate([[0], cuts]).astype(np.int64)

@@ -272,6 +272,10 @@ class AuditSettings:
     #: batches on which the model may raise (their samples are skipped with the error as the
     #: reason) before the run stops with exit code 2 naming the model
     max_failed_batches: int = 3
+    #: how finalisation aggregates the rows: "exact" (one table, exact bootstrap), "streaming"
+    #: (shard by shard, Poisson bootstrap: auditor.analysis.streamed) or "auto" (streaming
+    #: above auditor.analysis.streamed.STREAMING_THRESHOLD evaluated samples)
+    aggregation: str = "auto"
 
     @property
     def primary(self) -> str:
@@ -372,6 +376,11 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         raise ConfigError(
             f"{source}: [audit] intervention_fill must be 'mean', 'blur' or 'black', got "
             f"{settings.intervention_fill!r}"
+        )
+    if settings.aggregation not in ("auto", "exact", "streaming"):
+        raise ConfigError(
+            f"{source}: [audit] aggregation must be 'auto', 'exact' or 'streaming', got "
+            f"{settings.aggregation!r}"
         )
     if settings.autocast not in (None, "bfloat16", "float16"):
         raise ConfigError(

@@ -20,6 +20,7 @@ from collections.abc import Callable, Mapping, Sequence
 __all__ = [
     "MISSING",
     "finite_or_none",
+    "finite_pair",
     "fmt",
     "fmt_ci",
     "fmt_num",
@@ -42,6 +43,14 @@ def finite_or_none(value: object) -> float | None:
     except (TypeError, ValueError):
         return None
     return x if math.isfinite(x) else None
+
+
+def finite_pair(value: object) -> list[float | None]:
+    """An interval ``[low, high]`` of :func:`finite_or_none` values (``[None, None]`` unless
+    ``value`` is a pair)."""
+    if isinstance(value, list | tuple) and len(value) == 2:
+        return [finite_or_none(value[0]), finite_or_none(value[1])]
+    return [None, None]
 
 
 def fmt(value: object, spec: str = ".2f", *, missing: str = MISSING) -> str:

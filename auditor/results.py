@@ -52,6 +52,8 @@ __all__ = [
     "SanityResult",
     "Stat",
     "SubgroupResult",
+    "SubgroupTest",
+    "SubgroupDetail",
     "evidence_label",
     "freeze",
     "method_info",
@@ -478,6 +480,158 @@ class SubgroupResult:
         )
 
 
+def _number(value: Any) -> int | float | None:
+    """A JSON number kept as written (int stays int), else None."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return value
+
+
+def _numbers(value: Any, n: int) -> tuple[Any, ...]:
+    items = list(value) if isinstance(value, list | tuple) else []
+    return tuple(_number(v) for v in (items + [None] * n)[:n])
+
+
+@dataclass(frozen=True)
+class SubgroupTest:
+    """One statistic of a tested subgroup against the rest of its class
+    (:class:`auditor.metrics.subgroups.StatTest` as summary.json stores it)."""
+
+    name: str
+    subgroup: float | None = None
+    rest: float | None = None
+    diff: float | None = None
+    ci: tuple[float | None, float | None] = (None, None)
+    n_subgroup: int = 0
+    n_rest: int = 0
+    method: str = ""
+    confidence: float | None = None
+    margin: float | None = None
+    baseline: float | None = None
+    separates: bool = False
+    direction: str = ""
+    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+
+    _KEYS = (
+        "name", "subgroup", "rest", "diff", "ci", "n_subgroup", "n_rest", "method",
+        "confidence", "margin", "baseline", "separates", "direction",
+    )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        out = {k: getattr(self, k) for k in self._KEYS}
+        out["ci"] = list(self.ci)
+        return _with_extra(out, self.extra)
+
+    @classmethod
+    def from_json(cls, value: Any) -> SubgroupTest:
+        d = _obj(value, "subgroup test")
+        lo, hi = _numbers(d.get("ci"), 2)
+        return cls(
+            name=str(d.get("name") or ""),
+            subgroup=_number(d.get("subgroup")),
+            rest=_number(d.get("rest")),
+            diff=_number(d.get("diff")),
+            ci=(lo, hi),
+            n_subgroup=_opt_int(d.get("n_subgroup")) or 0,
+            n_rest=_opt_int(d.get("n_rest")) or 0,
+            method=str(d.get("method") or ""),
+            confidence=_number(d.get("confidence")),
+            margin=_number(d.get("margin")),
+            baseline=_number(d.get("baseline")),
+            separates=bool(d.get("separates", False)),
+            direction=str(d.get("direction") or ""),
+            extra=_extra(d, cls._KEYS),
+        )
+
+
+@dataclass(frozen=True)
+class SubgroupDetail:
+    """A SpRAy cluster tested against the rest of its class (:mod:`auditor.metrics.subgroups`):
+    where its maps look, which statistics separate it, whether an intervention shows the model
+    needs what it looks at, and its severity. ``cluster`` is the :class:`SubgroupResult` id."""
+
+    cluster: int
+    size: int = 0
+    class_size: int = 0
+    members: tuple[str, ...] = ()
+    exemplars: tuple[str, ...] = ()
+    rest_exemplars: tuple[str, ...] = ()
+    severity: str = "low"
+    separating: tuple[str, ...] = ()
+    elsewhere: bool = False
+    elsewhere_statistic: str | None = None
+    needed: bool = False
+    needed_statistic: str | None = None
+    interventions: bool = False
+    where: str = ""
+    region_share: float | None = None
+    rest_region_share: float | None = None
+    border_share: float | None = None
+    only_bg_rate: tuple[float | None, float | None, float | None] = (None, None, None)
+    tests: Mapping[str, SubgroupTest] = field(default_factory=_empty)
+    gallery: tuple[str, ...] = ()
+    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+
+    _KEYS = (
+        "cluster", "size", "class_size", "members", "exemplars", "rest_exemplars", "severity",
+        "separating", "elsewhere", "elsewhere_statistic", "needed", "needed_statistic",
+        "interventions", "where", "region_share", "rest_region_share", "border_share",
+        "only_bg_rate", "tests", "gallery",
+    )  # fmt: skip
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key in self._KEYS:
+            value = getattr(self, key)
+            if key == "tests":
+                out[key] = {k: t.to_json() for k, t in value.items()}
+            elif isinstance(value, tuple):
+                out[key] = list(value)
+            else:
+                out[key] = value
+        return _with_extra(out, self.extra)
+
+    @classmethod
+    def from_json(cls, value: Any) -> SubgroupDetail:
+        d = _obj(value, "subgroup")
+
+        def strs(key: str) -> tuple[str, ...]:
+            return tuple(str(x) for x in d.get(key) or ())
+
+        def opt_str(key: str) -> str | None:
+            return None if d.get(key) is None else str(d.get(key))
+
+        rate = _numbers(d.get("only_bg_rate"), 3)
+        return cls(
+            cluster=_opt_int(d.get("cluster")) or 0,
+            size=_opt_int(d.get("size")) or 0,
+            class_size=_opt_int(d.get("class_size")) or 0,
+            members=strs("members"),
+            exemplars=strs("exemplars"),
+            rest_exemplars=strs("rest_exemplars"),
+            severity=str(d.get("severity") or "low"),
+            separating=strs("separating"),
+            elsewhere=bool(d.get("elsewhere", False)),
+            elsewhere_statistic=opt_str("elsewhere_statistic"),
+            needed=bool(d.get("needed", False)),
+            needed_statistic=opt_str("needed_statistic"),
+            interventions=bool(d.get("interventions", False)),
+            where=str(d.get("where") or ""),
+            region_share=_number(d.get("region_share")),
+            rest_region_share=_number(d.get("rest_region_share")),
+            border_share=_number(d.get("border_share")),
+            only_bg_rate=(rate[0], rate[1], rate[2]),
+            tests=MappingProxyType(
+                {
+                    str(k): SubgroupTest.from_json(t)
+                    for k, t in _obj(d.get("tests"), "subgroup.tests").items()
+                }
+            ),
+            gallery=strs("gallery"),
+            extra=_extra(d, cls._KEYS),
+        )
+
+
 @dataclass(frozen=True)
 class ClassClusters:
     """The clustering of one class's maps: ``k`` clusters chosen by the eigengap."""
@@ -485,9 +639,11 @@ class ClassClusters:
     k: int
     eigengap: float | None = None
     clusters: tuple[SubgroupResult, ...] = ()
+    subgroups: tuple[SubgroupDetail, ...] | None = None
+    """The clusters tested against the rest of the class (``None``: not analysed)."""
     extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
 
-    _KEYS = ("k", "eigengap", "clusters")
+    _KEYS = ("k", "eigengap", "clusters", "subgroups")
 
     def to_json(self) -> dict[str, Any]:
         out = {
@@ -495,7 +651,10 @@ class ClassClusters:
             "eigengap": self.eigengap,
             "clusters": [c.to_json() for c in self.clusters],
         }
-        return _with_extra(out, self.extra)
+        out = _with_extra(out, self.extra)
+        if self.subgroups is not None:  # written last, where the analysis puts it
+            out["subgroups"] = [sg.to_json() for sg in self.subgroups]
+        return out
 
     @classmethod
     def from_json(cls, value: Any) -> ClassClusters:
@@ -504,6 +663,9 @@ class ClassClusters:
             k=_opt_int(d.get("k")) or 0,
             eigengap=_opt_float(d.get("eigengap")),
             clusters=tuple(SubgroupResult.from_json(c) for c in d.get("clusters") or ()),
+            subgroups=None
+            if d.get("subgroups") is None
+            else tuple(SubgroupDetail.from_json(sg) for sg in d.get("subgroups") or ()),
             extra=_extra(d, cls._KEYS),
         )
 

@@ -68,6 +68,7 @@ from auditor.results import (
     GalleryPanel,
     ModelInfo,
     RunInfo,
+    SubgroupDetail,
     freeze,
     method_info,
 )
@@ -587,224 +588,137 @@ def _audit_locked(
     spec: ShardSpec,
     overrides: dict[str, Any] | None,
 ) -> AuditOutcome:
-    from auditor.cam import CamEngine
-    from auditor.models import state_dict_sha256
-
     s = settings or AuditSettings()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
     run_dir = Path(out)
     store = RunStore(run_dir)
-    check_device_available(s.device, "device")
-    dev = torch.device(s.device)
-    if spec.mode == "torchrun":
-        if dev.type == "cuda" and dev.index is None:
-            dev = torch.device("cuda", spec.local_rank)  # one GPU per local rank
-        init_process_group(spec, dev.type)
-        resume = resume or restarted_by_torchrun()
-    if dev.type == "cuda":
-        torch.cuda.set_device(dev)
+    dev, resume = _setup_device(s, spec, resume)
     check_gates(tuple(gates), settings=s, classes=list(dataset.classes), source="gates")
     torch.manual_seed(s.seed)
     classes = list(dataset.classes)
-    model_info = dict(model_info or {})
-    model_info.setdefault("name", type(model).__name__)
-    model_info.setdefault("source", f"python:{type(model).__module__}.{type(model).__qualname__}")
-    if "sha256" not in model_info:
-        model_info["sha256"] = state_dict_sha256(model)
-    model_info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
-    model_info["num_classes"] = len(classes)
+    model_info = _model_info(model, model_info, classes)
 
     orig_device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    flags = preserved_training_flags(model, eval=True)
     model.to(dev)
-    # every forward of the audit (interventions included) sees the eval model
-    flags.__enter__()
     try:
-        channels = int(getattr(dataset.config, "channels", 3) or 3)
-        gen = torch.Generator().manual_seed(s.seed)
-        example = torch.randn(2, channels, *dataset.config.input_size, generator=gen).to(dev)
-        try:
-            engine = CamEngine(
-                model,
-                layer,
-                s.methods,
-                score_batch_size=s.score_batch_size,
-                inference_copy=s.inference_copy,
-                capture_copy=s.inference_copy,
-                autocast={"bfloat16": torch.bfloat16, "float16": torch.float16}.get(
-                    s.autocast or ""
-                ),
-                reshape=_reshape_fn(reshape),
-                example=example,
-                seed=int(s.seed),
-            )
-        except (ValueError, TypeError, KeyError) as exc:
-            raise ConfigError(f"[model]/[audit]: {exc}") from exc
-        model_info["target_layer"] = ",".join(engine.layer_names)
-        _describe_layers(model_info, engine)
+        # every forward of the audit (interventions included) sees the eval model
+        with preserved_training_flags(model, eval=True):
+            engine = _build_engine(model, dataset, layer, reshape, s, dev)
+            model_info["target_layer"] = ",".join(engine.layer_names)
+            _describe_layers(model_info, engine)
 
-        n_total = len(dataset)
-        n = n_total if s.limit is None else min(s.limit, n_total)
-        indices = list(range(n))
-        chunks = [indices[k : k + s.batch_size] for k in range(0, n, s.batch_size)]
-        decode = _gpu_decode_decision(dataset, dev, indices)
-        num_workers = s.num_workers
-        if decode is not None:
-            log.info("image decoding: %s", decode.reason)
-            if decode.enabled:
-                dataset.decode_device = dev  # type: ignore[attr-defined]
-                if num_workers:
-                    log.info(
-                        "gpu_decode: decoding in the main process (num_workers %d -> 0: CUDA "
-                        "is not usable in forked DataLoader workers)",
-                        num_workers,
-                    )
-                    num_workers = 0
-        fingerprints = {
-            "config_sha256": config.sha256 if config else "python-api",
-            "model_sha256": model_info["sha256"],
-            "annotation_sha256": dataset.annotation_sha256(),
-            "settings": hashlib.sha256(repr(to_jsonable(s)).encode()).hexdigest(),
-            "tool_version": __version__,
-        }
-        provenance = {
-            "fingerprints": fingerprints,
-            "versions": library_versions(),
-            "model": model_info,
-            "started": started.isoformat(timespec="seconds"),
-        }
-        if decode is not None:
-            provenance["gpu_decode"] = decode.to_json()
-        if spec.mode == "single":
-            done = store.prepare(fingerprints, resume=resume)
-            store.write_provenance(provenance)
-            # the first missing batch and everything after it run again
-            first_missing = next((b for b in range(len(chunks)) if b not in done), len(chunks))
-            todo_batches = list(range(first_missing, len(chunks)))
-        else:
-            store.shards.mkdir(parents=True, exist_ok=True)
-            check_compatible(store.shards, spec, fingerprints, resume=resume)
-            done = store.completed_batches()
-            todo_batches = owned_todo(spec, len(chunks), done)
-            first_missing = len(spec.batches(len(chunks))) - len(todo_batches)
-        manifest: dict[str, Any] = {
-            "shard": spec.label,
-            "mode": spec.mode,
-            "status": "running",
-            "fingerprints": fingerprints,
-            "n_samples": n,
-            "n_batches": len(chunks),
-            "batch_size": s.batch_size,
-            "batches": spec.batches(len(chunks)),
-            "config_path": str(Path(config.source).resolve())
-            if config is not None and config.source is not None
-            else None,
-            "overrides": dict(overrides or {}),
-            "model": model_info,
-            "provenance": provenance,
-            "started": started.isoformat(timespec="seconds"),
-        }
-        atomic_write_json(manifest_path(store.shards, spec), manifest)
-        if config is not None and config.source is not None and spec.index == 0:
-            atomic_write_bytes(run_dir / "config.toml", Path(config.source).read_bytes())
-        todo = [chunks[b] for b in todo_batches]
-        log.info(
-            "model %s (sha256 %s…), target layer %s, methods %s, device %s",
-            model_info["name"],
-            model_info["sha256"][:12],
-            model_info["target_layer"],
-            ",".join(s.methods),
-            dev,
-        )
-        log.info(
-            "%d of %d samples in %d batches of %d; %d batch(es) already done%s",
-            n,
-            n_total,
-            len(chunks),
-            s.batch_size,
-            first_missing,
-            " (resumed)" if first_missing else "",
-        )
-        worker = _BatchAuditor(
-            model,
-            engine,
-            s,
-            classes,
-            dev,
-            _seeded_subset(n, s.faithfulness_samples, s.seed),
-            dataset.config.mean,
-            dataset.config.std,
-        )
-        # the sanity check runs once, in shard 0, which records it for finalisation
-        sanity = (
-            _sanity(run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape)
-            if spec.index == 0
-            else None
-        )
-        from auditor.data import iter_batches
-
-        t_loop = time.perf_counter()
-        failures: list[str] = []
-        bar = _progress(sum(len(c) for c in todo), progress, "auditing")
-        try:
-            flat = [i for c in todo for i in c]
-            # only the globally last chunk can be short, so re-chunking the concatenation of
-            # this shard's chunks gives back exactly those chunks
-            for batch_no, batch in zip(
-                todo_batches,
-                iter_batches(
-                    dataset,
-                    flat,
-                    s.batch_size,
-                    num_workers=num_workers,
-                    pin_memory=dev.type == "cuda",
-                ),
-                strict=True,
-            ):
-                skip_rows = _empty_skip_rows(batch)
-                ids, idx = list(batch.ids), list(batch.indices)
-                if len(batch):
-                    try:
-                        rows, cams = worker.process(batch, batch_no)
-                    except Exception as exc:  # noqa: BLE001 - only the model's own errors
-                        if not raised_by_model(exc, model):
-                            raise
-                        failures.append(_model_failure(exc))
-                        log.warning(
-                            "batch %d: the model raised %s; its %d samples are skipped",
-                            batch_no,
-                            failures[-1],
-                            len(batch),
+            n_total = len(dataset)
+            n = n_total if s.limit is None else min(s.limit, n_total)
+            indices = list(range(n))
+            chunks = [indices[k : k + s.batch_size] for k in range(0, n, s.batch_size)]
+            decode = _gpu_decode_decision(dataset, dev, indices)
+            num_workers = s.num_workers
+            if decode is not None:
+                log.info("image decoding: %s", decode.reason)
+                if decode.enabled:
+                    dataset.decode_device = dev
+                    if num_workers:
+                        log.info(
+                            "gpu_decode: decoding in the main process (num_workers %d -> 0: "
+                            "CUDA is not usable in forked DataLoader workers)",
+                            num_workers,
                         )
-                        if len(failures) > s.max_failed_batches:
-                            raise ModelRuntimeError(
-                                f"the model {model_info['name']!r} raised on "
-                                f"{len(failures)} batches (more than [audit] "
-                                f"max_failed_batches = {s.max_failed_batches}); first: "
-                                f"{failures[0]}"
-                            ) from exc
-                        reason = f"the model raised {failures[-1]}"
-                        skip_rows += [
-                            {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
-                        ]
-                        rows, cams, ids, idx = pa.table({}), {}, [], []
-                else:
-                    rows, cams = pa.table({}), {}
-                store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
-                bar.update(len(batch) + len(batch.skipped))
-        finally:
-            bar.close()
-        loop_s = time.perf_counter() - t_loop
-        if engine.replica_status:
-            log.info(
-                "Score-CAM: %d masked forwards; inference copy %s",
-                engine.masked_forwards,
-                engine.replica_status,
+                        num_workers = 0
+            fingerprints = {
+                "config_sha256": config.sha256 if config else "python-api",
+                "model_sha256": model_info["sha256"],
+                "annotation_sha256": dataset.annotation_sha256(),
+                # `aggregation` only changes how finalisation reads the shards: not a fingerprint
+                "settings": hashlib.sha256(
+                    repr({k: v for k, v in to_jsonable(s).items() if k != "aggregation"}).encode()
+                ).hexdigest(),
+                "tool_version": __version__,
+            }
+            provenance = {
+                "fingerprints": fingerprints,
+                "versions": library_versions(),
+                "model": model_info,
+                "started": started.isoformat(timespec="seconds"),
+            }
+            if decode is not None:
+                provenance["gpu_decode"] = decode.to_json()
+            todo_batches, first_missing = _plan_batches(
+                store, spec, fingerprints, provenance, len(chunks), resume
             )
+            manifest = _start_manifest(
+                store,
+                spec,
+                s,
+                n,
+                len(chunks),
+                fingerprints,
+                provenance,
+                model_info,
+                config,
+                overrides,
+                started,
+            )
+            if config is not None and config.source is not None and spec.index == 0:
+                atomic_write_bytes(run_dir / "config.toml", Path(config.source).read_bytes())
+            log.info(
+                "model %s (sha256 %s…), target layer %s, methods %s, device %s",
+                model_info["name"],
+                model_info["sha256"][:12],
+                model_info["target_layer"],
+                ",".join(s.methods),
+                dev,
+            )
+            log.info(
+                "%d of %d samples in %d batches of %d; %d batch(es) already done%s",
+                n,
+                n_total,
+                len(chunks),
+                s.batch_size,
+                first_missing,
+                " (resumed)" if first_missing else "",
+            )
+            worker = _BatchAuditor(
+                model,
+                engine,
+                s,
+                classes,
+                dev,
+                _seeded_subset(n, s.faithfulness_samples, s.seed),
+                dataset.config.mean,
+                dataset.config.std,
+            )
+            # the sanity check runs once, in shard 0, which records it for finalisation
+            sanity = (
+                _sanity(
+                    run_dir, model, dataset, s, engine.layer_names, dev, n, reshape=engine.reshape
+                )
+                if spec.index == 0
+                else None
+            )
+            t_loop = time.perf_counter()
+            _audit_batches(
+                worker,
+                store,
+                dataset,
+                todo_batches,
+                [chunks[b] for b in todo_batches],
+                s,
+                dev,
+                model,
+                model_info["name"],
+                progress,
+                num_workers=num_workers,
+            )
+            loop_s = time.perf_counter() - t_loop
+            if engine.replica_status:
+                log.info(
+                    "Score-CAM: %d masked forwards; inference copy %s",
+                    engine.masked_forwards,
+                    engine.replica_status,
+                )
     finally:
         model.to(orig_device)
-        flags.__exit__(None, None, None)
     manifest.update(
         status="complete",
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -844,6 +758,202 @@ def _audit_locked(
     )
 
 
+def _setup_device(s: AuditSettings, spec: ShardSpec, resume: bool) -> tuple[torch.device, bool]:
+    """The audit's device (one GPU per local rank under torchrun) and whether to resume."""
+    check_device_available(s.device, "device")
+    dev = torch.device(s.device)
+    if spec.mode == "torchrun":
+        if dev.type == "cuda" and dev.index is None:
+            dev = torch.device("cuda", spec.local_rank)  # one GPU per local rank
+        init_process_group(spec, dev.type)
+        resume = resume or restarted_by_torchrun()
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    return dev, resume
+
+
+def _model_info(
+    model: torch.nn.Module, model_info: dict[str, Any] | None, classes: Sequence[str]
+) -> dict[str, Any]:
+    """The model's provenance: name, source, sha256 of its state dict, parameters, classes."""
+    from auditor.models import state_dict_sha256
+
+    info = dict(model_info or {})
+    info.setdefault("name", type(model).__name__)
+    info.setdefault("source", f"python:{type(model).__module__}.{type(model).__qualname__}")
+    if "sha256" not in info:
+        info["sha256"] = state_dict_sha256(model)
+    info.setdefault("parameters", sum(p.numel() for p in model.parameters()))
+    info["num_classes"] = len(classes)
+    return info
+
+
+def _build_engine(
+    model: torch.nn.Module,
+    dataset: Any,
+    layer: str | Sequence[str] | None,
+    reshape: Any,
+    s: AuditSettings,
+    dev: torch.device,
+) -> Any:
+    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch)."""
+    from auditor.cam import CamEngine
+
+    channels = int(getattr(dataset.config, "channels", 3) or 3)
+    gen = torch.Generator().manual_seed(s.seed)
+    example = torch.randn(2, channels, *dataset.config.input_size, generator=gen).to(dev)
+    try:
+        return CamEngine(
+            model,
+            layer,
+            s.methods,
+            score_batch_size=s.score_batch_size,
+            inference_copy=s.inference_copy,
+            capture_copy=s.inference_copy,
+            autocast={"bfloat16": torch.bfloat16, "float16": torch.float16}.get(s.autocast or ""),
+            reshape=_reshape_fn(reshape),
+            example=example,
+            seed=int(s.seed),
+        )
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ConfigError(f"[model]/[audit]: {exc}") from exc
+
+
+def _plan_batches(
+    store: RunStore,
+    spec: ShardSpec,
+    fingerprints: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    n_batches: int,
+    resume: bool,
+) -> tuple[list[int], int]:
+    """The batches this process still has to compute, and how many of its batches are done.
+
+    Single process: the first missing batch and everything after it run again (the store is
+    prepared and the provenance written). Shards: the owned batches without a shard file.
+    """
+    if spec.mode == "single":
+        done = store.prepare(dict(fingerprints), resume=resume)
+        store.write_provenance(dict(provenance))
+        first_missing = next((b for b in range(n_batches) if b not in done), n_batches)
+        return list(range(first_missing, n_batches)), first_missing
+    store.shards.mkdir(parents=True, exist_ok=True)
+    check_compatible(store.shards, spec, dict(fingerprints), resume=resume)
+    done = store.completed_batches()
+    todo_batches = owned_todo(spec, n_batches, done)
+    return todo_batches, len(spec.batches(n_batches)) - len(todo_batches)
+
+
+def _start_manifest(
+    store: RunStore,
+    spec: ShardSpec,
+    s: AuditSettings,
+    n: int,
+    n_batches: int,
+    fingerprints: Mapping[str, Any],
+    provenance: Mapping[str, Any],
+    model_info: Mapping[str, Any],
+    config: AuditConfig | None,
+    overrides: Mapping[str, Any] | None,
+    started: datetime,
+) -> dict[str, Any]:
+    """Write this process's shard manifest with status ``running``; return it."""
+    manifest: dict[str, Any] = {
+        "shard": spec.label,
+        "mode": spec.mode,
+        "status": "running",
+        "fingerprints": fingerprints,
+        "n_samples": n,
+        "n_batches": n_batches,
+        "batch_size": s.batch_size,
+        "batches": spec.batches(n_batches),
+        "config_path": str(Path(config.source).resolve())
+        if config is not None and config.source is not None
+        else None,
+        "overrides": dict(overrides or {}),
+        "model": model_info,
+        "provenance": provenance,
+        "started": started.isoformat(timespec="seconds"),
+    }
+    atomic_write_json(manifest_path(store.shards, spec), manifest)
+    return manifest
+
+
+def _audit_batches(
+    worker: _BatchAuditor,
+    store: RunStore,
+    dataset: Any,
+    todo_batches: Sequence[int],
+    todo: Sequence[Sequence[int]],
+    s: AuditSettings,
+    dev: torch.device,
+    model: torch.nn.Module,
+    model_name: str,
+    progress: bool | None,
+    *,
+    num_workers: int | None = None,
+) -> None:
+    """The loop: each batch computed and written as a shard; the model's own errors skip it.
+
+    ``num_workers``: DataLoader workers (default ``s.num_workers``; 0 when the images are
+    decoded on the CUDA device, ``[data] gpu_decode``).
+
+    More than ``max_failed_batches`` failing batches raise :class:`ModelRuntimeError`.
+    """
+    from auditor.data import iter_batches
+
+    failures: list[str] = []
+    bar = _progress(sum(len(c) for c in todo), progress, "auditing")
+    try:
+        flat = [i for c in todo for i in c]
+        # only the globally last chunk can be short, so re-chunking the concatenation of
+        # this shard's chunks gives back exactly those chunks
+        for batch_no, batch in zip(
+            todo_batches,
+            iter_batches(
+                dataset,
+                flat,
+                s.batch_size,
+                num_workers=s.num_workers if num_workers is None else num_workers,
+                pin_memory=dev.type == "cuda",
+            ),
+            strict=True,
+        ):
+            skip_rows = _empty_skip_rows(batch)
+            ids, idx = list(batch.ids), list(batch.indices)
+            if len(batch):
+                try:
+                    rows, cams = worker.process(batch, batch_no)
+                except Exception as exc:  # noqa: BLE001 - only the model's own errors
+                    if not raised_by_model(exc, model):
+                        raise
+                    failures.append(_model_failure(exc))
+                    log.warning(
+                        "batch %d: the model raised %s; its %d samples are skipped",
+                        batch_no,
+                        failures[-1],
+                        len(batch),
+                    )
+                    if len(failures) > s.max_failed_batches:
+                        raise ModelRuntimeError(
+                            f"the model {model_name!r} raised on "
+                            f"{len(failures)} batches (more than [audit] "
+                            f"max_failed_batches = {s.max_failed_batches}); first: "
+                            f"{failures[0]}"
+                        ) from exc
+                    reason = f"the model raised {failures[-1]}"
+                    skip_rows += [
+                        {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
+                    ]
+                    rows, cams, ids, idx = pa.table({}), {}, [], []
+            else:
+                rows, cams = pa.table({}), {}
+            store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
+            bar.update(len(batch) + len(batch.skipped))
+    finally:
+        bar.close()
+
+
 def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:
     """Additive summary fields: which layer, which reshape, and why."""
     from auditor.cam.layers import describe_reshape
@@ -867,8 +977,13 @@ def finalize_run(
     pdf: bool | None = None,
     render: bool = True,
     command: str | None = None,
+    aggregation: str | None = None,
 ) -> AuditOutcome:
     """``auditor finalize RUN_DIR``: combine the shards of a run directory into its results.
+
+    ``aggregation`` ("auto", "exact", "streaming") overrides the config's
+    ``[audit] aggregation`` (it changes how the shards are read, not what they hold, so the
+    config fingerprint still matches).
 
     Takes the run directory's main lock (refused while a shard writer is alive, naming it),
     checks that every shard ``I/N`` is present and complete and that all were made with the
@@ -883,7 +998,7 @@ def finalize_run(
         raise AuditorInputError(f"RUN_DIR {root}: no such directory")
     with RunLock(root, command=command):
         sweep_temp_files(root)
-        return _finalize_locked(root, config_path, pdf, render, command)
+        return _finalize_locked(root, config_path, pdf, render, command, aggregation)
 
 
 def _finalize_locked(
@@ -892,6 +1007,7 @@ def _finalize_locked(
     pdf: bool | None,
     render: bool,
     command: str | None,
+    aggregation: str | None = None,
 ) -> AuditOutcome:
     from auditor.config import load_config
     from auditor.data import open_dataset
@@ -924,6 +1040,12 @@ def _finalize_locked(
         raise AuditorInputError(
             f"the dataset's annotations changed since the shards were made ({src})"
         )
+    if aggregation is not None:
+        if aggregation not in ("auto", "exact", "streaming"):
+            raise AuditorInputError(
+                f"--aggregation must be 'auto', 'exact' or 'streaming', got {aggregation!r}"
+            )
+        cfg = replace(cfg, audit=replace(cfg.audit, aggregation=aggregation))
     store.write_provenance(first["provenance"])
     started = min(datetime.fromisoformat(m["started"]) for m in manifests if m.get("started"))
     return finalize(
@@ -1042,7 +1164,7 @@ def _sanity(
 
 
 def _cluster_analysis(
-    cams: dict[int, np.ndarray],
+    cams: Mapping[int, np.ndarray],
     table: pa.Table,
     classes: Sequence[str],
     s: AuditSettings,
@@ -1123,11 +1245,21 @@ def finalize(
     command: str | None,
 ) -> AuditOutcome:
     """Aggregate the shards, write samples.parquet, summary.json, gallery, junit, report."""
+    from auditor.analysis.streamed import choose_aggregation, count_rows
+
     s = settings
     t_an = time.perf_counter()
+    aggregation = choose_aggregation(
+        s.aggregation, count_rows(store.shards, store.batch_numbers()), len(s.methods)
+    )
+    if aggregation == "streaming":
+        return _finalize_streamed(
+            run_dir, store, dataset=dataset, classes=classes, settings=s, gates=gates,
+            model_info=model_info, config=config, sanity=sanity, started=started, t0=t0,
+            loop_s=loop_s, pdf=pdf, render=render, command=command, t_an=t_an,
+        )  # fmt: skip
     table = store.read_rows()
     log.info("aggregating %d rows from %s", table.num_rows, store.shards)
-    skipped = store.read_skipped()
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
@@ -1154,10 +1286,6 @@ def finalize(
         )
     else:
         result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
-
-    from auditor.cam import METHODS
-    from auditor.metrics.registry import METRICS
-
     prim = table.filter(pc.equal(table.column("method"), s.primary)) if table.num_rows else table
     h = hashlib.sha256()
     if prim.num_rows:
@@ -1168,6 +1296,75 @@ def finalize(
             prim.column("label").to_pylist(),
         ):
             h.update(f"{sid}\0{ish}\0{msh}\0{lab}\n".encode())
+    return _finish(
+        run_dir, store, result, prim, h, primary_cams, dataset=dataset, classes=classes,
+        settings=s, gates=gates, model_info=model_info, config=config, sanity=sanity,
+        started=started, t0=t0, loop_s=loop_s, pdf=pdf, render=render, command=command,
+        t_an=t_an, aggregation="exact",
+    )  # fmt: skip
+
+
+def _finalize_streamed(
+    run_dir: Path, store: RunStore, *, dataset: Any, classes: Sequence[str],
+    settings: AuditSettings, t_an: float, **kw: Any,
+) -> AuditOutcome:  # fmt: skip
+    """:func:`finalize` reading the shards one at a time (auditor.analysis.streamed)."""
+    from auditor.analysis.streamed import StreamedRun
+
+    s = settings
+    log.info("aggregating the shards of %s one at a time (streaming)", store.shards)
+    streamed = StreamedRun(store, classes=classes, settings=s)
+    try:
+        slim = streamed.slim
+        clusters, membership = _cluster_analysis(
+            streamed.cams, slim, classes, s, tuple(dataset.config.input_size)
+        )
+        if slim.num_rows:
+            streamed.write_samples(membership)
+            sanity_clean = {k: v for k, v in (kw["sanity"] or {}).items() if not k.startswith("_")}
+            result = streamed.analyse(rules=FindingRules(), clusters=clusters, sanity=sanity_clean)
+        else:
+            result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
+        return _finish(
+            run_dir, store, result, slim, streamed.hasher, streamed.cams, dataset=dataset,
+            classes=classes, settings=s, t_an=t_an, aggregation="streaming", **kw,
+        )  # fmt: skip
+    finally:
+        streamed.close()
+
+
+def _finish(
+    run_dir: Path,
+    store: RunStore,
+    result: AuditResult,
+    prim: pa.Table,
+    h: Any,
+    primary_cams: Mapping[int, np.ndarray],
+    *,
+    dataset: Any,
+    classes: Sequence[str],
+    settings: AuditSettings,
+    gates: Sequence[GateRule],
+    model_info: dict[str, Any],
+    config: AuditConfig | None,
+    sanity: dict[str, Any] | None,
+    started: datetime,
+    t0: float,
+    loop_s: float,
+    pdf: bool,
+    render: bool,
+    command: str | None,
+    t_an: float,
+    aggregation: str,
+) -> AuditOutcome:
+    """The rest of :func:`finalize` from the analysed result and the primary method's rows
+    (provenance, gates, gallery, summary.json, JUnit, CSVs, report)."""
+    s = settings
+    table = prim
+    skipped = store.read_skipped()
+    from auditor.cam import METHODS
+    from auditor.metrics.registry import METRICS
+
     for sk in skipped:
         h.update(f"skipped\0{sk['id']}\n".encode())
     annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
@@ -1189,6 +1386,7 @@ def finalize(
                     "analysis_s": round(time.perf_counter() - t_an, 3),
                 },
                 "config_sha256": config.sha256 if config else None,
+                "aggregation": aggregation,
                 "seed": s.seed,
                 "device": s.device,
                 "command": command,
@@ -1251,7 +1449,7 @@ def finalize(
 
 def _gallery(
     run_dir: Path,
-    cams: dict[int, np.ndarray],
+    cams: Mapping[int, np.ndarray],
     dataset: Any,
     table: pa.Table,
     result: AuditResult,
@@ -1349,7 +1547,7 @@ def _gallery(
         clusters[cname] = replace(
             res,
             clusters=tuple(drawn),
-            extra=_subgroup_panels(run_dir, cname, res.extra, id_to_index, dataset, cams),
+            subgroups=_subgroup_panels(run_dir, cname, res.subgroups, id_to_index, dataset, cams),
         )
     return result.replace(
         gallery=MappingProxyType(out),
@@ -1384,36 +1582,35 @@ def _nonfinite_finding(prim: pa.Table) -> tuple[int, Finding | None]:
 def _subgroup_panels(
     run_dir: Path,
     cname: str,
-    extra: Mapping[str, Any],
+    subgroups: Sequence[SubgroupDetail] | None,
     id_to_index: Mapping[str, int],
     dataset: Any,
     cams: Mapping[int, np.ndarray],
-) -> Mapping[str, Any]:
+) -> tuple[SubgroupDetail, ...] | None:
     """Draw each subgroup's exemplars and, beside them, the rest of its class's exemplars;
-    return the clusters' ``extra`` with each subgroup's ``gallery`` [members, rest] filled."""
+    return the subgroups with each ``gallery`` [members, rest] filled."""
     from auditor.report import cluster_panel
-    from auditor.results import freeze, thaw
 
-    subgroups = thaw(extra.get("subgroups") or [])
     if not subgroups:
-        return extra
+        return None if subgroups is None else tuple(subgroups)
+    out = []
     for sg in subgroups:
         files: list[str] = []
-        for part, key in (("members", "exemplars"), ("rest", "rest_exemplars")):
-            wanted = [id_to_index[e] for e in sg.get(key) or [] if e in id_to_index][:4]
+        for part, wanted_ids in (("members", sg.exemplars), ("rest", sg.rest_exemplars)):
+            wanted = [id_to_index[e] for e in wanted_ids if e in id_to_index][:4]
             ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
             if not ex:
                 continue
-            n = sg["size"] if part == "members" else sg["class_size"] - sg["size"]
+            n = sg.size if part == "members" else sg.class_size - sg.size
             title = (
                 f"{cname}: subgroup, {n} images" if part == "members" else f"{cname}: the rest, {n}"
             )
             png = cluster_panel(np.mean([c for _, c in ex], axis=0), ex, title=title)
-            fname = f"gallery/subgroup-{slugify(cname)}-{sg['cluster']}-{part}.png"
+            fname = f"gallery/subgroup-{slugify(cname)}-{sg.cluster}-{part}.png"
             atomic_write_bytes(run_dir / fname, png)
             files.append(fname)
-        sg["gallery"] = files
-    return freeze({**thaw(extra), "subgroups": subgroups})
+        out.append(replace(sg, gallery=tuple(files)))
+    return tuple(out)
 
 
 def write_junit(path: Path, result: AuditResult | Mapping[str, Any]) -> None:

@@ -15,8 +15,10 @@
   :math:`p_c` is above chance (1 / number of classes). High when the lower bound of the
   difference is above ``high_margin``.
 
-Every finding carries ``support``: the statistic, its estimate and interval, and the baseline
-its interval excludes, so the report can say which number the finding rests on.
+Both return :class:`auditor.results.Finding` objects. Every finding carries ``support`` (in
+``Finding.extra``, written beside ``evidence`` in summary.json): the statistic, its estimate and
+interval, and the baseline its interval excludes, so the report can say which number the
+finding rests on.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from auditor.results import Finding
 from auditor.stats import two_proportion_diff_ci, wilson_interval
 
 __all__ = ["STAT_LABELS", "SufficiencyRules", "subgroup_findings", "sufficiency_findings"]
@@ -65,9 +68,31 @@ def _pct(v: Any) -> str:
     return "n/a" if v is None else f"{float(v):.0%}"
 
 
-def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def _finding(
+    name: str,
+    kind: str,
+    severity: str,
+    title: str,
+    message: str,
+    evidence: Mapping[str, Any],
+    support: Mapping[str, Any],
+    examples: Sequence[str],
+) -> Finding:
+    return Finding(
+        cls=name,
+        kind=kind,
+        severity=severity,
+        title=title,
+        message=message,
+        evidence=evidence,
+        examples=tuple(examples),
+        extra={"support": dict(support)} if support else {},
+    )
+
+
+def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[Finding]:
     """Findings from ``summary["clusters"]`` blocks that carry ``subgroups``."""
-    out: list[dict[str, Any]] = []
+    out: list[Finding] = []
     for name, res in (clusters or {}).items():
         for sg in res.get("subgroups") or []:
             tests = sg.get("tests") or {}
@@ -130,30 +155,30 @@ def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[dict[str, Any]
                 else:
                     iv_txt = " No intervention could test it (no object masks)."
                 out.append(
-                    {
-                        "class": name,
-                        "kind": "subgroup_shortcut",
-                        "severity": sg["severity"],
-                        "title": f"{n} of {m} '{name}' images are predicted from the {where}",
-                        "message": (
+                    _finding(
+                        name,
+                        "subgroup_shortcut",
+                        sg["severity"],
+                        f"{n} of {m} '{name}' images are predicted from the {where}",
+                        (
                             f"A subgroup of {n} of the {m} '{name}' images puts "
                             f"{_pct(sg['region_share'])} of its CAM mass in the {where} "
                             f"(the rest of the class: {_pct(sg['rest_region_share'])}); "
                             f"{stat_txt}." + iv_txt
                         ),
-                        "evidence": evidence,
-                        "support": support,
-                        "examples": list(sg["exemplars"]),
-                    }
+                        evidence,
+                        support,
+                        sg["exemplars"],
+                    )
                 )
             else:
                 out.append(
-                    {
-                        "class": name,
-                        "kind": "strategy_cluster",
-                        "severity": "low",
-                        "title": f"'{name}': a distinct explanation strategy ({n} of {m})",
-                        "message": (
+                    _finding(
+                        name,
+                        "strategy_cluster",
+                        "low",
+                        f"'{name}': a distinct explanation strategy ({n} of {m})",
+                        (
                             f"A cluster of {n} of the {m} '{name}' images differs from the "
                             f"rest: {stat_txt}."
                             + (
@@ -163,10 +188,10 @@ def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[dict[str, Any]
                                 else ""
                             )
                         ),
-                        "evidence": evidence,
-                        "support": support,
-                        "examples": list(sg["exemplars"]),
-                    }
+                        evidence,
+                        support,
+                        sg["exemplars"],
+                    )
                 )
     return out
 
@@ -179,7 +204,7 @@ def sufficiency_findings(
     *,
     confidence: float = 0.95,
     rules: SufficiencyRules | None = None,
-) -> list[dict[str, Any]]:
+) -> list[Finding]:
     """``background_sufficiency`` findings (module docstring); ``only_bg_pred`` -1 = not run."""
     rules = rules or SufficiencyRules()
     lab = np.asarray(labels, dtype=np.int64)
@@ -191,7 +216,7 @@ def sufficiency_findings(
         )
     ran = pred >= 0
     k_cls = len(classes)
-    out: list[dict[str, Any]] = []
+    out: list[Finding] = []
     if k_cls < 2 or not ran.any():
         return out
     for ci, name in enumerate(classes):
@@ -209,19 +234,19 @@ def sufficiency_findings(
         examples = [str(ids[int(j)]) for j in np.flatnonzero(hit)[: rules.max_examples]]
         p_c, p_o = k_c / n_c, k_o / n_o
         out.append(
-            {
-                "class": name,
-                "kind": "background_sufficiency",
-                "severity": "high" if d.low > rules.high_margin else "medium",
-                "title": f"'{name}': the background alone is predicted as '{name}'",
-                "message": (
+            _finding(
+                name,
+                "background_sufficiency",
+                "high" if d.low > rules.high_margin else "medium",
+                f"'{name}': the background alone is predicted as '{name}'",
+                (
                     f"With the object removed, {k_c} of {n_c} '{name}' images "
                     f"({p_c:.0%}, interval {w.low:.0%} to {w.high:.0%}) are still classified "
                     f"as '{name}', against {p_o:.0%} of other classes' backgrounds: the "
                     f"background carries the class (difference {d.estimate:.0%}, interval "
                     f"{d.low:.0%} to {d.high:.0%})."
                 ),
-                "evidence": {
+                {
                     "only_bg_accuracy": p_c,
                     "only_bg_accuracy_ci": [w.low, w.high],
                     "baseline": p_o,
@@ -231,7 +256,7 @@ def sufficiency_findings(
                     "n_other": n_o,
                     "chance": 1.0 / k_cls,
                 },
-                "support": {
+                {
                     "statistic": "only_bg_accuracy",
                     "label": "background alone predicted as the class",
                     "estimate": d.estimate,
@@ -242,7 +267,7 @@ def sufficiency_findings(
                     "rest": p_o,
                     "confidence": confidence,
                 },
-                "examples": examples,
-            }
+                examples,
+            )
         )
     return out

@@ -260,6 +260,49 @@ def bench_parity(name: str, batch: int, samples: int) -> list[tuple[str, float]]
     return interleaved(rows, 2)
 
 
+def bench_fullgrad(name: str, batch: int, rounds: int) -> list[tuple[str, float]]:
+    """FullGrad, ours vs pytorch-grad-cam's ``FullGrad``: same model, batch and targets.
+
+    Ours: the engine's capture forward (for the logits and the other methods) + FullGrad's own
+    forward from the input + one backward to the input (no parameter gradient); the peer: one
+    forward + ``loss.backward()`` (parameter gradients too) + a cv2 resize per channel of every
+    bias layer. ``fullgrad + gradcam`` shows the marginal cost next to the gradient family.
+    """
+    torch.manual_seed(0)
+    model = getattr(torchvision.models, name)(weights=None).eval()
+    images = torch.randn(batch, 3, 224, 224, generator=torch.Generator().manual_seed(0))
+    targets = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1))
+    rows: list[tuple[str, Callable[[], object], int]] = []
+
+    def plain() -> object:
+        with torch.inference_mode():
+            return model(images)
+
+    def ours(methods: tuple[str, ...]) -> Callable[[], object]:
+        def run() -> object:
+            with CamEngine(model, "layer4", methods) as engine:
+                return engine.run(images, targets)
+
+        return run
+
+    rows.append(("plain forward (inference_mode)", plain, rounds))
+    rows.append(("ours: fullgrad", ours(("fullgrad",)), rounds))
+    rows.append(("ours: fullgrad + gradcam", ours(("fullgrad", "gradcam")), rounds))
+    with contextlib.suppress(ImportError):
+        import pytorch_grad_cam as pgc
+        from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+
+        cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+
+        def theirs() -> object:
+            with contextlib.redirect_stdout(io.StringIO()):  # its "target_layers ignored" print
+                with pgc.FullGrad(model=model, target_layers=[]) as cam:
+                    return cam(images, targets=cam_targets)
+
+        rows.append(("pytorch-grad-cam: FullGrad", _quiet(theirs), rounds))
+    return interleaved(rows, rounds)
+
+
 def bench_scorecam(
     arch: str, counts: list[int], rounds: int
 ) -> tuple[list[tuple[str, float]], str]:
@@ -482,6 +525,11 @@ def main() -> None:
         help="ARCH:BATCH:SAMPLES for the parity methods vs their peers; 'none' skips them",
     )
     parser.add_argument(
+        "--fullgrad",
+        default="resnet18:8:3",
+        help="ARCH:BATCH:ROUNDS for FullGrad vs pytorch-grad-cam (interleaved); 'none' skips it",
+    )
+    parser.add_argument(
         "--legrad",
         default="4:6",
         help="BATCH:DEPTH of the ViT for LeGrad vs torch-cam; 'none' skips it",
@@ -504,6 +552,14 @@ def main() -> None:
         rows = bench_parity(arch, int(pbatch), int(psamples))
         title = f"parity methods vs their peers, {arch}, batch {pbatch}"
         parts.append(table(title, rows, int(pbatch)))
+        print(parts[-1], "\n", flush=True)
+    if args.fullgrad != "none":
+        arch, fbatch, frounds = args.fullgrad.split(":")
+        rows = bench_fullgrad(arch, int(fbatch), int(frounds))
+        title = (
+            f"FullGrad vs pytorch-grad-cam, {arch}, batch {fbatch}, best of {frounds} interleaved"
+        )
+        parts.append(table(title, rows, int(fbatch)))
         print(parts[-1], "\n", flush=True)
     if args.legrad != "none":
         lbatch, ldepth = args.legrad.split(":")

@@ -659,8 +659,32 @@ def test_fullgrad_refuses_models_it_cannot_explain() -> None:
 
     with pytest.raises(ValueError, match="transformer"):
         CamEngine(TinyViT(), "patch", ("fullgrad",))
+    # a real (small) torchvision ViT, target layer and token reshape auto-detected
+    from torchvision.models.vision_transformer import VisionTransformer
+
+    torch.manual_seed(0)
+    vit = VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32
+    )
+    with pytest.raises(ValueError, match="fullgrad.*transformer"):
+        compute_cams(vit, torch.randn(1, 3, 32, 32), [0], methods=("fullgrad",))
     # the other methods still work on it
     CamEngine(TinyViT(), "patch", ("gradcam",))
+
+    class TinyMixer(nn.Module):  # patch embedding + LayerNorm + token MLPs, no attention
+        def __init__(self) -> None:
+            super().__init__()
+            self.patch = nn.Conv2d(3, 8, 4, stride=4)
+            self.norm = nn.LayerNorm(8)
+            self.mlp = nn.Linear(8, 8)
+            self.fc = nn.Linear(8, 2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            t = self.patch(x).flatten(2).transpose(1, 2)
+            return self.fc(self.mlp(self.norm(t)).mean(1))
+
+    with pytest.raises(ValueError, match="patch embeddings"):
+        CamEngine(TinyMixer(), "patch", ("fullgrad",))
 
     stats_free = nn.Sequential(
         nn.Conv2d(3, 2, 3),
@@ -673,12 +697,12 @@ def test_fullgrad_refuses_models_it_cannot_explain() -> None:
 
 
 def test_fullgrad_pass_runs_only_when_requested(monkeypatch: pytest.MonkeyPatch) -> None:
-    from auditor.cam import engine as engine_module
+    from auditor.cam import fullgrad as fullgrad_module
 
     def boom(*_a: object, **_k: object) -> None:
         raise AssertionError("FullGrad's pass ran although it was not requested")
 
-    monkeypatch.setattr(engine_module, "fullgrad_terms", boom)
+    monkeypatch.setattr(fullgrad_module, "fullgrad_terms", boom)
     net = _bn_net(True)
     added: list[nn.Module] = []
     original = nn.Module.register_forward_hook

@@ -58,19 +58,20 @@ def test_fullgrad_through_the_runner(tmp_path: Path, demo_inputs: Path) -> None:
     dataset = open_dataset(cfg.data)
     model = load_model(cfg.model, num_classes=len(dataset.classes)).module
     settings = AuditSettings(
-        methods=("gradcam", "fullgrad"),
-        limit=6,
+        methods=("fullgrad", "gradcam"),  # the primary method: gallery and report from its maps
+        limit=12,
         faithfulness_samples=2,
         sanity_check=False,
-        clusters=False,
+        clusters=True,
         interventions=False,
         bootstrap=50,
     )
     run = tmp_path / "run"
-    auditor.audit(model, dataset, run, settings=settings, render=False)
+    auditor.audit(model, dataset, run, settings=settings, render=True, pdf=False)
+    assert "FullGrad" in (run / "report.html").read_text()
     table = pq.read_table(run / "samples.parquet").to_pydict()
     mine = [i for i, m in enumerate(table["method"]) if m == "fullgrad"]
-    assert len(mine) == 6
+    assert len(mine) == 12
     assert all(table["cam_status"][i] == "ok" for i in mine)
     for metric in ("energy_in_mask", "pointing_game", "iou", "auc"):
         values = np.asarray([table[metric][i] for i in mine], dtype=float)
@@ -82,7 +83,7 @@ def test_fullgrad_through_the_runner(tmp_path: Path, demo_inputs: Path) -> None:
     stored = RunStore(run).load_cams("fullgrad")
     side = max(dataset.config.input_size)
     expected = min(side, STORED_INPUT_MAP_SIDE)
-    assert len(stored) == 6 and all(max(m.shape) == expected for m in stored.values())
+    assert len(stored) == 12 and all(max(m.shape) == expected for m in stored.values())
     assert all(
         np.isfinite(m).all() and float(m.max()) == pytest.approx(1.0, abs=1e-2)
         for m in stored.values()

@@ -21,6 +21,7 @@ from auditor.metrics.subgroups import (
     describe_location,
     peak_distance,
 )
+from auditor.results import Finding
 from auditor.stats import bootstrap_diff_ci
 from auditor.subgroup_findings import subgroup_findings, sufficiency_findings
 
@@ -160,13 +161,15 @@ def test_sufficiency_hand_computed() -> None:
     pred = np.array([0] * 9 + [2] + [0] + [2] * 19 + [2] * 10)
     ids = [f"s{i}" for i in range(40)]
     out = sufficiency_findings(labels, pred, ids, ["a", "b", "c"])
-    assert [f["class"] for f in out] == ["a"]  # c: 10/10 against 20/30, interval too wide
+    assert [f.cls for f in out] == ["a"]  # c: 10/10 against 20/30, interval too wide
     f = out[0]
-    assert f["evidence"]["only_bg_accuracy"] == pytest.approx(0.9)
-    assert f["evidence"]["baseline"] == pytest.approx(1 / 30)
-    assert f["support"]["estimate"] == pytest.approx(0.9 - 1 / 30)
-    assert f["support"]["ci"][0] > 0.5 and f["severity"] == "high"
-    assert f["examples"] == ids[:8]  # at most 8 examples
+    assert isinstance(f, Finding) and f.kind == "background_sufficiency"
+    assert f.evidence["only_bg_accuracy"] == pytest.approx(0.9)
+    assert f.evidence["baseline"] == pytest.approx(1 / 30)
+    assert f.extra["support"]["estimate"] == pytest.approx(0.9 - 1 / 30)
+    assert f.extra["support"]["ci"][0] > 0.5 and f.severity == "high"
+    assert f.examples == tuple(ids[:8])  # at most 8 examples
+    assert f.to_json()["support"]["statistic"] == "only_bg_accuracy"  # beside the evidence
     # a default class (every background predicted as it) is NOT flagged: baseline is high
     assert sufficiency_findings(labels, np.zeros(40, int), ids, ["a", "b", "c"]) == []
     # not run (-1) → nothing

@@ -44,7 +44,16 @@ from auditor.analysis.gates import evaluate_gates, gate_result, gate_value
 from auditor.config import AuditSettings
 from auditor.metrics.localisation import METRIC_NAMES
 from auditor.metrics.registry import sample_metric_names
-from auditor.results import AuditResult, ClassClusters, SanityResult, freeze
+from auditor.results import (
+    AuditResult,
+    ClassClusters,
+    ClassResult,
+    MethodAgreement,
+    OverallResult,
+    SanityResult,
+    Stat,
+    freeze,
+)
 
 __all__ = [
     "AGG_METRICS",
@@ -54,6 +63,7 @@ __all__ = [
     "FindingRules",
     "RuleContext",
     "analyse",
+    "assemble",
     "evaluate_gates",
     "finding_rule",
     "gate_result",
@@ -109,10 +119,45 @@ def analyse(
     prim = PrimaryColumns.of(table, primary)
     null = null_baselines(table, classes, primary, class_m)
     cls_results = class_results(prim, classes, class_m, settings, null)
+    return assemble(
+        cls_results,
+        overall=overall_result(table, prim, methods, overall_m, settings),
+        prim=prim,
+        classes=classes,
+        methods=methods,
+        settings=settings,
+        rules=rules,
+        method_agreement=method_agreement(table, methods),
+        faithfulness=faithfulness_block(table, methods, FAITH_METRICS, settings),
+        clusters=clusters,
+        sanity=sanity,
+    )
+
+
+def assemble(
+    cls_results: Mapping[str, ClassResult],
+    *,
+    overall: OverallResult,
+    prim: PrimaryColumns,
+    classes: Sequence[str],
+    methods: Sequence[str],
+    settings: AuditSettings,
+    rules: FindingRules,
+    method_agreement: MethodAgreement | None,
+    faithfulness: Mapping[str, Mapping[str, Stat]] | None,
+    clusters: Mapping[str, Any] | None = None,
+    sanity: Mapping[str, Any] | None = None,
+) -> AuditResult:
+    """Run the finding rules on the typed statistics and build the :class:`AuditResult`.
+
+    Shared by :func:`analyse` (exact, from one table) and
+    :func:`auditor.analysis.streamed.analyse_streamed` (from the shards, one at a time).
+    """
+    primary = settings.primary
     cl = _clusters(clusters)
     sa = _sanity(sanity)
     ctx = RuleContext(
-        classes=MappingProxyType(cls_results),
+        classes=MappingProxyType(dict(cls_results)),
         primary=primary,
         methods=tuple(methods),
         samples=prim,
@@ -122,17 +167,17 @@ def analyse(
         sanity=MappingProxyType(sa),
     )
     raw = run_rules(ctx)
-    flagged = apply_flags(cls_results, raw, primary)
+    flagged = apply_flags(dict(cls_results), raw, primary)
     return AuditResult(
         methods=tuple(methods),
         primary_method=primary,
-        overall=overall_result(table, prim, methods, overall_m, settings),
+        overall=overall,
         classes=MappingProxyType(flagged),
         findings=tuple(number_findings(raw)),
         rules=freeze(rules.describe(settings.confidence)),
         confusion=confusion_matrix(prim, classes),
-        method_agreement=method_agreement(table, methods),
-        faithfulness=freeze(faithfulness_block(table, methods, FAITH_METRICS, settings)),
+        method_agreement=method_agreement,
+        faithfulness=freeze(faithfulness),
         sanity=MappingProxyType(sa) if sa else None,
         clusters=MappingProxyType(cl) if cl else None,
     )

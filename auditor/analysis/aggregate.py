@@ -32,6 +32,7 @@ from auditor.results import (
     freeze,
 )
 from auditor.stats import (
+    Interval,
     bootstrap_mean_ci,
     grouped_bootstrap_mean_ci,
     paired_bootstrap_diff_ci,
@@ -74,6 +75,11 @@ def col(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
         else:
             arr = arr.astype(dtype)
     return arr
+
+
+def stat_of(iv: Any) -> Stat:
+    """The :class:`Stat` of an :class:`auditor.stats.Interval`."""
+    return _stat(iv)
 
 
 def _stat(iv: Any) -> Stat:
@@ -170,20 +176,26 @@ class PrimaryColumns:
 
 
 def _interventions(
-    p: PrimaryColumns, sel: np.ndarray, acc: float | None, n: int, settings: AuditSettings
+    p: PrimaryColumns,
+    sel: np.ndarray,
+    acc: float | None,
+    n: int,
+    settings: AuditSettings,
+    drop: Interval | None = None,
 ) -> Interventions:
     means: dict[str, float | None] = {}
     for key, out in INTERVENTION_CORRECT.items():
         vals = p.interventions[key][sel]
         finite = vals[np.isfinite(vals)]
         means[out] = float(finite.mean()) if len(finite) else None
-    drop = paired_bootstrap_diff_ci(
-        p.interventions["only_fg_correct"][sel],
-        p.correct[sel],
-        confidence=settings.confidence,
-        n_boot=settings.bootstrap,
-        seed=settings.seed,
-    )
+    if drop is None:
+        drop = paired_bootstrap_diff_ci(
+            p.interventions["only_fg_correct"][sel],
+            p.correct[sel],
+            confidence=settings.confidence,
+            n_boot=settings.bootstrap,
+            seed=settings.seed,
+        )
     mixed = means["mixed_rand_accuracy"]
     return Interventions(
         accuracy=acc,
@@ -203,10 +215,14 @@ def class_results(
     class_metrics: Mapping[str, Mapping[str, Mapping[str, Stat]]],
     settings: AuditSettings,
     null: Mapping[str, Mapping[str, Any]] | None = None,
+    drops: Mapping[int, Interval] | None = None,
 ) -> dict[str, ClassResult]:
     """One :class:`ClassResult` per class (not yet flagged: see ``findings.apply_flags``).
 
     ``null`` (from :func:`null_baselines`) lands in each class's ``null_baseline`` field.
+    ``drops`` (class index -> interval of ``mean(correct - only_fg_correct)``) replaces the
+    exact paired bootstrap of the only-foreground drop (the streamed path's Poisson
+    bootstrap, :mod:`auditor.analysis.streamed`).
     """
     out: dict[str, ClassResult] = {}
     for ci, name in enumerate(classes):
@@ -223,7 +239,9 @@ def class_results(
                 {m: MappingProxyType(dict(v)) for m, v in class_metrics[name].items()}
             ),
             interventions=(
-                _interventions(p, sel, acc, n, settings) if p.interventions and n else None
+                _interventions(p, sel, acc, n, settings, drops.get(ci) if drops else None)
+                if p.interventions and n
+                else None
             ),
             extra=freeze({"null_baseline": dict(null[name])} if null and name in null else {}),
         )

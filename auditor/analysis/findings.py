@@ -457,20 +457,7 @@ def method_disagreement_rule(ctx: RuleContext) -> list[Finding]:
 # --------------------------------------------------------------------------------------------
 # run-wide rules on other analyses' results
 # --------------------------------------------------------------------------------------------
-def _as_finding(d: Mapping[str, Any]) -> Finding:
-    return Finding(
-        cls=d["class"],
-        kind=d["kind"],
-        severity=d["severity"],
-        title=d["title"],
-        message=d["message"],
-        evidence=d["evidence"],
-        examples=tuple(d.get("examples") or ()),
-        extra={"support": d["support"]} if d.get("support") else {},
-    )
-
-
-def _subgroup_dicts(ctx: RuleContext) -> list[dict[str, Any]]:
+def _subgroup_rule_findings(ctx: RuleContext) -> list[Finding]:
     from auditor.subgroup_findings import subgroup_findings
 
     return subgroup_findings({name: res.to_json() for name, res in ctx.clusters.items()})
@@ -486,7 +473,7 @@ def _describe_subgroup(r: FindingRules, confidence: float) -> str:
 def subgroup_shortcut_rule(ctx: RuleContext) -> list[Finding]:
     """A subgroup of a class that looks elsewhere, tested against the rest of its class
     (SpRAy, Lapuschkin et al. 2019; :mod:`auditor.metrics.subgroups`): high or medium."""
-    return [_as_finding(d) for d in _subgroup_dicts(ctx) if d["kind"] == "subgroup_shortcut"]
+    return [f for f in _subgroup_rule_findings(ctx) if f.kind == "subgroup_shortcut"]
 
 
 def _describe_cluster(r: FindingRules, confidence: float) -> str:
@@ -501,7 +488,7 @@ def _describe_cluster(r: FindingRules, confidence: float) -> str:
 @finding_rule("strategy_cluster", describe=_describe_cluster)
 def strategy_cluster_rule(ctx: RuleContext) -> list[Finding]:
     """A SpRAy cluster that differs from its class without a shortcut verdict (low)."""
-    return [_as_finding(d) for d in _subgroup_dicts(ctx) if d["kind"] == "strategy_cluster"]
+    return [f for f in _subgroup_rule_findings(ctx) if f.kind == "strategy_cluster"]
 
 
 def _describe_sufficiency(r: FindingRules, confidence: float) -> str:
@@ -518,12 +505,9 @@ def background_sufficiency_rule(ctx: RuleContext) -> list[Finding]:
     p = ctx.samples
     if p.only_bg_pred is None or len(p.ids) != len(p.labels):
         return []
-    return [
-        _as_finding(d)
-        for d in sufficiency_findings(
-            p.labels, p.only_bg_pred, p.ids, list(ctx.classes), confidence=ctx.confidence
-        )
-    ]
+    return sufficiency_findings(
+        p.labels, p.only_bg_pred, p.ids, list(ctx.classes), confidence=ctx.confidence
+    )
 
 
 def _sanity_threshold(ctx_sanity: Mapping[str, SanityResult] | None = None) -> float:

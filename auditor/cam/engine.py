@@ -46,7 +46,6 @@ from auditor.status import CAM_STATUSES
 
 from . import perturbation
 from .copies import ModelCopies, autocast_context
-from .fullgrad import check_fullgrad_model, fullgrad_terms
 from .layers import LayerChoice, resolve_layer, resolve_target
 from .methods import METHODS, CamContext
 from .outputs import logits_of as _logits_of
@@ -254,13 +253,6 @@ class CamEngine:
         if isinstance(reshape, str):  # resolve_target returns a callable or None
             raise ValueError(f"`reshape` {reshape!r} could not be resolved")
         self.reshape: Callable[[Tensor], Tensor] | None = reshape
-        # FullGrad's own pass (auditor.cam.fullgrad): its layers, checked here (a clear error
-        # for a model it cannot explain); no hook is added unless it is requested
-        self._fullgrad_layers = (
-            check_fullgrad_model(model, token_layer=reshape is not None)
-            if "fullgrad" in methods
-            else []
-        )
         self._needs_grad = any(METHODS[m].needs_gradients for m in methods)
         self._needs_hvp = any(METHODS[m].needs_hvp for m in methods)
         self._score_methods = tuple(m for m in methods if METHODS[m].score is not None)
@@ -621,21 +613,6 @@ class CamEngine:
 
         extra = extra or {}
         shared: dict[str, list[Tensor]] = {}  # noisy captures serve every layer at once
-        full: list[tuple[Tensor, Tensor]] = []  # FullGrad's pass: once per batch, any layer
-
-        def full_gradient() -> tuple[Tensor, Tensor]:
-            if not full:
-                full.append(
-                    fullgrad_terms(
-                        self.model,
-                        images,
-                        targets_bt,
-                        self._fullgrad_layers,
-                        lambda: self._autocast(images.device),
-                    )
-                )
-            return full[0]
-
         per_layer: list[dict[str, Tensor]] = []
         flags: list[dict[str, Tensor]] = []
         failed_by_method = {
@@ -743,7 +720,6 @@ class CamEngine:
                 noisy_gradients=noisy_gradients,
                 smoothed_scores=smoothed_scores,
                 integrated_scores=integrated_scores,
-                full_gradient=full_gradient,
                 own_map=own_map,
             )
             maps: dict[str, Tensor] = {}

@@ -41,7 +41,13 @@ from torch import Tensor, nn
 
 from .outputs import logits_of
 
-__all__ = ["FULLGRAD_EPS", "bias_layers", "check_fullgrad_model", "fullgrad_terms"]
+__all__ = [
+    "FULLGRAD_EPS",
+    "bias_layers",
+    "check_fullgrad_model",
+    "fullgrad_saliency",
+    "fullgrad_terms",
+]
 
 FULLGRAD_EPS = 1e-7
 """Denominator guard of the per-channel min-max (pytorch-grad-cam's ``scale_cam_image``)."""
@@ -77,17 +83,28 @@ def _is_attention(module: nn.Module) -> bool:
     return isinstance(module, nn.MultiheadAttention) or "attention" in type(module).__name__.lower()
 
 
+def _is_patch_embedding(module: nn.Module) -> bool:
+    """A conv that cuts the image into non-overlapping patches (stride == kernel size > 1)."""
+    if not isinstance(module, nn.Conv2d):
+        return False
+    kernel, stride = tuple(module.kernel_size), tuple(module.stride)
+    return kernel == stride and max(kernel) > 1
+
+
 def check_fullgrad_model(
     model: nn.Module, token_layer: bool = False
 ) -> list[tuple[str, nn.Module]]:
     """The model's FullGrad bias layers, or a ``ValueError`` saying why FullGrad cannot apply.
 
-    Refused: a model with no biased conv/BatchNorm layer (the map would be the input gradient
-    alone, not FullGrad); a transformer (attention modules, or a token-shaped target layer):
-    its biases sit in linear and normalisation layers over tokens, which FullGrad's
-    conv/BatchNorm decomposition does not cover, so a map from its patch-embedding convolution
-    alone would look plausible without being the method; a BatchNorm2d without running
-    statistics (its eval-mode bias depends on the batch).
+        Refused: a model with no biased conv/BatchNorm layer (the map would be the input gradient
+        alone, not FullGrad); a transformer (attention modules, or a token-shaped target layer):
+        its biases sit in linear and normalisation layers over tokens, which FullGrad's
+        conv/BatchNorm decomposition does not cover, so a map from its patch-embedding convolution
+        alone would look plausible without being the method; a model whose only biased conv/BN
+        layers are patch embeddings (stride == kernel size) and that has LayerNorms (ViT, MLP-Mixer
+    without attention-named modules); a BatchNorm2d without
+        running statistics (its eval-mode bias depends on the batch). ``token_layer``: the caller
+        knows the target layer outputs tokens.
     """
     name = type(model).__name__
     attention = [n for n, m in model.named_modules() if _is_attention(m)]
@@ -110,6 +127,15 @@ def check_fullgrad_model(
             f"method 'fullgrad' needs biased nn.Conv2d or affine nn.BatchNorm2d layers (it sums "
             f"their bias-gradient maps), but {name} has none; use another method"
         )
+    layernorm = any(isinstance(m, nn.LayerNorm) for m in model.modules())
+    if layernorm and all(_is_patch_embedding(m) for _, m in layers):
+        names = ", ".join(n for n, _ in layers[:3])
+        raise ValueError(
+            f"method 'fullgrad' is defined for convolutional networks, but the only biased "
+            f"conv/BatchNorm layers of {name} are patch embeddings ({names}): a token model "
+            "whose biases live in linear/normalisation layers FullGrad does not cover; use "
+            "another method"
+        )
     stale = [
         n
         for n, m in layers
@@ -124,12 +150,19 @@ def check_fullgrad_model(
     return layers
 
 
-def _norm_channels(terms: Tensor) -> Tensor:
-    """``norm(|t|)`` per (image, channel) of ``[N, K, h, w]``: ``(t - min) / (max - min + eps)``."""
+def _norm_channel_sum(terms: Tensor, scale: Tensor | None = None) -> Tensor:
+    """``sum_k norm(|s_k t_k|)`` of ``[N, K, h, w]`` -> ``[N, h, w]``, ``norm(u) = (u - min) /
+    (max - min + eps)`` per (image, channel), ``s`` a per-channel factor ``[K]`` (default 1).
+
+    Computed as ``sum_k c_k |t_k| - sum_k c_k min_k |t_k|`` with ``c_k = |s_k| / (|s_k| (max_k -
+    min_k) + eps)`` (``min``/``max`` of ``|s_k t_k|`` are ``|s_k|`` times those of ``|t_k|``): one
+    abs, one min/max pass and one contraction, no scaled or normalised copy of the tensor.
+    """
     t = terms.abs()
-    lo = t.amin(dim=(2, 3), keepdim=True)
-    t = t - lo
-    return t / (t.amax(dim=(2, 3), keepdim=True) + FULLGRAD_EPS)
+    lo, hi = torch.aminmax(t.flatten(2), dim=2)  # [N, K]
+    s = torch.ones_like(lo) if scale is None else scale.abs()[None, :].expand_as(lo)
+    coeff = s / (s * (hi - lo) + FULLGRAD_EPS)
+    return torch.einsum("nkhw,nk->nhw", t, coeff) - (lo * coeff).sum(1)[:, None, None]
 
 
 def fullgrad_terms(
@@ -168,7 +201,7 @@ def fullgrad_terms(
 
         def grad_hook(grad: Tensor) -> None:
             # registered before any in-place op after the layer: dy/dz of the layer's own output
-            term = _norm_channels(grad.float() * bias[None, :, None, None]).sum(dim=1)
+            term = _norm_channel_sum(grad.float(), bias)
             acc = sums[current[0]]
             key = (int(term.shape[-2]), int(term.shape[-1]))
             acc[key] = acc[key] + term if key in acc else term
@@ -188,7 +221,7 @@ def fullgrad_terms(
                 current[0] = t
                 score = logits.gather(1, targets_bt[:, t : t + 1]).float().sum()
                 (grad_x,) = torch.autograd.grad(score, x, retain_graph=t < n_targets - 1)
-                inputs_t.append(_norm_channels((grad_x * x.detach()).float()).sum(dim=1))
+                inputs_t.append(_norm_channel_sum((grad_x * x.detach()).float()))
     finally:
         for handle in handles:
             handle.remove()
@@ -205,3 +238,13 @@ def fullgrad_terms(
     input_term = torch.stack(inputs_t, dim=1).flatten(0, 1)
     bias_term = torch.stack(bias_t, dim=1).flatten(0, 1)
     return input_term, bias_term
+
+
+def fullgrad_saliency(model: nn.Module, images: Tensor, targets_bt: Tensor) -> Tensor:
+    """FullGrad's ``S = input_term + bias_term`` ``[B*T, H, W]`` (``CamMethod.own_pass``).
+
+    Runs :func:`check_fullgrad_model` (cheap: a walk over the modules) and
+    :func:`fullgrad_terms` under the caller's autocast and grad settings.
+    """
+    input_term, bias_term = fullgrad_terms(model, images, targets_bt, check_fullgrad_model(model))
+    return input_term + bias_term

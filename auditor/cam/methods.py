@@ -64,10 +64,6 @@ class CamContext:
             for ``X * (norm(up(A_k)) + noise)`` (SS-CAM's extra forwards).
         integrated_scores: ``(samples) -> [N, K]``: mean over ``i = 1..S`` of the target logit
             for ``c_i X * norm(up(A_k))``, ``c_i = sum_{j<=i} j/S`` (IS-CAM's extra forwards).
-        full_gradient: ``() -> (input_term, bias_term)``, each ``[N, H, W]`` at the INPUT
-            resolution: FullGrad's post-processed input-gradient and bias-gradient sums
-            (:func:`auditor.cam.fullgrad.fullgrad_terms`: one forward from the input and one
-            full backward per target, batched, independent of the target layer).
         own_map: ``(method) -> [N, h', w']``: the map computed by that method's own pass
             (``CamMethod.own_pass``: its own forward/backward on the model, once per batch,
             shared by every target layer), at the resolution the pass gives (LeGrad: the patch
@@ -88,7 +84,6 @@ class CamContext:
     noisy_gradients: Callable[[int, float], Tensor] = field(default=_unavailable)
     smoothed_scores: Callable[[int, float], Tensor] = field(default=_unavailable)
     integrated_scores: Callable[[int], Tensor] = field(default=_unavailable)
-    full_gradient: Callable[[], tuple[Tensor, Tensor]] = field(default=_unavailable)
     own_map: Callable[[str], Tensor] = field(default=_unavailable)
 
     @property
@@ -957,6 +952,18 @@ def _iscam(ctx: CamContext) -> Tensor:
     return _channel_map(ctx, torch.softmax(ctx.integrated_scores(ISCAM_SAMPLES), dim=1))
 
 
+def _fullgrad_pass(model: Any, images: Tensor, targets: Tensor) -> Tensor:
+    from .fullgrad import fullgrad_saliency  # the hooks live beside the pass, not in the registry
+
+    return fullgrad_saliency(model, images, targets)
+
+
+def _fullgrad_check(model: Any) -> None:
+    from .fullgrad import check_fullgrad_model
+
+    check_fullgrad_model(model)
+
+
 @register(
     "fullgrad",
     needs_gradients=False,
@@ -982,6 +989,8 @@ def _iscam(ctx: CamContext) -> Tensor:
         "Srinivas & Fleuret 2019, Full-Gradient Representation for Neural Network "
         "Visualization (NeurIPS)"
     ),
+    own_pass=_fullgrad_pass,
+    check_model=_fullgrad_check,
 )
 def _fullgrad(ctx: CamContext) -> Tensor:
     """FullGrad: ``S = sum_ch psi(grad_x y_c * x) + sum_l sum_k up(psi(dy_c/dz_{l,k} b_{l,k})),
@@ -991,13 +1000,13 @@ def _fullgrad(ctx: CamContext) -> Tensor:
     ``b_l`` its bias (eval-mode BatchNorm: ``beta - mu gamma / sqrt(var + eps)``); ``norm`` is
     the per-(image, channel) min-max ``(t - min) / (max - min + 1e-7)``, ``up`` bilinear
     upsampling to the input size (pytorch-grad-cam's post-processing; Srinivas & Fleuret 2019).
-    The terms come from FullGrad's own batched pass (``ctx.full_gradient``,
-    :mod:`auditor.cam.fullgrad`), not from the target layer; the map is at the INPUT resolution.
+    ``S`` comes from FullGrad's own batched pass (``ctx.own_map("fullgrad")``,
+    :func:`auditor.cam.fullgrad.fullgrad_saliency`), not from the target layer; the map is at
+    the INPUT resolution.
     The per-channel normalisation leaves a floor (``S >= 0`` everywhere); it is removed
     (``M = S - min S``, as the peers' final min-max does) so that energy metrics read contrast.
     """
-    input_term, bias_term = ctx.full_gradient()
-    total = input_term + bias_term
+    total = ctx.own_map("fullgrad")
     return total - total.flatten(1).amin(1)[:, None, None]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import json
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -20,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from auditor.errors import RenderError
-from auditor.format import finite_or_none, slugify
+from auditor.format import finite_or_none, finite_pair, slugify
 from auditor.report import figures as figs
 from auditor.results import (
     AuditResult,
@@ -507,20 +506,6 @@ _STAT_LABELS = {
 }
 
 
-def _num(v: object) -> float | None:
-    try:
-        f = float(v)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        return None
-    return f if math.isfinite(f) else None
-
-
-def _pair(v: object) -> list[float | None]:
-    if isinstance(v, list | tuple) and len(v) == 2:
-        return [_num(v[0]), _num(v[1])]
-    return [None, None]
-
-
 def _support(raw: object) -> dict[str, Any] | None:
     """The statistic a finding rests on: its estimate, interval and the baseline it excludes."""
     d = thaw(raw) if raw is not None else None
@@ -529,13 +514,13 @@ def _support(raw: object) -> dict[str, Any] | None:
     return {
         "statistic": str(d.get("statistic") or ""),
         "label": str(d.get("label") or d.get("statistic") or ""),
-        "estimate": _num(d.get("estimate")),
-        "ci": _pair(d.get("ci")),
-        "baseline": _num(d.get("baseline")),
+        "estimate": finite_or_none(d.get("estimate")),
+        "ci": finite_pair(d.get("ci")),
+        "baseline": finite_or_none(d.get("baseline")),
         "against": str(d.get("against") or ""),
-        "subgroup": _num(d.get("subgroup")),
-        "rest": _num(d.get("rest")),
-        "confidence": _num(d.get("confidence")),
+        "subgroup": finite_or_none(d.get("subgroup")),
+        "rest": finite_or_none(d.get("rest")),
+        "confidence": finite_or_none(d.get("confidence")),
     }
 
 
@@ -549,47 +534,42 @@ def _subgroups(result: AuditResult, images: Any) -> list[dict[str, Any]]:
             by_key[(f.cls, f.evidence.get("cluster"))] = {"id": f.id, "title": f.title}
     out: list[dict[str, Any]] = []
     for name, cc in (result.clusters or {}).items():
-        for sg in thaw(cc.extra.get("subgroups")) or []:
-            if not isinstance(sg, dict):
-                continue
-            tests = []
-            for key, t in (sg.get("tests") or {}).items():
-                tests.append(
-                    {
-                        "name": str(key),
-                        "label": _STAT_LABELS.get(str(key), str(key)),
-                        "subgroup": _num(t.get("subgroup")),
-                        "rest": _num(t.get("rest")),
-                        "diff": _num(t.get("diff")),
-                        "ci": _pair(t.get("ci")),
-                        "margin": _num(t.get("margin")),
-                        "method": str(t.get("method") or ""),
-                        "separates": bool(t.get("separates")),
-                    }
-                )
-            members = [str(x) for x in sg.get("members") or []]
-            rate = list(sg.get("only_bg_rate") or []) + [None, None, None]
+        for sg in cc.subgroups or ():
+            tests = [
+                {
+                    "name": key,
+                    "label": _STAT_LABELS.get(key, key),
+                    "subgroup": finite_or_none(t.subgroup),
+                    "rest": finite_or_none(t.rest),
+                    "diff": finite_or_none(t.diff),
+                    "ci": finite_pair(t.ci),
+                    "margin": finite_or_none(t.margin),
+                    "method": t.method,
+                    "separates": t.separates,
+                }
+                for key, t in sg.tests.items()
+            ]
+            members = list(sg.members)
+            rate = sg.only_bg_rate
             out.append(
                 {
                     "class": name,
                     "slug": slugify(name),
-                    "finding": by_key.get((name, sg.get("cluster"))),
-                    "severity": str(sg.get("severity") or "low"),
-                    "size": sg.get("size"),
-                    "class_size": sg.get("class_size"),
-                    "where": str(sg.get("where") or ""),
-                    "region_share": _num(sg.get("region_share")),
-                    "rest_region_share": _num(sg.get("rest_region_share")),
-                    "needed_statistic": sg.get("needed_statistic"),
-                    "interventions": bool(sg.get("interventions")),
-                    "only_bg_rate": _num(rate[0]),
-                    "only_bg_rate_ci": [_num(rate[1]), _num(rate[2])],
+                    "finding": by_key.get((name, sg.cluster)),
+                    "severity": sg.severity,
+                    "size": sg.size,
+                    "class_size": sg.class_size,
+                    "where": sg.where,
+                    "region_share": finite_or_none(sg.region_share),
+                    "rest_region_share": finite_or_none(sg.rest_region_share),
+                    "needed_statistic": sg.needed_statistic,
+                    "interventions": sg.interventions,
+                    "only_bg_rate": finite_or_none(rate[0]),
+                    "only_bg_rate_ci": [finite_or_none(rate[1]), finite_or_none(rate[2])],
                     "tests": tests,
                     "members": members[:60],
                     "n_members_hidden": max(0, len(members) - 60),
-                    "images": [
-                        {"file": str(p), "uri": images.uri(str(p))} for p in sg.get("gallery") or []
-                    ],
+                    "images": [{"file": p, "uri": images.uri(p)} for p in sg.gallery],
                 }
             )
     order = {"high": 0, "medium": 1, "low": 2}
