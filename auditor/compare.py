@@ -110,8 +110,8 @@ DERIVED_QUANTITIES: Mapping[str, tuple[str, str]] = {
 #: What decides a class's verdict (primary methods).
 VERDICT_QUANTITIES = ("background_focus", "accuracy")
 #: Pairs (per compared method) from which the *overall* intervals use the streamed Poisson
-#: bootstrap (:class:`auditor.streaming.PoissonBootstrap`, keyed by dataset index) instead of the exact multinomial one; per-class
-#: intervals stay exact (a class holds a small share of the samples).
+#: bootstrap (:class:`auditor.streaming.PoissonBootstrap`, keyed by dataset index) instead of
+#: the exact multinomial one; per-class intervals stay exact (a class is a small share).
 STREAM_MIN_PAIRS = 200_000
 STATUS_ORDER = {"regressed": 0, "changed": 1, "unchanged": 2, "n/a": 3, "improved": 4}
 _INCREASE, _DECREASE = "_increase", "_decrease"
