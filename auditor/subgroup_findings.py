@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from auditor.results import Finding
+from auditor.results import ClassClusters, Finding
 from auditor.stats import two_proportion_diff_ci, wilson_interval
 
 __all__ = ["STAT_LABELS", "SufficiencyRules", "subgroup_findings", "sufficiency_findings"]
@@ -90,65 +90,68 @@ def _finding(
     )
 
 
-def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[Finding]:
-    """Findings from ``summary["clusters"]`` blocks that carry ``subgroups``."""
+def subgroup_findings(
+    clusters: Mapping[str, ClassClusters | Mapping[str, Any]] | None,
+) -> list[Finding]:
+    """Findings from the clusters blocks (typed, or ``summary["clusters"]`` JSON) that carry
+    tested ``subgroups``."""
     out: list[Finding] = []
     for name, res in (clusters or {}).items():
-        for sg in res.get("subgroups") or []:
-            tests = sg.get("tests") or {}
-            key = sg.get("elsewhere_statistic") or (sg.get("separating") or [None])[0]
-            t = tests.get(key) if key else None
-            if t is None:
+        cc = res if isinstance(res, ClassClusters) else ClassClusters.from_json(res)
+        for sg in cc.subgroups or ():
+            key = sg.elsewhere_statistic or (sg.separating or (None,))[0]
+            t = sg.tests.get(key) if key else None
+            if key is None or t is None:
                 continue
             support = {
                 "statistic": key,
                 "label": STAT_LABELS.get(key, key),
-                "estimate": t["diff"],
-                "ci": t["ci"],
-                "baseline": t["baseline"],
+                "estimate": t.diff,
+                "ci": list(t.ci),
+                "baseline": t.baseline,
                 "against": "the rest of the class",
-                "subgroup": t["subgroup"],
-                "rest": t["rest"],
-                "confidence": t["confidence"],
+                "subgroup": t.subgroup,
+                "rest": t.rest,
+                "confidence": t.confidence,
             }
-            needed = sg.get("needed_statistic")
-            nt = tests.get(needed) if needed else None
+            needed = sg.needed_statistic
+            nt = sg.tests.get(needed) if needed else None
             evidence = {
-                "cluster": sg["cluster"],
-                "size": sg["size"],
-                "class_size": sg["class_size"],
-                "where": sg["where"],
-                "region_share": sg["region_share"],
-                "rest_region_share": sg["rest_region_share"],
-                "border_share": sg["border_share"],
-                "separating": list(sg.get("separating") or []),
+                "cluster": sg.cluster,
+                "size": sg.size,
+                "class_size": sg.class_size,
+                "where": sg.where,
+                "region_share": sg.region_share,
+                "rest_region_share": sg.rest_region_share,
+                "border_share": sg.border_share,
+                "separating": list(sg.separating),
                 "statistic": key,
-                "subgroup": t["subgroup"],
-                "rest": t["rest"],
-                "diff": t["diff"],
-                "ci": t["ci"],
-                "only_bg_rate": (sg.get("only_bg_rate") or [None])[0],
-                "only_bg_rate_ci": list((sg.get("only_bg_rate") or [None, None, None])[1:]),
+                "subgroup": t.subgroup,
+                "rest": t.rest,
+                "diff": t.diff,
+                "ci": list(t.ci),
+                "only_bg_rate": sg.only_bg_rate[0],
+                "only_bg_rate_ci": list(sg.only_bg_rate[1:]),
                 "intervention": needed,
-                "intervention_diff": nt["diff"] if nt else None,
-                "intervention_ci": nt["ci"] if nt else None,
-                "members": list(sg["members"]),
+                "intervention_diff": nt.diff if nt else None,
+                "intervention_ci": list(nt.ci) if nt else None,
+                "members": list(sg.members),
             }
-            n, m, where = sg["size"], sg["class_size"], sg["where"]
-            lo, hi = t["ci"]
+            n, m, where = sg.size, sg.class_size, sg.where
+            lo, hi = t.ci
             stat_txt = (
-                f"{STAT_LABELS.get(key, key)} {_pct(t['subgroup'])} against {_pct(t['rest'])} "
-                f"for the rest of the class (difference {_pct(t['diff'])}, interval "
+                f"{STAT_LABELS.get(key, key)} {_pct(t.subgroup)} against {_pct(t.rest)} "
+                f"for the rest of the class (difference {_pct(t.diff)}, interval "
                 f"{_pct(lo)} to {_pct(hi)})"
             )
-            if sg["elsewhere"] and sg["severity"] in ("high", "medium"):
-                if sg["needed"] and needed == "only_bg_hit":
+            if sg.elsewhere and sg.severity in ("high", "medium"):
+                if sg.needed and needed == "only_bg_hit":
                     iv_txt = (
                         f" With the object removed, the background alone is still called "
                         f"'{name}' for {_pct(evidence['only_bg_rate'])} of them (the rest: "
-                        f"{_pct(nt['rest'] if nt else None)})."
+                        f"{_pct(nt.rest if nt else None)})."
                     )
-                elif sg["needed"]:
+                elif sg.needed:
                     iv_txt = (
                         " Removing the background breaks their predictions more than the rest's."
                     )
@@ -158,17 +161,17 @@ def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[Finding]:
                     _finding(
                         name,
                         "subgroup_shortcut",
-                        sg["severity"],
+                        sg.severity,
                         f"{n} of {m} '{name}' images are predicted from the {where}",
                         (
                             f"A subgroup of {n} of the {m} '{name}' images puts "
-                            f"{_pct(sg['region_share'])} of its CAM mass in the {where} "
-                            f"(the rest of the class: {_pct(sg['rest_region_share'])}); "
+                            f"{_pct(sg.region_share)} of its CAM mass in the {where} "
+                            f"(the rest of the class: {_pct(sg.rest_region_share)}); "
                             f"{stat_txt}." + iv_txt
                         ),
                         evidence,
                         support,
-                        sg["exemplars"],
+                        sg.exemplars,
                     )
                 )
             else:
@@ -184,13 +187,13 @@ def subgroup_findings(clusters: Mapping[str, Any] | None) -> list[Finding]:
                             + (
                                 " The interventions show the model does not need what it "
                                 "looks at there."
-                                if sg["elsewhere"]
+                                if sg.elsewhere
                                 else ""
                             )
                         ),
                         evidence,
                         support,
-                        sg["exemplars"],
+                        sg.exemplars,
                     )
                 )
     return out

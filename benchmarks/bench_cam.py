@@ -16,8 +16,10 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import os
 import platform
 import re
+import statistics
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -178,12 +180,40 @@ PGC_PARITY = {
 }
 
 
-def bench_parity(name: str, batch: int, samples: int) -> list[tuple[str, float]]:
+def interleaved_median(
+    cases: list[tuple[str, Callable[[], object]]], rounds: int
+) -> list[tuple[str, float, float]]:
+    """``(label, median seconds, first-call seconds)`` per case: one warm-up call each (timed:
+    it pays one-off costs such as the inference copy's build and trace), then ``rounds`` rounds
+    round-robin, so that a load spike on the shared machine hits every row alike."""
+    first = {}
+    for label, fn in cases:
+        start = time.perf_counter()
+        fn()
+        first[label] = time.perf_counter() - start
+    times: dict[str, list[float]] = {label: [] for label, _ in cases}
+    for _ in range(rounds):
+        for label, fn in cases:
+            start = time.perf_counter()
+            fn()
+            times[label].append(time.perf_counter() - start)
+    return [(label, statistics.median(times[label]), first[label]) for label, _ in cases]
+
+
+PARITY_PLAIN = "plain forward (inference_mode)"
+
+
+def bench_parity(
+    name: str, batch: int, samples: int, rounds: int = 3
+) -> tuple[list[tuple[str, float, float]], dict[str, str]]:
     """The parity methods, ours vs the peer that defines them, same model, batch and samples.
 
-    Capture-only methods (one call each: ours computes them from one shared capture); noisy and
-    swept methods with ``samples`` noisy copies / integration steps on both sides (the peers'
-    defaults are 4, 35 and 10; cost is linear in them).
+    Ours runs as the runner does: one :class:`CamEngine` per configuration, built once and
+    entered per call (``capture_copy=True``, the inference copy reused). Capture-only methods
+    each alone and all together (one capture); noisy and swept methods with ``samples`` noisy
+    copies / integration steps on both sides (the peers' defaults are 4, 35 and 10; the cost is
+    linear in them), SS-CAM / IS-CAM on one 64x64 image (512 x ``samples`` masked forwards).
+    Returns the rows and, per "ours" row, the label of its peer's row.
     """
     from auditor.cam import methods as method_module
 
@@ -193,62 +223,72 @@ def bench_parity(name: str, batch: int, samples: int) -> list[tuple[str, float]]
     targets = torch.randint(0, 1000, (batch,), generator=torch.Generator().manual_seed(1))
     small = images[:1, :, :64, :64].contiguous()
     method_module.SSCAM_SAMPLES = method_module.ISCAM_SAMPLES = samples
-    rows: list[tuple[str, Callable[[], object], int]] = []
+    rows: list[tuple[str, Callable[[], object]]] = []
+    peers: dict[str, str] = {}
 
     def plain() -> object:
         with torch.inference_mode():
             return model(images)
 
-    rows.append(("plain forward (inference_mode)", plain, 1))
+    rows.append((PARITY_PLAIN, plain))
 
     def ours(methods: tuple[str, ...], x: Tensor, t: Tensor, **kw: Any) -> Callable[[], object]:
+        engine = CamEngine(model, "layer4", methods, capture_copy=True, **kw)
+
         def run() -> object:
-            with CamEngine(model, "layer4", methods, **kw) as engine:
+            with engine:
                 return engine.run(x, t)
 
         return run
 
-    capture_only = (*PGC_PARITY, "finercam")
-    rows.append(
-        (f"ours: {', '.join(capture_only)} (one capture)", ours(capture_only, images, targets), 1)
-    )
     import pytorch_grad_cam as pgc
-    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+    from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget, FinerWeightedTarget
     from torchcam import methods as tc
 
     cam_targets = [ClassifierOutputTarget(int(t)) for t in targets]
+    with torch.no_grad():
+        logits = model(images)
+    finer_targets = []
+    for i, c in enumerate(targets.tolist()):
+        gap = (logits[i] - logits[i, c]).abs()
+        gap[c] = float("inf")
+        finer_targets.append(FinerWeightedTarget(c, gap.argsort()[:3].tolist(), 1.0))
 
-    def pgc_run(cls_name: str, **kw: Any) -> Callable[[], object]:
+    def pgc_run(cls_name: str, cam_t: list[Any] = cam_targets, **kw: Any) -> Callable[[], object]:
         def run() -> object:
             with getattr(pgc, cls_name)(model=model, target_layers=[model.layer4]) as cam:
-                return cam(images, targets=cam_targets, **kw)
+                return cam(images, targets=cam_t, **kw)
 
-        return run
+        return _quiet(run)
 
-    for ours_name, cls_name in PGC_PARITY.items():
-        rows.append((f"pytorch-grad-cam: {cls_name}", _quiet(pgc_run(cls_name)), 1))
-    rows.append(
-        ("ours: gradcam aug_smooth", ours(("gradcam",), images, targets, aug_smooth=True), 1)
-    )
-    rows.append(
-        ("pytorch-grad-cam: GradCAM aug_smooth", _quiet(pgc_run("GradCAM", aug_smooth=True)), 1)
-    )
-    rows.append(("ours: smoothgradcam++", ours(("smoothgradcam++",), images, targets), 1))
+    family = (*GRADIENT_METHODS, "fem", "kpcacam", "randomcam")
+    rows.append((f"ours: gradient family + fem, kpcacam, randomcam ({len(family)} methods, one "
+                 "capture)", ours(family, images, targets)))  # fmt: skip
+    capture_only = (*PGC_PARITY, "finercam")
+    rows.append((f"ours: {', '.join(capture_only)} (one capture)",
+                 ours(capture_only, images, targets)))  # fmt: skip
+    for ours_name, cls_name in (*PGC_PARITY.items(), ("finercam", "FinerCAM")):
+        label = f"ours: {ours_name}"
+        rows.append((label, ours((ours_name,), images, targets)))
+        peer = f"pytorch-grad-cam: {cls_name}"
+        extra = {"cam_t": finer_targets} if ours_name == "finercam" else {}
+        rows.append((peer, pgc_run(cls_name, **extra)))
+        peers[label] = peer
+    rows.append(("ours: gradcam aug_smooth", ours(("gradcam",), images, targets, aug_smooth=True)))
+    rows.append(("pytorch-grad-cam: GradCAM aug_smooth", pgc_run("GradCAM", aug_smooth=True)))
+    peers["ours: gradcam aug_smooth"] = "pytorch-grad-cam: GradCAM aug_smooth"
+    rows.append(("ours: smoothgradcam++", ours(("smoothgradcam++",), images, targets)))
 
     def tc_smooth() -> object:
         with tc.SmoothGradCAMpp(model, target_layer="layer4") as extractor:
             model(images)
             return extractor(class_idx=targets.tolist())
 
-    rows.append(("torch-cam: SmoothGradCAMpp", _quiet(tc_smooth), 1))
+    rows.append(("torch-cam: SmoothGradCAMpp", _quiet(tc_smooth)))
+    peers["ours: smoothgradcam++"] = "torch-cam: SmoothGradCAMpp"
     for method, cls in (("sscam", tc.SSCAM), ("iscam", tc.ISCAM)):
-        rows.append(
-            (
-                f"ours: {method}, 1 image 64x64, {samples} samples",
-                ours((method,), small, targets[:1]),
-                2,
-            )
-        )
+        label = f"ours: {method}, 1 image 64x64, {samples} samples"
+        rows.append((label, ours((method,), small, targets[:1])))
 
         def tc_run(cls: Any = cls) -> object:
             with cls(model, target_layer="layer4", batch_size=16, num_samples=samples) as extractor:
@@ -256,8 +296,31 @@ def bench_parity(name: str, batch: int, samples: int) -> list[tuple[str, float]]
                     model(small)
                 return extractor(class_idx=targets[:1].tolist())
 
-        rows.append((f"torch-cam: {cls.__name__}, same", _quiet(tc_run), 2))
-    return interleaved(rows, 2)
+        rows.append((f"torch-cam: {cls.__name__}, same", _quiet(tc_run)))
+        peers[label] = f"torch-cam: {cls.__name__}, same"
+    return interleaved_median(rows, rounds), peers
+
+
+def parity_table(
+    title: str, rows: list[tuple[str, float, float]], peers: dict[str, str], n_images: int
+) -> str:
+    """Markdown: median time, first call, ratio vs the plain forward and speed-up vs the peer."""
+    median = {label: t for label, t, _ in rows}
+    base = median[PARITY_PLAIN]
+    lines = [
+        f"### {title}",
+        "",
+        "| ratio vs plain forward | images/s | median s per call | first call s | vs peer | what |",
+        "|---:|---:|---:|---:|---:|---|",
+    ]
+    for label, seconds, first in rows:
+        peer = peers.get(label)
+        versus = f"{median[peer] / seconds:.2f}x" if peer else ""
+        lines.append(
+            f"| {base / seconds:.3g}x | {n_images / seconds:.3g} | {seconds:.3g} | {first:.3g} "
+            f"| {versus} | {label} |"
+        )
+    return "\n".join(lines)
 
 
 def bench_fullgrad(name: str, batch: int, rounds: int) -> list[tuple[str, float]]:
@@ -486,6 +549,14 @@ def table(title: str, rows: list[tuple[str, float]], n_images: int) -> str:
     return "\n".join(lines)
 
 
+def _load() -> str:
+    """The 1/5/15-minute load averages (``uptime``), or ``"n/a"``."""
+    try:
+        return ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
 def write_section(text: str) -> Path:
     path = ROOT / "docs" / "performance.md"
     section = "## CAM engine\n\n" + text.strip() + "\n"
@@ -534,6 +605,7 @@ def main() -> None:
         default="4:6",
         help="BATCH:DEPTH of the ViT for LeGrad vs torch-cam; 'none' skips it",
     )
+    parser.add_argument("--parity-rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     torch.set_num_threads(2)
@@ -549,9 +621,13 @@ def main() -> None:
         print(parts[-1], "\n", flush=True)
     if args.parity != "none":
         arch, pbatch, psamples = args.parity.split(":")
-        rows = bench_parity(arch, int(pbatch), int(psamples))
-        title = f"parity methods vs their peers, {arch}, batch {pbatch}"
-        parts.append(table(title, rows, int(pbatch)))
+        prows, peers = bench_parity(arch, int(pbatch), int(psamples), args.parity_rounds)
+        title = (
+            f"parity methods vs their peers, {arch}, batch {pbatch}, median of "
+            f"{args.parity_rounds} interleaved rounds (load average before: {_load()})"
+        )
+        parts.append(parity_table(title, prows, peers, int(pbatch)))
+        parts.append(f"Load average after the parity rows: {_load()}.")
         print(parts[-1], "\n", flush=True)
     if args.fullgrad != "none":
         arch, fbatch, frounds = args.fullgrad.split(":")

@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -92,7 +93,9 @@ def _hexes(rng: np.random.Generator, n: int) -> list[str]:
     return [r.tobytes().hex() for r in raw]
 
 
-def write_inputs(root: Path, n: int, n_classes: int) -> tuple[Path, list[str]]:
+def write_inputs(
+    root: Path, n: int, n_classes: int, *, clusters: bool = True
+) -> tuple[Path, list[str]]:
     """Config, weights, a manifest of ``n`` rows (boxes) over 8 real images."""
     from PIL import Image
 
@@ -125,7 +128,8 @@ def write_inputs(root: Path, n: int, n_classes: int) -> tuple[Path, list[str]]:
         "[audit]\n"
         f"methods = {json.dumps(list(METHODS))}\n"
         "batch_size = 4096\n"
-        f"faithfulness_samples = {FAITH_SUBSET}\n",
+        f"faithfulness_samples = {FAITH_SUBSET}\n"
+        + ("" if clusters else "clusters = false\ngallery_per_class = 0\n"),
         encoding="utf-8",
     )
     c = load_config(cfg)
@@ -257,11 +261,23 @@ def write_shards(run: Path, cfg: Path, fp: list[str], n: int, batch: int) -> Non
     (shards / "shard-0-of-1.json").write_text(json.dumps(record))
 
 
-def finalize(run: Path, aggregation: str) -> dict[str, float]:
-    """``auditor finalize RUN --no-pdf`` in a subprocess: wall s, peak RSS bytes, analysis s."""
+def finalize(run: Path, aggregation: str, *, render: bool = True) -> dict[str, Any]:
+    """``auditor finalize RUN --no-pdf`` in a subprocess: wall s, peak RSS bytes, analysis s.
+
+    ``render=False``: ``auditor.runner.finalize_run(render=False)`` instead (no HTML report).
+    """
     env = dict(os.environ, CI="1")
     cmd = [sys.executable, "-m", "auditor", "finalize", str(run), "--no-pdf"]
     cmd += ["--aggregation", aggregation]
+    if not render:
+        cmd = [
+            sys.executable,
+            "-c",
+            "import sys; from auditor.runner import finalize_run; "
+            "finalize_run(sys.argv[1], pdf=False, render=False, aggregation=sys.argv[2])",
+            str(run),
+            aggregation,
+        ]
     t0 = time.perf_counter()
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     _, status, usage = os.wait4(proc.pid, 0)
@@ -283,10 +299,16 @@ def finalize(run: Path, aggregation: str) -> dict[str, float]:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--samples", type=int, default=1_000_000)
+    p.add_argument("--samples", type=int, default=100_000, help="1000000 for the target run")
     p.add_argument("--classes", default="1000,10", help="comma-separated class counts")
     p.add_argument("--batch", type=int, default=4096, help="samples per shard batch")
     p.add_argument("--aggregation", default="auto", choices=("auto", "exact", "streaming"))
+    p.add_argument(
+        "--no-clusters",
+        action="store_true",
+        help="clusters = false, gallery_per_class = 0 (time the aggregation, not SpRAy/drawing)",
+    )
+    p.add_argument("--no-render", action="store_true", help="no HTML report")
     p.add_argument("--quick", action="store_true", help="20,000 samples, docs untouched")
     p.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     p.add_argument("--keep", type=Path, help="keep the run directories under this folder")
@@ -298,10 +320,12 @@ def main(argv: list[str] | None = None) -> int:
         tmp = Path(tempfile.mkdtemp(prefix="bench-finalize-", dir=args.keep))
         try:
             t0 = time.perf_counter()
-            cfg, fp = write_inputs(tmp / "inputs", args.samples, n_classes)
+            cfg, fp = write_inputs(
+                tmp / "inputs", args.samples, n_classes, clusters=not args.no_clusters
+            )
             write_shards(tmp / "run", cfg, fp, args.samples, args.batch)
             gen_s = time.perf_counter() - t0
-            res = finalize(tmp / "run", args.aggregation)
+            res = finalize(tmp / "run", args.aggregation, render=not args.no_render)
             res.update(classes=n_classes, gen_s=gen_s)
             rows.append(res)
             print(
@@ -319,9 +343,13 @@ def main(argv: list[str] | None = None) -> int:
     body = [
         "",
         f"`auditor finalize RUN --no-pdf` of {args.samples:,} synthetic samples x "
-        f"{len(METHODS)} methods (`benchmarks/bench_finalize.py --samples {args.samples}`; "
-        "shards generated in the run store's format, no model; HTML report included). Target: "
-        "1M samples within 2 GiB peak RSS and 10 minutes on 2 cores.",
+        f"{len(METHODS)} methods (`benchmarks/bench_finalize.py --samples {args.samples}"
+        + (" --no-clusters" if args.no_clusters else "")
+        + (" --no-render" if args.no_render else "")
+        + "`; shards generated in the run store's format, no model"
+        + ("; SpRAy clusters and gallery off" if args.no_clusters else "")
+        + ("; no HTML report" if args.no_render else "; HTML report included")
+        + "). Target: 1M samples within 2 GiB peak RSS and 10 minutes on 2 cores.",
         "",
         f"Machine: {machine_info()}; load average at the end {load_average()}.",
         "",

@@ -441,7 +441,7 @@ def test_fullgrad_against_pytorch_grad_cam(setup: tuple[torch.nn.Module, torch.T
 def test_legrad_against_torchcam() -> None:
     """torch-cam 0.5.0's ``LeGrad`` on every block of a seeded torchvision ViT, its default
     readout ``heads(ln(tokens.mean(1)))``: the same definition as ours, so the maps agree
-    (measured: max abs difference 0)."""
+    (measured: r = 1.0000, max difference 1.3e-5 after min-max)."""
     from torchcam.methods import LeGrad
 
     torch.manual_seed(0)

@@ -853,6 +853,7 @@ def test_legrad_torchvision_keeps_the_attention_output() -> None:
     with torch.no_grad():
         torch.testing.assert_close(model(images), logits)
     assert not any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
+    assert not any("forward" in vars(m) for m in model.modules())  # the pass's forward is gone
 
 
 @pytest.mark.parametrize("arch", ["resnet", "swin", "wrapped_vit", "map_pool"])
@@ -905,3 +906,27 @@ def test_legrad_refuses_unsupported_models(arch: str) -> None:
             example=torch.randn(1, 3, 16, 16) if arch != "swin" else torch.randn(1, 3, 28, 28),
         )
     assert "`legrad` cannot run on" in str(info.value)
+
+
+def test_fullgrad_is_not_fused_over_target_layers() -> None:
+    # input-resolution maps do not depend on the target layer(s): not summed once per layer
+    x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(2))
+    one = compute_cams(_bn_net(True), x, [0, 1], methods=("fullgrad", "gradcam"), layer="3")
+    two = compute_cams(_bn_net(True), x, [0, 1], methods=("fullgrad", "gradcam"), layer=["1", "3"])
+    torch.testing.assert_close(one["fullgrad"], two["fullgrad"])
+    assert not torch.allclose(one["gradcam"], two["gradcam"])  # the layer methods are fused
+
+
+def test_legrad_is_not_fused_over_target_layers() -> None:
+    # patch-grid maps do not depend on the target layer(s): not summed once per layer
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    model = timm.create_model(
+        "vit_tiny_patch16_224", pretrained=False, img_size=16, patch_size=8, depth=2, num_classes=3
+    )
+    x = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(2))
+    kw = {"methods": ("legrad", "gradcam"), "reshape": "vit"}
+    one = compute_cams(model, x, [0, 1], layer="blocks.1.norm1", **kw)
+    two = compute_cams(model, x, [0, 1], layer=["blocks.0.norm1", "blocks.1.norm1"], **kw)
+    torch.testing.assert_close(one["legrad"], two["legrad"])
+    assert not torch.allclose(one["gradcam"], two["gradcam"])  # the layer methods are fused

@@ -139,3 +139,21 @@ def test_legrad_audit_on_a_small_timm_vit(tmp_path: Path, demo_inputs: Path) -> 
     maps = run.cams(ids, method="legrad")
     assert len(maps) == 2 and all(np.asarray(a).shape == (4, 4) for a in maps.values())
     assert all(float(np.asarray(a).max()) == pytest.approx(1.0) for a in maps.values())
+
+
+def test_legrad_on_a_cnn_is_refused_before_any_batch(tmp_path: Path, demo_inputs: Path) -> None:
+    """The demo's CNN with ``legrad``: a ConfigError (exit code 2 from the CLI) naming the
+    reason, raised when the engine is built, and no run results."""
+    import auditor
+    from auditor.config import AuditSettings
+    from auditor.data import open_dataset
+    from auditor.errors import ConfigError
+    from auditor.models import load_model
+
+    cfg = auditor.load_config(demo_inputs)
+    dataset = open_dataset(cfg.data)
+    model = load_model(cfg.model, num_classes=len(dataset.classes)).module
+    settings = AuditSettings(methods=("gradcam", "legrad"), limit=4, faithfulness_samples=0)
+    with pytest.raises(ConfigError, match="`legrad` cannot run on"):
+        auditor.audit(model, dataset, tmp_path / "run", settings=settings, render=False)
+    assert not (tmp_path / "run" / "summary.json").exists()

@@ -266,3 +266,14 @@ def test_config_rejects_a_bad_aggregation(demo_inputs: Path, tmp_path: Path) -> 
     ok = demo_inputs.parent / "streaming-aggregation.toml"
     ok.write_text(text.replace("[audit]\n", '[audit]\naggregation = "streaming"\n', 1))
     assert load_config(ok).audit.aggregation == "streaming"
+
+
+def test_report_names_the_poisson_bootstrap_when_streamed(both: dict[str, Any]) -> None:
+    from auditor.report import render_report
+
+    texts = {}
+    for mode, d in both["dirs"].items():
+        render_report(d, html=True, pdf=False)
+        texts[mode] = (d / "report.html").read_text(encoding="utf-8")
+    assert "Poisson bootstrap (Hanley &amp; MacGibbon 2006" in texts["streaming"]
+    assert "Poisson bootstrap" not in texts["exact"]

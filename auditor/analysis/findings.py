@@ -460,7 +460,7 @@ def method_disagreement_rule(ctx: RuleContext) -> list[Finding]:
 def _subgroup_rule_findings(ctx: RuleContext) -> list[Finding]:
     from auditor.subgroup_findings import subgroup_findings
 
-    return subgroup_findings({name: res.to_json() for name, res in ctx.clusters.items()})
+    return subgroup_findings(ctx.clusters)
 
 
 def _describe_subgroup(r: FindingRules, confidence: float) -> str:

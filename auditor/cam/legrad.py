@@ -23,9 +23,9 @@ every block's input is detached, so the blocks' graphs are independent and ``sum
 ONE backward for all blocks) plus one backward per explained class. Attention maps must exist as
 tensors: timm's fused ``scaled_dot_product_attention`` is switched off (``fused_attn = False``)
 on each ``Attention`` for the pass and the probabilities are taken at ``attn_drop``'s output;
-torchvision's ``nn.MultiheadAttention`` is asked for per-head weights
-(``need_weights=True, average_attn_weights=False``) and its output recomputed from them
-(``out_proj(A V)``, the same value the module returns in eval mode). Every flag and hook is
+torchvision's ``nn.MultiheadAttention`` runs, for the pass, its self-attention written
+out (``in_proj``, ``softmax(q k^T / sqrt(d))`` as the leaf, ``out_proj(A V)``: the value the
+module returns in eval mode) as an instance ``forward``. Every flag and hook is
 restored, also on error.
 
 Supported: timm ``VisionTransformer`` whose blocks use ``timm.layers.Attention`` and that pools
@@ -205,7 +205,6 @@ class _Capture:
         self.leaves: dict[int, Tensor] = {}
         self.scores: dict[int, Tensor] = {}
         self.tokens: dict[int, int] = {}
-        self.options: dict[int, tuple[bool, bool]] = {}
 
     # -- every block: independent graph from its attention to its readout
     def block_pre(self, index: int) -> Callable[..., Any]:
@@ -248,52 +247,38 @@ class _Capture:
 
         return hook
 
-    # -- torchvision: per-head weights from nn.MultiheadAttention, output recomputed from them
-    def mha_pre(self, index: int) -> Callable[..., Any]:
-        def hook(
-            _module: nn.Module, args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> tuple[tuple[Any, ...], dict[str, Any]]:
-            args_l, kwargs = list(args), dict(kwargs)
-            # positions of nn.MultiheadAttention.forward: need_weights 4, average 6
-            requested = args_l[4] if len(args_l) > 4 else kwargs.get("need_weights", True)
-            averaged = args_l[6] if len(args_l) > 6 else kwargs.get("average_attn_weights", True)
-            self.options[index] = (bool(requested), bool(averaged))
-            if len(args_l) > 4:
-                args_l[4] = True
-            else:
-                kwargs["need_weights"] = True
-            if len(args_l) > 6:
-                args_l[6] = False
-            else:
-                kwargs["average_attn_weights"] = False
-            return tuple(args_l), kwargs
-
-        return hook
-
-    def mha_post(self, index: int) -> Callable[..., Any]:
-        def hook(
-            module: nn.MultiheadAttention, args: tuple[Any, ...], kwargs: dict[str, Any], out: Any
+    # -- torchvision: nn.MultiheadAttention's self-attention written out for the pass, with the
+    #    probabilities as the leaf (its own forward would compute A V and out_proj a second time)
+    def mha_forward(self, index: int, module: nn.MultiheadAttention) -> Callable[..., Any]:
+        def forward(
+            query: Tensor,
+            key: Tensor,
+            value: Tensor,
+            key_padding_mask: Tensor | None = None,
+            need_weights: bool = True,
+            attn_mask: Tensor | None = None,
+            average_attn_weights: bool = True,
+            is_causal: bool = False,
         ) -> tuple[Tensor, Tensor | None]:
-            weights = out[1] if isinstance(out, tuple) and len(out) == 2 else None
-            value = args[2] if len(args) > 2 else kwargs.get("value")
-            if not isinstance(weights, Tensor) or weights.dim() != 4:
-                raise ValueError(f"legrad: encoder layer {index} returned no per-head weights")
-            if not isinstance(value, Tensor) or value.dim() != 3:
-                raise ValueError(f"legrad: encoder layer {index} needs batch-first [B, N, D]")
-            leaf = self._leaf(index, weights)
-            e = module.embed_dim
-            bias = None if module.in_proj_bias is None else module.in_proj_bias[2 * e :]
-            with torch.no_grad():  # V is a constant for dA
-                v = F.linear(value, module.in_proj_weight[2 * e :], bias)
-            b, n_src, _ = v.shape
-            v = v.reshape(b, n_src, module.num_heads, e // module.num_heads).transpose(1, 2)
-            mixed = torch.matmul(leaf.to(v.dtype), v).transpose(1, 2).reshape(b, -1, e)
-            result = module.out_proj(mixed)
-            requested, averaged = self.options.get(index, (False, True))
-            returned = (leaf.mean(dim=1) if averaged else leaf) if requested else None
-            return result, returned
+            if key is not query or value is not query or query.dim() != 3:
+                raise ValueError(
+                    f"legrad: encoder layer {index} must be batch-first self-attention [B, N, D]"
+                )
+            if key_padding_mask is not None or attn_mask is not None or is_causal:
+                raise ValueError(f"legrad: encoder layer {index}: attention masks not supported")
+            b, n, e = query.shape
+            heads = module.num_heads
+            qkv = F.linear(query, module.in_proj_weight, module.in_proj_bias)  # no graph needed
+            q, k, v = qkv.reshape(b, n, 3, heads, e // heads).permute(2, 0, 3, 1, 4).unbind(0)
+            scores = (q * (e // heads) ** -0.5) @ k.transpose(-2, -1)
+            leaf = self._leaf(index, scores.softmax(dim=-1))  # eval mode: no attention dropout
+            mixed = (leaf.to(v.dtype) @ v).transpose(1, 2).reshape(b, n, e)
+            out = module.out_proj(mixed)
+            if not need_weights:
+                return out, None
+            return out, leaf.mean(dim=1) if average_attn_weights else leaf
 
-        return hook
+        return forward
 
 
 def _hooks(plan: _Plan, cap: _Capture) -> tuple[list[RemovableHandle], list[tuple[Any, str, Any]]]:
@@ -309,8 +294,7 @@ def _hooks(plan: _Plan, cap: _Capture) -> tuple[list[RemovableHandle], list[tupl
                 handles.append(attn.attn_drop.register_forward_hook(cap.timm_probs(i)))
             else:
                 mha: Any = blk.self_attention
-                handles.append(mha.register_forward_pre_hook(cap.mha_pre(i), with_kwargs=True))
-                handles.append(mha.register_forward_hook(cap.mha_post(i), with_kwargs=True))
+                flags.append((mha, "forward", cap.mha_forward(i, mha)))
     except BaseException:
         for handle in handles:
             handle.remove()

@@ -935,8 +935,8 @@ def _sscam(ctx: CamContext) -> Tensor:
         "Integrated Gradients does for inputs), at S x K extra forwards per image."
     ),
     cost=(
-        f"1 forward (capture) + S x K masked forwards (S = {ISCAM_SAMPLES}, K = channels of the "
-        "target layer), batched"
+        f"1 forward (capture) + at most S x K masked forwards (S = {ISCAM_SAMPLES}, K = channels "
+        "of the target layer; repeated and constant maps share theirs), batched"
     ),
     extra_forwards=f"{ISCAM_SAMPLES} K",
     reference=("Naidu et al. 2020, IS-CAM: Integrated Score-CAM for axiomatic-based explanations"),

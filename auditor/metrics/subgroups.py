@@ -59,6 +59,7 @@ from typing import Any
 import numpy as np
 
 from auditor.metrics.clusters import spray_clusters
+from auditor.results import SubgroupDetail, SubgroupTest
 from auditor.stats import bootstrap_diff_ci, two_proportion_diff_ci, wilson_interval
 
 __all__ = [
@@ -152,21 +153,22 @@ class StatTest:
     baseline: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "subgroup": self.subgroup,
-            "rest": self.rest,
-            "diff": self.diff,
-            "ci": list(self.ci),
-            "n_subgroup": self.n_subgroup,
-            "n_rest": self.n_rest,
-            "method": self.method,
-            "confidence": self.confidence,
-            "margin": self.margin,
-            "baseline": self.baseline,
-            "separates": self.separates,
-            "direction": self.direction,
-        }
+        """summary.json's form: :class:`auditor.results.SubgroupTest` (the one definition)."""
+        return SubgroupTest(
+            name=self.name,
+            subgroup=self.subgroup,
+            rest=self.rest,
+            diff=self.diff,
+            ci=self.ci,
+            n_subgroup=self.n_subgroup,
+            n_rest=self.n_rest,
+            method=self.method,
+            confidence=self.confidence,
+            margin=self.margin,
+            baseline=self.baseline,
+            separates=self.separates,
+            direction=self.direction,
+        ).to_json()
 
 
 @dataclass(frozen=True)
@@ -573,32 +575,30 @@ def class_to_json(res: ClassSubgroups, ids: Sequence[str]) -> dict[str, Any]:
                 "gallery": [],
             }
         )
-    subgroups = []
-    for s in res.subgroups:
-        subgroups.append(
-            {
-                "cluster": s.cluster,
-                "size": s.size,
-                "class_size": s.class_size,
-                "members": idl(s.members),
-                "exemplars": idl(s.exemplars),
-                "rest_exemplars": idl(s.rest_exemplars),
-                "severity": s.severity,
-                "separating": list(s.separating),
-                "elsewhere": s.elsewhere,
-                "elsewhere_statistic": s.elsewhere_statistic,
-                "needed": s.needed,
-                "needed_statistic": s.needed_statistic,
-                "interventions": s.interventions,
-                "where": s.where,
-                "region_share": s.region_share,
-                "rest_region_share": s.rest_region_share,
-                "border_share": s.border_share,
-                "only_bg_rate": list(s.only_bg_rate),
-                "tests": {k: t.to_dict() for k, t in s.tests.items()},
-                "gallery": [],
-            }
-        )
+    subgroups = [
+        SubgroupDetail(
+            cluster=s.cluster,
+            size=s.size,
+            class_size=s.class_size,
+            members=tuple(idl(s.members)),
+            exemplars=tuple(idl(s.exemplars)),
+            rest_exemplars=tuple(idl(s.rest_exemplars)),
+            severity=s.severity,
+            separating=tuple(s.separating),
+            elsewhere=s.elsewhere,
+            elsewhere_statistic=s.elsewhere_statistic,
+            needed=s.needed,
+            needed_statistic=s.needed_statistic,
+            interventions=s.interventions,
+            where=s.where,
+            region_share=s.region_share,
+            rest_region_share=s.rest_region_share,
+            border_share=s.border_share,
+            only_bg_rate=s.only_bg_rate,
+        ).to_json()
+        | {"tests": {k: t.to_dict() for k, t in s.tests.items()}, "gallery": []}
+        for s in res.subgroups
+    ]
     return {
         "k": int(res.k),
         "k_rule": res.k_rule,
