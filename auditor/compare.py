@@ -110,8 +110,8 @@ DERIVED_QUANTITIES: Mapping[str, tuple[str, str]] = {
 #: What decides a class's verdict (primary methods).
 VERDICT_QUANTITIES = ("background_focus", "accuracy")
 #: Pairs (per compared method) from which the *overall* intervals use the streamed Poisson
-#: bootstrap (:class:`_KeyedPoisson`) instead of the exact multinomial one; per-class
-#: intervals stay exact (a class holds a small share of the samples).
+#: bootstrap (:class:`auditor.streaming.PoissonBootstrap`, keyed by dataset index) instead of
+#: the exact multinomial one; per-class intervals stay exact (a class is a small share).
 STREAM_MIN_PAIRS = 200_000
 STATUS_ORDER = {"regressed": 0, "changed": 1, "unchanged": 2, "n/a": 3, "improved": 4}
 _INCREASE, _DECREASE = "_increase", "_decrease"
@@ -425,47 +425,6 @@ def _values(table: pa.Table, quantity: str) -> np.ndarray:
     return _float_col(table, quantity)
 
 
-#: Poisson(1) inverse CDF on a 2^16 grid: ``_POISSON_TABLE[u]`` for ``u`` uniform on
-#: ``{0, …, 65535}`` is Poisson(1) up to 1/65536 in each probability (values 0..8).
-def _poisson_table() -> np.ndarray:
-    from scipy.stats import poisson
-
-    cdf = poisson.cdf(np.arange(32), 1.0)
-    grid = (np.arange(65536, dtype=np.float64) + 0.5) / 65536.0
-    return np.searchsorted(cdf, grid, side="right").astype(np.uint8)
-
-
-class _KeyedPoisson(PoissonBootstrap):
-    """:class:`auditor.streaming.PoissonBootstrap` with table-lookup Poisson(1) weights.
-
-    A sample's weights depend only on ``(seed, dataset index)`` (drawn per block of
-    :data:`auditor.streaming.BLOCK` indices from ``default_rng([seed, index // BLOCK])``), so
-    the pairs of every quantity are resampled together and a sample gets the same weights
-    however the runs are cut. The weights are ``_POISSON_TABLE[u]`` with ``u`` a uniform 16-bit
-    integer: Poisson(1) up to 1.5e-5 per probability, about ten times faster to draw than
-    ``Generator.poisson`` (the draw dominates the cost at a million samples).
-    """
-
-    _table: np.ndarray | None = None
-
-    def _weights_for(self, keys: np.ndarray) -> np.ndarray:
-        from auditor.streaming import BLOCK
-
-        if _KeyedPoisson._table is None:
-            _KeyedPoisson._table = _poisson_table()
-        out = np.empty((keys.size, self.n_boot), dtype=np.float64)
-        blocks = keys // BLOCK
-        for b in np.unique(blocks):
-            if b != self._block:
-                rng = np.random.default_rng([self.seed, int(b), 0x9015])
-                u = rng.integers(0, 65536, size=(BLOCK, self.n_boot), dtype=np.uint16)
-                self._weights = _KeyedPoisson._table[u]
-                self._block = int(b)
-            sel = blocks == b
-            out[sel] = self._weights[keys[sel] % BLOCK]
-        return out
-
-
 def _streamed_overall(
     keys: np.ndarray, columns: dict[str, np.ndarray], *, n_boot: int, seed: int, confidence: float
 ) -> dict[str, Any]:
@@ -478,7 +437,7 @@ def _streamed_overall(
     from auditor.streaming import BLOCK
 
     names = list(columns)
-    boot = _KeyedPoisson(1, names, n_boot=n_boot, seed=seed)
+    boot = PoissonBootstrap(1, names, n_boot=n_boot, seed=seed)
     blocks = keys // BLOCK
     cuts = np.flatnonzero(np.diff(blocks)) + 1
     starts = np.concatenate([[0], cuts]).astype(np.int64)
@@ -826,6 +785,26 @@ def _paired_table(key: str, p: _Paired, classes: Sequence[str]) -> pa.Table:
     return pa.table(cols)
 
 
+#: Rows of comparison.parquet built and written at a time (and its row-group size).
+_TABLE_ROWS = 65536
+
+
+def _paired_tables(key: str, p: _Paired, classes: Sequence[str]) -> Any:
+    """:func:`_paired_table` in slices of :data:`_TABLE_ROWS` pairs (one table when fewer),
+    so writing a million pairs holds one slice of columns at a time."""
+    n = int(p.labels.size)
+    if n <= _TABLE_ROWS:
+        yield _paired_table(key, p, classes)
+        return
+    for lo in range(0, n, _TABLE_ROWS):
+        k = min(_TABLE_ROWS, n - lo)
+        part = _Paired(
+            p.method_a, p.method_b, p.ta.slice(lo, k), p.tb.slice(lo, k), p.labels[lo : lo + k],
+            p.quantities,
+        )  # fmt: skip
+        yield _paired_table(key, part, classes)
+
+
 class _TableSink:
     """``comparison.parquet`` written one comparison at a time (each is released after), to a
     temporary file renamed into place by :meth:`commit`. Tables after the first are widened to
@@ -869,7 +848,7 @@ class _TableSink:
                 use_dictionary=True,
                 write_statistics=True,
             )
-        self.writer.write_table(table)
+        self.writer.write_table(table, row_group_size=_TABLE_ROWS)
 
     def commit(self) -> None:
         try:
@@ -919,12 +898,12 @@ def _moved(
         log.warning("compare: cannot read low-resolution CAMs: %s", exc)
         cams_a, cams_b = {}, {}
     ds = dataset if dataset is not None else _open_display_dataset(rb) or _open_display_dataset(ra)
-    ids = prim.ta.column("id").to_pylist()
+    ids = prim.ta.column("id").take(pa.array(order, pa.int64())).to_pylist()  # the shown ones
     preds_a = _float_col(prim.ta, "pred")
     preds_b = _float_col(prim.tb, "pred")
     out_list: list[dict[str, Any]] = []
     for rank, j in enumerate(order):
-        i, sid = int(idx[j]), str(ids[j])
+        i, sid = int(idx[j]), str(ids[rank])
         entry: dict[str, Any] = {
             "rank": rank + 1,
             "index": i,
@@ -1039,7 +1018,12 @@ def _pair_methods(
         raise AuditorInputError(
             f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
         )
-    sink.write(_paired_table("primary", prim, classes))
+    for table in _paired_tables("primary", prim, classes):
+        sink.write(table)
+    # the moved samples need only these of the primary's rows: release the other columns
+    keep = [c for c in ("index", "id", "pred", "background_focus") if c in prim.ta.column_names]
+    prim.ta = prim.ta.select(keep)
+    prim.tb = prim.tb.select([c for c in keep if c in prim.tb.column_names])
     methods_b = list(rb.summary.methods)
     shared = [m for m in ra.summary.methods if m in methods_b]
     others: dict[str, _Paired] = {}
@@ -1048,7 +1032,8 @@ def _pair_methods(
             others[m] = prim
         else:
             other = _compare_methods(ra, rb, m, m, classes, with_accuracy=False, **kw)
-            sink.write(_paired_table(m, other, classes))
+            for table in _paired_tables(m, other, classes):
+                sink.write(table)
             other.ta, other.tb = other.ta.slice(0, 0), other.tb.slice(0, 0)  # on disk now
             others[m] = other
     return prim, others

@@ -612,6 +612,19 @@ def _audit_locked(
             n = n_total if s.limit is None else min(s.limit, n_total)
             indices = list(range(n))
             chunks = [indices[k : k + s.batch_size] for k in range(0, n, s.batch_size)]
+            decode = _gpu_decode_decision(dataset, dev, indices)
+            num_workers = s.num_workers
+            if decode is not None:
+                log.info("image decoding: %s", decode.reason)
+                if decode.enabled:
+                    dataset.decode_device = dev
+                    if num_workers:
+                        log.info(
+                            "gpu_decode: decoding in the main process (num_workers %d -> 0: "
+                            "CUDA is not usable in forked DataLoader workers)",
+                            num_workers,
+                        )
+                        num_workers = 0
             fingerprints = {
                 "config_sha256": config.sha256 if config else "python-api",
                 "model_sha256": model_info["sha256"],
@@ -628,6 +641,8 @@ def _audit_locked(
                 "model": model_info,
                 "started": started.isoformat(timespec="seconds"),
             }
+            if decode is not None:
+                provenance["gpu_decode"] = decode.to_json()
             todo_batches, first_missing = _plan_batches(
                 store, spec, fingerprints, provenance, len(chunks), resume
             )
@@ -693,6 +708,7 @@ def _audit_locked(
                 model,
                 model_info["name"],
                 progress,
+                num_workers=num_workers,
             )
             loop_s = time.perf_counter() - t_loop
             if engine.replica_status:
@@ -874,8 +890,13 @@ def _audit_batches(
     model: torch.nn.Module,
     model_name: str,
     progress: bool | None,
+    *,
+    num_workers: int | None = None,
 ) -> None:
     """The loop: each batch computed and written as a shard; the model's own errors skip it.
+
+    ``num_workers``: DataLoader workers (default ``s.num_workers``; 0 when the images are
+    decoded on the CUDA device, ``[data] gpu_decode``).
 
     More than ``max_failed_batches`` failing batches raise :class:`ModelRuntimeError`.
     """
@@ -893,7 +914,7 @@ def _audit_batches(
                 dataset,
                 flat,
                 s.batch_size,
-                num_workers=s.num_workers,
+                num_workers=s.num_workers if num_workers is None else num_workers,
                 pin_memory=dev.type == "cuda",
             ),
             strict=True,
@@ -1597,3 +1618,32 @@ def write_junit(path: Path, result: AuditResult | Mapping[str, Any]) -> None:
     from auditor.export import write_junit as _write
 
     _write(path, result)
+
+
+def _gpu_decode_decision(dataset: Any, dev: torch.device, indices: list[int]) -> Any | None:
+    """``[data] gpu_decode`` decided for this audit (:mod:`auditor.data.gpu_decode`), or None
+    for a dataset that is not file-based (a Python :class:`EvalDataset` decodes itself).
+
+    Raises:
+        ConfigError: ``gpu_decode = true`` on a device that is not CUDA.
+    """
+    from auditor.data.gpu_decode import resolve_gpu_decode
+
+    cfg: Any = getattr(dataset, "config", None)
+    if not hasattr(dataset, "decode_device") or not hasattr(cfg, "gpu_decode"):
+        return None
+    setting = cfg.gpu_decode
+    first = None
+    if setting is not False and dev.type == "cuda" and indices:
+        first = dataset.image_bytes(indices[0])
+    try:
+        return resolve_gpu_decode(
+            setting,
+            dev,
+            first,
+            size=tuple(cfg.input_size),
+            mode=cfg.resize,
+            max_pixels=cfg.max_image_pixels,
+        )
+    except ValueError as exc:
+        raise ConfigError(f"[data] gpu_decode: {exc}") from exc

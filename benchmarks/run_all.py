@@ -32,6 +32,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     ),
     "compare": ("bench_compare.py", ["--samples", "5000", "--classes", "50", "--no-pdf"]),
     "e2e": ("bench_e2e.py", ["--quick"]),
+    "gpu": ("bench_gpu.py", ["--iters", "3", "--repeats", "1"]),  # "skipped: no CUDA" on CPU
     "finalize": ("bench_finalize.py", ["--quick"]),
     "memory": ("bench_memory.py", ["--quick"]),
     "report": ("bench_report.py", ["--classes", "100", "--samples", "2000"]),

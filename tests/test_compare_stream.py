@@ -10,9 +10,8 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
-from scipy import stats
 
-from auditor.compare import _KeyedPoisson, _poisson_table, _streamed_overall, compare_runs
+from auditor.compare import _streamed_overall, compare_runs
 from auditor.stats import paired_bootstrap_diff_ci
 from tests.report_fixtures import make_run_dir
 
@@ -91,24 +90,6 @@ def test_streamed_tables_equal(pair: tuple[dict[str, Any], dict[str, Any], Path]
     )
 
 
-def test_poisson_table_is_poisson_one():
-    table = _poisson_table()
-    freq = np.bincount(table, minlength=9)[:9] / table.size
-    assert np.allclose(freq, stats.poisson.pmf(np.arange(9), 1.0), atol=2e-5)
-
-
-def test_keyed_weights_do_not_depend_on_chunks():
-    """Same seed and keys give the same weights, however the keys are fed (shards, order)."""
-    keys = np.array([3, 4100, 9000, 5, 4100])
-    one = _KeyedPoisson(1, ["x"], n_boot=50, seed=7)._weights_for(keys)
-    two = _KeyedPoisson(1, ["x"], n_boot=50, seed=7)
-    parts = np.concatenate([two._weights_for(keys[3:]), two._weights_for(keys[:3])])
-    assert np.array_equal(one, np.concatenate([parts[2:], parts[:2]]))
-    assert np.array_equal(one[1], one[4])
-    other = _KeyedPoisson(1, ["x"], n_boot=50, seed=8)._weights_for(keys)
-    assert not np.array_equal(one, other)
-
-
 def test_streamed_overall_hand_case():
     """A large normal sample: the streamed interval matches the exact one and the theory."""
     rng = np.random.default_rng(3)
@@ -130,3 +111,18 @@ def test_stream_min_pairs_checked(pair: tuple[dict[str, Any], dict[str, Any], Pa
     _, _, base = pair
     with pytest.raises(ValueError, match="stream_min_pairs"):
         compare_runs(base / "a", base / "b", out=base / "x", render=False, stream_min_pairs=-1)
+
+
+def test_table_written_in_slices(
+    pair: tuple[dict[str, Any], dict[str, Any], Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """comparison.parquet written in slices of rows has the same content, in row groups."""
+    import auditor.compare as cmp
+
+    _, _, base = pair
+    monkeypatch.setattr(cmp, "_TABLE_ROWS", 700)
+    compare_runs(base / "a", base / "b", out=base / "sliced", render=False, top_n=0, n_boot=50)
+    te = pq.read_table(base / "exact" / "comparison.parquet")
+    ts = pq.read_table(base / "sliced" / "comparison.parquet")
+    assert te.schema == ts.schema and te.to_pandas().equals(ts.to_pandas())
+    assert pq.ParquetFile(base / "sliced" / "comparison.parquet").num_row_groups >= 10

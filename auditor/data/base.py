@@ -18,6 +18,12 @@ import numpy as np
 import torch
 
 from auditor.data.config import DataConfig
+from auditor.data.gpu_decode import (
+    decode_jpeg_rgb,
+    gpu_decodable,
+    normalise_tensor,
+    resize_tensor,
+)
 from auditor.data.images import (
     BadSample,
     binary_from_values,
@@ -136,7 +142,7 @@ class Record:
 @dataclass(frozen=True)
 class _Prepared:
     label: int
-    display: np.ndarray
+    display: np.ndarray | torch.Tensor  # uint8 [H, W, 3] (PIL) or [3, H, W] (decode_device)
     mask: np.ndarray | None
     image_sha256: str
     mask_sha256: str | None
@@ -163,6 +169,10 @@ class FileDataset:
         self.classes: tuple[str, ...] = tuple(classes)
         self._class_index = {name: i for i, name in enumerate(self.classes)}
         self._annotation_sha256 = annotation_sha256
+        #: Device on which JPEG images are decoded and resized (``[data] gpu_decode``; set by
+        #: the runner when it decides so, see :mod:`auditor.data.gpu_decode`); None = PIL on
+        #: the CPU. Masks are always made on the CPU over the same source rectangle.
+        self.decode_device: torch.device | None = None
 
     def __len__(self) -> int:
         return len(self.records)
@@ -207,8 +217,19 @@ class FileDataset:
         except UnsafePathError as exc:
             raise BadSample(f"{exc} (image)") from exc
         data = read_bytes(path, "image", cfg.max_file_bytes)
-        decoded = decode_image(data, cfg.max_image_pixels)
-        width, height = decoded.image.size
+        on_device: torch.Tensor | None = None
+        if self.decode_device is not None and gpu_decodable(data, cfg.max_image_pixels):
+            try:
+                on_device = decode_jpeg_rgb(data, self.decode_device)
+            except RuntimeError:
+                on_device = None  # the CPU path decodes it (and names a corrupt file)
+        decoded: Any
+        if on_device is not None:
+            decoded = _DeviceDecoded(sha256_bytes(data), (on_device.shape[2], on_device.shape[1]))
+            width, height = decoded.stored_size
+        else:
+            decoded = decode_image(data, cfg.max_image_pixels)
+            width, height = decoded.image.size
         notes = list(record.notes) + list(decoded.notes)
         mask: np.ndarray | None = None
         mask_sha: str | None = None
@@ -231,7 +252,11 @@ class FileDataset:
                 raw = resize_mask(raw, (height, width), "direct")
                 notes.append(problem + ": mask resized (nearest neighbour)")
             mask = resize_mask(raw, cfg.input_size, cfg.resize)
-        display = resize_image(decoded.image, cfg.input_size, cfg.resize)
+        display: np.ndarray | torch.Tensor
+        if on_device is not None:  # same source_box and filter as resize_image
+            display = resize_tensor(on_device, cfg.input_size, cfg.resize)
+        else:
+            display = resize_image(decoded.image, cfg.input_size, cfg.resize)
         return _Prepared(label, display, mask, decoded.sha256, mask_sha, tuple(notes))
 
     def load(self, index: int) -> EvalSample:
@@ -241,7 +266,10 @@ class FileDataset:
             SampleSkipped: bad data (reason in the exception).
         """
         prepared = self._prepare(index)
-        image = normalise(prepared.display, self.config.mean, self.config.std)
+        if isinstance(prepared.display, torch.Tensor):
+            image = normalise_tensor(prepared.display, self.config.mean, self.config.std)
+        else:
+            image = normalise(prepared.display, self.config.mean, self.config.std)
         mask = None if prepared.mask is None else torch.from_numpy(prepared.mask.copy())
         return EvalSample(
             id=self.records[index].id,
@@ -254,10 +282,36 @@ class FileDataset:
             notes=prepared.notes,
         )
 
+    def image_bytes(self, index: int) -> bytes | None:
+        """The raw bytes of sample ``index``'s image file, or None when it cannot be read
+        (used to probe ``[data] gpu_decode``; the audit itself reports unreadable files)."""
+        record = self._record(index)
+        if record.error is not None:
+            return None
+        try:
+            path = safe_join(record.image_base or self.config.root, record.image)
+            return read_bytes(path, "image", self.config.max_file_bytes)
+        except (BadSample, UnsafePathError, OSError):
+            return None
+
     def load_display(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 ``[H, W, 3]`` image (geometry of ``load``, not normalised) and bool mask."""
         prepared = self._prepare(index)
-        return prepared.display, prepared.mask
+        display = prepared.display
+        if isinstance(display, torch.Tensor):
+            display = display.permute(1, 2, 0).cpu().numpy()
+        return display, prepared.mask
+
+
+@dataclass(frozen=True)
+class _DeviceDecoded:
+    """What the mask checks need of an image decoded on the device: no EXIF turn (the GPU
+    path takes only images without one), stored size = displayed size, no notes."""
+
+    sha256: str
+    stored_size: tuple[int, int]
+    notes: tuple[str, ...] = ()
+    orientation: int = 1
 
 
 def _check_exif_frame(

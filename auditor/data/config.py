@@ -45,6 +45,7 @@ _COMMON_KEYS = frozenset(
         "max_image_pixels",
         "max_file_bytes",
         "mask_resize",
+        "gpu_decode",
     }
 )
 #: Keys that only make sense with some formats (a key given with another format is an error).
@@ -95,6 +96,7 @@ class DataConfig:
     max_image_pixels: int = 40_000_000
     max_file_bytes: int = 256 * 1024 * 1024
     mask_resize: bool = False
+    gpu_decode: str | bool = "auto"
     mask_encoding: str = "binary"
     trimap_boundary: str = "foreground"
     label_rule: str = "largest"
@@ -155,9 +157,7 @@ def _str_list(value: Any, key: str, source: str) -> tuple[str, ...]:
     return tuple(value)
 
 
-def _triple(
-    value: Any, key: str, source: str, *, positive: bool, n: int = 3
-) -> tuple[float, ...]:
+def _triple(value: Any, key: str, source: str, *, positive: bool, n: int = 3) -> tuple[float, ...]:
     if (
         not isinstance(value, list)
         or len(value) != n
@@ -353,6 +353,16 @@ def parse_data_section(table: Mapping[str, Any], base_dir: Path, source: str) ->
             value = table["mask_resize"]
             raise _err(source, "mask_resize", f"must be true or false, got {value!r}")
         kwargs["mask_resize"] = table["mask_resize"]
+    if "gpu_decode" in table:
+        value = table["gpu_decode"]
+        if not (isinstance(value, bool) or value == "auto"):
+            raise _err(
+                source,
+                "gpu_decode",
+                f'must be "auto", true or false, got {value!r} (JPEG decoding on the CUDA '
+                "audit device, see docs/data-formats.md)",
+            )
+        kwargs["gpu_decode"] = value
     return DataConfig(**kwargs)
 
 
@@ -366,6 +376,10 @@ def validate_choices(config: DataConfig) -> None:
         value = getattr(config, key)
         if value not in choices:
             raise ConfigError(f"DataConfig.{key} must be one of {list(choices)}, got {value!r}")
+    if not (isinstance(config.gpu_decode, bool) or config.gpu_decode == "auto"):
+        raise ConfigError(
+            f"DataConfig.gpu_decode must be 'auto', True or False, got {config.gpu_decode!r}"
+        )
     h, w = config.input_size
     if h <= 0 or w <= 0:
         raise ConfigError(f"DataConfig.input_size must be positive, got {config.input_size!r}")

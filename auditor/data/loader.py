@@ -69,7 +69,10 @@ def collate_samples(items: Sequence[EvalSample | _Skip], input_size: tuple[int, 
     skipped = [(s.index, s.id, s.reason) for s in items if isinstance(s, _Skip)]
     h, w = input_size
     if samples:
-        images = torch.stack([s.image for s in samples])
+        # images decoded on the audit device ([data] gpu_decode) stay there; a sample the GPU
+        # path left to the CPU (EXIF-rotated, CMYK, ...) joins them on that device
+        device = next((s.image.device for s in samples if s.image.device.type != "cpu"), None)
+        images = torch.stack([s.image if device is None else s.image.to(device) for s in samples])
         masks = torch.stack(
             [s.mask if s.mask is not None else torch.zeros((h, w), dtype=torch.bool)
              for s in samples]
@@ -108,12 +111,15 @@ def _pinned(batch: Batch) -> Batch:
     """The batch with its tensors in page-locked memory (for asynchronous copies to CUDA)."""
     from dataclasses import replace
 
+    def pin(t: Tensor) -> Tensor:  # images decoded on the GPU (gpu_decode) are already there
+        return t.pin_memory() if t.device.type == "cpu" else t
+
     return replace(
         batch,
-        images=batch.images.pin_memory(),
-        masks=batch.masks.pin_memory(),
-        has_mask=batch.has_mask.pin_memory(),
-        labels=batch.labels.pin_memory(),
+        images=pin(batch.images),
+        masks=pin(batch.masks),
+        has_mask=pin(batch.has_mask),
+        labels=pin(batch.labels),
     )
 
 

@@ -51,7 +51,14 @@ def source_box(
         scale = max(out_h / height, out_w / width)
         crop_w, crop_h = out_w / scale, out_h / scale
         left, top = (width - crop_w) / 2.0, (height - crop_h) / 2.0
-        return (left, top, left + crop_w, top + crop_h)
+        # the side that fills the output gives crop == side up to rounding (97 px at a scale
+        # of 224/97 gives 97.00000000000001): keep the box inside the image, as PIL requires
+        return (
+            max(left, 0.0),
+            max(top, 0.0),
+            min(left + crop_w, float(width)),
+            min(top + crop_h, float(height)),
+        )
     raise ValueError(f"`mode` must be one of {list(RESIZE_MODES)}, got {mode!r}")
 
 

@@ -359,9 +359,7 @@ def registered_metrics(cams: Tensor, masks: Tensor, has_mask: Tensor) -> dict[st
     for name, fn in _FUNCTIONS.items():
         values = fn(cams, masks)
         if not isinstance(values, torch.Tensor) or tuple(values.shape) != (cams.shape[0],):
-            got = (
-                tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
-            )
+            got = tuple(values.shape) if isinstance(values, torch.Tensor) else type(values).__name__
             raise ValueError(f"metric {name!r} must return a Tensor[{cams.shape[0]}], got {got}")
         values = values.to(torch.float64)
         if _REGISTRY[name].needs_mask:
