@@ -898,12 +898,12 @@ def _moved(
         log.warning("compare: cannot read low-resolution CAMs: %s", exc)
         cams_a, cams_b = {}, {}
     ds = dataset if dataset is not None else _open_display_dataset(rb) or _open_display_dataset(ra)
-    ids = prim.ta.column("id").to_pylist()
+    ids = prim.ta.column("id").take(pa.array(order, pa.int64())).to_pylist()  # the shown ones
     preds_a = _float_col(prim.ta, "pred")
     preds_b = _float_col(prim.tb, "pred")
     out_list: list[dict[str, Any]] = []
     for rank, j in enumerate(order):
-        i, sid = int(idx[j]), str(ids[j])
+        i, sid = int(idx[j]), str(ids[rank])
         entry: dict[str, Any] = {
             "rank": rank + 1,
             "index": i,
@@ -1020,6 +1020,10 @@ def _pair_methods(
         )
     for table in _paired_tables("primary", prim, classes):
         sink.write(table)
+    # the moved samples need only these of the primary's rows: release the other columns
+    keep = [c for c in ("index", "id", "pred", "background_focus") if c in prim.ta.column_names]
+    prim.ta = prim.ta.select(keep)
+    prim.tb = prim.tb.select([c for c in keep if c in prim.tb.column_names])
     methods_b = list(rb.summary.methods)
     shared = [m for m in ra.summary.methods if m in methods_b]
     others: dict[str, _Paired] = {}

@@ -628,6 +628,7 @@ def main() -> None:
         )
         parts.append(parity_table(title, prows, peers, int(pbatch)))
         parts.append(f"Load average after the parity rows: {_load()}.")
+        print(parts[-2], flush=True)
         print(parts[-1], "\n", flush=True)
     if args.fullgrad != "none":
         arch, fbatch, frounds = args.fullgrad.split(":")
