@@ -573,7 +573,10 @@ def claim_run_dir(run_dir: str | Path) -> Path:
             entries = [p.name for p in root.iterdir()]
         except OSError as exc:
             raise storage_error(exc, root) from exc
-        if entries and not any(n in entries for n in _OURS):
+        # a concurrent writer's marker in flight (atomic_write_bytes' temp file) is ours too:
+        # parallel shard jobs / torchrun ranks create the folder at the same moment
+        in_flight = any(n.startswith(f".{RUN_MARKER}.") and n.endswith(".tmp") for n in entries)
+        if entries and not in_flight and not any(n in entries for n in _OURS):
             shown = ", ".join(sorted(entries)[:3]) + (", …" if len(entries) > 3 else "")
             raise StorageError(
                 f"--out {root} is a non-empty folder that is not a cam-auditor run directory "

@@ -169,6 +169,27 @@ def test_out_that_is_a_file_or_a_folder_of_user_files_is_refused(
     assert "is a file" in _one_line_error(capsys.readouterr().err)
 
 
+def test_a_folder_whose_only_entry_is_a_concurrent_writers_marker_in_flight_is_ours(
+    tmp_path: Path,
+) -> None:
+    """Parallel shard jobs / torchrun ranks create --out at the same moment: one sees the
+    other's marker while it is still the atomic write's temp file, and must not refuse the
+    folder as a stranger's; a folder of user files next to it is still refused."""
+    from auditor.errors import StorageError
+    from auditor.store import RUN_MARKER, claim_run_dir
+
+    racing = tmp_path / "racing"
+    racing.mkdir()
+    (racing / f".{RUN_MARKER}.k3j2x9.tmp").write_bytes(b"")
+    assert claim_run_dir(racing) == racing
+    assert (racing / RUN_MARKER).is_file()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / f"{RUN_MARKER}.tmp").write_bytes(b"")  # not our temp-file pattern
+    with pytest.raises(StorageError, match="non-empty folder"):
+        claim_run_dir(other)
+
+
 # -- 3. the exit-code contract -----------------------------------------------------------------
 
 

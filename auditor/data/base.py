@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import torch
 
 from auditor.data.config import DataConfig
@@ -44,6 +46,8 @@ __all__ = [
     "FileDataset",
     "MaskFileAnnotation",
     "Record",
+    "RecordTable",
+    "RecordTableBuilder",
     "canonical_sha256",
     "read_mask_file",
 ]
@@ -149,8 +153,235 @@ class _Prepared:
     notes: tuple[str, ...]
 
 
+class RecordTable(Sequence[Record]):
+    """Records stored by column, each :class:`Record` made on access (issue 14).
+
+    A tuple of frozen dataclasses costs about 1.6 KB per sample (the record, its box tuple,
+    its annotation object and four strings): 1.6 GB at a million samples, held for the whole
+    audit. Here ids, image paths and labels are Arrow string arrays (their bytes plus a 4-byte
+    offset each), boxes one float64 ``[k, 4]`` array with per-record offsets, and the rare
+    fields (errors, notes, other annotation kinds, ``image_base``) sparse dicts: about 100
+    bytes per sample for a box manifest. ``table[i]`` returns a :class:`Record` equal to the
+    one the reader would have built (``==`` holds: same types, same values).
+
+    Build it with :class:`RecordTableBuilder`.
+    """
+
+    def __init__(
+        self,
+        ids: pa.Array,
+        images: pa.Array,
+        labels: pa.Array,
+        box_offsets: np.ndarray,
+        boxes: np.ndarray,
+        sparse: dict[str, dict[int, Any]],
+        masks: pa.Array | None = None,
+        mask_encoding: str = "binary",
+    ) -> None:
+        self._ids, self._images, self._labels = ids, images, labels
+        self._masks, self._mask_encoding = masks, mask_encoding
+        self._box_offsets, self._boxes = box_offsets, boxes
+        self._errors: dict[int, str] = sparse.get("error", {})
+        self._notes: dict[int, tuple[str, ...]] = sparse.get("notes", {})
+        self._annotations: dict[int, Annotation] = sparse.get("annotation", {})
+        self._bases: dict[int, Path] = sparse.get("image_base", {})
+        self._n = len(ids)
+
+    def __len__(self) -> int:
+        return self._n
+
+    def _one(self, i: int) -> Record:
+        annotation: Annotation | None = self._annotations.get(i)
+        if self._masks is not None and self._masks[i].is_valid:
+            annotation = MaskFileAnnotation(_text(self._masks[i].as_py()), self._mask_encoding)
+        lo, hi = int(self._box_offsets[i]), int(self._box_offsets[i + 1])
+        if hi > lo:
+            annotation = BoxesAnnotation(tuple(tuple(b) for b in self._boxes[lo:hi].tolist()))  # type: ignore[misc]
+        label = self._labels[i].as_py()
+        return Record(
+            _text(self._ids[i].as_py()),
+            _text(self._images[i].as_py()),
+            None if label is None else _text(label),
+            annotation,
+            self._errors.get(i),
+            self._notes.get(i, ()),
+            self._bases.get(i),
+        )
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(self._one(i) for i in range(*index.indices(self._n)))
+        i = int(index)
+        if i < 0:
+            i += self._n
+        if not 0 <= i < self._n:
+            raise IndexError(f"record index {index} out of range [0, {self._n})")
+        return self._one(i)
+
+    def __iter__(self) -> Iterator[Record]:
+        for i in range(self._n):
+            yield self._one(i)
+
+    def record_id(self, index: int) -> str:
+        """The id of record ``index`` without making the record."""
+        return _text(self._ids[int(index)].as_py())
+
+    def usable_labels(self) -> set[str]:
+        """Labels of the records without an error (what :func:`default_classes` sorts)."""
+        if not self._errors:
+            ok = self._labels
+        else:
+            keep = np.ones(self._n, bool)
+            keep[list(self._errors)] = False
+            ok = self._labels.filter(pa.array(keep))
+        return {_text(v) for v in pc.unique(ok).to_pylist() if v is not None}
+
+    @property
+    def n_errors(self) -> int:
+        """How many records carry an indexing ``error``."""
+        return len(self._errors)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the columns (the sparse dicts not counted)."""
+        return int(
+            self._ids.nbytes
+            + self._images.nbytes
+            + self._labels.nbytes
+            + self._box_offsets.nbytes
+            + self._boxes.nbytes
+            + (self._masks.nbytes if self._masks is not None else 0)
+        )
+
+
+def _text(value: str | bytes) -> str:
+    """A stored string back (a column that held a lone surrogate is stored as bytes)."""
+    return value.decode("utf-8", "surrogatepass") if isinstance(value, bytes) else value
+
+
+def _string_array(values: list[str | None]) -> pa.Array:
+    """Arrow strings; a lone surrogate (JSON ``"\\ud800"``) is not UTF-8, so such a chunk is
+    stored as ``surrogatepass`` bytes and :func:`_text` decodes it back."""
+    try:
+        return pa.array(values, pa.string())
+    except (UnicodeEncodeError, pa.ArrowException):
+        return pa.array(
+            [None if v is None else v.encode("utf-8", "surrogatepass") for v in values],
+            pa.binary(),
+        )
+
+
+class RecordTableBuilder:
+    """Appends records field by field into a :class:`RecordTable`; columns are converted
+    to Arrow every :attr:`CHUNK` records, so the Python strings of at most one chunk live."""
+
+    CHUNK = 65_536
+
+    def __init__(self) -> None:
+        names = ("id", "image", "label", "mask")
+        self._cols: dict[str, list[pa.Array]] = {k: [] for k in names}
+        self._pending: dict[str, list[str | None]] = {k: [] for k in names}
+        self._mask_encoding: str | None = None
+        self._box_counts: list[np.ndarray] = []
+        self._pending_counts: list[int] = []
+        self._box_parts: list[np.ndarray] = []
+        self._pending_boxes: list[tuple[float, float, float, float]] = []
+        self._sparse: dict[str, dict[int, Any]] = {
+            "error": {},
+            "notes": {},
+            "annotation": {},
+            "image_base": {},
+        }
+        self._n = 0
+
+    def __len__(self) -> int:
+        return self._n
+
+    def append(
+        self,
+        id: str,
+        image: str,
+        label: str | None,
+        annotation: Annotation | None = None,
+        error: str | None = None,
+        notes: tuple[str, ...] = (),
+        image_base: Path | None = None,
+    ) -> None:
+        """Add one record (the fields of :class:`Record`, in its order)."""
+        i = self._n
+        self._pending["id"].append(id)
+        self._pending["image"].append(image)
+        self._pending["label"].append(label)
+        mask: str | None = None
+        if type(annotation) is BoxesAnnotation and annotation.boxes:
+            self._pending_boxes.extend(annotation.boxes)
+            self._pending_counts.append(len(annotation.boxes))
+        else:
+            self._pending_counts.append(0)
+            if (
+                type(annotation) is MaskFileAnnotation
+                and annotation.base is None
+                and self._mask_encoding in (None, annotation.encoding)
+            ):
+                self._mask_encoding = annotation.encoding
+                mask = annotation.path
+            elif annotation is not None:
+                self._sparse["annotation"][i] = annotation
+        self._pending["mask"].append(mask)
+        if error is not None:
+            self._sparse["error"][i] = error
+        if notes:
+            self._sparse["notes"][i] = tuple(notes)
+        if image_base is not None:
+            self._sparse["image_base"][i] = image_base
+        self._n += 1
+        if len(self._pending_counts) >= self.CHUNK:
+            self._flush()
+
+    def _flush(self) -> None:
+        if not self._pending_counts:
+            return
+        for name, values in self._pending.items():
+            self._cols[name].append(_string_array(values))
+            values.clear()
+        self._box_counts.append(np.asarray(self._pending_counts, np.int64))
+        self._pending_counts = []
+        self._box_parts.append(np.asarray(self._pending_boxes, np.float64).reshape(-1, 4))
+        self._pending_boxes = []
+
+    def build(self) -> RecordTable:
+        """The table of every appended record."""
+        self._flush()
+
+        def column(name: str) -> pa.Array:
+            parts = self._cols[name]
+            if not parts:
+                return pa.array([], pa.string())
+            if any(p.type == pa.binary() for p in parts):
+                parts = [p.cast(pa.binary()) for p in parts]
+            return pa.concat_arrays(parts) if len(parts) > 1 else parts[0]
+
+        counts = np.concatenate(self._box_counts) if self._box_counts else np.zeros(0, np.int64)
+        offsets = np.zeros(counts.size + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        boxes = np.concatenate(self._box_parts) if self._box_parts else np.zeros((0, 4))
+        masks = column("mask")
+        return RecordTable(
+            column("id"),
+            column("image"),
+            column("label"),
+            offsets,
+            boxes,
+            self._sparse,
+            masks if masks.null_count < len(masks) else None,
+            self._mask_encoding or "binary",
+        )
+
+
 def default_classes(records: Sequence[Record]) -> tuple[str, ...]:
     """Sorted unique labels of the usable records."""
+    if isinstance(records, RecordTable):
+        return tuple(sorted(records.usable_labels()))
     return tuple(sorted({r.label for r in records if r.error is None and r.label is not None}))
 
 
@@ -165,7 +396,11 @@ class FileDataset:
         annotation_sha256: str,
     ) -> None:
         self.config = config
-        self.records: tuple[Record, ...] = tuple(records)
+        #: The records: a :class:`RecordTable` (column storage) as the manifest readers give,
+        #: else a tuple.
+        self.records: Sequence[Record] = (
+            records if isinstance(records, RecordTable) else tuple(records)
+        )
         self.classes: tuple[str, ...] = tuple(classes)
         self._class_index = {name: i for i, name in enumerate(self.classes)}
         self._annotation_sha256 = annotation_sha256
@@ -183,14 +418,20 @@ class FileDataset:
             f"n={len(self)}, classes={len(self.classes)})"
         )
 
-    def _record(self, index: int) -> Record:
+    def _check_index(self, index: int) -> None:
         if isinstance(index, bool) or not isinstance(index, int | np.integer):
             raise TypeError(f"`index` must be an int, got {type(index).__name__}")
         if not 0 <= index < len(self.records):
             raise IndexError(f"`index` must be in [0, {len(self.records)}), got {index}")
+
+    def _record(self, index: int) -> Record:
+        self._check_index(index)
         return self.records[int(index)]
 
     def sample_id(self, index: int) -> str:
+        if isinstance(self.records, RecordTable):
+            self._check_index(index)
+            return self.records.record_id(int(index))
         return self._record(index).id
 
     def annotation_sha256(self) -> str:
@@ -272,7 +513,7 @@ class FileDataset:
             image = normalise(prepared.display, self.config.mean, self.config.std)
         mask = None if prepared.mask is None else torch.from_numpy(prepared.mask.copy())
         return EvalSample(
-            id=self.records[index].id,
+            id=self.sample_id(index),
             index=int(index),
             image=image,
             mask=mask,

@@ -15,11 +15,14 @@ from __future__ import annotations
 import csv
 import json
 import math
-from dataclasses import dataclass, field
+from array import array
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from auditor.data.base import BoxesAnnotation, MaskFileAnnotation, Record
+import numpy as np
+
+from auditor.data.base import BoxesAnnotation, MaskFileAnnotation, RecordTable, RecordTableBuilder
 from auditor.data.config import DataConfig
 from auditor.data.images import sha256_bytes
 from auditor.errors import DataError
@@ -53,42 +56,136 @@ def _number(text: str) -> float:
         return math.nan
 
 
-@dataclass
-class _Group:
-    line: int
-    image: str
-    label: str
-    mask: str | None = None
-    boxes: list[tuple[float, float, float, float]] = field(default_factory=list)
-    error: str | None = None
-    notes: list[str] = field(default_factory=list)
-
-
 def _mask_annotation(config: DataConfig, mask: str) -> MaskFileAnnotation:
     return MaskFileAnnotation(mask, config.mask_encoding)
 
 
-def _groups_to_records(config: DataConfig, groups: dict[str, _Group]) -> list[Record]:
-    records = []
-    for key, g in groups.items():
-        annotation: Any = None
-        notes = list(g.notes)
-        if g.mask:
-            annotation = _mask_annotation(config, g.mask)
-            if g.boxes:
-                notes.append("boxes ignored: a mask file is given for this sample")
-        elif g.boxes:
-            annotation = BoxesAnnotation(tuple(g.boxes))
-        records.append(Record(key, g.image, g.label, annotation, g.error, tuple(notes)))
-    return records
-
-
-def _check_usable(path: Path, records: list[Record], first_error: tuple[int, str] | None) -> None:
-    if not records:
+def _check_usable(path: Path, records: RecordTable, first_error: tuple[int, str] | None) -> None:
+    if not len(records):
         raise DataError(f"{path}: no rows (empty manifest)")
-    if all(r.error is not None for r in records):
+    if records.n_errors == len(records):
         line, reason = first_error if first_error else (1, records[0].error or "")
         raise DataError(f"{path}: line {line}: no usable row; first problem: {reason}")
+
+
+def _lines(text: str) -> Iterator[tuple[int, str]]:
+    """``(start offset, line)`` of ``text.split("\n")`` without its final empty piece, one at a
+    time (a list of a million lines would hold a million strings)."""
+    pos, end = 0, len(text)
+    while pos < end:
+        nl = text.find("\n", pos)
+        if nl < 0:
+            yield pos, text[pos:]
+            return
+        yield pos, text[pos:nl]
+        pos = nl + 1
+
+
+class _Groups:
+    """The samples of a CSV manifest by key, by column (issue 14: no object per row).
+
+    Group ``g`` (insertion order, as a dict's) has ``line[g]``, ``image[g]``, ``label[g]`` and
+    sparse ``mask``, ``error``, ``notes``; boxes are appended flat with their group number.
+    Identical rows are found through the group of their key: ``hashes[g]`` lists
+    ``(hash(row), line)`` of the group's rows, a hit is confirmed by parsing that line again.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+        self.index: dict[str, int] = {}
+        self.line = array("q")
+        self.image: list[str] = []
+        self.label: list[str] = []
+        self.mask: dict[int, str] = {}
+        self.error: dict[int, str] = {}
+        self.notes: dict[int, list[str]] = {}
+        self.box_group = array("q")
+        self.box_values = array("d")
+        self.box_floor: dict[int, int] = {}  # group reset after this many boxes were added
+        self.first_hash = array("q")
+        self.first_line = array("q")  # -1: no row registered
+        self.first_offset = array("q")
+        self.more_hashes: dict[int, list[tuple[int, int, int]]] = {}
+        self._labels: dict[str, str] = {}
+
+    def new(self, key: str, line: int, image: str, label: str, error: str | None = None) -> int:
+        """Group ``key`` (re)started from ``line`` (a key seen before keeps its position)."""
+        label = self._labels.setdefault(label, label)
+        g = self.index.get(key)
+        if g is None:
+            g = self.index[key] = len(self.image)
+            self.line.append(line)
+            self.image.append(image)
+            self.label.append(label)
+            self.first_hash.append(0)
+            self.first_line.append(-1)
+            self.first_offset.append(0)
+        else:  # replaced, as `groups[key] = _Group(...)` replaces a dict value
+            self.line[g], self.image[g], self.label[g] = line, image, label
+            self.mask.pop(g, None)
+            self.notes.pop(g, None)
+            self.error.pop(g, None)
+            self.box_floor[g] = len(self.box_group)
+        if error is not None:
+            self.error[g] = error
+        return g
+
+    def register(self, g: int, row: list[str], line: int, offset: int) -> None:
+        """Row ``row`` (physical ``line`` at character ``offset``) belongs to group ``g``."""
+        h = hash(tuple(row))
+        if self.first_line[g] < 0:
+            self.first_hash[g], self.first_line[g], self.first_offset[g] = h, line, offset
+        else:
+            self.more_hashes.setdefault(g, []).append((h, line, offset))
+
+    def duplicate_of(self, key: str, row: list[str]) -> int | None:
+        """Line of an earlier row identical to ``row`` in group ``key``, else None."""
+        g = self.index.get(key)
+        if g is None:
+            return None
+        h = hash(tuple(row))
+        candidates = []
+        if self.first_line[g] >= 0:
+            candidates.append((self.first_hash[g], self.first_line[g], self.first_offset[g]))
+        candidates += self.more_hashes.get(g, [])
+        for hv, line, start in candidates:
+            if hv == h:
+                stop = self.text.find("\n", start)
+                if _parse_line(self.text[start : stop if stop >= 0 else None]) == row:
+                    return line
+        return None
+
+    def add_note(self, g: int, note: str) -> None:
+        self.notes.setdefault(g, []).append(note)
+
+    def records(self, config: DataConfig) -> RecordTable:
+        n = len(self.image)
+        bg = np.frombuffer(self.box_group, np.int64) if len(self.box_group) else np.zeros(0, int)
+        bv = np.frombuffer(self.box_values, np.float64).reshape(-1, 4)
+        keep = np.ones(bg.size, bool)
+        for g, floor in self.box_floor.items():
+            keep[:floor] &= bg[:floor] != g
+        order = np.argsort(bg[keep], kind="stable")
+        bg, bv = bg[keep][order], bv[keep][order]
+        counts = np.bincount(bg, minlength=n) if bg.size else np.zeros(n, np.int64)
+        offsets = np.zeros(n + 1, np.int64)
+        np.cumsum(counts, out=offsets[1:])
+        out = RecordTableBuilder()
+        for key, g in self.index.items():
+            annotation: Any = None
+            notes = list(self.notes.get(g, ()))
+            lo, hi = int(offsets[g]), int(offsets[g + 1])
+            mask = self.mask.get(g)
+            if mask:
+                annotation = _mask_annotation(config, mask)
+                if hi > lo:
+                    notes.append("boxes ignored: a mask file is given for this sample")
+            elif hi > lo:
+                annotation = BoxesAnnotation(tuple(tuple(b) for b in bv[lo:hi].tolist()))
+            out.append(
+                key, self.image[g], self.label[g], annotation, self.error.get(g), tuple(notes)
+            )
+        return out.build()
 
 
 def _parse_line(text: str) -> list[str]:
@@ -106,7 +203,7 @@ def get_key(row: list[str], col: dict[str, int], line: int) -> str:
     return get("id").strip() or get("image").strip() or f"line {line}"
 
 
-def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
+def read_csv_manifest(config: DataConfig) -> tuple[RecordTable, str]:
     """Index a CSV manifest; returns ``(records, sha256 of the manifest bytes)``."""
     path = config.manifest
     if path is None:
@@ -114,13 +211,12 @@ def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
     text, sha = _read_text(path)
     # One physical line is one row: a manifest cell never holds a line break, so a stray or
     # unterminated quote must not swallow the rows after it (csv's default would join them).
-    lines = text.split("\n")
-    if lines and lines[-1] == "":
-        lines.pop()
-    if not lines or not lines[0].strip():
+    lines = _lines(text)
+    first_line = next(lines, (0, ""))[1]
+    if not first_line.strip():
         raise DataError(f"{path}: line 1: empty file, expected a header row")
     try:
-        header = _parse_line(lines[0])
+        header = _parse_line(first_line)
     except csv.Error as exc:
         raise DataError(f"{path}: line 1: unreadable CSV header: {exc}") from exc
     columns = [c.strip().lower() for c in header]
@@ -135,12 +231,12 @@ def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
     if any(has_boxes) and not all(has_boxes):
         raise DataError(f"{path}: line 1: box columns must be all of x0, y0, x1, y1")
     col = {name: i for i, name in enumerate(columns)}
-    groups: dict[str, _Group] = {}
+    groups = _Groups(text)
     first_error: tuple[int, str] | None = None
-    seen_rows: dict[tuple[str, ...], int] = {}
+    keyless: dict[tuple[str, ...], int] = {}  # rows without id and image: "line N" keys
     n_rows = 0
     line = 1
-    for line, raw_line in enumerate(lines[1:], start=2):
+    for line, (offset, raw_line) in enumerate(lines, start=2):
         if not raw_line.strip():
             continue
         n_rows += 1
@@ -150,22 +246,12 @@ def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
             # this row alone is unusable (unterminated quote, oversized cell): skip it
             key = f"line {line}"
             bad = f"manifest line {line}: unreadable CSV row ({exc})"
-            groups[key] = _Group(line, key, "", error=bad)
+            groups.new(key, line, key, "", error=bad)
             first_error = first_error or (line, bad)
             continue
         if not any(cell.strip() for cell in row):
             n_rows -= 1
             continue
-        dup_of = seen_rows.get(tuple(row))
-        if dup_of is not None:
-            # an identical row adds nothing (not a second box): noted, never silently merged
-            key = get_key(row, col, line)
-            if key in groups:
-                groups[key].notes.append(
-                    f"manifest line {line} repeats line {dup_of} exactly (ignored)"
-                )
-            continue
-        seen_rows[tuple(row)] = line
 
         def get(name: str, row: list[str] = row) -> str:
             i = col.get(name)
@@ -173,7 +259,19 @@ def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
 
         image = get("image").strip()
         label = get("label")
-        key = get("id").strip() or image or f"line {line}"
+        ident = get("id").strip() or image
+        key = ident or f"line {line}"
+        dup_of = groups.duplicate_of(key, row) if ident else keyless.get(tuple(row))
+        if dup_of is not None:
+            # an identical row adds nothing (not a second box): noted, never silently merged
+            g_dup = groups.index.get(key)
+            if g_dup is not None:
+                groups.add_note(
+                    g_dup, f"manifest line {line} repeats line {dup_of} exactly (ignored)"
+                )
+            continue
+        if not ident:
+            keyless[tuple(row)] = line
         error = None
         if len(row) != len(columns):
             error = f"manifest line {line}: {len(row)} fields, header has {len(columns)}"
@@ -181,32 +279,34 @@ def read_csv_manifest(config: DataConfig) -> tuple[list[Record], str]:
             error = f"manifest line {line}: empty image path"
         elif label == "":
             error = f"manifest line {line}: empty label"
-        group = groups.get(key)
-        if group is None:
-            group = groups[key] = _Group(line, image, label)
-        elif error is None and (group.image != image or group.label != label):
+        g = groups.index.get(key)
+        if g is None:
+            g = groups.new(key, line, image, label)
+        elif error is None and (groups.image[g] != image or groups.label[g] != label):
             error = (
                 f"manifest line {line}: rows for {key!r} disagree on image/label "
-                f"({group.image!r}, {group.label!r}) vs ({image!r}, {label!r})"
+                f"({groups.image[g]!r}, {groups.label[g]!r}) vs ({image!r}, {label!r})"
             )
+        if ident:
+            groups.register(g, row, line, offset)
         if error is not None:
-            group.error = group.error or error
+            groups.error[g] = groups.error.get(g) or error
             first_error = first_error or (line, error)
             continue
         mask = get("mask").strip()
         if mask:
-            if group.mask and group.mask != mask:
-                group.error = f"manifest line {line}: several mask files for {key!r}"
-                first_error = first_error or (line, group.error)
-            group.mask = mask
+            if groups.mask.get(g) and groups.mask[g] != mask:
+                groups.error[g] = f"manifest line {line}: several mask files for {key!r}"
+                first_error = first_error or (line, groups.error[g])
+            groups.mask[g] = mask
         if all(has_boxes):
             cells = [get(c).strip() for c in _BOX_COLUMNS]
             if any(cells):
-                box = tuple(_number(c) for c in cells)
-                group.boxes.append(box)  # type: ignore[arg-type]
+                groups.box_group.append(g)
+                groups.box_values.extend(_number(c) for c in cells)
     if n_rows == 0:
         raise DataError(f"{path}: line {line}: no data rows after the header")
-    records = _groups_to_records(config, groups)
+    records = groups.records(config)
     _check_usable(path, records, first_error)
     return records, sha
 
@@ -228,13 +328,13 @@ def _as_boxes(value: Any) -> list[tuple[float, float, float, float]] | str:
     return out  # type: ignore[return-value]
 
 
-def read_jsonl_manifest(config: DataConfig) -> tuple[list[Record], str]:
+def read_jsonl_manifest(config: DataConfig) -> tuple[RecordTable, str]:
     """Index a JSONL manifest; returns ``(records, sha256 of the manifest bytes)``."""
     path = config.manifest
     if path is None:
         raise DataError("[data] manifest: not set")
     text, sha = _read_text(path)
-    records: list[Record] = []
+    records = RecordTableBuilder()
     seen: set[str] = set()
     first_error: tuple[int, str] | None = None
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -285,16 +385,15 @@ def read_jsonl_manifest(config: DataConfig) -> tuple[list[Record], str]:
             first_error = first_error or (line_no, error)
         seen.add(str(rid))
         records.append(
-            Record(
-                str(rid),
-                str(image).strip(),
-                label if isinstance(label, str) else None,
-                annotation,
-                error,
-                tuple(notes),
-            )
+            str(rid),
+            str(image).strip(),
+            label if isinstance(label, str) else None,
+            annotation,
+            error,
+            tuple(notes),
         )
-    if not records:
+    if not len(records):
         raise DataError(f"{path}: line 1: no rows (empty manifest)")
-    _check_usable(path, records, first_error)
-    return records, sha
+    table = records.build()
+    _check_usable(path, table, first_error)
+    return table, sha
