@@ -621,10 +621,11 @@ def main() -> None:
         print(parts[-1], "\n", flush=True)
     if args.parity != "none":
         arch, pbatch, psamples = args.parity.split(":")
+        load_before = _load()
         prows, peers = bench_parity(arch, int(pbatch), int(psamples), args.parity_rounds)
         title = (
             f"parity methods vs their peers, {arch}, batch {pbatch}, median of "
-            f"{args.parity_rounds} interleaved rounds (load average before: {_load()})"
+            f"{args.parity_rounds} interleaved rounds (load average before: {load_before})"
         )
         parts.append(parity_table(title, prows, peers, int(pbatch)))
         parts.append(f"Load average after the parity rows: {_load()}.")
