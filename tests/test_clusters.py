@@ -160,3 +160,25 @@ def test_invalid_inputs() -> None:
         spray_clusters(np.zeros((3, 2, 2)), assign_labels="nope")
     with pytest.raises(ValueError, match="n_clusters"):
         spray_clusters(np.zeros((3, 2, 2)), n_clusters=3)
+
+
+def test_nearest_neighbours_equal_the_stable_full_sort() -> None:
+    """The k-NN graph's neighbours (partition + sort of the candidates) are exactly those of
+    ``np.argsort(kind="stable")``, ties to the smaller index included."""
+    from auditor.metrics.clusters import _nearest_stable
+
+    rng = np.random.default_rng(0)
+    for t in range(200):
+        n = int(rng.integers(3, 60))
+        k = int(rng.integers(1, n))
+        if t % 2:  # integer features: many tied distances
+            f = rng.integers(0, 3, (n, int(rng.integers(1, 4)))).astype(float)
+        else:
+            f = rng.random((n, 5))
+        sq = (f**2).sum(1)
+        d2 = sq[:, None] + sq[None, :] - 2.0 * f @ f.T
+        np.fill_diagonal(d2, np.inf)
+        if t % 7 == 0:
+            d2[0, 1] = np.nan  # falls back to the full sort
+        want = np.argsort(d2, axis=1, kind="stable")[:, :k]
+        assert (_nearest_stable(d2, k) == want).all(), (t, n, k)

@@ -372,10 +372,35 @@ def _knn_affinity(features: np.ndarray, n_neighbors: int) -> Any:
         d2 = sq[:, None] + sq[None, :] - 2.0 * features @ features.T
         np.fill_diagonal(d2, np.inf)
         # stable order: ties go to the smaller index, deterministic
-        nbr = np.argsort(d2, axis=1, kind="stable")[:, :nn_eff]
+        nbr = _nearest_stable(d2, nn_eff)
         rows = np.repeat(np.arange(n), nn_eff)
         knn = csr_matrix((np.ones(rows.size), (rows, nbr.ravel())), shape=(n, n))
     return (0.5 * (knn + knn.T)).tocsr()
+
+
+def _nearest_stable(d2: np.ndarray, k: int) -> np.ndarray:
+    """``np.argsort(d2, axis=1, kind="stable")[:, :k]`` without sorting whole rows.
+
+    The ``k``-th smallest value of each row (``np.partition``, linear time) bounds the
+    candidates (every tie at the bound included); the candidates alone are sorted by (row,
+    value, column), which is the stable order. Rows with a NaN or fewer than ``k``
+    candidates fall back to the full sort. Same result, ``O(n^2)`` instead of
+    ``O(n^2 log n)`` (issue 14: SpRAy on 1,000 classes).
+    """
+    n, m = d2.shape
+    if k >= m:
+        return np.argsort(d2, axis=1, kind="stable")[:, :k]
+    bound = np.partition(d2, k - 1, axis=1)[:, k - 1]
+    if not np.isfinite(bound).all() or np.isnan(d2).any():
+        return np.argsort(d2, axis=1, kind="stable")[:, :k]
+    rows, cols = np.nonzero(d2 <= bound[:, None])
+    counts = np.bincount(rows, minlength=n)
+    if (counts < k).any():
+        return np.argsort(d2, axis=1, kind="stable")[:, :k]
+    order = np.lexsort((cols, d2[rows, cols], rows))
+    starts = np.concatenate([[0], np.cumsum(counts)[:-1]])
+    pick = starts[:, None] + np.arange(k)[None, :]
+    return cols[order][pick]
 
 
 def adjusted_rand_index(a: np.ndarray, b: np.ndarray) -> float:
