@@ -1181,14 +1181,14 @@ def _cluster_analysis(
     prim = table.filter(pc.equal(table.column("method"), s.primary))
     idx = prim.column("index").to_numpy()
     labels = prim.column("label").to_numpy()
-    ids = prim.column("id").to_pylist()
+    ids = prim.column("id")  # made into Python strings one class at a time
 
     def col(name: str) -> np.ndarray:
+        """Column ``name`` as float64, nulls NaN (no Python object per sample)."""
         if name not in prim.column_names:
             return np.full(prim.num_rows, np.nan)
-        return np.asarray(
-            [np.nan if v is None else float(v) for v in prim.column(name).to_pylist()], float
-        )
+        a = pc.fill_null(pc.cast(prim.column(name), pa.float64()), np.nan)
+        return np.asarray(a.to_numpy(), float)
 
     correct = col("correct")
     per_sample = {
@@ -1206,7 +1206,7 @@ def _cluster_analysis(
     membership: dict[int, int] = {}
     for ci, name in enumerate(classes):
         sel = np.flatnonzero(labels == ci)
-        sel = np.asarray([j for j in sel if int(idx[j]) in cams], dtype=np.int64)
+        sel = sel[np.fromiter((int(idx[j]) in cams for j in sel), bool, sel.size)]
         if len(sel) < 6:
             continue
         maps = np.stack([cams[int(idx[j])] for j in sel])
@@ -1220,7 +1220,7 @@ def _cluster_analysis(
             n_boot=max(200, min(s.bootstrap, 2000)),
             seed=s.seed,
         )
-        out[name] = class_to_json(res, [ids[int(j)] for j in sel])
+        out[name] = class_to_json(res, [str(v) for v in ids.take(pa.array(sel)).to_pylist()])
         for j, lab in zip(sel, res.labels):
             membership[int(idx[j])] = int(lab)
     return out, membership
@@ -1488,13 +1488,30 @@ def _gallery(
         out[cname] = tuple(entries)
     # cluster exemplar panels
     prim = table.filter(pc.equal(table.column("method"), s.primary))
+    # only the ids drawn below are looked up (a dict of every id is ~270 MB at 1M samples)
+    wanted_ids: set[str] = set()
+    for f in result.findings:
+        if f.kind == "background_sufficiency" and f.cls is not None:
+            wanted_ids.update(map(str, f.examples))
+    for res in (result.clusters or {}).values():
+        for cl in res.clusters:
+            wanted_ids.update(map(str, cl.exemplars))
+        for sg in res.subgroups or ():
+            wanted_ids.update(map(str, sg.exemplars))
+            wanted_ids.update(map(str, sg.rest_exemplars))
+    hits = prim.filter(
+        pc.is_in(
+            pc.cast(prim.column("id"), pa.string()),
+            value_set=pa.array(sorted(wanted_ids), pa.string()),
+        )
+    )
     id_to_index = {
         str(a): int(b)
-        for a, b in zip(prim.column("id").to_pylist(), prim.column("index").to_pylist())
+        for a, b in zip(hits.column("id").to_pylist(), hits.column("index").to_pylist())
     }
     # background-sufficiency findings: the images whose background alone is called the class
     names = list(result.dataset.classes) or list(result.classes)
-    id_to_pred = dict(zip(map(str, prim.column("id").to_pylist()), prim.column("pred").to_pylist()))
+    id_to_pred = dict(zip(map(str, hits.column("id").to_pylist()), hits.column("pred").to_pylist()))
     for f in result.findings:
         if f.kind != "background_sufficiency" or f.cls is None:
             continue

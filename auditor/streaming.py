@@ -112,8 +112,15 @@ class PoissonBootstrap:
     One update sorts the rows by group and adds, per group, one matrix product
     ``[x, 1{x finite}]^T W`` (``2k x n_boot``): the cost is ``n x 2k x n_boot`` multiply-adds
     in BLAS plus one small product per group present, so feed it large batches (thousands of
-    rows). Sums of values are float64; sums of weights are integers kept exactly in float32
-    (up to 2**24 weight per group and replicate, about 16 million samples).
+    rows). Each update's products are computed in float64 and added to float32 accumulators:
+    sums of weights are integers, kept exactly in float32 up to 2**24 weight per group and
+    replicate (about 16 million samples); sums of weighted values keep a relative precision of
+    about ``6e-8`` per update added (float32's unit roundoff), so a replicate mean is exact to
+    ~1e-6 relative after hundreds of updates, four orders of magnitude below the Monte-Carlo
+    error of a 2,000-replicate interval (~3 % of its width), at 8 instead of 12 bytes per
+    group, column and replicate (issue 14: 3 methods x 1,001 groups x 10 metrics x 2,000
+    replicates is 480 MB instead of 720 MB). The power sums of the estimate and of BCa's
+    acceleration stay float64, so means are exact up to summation order.
     """
 
     def __init__(self, n_groups: int, columns: Sequence[str], *, n_boot: int = 2000, seed: int = 0):
@@ -126,7 +133,7 @@ class PoissonBootstrap:
         self.columns = list(columns)
         self.n_groups, self.n_boot, self.seed = n_groups, n_boot, int(seed)
         g, k = n_groups, len(self.columns)
-        self._swx = np.zeros((g, k, n_boot))
+        self._swx = np.zeros((g, k, n_boot), dtype=np.float32)
         self._sw = np.zeros((g, k, n_boot), dtype=np.float32)
         self._pow = np.zeros((g, k, 4))  # n, sum x, sum x^2, sum x^3 (finite values)
         self._nan = np.zeros((g, k), dtype=np.int64)
@@ -179,7 +186,7 @@ class PoissonBootstrap:
         for s, e in zip(starts.tolist(), ends.tolist()):
             g = int(gs[s])
             prod = a[s:e].T @ ws[s:e].astype(np.float64)
-            self._swx[g] += prod[:k]
+            self._swx[g] += prod[:k].astype(np.float32)
             self._sw[g] += prod[k:].astype(np.float32)
         present = gs[starts]
         self._pow[present, :, 0] += np.add.reduceat(okf, starts, axis=0)
@@ -192,7 +199,7 @@ class PoissonBootstrap:
     def merged(self) -> PoissonBootstrap:
         """One group holding every sample (the overall interval: the sums add up)."""
         out = PoissonBootstrap(1, self.columns, n_boot=self.n_boot, seed=self.seed)
-        out._swx = self._swx.sum(0, keepdims=True)
+        out._swx = self._swx.sum(0, keepdims=True, dtype=np.float64)
         out._sw = self._sw.sum(0, keepdims=True, dtype=np.float64)
         out._pow = self._pow.sum(0, keepdims=True)
         out._nan = self._nan.sum(0, keepdims=True)
@@ -219,7 +226,7 @@ class PoissonBootstrap:
             return Interval(float(mean), float(mean), float(mean), int(n), n_nan, "percentile")
         sw = self._sw[group, c]
         keep = sw > 0
-        boots = np.sort(self._swx[group, c][keep] / sw[keep])
+        boots = np.sort(self._swx[group, c][keep].astype(np.float64) / sw[keep])
         alpha = 1.0 - confidence
         q = np.array([alpha / 2.0, 1.0 - alpha / 2.0])
         method = "percentile"

@@ -212,7 +212,10 @@ def test_streamed_result_does_not_depend_on_how_the_shards_are_cut(
             if e[key] is None:
                 assert ss[path][key] is None
             else:
-                assert ss[path][key] == pytest.approx(e[key], rel=1e-9, abs=1e-12), (path, key)
+                # means: float64 power sums (summation order only); bounds: float32
+                # replicate sums (auditor.streaming.PoissonBootstrap), ~1e-7 relative
+                tol = 1e-9 if key == "mean" else 1e-6
+                assert ss[path][key] == pytest.approx(e[key], rel=tol, abs=1e-12), (path, key)
     assert [f["kind"] for f in st["findings"]] == [f["kind"] for f in ref["findings"]]
     # same rows, and the same bytes as the differently cut original (fixed row groups)
     a = (both["dirs"]["streaming"] / "samples.parquet").read_bytes()
@@ -238,7 +241,7 @@ def test_accumulator_memory_does_not_grow_with_the_samples() -> None:
     small_peak, small_bytes = _peak_of_stream(12)
     big_peak, big_bytes = _peak_of_stream(60)  # five times the samples
     assert small_bytes == big_bytes
-    assert big_bytes == 20 * 6 * 300 * (8 + 4) + 20 * 6 * (4 * 8 + 8) + 4 * 4096 * 300
+    assert big_bytes == 20 * 6 * 300 * (4 + 4) + 20 * 6 * (4 * 8 + 8) + 4 * 4096 * 300
     # the peak is the accumulators plus one chunk's work arrays, whatever the stream length
     assert big_peak < 1.1 * small_peak, (small_peak, big_peak)
     one_chunk = 2000 * 300 * (1 + 8) + 2000 * 12 * 8 * 4  # weights (uint8, float64), values

@@ -53,8 +53,10 @@ def test_independent_of_how_the_stream_is_cut_and_ordered() -> None:
         many.update(groups[chunk], keys[chunk], values[chunk])
     for g in range(3):
         a, b = one.interval(g, "y"), many.interval(g, "y")
-        assert a.low == pytest.approx(b.low, rel=1e-9) and a.high == pytest.approx(b.high, rel=1e-9)
-    assert one.nbytes < 2 * 3 * 2 * 500 * 8 + 4096 * 500 + 1024  # no per-sample state
+        # float32 replicate sums (8 bytes per group, column, replicate): the order of the
+        # additions moves a bound by float32 rounding, ~1e-7 relative, never more than 1e-6
+        assert a.low == pytest.approx(b.low, rel=1e-6) and a.high == pytest.approx(b.high, rel=1e-6)
+    assert one.nbytes < 2 * 3 * 2 * 500 * 4 + 4096 * 500 + 1024  # no per-sample state
 
 
 def test_constant_empty_and_bad_input() -> None:

@@ -87,7 +87,7 @@ ROW_GROUP = 65_536
 #: Samples whose rows are buffered before one accumulator update (the update's matrix
 #: products get taller, the per-group overhead is paid once): ``FLUSH x n_boot`` bytes of
 #: weights while it runs.
-FLUSH = 32_768
+FLUSH = 8_192
 
 _SLIM = (
     "index",
@@ -236,7 +236,9 @@ class StreamedRun:
             for m in s.methods
             if self.faith_metrics
         }
-        self.weights = PoissonWeights(s.bootstrap, s.seed, cache=8)
+        # keys arrive sorted (np.unique per update, groups of increasing index ranges): one
+        # block is reused across an update boundary at most
+        self.weights = PoissonWeights(s.bootstrap, s.seed, cache=2)
         self.status: dict[str, Counter[str]] = {m: Counter() for m in s.methods}
         self.hasher = hashlib.sha256()
         self.n_rows = 0
@@ -392,8 +394,14 @@ class StreamedRun:
             return
         keys = np.unique(np.concatenate(self._buf_keys))
         w = self.weights(keys)
-        for name, grp, key, vals in self._buf:
-            rows = w[np.searchsorted(keys, key)]
+        merged: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray]]] = {}
+        for name, grp, key, vals in self._buf:  # one update per accumulator and flush
+            merged.setdefault(name, []).append((grp, key, vals))
+        for name, parts in merged.items():
+            grp, key, vals = (np.concatenate([p[j] for p in parts]) for j in range(3))
+            # every method's rows usually cover all the keys: no gathered copy then
+            same = key.size == keys.size and bool((key == keys).all())
+            rows = w if same else w[np.searchsorted(keys, key)]
             if name == "drop":
                 self.drop.update(grp, key, vals, weights=rows)
             elif name.startswith("acc:"):
