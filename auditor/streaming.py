@@ -110,7 +110,7 @@ class PoissonBootstrap:
     the keys, so they are drawn once.
 
     One update sorts the rows by group and adds, per group, one matrix product
-    ``[x, 1{x finite}]^T W`` (``2k x n_boot``): the cost is ``n x 2k x n_boot`` multiply-adds
+    ``[x, 1{x finite}]^T W`` (``(k + slots) x n_boot``): at most ``n x 2k x n_boot`` multiply-adds
     in BLAS plus one small product per group present, so feed it large batches (thousands of
     rows). Each update's products are computed in float64 and added to float32 accumulators:
     sums of weights are integers, kept exactly in float32 up to 2**24 weight per group and
@@ -119,8 +119,11 @@ class PoissonBootstrap:
     ~1e-6 relative after hundreds of updates, four orders of magnitude below the Monte-Carlo
     error of a 2,000-replicate interval (~3 % of its width), at 8 instead of 12 bytes per
     group, column and replicate (issue 14: 3 methods x 1,001 groups x 10 metrics x 2,000
-    replicates is 480 MB instead of 720 MB). The power sums of the estimate and of BCa's
-    acceleration stay float64, so means are exact up to summation order.
+    replicates is 480 MB instead of 720 MB). Columns whose values were finite on the same rows
+    share their sums of weights (one slot, split exactly when they first differ), so with the
+    usual NaN pattern (all metrics undefined together) that part is one column's, not ten:
+    ~265 MB in that example. The power sums of the estimate and of BCa's acceleration stay
+    float64, so means are exact up to summation order.
     """
 
     def __init__(self, n_groups: int, columns: Sequence[str], *, n_boot: int = 2000, seed: int = 0):
@@ -134,7 +137,12 @@ class PoissonBootstrap:
         self.n_groups, self.n_boot, self.seed = n_groups, n_boot, int(seed)
         g, k = n_groups, len(self.columns)
         self._swx = np.zeros((g, k, n_boot), dtype=np.float32)
-        self._sw = np.zeros((g, k, n_boot), dtype=np.float32)
+        # sums of weights depend on a column only through which of its values were finite:
+        # columns that have had the same finite rows so far share one slot of `_sw` (most
+        # metrics are undefined on the same samples: constant maps, no mask), and a slot is
+        # split, copying its sums, the first time its columns' finite rows differ (exact)
+        self._sw = np.zeros((g, 1, n_boot), dtype=np.float32)
+        self._slot = np.zeros(k, dtype=np.int64)  # column -> slot of `_sw`
         self._pow = np.zeros((g, k, 4))  # n, sum x, sum x^2, sum x^3 (finite values)
         self._nan = np.zeros((g, k), dtype=np.int64)
         self._seen = np.zeros(g, dtype=np.int64)  # rows per group (finite or not)
@@ -174,11 +182,12 @@ class PoissonBootstrap:
                 raise ValueError(f"`weights` must be [{grp.size}, {self.n_boot}], got {w.shape}")
         k = len(self.columns)
         ok = np.isfinite(x)
+        reps = self._split_slots(ok)
         order = np.argsort(grp, kind="stable")
         gs = grp[order]
         xz = np.where(ok, x, 0.0)[order]
         okf = ok[order].astype(np.float64)
-        a = np.concatenate([xz, okf], axis=1)
+        a = np.concatenate([xz, okf[:, reps]], axis=1)
         ws = w[order]
         cuts = np.flatnonzero(np.diff(gs)) + 1
         starts = np.r_[0, cuts]
@@ -196,11 +205,30 @@ class PoissonBootstrap:
         self._nan[present] += np.add.reduceat((~ok[order]).astype(np.int64), starts, axis=0)
         self._seen[present] += ends - starts
 
+    def _split_slots(self, ok: np.ndarray) -> np.ndarray:
+        """Give columns whose finite rows differ in this update their own ``_sw`` slot;
+        return one representative column per slot (in slot order)."""
+        n_slots = self._sw.shape[1]
+        for slot in range(n_slots):
+            cols = np.flatnonzero(self._slot == slot)
+            rest = [int(c) for c in cols[1:] if not np.array_equal(ok[:, c], ok[:, cols[0]])]
+            while rest:
+                first = rest[0]
+                moved = [c for c in rest if np.array_equal(ok[:, c], ok[:, first])]
+                self._sw = np.concatenate([self._sw, self._sw[:, slot : slot + 1]], axis=1)
+                self._slot[moved] = self._sw.shape[1] - 1
+                rest = [c for c in rest if c not in moved]
+        reps = np.zeros(self._sw.shape[1], dtype=np.int64)
+        for c in range(len(self.columns) - 1, -1, -1):
+            reps[self._slot[c]] = c
+        return reps
+
     def merged(self) -> PoissonBootstrap:
         """One group holding every sample (the overall interval: the sums add up)."""
         out = PoissonBootstrap(1, self.columns, n_boot=self.n_boot, seed=self.seed)
         out._swx = self._swx.sum(0, keepdims=True, dtype=np.float64)
         out._sw = self._sw.sum(0, keepdims=True, dtype=np.float64)
+        out._slot = self._slot.copy()
         out._pow = self._pow.sum(0, keepdims=True)
         out._nan = self._nan.sum(0, keepdims=True)
         out._seen = self._seen.sum(0, keepdims=True)
@@ -224,7 +252,7 @@ class PoissonBootstrap:
         m3 = s3 - 3 * mean * s2 + 2 * n * mean**3
         if m2 <= 1e-15 * max(1.0, s2):  # constant values: no resampling noise
             return Interval(float(mean), float(mean), float(mean), int(n), n_nan, "percentile")
-        sw = self._sw[group, c]
+        sw = self._sw[group, self._slot[c]]
         keep = sw > 0
         boots = np.sort(self._swx[group, c][keep].astype(np.float64) / sw[keep])
         alpha = 1.0 - confidence
@@ -249,6 +277,7 @@ class PoissonBootstrap:
         return int(
             self._swx.nbytes
             + self._sw.nbytes
+            + self._slot.nbytes
             + self._pow.nbytes
             + self._nan.nbytes
             + self._source.nbytes

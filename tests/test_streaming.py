@@ -95,3 +95,36 @@ def test_bf16_autocast_maps_agree_with_float32_on_cpu() -> None:
         r = torch.stack([torch.corrcoef(torch.stack([x, y]))[0, 1] for x, y in zip(a, b)])
         assert bool((r > 0.95).all()), (m, r)  # bf16 has 8 bits of mantissa: close, not equal
         assert not torch.equal(a, b)  # autocast really ran in bf16
+
+
+def test_shared_weight_sums_split_exactly_when_nan_patterns_differ() -> None:
+    """Columns share their sums of weights while their finite rows agree; when a later chunk
+    makes them differ, the slot is split and every column's interval is the one a separate
+    accumulator of that column alone gives (bit for bit: integer weight sums)."""
+    rng = np.random.default_rng(5)
+    n = 3000
+    groups = rng.integers(0, 4, n)
+    keys = rng.permutation(n)
+    x = rng.random((n, 4))
+    x[::50, :] = np.nan  # all undefined together: one slot
+    x[2000::7, 1] = np.nan  # column 1 diverges late
+    x[2500::11, 2] = np.inf  # column 2 too, differently
+    x[2700:, 3] = np.where(np.isnan(x[2700:, 1]), np.nan, x[2700:, 3])  # 3 joins 1's pattern
+    names = ["a", "b", "c", "d"]
+    both = PoissonBootstrap(4, names, n_boot=300, seed=4)
+    for chunk in np.array_split(np.arange(n), 9):
+        both.update(groups[chunk], keys[chunk], x[chunk])
+    assert both._sw.shape[1] == 4  # a; b; c; d (split from b's slot when they differed)
+    for c, name in enumerate(names):
+        alone = PoissonBootstrap(4, [name], n_boot=300, seed=4)
+        for chunk in np.array_split(np.arange(n), 9):
+            alone.update(groups[chunk], keys[chunk], x[chunk, c : c + 1])
+        for g in range(4):
+            a, b = both.interval(g, name), alone.interval(g, name)
+            assert (a.n, a.n_nan) == (b.n, b.n_nan)
+            assert a.low == pytest.approx(b.low, rel=1e-6) and a.high == pytest.approx(
+                b.high, rel=1e-6
+            )
+        m = both.merged().interval(0, name)
+        r = alone.merged().interval(0, name)
+        assert m.low == pytest.approx(r.low, rel=1e-6) and m.n == r.n
