@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from auditor.config import AuditSettings
 from auditor.results import (
@@ -75,6 +76,14 @@ def col(table: pa.Table, name: str, dtype: Any = None) -> np.ndarray:
         else:
             arr = arr.astype(dtype)
     return arr
+
+
+def rows_of_method(table: pa.Table, method: str) -> pa.Table:
+    """The rows of ``method``: ``col(table, "method", str) == method`` computed in Arrow
+    (no Python string per row; a null method is not ``method`` either way)."""
+    if "method" in table.column_names and pa.types.is_string(table.schema.field("method").type):
+        return table.filter(pc.equal(table.column("method"), method))
+    return table.filter(pa.array(col(table, "method", str) == method))
 
 
 def stat_of(iv: Any) -> Stat:
@@ -137,6 +146,26 @@ def accuracy_with_ci(
     return k / n, (iv.low, iv.high)
 
 
+class ArrowStrings(Sequence[str]):
+    """A string column read as ``str`` values on access (``str(None)`` for a null, as
+    ``numpy``'s ``astype(str)`` gives): a tuple of a million ids costs ~70 MB of Python
+    strings, the Arrow column ~12 bytes per id (issue 14)."""
+
+    def __init__(self, values: pa.Array | pa.ChunkedArray) -> None:
+        self._a = values.combine_chunks() if isinstance(values, pa.ChunkedArray) else values
+
+    def __len__(self) -> int:
+        return len(self._a)
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            return tuple(str(v) for v in self._a[index].to_pylist())
+        i = int(index)
+        if not -len(self._a) <= i < len(self._a):
+            raise IndexError(f"id index {index} out of range [0, {len(self._a)})")
+        return str(self._a[i].as_py())
+
+
 @dataclass(frozen=True)
 class PrimaryColumns:
     """The primary method's per-sample columns the class statistics and finding rules read."""
@@ -148,13 +177,13 @@ class PrimaryColumns:
     border_focus: np.ndarray
     energy_lift: np.ndarray
     interventions: Mapping[str, np.ndarray]
-    ids: tuple[str, ...] = ()
+    ids: Sequence[str] = ()
     #: the class the background alone was predicted as (-1: not run); None: column absent
     only_bg_pred: np.ndarray | None = None
 
     @classmethod
     def of(cls, table: pa.Table, primary: str) -> PrimaryColumns:
-        prim = table.filter(pa.array(col(table, "method", str) == primary))
+        prim = rows_of_method(table, primary)
         iv = (
             {name: col(prim, name, float) for name in INTERVENTION_CORRECT}
             if "only_fg_correct" in prim.column_names
@@ -168,7 +197,7 @@ class PrimaryColumns:
             border_focus=col(prim, "border_focus", float),
             energy_lift=col(prim, "energy_lift", float),
             interventions=iv,
-            ids=tuple(str(v) for v in col(prim, "id", str)) if "id" in prim.column_names else (),
+            ids=ArrowStrings(prim.column("id")) if "id" in prim.column_names else (),
             only_bg_pred=col(prim, "only_bg_pred", int)
             if "only_bg_pred" in prim.column_names
             else None,
@@ -275,7 +304,7 @@ def null_baselines(
     out: dict[str, dict[str, Any]] = {}
     if "mask_area" not in table.column_names or "label" not in table.column_names:
         return out
-    prim = table.filter(pa.array(col(table, "method", str) == primary))
+    prim = rows_of_method(table, primary)
     labels = col(prim, "label", int)
     area = col(prim, "mask_area", float)
     for ci, name in enumerate(classes):

@@ -560,6 +560,9 @@ class StreamedRun:
             parts = self._agree[m]
             i = np.concatenate([p[0] for p in parts]) if parts else np.zeros(0, np.int64)
             v = np.concatenate([p[1] for p in parts]) if parts else np.zeros(0)
+            if i.size < 2 or bool((np.diff(i) > 0).all()):  # increasing: unique already
+                per[m] = (i, v)
+                continue
             # a dict keeps an index's last value: do the same
             rev_i, rev_pos = np.unique(i[::-1], return_index=True)
             per[m] = (rev_i, v[::-1][rev_pos])
@@ -569,8 +572,11 @@ class StreamedRun:
             for b in methods:
                 ia, va = per[a]
                 ib, vb = per[b]
-                _, pa_, pb_ = np.intersect1d(ia, ib, assume_unique=True, return_indices=True)
-                xa, xb = va[pa_], vb[pb_]
+                if ia.size == ib.size and np.array_equal(ia, ib):  # the same samples
+                    xa, xb = va, vb
+                else:
+                    _, pa_, pb_ = np.intersect1d(ia, ib, assume_unique=True, return_indices=True)
+                    xa, xb = va[pa_], vb[pb_]
                 ok = np.isfinite(xa) & np.isfinite(xb)
                 xa, xb = xa[ok], xb[ok]
                 if xa.size < 3 or np.ptp(xa) == 0 or np.ptp(xb) == 0:
