@@ -41,7 +41,7 @@ def open_dataset(config: DataConfig) -> EvalDataset:
     if not Path(config.root).is_dir():
         raise DataError(f"[data] root: directory not found: {config.root}")
     config_classes: tuple[str, ...] | None = None
-    records: list[Record]
+    records: Sequence[Record]
     fmt = config.format
     if fmt == "manifest":
         records, sha = read_csv_manifest(config)
