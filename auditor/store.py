@@ -273,6 +273,15 @@ def is_storage_error(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno in _STORAGE_ERRNOS
 
 
+#: atomic_write_bytes writes ``NAME`` through ``.NAME.<random>.tmp`` in the same folder.
+_TMP_SUFFIX = ".tmp"
+
+
+def _is_temp_of(entry: str, name: str) -> bool:
+    """Whether folder entry ``entry`` is an in-flight :func:`atomic_write_bytes` of ``name``."""
+    return entry.startswith(f".{name}.") and entry.endswith(_TMP_SUFFIX)
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` through a temporary file in the same folder + ``os.replace``.
 
@@ -283,7 +292,7 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp: str | None = None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=_TMP_SUFFIX, dir=path.parent)
         os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the file normal permissions
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -575,7 +584,7 @@ def claim_run_dir(run_dir: str | Path) -> Path:
             raise storage_error(exc, root) from exc
         # a concurrent writer's marker in flight (atomic_write_bytes' temp file) is ours too:
         # parallel shard jobs / torchrun ranks create the folder at the same moment
-        in_flight = any(n.startswith(f".{RUN_MARKER}.") and n.endswith(".tmp") for n in entries)
+        in_flight = any(_is_temp_of(n, RUN_MARKER) for n in entries)
         if entries and not in_flight and not any(n in entries for n in _OURS):
             shown = ", ".join(sorted(entries)[:3]) + (", …" if len(entries) > 3 else "")
             raise StorageError(
