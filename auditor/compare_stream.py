@@ -50,8 +50,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from auditor import compare as _cmp
 from auditor.compare import (
-    _TABLE_ROWS,
     BINARY_QUANTITIES,
     _block_of,
     _label_mismatch,
@@ -102,8 +102,11 @@ def _parquet(run: _Run) -> pq.ParquetFile:
 
 def _batches(run: _Run, columns: Sequence[str], chunk: int) -> Iterator[pa.Table]:
     try:
-        for batch in _parquet(run).iter_batches(batch_size=chunk, columns=list(columns)):
-            yield pa.Table.from_batches([batch])
+        pf = _parquet(run)
+        # row group by row group: one reader over the whole file holds more and more memory
+        for rg in range(pf.num_row_groups):
+            for batch in pf.iter_batches(batch_size=chunk, row_groups=[rg], columns=list(columns)):
+                yield pa.Table.from_batches([batch])
     except (OSError, pa.ArrowException) as exc:
         raise AuditorInputError(
             f"{run.role.upper()} {run.samples}: unreadable samples.parquet: {exc}"
@@ -349,10 +352,13 @@ def wilcoxon_stream(
     batches: Callable[[], Iterator[Mapping[str, np.ndarray]]],
     counts: Mapping[str, int],
     chunk: int = CHUNK_PAIRS,
+    per_pass: int = 4,
 ) -> dict[str, dict[str, Any]]:
     """:func:`auditor.stats.paired_test` of every column of ``batches()`` (differences
     ``b − a``, NaN where undefined), reading the stream ``1 + ranges`` times instead of
-    holding it; ``counts[q]`` = the number of finite values of ``q`` (more than 50).
+    holding it; ``counts[q]`` = the number of finite values of ``q`` (more than 50). A range
+    holds about ``chunk`` values, ``per_pass`` ranges are counted per pass (at most
+    ``per_pass x chunk`` distinct values held).
 
     Exact ranks (module docstring); the p-value is the normal approximation that
     ``scipy.stats.wilcoxon(d, zero_method="zsplit")`` uses for more than 50 pairs, so the
@@ -375,7 +381,7 @@ def wilcoxon_stream(
     splitters: dict[str, np.ndarray] = {}
     for q in names:
         s = np.concatenate(sample[q]) if sample[q] else np.zeros(0)
-        n_ranges = max(1, math.ceil(seen[q] / max(1, chunk // 2)))
+        n_ranges = max(1, math.ceil(seen[q] / chunk))
         if s.size == 0 or n_ranges == 1:
             splitters[q] = np.zeros(0)
         else:
@@ -388,45 +394,36 @@ def wilcoxon_stream(
     ties = dict.fromkeys(names, 0)
     zeros = dict.fromkeys(names, 0)
     n_ranges_q = {q: splitters[q].size + 1 for q in names}
-    for r in range(max(n_ranges_q.values(), default=0)):
-        live = [q for q in names if r < n_ranges_q[q]]
-        tables: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None] = (
-            dict.fromkeys(live)
-        )
+    n_max = max(n_ranges_q.values(), default=0)
+    for r0 in range(0, n_max, per_pass):
+        window = range(r0, min(r0 + per_pass, n_max))
+        tables: dict[tuple[str, int], tuple[np.ndarray, ...]] = {}
         for batch in batches():
-            for q in live:
+            for q in names:
+                if r0 >= n_ranges_q[q]:
+                    continue
                 d = batch[q]
                 d = d[np.isfinite(d)]
                 v = np.abs(d)
-                sel = np.searchsorted(splitters[q], v, side="left") == r
-                if not sel.any():
+                rid = np.searchsorted(splitters[q], v, side="left")
+                for r in window:
+                    sel = rid == r
+                    if sel.any():
+                        _count_into(tables, (q, r), v[sel], d[sel])
+        for q in names:
+            for r in window:
+                tab = tables.get((q, r))
+                if tab is None:
                     continue
-                u, inv = np.unique(v[sel], return_inverse=True)
-                sg = d[sel]
-                t = np.bincount(inv, minlength=u.size)
-                p = np.bincount(inv, weights=(sg > 0), minlength=u.size).astype(np.int64)
-                m = np.bincount(inv, weights=(sg < 0), minlength=u.size).astype(np.int64)
-                old = tables[q]
-                if old is not None:
-                    u2, inv2 = np.unique(np.concatenate([old[0], u]), return_inverse=True)
-                    t = np.bincount(inv2, weights=np.r_[old[1], t], minlength=u2.size)
-                    p = np.bincount(inv2, weights=np.r_[old[2], p], minlength=u2.size)
-                    m = np.bincount(inv2, weights=np.r_[old[3], m], minlength=u2.size)
-                    u = u2
-                tables[q] = (u, t.astype(np.int64), p.astype(np.int64), m.astype(np.int64))
-        for q in live:
-            tab = tables[q]
-            if tab is None:
-                continue
-            u, t, p, m = tab
-            before = below[q] + np.cumsum(t) - t
-            two_avg = 2 * before + t + 1  # twice the average rank of each distinct value
-            plus2[q] += int((p * two_avg).sum())
-            minus2[q] += int((m * two_avg).sum())
-            if below[q] == 0 and u.size and u[0] == 0.0:
-                zeros[q] = int(t[0])
-            ties[q] += sum(int(k) ** 3 - int(k) for k in t[t > 1].tolist())
-            below[q] += int(t.sum())
+                u, t, p, m = tab
+                before = below[q] + np.cumsum(t) - t
+                two_avg = 2 * before + t + 1  # twice the average rank of each distinct value
+                plus2[q] += int((p * two_avg).sum())
+                minus2[q] += int((m * two_avg).sum())
+                if below[q] == 0 and u.size and u[0] == 0.0:
+                    zeros[q] = int(t[0])
+                ties[q] += sum(int(k) ** 3 - int(k) for k in t[t > 1].tolist())
+                below[q] += int(t.sum())
     out: dict[str, dict[str, Any]] = {}
     for q in names:
         n = below[q]
@@ -452,6 +449,28 @@ def wilcoxon_stream(
             "n": n,
         }
     return out
+
+
+def _count_into(
+    tables: dict[tuple[str, int], tuple[np.ndarray, ...]],
+    key: tuple[str, int],
+    v: np.ndarray,
+    d: np.ndarray,
+) -> None:
+    """Add the values ``v = |d|`` to ``tables[key]``: (distinct values ascending, count,
+    positive count, negative count)."""
+    u, inv = np.unique(v, return_inverse=True)
+    t = np.bincount(inv, minlength=u.size)
+    p = np.bincount(inv, weights=(d > 0), minlength=u.size)
+    m = np.bincount(inv, weights=(d < 0), minlength=u.size)
+    old = tables.get(key)
+    if old is not None:
+        u2, inv2 = np.unique(np.concatenate([old[0], u]), return_inverse=True)
+        t = np.bincount(inv2, weights=np.r_[old[1], t], minlength=u2.size)
+        p = np.bincount(inv2, weights=np.r_[old[2], p], minlength=u2.size)
+        m = np.bincount(inv2, weights=np.r_[old[3], m], minlength=u2.size)
+        u = u2
+    tables[key] = (u, t.astype(np.int64), p.astype(np.int64), m.astype(np.int64))
 
 
 # --------------------------------------------------------------------------------------------
@@ -515,7 +534,7 @@ def stream_compare(
         sums = {q: _Sums(n_cls, q in BINARY_QUANTITIES) for q in quantities}
         names = _boot_names(quantities)
         boot = PoissonBootstrap(1, names, n_boot=n_boot, seed=seed) if names else None
-        out = _Sink(sink, _TABLE_ROWS)
+        out = _Sink(sink, _cmp._TABLE_ROWS)
         label_error: str | None = None
         range_error = False
         moved: dict[str, Any] | None = None
@@ -638,9 +657,7 @@ def _streamed_stats(
     # overall: means and McNemar from the sums, intervals from the Poisson bootstrap, the
     # Wilcoxon tests streamed (in memory when at most a chunk of pairs)
     cont = [q for q in quantities if q not in BINARY_QUANTITIES]
-    tests = _tests(
-        lambda qs: diffs(groups, qs), {q: int(sums[q].n.sum()) for q in cont}, chunk
-    )
+    tests = _tests(lambda qs: diffs(groups, qs), {q: int(sums[q].n.sum()) for q in cont}, chunk)
     for q in quantities:
         s = sums[q]
         test = s.mcnemar(None) if s.binary else tests[q]
