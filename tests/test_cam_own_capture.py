@@ -13,8 +13,10 @@ attention written out instead of fused and without the capture's channels_last i
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import torch
 from torch import Tensor, nn
@@ -209,3 +211,61 @@ def test_own_capture_with_aug_smooth_matches_the_old_path() -> None:
     new, new_forwards = _run(model, ("fullgrad",), "layer3", images, None, True, aug_smooth=True)
     assert (old_forwards, new_forwards) == (4, 2)  # the batch and its 5 augmentations (batched)
     _assert_same(old, new, "fullgrad")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("target", ["label", "predicted"])
+def test_legrad_alone_through_the_runner_with_every_extra(
+    tmp_path: Path, demo_inputs: Path, target: str
+) -> None:
+    """``legrad`` alone (the own capture) through ``audit()`` with interventions, faithfulness
+    and the sanity check on: the same per-sample rows for ``legrad`` as ``legrad + gradcam``
+    (shared capture), and every extra still produces its numbers."""
+    import json
+
+    import pyarrow.parquet as pq
+
+    import auditor
+    from auditor.config import AuditSettings
+    from auditor.data import open_dataset
+
+    timm = pytest.importorskip("timm")
+    cfg = auditor.load_config(demo_inputs)
+    dataset = open_dataset(cfg.data)
+    rows = {}
+    for methods in (("legrad",), ("legrad", "gradcam")):
+        torch.manual_seed(0)
+        model = timm.create_model(
+            "vit_tiny_patch16_224",
+            pretrained=False,
+            img_size=64,
+            depth=2,
+            num_classes=len(dataset.classes),
+        )
+        settings = AuditSettings(
+            methods=methods,
+            target=target,
+            limit=6,
+            faithfulness_samples=2,
+            sanity_check=True,
+            clusters=False,
+            interventions=True,
+            bootstrap=20,
+        )
+        out = tmp_path / "-".join(methods)
+        auditor.audit(model, dataset, out, settings=settings, render=False)
+        table = pq.read_table(out / "samples.parquet").to_pandas()
+        table = table[table["method"] == "legrad"].sort_values("id").reset_index(drop=True)
+        rows[methods] = table
+        summary = json.loads((out / "summary.json").read_text())
+        assert summary["dataset"]["n_evaluated"] == 6
+        assert summary.get("sanity"), summary.keys()
+    alone, mixed = rows[("legrad",)], rows[("legrad", "gradcam")]
+    assert len(alone) == 6 and (alone["cam_status"] == "ok").all()
+    assert list(alone.columns) == list(mixed.columns)
+    for column in alone.columns:
+        a, b = alone[column], mixed[column]
+        if a.dtype.kind == "f":
+            assert np.allclose(a, b, atol=1e-5, equal_nan=True), column
+        else:
+            assert a.astype(str).tolist() == b.astype(str).tolist(), column

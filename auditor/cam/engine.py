@@ -13,6 +13,12 @@ One batch costs ONE forward and ONE partial backward for every gradient method t
    (:mod:`auditor.cam.methods`). Score-CAM and Ablation-CAM run batched extra forwards
    (``score_batch_size`` perturbed inputs per forward) under :func:`torch.inference_mode`.
 
+Methods with their own pass (``CamMethod.own_pass``: LeGrad, FullGrad) run it once per batch
+beside the capture; when every requested method has one, the pass's forward
+(``CamMethod.own_forward``) *is* the capture (:meth:`CamEngine._own_capture`): its logits are
+the batch's, the target layer's output is recorded from it for the statuses, and the batch costs
+one forward + the pass's backward(s).
+
 Several target layers are fused: maps are computed per layer, bilinearly upsampled to the
 largest layer resolution and summed. Degenerate samples get a defined map and a status
 (``"ok"``, ``"zero_gradient"``, ``"constant_activation"``, ``"nonfinite"``, ``"zero_map"``,
