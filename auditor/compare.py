@@ -1339,9 +1339,15 @@ def compare_runs(
     by dataset index (flat memory, one pass for every quantity; agrees with the exact paired
     bootstrap within Monte-Carlo error); below it, the exact paired bootstrap.
 
-    Memory: each run's samples.parquet is read one method at a time with only the needed
-    columns, and each comparison's rows are written to comparison.parquet and released before
-    the next method is read (the primary comparison is kept for the moved samples).
+    ``chunk_pairs`` (default :data:`auditor.compare_stream.CHUNK_PAIRS`, at least 64): the
+    chunk of the flat-memory path.
+
+    Memory: below ``stream_min_pairs`` rows of a method, each run's rows of it are read with
+    only the needed columns, paired in memory and released once written to
+    comparison.parquet. From ``stream_min_pairs`` rows on, the comparison is streamed a chunk
+    of pairs at a time (:mod:`auditor.compare_stream`: index-range partitions, class-group
+    spill files, exact per-class statistics up to a chunk of pairs, Poisson bootstrap and
+    streamed Wilcoxon tests beyond), so memory does not grow with the number of samples.
 
 
     Raises:
