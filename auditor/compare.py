@@ -199,16 +199,34 @@ def _stat_block(
 ) -> dict[str, Any]:
     ok = np.isfinite(a) & np.isfinite(b)
     n = int(ok.sum())
+    means = (
+        (float(a[ok].mean()), float(b[ok].mean()), float((b[ok] - a[ok]).mean()))
+        if n
+        else (None, None, None)
+    )
+    return _block_of(quantity, n, int(a.size), means, interval, test)
+
+
+def _block_of(
+    quantity: str,
+    n: int,
+    n_total: int,
+    means: tuple[float | None, float | None, float | None],
+    interval: Any,
+    test: Mapping[str, Any],
+) -> dict[str, Any]:
+    """One statistics block from ``n`` used pairs of ``n_total``, ``(mean_a, mean_b, diff)``,
+    the interval and the test (shared by the in-memory and the streamed path)."""
     better = higher_is_better(quantity)
     low, high = (_num(interval.low), _num(interval.high)) if n else (None, None)
     out: dict[str, Any] = {
-        "mean_a": float(a[ok].mean()) if n else None,
-        "mean_b": float(b[ok].mean()) if n else None,
-        "diff": float((b[ok] - a[ok]).mean()) if n else None,
+        "mean_a": means[0] if n else None,
+        "mean_b": means[1] if n else None,
+        "diff": means[2] if n else None,
         "ci_low": low,
         "ci_high": high,
         "n": n,
-        "n_nan": int(a.size - n),
+        "n_nan": int(n_total - n),
         "test": test.get("test"),
         "statistic": _num(test.get("statistic")),
         "p_value": _num(test.get("p_value")),
@@ -464,6 +482,11 @@ class _Paired:
     n_rows_a: int = 0
     n_rows_b: int = 0
     streamed: bool = False
+    #: pairs, and pairs per class (the streamed path keeps no rows)
+    n_pairs: int = 0
+    class_counts: np.ndarray | None = None
+    #: the primary comparison's candidate moved samples (:func:`_moved_candidates`)
+    moved: dict[str, Any] | None = None
 
 
 def _compare_methods(
@@ -478,6 +501,7 @@ def _compare_methods(
     seed: int,
     confidence: float,
     stream_min_pairs: int = STREAM_MIN_PAIRS,
+    moved_keep: int = 64,
 ) -> _Paired:
     ta_all = _method_rows(ra, method_a, _needed_columns(ra, with_accuracy))
     tb_all = _method_rows(rb, method_b, _needed_columns(rb, with_accuracy))
@@ -489,17 +513,66 @@ def _compare_methods(
     ta, tb = ta_all.take(pa.array(pos_a)), tb_all.take(pa.array(pos_b))
     n_rows = (ta_all.num_rows, tb_all.num_rows)
     del ta_all, tb_all
+    la = _paired_labels(ta, tb, len(classes))
+    res = _paired_stats(
+        method_a,
+        method_b,
+        ta,
+        tb,
+        la,
+        classes,
+        n_rows,
+        with_accuracy=with_accuracy,
+        n_boot=n_boot,
+        seed=seed,
+        confidence=confidence,
+        stream_min_pairs=stream_min_pairs,
+    )
+    if with_accuracy:
+        res.moved = _moved_candidates(res.ta, res.tb, la, None, moved_keep)
+    return res
+
+
+def _label_mismatch(ta: pa.Table, la: np.ndarray, lb: np.ndarray) -> str | None:
+    """The error for the first pair whose labels differ, or None."""
+    if np.array_equal(la, lb):
+        return None
+    j = int(np.flatnonzero(la != lb)[0])
+    return (
+        f"sample {ta.column('id')[j].as_py()!r} has label {int(la[j])} in RUN_A but "
+        f"{int(lb[j])} in RUN_B"
+    )
+
+
+def _paired_labels(ta: pa.Table, tb: pa.Table, n_cls: int) -> np.ndarray:
+    """The pairs' labels (int64), checked: equal in both runs and in ``0..n_cls - 1``."""
     la = ta.column("label").to_numpy().astype(np.int64)
     lb = tb.column("label").to_numpy().astype(np.int64)
-    if not np.array_equal(la, lb):
-        j = int(np.flatnonzero(la != lb)[0])
-        raise AuditorInputError(
-            f"sample {ta.column('id')[j].as_py()!r} has label {int(la[j])} in RUN_A but "
-            f"{int(lb[j])} in RUN_B"
-        )
-    n_cls = len(classes)
+    msg = _label_mismatch(ta, la, lb)
+    if msg is not None:
+        raise AuditorInputError(msg)
     if la.size and (la.min() < 0 or la.max() >= n_cls):
         raise AuditorInputError(f"labels outside 0..{n_cls - 1} in samples.parquet")
+    return la
+
+
+def _paired_stats(
+    method_a: str,
+    method_b: str,
+    ta: pa.Table,
+    tb: pa.Table,
+    la: np.ndarray,
+    classes: Sequence[str],
+    n_rows: tuple[int, int],
+    *,
+    with_accuracy: bool,
+    n_boot: int,
+    seed: int,
+    confidence: float,
+    stream_min_pairs: int = STREAM_MIN_PAIRS,
+) -> _Paired:
+    """The statistics of the paired rows ``ta``/``tb`` (in index order), all in memory."""
+    n_cls = len(classes)
     order = np.argsort(la, kind="stable")
     bounds = np.searchsorted(la[order], np.arange(n_cls + 1))
     groups = [order[bounds[c] : bounds[c + 1]] for c in range(n_cls)]
@@ -513,6 +586,8 @@ def _compare_methods(
         n_rows_a=n_rows[0],
         n_rows_b=n_rows[1],
         streamed=la.size >= stream_min_pairs,
+        n_pairs=int(la.size),
+        class_counts=np.bincount(la, minlength=n_cls),
     )
     res.classes = [{} for _ in range(n_cls)]
     kw: dict[str, Any] = {"confidence": confidence, "n_boot": n_boot, "seed": seed}
@@ -741,11 +816,11 @@ def _run_info(run: _Run) -> dict[str, Any]:
 
 
 def _block_json(p: _Paired, classes: Sequence[str]) -> dict[str, Any]:
-    counts = np.bincount(p.labels, minlength=len(classes)) if p.labels.size else None
+    counts = p.class_counts if p.n_pairs else None
     return {
         "method_a": p.method_a,
         "method_b": p.method_b,
-        "n": int(p.labels.size),
+        "n": int(p.n_pairs),
         "overall": p.overall,
         "classes": {
             name: {
@@ -881,16 +956,14 @@ def _moved(
     """The ``top_n`` samples whose background focus moved most, with side-by-side panels."""
     from auditor.store import RunStore
 
-    if top_n == 0 or "background_focus" not in prim.quantities:
+    if top_n == 0 or "background_focus" not in prim.quantities or prim.moved is None:
         return []
-    a, b = _values(prim.ta, "background_focus"), _values(prim.tb, "background_focus")
-    d = b - a
-    idx = prim.ta.column("index").to_numpy().astype(np.int64)
-    ok = np.flatnonzero(np.isfinite(d))
-    if ok.size == 0:
+    cand = _top_moved(prim.moved, top_n)
+    a, b, d, idx = cand["a"], cand["b"], cand["d"], cand["index"]
+    if idx.size == 0:
         return []
-    order = ok[np.lexsort((idx[ok], -np.abs(d[ok])))][:top_n]
-    wanted = [int(idx[j]) for j in order]
+    order = range(idx.size)
+    wanted = [int(i) for i in idx]
     try:
         cams_a = RunStore(ra.path).load_cams(prim.method_a, wanted)
         cams_b = RunStore(rb.path).load_cams(prim.method_b, wanted)
@@ -898,9 +971,8 @@ def _moved(
         log.warning("compare: cannot read low-resolution CAMs: %s", exc)
         cams_a, cams_b = {}, {}
     ds = dataset if dataset is not None else _open_display_dataset(rb) or _open_display_dataset(ra)
-    ids = prim.ta.column("id").take(pa.array(order, pa.int64())).to_pylist()  # the shown ones
-    preds_a = _float_col(prim.ta, "pred")
-    preds_b = _float_col(prim.tb, "pred")
+    ids = list(cand["id"])
+    preds_a, preds_b = cand["pred_a"], cand["pred_b"]
     out_list: list[dict[str, Any]] = []
     for rank, j in enumerate(order):
         i, sid = int(idx[j]), str(ids[rank])
@@ -908,7 +980,7 @@ def _moved(
             "rank": rank + 1,
             "index": i,
             "id": sid,
-            "label": classes[int(prim.labels[j])],
+            "label": classes[int(cand["label"][j])],
             "pred_a": _class_name(classes, preds_a[j]),
             "pred_b": _class_name(classes, preds_b[j]),
             "background_focus_a": _num(a[j]),
@@ -935,6 +1007,49 @@ def _moved(
             entry["with_image"] = image is not None
         out_list.append(entry)
     return out_list
+
+
+#: Moved samples kept as candidates (the report shows at most ``top_n`` of them).
+_MOVED_KEEP = 64
+
+
+def _moved_candidates(
+    ta: pa.Table,
+    tb: pa.Table,
+    labels: np.ndarray,
+    previous: dict[str, Any] | None,
+    keep_n: int = _MOVED_KEEP,
+) -> dict[str, Any] | None:
+    """The pairs whose background focus moved most (``-|B - A|``, then index), at most
+    :data:`_MOVED_KEEP`, merged with ``previous`` (the candidates of earlier chunks): the
+    same ones, in the same order, however the pairs are cut into chunks."""
+    if "background_focus" not in ta.column_names or "background_focus" not in tb.column_names:
+        return previous
+    a, b = _values(ta, "background_focus"), _values(tb, "background_focus")
+    d = b - a
+    ok = np.flatnonzero(np.isfinite(d))
+    idx = ta.column("index").to_numpy().astype(np.int64)
+    keep = ok[np.lexsort((idx[ok], -np.abs(d[ok])))][:keep_n]
+    ids = ta.column("id").take(pa.array(keep, pa.int64())).to_pylist()
+    cand: dict[str, Any] = {
+        "index": idx[keep],
+        "id": np.array([str(v) for v in ids], dtype=object),
+        "label": labels[keep],
+        "pred_a": _float_col(ta, "pred")[keep],
+        "pred_b": _float_col(tb, "pred")[keep],
+        "a": a[keep],
+        "b": b[keep],
+        "d": d[keep],
+    }
+    if previous is not None:
+        cand = {k: np.concatenate([previous[k], v]) for k, v in cand.items()}
+        cand = _top_moved(cand, keep_n)
+    return cand
+
+
+def _top_moved(cand: Mapping[str, Any], top_n: int) -> dict[str, Any]:
+    order = np.lexsort((cand["index"], -np.abs(cand["d"])))[:top_n]
+    return {k: v[order] for k, v in cand.items()}
 
 
 def _class_name(classes: Sequence[str], value: float) -> str | None:
@@ -1005,25 +1120,59 @@ def _pair_methods(
     settings: Mapping[str, Any],
     sink: _TableSink,
     stream_min_pairs: int = STREAM_MIN_PAIRS,
+    *,
+    chunk_pairs: int | None = None,
+    top_n: int = 8,
+    tmp_root: Path | None = None,
 ) -> tuple[_Paired, dict[str, _Paired]]:
     """The primary methods' paired statistics (with accuracy) and each shared method's.
 
-    One method at a time: each comparison's rows go to ``sink`` (comparison.parquet) as soon
-    as they are computed and the other methods' tables are then released (their statistics
-    stay); the primary comparison keeps its rows for the moved samples.
+    One comparison at a time, its rows written to ``sink`` (comparison.parquet) as they are
+    computed. A comparison whose method has at least ``stream_min_pairs`` rows in both runs
+    runs in flat memory, a chunk of ``chunk_pairs`` pairs at a time
+    (:func:`auditor.compare_stream.stream_compare`); otherwise both tables are read and
+    paired in memory and released once written (the statistics stay).
     """
+    from auditor import compare_stream as cs
+
+    chunk = cs.CHUNK_PAIRS if chunk_pairs is None else int(chunk_pairs)
     kw = {**settings, "stream_min_pairs": stream_min_pairs}
-    prim = _compare_methods(ra, rb, ra.primary, rb.primary, classes, with_accuracy=True, **kw)
-    if prim.labels.size == 0:
+    keep = max(int(top_n), 1)
+    counted: dict[str, cs.MethodCounts] = {}
+
+    def counts(run: _Run) -> cs.MethodCounts:
+        if run.role not in counted:
+            counted[run.role] = cs.method_counts(run, chunk)
+        return counted[run.role]
+
+    def large(ma: str, mb: str) -> bool:
+        rows = min(_file_rows(ra), _file_rows(rb))
+        if rows < stream_min_pairs:
+            return False  # the files hold fewer rows than the threshold: no need to count
+        return min(counts(ra).rows.get(ma, 0), counts(rb).rows.get(mb, 0)) >= stream_min_pairs
+
+    def one(ma: str, mb: str, key: str, with_accuracy: bool) -> _Paired:
+        if large(ma, mb):
+            return cs.stream_compare(
+                ra, rb, ma, mb, classes, counts_a=counts(ra), counts_b=counts(rb), key=key,
+                sink=sink, with_accuracy=with_accuracy, chunk=chunk, moved_keep=keep,
+                tmp_root=tmp_root, **kw,
+            )  # fmt: skip
+        res = _compare_methods(
+            ra, rb, ma, mb, classes, with_accuracy=with_accuracy, moved_keep=keep, **kw
+        )
+        if res.n_pairs == 0 and with_accuracy:
+            return res
+        for table in _paired_tables(key, res, classes):
+            sink.write(table)
+        res.ta, res.tb = res.ta.slice(0, 0), res.tb.slice(0, 0)  # on disk now
+        return res
+
+    prim = one(ra.primary, rb.primary, "primary", True)
+    if prim.n_pairs == 0:
         raise AuditorInputError(
             f"no sample of RUN_A {ra.path} could be paired with RUN_B {rb.path} by (index, id)"
         )
-    for table in _paired_tables("primary", prim, classes):
-        sink.write(table)
-    # the moved samples need only these of the primary's rows: release the other columns
-    keep = [c for c in ("index", "id", "pred", "background_focus") if c in prim.ta.column_names]
-    prim.ta = prim.ta.select(keep)
-    prim.tb = prim.tb.select([c for c in keep if c in prim.tb.column_names])
     methods_b = list(rb.summary.methods)
     shared = [m for m in ra.summary.methods if m in methods_b]
     others: dict[str, _Paired] = {}
@@ -1031,12 +1180,18 @@ def _pair_methods(
         if m == ra.primary == rb.primary:
             others[m] = prim
         else:
-            other = _compare_methods(ra, rb, m, m, classes, with_accuracy=False, **kw)
-            for table in _paired_tables(m, other, classes):
-                sink.write(table)
-            other.ta, other.tb = other.ta.slice(0, 0), other.tb.slice(0, 0)  # on disk now
-            others[m] = other
+            others[m] = one(m, m, m, False)
     return prim, others
+
+
+def _file_rows(run: _Run) -> int:
+    """Rows of the run's samples.parquet (all methods), from its footer."""
+    try:
+        return int(pq.read_metadata(run.samples).num_rows)
+    except (OSError, pa.ArrowException) as exc:
+        raise AuditorInputError(
+            f"{run.role.upper()} {run.samples}: unreadable samples.parquet: {exc}"
+        ) from exc
 
 
 def _comparison_json(
@@ -1068,9 +1223,9 @@ def _comparison_json(
         },
         "pairing": {
             "key": ["index", "id"],
-            "n_paired": int(prim.labels.size),
-            "n_only_a": int(n_a - prim.labels.size),
-            "n_only_b": int(n_b - prim.labels.size),
+            "n_paired": int(prim.n_pairs),
+            "n_only_a": int(n_a - prim.n_pairs),
+            "n_only_b": int(n_b - prim.n_pairs),
         },
         "settings": {
             **settings,
@@ -1169,6 +1324,7 @@ def compare_runs(
     templates: Path | None = None,
     render: bool = True,
     stream_min_pairs: int = STREAM_MIN_PAIRS,
+    chunk_pairs: int | None = None,
 ) -> ComparisonResult:
     """Paired comparison of run B (candidate) against run A (baseline) on the same data.
 
@@ -1183,9 +1339,15 @@ def compare_runs(
     by dataset index (flat memory, one pass for every quantity; agrees with the exact paired
     bootstrap within Monte-Carlo error); below it, the exact paired bootstrap.
 
-    Memory: each run's samples.parquet is read one method at a time with only the needed
-    columns, and each comparison's rows are written to comparison.parquet and released before
-    the next method is read (the primary comparison is kept for the moved samples).
+    ``chunk_pairs`` (default :data:`auditor.compare_stream.CHUNK_PAIRS`, at least 64): the
+    chunk of the flat-memory path.
+
+    Memory: below ``stream_min_pairs`` rows of a method, each run's rows of it are read with
+    only the needed columns, paired in memory and released once written to
+    comparison.parquet. From ``stream_min_pairs`` rows on, the comparison is streamed a chunk
+    of pairs at a time (:mod:`auditor.compare_stream`: index-range partitions, class-group
+    spill files, exact per-class statistics up to a chunk of pairs, Poisson bootstrap and
+    streamed Wilcoxon tests beyond), so memory does not grow with the number of samples.
 
 
     Raises:
@@ -1206,7 +1368,14 @@ def compare_runs(
     out_dir = _out_dir(out, ra, rb)
     settings = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
     sink = _TableSink(out_dir / "comparison.parquet")
-    prim, others = _pair_methods(ra, rb, classes, settings, sink, int(stream_min_pairs))
+    if chunk_pairs is not None and (
+        isinstance(chunk_pairs, bool) or not isinstance(chunk_pairs, int) or chunk_pairs < 64
+    ):
+        raise ValueError(f"`chunk_pairs` must be an int >= 64, got {chunk_pairs!r}")
+    prim, others = _pair_methods(
+        ra, rb, classes, settings, sink, int(stream_min_pairs), chunk_pairs=chunk_pairs,
+        top_n=int(top_n), tmp_root=out_dir,
+    )  # fmt: skip
     comparison = _comparison_json(
         ra, rb, prim, others, classes, settings, int(top_n), int(stream_min_pairs)
     )

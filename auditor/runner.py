@@ -27,12 +27,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a model runs: finalize/report never load it
+    import torch
 
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
@@ -179,6 +181,8 @@ class _BatchAuditor:
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
+        import torch
+
         self.model = model
         self.engine = engine
         self.s = settings
@@ -190,9 +194,13 @@ class _BatchAuditor:
 
     def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of an inference forward (on the engine's validated copy)."""
+        import torch
+
         return torch.softmax(self.engine.forward_logits(x, autocast=False), dim=1)
 
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        import torch
+
         from auditor.metrics import localisation_metrics
         from auditor.metrics.registry import registered_metrics, sample_metric_names
 
@@ -361,6 +369,8 @@ full-resolution map; the stored one serves the gallery, clusters and ``load_run(
 def _stored_map(method: str, cam: torch.Tensor) -> torch.Tensor:
     """The map kept in the shard: layer-resolution maps as computed, input-resolution maps
     (``CamMethod.resolution == "input"``) area-pooled to :data:`STORED_INPUT_MAP_SIDE`."""
+    import torch
+
     from auditor.cam import METHODS
 
     h, w = int(cam.shape[-2]), int(cam.shape[-1])
@@ -377,6 +387,8 @@ def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
     model is made of (the engine may run a copy of the model, so types, not objects, are
     compared). Errors raised elsewhere (cam-auditor's own code) are bugs: not skipped.
     """
+    import torch
+
     types = {type(m) for m in model.modules()}
     tb = exc.__traceback__
     while tb is not None:
@@ -592,6 +604,8 @@ def _audit_locked(
     spec: ShardSpec,
     overrides: dict[str, Any] | None,
 ) -> AuditOutcome:
+    import torch
+
     s = settings or AuditSettings()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -764,6 +778,8 @@ def _audit_locked(
 
 def _setup_device(s: AuditSettings, spec: ShardSpec, resume: bool) -> tuple[torch.device, bool]:
     """The audit's device (one GPU per local rank under torchrun) and whether to resume."""
+    import torch
+
     check_device_available(s.device, "device")
     dev = torch.device(s.device)
     if spec.mode == "torchrun":
@@ -801,6 +817,8 @@ def _build_engine(
     dev: torch.device,
 ) -> Any:
     """The CAM engine of the audit (target layer auto-detected on a seeded probe batch)."""
+    import torch
+
     from auditor.cam import CamEngine
 
     channels = int(getattr(dataset.config, "channels", 3) or 3)

@@ -80,10 +80,17 @@ def interleaved(
     for r in range(rounds):
         for label, fn, repeats in cases:
             if r < repeats:
-                start = time.perf_counter()
+                start, cpu = time.perf_counter(), time.process_time()
                 fn()
-                best[label] = min(best[label], time.perf_counter() - start)
+                wall = time.perf_counter() - start
+                if wall < best[label]:
+                    best[label] = wall
+                    CPU_SECONDS[label] = time.process_time() - cpu
     return [(label, best[label]) for label, _, _ in cases]
+
+
+CPU_SECONDS: dict[str, float] = {}
+"""Process CPU time of the call that gave each :func:`interleaved` row its best wall time."""
 
 
 def _quiet(fn: Callable[[], object]) -> Callable[[], object]:
@@ -326,10 +333,12 @@ def parity_table(
 def bench_fullgrad(name: str, batch: int, rounds: int) -> list[tuple[str, float]]:
     """FullGrad, ours vs pytorch-grad-cam's ``FullGrad``: same model, batch and targets.
 
-    Ours: the engine's capture forward (for the logits and the other methods) + FullGrad's own
-    forward from the input + one backward to the input (no parameter gradient); the peer: one
-    forward + ``loss.backward()`` (parameter gradients too) + a cv2 resize per channel of every
-    bias layer. ``fullgrad + gradcam`` shows the marginal cost next to the gradient family.
+    Ours alone: FullGrad's own forward from the input (it is the capture: logits, statuses) +
+    one backward to the input (no parameter gradient); "old path": the engine's separate
+    capture forward first (``own_pass_capture = False``, the code before issue 16's last item);
+    the peer: one forward + ``loss.backward()`` (parameter gradients too) + a cv2 resize per
+    channel of every bias layer. ``fullgrad + gradcam`` shows the marginal cost next to the
+    gradient family (shared capture + FullGrad's pass).
     """
     torch.manual_seed(0)
     model = getattr(torchvision.models, name)(weights=None).eval()
@@ -341,15 +350,19 @@ def bench_fullgrad(name: str, batch: int, rounds: int) -> list[tuple[str, float]
         with torch.inference_mode():
             return model(images)
 
-    def ours(methods: tuple[str, ...]) -> Callable[[], object]:
+    def ours(methods: tuple[str, ...], fast: bool = True) -> Callable[[], object]:
         def run() -> object:
             with CamEngine(model, "layer4", methods) as engine:
+                engine.own_pass_capture = fast
                 return engine.run(images, targets)
 
         return run
 
     rows.append(("plain forward (inference_mode)", plain, rounds))
-    rows.append(("ours: fullgrad", ours(("fullgrad",)), rounds))
+    alone = ("fullgrad",)
+    rows.append(("ours: fullgrad (its pass is the capture: 1 forward)", ours(alone), rounds))
+    old_path = ours(alone, fast=False)
+    rows.append(("ours: fullgrad, old path (capture + pass: 2 forwards)", old_path, rounds))
     rows.append(("ours: fullgrad + gradcam", ours(("fullgrad", "gradcam")), rounds))
     with contextlib.suppress(ImportError):
         import pytorch_grad_cam as pgc
@@ -461,10 +474,11 @@ def bench_scorecam(
     return rows, note
 
 
-def bench_legrad(batch: int, depth: int) -> list[tuple[str, float]]:
+def bench_legrad(batch: int, depth: int, rounds: int = 2) -> list[tuple[str, float]]:
     """LeGrad on a ViT-S/16-like torchvision ViT (224x224, ``depth`` blocks, random weights):
-    ours (engine: capture + own pass; and the pass alone) vs torch-cam's ``LeGrad`` on every
-    block, plus ours on the timm ViT of the same size (no peer supports timm's attention)."""
+    ours (engine: the pass is the capture; the old path with a separate capture forward; the
+    pass alone) vs torch-cam's ``LeGrad`` on every block, plus ours on the timm ViT of the same
+    size (no peer supports timm's attention)."""
     import timm
     from torchcam.methods import LeGrad
 
@@ -492,8 +506,9 @@ def bench_legrad(batch: int, depth: int) -> list[tuple[str, float]]:
         with torch.inference_mode():
             return model(images)
 
-    def ours(net: torch.nn.Module) -> Callable[[], object]:
+    def ours(net: torch.nn.Module, fast: bool = True) -> Callable[[], object]:
         engine = CamEngine(net, None, ("legrad",), example=images[:1])  # built once, as the runner
+        engine.own_pass_capture = fast
 
         def run() -> object:
             with engine:
@@ -508,12 +523,15 @@ def bench_legrad(batch: int, depth: int) -> list[tuple[str, float]]:
         with LeGrad(model, list(model.encoder.layers)) as extractor:
             return extractor(targets.tolist(), model(images))
 
-    rows.append(("plain forward (inference_mode)", plain, 2))
-    rows.append(("ours: legrad (engine: capture + own pass)", ours(model), 2))
-    rows.append(("ours: legrad pass alone (legrad_maps)", ours_pass, 2))
-    rows.append((f"torch-cam: LeGrad, all {depth} blocks", _quiet(torchcam_run), 2))
-    rows.append(("ours: legrad on timm vit_small (same size)", ours(timm_model), 2))
-    return interleaved(rows, 2)
+    rows.append(("plain forward (inference_mode)", plain, rounds))
+    rows.append(("ours: legrad (engine, its pass is the capture: 1 forward)", ours(model), rounds))
+    rows.append(
+        ("ours: legrad, old path (capture + pass: 2 forwards)", ours(model, False), rounds)
+    )
+    rows.append(("ours: legrad pass alone (legrad_maps)", ours_pass, rounds))
+    rows.append((f"torch-cam: LeGrad, all {depth} blocks", _quiet(torchcam_run), rounds))
+    rows.append(("ours: legrad on timm vit_small (same size)", ours(timm_model), rounds))
+    return interleaved(rows, rounds)
 
 
 def family_note(rows: list[tuple[str, float]]) -> str:
@@ -534,17 +552,20 @@ def family_note(rows: list[tuple[str, float]]) -> str:
     return note
 
 
-def table(title: str, rows: list[tuple[str, float]], n_images: int) -> str:
+def table(title: str, rows: list[tuple[str, float]], n_images: int, cpu: bool = False) -> str:
+    """A markdown table; ``cpu``: add the CPU seconds of each row's best call (``interleaved``)."""
     base = rows[0][1]
+    extra = (" CPU s |", "---:|") if cpu else ("", "")
     lines = [
         f"### {title}",
         "",
-        "| ratio vs plain forward | images/s | s per batch | what |",
-        "|---:|---:|---:|---|",
+        f"| ratio vs plain forward | images/s | s per batch |{extra[0]} what |",
+        f"|---:|---:|---:|{extra[1]}---|",
     ]
     for label, seconds in rows:
+        cell = f" {CPU_SECONDS.get(label, float('nan')):.3g} |" if cpu else ""
         lines.append(
-            f"| {base / seconds:.3g}x | {n_images / seconds:.3g} | {seconds:.3g} | {label} |"
+            f"| {base / seconds:.3g}x | {n_images / seconds:.3g} | {seconds:.3g} |{cell} {label} |"
         )
     return "\n".join(lines)
 
@@ -603,7 +624,7 @@ def main() -> None:
     parser.add_argument(
         "--legrad",
         default="4:6",
-        help="BATCH:DEPTH of the ViT for LeGrad vs torch-cam; 'none' skips it",
+        help="BATCH:DEPTH[:ROUNDS] of the ViT for LeGrad vs torch-cam; 'none' skips it",
     )
     parser.add_argument("--parity-rounds", type=int, default=3)
     parser.add_argument("--no-write", action="store_true")
@@ -633,17 +654,24 @@ def main() -> None:
         print(parts[-1], "\n", flush=True)
     if args.fullgrad != "none":
         arch, fbatch, frounds = args.fullgrad.split(":")
+        load_before = _load()
         rows = bench_fullgrad(arch, int(fbatch), int(frounds))
         title = (
-            f"FullGrad vs pytorch-grad-cam, {arch}, batch {fbatch}, best of {frounds} interleaved"
+            f"FullGrad vs pytorch-grad-cam, {arch}, batch {fbatch}, best of {frounds} interleaved "
+            f"(load average before {load_before}, after {_load()})"
         )
-        parts.append(table(title, rows, int(fbatch)))
+        parts.append(table(title, rows, int(fbatch), cpu=True))
         print(parts[-1], "\n", flush=True)
     if args.legrad != "none":
-        lbatch, ldepth = args.legrad.split(":")
-        rows = bench_legrad(int(lbatch), int(ldepth))
-        title = f"LeGrad vs torch-cam, ViT-S/16-like with {ldepth} blocks, batch {lbatch}"
-        parts.append(table(title, rows, int(lbatch)))
+        lbatch, ldepth, *lmore = args.legrad.split(":")
+        lrounds = int(lmore[0]) if lmore else 2
+        load_before = _load()
+        rows = bench_legrad(int(lbatch), int(ldepth), lrounds)
+        title = (
+            f"LeGrad vs torch-cam, ViT-S/16-like with {ldepth} blocks, batch {lbatch}, best of "
+            f"{lrounds} interleaved (load average before {load_before}, after {_load()})"
+        )
+        parts.append(table(title, rows, int(lbatch), cpu=True))
         print(parts[-1], "\n", flush=True)
     for spec in args.scorecam or ["resnet18:1,3:2", "resnet50:1:1"]:
         if spec == "none":

@@ -6,7 +6,10 @@ another seed, so every metric moved a little) in a child process; the comparison
 whose peak RSS is its own. Writes the "## Compare at scale" section of docs/performance.md.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_compare.py [--samples 50000,1000000]
-        [--classes 1000] [--no-pdf] [--no-write]
+        [--classes 1000] [--no-pdf] [--no-write] [--data DIR]
+
+``--data DIR`` keeps the generated runs in ``DIR/<samples>x<classes>/run{0,1}`` and reuses
+them on the next call (building two 1M-sample runs takes about two minutes).
 """
 
 from __future__ import annotations
@@ -67,6 +70,7 @@ def compare_once(a: Path, b: Path, out: Path, pdf: bool) -> dict[str, float]:
         "n_paired": res.comparison["pairing"]["n_paired"],
         "interval": res.comparison["settings"]["overall_interval"],
         "parquet_mb": (out / "comparison.parquet").stat().st_size / 1e6,
+        "cpu_load": load_average(),
     }
 
 
@@ -94,6 +98,7 @@ def main() -> int:
     parser.add_argument("--classes", type=int, default=1000)
     parser.add_argument("--no-pdf", action="store_true")
     parser.add_argument("--no-write", action="store_true")
+    parser.add_argument("--data", default=None, help="keep and reuse the generated runs here")
     parser.add_argument("--build-only", nargs=4, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--compare-only", nargs=4, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -110,28 +115,34 @@ def main() -> int:
         per = max(1, n // args.classes)
         with tempfile.TemporaryDirectory(prefix="bench-compare-") as tmp:
             t = Path(tmp)
-            built = [
-                _child("--build-only", str(t / f"run{s}"), str(args.classes), str(per), str(s))
-                for s in (0, 1)
-            ]
+            data = t if args.data is None else Path(args.data) / f"{n}x{args.classes}"
+            built = []
+            for s in (0, 1):
+                run = data / f"run{s}"
+                if (run / "summary.json").is_file() and (run / "samples.parquet").is_file():
+                    built.append({"t": float("nan")})  # reused
+                    continue
+                shutil.rmtree(run, ignore_errors=True)
+                built.append(_child("--build-only", str(run), str(args.classes), str(per), str(s)))
             r = _child(
                 "--compare-only",
-                str(t / "run0"),
-                str(t / "run1"),
+                str(data / "run0"),
+                str(data / "run1"),
                 str(t / "cmp"),
                 "0" if args.no_pdf else "1",
             )
-            shutil.rmtree(t, ignore_errors=True)
+            shutil.rmtree(t / "cmp", ignore_errors=True)
         print(f"{n:,}: {r}", flush=True)
         rows.append(
             [
                 f"{int(r['n_paired']):,} × {len(METHODS)}",
-                f"{built[0]['t']:.0f} s + {built[1]['t']:.0f} s",
+                " + ".join("reused" if b["t"] != b["t"] else f"{b['t']:.0f} s" for b in built),
                 f"**{r['wall']:.1f} s** ({r['cpu']:.1f} s CPU)",
                 f"{max(r['rss'], r['rss_children']):.0f} MB "
                 f"(+{max(r['rss'], r['rss_children']) - r['floor']:.0f} MB)",
                 f"{r['parquet_mb']:.0f} MB",
                 str(r["interval"]).split(" (")[0],
+                f"{r['cpu_load']}",
             ]
         )
     table = markdown_table(
@@ -144,6 +155,7 @@ def main() -> int:
             "peak RSS (above the import floor)",
             "comparison.parquet",
             "overall interval",
+            "load average (1/5/15 min) at the end",
         ],
         rows,
     )
@@ -152,15 +164,18 @@ def main() -> int:
 of {len(METHODS)} methods and {args.classes:,} classes; `compare_runs` with the defaults of
 `auditor compare` (n_boot 2,000, `top_n` 0: no moved-sample panels, which need CAM shards)
 in a fresh process; peak RSS is the larger of that process's and its PDF worker's maximum,
-and the import floor its maximum right after `import auditor.compare` (torch and friends).
+and the import floor its maximum right after `import auditor.compare` (numpy, pyarrow,
+scipy: no torch since issue 14).
 Machine: {platform.machine()}, {os.cpu_count()} CPU cores, Python {platform.python_version()};
 load average at the end {load_average()}.
-Each run's samples.parquet is read one method at a time with only the needed columns (the
-Parquet reader applies the method filter per row group); each comparison's rows are written
-to comparison.parquet and released before the next method. From 200,000 pairs per method
-(`stream_min_pairs`) the overall intervals come from one streamed pass of a Poisson
-bootstrap keyed by dataset index (all quantities at once); per-class intervals, Wilcoxon and
-McNemar tests stay exact.
+From `stream_min_pairs` (200,000) rows of a method in both runs, a comparison runs in flat
+memory (`auditor/compare_stream.py`): each run's rows are partitioned by dataset-index range
+into temporary files (row group by row group, needed columns only), paired range by range
+(chunks of 65,536 pairs), written to comparison.parquet and spilled by group of classes; the
+overall intervals come from a Poisson bootstrap keyed by dataset index, the overall Wilcoxon
+tests from exact ranks counted over value ranges, the per-class statistics of classes of at
+most a chunk of pairs are the exact ones (BCa bootstrap, Wilcoxon, McNemar). Below the
+threshold, both tables are read and paired in memory, as before.
 
 {table}
 """

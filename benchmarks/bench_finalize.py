@@ -310,22 +310,40 @@ def main(argv: list[str] | None = None) -> int:
         help="clusters = false, gallery_per_class = 0 (time the aggregation, not SpRAy/drawing)",
     )
     p.add_argument("--no-render", action="store_true", help="no HTML report")
+    p.add_argument(
+        "--generate-only", action="store_true", help="with --reuse: only generate the shards"
+    )
     p.add_argument("--quick", action="store_true", help="20,000 samples, docs untouched")
     p.add_argument("--no-write", action="store_true", help="do not update docs/performance.md")
     p.add_argument("--keep", type=Path, help="keep the run directories under this folder")
+    p.add_argument(
+        "--reuse",
+        type=Path,
+        help="generate each variant once under REUSE/<samples>x<classes>[-noclusters] and "
+        "reuse it on later calls (the finalisation outputs are overwritten)",
+    )
     args = p.parse_args(argv)
     if args.quick:
         args.samples, args.no_write = 20_000, True
     rows = []
     for n_classes in [int(c) for c in args.classes.split(",") if c.strip()]:
-        tmp = Path(tempfile.mkdtemp(prefix="bench-finalize-", dir=args.keep))
+        if args.reuse is not None:
+            tag = f"{args.samples}x{n_classes}" + ("-noclusters" if args.no_clusters else "")
+            tmp = args.reuse / tag
+        else:
+            tmp = Path(tempfile.mkdtemp(prefix="bench-finalize-", dir=args.keep))
         try:
             t0 = time.perf_counter()
-            cfg, fp = write_inputs(
-                tmp / "inputs", args.samples, n_classes, clusters=not args.no_clusters
-            )
-            write_shards(tmp / "run", cfg, fp, args.samples, args.batch)
+            if not (tmp / "run" / "shards" / "shard-0-of-1.json").is_file():
+                shutil.rmtree(tmp, ignore_errors=True)
+                cfg, fp = write_inputs(
+                    tmp / "inputs", args.samples, n_classes, clusters=not args.no_clusters
+                )
+                write_shards(tmp / "run", cfg, fp, args.samples, args.batch)
             gen_s = time.perf_counter() - t0
+            if args.generate_only:
+                print(f"{tmp}: shards ready ({gen_s:.0f} s)", flush=True)
+                continue
             res = finalize(tmp / "run", args.aggregation, render=not args.no_render)
             res.update(classes=n_classes, gen_s=gen_s)
             rows.append(res)
@@ -339,7 +357,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
         finally:
-            if args.keep is None:
+            if args.keep is None and args.reuse is None:
                 shutil.rmtree(tmp, ignore_errors=True)
     ok = all(r["rss"] <= 2 * GIB and r["wall_s"] <= 600 for r in rows)
     # CPU seconds do not depend on the other processes of a shared machine; wall time does

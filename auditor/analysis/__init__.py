@@ -42,7 +42,7 @@ from auditor.analysis.findings import (
 )
 from auditor.analysis.gates import evaluate_gates, gate_result, gate_value
 from auditor.config import AuditSettings
-from auditor.metrics.localisation import METRIC_NAMES
+from auditor.metrics.names import METRIC_NAMES
 from auditor.metrics.registry import sample_metric_names
 from auditor.results import (
     AuditResult,

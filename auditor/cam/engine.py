@@ -13,6 +13,12 @@ One batch costs ONE forward and ONE partial backward for every gradient method t
    (:mod:`auditor.cam.methods`). Score-CAM and Ablation-CAM run batched extra forwards
    (``score_batch_size`` perturbed inputs per forward) under :func:`torch.inference_mode`.
 
+Methods with their own pass (``CamMethod.own_pass``: LeGrad, FullGrad) run it once per batch
+beside the capture; when every requested method has one, the pass's forward
+(``CamMethod.own_forward``) *is* the capture (:meth:`CamEngine._own_capture`): its logits are
+the batch's, the target layer's output is recorded from it for the statuses, and the batch costs
+one forward + the pass's backward(s).
+
 Several target layers are fused: maps are computed per layer, bilinearly upsampled to the
 largest layer resolution and summed. Degenerate samples get a defined map and a status
 (``"ok"``, ``"zero_gradient"``, ``"constant_activation"``, ``"nonfinite"``, ``"zero_map"``,
@@ -266,6 +272,15 @@ class CamEngine:
         self._replace: tuple[str, Tensor] | None = None
         self.use_tail = True
         """Set to False to force Ablation-CAM's full-forward fallback (testing/debugging)."""
+        self._observing = False
+        self.own_pass_capture = True
+        """When every requested method has its own pass (``CamMethod.own_pass``: ``legrad``,
+        ``fullgrad``) and one of them has ``CamMethod.own_forward``, that pass's forward is the
+        batch's capture (:meth:`_own_capture`): one forward per batch instead of two. Set to
+        False to force the separate capture forward (testing/debugging)."""
+        self._own_lead: str | None = None
+        if all(METHODS[m].own_pass is not None for m in methods):
+            self._own_lead = next((m for m in methods if METHODS[m].own_forward), None)
         self.channels_last = channels_last
         self._copies = ModelCopies(
             model,
@@ -338,6 +353,13 @@ class CamEngine:
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Tensor | None:
             if self._replace is not None and self._replace[0] == name:
                 return self._replace[1]
+            if self._observing:  # an own pass's forward: record a copy, leave its graph alone
+                if not isinstance(output, Tensor):
+                    raise TypeError(
+                        f"target layer {name!r} must output a Tensor, got {type(output).__name__}"
+                    )
+                self._captured[name] = output.detach().clone()
+                return None
             if not self._capturing:
                 return None
             if not isinstance(output, Tensor):
@@ -435,46 +457,27 @@ class CamEngine:
         grad_mode = torch.is_grad_enabled()
         try:
             with torch.inference_mode(False):
-                module, copy_layout = self._copies.capture_module(images)
-                attempts = (
-                    list(self._layouts(images))
-                    if module is self.model
-                    else [images.contiguous(memory_format=copy_layout)]
-                )
-                for attempt in attempts:
-                    self._captured = {}
-                    self._capturing = True
-                    try:
-                        with torch.no_grad(), self._autocast(device):
-                            raw_logits = _logits_of(module(attempt))
-                        break
-                    except RuntimeError as exc:
-                        if attempt is attempts[-1]:
-                            raise
-                        # e.g. .view() on a conv output: contiguous input from now on
-                        self.channels_last = False
-                        self.layout_note = f"channels_last input rejected by the model ({exc})"
-                    finally:
-                        self._capturing = False
-                        torch.set_grad_enabled(grad_mode)
-                missing = [n for n in self.layer_names if n not in self._captured]
-                if missing:
-                    raise ValueError(
-                        f"`layer` {missing} did not run during the forward of "
-                        f"{type(self.model).__name__}; pick a layer on the path to the logits"
+                if self._own_lead is not None and self.own_pass_capture:
+                    raw_logits, targets_bt, multi, own = self._own_capture(
+                        self._own_lead, images, targets
                     )
-                if raw_logits.dim() != 2 or raw_logits.shape[0] != batch:
-                    raise ValueError(
-                        f"the model must return logits [B, C] with B={batch}, got "
-                        f"{tuple(raw_logits.shape)}"
+                    logits = raw_logits.detach().float()
+                    captured = [self._captured[n] for n in self.layer_names]
+                    cams, codes = self._compute_maps(
+                        images, logits, targets_bt, captured, [None] * len(captured), {}, own
                     )
-                targets_bt, multi = self._resolve_targets(targets, raw_logits)
-                captured = [self._captured[n] for n in self.layer_names]
-                grads, extra = self._gradients(raw_logits, targets_bt, captured)
-                logits = raw_logits.detach().float()
-                cams, codes = self._compute_maps(images, logits, targets_bt, captured, grads, extra)
+                else:
+                    raw_logits = self._capture_forward(images, grad_mode)
+                    targets_bt, multi = self._resolve_targets(targets, raw_logits)
+                    captured = [self._captured[n] for n in self.layer_names]
+                    grads, extra = self._gradients(raw_logits, targets_bt, captured)
+                    logits = raw_logits.detach().float()
+                    cams, codes = self._compute_maps(
+                        images, logits, targets_bt, captured, grads, extra
+                    )
         finally:
             self._captured = {}
+            self._observing = False
             torch.set_grad_enabled(grad_mode)
 
         n_targets = targets_bt.shape[1]
@@ -488,6 +491,92 @@ class CamEngine:
         return CamBatch(logits=logits, targets=out_targets, cams=cams, status=status)
 
     # ------------------------------------------------------------------ steps
+
+    def _capture_forward(self, images: Tensor, grad_mode: bool) -> Tensor:
+        """The shared capture forward (hooks record the target layers into ``_captured``, the
+        graph starts at the first of them): its raw logits ``[B, C]``."""
+        device, batch = images.device, images.shape[0]
+        module, copy_layout = self._copies.capture_module(images)
+        attempts = (
+            list(self._layouts(images))
+            if module is self.model
+            else [images.contiguous(memory_format=copy_layout)]
+        )
+        for attempt in attempts:
+            self._captured = {}
+            self._capturing = True
+            try:
+                with torch.no_grad(), self._autocast(device):
+                    raw_logits = _logits_of(module(attempt))
+                break
+            except RuntimeError as exc:
+                if attempt is attempts[-1]:
+                    raise
+                # e.g. .view() on a conv output: contiguous input from now on
+                self.channels_last = False
+                self.layout_note = f"channels_last input rejected by the model ({exc})"
+            finally:
+                self._capturing = False
+                torch.set_grad_enabled(grad_mode)
+        missing = [n for n in self.layer_names if n not in self._captured]
+        if missing:
+            raise ValueError(
+                f"`layer` {missing} did not run during the forward of "
+                f"{type(self.model).__name__}; pick a layer on the path to the logits"
+            )
+        if raw_logits.dim() != 2 or raw_logits.shape[0] != batch:
+            raise ValueError(
+                f"the model must return logits [B, C] with B={batch}, got "
+                f"{tuple(raw_logits.shape)}"
+            )
+        return raw_logits
+
+    def _own_capture(
+        self, method: str, images: Tensor, targets: Tensor | Sequence[int] | str | None
+    ) -> tuple[Tensor, Tensor, bool, dict[str, Tensor]]:
+        """``method``'s own pass as the batch's capture: ``(raw logits, targets [B, T], multi,
+        {method: map [B*T, h', w']})``.
+
+        Its forward (``CamMethod.own_forward``, on the model, under the engine's autocast) gives
+        the logits; the engine's hooks record the target layer(s)' outputs of that same forward
+        (a detached copy each: the pass's graph is left alone) into ``self._captured``, which
+        the statuses (``constant_activation``, ``nonfinite``) read as they read a capture.
+        Targets are resolved from these logits (``"predicted"``: their argmax) before the
+        backward, ``own_forward(...).maps(targets)``. Other own-pass methods (if any) run their
+        own pass with those targets, as beside a capture.
+        """
+        own_forward = METHODS[method].own_forward
+        if own_forward is None:
+            raise RuntimeError(f"CAM method {method!r} has no own forward")
+        batch = images.shape[0]
+        grad_mode = torch.is_grad_enabled()
+        self._captured = {}
+        self._observing = True
+        try:
+            with self._autocast(images.device):
+                forward = own_forward(self.model, images)
+        finally:
+            self._observing = False
+            torch.set_grad_enabled(grad_mode)
+        missing = [n for n in self.layer_names if n not in self._captured]
+        if missing:
+            raise ValueError(
+                f"`layer` {missing} did not run during the forward of "
+                f"{type(self.model).__name__}; pick a layer on the path to the logits"
+            )
+        raw_logits = forward.logits
+        if raw_logits.dim() != 2 or raw_logits.shape[0] != batch:
+            raise ValueError(
+                f"the model must return logits [B, C] with B={batch}, got "
+                f"{tuple(raw_logits.shape)}"
+            )
+        targets_bt, multi = self._resolve_targets(targets, raw_logits)
+        try:
+            with self._autocast(images.device):
+                own = {method: forward.maps(targets_bt).float()}
+        finally:
+            torch.set_grad_enabled(grad_mode)
+        return raw_logits, targets_bt, multi, own
 
     def _resolve_targets(
         self, targets: Tensor | Sequence[int] | str | None, logits: Tensor
@@ -604,6 +693,7 @@ class CamEngine:
         captured: list[Tensor],
         grads: list[Tensor | None],
         extra: dict[str, list[Tensor]] | None = None,
+        own: dict[str, Tensor] | None = None,
     ) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
         batch, n_targets = targets_bt.shape
         rows = batch * n_targets
@@ -612,7 +702,8 @@ class CamEngine:
         logits_n = logits[sample_index]
 
         extra = extra or {}
-        shared: dict[str, list[Tensor]] = {}  # noisy captures serve every layer at once
+        # noisy captures serve every layer at once; `own`: maps of an own capture, per method
+        shared: dict[str, list[Tensor]] = {f"own:{m}": [t] for m, t in (own or {}).items()}
         per_layer: list[dict[str, Tensor]] = []
         flags: list[dict[str, Tensor]] = []
         failed_by_method = {
@@ -726,9 +817,9 @@ class CamEngine:
             for method in self.methods:
                 spec = METHODS[method]
                 if method in own_grads:
-                    own = own_grads[method]
-                    cam = spec.fn(dataclasses.replace(ctx, gradients=own)).float()
-                    method_zero_grad = (own == 0).flatten(1).all(1)
+                    own_grad = own_grads[method]
+                    cam = spec.fn(dataclasses.replace(ctx, gradients=own_grad)).float()
+                    method_zero_grad = (own_grad == 0).flatten(1).all(1)
                 else:
                     cam = spec.fn(ctx).float()
                     method_zero_grad = zero_grad

@@ -43,8 +43,10 @@ from .outputs import logits_of
 
 __all__ = [
     "FULLGRAD_EPS",
+    "FullGradForward",
     "bias_layers",
     "check_fullgrad_model",
+    "fullgrad_forward",
     "fullgrad_saliency",
     "fullgrad_terms",
 ]
@@ -165,31 +167,89 @@ def _norm_channel_sum(terms: Tensor, scale: Tensor | None = None) -> Tensor:
     return torch.einsum("nkhw,nk->nhw", t, coeff) - (lo * coeff).sum(1)[:, None, None]
 
 
-def fullgrad_terms(
+class FullGradForward:
+    """The forward half of FullGrad's pass: the logits with their graph from the input.
+
+    Built by :func:`fullgrad_forward` (the module hooks are already removed when it exists; the
+    graph keeps one tensor hook per bias-layer output, which only accumulates during
+    :meth:`terms`). The engine reads :attr:`logits` as the batch's logits when every requested
+    method has its own pass, so a predict-mode target (argmax) is known before the backward.
+
+    Attributes:
+        logits: ``[B, C]`` detached logits of this forward (the model's own output).
+    """
+
+    def __init__(
+        self,
+        graph_logits: Tensor,
+        x: Tensor,
+        sums: list[dict[tuple[int, int], Tensor]],
+        current: list[int],
+    ) -> None:
+        self._graph_logits = graph_logits
+        self.logits = graph_logits.detach()
+        self._x = x
+        self._sums = sums
+        self._current = current
+
+    def terms(self, targets_bt: Tensor) -> tuple[Tensor, Tensor]:
+        """``(input_term, bias_term)``, each ``[B*T, H, W]`` float32 (one backward per target
+        column to the input; call once: the graph is freed after the last column)."""
+        x, logits = self._x, self._graph_logits
+        batch, n_targets = targets_bt.shape
+        size = (int(x.shape[-2]), int(x.shape[-1]))
+        sums = self._sums
+        sums.clear()
+        inputs_t: list[Tensor] = []
+        with torch.inference_mode(False), torch.enable_grad():
+            for t in range(n_targets):
+                self._current[0] = t
+                sums.append({})
+                score = logits.gather(1, targets_bt[:, t : t + 1]).float().sum()
+                (grad_x,) = torch.autograd.grad(score, x, retain_graph=t < n_targets - 1)
+                inputs_t.append(_norm_channel_sum((grad_x * x.detach()).float()))
+        bias_t = []
+        for t in range(n_targets):
+            total = torch.zeros(batch, *size, device=x.device)
+            for (h, w), part in sums[t].items():
+                if (h, w) != size:
+                    part = F.interpolate(
+                        part[:, None], size=size, mode="bilinear", align_corners=False
+                    )
+                    part = part[:, 0]
+                total = total + part
+            bias_t.append(total)
+        input_term = torch.stack(inputs_t, dim=1).flatten(0, 1)
+        bias_term = torch.stack(bias_t, dim=1).flatten(0, 1)
+        return input_term, bias_term
+
+    def maps(self, targets: Tensor) -> Tensor:
+        """FullGrad's ``S = input_term + bias_term`` ``[B*T, H, W]`` for ``targets`` ``[B]`` or
+        ``[B, T]``."""
+        input_term, bias_term = self.terms(targets[:, None] if targets.dim() == 1 else targets)
+        return input_term + bias_term
+
+
+def fullgrad_forward(
     model: nn.Module,
     images: Tensor,
-    targets_bt: Tensor,
-    layers: list[tuple[str, nn.Module]],
+    layers: list[tuple[str, nn.Module]] | None = None,
     autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
-) -> tuple[Tensor, Tensor]:
-    """FullGrad's two sums for every (image, target) row, at the input resolution.
+) -> FullGradForward:
+    """FullGrad's forward: the graph from the input, a tensor hook on every bias layer's output.
 
     Args:
-        model: the classifier in eval mode (hooks are added for this call only).
+        model: the classifier in eval mode (module hooks are added for this call only and
+            removed when it returns or raises).
         images: ``[B, C, H, W]`` on the model's device.
-        targets_bt: ``[B, T]`` long, the classes explained.
-        layers: :func:`check_fullgrad_model`'s bias layers.
+        layers: :func:`check_fullgrad_model`'s bias layers (``None``: computed here).
         autocast: context factory for the forward (the engine's autocast).
-
-    Returns:
-        ``(input_term, bias_term)``, each ``[B*T, H, W]`` float32 (rows in (sample, target)
-        order): ``sum_ch psi(grad_x y_c * x)`` and ``sum_l sum_k up(psi(dy_c/dz_{l,k} b_{l,k}))``.
     """
-    batch, n_targets = targets_bt.shape
-    size = (int(images.shape[-2]), int(images.shape[-1]))
+    if layers is None:
+        layers = check_fullgrad_model(model)
     biases = {id(m): _effective_bias(m).to(images.device) for _, m in layers}
     # per target: {(h, w): sum over layers of that resolution of sum_k psi(...)} [B, h, w]
-    sums: list[dict[tuple[int, int], Tensor]] = [{} for _ in range(n_targets)]
+    sums: list[dict[tuple[int, int], Tensor]] = []
     current = [0]
 
     def forward_hook(module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -208,36 +268,42 @@ def fullgrad_terms(
 
         output.register_hook(grad_hook)
 
-    x = images.detach().clone().requires_grad_(True)
-    handles = [m.register_forward_hook(forward_hook) for _, m in layers]
+    handles = []
     try:
         with torch.inference_mode(False), torch.enable_grad():
+            x = images.detach().clone().requires_grad_(True)
+            handles = [m.register_forward_hook(forward_hook) for _, m in layers]
             with autocast():
                 logits = logits_of(model(x))
-            for handle in handles:  # the backward needs only the tensor hooks
-                handle.remove()
-            inputs_t: list[Tensor] = []
-            for t in range(n_targets):
-                current[0] = t
-                score = logits.gather(1, targets_bt[:, t : t + 1]).float().sum()
-                (grad_x,) = torch.autograd.grad(score, x, retain_graph=t < n_targets - 1)
-                inputs_t.append(_norm_channel_sum((grad_x * x.detach()).float()))
     finally:
-        for handle in handles:
+        for handle in handles:  # the backward needs only the tensor hooks
             handle.remove()
+    return FullGradForward(logits, x, sums, current)
 
-    bias_t = []
-    for t in range(n_targets):
-        total = torch.zeros(batch, *size, device=images.device)
-        for (h, w), part in sums[t].items():
-            if (h, w) != size:
-                part = F.interpolate(part[:, None], size=size, mode="bilinear", align_corners=False)
-                part = part[:, 0]
-            total = total + part
-        bias_t.append(total)
-    input_term = torch.stack(inputs_t, dim=1).flatten(0, 1)
-    bias_term = torch.stack(bias_t, dim=1).flatten(0, 1)
-    return input_term, bias_term
+
+def fullgrad_terms(
+    model: nn.Module,
+    images: Tensor,
+    targets_bt: Tensor,
+    layers: list[tuple[str, nn.Module]],
+    autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext,
+) -> tuple[Tensor, Tensor]:
+    """FullGrad's two sums for every (image, target) row, at the input resolution.
+
+    ``fullgrad_forward(model, images, layers, autocast).terms(targets_bt)``.
+
+    Args:
+        model: the classifier in eval mode (hooks are added for this call only).
+        images: ``[B, C, H, W]`` on the model's device.
+        targets_bt: ``[B, T]`` long, the classes explained.
+        layers: :func:`check_fullgrad_model`'s bias layers.
+        autocast: context factory for the forward (the engine's autocast).
+
+    Returns:
+        ``(input_term, bias_term)``, each ``[B*T, H, W]`` float32 (rows in (sample, target)
+        order): ``sum_ch psi(grad_x y_c * x)`` and ``sum_l sum_k up(psi(dy_c/dz_{l,k} b_{l,k}))``.
+    """
+    return fullgrad_forward(model, images, layers, autocast).terms(targets_bt)
 
 
 def fullgrad_saliency(model: nn.Module, images: Tensor, targets_bt: Tensor) -> Tensor:

@@ -48,8 +48,9 @@ from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
 from ..modelstate import preserved_training_flags
+from .outputs import logits_of
 
-__all__ = ["legrad_check", "legrad_maps"]
+__all__ = ["LegradForward", "legrad_check", "legrad_forward", "legrad_maps"]
 
 SUPPORTED = (
     "timm VisionTransformer (timm.layers.Attention blocks, no attention pooling) and "
@@ -302,16 +303,83 @@ def _hooks(plan: _Plan, cap: _Capture) -> tuple[list[RemovableHandle], list[tupl
     return handles, flags
 
 
-def legrad_maps(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
-    """LeGrad maps ``M = (1/L) sum_l mean_{h,i} ReLU(ds^l/dA^l)[h, i, prefix:]`` on the patch grid.
+class LegradForward:
+    """The forward half of LeGrad's pass: the model's logits and the graph the backward reads.
+
+    Built by :func:`legrad_forward` (the model's hooks and flags are already restored when it
+    exists); :meth:`maps` runs the backward(s) for the classes explained. The engine reads
+    :attr:`logits` as the batch's logits when every requested method has its own pass, so a
+    predict-mode target (argmax) is known before the backward.
+
+    Attributes:
+        logits: ``[B, C]`` the model's own output of this forward (detached; the attention is
+            computed explicitly, so it equals an ordinary forward up to float rounding).
+    """
+
+    def __init__(self, plan: _Plan, cap: _Capture, logits: Tensor, size: tuple[int, int]) -> None:
+        self._plan = plan
+        self._cap = cap
+        self.logits = logits
+        self._size = size
+
+    def maps(self, targets: Tensor) -> Tensor:
+        """``[B*T, h, w]`` float32 >= 0 for ``targets`` ``[B]`` or ``[B, T]`` (one backward per
+        target column; call once: the graph is freed after the last column)."""
+        plan, cap = self._plan, self._cap
+        batch = int(self.logits.shape[0])
+        targets_bt = targets[:, None] if targets.dim() == 1 else targets
+        if targets_bt.dim() != 2 or targets_bt.shape[0] != batch:
+            raise ValueError(
+                f"`targets` must have shape [B] or [B, T] with B={batch}, "
+                f"got {tuple(targets.shape)}"
+            )
+        n_blocks = len(plan.blocks)
+        height, width = plan.grid(*self._size)
+        leaves = [cap.leaves[i] for i in range(n_blocks)]
+        per_target: list[Tensor] = []
+        n_targets = targets_bt.shape[1]
+        with torch.enable_grad():
+            for t in range(n_targets):
+                index = targets_bt[:, t : t + 1].to(device=cap.scores[0].device, dtype=torch.long)
+                score = torch.stack(
+                    [cap.scores[i].gather(1, index).sum() for i in range(n_blocks)]
+                )
+                score = score.sum()  # sum_l s^l: the blocks' graphs are independent
+                grads = torch.autograd.grad(
+                    score, leaves, retain_graph=t < n_targets - 1, allow_unused=True
+                )
+                relevances: list[Tensor] = []
+                for i, (g, leaf) in enumerate(zip(grads, leaves)):
+                    tokens = cap.tokens[i]
+                    if leaf.shape[-1] != tokens or leaf.shape[-2] != tokens:
+                        raise ValueError(
+                            f"legrad: block {i} attention {tuple(leaf.shape)} does not match "
+                            f"its {tokens} tokens"
+                        )
+                    g = torch.zeros_like(leaf) if g is None else g
+                    relevances.append(g.float().clamp_min(0).mean(dim=(1, 2))[:, plan.prefix :])
+                mean = torch.stack(relevances).mean(dim=0)  # (1/L) sum_l E^l
+                patches = mean.shape[-1]
+                if patches != height * width:
+                    raise ValueError(
+                        f"legrad: {patches} patch tokens after {plan.prefix} prefix tokens do "
+                        f"not fill the {height}x{width} patch grid of a "
+                        f"{self._size[0]}x{self._size[1]} image"
+                    )
+                per_target.append(mean.reshape(-1, height, width))
+        return torch.stack(per_target, dim=1).flatten(0, 1).detach()
+
+
+def legrad_forward(model: nn.Module, images: Tensor) -> LegradForward:
+    """LeGrad's forward: every block's attention as a leaf, its readout scores, the logits.
 
     Args:
-        model: a supported ViT (see the module docstring); left as it came (flags, hooks).
+        model: a supported ViT (see the module docstring); left as it came (flags, hooks) when
+            this returns or raises.
         images: ``[B, C, H, W]`` on the model's device.
-        targets: ``[B]`` or ``[B, T]`` long class indices.
 
     Returns:
-        ``[B*T, h, w]`` float32 >= 0 (row-major over (image, target)), not normalised.
+        a :class:`LegradForward`: ``.logits`` ``[B, C]`` and ``.maps(targets)``.
 
     Raises:
         ValueError: the model is not supported (the message says why) or the shapes disagree.
@@ -320,12 +388,6 @@ def legrad_maps(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
     if not isinstance(images, Tensor) or images.dim() != 4:
         shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"`images` must have shape [B, C, H, W], got {shape}")
-    targets_bt = targets[:, None] if targets.dim() == 1 else targets
-    if targets_bt.dim() != 2 or targets_bt.shape[0] != images.shape[0]:
-        raise ValueError(
-            f"`targets` must have shape [B] or [B, T] with B={images.shape[0]}, "
-            f"got {tuple(targets.shape)}"
-        )
     if images.is_inference():
         images = images.clone()
     cap = _Capture(plan)
@@ -340,7 +402,7 @@ def legrad_maps(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
             handles, attn_flags = _hooks(plan, cap)
             stack.enter_context(_attributes(flags + attn_flags))
             with torch.no_grad():  # grad mode is switched on inside each block only
-                model(images)
+                output = model(images)
     finally:
         for handle in handles:
             handle.remove()
@@ -350,35 +412,33 @@ def legrad_maps(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
             f"legrad: {len(cap.leaves)} of {n_blocks} blocks produced an attention map; every "
             "block must run once per forward"
         )
-    height, width = plan.grid(int(images.shape[-2]), int(images.shape[-1]))
-    leaves = [cap.leaves[i] for i in range(n_blocks)]
-    per_target: list[Tensor] = []
-    n_targets = targets_bt.shape[1]
-    with torch.enable_grad():
-        for t in range(n_targets):
-            index = targets_bt[:, t : t + 1].to(device=cap.scores[0].device, dtype=torch.long)
-            score = torch.stack([cap.scores[i].gather(1, index).sum() for i in range(n_blocks)])
-            score = score.sum()  # sum_l s^l: the blocks' graphs are independent
-            grads = torch.autograd.grad(
-                score, leaves, retain_graph=t < n_targets - 1, allow_unused=True
+    logits = logits_of(output).detach()
+    size = (int(images.shape[-2]), int(images.shape[-1]))
+    return LegradForward(plan, cap, logits, size)
+
+
+def legrad_maps(model: nn.Module, images: Tensor, targets: Tensor) -> Tensor:
+    """LeGrad maps ``M = (1/L) sum_l mean_{h,i} ReLU(ds^l/dA^l)[h, i, prefix:]`` on the patch grid.
+
+    ``legrad_forward(model, images).maps(targets)``.
+
+    Args:
+        model: a supported ViT (see the module docstring); left as it came (flags, hooks).
+        images: ``[B, C, H, W]`` on the model's device.
+        targets: ``[B]`` or ``[B, T]`` long class indices.
+
+    Returns:
+        ``[B*T, h, w]`` float32 >= 0 (row-major over (image, target)), not normalised.
+
+    Raises:
+        ValueError: the model is not supported (the message says why) or the shapes disagree.
+    """
+    _plan(model)
+    if isinstance(images, Tensor) and images.dim() == 4:
+        targets_bt = targets[:, None] if targets.dim() == 1 else targets
+        if targets_bt.dim() != 2 or targets_bt.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"`targets` must have shape [B] or [B, T] with B={images.shape[0]}, "
+                f"got {tuple(targets.shape)}"
             )
-            relevances: list[Tensor] = []
-            for i, (g, leaf) in enumerate(zip(grads, leaves)):
-                tokens = cap.tokens[i]
-                if leaf.shape[-1] != tokens or leaf.shape[-2] != tokens:
-                    raise ValueError(
-                        f"legrad: block {i} attention {tuple(leaf.shape)} does not match its "
-                        f"{tokens} tokens"
-                    )
-                g = torch.zeros_like(leaf) if g is None else g
-                relevances.append(g.float().clamp_min(0).mean(dim=(1, 2))[:, plan.prefix :])
-            mean = torch.stack(relevances).mean(dim=0)  # (1/L) sum_l E^l
-            patches = mean.shape[-1]
-            if patches != height * width:
-                raise ValueError(
-                    f"legrad: {patches} patch tokens after {plan.prefix} prefix tokens do not "
-                    f"fill the {height}x{width} patch grid of a "
-                    f"{images.shape[-2]}x{images.shape[-1]} image"
-                )
-            per_target.append(mean.reshape(-1, height, width))
-    return torch.stack(per_target, dim=1).flatten(0, 1).detach()
+    return legrad_forward(model, images).maps(targets)

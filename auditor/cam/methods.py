@@ -17,7 +17,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any
+from typing import Any, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -28,12 +28,25 @@ __all__ = [
     "METHODS",
     "CamContext",
     "CamMethod",
+    "OwnForward",
     "register",
 ]
 
 
 def _unavailable(*_args: object) -> Any:
     raise RuntimeError("this CAM method needs an engine helper that was not provided")
+
+
+class OwnForward(Protocol):
+    """The forward half of a method's own pass (``CamMethod.own_forward``).
+
+    ``logits``: ``[B, C]`` the model's output of that forward (detached); ``maps(targets)``:
+    the backward(s) for ``targets`` ``[B, T]`` giving ``[B*T, h', w']``, called at most once.
+    """
+
+    logits: Tensor
+
+    def maps(self, targets: Tensor) -> Tensor: ...
 
 
 @dataclass(frozen=True)
@@ -128,6 +141,14 @@ class CamMethod:
             that cannot come from the target layer's capture (LeGrad reads every block's
             attention) runs this pass, once per batch, under the engine's autocast; ``fn``
             reads its result with ``ctx.own_map(name)``. It must leave the model as it came.
+        own_forward: ``(model, images [B, C, H, W]) -> OwnForward``: the same pass split at
+            the forward (optional; ``own_pass(m, x, t)`` must equal
+            ``own_forward(m, x).maps(t)``). When every requested method has an own pass and
+            one has ``own_forward``, the engine runs no capture forward of its own: this
+            forward gives the batch's logits (predict-mode targets are its argmax, picked
+            before the backward) and, through the engine's hooks, the target layer's
+            activations the statuses read. The model must be left as it came when it
+            returns or raises.
         check_model: ``model -> None``, raising a :class:`ValueError` that names the reason
             when the method cannot run on ``model`` (called when the engine is built, so an
             unsupported architecture fails before any batch, never with a made-up map).
@@ -149,6 +170,7 @@ class CamMethod:
     resolution: str = "layer"
     own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None
     check_model: Callable[[Any], None] | None = None
+    own_forward: Callable[[Any, Tensor], OwnForward] | None = None
 
     def info(self) -> dict[str, str | int]:
         """The metadata as a JSON-ready dict (``title``, ``formula``, ``reference``, ...)."""
@@ -171,6 +193,8 @@ _KINDS = ("gradient", "activation", "perturbation", "backprop", "attention")
 _RESOLUTIONS = ("layer", "input", "patch")
 COST_CAPTURE_GRAD = "shared capture: 1 forward + 1 partial backward (no extra pass)"
 COST_CAPTURE = "shared capture: 1 forward (no extra pass, no backward)"
+OWN_EXTRA_FORWARDS = "0 alone, 1 beside capture methods"
+"""``extra_forwards`` of a method whose own pass serves as the capture when it runs alone."""
 
 
 def _squash(text: str) -> str:
@@ -195,6 +219,7 @@ def register(
     resolution: str = "layer",
     own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
     check_model: Callable[[Any], None] | None = None,
+    own_forward: Callable[[Any, Tensor], OwnForward] | None = None,
 ) -> Callable[[Callable[[CamContext], Tensor]], Callable[[CamContext], Tensor]]:
     """Decorator adding ``fn`` to :data:`METHODS` under ``name`` with its metadata.
 
@@ -210,6 +235,8 @@ def register(
     for key, value in (("title", title), ("formula", formula), ("reference", reference)):
         if not value.strip():
             raise ValueError(f"`{key}` of CAM method {name!r} must not be empty")
+    if own_forward is not None and own_pass is None:
+        raise ValueError(f"`own_forward` of CAM method {name!r} needs its `own_pass`")
     if cost is None:
         cost = COST_CAPTURE_GRAD if needs_gradients else COST_CAPTURE
 
@@ -237,6 +264,7 @@ def register(
             resolution=resolution,
             own_pass=own_pass,
             check_model=check_model,
+            own_forward=own_forward,
         )
         return fn
 
@@ -958,6 +986,12 @@ def _fullgrad_pass(model: Any, images: Tensor, targets: Tensor) -> Tensor:
     return fullgrad_saliency(model, images, targets)
 
 
+def _fullgrad_forward(model: Any, images: Tensor) -> OwnForward:
+    from .fullgrad import fullgrad_forward
+
+    return fullgrad_forward(model, images)
+
+
 def _fullgrad_check(model: Any) -> None:
     from .fullgrad import check_fullgrad_model
 
@@ -982,15 +1016,17 @@ def _fullgrad_check(model: Any) -> None:
     ),
     cost=(
         "own pass: 1 forward from the input + 1 full backward to the input per image (batched, "
-        "no parameter gradient), besides the shared capture forward"
+        "no parameter gradient); it is the capture when every method has its own pass, else "
+        "the shared capture forward comes on top"
     ),
-    extra_forwards=1,
+    extra_forwards=OWN_EXTRA_FORWARDS,
     reference=(
         "Srinivas & Fleuret 2019, Full-Gradient Representation for Neural Network "
         "Visualization (NeurIPS)"
     ),
     own_pass=_fullgrad_pass,
     check_model=_fullgrad_check,
+    own_forward=_fullgrad_forward,
 )
 def _fullgrad(ctx: CamContext) -> Tensor:
     """FullGrad: ``S = sum_ch psi(grad_x y_c * x) + sum_l sum_k up(psi(dy_c/dz_{l,k} b_{l,k})),
@@ -1016,6 +1052,12 @@ def _legrad_pass(model: Any, images: Tensor, targets: Tensor) -> Tensor:
     return legrad_maps(model, images, targets)
 
 
+def _legrad_forward(model: Any, images: Tensor) -> OwnForward:
+    from .legrad import legrad_forward
+
+    return legrad_forward(model, images)
+
+
 def _legrad_check(model: Any) -> None:
     from .legrad import legrad_check
 
@@ -1038,16 +1080,18 @@ def _legrad_check(model: Any) -> None:
         "the target layer; for timm and torchvision ViTs only (other models are refused)."
     ),
     cost=(
-        "1 forward (capture) + its own pass: 1 forward with explicit attention maps + "
-        "1 backward per explained class, batched"
+        "own pass: 1 forward with explicit attention maps + 1 backward per explained class, "
+        "batched; it is the capture when every method has its own pass, else the shared "
+        "capture forward comes on top"
     ),
-    extra_forwards=1,
+    extra_forwards=OWN_EXTRA_FORWARDS,
     reference=(
         "Bousselham et al. 2024, LeGrad: An Explainability Method for Vision Transformers via "
         "Feature Formation Sensitivity (arXiv:2404.03214)"
     ),
     own_pass=_legrad_pass,
     check_model=_legrad_check,
+    own_forward=_legrad_forward,
 )
 def _legrad(ctx: CamContext) -> Tensor:
     """LeGrad: ``s^l = head(norm(mean_i z^l_i))_c, E^l = mean_{h,i} ReLU(ds^l/dA^l)[h, i, :],

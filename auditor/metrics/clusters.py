@@ -50,18 +50,18 @@ background focus differs from the mean over all other samples by more than
 
 from __future__ import annotations
 
+import contextlib
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 __all__ = ["Cluster", "ClusterResult", "adjusted_rand_index", "spray_clusters"]
 
 _DENSE_MAX_N = 600
+_SAMPLE_STREAM = 0x5A17  # random stream of the landmark sample (independent of the resamples)
 _ASSIGN = ("cluster_qr", "kmeans", "discretize")
 _SELECT = ("eigengap", "stability")
 
@@ -105,6 +105,9 @@ class ClusterResult:
         k_rule: how ``k`` was chosen: ``"eigengap"``, ``"stability"`` or ``"fixed"``.
         stability: ``{k: mean adjusted Rand index over the resamples}`` for every candidate
             ``k >= 2`` (only with ``select_k="stability"``).
+        sample: with ``max_maps`` and more maps than that, the indices (ascending) of the
+            maps that were clustered; the others were assigned to the nearest cluster mean.
+            None: every map was clustered.
     """
 
     k: int
@@ -115,6 +118,12 @@ class ClusterResult:
     outlier_clusters: tuple[int, ...]
     k_rule: str = "eigengap"
     stability: dict[int, float] = field(default_factory=dict)
+    sample: np.ndarray | None = None
+
+    @property
+    def n_clustered(self) -> int:
+        """How many maps the spectral clustering itself saw (the rest were assigned)."""
+        return int(self.labels.size if self.sample is None else self.sample.size)
 
 
 def _check_int(name: str, value: object, minimum: int) -> int:
@@ -125,13 +134,34 @@ def _check_int(name: str, value: object, minimum: int) -> int:
     return int(value)
 
 
+def _adaptive_avg_pool(x: np.ndarray, oh: int, ow: int) -> np.ndarray:
+    """``torch.nn.functional.adaptive_avg_pool2d`` of ``[N, h, w]`` float64 in numpy.
+
+    Output cell ``(i, j)`` averages rows ``floor(i h / oh) .. ceil((i + 1) h / oh) - 1`` and
+    the columns alike; the window is summed in row-major order and divided by its height,
+    then by its width: the order of torch's CPU kernel, so the values are the same to the
+    bit (``tests/test_clusters_scale.py``). No torch: finalisation never imports it.
+    """
+    n, h, w = x.shape
+    out = np.empty((n, oh, ow), dtype=np.float64)
+    for i in range(oh):
+        r0, r1 = (i * h) // oh, -(-((i + 1) * h) // oh)
+        for j in range(ow):
+            c0, c1 = (j * w) // ow, -(-((j + 1) * w) // ow)
+            acc = np.zeros(n, dtype=np.float64)
+            for r in range(r0, r1):
+                for c in range(c0, c1):
+                    acc += x[:, r, c]
+            out[:, i, j] = acc / float(r1 - r0) / float(c1 - c0)
+    return out
+
+
 def _prepare(maps: np.ndarray, resize_to: int | None) -> np.ndarray:
     """Abs, average-pool to at most ``resize_to`` per side, normalise each map to sum 1."""
-    x = torch.from_numpy(np.abs(maps).astype(np.float64))
-    n, h, w = x.shape
+    out = np.abs(maps).astype(np.float64)
+    n, h, w = out.shape
     if resize_to is not None and (h > resize_to or w > resize_to):
-        x = F.adaptive_avg_pool2d(x[:, None], (min(h, resize_to), min(w, resize_to)))[:, 0]
-    out = x.numpy()
+        out = _adaptive_avg_pool(out, min(h, resize_to), min(w, resize_to))
     sums = out.reshape(n, -1).sum(1)
     uniform = np.full_like(out[0], 1.0 / out[0].size)
     zero = sums <= 0
@@ -176,6 +206,7 @@ def spray_clusters(
     resample_fraction: float = 0.8,
     min_stability: float = 0.9,
     min_cluster_size: int = 3,
+    max_maps: int | None = None,
 ) -> ClusterResult:
     """Spectral Relevance Analysis (Lapuschkin et al. 2019) of a set of explanation maps.
 
@@ -203,6 +234,12 @@ def spray_clusters(
             partition then comes from the CPQR assignment, ``assign_labels`` is not used).
         n_resamples, resample_fraction, min_stability, min_cluster_size: parameters of the
             stability rule.
+        max_maps: with more maps than this, cluster a seeded uniform sample of ``max_maps``
+            maps (without replacement; exactly the computation above on those maps) and assign
+            every other map to the cluster whose mean pooled map is nearest (Euclidean, ties
+            to the smaller id); cluster sizes, members, exemplars, means and the outlier rule
+            then use all maps, ``eigenvalues``/``stability`` are the sample's and ``sample``
+            says which maps were clustered. None (default): every map is clustered.
 
     Note:
         The eigengap rule finds groups that are well separated compared with their internal
@@ -245,6 +282,8 @@ def spray_clusters(
         raise ValueError(f"`select_k` must be one of {_SELECT}, got {select_k!r}")
     n_resamples = _check_int("n_resamples", n_resamples, 2)
     min_cluster_size = _check_int("min_cluster_size", min_cluster_size, 1)
+    if max_maps is not None:
+        max_maps = _check_int("max_maps", max_maps, 3)
     if not 0.0 < resample_fraction < 1.0:
         raise ValueError(f"`resample_fraction` must be in (0, 1), got {resample_fraction}")
     if not 0.0 <= min_stability <= 1.0:
@@ -258,57 +297,94 @@ def spray_clusters(
     pooled = _prepare(arr, resize_to) if n else np.zeros((0, *arr.shape[1:]))
     features = pooled.reshape(n, pooled.shape[1] * pooled.shape[2])
 
-    degenerate = n < 3 or bool(np.all(np.abs(features - features[:1]).max() <= 1e-12))
+    sample: np.ndarray | None = None
     eigenvalues = np.zeros(0)
     eigengap = 0.0
     stability: dict[int, float] = {}
     k_rule = "fixed" if n_clusters is not None else select_k
-    if degenerate or n_clusters == 1:
-        labels = np.zeros(n, dtype=np.int64)
-    elif select_k == "stability":
-        labels, eigenvalues, stability = _stable_partition(
-            features,
+    if max_maps is not None and n > max_maps:
+        # landmarks (issue 14): cluster a seeded sample of `max_maps` maps exactly as below,
+        # assign every other map to the nearest cluster mean of the same pooled features
+        sample = np.sort(
+            np.random.default_rng([seed, _SAMPLE_STREAM]).choice(n, size=max_maps, replace=False)
+        )
+        sub = spray_clusters(
+            arr[sample],
             max_k=max_k,
             n_neighbors=n_neighbors,
             seed=seed,
-            n_resamples=n_resamples,
-            fraction=resample_fraction,
-            min_stability=min_stability,
-            min_size=min_cluster_size,
+            n_exemplars=n_exemplars,
+            resize_to=resize_to,
+            assign_labels=assign_labels,
             n_clusters=n_clusters,
+            select_k=select_k,
+            n_resamples=n_resamples,
+            resample_fraction=resample_fraction,
+            min_stability=min_stability,
+            min_cluster_size=min_cluster_size,
         )
-        k_sel = int(labels.max()) + 1
-        gaps = np.diff(eigenvalues)
-        eigengap = float(gaps[k_sel - 1]) if k_sel >= 2 and k_sel - 1 < gaps.size else 0.0
+        centres = np.stack([c.mean_map.reshape(-1) for c in sub.clusters])
+        labels = _nearest_centre(features, centres)
+        labels[sample] = sub.labels
         labels = _relabel(labels)
+        eigenvalues, eigengap, stability, k_rule = (
+            sub.eigenvalues,
+            sub.eigengap,
+            sub.stability,
+            sub.k_rule,
+        )
     else:
-        from sklearn.cluster import SpectralClustering
-        from sklearn.neighbors import kneighbors_graph
-
-        # with few maps, N - 1 neighbours would connect everything: cap at half the data
-        nn_eff = min(n_neighbors, max(1, (n - 1) // 2))
-        knn = kneighbors_graph(features, nn_eff, mode="connectivity", include_self=False)
-        affinity = (0.5 * (knn + knn.T)).tocsr()
-        k_max = min(max(max_k, n_clusters or 1), n - 1)
-        eigenvalues = _laplacian_eigenvalues(affinity, k_max + 1, seed)
-        gaps = np.diff(eigenvalues)
-        k = n_clusters if n_clusters is not None else int(np.argmax(gaps)) + 1
-        eigengap = float(gaps[k - 1]) if k - 1 < gaps.size else 0.0
-        if k == 1:
-            labels = np.zeros(n, dtype=np.int64)
-        else:
-            with warnings.catch_warnings():
-                # a disconnected k-NN graph is expected when strategies separate cleanly
-                warnings.filterwarnings("ignore", message=".*not fully connected.*")
-                model = SpectralClustering(
-                    n_clusters=k,
-                    affinity="precomputed",
-                    random_state=seed,
-                    assign_labels=assign_labels,
-                    n_init=10,
+        # one BLAS thread: ARPACK's many small BLAS calls ran ~5x slower on 2 threads (issue
+        # 14); the dense path (<= _DENSE_MAX_N maps) keeps the caller's threads, so its
+        # eigenvalues stay the same to the last bit
+        with _blas_single_thread(n > _DENSE_MAX_N):
+            degenerate = n < 3 or bool(np.all(np.abs(features - features[:1]).max() <= 1e-12))
+            if degenerate or n_clusters == 1:
+                labels = np.zeros(n, dtype=np.int64)
+            elif select_k == "stability":
+                labels, eigenvalues, stability = _stable_partition(
+                    features,
+                    max_k=max_k,
+                    n_neighbors=n_neighbors,
+                    seed=seed,
+                    n_resamples=n_resamples,
+                    fraction=resample_fraction,
+                    min_stability=min_stability,
+                    min_size=min_cluster_size,
+                    n_clusters=n_clusters,
                 )
-                labels = model.fit_predict(affinity).astype(np.int64)
-        labels = _relabel(labels)
+                k_sel = int(labels.max()) + 1
+                gaps = np.diff(eigenvalues)
+                eigengap = float(gaps[k_sel - 1]) if k_sel >= 2 and k_sel - 1 < gaps.size else 0.0
+                labels = _relabel(labels)
+            else:
+                from sklearn.cluster import SpectralClustering
+                from sklearn.neighbors import kneighbors_graph
+
+                # with few maps, N - 1 neighbours would connect everything: cap at half the data
+                nn_eff = min(n_neighbors, max(1, (n - 1) // 2))
+                knn = kneighbors_graph(features, nn_eff, mode="connectivity", include_self=False)
+                affinity = (0.5 * (knn + knn.T)).tocsr()
+                k_max = min(max(max_k, n_clusters or 1), n - 1)
+                eigenvalues = _laplacian_eigenvalues(affinity, k_max + 1, seed)
+                gaps = np.diff(eigenvalues)
+                k = n_clusters if n_clusters is not None else int(np.argmax(gaps)) + 1
+                eigengap = float(gaps[k - 1]) if k - 1 < gaps.size else 0.0
+                if k == 1:
+                    labels = np.zeros(n, dtype=np.int64)
+                else:
+                    with warnings.catch_warnings():
+                        # a disconnected k-NN graph is expected when strategies separate cleanly
+                        warnings.filterwarnings("ignore", message=".*not fully connected.*")
+                        model = SpectralClustering(
+                            n_clusters=k,
+                            affinity="precomputed",
+                            random_state=seed,
+                            assign_labels=assign_labels,
+                            n_init=10,
+                        )
+                        labels = model.fit_predict(affinity).astype(np.int64)
+                labels = _relabel(labels)
 
     clusters: list[Cluster] = []
     k_found = int(labels.max()) + 1 if n else 0
@@ -354,7 +430,38 @@ def spray_clusters(
         outlier_clusters=tuple(outliers),
         k_rule=k_rule,
         stability=stability,
+        sample=sample,
     )
+
+
+@contextlib.contextmanager
+def _blas_single_thread(active: bool = True) -> Iterator[None]:
+    """Limit BLAS (OpenBLAS, MKL) to one thread inside the block when ``active``.
+
+    SpRAy's eigensolver (ARPACK through scipy) makes thousands of tiny BLAS calls per class;
+    on a 2-core machine the thread hand-offs cost more than the arithmetic (1.1 s -> 0.1 s
+    for the 11 embeddings of a 1,000-map class). Results were checked to be the same bits
+    with one thread or two on the ARPACK path (``tests/test_clusters_scale.py``).
+    """
+    if not active:
+        yield
+        return
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="blas"):
+        yield
+
+
+def _nearest_centre(features: np.ndarray, centres: np.ndarray) -> np.ndarray:
+    """Index of the nearest centre (Euclidean; ties to the smaller index) of every row."""
+    best = np.full(features.shape[0], np.inf)
+    labels = np.zeros(features.shape[0], dtype=np.int64)
+    for j, c in enumerate(centres):
+        d = ((features - c[None, :]) ** 2).sum(1)
+        closer = d < best
+        labels[closer] = j
+        best[closer] = d[closer]
+    return labels
 
 
 def _knn_affinity(features: np.ndarray, n_neighbors: int) -> Any:

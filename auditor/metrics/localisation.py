@@ -59,7 +59,7 @@ import math
 import torch
 from torch import Tensor
 
-from auditor.status import METRIC_STATUSES
+from auditor.metrics.names import MASK_METRICS, METRIC_NAMES, STATUSES
 
 __all__ = [
     "MASK_METRICS",
@@ -78,25 +78,6 @@ __all__ = [
     "relevance_rank_accuracy",
     "saliency_density_difference",
 ]
-
-#: Keys of :func:`localisation_metrics`, in report order.
-METRIC_NAMES: tuple[str, ...] = (
-    "energy_in_mask",
-    "background_focus",
-    "energy_lift",
-    "pointing_game",
-    "relevance_rank_accuracy",
-    "iou",
-    "auc",
-    "density_diff",
-    "border_focus",
-    "entropy",
-)
-#: The metrics that need an object mask.
-MASK_METRICS: frozenset[str] = frozenset(METRIC_NAMES) - {"border_focus", "entropy"}
-#: Per-sample status values of :func:`localisation_metrics`, in priority order (the first
-#: that applies is reported): the metrics' part of the one vocabulary, :mod:`auditor.status`.
-STATUSES: tuple[str, ...] = METRIC_STATUSES
 
 
 # --------------------------------------------------------------------------------------------

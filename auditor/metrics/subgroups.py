@@ -111,6 +111,10 @@ class SubgroupRules:
     min_subgroup_size: int = 3
     max_k: int = 6
     n_resamples: int = 10
+    #: classes with more maps are clustered on a seeded sample of this many maps, the rest
+    #: assigned to the nearest cluster mean (``spray_clusters(max_maps=...)``; issue 14);
+    #: the tests below still use every map of the class. None: always every map.
+    max_maps: int | None = 5000
 
     def describe(self, confidence: float) -> str:
         m = self.margins
@@ -214,6 +218,8 @@ class ClassSubgroups:
     cluster_tests: tuple[dict[str, StatTest], ...]
     subgroups: tuple[Subgroup, ...]
     confidence: float
+    #: maps the spectral clustering saw (< ``labels.size`` when the class was sampled)
+    n_clustered: int | None = None
 
 
 def peak_distance(maps: np.ndarray) -> np.ndarray:
@@ -406,6 +412,7 @@ def analyse_class(
         select_k="stability",
         n_resamples=rules.n_resamples,
         min_cluster_size=rules.min_subgroup_size,
+        max_maps=rules.max_maps,
     )
     labels = res.labels
     pooled = _normalised(arr) if n else np.zeros((0, 1, 1))
@@ -471,6 +478,7 @@ def analyse_class(
         cluster_tests=tuple(cluster_tests),
         subgroups=tuple(subgroups),
         confidence=confidence,
+        n_clustered=res.n_clustered,
     )
 
 
@@ -599,12 +607,24 @@ def class_to_json(res: ClassSubgroups, ids: Sequence[str]) -> dict[str, Any]:
         | {"tests": {k: t.to_dict() for k, t in s.tests.items()}, "gallery": []}
         for s in res.subgroups
     ]
-    return {
+    out: dict[str, Any] = {
         "k": int(res.k),
         "k_rule": res.k_rule,
         "stability": {str(k): v for k, v in res.stability.items()},
         "eigengap": res.eigengap,
         "confidence": res.confidence,
-        "clusters": clusters,
-        "subgroups": subgroups,
     }
+    n_all = int(res.labels.size)
+    if res.n_clustered is not None and res.n_clustered < n_all:
+        # additive (issue 14): only a sampled class carries it, so classes clustered whole
+        # keep the block they had
+        out["clusters_sample"] = {
+            "n": int(res.n_clustered),
+            "of": n_all,
+            "rule": "spectral clustering of a seeded uniform sample of the class's maps; "
+            "every other map assigned to the nearest cluster mean (pooled maps, Euclidean); "
+            "cluster sizes, exemplars and the subgroup tests use all maps",
+        }
+    out["clusters"] = clusters
+    out["subgroups"] = subgroups
+    return out

@@ -665,6 +665,15 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
             }
         )
 
+    def _clusters_sample(v: Any) -> dict[str, int] | None:
+        """``{"n", "of"}`` of a sampled class's ``clusters_sample`` block (issue 14), else None."""
+        if not isinstance(v, Mapping):
+            return None
+        try:
+            return {"n": int(v["n"]), "of": int(v["of"])}
+        except (KeyError, TypeError, ValueError):
+            return None
+
     clusters: list[dict[str, Any]] = []
     for name, cc in (result.clusters or {}).items():
         items = [
@@ -685,6 +694,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
                 "k": cc.k,
                 "eigengap": cc.eigengap,
                 "clusters": items,
+                "sample": _clusters_sample(cc.extra.get("clusters_sample")),
             }
         )
     risk_pos = {r["name"]: i for i, r in enumerate(rows)}
