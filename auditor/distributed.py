@@ -222,9 +222,18 @@ def check_compatible(
 
     Shards of a different split (another ``N``), config, model, annotations, settings or
     tool version are refused naming what differs; this shard's own completed record is
-    refused without ``--resume`` (a second job with the same index).
+    refused without ``--resume`` (a second job with the same index). Batches without any
+    shard record (records deleted, or copied in from elsewhere) are refused too: nothing says
+    which config made them, and they would be taken as this shard's finished work.
     """
-    for (i, n), rec in read_manifests(shards_dir).items():
+    records = read_manifests(shards_dir)
+    if not records and next(shards_dir.glob("part-*.parquet"), None) is not None:
+        raise AuditorInputError(
+            f"--out {shards_dir.parent} holds computed batches but no shard records "
+            f"(shards/shard-I-of-N.json): nothing says which config or model made them; use a "
+            f"new --out directory"
+        )
+    for (i, n), rec in records.items():
         if n != spec.count:
             raise AuditorInputError(
                 f"--out {shards_dir.parent} holds shards of a {n}-way split (shard {i}/{n}); "

@@ -264,3 +264,19 @@ def test_compare_refuses_a_run_compared_with_itself(
                  "--out", str(tmp_path / "cmp")])  # fmt: skip
     line = _one_line_error(capsys.readouterr().err)
     assert code == 2 and "same run directory" in line, line
+
+
+def test_batches_without_shard_records_are_not_taken_as_done(
+    sharded: dict[str, Path], tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: with the shard records deleted, shard jobs of ANOTHER config found every batch
+    "done", computed nothing, and finalize reported the old config's numbers as the new."""
+    run = _copy(sharded, tmp_path)
+    for rec in (run / "shards").glob("shard-*.json"):
+        rec.unlink()
+    other = small_config(tmp_path, demo_inputs, batch_size=6, gate=0.5, name="other.toml")
+    args = ["run", str(other), "--limit", "12", "--no-pdf", "--no-progress", "--out", str(run)]
+    capsys.readouterr()
+    assert main([*args, "--shard", "0/2"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "no shard records" in line, line
