@@ -58,7 +58,7 @@ from auditor.distributed import (
     restarted_by_torchrun,
     torchrun_env,
 )
-from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
+from auditor.errors import AuditorInputError, ConfigError, DataError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.format import slugify
 from auditor.modelstate import preserved_training_flags
@@ -273,7 +273,11 @@ class _BatchAuditor:
             }
             mixed, perm = mixed_random(images, masks, g)
             edited["mixed_rand"] = mixed
-            hm = batch.has_mask.numpy()
+            # an intervention needs both regions: an empty mask leaves "only the background"
+            # equal to the whole image (and "only the object" blank), a mask covering the whole
+            # image the reverse; their outcomes would read as background dependence (NaN)
+            area = batch.masks.flatten(1).float().mean(1).numpy()
+            hm = batch.has_mask.numpy() & (area > 0) & (area < 1)
             for key, x in edited.items():
                 p = self._forward_probs(x)
                 correct = (p.argmax(1) == labels).cpu().numpy().astype(float)
@@ -835,6 +839,16 @@ def _build_engine(
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"[model]/[audit]: {exc}") from exc
+    except Exception as exc:
+        # the dry forward that finds the target layer failed inside the model (an input size
+        # or channel count the model does not take): bad input, not a bug of ours
+        if not raised_by_model(exc, model):
+            raise
+        raise ModelRuntimeError(
+            f"[model]: the model fails on a probe input of shape {list(example.shape)} "
+            f"([data] input_size = {list(dataset.config.input_size)}, channels = {channels}): "
+            f"{_model_failure(exc)}"
+        ) from exc
 
 
 def _plan_batches(
@@ -858,6 +872,12 @@ def _plan_batches(
     store.shards.mkdir(parents=True, exist_ok=True)
     check_compatible(store.shards, spec, dict(fingerprints), resume=resume)
     done = store.completed_batches()
+    if resume:  # a truncated or corrupt batch of this shard is computed again (as documented)
+        for b in sorted(done):
+            problem = store.batch_problem(b) if spec.owns(b) else None
+            if problem:
+                log.warning("--resume: batch %d is recomputed: %s", b, problem)
+                done.discard(b)
     todo_batches = owned_todo(spec, n_batches, done)
     return todo_batches, len(spec.batches(n_batches)) - len(todo_batches)
 
@@ -1032,7 +1052,8 @@ def _finalize_locked(
 
     t0 = time.perf_counter()
     store = RunStore(root)
-    manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
+    manifests, n_shards = check_complete(store.shards, completed_batches=store.completed_batches())
+    _check_batches(store, n_shards)
     first = manifests[0]
     src = Path(config_path) if config_path is not None else first.get("config_path")
     if not src:
@@ -1083,6 +1104,21 @@ def _finalize_locked(
         render=render,
         command=command,
     )
+
+
+def _check_batches(store: RunStore, n_shards: int) -> None:
+    """Refuse (exit 2) a run directory with a truncated, overwritten or missing shard file,
+    naming it and the shard job to rerun: cheap checks (Parquet footers, CAM archive
+    directories, skip lists), so finalisation never fails half-way with an internal error or
+    silently drops a batch's skipped samples."""
+    for b in store.batch_numbers():
+        problem = store.batch_problem(b, deep=False)
+        if problem:
+            shard = f" --shard {b % n_shards}/{n_shards}" if n_shards > 1 else ""
+            raise DataError(
+                f"{store.root}: batch {b} cannot be finalised: {problem}; recompute it with "
+                f"`auditor run CONFIG --out DIR{shard} --resume`"
+            )
 
 
 def _sanity(
@@ -1681,4 +1717,5 @@ def _gpu_decode_decision(dataset: Any, dev: torch.device, indices: list[int]) ->
             max_pixels=cfg.max_image_pixels,
         )
     except ValueError as exc:
-        raise ConfigError(f"[data] gpu_decode: {exc}") from exc
+        msg = str(exc)
+        raise ConfigError(msg if "gpu_decode" in msg else f"[data] gpu_decode: {msg}") from exc
