@@ -296,7 +296,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             raise AuditorInputError(f"--limit must be >= 1, got {args.limit}")
         from auditor.distributed import parse_shard, torchrun_env
 
-        spec = parse_shard(args.shard) if args.shard else None
+        spec = parse_shard(args.shard) if args.shard is not None else None
         if spec is not None and torchrun_env() is not None:
             raise AuditorInputError(
                 "--shard cannot be combined with torchrun (the rank is the shard)"
@@ -349,6 +349,13 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
     if args.command == "compare":
         from auditor.compare import compare_runs
 
+        if args.run_a.is_dir() and args.run_b.is_dir() and args.run_a.samefile(args.run_b):
+            # a careless CI line (`compare runs/v1 runs/v1`) would pass every gate, forever
+            raise AuditorInputError(
+                f"RUN_A and RUN_B are the same run directory ({args.run_a}): a run compared "
+                f"with itself shows no change and passes every gate; pass the baseline run "
+                f"and the candidate run"
+            )
         result = compare_runs(
             args.run_a, args.run_b, out=args.out, config=args.config, pdf=not args.no_pdf
         )

@@ -37,8 +37,10 @@ from typing import Any
 
 from auditor.errors import AuditorInputError
 
-_SHARD_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d+)\s*$")
+_SHARD_RE = re.compile(r"^\s*([0-9]+)\s*/\s*([0-9]+)\s*$")  # ASCII digits only
 _MANIFEST_RE = re.compile(r"^shard-(\d+)-of-(\d+)\.json$")
+#: How many missing/unfinished shards a refusal names (then "and K more").
+_LISTED = 10
 #: How long ranks wait for each other (rank 0's finalisation of a large run takes minutes).
 BARRIER_TIMEOUT = timedelta(hours=6)
 
@@ -97,14 +99,22 @@ def torchrun_env(environ: Mapping[str, str] | None = None) -> ShardSpec | None:
     env = os.environ if environ is None else environ
     if "RANK" not in env or "WORLD_SIZE" not in env:
         return None
-    try:
-        rank, world = int(env["RANK"]), int(env["WORLD_SIZE"])
-        local = int(env.get("LOCAL_RANK", "0"))
-    except ValueError as exc:
+    values = {}
+    for key, default in (("RANK", None), ("WORLD_SIZE", None), ("LOCAL_RANK", "0")):
+        raw = env.get(key, default)
+        if raw is None or not re.fullmatch(r"\s*[0-9]+\s*", raw):
+            raise AuditorInputError(
+                f"torchrun environment: {key} must be a non-negative integer, got {raw!r} "
+                f"(RANK/WORLD_SIZE are set by torchrun; unset them to run one process)"
+            )
+        values[key] = int(raw)
+    rank, world = values["RANK"], values["WORLD_SIZE"]
+    if world < 1 or rank >= world:
         raise AuditorInputError(
-            f"torchrun environment: RANK/WORLD_SIZE/LOCAL_RANK must be integers ({exc})"
-        ) from exc
-    return ShardSpec(rank, world, "torchrun", local)
+            f"torchrun environment: RANK must be in [0, WORLD_SIZE), got RANK={rank} "
+            f"WORLD_SIZE={world}"
+        )
+    return ShardSpec(rank, world, "torchrun", values["LOCAL_RANK"])
 
 
 def restarted_by_torchrun(environ: Mapping[str, str] | None = None) -> bool:
@@ -123,6 +133,14 @@ def init_process_group(spec: ShardSpec, device_type: str) -> None:
     if spec.mode != "torchrun" or dist.is_initialized():
         return
     backend = "nccl" if device_type == "cuda" else "gloo"
+    env = os.environ
+    absent = [k for k in ("MASTER_ADDR", "MASTER_PORT") if not env.get(k)]
+    if absent:  # torch would raise a ValueError from inside its rendezvous (exit 4)
+        raise AuditorInputError(
+            f"torchrun environment: RANK={env.get('RANK')} WORLD_SIZE={env.get('WORLD_SIZE')} "
+            f"are set but {' and '.join(absent)} {'is' if len(absent) == 1 else 'are'} not: "
+            f"start the ranks with torchrun, or unset RANK/WORLD_SIZE to run one process"
+        )
     dist.init_process_group(backend=backend, timeout=BARRIER_TIMEOUT)
 
 
@@ -179,9 +197,15 @@ def read_manifests(shards_dir: Path) -> dict[tuple[int, int], dict[str, Any]]:
         if not m:
             continue
         try:
-            out[(int(m.group(1)), int(m.group(2)))] = json.loads(p.read_text("utf-8"))
+            rec = json.loads(p.read_text("utf-8"))
         except (OSError, ValueError) as exc:
             raise AuditorInputError(f"{p}: unreadable shard record ({exc})") from exc
+        if not isinstance(rec, dict) or not isinstance(rec.get("fingerprints", {}), dict):
+            raise AuditorInputError(
+                f"{p}: not a shard record (a JSON object with fingerprints expected, got "
+                f"{type(rec).__name__}); rerun that shard with --resume"
+            )
+        out[(int(m.group(1)), int(m.group(2)))] = rec
     return out
 
 
@@ -198,9 +222,18 @@ def check_compatible(
 
     Shards of a different split (another ``N``), config, model, annotations, settings or
     tool version are refused naming what differs; this shard's own completed record is
-    refused without ``--resume`` (a second job with the same index).
+    refused without ``--resume`` (a second job with the same index). Batches without any
+    shard record (records deleted, or copied in from elsewhere) are refused too: nothing says
+    which config made them, and they would be taken as this shard's finished work.
     """
-    for (i, n), rec in read_manifests(shards_dir).items():
+    records = read_manifests(shards_dir)
+    if not records and next(shards_dir.glob("part-*.parquet"), None) is not None:
+        raise AuditorInputError(
+            f"--out {shards_dir.parent} holds computed batches but no shard records "
+            f"(shards/shard-I-of-N.json): nothing says which config or model made them; use a "
+            f"new --out directory"
+        )
+    for (i, n), rec in records.items():
         if n != spec.count:
             raise AuditorInputError(
                 f"--out {shards_dir.parent} holds shards of a {n}-way split (shard {i}/{n}); "
@@ -242,16 +275,25 @@ def check_complete(
         )
     n = counts[0]
     ref = found[min(found)]
-    missing = [f"{i}/{n}" for i in range(n) if (i, n) not in found]
+    # N may be huge (a typo such as --shard 0/100000000): never enumerate range(N)
+    n_missing = n - len(found)
+    missing: list[str] = []
+    for i in range(n):
+        if len(missing) >= _LISTED or len(missing) >= n_missing:
+            break
+        if (i, n) not in found:
+            missing.append(f"{i}/{n}")
     incomplete = [
         f"{i}/{n}" for (i, _), r in sorted(found.items()) if r.get("status") != "complete"
     ]
     if missing or incomplete:
         parts = []
         if missing:
-            parts.append("missing shard(s) " + ", ".join(missing))
+            more = f" and {n_missing - len(missing):,} more" if n_missing > len(missing) else ""
+            parts.append("missing shard(s) " + ", ".join(missing) + more)
         if incomplete:
-            parts.append("unfinished shard(s) " + ", ".join(incomplete))
+            more = f" and {len(incomplete) - _LISTED} more" if len(incomplete) > _LISTED else ""
+            parts.append("unfinished shard(s) " + ", ".join(incomplete[:_LISTED]) + more)
         raise AuditorInputError(
             f"{shards_dir.parent}: cannot finalise: {'; '.join(parts)} "
             f"(run `auditor run CONFIG --out DIR --shard I/{n}` for each, --resume to continue)"

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
-from torch import nn
+if TYPE_CHECKING:  # imported when called: finalize/report never load torch
+    from torch import nn
 
 __all__ = ["preserved_training_flags"]
 
@@ -23,6 +25,8 @@ def preserved_training_flags(model: nn.Module, *, eval: bool = False) -> Iterato
     Raises:
         TypeError: ``model`` is not a :class:`torch.nn.Module`.
     """
+    from torch import nn
+
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
     flags = [(m, m.training) for m in model.modules()]

@@ -27,12 +27,14 @@ from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
+
+if TYPE_CHECKING:  # torch is imported where a model runs: finalize/report never load it
+    import torch
 
 from auditor._version import __version__
 from auditor.analysis import FindingRules, analyse, evaluate_gates
@@ -56,7 +58,7 @@ from auditor.distributed import (
     restarted_by_torchrun,
     torchrun_env,
 )
-from auditor.errors import AuditorInputError, ConfigError, ModelRuntimeError
+from auditor.errors import AuditorInputError, ConfigError, DataError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.format import slugify
 from auditor.modelstate import preserved_training_flags
@@ -179,6 +181,8 @@ class _BatchAuditor:
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
+        import torch
+
         self.model = model
         self.engine = engine
         self.s = settings
@@ -190,9 +194,13 @@ class _BatchAuditor:
 
     def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of an inference forward (on the engine's validated copy)."""
+        import torch
+
         return torch.softmax(self.engine.forward_logits(x, autocast=False), dim=1)
 
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
+        import torch
+
         from auditor.metrics import localisation_metrics
         from auditor.metrics.registry import registered_metrics, sample_metric_names
 
@@ -265,7 +273,11 @@ class _BatchAuditor:
             }
             mixed, perm = mixed_random(images, masks, g)
             edited["mixed_rand"] = mixed
-            hm = batch.has_mask.numpy()
+            # an intervention needs both regions: an empty mask leaves "only the background"
+            # equal to the whole image (and "only the object" blank), a mask covering the whole
+            # image the reverse; their outcomes would read as background dependence (NaN)
+            area = batch.masks.flatten(1).float().mean(1).numpy()
+            hm = batch.has_mask.numpy() & (area > 0) & (area < 1)
             for key, x in edited.items():
                 p = self._forward_probs(x)
                 correct = (p.argmax(1) == labels).cpu().numpy().astype(float)
@@ -357,6 +369,8 @@ full-resolution map; the stored one serves the gallery, clusters and ``load_run(
 def _stored_map(method: str, cam: torch.Tensor) -> torch.Tensor:
     """The map kept in the shard: layer-resolution maps as computed, input-resolution maps
     (``CamMethod.resolution == "input"``) area-pooled to :data:`STORED_INPUT_MAP_SIDE`."""
+    import torch
+
     from auditor.cam import METHODS
 
     h, w = int(cam.shape[-2]), int(cam.shape[-1])
@@ -373,6 +387,8 @@ def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
     model is made of (the engine may run a copy of the model, so types, not objects, are
     compared). Errors raised elsewhere (cam-auditor's own code) are bugs: not skipped.
     """
+    import torch
+
     types = {type(m) for m in model.modules()}
     tb = exc.__traceback__
     while tb is not None:
@@ -588,6 +604,8 @@ def _audit_locked(
     spec: ShardSpec,
     overrides: dict[str, Any] | None,
 ) -> AuditOutcome:
+    import torch
+
     s = settings or AuditSettings()
     started = datetime.now(timezone.utc)
     t0 = time.perf_counter()
@@ -760,6 +778,8 @@ def _audit_locked(
 
 def _setup_device(s: AuditSettings, spec: ShardSpec, resume: bool) -> tuple[torch.device, bool]:
     """The audit's device (one GPU per local rank under torchrun) and whether to resume."""
+    import torch
+
     check_device_available(s.device, "device")
     dev = torch.device(s.device)
     if spec.mode == "torchrun":
@@ -797,6 +817,8 @@ def _build_engine(
     dev: torch.device,
 ) -> Any:
     """The CAM engine of the audit (target layer auto-detected on a seeded probe batch)."""
+    import torch
+
     from auditor.cam import CamEngine
 
     channels = int(getattr(dataset.config, "channels", 3) or 3)
@@ -817,6 +839,16 @@ def _build_engine(
         )
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"[model]/[audit]: {exc}") from exc
+    except Exception as exc:
+        # the dry forward that finds the target layer failed inside the model (an input size
+        # or channel count the model does not take): bad input, not a bug of ours
+        if not raised_by_model(exc, model):
+            raise
+        raise ModelRuntimeError(
+            f"[model]: the model fails on a probe input of shape {list(example.shape)} "
+            f"([data] input_size = {list(dataset.config.input_size)}, channels = {channels}): "
+            f"{_model_failure(exc)}"
+        ) from exc
 
 
 def _plan_batches(
@@ -840,6 +872,12 @@ def _plan_batches(
     store.shards.mkdir(parents=True, exist_ok=True)
     check_compatible(store.shards, spec, dict(fingerprints), resume=resume)
     done = store.completed_batches()
+    if resume:  # a truncated or corrupt batch of this shard is computed again (as documented)
+        for b in sorted(done):
+            problem = store.batch_problem(b) if spec.owns(b) else None
+            if problem:
+                log.warning("--resume: batch %d is recomputed: %s", b, problem)
+                done.discard(b)
     todo_batches = owned_todo(spec, n_batches, done)
     return todo_batches, len(spec.batches(n_batches)) - len(todo_batches)
 
@@ -1014,7 +1052,8 @@ def _finalize_locked(
 
     t0 = time.perf_counter()
     store = RunStore(root)
-    manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
+    manifests, n_shards = check_complete(store.shards, completed_batches=store.completed_batches())
+    _check_batches(store, n_shards)
     first = manifests[0]
     src = Path(config_path) if config_path is not None else first.get("config_path")
     if not src:
@@ -1065,6 +1104,21 @@ def _finalize_locked(
         render=render,
         command=command,
     )
+
+
+def _check_batches(store: RunStore, n_shards: int) -> None:
+    """Refuse (exit 2) a run directory with a truncated, overwritten or missing shard file,
+    naming it and the shard job to rerun: cheap checks (Parquet footers, CAM archive
+    directories, skip lists), so finalisation never fails half-way with an internal error or
+    silently drops a batch's skipped samples."""
+    for b in store.batch_numbers():
+        problem = store.batch_problem(b, deep=False)
+        if problem:
+            shard = f" --shard {b % n_shards}/{n_shards}" if n_shards > 1 else ""
+            raise DataError(
+                f"{store.root}: batch {b} cannot be finalised: {problem}; recompute it with "
+                f"`auditor run CONFIG --out DIR{shard} --resume`"
+            )
 
 
 def _sanity(
@@ -1663,4 +1717,5 @@ def _gpu_decode_decision(dataset: Any, dev: torch.device, indices: list[int]) ->
             max_pixels=cfg.max_image_pixels,
         )
     except ValueError as exc:
-        raise ConfigError(f"[data] gpu_decode: {exc}") from exc
+        msg = str(exc)
+        raise ConfigError(msg if "gpu_decode" in msg else f"[data] gpu_decode: {msg}") from exc

@@ -84,9 +84,9 @@ SAMPLE_COLUMNS: tuple[SampleColumn, ...] = (
             pa.float64(),
             f"{k} intervention: "
             + (
-                "1/0, NaN where not run"
+                "1/0, NaN where not run (no mask, or a mask empty or covering the image)"
                 if v == "correct"
-                else "target-class probability, NaN where not run"
+                else "target-class probability, NaN where not run (as above)"
             ),
             "interventions",
         )
@@ -96,7 +96,7 @@ SAMPLE_COLUMNS: tuple[SampleColumn, ...] = (
     SampleColumn(
         "only_bg_pred",
         pa.int64(),
-        "class the background alone is predicted as; -1 where not run",
+        "class the background alone is predicted as; -1 where not run (as above)",
         "interventions",
     ),
     SampleColumn(
@@ -709,8 +709,16 @@ class RunStore:
             done.add(b)
         return done
 
-    def batch_problem(self, batch_no: int) -> str | None:
-        """Why the stored batch ``batch_no`` cannot be used, or ``None`` when it is intact."""
+    def batch_problem(self, batch_no: int, *, deep: bool = True) -> str | None:
+        """Why the stored batch ``batch_no`` cannot be used, or ``None`` when it is intact.
+
+        ``deep`` reads every CAM array (``--resume``); without it only the Parquet footer,
+        the CAM archive's directory (where a truncated or overwritten file fails) and the
+        skip list are read: the check ``auditor finalize`` runs on every batch before it
+        aggregates, cheap at a million samples.
+        """
+        import zipfile
+
         part = self.shards / f"part-{batch_no:05d}.parquet"
         cams = self.shards / f"cams-{batch_no:05d}.npz"
         skipped = self.shards / f"skipped-{batch_no:05d}.json"
@@ -719,9 +727,15 @@ class RunStore:
         except Exception as exc:  # noqa: BLE001 - pyarrow raises several types on bad files
             return f"{part.name} is unreadable ({type(exc).__name__}: {str(exc)[:120]})"
         try:
-            with np.load(cams, allow_pickle=False) as z:
-                for key in z.files:
-                    z[key]
+            if deep:
+                with np.load(cams, allow_pickle=False) as z:
+                    for key in z.files:
+                        z[key]
+            else:
+                with zipfile.ZipFile(cams) as zf:
+                    names = set(zf.namelist())
+                if not {"ids.npy", "indices.npy"} <= names:
+                    return f"{cams.name} lacks its ids/indices arrays"
         except Exception as exc:  # noqa: BLE001 - zipfile/numpy errors of many types
             return f"{cams.name} is missing or unreadable ({type(exc).__name__})"
         try:
@@ -772,20 +786,36 @@ class RunStore:
         return table.sort_by([("index", "ascending"), ("method", "ascending")])
 
     def read_skipped(self) -> list[dict[str, Any]]:
+        """The skip lists of every completed batch (a missing or unreadable one is a
+        :class:`DataError`: dropping it would under-count the skipped samples)."""
         out: list[dict[str, Any]] = []
         for b in self.batch_numbers():
             p = self.shards / f"skipped-{b:05d}.json"
-            if p.is_file():
-                out.extend(json.loads(p.read_text("utf-8")))
+            try:
+                items = json.loads(p.read_text("utf-8"))
+            except (OSError, ValueError) as exc:
+                raise DataError(_unreadable(p, exc)) from exc
+            if not isinstance(items, list):
+                raise DataError(_unreadable(p, TypeError("not a list")))
+            out.extend(items)
         return out
 
     def iter_cams(self, method: str) -> Iterable[tuple[np.ndarray, np.ndarray]]:
         """Yield (indices, cams [B, h, w] float32) per completed batch for ``method``."""
         for b in self.batch_numbers():
-            with np.load(self.shards / f"cams-{b:05d}.npz", allow_pickle=False) as z:
-                key = f"cam__{method}"
-                if key in z.files and len(z["indices"]):
-                    yield z["indices"], z[key].astype(np.float32)
+            path = self.shards / f"cams-{b:05d}.npz"
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    key = f"cam__{method}"
+                    got = (
+                        (z["indices"], z[key].astype(np.float32))
+                        if key in z.files and len(z["indices"])
+                        else None
+                    )
+            except Exception as exc:  # noqa: BLE001 - zipfile/numpy errors of many types
+                raise DataError(_unreadable(path, exc)) from exc
+            if got is not None:
+                yield got
 
     def load_cams(self, method: str, wanted: Iterable[int] | None = None) -> dict[int, np.ndarray]:
         """Low-resolution CAMs of the samples ``wanted`` (dataset indices; ``None`` = all)."""
@@ -801,6 +831,14 @@ class RunStore:
         path = self.root / "samples.parquet"
         atomic_write_table(path, table)
         return path
+
+
+def _unreadable(path: Path, exc: BaseException) -> str:
+    """The one-line refusal for a shard file that cannot be read (names it and the fix)."""
+    return (
+        f"run directory shard {path} is missing or unreadable ({type(exc).__name__}); rerun "
+        f"the job that wrote it with --resume to recompute the batch"
+    )
 
 
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:

@@ -151,3 +151,37 @@ def test_report_figures_draw_and_validate():
     assert _png_size(F.method_agreement(["g", "c"], [[1.0, 0.5], [0.5, None]]))[0] > 0
     with pytest.raises(ValueError, match=r"`spearman` must have shape \[2, 2\]"):
         F.method_agreement(["g", "c"], [[1.0]])
+
+
+def _pixels(data: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+
+
+def test_gallery_overlay_is_the_jet_blend_and_the_outline_is_drawn():
+    # raster panels (issue 14): the overlay is 0.5 * jet(cam / max) + 0.5 * image, the mask's
+    # outline is drawn in #39ff14 on the middle panel only when the mask is partial
+    img = np.full((32, 32, 3), 128, np.uint8)
+    mask = np.zeros((32, 32), bool)
+    mask[8:24, 8:24] = True
+    png = F.gallery_panel(img, mask, np.ones((4, 4)), title="t")
+    px = _pixels(png)
+    lut = F._jet_lut()
+    assert lut.shape == (256, 3) and tuple(lut[255]) == (128, 0, 0)  # matplotlib's jet at 1
+    want = np.round(0.5 * lut[255].astype(float) + 0.5 * 128).astype(np.uint8)
+    right = px[:, 600:]
+    assert (right == want).all(-1).sum() > 0.8 * 250 * 250
+    green = (px == (0x39, 0xFF, 0x14)).all(-1)
+    assert 300 <= np.flatnonzero(green.any(0)).mean() <= 600 and green.sum() > 500
+    assert (
+        not (_pixels(F.gallery_panel(img, None, np.ones((4, 4)))) == (0x39, 0xFF, 0x14))
+        .all(-1)
+        .any()
+    )
+
+
+def test_cluster_panel_size_follows_the_number_of_exemplars():
+    img, _ = _image(32, 32)
+    for k in (0, 1, 4):
+        data = F.cluster_panel(np.eye(4), [(img, np.eye(3))] * k, title="c")
+        assert _png_size(data) == (round(max(3.0, 2.2 * (1 + k)) * 100), 260)
+        assert data == F.cluster_panel(np.eye(4), [(img, np.eye(3))] * k, title="c")

@@ -127,7 +127,17 @@ def choose_aggregation(setting: str, n_rows: int, n_methods: int) -> str:
 
 def count_rows(shards: Path, batches: Sequence[int]) -> int:
     """Rows of the completed row shards, from their Parquet footers (no data read)."""
-    return sum(pq.read_metadata(shards / f"part-{b:05d}.parquet").num_rows for b in batches)
+    total = 0
+    for b in batches:
+        path = shards / f"part-{b:05d}.parquet"
+        try:
+            total += pq.read_metadata(path).num_rows
+        except Exception as exc:  # noqa: BLE001 - pyarrow raises several types
+            raise DataError(
+                f"run directory shard {path} is unreadable ({type(exc).__name__}); rerun the "
+                f"job that wrote it with --resume to recompute the batch"
+            ) from exc
+    return total
 
 
 def _read(path: Path, columns: Sequence[str] | None, schema: pa.Schema) -> pa.Table:
@@ -426,11 +436,18 @@ class StreamedRun:
         for b in sorted(group):
             path = self.store.shards / f"cams-{b:05d}.npz"
             key = f"cam__{self.primary}"
-            with np.load(path, allow_pickle=False) as z:
-                if key not in z.files or not len(z["indices"]):
-                    continue
-                got_i.append(np.asarray(z["indices"], np.int64))
-                got_c.append(np.asarray(z[key], np.float16))
+            try:
+                with np.load(path, allow_pickle=False) as z:
+                    if key not in z.files or not len(z["indices"]):
+                        continue
+                    got_i.append(np.asarray(z["indices"], np.int64))
+                    got_c.append(np.asarray(z[key], np.float16))
+            except Exception as exc:  # noqa: BLE001 - zipfile/numpy errors of many types
+                raise DataError(
+                    f"run directory shard {path} is missing or unreadable "
+                    f"({type(exc).__name__}); rerun the job that wrote it with --resume to "
+                    f"recompute the batch"
+                ) from exc
         if not got_i:
             return
         ci = np.concatenate(got_i)

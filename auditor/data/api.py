@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from PIL import Image
 
 from auditor.data.base import FileDataset, Record, canonical_sha256, default_classes
@@ -65,6 +64,8 @@ def open_dataset(config: DataConfig) -> EvalDataset:
 
 def _to_pil_rgb(image: Any) -> tuple[Image.Image, bytes]:
     """Image from a torch dataset -> (RGB PIL image, canonical bytes for hashing)."""
+    import torch
+
     if isinstance(image, Image.Image):
         pil = image.convert("RGB") if image.mode != "RGB" else image
     else:
@@ -97,6 +98,8 @@ def _to_pil_rgb(image: Any) -> tuple[Image.Image, bytes]:
 
 
 def _to_mask_values(mask: Any) -> np.ndarray:
+    import torch
+
     if isinstance(mask, Image.Image):
         return np.asarray(mask.convert("L") if mask.mode not in ("L", "1", "P") else mask)
     if isinstance(mask, torch.Tensor):
@@ -145,6 +148,8 @@ class TorchEvalDataset:
     def _prepare(
         self, index: int
     ) -> tuple[int, np.ndarray, np.ndarray | None, str, str | None, tuple[str, ...]]:
+        import torch
+
         sid = self.sample_id(index)
         try:
             item = self.dataset[index]
@@ -194,6 +199,8 @@ class TorchEvalDataset:
         return label_index, display, mask_out, sha256_bytes(raw), mask_sha, tuple(notes)
 
     def load(self, index: int) -> EvalSample:
+        import torch
+
         label, display, mask, image_sha, mask_sha, notes = self._prepare(index)
         return EvalSample(
             id=str(index),

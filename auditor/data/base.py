@@ -12,20 +12,13 @@ import json
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import torch
 
 from auditor.data.config import DataConfig
-from auditor.data.gpu_decode import (
-    decode_jpeg_rgb,
-    gpu_decodable,
-    normalise_tensor,
-    resize_tensor,
-)
 from auditor.data.images import (
     BadSample,
     binary_from_values,
@@ -39,6 +32,18 @@ from auditor.data.safety import safe_join
 from auditor.data.sample import EvalSample
 from auditor.data.transforms import normalise, rasterise_boxes, resize_image, resize_mask
 from auditor.errors import SampleSkipped, UnsafePathError
+
+if TYPE_CHECKING:  # torch is imported where tensors are made: finalize never loads it
+    import torch
+
+
+def _is_tensor(value: object) -> bool:
+    """``isinstance(value, torch.Tensor)`` without importing torch (no tensor exists before
+    torch is imported)."""
+    import sys
+
+    torch_mod = sys.modules.get("torch")
+    return torch_mod is not None and isinstance(value, torch_mod.Tensor)
 
 __all__ = [
     "Annotation",
@@ -459,11 +464,14 @@ class FileDataset:
             raise BadSample(f"{exc} (image)") from exc
         data = read_bytes(path, "image", cfg.max_file_bytes)
         on_device: torch.Tensor | None = None
-        if self.decode_device is not None and gpu_decodable(data, cfg.max_image_pixels):
-            try:
-                on_device = decode_jpeg_rgb(data, self.decode_device)
-            except RuntimeError:
-                on_device = None  # the CPU path decodes it (and names a corrupt file)
+        if self.decode_device is not None:
+            from auditor.data.gpu_decode import decode_jpeg_rgb, gpu_decodable
+
+            if gpu_decodable(data, cfg.max_image_pixels):
+                try:
+                    on_device = decode_jpeg_rgb(data, self.decode_device)
+                except RuntimeError:
+                    on_device = None  # the CPU path decodes it (and names a corrupt file)
         decoded: Any
         if on_device is not None:
             decoded = _DeviceDecoded(sha256_bytes(data), (on_device.shape[2], on_device.shape[1]))
@@ -495,6 +503,8 @@ class FileDataset:
             mask = resize_mask(raw, cfg.input_size, cfg.resize)
         display: np.ndarray | torch.Tensor
         if on_device is not None:  # same source_box and filter as resize_image
+            from auditor.data.gpu_decode import resize_tensor
+
             display = resize_tensor(on_device, cfg.input_size, cfg.resize)
         else:
             display = resize_image(decoded.image, cfg.input_size, cfg.resize)
@@ -506,8 +516,12 @@ class FileDataset:
         Raises:
             SampleSkipped: bad data (reason in the exception).
         """
+        import torch
+
         prepared = self._prepare(index)
         if isinstance(prepared.display, torch.Tensor):
+            from auditor.data.gpu_decode import normalise_tensor
+
             image = normalise_tensor(prepared.display, self.config.mean, self.config.std)
         else:
             image = normalise(prepared.display, self.config.mean, self.config.std)
@@ -538,8 +552,8 @@ class FileDataset:
     def load_display(self, index: int) -> tuple[np.ndarray, np.ndarray | None]:
         """uint8 ``[H, W, 3]`` image (geometry of ``load``, not normalised) and bool mask."""
         prepared = self._prepare(index)
-        display = prepared.display
-        if isinstance(display, torch.Tensor):
+        display: Any = prepared.display
+        if _is_tensor(display):
             display = display.permute(1, 2, 0).cpu().numpy()
         return display, prepared.mask
 

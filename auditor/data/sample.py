@@ -6,9 +6,10 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
 
 import numpy as np
-from torch import Tensor
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # annotations only: finalize never loads torch
+    from torch import Tensor
+
     from auditor.data.config import DataConfig
 
 __all__ = ["EvalDataset", "EvalSample"]

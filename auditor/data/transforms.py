@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 from PIL import Image
-from torch import Tensor
+
+if TYPE_CHECKING:  # imported where tensors are made: finalize never loads torch
+    from torch import Tensor
 
 __all__ = [
     "RESIZE_MODES",
@@ -89,6 +91,8 @@ def normalise(image: np.ndarray, mean: Sequence[float], std: Sequence[float]) ->
     luma ``L = (299 R + 587 G + 114 B) / 1000`` (ITU-R 601, PIL's ``"L"`` conversion; exact
     for grey images, whose three channels are equal).
     """
+    import torch
+
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"`image` must be uint8 [H, W, 3], got {image.dtype} {tuple(image.shape)}")
     if len(mean) != len(std) or len(mean) not in (1, 3):

@@ -1,0 +1,56 @@
+"""Reading a run's dataset and clustering its maps never import torch (issue 14).
+
+``import torch`` costs ~650 MB of resident memory, a third of the 2 GiB finalisation budget.
+The runner and the dataset readers import it only where a model or a tensor is made; SpRAy
+pools maps in numpy. Checked in a fresh interpreter (this test process has torch loaded).
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[1]
+
+_PROBE = r"""
+import sys
+import numpy as np
+import auditor.runner  # noqa: F401
+from auditor.config import load_config
+from auditor.data import open_dataset
+from auditor.metrics.subgroups import analyse_class
+
+ds = open_dataset(load_config(sys.argv[1]).data)
+image, mask = ds.load_display(0)
+assert image.dtype == np.uint8 and image.shape == (32, 32, 3), image.shape
+assert mask is not None and mask.sum() == 16 * 16
+maps = np.random.default_rng(0).random((700, 20, 20))  # ARPACK path, pooled to 16 x 16
+res = analyse_class(maps, {}, n_classes=2, border_chance_share=0.36, n_boot=200)
+assert res.labels.size == 700
+print("torch" in sys.modules)
+"""
+
+
+def test_dataset_reading_and_spray_do_not_import_torch(tmp_path: Path) -> None:
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(img).save(tmp_path / "a.png")
+    (tmp_path / "m.csv").write_text("image,label,x0,y0,x1,y1\na.png,cat,8,8,24,24\n")
+    (tmp_path / "c.toml").write_text(
+        '[model]\nfactory = "auditor.demo:build_model"\n'
+        '[data]\nmanifest = "m.csv"\nclasses = ["cat", "dog"]\ninput_size = 32\n'
+    )
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", _PROBE, str(tmp_path / "c.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
