@@ -1033,7 +1033,13 @@ def finalize_run(
     """
     root = Path(run_dir)
     if not root.is_dir():
-        raise AuditorInputError(f"RUN_DIR {root}: no such directory")
+        what = "not a directory" if root.exists() else "no such directory"
+        raise AuditorInputError(f"RUN_DIR {root}: {what}")
+    if not (root / "shards").is_dir():  # before the lock, which would leave locks/ behind
+        raise AuditorInputError(
+            f"RUN_DIR {root}: no shards/ folder (not a run directory, or no shard job has "
+            f"started yet)"
+        )
     with RunLock(root, command=command):
         sweep_temp_files(root)
         return _finalize_locked(root, config_path, pdf, render, command, aggregation)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -120,3 +121,19 @@ def test_max_maps_at_or_above_the_class_size_changes_nothing() -> None:
     assert a.eigengap == b.eigengap and a.stability == b.stability
     with pytest.raises(ValueError, match="max_maps"):
         spray_clusters(maps, max_maps=2)
+
+
+def test_report_says_a_sampled_class_was_clustered_on_n_of_n_maps(tmp_path: Path) -> None:
+    from auditor.report import render_html
+    from tests.report_fixtures import make_run_dir
+
+    run = make_run_dir(tmp_path / "run")
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["clusters"]
+    plain = render_html(run).read_text()
+    assert "maps, the rest assigned" not in plain  # whole classes: the heading they had
+    name = next(iter(summary["clusters"]))
+    summary["clusters"][name]["clusters_sample"] = {"n": 5000, "of": 100000, "rule": "sample"}
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = render_html(run).read_text()
+    assert re.search(r"clustered 5\D?000 of 100\D?000 maps, the rest assigned", text), name

@@ -280,3 +280,18 @@ def test_batches_without_shard_records_are_not_taken_as_done(
     assert main([*args, "--shard", "0/2"]) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert "no shard records" in line, line
+
+
+def test_finalize_of_a_folder_that_is_no_run_leaves_it_untouched(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: refused, but only after creating locks/ in the user's folder."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    (folder / "cat.png").write_bytes(b"x")
+    capsys.readouterr()
+    assert main(["finalize", str(folder)]) == 2
+    assert "not a run directory" in _one_line_error(capsys.readouterr().err)
+    assert sorted(p.name for p in folder.iterdir()) == ["cat.png"]
+    assert main(["finalize", str(folder / "cat.png")]) == 2
+    assert "not a directory" in _one_line_error(capsys.readouterr().err)
