@@ -337,3 +337,17 @@ def test_finalize_of_a_folder_that_is_no_run_leaves_it_untouched(
     assert sorted(p.name for p in folder.iterdir()) == ["cat.png"]
     assert main(["finalize", str(folder / "cat.png")]) == 2
     assert "not a directory" in _one_line_error(capsys.readouterr().err)
+
+
+def test_finalize_refuses_batches_the_shards_do_not_cover(
+    sharded: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: a part file beyond the shards' batch count (copied in from a larger run) was
+    aggregated with the rest, silently."""
+    run = _copy(sharded, tmp_path)
+    for kind, ext in (("part", "parquet"), ("cams", "npz"), ("skipped", "json")):
+        shutil.copy(run / "shards" / f"{kind}-00001.{ext}", run / "shards" / f"{kind}-00007.{ext}")
+    capsys.readouterr()
+    assert main(["finalize", str(run), "--no-pdf"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "part-00007.parquet" in line, line
