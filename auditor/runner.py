@@ -1083,6 +1083,8 @@ def _finalize_locked(
             f"pass --config CONFIG.toml"
         )
     if not Path(src).is_file():
+        if config_path is not None:
+            raise AuditorInputError(f"--config {src}: no such config file")
         raise AuditorInputError(
             f"config {src} (recorded by the shards) is not there any more: pass --config"
         )

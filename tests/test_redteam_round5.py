@@ -351,3 +351,15 @@ def test_finalize_refuses_batches_the_shards_do_not_cover(
     assert main(["finalize", str(run), "--no-pdf"]) == 2
     line = _one_line_error(capsys.readouterr().err)
     assert "part-00007.parquet" in line, line
+
+
+def test_finalize_names_a_missing_config_given_with_config(
+    sharded: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: "(recorded by the shards) is not there any more: pass --config" for a --config
+    the user did pass."""
+    run = _copy(sharded, tmp_path)
+    capsys.readouterr()
+    assert main(["finalize", str(run), "--config", str(tmp_path / "nope.toml")]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "--config" in line and "nope.toml" in line and "recorded" not in line, line
