@@ -319,6 +319,14 @@ def check_complete(
             f"from shard(s) {', '.join(f'{i}/{n}' for i in owners)} marked complete; rerun "
             f"them with --resume"
         )
+    n_batches = int(ref.get("n_batches", 0))
+    extra = sorted(b for b in completed_batches if b >= n_batches)
+    if extra:  # not from these shards (copied in): they would be aggregated with the rest
+        raise AuditorInputError(
+            f"{shards_dir.parent}: {len(extra)} batch(es) beyond the {n_batches} these shards "
+            f"cover (e.g. shards/part-{extra[0]:05d}.parquet): not made by them; remove them "
+            f"or use a new --out directory"
+        )
     return [found[(i, n)] for i in range(n)], n
 
 

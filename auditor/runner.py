@@ -399,6 +399,19 @@ def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
     return False
 
 
+def _raised_by_reshape(exc: BaseException) -> bool:
+    """Whether ``exc`` came from a configured :class:`auditor.cam.layers.Reshape` (a
+    ``[model] reshape`` whose grid or prefix tokens do not fit the target layer: bad input)."""
+    from auditor.cam.layers import Reshape
+
+    tb = exc.__traceback__
+    while tb is not None:
+        if isinstance(tb.tb_frame.f_locals.get("self"), Reshape):
+            return isinstance(exc, ValueError)
+        tb = tb.tb_next
+    return False
+
+
 def _model_failure(exc: BaseException) -> str:
     text = " ".join(str(exc).split())
     return f"{type(exc).__name__}: {text[:200]}" if text else type(exc).__name__
@@ -963,6 +976,8 @@ def _audit_batches(
                 try:
                     rows, cams = worker.process(batch, batch_no)
                 except Exception as exc:  # noqa: BLE001 - only the model's own errors
+                    if _raised_by_reshape(exc):  # [model] reshape does not fit the layer
+                        raise ConfigError(f"[model] reshape: {_model_failure(exc)}") from exc
                     if not raised_by_model(exc, model):
                         raise
                     failures.append(_model_failure(exc))

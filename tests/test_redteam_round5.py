@@ -227,6 +227,48 @@ sanity_check = false
     assert "input_size" in line and "224" in line, line
 
 
+@pytest.mark.parametrize(
+    "reshape",
+    [
+        '{kind = "tokens", prefix_tokens = 1, grid = [5, 5]}',
+        '{kind = "tokens", prefix_tokens = 0, grid = [4, 4]}',
+        '"swin"',
+    ],
+)
+def test_reshape_that_does_not_fit_the_layer_is_bad_input(
+    demo_inputs: Path, tmp_path: Path, reshape: str
+) -> None:
+    """Was: exit 4 (ValueError from the reshape inside the first batch)."""
+    pytest.importorskip("timm")
+    cfg = tmp_path / "vit.toml"
+    cfg.write_text(
+        f"""
+[model]
+timm = "vit_tiny_patch16_224"
+random_weights = true
+num_classes = 4
+target_layer = "blocks.11"
+kwargs = {{img_size = 64}}
+reshape = {reshape}
+
+[data]
+manifest = "{demo_inputs.parent / "data" / "manifest.csv"}"
+classes = ["circle", "square", "triangle", "cross"]
+input_size = 64
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+
+[audit]
+methods = ["gradcam"]
+sanity_check = false
+"""
+    )
+    res = _cli("run", str(cfg), "--limit", "4", "--no-pdf", "--out", str(tmp_path / "o"))
+    line = _one_line_error(res)
+    assert res.returncode == 2, line
+    assert "[model] reshape" in line, line
+
+
 def test_empty_and_whole_image_masks_run_no_intervention(demo_inputs: Path, tmp_path: Path) -> None:
     """Was: an empty mask made "only the background" the whole image, so the model "predicted
     the class from the background alone" (a high-severity background_sufficiency finding)."""
@@ -295,3 +337,17 @@ def test_finalize_of_a_folder_that_is_no_run_leaves_it_untouched(
     assert sorted(p.name for p in folder.iterdir()) == ["cat.png"]
     assert main(["finalize", str(folder / "cat.png")]) == 2
     assert "not a directory" in _one_line_error(capsys.readouterr().err)
+
+
+def test_finalize_refuses_batches_the_shards_do_not_cover(
+    sharded: dict[str, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Was: a part file beyond the shards' batch count (copied in from a larger run) was
+    aggregated with the rest, silently."""
+    run = _copy(sharded, tmp_path)
+    for kind, ext in (("part", "parquet"), ("cams", "npz"), ("skipped", "json")):
+        shutil.copy(run / "shards" / f"{kind}-00001.{ext}", run / "shards" / f"{kind}-00007.{ext}")
+    capsys.readouterr()
+    assert main(["finalize", str(run), "--no-pdf"]) == 2
+    line = _one_line_error(capsys.readouterr().err)
+    assert "part-00007.parquet" in line, line
