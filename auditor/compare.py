@@ -109,6 +109,9 @@ DERIVED_QUANTITIES: Mapping[str, tuple[str, str]] = {
 }
 #: What decides a class's verdict (primary methods).
 VERDICT_QUANTITIES = ("background_focus", "accuracy")
+#: How an interval from the streamed keyed Poisson bootstrap is named in comparison.json.
+POISSON_INTERVAL = "poisson bootstrap keyed by dataset index (BCa, percentile fallback)"
+
 #: Pairs (per compared method) from which the *overall* intervals use the streamed Poisson
 #: bootstrap (:class:`auditor.streaming.PoissonBootstrap`, keyed by dataset index) instead of
 #: the exact multinomial one; per-class intervals stay exact (a class is a small share).
@@ -487,6 +490,9 @@ class _Paired:
     class_counts: np.ndarray | None = None
     #: the primary comparison's candidate moved samples (:func:`_moved_candidates`)
     moved: dict[str, Any] | None = None
+    #: classes whose intervals come from the keyed Poisson bootstrap (more than a chunk of
+    #: pairs on the streamed path); every other class's intervals are the exact ones
+    poisson_classes: set[int] = field(default_factory=set)
 
 
 def _compare_methods(
@@ -827,6 +833,8 @@ def _block_json(p: _Paired, classes: Sequence[str]) -> dict[str, Any]:
                 "index": ci,
                 "n": 0 if counts is None else int(counts[ci]),
                 "metrics": p.classes[ci],
+                # additive, only where it applies: this class's intervals are Monte-Carlo
+                **({"interval": POISSON_INTERVAL} if ci in p.poisson_classes else {}),
             }
             for ci, name in enumerate(classes)
         },
@@ -1233,11 +1241,7 @@ def _comparison_json(
             "test": "wilcoxon signed-rank (zsplit); accuracies: McNemar exact",
             "top_n": top_n,
             "stream_min_pairs": int(stream_min_pairs),
-            "overall_interval": (
-                "poisson bootstrap keyed by dataset index (BCa, percentile fallback)"
-                if streamed
-                else "exact"
-            ),
+            "overall_interval": POISSON_INTERVAL if streamed else "exact",
         },
         "primary": _block_json(prim, classes),
         "methods": {m: _block_json(p, classes) for m, p in others.items()},

@@ -797,6 +797,7 @@ def _big_class(
             yield {q: _diff(ta, tb, q) for q in qs}
 
     tests = _tests(diffs, {q: int(sums[q].n[c]) for q in cont}, chunk)
+    res.poisson_classes.add(c)
     n_c = int(res.class_counts[c]) if res.class_counts is not None else 0
     for q in quantities:
         s = sums[q]

@@ -170,14 +170,33 @@ def test_streamed_statistics_agree_with_the_in_memory_ones(runs: tuple[Path, Pat
     small = compare_runs(  # every class below the chunk: per-class statistics exact
         ra, rb, out=base / "s1", render=False, n_boot=400, stream_min_pairs=0, chunk_pairs=256
     ).comparison
-    big = compare_runs(  # every class above the chunk
+    big_result = compare_runs(  # every class above the chunk
         ra, rb, out=base / "s2", render=False, n_boot=400, stream_min_pairs=0, chunk_pairs=64
-    ).comparison
+    )
+    big = big_result.comparison
+    from auditor.report.compare import build_compare_context
+
+    caption = build_compare_context(big_result, base / "s2")["figures"][0]["caption"]
+    n_big = sum(1 for e in big["primary"]["classes"].values() if e["n"] > 64)
+    assert n_big and f"Intervals of {n_big} of " in caption and "Poisson" in caption
+    ref_caption = build_compare_context(
+        compare_runs(ra, rb, out=base / "ref3", render=False, n_boot=50, stream_min_pairs=_NEVER),
+        base / "ref3",
+    )["figures"][0]["caption"]
+    assert "Poisson" not in ref_caption
     for got in (small, big):
         assert got["settings"]["overall_interval"].startswith("poisson bootstrap")
+        for block in [got["primary"], *got["methods"].values()]:
+            for c, entry in block["classes"].items():
+                # a class's intervals are marked Monte-Carlo exactly when they are
+                if got is big and entry["n"] > 64:
+                    assert entry["interval"].startswith("poisson bootstrap"), c
+                else:
+                    assert "interval" not in entry, c
         assert got["pairing"] == ref["pairing"] and got["moved"] == ref["moved"]
         for key in ("class_order", "regressed", "improved"):
             assert got[key] == ref[key] or key != "class_order", key
+    assert not any("interval" in e for e in ref["primary"]["classes"].values())
     _close(ref["primary"]["classes"], small["primary"]["classes"])
     _close(ref["methods"], {m: {**v, "overall": ref["methods"][m]["overall"]}
                             for m, v in small["methods"].items()})  # fmt: skip

@@ -327,13 +327,21 @@ def build_compare_context(
             if len(with_bf) < len(rows)
             else ""
         )
+        n_poisson = sum(1 for e in c["primary"]["classes"].values() if "interval" in e)
+        streamed_note = (
+            f" Intervals of {n_poisson} of {len(rows)} classes (more pairs than one chunk) "
+            "come from a Poisson bootstrap keyed by dataset index (Monte-Carlo), the others "
+            "are exact."
+            if n_poisson
+            else ""
+        )
         figures.append(
             {
                 "id": "fig-focus",
                 "title": "Background focus per class, A vs B",
                 "caption": "Left: mean background focus of each run with its bootstrap "
                 "interval over the paired samples. Right: the paired difference B − A with its "
-                "paired bootstrap interval (red: more background)." + cut,
+                "paired bootstrap interval (red: more background)." + cut + streamed_note,
                 "alt": "Interval plots of background focus per class for both runs and their "
                 "paired difference.",
                 "uri": png_uri(png),
