@@ -695,6 +695,26 @@ def test_fullgrad_refuses_models_it_cannot_explain() -> None:
     with pytest.raises(ValueError, match="running statistics"):
         CamEngine(stats_free, "1", ("fullgrad",))
 
+    # convolutional, but with normalisation biases FullGrad's conv/BN sum leaves out
+    from torchvision.models import resnet18
+
+    gn = resnet18(num_classes=3, norm_layer=lambda c: nn.GroupNorm(2, c))
+    with pytest.raises(ValueError, match="GroupNorm/InstanceNorm layers \\(bn1, "):
+        CamEngine(gn, "layer4", ("fullgrad",))
+    CamEngine(gn, "layer4", ("gradcam",))  # the other methods still apply
+    import timm
+
+    convnext = timm.create_model("convnext_atto", pretrained=False, num_classes=3)
+    with pytest.raises(ValueError, match="fullgrad.*LayerNorm"):
+        compute_cams(convnext, torch.randn(1, 3, 64, 64), [0], methods=("fullgrad",))
+    # without affine parameters there is no bias to miss: still accepted
+    no_affine = nn.Sequential(
+        nn.Conv2d(3, 4, 3), nn.GroupNorm(2, 4, affine=False), nn.ReLU(), nn.Flatten(),
+        nn.LazyLinear(2),
+    )  # fmt: skip
+    no_affine(torch.randn(1, 3, 8, 8))
+    CamEngine(no_affine, "2", ("fullgrad",))
+
 
 def test_fullgrad_pass_runs_only_when_requested(monkeypatch: pytest.MonkeyPatch) -> None:
     from auditor.cam import fullgrad as fullgrad_module

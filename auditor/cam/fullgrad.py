@@ -93,6 +93,11 @@ def _is_patch_embedding(module: nn.Module) -> bool:
     return kernel == stride and max(kernel) > 1
 
 
+#: Normalisation layers whose affine bias acts on the feature maps but that FullGrad's
+#: conv/BatchNorm decomposition (Srinivas & Fleuret 2019, eq. 3-4) does not sum: refused.
+_SPATIAL_NORMS = (nn.LayerNorm, nn.GroupNorm, nn.InstanceNorm1d, nn.InstanceNorm2d)
+
+
 def check_fullgrad_model(
     model: nn.Module, token_layer: bool = False
 ) -> list[tuple[str, nn.Module]]:
@@ -104,7 +109,9 @@ def check_fullgrad_model(
         conv/BatchNorm decomposition does not cover, so a map from its patch-embedding convolution
         alone would look plausible without being the method; a model whose only biased conv/BN
         layers are patch embeddings (stride == kernel size) and that has LayerNorms (ViT, MLP-Mixer
-    without attention-named modules); a BatchNorm2d without
+    without attention-named modules); a model with affine LayerNorm/GroupNorm/InstanceNorm
+        layers (ConvNeXt, ResNetV2/BiT): their biases are part of the full gradient but not of
+        the conv/BatchNorm sum; a BatchNorm2d without
         running statistics (its eval-mode bias depends on the batch). ``token_layer``: the caller
         knows the target layer outputs tokens.
     """
@@ -124,19 +131,33 @@ def check_fullgrad_model(
             "'layercam' with a reshape, or another method"
         )
     layers = bias_layers(model)
-    if not layers:
-        raise ValueError(
-            f"method 'fullgrad' needs biased nn.Conv2d or affine nn.BatchNorm2d layers (it sums "
-            f"their bias-gradient maps), but {name} has none; use another method"
-        )
     layernorm = any(isinstance(m, nn.LayerNorm) for m in model.modules())
-    if layernorm and all(_is_patch_embedding(m) for _, m in layers):
+    if layers and layernorm and all(_is_patch_embedding(m) for _, m in layers):
         names = ", ".join(n for n, _ in layers[:3])
         raise ValueError(
             f"method 'fullgrad' is defined for convolutional networks, but the only biased "
             f"conv/BatchNorm layers of {name} are patch embeddings ({names}): a token model "
             "whose biases live in linear/normalisation layers FullGrad does not cover; use "
             "another method"
+        )
+    uncovered = [
+        n
+        for n, m in model.named_modules()
+        if isinstance(m, _SPATIAL_NORMS) and getattr(m, "bias", None) is not None
+    ]
+    if uncovered:
+        raise ValueError(
+            f"method 'fullgrad' sums the bias-gradient maps of conv/BatchNorm layers only, but "
+            f"{name} also has affine LayerNorm/GroupNorm/InstanceNorm layers "
+            f"({', '.join(uncovered[:3])}{', ...' if len(uncovered) > 3 else ''}) whose biases "
+            "act on the feature maps (ConvNeXt, ResNetV2/BiT): their share of the "
+            "full-gradient decomposition would be missing and the map would look plausible "
+            "without being FullGrad; use 'gradcam', 'gradcam++' or 'layercam'"
+        )
+    if not layers:
+        raise ValueError(
+            f"method 'fullgrad' needs biased nn.Conv2d or affine nn.BatchNorm2d layers (it sums "
+            f"their bias-gradient maps), but {name} has none; use another method"
         )
     stale = [
         n
