@@ -61,6 +61,7 @@ from auditor.distributed import (
 from auditor.errors import AuditorInputError, ConfigError, DataError, ModelRuntimeError
 from auditor.export import write_findings_csv, write_per_class_csv
 from auditor.format import slugify
+from auditor.heap import kept_heap
 from auditor.modelstate import preserved_training_flags
 from auditor.results import (
     AuditResult,
@@ -728,19 +729,20 @@ def _audit_locked(
                 else None
             )
             t_loop = time.perf_counter()
-            _audit_batches(
-                worker,
-                store,
-                dataset,
-                todo_batches,
-                [chunks[b] for b in todo_batches],
-                s,
-                dev,
-                model,
-                model_info["name"],
-                progress,
-                num_workers=num_workers,
-            )
+            with kept_heap():
+                _audit_batches(
+                    worker,
+                    store,
+                    dataset,
+                    todo_batches,
+                    [chunks[b] for b in todo_batches],
+                    s,
+                    dev,
+                    model,
+                    model_info["name"],
+                    progress,
+                    num_workers=num_workers,
+                )
             loop_s = time.perf_counter() - t_loop
             if engine.replica_status:
                 log.info(
