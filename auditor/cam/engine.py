@@ -518,6 +518,11 @@ class CamEngine:
             finally:
                 self._capturing = False
                 torch.set_grad_enabled(grad_mode)
+        self._check_capture(raw_logits, batch)
+        return raw_logits
+
+    def _check_capture(self, raw_logits: Tensor, batch: int) -> None:
+        """Every target layer ran in the forward, and it returned logits ``[B, C]``."""
         missing = [n for n in self.layer_names if n not in self._captured]
         if missing:
             raise ValueError(
@@ -529,7 +534,6 @@ class CamEngine:
                 f"the model must return logits [B, C] with B={batch}, got "
                 f"{tuple(raw_logits.shape)}"
             )
-        return raw_logits
 
     def _own_capture(
         self, method: str, images: Tensor, targets: Tensor | Sequence[int] | str | None
@@ -558,18 +562,8 @@ class CamEngine:
         finally:
             self._observing = False
             torch.set_grad_enabled(grad_mode)
-        missing = [n for n in self.layer_names if n not in self._captured]
-        if missing:
-            raise ValueError(
-                f"`layer` {missing} did not run during the forward of "
-                f"{type(self.model).__name__}; pick a layer on the path to the logits"
-            )
         raw_logits = forward.logits
-        if raw_logits.dim() != 2 or raw_logits.shape[0] != batch:
-            raise ValueError(
-                f"the model must return logits [B, C] with B={batch}, got "
-                f"{tuple(raw_logits.shape)}"
-            )
+        self._check_capture(raw_logits, batch)
         targets_bt, multi = self._resolve_targets(targets, raw_logits)
         try:
             with self._autocast(images.device):
