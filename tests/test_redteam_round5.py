@@ -197,17 +197,17 @@ def test_rank_variables_without_torchrun_are_bad_input(
     assert "MASTER_ADDR" in line, line
 
 
-def test_model_that_rejects_the_input_size_is_bad_input(demo_inputs: Path, tmp_path: Path) -> None:
-    """Was: exit 4 (AssertionError from timm's patch embedding in the target-layer probe)."""
-    pytest.importorskip("timm")
-    cfg = tmp_path / "vit64.toml"
+def _run_timm_vit_64px(demo_inputs: Path, tmp_path: Path, model_lines: str) -> str:
+    """``auditor run`` of a random-weight timm ViT-Tiny (``[model]`` plus ``model_lines``) on 4
+    demo images at 64 px: asserts exit 2 and returns the one-line error."""
+    cfg = tmp_path / "vit.toml"
     cfg.write_text(
         f"""
 [model]
 timm = "vit_tiny_patch16_224"
 random_weights = true
 num_classes = 4
-reshape = "auto"
+{model_lines}
 
 [data]
 manifest = "{demo_inputs.parent / "data" / "manifest.csv"}"
@@ -224,6 +224,13 @@ sanity_check = false
     res = _cli("run", str(cfg), "--limit", "4", "--no-pdf", "--out", str(tmp_path / "o"))
     line = _one_line_error(res)
     assert res.returncode == 2, line
+    return line
+
+
+def test_model_that_rejects_the_input_size_is_bad_input(demo_inputs: Path, tmp_path: Path) -> None:
+    """Was: exit 4 (AssertionError from timm's patch embedding in the target-layer probe)."""
+    pytest.importorskip("timm")
+    line = _run_timm_vit_64px(demo_inputs, tmp_path, 'reshape = "auto"')
     assert "input_size" in line and "224" in line, line
 
 
@@ -240,32 +247,8 @@ def test_reshape_that_does_not_fit_the_layer_is_bad_input(
 ) -> None:
     """Was: exit 4 (ValueError from the reshape inside the first batch)."""
     pytest.importorskip("timm")
-    cfg = tmp_path / "vit.toml"
-    cfg.write_text(
-        f"""
-[model]
-timm = "vit_tiny_patch16_224"
-random_weights = true
-num_classes = 4
-target_layer = "blocks.11"
-kwargs = {{img_size = 64}}
-reshape = {reshape}
-
-[data]
-manifest = "{demo_inputs.parent / "data" / "manifest.csv"}"
-classes = ["circle", "square", "triangle", "cross"]
-input_size = 64
-mean = [0.5, 0.5, 0.5]
-std = [0.25, 0.25, 0.25]
-
-[audit]
-methods = ["gradcam"]
-sanity_check = false
-"""
-    )
-    res = _cli("run", str(cfg), "--limit", "4", "--no-pdf", "--out", str(tmp_path / "o"))
-    line = _one_line_error(res)
-    assert res.returncode == 2, line
+    model = f'target_layer = "blocks.11"\nkwargs = {{img_size = 64}}\nreshape = {reshape}'
+    line = _run_timm_vit_64px(demo_inputs, tmp_path, model)
     assert "[model] reshape" in line, line
 
 
