@@ -22,7 +22,7 @@ import os
 import platform
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -391,13 +391,18 @@ def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
     import torch
 
     types = {type(m) for m in model.modules()}
+    return any(
+        isinstance(owner, torch.nn.Module) and type(owner) in types
+        for owner in _frame_owners(exc)
+    )
+
+
+def _frame_owners(exc: BaseException) -> Iterator[object]:
+    """The ``self`` of each frame of ``exc``'s traceback (``None`` for a plain function)."""
     tb = exc.__traceback__
     while tb is not None:
-        owner = tb.tb_frame.f_locals.get("self")
-        if isinstance(owner, torch.nn.Module) and type(owner) in types:
-            return True
+        yield tb.tb_frame.f_locals.get("self")
         tb = tb.tb_next
-    return False
 
 
 def _raised_by_reshape(exc: BaseException) -> bool:
@@ -405,12 +410,9 @@ def _raised_by_reshape(exc: BaseException) -> bool:
     ``[model] reshape`` whose grid or prefix tokens do not fit the target layer: bad input)."""
     from auditor.cam.layers import Reshape
 
-    tb = exc.__traceback__
-    while tb is not None:
-        if isinstance(tb.tb_frame.f_locals.get("self"), Reshape):
-            return isinstance(exc, ValueError)
-        tb = tb.tb_next
-    return False
+    return isinstance(exc, ValueError) and any(
+        isinstance(owner, Reshape) for owner in _frame_owners(exc)
+    )
 
 
 def _model_failure(exc: BaseException) -> str:
