@@ -7,7 +7,7 @@ zeroing in the kernel: the high system time of the loop). During the loop the th
 raised (``M_MMAP_THRESHOLD`` 32 MiB, the largest glibc allows; ``M_TRIM_THRESHOLD`` 2 GiB) so
 the heap is reused; afterwards glibc's documented defaults (128 KiB each) are set again, so
 finalisation returns memory as before. Measured on the demo (400 images, 1 thread): audit loop
-5.3-5.4 s -> 4.3 s (docs/performance.md). No effect on any value: allocation only.
+5.25-6.28 s -> 4.15-4.78 s (docs/performance.md). No effect on any value: allocation only.
 
 Elsewhere (musl, macOS, Windows) this does nothing.
 """
