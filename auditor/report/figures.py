@@ -433,7 +433,7 @@ def cluster_panel(
             rgb = _jet(mean_n).astype(np.uint8)
             # the mean map is small (h x w): each cell drawn as a block
             size = _fit(rgb.shape[0], rgb.shape[1], box_w, box_h)
-            tile = _Image.fromarray(rgb).resize(size, _Image.Resampling.NEAREST)
+            tile = _nearest(rgb, size)
             _colorbar(canvas, x0 + (box_w + size[0]) // 2 + 4, top, size[1], label="")
         else:
             img = np.asarray(exemplars[k - 1][0])
