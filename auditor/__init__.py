@@ -50,7 +50,7 @@ __all__ = [
 
 _LAZY = {
     "AuditOutcome": "auditor.audit.runner",
-    "audit": "auditor.audit.runner",
+    "audit": "auditor.audit.runner",  # the package auditor.audit is callable too
     "run_audit": "auditor.audit.runner",
     "run_demo": "auditor.demo",
     "load_config": "auditor.config",

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 import auditor
 
 EXPECTED = {
@@ -44,3 +46,15 @@ def test_metrics_api_from_design() -> None:
         pointing_game,
         relevance_rank_accuracy,
     )
+
+
+def test_audit_stays_callable_after_the_audit_package_is_imported() -> None:
+    """``import auditor.audit.runner`` binds the package to ``auditor.audit``; it must still run."""
+    import importlib
+
+    import auditor
+
+    importlib.import_module("auditor.audit.runner")
+    assert callable(auditor.audit)
+    with pytest.raises(TypeError):
+        auditor.audit()  # the function's own signature answers, not "module is not callable"

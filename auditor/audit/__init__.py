@@ -11,3 +11,24 @@
 
 Importing this package imports none of them (and no torch).
 """
+
+import sys as _sys
+import types as _types
+from typing import Any as _Any
+
+
+class _CallableAuditPackage(_types.ModuleType):
+    """``auditor.audit`` is both this package and the public ``audit(model, dataset, out)``.
+
+    Importing any ``auditor.audit.<module>`` binds the *package* to the attribute ``audit`` of
+    :mod:`auditor`, shadowing the lazily exported function. Making the package callable keeps
+    ``auditor.audit(model, dataset, out, ...)`` working whatever was imported first.
+    """
+
+    def __call__(self, *args: _Any, **kwargs: _Any) -> _Any:
+        from auditor.audit.runner import audit as _audit
+
+        return _audit(*args, **kwargs)
+
+
+_sys.modules[__name__].__class__ = _CallableAuditPackage
