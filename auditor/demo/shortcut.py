@@ -29,7 +29,7 @@ from torch import nn
 CLASSES = ("circle", "square", "triangle", "cross")
 SHORTCUT_CLASS = "triangle"
 IMAGE_SIZE = 64
-WEIGHTS_DIR = Path(__file__).parent / "_weights"
+WEIGHTS_DIR = Path(__file__).parent.parent / "_weights"
 VARIANTS = ("shortcut", "fixed")
 
 
