@@ -25,7 +25,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from auditor.status import migrate_status
+from auditor.audit.status import migrate_status
 
 __all__ = [
     "COMPARISON_SCHEMA_VERSION",
@@ -319,7 +319,7 @@ class ClassResult:
 
 
 def _migrate_status_counts(counts: Mapping[str, Any]) -> dict[str, Any]:
-    """Status counts of an older summary.json in the one vocabulary (:mod:`auditor.status`).
+    """Status counts of an older summary.json in the one vocabulary (:mod:`auditor.audit.status`).
 
     Runs written before the vocabulary was one say ``nonfinite_cam`` where they now say
     ``nonfinite``; counts of a renamed status are added to the new name's.
@@ -495,7 +495,7 @@ def _numbers(value: Any, n: int) -> tuple[Any, ...]:
 @dataclass(frozen=True)
 class SubgroupTest:
     """One statistic of a tested subgroup against the rest of its class
-    (:class:`auditor.metrics.subgroups.StatTest` as summary.json stores it)."""
+    (:class:`auditor.analysis.spray.subgroups.StatTest` as summary.json stores it)."""
 
     name: str
     subgroup: float | None = None
@@ -546,7 +546,7 @@ class SubgroupTest:
 
 @dataclass(frozen=True)
 class SubgroupDetail:
-    """A SpRAy cluster tested against the rest of its class (:mod:`auditor.metrics.subgroups`):
+    """A SpRAy cluster tested against the rest of its class (:mod:`auditor.analysis.spray.subgroups`):
     where its maps look, which statistics separate it, whether an intervention shows the model
     needs what it looks at, and its severity. ``cluster`` is the :class:`SubgroupResult` id."""
 

@@ -66,7 +66,7 @@ import pyarrow.parquet as pq  # noqa: E402
 import pytest  # noqa: E402
 
 from auditor.compare import compare_runs  # noqa: E402
-from auditor.compare_stream import wilcoxon_stream  # noqa: E402
+from auditor.compare.streamed import wilcoxon_stream  # noqa: E402
 from auditor.errors import AuditorInputError  # noqa: E402
 from auditor.stats import paired_test  # noqa: E402
 
@@ -136,7 +136,7 @@ def test_chunked_pairing_gives_the_in_memory_result(
     """Chunked pairing (index ranges of 64 pairs: ~19 chunks per method, runs with different
     missing samples, shuffled rows) with fewer pairs than ``stream_min_pairs`` (but as many
     rows): every output equals the in-memory path's."""
-    import auditor.compare as cmp
+    import auditor.compare.exact as cmp
 
     ra, rb, base = runs
     threshold = _min_rows(ra, rb)  # every method is read in chunks; fewer pairs than that
@@ -273,7 +273,7 @@ def test_duplicated_indices_pair_as_in_memory(
 ) -> None:
     """Duplicated indices (a run that wrote a sample twice) and samples missing from B pair
     the same way on both paths (the last row of B with an index wins, as before)."""
-    import auditor.compare as cmp
+    import auditor.compare.exact as cmp
 
     names = [f"c{i}" for i in range(3)]
     kw: dict[str, Any] = {"class_names": names, "shortcut_classes": names[:1],
@@ -329,10 +329,11 @@ def test_wilcoxon_stream_equals_scipy() -> None:
 _PEAK = """
 import json, sys, tracemalloc
 import pyarrow as pa
-import auditor.compare as cmp
-cmp._TABLE_ROWS = 512  # comparison.parquet row groups: part of the chunk
+import auditor.compare.core as cmp
+cmp.TABLE_ROWS = 512  # comparison.parquet row groups: part of the chunk
 tracemalloc.start()
-cmp.compare_runs(sys.argv[1], sys.argv[2], out=sys.argv[3], render=False, top_n=0,
+import auditor.compare
+auditor.compare.compare_runs(sys.argv[1], sys.argv[2], out=sys.argv[3], render=False, top_n=0,
                  n_boot=100, stream_min_pairs=int(sys.argv[4]), chunk_pairs=1024)
 print(json.dumps({"py": tracemalloc.get_traced_memory()[1],
                   "arrow": pa.default_memory_pool().max_memory()}))

@@ -11,7 +11,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from auditor.compare import _streamed_overall, compare_runs
+from auditor.compare import compare_runs
+from auditor.compare.core import streamed_overall
 from auditor.stats import paired_bootstrap_diff_ci
 from tests.report_fixtures import make_run_dir
 
@@ -97,7 +98,7 @@ def test_streamed_overall_hand_case():
     d = rng.normal(0.1, 1.0, n)
     d[::97] = np.nan
     keys = np.arange(n, dtype=np.int64) * 3  # sparse dataset indices
-    iv = _streamed_overall(keys, {"d": d}, n_boot=1000, seed=0, confidence=0.95)["d"]
+    iv = streamed_overall(keys, {"d": d}, n_boot=1000, seed=0, confidence=0.95)["d"]
     ok = d[np.isfinite(d)]
     ex = paired_bootstrap_diff_ci(np.zeros(ok.size), ok, n_boot=1000, seed=0)
     se = ok.std(ddof=1) / np.sqrt(ok.size)
@@ -117,10 +118,10 @@ def test_table_written_in_slices(
     pair: tuple[dict[str, Any], dict[str, Any], Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """comparison.parquet written in slices of rows has the same content, in row groups."""
-    import auditor.compare as cmp
+    import auditor.compare.core as cmp
 
     _, _, base = pair
-    monkeypatch.setattr(cmp, "_TABLE_ROWS", 700)
+    monkeypatch.setattr(cmp, "TABLE_ROWS", 700)
     compare_runs(base / "a", base / "b", out=base / "sliced", render=False, top_n=0, n_boot=50)
     te = pq.read_table(base / "exact" / "comparison.parquet")
     ts = pq.read_table(base / "sliced" / "comparison.parquet")

@@ -32,7 +32,7 @@ from auditor.config import ConfigError, load_config
 def _finalize(src: Path, dst: Path, mode: str, config: Path) -> dict[str, Any]:
     """Finalise a copy of the run ``src`` (made with ``config``) in ``dst`` with
     ``aggregation = mode``."""
-    from auditor import runner
+    from auditor.audit import runner
     from auditor.audit.store import RunStore
     from auditor.data import open_dataset
 

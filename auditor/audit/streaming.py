@@ -34,7 +34,8 @@ from collections.abc import Sequence
 import numpy as np
 from scipy import stats as _sps
 
-from auditor.stats import Interval, _row_quantiles
+from auditor.stats import Interval
+from auditor.stats.bootstrap import row_quantiles
 
 #: Keys per block of pre-drawn Poisson weights (one block is ``BLOCK x n_boot`` uint8).
 BLOCK = 4096
@@ -268,7 +269,7 @@ class PoissonBootstrap:
             adj = _sps.norm.cdf(z0 + (z0 + zk) / den)
         if math.isfinite(z0) and math.isfinite(acc) and (den > 0).all() and np.isfinite(adj).all():
             q, method = adj, "bca"
-        low, high = _row_quantiles(boots[None, :], np.asarray(q)[None, :])[0]
+        low, high = row_quantiles(boots[None, :], np.asarray(q)[None, :])[0]
         return Interval(float(mean), float(low), float(high), int(n), n_nan, method)
 
     @property

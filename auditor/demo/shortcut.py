@@ -29,7 +29,7 @@ from torch import nn
 CLASSES = ("circle", "square", "triangle", "cross")
 SHORTCUT_CLASS = "triangle"
 IMAGE_SIZE = 64
-WEIGHTS_DIR = Path(__file__).parent / "_weights"
+WEIGHTS_DIR = Path(__file__).parent.parent / "_weights"
 VARIANTS = ("shortcut", "fixed")
 
 
@@ -325,8 +325,8 @@ def run_demo(
 ) -> object:
     """Write the demo inputs into ``out/inputs`` and audit them into ``out`` (``auditor demo``)."""
     from auditor.config import load_config
-    from auditor.runner import run_audit
-    from auditor.store import claim_run_dir
+    from auditor.audit.runner import run_audit
+    from auditor.audit.store import claim_run_dir
 
     out = Path(out)
     claim_run_dir(out)  # before the inputs land there: a folder of the user's files is refused

@@ -1,0 +1,115 @@
+"""Comparison gates (``[gates]`` rules with ``scope == "compare"``)."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+from auditor.analysis import gate_result
+from auditor.config import GateRule
+from auditor.errors import ConfigError
+from auditor.results import (
+    GateResult,
+    Gates,
+)
+
+_INCREASE, _DECREASE = "_increase", "_decrease"
+
+
+# --------------------------------------------------------------------------------------------
+# gates
+# --------------------------------------------------------------------------------------------
+def _gate_quantity(rule: GateRule) -> tuple[str, int]:
+    q = rule.quantity
+    if q.endswith(_INCREASE):
+        return q[: -len(_INCREASE)], 1
+    if q.endswith(_DECREASE):
+        return q[: -len(_DECREASE)], -1
+    raise ValueError(
+        f"`gates` rule {rule.name!r}: quantity must end with '_increase' or '_decrease', got {q!r}"
+    )
+
+
+def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
+    """The comparison gates (``scope == "compare"``) of a TOML file's ``[gates]`` section.
+
+    ``config`` may be a small file with only ``[gates]`` or a full audit config; rules of other
+    scopes (``max_background_focus`` ...) apply to single runs and are ignored here. Unknown
+    keys are errors (a typo must not silently disable a gate).
+    """
+    from auditor.config import _parse_gates
+    from auditor.metrics.registry import METRICS
+
+    p = Path(config)
+    if not p.is_file():
+        raise ConfigError(f"--config: file not found: {p}")
+    try:
+        raw = tomllib.loads(p.read_bytes().decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p.name}: invalid TOML: {exc}") from exc
+    table = raw.get("gates")
+    if table is None:
+        raise ConfigError(
+            f"{p.name}: no [gates] section (expected e.g. max_background_focus_increase = 0.05)"
+        )
+    if not isinstance(table, dict):
+        raise ConfigError(f"{p.name}: [gates] must be a table")
+    rules = _parse_gates(table, p.name, tuple(METRICS))
+    return tuple(r for r in rules if r.scope == "compare")
+
+
+def evaluate_comparison_gates(
+    comparison: Mapping[str, Any], rules: Sequence[GateRule]
+) -> dict[str, Any]:
+    """Check comparison gates against ``comparison`` (the dict of ``comparison.json``).
+
+    ``max_<q>_increase = t``: per class, ``value = mean_b − mean_a`` (stat ``mean``; ``ci_low``
+    / ``ci_high`` use the paired interval's bounds) must be ``≤ t``. ``max_<q>_decrease = t``:
+    ``value = mean_a − mean_b`` (bounds mirrored). The primary comparison is used unless the
+    rule names a ``method`` both runs share. A value that is missing fails the gate. Returns
+    ``{"passed", "results": [{rule, class, quantity, stat, value, threshold, bound, passed,
+    note}]}``, the shape of ``summary["gates"]``.
+    """
+    results: list[GateResult] = []
+    for rule in rules:
+        if rule.scope != "compare":
+            raise ValueError(f"`rules` must have scope 'compare', got {rule.scope!r} ({rule.name})")
+        base, sign = _gate_quantity(rule)
+        block = comparison["primary"]
+        if rule.method is not None:
+            block = comparison.get("methods", {}).get(rule.method) or {"classes": {}}
+        for cls, entry in comparison["primary"]["classes"].items():
+            if rule.classes and cls not in rule.classes:
+                continue
+            if not entry.get("n"):
+                continue
+            stat = (block["classes"].get(cls) or {}).get("metrics", {}).get(base)
+            value: float | None = None
+            if stat is not None and stat.get("diff") is not None:
+                if rule.stat == "mean":
+                    value = sign * stat["diff"]
+                else:
+                    lo, hi = stat.get("ci_low"), stat.get("ci_high")
+                    if lo is not None and hi is not None:
+                        lo2, hi2 = (lo, hi) if sign > 0 else (-hi, -lo)
+                        value = lo2 if rule.stat == "ci_low" else hi2
+            results.append(gate_result(rule, cls, value, f"{base} not available in both runs"))
+    return Gates.of(results).to_json()
+
+
+def checked_gate_rules(config: str | Path | None, gates: Sequence[GateRule]) -> list[GateRule]:
+    """The comparison gates of ``config`` (a TOML file) and ``gates``, checked."""
+    gate_rules = list(load_compare_gates(config) if config is not None else ())
+    for rule in gates:
+        if not isinstance(rule, GateRule):
+            raise TypeError(f"`gates` must hold GateRule objects, got {type(rule).__name__}")
+        if rule.scope != "compare":
+            raise ValueError(
+                f"`gates` rules must have scope 'compare', got {rule.scope!r} ({rule.name})"
+            )
+        _gate_quantity(rule)
+        gate_rules.append(rule)
+    return gate_rules
