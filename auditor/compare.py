@@ -669,15 +669,20 @@ def _gate_quantity(rule: GateRule) -> tuple[str, int]:
     )
 
 
-def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
-    """The comparison gates (``scope == "compare"``) of a TOML file's ``[gates]`` section.
+#: A file that marks a folder as a cam-auditor comparison directory (like a run's marker).
+COMPARE_MARKER = ".cam-auditor-compare"
 
-    ``config`` may be a small file with only ``[gates]`` or a full audit config; rules of other
-    scopes (``max_background_focus`` ...) apply to single runs and are ignored here. Unknown
-    keys are errors (a typo must not silently disable a gate).
+
+def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
+    """The comparison gates (``max_<q>_increase`` / ``_decrease``) of a TOML file.
+
+    ``config`` is either a gates file (only a ``[gates]`` section, only comparison gates) or
+    a full audit config (validated whole, as ``auditor run --baseline`` reads it: its run
+    gates belong to the run). Unknown sections and keys, run gates in a gates file,
+    ``[[gates.rule]]`` tables there: errors naming the key and the file (gate registry,
+    :mod:`auditor.analysis.gate_registry`).
     """
-    from auditor.config import _parse_gates
-    from auditor.metrics.registry import METRICS
+    from auditor.config import _parse_gates, check_keys, load_config, split_gates
 
     p = Path(config)
     if not p.is_file():
@@ -686,6 +691,9 @@ def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
         raw = tomllib.loads(p.read_bytes().decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p.name}: invalid TOML: {exc}") from exc
+    if "model" in raw or "data" in raw:  # a full audit config: validated like `run` reads it
+        return split_gates(load_config(p, baseline=True).gates)[1]
+    check_keys(raw, ("gates",), "top level", f"{p.name} (a compare --config holds only [gates])")
     table = raw.get("gates")
     if table is None:
         raise ConfigError(
@@ -693,8 +701,7 @@ def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
         )
     if not isinstance(table, dict):
         raise ConfigError(f"{p.name}: [gates] must be a table")
-    rules = _parse_gates(table, p.name, tuple(METRICS))
-    return tuple(r for r in rules if r.scope == "compare")
+    return _parse_gates(table, p.name, context="compare")
 
 
 def evaluate_comparison_gates(
@@ -1117,8 +1124,9 @@ def _out_dir(out: str | Path | None, ra: _Run, rb: _Run) -> Path:
     for r in (ra, rb):
         if out_dir.resolve() == r.path.resolve():
             raise AuditorInputError(f"--out {out_dir}: must not be a run directory ({r.role})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
+    from auditor.store import claim_output_dir
+
+    return claim_output_dir(out_dir, COMPARE_MARKER, "comparison directory")
 
 
 def _pair_methods(
@@ -1368,6 +1376,11 @@ def compare_runs(
         raise ValueError(f"`stream_min_pairs` must be an int >= 0, got {stream_min_pairs!r}")
     gate_rules = _gate_rules(config, gates)
     ra, rb = _load_run(Path(run_a), "run_a"), _load_run(Path(run_b), "run_b")
+    if ra.path.samefile(rb.path):  # the API refuses what the CLI refuses
+        raise AuditorInputError(
+            f"run_a and run_b are the same run directory ({ra.path}): a run compared with "
+            f"itself shows no change and passes every gate"
+        )
     classes = _check_comparable(ra, rb)
     out_dir = _out_dir(out, ra, rb)
     settings = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
