@@ -34,6 +34,12 @@ SEVERITIES = ("high", "medium", "low")
 
 
 def _suggest(key: str, allowed: list[str] | tuple[str, ...]) -> str:
+    """" (did you mean 'x'?)" with the closest of ``allowed``; "pp"/"plus" read as "++"
+    ("gradcampp" suggests "gradcam++")."""
+    canon = {a.replace("++", "pp"): a for a in allowed}
+    spelled = key.replace("plus", "pp").replace("++", "pp")
+    if spelled in canon and canon[spelled] != key:
+        return f" (did you mean {canon[spelled]!r}?)"
     close = difflib.get_close_matches(key, list(allowed), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 

@@ -137,7 +137,8 @@ def test_baseline_allows_comparison_gates(demo_inputs: Path) -> None:
 
 def test_faithfulness_gate_needs_faithfulness(demo_inputs: Path) -> None:
     path = small_config(demo_inputs, "max_overall_deletion_auc = 0.5", name="f.toml")
-    path.write_text(path.read_text().replace("faithfulness_samples = 12", "faithfulness_samples = 0"))
+    text = path.read_text().replace("faithfulness_samples = 12", "faithfulness_samples = 0")
+    path.write_text(text)
     with pytest.raises(ConfigError, match="needs faithfulness"):
         load_config(path)
 
