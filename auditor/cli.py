@@ -23,6 +23,7 @@ import signal
 import sys
 import tempfile
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +102,9 @@ def _log_dir(args: argparse.Namespace | None) -> Path | None:
         cand = getattr(args, "run_dir", None) or getattr(args, "out", None)
     if cand is None or not Path(cand).is_dir():
         return None
-    names = (RUN_MARKER, "summary.json", "provenance.json", "comparison.json")
+    from auditor.compare.gates import COMPARE_MARKER
+
+    names = (RUN_MARKER, COMPARE_MARKER)  # only folders this tool created (issue 27)
     return Path(cand) if any((Path(cand) / n).exists() for n in names) else None
 
 
@@ -176,9 +179,33 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--trust-model-code",
         action="store_true",
-        help="allow TorchScript / pickled models (they can execute code)",
+        help="allow `[model] file` to be a fully pickled model (unpickling can execute code "
+        "from the file: only for files you trust); TorchScript archives stay refused (no hooks)",
     )
-    r.add_argument("--no-progress", action="store_true")
+    r.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress lines (the end summary is still printed)",
+    )
+    r.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress and no end summary; errors still go to stderr, the exit code says "
+        "the verdict",
+    )
+    r.add_argument(
+        "--baseline",
+        type=Path,
+        metavar="RUN",
+        help="a finished run of the previous model on the same data: the config's comparison "
+        "gates (max_<quantity>_increase / _decrease) are evaluated against it",
+    )
+    r.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace a finished run in --out (the old one is kept aside until the new one "
+        "finishes, and restored if it fails)",
+    )
     r.add_argument(
         "--shard",
         metavar="I/N",
@@ -205,13 +232,38 @@ def build_parser() -> argparse.ArgumentParser:
     c = sub.add_parser("compare", help="paired comparison of two runs on the same data")
     c.add_argument("run_a", type=Path, help="baseline run (e.g. the production model)")
     c.add_argument("run_b", type=Path, help="candidate run")
-    c.add_argument("--out", type=Path, default=None)
-    c.add_argument("--config", type=Path, help="TOML with [gates] *_increase rules")
+    c.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="comparison directory (default: <run_b>-vs-<run_a name>); only a new, empty or "
+        "earlier comparison folder is accepted",
+    )
+    c.add_argument(
+        "--config",
+        type=Path,
+        help="TOML with a [gates] section of comparison gates (max_<quantity>_increase / "
+        "max_<quantity>_decrease; `auditor gates` lists them), or the run's full audit config",
+    )
     c.add_argument("--no-pdf", action="store_true")
+    sub.add_parser("gates", help="list every gate key: where it applies and what it needs")
     return p
 
 
-def _print_end(outcome: Any) -> None:
+def gate_verdict(results: list[dict[str, Any]]) -> str:
+    """"PASSED (n/n passed)" counting EVALUATED checks only (value present); a check that
+    could not be evaluated is never a pass; no gates: "none configured"."""
+    if not results:
+        return "none configured"
+    evaluated = [r for r in results if r.get("value") is not None]
+    passed = [r for r in evaluated if r["passed"]]
+    not_eval = len(results) - len(evaluated)
+    ok = not_eval == 0 and len(passed) == len(evaluated) and all(r["passed"] for r in results)
+    text = f"{'PASSED' if ok else 'FAILED'} ({len(passed)}/{len(evaluated)} passed"
+    return text + (f", {not_eval} not evaluated)" if not_eval else ")")
+
+
+def _print_end(outcome: Any, extra_gates: Sequence[dict[str, Any]] = (), code: int = 0) -> None:
     """The end-of-run summary; every user string (model, class, finding) is neutralised."""
     s = outcome.summary
     t = terminal_safe
@@ -219,8 +271,8 @@ def _print_end(outcome: Any) -> None:
     by_sev: dict[str, int] = {}
     for f in findings:
         by_sev[f["severity"]] = by_sev.get(f["severity"], 0) + 1
-    gates = s.get("gates", {})
-    verdict = "PASSED" if gates.get("passed", True) else "FAILED"
+    gates = dict(s.get("gates") or {})
+    gates["results"] = list(gates.get("results") or []) + list(extra_gates)
     acc = s["overall"].get("accuracy")
     lines = [
         "",
@@ -231,11 +283,8 @@ def _print_end(outcome: Any) -> None:
     ]
     for f in findings[:5]:
         lines.append(f"    [{t(f['severity'])}] {t(f['title'])}")
-    failed = [r for r in gates.get("results", []) if not r["passed"]]
-    lines.append(
-        f"  gates: {verdict} ({len(gates.get('results', [])) - len(failed)}/"
-        f"{len(gates.get('results', []))} passed)"
-    )
+    lines.append("  gates: " + gate_verdict(gates["results"]))
+    failed = [r for r in gates["results"] if not r["passed"]]
     for r in failed[:5]:
         lines.append(
             f"    ✗ {t(r['rule'])}"
@@ -246,7 +295,20 @@ def _print_end(outcome: Any) -> None:
     for kind, path in outcome.report.items():
         lines.append(f"  {kind}: {t(path)}")
     lines.append(f"  summary: {t(outcome.run_dir / 'summary.json')}")
-    print(terminal_safe("\n".join(lines), keep_newlines=True))
+    _say(terminal_safe("\n".join(lines), keep_newlines=True), code)
+
+
+def _say(text: str, code: int = EXIT_OK) -> None:
+    """Print ``text`` to stdout; a closed stdout (``auditor ... | head``) ends the command
+    with ``code`` (its real verdict), not as an internal error."""
+    try:
+        print(text, flush=True)
+    except BrokenPipeError as exc:
+        from auditor.run_options import quiet_broken_pipe
+
+        quiet_broken_pipe()
+        exc.auditor_code = code  # type: ignore[attr-defined]
+        raise
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -265,9 +327,13 @@ def main(argv: list[str] | None = None) -> int:
     except BaseException as exc:  # noqa: BLE001 - the one place that maps errors to codes
         if isinstance(exc, SystemExit):
             raise
-        code = exit_code_for(exc)
-        log_path = write_traceback(exc, args, command) if code == EXIT_INTERNAL else None
-        print(_message(exc, code, log_path), file=sys.stderr)
+        if isinstance(exc, BrokenPipeError) and getattr(exc, "auditor_code", None) is not None:
+            # the reader of stdout went away (`auditor ... | head`): not a bug (issue 27)
+            code = int(getattr(exc, "auditor_code", EXIT_OK))
+        else:
+            code = exit_code_for(exc)
+            log_path = write_traceback(exc, args, command) if code == EXIT_INTERNAL else None
+            print(_message(exc, code, log_path), file=sys.stderr)
     finally:
         for sig, handler in previous.items():
             try:
@@ -289,40 +355,13 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         _print_end(outcome)
         # the demo exists to show a failing gate: exit 0 when it ran as intended
         return EXIT_OK
-    if args.command == "run":
-        cfg = auditor.load_config(args.config)
-        out = args.out or Path("runs") / args.config.stem
-        if args.limit is not None and args.limit < 1:
-            raise AuditorInputError(f"--limit must be >= 1, got {args.limit}")
-        from auditor.audit.distributed import parse_shard, torchrun_env
+    if args.command == "gates":
+        from auditor.run_options import gates_listing
 
-        spec = parse_shard(args.shard) if args.shard is not None else None
-        if spec is not None and torchrun_env() is not None:
-            raise AuditorInputError(
-                "--shard cannot be combined with torchrun (the rank is the shard)"
-            )
-        outcome = auditor.run_audit(
-            cfg,
-            out,
-            limit=args.limit,
-            device=args.device,
-            resume=args.resume,
-            pdf=False if args.no_pdf else None,
-            progress=False if args.no_progress else None,
-            trust_model_code=args.trust_model_code or None,
-            command=command,
-            shard=spec,
-        )
-        if not outcome.summary:  # a shard job, or a torchrun rank other than 0
-            if spec is not None:
-                print(
-                    f"shard {spec.label} complete in {terminal_safe(outcome.run_dir)}; when all "
-                    f"{spec.count} are, run: auditor finalize "
-                    f"{terminal_safe(shlex.quote(str(outcome.run_dir)))}"
-                )
-            return EXIT_OK
-        _print_end(outcome)
-        return outcome.exit_code
+        _say(gates_listing())
+        return EXIT_OK
+    if args.command == "run":
+        return _run(args, command)
     if args.command == "finalize":
         from auditor.audit.runner import finalize_run
 
@@ -333,18 +372,20 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             command=command,
             aggregation=args.aggregation,
         )
-        _print_end(outcome)
+        _print_end(outcome, code=outcome.exit_code)
         return outcome.exit_code
     if args.command == "report":
         if not (args.run_dir / "summary.json").is_file():
             raise AuditorInputError(
                 f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)"
             )
+        from auditor.notebook import load_run
+
+        load_run(args.run_dir)  # schema, required keys, files: exit 2 before rendering
         paths = auditor.render_report(
             args.run_dir, html=True, pdf=args.pdf, templates=args.templates
         )
-        for kind, path in paths.items():
-            print(f"{kind}: {terminal_safe(path)}")
+        _say("\n".join(f"{kind}: {terminal_safe(path)}" for kind, path in paths.items()))
         return EXIT_OK
     if args.command == "compare":
         from auditor.compare import compare_runs
@@ -359,9 +400,69 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         result = compare_runs(
             args.run_a, args.run_b, out=args.out, config=args.config, pdf=not args.no_pdf
         )
-        print(terminal_safe(result.describe(), keep_newlines=True))
-        return 0 if result.passed else EXIT_GATE_FAILED
+        code = 0 if result.passed else EXIT_GATE_FAILED
+        _say(terminal_safe(result.describe(), keep_newlines=True), code)
+        return code
     raise AuditorInputError(f"unknown command {args.command!r}")  # argparse restricts choices
+
+
+def _run(args: argparse.Namespace, command: str) -> int:
+    """``auditor run``: config (+ --baseline) checked before the model, then the audit."""
+    import auditor
+    from auditor.config import split_gates
+    from auditor.run_options import check_baseline, evaluate_baseline, replacing
+
+    cfg = auditor.load_config(args.config, baseline=args.baseline is not None)
+    out = args.out or Path("runs") / args.config.stem
+    run_gates, cmp_gates = split_gates(cfg.gates)
+    if args.baseline is not None:
+        check_baseline(args.baseline, out)
+    if args.limit is not None and args.limit < 1:
+        raise AuditorInputError(f"--limit must be >= 1, got {args.limit}")
+    if args.overwrite and args.resume:
+        raise AuditorInputError("--overwrite and --resume contradict each other; pass one")
+    from dataclasses import replace
+
+    from auditor.audit.distributed import parse_shard, torchrun_env
+
+    spec = parse_shard(args.shard) if args.shard is not None else None
+    if spec is not None and torchrun_env() is not None:
+        raise AuditorInputError("--shard cannot be combined with torchrun (the rank is the shard)")
+    if args.overwrite and (spec is not None or torchrun_env() is not None):
+        raise AuditorInputError("--overwrite cannot be combined with --shard or torchrun")
+    with replacing(out, args.overwrite):
+        outcome = auditor.run_audit(
+            replace(cfg, gates=run_gates),
+            out,
+            limit=args.limit,
+            device=args.device,
+            resume=args.resume,
+            pdf=False if args.no_pdf else None,
+            progress=False if (args.no_progress or args.quiet) else None,
+            trust_model_code=args.trust_model_code or None,
+            command=command,
+            shard=spec,
+        )
+    if not outcome.summary:  # a shard job, or a torchrun rank other than 0
+        if spec is not None and not args.quiet:
+            _say(
+                f"shard {spec.label} complete in {terminal_safe(outcome.run_dir)}; when all "
+                f"{spec.count} are, run: auditor finalize "
+                f"{terminal_safe(shlex.quote(str(outcome.run_dir)))}"
+            )
+        return EXIT_OK
+    code = outcome.exit_code
+    extra: list[dict[str, Any]] = []
+    if args.baseline is not None:
+        comparison = evaluate_baseline(args.baseline, outcome.run_dir, cmp_gates)
+        extra = [
+            dict(r.to_json(), rule=f"{r.rule} (vs baseline)") for r in comparison.gates.results
+        ]
+        if code == EXIT_OK and not comparison.passed:
+            code = EXIT_GATE_FAILED
+    if not args.quiet:
+        _print_end(outcome, extra, code)
+    return code
 
 
 if __name__ == "__main__":

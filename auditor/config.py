@@ -34,6 +34,12 @@ SEVERITIES = ("high", "medium", "low")
 
 
 def _suggest(key: str, allowed: list[str] | tuple[str, ...]) -> str:
+    """" (did you mean 'x'?)" with the closest of ``allowed``; "pp"/"plus" read as "++"
+    ("gradcampp" suggests "gradcam++")."""
+    canon = {a.replace("++", "pp"): a for a in allowed}
+    spelled = key.replace("plus", "pp").replace("++", "pp")
+    if spelled in canon and canon[spelled] != key:
+        return f" (did you mean {canon[spelled]!r}?)"
     close = difflib.get_close_matches(key, list(allowed), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
 
@@ -412,80 +418,116 @@ RULE_KEYS = ("name", "metric", "stat", "scope", "method", "min", "max", "classes
 
 
 def _parse_gates(
-    table: Mapping[str, Any], source: str, known_metrics: tuple[str, ...]
+    table: Mapping[str, Any],
+    source: str,
+    known_metrics: tuple[str, ...] = (),
+    *,
+    context: str = "run",
+    settings: AuditSettings | None = None,
+    baseline: bool = False,
 ) -> tuple[GateRule, ...]:
-    quantities = known_metrics + GATE_EXTRA_QUANTITIES
-    shorthand = [f"{b}_{q}" for q in quantities for b in ("max", "min")]
-    shorthand += [f"max_findings_{s}" for s in SEVERITIES]
-    shorthand += [f"max_overall_{q}" for q in quantities] + [f"min_overall_{q}" for q in quantities]
-    # comparison gates (used by `auditor compare`): max_<metric>_increase / _decrease
-    shorthand += [f"max_{q}_increase" for q in quantities] + [
-        f"max_{q}_decrease" for q in quantities
-    ]
-    check_keys(table, tuple(shorthand) + ("rule",), "gates", source)
+    """The ``[gates]`` table as rules, each checked against the gate registry.
+
+    ``context`` is ``"run"`` (run, shard and finalize configs) or ``"compare"``
+    (``compare --config``); see :func:`auditor.analysis.gate_registry.check_rule_context`.
+    """
+    from auditor.analysis.gate_registry import check_rule_context, gate_spec, unknown_gate_error
+
     rules: list[GateRule] = []
     for key, value in table.items():
         if key == "rule":
             continue
+        spec = gate_spec(key)
+        if spec is None:
+            raise unknown_gate_error(key, source)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{source}: [gates] {key} must be a number, got {value!r}")
-        if key.endswith("_increase") or key.endswith("_decrease"):
-            rules.append(GateRule(name=key, quantity=key[4:], scope="compare", max=float(value)))
-            continue
-        bound, rest = key.split("_", 1)
-        scope = "class"
-        if rest.startswith("overall_"):
-            scope, rest = "overall", rest[len("overall_") :]
-        if rest.startswith("findings_"):
-            scope = "findings"
-        kwargs = {bound: float(value)}
-        rules.append(GateRule(name=key, quantity=rest, scope=scope, **kwargs))  # type: ignore[arg-type]
-    for i, raw in enumerate(table.get("rule", [])):
-        where = f"[[gates.rule]] #{i + 1}"
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{source}: {where} must be a table, got {raw!r}")
-        check_keys(raw, RULE_KEYS, f"gates.rule #{i + 1}", source)
-        metric = raw.get("metric")
-        if metric not in quantities:
-            raise ConfigError(
-                f"{source}: {where} metric must be one of {', '.join(quantities)}, got {metric!r}"
-            )
-        stat = raw.get("stat", "mean")
-        if stat not in ("mean", "ci_low", "ci_high"):
-            raise ConfigError(f"{source}: {where} stat must be mean/ci_low/ci_high, got {stat!r}")
-        scope = raw.get("scope", "class")
-        if scope not in ("class", "overall"):
-            raise ConfigError(
-                f"{source}: {where} scope must be 'class' or 'overall', got {scope!r}"
-            )
-        lo, hi = raw.get("min"), raw.get("max")
-        for nm, v in (("min", lo), ("max", hi)):
-            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
-                raise ConfigError(f"{source}: {where} {nm} must be a number, got {v!r}")
-        if lo is None and hi is None:
-            raise ConfigError(f"{source}: {where} needs min or max")
-        if raw.get("method") is not None and not isinstance(raw.get("method"), str):
-            raise ConfigError(
-                f"{source}: {where} method must be a method name, got {raw['method']!r}"
-            )
-        classes = raw.get("classes")
-        if classes is not None and (
-            not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
-        ):
-            raise ConfigError(f"{source}: {where} classes must be a list of names, got {classes!r}")
-        rules.append(
-            GateRule(
-                name=str(raw.get("name") or f"rule{i + 1}:{metric}"),
-                quantity=metric,
-                stat=stat,
-                scope=scope,
-                method=raw.get("method"),
-                min=None if lo is None else float(lo),
-                max=None if hi is None else float(hi),
-                classes=tuple(classes) if classes else None,
-            )
+        check_rule_context(
+            key, quantity=spec.quantity, level=spec.level, context=context, source=source,
+            settings=settings, baseline=baseline,
+        )  # fmt: skip
+        scope = "compare" if "compare" in spec.applies else spec.level
+        kwargs = {spec.bound: float(value)}
+        rules.append(GateRule(name=key, quantity=spec.quantity, scope=scope, **kwargs))  # type: ignore[arg-type]
+    raw_rules = table.get("rule", [])
+    if raw_rules and context == "compare":
+        raise ConfigError(
+            f"{source}: [[gates.rule]] tables are run gates; `auditor compare --config` takes "
+            f"only max_<quantity>_increase / _decrease gates"
         )
+    if not isinstance(raw_rules, list):
+        raise ConfigError(f"{source}: [gates] rule must be an array of tables ([[gates.rule]])")
+    for i, raw in enumerate(raw_rules):
+        rules.append(_parse_rule(i, raw, source, settings))
     return tuple(rules)
+
+
+def _rule_quantities() -> tuple[str, ...]:
+    from auditor.analysis.gate_registry import GATES, gate_spec
+
+    gate_spec("max_accuracy")  # fills the registry
+    return tuple(dict.fromkeys(s.quantity for s in GATES.values() if "run" in s.applies))
+
+
+def _parse_rule(i: int, raw: Any, source: str, settings: AuditSettings | None) -> GateRule:
+    """One ``[[gates.rule]]`` table, checked like the shorthand keys."""
+    from auditor.analysis.gate_registry import check_rule_context
+
+    where = f"[[gates.rule]] #{i + 1}"
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: {where} must be a table, got {raw!r}")
+    check_keys(raw, RULE_KEYS, f"gates.rule #{i + 1}", source)
+    quantities = tuple(q for q in _rule_quantities() if not q.startswith("findings_"))
+    metric = raw.get("metric")
+    if metric not in quantities:
+        raise ConfigError(
+            f"{source}: {where} metric must be one of {', '.join(quantities)}, got {metric!r}"
+            f"{_suggest(str(metric), quantities)}"
+        )
+    stat = raw.get("stat", "mean")
+    if stat not in ("mean", "ci_low", "ci_high"):
+        raise ConfigError(f"{source}: {where} stat must be mean/ci_low/ci_high, got {stat!r}")
+    scope = raw.get("scope", "class")
+    if scope not in ("class", "overall"):
+        raise ConfigError(f"{source}: {where} scope must be 'class' or 'overall', got {scope!r}")
+    lo, hi = raw.get("min"), raw.get("max")
+    for nm, v in (("min", lo), ("max", hi)):
+        if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)):
+            raise ConfigError(f"{source}: {where} {nm} must be a number, got {v!r}")
+    if lo is None and hi is None:
+        raise ConfigError(f"{source}: {where} needs min or max")
+    if raw.get("method") is not None and not isinstance(raw.get("method"), str):
+        raise ConfigError(f"{source}: {where} method must be a method name, got {raw['method']!r}")
+    classes = raw.get("classes")
+    if classes is not None and (
+        not isinstance(classes, list) or not all(isinstance(c, str) for c in classes)
+    ):
+        raise ConfigError(f"{source}: {where} classes must be a list of names, got {classes!r}")
+    if classes is not None and scope == "overall":
+        raise ConfigError(
+            f"{source}: {where} has scope = \"overall\" and classes = {classes!r}: an overall "
+            f"gate checks the whole set, so `classes` would be ignored; drop one of them"
+        )
+    if scope == "overall" and stat != "mean" and metric in INTERVENTION_QUANTITIES:
+        raise ConfigError(
+            f"{source}: {where} an overall {metric} is pooled over the classes and has no "
+            f"interval: use stat = \"mean\""
+        )
+    name = str(raw.get("name") or f"rule{i + 1}:{metric}")
+    check_rule_context(
+        f"{where} ({name})", quantity=metric, level=scope, context="run", source=source,
+        settings=settings,
+    )  # fmt: skip
+    return GateRule(
+        name=name,
+        quantity=metric,
+        stat=stat,
+        scope=scope,
+        method=raw.get("method"),
+        min=None if lo is None else float(lo),
+        max=None if hi is None else float(hi),
+        classes=tuple(classes) if classes else None,
+    )
 
 
 #: Gate quantities that exist only when the analysis producing them runs.
@@ -530,7 +572,17 @@ def check_gates(
                 f"{where}: min {rule.min:g} > max {rule.max:g}: no value can pass this gate"
             )
         if rule.scope == "compare":
-            continue
+            raise ConfigError(
+                f"{where}: is a comparison gate: it needs a baseline run; evaluate it with "
+                f"`auditor run CONFIG --baseline RUN` or `auditor compare RUN_A RUN_B --config`"
+            )
+        if rule.scope == "class" and rule.quantity in FAITHFULNESS_QUANTITIES:
+            raise ConfigError(
+                f"{where}: {rule.quantity} is measured on a seeded subset of the whole set, not "
+                f"per class; use scope 'overall'"
+            )
+        if rule.scope == "overall" and rule.classes:
+            raise ConfigError(f"{where}: an overall gate cannot name classes {rule.classes!r}")
         if rule.method is not None and rule.method not in settings.methods:
             raise ConfigError(
                 f"{where}: method {rule.method!r} is not run ([audit] methods = "
@@ -597,9 +649,18 @@ class AuditConfig:
 
 
 def parse_config(
-    raw: Mapping[str, Any], *, base_dir: Path, source: str = "<config>", sha256: str | None = None
+    raw: Mapping[str, Any],
+    *,
+    base_dir: Path,
+    source: str = "<config>",
+    sha256: str | None = None,
+    baseline: bool = False,
 ) -> AuditConfig:
-    """Validate an already-parsed TOML mapping (see :func:`load_config`)."""
+    """Validate an already-parsed TOML mapping (see :func:`load_config`).
+
+    ``baseline``: comparison gates (``max_<q>_increase``) are allowed (``auditor run
+    --baseline RUN`` evaluates them; :func:`split_gates` separates them from the run gates).
+    """
     from auditor.data.config import parse_data_section
     from auditor.metrics.registry import METRICS
 
@@ -614,8 +675,11 @@ def parse_config(
     digest = sha256 or hashlib.sha256(repr(sorted(raw.items())).encode()).hexdigest()
     data = parse_data_section(raw["data"], base, source)
     audit = _parse_audit(raw.get("audit", {}), source)
-    gates = _parse_gates(raw.get("gates", {}), source, tuple(METRICS))
-    check_gates(gates, settings=audit, classes=getattr(data, "classes", None), source=source)
+    gates = _parse_gates(
+        raw.get("gates", {}), source, tuple(METRICS), settings=audit, baseline=baseline
+    )
+    run_gates, _ = split_gates(gates)
+    check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     return AuditConfig(
         model=_parse_model(raw["model"], base, source),
         data=data,
@@ -628,10 +692,19 @@ def parse_config(
     )
 
 
-def load_config(path: str | Path) -> AuditConfig:
+def split_gates(gates: tuple[GateRule, ...]) -> tuple[tuple[GateRule, ...], tuple[GateRule, ...]]:
+    """``(run gates, comparison gates)`` of ``gates``."""
+    return (
+        tuple(g for g in gates if g.scope != "compare"),
+        tuple(g for g in gates if g.scope == "compare"),
+    )
+
+
+def load_config(path: str | Path, *, baseline: bool = False) -> AuditConfig:
     """Read and validate a TOML config file.
 
-    Raises :class:`ConfigError` naming the file (and the key) for anything wrong.
+    ``baseline=True`` (``auditor run --baseline RUN``) allows comparison gates. Raises
+    :class:`ConfigError` naming the file (and the key) for anything wrong.
     """
     p = Path(path)
     if not p.is_file():
@@ -642,7 +715,11 @@ def load_config(path: str | Path) -> AuditConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p.name}: invalid TOML: {exc}") from exc
     cfg = parse_config(
-        raw, base_dir=p.parent, source=p.name, sha256=hashlib.sha256(data).hexdigest()
+        raw,
+        base_dir=p.parent,
+        source=p.name,
+        sha256=hashlib.sha256(data).hexdigest(),
+        baseline=baseline,
     )
     return _replace(cfg, source=p.resolve())
 

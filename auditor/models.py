@@ -216,9 +216,8 @@ def _transformers_model(
     return model, sha
 
 
-def _torchvision_model(
-    arch: str, num_classes: int | None, kwargs: Mapping[str, Any] | None = None
-) -> nn.Module:
+def check_torchvision_name(arch: str) -> None:
+    """Refuse a torchvision architecture name it does not know, with the closest 3."""
     import torchvision
 
     available = torchvision.models.list_models(module=torchvision.models)
@@ -227,9 +226,17 @@ def _torchvision_model(
 
         close = difflib.get_close_matches(arch, available, n=3)
         raise ModelLoadError(
-            f"[model] torchvision: unknown architecture {arch!r}"
+            f"[model] torchvision: unknown model {arch!r}"
             + (f"; did you mean {', '.join(close)}?" if close else "")
         )
+
+
+def _torchvision_model(
+    arch: str, num_classes: int | None, kwargs: Mapping[str, Any] | None = None
+) -> nn.Module:
+    import torchvision
+
+    check_torchvision_name(arch)
     args: dict[str, Any] = {"weights": None, **(kwargs or {})}
     if num_classes is not None:
         args["num_classes"] = num_classes
@@ -378,6 +385,8 @@ def load_model(
     trust = cfg.trust_model_code if trust_model_code is None else trust_model_code
     n_cls = cfg.num_classes if cfg.num_classes is not None else num_classes
     builtin = cfg.torchvision or cfg.timm or cfg.transformers is not None
+    if cfg.torchvision:  # an unknown name first: "has no weights" would mislead (issue 27)
+        check_torchvision_name(cfg.torchvision)
     if builtin and cfg.weights is None and cfg.transformers is None and not cfg.random_weights:
         key = "torchvision" if cfg.torchvision else "timm"
         raise ModelLoadError(

@@ -53,10 +53,47 @@ def load_run(run_dir: str | Path) -> Run:
         raise AuditorInputError(f"{str(sp)!r}: not found (not a finished run directory)")
     try:
         data = json.loads(sp.read_text("utf-8"))
-        result = AuditResult.from_json(data)
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, ValueError, TypeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise AuditorInputError(f"{str(sp)!r}: cannot read the summary: {exc}") from exc
+    check_summary(data, sp)
+    try:
+        result = AuditResult.from_json(data)
+    except (ValueError, TypeError, KeyError, AttributeError) as exc:
+        raise AuditorInputError(f"{str(sp)!r}: cannot read the summary: {exc}") from exc
+    n_eval = result.dataset.n_evaluated or 0
+    samples = path / "samples.parquet"
+    if n_eval > 0 and not samples.is_file():
+        raise AuditorInputError(
+            f"{str(samples)!r}: missing, but {sp.name} reports {n_eval} evaluated samples "
+            f"(the run directory is incomplete)"
+        )
     return Run(path, result)
+
+
+#: keys every summary.json of schema 1 has (DESIGN 4.3); a file without them is not a run's
+REQUIRED_SUMMARY_KEYS = ("schema_version", "methods", "overall", "classes", "dataset")
+
+
+def check_summary(data: Any, path: Path) -> None:
+    """Refuse a ``summary.json`` that is not one this version wrote: not an object, a key of
+    :data:`REQUIRED_SUMMARY_KEYS` missing, or another ``schema_version``
+    (:class:`AuditorInputError` naming the file; CLI exit 2)."""
+    from auditor.results import SCHEMA_VERSION
+
+    if not isinstance(data, dict):
+        raise AuditorInputError(f"{str(path)!r}: not a summary (a JSON object is expected)")
+    missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in data]
+    if missing:
+        raise AuditorInputError(
+            f"{str(path)!r}: not a complete summary: missing {', '.join(missing)}"
+        )
+    version = data["schema_version"]
+    if version != SCHEMA_VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > 1
+        raise AuditorInputError(
+            f"{str(path)!r}: schema_version {version!r} is not {SCHEMA_VERSION}"
+            + ("; written by a newer cam-auditor: upgrade to read it" if newer else "")
+        )
 
 
 class Run:
@@ -78,10 +115,18 @@ class Run:
 
         p = self.path / "samples.parquet"
         if not p.is_file():
+            if self.summary.dataset.n_evaluated:
+                raise AuditorInputError(f"{str(p)!r}: missing (the run has evaluated samples)")
             return pd.DataFrame()
         from auditor.audit.store import read_samples
 
-        return read_samples(p).to_pandas()
+        try:
+            return read_samples(p).to_pandas()
+        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+            raise AuditorInputError(
+                f"{str(p)!r}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); the file is "
+                f"damaged or truncated"
+            ) from exc
 
     @cached_property
     def classes(self) -> pd.DataFrame:
@@ -149,8 +194,20 @@ class Run:
         missing = [i for i in wanted if i not in index]
         if missing:
             raise KeyError(f"`ids`: not samples of this run: {missing[:5]}")
-        maps = RunStore(self.path).load_cams(method, [index[i] for i in wanted])
-        return {i: maps[index[i]] for i in wanted if index[i] in maps}
+        try:
+            maps = RunStore(self.path).load_cams(method, [index[i] for i in wanted])
+        except (OSError, ValueError) as exc:
+            raise AuditorInputError(
+                f"{str(self.path / 'shards')!r}: the maps cannot be read "
+                f"({type(exc).__name__}: {str(exc)[:200]})"
+            ) from exc
+        lost = [i for i in wanted if index[i] not in maps]
+        if lost:
+            raise AuditorInputError(
+                f"{str(self.path / 'shards')!r}: no stored map for {lost[:5]} (method "
+                f"{method!r}); the run's shards are missing or incomplete"
+            )
+        return {i: maps[index[i]] for i in wanted}
 
     # -- comparison -----------------------------------------------------------------------
     def compare(self, other: Run | str | Path, **kwargs: Any) -> Any:
@@ -160,6 +217,11 @@ class Run:
         from auditor.compare import compare_runs
 
         base = other.path if isinstance(other, Run) else Path(other)
+        if base.is_dir() and base.samefile(self.path):
+            raise AuditorInputError(
+                f"`other` is this run ({self.path}): a run compared with itself shows no change "
+                f"and passes every gate; compare a baseline run with a candidate run"
+            )
         kwargs.setdefault("render", False)
         return compare_runs(base, self.path, **kwargs)
 

@@ -546,7 +546,8 @@ class SubgroupTest:
 
 @dataclass(frozen=True)
 class SubgroupDetail:
-    """A SpRAy cluster tested against the rest of its class (:mod:`auditor.analysis.spray.subgroups`):
+    """A SpRAy cluster tested against the rest of its class
+    (:mod:`auditor.analysis.spray.subgroups`):
     where its maps look, which statistics separate it, whether an intervention shows the model
     needs what it looks at, and its severity. ``cluster`` is the :class:`SubgroupResult` id."""
 

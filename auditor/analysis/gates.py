@@ -11,18 +11,54 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from auditor.analysis.gate_registry import FAITHFULNESS_QUANTITIES
 from auditor.config import GATE_EXTRA_QUANTITIES, GateRule
 from auditor.results import AuditResult, ClassResult, GateResult, Gates, OverallResult
 
-__all__ = ["evaluate_gates", "gate_result", "gate_value"]
+__all__ = ["evaluate_gates", "gate_result", "gate_value", "overall_intervention", "overall_value"]
 
 #: Gate quantities read from a class's interventions (the rest of GATE_EXTRA_QUANTITIES is
 #: accuracy).
 INTERVENTION_QUANTITIES = tuple(q for q in GATE_EXTRA_QUANTITIES if q != "accuracy")
 
 
+def overall_intervention(
+    classes: Mapping[str, ClassResult], quantity: str
+) -> float | None:
+    """An intervention quantity over the whole set: the class values weighted by their n.
+
+    Each class value is a mean over that class's intervened samples (accuracies, and the
+    differences ``only_fg_drop`` = acc − only_fg_acc, ``background_gap`` = acc −
+    mixed_rand_acc), so ``Σ n_c · v_c / Σ n_c`` is the same mean over all intervened samples.
+    ``None`` when no class has the quantity.
+    """
+    num, den = 0.0, 0
+    for block in classes.values():
+        iv = block.interventions
+        if iv is None or not iv.n:
+            continue
+        value = iv.get(quantity)
+        if value is None:
+            continue
+        num += float(value) * iv.n
+        den += iv.n
+    return num / den if den else None
+
+
+def _faithfulness_value(result: AuditResult, rule: GateRule) -> float | None:
+    """A faithfulness mean (or interval bound) of the seeded subset, ``None`` if not run."""
+    block = (result.faithfulness or {}).get(rule.method or result.primary_method) or {}
+    stat = block.get(rule.quantity)
+    value = None if stat is None else getattr(stat, rule.stat, None)
+    return None if value is None else float(value)
+
+
 def gate_value(block: ClassResult | OverallResult, rule: GateRule, primary: str) -> float | None:
-    """The value ``rule`` checks in one class (or overall), ``None`` if not available."""
+    """The value ``rule`` checks in one class (or overall), ``None`` if not available.
+
+    Overall intervention and faithfulness quantities need the whole result: see
+    :func:`overall_value`.
+    """
     q = rule.quantity
     if q == "accuracy":
         if rule.stat == "mean":
@@ -67,6 +103,19 @@ def gate_result(
     )
 
 
+def overall_value(result: AuditResult, rule: GateRule) -> float | None:
+    """The value of an overall gate: intervention quantities pooled over the classes
+    (:func:`overall_intervention`; ``mean`` only), faithfulness from the seeded subset, the
+    rest from ``result.overall``."""
+    if rule.quantity in FAITHFULNESS_QUANTITIES:
+        return _faithfulness_value(result, rule)
+    if rule.quantity in INTERVENTION_QUANTITIES:
+        if rule.stat != "mean":
+            return None
+        return overall_intervention(result.classes, rule.quantity)
+    return gate_value(result.overall, rule, result.primary_method)
+
+
 def evaluate_gates(result: AuditResult | Mapping[str, Any], rules: Sequence[GateRule]) -> Gates:
     """Check every gate rule (``scope == "compare"`` ones are left to ``compare``).
 
@@ -84,7 +133,7 @@ def evaluate_gates(result: AuditResult | Mapping[str, Any], rules: Sequence[Gate
             count = sum(1 for f in result.findings if f.severity == sev)
             results.append(gate_result(rule, None, float(count)))
         elif rule.scope == "overall":
-            results.append(gate_result(rule, None, gate_value(result.overall, rule, primary)))
+            results.append(gate_result(rule, None, overall_value(result, rule)))
         else:
             checked = 0
             for cls, block in result.classes.items():

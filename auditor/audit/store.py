@@ -213,8 +213,6 @@ LOCK_DIR = "locks"
 MAIN_LOCK = "main"
 #: A file that marks a folder as a cam-auditor run directory (written when it is claimed).
 RUN_MARKER = ".cam-auditor-run"
-#: Names whose presence marks a folder as ours (older run directories have no marker).
-_OURS = (RUN_MARKER, "provenance.json", "summary.json", SHARD_DIR, LOCK_DIR)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 log = logging.getLogger("auditor")
@@ -566,15 +564,15 @@ def held_writer_locks(run_dir: str | Path) -> list[tuple[str, dict[str, Any]]]:
     return out
 
 
-def claim_run_dir(run_dir: str | Path) -> Path:
-    """Check that ``run_dir`` can be a run directory of ours, create it and mark it.
+def claim_output_dir(root: Path, marker_name: str, what: str) -> Path:
+    """Check that ``root`` can be an output folder of ours, create it and mark it.
 
     Refused (:class:`auditor.errors.StorageError`, exit code 2): a path that is a file, a
-    folder that cannot be written (read-only, permissions; the free space is named), and a
-    NON-EMPTY folder that holds none of our files (a folder of the user's own files would be
-    mixed with, or overwritten by, the audit's outputs).
+    folder that cannot be written (the free space is named), and a NON-EMPTY folder without
+    our marker ``marker_name`` (issue 27: a folder that merely holds a ``summary.json`` is not
+    ours; the user's files there would be mixed with, or overwritten by, our outputs).
     """
-    root = Path(run_dir)
+    root = Path(root)
     if root.exists() and not root.is_dir():
         raise StorageError(f"--out {root} is a file, not a folder; choose a folder")
     if root.is_dir():
@@ -584,20 +582,32 @@ def claim_run_dir(run_dir: str | Path) -> Path:
             raise storage_error(exc, root) from exc
         # a concurrent writer's marker in flight (atomic_write_bytes' temp file) is ours too:
         # parallel shard jobs / torchrun ranks create the folder at the same moment
-        in_flight = any(_is_temp_of(n, RUN_MARKER) for n in entries)
-        if entries and not in_flight and not any(n in entries for n in _OURS):
+        in_flight = any(_is_temp_of(n, marker_name) for n in entries)
+        if entries and not in_flight and marker_name not in entries:
             shown = ", ".join(sorted(entries)[:3]) + (", …" if len(entries) > 3 else "")
             raise StorageError(
-                f"--out {root} is a non-empty folder that is not a cam-auditor run directory "
-                f"(it holds {shown}); choose an empty or new folder, so none of your files "
-                f"is overwritten"
+                f"--out {root} is a non-empty folder that is not a cam-auditor {what} (no "
+                f"{marker_name} marker; it holds {shown}); choose an empty or new folder, so "
+                f"none of your files is overwritten"
             )
-    marker = root / RUN_MARKER
+    else:
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise storage_error(exc, root) from exc
+    marker = root / marker_name
     if not marker.exists():
-        atomic_write_bytes(marker, b"cam-auditor run directory\n")
+        atomic_write_bytes(marker, f"cam-auditor {what}\n".encode())
     elif not os.access(root, os.W_OK):
         raise storage_error(OSError(errno.EACCES, "permission denied"), root)
     return root
+
+
+def claim_run_dir(run_dir: str | Path) -> Path:
+    """Check that ``run_dir`` can be a run directory of ours, create it and mark it
+    (:func:`claim_output_dir` with :data:`RUN_MARKER`: only a folder this tool created, with
+    its marker, or an empty/new folder, is accepted)."""
+    return claim_output_dir(Path(run_dir), RUN_MARKER, "run directory")
 
 
 def _json_default(obj: Any) -> Any:
@@ -673,14 +683,21 @@ class RunStore:
                 raise ResumeMismatchError(
                     f"--resume refused: {self.root} was made with a different "
                     + ", ".join(changed)
-                    + "; use a new --out directory or run without --resume"
+                    + "; use a new --out directory, or --overwrite (without --resume) to "
+                    "replace this run"
                 )
             return self.completed_batches(validate=True)
         if self.shards.is_dir() and any(self.shards.glob("part-*.parquet")):
             if not resume:
+                if (self.root / "summary.json").is_file():
+                    raise AuditorInputError(
+                        f"--out {self.root} holds a finished audit; choose a new --out, or "
+                        f"pass --overwrite to replace it (the old run is kept until the new "
+                        f"one finishes)"
+                    )
                 raise AuditorInputError(
-                    f"--out {self.root} already holds an audit; pass --resume to continue it "
-                    f"or choose an empty directory"
+                    f"--out {self.root} holds an unfinished audit; pass --resume to continue "
+                    f"it, --overwrite to start over, or choose a new --out"
                 )
         self.shards.mkdir(parents=True, exist_ok=True)
         return set()

@@ -17,6 +17,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from auditor.analysis import AGG_METRICS, FAITH_METRICS
+from auditor.audit.store import migrate_samples
+from auditor.audit.streaming import PoissonBootstrap
 from auditor.errors import AuditorInputError
 from auditor.format import finite_or_none
 from auditor.results import (
@@ -28,8 +30,6 @@ from auditor.stats import (
     paired_bootstrap_diff_ci,
     paired_test,
 )
-from auditor.audit.store import migrate_samples
-from auditor.audit.streaming import PoissonBootstrap
 
 #: Accuracy-like quantities: name → correctness column of samples.parquet (0/1 per sample).
 BINARY_QUANTITIES: Mapping[str, str] = {

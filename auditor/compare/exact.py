@@ -16,6 +16,7 @@ import pyarrow.parquet as pq
 import tomllib
 
 from auditor._version import __version__
+from auditor.audit.store import atomic_write_bytes, atomic_write_json
 from auditor.compare import streamed as cs
 from auditor.compare.core import (
     POISSON_INTERVAL,
@@ -42,7 +43,6 @@ from auditor.results import (
     COMPARISON_SCHEMA_VERSION,
     ComparisonResult,
 )
-from auditor.audit.store import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("auditor")
 
@@ -224,8 +224,10 @@ def _out_dir(out: str | Path | None, ra: LoadedRun, rb: LoadedRun) -> Path:
     for r in (ra, rb):
         if out_dir.resolve() == r.path.resolve():
             raise AuditorInputError(f"--out {out_dir}: must not be a run directory ({r.role})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
+    from auditor.audit.store import claim_output_dir
+    from auditor.compare.gates import COMPARE_MARKER
+
+    return claim_output_dir(out_dir, COMPARE_MARKER, "comparison directory")
 
 
 def _pair_methods(
@@ -474,6 +476,11 @@ def compare_runs(
         raise ValueError(f"`stream_min_pairs` must be an int >= 0, got {stream_min_pairs!r}")
     gate_rules = checked_gate_rules(config, gates)
     ra, rb = load_compared_run(Path(run_a), "run_a"), load_compared_run(Path(run_b), "run_b")
+    if ra.path.samefile(rb.path):  # the API refuses what the CLI refuses
+        raise AuditorInputError(
+            f"run_a and run_b are the same run directory ({ra.path}): a run compared with "
+            f"itself shows no change and passes every gate"
+        )
     classes = _check_comparable(ra, rb)
     out_dir = _out_dir(out, ra, rb)
     settings = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}

@@ -33,15 +33,20 @@ def _gate_quantity(rule: GateRule) -> tuple[str, int]:
     )
 
 
-def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
-    """The comparison gates (``scope == "compare"``) of a TOML file's ``[gates]`` section.
+#: A file that marks a folder as a cam-auditor comparison directory (like a run's marker).
+COMPARE_MARKER = ".cam-auditor-compare"
 
-    ``config`` may be a small file with only ``[gates]`` or a full audit config; rules of other
-    scopes (``max_background_focus`` ...) apply to single runs and are ignored here. Unknown
-    keys are errors (a typo must not silently disable a gate).
+
+def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
+    """The comparison gates (``max_<q>_increase`` / ``_decrease``) of a TOML file.
+
+    ``config`` is either a gates file (only a ``[gates]`` section, only comparison gates) or
+    a full audit config (validated whole, as ``auditor run --baseline`` reads it: its run
+    gates belong to the run). Unknown sections and keys, run gates in a gates file,
+    ``[[gates.rule]]`` tables there: errors naming the key and the file (gate registry,
+    :mod:`auditor.analysis.gate_registry`).
     """
-    from auditor.config import _parse_gates
-    from auditor.metrics.registry import METRICS
+    from auditor.config import _parse_gates, check_keys, load_config, split_gates
 
     p = Path(config)
     if not p.is_file():
@@ -50,6 +55,9 @@ def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
         raw = tomllib.loads(p.read_bytes().decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{p.name}: invalid TOML: {exc}") from exc
+    if "model" in raw or "data" in raw:  # a full audit config: validated like `run` reads it
+        return split_gates(load_config(p, baseline=True).gates)[1]
+    check_keys(raw, ("gates",), "top level", f"{p.name} (a compare --config holds only [gates])")
     table = raw.get("gates")
     if table is None:
         raise ConfigError(
@@ -57,8 +65,7 @@ def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
         )
     if not isinstance(table, dict):
         raise ConfigError(f"{p.name}: [gates] must be a table")
-    rules = _parse_gates(table, p.name, tuple(METRICS))
-    return tuple(r for r in rules if r.scope == "compare")
+    return _parse_gates(table, p.name, context="compare")
 
 
 def evaluate_comparison_gates(

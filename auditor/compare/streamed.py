@@ -50,6 +50,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from auditor.audit.store import migrate_samples
+from auditor.audit.streaming import BLOCK, PoissonBootstrap
 from auditor.compare import core
 from auditor.compare.core import (
     BINARY_QUANTITIES,
@@ -70,8 +72,6 @@ from auditor.compare.core import (
 from auditor.errors import AuditorInputError
 from auditor.format import finite_or_none
 from auditor.stats import bootstrap_mean_ci, grouped_bootstrap_mean_ci, paired_test
-from auditor.audit.store import migrate_samples
-from auditor.audit.streaming import BLOCK, PoissonBootstrap
 
 __all__ = ["CHUNK_PAIRS", "MethodCounts", "method_counts", "stream_compare", "wilcoxon_stream"]
 

@@ -324,9 +324,9 @@ def run_demo(
     command: str | None = None,
 ) -> object:
     """Write the demo inputs into ``out/inputs`` and audit them into ``out`` (``auditor demo``)."""
-    from auditor.config import load_config
     from auditor.audit.runner import run_audit
     from auditor.audit.store import claim_run_dir
+    from auditor.config import load_config
 
     out = Path(out)
     claim_run_dir(out)  # before the inputs land there: a folder of the user's files is refused
