@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -235,8 +236,10 @@ def test_class_mismatch_and_not_a_run(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
     with pytest.raises(AuditorInputError, match="no summary.json"):
         compare_runs(a, tmp_path / "empty", out=tmp_path / "o", render=False)
+    with pytest.raises(AuditorInputError, match="same run directory"):
+        compare_runs(a, a, out=tmp_path / "o", render=False)
     with pytest.raises(AuditorInputError, match="must not be a run directory"):
-        compare_runs(a, a, out=a, render=False)
+        compare_runs(a, shutil.copytree(a, tmp_path / "a2"), out=a, render=False)
 
 
 def test_pairing_id_mismatch(tmp_path: Path) -> None:
@@ -293,12 +296,18 @@ def test_gate_on_missing_quantity_fails() -> None:
 def test_load_compare_gates(tmp_path: Path) -> None:
     p = tmp_path / "gates.toml"
     p.write_text("[gates]\nmax_background_focus_increase = 0.05\nmax_background_focus = 0.6\n")
+    with pytest.raises(ConfigError, match="max_background_focus: is a run gate"):
+        load_compare_gates(p)  # a run gate in a gates file is refused, not silently ignored
+    p.write_text("[gates]\nmax_background_focus_increase = 0.05\n")
     rules = load_compare_gates(p)
-    assert [r.quantity for r in rules] == ["background_focus_increase"]  # run gates ignored
+    assert [r.quantity for r in rules] == ["background_focus_increase"]
     p.write_text("[gates]\nmax_background_focus_increse = 0.05\n")
     with pytest.raises(ConfigError, match="increse"):
         load_compare_gates(p)
     p.write_text("[report]\ntitle = 'x'\n")
+    with pytest.raises(ConfigError, match="unknown key .top level. report"):
+        load_compare_gates(p)
+    p.write_text("# nothing yet\n")
     with pytest.raises(ConfigError, match=r"no \[gates\]"):
         load_compare_gates(p)
 

@@ -66,8 +66,11 @@ def test_load_run_round_trips_the_run(demo_run: Path) -> None:
 
 
 def test_compare_with_itself_finds_no_change(demo_run: Path, tmp_path: Path) -> None:
+    import shutil
+
     run = auditor.load_run(demo_run)
-    res = run.compare(demo_run, out=tmp_path / "cmp", pdf=False, n_boot=200)
+    twin = shutil.copytree(demo_run, tmp_path / "twin")  # the same run itself is refused
+    res = run.compare(twin, out=tmp_path / "cmp", pdf=False, n_boot=200)
     assert res.passed
     assert res.comparison["regressed"] == [] and res.comparison["improved"] == []
 
@@ -76,6 +79,11 @@ def test_load_run_refuses_what_is_not_a_run(tmp_path: Path) -> None:
     with pytest.raises(AuditorInputError, match="not found"):
         auditor.load_run(tmp_path)
     (tmp_path / "summary.json").write_text('{"schema_version": 7}', "utf-8")
+    with pytest.raises(AuditorInputError, match="not a complete summary"):
+        auditor.load_run(tmp_path)
+    (tmp_path / "summary.json").write_text(
+        '{"schema_version": 7, "methods": [], "overall": {}, "classes": {}, "dataset": {}}', "utf-8"
+    )
     with pytest.raises(AuditorInputError, match="schema_version"):
         auditor.load_run(tmp_path)
     with pytest.raises(TypeError, match="`run_dir` must be a path"):
