@@ -253,6 +253,19 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
     return "\n".join(lines), records
 
 
+def ship_weights(epochs: int) -> None:
+    """Train the test subset's models (corner_tag, fraction 0.5, seed 0, planted and clean)
+    exactly as :func:`run_model` does and save them under ``weights/`` (tests use them)."""
+    import torch
+
+    (HERE / "weights").mkdir(exist_ok=True)
+    for planted in (True, False):
+        case = Case("corner_tag", 0.5, 0, True, planted)
+        train = generate(case, N_TRAIN, 0)
+        net = detnet.train(train.images, train.labels, seed=case.seed, epochs=epochs)
+        torch.save(net.state_dict(), HERE / "weights" / f"{case.model_name}.pt")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="one seed, fractions 0.5 and 1")
@@ -261,7 +274,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "detection")
     parser.add_argument("--no-write", action="store_true", help="accepted for run_all.py")
+    parser.add_argument("--ship-weights", action="store_true", help="retrain weights/ only")
     args = parser.parse_args(argv)
+    if args.ship_weights:
+        ship_weights(args.epochs)
+        return 0
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     types = [t.strip() for t in args.types.split(",") if t.strip()]
     for t in types:
