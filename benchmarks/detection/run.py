@@ -274,10 +274,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=12)
     parser.add_argument("--out", type=Path, default=ROOT / "runs" / "detection")
     parser.add_argument("--no-write", action="store_true", help="accepted for run_all.py")
+    parser.add_argument("--from-rows", action="store_true", help="table of OUT/rows.json")
     parser.add_argument("--ship-weights", action="store_true", help="retrain weights/ only")
     args = parser.parse_args(argv)
     if args.ship_weights:
         ship_weights(args.epochs)
+        return 0
+    if args.from_rows:  # re-score an interrupted run from its rows.json
+        table, _ = summarise(json.loads((args.out / "rows.json").read_text(encoding="utf-8")))
+        print(table)
         return 0
     seeds = [int(s) for s in (args.seeds or ("0" if args.quick else "0,1,2")).split(",")]
     types = [t.strip() for t in args.types.split(",") if t.strip()]
