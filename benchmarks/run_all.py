@@ -37,6 +37,8 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "memory": ("bench_memory.py", ["--quick"]),
     "report": ("bench_report.py", ["--classes", "100", "--samples", "2000"]),
     "scale": ("bench_scale.py", ["--quick"]),
+    # planted shortcuts + clean twins (docs/validity.md); the full grid takes hours on 2 cores
+    "detection": ("detection/run.py", ["--quick"]),
 }
 
 #: Runs the script as ``__main__`` after pinning torch's threads (``-c`` program).

@@ -1,0 +1,192 @@
+"""The detection benchmark (benchmarks/detection): generator units, transplant check, and a
+fast end-to-end subset (shipped tiny weights of one planted case and its clean twin)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("skimage")
+pytest.importorskip("sklearn")
+
+from benchmarks.detection import detnet  # noqa: E402
+from benchmarks.detection.generator import (  # noqa: E402
+    CLASSES,
+    TARGET,
+    TYPE_NAMES,
+    TYPES,
+    Case,
+    generate,
+    shortcut_type,
+    transplant_images,
+    write_dataset,
+)
+from benchmarks.detection.run import score, wilson  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "benchmarks" / "detection" / "weights"
+T = CLASSES.index(TARGET)
+
+
+def test_types_are_data_and_cases_validate():
+    assert len(TYPE_NAMES) == len(set(TYPE_NAMES)) >= 9
+    assert shortcut_type("corner_tag").fractions == (0.1, 0.25, 0.5, 1.0)
+    assert shortcut_type("corner_tag").subgroup and not shortcut_type("frame").subgroup
+    assert {t.name for t in TYPES if not t.localised} == {"colour_cast", "blur"}
+    with pytest.raises(ValueError, match="type"):
+        Case("nope", 1.0, 0, True, True)
+    with pytest.raises(ValueError, match="fraction"):
+        Case("frame", 0.0, 0, True, True)
+    assert Case("corner_tag", 0.25, 3, False, True).name == "corner_tag-f025-s3-planted-nomask"
+
+
+@pytest.mark.parametrize("fraction", [0.1, 0.25, 0.5, 1.0])
+def test_fractions_exact_and_only_on_target(fraction):
+    d = generate(Case("corner_tag", fraction, 0, True, True), 20, 1)
+    assert d.cued[d.labels == T].sum() == round(fraction * 20)
+    assert not d.cued[d.labels != T].any()
+    clean = generate(Case("corner_tag", fraction, 0, True, False), 20, 1)
+    per_class = [int(clean.cued[clean.labels == c].sum()) for c in range(len(CLASSES))]
+    expected = round(fraction * 20) if fraction < 1 else round(20 / len(CLASSES))
+    assert per_class == [expected] * len(CLASSES)  # the clean twin: uninformative
+
+
+def test_masks_aligned_with_digit_and_cue():
+    d = generate(Case("corner_tag", 1.0, 0, True, True), 6, 1)
+    s = d.images.shape[1]
+    for i in np.flatnonzero(d.cued):
+        # the tag's 8 x 8 pixels are the cue, never the object
+        assert d.cue_masks[i][s - 8 :, :8].all() and d.cue_masks[i].sum() == 64
+        assert not (d.masks[i] & d.cue_masks[i]).any()
+        assert tuple(d.images[i][s - 1, 0]) != tuple(d.images[i][s - 1, 2])  # checker pattern
+    for i in range(len(d.labels)):
+        m = d.masks[i]
+        assert 0.03 < m.mean() < 0.4
+        # the object's pixels differ from the background statistics: the digit is drawn there
+        if not d.cued[i]:
+            grey = d.images[i].astype(float).mean(axis=2)
+            assert grey[m].mean() > grey[~m].mean() + 10
+
+
+def test_determinism_by_seed():
+    a = generate(Case("frame", 1.0, 4, True, True), 5, 1)
+    b = generate(Case("frame", 1.0, 4, True, True), 5, 1)
+    c = generate(Case("frame", 1.0, 5, True, True), 5, 1)
+    assert np.array_equal(a.images, b.images) and np.array_equal(a.masks, b.masks)
+    assert not np.array_equal(a.images, c.images)
+
+
+def test_shared_cue_and_global_types():
+    d = generate(Case("shared_cue", 1.0, 0, True, True), 4, 1)
+    assert d.cued.all()
+    cast = generate(Case("colour_cast", 1.0, 0, True, True), 4, 1)
+    rgb = cast.images.astype(float).mean(axis=(1, 2))
+    on = cast.cued
+    assert (rgb[on, 0] - rgb[on, 1]).min() > (rgb[~on, 0] - rgb[~on, 1]).max()
+
+
+def test_transplant_images_carry_cue_on_other_classes():
+    imgs = transplant_images(Case("corner_tag", 0.5, 0, True, True), 3, 2)
+    assert imgs.shape == (9, 48, 48, 3)
+    tag = imgs[:, -8:, :8].astype(float)
+    assert (tag[..., 2] < 60).any(axis=(1, 2)).all()  # yellow-black squares: low blue
+
+
+def test_write_dataset(tmp_path):
+    d = generate(Case("corner_tag", 0.5, 0, True, True), 4, 1)
+    manifest = write_dataset(d, tmp_path / "with", masks=True)
+    lines = manifest.read_text().splitlines()
+    assert lines[0] == "id,image,label,mask" and len(lines) == 17
+    assert (tmp_path / "with" / "masks" / "0000_zero.png").is_file()
+    truth = (tmp_path / "with" / "truth.csv").read_text().splitlines()
+    assert sum(line.endswith(",1") for line in truth[1:]) == 2
+    no = write_dataset(d, tmp_path / "without", masks=False)
+    assert no.read_text().splitlines()[0] == "id,image,label"
+
+
+def test_wilson_hand_values():
+    lo, hi = wilson(19, 20)
+    assert lo == pytest.approx(0.7639, abs=1e-3) and hi == pytest.approx(0.9911, abs=1e-3)
+    assert all(math.isnan(v) for v in wilson(0, 0))
+
+
+def test_score_rules_hand_built_summary():
+    case = Case("corner_tag", 0.5, 0, True, True)
+    truth = {"s0001": True, "s0002": True, "s0003": False}
+    summ = {
+        "_truth": truth,
+        "findings": [
+            {"class": TARGET, "kind": "subgroup", "severity": "medium",
+             "evidence": {"members": ["s0001", "s0003"]}},
+            {"class": "one", "kind": "x", "severity": "low"},
+        ],
+    }
+    row = score(case, summ)
+    assert row["hits"] == 1 and row["purity"] == 0.5 and row["member_recall"] == 0.5
+    clean = score(Case("corner_tag", 0.5, 0, True, False), summ)
+    assert clean["alarm_classes"] == 1 and clean["n_classes"] == 4
+    summ["findings"][0]["severity"] = "low"
+    assert score(case, summ)["hits"] == 0
+
+
+# --------------------------------------------------------------------------------------------
+# shipped models: the transplant check and a fast end-to-end audit
+
+def _net(variant):
+    import torch
+
+    path = WEIGHTS / f"corner_tag-f050-s0-{variant}.pt"
+    net = detnet.DetNet()
+    net.load_state_dict(torch.load(path, weights_only=True))
+    return net.eval()
+
+
+def test_shipped_weights_small():
+    for variant in ("planted", "clean"):
+        assert (WEIGHTS / f"corner_tag-f050-s0-{variant}.pt").stat().st_size < 200_000
+
+
+def test_transplant_flips_planted_not_clean():
+    case = Case("corner_tag", 0.5, 0, True, True)
+    imgs = transplant_images(case, 20, 2)
+    rate = {v: float((detnet.predict(_net(v), imgs) == T).mean()) for v in ("planted", "clean")}
+    assert rate["planted"] >= 0.5
+    assert rate["clean"] <= 0.2
+
+
+def _audit(tmp_path, variant, masks):
+    import shutil
+
+    from benchmarks.detection import run
+
+    case = Case("corner_tag", 0.5, 0, masks, variant == "planted")
+    model_dir = tmp_path / case.name
+    model_dir.mkdir()
+    shutil.copyfile(ROOT / "benchmarks" / "detection" / "detnet.py", model_dir / "detnet.py")
+    shutil.copyfile(WEIGHTS / f"{case.model_name}.pt", model_dir / "weights.pt")
+    return case, run.audit(case, model_dir, 1)
+
+
+@pytest.mark.slow
+def test_planted_subgroup_found_with_masks(tmp_path):
+    case, summary = _audit(tmp_path, "planted", True)
+    row = score(case, summary)
+    assert "error" not in row, row
+    assert row["hits"] == 1, row["findings"]
+    assert row["purity"] is not None and row["purity"] >= 0.8
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(
+    strict=False,
+    reason="measured 16:00 UTC with main's rules: the clean twin gets medium/high findings on 2 "
+    "of 4 classes with masks (docs/validity.md); expected to pass once issue 22's rules land",
+)
+def test_clean_twin_silent_with_masks(tmp_path):
+    case, summary = _audit(tmp_path, "clean", True)
+    row = score(case, summary)
+    assert "error" not in row, row
+    assert row["alarm_classes"] == 0, row["findings"]
