@@ -20,6 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
+from auditor.analysis import absolute_rules as _absolute_rules  # noqa: F401  (registers)
 from auditor.analysis.aggregate import (
     PrimaryColumns,
     class_results,

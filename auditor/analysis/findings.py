@@ -142,6 +142,21 @@ def _fmt(v: Any, spec: str = ".0%") -> str:
     return fmt(v, spec, missing="n/a")
 
 
+def _collapsed(ctx: RuleContext, intervention: str) -> bool:
+    """Whether the intervention's fill collapsed (:mod:`auditor.analysis.fill_collapse`)."""
+    from auditor.analysis import fill_collapse as fc
+
+    p, n_classes = ctx.samples, len(ctx.classes)
+    if intervention == "only_bg":
+        res = fc.only_bg_collapse(
+            p.labels, p.preds, p.only_bg_pred, n_classes, confidence=ctx.confidence
+        )
+    else:
+        fg = p.interventions.get("only_fg_correct")
+        res = fc.only_fg_collapse(p.labels, p.correct, fg, n_classes, confidence=ctx.confidence)
+    return res.collapsed
+
+
 # --------------------------------------------------------------------------------------------
 # background focus and reliance (the two rules share their evidence)
 # --------------------------------------------------------------------------------------------
@@ -287,6 +302,8 @@ def _natural_background_agrees(r: FindingRules, iv: Interventions) -> bool:
 def background_reliance_rule(ctx: RuleContext) -> list[Finding]:
     """Accuracy falls when the background is removed (Xiao et al. 2021)."""
     out: list[Finding] = []
+    if _collapsed(ctx, "only_fg"):  # the fill, not the model, moved the predictions
+        return out
     for name, c in ctx.classes.items():
         b = _background(ctx, c)
         iv = c.interventions
@@ -503,7 +520,7 @@ def background_sufficiency_rule(ctx: RuleContext) -> list[Finding]:
     from auditor.subgroup_findings import sufficiency_findings
 
     p = ctx.samples
-    if p.only_bg_pred is None or len(p.ids) != len(p.labels):
+    if p.only_bg_pred is None or len(p.ids) != len(p.labels) or _collapsed(ctx, "only_bg"):
         return []
     return sufficiency_findings(
         p.labels, p.only_bg_pred, p.ids, list(ctx.classes), confidence=ctx.confidence

@@ -198,6 +198,9 @@ class Subgroup:
     exemplars: np.ndarray
     rest_exemplars: np.ndarray
     only_bg_rate: tuple[float | None, float | None, float | None]
+    #: set when the subgroup comes from the per-sample evidence, not from a SpRAy cluster:
+    #: ``{statistic, threshold, gap}`` (:mod:`auditor.analysis.spray.evidence_split`; issue 22)
+    split: Mapping[str, Any] | None = None
 
     @property
     def size(self) -> int:
@@ -456,6 +459,24 @@ def analyse_class(
             n_exemplars=n_exemplars,
         )
         subgroups.append(sub)
+    if k == 1 and not subgroups and n >= rules.min_class_size:
+        # the maps do not cluster: search the per-sample evidence for a split (issue 22)
+        from auditor.analysis.spray.evidence_split import evidence_split
+
+        split = evidence_split(
+            values,
+            pooled,
+            n_classes=n_classes,
+            border_chance_share=border_chance_share,
+            confidence=confidence,
+            n_boot=n_boot,
+            seed=seed,
+            rules=rules,
+            n_exemplars=n_exemplars,
+            cluster_id=k,
+        )
+        if split is not None:
+            subgroups.append(split)
     order = {"high": 0, "medium": 1, "low": 2}
     subgroups.sort(key=lambda s: (order[s.severity], s.size, s.cluster))
     if k == 2 and len(subgroups) == 2:
@@ -606,6 +627,7 @@ def class_to_json(res: ClassSubgroups, ids: Sequence[str]) -> dict[str, Any]:
             only_bg_rate=s.only_bg_rate,
         ).to_json()
         | {"tests": {k: t.to_dict() for k, t in s.tests.items()}, "gallery": []}
+        | ({"split": dict(s.split)} if s.split else {})
         for s in res.subgroups
     ]
     out: dict[str, Any] = {
