@@ -833,16 +833,19 @@ def _build_engine(
     s: AuditSettings,
     dev: torch.device,
 ) -> Any:
-    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch)."""
+    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch), with
+    every method x model check run on that batch before the first one
+    (:func:`auditor.cam.applicability.check_applicability`; the cost estimate is logged)."""
     import torch
 
     from auditor.cam import CamEngine
+    from auditor.cam.applicability import check_applicability
 
     channels = int(getattr(dataset.config, "channels", 3) or 3)
     gen = torch.Generator().manual_seed(s.seed)
     example = torch.randn(2, channels, *dataset.config.input_size, generator=gen).to(dev)
     try:
-        return CamEngine(
+        engine = CamEngine(
             model,
             layer,
             s.methods,
@@ -854,6 +857,13 @@ def _build_engine(
             example=example,
             seed=int(s.seed),
         )
+        found = check_applicability(
+            engine, example, len(dataset.classes), s.max_forwards_per_image
+        )
+        log.info("cost estimate: %s", found.describe())
+        return engine
+    except AuditorInputError:
+        raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"[model]/[audit]: {exc}") from exc
     except Exception as exc:
