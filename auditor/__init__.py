@@ -49,9 +49,9 @@ __all__ = [
 ]
 
 _LAZY = {
-    "AuditOutcome": "auditor.runner",
-    "audit": "auditor.runner",
-    "run_audit": "auditor.runner",
+    "AuditOutcome": "auditor.audit.runner",
+    "audit": "auditor.audit.runner",
+    "run_audit": "auditor.audit.runner",
     "run_demo": "auditor.demo",
     "load_config": "auditor.config",
     "load_run": "auditor.notebook",

@@ -41,7 +41,7 @@ class _Terminated(BaseException):  # noqa: N818 - a signal, not an error
 
 def exit_code_for(exc: BaseException) -> int:
     """The exit code of an exception escaping a command (the one place that decides it)."""
-    from auditor.store import is_storage_error
+    from auditor.audit.store import is_storage_error
 
     if isinstance(exc, _Terminated):
         return EXIT_TERMINATED
@@ -59,7 +59,7 @@ def exit_code_for(exc: BaseException) -> int:
 
 
 def _message(exc: BaseException, code: int, log_path: Path | None) -> str:
-    from auditor.store import is_storage_error, storage_error
+    from auditor.audit.store import is_storage_error, storage_error
 
     if code == EXIT_INTERRUPTED:
         return "auditor: interrupted; completed batches are kept (use --resume)"
@@ -88,7 +88,7 @@ def _message(exc: BaseException, code: int, log_path: Path | None) -> str:
 
 def _log_dir(args: argparse.Namespace | None) -> Path | None:
     """The run directory a command writes into, if it exists and is ours."""
-    from auditor.store import RUN_MARKER
+    from auditor.audit.store import RUN_MARKER
 
     if args is None:
         return None
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
                 signal.signal(sig, handler)
             except (ValueError, TypeError):  # not the main thread / not restorable
                 pass
-    from auditor.distributed import agree_exit_code
+    from auditor.audit.distributed import agree_exit_code
 
     return agree_exit_code(code)  # under torchrun every rank exits with rank 0's code
 
@@ -294,7 +294,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         out = args.out or Path("runs") / args.config.stem
         if args.limit is not None and args.limit < 1:
             raise AuditorInputError(f"--limit must be >= 1, got {args.limit}")
-        from auditor.distributed import parse_shard, torchrun_env
+        from auditor.audit.distributed import parse_shard, torchrun_env
 
         spec = parse_shard(args.shard) if args.shard is not None else None
         if spec is not None and torchrun_env() is not None:
@@ -324,7 +324,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         _print_end(outcome)
         return outcome.exit_code
     if args.command == "finalize":
-        from auditor.runner import finalize_run
+        from auditor.audit.runner import finalize_run
 
         outcome = finalize_run(
             args.run_dir,

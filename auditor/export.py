@@ -29,8 +29,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from auditor.audit.store import atomic_write_bytes, clean_nan
 from auditor.results import AuditResult, thaw
-from auditor.store import atomic_write_bytes, clean_nan
 
 __all__ = [
     "FORMULA_PREFIXES",

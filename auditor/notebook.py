@@ -79,7 +79,7 @@ class Run:
         p = self.path / "samples.parquet"
         if not p.is_file():
             return pd.DataFrame()
-        from auditor.store import read_samples
+        from auditor.audit.store import read_samples
 
         return read_samples(p).to_pandas()
 
@@ -134,7 +134,7 @@ class Run:
         Raises:
             KeyError: an id that is not a sample of this run, or an unknown method.
         """
-        from auditor.store import RunStore
+        from auditor.audit.store import RunStore
 
         wanted = [ids] if isinstance(ids, str) else [str(i) for i in ids]
         method = method or self.summary.primary_method

@@ -1,6 +1,6 @@
 """Finding rules on subgroups and on background sufficiency (one function per rule).
 
-* :func:`subgroup_findings` turns the tested clusters of :mod:`auditor.metrics.subgroups`
+* :func:`subgroup_findings` turns the tested clusters of :mod:`auditor.analysis.spray.subgroups`
   into findings: ``subgroup_shortcut`` ("N of M '<class>' images are predicted from
   <where>", high or medium) and ``strategy_cluster`` (a cluster that separates from its class
   on some statistic but does not look elsewhere, or is not needed: low).

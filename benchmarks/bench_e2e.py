@@ -155,9 +155,9 @@ def best_of(fn: Callable[[], float | None], repeats: int) -> tuple[float, float 
     """Best wall time over ``repeats`` calls, with the inner (loop) time ``fn`` may return and
     the least CPU time (``time.process_time``: every thread of this process) of the calls.
 
-    Every call runs under :func:`auditor.heap.kept_heap`, the allocator setting of the audit
+    Every call runs under :func:`auditor.audit.heap.kept_heap`, the allocator setting of the audit
     loop, so the plain loops are not slowed by page faults the audit avoids."""
-    from auditor.heap import kept_heap
+    from auditor.audit.heap import kept_heap
 
     best, best_inner, best_cpu = float("inf"), None, float("inf")
     for _ in range(repeats):
@@ -199,9 +199,9 @@ def main() -> int:
         parser.error(f"need 0 < --n-small < --n-large, got {args.n_small}, {args.n_large}")
     _common.set_threads(args.threads)
 
+    from auditor.audit.runner import run_audit
     from auditor.config import load_config
     from auditor.data import open_dataset
-    from auditor.runner import run_audit
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-e2e-"))
     try:

@@ -41,7 +41,7 @@ METHODS = ("gradcam", "gradcam++", "layercam")
 SECTION = "## Finalisation at scale (issue 14)"
 GIB = 1024**3
 
-#: The runner's row schema (auditor.runner / store: one row per sample x method).
+#: The runner's row schema (auditor.audit.runner / store: one row per sample x method).
 SCHEMA = pa.schema(
     [
         ("index", pa.int64()),
@@ -264,7 +264,7 @@ def write_shards(run: Path, cfg: Path, fp: list[str], n: int, batch: int) -> Non
 def finalize(run: Path, aggregation: str, *, render: bool = True) -> dict[str, Any]:
     """``auditor finalize RUN --no-pdf`` in a subprocess: wall s, peak RSS bytes, analysis s.
 
-    ``render=False``: ``auditor.runner.finalize_run(render=False)`` instead (no HTML report).
+    ``render=False``: ``auditor.audit.runner.finalize_run(render=False)`` instead (no HTML report).
     """
     env = dict(os.environ, CI="1")
     cmd = [sys.executable, "-m", "auditor", "finalize", str(run), "--no-pdf"]
@@ -273,7 +273,7 @@ def finalize(run: Path, aggregation: str, *, render: bool = True) -> dict[str, A
         cmd = [
             sys.executable,
             "-c",
-            "import sys; from auditor.runner import finalize_run; "
+            "import sys; from auditor.audit.runner import finalize_run; "
             "finalize_run(sys.argv[1], pdf=False, render=False, aggregation=sys.argv[2])",
             str(run),
             aggregation,

@@ -68,8 +68,8 @@ def child(config: Path, out: Path, threads: int) -> int:
     import auditor.analysis  # noqa: F401
     import auditor.metrics  # noqa: F401
     import auditor.report  # noqa: F401
+    from auditor.audit.runner import run_audit
     from auditor.config import load_config
-    from auditor.runner import run_audit
 
     torch.set_num_threads(threads)
     floor = current_rss_mib()

@@ -51,7 +51,7 @@ def case(n: int, seed: int, planted: bool) -> tuple[np.ndarray, dict[str, np.nda
 
 def snapshot(n: int, seed: int, planted: bool) -> dict[str, Any]:
     """``class_to_json`` of ``analyse_class`` on :func:`case` (ids "0".."n-1") + the labels."""
-    from auditor.metrics.subgroups import analyse_class, class_to_json
+    from auditor.analysis.spray.subgroups import analyse_class, class_to_json
 
     maps, stats = case(n, seed, planted)
     res = analyse_class(maps, stats, n_classes=100, border_chance_share=0.36, n_boot=300, seed=seed)

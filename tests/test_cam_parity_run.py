@@ -48,11 +48,11 @@ def test_fullgrad_through_the_runner(tmp_path: Path, demo_inputs: Path) -> None:
     import numpy as np
 
     import auditor
+    from auditor.audit.runner import STORED_INPUT_MAP_SIDE
+    from auditor.audit.store import RunStore
     from auditor.config import AuditSettings
     from auditor.data import open_dataset
     from auditor.models import load_model
-    from auditor.runner import STORED_INPUT_MAP_SIDE
-    from auditor.store import RunStore
 
     cfg = auditor.load_config(demo_inputs)
     dataset = open_dataset(cfg.data)

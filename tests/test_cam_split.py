@@ -10,10 +10,10 @@ import torch
 from torch import nn
 
 import auditor.cam.engine as engine_module
+from auditor.audit.modelstate import preserved_training_flags
 from auditor.cam import CamEngine, compute_cams
 from auditor.cam import perturbation as pert
 from auditor.cam.copies import ModelCopies, state_key
-from auditor.modelstate import preserved_training_flags
 
 
 class FrozenStemNet(nn.Module):

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from auditor.metrics.clusters import Cluster, ClusterResult, spray_clusters
+from auditor.analysis.spray.clusters import Cluster, ClusterResult, spray_clusters
 
 
 def synthetic(n_tl: int, n_br: int, n_border: int = 0, size: int = 16, seed: int = 0):
@@ -165,7 +165,7 @@ def test_invalid_inputs() -> None:
 def test_nearest_neighbours_equal_the_stable_full_sort() -> None:
     """The k-NN graph's neighbours (partition + sort of the candidates) are exactly those of
     ``np.argsort(kind="stable")``, ties to the smaller index included."""
-    from auditor.metrics.clusters import _nearest_stable
+    from auditor.analysis.spray.clusters import _nearest_stable
 
     rng = np.random.default_rng(0)
     for t in range(200):

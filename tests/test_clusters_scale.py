@@ -9,8 +9,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from auditor.metrics.clusters import _adaptive_avg_pool, spray_clusters
-from auditor.metrics.subgroups import SubgroupRules, analyse_class, class_to_json
+from auditor.analysis.spray.clusters import _adaptive_avg_pool, spray_clusters
+from auditor.analysis.spray.subgroups import SubgroupRules, analyse_class, class_to_json
 from tests import spray_cases
 
 SNAPSHOT = Path(__file__).resolve().parent / "data" / "spray_snapshot.json"

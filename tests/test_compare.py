@@ -404,10 +404,10 @@ def demo_runs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path, Any
 
     import torch
 
+    from auditor.audit.runner import run_audit
     from auditor.config import load_config
     from auditor.data import open_dataset
     from auditor.demo import write_demo_inputs
-    from auditor.runner import run_audit
 
     torch.set_num_threads(2)
     root = tmp_path_factory.mktemp("demo")

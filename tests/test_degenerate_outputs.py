@@ -13,11 +13,11 @@ import torch
 import torchvision
 from torch import nn
 
+from auditor.audit.runner import audit
 from auditor.cam import compute_cams
 from auditor.config import AuditSettings
 from auditor.data import open_dataset
 from auditor.data.config import parse_data_section
-from auditor.runner import audit
 from tests.fixtures_data import make_csv_masks
 
 SETTINGS = AuditSettings(

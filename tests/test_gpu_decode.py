@@ -182,7 +182,7 @@ def test_dataset_device_path_leaves_exif_to_cpu(tmp_path: Path) -> None:
 
 
 def test_runner_decision_on_cpu(tmp_path: Path) -> None:
-    from auditor.runner import _gpu_decode_decision
+    from auditor.audit.runner import _gpu_decode_decision
 
     root = _manifest(tmp_path, n=1)
     for value, enabled in (("auto", False), (False, False)):

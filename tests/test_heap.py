@@ -1,4 +1,4 @@
-"""auditor.heap.kept_heap: glibc's mmap threshold is raised inside the block, restored after.
+"""auditor.audit.heap.kept_heap: glibc's mmap threshold is raised inside the block, restored after.
 
 Checked through the allocator itself: a 16 MiB ``malloc`` is served by ``mmap`` (counted in
 ``mallinfo2().hblkhd``) outside the block and from the heap inside it.
@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from auditor.heap import kept_heap
+from auditor.audit.heap import kept_heap
 
 
 class _MallInfo2(ctypes.Structure):

@@ -20,10 +20,10 @@ ROOT = Path(__file__).resolve().parents[1]
 _PROBE = r"""
 import sys
 import numpy as np
-import auditor.runner  # noqa: F401
+import auditor.audit.runner  # noqa: F401
 from auditor.config import load_config
 from auditor.data import open_dataset
-from auditor.metrics.subgroups import analyse_class
+from auditor.analysis.spray.subgroups import analyse_class
 
 ds = open_dataset(load_config(sys.argv[1]).data)
 image, mask = ds.load_display(0)

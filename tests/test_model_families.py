@@ -319,8 +319,8 @@ def test_batchless_layer_never_chosen_and_refused(built: dict[str, nn.Module]) -
 
 
 def test_vit_reshape_zero_prefix_is_not_turned_into_swin(built: dict[str, nn.Module]) -> None:
+    from auditor.audit.runner import _reshape_fn
     from auditor.cam import vit_reshape
-    from auditor.runner import _reshape_fn
 
     r = _reshape_fn(vit_reshape(num_prefix_tokens=0))
     assert isinstance(r, TokenReshape) and r.prefix_tokens == 0

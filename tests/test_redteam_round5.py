@@ -22,8 +22,8 @@ import pytest
 from PIL import Image
 from test_cli_and_resume import small_config
 
+from auditor.audit.distributed import parse_shard, torchrun_env
 from auditor.cli import main
-from auditor.distributed import parse_shard, torchrun_env
 from auditor.errors import AuditorInputError
 
 pytestmark = pytest.mark.slow

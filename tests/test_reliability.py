@@ -21,8 +21,8 @@ from typing import Any
 import numpy as np
 import pytest
 
+from auditor.audit.store import RunLock
 from auditor.cli import EXIT_BAD_INPUT, EXIT_INTERNAL, exit_code_for, main
-from auditor.store import RunLock
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,7 +108,7 @@ def test_second_run_into_a_locked_run_dir_exits_2_naming_the_holder(
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from auditor.store import RunLock\n"
+            "from auditor.audit.store import RunLock\n"
             "lock = RunLock(sys.argv[1], command='auditor run other.toml').acquire()\n"
             "print('held', flush=True)\n"
             "time.sleep(120)\n",
@@ -175,8 +175,8 @@ def test_a_folder_whose_only_entry_is_a_concurrent_writers_marker_in_flight_is_o
     """Parallel shard jobs / torchrun ranks create --out at the same moment: one sees the
     other's marker while it is still the atomic write's temp file, and must not refuse the
     folder as a stranger's; a folder of user files next to it is still refused."""
+    from auditor.audit.store import RUN_MARKER, claim_run_dir
     from auditor.errors import StorageError
-    from auditor.store import RUN_MARKER, claim_run_dir
 
     racing = tmp_path / "racing"
     racing.mkdir()
@@ -220,12 +220,12 @@ def test_internal_error_exits_4_one_line_and_traceback_in_the_run_log(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    import auditor.runner
+    import auditor.audit.runner
 
     def broken(*args: object, **kwargs: object) -> None:
         raise ZeroDivisionError("a bug deep inside")
 
-    monkeypatch.setattr(auditor.runner, "_run_locked", broken)  # a fault injected for the test
+    monkeypatch.setattr(auditor.audit.runner, "_run_locked", broken)  # injected fault
     cfg = tiny_config(tmp_path, demo_inputs)
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--limit", "4"]) == EXIT_INTERNAL
@@ -669,8 +669,8 @@ def _mount_tmpfs(where: Path, options: str) -> None:
 def test_read_only_out_and_a_full_disk_on_a_real_tmpfs(
     tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
+    from auditor.audit.store import atomic_write_bytes
     from auditor.errors import StorageError
-    from auditor.store import atomic_write_bytes
 
     ro, small = tmp_path / "ro", tmp_path / "small"
     _mount_tmpfs(ro, "ro,size=64k")

@@ -119,7 +119,7 @@ def test_atomic_write_failure_keeps_previous(tmp_path, monkeypatch):
     def boom(src, dst):
         raise OSError("disk full")
 
-    import auditor.store as store
+    import auditor.audit.store as store
 
     monkeypatch.setattr(store.os, "replace", boom)
     with pytest.raises(OSError, match="disk full"):

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from auditor.audit.store import dumps_json
 from auditor.results import (
     AuditResult,
     ClassResult,
@@ -18,7 +19,6 @@ from auditor.results import (
     method_info,
     thaw,
 )
-from auditor.store import dumps_json
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = sorted((ROOT / "example_audits").rglob("summary.json"))
@@ -125,7 +125,7 @@ def test_method_info_reads_the_registration_then_the_docstring() -> None:
 def test_preserved_training_flags_restores_each_module_also_on_error() -> None:
     from torch import nn
 
-    from auditor.modelstate import preserved_training_flags
+    from auditor.audit.modelstate import preserved_training_flags
 
     model = nn.Sequential(nn.Linear(2, 2), nn.Dropout(0.5), nn.BatchNorm1d(2))
     model.train()

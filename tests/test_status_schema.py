@@ -1,4 +1,4 @@
-"""One status vocabulary (auditor.status) and one samples row schema (auditor.store)."""
+"""One status vocabulary (auditor.audit.status) and one samples row schema (auditor.audit.store)."""
 
 from __future__ import annotations
 
@@ -13,12 +13,8 @@ import pytest
 
 import auditor
 from auditor import cam, status
-from auditor.metrics import localisation
-from auditor.metrics.localisation import METRIC_NAMES
-from auditor.metrics.registry import sample_metric_names
-from auditor.results import AuditResult
-from auditor.status import statuses_markdown
-from auditor.store import (
+from auditor.audit.status import statuses_markdown
+from auditor.audit.store import (
     SAMPLE_COLUMNS,
     migrate_samples,
     read_samples,
@@ -26,6 +22,10 @@ from auditor.store import (
     samples_columns_markdown,
     samples_schema,
 )
+from auditor.metrics import localisation
+from auditor.metrics.localisation import METRIC_NAMES
+from auditor.metrics.registry import sample_metric_names
+from auditor.results import AuditResult
 
 
 def test_every_producer_uses_the_one_vocabulary() -> None:

@@ -25,16 +25,16 @@ import pyarrow.parquet as pq
 import pytest
 
 from auditor.analysis.streamed import STREAMING_THRESHOLD, choose_aggregation
+from auditor.audit.streaming import PoissonBootstrap
 from auditor.config import ConfigError, load_config
-from auditor.streaming import PoissonBootstrap
 
 
 def _finalize(src: Path, dst: Path, mode: str, config: Path) -> dict[str, Any]:
     """Finalise a copy of the run ``src`` (made with ``config``) in ``dst`` with
     ``aggregation = mode``."""
     from auditor import runner
+    from auditor.audit.store import RunStore
     from auditor.data import open_dataset
-    from auditor.store import RunStore
 
     model = json.loads((src / "summary.json").read_text())["model"]
     if not dst.exists():
@@ -213,7 +213,7 @@ def test_streamed_result_does_not_depend_on_how_the_shards_are_cut(
                 assert ss[path][key] is None
             else:
                 # means: float64 power sums (summation order only); bounds: float32
-                # replicate sums (auditor.streaming.PoissonBootstrap), ~1e-7 relative
+                # replicate sums (auditor.audit.streaming.PoissonBootstrap), ~1e-7 relative
                 tol = 1e-9 if key == "mean" else 1e-6
                 assert ss[path][key] == pytest.approx(e[key], rel=tol, abs=1e-12), (path, key)
     assert [f["kind"] for f in st["findings"]] == [f["kind"] for f in ref["findings"]]

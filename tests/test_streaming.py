@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from auditor.audit.streaming import PoissonBootstrap
 from auditor.stats import bootstrap_mean_ci, grouped_bootstrap_mean_ci
-from auditor.streaming import PoissonBootstrap
 
 
 def _data() -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -14,8 +14,8 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from auditor.metrics.clusters import adjusted_rand_index, spray_clusters
-from auditor.metrics.subgroups import (
+from auditor.analysis.spray.clusters import adjusted_rand_index, spray_clusters
+from auditor.analysis.spray.subgroups import (
     analyse_class,
     border_chance,
     describe_location,
@@ -186,9 +186,9 @@ def _audit(
     variant: str, out: Path, *, masks: bool, render: bool = False, fill: str = "blur"
 ) -> Any:
     from auditor import demo_subgroup as D
+    from auditor.audit.runner import audit
     from auditor.config import AuditSettings
     from auditor.data.api import dataset_from_torch
-    from auditor.runner import audit
 
     images, m, labels, tagged = D.generate(40, 7, variant)
     items = [

@@ -9,7 +9,7 @@ registration order; their findings are then sorted by severity, class and kind a
 analysis runs) and add a test with a table that triggers it and one that must not.
 
 Rules (the thresholds are fields of :class:`FindingRules`; those of SpRAy and the sanity check
-are read from :func:`auditor.metrics.clusters.spray_clusters` and the sanity results):
+are read from :func:`auditor.analysis.spray.clusters.spray_clusters` and the sanity results):
 
 * ``background_focus``: the class's mean background focus (primary method) has its whole
   confidence interval above the baseline of the other classes by at least ``margin`` and its
@@ -24,7 +24,7 @@ are read from :func:`auditor.metrics.clusters.spray_clusters` and the sanity res
 * ``border_focus``: mean CAM mass in the outer band above the other classes' baseline.
 * ``method_disagreement``: two methods' mean background focus differ by > ``disagreement``.
 * ``subgroup_shortcut`` / ``strategy_cluster``: a SpRAy cluster of a class tested against the
-  rest of its class (:mod:`auditor.metrics.subgroups`, :mod:`auditor.subgroup_findings`).
+  rest of its class (:mod:`auditor.analysis.spray.subgroups`, :mod:`auditor.subgroup_findings`).
 * ``background_sufficiency``: the background alone is predicted as the class far more often
   than other classes' backgrounds are (Xiao et al. 2021).
 * ``sanity_check``: a method whose maps barely change when the head is randomised.
@@ -464,7 +464,7 @@ def _subgroup_rule_findings(ctx: RuleContext) -> list[Finding]:
 
 
 def _describe_subgroup(r: FindingRules, confidence: float) -> str:
-    from auditor.metrics.subgroups import SubgroupRules
+    from auditor.analysis.spray.subgroups import SubgroupRules
 
     return SubgroupRules().describe(confidence)
 
@@ -472,7 +472,7 @@ def _describe_subgroup(r: FindingRules, confidence: float) -> str:
 @finding_rule("subgroup_shortcut", describe=_describe_subgroup)
 def subgroup_shortcut_rule(ctx: RuleContext) -> list[Finding]:
     """A subgroup of a class that looks elsewhere, tested against the rest of its class
-    (SpRAy, Lapuschkin et al. 2019; :mod:`auditor.metrics.subgroups`): high or medium."""
+    (SpRAy, Lapuschkin et al. 2019; :mod:`auditor.analysis.spray.subgroups`): high or medium."""
     return [f for f in _subgroup_rule_findings(ctx) if f.kind == "subgroup_shortcut"]
 
 

@@ -7,7 +7,7 @@ whose index ranges overlap are read together, so the rows come in the exact path
 ``(index, method)`` order) and keeps:
 
 * per method, per class and per metric, the Poisson-bootstrap accumulators of
-  :class:`auditor.streaming.PoissonBootstrap` (Hanley & MacGibbon 2006; Chamandy et al. 2012):
+  :class:`auditor.audit.streaming.PoissonBootstrap` (Hanley & MacGibbon 2006; Chamandy et al. 2012):
   ``sum_i w_ir x_i`` and ``sum_i w_ir`` per replicate ``r``, with BCa intervals (Efron 1987)
   from streamed power sums. Weights are keyed by the dataset index, so every method's and
   metric's value of one sample is resampled together, and the result does not depend on how
@@ -58,11 +58,11 @@ from auditor.analysis.aggregate import (
     null_baselines,
     stat_of,
 )
+from auditor.audit.store import _UMASK, read_samples
+from auditor.audit.streaming import PoissonBootstrap, PoissonWeights
 from auditor.config import AuditSettings
 from auditor.errors import DataError
 from auditor.results import AuditResult, MethodAgreement, OverallResult, Stat
-from auditor.store import _UMASK, read_samples
-from auditor.streaming import PoissonBootstrap, PoissonWeights
 
 __all__ = [
     "AGGREGATIONS",
@@ -173,7 +173,7 @@ class SpilledCams(Mapping[int, np.ndarray]):
 
     Rows are ordered by class, then by dataset index; :meth:`class_maps` reads one class's
     block, ``cams[i]`` one map (float16 on disk, float32 out: the exact path's
-    :meth:`auditor.store.RunStore.load_cams` gives the same values).
+    :meth:`auditor.audit.store.RunStore.load_cams` gives the same values).
     """
 
     def __init__(self, path: Path, shape: tuple[int, int], slot: np.ndarray) -> None:

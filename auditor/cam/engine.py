@@ -25,7 +25,7 @@ largest layer resolution and summed. Degenerate samples get a defined map and a 
 ``"method_failed"``).
 
 The user's model leaves as it came: hooks removed, ``training`` flags restored (through the
-one helper, :func:`auditor.modelstate.preserved_training_flags`), grad mode restored,
+one helper, :func:`auditor.audit.modelstate.preserved_training_flags`), grad mode restored,
 parameters' ``requires_grad`` untouched, also on error.
 
 Beside this module: :mod:`auditor.cam.perturbation` builds and scores the perturbed inputs of
@@ -47,8 +47,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from auditor.modelstate import preserved_training_flags
-from auditor.status import CAM_STATUSES
+from auditor.audit.modelstate import preserved_training_flags
+from auditor.audit.status import CAM_STATUSES
 
 from . import perturbation
 from .copies import ModelCopies, autocast_context
@@ -63,7 +63,7 @@ __all__ = ["AUTO_SCORE_BATCH", "CamBatch", "CamEngine", "STATUSES", "compute_cam
 
 STATUSES: tuple[str, ...] = CAM_STATUSES
 """Per-sample statuses, by increasing precedence (the highest applicable one is reported); the
-engine's part of the one vocabulary, :mod:`auditor.status`.
+engine's part of the one vocabulary, :mod:`auditor.audit.status`.
 
 ``method_failed``: the method could not compute this sample's map (e.g. an eigendecomposition
 that did not converge even in float64 and with the SVD fallback); the map is zero and the rest

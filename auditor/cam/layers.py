@@ -31,7 +31,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from auditor.modelstate import preserved_training_flags
+from auditor.audit.modelstate import preserved_training_flags
 
 __all__ = [
     "ChannelsLastReshape",

@@ -47,7 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
 
-from ..modelstate import preserved_training_flags
+from ..audit.modelstate import preserved_training_flags
 from .outputs import logits_of
 
 __all__ = ["LegradForward", "legrad_check", "legrad_forward", "legrad_maps"]

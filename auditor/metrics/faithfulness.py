@@ -34,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from auditor.modelstate import preserved_training_flags
+from auditor.audit.modelstate import preserved_training_flags
 
 __all__ = [
     "FAITHFULNESS_METRICS",

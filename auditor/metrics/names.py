@@ -4,7 +4,7 @@
 
 from __future__ import annotations
 
-from auditor.status import METRIC_STATUSES
+from auditor.audit.status import METRIC_STATUSES
 
 __all__ = ["MASK_METRICS", "METRIC_NAMES", "STATUSES"]
 
@@ -24,5 +24,5 @@ METRIC_NAMES: tuple[str, ...] = (
 #: The metrics that need an object mask.
 MASK_METRICS: frozenset[str] = frozenset(METRIC_NAMES) - {"border_focus", "entropy"}
 #: Per-sample status values of :func:`localisation_metrics`, in priority order (the first
-#: that applies is reported): the metrics' part of the one vocabulary, :mod:`auditor.status`.
+#: that applies is reported): the metrics' part of the one vocabulary, :mod:`auditor.audit.status`.
 STATUSES: tuple[str, ...] = METRIC_STATUSES

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from auditor.modelstate import preserved_training_flags
+from auditor.audit.modelstate import preserved_training_flags
 
 __all__ = [
     "SanityResult",

@@ -108,11 +108,11 @@ def render_string(
 
 
 def atomic_write(path: Path, data: bytes | str) -> Path:
-    """Write ``data`` atomically (see :func:`auditor.store.atomic_write_bytes`); return ``path``.
+    """Write ``data`` atomically (:func:`auditor.audit.store.atomic_write_bytes`); return ``path``.
 
     A failure leaves any previous file at ``path`` untouched and no temporary file behind.
     """
-    from auditor.store import atomic_write_bytes
+    from auditor.audit.store import atomic_write_bytes
 
     path = Path(path)
     atomic_write_bytes(path, data.encode("utf-8") if isinstance(data, str) else data)
