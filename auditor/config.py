@@ -278,6 +278,10 @@ class AuditSettings:
     #: batches on which the model may raise (their samples are skipped with the error as the
     #: reason) before the run stops with exit code 2 naming the model
     max_failed_batches: int = 3
+    #: forwards per image the methods may cost (the capture + Score-CAM's K masked inputs,
+    #: SS-CAM's 35 K, ...; estimated before the first batch, auditor.cam.applicability): a run
+    #: above it is refused with exit 2 unless raised
+    max_forwards_per_image: int = 2048
     #: how finalisation aggregates the rows: "exact" (one table, exact bootstrap), "streaming"
     #: (shard by shard, Poisson bootstrap: auditor.analysis.streamed) or "auto" (streaming
     #: above auditor.analysis.streamed.STREAMING_THRESHOLD evaluated samples)
@@ -340,7 +344,13 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
             f"{source}: [audit] primary_method {settings.primary_method!r} is not in methods "
             f"{list(settings.methods)}"
         )
-    for name in ("batch_size", "bootstrap", "score_batch_size", "faithfulness_steps"):
+    for name in (
+        "batch_size",
+        "bootstrap",
+        "score_batch_size",
+        "faithfulness_steps",
+        "max_forwards_per_image",
+    ):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise ConfigError(
                 f"{source}: [audit] {name} must be >= 1, got {getattr(settings, name)}"

@@ -837,12 +837,13 @@ def _build_engine(
     import torch
 
     from auditor.cam import CamEngine
+    from auditor.cam.applicability import check_applicability
 
     channels = int(getattr(dataset.config, "channels", 3) or 3)
     gen = torch.Generator().manual_seed(s.seed)
     example = torch.randn(2, channels, *dataset.config.input_size, generator=gen).to(dev)
     try:
-        return CamEngine(
+        engine = CamEngine(
             model,
             layer,
             s.methods,
@@ -854,6 +855,14 @@ def _build_engine(
             example=example,
             seed=int(s.seed),
         )
+        # every method x model check before the first batch (exit 2 naming what fails)
+        found = check_applicability(
+            engine, example, len(dataset.classes), s.max_forwards_per_image
+        )
+        log.info("cost estimate: %s", found.describe())
+        return engine
+    except AuditorInputError:
+        raise
     except (ValueError, TypeError, KeyError) as exc:
         raise ConfigError(f"[model]/[audit]: {exc}") from exc
     except Exception as exc:

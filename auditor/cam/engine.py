@@ -399,6 +399,18 @@ class CamEngine:
     def _autocast(self, device: torch.device) -> contextlib.AbstractContextManager[Any]:
         return autocast_context(self.autocast, device)
 
+    def _attention_kernel(self) -> contextlib.AbstractContextManager[Any]:
+        """The math SDPA kernel for the capture forward when a method needs the double
+        backward (ShapleyCAM's Hessian-vector product): the fused flash/memory-efficient
+        attention kernels have no second derivative (``aten::_scaled_dot_product_flash_
+        attention_for_cpu_backward``); the math kernel is the same attention, composed of
+        differentiable ops. Other captures keep the fastest kernel."""
+        if not self._needs_hvp:
+            return contextlib.nullcontext()
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+
+        return sdpa_kernel(SDPBackend.MATH)
+
     def _forward_logits(self, images: Tensor) -> Tensor:
         """An extra forward without capture (hooks only replace when asked), inference mode."""
         with torch.inference_mode(), self._autocast(images.device):
@@ -506,7 +518,7 @@ class CamEngine:
             self._captured = {}
             self._capturing = True
             try:
-                with torch.no_grad(), self._autocast(device):
+                with torch.no_grad(), self._autocast(device), self._attention_kernel():
                     raw_logits = _logits_of(module(attempt))
                 break
             except RuntimeError as exc:

@@ -431,13 +431,18 @@ def _probe(model: nn.Module, example: Tensor | None) -> Tensor:
 
 
 def _trace(
-    model: nn.Module, example: Tensor, keep: str | None = None
+    model: nn.Module,
+    example: Tensor,
+    keep: str | None = None,
+    output: list[Any] | None = None,
+    pools: list[int] | None = None,
 ) -> tuple[list[tuple[str, nn.Module, Tensor]], int]:
     """Dry forward (eval, no_grad); kept modules' tensor outputs in finish order, batch size.
 
     Pooling/dropout/identity modules and containers that return such a module's tensor
     unchanged are dropped (except ``keep``, a layer the user named); flags and hooks are
-    restored, also on error.
+    restored, also on error. ``output``: a list that receives the model's output; ``pools``:
+    one that receives, per pooling module, how many outputs were kept before it finished.
     """
     records: list[tuple[str, nn.Module, Tensor | None, bool]] = []
 
@@ -455,7 +460,9 @@ def _trace(
     ]
     try:
         with preserved_training_flags(model, eval=True), torch.no_grad():
-            model(example)
+            result = model(example)
+        if output is not None:
+            output.append(result)
     finally:
         for handle in handles:
             handle.remove()
@@ -463,6 +470,8 @@ def _trace(
     pooled: set[int] = set()
     kept: list[tuple[str, nn.Module, Tensor]] = []
     for name, module, out, skipped in records:
+        if skipped and pools is not None and "Pool" in type(module).__name__:
+            pools.append(len(kept))
         if out is None:
             continue
         if skipped:
@@ -480,25 +489,42 @@ def _is_channels_last(model: nn.Module, module: nn.Module, shape: tuple[int, ...
     """Whether a 4-D output ``[B, a, b, c]`` is channels-last ``[B, h, w, D]``.
 
     Evidence, in order: a LayerNorm over the last dim whose size differs from dim 1 (timm's
-    ``LayerNorm2d`` normalises dim 1 of an NCHW tensor and is not mistaken for it); the model
-    declares ``output_fmt = "NHWC"`` (timm Swin).
+    ``LayerNorm2d`` normalises dim 1 of an NCHW tensor and is not mistaken for it); an
+    ``nn.Linear`` (it maps the last dim: torchvision ConvNeXt's ``block.3``/``block.5`` run on
+    ``[B, h, w, D]``); the model declares ``output_fmt = "NHWC"`` (timm Swin).
     """
     _, a, _, c = shape
     if isinstance(module, nn.LayerNorm) and tuple(module.normalized_shape) == (c,) and a != c:
+        return True
+    if isinstance(module, nn.Linear) and module.out_features == c and a != c:
         return True
     return getattr(model, "output_fmt", None) == "NHWC" and a != c
 
 
 def _classify(
-    model: nn.Module, name: str, module: nn.Module, out: Tensor, batch: int, least: int = 2
+    model: nn.Module,
+    name: str,
+    module: nn.Module,
+    out: Tensor,
+    batch: int,
+    least: int = 2,
+    size: tuple[int, int] | None = None,
 ) -> _Rec | None:
+    """The kind of a module's output, or None when it is no target candidate.
+
+    A 4-D output is a spatial grid only when it has ``least`` cells or more and fits inside the
+    input of ``size = (H, W)`` (``h <= H`` and ``w <= W``): a channels-last ``[B, 1, 1, 768]``
+    read as channels-first would be a 1x768 "grid" of channels, never a map.
+    """
     shape = tuple(int(v) for v in out.shape)
     if len(shape) < 3 or shape[0] != batch:
         return None  # no batch dimension (e.g. a relative-position-bias MLP): never a target
     if len(shape) == 4:
-        if _is_channels_last(model, module, shape):
-            return _Rec(name, module, shape, "nhwc") if shape[1] * shape[2] >= least else None
-        return _Rec(name, module, shape, "nchw") if shape[2] * shape[3] >= least else None
+        nhwc = _is_channels_last(model, module, shape)
+        h, w = (shape[1], shape[2]) if nhwc else (shape[2], shape[3])
+        if h * w < least or (size is not None and (h > size[0] or w > size[1])):
+            return None
+        return _Rec(name, module, shape, "nhwc" if nhwc else "nchw")
     if len(shape) == 3 and shape[1] > 1:
         return _Rec(name, module, shape, "tokens")
     return None
@@ -584,9 +610,17 @@ def detect_target_layer(model: nn.Module, example: Tensor | None = None) -> Laye
             determined; the message says what to set.
     """
     x = _probe(model, example)
-    kept, batch = _trace(model, x)
+    result: list[Any] = []
+    pools: list[int] = []
+    kept, batch = _trace(model, x, output=result, pools=pools)
     size = (int(x.shape[-2]), int(x.shape[-1]))
-    recs = [r for r in (_classify(model, n, m, o, batch) for n, m, o in kept) if r is not None]
+    recs = [
+        r
+        for r in (_classify(model, n, m, o, batch, 2, size) for n, m, o in kept)
+        if r is not None
+    ]
+    class_maps = _class_map_layers(recs, kept, result[0] if result else None)
+    recs = [r for r in recs if r.name not in class_maps]
     grids = [i for i, r in enumerate(recs) if r.kind in ("nchw", "nhwc")]
     last_grid = grids[-1] if grids else -1
     tokens_after = [i for i, r in enumerate(recs) if r.kind == "tokens" and i > last_grid]
@@ -599,13 +633,14 @@ def detect_target_layer(model: nn.Module, example: Tensor | None = None) -> Laye
             "explicitly (config: [model] target_layer, and reshape for token outputs)"
         )
     rec = recs[last_grid]
+    note = _skipped_note(rec.name, kept, batch, class_maps, pools)
     if rec.kind == "nhwc":
         return LayerChoice(
             rec.name,
             rec.shape,
             ChannelsLastReshape("auto-detected"),
             f"last spatial layer in forward order; output {list(rec.shape)} is channels-last "
-            f"[B, h, w, D] (D = {rec.shape[-1]}), permuted to [B, D, h, w]",
+            f"[B, h, w, D] (D = {rec.shape[-1]}), permuted to [B, D, h, w]{note}",
             "channels_last",
         )
     return LayerChoice(
@@ -613,9 +648,76 @@ def detect_target_layer(model: nn.Module, example: Tensor | None = None) -> Laye
         rec.shape,
         None,
         f"last spatial layer in forward order (Grad-CAM's last convolutional layer); output "
-        f"{list(rec.shape)} is [B, K, h, w]",
+        f"{list(rec.shape)} is [B, K, h, w]{note}",
         "cnn",
     )
+
+
+def _class_map_layers(
+    recs: list[_Rec], kept: list[tuple[str, nn.Module, Tensor]], output: Any
+) -> set[str]:
+    """Names of the trailing grid layers that hold class scores, not features.
+
+    A channels-first grid ``[B, C, h, w]`` with ``C`` = the number of logits whose spatial mean
+    or max IS the logits (within 1e-4 relative) comes after the classifier: a 1x1 convolution
+    to the classes followed by global pooling (SqueezeNet's ``classifier.1``/``classifier.2``,
+    fully convolutional heads). Explaining such a layer reads class channels as features, so
+    the trailing run of them is skipped, whatever the modules are called.
+    """
+    from .outputs import logits_of
+
+    try:
+        logits = logits_of(output).detach().float() if output is not None else None
+    except (TypeError, ValueError):
+        return set()
+    if logits is None or logits.dim() != 2:
+        return set()
+    outs = {n: o for n, _, o in kept}
+    found: set[str] = set()
+    for rec in reversed([r for r in recs if r.kind in ("nchw", "nhwc")]):
+        out = outs[rec.name]
+        if rec.kind != "nchw" or out.shape[1] != logits.shape[1]:
+            break
+        flat = out.detach().float().flatten(2)
+        tol = 1e-4 * float(logits.abs().max().clamp_min(1.0))
+        pooled = (flat.mean(-1), flat.amax(-1))
+        if not any(float((p - logits).abs().max()) <= tol for p in pooled):
+            break
+        found.add(rec.name)
+    return found
+
+
+def _skipped_note(
+    chosen: str,
+    kept: list[tuple[str, nn.Module, Tensor]],
+    batch: int,
+    class_maps: set[str],
+    pools: list[int],
+) -> str:
+    """Why later 4-D outputs were not chosen (for the reason): class maps, and grids that are
+    no spatial grid before the model's next pooling (a last stage that is 1x1 at this input
+    size; channels-last outputs)."""
+    names = [n for n, _, _ in kept]
+    start = names.index(chosen) + 1
+    stop = next((p for p in pools if p >= start), len(kept)) if not class_maps else len(kept)
+    later = [(n, o) for n, _, o in kept[start:stop] if o.dim() == 4 and o.shape[0] == batch]
+    if not later:
+        return ""
+    parts = []
+    maps = [n for n, _ in later if n in class_maps]
+    if maps:
+        parts.append(
+            f"skipped {', '.join(maps)}: their channels pooled are the logits (class maps after "
+            "a classifier convolution, not features)"
+        )
+    grids = [(n, o) for n, o in later if n not in class_maps]
+    if grids:
+        n, o = grids[-1]
+        parts.append(
+            f"later outputs such as {n} {list(o.shape)} are no spatial grid at this input "
+            "size (1x1, or channels-last channels that would read as a grid)"
+        )
+    return "; " + "; ".join(parts)
 
 
 def _choose_token_layer(
@@ -691,7 +793,9 @@ def infer_reshape(model: nn.Module, layer: str, example: Tensor | None = None) -
     size = (int(x.shape[-2]), int(x.shape[-1]))
     recs = [
         r
-        for r in (_classify(model, n, m, o, batch, 1 if n == layer else 2) for n, m, o in kept)
+        for r in (
+            _classify(model, n, m, o, batch, 1 if n == layer else 2, size) for n, m, o in kept
+        )
         if r is not None
     ]
     outs = {n: o for n, _, o in kept}

@@ -822,6 +822,11 @@ def finer_score(logits: Tensor, targets: Tensor) -> Tensor:
     ``j`` runs over the :data:`FINER_COMPARISONS` classes whose logits are closest to ``y_c``
     (``c`` excluded), ``p = softmax(y)`` (kept in the graph, as pytorch-grad-cam's
     ``FinerWeightedTarget``), ``alpha`` = :data:`FINER_ALPHA`. With a single class, ``s = y_c``.
+
+    The weights ``p_j / sum_j p_j`` are computed as a softmax over the compared logits only
+    (the full softmax's normaliser cancels): the same function and gradient, but no underflow
+    when ``y_c`` leads by more than ~100 (there ``p_j`` rounds to 0 in float32 and the score,
+    its gradient and the map would be 0).
     """
     n, classes = logits.shape
     y_c = logits.gather(1, targets[:, None])  # [N, 1]
@@ -831,9 +836,10 @@ def finer_score(logits: Tensor, targets: Tensor) -> Tensor:
     gap = (logits.detach() - y_c.detach()).abs()
     gap = gap.scatter(1, targets[:, None], float("inf"))
     closest = gap.topk(m, dim=1, largest=False).indices  # exact ties: either tied class
-    probs = logits.softmax(dim=1).gather(1, closest)
-    diffs = y_c - FINER_ALPHA * logits.gather(1, closest)
-    return (probs * diffs).sum(1) / (probs.sum(1) + 1e-9)
+    compared = logits.gather(1, closest)
+    weights = compared.softmax(dim=1)  # = p_j / sum_j p_j, in log space
+    diffs = y_c - FINER_ALPHA * compared
+    return (weights * diffs).sum(1)
 
 
 @register(
