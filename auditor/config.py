@@ -406,7 +406,13 @@ class GateRule:
     min: float | None = None
     max: float | None = None
     classes: tuple[str, ...] | None = None
+    #: group gates (scope "group"): the attribute, or "attribute=level"; None: every attribute
+    group: str | None = None
 
+
+#: Gates on the metadata groups (issue 24): ``key = number`` (every attribute) or
+#: ``key = {site = 0.8, "site=B" = 0.9}`` (per attribute, or per group).
+GROUP_GATES = ("min_group_accuracy", "max_group_accuracy_gap", "max_group_background_focus_gap")
 
 RULE_KEYS = ("name", "metric", "stat", "scope", "method", "min", "max", "classes")
 
@@ -422,10 +428,13 @@ def _parse_gates(
     shorthand += [f"max_{q}_increase" for q in quantities] + [
         f"max_{q}_decrease" for q in quantities
     ]
-    check_keys(table, tuple(shorthand) + ("rule",), "gates", source)
+    check_keys(table, tuple(shorthand) + GROUP_GATES + ("rule",), "gates", source)
     rules: list[GateRule] = []
     for key, value in table.items():
         if key == "rule":
+            continue
+        if key in GROUP_GATES:
+            rules.extend(_group_gates(key, value, source))
             continue
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{source}: [gates] {key} must be a number, got {value!r}")
@@ -488,6 +497,38 @@ def _parse_gates(
     return tuple(rules)
 
 
+def _group_gates(key: str, value: Any, source: str) -> list[GateRule]:
+    """``[gates] min_group_accuracy = 0.8`` or ``= {site = 0.8, "site=B" = 0.9}``."""
+    bound, quantity = key.split("_", 1)
+    items = value.items() if isinstance(value, Mapping) else [(None, value)]
+    out = []
+    for where, v in items:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            what = key if where is None else f"{key}.{where}"
+            raise ConfigError(f"{source}: [gates] {what} must be a number, got {v!r}")
+        name = key if where is None else f"{key}[{where}]"
+        out.append(
+            GateRule(name=name, quantity=quantity, scope="group", group=where,
+                     **{bound: float(v)})  # type: ignore[arg-type]
+        )  # fmt: skip
+    return out
+
+
+def check_group_gates(gates: tuple[GateRule, ...], groups: tuple[str, ...], source: str) -> None:
+    """Group gates need ``[data] groups`` and must name one of its attributes."""
+    for rule in gates:
+        if rule.scope != "group":
+            continue
+        if not groups:
+            raise ConfigError(f"{source}: [gates] {rule.name} needs [data] groups")
+        attr = (rule.group or "").split("=", 1)[0].strip()
+        if rule.group is not None and attr not in groups:
+            raise ConfigError(
+                f"{source}: [gates] {rule.name}: {attr!r} is not one of [data] groups "
+                f"{list(groups)}{_suggest(attr, list(groups))}"
+            )
+
+
 #: Gate quantities that exist only when the analysis producing them runs.
 INTERVENTION_QUANTITIES = (
     "only_fg_drop",
@@ -529,7 +570,7 @@ def check_gates(
             raise ConfigError(
                 f"{where}: min {rule.min:g} > max {rule.max:g}: no value can pass this gate"
             )
-        if rule.scope == "compare":
+        if rule.scope in ("compare", "group"):
             continue
         if rule.method is not None and rule.method not in settings.methods:
             raise ConfigError(
@@ -563,10 +604,19 @@ class ReportSettings:
     pdf: bool = True
     templates: Path | None = None
     pdf_timeout_s: float = 600.0
+    #: groups smaller than this are shown as "< N", never tested, gated or named (issue 24)
+    min_group_size: int = 10
 
 
 def _parse_report(table: Mapping[str, Any], base: Path, source: str) -> ReportSettings:
-    check_keys(table, ("title", "pdf", "templates", "pdf_timeout_s"), "report", source)
+    check_keys(
+        table, ("title", "pdf", "templates", "pdf_timeout_s", "min_group_size"), "report", source
+    )
+    min_group = table.get("min_group_size", 10)
+    if isinstance(min_group, bool) or not isinstance(min_group, int) or min_group < 1:
+        raise ConfigError(
+            f"{source}: [report] min_group_size must be a whole number >= 1, got {min_group!r}"
+        )
     tpl = _typed(table, "templates", str, None, "report", source)
     timeout = float(_typed(table, "pdf_timeout_s", (int, float), 600.0, "report", source))
     if not (math.isfinite(timeout) and timeout > 0):
@@ -579,6 +629,7 @@ def _parse_report(table: Mapping[str, Any], base: Path, source: str) -> ReportSe
         pdf=_typed(table, "pdf", bool, True, "report", source),
         templates=(base / tpl).resolve() if tpl else None,
         pdf_timeout_s=timeout,
+        min_group_size=min_group,
     )
 
 
@@ -616,6 +667,7 @@ def parse_config(
     audit = _parse_audit(raw.get("audit", {}), source)
     gates = _parse_gates(raw.get("gates", {}), source, tuple(METRICS))
     check_gates(gates, settings=audit, classes=getattr(data, "classes", None), source=source)
+    check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)
     return AuditConfig(
         model=_parse_model(raw["model"], base, source),
         data=data,
