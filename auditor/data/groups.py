@@ -211,7 +211,7 @@ def _bin_one(value: Any, edges: Sequence[float]) -> str:
         return f"> {_fmt(hi)}"
     if lo == hi:
         return f"[{_fmt(lo)}]"
-    for a, b in zip(edges, edges[1:]):
+    for a, b in zip(edges[:-2], edges[1:-1]):
         if x < b:
             return f"[{_fmt(a)}, {_fmt(b)})"
     return f"[{_fmt(edges[-2])}, {_fmt(hi)}]"
