@@ -91,7 +91,7 @@ class GroupStat:
     def from_json(cls, d: Mapping[str, Any]) -> GroupStat:
         if d.get("suppressed"):
             return cls(level=str(d["level"]), n=0, suppressed=True)
-        kw = {name: Est.from_json(d.get(name)) for name in _STAT_FIELDS}
+        kw: dict[str, Any] = {name: Est.from_json(d.get(name)) for name in _STAT_FIELDS}
         return cls(
             level=str(d["level"]), n=int(d.get("n") or 0), flagged=bool(d.get("flagged")), **kw
         )

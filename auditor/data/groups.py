@@ -267,7 +267,8 @@ def _read_jsonl(path: Path, attrs: Sequence[str]) -> dict[str, dict]:
         if not isinstance(obj, dict):
             continue
         seen.update(k.lower() for k in obj)
-        rid = obj.get("id") if isinstance(obj.get("id"), str) and obj.get("id") else obj.get("image")
+        oid = obj.get("id")
+        rid = oid if isinstance(oid, str) and oid else obj.get("image")
         lowered = {str(k).lower(): v for k, v in obj.items()}
         rows.setdefault(str(rid or f"line {n}"), {a: lowered.get(a) for a in attrs})
     for a in attrs:

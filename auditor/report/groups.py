@@ -52,14 +52,16 @@ def groups_frame(result: Any) -> Any:
     rows = []
     for attr in groups.attributes if groups else ():
         for g in attr.levels:
-            def v(e: Est) -> float:
-                return math.nan if g.suppressed or e.value is None else e.value
+            hide = g.suppressed
 
-            def lo(e: Est) -> float:
-                return math.nan if g.suppressed or e.low is None else e.low
+            def v(e: Est, hide: bool = hide) -> float:
+                return math.nan if hide or e.value is None else e.value
 
-            def hi(e: Est) -> float:
-                return math.nan if g.suppressed or e.high is None else e.high
+            def lo(e: Est, hide: bool = hide) -> float:
+                return math.nan if hide or e.low is None else e.low
+
+            def hi(e: Est, hide: bool = hide) -> float:
+                return math.nan if hide or e.high is None else e.high
 
             rows.append([
                 attr.name, g.level, math.nan if g.suppressed else g.n, g.suppressed,

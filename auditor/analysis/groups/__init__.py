@@ -224,7 +224,8 @@ def group_findings(groups: GroupsResult) -> list[Finding]:
                     kind="group_disparity",
                     severity="high" if acc_low else "medium",
                     title=f"Group '{attr.name} = {g.level}' differs from the rest",
-                    message=f"'{attr.name} = {g.level}' (n = {g.n}): " + "; ".join(parts)
+                    message=f"'{attr.name} = {g.level}' (n = {g.n}): "
+                    + "; ".join(parts)
                     + f": {why} (differences tested at the Bonferroni-adjusted level over "
                     f"{groups.n_tests} tests, margins {groups.accuracy_margin:g} accuracy, "
                     f"{groups.background_focus_margin:g} background focus).",

@@ -31,7 +31,7 @@ MAX_SLICES = 10
 def _cells(
     frame: pd.DataFrame, attributes: Sequence[str], classes: Sequence[str]
 ) -> list[tuple[tuple[tuple[str, str], ...], np.ndarray]]:
-    out = []
+    out: list[tuple[tuple[tuple[str, str], ...], np.ndarray]] = []
     cols = {a: frame[f"group_{a}"].astype(str).to_numpy() for a in attributes}
     for a, b in itertools.combinations(attributes, 2):
         for x in sorted(set(cols[a].tolist())):
