@@ -25,6 +25,7 @@ Slice discovery (attribute × attribute and attribute × class cells) lives in
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
@@ -63,13 +64,19 @@ def _col(frame: pd.DataFrame, name: str) -> np.ndarray:
     return frame[name].to_numpy(dtype=np.float64, na_value=np.nan)
 
 
-def _eligible(frame: pd.DataFrame, attrs: Sequence[str], min_size: int) -> dict[str, list[str]]:
-    out: dict[str, list[str]] = {}
+def _eligible(
+    frame: pd.DataFrame, attrs: Sequence[str], min_size: int
+) -> tuple[dict[str, set[str]], dict[str, set[str]]]:
+    """Levels shown (``n >= min_size``) and tested (also ``n_rest >= min_size``: a test
+    against a small rest would reveal the small groups) per attribute."""
+    shown: dict[str, set[str]] = {}
+    tested: dict[str, set[str]] = {}
     n = len(frame)
     for a in attrs:
-        counts = frame[f"group_{a}"].value_counts()
-        out[a] = sorted(str(k) for k, c in counts.items() if c >= min_size and n - c >= min_size)
-    return out
+        counts = frame[f"group_{a}"].astype(str).value_counts()
+        shown[a] = {str(k) for k, c in counts.items() if c >= min_size}
+        tested[a] = {k for k in shown[a] if n - int(counts[k]) >= min_size}
+    return shown, tested
 
 
 def analyse_groups(
@@ -85,9 +92,9 @@ def analyse_groups(
     """Per-attribute group statistics and disparity tests (see the module docstring)."""
     if min_group_size < 1:
         raise ValueError(f"`min_group_size` must be >= 1, got {min_group_size!r}")
-    eligible = _eligible(frame, attributes, min_group_size)
+    shown, tested = _eligible(frame, attributes, min_group_size)
     has_bf = bool(np.isfinite(_col(frame, "background_focus")).any())
-    m = sum(len(v) for v in eligible.values()) * (2 if has_bf else 1)
+    m = sum(len(v) for v in tested.values()) * (2 if has_bf else 1)
     adj = 1 - (1 - confidence) / max(m, 1)
     correct = frame["correct"].to_numpy(dtype=bool)
     bf = _col(frame, "background_focus")
@@ -97,7 +104,7 @@ def analyse_groups(
         levels = []
         for lev in sorted(set(col.tolist())):
             inside = col == lev
-            if lev not in eligible[a]:
+            if lev not in shown[a]:
                 levels.append(GroupStat(level=lev, n=0, suppressed=True))
                 continue
             sub = frame[inside]
@@ -118,9 +125,13 @@ def analyse_groups(
                     n_boot=min(n_boot, 500),
                     seed=seed + i,
                 ),
-                accuracy_vs_rest=accuracy_diff(correct[inside], correct[~inside], adj),
-                background_focus_vs_rest=mean_diff_ci(bf[inside], bf[~inside], adj),
             )
+            if lev in tested[a]:
+                g = replace(
+                    g,
+                    accuracy_vs_rest=accuracy_diff(correct[inside], correct[~inside], adj),
+                    background_focus_vs_rest=mean_diff_ci(bf[inside], bf[~inside], adj),
+                )
             levels.append(g)
         results.append(_attribute(a, levels, col, correct, confidence, frame, classes,
                                   min_group_size))  # fmt: skip
@@ -155,8 +166,6 @@ def _attribute(
     min_size: int,
 ) -> AttributeResult:
     """Worst group, gaps to the best group, the largest gap and the flags of one attribute."""
-    from dataclasses import replace
-
     shown = [g for g in levels if not g.suppressed and g.accuracy.value is not None]
     worst = best = None
     gap = Est()
