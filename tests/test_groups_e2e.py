@@ -87,15 +87,22 @@ def planted(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return manifest
 
 
-def test_planted_site_is_named_and_gated(planted: Path, tmp_path: Path) -> None:
-    cfg = _config(
-        tmp_path,
-        planted,
-        "shortcut",
-        "[gates]\nmin_group_accuracy = {site = 0.8}\nmax_group_accuracy_gap = 0.9\n",
-    )
-    out = tmp_path / "run"
-    assert main(["run", str(cfg), "--out", str(out), "--no-pdf", "--no-progress"]) == 1
+@pytest.fixture(scope="module")
+def runs(planted: Path, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """The shortcut model (with group gates) and the fixed model on the planted data."""
+    tmp = tmp_path_factory.mktemp("group-runs")
+    gates = "[gates]\nmin_group_accuracy = {site = 0.8}\nmax_group_accuracy_gap = 0.9\n"
+    out = {}
+    for variant, extra, rc in (("shortcut", gates, (1,)), ("fixed", "", (0, 1))):
+        cfg = _config(tmp, planted, variant, extra)
+        out[variant] = tmp / variant
+        args = ["run", str(cfg), "--out", str(out[variant]), "--no-pdf", "--no-progress"]
+        assert main(args) in rc
+    return out
+
+
+def test_planted_site_is_named_and_gated(runs: dict[str, Path]) -> None:
+    out = runs["shortcut"]
     s = json.loads((out / "summary.json").read_text())
     site = next(a for a in s["groups"]["attributes"] if a["name"] == "site")
     b = next(g for g in site["levels"] if g["level"] == "B")
@@ -121,15 +128,34 @@ def test_planted_site_is_named_and_gated(planted: Path, tmp_path: Path) -> None:
     assert g[(g.attribute == "site") & (g.level == "B")]["flagged"].item()
     html = (out / "report.html").read_text()
     assert "Groups" in html and "site = B" in html
+    # the streamed finalisation (shard jobs, torchrun, large runs) gives the same groups
+    from auditor.runner import finalize_run
+
+    finalize_run(out, aggregation="streaming", render=False)
+    s2 = json.loads((out / "summary.json").read_text())
+    assert s2["run"]["aggregation"] == "streaming"
+    assert s2["groups"] == s["groups"]
+    again = pd.read_parquet(out / "samples.parquet")
+    assert again["group_site"].tolist() == frame["group_site"].tolist()
 
 
-def test_clean_model_no_group_finding(planted: Path, tmp_path: Path) -> None:
-    out = tmp_path / "run"
-    assert main(["run", str(_config(tmp_path, planted, "fixed")), "--out", str(out),
-                 "--no-pdf", "--no-progress"]) in (0, 1)  # fmt: skip
-    s = json.loads((out / "summary.json").read_text())
+def test_clean_model_no_group_finding(runs: dict[str, Path]) -> None:
+    s = json.loads((runs["fixed"] / "summary.json").read_text())
     assert not [f for f in s["findings"] if f["kind"] == "group_disparity"]
     assert s["groups"]["attributes"][0]["levels"]
+
+
+def test_compare_per_group(runs: dict[str, Path], tmp_path: Path) -> None:
+    from auditor.compare import compare_runs
+
+    res = compare_runs(runs["shortcut"], runs["fixed"], out=tmp_path / "cmp", render=False)
+    groups = res.extra["groups"]
+    site = next(a for a in groups["attributes"] if a["name"] == "site")
+    b = next(lv for lv in site["levels"] if lv["level"] == "B")
+    # the fixed model closes site B's gap: B's paired accuracy change is positive
+    assert b["accuracy_diff"]["ci_low"] > 0
+    assert b["accuracy_b"] - b["accuracy_a"] == pytest.approx(b["accuracy_diff"]["value"])
+    assert site["gap_change"] < 0
 
 
 def test_random_site_no_group_finding(tmp_path: Path) -> None:
