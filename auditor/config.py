@@ -422,7 +422,13 @@ class GateRule:
     min: float | None = None
     max: float | None = None
     classes: tuple[str, ...] | None = None
+    #: group gates (scope "group"): the attribute, or "attribute=level"; None: every attribute
+    group: str | None = None
 
+
+#: Gates on the metadata groups (issue 24): ``key = number`` (every attribute) or
+#: ``key = {site = 0.8, "site=B" = 0.9}`` (per attribute, or per group).
+GROUP_GATES = ("min_group_accuracy", "max_group_accuracy_gap", "max_group_background_focus_gap")
 
 RULE_KEYS = ("name", "metric", "stat", "scope", "method", "min", "max", "classes")
 
@@ -446,6 +452,14 @@ def _parse_gates(
     rules: list[GateRule] = []
     for key, value in table.items():
         if key == "rule":
+            continue
+        if key in GROUP_GATES:
+            if context != "run":
+                raise ConfigError(
+                    f"{source}: [gates] {key} is a run gate on [data] groups, not a comparison "
+                    f"gate; put it in the run's config"
+                )
+            rules.extend(_group_gates(key, value, source))
             continue
         spec = gate_spec(key)
         if spec is None:
@@ -540,6 +554,38 @@ def _parse_rule(i: int, raw: Any, source: str, settings: AuditSettings | None) -
     )
 
 
+def _group_gates(key: str, value: Any, source: str) -> list[GateRule]:
+    """``[gates] min_group_accuracy = 0.8`` or ``= {site = 0.8, "site=B" = 0.9}``."""
+    bound, quantity = key.split("_", 1)
+    items = value.items() if isinstance(value, Mapping) else [(None, value)]
+    out = []
+    for where, v in items:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            what = key if where is None else f"{key}.{where}"
+            raise ConfigError(f"{source}: [gates] {what} must be a number, got {v!r}")
+        name = key if where is None else f"{key}[{where}]"
+        out.append(
+            GateRule(name=name, quantity=quantity, scope="group", group=where,
+                     **{bound: float(v)})  # type: ignore[arg-type]
+        )  # fmt: skip
+    return out
+
+
+def check_group_gates(gates: tuple[GateRule, ...], groups: tuple[str, ...], source: str) -> None:
+    """Group gates need ``[data] groups`` and must name one of its attributes."""
+    for rule in gates:
+        if rule.scope != "group":
+            continue
+        if not groups:
+            raise ConfigError(f"{source}: [gates] {rule.name} needs [data] groups")
+        attr = (rule.group or "").split("=", 1)[0].strip()
+        if rule.group is not None and attr not in groups:
+            raise ConfigError(
+                f"{source}: [gates] {rule.name}: {attr!r} is not one of [data] groups "
+                f"{list(groups)}{_suggest(attr, list(groups))}"
+            )
+
+
 #: Gate quantities that exist only when the analysis producing them runs.
 INTERVENTION_QUANTITIES = (
     "only_fg_drop",
@@ -581,6 +627,8 @@ def check_gates(
             raise ConfigError(
                 f"{where}: min {rule.min:g} > max {rule.max:g}: no value can pass this gate"
             )
+        if rule.scope == "group":
+            continue  # checked against [data] groups by check_group_gates
         if rule.scope == "compare":
             raise ConfigError(
                 f"{where}: is a comparison gate: it needs a baseline run; evaluate it with "
@@ -625,10 +673,19 @@ class ReportSettings:
     pdf: bool = True
     templates: Path | None = None
     pdf_timeout_s: float = 600.0
+    #: groups smaller than this are shown as "< N", never tested, gated or named (issue 24)
+    min_group_size: int = 10
 
 
 def _parse_report(table: Mapping[str, Any], base: Path, source: str) -> ReportSettings:
-    check_keys(table, ("title", "pdf", "templates", "pdf_timeout_s"), "report", source)
+    check_keys(
+        table, ("title", "pdf", "templates", "pdf_timeout_s", "min_group_size"), "report", source
+    )
+    min_group = table.get("min_group_size", 10)
+    if isinstance(min_group, bool) or not isinstance(min_group, int) or min_group < 1:
+        raise ConfigError(
+            f"{source}: [report] min_group_size must be a whole number >= 1, got {min_group!r}"
+        )
     tpl = _typed(table, "templates", str, None, "report", source)
     timeout = float(_typed(table, "pdf_timeout_s", (int, float), 600.0, "report", source))
     if not (math.isfinite(timeout) and timeout > 0):
@@ -641,6 +698,7 @@ def _parse_report(table: Mapping[str, Any], base: Path, source: str) -> ReportSe
         pdf=_typed(table, "pdf", bool, True, "report", source),
         templates=(base / tpl).resolve() if tpl else None,
         pdf_timeout_s=timeout,
+        min_group_size=min_group,
     )
 
 
@@ -690,6 +748,7 @@ def parse_config(
     )
     run_gates, _ = split_gates(gates)
     check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
+    check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)
     return AuditConfig(
         model=_parse_model(raw["model"], base, source),
         data=data,

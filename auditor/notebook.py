@@ -171,6 +171,14 @@ class Run:
         ]
         return pd.DataFrame(rows, columns=cols).set_index("id")
 
+    @cached_property
+    def groups(self) -> pd.DataFrame:
+        """One row per attribute level (summary.json ``groups``; empty without ``[data]
+        groups``): see :func:`auditor.report.groups.groups_frame`."""
+        from auditor.report.groups import groups_frame
+
+        return groups_frame(self.summary)
+
     # -- maps -----------------------------------------------------------------------------
     def cams(self, ids: Iterable[str] | str, method: str | None = None) -> dict[str, np.ndarray]:
         """Low-resolution maps ``[h, w]`` (scaled to a maximum of 1) of the samples ``ids``

@@ -126,7 +126,7 @@ def evaluate_gates(result: AuditResult | Mapping[str, Any], rules: Sequence[Gate
     primary = result.primary_method
     results: list[GateResult] = []
     for rule in rules:
-        if rule.scope == "compare":
+        if rule.scope in ("compare", "group"):  # group gates: auditor.analysis.groups.gates
             continue
         if rule.scope == "findings":
             sev = rule.quantity.split("_", 1)[1]

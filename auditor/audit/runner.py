@@ -1510,7 +1510,13 @@ def _finish(
             (sanity or {}).get("_status") or {"run": False, "reason": "not run", "randomised": []}
         ),
     )
-    result = result.replace(gates=evaluate_gates(result, gates))
+    from auditor.analysis.groups.run import attach_groups, group_gates
+
+    result = attach_groups(
+        run_dir, result, data_config=dataset.config, classes=classes, settings=s,
+        min_group_size=config.report.min_group_size if config else 10,
+    )  # fmt: skip
+    result = result.replace(gates=group_gates(result, evaluate_gates(result, gates), gates))
     result = _gallery(run_dir, primary_cams, dataset, table, result, s)
     atomic_write_json(run_dir / "summary.json", result.to_json())
     write_junit(run_dir / "junit.xml", result)

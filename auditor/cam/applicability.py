@@ -33,8 +33,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from auditor.audit.modelstate import preserved_training_flags
 from auditor.errors import AuditorInputError
-from auditor.modelstate import preserved_training_flags
 
 from .methods import METHODS
 from .outputs import logits_of

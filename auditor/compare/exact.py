@@ -500,6 +500,15 @@ def compare_runs(
     comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
     comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
     comparison["metrics_info"] = _metrics_info()
+    from auditor.analysis.groups.compare import compare_groups  # issue 24 (additive key)
+
+    groups = compare_groups(
+        ra.path, rb.path, ra.summary.primary_method, rb.summary.primary_method,
+        confidence=float(settings["confidence"]), n_boot=min(int(settings["n_boot"]), 1000),
+        seed=int(settings["seed"]),
+    )  # fmt: skip
+    if groups is not None:
+        comparison["groups"] = groups
     comparison = _write_outputs(out_dir, comparison, sink, ra, rb)
     report = _render(comparison, out_dir, pdf=pdf, templates=templates) if render else {}
     return ComparisonResult.from_json(comparison, out_dir=out_dir, report=report)

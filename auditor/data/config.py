@@ -35,6 +35,9 @@ _COMMON_KEYS = frozenset(
     {
         "format",
         "root",
+        "groups",
+        "groups_file",
+        "bins",
         "classes",
         "classes_file",
         "input_size",
@@ -109,6 +112,9 @@ class DataConfig:
     trimaps_dir: str = "annotations/trimaps"
     list_file: Path | None = None
     trimap_label: str = "breed"
+    groups: tuple[str, ...] = ()
+    groups_file: Path | None = None
+    bins: Mapping[str, Any] = field(default_factory=dict, hash=False)
     source: str = field(default="<python>", compare=False)
 
 
@@ -363,6 +369,10 @@ def parse_data_section(table: Mapping[str, Any], base_dir: Path, source: str) ->
                 "audit device, see docs/data-formats.md)",
             )
         kwargs["gpu_decode"] = value
+    if "groups" in table or "groups_file" in table or "bins" in table:
+        from auditor.data.groups import parse_group_keys
+
+        kwargs.update(parse_group_keys(table, base_dir, source))
     return DataConfig(**kwargs)
 
 

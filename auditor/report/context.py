@@ -200,6 +200,12 @@ class _Images:
         return self._cache[rel]
 
 
+def _groups_context(result: AuditResult) -> dict[str, Any] | None:
+    from auditor.report.groups import groups_context
+
+    return groups_context(result)
+
+
 def png_uri(data: bytes) -> str:
     """``data:image/png;base64,…`` for PNG bytes."""
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -794,6 +800,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "n_gallery_classes": len(gallery_names),
         "clusters": clusters,
         "subgroups": subgroups,
+        "groups": _groups_context(result),
         "rules": [(k, v) for k, v in result.rules.items()],
         "faithfulness": faith,
         "sanity": sanity,

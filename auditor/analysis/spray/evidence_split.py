@@ -19,8 +19,9 @@ every case):
    the region shares, ``border_focus``'s margin). Cutting a unimodal distribution at its
    middle leaves quartiles close to the cut; a mixture of two strategies does not. Both sides
    need ``min_subgroup_size`` samples.
-3. **Tested like a cluster**: every statistic of :data:`auditor.analysis.spray.subgroups.CONTINUOUS_STATS`
-   and :data:`~auditor.analysis.spray.subgroups.BINARY_STATS` is tested, members against the rest of
+3. **Tested like a cluster**: every statistic of
+   :data:`auditor.analysis.spray.subgroups.CONTINUOUS_STATS` and
+   :data:`~auditor.analysis.spray.subgroups.BINARY_STATS` is tested, members against the rest of
    the class, by the same interval of the difference and margin, Bonferroni-adjusted over
    (candidate splits × statistics). Because a split on ``S`` separates on ``S`` by
    construction, the split is a subgroup only when at least ONE OTHER statistic separates it.

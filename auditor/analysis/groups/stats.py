@@ -1,0 +1,169 @@
+"""Per-group statistics: accuracy, attention evidence, calibration, class × group cells.
+
+Everything is computed on the primary method's rows (one per sample) of ``samples.parquet``
+with the ``group_<attribute>`` columns (:mod:`auditor.data.groups`). Torch-free.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from auditor.group_results import ClassCell, Est
+from auditor.stats import Interval, bootstrap_mean_ci, two_proportion_diff_ci, wilson_interval
+
+__all__ = [
+    "ECE_BINS",
+    "ece",
+    "ece_ci",
+    "mean_diff_ci",
+    "proportion",
+    "class_cells",
+]
+
+ECE_BINS = 10
+"""Equal-width confidence bins of the expected calibration error."""
+
+
+def proportion(hits: np.ndarray, confidence: float) -> Est:
+    """Wilson interval (Wilson 1927) of the share of ``True`` among the finite values of
+    ``hits`` (1/0 or bool; NaN = not run, excluded)."""
+    h = np.asarray(hits, dtype=np.float64)
+    h = h[np.isfinite(h)]
+    if not h.size:
+        return Est()
+    return Est.of(wilson_interval(int(h.sum()), int(h.size), confidence))
+
+
+def ece(confidence: np.ndarray, correct: np.ndarray, bins: int = ECE_BINS) -> float:
+    r"""Expected calibration error of the top-label confidence (Guo et al. 2017, "On
+    calibration of modern neural networks", ICML; Naeini et al. 2015):
+
+    .. math:: \mathrm{ECE} = \sum_{b=1}^{B} \frac{|S_b|}{n}
+              \left| \mathrm{acc}(S_b) - \mathrm{conf}(S_b) \right|
+
+    with ``B`` equal-width bins ``(0, 1/B], ..., ((B-1)/B, 1]`` (a confidence of exactly 0
+    falls in the first). Rows with a non-finite confidence are excluded; none left: NaN.
+    """
+    conf = np.asarray(confidence, dtype=np.float64)
+    corr = np.asarray(correct, dtype=np.float64)
+    ok = np.isfinite(conf) & np.isfinite(corr)
+    if not ok.any():
+        return math.nan
+    conf, corr = conf[ok], corr[ok]
+    b = _bins(conf, bins)
+    gap = np.bincount(b, weights=corr - conf, minlength=bins)
+    return float(np.abs(gap).sum() / conf.size)
+
+
+def _bins(conf: np.ndarray, bins: int) -> np.ndarray:
+    return np.clip(np.ceil(conf * bins).astype(np.int64) - 1, 0, bins - 1)
+
+
+def ece_ci(
+    confidence: np.ndarray,
+    correct: np.ndarray,
+    *,
+    level: float,
+    n_boot: int,
+    seed: int,
+    bins: int = ECE_BINS,
+) -> Est:
+    """:func:`ece` with a percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13):
+    samples are resampled with replacement ``n_boot`` times and the ECE recomputed; the
+    interval is the ``(1-level)/2`` and ``(1+level)/2`` quantiles. Deterministic for a seed."""
+    conf = np.asarray(confidence, dtype=np.float64)
+    corr = np.asarray(correct, dtype=np.float64)
+    ok = np.isfinite(conf) & np.isfinite(corr)
+    conf, corr = conf[ok], corr[ok]
+    if not conf.size:
+        return Est()
+    est = ece(conf, corr, bins)
+    b = _bins(conf, bins)
+    d = corr - conf
+    rng = np.random.default_rng(seed)
+    reps = np.empty(n_boot)
+    for r in range(n_boot):
+        idx = rng.integers(0, conf.size, conf.size)
+        reps[r] = np.abs(np.bincount(b[idx], weights=d[idx], minlength=bins)).sum() / conf.size
+    lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+    return Est(est, float(lo), float(hi))
+
+
+def mean_ci(values: np.ndarray, *, level: float, n_boot: int, seed: int) -> Est:
+    """Mean with a BCa bootstrap interval (Efron 1987), NaN excluded
+    (:func:`auditor.stats.bootstrap_mean_ci`)."""
+    v = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(v).any():
+        return Est()
+    return Est.of(bootstrap_mean_ci(v, confidence=level, n_boot=n_boot, seed=seed))
+
+
+def mean_diff_ci(a: np.ndarray, b: np.ndarray, level: float) -> Est:
+    r"""Difference of two independent means with a Welch (normal-approximation) interval:
+
+    .. math:: \bar a - \bar b \pm z_{1-\alpha/2}\sqrt{s_a^2/n_a + s_b^2/n_b}
+
+    (Welch 1947); NaN excluded; fewer than two values on a side: undefined."""
+    x = np.asarray(a, dtype=np.float64)
+    y = np.asarray(b, dtype=np.float64)
+    x, y = x[np.isfinite(x)], y[np.isfinite(y)]
+    if x.size < 2 or y.size < 2:
+        return Est()
+    from scipy.stats import norm
+
+    z = float(norm.ppf(1 - (1 - level) / 2))
+    d = float(x.mean() - y.mean())
+    se = math.sqrt(x.var(ddof=1) / x.size + y.var(ddof=1) / y.size)
+    return Est(d, d - z * se, d + z * se)
+
+
+def accuracy_diff(a: np.ndarray, b: np.ndarray, level: float) -> Est:
+    """Accuracy of ``a`` minus accuracy of ``b`` (bool arrays, independent samples) with the
+    Newcombe hybrid score interval (Newcombe 1998, method 10)."""
+    iv: Interval = two_proportion_diff_ci(
+        int(np.sum(a)), int(len(a)), int(np.sum(b)), int(len(b)), level
+    )
+    return Est.of(iv)
+
+
+def class_cells(
+    frame: pd.DataFrame,
+    attribute: str,
+    classes: list[str],
+    *,
+    min_size: int,
+    level: float,
+) -> tuple[ClassCell, ...]:
+    """One-vs-rest sensitivity and specificity per class × level (Wilson intervals).
+
+    sensitivity = #(pred = c, label = c) / #(label = c); specificity = #(pred != c,
+    label != c) / #(label != c), both within the level. A cell is suppressed when the class
+    has fewer than ``min_size`` samples in the level.
+    """
+    out: list[ClassCell] = []
+    col = f"group_{attribute}"
+    for lev, sub in frame.groupby(col, sort=True):
+        label = sub["label"].to_numpy()
+        pred = sub["pred"].to_numpy()
+        for c, name in enumerate(classes):
+            pos = label == c
+            n_pos = int(pos.sum())
+            if n_pos == 0:
+                continue
+            if n_pos < min_size:
+                out.append(ClassCell(cls=name, level=str(lev), n=0, suppressed=True))
+                continue
+            neg = ~pos
+            spec = (
+                Est.of(wilson_interval(int((pred[neg] != c).sum()), int(neg.sum()), level))
+                if neg.any()
+                else Est()
+            )
+            sens = Est.of(wilson_interval(int((pred[pos] == c).sum()), n_pos, level))
+            out.append(
+                ClassCell(cls=name, level=str(lev), n=n_pos, sensitivity=sens, specificity=spec)
+            )
+    return tuple(out)
