@@ -566,7 +566,12 @@ class ReportSettings:
 
 
 def _parse_report(table: Mapping[str, Any], base: Path, source: str) -> ReportSettings:
-    check_keys(table, ("title", "pdf", "templates", "pdf_timeout_s"), "report", source)
+    from auditor.compliance import COMPLIANCE_KEYS, parse_compliance
+
+    check_keys(
+        table, ("title", "pdf", "templates", "pdf_timeout_s", *COMPLIANCE_KEYS), "report", source
+    )
+    parse_compliance(table, source)  # the compliance record is read back from run.config
     tpl = _typed(table, "templates", str, None, "report", source)
     timeout = float(_typed(table, "pdf_timeout_s", (int, float), 600.0, "report", source))
     if not (math.isfinite(timeout) and timeout > 0):
