@@ -202,6 +202,17 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--pdf", action="store_true", help="also render report.pdf")
     rep.add_argument("--templates", type=Path, help="folder with template overrides")
 
+    sg = sub.add_parser("sign", help="record a release decision on a run (signoff.json)")
+    sg.add_argument("run_dir", type=Path)
+    sg.add_argument("--by", required=True, help="the reviewer's name")
+    sg.add_argument("--role", required=True, help="the reviewer's role")
+    sg.add_argument("--decision", required=True, choices=["approve", "reject"])
+    sg.add_argument("--note", default="")
+    sg.add_argument("--no-render", action="store_true", help="do not re-render the report")
+
+    ver = sub.add_parser("verify", help="check a run's files against its checksum manifest")
+    ver.add_argument("run_dir", type=Path)
+
     c = sub.add_parser("compare", help="paired comparison of two runs on the same data")
     c.add_argument("run_a", type=Path, help="baseline run (e.g. the production model)")
     c.add_argument("run_b", type=Path, help="candidate run")
@@ -346,6 +357,12 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         for kind, path in paths.items():
             print(f"{kind}: {terminal_safe(path)}")
         return EXIT_OK
+    if args.command in ("sign", "verify"):
+        from auditor.report.cli_signoff import sign_command, verify_command
+
+        if args.command == "sign":
+            return sign_command(args)
+        return verify_command(args)
     if args.command == "compare":
         from auditor.compare import compare_runs
 

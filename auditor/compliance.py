@@ -31,6 +31,7 @@ DATASHEET_KEYS = ("source", "collection", "labelling", "known_gaps")
 #: PDF variants WeasyPrint can write; ``pdf/a-3b`` embeds summary.json as an attachment.
 PDF_VARIANTS = ("pdf/a-3b", "pdf/ua-1")
 
+
 @dataclass(frozen=True)
 class Compliance:
     """The ``[report]`` compliance record; every field optional (``""`` = not given)."""

@@ -2,7 +2,8 @@
 
 * ``checksums.json``: ``{"algorithm": "sha256", "written": ISO-8601 UTC, "files":
   {relative path: hex digest}}`` over every file of the run directory except the manifest,
-  ``signoff.json``, ``auditor.log`` and hidden/temporary files. Written after each rendering.
+  ``signoff.json``, ``auditor.log``, ``locks/`` and hidden/temporary files; written after
+  each rendering.
 * ``signoff.json``: an append-only list of records ``{by, role, decision, note, at (UTC),
   report_pdf_sha256, summary_sha256, previous_sha256}``. ``previous_sha256`` is the SHA-256
   of the canonical JSON of the record before it (empty for the first), so editing or removing
@@ -57,6 +58,8 @@ def _artefacts(run_dir: Path) -> dict[str, str]:
             continue
         if rel.as_posix() in _EXCLUDED or any(p.startswith(".") for p in rel.parts):
             continue
+        if rel.parts[0] == "locks":  # auditor.store's lock files come and go
+            continue
         if path.suffix in (".lock", ".tmp"):
             continue
         out[rel.as_posix()] = sha256_file(path)
@@ -107,9 +110,7 @@ def _record_digest(record: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(record, sort_keys=True).encode()).hexdigest()
 
 
-def sign_run(
-    run_dir: Path, *, by: str, role: str, decision: str, note: str = ""
-) -> dict[str, Any]:
+def sign_run(run_dir: Path, *, by: str, role: str, decision: str, note: str = "") -> dict[str, Any]:
     """Append a sign-off record to ``run_dir/signoff.json`` and return it.
 
     The run must have a ``report.pdf`` and must verify clean first (nobody signs a run whose

@@ -99,8 +99,7 @@ def verdict_block(result: AuditResult, *, top_findings: int = 3) -> dict[str, An
     elif failed:
         ship = False
         headline = (
-            f"Do not ship as is: {len(failed)} of {len(gates.results)} release gate checks "
-            f"failed."
+            f"Do not ship as is: {len(failed)} of {len(gates.results)} release gate checks failed."
         )
     else:
         ship = True
