@@ -19,7 +19,7 @@ from typing import Any
 
 from auditor.compliance import DATASHEET_KEYS, Compliance, parse_compliance
 from auditor.errors import ConfigError
-from auditor.results import AuditResult
+from auditor.results import AuditResult, thaw
 
 __all__ = ["MIN_CLASS_N", "compliance_context", "derived_limitations"]
 
@@ -35,7 +35,7 @@ def _record_from_run(result: AuditResult) -> Compliance:
     if not isinstance(table, Mapping):
         return Compliance()
     try:
-        return parse_compliance(table, "summary.json run.config")
+        return parse_compliance(thaw(table), "summary.json run.config")
     except ConfigError:
         return Compliance()
 
@@ -67,12 +67,38 @@ def derived_limitations(result: AuditResult) -> list[str]:
             f"{result.dataset.n_skipped} of {result.dataset.n_samples} samples could not be "
             f"evaluated (listed under Skipped samples); the results exclude them."
         )
+    out += _background_default(result)
     layer = result.model.target_layer or "the target layer"
     how = "chosen automatically" if result.model.extra.get("target_layer_reason") else "as set"
     out.append(
         f"The maps are computed at {layer} ({how}); another layer can give different maps and "
         f"different findings."
     )
+    return out
+
+
+def _background_default(result: AuditResult) -> list[str]:
+    """The background-only caveat: a class that receives (nearly) every background-only
+    image is the model's default answer for an empty scene, which makes it look like a
+    shortcut whether or not it is one."""
+    rates = {}
+    for name, c in result.classes.items():
+        inter = c.interventions
+        rate = None if inter is None else inter.get("only_bg_accuracy")
+        if isinstance(rate, (int, float)) and not isinstance(rate, bool):
+            rates[name] = float(rate)
+    if len(rates) < 2:
+        return []
+    out = []
+    for name, rate in rates.items():
+        others = [r for n, r in rates.items() if n != name]
+        if rate >= 0.9 and max(others) <= 0.1:
+            out.append(
+                f"With the object removed, the background-only images of class '{name}' are "
+                f"still called '{name}' ({rate:.0%}) while those of every other class are not: "
+                f"'{name}' may simply be the model's answer for an empty scene, which makes it "
+                f"look like a shortcut. Check its maps before concluding."
+            )
     return out
 
 
@@ -100,6 +126,8 @@ def compliance_context(result: AuditResult, run_dir: Path) -> dict[str, Any]:
         "verdict": verdict_block(result),
         "gate_words": gate_words,
         "glossary": glossary(),
+        "glossary_ids": [g["id"] for g in glossary()],
+        "sanity_failed": sorted(m for m, s in (result.sanity or {}).items() if not s.trustworthy),
         "compliance": {
             **asdict(record),
             "datasheet": {k: record.datasheet.get(k, "") for k in DATASHEET_KEYS},
