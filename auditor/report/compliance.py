@@ -21,13 +21,13 @@ from auditor.compliance import DATASHEET_KEYS, Compliance, parse_compliance
 from auditor.errors import ConfigError
 from auditor.results import AuditResult, thaw
 
-__all__ = ["MIN_CLASS_N", "compliance_context", "derived_limitations"]
+__all__ = ["MIN_CLASS_N", "compliance_context", "derived_limitations", "record_from_run"]
 
 #: A class with fewer evaluated images than this gets no usable interval (worded as such).
 MIN_CLASS_N = 10
 
 
-def _record_from_run(result: AuditResult) -> Compliance:
+def record_from_run(result: AuditResult) -> Compliance:
     """The compliance record as stored with the run (the config's ``[report]`` table); an
     invalid one (an old or hand-edited summary) reads as empty rather than failing a render."""
     cfg = result.run.config if isinstance(result.run.config, Mapping) else {}
@@ -109,7 +109,7 @@ def compliance_context(result: AuditResult, run_dir: Path) -> dict[str, Any]:
     from auditor.report.signoff import load_signoffs
     from auditor.report.verdict import verdict_block
 
-    record = _record_from_run(result)
+    record = record_from_run(result)
     try:
         signoffs = load_signoffs(run_dir)
     except Exception:  # noqa: BLE001 - a broken file is reported by `auditor verify`
