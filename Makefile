@@ -9,7 +9,7 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.stamp-install
 
-.PHONY: venv system-deps demo test lint bench wheel-check clean
+.PHONY: venv system-deps test-system-deps demo test lint bench wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,7 +39,14 @@ system-deps:
 demo: system-deps venv
 	$(VENV)/bin/auditor demo --out runs/demo
 
-test: system-deps venv
+# system packages only the tests need (qpdf --check of the PDF report)
+test-system-deps:
+	@command -v qpdf >/dev/null 2>&1 || { \
+	  echo "installing system packages: qpdf"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qpdf; }
+
+test: system-deps test-system-deps venv
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: venv

@@ -229,6 +229,20 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--pdf", action="store_true", help="also render report.pdf")
     rep.add_argument("--templates", type=Path, help="folder with template overrides")
 
+    sg = sub.add_parser("sign", help="record a release decision on a run (signoff.json)")
+    sg.add_argument("run_dir", type=Path)
+    sg.add_argument("--by", required=True, help="the reviewer's name")
+    sg.add_argument("--role", required=True, help="the reviewer's role")
+    sg.add_argument("--decision", required=True, choices=["approve", "reject"])
+    sg.add_argument("--note", default="")
+    sg.add_argument("--no-render", action="store_true", help="do not re-render the report")
+
+    ver = sub.add_parser("verify", help="check a run's files against its checksum manifest")
+    ver.add_argument("run_dir", type=Path)
+
+    ex = sub.add_parser("export", help="write model_card.json and model_card.md into a run")
+    ex.add_argument("run_dir", type=Path)
+
     c = sub.add_parser("compare", help="paired comparison of two runs on the same data")
     c.add_argument("run_a", type=Path, help="baseline run (e.g. the production model)")
     c.add_argument("run_b", type=Path, help="candidate run")
@@ -387,6 +401,29 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         )
         _say("\n".join(f"{kind}: {terminal_safe(path)}" for kind, path in paths.items()))
         return EXIT_OK
+    if args.command == "export":
+        if not (args.run_dir / "summary.json").is_file():
+            raise AuditorInputError(
+                f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)"
+            )
+        from auditor.report.model_card import write_model_card
+        from auditor.report.signoff import MANIFEST, verify_run, write_manifest
+
+        manifest = (args.run_dir / MANIFEST).is_file()
+        problems = verify_run(args.run_dir) if manifest else []
+        if problems:  # never bake a changed file into a fresh manifest
+            raise AuditorInputError(f"cannot export from {args.run_dir}: {problems[0]}")
+        for path in write_model_card(args.run_dir):
+            print(f"model card: {terminal_safe(path)}")
+        if manifest:
+            write_manifest(args.run_dir)
+        return EXIT_OK
+    if args.command in ("sign", "verify"):
+        from auditor.report.cli_signoff import sign_command, verify_command
+
+        if args.command == "sign":
+            return sign_command(args)
+        return verify_command(args)
     if args.command == "compare":
         from auditor.compare import compare_runs
 

@@ -678,9 +678,15 @@ class ReportSettings:
 
 
 def _parse_report(table: Mapping[str, Any], base: Path, source: str) -> ReportSettings:
+    from auditor.compliance import COMPLIANCE_KEYS, parse_compliance
+
     check_keys(
-        table, ("title", "pdf", "templates", "pdf_timeout_s", "min_group_size"), "report", source
+        table,
+        ("title", "pdf", "templates", "pdf_timeout_s", "min_group_size", *COMPLIANCE_KEYS),
+        "report",
+        source,
     )
+    parse_compliance(table, source)  # the compliance record is read back from run.config
     min_group = table.get("min_group_size", 10)
     if isinstance(min_group, bool) or not isinstance(min_group, int) or min_group < 1:
         raise ConfigError(

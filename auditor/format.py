@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 __all__ = [
     "MISSING",
@@ -102,7 +102,8 @@ def fmt_ci(value: object, kind: str = "num", digits: int | None = None) -> str:
     """Format an interval ``[lo, hi]`` (a pair, a mapping with ``ci_low``/``ci_high``, or an
     object with those attributes, e.g. :class:`auditor.results.Stat`).
 
-    ``kind`` is ``"pct"`` or ``"num"``. Either bound missing → ``"—"``.
+    ``kind`` is ``"pct"`` or ``"num"``. Either bound missing → ``"—"``. Bounds that differ
+    but would print alike get up to three more digits.
     """
     lo: object
     hi: object
@@ -116,13 +117,17 @@ def fmt_ci(value: object, kind: str = "num", digits: int | None = None) -> str:
         return MISSING
     if finite_or_none(lo) is None or finite_or_none(hi) is None:
         return MISSING
-    if kind == "pct":
-        f: Callable[[object], str] = lambda v: fmt_pct(v, 1 if digits is None else digits)  # noqa: E731
-    elif kind == "num":
-        f = lambda v: fmt_num(v, 2 if digits is None else digits)  # noqa: E731
-    else:
+    if kind not in ("pct", "num"):
         raise ValueError(f"`kind` must be 'pct' or 'num', got {kind!r}")
-    return f"[{f(lo)}, {f(hi)}]"
+    base = (1 if kind == "pct" else 2) if digits is None else digits
+    fmt = fmt_pct if kind == "pct" else fmt_num
+    # distinct bounds get up to 3 more digits, so that they print differently
+    # ("[97.6%, 98.4%]", never "[98%, 98%]")
+    for d in range(base, base + 4):
+        a, b = fmt(lo, d), fmt(hi, d)
+        if a != b or lo == hi:
+            break
+    return f"[{a}, {b}]"
 
 
 def sort_value(value: object) -> str:

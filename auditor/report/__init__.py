@@ -9,11 +9,13 @@ repository's ``templates/`` (source checkout).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from auditor.report.context import ReportLimits, build_context
 from auditor.report.figures import cluster_panel, gallery_panel
 from auditor.report.html import atomic_write, render_document, render_string
 from auditor.report.pdf import html_to_pdf
+from auditor.report.signoff import write_manifest
 
 __all__ = [
     "ReportLimits",
@@ -61,7 +63,13 @@ def render_pdf(
     run_dir = _run_dir(run_dir)
     context = build_context(run_dir, limits=limits)
     text = render_string(REPORT_TEMPLATE, {**context, "output": "pdf"}, templates=templates)
-    return html_to_pdf(text, run_dir / "report.pdf", base_dir=run_dir, timeout_s=timeout_s)
+    return html_to_pdf(
+        text,
+        run_dir / "report.pdf",
+        base_dir=run_dir,
+        timeout_s=timeout_s,
+        **pdf_options(context, run_dir),
+    )
 
 
 def render_report(
@@ -88,6 +96,18 @@ def render_report(
     if pdf:
         text = render_string(REPORT_TEMPLATE, {**context, "output": "pdf"}, templates=templates)
         out["pdf"] = html_to_pdf(
-            text, run_dir / "report.pdf", base_dir=run_dir, timeout_s=pdf_timeout_s
+            text,
+            run_dir / "report.pdf",
+            base_dir=run_dir,
+            timeout_s=pdf_timeout_s,
+            **pdf_options(context, run_dir),
         )
+    write_manifest(run_dir)  # checksums.json: what `auditor verify` checks
     return out
+
+
+def pdf_options(context: dict[str, Any], run_dir: Path) -> dict[str, Any]:
+    """``[report] pdf_variant`` for WeasyPrint; PDF/A-3b embeds summary.json as an attachment."""
+    variant = str(context.get("compliance", {}).get("pdf_variant") or "") or None
+    attachments = (run_dir / "summary.json",) if variant == "pdf/a-3b" else ()
+    return {"variant": variant, "attachments": attachments}

@@ -63,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     parser.add_argument("--base-dir", required=True, type=Path)
     parser.add_argument("--parent-pid", type=int, default=None)
+    parser.add_argument("--variant", default=None)
+    parser.add_argument("--attach", action="append", type=Path, default=[])
     args = parser.parse_args(argv)
     if args.parent_pid is not None:
         die_with_parent(args.parent_pid, [args.html, args.out])
@@ -70,7 +72,13 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("fontTools").setLevel(logging.ERROR)
     try:
         html_text = args.html.read_text(encoding="utf-8")
-        write_pdf_in_process(html_text, args.out, args.base_dir)
+        write_pdf_in_process(
+            html_text,
+            args.out,
+            args.base_dir,
+            variant=args.variant,
+            attachments=tuple(args.attach),
+        )
     except RenderError as exc:
         print(str(exc).replace("\n", " "), file=sys.stderr)
         return WORKER_RENDER_ERROR

@@ -21,6 +21,7 @@ import numpy as np
 from auditor.errors import RenderError
 from auditor.format import finite_or_none, finite_pair, slugify
 from auditor.report import figures as figs
+from auditor.report.compliance import compliance_context
 from auditor.results import (
     AuditResult,
     Gates,
@@ -815,4 +816,6 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "n_skipped": n_skipped,
         "notes": notes,
         "limits": asdict(limits),
+        # verdict, compliance record, limitations, clause map, sign-off (issue 25)
+        **compliance_context(result, run_dir),
     }

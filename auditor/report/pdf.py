@@ -124,16 +124,47 @@ def make_url_fetcher(base_dir: Path, errors: list[str]) -> Any:
     return RunDirFetcher()
 
 
-def write_pdf_in_process(html_text: str, out_pdf: Path, base_dir: Path) -> None:
-    """Convert ``html_text`` to ``out_pdf`` in this process (used by the worker)."""
+def write_pdf_in_process(
+    html_text: str,
+    out_pdf: Path,
+    base_dir: Path,
+    *,
+    variant: str | None = None,
+    attachments: tuple[Path, ...] = (),
+) -> None:
+    """Convert ``html_text`` to ``out_pdf`` in this process (used by the worker).
+
+    The PDF is tagged (``pdf_tags``: a structure tree for screen readers); ``variant`` is a
+    WeasyPrint PDF variant (``"pdf/a-3b"``, ``"pdf/ua-1"``); ``attachments`` are files inside
+    ``base_dir`` embedded in the PDF (PDF/A-3 allows this, e.g. summary.json).
+    """
     import weasyprint
 
     errors: list[str] = []
     fetcher = make_url_fetcher(base_dir, errors)
     base_url = Path(base_dir).resolve().as_uri() + "/"
+    root = Path(base_dir).resolve()
+    files = []
+    for att in attachments:
+        path = Path(att).resolve()
+        if not path.is_relative_to(root) or not path.is_file():
+            raise RenderError(f"PDF attachment must be a file inside the run: {str(att)!r}")
+        files.append(
+            weasyprint.Attachment(
+                string=path.read_bytes(),
+                name=path.name,
+                description=f"{path.name} of this audit run",
+                relationship="Data",
+            )
+        )
     try:
         doc = weasyprint.HTML(string=html_text, base_url=base_url, url_fetcher=fetcher)
-        doc.write_pdf(target=str(out_pdf))
+        doc.write_pdf(
+            target=str(out_pdf),
+            pdf_variant=variant or None,
+            pdf_tags=True,
+            attachments=files or None,
+        )
     except BaseException as exc:
         if errors:
             raise RenderError(errors[0]) from exc
@@ -155,6 +186,8 @@ def html_to_pdf(
     base_dir: Path,
     timeout_s: float = 600,
     runner: Callable[..., subprocess.CompletedProcess[bytes]] | None = None,
+    variant: str | None = None,
+    attachments: tuple[Path, ...] = (),
 ) -> Path:
     """Convert HTML to ``out_pdf`` atomically, in a subprocess limited to ``timeout_s`` seconds.
 
@@ -190,6 +223,10 @@ def html_to_pdf(
             "--parent-pid",  # the worker ends (and removes these temp files) if we die
             str(os.getpid()),
         ]
+        if variant:
+            cmd += ["--variant", variant]
+        for att in attachments:
+            cmd += ["--attach", str(Path(att).resolve())]
         run = runner or subprocess.run
         try:
             proc = run(cmd, timeout=timeout_s, capture_output=True, env=env, check=False)
