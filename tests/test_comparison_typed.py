@@ -13,7 +13,10 @@ from auditor.results import ComparisonResult, Gates
 
 
 def test_comparison_json_round_trips(demo_run: Path, tmp_path: Path) -> None:
-    res = auditor.compare_runs(demo_run, demo_run, out=tmp_path / "cmp", render=False, n_boot=50)
+    import shutil
+
+    twin = shutil.copytree(demo_run, tmp_path / "twin")  # a run with itself is refused
+    res = auditor.compare_runs(demo_run, twin, out=tmp_path / "cmp", render=False, n_boot=50)
     assert isinstance(res, ComparisonResult) and isinstance(res.gates, Gates)
     written = json.loads((tmp_path / "cmp" / "comparison.json").read_text("utf-8"))
     assert res.to_json() == written  # key for key, as written

@@ -75,3 +75,19 @@ def test_evidence_split_names_members_when_k_is_one() -> None:
         rules=SubgroupRules(max_k=1),
     )
     assert res_c.subgroups == ()
+
+
+def test_absolute_background_severity_weighs_both_tests() -> None:
+    """Both tests: high; one: medium; the background test alone while the map is on the object
+    (lift interval above uniform, the fill's silhouette): low, never a medium false alarm."""
+    from auditor.analysis.absolute_rules import _severity
+
+    def ev(lift_fires: bool, bg_fires: bool, lift_ci: tuple[float, float]) -> dict:
+        return {"lift_fires": lift_fires, "only_bg_fires": bg_fires, "lift_max": 1.0,
+                "energy_lift_ci": list(lift_ci)}  # fmt: skip
+
+    assert _severity(ev(True, True, (0.25, 0.29))) == "high"  # the demo's shortcut class
+    assert _severity(ev(True, False, (0.5, 0.9))) == "medium"
+    assert _severity(ev(False, True, (0.8, 1.4))) == "medium"  # the map is not shown on-object
+    e = ev(False, True, (4.65, 5.25))  # the demo's clean 'circle': maps on the object
+    assert _severity(e) == "low" and e["silhouette_ambiguous"]

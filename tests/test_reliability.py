@@ -108,7 +108,8 @@ def test_second_run_into_a_locked_run_dir_exits_2_naming_the_holder(
             sys.executable,
             "-c",
             "import sys, time\n"
-            "from auditor.audit.store import RunLock\n"
+            "from auditor.audit.store import RunLock, claim_run_dir\n"
+            "claim_run_dir(sys.argv[1])  # as a real run does first\n"
             "lock = RunLock(sys.argv[1], command='auditor run other.toml').acquire()\n"
             "print('held', flush=True)\n"
             "time.sleep(120)\n",

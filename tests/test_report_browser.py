@@ -76,7 +76,9 @@ def _column_values(page, col: int) -> list[str]:
 
 def _header_index(page, label: str) -> int:
     return page.eval_on_selector_all(
-        "#class-table thead th", f"ths => ths.findIndex(t => t.textContent.trim() === {label!r})"
+        "#class-table thead th",
+        "ths => ths.findIndex(t => (t.querySelector('button') || t).textContent.trim() === "
+        f"{label!r})",
     )
 
 

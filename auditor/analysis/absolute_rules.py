@@ -16,9 +16,11 @@ margins were fixed before any benchmark number was read and are the same for eve
 
 ``absolute_background`` (per class) fires when the lift test OR the only-background test holds;
 **high** when both hold (the map avoids the object and the background alone carries the
-class), medium otherwise. A collapsed intervention (:mod:`auditor.analysis.fill_collapse`) is
-not used. ``shared_shortcut`` (run-wide, high) fires when every class (at least two) with data
-has an ``absolute_background`` finding: the shortcut no relative rule can see.
+class), medium otherwise, except **low** when only the background test holds while the lift's
+interval lies above uniform (the fill keeps the object's silhouette; the evidence disagrees).
+A collapsed intervention (:mod:`auditor.analysis.fill_collapse`) is not used.
+``shared_shortcut`` (run-wide, high) fires when every class (at least two) with data
+has a medium or high ``absolute_background`` finding: the shortcut no relative rule can see.
 ``intervention_uninformative`` (run-wide, info) names a collapsed intervention and its numbers.
 """
 
@@ -54,7 +56,8 @@ class AbsoluteRules:
             f"lift has its {confidence:.0%} interval at or below {self.lift_max:.2f} (the map "
             f"is no better than uniform on the object), or whose background alone (object "
             f"removed) is predicted as the class with a Wilson lower bound above chance "
-            f"(1 / number of classes) + {self.margin:.2f}: medium, high when both hold. "
+            f"(1 / number of classes) + {self.margin:.2f}: medium, high when both hold, low "
+            f"when only the background test holds while the maps lie on the object. "
             f"Interventions that collapse (fill_collapse) are not used. When every class is "
             f"flagged so, a run-wide high 'shared_shortcut' finding."
         )
@@ -115,6 +118,21 @@ def _absolute(
     }
 
 
+def _severity(ev: dict[str, Any]) -> str:
+    """High when both tests hold; medium for one; LOW when only the background test holds
+    while the map is demonstrably on the object (energy lift's lower bound above
+    ``lift_max``): removing the object leaves its silhouette in the fill, so a model that
+    reads the object's shape still names the class from "the background alone"; the two
+    pieces of evidence disagree and neither is shown to be a shortcut."""
+    if ev["lift_fires"] and ev["only_bg_fires"]:
+        return "high"
+    lo = ev["energy_lift_ci"][0]
+    if ev["only_bg_fires"] and lo is not None and lo > ev["lift_max"]:
+        ev["silhouette_ambiguous"] = True
+        return "low"
+    return "medium"
+
+
 def _message(name: str, ev: dict[str, Any]) -> str:
     parts = []
     if ev["lift_fires"]:
@@ -129,7 +147,13 @@ def _message(name: str, ev: dict[str, Any]) -> str:
             f"the background alone is called '{name}' for {ev['only_bg_accuracy']:.0%} of its "
             f"images (interval {lo:.0%}–{hi:.0%}; chance {ev['chance']:.0%})"
         )
-    return f"Judged on its own, not against other classes: {' and '.join(parts)}."
+    tail = (
+        " Its maps lie on the object (energy lift above uniform), so the object's silhouette "
+        "left by the fill may be what is recognised: a note, not a shortcut."
+        if ev.get("silhouette_ambiguous")
+        else ""
+    )
+    return f"Judged on its own, not against other classes: {' and '.join(parts)}.{tail}"
 
 
 def _describe_absolute(r: FindingRules, confidence: float) -> str:
@@ -150,18 +174,17 @@ def absolute_background_rule(ctx: RuleContext) -> list[Finding]:
         ev = _absolute(ctx, c, rules, bg_ok)
         if ev is None:
             continue
-        both = ev["lift_fires"] and ev["only_bg_fires"]
         out.append(
             Finding(
                 cls=name,
                 kind="absolute_background",
-                severity="high" if both else "medium",
+                severity=_severity(ev),
                 title=f"'{name}': evidence no better than chance on the object",
                 message=_message(name, ev),
                 evidence=ev,
             )
         )
-    if with_data >= 2 and len(out) == with_data:
+    if with_data >= 2 and sum(f.severity != "low" for f in out) == with_data:
         out.append(
             Finding(
                 cls=None,

@@ -864,7 +864,11 @@ def _build_engine(
     except AuditorInputError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
-        raise ConfigError(f"[model]/[audit]: {exc}") from exc
+        # the applicability probe runs the reshape on the real layer output: name the key
+        where = "[model] reshape" if reshape is not None and "reshape" in str(exc) else (
+            "[model]/[audit]"
+        )
+        raise ConfigError(f"{where}: {exc}") from exc
     except Exception as exc:
         # the dry forward that finds the target layer failed inside the model (an input size
         # or channel count the model does not take): bad input, not a bug of ours
