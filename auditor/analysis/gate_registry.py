@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from types import MappingProxyType
 from typing import Any
 
+# the intervention and faithfulness quantities have one definition, in auditor.config
+from auditor.config import FAITHFULNESS_QUANTITIES, INTERVENTION_QUANTITIES
 from auditor.errors import ConfigError
 
 __all__ = [
@@ -44,23 +46,6 @@ APPLIES = ("run", "compare", "groups")
 LEVELS = ("class", "overall", "method", "group", "findings")
 NEEDS = ("masks", "interventions", "faithfulness", "baseline")
 SEVERITIES = ("high", "medium", "low")
-
-#: quantities read from a class's interventions (accuracies under background interventions)
-INTERVENTION_QUANTITIES = (
-    "only_fg_drop",
-    "background_gap",
-    "only_fg_accuracy",
-    "only_bg_accuracy",
-    "mixed_rand_accuracy",
-)
-#: quantities measured on the seeded faithfulness subset of the whole set (not per class)
-FAITHFULNESS_QUANTITIES = (
-    "deletion_auc",
-    "insertion_auc",
-    "average_drop",
-    "increase_in_confidence",
-)
-
 
 @dataclass(frozen=True)
 class GateSpec:
