@@ -41,11 +41,10 @@ from auditor.analysis.spray.subgroups import (
     _CELL_NAMES,
     BINARY_STATS,
     CONTINUOUS_STATS,
-    StatTest,
     Subgroup,
     SubgroupRules,
     _cells,
-    _test,
+    _member_tests,
     _verdict,
 )
 
@@ -153,19 +152,10 @@ def evidence_split(
     best: tuple[tuple[int, int, int], Subgroup] | None = None
     order = {"high": 0, "medium": 1, "low": 2}
     for c_i, (split, member, thr, gap) in enumerate(cands):
-        tests: dict[str, StatTest] = {}
-        for s_i, name in enumerate(names):
-            t = _test(
-                name,
-                values[name],
-                member,
-                confidence=adj,
-                margin=float(rules.margins.get(name, 0.0)),
-                n_boot=n_boot,
-                seed=seed + 7919 * (c_i + 1) + 1009 * s_i,
-            )
-            if t is not None:
-                tests[name] = t
+        tests = _member_tests(
+            names, values, member, confidence=adj, rules=rules, n_boot=n_boot,
+            seed=seed + 7919 * (c_i + 1),
+        )  # fmt: skip
         separating = tuple(t.name for t in tests.values() if t.separates)
         if not [s for s in separating if s != split]:
             continue  # only the split statistic itself separates: no evidence (rule 3)

@@ -356,6 +356,34 @@ def _normalised(maps: np.ndarray) -> np.ndarray:
     return x / s[:, None, None]
 
 
+def _member_tests(
+    names: Sequence[str],
+    values: Mapping[str, np.ndarray],
+    member: np.ndarray,
+    *,
+    confidence: float,
+    rules: SubgroupRules,
+    n_boot: int,
+    seed: int,
+) -> dict[str, StatTest]:
+    """:func:`_test` of every statistic in ``names``, members against the rest of the class
+    (statistic ``i`` seeded ``seed + 1009 i``); statistics without a test are left out."""
+    tests: dict[str, StatTest] = {}
+    for s_i, name in enumerate(names):
+        t = _test(
+            name,
+            values[name],
+            member,
+            confidence=confidence,
+            margin=float(rules.margins.get(name, 0.0)),
+            n_boot=n_boot,
+            seed=seed + 1009 * s_i,
+        )
+        if t is not None:
+            tests[name] = t
+    return tests
+
+
 def analyse_class(
     maps: np.ndarray,
     stats: Mapping[str, np.ndarray],
@@ -430,18 +458,10 @@ def analyse_class(
         member = labels == cl.id
         tests: dict[str, StatTest] = {}
         if k >= 2:
-            for s_i, name in enumerate(names):
-                t = _test(
-                    name,
-                    values[name],
-                    member,
-                    confidence=adj,
-                    margin=float(rules.margins.get(name, 0.0)),
-                    n_boot=n_boot,
-                    seed=seed + 7 * cl.id + 1009 * s_i,
-                )
-                if t is not None:
-                    tests[name] = t
+            tests = _member_tests(
+                names, values, member, confidence=adj, rules=rules, n_boot=n_boot,
+                seed=seed + 7 * cl.id,
+            )  # fmt: skip
         cluster_tests.append(tests)
         separating = tuple(t.name for t in tests.values() if t.separates)
         if not separating:
