@@ -18,6 +18,7 @@ from typing import Any
 import tomllib
 
 from auditor.errors import ConfigError
+from auditor.results.vocab import GATE_SEVERITIES
 
 TOP_LEVEL_SECTIONS = ("model", "data", "audit", "gates", "report")
 
@@ -30,7 +31,7 @@ GATE_EXTRA_QUANTITIES = (
     "only_bg_accuracy",
     "mixed_rand_accuracy",
 )
-SEVERITIES = ("high", "medium", "low")
+SEVERITIES = GATE_SEVERITIES  # the severities a findings gate counts (auditor.results.vocab)
 
 
 def _suggest(key: str, allowed: list[str] | tuple[str, ...]) -> str:

@@ -31,6 +31,7 @@ from typing import Any
 # the intervention and faithfulness quantities have one definition, in auditor.config
 from auditor.config import FAITHFULNESS_QUANTITIES, INTERVENTION_QUANTITIES
 from auditor.errors import ConfigError
+from auditor.results.vocab import GATE_SEVERITIES
 
 __all__ = [
     "GATES",
@@ -45,7 +46,7 @@ __all__ = [
 APPLIES = ("run", "compare", "groups")
 LEVELS = ("class", "overall", "method", "group", "findings")
 NEEDS = ("masks", "interventions", "faithfulness", "baseline")
-SEVERITIES = ("high", "medium", "low")
+SEVERITIES = GATE_SEVERITIES
 
 @dataclass(frozen=True)
 class GateSpec:

@@ -31,6 +31,7 @@ from auditor.results import (
     method_info,
     thaw,
 )
+from auditor.results.vocab import SEVERITIES, severity_rank
 
 __all__ = [
     "SEVERITY_ORDER",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: Findings are listed in this order; unknown severities come last.
-SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
+SEVERITY_ORDER = SEVERITIES  # auditor.results.vocab
 
 #: Per-class table metrics for summaries that do not record ``table`` in ``metrics_info``.
 TABLE_METRICS = ("energy_in_mask", "background_focus", "energy_lift", "pointing_game", "iou", "auc")
@@ -332,8 +333,7 @@ def _chance(c: Any) -> dict[str, Any] | None:
 
 
 def _severity_rank(sev: object) -> int:
-    s = str(sev).lower()
-    return SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER else len(SEVERITY_ORDER)
+    return severity_rank(sev)
 
 
 def _gate_threshold(result: AuditResult) -> float | None:

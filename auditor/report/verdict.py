@@ -12,12 +12,12 @@ from typing import Any
 
 from auditor.format import finite_or_none, fmt_num, fmt_pct
 from auditor.results import AuditResult, GateResult
+from auditor.results.vocab import BLOCKING_SEVERITIES, severity_rank
 
 __all__ = ["failed_gate_sentence", "finding_sentence", "verdict_block"]
 
 #: Severities that can block a release, most severe first.
-_BLOCKING = ("critical", "high", "medium")
-_ORDER = ("critical", "high", "medium", "low", "info")
+_BLOCKING = BLOCKING_SEVERITIES
 
 
 def _quantity(g: GateResult) -> tuple[str, str | None]:
@@ -86,7 +86,7 @@ def verdict_block(result: AuditResult, *, top_findings: int = 3) -> dict[str, An
     failed = [g for g in (gates.results if gates else ()) if not g.passed]
     ranked = sorted(
         result.findings,
-        key=lambda f: _ORDER.index(f.severity) if f.severity in _ORDER else len(_ORDER),
+        key=lambda f: severity_rank(f.severity),
     )
     blocking = [f for f in ranked if f.severity in _BLOCKING]
     if gates is None or not gates.results:
