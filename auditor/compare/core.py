@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auditor.analysis import AGG_METRICS, FAITH_METRICS
+from auditor.analysis import FAITH_METRICS
 from auditor.audit.store import migrate_samples
 from auditor.audit.streaming import PoissonBootstrap
 from auditor.errors import AuditorInputError
@@ -366,8 +366,14 @@ def pair_rows(ta: pa.Table, tb: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 def compared_quantities(
     cols_a: Sequence[str], cols_b: Sequence[str], with_accuracy: bool
 ) -> list[str]:
+    """The quantities compared between two runs with columns ``cols_a`` and ``cols_b``: the
+    per-sample metrics of the registry (built-ins, then those added with ``@metric``, as in
+    the audit: :func:`auditor.metrics.registry.sample_metric_names`), faithfulness, and (with
+    ``with_accuracy``) correctness and the derived quantities, each where both runs have it."""
+    from auditor.metrics.registry import sample_metric_names
+
     both = set(cols_a) & set(cols_b)
-    out = [m for m in AGG_METRICS if m in both]
+    out = [m for m in sample_metric_names() if m in both]
     out += [m for m in FAITH_METRICS if m in both]
     if with_accuracy:
         out += [q for q, col in BINARY_QUANTITIES.items() if col in both]
