@@ -128,6 +128,18 @@ def test_planted_site_is_named_and_gated(runs: dict[str, Path]) -> None:
     assert g[(g.attribute == "site") & (g.level == "B")]["flagged"].item()
     html = (out / "report.html").read_text()
     assert "Groups" in html and "site = B" in html
+    # class × group AUROC from the stored probability vectors equals scikit-learn's
+    from sklearn.metrics import roc_auc_score
+
+    prim = frame[frame.method == "gradcam"]
+    cells = run.group_classes
+    assert {"auroc", "auroc_low", "auroc_high", "ece", "auroc_note"} <= set(cells.columns)
+    for _, cell in cells[cells.attribute == "site"].iterrows():
+        sub = prim[prim.group_site == cell.level]
+        c = ["circle", "square", "triangle", "cross"].index(cell["class"])
+        p_c = [dict(zip(k, v))[c] for k, v in zip(sub.top_classes, sub.top_probs)]
+        assert cell.auroc == pytest.approx(roc_auc_score(sub.label == c, p_c))
+        assert "AUROC" in html
     # the streamed finalisation (shard jobs, torchrun, large runs) gives the same groups
     from auditor.audit.runner import finalize_run
 

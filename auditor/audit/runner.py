@@ -202,6 +202,7 @@ class _BatchAuditor:
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
         import torch
 
+        from auditor.audit.probabilities import probability_columns
         from auditor.metrics import localisation_metrics
         from auditor.metrics.registry import registered_metrics, sample_metric_names
 
@@ -249,6 +250,7 @@ class _BatchAuditor:
             .cpu()
             .numpy()
             .astype(np.float64),
+            **probability_columns(probs, labels, finite_logits),
             "has_mask": batch.has_mask.numpy(),
             "mask_area": batch.masks.flatten(1).float().mean(1).numpy().astype(np.float64),
             "image_sha256": list(batch.image_sha256),

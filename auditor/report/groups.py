@@ -16,7 +16,7 @@ import numpy as np
 
 from auditor.group_results import AttributeResult, Est, GroupsResult
 
-__all__ = ["forest_plot", "groups_context", "groups_frame"]
+__all__ = ["forest_plot", "group_classes_frame", "groups_context", "groups_frame"]
 
 _FRAME_COLUMNS = (
     "attribute",
@@ -72,6 +72,33 @@ def groups_frame(result: Any) -> Any:
                 v(g.ece), lo(g.ece), hi(g.ece), g.flagged, attr.worst == g.level,
             ])  # fmt: skip
     return pd.DataFrame(rows, columns=list(_FRAME_COLUMNS))
+
+
+_CELL_COLUMNS = ("attribute", "level", "class", "n", "n_negative", "suppressed")
+_CELL_STATS = ("sensitivity", "specificity", "auroc", "ece")
+
+
+def group_classes_frame(result: Any) -> Any:
+    """One row per class × attribute level: ``n`` (the class's samples in the level),
+    ``n_negative``, ``sensitivity``, ``specificity``, ``auroc``, ``ece`` each with ``_low``
+    and ``_high``, and ``auroc_note`` (why there is no AUROC, or that it is a lower bound).
+    Suppressed cells: NaN numbers. Empty frame when the run has no groups."""
+    import pandas as pd
+
+    groups = GroupsResult.of_summary(result)
+    cols = [*_CELL_COLUMNS] + [f"{s}{x}" for s in _CELL_STATS for x in ("", "_low", "_high")]
+    rows = []
+    for attr in groups.attributes if groups else ():
+        for c in attr.classes:
+            row: list[Any] = [attr.name, c.level, c.cls]
+            row += [math.nan, math.nan, True] if c.suppressed else [c.n, c.n_negative, False]
+            for name in _CELL_STATS:
+                e: Est = getattr(c, name)
+                row += [
+                    math.nan if c.suppressed or x is None else x for x in (e.value, e.low, e.high)
+                ]
+            rows.append([*row, "" if c.suppressed else c.auroc_note])
+    return pd.DataFrame(rows, columns=[*cols, "auroc_note"])
 
 
 def forest_plot(

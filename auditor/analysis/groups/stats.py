@@ -7,10 +7,12 @@ with the ``group_<attribute>`` columns (:mod:`auditor.data.groups`). Torch-free.
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pandas as pd
 
+from auditor.analysis.groups.auroc import ClassScores, auroc_ci
 from auditor.group_results import ClassCell, Est
 from auditor.stats import Interval, bootstrap_mean_ci, two_proportion_diff_ci, wilson_interval
 
@@ -73,7 +75,11 @@ def ece_ci(
 ) -> Est:
     """:func:`ece` with a percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13):
     samples are resampled with replacement ``n_boot`` times and the ECE recomputed; the
-    interval is the ``(1-level)/2`` and ``(1+level)/2`` quantiles. Deterministic for a seed."""
+    interval is the ``(1-level)/2`` and ``(1+level)/2`` quantiles. Deterministic for a seed.
+
+    The plug-in ECE is biased upwards (Kumar, Liang & Ma 2019, "Verified uncertainty
+    calibration", NeurIPS): its replicates are too, so with small bins the interval can lie
+    entirely above the estimate. Read it as the sampling spread of the plug-in statistic."""
     conf = np.asarray(confidence, dtype=np.float64)
     corr = np.asarray(correct, dtype=np.float64)
     ok = np.isfinite(conf) & np.isfinite(corr)
@@ -136,18 +142,27 @@ def class_cells(
     *,
     min_size: int,
     level: float,
+    scores: ClassScores | None = None,
+    n_boot: int = 200,
+    seed: int = 0,
 ) -> tuple[ClassCell, ...]:
-    """One-vs-rest sensitivity and specificity per class × level (Wilson intervals).
+    """One-vs-rest statistics per class × level (rows of ``frame`` aligned with ``scores``).
 
     sensitivity = #(pred = c, label = c) / #(label = c); specificity = #(pred != c,
-    label != c) / #(label != c), both within the level. A cell is suppressed when the class
-    has fewer than ``min_size`` samples in the level.
+    label != c) / #(label != c), both within the level (Wilson intervals); AUROC of ``p_c``
+    (:func:`auditor.analysis.groups.auroc.auroc_ci`, DeLong) and the class-wise ECE of ``p_c``
+    against ``[label = c]`` (Kull et al. 2019, "Beyond temperature scaling", NeurIPS: the
+    :func:`ece` formula with ``p_c`` as the confidence; bootstrap interval), over the level's
+    samples with a prediction. A cell is suppressed when the class has fewer than
+    ``min_size`` samples in the level; a class absent from the level has no cell.
     """
     out: list[ClassCell] = []
-    col = f"group_{attribute}"
-    for lev, sub in frame.groupby(col, sort=True):
-        label = sub["label"].to_numpy()
-        pred = sub["pred"].to_numpy()
+    col = frame[f"group_{attribute}"].astype(str).to_numpy()
+    label_all = frame["label"].to_numpy()
+    pred_all = frame["pred"].to_numpy()
+    for li, lev in enumerate(sorted(set(col.tolist()))):
+        rows = np.flatnonzero(col == lev)
+        label, pred = label_all[rows], pred_all[rows]
         for c, name in enumerate(classes):
             pos = label == c
             n_pos = int(pos.sum())
@@ -163,7 +178,36 @@ def class_cells(
                 else Est()
             )
             sens = Est.of(wilson_interval(int((pred[pos] == c).sum()), n_pos, level))
-            out.append(
-                ClassCell(cls=name, level=str(lev), n=n_pos, sensitivity=sens, specificity=spec)
-            )
+            cell = ClassCell(
+                cls=name, level=str(lev), n=n_pos, sensitivity=sens, specificity=spec,
+                n_negative=int(neg.sum()),
+            )  # fmt: skip
+            if scores is not None:
+                cell = _score_stats(cell, scores, rows, pos, c, level, n_boot, seed + li)
+            out.append(cell)
     return tuple(out)
+
+
+def _score_stats(
+    cell: ClassCell,
+    scores: ClassScores,
+    rows: np.ndarray,
+    pos: np.ndarray,
+    c: int,
+    level: float,
+    n_boot: int,
+    seed: int,
+) -> ClassCell:
+    """``cell`` with the AUROC and class-wise ECE of ``p_c`` over the rows with a prediction."""
+    s, censored = scores.column(c)
+    s, censored = s[rows], censored[rows]
+    ok = scores.valid[rows] & np.isfinite(s)
+    auc, note = auroc_ci(s[ok & pos], s[ok & ~pos], level)
+    if censored[ok].any() and auc.value is not None:
+        note = "lower bound: the probability of this class is stored only in each sample's top-k"
+    calib = (
+        Est()
+        if censored[ok].any()
+        else ece_ci(s[ok], pos[ok].astype(np.float64), level=level, n_boot=n_boot, seed=seed)
+    )
+    return replace(cell, auroc=auc, auroc_note=note, ece=calib)
