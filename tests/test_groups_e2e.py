@@ -114,6 +114,13 @@ def test_planted_site_is_named_and_gated(runs: dict[str, Path]) -> None:
     assert found and all(f["evidence"]["group"] == "B" for f in found), found
     assert found[0]["message"].startswith("'site = B' (n = 60): accuracy ")
     assert b["background_focus"]["value"] is not None
+    # the explanation subgroups get their source: site B's striped squares form a subgroup
+    subs = [f for f in s["findings"] if f["kind"] in ("subgroup_shortcut", "strategy_cluster")]
+    sources = [(f["class"], src["attribute"], src["level"]) for f in subs
+               for src in f["evidence"].get("group_sources", [])]  # fmt: skip
+    assert ("square", "site", "B") in sources, sources
+    sq = next(f for f in subs if f["class"] == "square" and f["evidence"].get("group_sources"))
+    assert "images in this subgroup are from 'site = B'" in sq["message"]
     gates = {(g["rule"], g["class"]): g for g in s["gates"]["results"]}
     assert gates[("min_group_accuracy[site]", "site")]["passed"] is False
     assert gates[("max_group_accuracy_gap", "site")]["passed"] is True
@@ -177,6 +184,8 @@ def test_random_site_no_group_finding(tmp_path: Path) -> None:
           "--no-pdf", "--no-progress"])  # fmt: skip
     s = json.loads((out / "summary.json").read_text())
     assert not [f for f in s["findings"] if f["kind"] == "group_disparity"], s["findings"]
+    # a site drawn at random is no subgroup's source
+    assert not [f for f in s["findings"] if f["evidence"].get("group_sources")]
 
 
 def test_misspelled_group_column_exits_2(planted: Path, tmp_path: Path, capsys) -> None:

@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 from auditor.analysis.groups import analyse_groups, group_findings
 from auditor.analysis.groups.auroc import ClassScores, class_scores
 from auditor.analysis.groups.slices import discover_slices
+from auditor.analysis.groups.sources import subgroup_sources
 from auditor.data.groups import GROUP_PREFIX, GroupTable, read_groups
 from auditor.group_results import GroupsResult
 
@@ -122,7 +123,14 @@ def attach_groups(
         scores=scores,
     )
     res = replace(res, slices=discover_slices(frame, groups.attributes, list(classes), res))
-    found = list(result.findings)
+    found = subgroup_sources(
+        result.findings,
+        frame,
+        groups.attributes,
+        list(classes),
+        min_group_size=min_group_size,
+        confidence=settings.confidence,
+    )
     new = [replace(f, id=f"F{len(found) + i + 1}") for i, f in enumerate(group_findings(res))]
     extra = dict(result.extra)
     extra["groups"] = res.to_json()
