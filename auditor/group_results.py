@@ -187,12 +187,17 @@ class AttributeResult:
 @dataclass(frozen=True)
 class Slice:
     """A discovered cell (``attribute = level`` and ``other = level`` or ``class = name``)
-    whose accuracy differs from the rest by more than the margin (interval adjusted)."""
+    whose accuracy is lower than the rest's (``accuracy_gap``) or whose background focus is
+    higher (``attention_gap``) by more than the margin (intervals adjusted)."""
 
     where: tuple[tuple[str, str], ...]
     n: int
     accuracy: Est
     accuracy_vs_rest: Est
+    background_focus: Est = field(default_factory=Est)
+    background_focus_vs_rest: Est = field(default_factory=Est)
+    accuracy_gap: bool = True
+    attention_gap: bool = False
 
     def label(self) -> str:
         return " × ".join(f"{a} = {v}" for a, v in self.where)
@@ -203,6 +208,10 @@ class Slice:
             "n": self.n,
             "accuracy": self.accuracy.to_json(),
             "accuracy_vs_rest": self.accuracy_vs_rest.to_json(),
+            "background_focus": self.background_focus.to_json(),
+            "background_focus_vs_rest": self.background_focus_vs_rest.to_json(),
+            "accuracy_gap": self.accuracy_gap,
+            "attention_gap": self.attention_gap,
         }
 
     @classmethod
@@ -212,6 +221,10 @@ class Slice:
             n=int(d.get("n") or 0),
             accuracy=Est.from_json(d.get("accuracy")),
             accuracy_vs_rest=Est.from_json(d.get("accuracy_vs_rest")),
+            background_focus=Est.from_json(d.get("background_focus")),
+            background_focus_vs_rest=Est.from_json(d.get("background_focus_vs_rest")),
+            accuracy_gap=bool(d.get("accuracy_gap", True)),
+            attention_gap=bool(d.get("attention_gap", False)),
         )
 
 
