@@ -166,8 +166,21 @@ def test_clean_model_no_group_finding(runs: dict[str, Path]) -> None:
 
 def test_compare_per_group(runs: dict[str, Path], tmp_path: Path) -> None:
     from auditor.compare import compare_runs
+    from auditor.config import GateRule
 
-    res = compare_runs(runs["shortcut"], runs["fixed"], out=tmp_path / "cmp", render=False)
+    rules = [
+        GateRule(name="max_group_accuracy_decrease", quantity="group_accuracy_decrease",
+                 scope="compare", max=0.0),
+        GateRule(name="max_group_accuracy_gap_increase", quantity="group_accuracy_gap_increase",
+                 scope="compare", max=0.0),
+    ]  # fmt: skip
+    res = compare_runs(runs["shortcut"], runs["fixed"], out=tmp_path / "cmp", pdf=False,
+                       gates=rules)  # fmt: skip
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "Per-group differences" in html and "site = B" in html and "the gap closed" in html
+    got = {(g.rule, g.cls): g for g in res.gates.results}
+    assert got[("max_group_accuracy_gap_increase", "site")].passed
+    assert got[("max_group_accuracy_decrease", "site=B")].value < 0
     groups = res.extra["groups"]
     site = next(a for a in groups["attributes"] if a["name"] == "site")
     b = next(lv for lv in site["levels"] if lv["level"] == "B")
