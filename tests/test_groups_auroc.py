@@ -177,3 +177,24 @@ def test_probability_columns_full_and_top_k() -> None:
     with pytest.raises(ValueError, match="probs"):
         probability_columns(many[0], torch.tensor([0]), torch.ones(1, dtype=torch.bool))
     _ = ece_ci  # same bootstrap as the group ECE
+
+
+def test_large_groups_use_the_documented_approximations(monkeypatch: pytest.MonkeyPatch) -> None:
+    from auditor.analysis.groups import stats
+
+    rng = np.random.default_rng(5)
+    n = 30_000
+    conf = rng.uniform(0.3, 1.0, n)
+    correct = (rng.random(n) < conf * 0.9).astype(float)
+    approx = stats.ece_ci(conf, correct, level=0.95, n_boot=400, seed=1)
+    monkeypatch.setattr(stats, "BOOT_MAX_N", 10**9)  # force the resampling bootstrap
+    exact = stats.ece_ci(conf, correct, level=0.95, n_boot=400, seed=1)
+    assert approx.value == exact.value
+    width = exact.high - exact.low
+    assert abs(approx.low - exact.low) < 0.2 * width
+    assert abs(approx.high - exact.high) < 0.2 * width
+    monkeypatch.undo()
+    x = rng.normal(0.4, 0.1, n)
+    m = stats.mean_ci(x, level=0.95, n_boot=200, seed=0)
+    half = Z95 * x.std(ddof=1) / math.sqrt(n)
+    assert (m.low, m.high) == pytest.approx((x.mean() - half, x.mean() + half))

@@ -54,9 +54,13 @@ def test_planted_error_and_attention_slices_found() -> None:
     mask = (frame.group_site == "B").to_numpy() & (frame.group_age == "old").to_numpy()
     c = frame["correct"].to_numpy()
     assert err.accuracy_vs_rest == accuracy_diff(c[mask], c[~mask], adj)
+    assert err.accuracy.value == pytest.approx(c[mask].mean())
     m2 = (frame.group_site == "A").to_numpy() & (frame.group_sex == "F").to_numpy()
     bf = frame["background_focus"].to_numpy()
-    assert att.background_focus_vs_rest == mean_diff_ci(bf[m2], bf[~m2], adj)
+    want = mean_diff_ci(bf[m2], bf[~m2], adj)  # from moments here: equal up to rounding
+    got = att.background_focus_vs_rest
+    assert (got.value, got.low, got.high) == pytest.approx((want.value, want.low, want.high))
+    assert att.background_focus.value == pytest.approx(bf[m2].mean())
     assert att.background_focus_vs_rest.low > res.background_focus_margin
     back = GroupsResult.from_json({**res.to_json(), "slices": [s.to_json() for s in slices]})
     assert back.slices == slices

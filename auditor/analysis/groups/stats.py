@@ -17,6 +17,7 @@ from auditor.group_results import ClassCell, Est
 from auditor.stats import Interval, bootstrap_mean_ci, two_proportion_diff_ci, wilson_interval
 
 __all__ = [
+    "BOOT_MAX_N",
     "ECE_BINS",
     "ece",
     "ece_ci",
@@ -27,6 +28,10 @@ __all__ = [
 
 ECE_BINS = 10
 """Equal-width confidence bins of the expected calibration error."""
+BOOT_MAX_N = 20_000
+"""Above this many values a group's mean and ECE intervals come from large-sample
+approximations (:func:`mean_ci`, :func:`ece_ci`) instead of resampling: the audit's cost then
+stays linear in the samples at a million images."""
 
 
 def proportion(hits: np.ndarray, confidence: float) -> Est:
@@ -76,6 +81,7 @@ def ece_ci(
     """:func:`ece` with a percentile bootstrap interval (Efron & Tibshirani 1993, ch. 13):
     samples are resampled with replacement ``n_boot`` times and the ECE recomputed; the
     interval is the ``(1-level)/2`` and ``(1+level)/2`` quantiles. Deterministic for a seed.
+    Above :data:`BOOT_MAX_N` samples the replicates come from :func:`_ece_reps_large`.
 
     The plug-in ECE is biased upwards (Kumar, Liang & Ma 2019, "Verified uncertainty
     calibration", NeurIPS): its replicates are too, so with small bins the interval can lie
@@ -90,6 +96,10 @@ def ece_ci(
     b = _bins(conf, bins)
     d = corr - conf
     rng = np.random.default_rng(seed)
+    if conf.size > BOOT_MAX_N:
+        reps = _ece_reps_large(b, d, bins, n_boot, rng)
+        lo, hi = np.quantile(reps, [(1 - level) / 2, (1 + level) / 2])
+        return Est(est, float(lo), float(hi))
     reps = np.empty(n_boot)
     for r in range(n_boot):
         idx = rng.integers(0, conf.size, conf.size)
@@ -98,12 +108,39 @@ def ece_ci(
     return Est(est, float(lo), float(hi))
 
 
+def _ece_reps_large(
+    b: np.ndarray, d: np.ndarray, bins: int, n_boot: int, rng: np.random.Generator
+) -> np.ndarray:
+    """ECE replicates of a large sample without resampling it: the bootstrap's bin counts are
+    drawn exactly (``Multinomial(n, n_b / n)``) and each bin's resampled sum of
+    ``d = correct - confidence`` from its normal limit ``N(n*_b mean_b, n*_b var_b)`` (CLT
+    within the bin). ``O(bins x n_boot)`` work and memory, whatever ``n``."""
+    n = d.size
+    cnt = np.bincount(b, minlength=bins).astype(np.float64)
+    s1 = np.bincount(b, weights=d, minlength=bins)
+    s2 = np.bincount(b, weights=d * d, minlength=bins)
+    mean = np.divide(s1, cnt, out=np.zeros(bins), where=cnt > 0)
+    var = np.divide(s2, cnt, out=np.zeros(bins), where=cnt > 0) - mean**2
+    star = rng.multinomial(n, cnt / n, size=n_boot).astype(np.float64)
+    sums = star * mean + np.sqrt(star * np.maximum(var, 0.0)) * rng.standard_normal(star.shape)
+    return np.abs(sums).sum(axis=1) / n
+
+
 def mean_ci(values: np.ndarray, *, level: float, n_boot: int, seed: int) -> Est:
     """Mean with a BCa bootstrap interval (Efron 1987), NaN excluded
-    (:func:`auditor.stats.bootstrap_mean_ci`)."""
+    (:func:`auditor.stats.bootstrap_mean_ci`). Above :data:`BOOT_MAX_N` finite values the
+    normal interval ``mean ± z s / sqrt(n)`` is used (BCa's corrections are ``O(1/sqrt(n))``
+    and the resampling would cost ``n_boot x n``)."""
     v = np.asarray(values, dtype=np.float64)
     if not np.isfinite(v).any():
         return Est()
+    x = v[np.isfinite(v)]
+    if x.size > BOOT_MAX_N:
+        from scipy.stats import norm
+
+        m = float(x.mean())
+        half = float(norm.ppf(1 - (1 - level) / 2)) * float(x.std(ddof=1)) / math.sqrt(x.size)
+        return Est(m, m - half, m + half)
     return Est.of(bootstrap_mean_ci(v, confidence=level, n_boot=n_boot, seed=seed))
 
 
