@@ -77,10 +77,9 @@ def auroc_ci(positives: np.ndarray, negatives: np.ndarray, level: float) -> tupl
     v01 = 1.0 - (r_all[m:] - _midranks(y)) / m
     auc = float(v10.mean())
     var = (v10.var(ddof=1) / m if m > 1 else 0.0) + (v01.var(ddof=1) / n if n > 1 else 0.0)
-    from scipy.stats import norm
+    from auditor.analysis.groups.stats import z_value
 
-    z = float(norm.ppf(1 - (1 - level) / 2))
-    half = z * math.sqrt(max(var, 0.0))
+    half = z_value(level) * math.sqrt(max(var, 0.0))
     return Est(auc, max(0.0, auc - half), min(1.0, auc + half)), ""
 
 

@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from auditor.analysis.groups.stats import mean_ci
+from auditor.analysis.groups.stats import mean_ci, z_value
 from auditor.group_results import Est, GroupsResult, Slice
 from auditor.stats import two_proportion_diff_ci, wilson_interval
 
@@ -92,13 +92,10 @@ def _welch(
     squares (sample variances ``(q - s²/n) / (n - 1)``)."""
     if n1 < 2 or n2 < 2:
         return Est()
-    from scipy.stats import norm
-
     m1, m2 = s1 / n1, s2 / n2
     v1 = max(q1 - s1 * m1, 0.0) / (n1 - 1)
     v2 = max(q2 - s2 * m2, 0.0) / (n2 - 1)
-    z = float(norm.ppf(1 - (1 - level) / 2))
-    half = z * math.sqrt(v1 / n1 + v2 / n2)
+    half = z_value(level) * math.sqrt(v1 / n1 + v2 / n2)
     return Est(m1 - m2, m1 - m2 - half, m1 - m2 + half)
 
 
@@ -153,12 +150,18 @@ def discover_slices(
     for t in tables:
         for i, j in zip(*np.nonzero((t.n >= min_size) & (t.n <= n - min_size))):
             k, m = int(t.hits[i, j]), int(t.n[i, j])
-            diff = Est.of(two_proportion_diff_ci(k, m, int(tot[0]) - k, n - m, adj))
-            bf_diff = (
-                _welch(t.bf_n[i, j], t.bf_sum[i, j], t.bf_sq[i, j], tot[1] - t.bf_n[i, j],
-                       bf_tot[0] - t.bf_sum[i, j], bf_tot[1] - t.bf_sq[i, j], adj)
-                if has_bf else Est()
-            )  # fmt: skip
+            # an interval holds its estimate: a cell whose point difference does not clear
+            # the margin cannot be flagged, and its interval is not computed (same result)
+            diff = Est(k / m - (tot[0] - k) / (n - m))
+            if (diff.value or 0.0) < -groups.accuracy_margin:
+                diff = Est.of(two_proportion_diff_ci(k, m, int(tot[0]) - k, n - m, adj))
+            bf_diff = Est()
+            bn, bs = t.bf_n[i, j], t.bf_sum[i, j]
+            if has_bf and bn >= 2 and tot[1] - bn >= 2 and (
+                bs / bn - (bf_tot[0] - bs) / (tot[1] - bn) > groups.background_focus_margin
+            ):
+                bf_diff = _welch(bn, bs, t.bf_sq[i, j], tot[1] - bn, bf_tot[0] - bs,
+                                 bf_tot[1] - t.bf_sq[i, j], adj)  # fmt: skip
             acc_gap = diff.high is not None and diff.high < -groups.accuracy_margin
             bf_gap = bf_diff.low is not None and bf_diff.low > groups.background_focus_margin
             if acc_gap or bf_gap:
