@@ -198,3 +198,21 @@ def test_large_groups_use_the_documented_approximations(monkeypatch: pytest.Monk
     m = stats.mean_ci(x, level=0.95, n_boot=200, seed=0)
     half = Z95 * x.std(ddof=1) / math.sqrt(n)
     assert (m.low, m.high) == pytest.approx((x.mean() - half, x.mean() + half))
+
+
+def test_few_negatives_not_shown_privacy() -> None:
+    # level "A": 30 samples of class 0 and 3 of class 1: class 0's negatives are 3 people
+    n = 33
+    label = np.r_[np.zeros(30, int), np.ones(3, int)]
+    probs = np.where(label[:, None] == np.arange(2), 0.8, 0.2)
+    frame = pd.DataFrame({
+        "id": [f"s{i}" for i in range(n)], "label": label, "pred": label, "correct": True,
+        "pred_confidence": 0.8, "group_site": "A", "label_confidence": 0.8,
+    })  # fmt: skip
+    res = analyse_groups(frame, ["site"], ["a", "b"], min_group_size=10, n_boot=50,
+                         scores=_full(frame, probs))  # fmt: skip
+    cells = {c.cls: c for c in res.attribute("site").classes}
+    assert cells["b"].suppressed  # 3 positives
+    a = cells["a"]
+    assert a.sensitivity.value == 1.0 and a.specificity.value is None
+    assert a.auroc.value is None and a.auroc_note.startswith("not shown: fewer than 10")

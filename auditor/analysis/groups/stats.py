@@ -204,7 +204,9 @@ def class_cells(
     against ``[label = c]`` (Kull et al. 2019, "Beyond temperature scaling", NeurIPS: the
     :func:`ece` formula with ``p_c`` as the confidence; bootstrap interval), over the level's
     samples with a prediction. A cell is suppressed when the class has fewer than
-    ``min_size`` samples in the level; a class absent from the level has no cell.
+    ``min_size`` samples in the level; a class absent from the level has no cell; with fewer
+    than ``min_size`` samples of other classes in the level, specificity and AUROC (which
+    describe those few samples) are not shown (``auroc_note`` says so).
     """
     out: list[ClassCell] = []
     col = frame[f"group_{attribute}"].astype(str).to_numpy()
@@ -222,9 +224,12 @@ def class_cells(
                 out.append(ClassCell(cls=name, level=str(lev), n=0, suppressed=True))
                 continue
             neg = ~pos
+            # privacy: specificity and AUROC describe the negatives; fewer than min_size of
+            # them would describe a handful of people
+            few_neg = int(neg.sum()) < min_size
             spec = (
                 Est.of(wilson_interval(int((pred[neg] != c).sum()), int(neg.sum()), level))
-                if neg.any()
+                if not few_neg
                 else Est()
             )
             sens = Est.of(wilson_interval(int((pred[pos] == c).sum()), n_pos, level))
@@ -232,7 +237,10 @@ def class_cells(
                 cls=name, level=str(lev), n=n_pos, sensitivity=sens, specificity=spec,
                 n_negative=int(neg.sum()),
             )  # fmt: skip
-            if scores is not None:
+            if scores is not None and few_neg and neg.any():
+                note = f"not shown: fewer than {min_size} samples of other classes in the group"
+                cell = replace(cell, auroc_note=note)
+            elif scores is not None:
                 cell = _score_stats(cell, scores, rows, pos, c, level, n_boot, seed + li)
             out.append(cell)
     return tuple(out)
