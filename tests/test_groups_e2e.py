@@ -208,3 +208,23 @@ def test_misspelled_group_column_exits_2(planted: Path, tmp_path: Path, capsys) 
     assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "--no-pdf", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "'sitee'" in err and "manifest.csv" in err and "'site'" in err
+
+
+def test_shard_jobs_give_the_same_groups(runs: dict[str, Path], planted: Path,
+                                         tmp_path: Path) -> None:  # fmt: skip
+    """Two shard jobs finalised by `auditor finalize` (exact, then streamed) give the groups
+    (statistics, cells, slices, subgroup sources) of the single-process run."""
+    cfg = _config(tmp_path, planted, "shortcut",
+                  "batch_size = 32\n[gates]\nmin_group_accuracy = {site = 0.8}\n"
+                  "max_group_accuracy_gap = 0.9\n")  # fmt: skip
+    out = tmp_path / "sharded"
+    base = ["run", str(cfg), "--no-pdf", "--no-progress", "--out", str(out)]
+    for s in ("0/2", "1/2"):
+        assert main([*base, "--shard", s]) == 0
+    single = json.loads((runs["shortcut"] / "summary.json").read_text())
+    for aggregation in ("exact", "streaming"):
+        assert main(["finalize", str(out), "--no-pdf", "--aggregation", aggregation]) == 1
+        s = json.loads((out / "summary.json").read_text())
+        assert s["groups"] == single["groups"], aggregation
+        src = [f["evidence"].get("group_sources") for f in s["findings"]]
+        assert src == [f["evidence"].get("group_sources") for f in single["findings"]]
