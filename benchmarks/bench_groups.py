@@ -13,6 +13,7 @@ ECE, slice discovery and the subgroup join. The table gives its wall time and pe
 Target: within the finalisation's memory bound (2 GiB peak RSS at 1M samples, issue 14).
 
     python benchmarks/bench_groups.py [--samples 1000000] [--attributes 10] [--levels 20]
+                                      [--quick] [--no-write]
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ def main() -> int:
     ap.add_argument("--attributes", type=int, default=10)
     ap.add_argument("--levels", type=int, default=20)
     ap.add_argument("--quick", action="store_true", help="100,000 samples; docs untouched")
+    ap.add_argument("--no-write", action="store_true", help="leave docs/performance.md alone")
     ap.add_argument("--worker", type=Path, help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.worker is not None:
@@ -144,7 +146,7 @@ def main() -> int:
         f"| {wall:.0f} | {info['seconds']:.0f} | {rss:.2f} | <= 2 GiB |"
     )
     print(body)
-    if not args.quick:
+    if not (args.quick or args.no_write):
         write_section(SECTION, body)
     return 0
 

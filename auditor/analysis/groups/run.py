@@ -79,7 +79,13 @@ def primary_rows(
     available = set(pq.ParquetFile(path).schema_arrow.names)
     cols = [c for c in _NEEDED if c in available] + [GROUP_PREFIX + a for a in attributes]
     probs = [c for c in _PROBS if c in available] if n_classes else []
-    table = pq.read_table(path, columns=cols + probs, filters=[("method", "==", primary)])
+    group_cols = [GROUP_PREFIX + a for a in attributes]
+    table = pq.read_table(  # group levels as categoricals: codes, not a string per sample
+        path,
+        columns=cols + probs,
+        filters=[("method", "==", primary)],
+        read_dictionary=group_cols,
+    )
     scores = None
     if len(probs) == 2 and "label_confidence" in available:
         scores = class_scores(

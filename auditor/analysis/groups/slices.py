@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pandas as pd
 
-from auditor.analysis.groups.stats import mean_ci, z_value
+from auditor.analysis.groups.stats import accuracy_diff, mean_ci, mean_diff_ci, z_value
 from auditor.group_results import Est, GroupsResult, Slice
 from auditor.stats import two_proportion_diff_ci, wilson_interval
 
@@ -183,18 +183,31 @@ def discover_slices(
         )
     )
     top = found[:MAX_SLICES]
-    if has_bf:  # the interval of the few reported slices' own background focus
-        top = [replace(s, background_focus=_slice_bf(frame, s, bf, classes, groups)) for s in top]
-    return tuple(top)
+    # the few reported slices get every interval (a skipped one is computed now)
+    return tuple(_complete(frame, s, correct, bf, classes, groups, adj, has_bf) for s in top)
 
 
-def _slice_bf(
-    frame: pd.DataFrame, s: Slice, bf: np.ndarray, classes: Sequence[str], groups: GroupsResult
-) -> Est:
+def _complete(
+    frame: pd.DataFrame,
+    s: Slice,
+    correct: np.ndarray,
+    bf: np.ndarray,
+    classes: Sequence[str],
+    groups: GroupsResult,
+    adj: float,
+    has_bf: bool,
+) -> Slice:
     mask = np.ones(len(frame), dtype=bool)
     for attr, level in s.where:
         if attr == "class":
             mask &= frame["label"].to_numpy() == list(classes).index(level)
         else:
             mask &= frame[f"group_{attr}"].astype(str).to_numpy() == level
-    return mean_ci(bf[mask], level=groups.confidence, n_boot=200, seed=0)
+    if s.accuracy_vs_rest.high is None:
+        s = replace(s, accuracy_vs_rest=accuracy_diff(correct[mask], correct[~mask], adj))
+    if has_bf:
+        bf_ci = mean_ci(bf[mask], level=groups.confidence, n_boot=200, seed=0)
+        s = replace(s, background_focus=bf_ci)
+        if s.background_focus_vs_rest.high is None:
+            s = replace(s, background_focus_vs_rest=mean_diff_ci(bf[mask], bf[~mask], adj))
+    return s
