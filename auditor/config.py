@@ -449,9 +449,9 @@ def _parse_gates(
     """
     from auditor.analysis.gate_registry import check_rule_context, gate_spec, unknown_gate_error
 
-    rules: list[GateRule] = []
+    rules: list[GateRule] = list(_interpretable_gate(table, source, context))
     for key, value in table.items():
-        if key == "rule":
+        if key in ("rule", INTERPRETABLE_GATE):
             continue
         if key in GROUP_GATES:
             if context != "run":
@@ -484,6 +484,31 @@ def _parse_gates(
     for i, raw in enumerate(raw_rules):
         rules.append(_parse_rule(i, raw, source, settings))
     return tuple(rules)
+
+
+#: the precondition gate (issue 22): ``[gates] require_interpretable = true | false``, ON when
+#: absent in a run config; see :mod:`auditor.analysis.interpretability`
+INTERPRETABLE_GATE = "require_interpretable"
+
+
+def _interpretable_gate(
+    table: Mapping[str, Any], source: str, context: str
+) -> tuple[GateRule, ...]:
+    """The ``require_interpretable`` rule: on by default in run configs, off only when set to
+    ``false``; a boolean, never a number (``= 0`` would read as "off" by accident)."""
+    value = table.get(INTERPRETABLE_GATE, context == "run")
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"{source}: [gates] {INTERPRETABLE_GATE} must be true or false, got {value!r}"
+        )
+    if value and context != "run":
+        raise ConfigError(
+            f"{source}: [gates] {INTERPRETABLE_GATE} is a run gate (it applies to a single "
+            "audit), not a comparison gate; put it in the run's config"
+        )
+    if not value:
+        return ()
+    return (GateRule(name=INTERPRETABLE_GATE, quantity="interpretable", scope="overall", min=1.0),)
 
 
 def _rule_quantities() -> tuple[str, ...]:

@@ -120,6 +120,11 @@ def _register_builtin() -> None:
                          f"per class, the {change} of {q} from the baseline run at most the "
                          f"threshold")
             )  # fmt: skip
+    register_gate(
+        GateSpec("require_interpretable", "interpretable", "min", ("run",), "overall", (),
+                 "the run is interpretable: accuracy above chance, map grid larger than 3x3, "
+                 "primary method passes the randomisation check (on unless set to false)")
+    )  # fmt: skip
     for sev in SEVERITIES:
         register_gate(
             GateSpec(f"max_findings_{sev}", f"findings_{sev}", "max", ("run",), "findings", (),

@@ -638,8 +638,9 @@ def _audit_locked(
     try:
         # every forward of the audit (interventions included) sees the eval model
         with preserved_training_flags(model, eval=True):
-            engine = _build_engine(model, dataset, layer, reshape, s, dev)
+            engine, grid = _build_engine(model, dataset, layer, reshape, s, dev)
             model_info["target_layer"] = ",".join(engine.layer_names)
+            model_info["cam_grid"] = [list(g) for g in grid]  # the interpretability check
             _describe_layers(model_info, engine)
 
             n_total = len(dataset)
@@ -832,8 +833,9 @@ def _build_engine(
     reshape: Any,
     s: AuditSettings,
     dev: torch.device,
-) -> Any:
-    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch)."""
+) -> tuple[Any, tuple[tuple[int, int], ...]]:
+    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch) and
+    each target layer's grid ``(h, w)`` at the input size."""
     import torch
 
     from auditor.cam import CamEngine
@@ -860,7 +862,7 @@ def _build_engine(
             engine, example, len(dataset.classes), s.max_forwards_per_image
         )
         log.info("cost estimate: %s", found.describe())
-        return engine
+        return engine, found.grid
     except AuditorInputError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
@@ -1515,11 +1517,13 @@ def _finish(
         ),
     )
     from auditor.analysis.groups.run import attach_groups, group_gates
+    from auditor.analysis.interpretability import attach as attach_interpretability
 
     result = attach_groups(
         run_dir, result, data_config=dataset.config, classes=classes, settings=s,
         min_group_size=config.report.min_group_size if config else 10,
     )  # fmt: skip
+    result = attach_interpretability(result)  # before the gates: require_interpretable
     result = result.replace(gates=group_gates(result, evaluate_gates(result, gates), gates))
     result = _gallery(run_dir, primary_cams, dataset, table, result, s)
     atomic_write_json(run_dir / "summary.json", result.to_json())
