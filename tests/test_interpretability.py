@@ -48,12 +48,12 @@ def test_accuracy_interval_including_chance_is_not_interpretable() -> None:
     assert assess(_result(acc=0.7, ci=(0.51, 0.85), grid=[[8, 8]])).interpretable
 
 
-def test_chance_is_the_best_constant_guess_on_unbalanced_data() -> None:
-    # 30 of 40 images in one class: answering it always scores 0.75, more than 1/2
-    v = assess(_result(acc=0.8, ci=(0.65, 0.9), sizes=(30, 10), grid=[[8, 8]]))
-    assert v.checks["accuracy_vs_chance"]["chance"] == pytest.approx(0.75)
-    assert not v.interpretable
-    assert assess(_result(acc=0.9, ci=(0.77, 0.96), sizes=(30, 10), grid=[[8, 8]])).interpretable
+def test_chance_is_one_over_the_number_of_classes() -> None:
+    # four classes: chance 0.25; [0.27, 0.5] lies above it, [0.2, 0.45] does not
+    v = assess(_result(acc=0.38, ci=(0.27, 0.5), sizes=(10, 10, 10, 10), grid=[[8, 8]]))
+    assert v.checks["accuracy_vs_chance"]["chance"] == pytest.approx(0.25) and v.interpretable
+    v = assess(_result(acc=0.3, ci=(0.2, 0.45), sizes=(10, 10, 10, 10), grid=[[8, 8]]))
+    assert not v.interpretable and "chance (25%)" in v.reasons[0]
 
 
 @pytest.mark.parametrize(

@@ -6,10 +6,10 @@ and the gate ``require_interpretable`` (on by default) fails, so ``auditor run``
 
 1. **The model does better than chance.** With :math:`k` of :math:`n` evaluated images
    correct, the Wilson 95 % interval :math:`[L, U]` of the accuracy (Wilson 1927) must lie
-   above the chance baseline :math:`b = \\max(1/C, \\max_c n_c / n)`: one over the number of
-   classes, or the share of the largest class when the set is unbalanced (the accuracy of
-   always answering that class). :math:`L \\le b` means the data cannot tell this model from a
-   guess, and its maps explain a guess.
+   above chance, :math:`b = 1/C` with :math:`C` the number of classes: :math:`L \\le b` means
+   the data cannot tell this model from a uniform guess, and its maps explain a guess. (On a
+   strongly unbalanced set a constant answer beats :math:`1/C`; the randomisation check, not
+   this one, is what catches a model whose maps ignore what it learned.)
 2. **The map has room to show a place.** A CAM is the target layer's grid upsampled: with a
    grid of :math:`h \\times w \\le 3 \\times 3` cells every "object" and "background" region
    shares cells, so energy-in-mask and every statistic built on it measure the upsampling
@@ -73,11 +73,9 @@ def _chance_check(result: AuditResult) -> tuple[dict[str, Any], str | None]:
     ov = result.overall
     lo, hi = ov.accuracy_ci
     n_classes = len(result.classes) or (result.model.num_classes or 0)
-    sizes = [c.n for c in result.classes.values() if c.n]
     if ov.accuracy is None or lo is None or not ov.n or n_classes < 2:
         return {"measured": False, "reason": "accuracy or its interval not available"}, None
-    majority = max(sizes) / sum(sizes) if sizes and sum(sizes) else 0.0
-    chance = max(1.0 / n_classes, majority)
+    chance = 1.0 / n_classes
     check = {
         "measured": True,
         "accuracy": ov.accuracy,
