@@ -23,10 +23,17 @@ The thresholds are the issue's (chance, 3 x 3, the sanity check's own threshold)
 any benchmark number was read. A precondition that could not be measured is listed as such and
 never makes the run "not interpretable" by itself.
 
+**What no map can test** is said too, in ``not_testable`` (and the report's limitations): a
+global cue (a colour cast, blur, contrast, noise level or compression spread over the whole
+image) has no place, so a map cannot point at it and the mask interventions cannot remove it;
+a silent report says nothing about such cues. Without masks or boxes, where the model looks
+cannot be compared with the object and no intervention runs.
+
 ``summary.json`` gains the additive key ``interpretability``::
 
     {"interpretable": bool, "reasons": [str, ...],
-     "checks": {"accuracy_vs_chance": {...}, "map_grid": {...}, "sanity": {...}}}
+     "checks": {"accuracy_vs_chance": {...}, "map_grid": {...}, "sanity": {...}},
+     "not_testable": [{"kind": "global_cue", "text": str}, ...]}
 """
 
 from __future__ import annotations
@@ -39,6 +46,7 @@ from auditor.results import AuditResult, freeze
 
 __all__ = [
     "GATE_KEY",
+    "GLOBAL_CUE_TEXT",
     "MAX_UNINTERPRETABLE_GRID",
     "Interpretability",
     "assess",
@@ -59,13 +67,35 @@ class Interpretability:
     interpretable: bool
     reasons: tuple[str, ...] = ()
     checks: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: what this audit cannot test, each ``{"kind", "text"}`` (module docstring)
+    not_testable: tuple[Mapping[str, str], ...] = ()
 
     def to_json(self) -> dict[str, Any]:
         return {
             "interpretable": self.interpretable,
             "reasons": list(self.reasons),
             "checks": {k: dict(v) for k, v in self.checks.items()},
+            "not_testable": [dict(x) for x in self.not_testable],
         }
+
+
+#: the sentence every report carries: global cues have no place a map could show
+GLOBAL_CUE_TEXT = (
+    "Global cues could not be tested: a colour cast, blur, contrast, noise level or "
+    "compression spread over the whole image has no place a map can point at, and the mask "
+    "interventions cannot remove it; this report says nothing about whether the model uses one."
+)
+
+
+def _not_testable(result: AuditResult) -> tuple[Mapping[str, str], ...]:
+    out = [{"kind": "global_cue", "text": GLOBAL_CUE_TEXT}]
+    if result.dataset.annotated is False:
+        out.append({
+            "kind": "no_masks",
+            "text": "Without object masks or boxes, where the model looks was not compared "
+            "with the object, and no intervention tested whether it depends on the background.",
+        })  # fmt: skip
+    return tuple(out)
 
 
 def _chance_check(result: AuditResult) -> tuple[dict[str, Any], str | None]:
@@ -146,7 +176,7 @@ def assess(result: AuditResult) -> Interpretability:
         checks[name] = check
         if reason is not None:
             reasons.append(reason)
-    return Interpretability(not reasons, tuple(reasons), checks)
+    return Interpretability(not reasons, tuple(reasons), checks, _not_testable(result))
 
 
 def attach(result: AuditResult) -> AuditResult:
@@ -166,4 +196,9 @@ def from_result(result: AuditResult) -> Interpretability | None:
         bool(raw["interpretable"]),
         tuple(str(r) for r in raw.get("reasons") or ()),
         {str(k): dict(v) for k, v in (raw.get("checks") or {}).items() if isinstance(v, Mapping)},
+        tuple(
+            {"kind": str(x.get("kind")), "text": str(x.get("text"))}
+            for x in raw.get("not_testable") or ()
+            if isinstance(x, Mapping)
+        ),
     )
