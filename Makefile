@@ -2,12 +2,14 @@
 #   make demo   set-up + audit the synthetic demo → runs/demo/report.{html,pdf}
 #   make test   set-up + the whole test suite
 #   make lint   ruff + mypy
-#   make bench  benchmarks (needs the `bench` extra; installed here)
+#   make bench  benchmarks (needs the `bench` extra; installed here); the detection benchmark
+#               runs its quick grid: `make bench DETECTION_GRID=full` for the full grid (hours)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.stamp-install
+DETECTION_GRID ?= quick
 
 .PHONY: venv system-deps test-system-deps demo test lint bench wheel-check clean
 
@@ -55,7 +57,7 @@ lint: venv
 
 bench: system-deps venv
 	$(PIP) install --quiet -e '.[test,bench]'
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py --detection-grid $(DETECTION_GRID)
 
 clean:
 	rm -rf runs build dist *.egg-info test-artifacts
