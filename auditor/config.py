@@ -260,6 +260,9 @@ class AuditSettings:
     num_workers: int = 0
     interventions: bool = True
     intervention_fill: str = "mean"
+    #: also predict the only-fg/only-bg images with the alternative fills (blur, noise, the
+    #: image's own mean), used when the configured fill collapses (issue 22)
+    intervention_alternatives: bool = True
     faithfulness_samples: int = 64
     faithfulness_steps: int = 20
     sanity_check: bool = True
@@ -388,9 +391,10 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         raise ConfigError(
             f"{source}: [audit] border_width must be in (0, 0.5), got {settings.border_width}"
         )
-    if settings.intervention_fill not in ("mean", "blur", "black"):
+    if settings.intervention_fill not in ("mean", "blur", "black", "image_mean", "noise"):
         raise ConfigError(
-            f"{source}: [audit] intervention_fill must be 'mean', 'blur' or 'black', got "
+            f"{source}: [audit] intervention_fill must be 'mean', 'blur', 'black', 'image_mean' "
+            f"or 'noise', got "
             f"{settings.intervention_fill!r}"
         )
     if settings.aggregation not in ("auto", "exact", "streaming"):

@@ -180,6 +180,8 @@ class PrimaryColumns:
     ids: Sequence[str] = ()
     #: the class the background alone was predicted as (-1: not run); None: column absent
     only_bg_pred: np.ndarray | None = None
+    #: the class the object alone was predicted as (-1: not run); None: column absent
+    only_fg_pred: np.ndarray | None = None
 
     @classmethod
     def of(cls, table: pa.Table, primary: str) -> PrimaryColumns:
@@ -200,6 +202,9 @@ class PrimaryColumns:
             ids=ArrowStrings(prim.column("id")) if "id" in prim.column_names else (),
             only_bg_pred=col(prim, "only_bg_pred", int)
             if "only_bg_pred" in prim.column_names
+            else None,
+            only_fg_pred=col(prim, "only_fg_pred", int)
+            if "only_fg_pred" in prim.column_names
             else None,
         )
 
