@@ -515,6 +515,10 @@ def _interpretable_gate(
     return (GateRule(name=INTERPRETABLE_GATE, quantity="interpretable", scope="overall", min=1.0),)
 
 
+#: ``[gates]`` table → rules (the compare config's gates too: :mod:`auditor.compare.gates`)
+parse_gates = _parse_gates
+
+
 def _rule_quantities() -> tuple[str, ...]:
     from auditor.analysis.gate_registry import GATES, gate_spec
 

@@ -182,6 +182,8 @@ class PrimaryColumns:
     only_bg_pred: np.ndarray | None = None
     #: the class the object alone was predicted as (-1: not run); None: column absent
     only_fg_pred: np.ndarray | None = None
+    #: whether the model's logits were NaN/Inf (status ``nonfinite_logits``); None: no status
+    nonfinite: np.ndarray | None = None
 
     @classmethod
     def of(cls, table: pa.Table, primary: str) -> PrimaryColumns:
@@ -205,6 +207,12 @@ class PrimaryColumns:
             else None,
             only_fg_pred=col(prim, "only_fg_pred", int)
             if "only_fg_pred" in prim.column_names
+            else None,
+            nonfinite=np.asarray(
+                pc.fill_null(pc.equal(prim.column("status"), "nonfinite_logits"), False),
+                bool,
+            )
+            if "status" in prim.column_names
             else None,
         )
 

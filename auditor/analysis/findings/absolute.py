@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from auditor.analysis.fill_collapse import Collapse, only_bg_collapse, only_fg_collapse
-from auditor.analysis.findings import FindingRules, RuleContext, finding_rule
+from auditor.analysis.findings.registry import FindingRules, RuleContext, finding_rule
 from auditor.results import ClassResult, Finding
 from auditor.stats import wilson_interval
 
