@@ -72,6 +72,9 @@ def test_failed_sanity_check_is_not_interpretable() -> None:
     bad = SanityResult(similarity=0.93, threshold=0.5, trustworthy=False, n=8)
     v = assess(_result(grid=[[8, 8]], sanity=bad))
     assert not v.interpretable and "sanity check" in v.reasons[0] and "0.93" in v.reasons[0]
+    undefined = SanityResult(similarity=None, threshold=0.5, trustworthy=False, n=0)
+    v = assess(_result(grid=[[8, 8]], sanity=undefined))
+    assert v.interpretable and v.checks["sanity"]["measured"] is False  # NaN: not measured
     good = SanityResult(similarity=0.2, threshold=0.5, trustworthy=True, n=8)
     assert assess(_result(grid=[[8, 8]], sanity=good)).interpretable
 

@@ -17,7 +17,8 @@ and the gate ``require_interpretable`` (on by default) fails, so ``auditor run``
    layer; unknown (an old run) is "not measured", not a failure.
 3. **The primary method passes the model-randomisation sanity check** (Adebayo et al. 2018,
    "Sanity Checks for Saliency Maps", NeurIPS): if its maps barely change when the head is
-   re-initialised, they do not depend on what the model learned. Not run is "not measured".
+   re-initialised, they do not depend on what the model learned. Not run, or a similarity
+   undefined on every image (constant maps, NaN), is "not measured".
 
 The thresholds are the issue's (chance, 3 x 3, the sanity check's own threshold), fixed before
 any benchmark number was read. A precondition that could not be measured is listed as such and
@@ -152,6 +153,9 @@ def _sanity_check(result: AuditResult) -> tuple[dict[str, Any], str | None]:
     if s is None:
         why = (result.sanity_status or {}).get("reason") or "not run"
         return {"measured": False, "method": prim, "reason": str(why)}, None
+    if s.similarity is None or s.similarity != s.similarity:  # NaN: no image where defined
+        return {"measured": False, "method": prim,
+                "reason": "the similarity is undefined on every image (constant maps)"}, None
     check = {"measured": True, "method": prim, "similarity": s.similarity,
              "threshold": s.threshold, "passed": bool(s.trustworthy)}  # fmt: skip
     if s.trustworthy:
