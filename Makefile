@@ -2,13 +2,15 @@
 #   make demo   set-up + audit the synthetic demo → runs/demo/report.{html,pdf}
 #   make test   set-up + the whole test suite
 #   make lint   ruff + mypy
-#   make bench  benchmarks (needs the `bench` extra; installed here)
+#   make bench  benchmarks (needs the `bench` extra; installed here); the detection benchmark
+#               runs its quick grid: `make bench DETECTION_GRID=full` for the full grid (hours)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.stamp-install
 TEST_STAMP := $(VENV)/.stamp-test
+DETECTION_GRID ?= quick
 
 .PHONY: venv test-venv system-deps test-system-deps demo test lint bench wheel-check clean
 
@@ -68,9 +70,9 @@ lint: test-venv
 	$(VENV)/bin/ruff check auditor tests benchmarks scripts
 	$(VENV)/bin/mypy auditor
 
-bench: system-deps test-system-deps venv
+bench: system-deps test-system-deps test-venv
 	$(PIP) install --quiet -e '.[test,bench]'
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py --detection-grid $(DETECTION_GRID)
 
 clean:
 	rm -rf runs build dist *.egg-info test-artifacts

@@ -260,6 +260,9 @@ class AuditSettings:
     num_workers: int = 0
     interventions: bool = True
     intervention_fill: str = "mean"
+    #: also predict the only-fg/only-bg images with the alternative fills (blur, noise, the
+    #: image's own mean), used when the configured fill collapses (issue 22)
+    intervention_alternatives: bool = True
     faithfulness_samples: int = 64
     faithfulness_steps: int = 20
     sanity_check: bool = True
@@ -388,9 +391,10 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         raise ConfigError(
             f"{source}: [audit] border_width must be in (0, 0.5), got {settings.border_width}"
         )
-    if settings.intervention_fill not in ("mean", "blur", "black"):
+    if settings.intervention_fill not in ("mean", "blur", "black", "image_mean", "noise"):
         raise ConfigError(
-            f"{source}: [audit] intervention_fill must be 'mean', 'blur' or 'black', got "
+            f"{source}: [audit] intervention_fill must be 'mean', 'blur', 'black', 'image_mean' "
+            f"or 'noise', got "
             f"{settings.intervention_fill!r}"
         )
     if settings.aggregation not in ("auto", "exact", "streaming"):
@@ -449,9 +453,9 @@ def _parse_gates(
     """
     from auditor.analysis.gate_registry import check_rule_context, gate_spec, unknown_gate_error
 
-    rules: list[GateRule] = []
+    rules: list[GateRule] = list(_interpretable_gate(table, source, context))
     for key, value in table.items():
-        if key == "rule":
+        if key in ("rule", INTERPRETABLE_GATE):
             continue
         if key in GROUP_GATES:
             if context != "run":
@@ -484,6 +488,31 @@ def _parse_gates(
     for i, raw in enumerate(raw_rules):
         rules.append(_parse_rule(i, raw, source, settings))
     return tuple(rules)
+
+
+#: the precondition gate (issue 22): ``[gates] require_interpretable = true | false``, ON when
+#: absent in a run config; see :mod:`auditor.analysis.interpretability`
+INTERPRETABLE_GATE = "require_interpretable"
+
+
+def _interpretable_gate(
+    table: Mapping[str, Any], source: str, context: str
+) -> tuple[GateRule, ...]:
+    """The ``require_interpretable`` rule: on by default in run configs, off only when set to
+    ``false``; a boolean, never a number (``= 0`` would read as "off" by accident)."""
+    value = table.get(INTERPRETABLE_GATE, context == "run")
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"{source}: [gates] {INTERPRETABLE_GATE} must be true or false, got {value!r}"
+        )
+    if value and context != "run":
+        raise ConfigError(
+            f"{source}: [gates] {INTERPRETABLE_GATE} is a run gate (it applies to a single "
+            "audit), not a comparison gate; put it in the run's config"
+        )
+    if not value:
+        return ()
+    return (GateRule(name=INTERPRETABLE_GATE, quantity="interpretable", scope="overall", min=1.0),)
 
 
 #: ``[gates]`` table → rules (the compare config's gates too: :mod:`auditor.compare.gates`)

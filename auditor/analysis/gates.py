@@ -107,6 +107,11 @@ def overall_value(result: AuditResult, rule: GateRule) -> float | None:
     """The value of an overall gate: intervention quantities pooled over the classes
     (:func:`overall_intervention`; ``mean`` only), faithfulness from the seeded subset, the
     rest from ``result.overall``."""
+    if rule.quantity == "interpretable":  # the precondition gate (issue 22)
+        verdict = result.extra.get("interpretability")
+        if not isinstance(verdict, Mapping) or "interpretable" not in verdict:
+            return None
+        return 1.0 if verdict["interpretable"] else 0.0
     if rule.quantity in FAITHFULNESS_QUANTITIES:
         return _faithfulness_value(result, rule)
     if rule.quantity in INTERVENTION_QUANTITIES:

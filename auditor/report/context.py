@@ -795,7 +795,10 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "findings": findings,
         "severity_counts": severity_counts,
         "gates": gates,
-        "verdict_text": _verdict(result.gates),
+        "verdict_text": (
+            "Not interpretable · " if result.extra.get("interpretability", {}).get(
+                "interpretable") is False else ""
+        ) + _verdict(result.gates),
         "figures": figures,
         "galleries": galleries,
         "n_gallery_classes": len(gallery_names),
