@@ -113,8 +113,7 @@ def check_task_gates(raw_gates: Mapping[str, Any], task: str, source: str) -> No
             )
         if task != "detection" and key in DETECTION_GATES:
             raise ConfigError(
-                f"{source}: [gates] {key} is a detection gate; it needs [model] task = "
-                f'"detection"'
+                f'{source}: [gates] {key} is a detection gate; it needs [model] task = "detection"'
             )
 
 

@@ -33,9 +33,13 @@ def _method_infos(methods: tuple[str, ...]) -> Any:
     for m in methods:
         info = method_info(METHODS[m])
         if METHODS[m].needs_gradients:
-            info = replace(info, description=(
-                info.description + " Detection: y is the score of the explained detection; "
-                "A are the target layer's levels upsampled to the finest and concatenated."))
+            info = replace(
+                info,
+                description=(
+                    info.description + " Detection: y is the score of the explained detection; "
+                    "A are the target layer's levels upsampled to the finest and concatenated."
+                ),
+            )
         out[m] = info
     return MappingProxyType(out)
 
@@ -87,25 +91,37 @@ def finish_detection(
         findings=findings,
         rules=freeze(dict(RULES)),
         tool=freeze({"name": "cam-auditor", "version": __version__}),
-        run=RunInfo.from_json({
-            "started": started.isoformat(timespec="seconds"),
-            "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "duration_s": round(time.perf_counter() - t0, 3),
-            "timings": {"audit_loop_s": round(loop_s, 3)},
-            "config_sha256": cfg.sha256, "seed": s.seed, "device": s.device,
-            "command": command, "versions": library_versions(),
-            "config": to_jsonable(cfg.raw),
-        }),  # fmt: skip
+        run=RunInfo.from_json(
+            {
+                "started": started.isoformat(timespec="seconds"),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - t0, 3),
+                "timings": {"audit_loop_s": round(loop_s, 3)},
+                "config_sha256": cfg.sha256,
+                "seed": s.seed,
+                "device": s.device,
+                "command": command,
+                "versions": library_versions(),
+                "config": to_jsonable(cfg.raw),
+            }
+        ),  # fmt: skip
         title=cfg.report.title,
         model=ModelInfo.from_json(model_info),
-        dataset=DatasetInfo.from_json({
-            "name": Path(str(cfg.data.annotations or cfg.data.root)).name,
-            "format": cfg.data.format, "sha256": h.hexdigest(),
-            "annotation_sha256": dataset.annotation_sha256(), "n_samples": len(dataset),
-            "n_evaluated": n_images, "n_skipped": len(skipped), "annotated": True,
-            "input_size": list(cfg.data.input_size), "classes": list(classes),
-            "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
-        }),  # fmt: skip
+        dataset=DatasetInfo.from_json(
+            {
+                "name": Path(str(cfg.data.annotations or cfg.data.root)).name,
+                "format": cfg.data.format,
+                "sha256": h.hexdigest(),
+                "annotation_sha256": dataset.annotation_sha256(),
+                "n_samples": len(dataset),
+                "n_evaluated": n_images,
+                "n_skipped": len(skipped),
+                "annotated": True,
+                "input_size": list(cfg.data.input_size),
+                "classes": list(classes),
+                "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
+            }
+        ),  # fmt: skip
         methods_info=_method_infos(tuple(s.methods)),
         settings=freeze(to_jsonable(s)),
         extra=MappingProxyType({"detection": detection}),
@@ -119,7 +135,8 @@ def finish_detection(
         reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in skipped[:3])
         raise AuditorInputError(
             f"no image could be evaluated ({len(skipped)} skipped"
-            + (f", e.g. {reasons}" if reasons else "") + f"); see {run_dir / 'summary.json'}"
+            + (f", e.g. {reasons}" if reasons else "")
+            + f"); see {run_dir / 'summary.json'}"
         )
     report: dict[str, Path] = {}
     if render:
