@@ -15,15 +15,19 @@ concatenated, ``A = concat_l up(A_l)``, and the same is done with the gradients.
 channel-weighted map (Grad-CAM: ``M = ReLU(sum_k alpha_k A_k)``) is then the sum over the
 levels of each level's weighted channels (upsample-and-sum), so a box whose features a
 Faster R-CNN pools from one level still gets its map; Eigen-CAM takes the first principal
-component of all levels' channels together. This follows pytorch-grad-cam's detection recipe
-(a reshape transform that resizes the FPN levels to one size and concatenates them) with the
-finest level as the common size.
+component of all levels' channels together. pytorch-grad-cam's detection recipe
+(``fasterrcnn_reshape_transform``) also concatenates resized levels, but resizes them to the
+COARSEST level (``pool``, 1 x 1 at small inputs) and takes their absolute value; here the
+finest level keeps the resolution a small box needs and the activations keep their sign
+(Grad-CAM's definition).
 
 **Score.** The explained quantity is the score of ONE detection (its ``scores[j]``: the
-softmax or sigmoid output the detector reports), as in pytorch-grad-cam's
-``FasterRCNNBoxScoreTarget`` (a sum over the matched detections' scores; here one detection
-per map). Gradients are ``dS/dA_l`` from :func:`torch.autograd.grad` with the level tensors as
-the only inputs: no parameter's ``.grad`` is touched. Eigen-CAM needs no gradient and is the
+softmax or sigmoid output the detector reports). pytorch-grad-cam's
+``FasterRCNNBoxScoreTarget`` sums, over the boxes to explain, ``IoU + score`` of the best
+matching detection; here one map per detection and the score alone (the IoU term would
+explain the box regression, not the detection). Gradients are ``dS/dA_l`` from
+:func:`torch.autograd.grad` with the level tensors as the only inputs: no parameter's
+``.grad`` is touched. Eigen-CAM needs no gradient and is the
 same for every detection of an image (it is class-agnostic; Muhammad & Yeasin 2020).
 """
 
