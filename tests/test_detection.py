@@ -279,3 +279,79 @@ def test_detection_gates_are_registered() -> None:
     spec = gate_spec("max_context_recall_drop")
     assert spec is not None and spec.quantity == "context_recall_drop" and spec.level == "class"
     assert gate_spec("min_detection_recall").bound == "min"  # type: ignore[union-attr]
+
+
+# ------------------------------------------------------------------ statistics, findings
+def _rows(found: list[int], obj: list[int], ctx: list[int], n_fp: int, label: int = 0):  # type: ignore[no-untyped-def]
+    import pyarrow as pa
+
+    rows = [
+        {"method": "gradcam", "kind": "gt", "label": label, "detected": bool(f),
+         "object_only_detected": bool(o), "context_only_hit": bool(c),
+         "status": "ok" if f else "missed", "index": i,
+         "energy_in_mask": 0.5 if f else float("nan"), "background_focus": 0.5,
+         "energy_lift": 2.0, "pointing_game": 1.0}
+        for i, (f, o, c) in enumerate(zip(found, obj, ctx, strict=True))
+    ] + [
+        {"method": "gradcam", "kind": "fp", "label": label, "detected": None,
+         "object_only_detected": None, "context_only_hit": None, "status": "ok", "index": 0,
+         "energy_in_mask": 0.1, "background_focus": 0.9, "energy_lift": 0.5,
+         "pointing_game": 0.0}
+        for _ in range(n_fp)
+    ]  # fmt: skip
+    return pa.Table.from_pylist(rows)
+
+
+def _settings():  # type: ignore[no-untyped-def]
+    from auditor.config import AuditSettings
+
+    return AuditSettings(methods=("gradcam",), bootstrap=200, seed=0)
+
+
+def test_class_stats_by_hand() -> None:
+    from auditor.analysis.detection import class_detection_stats
+
+    # 10 boxes, 8 found, 2 false positives; object only: 3 of them; context only: 1
+    found = [1] * 8 + [0] * 2
+    obj = [1, 1, 1] + [0] * 7
+    ctx = [1] + [0] * 9
+    d = class_detection_stats(_rows(found, obj, ctx, 2), 0, _settings())
+    assert (d["n_boxes"], d["n_found"], d["n_false_positives"]) == (10, 8, 2)
+    assert d["recall"] == 0.8
+    assert d["recall_ci"] == pytest.approx([0.4902, 0.9433], abs=1e-4)  # Wilson 8/10
+    assert d["precision"] == 0.8  # 8 / (8 + 2), same interval
+    assert d["precision_ci"] == pytest.approx([0.4902, 0.9433], abs=1e-4)
+    assert d["object_only_recall"] == 0.3
+    assert d["context_recall_drop"] == pytest.approx(0.5)  # mean of found - found_obj
+    lo, hi = d["context_recall_drop_ci"]
+    assert 0 < lo < 0.5 < hi <= 1
+    assert d["context_only_hit_rate"] == 0.1
+
+
+def test_findings_fire_on_context_dependence_and_stay_silent_otherwise() -> None:
+    import pyarrow as pa
+
+    from auditor.analysis.detection import analyse_detection
+
+    dep = _rows([1] * 20, [0] * 18 + [1] * 2, [0] * 20, 0, label=0)  # drop 0.9
+    clean = _rows([1] * 20, [1] * 19 + [0], [0] * 20, 0, label=1)  # drop 0.05
+    rows = pa.concat_tables([dep, clean])
+    classes, overall, findings, block = analyse_detection(rows, ("boat", "kite"), _settings())
+    assert [(f.cls, f.kind, f.severity) for f in findings] == [
+        ("boat", "detection_context_dependence", "high")
+    ]
+    assert findings[0].id == "F1"
+    assert "recall falls from 1.00 to 0.10 without context" in findings[0].message
+    assert classes["boat"].flagged and not classes["kite"].flagged
+    assert classes["kite"].extra["detection"]["context_recall_drop"] == pytest.approx(0.05)
+    assert block["recall"] == 1.0 and block["n_boxes"] == 40
+    assert overall.n == 40
+    assert classes["boat"].stat("gradcam", "energy_in_mask").mean == pytest.approx(0.5)
+
+
+def test_context_alone_rule_severity_depends_on_dependence() -> None:
+    from auditor.analysis.detection import analyse_detection
+
+    rows = _rows([1] * 20, [1] * 20, [1] * 12 + [0] * 8, 0)  # hit 0.6, no recall drop
+    _, _, findings, _ = analyse_detection(rows, ("boat",), _settings())
+    assert [(f.kind, f.severity) for f in findings] == [("detection_from_context_alone", "low")]

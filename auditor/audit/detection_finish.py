@@ -23,7 +23,7 @@ from auditor.config import AuditConfig, to_jsonable
 from auditor.errors import AuditorInputError
 from auditor.results import AuditResult, DatasetInfo, ModelInfo, RunInfo, freeze, method_info
 
-__all__ = ["finish_detection"]
+__all__ = ["finish_detection", "read_box_maps"]
 
 
 def _method_infos(methods: tuple[str, ...]) -> Any:
@@ -145,3 +145,30 @@ def finish_detection(
         report = render_report(run_dir, html=True, pdf=pdf, templates=cfg.report.templates,
                                pdf_timeout_s=cfg.report.pdf_timeout_s)  # fmt: skip
     return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
+
+
+def read_box_maps(run_dir: Path, ids: list[str], method: str) -> dict[str, Any]:
+    """Low-resolution maps ``[h, w]`` (scaled to a maximum of 1; all-zero stays zero) of the
+    boxes ``ids`` (``"<image id>#gt<k>"``: ground-truth box k, ``"#fp<j>"``: false-positive
+    detection j; a missed box's map is all zero). ``KeyError`` for an unknown id."""
+    import numpy as np
+
+    store = RunStore(run_dir)
+    want, out = set(ids), {}
+    for b in store.batch_numbers():
+        with np.load(store.shards / f"cams-{b:05d}.npz", allow_pickle=False) as z:
+            key = f"cam__{method}"
+            if key not in z.files:
+                continue
+            for k, box_id in enumerate(z["ids"].tolist()):
+                if box_id in want:
+                    m = z[key][k].astype(np.float32)
+                    peak = float(m.max()) if m.size else 0.0
+                    out[box_id] = m / peak if peak > 0 else m
+    missing = [i for i in ids if i not in out]
+    if missing:
+        raise KeyError(
+            f"`ids`: not boxes of this detection run: {missing[:5]} (ids look like "
+            f"'<image id>#gt0' or '<image id>#fp3')"
+        )
+    return out
