@@ -176,3 +176,24 @@ def test_resume_gives_the_same_summary(tmp_path: Path) -> None:
     assert main(["run", str(cfg), "--out", str(out), "--no-pdf", "--quiet", "--resume"]) == 0
     again = json.loads((out / "summary.json").read_text())
     assert again["classes"] == first["classes"] and again["detection"] == first["detection"]
+
+
+def test_model_that_raises_is_named(tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    (tmp_path / "raising_det.py").write_text(
+        "import torch\n"
+        "class Boom(torch.nn.Module):\n"
+        "    def __init__(self):\n"
+        "        super().__init__()\n"
+        "        self.backbone = torch.nn.Conv2d(3, 4, 3)\n"
+        "    def forward(self, images):\n"
+        "        self.backbone(torch.stack(images))\n"
+        "        raise ValueError('head exploded')\n"
+        "def build():\n"
+        "    return Boom()\n"
+    )
+    cfg = _write(tmp_path, source='factory = "raising_det:build"', n_per_class=1,
+                 audit="bootstrap = 100\nmax_failed_batches = 1")  # fmt: skip
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "run"), "--no-pdf", "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert "'build' raised on 2 images" in err and "head exploded" in err

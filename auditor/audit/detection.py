@@ -40,6 +40,7 @@ import torch.nn.functional as F  # noqa: N812
 
 from auditor._version import __version__
 from auditor.audit.modelstate import preserved_training_flags
+from auditor.audit.runner import raised_by_model
 from auditor.audit.store import RunLock, RunStore, atomic_write_bytes
 from auditor.cam.detection import Detections, DetectorCapture, method_maps
 from auditor.cam.methods import METHODS
@@ -279,8 +280,11 @@ def _batch(
     cfg: AuditConfig,
     dev: torch.device,
     fill: torch.Tensor,
+    failures: list[str],
 ) -> tuple[pa.Table, dict[str, np.ndarray], list[str], list[int], list[dict[str, Any]]]:
-    """Rows, maps, map ids/indices and skips of one batch of images."""
+    """Rows, maps, map ids/indices and skips of one batch of images. An image on which the
+    model itself raises is skipped with the error as its reason (``failures`` counts them
+    over the run; more than ``[audit] max_failed_batches``: :class:`ModelRuntimeError`)."""
     rows: list[dict[str, Any]] = []
     maps: dict[str, list[np.ndarray]] = {m: [] for m in cfg.audit.methods}
     ids: list[str] = []
@@ -297,11 +301,28 @@ def _batch(
         if gt is None or not gt.boxes:
             skipped.append({"index": i, "id": sample.id, "reason": "no usable box"})
             continue
-        r, low = detection_rows_for_image(
-            capture, _image(sample, dataset.config, dev), gt, settings=cfg.audit,
-            score_threshold=float(cfg.model.score_threshold or 0.0),
-            n_classes=len(classes), fill=fill,
-        )  # fmt: skip
+        try:
+            r, low = detection_rows_for_image(
+                capture, _image(sample, dataset.config, dev), gt, settings=cfg.audit,
+                score_threshold=float(cfg.model.score_threshold or 0.0),
+                n_classes=len(classes), fill=fill,
+            )  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - only the model's own errors are skipped
+            if isinstance(exc, ConfigError | ModelRuntimeError) or not raised_by_model(
+                exc, capture.model
+            ):
+                raise
+            reason = f"the model raised {type(exc).__name__}: {' '.join(str(exc).split())[:200]}"
+            failures.append(reason)
+            if len(failures) > cfg.audit.max_failed_batches:
+                raise ModelRuntimeError(
+                    f"the model {capture.model_name!r} raised on {len(failures)} images (more "
+                    f"than [audit] max_failed_batches = {cfg.audit.max_failed_batches}); "
+                    f"first: {failures[0]}"
+                ) from exc
+            skipped.append({"index": i, "id": sample.id, "reason": reason})
+            capture.tensors = []
+            continue
         for row in r:
             row.update(id=sample.id, index=i, label_name=classes[row["label"]],
                        has_mask=True)  # fmt: skip
@@ -366,10 +387,11 @@ def run_detection(
             if cfg.source is not None:
                 atomic_write_bytes(run_dir / "config.toml", Path(cfg.source).read_bytes())
             first = next((b for b in range(len(chunks)) if b not in done), len(chunks))
+            failures: list[str] = []
             t_loop = time.perf_counter()
             for b in range(first, len(chunks)):
                 rows, cams, ids, idx, skipped = _batch(
-                    capture, dataset, chunks[b], boxes, cfg, dev, fill
+                    capture, dataset, chunks[b], boxes, cfg, dev, fill, failures
                 )
                 store.write_batch(b, rows, cams, ids, idx, skipped)
                 log.info("detection batch %d/%d written", b + 1, len(chunks))
