@@ -135,7 +135,19 @@ def _targets(
 
 
 def train_detector(n: int = 256, steps: int = 150, seed: int = 0) -> TinyDetector:
-    """Train :class:`TinyDetector` on ``n`` scenes (half of each class); a few seconds on CPU."""
+    """Train :class:`TinyDetector` on ``n`` scenes (half of each class); seconds on CPU.
+
+    Runs on one CPU thread (restored afterwards): the result then does not depend on the
+    machine's thread count (a multi-threaded reduction changes the trained weights)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return _train(n, steps, seed)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def _train(n: int, steps: int, seed: int) -> TinyDetector:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     labels = [i % 2 for i in range(n)]
