@@ -144,7 +144,8 @@ def analyse_detection(
 ) -> tuple[dict[str, ClassResult], OverallResult, tuple[Finding, ...], dict[str, Any]]:
     """``(classes, overall, findings, overall detection block)`` from every method's rows.
 
-    The metrics use the ground-truth rows whose box was found (``status == "ok"``).
+    The metrics use the ground-truth rows whose box was found; where the map is not defined
+    (``status`` other than ``ok``) the metrics are NaN and counted in ``n_nan``.
     """
     s = settings
     methods = tuple(s.methods)
@@ -155,7 +156,8 @@ def analyse_detection(
     prim = rows.filter(pa.array(method == s.primary))
     kind = np.asarray(rows.column("kind").to_pylist(), dtype=object)
     label = np.asarray(rows.column("label").to_pylist())
-    ok = (kind == "gt") & (np.asarray(rows.column("status").to_pylist(), dtype=object) == "ok")
+    # found boxes: a map that is not defined there (zero map, ...) counts as NaN in the Stat
+    ok = (kind == "gt") & (_col(rows, "detected") == 1)
     out: dict[str, ClassResult] = {}
     for i, c in enumerate(classes):
         block = class_detection_stats(prim, i, s)

@@ -176,39 +176,23 @@ def detection_rows_for_image(
     for j in match.false_positives.tolist():
         box = tuple(float(v) for v in dets.boxes[j].detach().cpu().tolist())
         items.append(("fp", j, j, box, int(labels[j]) - 1))
-    acts = capture.activations()
-    grid = capture.grid
-    if grid is None:
-        raise RuntimeError("no layer grid after the forward")
-    no_grad_methods = [m for m in s.methods if not METHODS[m].needs_gradients]
-    grad_methods = [m for m in s.methods if METHODS[m].needs_gradients]
-    shared = method_maps(no_grad_methods, acts, None, grid.layer) if no_grad_methods else {}
+    low, full, status = _explain(capture, dets, items, s.methods, image.shape[1:])
     h, w = image.shape[1:]
-    gh, gw = grid.size
-    low = {m: np.zeros((len(items), gh, gw), np.float32) for m in s.methods}
-    full = {m: torch.zeros(len(items), h, w) for m in s.methods}
-    status = []
-    for r, (_kind, _i, j, _box, _c) in enumerate(items):
-        if j < 0:
-            status.append("missed")
-            continue
-        maps = dict(shared)
-        if grad_methods:
-            maps.update(method_maps(grad_methods, acts, capture.gradients(dets.scores[j]),
-                                    grid.layer))  # fmt: skip
-        for m, cam in maps.items():
-            low[m][r] = cam.cpu().numpy()
-            full[m][r] = F.interpolate(cam[None, None].cpu(), size=(h, w), mode="bilinear",
-                                       align_corners=False)[0, 0].clamp_min(0)  # fmt: skip
-        status.append("ok")
-    capture.tensors = []  # free the graph
     masks = torch.from_numpy(box_masks([it[3] for it in items], h, w)) if items else None
+    if masks is not None:  # a box covering no pixel centre: the metrics are undefined
+        anyp, allp = masks.flatten(1).any(1).tolist(), masks.flatten(1).all(1).tolist()
+        cover = [
+            "empty_mask" if not a else "full_mask" if f else "ok"
+            for a, f in zip(anyp, allp, strict=True)
+        ]
+        for m in s.methods:
+            status[m] = [c if st == "ok" else st for st, c in zip(status[m], cover, strict=True)]
     rows: list[dict[str, Any]] = []
     interventions = _interventions(capture, image, items, s, score_threshold, fill)
     for m in s.methods:
         metrics = _box_metrics(full[m], masks, s) if masks is not None else {}
         for r, (kind, i, j, box, c) in enumerate(items):
-            missed = status[r] == "missed"
+            defined = status[m][r] == "ok"
             row = {
                 "method": m, "kind": kind, "box": i, "label": c,
                 "x0": box[0], "y0": box[1], "x1": box[2], "y1": box[3],
@@ -216,12 +200,59 @@ def detection_rows_for_image(
                 "detected": (j >= 0) if kind == "gt" else None,
                 "score": float(dets.scores[j].detach()) if j >= 0 else None,
                 "match_iou": float(match.gt_iou[i]) if kind == "gt" and j >= 0 else None,
-                "status": status[r],
-                **{k: (float("nan") if missed else v[r]) for k, v in metrics.items()},
+                "status": status[m][r],
+                **{k: (v[r] if defined else float("nan")) for k, v in metrics.items()},
                 **interventions[r],
             }  # fmt: skip
             rows.append(row)
     return rows, {m: low[m] for m in s.methods}
+
+
+def _explain(
+    capture: DetectorCapture,
+    dets: Detections,
+    items: Sequence[tuple[str, int, int, tuple[float, ...], int]],
+    methods: Sequence[str],
+    size: Sequence[int],
+) -> tuple[dict[str, np.ndarray], dict[str, torch.Tensor], dict[str, list[str]]]:
+    """Maps of every item's detection: low-resolution (layer grid), at the input size, and a
+    status per method and item: ``missed`` (no detection to explain), ``zero_gradient`` (the
+    score does not reach the layer), ``nonfinite``, ``zero_map`` (0 everywhere after ReLU:
+    metrics undefined) or ``ok``."""
+    acts = capture.activations()
+    grid = capture.grid
+    if grid is None:
+        raise RuntimeError("no layer grid after the forward")
+    h, w = int(size[0]), int(size[1])
+    grad_methods = [m for m in methods if METHODS[m].needs_gradients]
+    plain = [m for m in methods if m not in grad_methods]
+    shared = method_maps(plain, acts, None, grid.layer) if plain else {}
+    low = {m: np.zeros((len(items), *grid.size), np.float32) for m in methods}
+    full = {m: torch.zeros(len(items), h, w) for m in methods}
+    status: dict[str, list[str]] = {m: [] for m in methods}
+    for r, (_kind, _i, j, _box, _c) in enumerate(items):
+        if j < 0:
+            for m in methods:
+                status[m].append("missed")
+            continue
+        maps, zero_grad = dict(shared), False
+        if grad_methods:
+            grads = capture.gradients(dets.scores[j])
+            zero_grad = not bool(grads.abs().sum() > 0)
+            maps.update(method_maps(grad_methods, acts, grads, grid.layer))
+        for m, cam in maps.items():
+            if not bool(torch.isfinite(cam).all()):
+                status[m].append("nonfinite")
+                continue
+            if m in grad_methods and zero_grad:
+                status[m].append("zero_gradient")
+                continue
+            status[m].append("ok" if bool(cam.max() > 0) else "zero_map")
+            low[m][r] = cam.cpu().numpy()
+            full[m][r] = F.interpolate(cam[None, None].cpu(), size=(h, w), mode="bilinear",
+                                       align_corners=False)[0, 0].clamp_min(0)  # fmt: skip
+    capture.tensors = []  # free the graph
+    return low, full, status
 
 
 def _interventions(
