@@ -60,7 +60,8 @@ def finish_detection(
     command: str | None,
 ) -> Any:
     """Analyse the stored rows, write the run directory, render the report."""
-    from auditor.audit.runner import AuditOutcome, library_versions
+    from auditor.analysis.finalize import AuditOutcome
+    from auditor.audit.provenance import library_versions
     from auditor.export import write_findings_csv, write_junit, write_per_class_csv
 
     s = cfg.audit
