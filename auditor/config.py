@@ -95,6 +95,10 @@ class ModelConfig:
     reshape: str | Mapping[str, Any] | None = None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
+    #: "classification" (default) or "detection" (issue 26: auditor.config_detection)
+    task: str = "classification"
+    #: detection only: a detection counts when its score is >= this
+    score_threshold: float | None = None
 
     @property
     def source(self) -> str:
@@ -123,6 +127,8 @@ MODEL_KEYS = (
     "trust_model_code",
     "reshape",
     "kwargs",
+    "task",
+    "score_threshold",
 )
 
 
@@ -190,6 +196,9 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
     kwargs = _typed(table, "kwargs", dict, {}, "model", source)
+    from auditor.config_detection import parse_task
+
+    task, score_threshold = parse_task(table, source)
     return ModelConfig(
         factory=factory,
         torchvision=tv,
@@ -205,6 +214,8 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         reshape=reshape,
         factory_kwargs=dict(kwargs),
         base_dir=base,
+        task=task,
+        score_threshold=score_threshold,
     )
 
 
@@ -782,6 +793,12 @@ def parse_config(
     digest = sha256 or hashlib.sha256(repr(sorted(raw.items())).encode()).hexdigest()
     data = parse_data_section(raw["data"], base, source)
     audit = _parse_audit(raw.get("audit", {}), source)
+    model = _parse_model(raw["model"], base, source)
+    from auditor.config_detection import check_detection_config, check_task_gates
+
+    check_task_gates(raw.get("gates", {}), model.task, source)
+    if model.task == "detection":  # issue 26: detection's own checks and method defaults
+        audit = check_detection_config(raw, data, audit, source)
     gates = _parse_gates(
         raw.get("gates", {}), source, tuple(METRICS), settings=audit, baseline=baseline
     )
@@ -789,7 +806,7 @@ def parse_config(
     check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)
     return AuditConfig(
-        model=_parse_model(raw["model"], base, source),
+        model=model,
         data=data,
         audit=audit,
         gates=gates,
