@@ -95,6 +95,10 @@ class ModelConfig:
     reshape: str | Mapping[str, Any] | None = None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
+    #: "softmax" (one label per image, the default) or "sigmoid" (multi-label: independent
+    #: per-label probabilities, labels as sets; auditor.data.multilabel, issue 26). Never
+    #: inferred: a sigmoid head audited as softmax (or the reverse) gives wrong numbers.
+    output: str = "softmax"
 
     @property
     def source(self) -> str:
@@ -123,7 +127,11 @@ MODEL_KEYS = (
     "trust_model_code",
     "reshape",
     "kwargs",
+    "output",
 )
+
+#: ``[model] output`` values (issue 26: multi-label heads are stated, never guessed).
+MODEL_OUTPUTS = ("softmax", "sigmoid")
 
 
 def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConfig:
@@ -190,7 +198,14 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
     kwargs = _typed(table, "kwargs", dict, {}, "model", source)
+    output = _typed(table, "output", str, "softmax", "model", source)
+    if output not in MODEL_OUTPUTS:
+        raise ConfigError(
+            f"{source}: [model] output must be 'softmax' or 'sigmoid', got {output!r}"
+            f"{_suggest(output, list(MODEL_OUTPUTS))}"
+        )
     return ModelConfig(
+        output=output,
         factory=factory,
         torchvision=tv,
         timm=timm_name,
@@ -286,6 +301,11 @@ class AuditSettings:
     #: (shard by shard, Poisson bootstrap: auditor.analysis.streamed) or "auto" (streaming
     #: above auditor.analysis.streamed.STREAMING_THRESHOLD evaluated samples)
     aggregation: str = "auto"
+    #: multi-label runs ([model] output = "sigmoid"): also explain the k highest-scoring
+    #: labels an image does NOT carry (false positives' evidence); 0 = positives only
+    explain_negatives: int = 0
+    #: multi-label runs: a label is predicted present when sigmoid(logit) >= threshold
+    threshold: float = 0.5
 
     @property
     def primary(self) -> str:
@@ -362,6 +382,7 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         "gallery_per_class",
         "pointing_tolerance",
         "max_failed_batches",
+        "explain_negatives",
     ):
         if getattr(settings, name) < 0:
             raise ConfigError(
@@ -397,6 +418,10 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         raise ConfigError(
             f"{source}: [audit] aggregation must be 'auto', 'exact' or 'streaming', got "
             f"{settings.aggregation!r}"
+        )
+    if not 0 < settings.threshold < 1:
+        raise ConfigError(
+            f"{source}: [audit] threshold must be in (0, 1), got {settings.threshold}"
         )
     if settings.autocast not in (None, "bfloat16", "float16"):
         raise ConfigError(
@@ -755,8 +780,10 @@ def parse_config(
     run_gates, _ = split_gates(gates)
     check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)
+    model = _parse_model(raw["model"], base, source)
+    check_output_settings(model.output, audit, data, source)
     return AuditConfig(
-        model=_parse_model(raw["model"], base, source),
+        model=model,
         data=data,
         audit=audit,
         gates=gates,
@@ -765,6 +792,47 @@ def parse_config(
         sha256=digest,
         raw=raw,
     )
+
+
+def check_output_settings(output: str, audit: AuditSettings, data: Any, source: str) -> None:
+    """Refuse settings that do not fit ``[model] output`` (issue 26), naming key and value.
+
+    Multi-label keys need ``output = "sigmoid"``; a sigmoid run explains each label an image
+    carries (``target = "label"``), aggregates exactly, and has no metadata groups yet.
+    """
+    if output != "sigmoid":
+        if audit.explain_negatives:
+            raise ConfigError(
+                f"{source}: [audit] explain_negatives = {audit.explain_negatives} needs "
+                f'[model] output = "sigmoid" (multi-label), got output = {output!r}'
+            )
+        if audit.threshold != 0.5:
+            raise ConfigError(
+                f"{source}: [audit] threshold = {audit.threshold} needs [model] output = "
+                f'"sigmoid" (multi-label), got output = {output!r}'
+            )
+        return
+    if audit.target != "label":
+        raise ConfigError(
+            f'{source}: [audit] target = {audit.target!r} is not supported with [model] output = '
+            f'"sigmoid": each label an image carries is explained (use target = "label")'
+        )
+    if audit.aggregation == "streaming":
+        raise ConfigError(
+            f'{source}: [audit] aggregation = "streaming" is not supported with [model] output = '
+            f'"sigmoid" yet; use "exact" or "auto"'
+        )
+    if getattr(data, "groups", None):
+        raise ConfigError(
+            f'{source}: [data] groups is not supported with [model] output = "sigmoid" yet; '
+            f"remove it"
+        )
+    fmt = getattr(data, "format", None)
+    if fmt not in ("manifest", "jsonl", "coco"):
+        raise ConfigError(
+            f'{source}: [model] output = "sigmoid" needs a multi-label dataset: [data] format '
+            f'"manifest" or "jsonl" with a `labels` column, or "coco"; got format = {fmt!r}'
+        )
 
 
 def split_gates(gates: tuple[GateRule, ...]) -> tuple[tuple[GateRule, ...], tuple[GateRule, ...]]:

@@ -367,6 +367,44 @@ area-averaged (``adaptive_avg_pool2d``) to at most this size in ``shards/cams-*.
 full-resolution map; the stored one serves the gallery, clusters and ``load_run(...).cams``."""
 
 
+def _batch_worker(
+    model: torch.nn.Module,
+    engine: Any,
+    s: AuditSettings,
+    classes: Sequence[str],
+    dev: torch.device,
+    dataset: Any,
+    n: int,
+) -> Any:
+    """The batch processor: the classifier's, or the multi-label one for a dataset of label
+    sets (:mod:`auditor.audit.multilabel`; faithfulness is not run there)."""
+    from auditor.data.multilabel import is_multilabel
+
+    if is_multilabel(dataset):
+        from auditor.audit.multilabel import MultiLabelBatchAuditor
+
+        if s.faithfulness_samples:
+            log.info("faithfulness: not computed for multi-label (sigmoid) runs")
+        return MultiLabelBatchAuditor(
+            model, engine, s, classes, dev, dataset.config.mean, dataset.config.std
+        )
+    return _BatchAuditor(
+        model,
+        engine,
+        s,
+        classes,
+        dev,
+        _seeded_subset(n, s.faithfulness_samples, s.seed),
+        dataset.config.mean,
+        dataset.config.std,
+    )
+
+
+def stored_map(method: str, cam: torch.Tensor) -> torch.Tensor:
+    """The map kept in a shard (see :func:`_stored_map`)."""
+    return _stored_map(method, cam)
+
+
 def _stored_map(method: str, cam: torch.Tensor) -> torch.Tensor:
     """The map kept in the shard: layer-resolution maps as computed, input-resolution maps
     (``CamMethod.resolution == "input"``) area-pooled to :data:`STORED_INPUT_MAP_SIDE`."""
@@ -493,7 +531,12 @@ def _run_locked(
 
     where = cfg.source.name if cfg.source is not None else "<config>"
     check_device_available(cfg.audit.device, "--device" if cfg.audit.device else where)
-    dataset = open_dataset(cfg.data)
+    if cfg.model.output == "sigmoid":  # multi-label (issue 26): label sets, never guessed
+        from auditor.data.multilabel import open_multilabel_dataset
+
+        dataset: Any = open_multilabel_dataset(cfg.data)
+    else:
+        dataset = open_dataset(cfg.data)
     # gates naming classes are checked against the dataset's class list before the model loads
     check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     loaded = load_model(
@@ -712,16 +755,7 @@ def _audit_locked(
                 first_missing,
                 " (resumed)" if first_missing else "",
             )
-            worker = _BatchAuditor(
-                model,
-                engine,
-                s,
-                classes,
-                dev,
-                _seeded_subset(n, s.faithfulness_samples, s.seed),
-                dataset.config.mean,
-                dataset.config.std,
-            )
+            worker = _batch_worker(model, engine, s, classes, dev, dataset, n)
             # the sanity check runs once, in shard 0, which records it for finalisation
             sanity = (
                 _sanity(
@@ -948,7 +982,7 @@ def _start_manifest(
 
 
 def _audit_batches(
-    worker: _BatchAuditor,
+    worker: Any,
     store: RunStore,
     dataset: Any,
     todo_batches: Sequence[int],
@@ -992,6 +1026,8 @@ def _audit_batches(
             if len(batch):
                 try:
                     rows, cams = worker.process(batch, batch_no)
+                    if hasattr(worker, "cam_keys"):  # multi-label: maps keyed per pair
+                        ids, idx = worker.cam_keys(batch)
                 except Exception as exc:  # noqa: BLE001 - only the model's own errors
                     if _raised_by_reshape(exc):  # [model] reshape does not fit the layer
                         raise ConfigError(f"[model] reshape: {_model_failure(exc)}") from exc
@@ -1191,6 +1227,8 @@ def _sanity(
         return not_run("disabled in the config ([audit] sanity_check = false)")
     if s.sanity_samples == 0:
         return not_run("[audit] sanity_samples = 0")
+    if getattr(dataset, "multilabel", False):
+        return not_run("not available for multi-label (sigmoid) runs yet")
     if n == 0:
         return not_run("no sample to run it on")
     if path.is_file():
@@ -1346,7 +1384,7 @@ def finalize(
     aggregation = choose_aggregation(
         s.aggregation, count_rows(store.shards, store.batch_numbers()), len(s.methods)
     )
-    if aggregation == "streaming":
+    if aggregation == "streaming" and not getattr(dataset, "multilabel", False):
         return _finalize_streamed(
             run_dir, store, dataset=dataset, classes=classes, settings=s, gates=gates,
             model_info=model_info, config=config, sanity=sanity, started=started, t0=t0,
@@ -1354,6 +1392,14 @@ def finalize(
         )  # fmt: skip
     table = store.read_rows()
     log.info("aggregating %d rows from %s", table.num_rows, store.shards)
+    # multi-label (issue 26): every (image, label) row is kept in samples.parquet; the
+    # per-class analysis reads the pairs where the image carries the label
+    full = table
+    multilabel = "explained" in table.column_names
+    if multilabel:
+        from auditor.analysis.multilabel import positive_rows
+
+        table = positive_rows(full)
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
@@ -1366,7 +1412,10 @@ def finalize(
             [membership.get(int(i), -1) for i in table.column("index").to_pylist()], np.int64
         )
         table = table.append_column("cluster", pa.array(cl_col, pa.int64()))
-        store.write_samples(table)
+        if multilabel:
+            cl_full = [membership.get(int(i), -1) for i in full.column("index").to_pylist()]
+            full = full.append_column("cluster", pa.array(cl_full, pa.int64()))
+        store.write_samples(full if multilabel else table)
     sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
     if table.num_rows:
         result = analyse(
@@ -1380,6 +1429,10 @@ def finalize(
         )
     else:
         result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
+    if multilabel:
+        from auditor.analysis.multilabel import attach_labels
+
+        result = attach_labels(result, full, classes, s)
     prim = table.filter(pc.equal(table.column("method"), s.primary)) if table.num_rows else table
     h = hashlib.sha256()
     if prim.num_rows:
@@ -1498,7 +1551,12 @@ def _finish(
                 "sha256": h.hexdigest(),
                 "annotation_sha256": dataset.annotation_sha256(),
                 "n_samples": len(dataset),
-                "n_evaluated": int(prim.num_rows),
+                # multi-label: images (prim holds one row per image and label it carries)
+                "n_evaluated": (
+                    int(result.extra["labels"]["n_images"])
+                    if "labels" in result.extra
+                    else int(prim.num_rows)
+                ),
                 "n_skipped": len(skipped),
                 "n_nonfinite_logits": n_nonfinite,
                 "annotated": annotated,
@@ -1521,7 +1579,8 @@ def _finish(
         min_group_size=config.report.min_group_size if config else 10,
     )  # fmt: skip
     result = result.replace(gates=group_gates(result, evaluate_gates(result, gates), gates))
-    result = _gallery(run_dir, primary_cams, dataset, table, result, s)
+    view = dataset.pair_view() if getattr(dataset, "multilabel", False) else dataset
+    result = _gallery(run_dir, primary_cams, view, table, result, s)
     atomic_write_json(run_dir / "summary.json", result.to_json())
     write_junit(run_dir / "junit.xml", result)
     write_per_class_csv(result, run_dir / "classes.csv")
