@@ -23,14 +23,14 @@ SIZE = 32
 
 
 class TinyMultiLabel(nn.Module):
-    """conv(3->16) -> conv(16->32) [target layer: features.2] -> GAP -> linear(32 -> 3)."""
+    """conv(3->8) -> conv(8->16) [target layer: features.2] -> GAP -> linear(16 -> 3)."""
 
     def __init__(self, num_classes: int = 3) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(), nn.Conv2d(16, 32, 3, padding=1), nn.ReLU()
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 16, 3, padding=1), nn.ReLU()
         )
-        self.head = nn.Linear(32, num_classes)
+        self.head = nn.Linear(16, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x).mean((2, 3)))
@@ -86,7 +86,7 @@ def train(seed: int = 0, n: int = 384, steps: int = 300) -> TinyMultiLabel:
     loss_fn = nn.BCEWithLogitsLoss()
     g = torch.Generator().manual_seed(seed)
     for _ in range(steps):
-        idx = torch.randint(0, n, (64,), generator=g)
+        idx = torch.randint(0, n, (32,), generator=g)
         opt.zero_grad()
         loss_fn(model(x[idx]), y[idx]).backward()
         opt.step()
