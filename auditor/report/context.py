@@ -207,6 +207,12 @@ def _groups_context(result: AuditResult) -> dict[str, Any] | None:
     return groups_context(result)
 
 
+def _labels_context(result: AuditResult) -> dict[str, Any] | None:
+    from auditor.report.labels import labels_context
+
+    return labels_context(result)
+
+
 def png_uri(data: bytes) -> str:
     """``data:image/png;base64,…`` for PNG bytes."""
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -802,6 +808,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "clusters": clusters,
         "subgroups": subgroups,
         "groups": _groups_context(result),
+        "labels": _labels_context(result),
         "rules": [(k, v) for k, v in result.rules.items()],
         "faithfulness": faith,
         "sanity": sanity,
