@@ -12,11 +12,11 @@ import json
 import shutil
 from pathlib import Path
 
+import multilabel_fixtures as mf
 import pyarrow.parquet as pq
 import pytest
 import torch
 
-import multilabel_fixtures as mf
 from auditor.cli import main
 
 pytestmark = pytest.mark.slow
