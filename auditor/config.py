@@ -77,6 +77,10 @@ def _typed(
     return value
 
 
+#: ``[model] output`` values (issue 26: multi-label heads are stated, never guessed).
+MODEL_OUTPUTS = ("softmax", "sigmoid")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The ``[model]`` section: where the network comes from and which layer to explain."""
@@ -89,16 +93,16 @@ class ModelConfig:
     weights: Path | None = None
     file: Path | None = None
     num_classes: int | None = None
+    #: "softmax" (one label per image, the default) or "sigmoid" (multi-label: independent
+    #: per-label probabilities, labels as sets; auditor.data.multilabel, issue 26). Never
+    #: inferred: a sigmoid head audited as softmax (or the reverse) gives wrong numbers.
+    output: str = "softmax"
     target_layer: str | tuple[str, ...] | None = None
     name: str | None = None
     trust_model_code: bool = False
     reshape: str | Mapping[str, Any] | None = None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
-    #: "softmax" (one label per image, the default) or "sigmoid" (multi-label: independent
-    #: per-label probabilities, labels as sets; auditor.data.multilabel, issue 26). Never
-    #: inferred: a sigmoid head audited as softmax (or the reverse) gives wrong numbers.
-    output: str = "softmax"
 
     @property
     def source(self) -> str:
@@ -122,16 +126,13 @@ MODEL_KEYS = (
     "weights",
     "file",
     "num_classes",
+    "output",
     "target_layer",
     "name",
     "trust_model_code",
     "reshape",
     "kwargs",
-    "output",
 )
-
-#: ``[model] output`` values (issue 26: multi-label heads are stated, never guessed).
-MODEL_OUTPUTS = ("softmax", "sigmoid")
 
 
 def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConfig:
@@ -180,6 +181,12 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
     num_classes = _typed(table, "num_classes", int, None, "model", source)
     if num_classes is not None and num_classes < 1:
         raise ConfigError(f"{source}: [model] num_classes must be >= 1, got {num_classes}")
+    output = _typed(table, "output", str, "softmax", "model", source)
+    if output not in MODEL_OUTPUTS:
+        raise ConfigError(
+            f"{source}: [model] output must be 'softmax' or 'sigmoid', got {output!r}"
+            f"{_suggest(output, list(MODEL_OUTPUTS))}"
+        )
     layer = table.get("target_layer")
     if layer is not None:
         if isinstance(layer, list) and layer and all(isinstance(x, str) for x in layer):
@@ -198,14 +205,7 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
     kwargs = _typed(table, "kwargs", dict, {}, "model", source)
-    output = _typed(table, "output", str, "softmax", "model", source)
-    if output not in MODEL_OUTPUTS:
-        raise ConfigError(
-            f"{source}: [model] output must be 'softmax' or 'sigmoid', got {output!r}"
-            f"{_suggest(output, list(MODEL_OUTPUTS))}"
-        )
     return ModelConfig(
-        output=output,
         factory=factory,
         torchvision=tv,
         timm=timm_name,
@@ -214,6 +214,7 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         weights=(base / weights).resolve() if weights else None,
         file=(base / file).resolve() if file else None,
         num_classes=num_classes,
+        output=output,
         target_layer=layer,
         name=_typed(table, "name", str, None, "model", source),
         trust_model_code=_typed(table, "trust_model_code", bool, False, "model", source),
@@ -780,10 +781,10 @@ def parse_config(
     run_gates, _ = split_gates(gates)
     check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)
-    model = _parse_model(raw["model"], base, source)
-    check_output_settings(model.output, audit, data, source)
+    check_output_settings(raw["model"].get("output", "softmax"), audit, data, source)
+
     return AuditConfig(
-        model=model,
+        model=_parse_model(raw["model"], base, source),
         data=data,
         audit=audit,
         gates=gates,
@@ -794,7 +795,7 @@ def parse_config(
     )
 
 
-def check_output_settings(output: str, audit: AuditSettings, data: Any, source: str) -> None:
+def check_output_settings(output: Any, audit: AuditSettings, data: Any, source: str) -> None:
     """Refuse settings that do not fit ``[model] output`` (issue 26), naming key and value.
 
     Multi-label keys need ``output = "sigmoid"``; a sigmoid run explains each label an image

@@ -803,12 +803,12 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "gates": gates,
         "verdict_text": _verdict(result.gates),
         "figures": figures,
+        "labels": _labels_context(result),  # issue 26: multi-label runs
         "galleries": galleries,
         "n_gallery_classes": len(gallery_names),
         "clusters": clusters,
         "subgroups": subgroups,
         "groups": _groups_context(result),
-        "labels": _labels_context(result),
         "rules": [(k, v) for k, v in result.rules.items()],
         "faithfulness": faith,
         "sanity": sanity,
