@@ -815,7 +815,7 @@ def check_output_settings(output: Any, audit: AuditSettings, data: Any, source: 
         return
     if audit.target != "label":
         raise ConfigError(
-            f'{source}: [audit] target = {audit.target!r} is not supported with [model] output = '
+            f"{source}: [audit] target = {audit.target!r} is not supported with [model] output = "
             f'"sigmoid": each label an image carries is explained (use target = "label")'
         )
     if audit.aggregation == "streaming":

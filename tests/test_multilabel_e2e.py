@@ -148,3 +148,14 @@ def test_compare_two_multilabel_runs(run: Path, world: dict[str, Path]) -> None:
     # positives only: each label compared over the images that carry it, as in the runs
     summary = json.loads((run / "summary.json").read_text())
     assert comparison["pairing"]["n_paired"] == sum(c["n"] for c in summary["classes"].values())
+
+
+def test_load_run_and_pdf(run: Path) -> None:
+    import auditor
+
+    loaded = auditor.load_run(run)
+    assert {"explained", "positive", "image_id"} <= set(loaded.samples.columns)
+    assert set(loaded.classes.index) == set(mf.LABELS)
+    assert loaded.summary.extra["labels"]["labels"]["ring"]["auroc"]["method"] == "delong"
+    assert main(["report", str(run), "--pdf"]) == 0
+    assert (run / "report.pdf").read_bytes()[:5] == b"%PDF-"
