@@ -289,7 +289,7 @@ class MultiLabelBatchAuditor:
 
 def _stored_map(method: str, cam: torch.Tensor) -> torch.Tensor:
     """The stored low-resolution map (the classifier's rule: :data:`STORED_INPUT_MAP_SIDE`)."""
-    from auditor.audit.runner import stored_map
+    from auditor.audit.batch import stored_map
 
     return stored_map(method, cam)
 
