@@ -241,6 +241,9 @@ def _finish(inputs: FinalizeInputs, done: _Analysed) -> AuditOutcome:
         min_group_size=config.report.min_group_size if config else 10,
     )  # fmt: skip
     gates = inputs.gates
+    from auditor.analysis.interpretability import attach as attach_interpretability
+
+    result = attach_interpretability(result)  # before the gates: require_interpretable
     result = result.replace(gates=group_gates(result, evaluate_gates(result, gates), gates))
     view = inputs.dataset.pair_view() if getattr(inputs.dataset, "multilabel", False) else None
     result = draw_gallery(run_dir, done.cams, view or inputs.dataset, done.prim, result, s)
