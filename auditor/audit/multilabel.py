@@ -32,7 +32,12 @@ import numpy as np
 import pyarrow as pa
 
 from auditor.audit.status import sample_status
-from auditor.audit.store import INTERVENTION_COLUMNS, rows_table, samples_schema
+from auditor.audit.store import (
+    ALTERNATIVE_FILL_COLUMNS,
+    INTERVENTION_COLUMNS,
+    rows_table,
+    samples_schema,
+)
 from auditor.errors import AuditorInputError
 
 if TYPE_CHECKING:
@@ -206,6 +211,10 @@ class MultiLabelBatchAuditor:
             "correct": np.where(np.isfinite(p_flat), predicted == pos, False),
             "confidence": p_flat,
             "pred_confidence": p_flat,
+            "label_confidence": p_flat,
+            # the single-label ranking of exclusive classes: not written (null) for sigmoid rows
+            "top_classes": [None] * len(p_flat),
+            "top_probs": [None] * len(p_flat),
             "has_mask": has,
             "mask_area": np.where(has, masks.flatten(1).float().mean(1).numpy(), np.nan),
             "image_sha256": [batch.image_sha256[int(j)] for j in j_of],
@@ -251,6 +260,8 @@ class MultiLabelBatchAuditor:
                 # meaning (labels are not exclusive): not run (-1); the only-background
                 # probability of the label is in only_bg_confidence
                 cols["only_bg_pred"] = np.full(len(p_flat), -1, np.int64)
+                for key in ALTERNATIVE_FILL_COLUMNS:  # alternative fills: not run (-1)
+                    cols[key] = np.full(len(p_flat), -1, np.int64)
             tables.append(rows_table(cols, schema))
             kept = _stored_map(method, cam[torch.from_numpy(keep).to(cam.device)])
             peak = kept.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1) if len(keep) else 1.0
