@@ -78,6 +78,10 @@ def _typed(
     return value
 
 
+#: ``[model] output`` values (issue 26: multi-label heads are stated, never guessed).
+MODEL_OUTPUTS = ("softmax", "sigmoid")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The ``[model]`` section: where the network comes from and which layer to explain."""
@@ -90,6 +94,10 @@ class ModelConfig:
     weights: Path | None = None
     file: Path | None = None
     num_classes: int | None = None
+    #: "softmax" (one label per image, the default) or "sigmoid" (multi-label: independent
+    #: per-label probabilities, labels as sets; auditor.data.multilabel, issue 26). Never
+    #: inferred: a sigmoid head audited as softmax (or the reverse) gives wrong numbers.
+    output: str = "softmax"
     target_layer: str | tuple[str, ...] | None = None
     name: str | None = None
     trust_model_code: bool = False
@@ -123,6 +131,7 @@ MODEL_KEYS = (
     "weights",
     "file",
     "num_classes",
+    "output",
     "target_layer",
     "name",
     "trust_model_code",
@@ -179,6 +188,12 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
     num_classes = _typed(table, "num_classes", int, None, "model", source)
     if num_classes is not None and num_classes < 1:
         raise ConfigError(f"{source}: [model] num_classes must be >= 1, got {num_classes}")
+    output = _typed(table, "output", str, "softmax", "model", source)
+    if output not in MODEL_OUTPUTS:
+        raise ConfigError(
+            f"{source}: [model] output must be 'softmax' or 'sigmoid', got {output!r}"
+            f"{_suggest(output, list(MODEL_OUTPUTS))}"
+        )
     layer = table.get("target_layer")
     if layer is not None:
         if isinstance(layer, list) and layer and all(isinstance(x, str) for x in layer):
@@ -209,6 +224,7 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         weights=(base / weights).resolve() if weights else None,
         file=(base / file).resolve() if file else None,
         num_classes=num_classes,
+        output=output,
         target_layer=layer,
         name=_typed(table, "name", str, None, "model", source),
         trust_model_code=_typed(table, "trust_model_code", bool, False, "model", source),
@@ -301,6 +317,11 @@ class AuditSettings:
     #: (shard by shard, Poisson bootstrap: auditor.analysis.streamed) or "auto" (streaming
     #: above auditor.analysis.streamed.STREAMING_THRESHOLD evaluated samples)
     aggregation: str = "auto"
+    #: multi-label runs ([model] output = "sigmoid"): also explain the k highest-scoring
+    #: labels an image does NOT carry (false positives' evidence); 0 = positives only
+    explain_negatives: int = 0
+    #: multi-label runs: a label is predicted present when sigmoid(logit) >= threshold
+    threshold: float = 0.5
 
     @property
     def primary(self) -> str:
@@ -377,6 +398,7 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         "gallery_per_class",
         "pointing_tolerance",
         "max_failed_batches",
+        "explain_negatives",
     ):
         if getattr(settings, name) < 0:
             raise ConfigError(
@@ -413,6 +435,10 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         raise ConfigError(
             f"{source}: [audit] aggregation must be 'auto', 'exact' or 'streaming', got "
             f"{settings.aggregation!r}"
+        )
+    if not 0 < settings.threshold < 1:
+        raise ConfigError(
+            f"{source}: [audit] threshold must be in (0, 1), got {settings.threshold}"
         )
     if settings.autocast not in (None, "bfloat16", "float16"):
         raise ConfigError(
@@ -806,6 +832,13 @@ def parse_config(
     run_gates, _ = split_gates(gates)
     check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)
+    if model.output == "sigmoid" and model.task == "detection":
+        raise ConfigError(
+            f'{source}: [model] output = "sigmoid" is for classifiers; it cannot be combined '
+            f'with task = "detection"'
+        )
+    check_output_settings(model.output, audit, data, source)
+
     return AuditConfig(
         model=model,
         data=data,
@@ -816,6 +849,47 @@ def parse_config(
         sha256=digest,
         raw=raw,
     )
+
+
+def check_output_settings(output: Any, audit: AuditSettings, data: Any, source: str) -> None:
+    """Refuse settings that do not fit ``[model] output`` (issue 26), naming key and value.
+
+    Multi-label keys need ``output = "sigmoid"``; a sigmoid run explains each label an image
+    carries (``target = "label"``), aggregates exactly, and has no metadata groups yet.
+    """
+    if output != "sigmoid":
+        if audit.explain_negatives:
+            raise ConfigError(
+                f"{source}: [audit] explain_negatives = {audit.explain_negatives} needs "
+                f'[model] output = "sigmoid" (multi-label), got output = {output!r}'
+            )
+        if audit.threshold != 0.5:
+            raise ConfigError(
+                f"{source}: [audit] threshold = {audit.threshold} needs [model] output = "
+                f'"sigmoid" (multi-label), got output = {output!r}'
+            )
+        return
+    if audit.target != "label":
+        raise ConfigError(
+            f"{source}: [audit] target = {audit.target!r} is not supported with [model] output = "
+            f'"sigmoid": each label an image carries is explained (use target = "label")'
+        )
+    if audit.aggregation == "streaming":
+        raise ConfigError(
+            f'{source}: [audit] aggregation = "streaming" is not supported with [model] output = '
+            f'"sigmoid" yet; use "exact" or "auto"'
+        )
+    if getattr(data, "groups", None):
+        raise ConfigError(
+            f'{source}: [data] groups is not supported with [model] output = "sigmoid" yet; '
+            f"remove it"
+        )
+    fmt = getattr(data, "format", None)
+    if fmt not in ("manifest", "jsonl", "coco"):
+        raise ConfigError(
+            f'{source}: [model] output = "sigmoid" needs a multi-label dataset: [data] format '
+            f'"manifest" or "jsonl" with a `labels` column, or "coco"; got format = {fmt!r}'
+        )
 
 
 def split_gates(gates: tuple[GateRule, ...]) -> tuple[tuple[GateRule, ...], tuple[GateRule, ...]]:

@@ -314,8 +314,11 @@ def _method_rows(run: LoadedRun, method: str, columns: Sequence[str] | None = No
     import pyarrow.compute as pc
 
     want = [c for c in (columns if columns is not None else run.columns) if c != "method"]
+    where = pc.field("method") == method
+    if "explained" in run.columns:  # multi-label (issue 26): a label's samples carry it
+        where = where & (pc.field("explained") == "positive")
     try:
-        rows = pq.read_table(run.samples, columns=want, filters=pc.field("method") == method)
+        rows = pq.read_table(run.samples, columns=want, filters=where)
     except (OSError, pa.ArrowException) as exc:
         raise AuditorInputError(
             f"{run.role.upper()} {run.samples}: unreadable samples.parquet: {exc}"

@@ -262,6 +262,8 @@ def _pair_methods(
         return counted[run.role]
 
     def large(ma: str, mb: str) -> bool:
+        if "explained" in ra.columns or "explained" in rb.columns:
+            return False  # multi-label runs (issue 26): paired in memory (positives only)
         rows = min(_file_rows(ra), _file_rows(rb))
         if rows < stream_min_pairs:
             return False  # the files hold fewer rows than the threshold: no need to count

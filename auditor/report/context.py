@@ -208,6 +208,12 @@ def _groups_context(result: AuditResult) -> dict[str, Any] | None:
     return groups_context(result)
 
 
+def _labels_context(result: AuditResult) -> dict[str, Any] | None:
+    from auditor.report.labels import labels_context
+
+    return labels_context(result)
+
+
 def png_uri(data: bytes) -> str:
     """``data:image/png;base64,…`` for PNG bytes."""
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -803,6 +809,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
                 "interpretable") is False else ""
         ) + _verdict(result.gates),
         "figures": figures,
+        "labels": _labels_context(result),  # issue 26: multi-label runs
         "galleries": galleries,
         "n_gallery_classes": len(gallery_names),
         "clusters": clusters,
