@@ -8,8 +8,11 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.stamp-install
+# axe-core (accessibility rules) for the browser tests, from npm into the ignored venv folder:
+# installed once, then `make test` works offline.
+AXE    := $(VENV)/node/node_modules/axe-core/axe.min.js
 
-.PHONY: venv system-deps test-system-deps demo test lint bench wheel-check clean
+.PHONY: venv system-deps test-system-deps test-js-deps demo test lint bench wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -39,14 +42,23 @@ system-deps:
 demo: system-deps venv
 	$(VENV)/bin/auditor demo --out runs/demo
 
-# system packages only the tests need (qpdf --check of the PDF report)
+# system packages only the tests need (qpdf --check of the PDF report, npm for axe-core)
 test-system-deps:
-	@command -v qpdf >/dev/null 2>&1 || { \
-	  echo "installing system packages: qpdf"; \
+	@missing=""; \
+	command -v qpdf >/dev/null 2>&1 || missing="$$missing qpdf"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qpdf; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
-test: system-deps test-system-deps venv
+$(AXE): | $(PY) test-system-deps
+	npm install --prefix $(VENV)/node --no-audit --no-fund --silent axe-core@4
+
+test-js-deps: $(AXE)
+
+test: system-deps test-system-deps venv test-js-deps
 	$(PY) -m pytest -q -p no:cacheprovider
 
 lint: venv

@@ -1523,7 +1523,9 @@ def _finish(
     result = result.replace(gates=group_gates(result, evaluate_gates(result, gates), gates))
     result = _gallery(run_dir, primary_cams, dataset, table, result, s)
     atomic_write_json(run_dir / "summary.json", result.to_json())
-    write_junit(run_dir / "junit.xml", result)
+    from auditor.report.junit import write_junit as write_junit_xml
+
+    write_junit_xml(run_dir / "junit.xml", result)
     write_per_class_csv(result, run_dir / "classes.csv")
     write_findings_csv(result, run_dir / "findings.csv")
     if result.dataset.n_evaluated == 0:
