@@ -60,7 +60,7 @@ def mlflow_payload(result: AuditResult) -> tuple[dict[str, str], dict[str, float
     A value that was not computed (None, NaN) is left out, never logged as 0.
     """
     run, model, data = result.run, result.model, result.dataset
-    params = {
+    raw: dict[str, Any] = {
         "model": model.name,
         "model_sha256": model.sha256,
         "dataset_sha256": data.sha256,
@@ -70,7 +70,7 @@ def mlflow_payload(result: AuditResult) -> tuple[dict[str, str], dict[str, float
         "seed": run.seed,
         "n_evaluated": data.n_evaluated,
     }
-    params = {k: str(v)[:500] for k, v in params.items() if v not in (None, "")}
+    params = {k: str(v)[:500] for k, v in raw.items() if v not in (None, "")}
     metrics: dict[str, float] = {}
     primary = result.primary_method or ""
 
