@@ -179,6 +179,14 @@ class Run:
 
         return groups_frame(self.summary)
 
+    @cached_property
+    def group_classes(self) -> pd.DataFrame:
+        """One row per class × attribute level: one-vs-rest sensitivity, specificity, AUROC
+        and class-wise ECE with intervals (:func:`auditor.report.groups.group_classes_frame`)."""
+        from auditor.report.groups import group_classes_frame
+
+        return group_classes_frame(self.summary)
+
     # -- maps -----------------------------------------------------------------------------
     def cams(self, ids: Iterable[str] | str, method: str | None = None) -> dict[str, np.ndarray]:
         """Low-resolution maps ``[h, w]`` (scaled to a maximum of 1) of the samples ``ids``

@@ -35,6 +35,7 @@ BENCHES: dict[str, tuple[str, list[str]]] = {
     "gpu": ("bench_gpu.py", ["--iters", "3", "--repeats", "1"]),  # "skipped: no CUDA" on CPU
     "finalize": ("bench_finalize.py", ["--quick"]),
     "memory": ("bench_memory.py", ["--quick"]),
+    "groups": ("bench_groups.py", ["--quick"]),
     "report": ("bench_report.py", ["--classes", "100", "--samples", "2000"]),
     "scale": ("bench_scale.py", ["--quick"]),
     # planted shortcuts + clean twins (docs/validity.md); the full grid takes hours on 2 cores

@@ -120,11 +120,39 @@ def _register_builtin() -> None:
                          f"per class, the {change} of {q} from the baseline run at most the "
                          f"threshold")
             )  # fmt: skip
+    _register_group_gates()
     for sev in SEVERITIES:
         register_gate(
             GateSpec(f"max_findings_{sev}", f"findings_{sev}", "max", ("run",), "findings", (),
                      f"the number of {sev}-severity findings at most the threshold")
         )  # fmt: skip
+
+
+def _register_group_gates() -> None:
+    """Issue 24's gates on ``[data] groups``: the run gates (parsed in ``auditor.config``,
+    number or ``{attribute = t, "attribute=level" = t}``; evaluated by
+    :mod:`auditor.analysis.groups.gates`) and the comparison gates on the paired per-group
+    changes (comparison.json ``groups``; :mod:`auditor.analysis.groups.compare`)."""
+    for key, q, bound, doc in (
+        ("min_group_accuracy", "group_accuracy", "min",
+         "per attribute, the worst shown group's accuracy (or one group's) at least the threshold"),
+        ("max_group_accuracy_gap", "group_accuracy_gap", "max",
+         "per attribute, the best minus the worst shown group's accuracy at most the threshold"),
+        ("max_group_background_focus_gap", "group_background_focus_gap", "max",
+         "per attribute, the highest minus the lowest group background focus at most the "
+         "threshold"),
+    ):  # fmt: skip
+        register_gate(GateSpec(key, q, bound, ("run",), "group", (), doc))
+    for key, q, doc in (
+        ("max_group_accuracy_gap_increase", "group_accuracy_gap_increase",
+         "per attribute, the change of the largest group accuracy gap (B - A) at most the "
+         "threshold"),
+        ("max_group_accuracy_decrease", "group_accuracy_decrease",
+         "per shown group, its paired accuracy drop (A - B) at most the threshold"),
+        ("max_group_background_focus_increase", "group_background_focus_increase",
+         "per shown group, its paired background focus rise (B - A) at most the threshold"),
+    ):  # fmt: skip
+        register_gate(GateSpec(key, q, "max", ("compare",), "group", ("baseline",), doc))
 
 
 def _ensure() -> None:

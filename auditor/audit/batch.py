@@ -130,6 +130,8 @@ class BatchAuditor:
         """The per-sample columns shared by every method's rows."""
         import torch
 
+        from auditor.audit.probabilities import probability_columns
+
         base = {
             "index": np.asarray(batch.indices, np.int64),
             "id": list(batch.ids),
@@ -143,6 +145,7 @@ class BatchAuditor:
             .cpu()
             .numpy()
             .astype(np.float64),
+            **probability_columns(pr.probs, labels, pr.finite),  # issue 24: group AUROC
             "has_mask": batch.has_mask.numpy(),
             "mask_area": batch.masks.flatten(1).float().mean(1).numpy().astype(np.float64),
             "image_sha256": list(batch.image_sha256),

@@ -69,6 +69,14 @@ SAMPLE_COLUMNS: tuple[SampleColumn, ...] = (
     SampleColumn("correct", pa.bool_(), "pred == label"),
     SampleColumn("confidence", pa.float64(), "softmax probability of the target class"),
     SampleColumn("pred_confidence", pa.float64(), "softmax probability of the prediction"),
+    SampleColumn("label_confidence", pa.float64(), "softmax probability of the true label"),
+    SampleColumn(
+        "top_classes",
+        pa.list_(pa.int32()),
+        "classes by decreasing probability: all of them up to 32 classes, else the top 10; "
+        "null where the logits are not finite",
+    ),
+    SampleColumn("top_probs", pa.list_(pa.float32()), "their softmax probabilities"),
     SampleColumn("has_mask", pa.bool_(), "the sample has an object mask"),
     SampleColumn("mask_area", pa.float64(), "object fraction of the image; NaN without a mask"),
     SampleColumn("image_sha256", pa.string(), "hash of the image file"),

@@ -497,10 +497,8 @@ def compare_runs(
         ra, rb, prim, others, classes, settings, int(top_n), int(stream_min_pairs)
     )
     _rank_classes(comparison, classes)
-    comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
-    comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
-    comparison["metrics_info"] = _metrics_info()
-    from auditor.analysis.groups.compare import compare_groups  # issue 24 (additive key)
+    # issue 24 (additive key), before the gates, which read it
+    from auditor.analysis.groups.compare import compare_groups
 
     groups = compare_groups(
         ra.path, rb.path, ra.summary.primary_method, rb.summary.primary_method,
@@ -509,6 +507,9 @@ def compare_runs(
     )  # fmt: skip
     if groups is not None:
         comparison["groups"] = groups
+    comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
+    comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
+    comparison["metrics_info"] = _metrics_info()
     comparison = _write_outputs(out_dir, comparison, sink, ra, rb)
     report = _render(comparison, out_dir, pdf=pdf, templates=templates) if render else {}
     return ComparisonResult.from_json(comparison, out_dir=out_dir, report=report)
