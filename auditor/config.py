@@ -95,6 +95,10 @@ class ModelConfig:
     reshape: str | Mapping[str, Any] | None = None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
+    #: "classification" (default) or "detection" (issue 26: auditor.config_detection)
+    task: str = "classification"
+    #: detection only: a detection counts when its score is >= this
+    score_threshold: float | None = None
 
     @property
     def source(self) -> str:
@@ -123,6 +127,8 @@ MODEL_KEYS = (
     "trust_model_code",
     "reshape",
     "kwargs",
+    "task",
+    "score_threshold",
 )
 
 
@@ -190,6 +196,9 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
     kwargs = _typed(table, "kwargs", dict, {}, "model", source)
+    from auditor.config_detection import parse_task
+
+    task, score_threshold = parse_task(table, source)
     return ModelConfig(
         factory=factory,
         torchvision=tv,
@@ -205,6 +214,8 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         reshape=reshape,
         factory_kwargs=dict(kwargs),
         base_dir=base,
+        task=task,
+        score_threshold=score_threshold,
     )
 
 
@@ -260,6 +271,9 @@ class AuditSettings:
     num_workers: int = 0
     interventions: bool = True
     intervention_fill: str = "mean"
+    #: also predict the only-fg/only-bg images with the alternative fills (blur, noise, the
+    #: image's own mean), used when the configured fill collapses (issue 22)
+    intervention_alternatives: bool = True
     faithfulness_samples: int = 64
     faithfulness_steps: int = 20
     sanity_check: bool = True
@@ -388,9 +402,10 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         raise ConfigError(
             f"{source}: [audit] border_width must be in (0, 0.5), got {settings.border_width}"
         )
-    if settings.intervention_fill not in ("mean", "blur", "black"):
+    if settings.intervention_fill not in ("mean", "blur", "black", "image_mean", "noise"):
         raise ConfigError(
-            f"{source}: [audit] intervention_fill must be 'mean', 'blur' or 'black', got "
+            f"{source}: [audit] intervention_fill must be 'mean', 'blur', 'black', 'image_mean' "
+            f"or 'noise', got "
             f"{settings.intervention_fill!r}"
         )
     if settings.aggregation not in ("auto", "exact", "streaming"):
@@ -449,9 +464,9 @@ def _parse_gates(
     """
     from auditor.analysis.gate_registry import check_rule_context, gate_spec, unknown_gate_error
 
-    rules: list[GateRule] = []
+    rules: list[GateRule] = list(_interpretable_gate(table, source, context))
     for key, value in table.items():
-        if key == "rule":
+        if key in ("rule", INTERPRETABLE_GATE):
             continue
         if key in GROUP_GATES:
             if context != "run":
@@ -484,6 +499,31 @@ def _parse_gates(
     for i, raw in enumerate(raw_rules):
         rules.append(_parse_rule(i, raw, source, settings))
     return tuple(rules)
+
+
+#: the precondition gate (issue 22): ``[gates] require_interpretable = true | false``, ON when
+#: absent in a run config; see :mod:`auditor.analysis.interpretability`
+INTERPRETABLE_GATE = "require_interpretable"
+
+
+def _interpretable_gate(
+    table: Mapping[str, Any], source: str, context: str
+) -> tuple[GateRule, ...]:
+    """The ``require_interpretable`` rule: on by default in run configs, off only when set to
+    ``false``; a boolean, never a number (``= 0`` would read as "off" by accident)."""
+    value = table.get(INTERPRETABLE_GATE, context == "run")
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"{source}: [gates] {INTERPRETABLE_GATE} must be true or false, got {value!r}"
+        )
+    if value and context != "run":
+        raise ConfigError(
+            f"{source}: [gates] {INTERPRETABLE_GATE} is a run gate (it applies to a single "
+            "audit), not a comparison gate; put it in the run's config"
+        )
+    if not value:
+        return ()
+    return (GateRule(name=INTERPRETABLE_GATE, quantity="interpretable", scope="overall", min=1.0),)
 
 
 #: ``[gates]`` table → rules (the compare config's gates too: :mod:`auditor.compare.gates`)
@@ -753,6 +793,12 @@ def parse_config(
     digest = sha256 or hashlib.sha256(repr(sorted(raw.items())).encode()).hexdigest()
     data = parse_data_section(raw["data"], base, source)
     audit = _parse_audit(raw.get("audit", {}), source)
+    model = _parse_model(raw["model"], base, source)
+    from auditor.config_detection import check_detection_config, check_task_gates
+
+    check_task_gates(raw.get("gates", {}), model.task, source)
+    if model.task == "detection":  # issue 26: detection's own checks and method defaults
+        audit = check_detection_config(raw, data, audit, source)
     gates = _parse_gates(
         raw.get("gates", {}), source, tuple(METRICS), settings=audit, baseline=baseline
     )
@@ -760,7 +806,7 @@ def parse_config(
     check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)
     return AuditConfig(
-        model=_parse_model(raw["model"], base, source),
+        model=model,
         data=data,
         audit=audit,
         gates=gates,

@@ -226,6 +226,9 @@ def _finish(inputs: FinalizeInputs, done: _Analysed) -> AuditOutcome:
         min_group_size=config.report.min_group_size if config else 10,
     )  # fmt: skip
     gates = inputs.gates
+    from auditor.analysis.interpretability import attach as attach_interpretability
+
+    result = attach_interpretability(result)  # before the gates: require_interpretable
     result = result.replace(gates=group_gates(result, evaluate_gates(result, gates), gates))
     result = draw_gallery(run_dir, done.cams, inputs.dataset, done.prim, result, s)
     _write_outputs(run_dir, result)

@@ -121,6 +121,19 @@ def _register_builtin() -> None:
                          f"threshold")
             )  # fmt: skip
     _register_group_gates()
+    register_gate(
+        GateSpec("require_interpretable", "interpretable", "min", ("run",), "overall", (),
+                 "the run is interpretable: accuracy above chance, map grid larger than 3x3, "
+                 "primary method passes the randomisation check (on unless set to false)")
+    )  # fmt: skip
+    from auditor.config_detection import DETECTION_GATES
+
+    for key, (q, bound) in DETECTION_GATES.items():  # issue 26: [model] task = "detection"
+        word = "at most" if bound == "max" else "at least"
+        register_gate(
+            GateSpec(key, q, bound, ("run",), "class", ("masks",),
+                     f"detection audits: every class's {q} {word} the threshold")
+        )  # fmt: skip
     for sev in SEVERITIES:
         register_gate(
             GateSpec(f"max_findings_{sev}", f"findings_{sev}", "max", ("run",), "findings", (),

@@ -234,6 +234,16 @@ def _run_locked(
     dataset = open_dataset(cfg.data)
     # gates naming classes are checked against the dataset's class list before the model loads
     check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
+    if cfg.model.task == "detection":  # issue 26: the detector loop, same run directory
+        from auditor.audit.detection import run_detection
+
+        if spec.mode != "single":
+            raise ConfigError("detection audits run in one process (--shard/torchrun: not yet)")
+        return run_detection(
+            cfg, dataset, out, lock=lock, trust_model_code=trust_model_code, resume=resume,
+            pdf=cfg.report.pdf if pdf is None else pdf, progress=progress, render=render,
+            command=command,
+        )  # fmt: skip
     loaded = load_model(
         cfg.model,
         num_classes=len(dataset.classes),
@@ -376,8 +386,9 @@ def _audit_locked(
     try:
         # every forward of the audit (interventions included) sees the eval model
         with preserved_training_flags(model, eval=True):
-            engine = _build_engine(model, dataset, layer, reshape, s, dev)
+            engine, grid = _build_engine(model, dataset, layer, reshape, s, dev)
             model_info["target_layer"] = ",".join(engine.layer_names)
+            model_info["cam_grid"] = [list(g) for g in grid]  # the interpretability check
             _describe_layers(model_info, engine)
 
             n_total = len(dataset)
@@ -572,8 +583,9 @@ def _build_engine(
     reshape: Any,
     s: AuditSettings,
     dev: torch.device,
-) -> Any:
-    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch)."""
+) -> tuple[Any, tuple[tuple[int, int], ...]]:
+    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch) and
+    each target layer's grid ``(h, w)`` at the input size."""
     import torch
 
     from auditor.cam import CamEngine
@@ -598,7 +610,7 @@ def _build_engine(
         # every method x model check before the first batch (exit 2 naming what fails)
         found = check_applicability(engine, example, len(dataset.classes), s.max_forwards_per_image)
         log.info("cost estimate: %s", found.describe())
-        return engine
+        return engine, found.grid
     except AuditorInputError:
         raise
     except (ValueError, TypeError, KeyError) as exc:

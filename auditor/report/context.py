@@ -748,8 +748,11 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     figures = _figures(result, rows, samples, limits)
 
     any_interventions = any(r["interventions"] is not None for r in rows)
+    from auditor.report.detection import detection_context
+
+    detection = detection_context(result)  # issue 26: None for classifier runs
     notes = []
-    if not any_interventions:
+    if not any_interventions and detection is None:
         notes.append(
             "Background interventions did not run: the report shows where the model "
             "looks, not whether it depends on the background."
@@ -798,13 +801,17 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "findings": findings,
         "severity_counts": severity_counts,
         "gates": gates,
-        "verdict_text": _verdict(result.gates),
+        "verdict_text": (
+            "Not interpretable · " if result.extra.get("interpretability", {}).get(
+                "interpretable") is False else ""
+        ) + _verdict(result.gates),
         "figures": figures,
         "galleries": galleries,
         "n_gallery_classes": len(gallery_names),
         "clusters": clusters,
         "subgroups": subgroups,
         "groups": _groups_context(result),
+        "detection": detection,
         "rules": [(k, v) for k, v in result.rules.items()],
         "faithfulness": faith,
         "sanity": sanity,

@@ -133,7 +133,10 @@ def collapsed(ctx: RuleContext, intervention: str) -> bool:
         )
     else:
         fg = p.interventions.get("only_fg_correct")
-        res = fc.only_fg_collapse(p.labels, p.correct, fg, n_classes, confidence=ctx.confidence)
+        res = fc.only_fg_collapse(
+            p.labels, p.correct, fg, n_classes, confidence=ctx.confidence, preds=p.preds,
+            only_fg_pred=p.only_fg_pred,
+        )  # fmt: skip
     return res.collapsed
 
 
