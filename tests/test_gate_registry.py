@@ -60,7 +60,8 @@ def _rule(key: str) -> GateRule:
 
 def test_every_run_gate_is_evaluated(full_run: Path) -> None:
     result = load_run(full_run).summary
-    keys = [k for k, s in GATES.items() if "run" in s.applies]
+    # group gates need [data] groups: evaluated in tests/test_hostile_round3.py
+    keys = [k for k, s in GATES.items() if "run" in s.applies and s.level != "group"]
     assert len(keys) > 60
     gates = evaluate_gates(result, [_rule(k) for k in keys])
     by_rule: dict[str, list] = {}

@@ -11,7 +11,12 @@ gate is a :class:`GateSpec`:
 * ``level``: what one check looks at: ``"class"``, ``"overall"``, ``"method"``, ``"group"``,
   ``"findings"`` (a count over the run's findings);
 * ``needs``: inputs the run must produce: ``"masks"``, ``"interventions"``,
-  ``"faithfulness"``, ``"baseline"``.
+  ``"faithfulness"``, ``"baseline"``, ``"groups"`` (``[data] groups``).
+
+The group gates of issue 24 (``min_group_accuracy``, ``max_group_accuracy_gap``,
+``max_group_background_focus_gap``; level ``"group"``) are registered here too; their value is
+a number (every attribute) or a table ``{site = 0.8, "site=B" = 0.9}`` (per attribute or
+group), parsed by :mod:`auditor.config`.
 
 Registering a new gate (issue 24's ``min_group_accuracy``, issue 22's
 ``require_interpretable``) is ONE call to :func:`register_gate` here, plus its evaluation.
@@ -38,13 +43,14 @@ __all__ = [
     "check_rule_context",
     "gate_spec",
     "gate_table",
+    "group_gate_keys",
     "register_gate",
     "suggest_gates",
 ]
 
 APPLIES = ("run", "compare", "groups")
 LEVELS = ("class", "overall", "method", "group", "findings")
-NEEDS = ("masks", "interventions", "faithfulness", "baseline")
+NEEDS = ("masks", "interventions", "faithfulness", "baseline", "groups")
 SEVERITIES = ("high", "medium", "low")
 
 @dataclass(frozen=True)
@@ -120,11 +126,40 @@ def _register_builtin() -> None:
                          f"per class, the {change} of {q} from the baseline run at most the "
                          f"threshold")
             )  # fmt: skip
+    _register_group_gates()
     for sev in SEVERITIES:
         register_gate(
             GateSpec(f"max_findings_{sev}", f"findings_{sev}", "max", ("run",), "findings", (),
                      f"the number of {sev}-severity findings at most the threshold")
         )  # fmt: skip
+
+
+#: the group gates (issue 24): key -> (quantity, what one check looks at)
+_GROUP_GATES = {
+    "min_group_accuracy": ("group_accuracy", "the worst shown group's accuracy"),
+    "max_group_accuracy_gap": ("group_accuracy_gap", "best minus worst group accuracy"),
+    "max_group_background_focus_gap": (
+        "group_background_focus_gap",
+        "highest minus lowest group mean background focus",
+    ),
+}
+
+
+def _register_group_gates() -> None:
+    for key, (quantity, what) in _GROUP_GATES.items():
+        bound = key.split("_", 1)[0]
+        word = "at most" if bound == "max" else "at least"
+        register_gate(
+            GateSpec(key, quantity, bound, ("run",), "group", ("groups",),
+                     f"per [data] groups attribute (or `{{site = x, \"site=B\" = y}}`), "
+                     f"{what} {word} the threshold")
+        )  # fmt: skip
+
+
+def group_gate_keys() -> tuple[str, ...]:
+    """The registered gates on ``[data] groups`` (level ``"group"``)."""
+    _ensure()
+    return tuple(k for k, s in _REGISTRY.items() if s.level == "group")
 
 
 def _ensure() -> None:
