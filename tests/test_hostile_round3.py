@@ -6,6 +6,8 @@ the message naming the culprit.
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -95,3 +97,118 @@ def test_auditor_gates_lists_every_gate(capsys: pytest.CaptureFixture[str]) -> N
     listed = {line.split()[0] for line in out.splitlines()[1:-1]}
     assert listed == set(GATES)
     assert "min_group_accuracy" in listed and f"{len(GATES)} gates." in out
+
+
+# -- 2. progress everywhere -------------------------------------------------------------------
+TINY = """
+[model]
+factory = "auditor.demo:build_model"
+weights = "{weights}"
+name = "demo-tiny"
+
+[data]
+manifest = "{manifest}"
+classes = ["circle", "square", "triangle", "cross"]
+input_size = 64
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+
+[audit]
+methods = ["gradcam"]
+batch_size = 4
+faithfulness_samples = 0
+sanity_samples = 0
+bootstrap = 200
+{audit_extra}
+{gates}
+"""
+
+
+def tiny_config(tmp: Path, demo_inputs: Path, *, gates: str = "", audit_extra: str = "",
+                name: str = "tiny.toml") -> Path:  # fmt: skip
+    """The demo's model and data with the cheapest [audit]; ``gates``: a [gates] body."""
+    folder = demo_inputs.parent
+    p = tmp / name
+    p.write_text(
+        TINY.format(
+            weights=folder / "demo-shortcut.pt",
+            manifest=folder / "data" / "manifest.csv",
+            gates="[gates]\n" + gates if gates else "",
+            audit_extra=audit_extra,
+        ),
+        encoding="utf-8",
+    )
+    return p
+
+
+def _env() -> dict[str, str]:
+    import os
+
+    root = str(Path(__file__).resolve().parents[1])
+    path = os.environ.get("PYTHONPATH", "")
+    env = {k: v for k, v in os.environ.items() if k != "CI"}  # CI must not matter to the CLI
+    return {**env, "OMP_NUM_THREADS": "1", "PYTHONPATH": root + (os.pathsep + path if path else "")}
+
+
+def auditor_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    """``python -m auditor ARGS`` with stdout and stderr pipes (no terminal)."""
+    return subprocess.run(
+        [sys.executable, "-m", "auditor", *args], capture_output=True, text=True,
+        timeout=timeout, env=_env(),
+    )  # fmt: skip
+
+
+def test_progress_lines_and_phases_without_a_terminal(tmp_path: Path, demo_inputs: Path) -> None:
+    cfg = tiny_config(tmp_path, demo_inputs)
+    r = auditor_cli("run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "12", "--no-pdf")
+    assert r.returncode == 0, r.stderr
+    err = r.stderr.splitlines()
+    assert "[auditor] auditing: 0/12 images" in err
+    assert any(line.startswith("[auditor] auditing: 12/12 images (100%)") for line in err)
+    assert not any("\r" in line for line in err)  # lines, not a bar
+    phases = [ln[10:].split(":")[0] for ln in err if ln.startswith("[auditor] ")]
+    for name in ("analysis", "clustering", "gallery", "rendering"):
+        assert name in phases, r.stderr
+    # the phases come in the order they run
+    assert phases.index("analysis") < phases.index("rendering")
+    assert "[auditor]" not in r.stdout  # progress never on stdout (scripts read it)
+    assert "gates:" in r.stdout
+
+    q = auditor_cli("run", str(cfg), "--out", str(tmp_path / "q"), "--limit", "8", "--no-pdf",
+                    "--quiet")  # fmt: skip
+    assert q.returncode == 0 and q.stdout == "" and q.stderr == "", q.stderr
+    n = auditor_cli("report", str(tmp_path / "run"), "--pdf", "--no-progress")
+    assert n.returncode == 0 and n.stderr == "" and "pdf:" in n.stdout
+
+
+def test_report_shows_rendering_and_pdf_phases(
+    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import auditor
+
+    cfg = auditor.load_config(tiny_config(tmp_path, demo_inputs))
+    auditor.run_audit(cfg, tmp_path / "run", limit=8, pdf=False, render=False, progress=False)
+    capsys.readouterr()
+    assert main(["report", str(tmp_path / "run"), "--pdf"]) == 0
+    err = capsys.readouterr().err
+    assert "[auditor] rendering: " in err
+    assert f"[auditor] pdf: {tmp_path / 'run' / 'report.pdf'}" in err
+    assert main(["report", str(tmp_path / "run"), "--quiet"]) == 0
+    got = capsys.readouterr()
+    assert got.out == "" and got.err == ""
+
+
+def test_help_texts_are_true() -> None:
+    from auditor.cli import build_parser
+
+    sub = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]  # noqa: SLF001
+    for cmd in ("run", "demo", "report", "compare", "finalize"):
+        helps = {a.dest: a.help for a in sub[cmd]._actions}  # noqa: SLF001
+        assert helps["no_progress"] and "stderr" in helps["no_progress"], cmd
+        assert helps["quiet"], cmd
+    run = {a.dest: a.help for a in sub["run"]._actions}  # noqa: SLF001
+    # TorchScript is refused even with the flag, and the help says so
+    assert "TorchScript archives stay refused" in run["trust_model_code"]
+    cmp = {a.dest: a.help for a in sub["compare"]._actions}  # noqa: SLF001
+    assert "_increase" in cmp["config"] and "_decrease" in cmp["config"]
+    assert "refused" in cmp["config"]

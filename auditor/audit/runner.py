@@ -18,9 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import platform
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -142,13 +140,9 @@ def library_versions() -> dict[str, str]:
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
-    from tqdm.auto import tqdm
+    from auditor.progress import bar  # a bar on a terminal, lines elsewhere (issue 23)
 
-    if enabled is None:
-        enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    return tqdm(
-        total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.1
-    )
+    return bar(total, desc, enabled)
 
 
 def _seeded_subset(n: int, k: int, seed: int) -> set[int]:
@@ -1272,6 +1266,9 @@ def _cluster_analysis(
 
     if not s.clusters or table.num_rows == 0:
         return {}, {}
+    from auditor.progress import phase
+
+    phase("clustering", f"SpRAy and subgroup tests per class on {s.primary}")
     prim = table.filter(pc.equal(table.column("method"), s.primary))
     idx = prim.column("index").to_numpy()
     labels = prim.column("label").to_numpy()
@@ -1563,6 +1560,9 @@ def _gallery(
 
     if table.num_rows == 0 or s.gallery_per_class == 0:
         return result
+    from auditor.progress import phase
+
+    phase("gallery", "example panels per class")
     gdir = run_dir / "gallery"
     gdir.mkdir(exist_ok=True)
     out: dict[str, tuple[GalleryPanel, ...]] = {}
