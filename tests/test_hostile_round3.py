@@ -212,3 +212,53 @@ def test_help_texts_are_true() -> None:
     cmp = {a.dest: a.help for a in sub["compare"]._actions}  # noqa: SLF001
     assert "_increase" in cmp["config"] and "_decrease" in cmp["config"]
     assert "refused" in cmp["config"]
+
+
+# -- 3. exit codes through torchrun -----------------------------------------------------------
+def test_child_exit_code_prefers_rank_zero_and_maps_signals() -> None:
+    from types import SimpleNamespace as F
+
+    from auditor.audit.launch import child_exit_code, with_module
+
+    # rank 0 refused the config (2); the agent then SIGTERMed rank 1 (-15)
+    assert child_exit_code({0: F(exitcode=2), 1: F(exitcode=-15)}, first_rank=0) == 2
+    assert child_exit_code({0: F(exitcode=1), 1: F(exitcode=1)}, first_rank=1) == 1
+    assert child_exit_code({1: F(exitcode=2)}, first_rank=1) == 2  # a rank-1-only failure
+    assert child_exit_code({0: F(exitcode=-2)}, first_rank=0) == 130  # Ctrl-C
+    assert child_exit_code({}) == 0
+    assert with_module(["--nproc-per-node", "2", "run", "c.toml"]) == [
+        "--nproc-per-node", "2", "-m", "auditor", "run", "c.toml"
+    ]  # fmt: skip
+    assert with_module(["-m", "auditor", "run"]) == ["-m", "auditor", "run"]
+
+
+@pytest.mark.slow
+def test_torchrun_exit_codes_are_the_documented_ones(tmp_path: Path, demo_inputs: Path) -> None:
+    """Two real CPU ranks (gloo): config typo 2, refused --out 2, failing gate 1; no traceback."""
+
+    def torchrun(cfg: Path, out: Path) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "auditor.torchrun", "--standalone", "--nproc-per-node", "2",
+             "run", str(cfg), "--out", str(out), "--limit", "8", "--no-pdf", "--no-progress"],
+            capture_output=True, text=True, timeout=600, env=_env(),
+        )  # fmt: skip
+
+    typo = tiny_config(tmp_path, demo_inputs, gates="max_findings_hgih = 0", name="typo.toml")
+    r = torchrun(typo, tmp_path / "a")
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr
+    assert "max_findings_hgih; did you mean 'max_findings_high'" in r.stderr
+
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("the user's file", encoding="utf-8")
+    ok_cfg = tiny_config(tmp_path, demo_inputs, gates="max_background_focus = 0.01")
+    r = torchrun(ok_cfg, foreign)
+    assert r.returncode == 2, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and str(foreign) in r.stderr
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]  # nothing written there
+
+    r = torchrun(ok_cfg, tmp_path / "gated")
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr
+    assert (tmp_path / "gated" / "summary.json").is_file()
