@@ -482,6 +482,10 @@ def _parse_gates(
     return tuple(rules)
 
 
+#: ``[gates]`` table → rules (the compare config's gates too: :mod:`auditor.compare.gates`)
+parse_gates = _parse_gates
+
+
 def _rule_quantities() -> tuple[str, ...]:
     from auditor.analysis.gate_registry import GATES, gate_spec
 

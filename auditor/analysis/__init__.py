@@ -14,13 +14,13 @@ faithfulness, clusters, sanity); the runner adds provenance and gates and writes
 
 from __future__ import annotations
 
+import sys as _sys
 from collections.abc import Mapping, Sequence
 from types import MappingProxyType
 from typing import Any
 
 import pyarrow as pa
 
-from auditor.analysis import absolute_rules as _absolute_rules  # noqa: F401  (registers)
 from auditor.analysis.aggregate import (
     PrimaryColumns,
     class_results,
@@ -41,6 +41,7 @@ from auditor.analysis.findings import (
     number_findings,
     run_rules,
 )
+from auditor.analysis.findings import absolute as _absolute
 from auditor.analysis.gates import evaluate_gates, gate_result, gate_value
 from auditor.config import AuditSettings
 from auditor.metrics.names import METRIC_NAMES
@@ -55,6 +56,10 @@ from auditor.results import (
     Stat,
     freeze,
 )
+
+# deprecated alias, kept for one release (CHANGELOG): `auditor.analysis.absolute_rules` is the
+# very module object of `auditor.analysis.findings.absolute`
+_sys.modules.setdefault(f"{__name__}.absolute_rules", _absolute)
 
 __all__ = [
     "AGG_METRICS",

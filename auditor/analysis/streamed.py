@@ -58,7 +58,7 @@ from auditor.analysis.aggregate import (
     null_baselines,
     stat_of,
 )
-from auditor.audit.store import _UMASK, read_samples
+from auditor.audit.store import UMASK, read_samples
 from auditor.audit.streaming import PoissonBootstrap, PoissonWeights
 from auditor.config import AuditSettings
 from auditor.errors import DataError
@@ -527,7 +527,7 @@ class StreamedRun:
                         pending, n_pending = [rest], rest.num_rows
                 if n_pending:
                     writer.write_table(pa.concat_tables(pending), row_group_size=ROW_GROUP)
-            os.chmod(tmp, 0o666 & ~_UMASK)
+            os.chmod(tmp, 0o666 & ~UMASK)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)

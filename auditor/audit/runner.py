@@ -18,24 +18,23 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import platform
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
-from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.compute as pc
 
 if TYPE_CHECKING:  # torch is imported where a model runs: finalize/report never load it
     import torch
 
 from auditor._version import __version__
-from auditor.analysis import FindingRules, analyse, evaluate_gates
+from auditor.analysis.finalize import AuditOutcome, FinalizeInputs, cluster_analysis
+from auditor.analysis.finalize import finalize as finalize_inputs
+from auditor.audit.batch import STORED_INPUT_MAP_SIDE, BatchAuditor
 from auditor.audit.distributed import (
     ShardSpec,
     barrier,
@@ -49,18 +48,14 @@ from auditor.audit.distributed import (
 )
 from auditor.audit.heap import kept_heap
 from auditor.audit.modelstate import preserved_training_flags
-from auditor.audit.status import sample_status
+from auditor.audit.provenance import library_versions
 from auditor.audit.store import (
-    FAITHFULNESS_COLUMNS,
-    INTERVENTION_COLUMNS,
     MAIN_LOCK,
     RunLock,
     RunStore,
     atomic_write_bytes,
     atomic_write_json,
     claim_run_dir,
-    rows_table,
-    samples_schema,
     sweep_temp_files,
 )
 from auditor.config import (
@@ -73,70 +68,27 @@ from auditor.config import (
     with_overrides,
 )
 from auditor.errors import AuditorInputError, ConfigError, DataError, ModelRuntimeError
-from auditor.export import write_findings_csv, write_per_class_csv
-from auditor.format import slugify
 from auditor.results import (
     AuditResult,
-    ClassClusters,
-    DatasetInfo,
-    Finding,
-    GalleryPanel,
-    ModelInfo,
-    RunInfo,
-    SubgroupDetail,
-    freeze,
-    method_info,
 )
 
 log = logging.getLogger("auditor")
 
-
-@dataclass
-class AuditOutcome:
-    """What :func:`run_audit` returns: the run directory, the typed result and the verdict."""
-
-    run_dir: Path
-    result: AuditResult | None  # None: a shard job / torchrun rank > 0 (no finalisation here)
-    passed: bool
-    report: dict[str, Path] = field(default_factory=dict)
-
-    @property
-    def summary(self) -> dict[str, Any]:
-        """The result as the ``summary.json`` object (a fresh dict on every call; ``{}`` for a
-        shard job, whose results ``auditor finalize`` makes)."""
-        return self.result.to_json() if self.result is not None else {}
-
-    @property
-    def exit_code(self) -> int:
-        return 0 if self.passed else 1
-
-
-def library_versions() -> dict[str, str]:
-    """Versions of Python and every library the result depends on (provenance)."""
-    from importlib import metadata
-
-    out = {"python": platform.python_version(), "platform": platform.platform()}
-    for dist in (
-        "cam-auditor",
-        "torch",
-        "torchvision",
-        "numpy",
-        "pillow",
-        "pyarrow",
-        "scipy",
-        "scikit-learn",
-        "matplotlib",
-        "jinja2",
-        "weasyprint",
-        "pycocotools",
-        "safetensors",
-        "defusedxml",
-    ):
-        try:
-            out[dist] = metadata.version(dist)
-        except metadata.PackageNotFoundError:
-            continue
-    return out
+# moved to auditor.analysis.finalize / auditor.audit.provenance; re-exported here
+_cluster_analysis = cluster_analysis
+_BatchAuditor = BatchAuditor
+__all__ = [  # the star-import of the deprecated `auditor.runner`; finalize's names included
+    "STORED_INPUT_MAP_SIDE",
+    "AuditOutcome",
+    "FinalizeInputs",
+    "audit",
+    "finalize",
+    "finalize_run",
+    "library_versions",
+    "raised_by_model",
+    "run_audit",
+    "write_junit",
+]
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
@@ -162,219 +114,6 @@ def _reshape_fn(value: Any) -> Any:
     return parse_reshape(value, "[model] reshape")
 
 
-class _BatchAuditor:
-    """Turns one :class:`auditor.data.Batch` into a row table and low-resolution CAMs."""
-
-    def __init__(
-        self,
-        model: torch.nn.Module,
-        engine: Any,
-        settings: AuditSettings,
-        classes: Sequence[str],
-        device: torch.device,
-        faith_subset: set[int],
-        mean: Sequence[float],
-        std: Sequence[float],
-    ) -> None:
-        import torch
-
-        self.model = model
-        self.engine = engine
-        self.s = settings
-        self.classes = list(classes)
-        self.device = device
-        self.faith_subset = faith_subset
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device)
-
-    def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
-        """Class probabilities of an inference forward (on the engine's validated copy)."""
-        import torch
-
-        return torch.softmax(self.engine.forward_logits(x, autocast=False), dim=1)
-
-    def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
-        import torch
-
-        from auditor.metrics import localisation_metrics
-        from auditor.metrics.registry import registered_metrics, sample_metric_names
-
-        s = self.s
-        images = batch.images.to(self.device, non_blocking=True)
-        labels = batch.labels.to(self.device, non_blocking=True)
-        masks = batch.masks.to(self.device, non_blocking=True)
-        has_mask = batch.has_mask.to(self.device, non_blocking=True)
-        n_cls = len(self.classes)
-        targets: Any = labels if s.target == "label" else "predicted"
-        with self.engine:
-            cb = self.engine.run(images, targets)
-        logits = cb.logits.float()
-        if logits.shape[1] != n_cls:
-            raise AuditorInputError(
-                f"the model returns {logits.shape[1]} logits but the dataset has {n_cls} "
-                f"classes ({', '.join(self.classes[:5])}…): set [data] classes or "
-                f"[model] num_classes to match"
-            )
-        # NaN/Inf logits are no prediction: pred -1 (never argmax's class 0), incorrect,
-        # confidence NaN, every metric NaN, status "nonfinite_logits" (counted, and a finding
-        # when frequent)
-        finite_logits = torch.isfinite(logits).all(1)
-        probs = torch.softmax(logits, dim=1)
-        tgt = cb.targets.to(self.device)
-        pred = torch.where(finite_logits, probs.argmax(1), -1)
-        conf = probs.gather(1, tgt.view(-1, 1)).squeeze(1)
-        conf = torch.where(finite_logits, conf, float("nan"))
-        size = (images.shape[-2], images.shape[-1])
-        up = cb.upsampled(size)
-        bad_logits = (~finite_logits).cpu().numpy()
-
-        cols: dict[str, Any] = {}
-        b = len(batch)
-        base = {
-            "index": np.asarray(batch.indices, np.int64),
-            "id": list(batch.ids),
-            "label": batch.labels.numpy().astype(np.int64),
-            "label_name": [self.classes[i] for i in batch.labels.tolist()],
-            "target": tgt.cpu().numpy().astype(np.int64),
-            "pred": pred.cpu().numpy().astype(np.int64),
-            "correct": (pred == labels).cpu().numpy(),
-            "confidence": conf.cpu().numpy().astype(np.float64),
-            "pred_confidence": torch.where(finite_logits, probs.max(1).values, float("nan"))
-            .cpu()
-            .numpy()
-            .astype(np.float64),
-            "has_mask": batch.has_mask.numpy(),
-            "mask_area": batch.masks.flatten(1).float().mean(1).numpy().astype(np.float64),
-            "image_sha256": list(batch.image_sha256),
-            "mask_sha256": [m or "" for m in batch.mask_sha256],
-            "notes": ["; ".join(n) for n in batch.notes],
-        }
-        base["mask_area"] = np.where(base["has_mask"], base["mask_area"], np.nan)
-
-        # interventions: three inference forwards on edited images (Xiao et al. 2021)
-        iv: dict[str, np.ndarray] = {}
-        if s.interventions and bool(has_mask.any()):
-            from auditor.metrics.interventions import mixed_random, only_background, only_foreground
-
-            fill_value = (-self.mean / self.std) if s.intervention_fill == "black" else None
-            g = torch.Generator().manual_seed(s.seed * 1_000_003 + batch_no)
-            edited = {
-                "only_fg": only_foreground(
-                    images, masks, fill=s.intervention_fill, fill_value=fill_value
-                ),
-                "only_bg": only_background(
-                    images, masks, fill=s.intervention_fill, fill_value=fill_value
-                ),
-            }
-            mixed, perm = mixed_random(images, masks, g)
-            edited["mixed_rand"] = mixed
-            # an intervention needs both regions: an empty mask leaves "only the background"
-            # equal to the whole image (and "only the object" blank), a mask covering the whole
-            # image the reverse; their outcomes would read as background dependence (NaN)
-            area = batch.masks.flatten(1).float().mean(1).numpy()
-            hm = batch.has_mask.numpy() & (area > 0) & (area < 1)
-            for key, x in edited.items():
-                p = self._forward_probs(x)
-                correct = (p.argmax(1) == labels).cpu().numpy().astype(float)
-                cconf = p.gather(1, tgt.view(-1, 1)).squeeze(1).cpu().numpy().astype(np.float64)
-                # no outcome where either forward gave non-finite logits (never argmax's 0)
-                valid = hm.copy() & ~bad_logits & torch.isfinite(p).all(1).cpu().numpy()
-                if key == "mixed_rand":
-                    pv = perm.cpu().numpy()
-                    valid &= pv >= 0
-                    valid &= hm[np.clip(pv, 0, None)]  # the donor background needs a mask too
-                iv[f"{key}_correct"] = np.where(valid, correct, np.nan)
-                iv[f"{key}_confidence"] = np.where(valid, cconf, np.nan)
-                if key == "only_bg":
-                    pred_bg = p.argmax(1).cpu().numpy().astype(np.int64)
-                    iv["only_bg_pred"] = np.where(valid, pred_bg, -1)
-
-        # faithfulness on the seeded subset (Petsiuk et al. 2018; Chattopadhay et al. 2018)
-        faith: dict[str, dict[str, np.ndarray]] = {}
-        sel = [j for j, i in enumerate(batch.indices) if i in self.faith_subset]
-        if sel:
-            from auditor.metrics.faithfulness import faithfulness_metrics
-
-            res = faithfulness_metrics(
-                self.model,
-                images,
-                up,
-                tgt,
-                steps=s.faithfulness_steps,
-                subset=sel,
-                forward_batch_size=max(64, s.score_batch_size or 0),
-            )
-            faith = {
-                m: {k: v.cpu().numpy().astype(np.float64) for k, v in d.items()}
-                for m, d in res.items()
-            }
-
-        tables = []
-        schema = samples_schema(
-            sample_metric_names(),
-            interventions=s.interventions,
-            faithfulness=s.faithfulness_samples > 0,
-        )
-        nan_col = np.full(b, np.nan)
-        low_res: dict[str, np.ndarray] = {}
-        for method in s.methods:
-            metrics, status = localisation_metrics(
-                up[method],
-                masks,
-                has_mask=has_mask,
-                pointing_tolerance=s.pointing_tolerance,
-                iou_threshold=s.iou_threshold,
-                border_width=s.border_width,
-            )
-            metrics.update(registered_metrics(up[method], masks, has_mask))
-            cols = dict(base)
-            cols["method"] = [method] * b
-            cam_status = list(cb.status[method])
-            cols["status"] = sample_status(status, cam_status, bad_logits)
-            cols["cam_status"] = cam_status
-            for name, values in metrics.items():
-                cols[name] = np.where(bad_logits, np.nan, values.double().cpu().numpy())
-            # a fixed schema in every shard: columns of analyses that did not apply are NaN
-            if s.interventions:
-                for key in INTERVENTION_COLUMNS:
-                    cols[key] = iv.get(key, nan_col)
-                # the class the background alone is predicted as (-1: not run for the sample)
-                cols["only_bg_pred"] = iv.get("only_bg_pred", np.full(b, -1, np.int64))
-            if s.faithfulness_samples > 0:
-                cols["faithfulness_subset"] = np.isin(
-                    np.asarray(batch.indices), np.asarray(sorted(self.faith_subset), dtype=np.int64)
-                )
-                for key in FAITHFULNESS_COLUMNS:
-                    cols[key] = faith.get(method, {}).get(key, nan_col)
-            tables.append(rows_table(cols, schema))
-            cam = _stored_map(method, cb.cams[method].float())
-            peak = cam.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1)
-            low_res[method] = (cam / peak).cpu().numpy()
-        table = pa.concat_tables(tables) if tables else pa.table({})
-        return table, low_res
-
-
-STORED_INPUT_MAP_SIDE = 56
-"""Largest side of a stored map of an input-resolution method (``fullgrad``): its maps are
-area-averaged (``adaptive_avg_pool2d``) to at most this size in ``shards/cams-*.npz``, so a
-224x224 map costs 6 KB per image (float16) rather than 100 KB. Metrics always read the
-full-resolution map; the stored one serves the gallery, clusters and ``load_run(...).cams``."""
-
-
-def _stored_map(method: str, cam: torch.Tensor) -> torch.Tensor:
-    """The map kept in the shard: layer-resolution maps as computed, input-resolution maps
-    (``CamMethod.resolution == "input"``) area-pooled to :data:`STORED_INPUT_MAP_SIDE`."""
-    import torch
-
-    from auditor.cam import METHODS
-
-    h, w = int(cam.shape[-2]), int(cam.shape[-1])
-    side = STORED_INPUT_MAP_SIDE
-    if METHODS[method].resolution != "input" or max(h, w) <= side:
-        return cam
-    return torch.nn.functional.adaptive_avg_pool2d(cam[:, None], (min(h, side), min(w, side)))[:, 0]
-
-
 def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
     """Whether ``exc`` was raised inside the forward of one of ``model``'s module types.
 
@@ -386,8 +125,7 @@ def raised_by_model(exc: BaseException, model: torch.nn.Module) -> bool:
 
     types = {type(m) for m in model.modules()}
     return any(
-        isinstance(owner, torch.nn.Module) and type(owner) in types
-        for owner in _frame_owners(exc)
+        isinstance(owner, torch.nn.Module) and type(owner) in types for owner in _frame_owners(exc)
     )
 
 
@@ -706,7 +444,7 @@ def _audit_locked(
                 first_missing,
                 " (resumed)" if first_missing else "",
             )
-            worker = _BatchAuditor(
+            worker = BatchAuditor(
                 model,
                 engine,
                 s,
@@ -768,22 +506,24 @@ def _audit_locked(
         store.write_provenance(manifests[0]["provenance"])
         loop_s = max(float(m.get("loop_s") or 0.0) for m in manifests)
 
-    return finalize(
-        run_dir,
-        store,
-        dataset=dataset,
-        classes=classes,
-        settings=s,
-        gates=gates,
-        model_info=model_info,
-        config=config,
-        sanity=sanity,
-        started=started,
-        t0=t0,
-        loop_s=loop_s,
-        pdf=pdf,
-        render=render,
-        command=command,
+    return finalize_inputs(
+        FinalizeInputs(
+            run_dir=run_dir,
+            store=store,
+            dataset=dataset,
+            classes=classes,
+            settings=s,
+            gates=gates,
+            model_info=model_info,
+            config=config,
+            sanity=sanity,
+            started=started,
+            t0=t0,
+            loop_s=loop_s,
+            pdf=pdf,
+            render=render,
+            command=command,
+        )
     )
 
 
@@ -850,17 +590,17 @@ def _build_engine(
             seed=int(s.seed),
         )
         # every method x model check before the first batch (exit 2 naming what fails)
-        found = check_applicability(
-            engine, example, len(dataset.classes), s.max_forwards_per_image
-        )
+        found = check_applicability(engine, example, len(dataset.classes), s.max_forwards_per_image)
         log.info("cost estimate: %s", found.describe())
         return engine
     except AuditorInputError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
         # the applicability probe runs the reshape on the real layer output: name the key
-        where = "[model] reshape" if reshape is not None and "reshape" in str(exc) else (
-            "[model]/[audit]"
+        where = (
+            "[model] reshape"
+            if reshape is not None and "reshape" in str(exc)
+            else ("[model]/[audit]")
         )
         raise ConfigError(f"{where}: {exc}") from exc
     except Exception as exc:
@@ -942,7 +682,7 @@ def _start_manifest(
 
 
 def _audit_batches(
-    worker: _BatchAuditor,
+    worker: BatchAuditor,
     store: RunStore,
     dataset: Any,
     todo_batches: Sequence[int],
@@ -1121,22 +861,24 @@ def _finalize_locked(
         cfg = replace(cfg, audit=replace(cfg.audit, aggregation=aggregation))
     store.write_provenance(first["provenance"])
     started = min(datetime.fromisoformat(m["started"]) for m in manifests if m.get("started"))
-    return finalize(
-        root,
-        store,
-        dataset=dataset,
-        classes=list(dataset.classes),
-        settings=cfg.audit,
-        gates=cfg.gates,
-        model_info=dict(first["model"]),
-        config=cfg,
-        sanity=first.get("sanity"),
-        started=started,
-        t0=t0,
-        loop_s=max(float(m.get("loop_s") or 0.0) for m in manifests),
-        pdf=cfg.report.pdf if pdf is None else pdf,
-        render=render,
-        command=command,
+    return finalize_inputs(
+        FinalizeInputs(
+            run_dir=root,
+            store=store,
+            dataset=dataset,
+            classes=list(dataset.classes),
+            settings=cfg.audit,
+            gates=cfg.gates,
+            model_info=dict(first["model"]),
+            config=cfg,
+            sanity=first.get("sanity"),
+            started=started,
+            t0=t0,
+            loop_s=max(float(m.get("loop_s") or 0.0) for m in manifests),
+            pdf=cfg.report.pdf if pdf is None else pdf,
+            render=render,
+            command=command,
+        )
     )
 
 
@@ -1192,11 +934,12 @@ def _sanity(
         if "_skipped" in stored and "_status" not in stored:  # older runs
             stored["_status"] = {"run": False, "reason": stored["_skipped"], "randomised": []}
         return stored
-    from auditor.cam import compute_cams
+    from auditor.cam import METHODS, compute_cams
     from auditor.data import iter_batches
     from auditor.metrics.sanity import downstream_of, randomisation_sanity_check
 
-    methods = [m for m in s.methods if m not in ("scorecam", "ablationcam")]
+    # each method declares on its registration whether the check runs it (`sanity_check`)
+    methods = [m for m in s.methods if METHODS[m].sanity_check]
     if not methods:
         out = not_run(
             "only perturbation methods (Score-CAM/Ablation-CAM) were requested; the check "
@@ -1251,483 +994,10 @@ def _sanity(
     return out
 
 
-def _cluster_analysis(
-    cams: Mapping[int, np.ndarray],
-    table: pa.Table,
-    classes: Sequence[str],
-    s: AuditSettings,
-    input_size: tuple[int, int] | None = None,
-) -> tuple[dict[str, Any], dict[int, int]]:
-    """SpRAy + subgroup tests per class on the primary method's low-resolution CAMs.
-
-    Returns (``summary["clusters"]``, ``{dataset index: cluster id within its class}``).
-    """
-    from auditor.analysis.spray.subgroups import analyse_class, border_chance, class_to_json
-
-    if not s.clusters or table.num_rows == 0:
-        return {}, {}
-    from auditor.progress import phase
-
-    phase("clustering", f"SpRAy and subgroup tests per class on {s.primary}")
-    prim = table.filter(pc.equal(table.column("method"), s.primary))
-    idx = prim.column("index").to_numpy()
-    labels = prim.column("label").to_numpy()
-    ids = prim.column("id")  # made into Python strings one class at a time
-
-    def col(name: str) -> np.ndarray:
-        """Column ``name`` as float64, nulls NaN (no Python object per sample)."""
-        if name not in prim.column_names:
-            return np.full(prim.num_rows, np.nan)
-        a = pc.fill_null(pc.cast(prim.column(name), pa.float64()), np.nan)
-        return np.asarray(a.to_numpy(), float)
-
-    correct = col("correct")
-    per_sample = {
-        "background_focus": col("background_focus"),
-        "border_focus": col("border_focus"),
-        "entropy": col("entropy"),
-        "correct": correct,
-        "only_bg_hit": col("only_bg_correct"),
-        "only_fg_drop": correct - col("only_fg_correct"),
-    }
-    some = next(iter(cams.values()), None)
-    size = input_size or ((some.shape[0], some.shape[1]) if some is not None else (1, 1))
-    chance = border_chance(size, s.border_width) if min(size) > 2 else 1.0
-    out: dict[str, Any] = {}
-    membership: dict[int, int] = {}
-    for ci, name in enumerate(classes):
-        sel = np.flatnonzero(labels == ci)
-        sel = sel[np.fromiter((int(idx[j]) in cams for j in sel), bool, sel.size)]
-        if len(sel) < 6:
-            continue
-        maps = np.stack([cams[int(idx[j])] for j in sel])
-        stats = {k: v[sel] for k, v in per_sample.items() if np.isfinite(v[sel]).sum() >= 2}
-        res = analyse_class(
-            maps,
-            stats,
-            n_classes=len(classes),
-            border_chance_share=chance,
-            confidence=s.confidence,
-            n_boot=max(200, min(s.bootstrap, 2000)),
-            seed=s.seed,
-        )
-        out[name] = class_to_json(res, [str(v) for v in ids.take(pa.array(sel)).to_pylist()])
-        for j, lab in zip(sel, res.labels):
-            membership[int(idx[j])] = int(lab)
-    return out, membership
-
-
-def finalize(
-    run_dir: Path,
-    store: RunStore,
-    *,
-    dataset: Any,
-    classes: Sequence[str],
-    settings: AuditSettings,
-    gates: Sequence[GateRule],
-    model_info: dict[str, Any],
-    config: AuditConfig | None,
-    sanity: dict[str, Any] | None,
-    started: datetime,
-    t0: float,
-    loop_s: float,
-    pdf: bool,
-    render: bool,
-    command: str | None,
-) -> AuditOutcome:
-    """Aggregate the shards, write samples.parquet, summary.json, gallery, junit, report."""
-    from auditor.analysis.streamed import choose_aggregation, count_rows
-
-    s = settings
-    t_an = time.perf_counter()
-    aggregation = choose_aggregation(
-        s.aggregation, count_rows(store.shards, store.batch_numbers()), len(s.methods)
-    )
-    if aggregation == "streaming":
-        return _finalize_streamed(
-            run_dir, store, dataset=dataset, classes=classes, settings=s, gates=gates,
-            model_info=model_info, config=config, sanity=sanity, started=started, t0=t0,
-            loop_s=loop_s, pdf=pdf, render=render, command=command, t_an=t_an,
-        )  # fmt: skip
-    table = store.read_rows()
-    log.info("aggregating %d rows from %s", table.num_rows, store.shards)
-    # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
-    # h×w float32 per sample)
-    primary_cams = store.load_cams(s.primary) if table.num_rows else {}
-    clusters, membership = _cluster_analysis(
-        primary_cams, table, classes, s, tuple(dataset.config.input_size)
-    )
-    if table.num_rows:
-        # `cluster`: the primary method's cluster id within the sample's class (-1: none)
-        cl_col = np.asarray(
-            [membership.get(int(i), -1) for i in table.column("index").to_pylist()], np.int64
-        )
-        table = table.append_column("cluster", pa.array(cl_col, pa.int64()))
-        store.write_samples(table)
-    sanity_clean = {k: v for k, v in (sanity or {}).items() if not k.startswith("_")}
-    if table.num_rows:
-        result = analyse(
-            table,
-            classes=classes,
-            methods=s.methods,
-            settings=s,
-            rules=FindingRules(),
-            clusters=clusters,
-            sanity=sanity_clean,
-        )
-    else:
-        result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
-    prim = table.filter(pc.equal(table.column("method"), s.primary)) if table.num_rows else table
-    h = hashlib.sha256()
-    if prim.num_rows:
-        for sid, ish, msh, lab in zip(
-            prim.column("id").to_pylist(),
-            prim.column("image_sha256").to_pylist(),
-            prim.column("mask_sha256").to_pylist(),
-            prim.column("label").to_pylist(),
-        ):
-            h.update(f"{sid}\0{ish}\0{msh}\0{lab}\n".encode())
-    return _finish(
-        run_dir, store, result, prim, h, primary_cams, dataset=dataset, classes=classes,
-        settings=s, gates=gates, model_info=model_info, config=config, sanity=sanity,
-        started=started, t0=t0, loop_s=loop_s, pdf=pdf, render=render, command=command,
-        t_an=t_an, aggregation="exact",
-    )  # fmt: skip
-
-
-def _finalize_streamed(
-    run_dir: Path, store: RunStore, *, dataset: Any, classes: Sequence[str],
-    settings: AuditSettings, t_an: float, **kw: Any,
-) -> AuditOutcome:  # fmt: skip
-    """:func:`finalize` reading the shards one at a time (auditor.analysis.streamed)."""
-    from auditor.analysis.streamed import StreamedRun
-
-    s = settings
-    log.info("aggregating the shards of %s one at a time (streaming)", store.shards)
-    streamed = StreamedRun(store, classes=classes, settings=s)
-    try:
-        slim = streamed.slim
-        clusters, membership = _cluster_analysis(
-            streamed.cams, slim, classes, s, tuple(dataset.config.input_size)
-        )
-        if slim.num_rows:
-            streamed.write_samples(membership)
-            sanity_clean = {k: v for k, v in (kw["sanity"] or {}).items() if not k.startswith("_")}
-            result = streamed.analyse(rules=FindingRules(), clusters=clusters, sanity=sanity_clean)
-        else:
-            result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
-        return _finish(
-            run_dir, store, result, slim, streamed.hasher, streamed.cams, dataset=dataset,
-            classes=classes, settings=s, t_an=t_an, aggregation="streaming", **kw,
-        )  # fmt: skip
-    finally:
-        streamed.close()
-
-
-def _finish(
-    run_dir: Path,
-    store: RunStore,
-    result: AuditResult,
-    prim: pa.Table,
-    h: Any,
-    primary_cams: Mapping[int, np.ndarray],
-    *,
-    dataset: Any,
-    classes: Sequence[str],
-    settings: AuditSettings,
-    gates: Sequence[GateRule],
-    model_info: dict[str, Any],
-    config: AuditConfig | None,
-    sanity: dict[str, Any] | None,
-    started: datetime,
-    t0: float,
-    loop_s: float,
-    pdf: bool,
-    render: bool,
-    command: str | None,
-    t_an: float,
-    aggregation: str,
-) -> AuditOutcome:
-    """The rest of :func:`finalize` from the analysed result and the primary method's rows
-    (provenance, gates, gallery, summary.json, JUnit, CSVs, report)."""
-    s = settings
-    table = prim
-    skipped = store.read_skipped()
-    from auditor.cam import METHODS
-    from auditor.metrics.registry import METRICS
-
-    for sk in skipped:
-        h.update(f"skipped\0{sk['id']}\n".encode())
-    annotated = bool(prim.num_rows and any(prim.column("has_mask").to_pylist()))
-    n_nonfinite, nonfinite_finding = _nonfinite_finding(prim)
-    if nonfinite_finding is not None:
-        found = tuple(result.findings)
-        nonfinite_finding = replace(nonfinite_finding, id=f"F{len(found) + 1}")
-        result = result.replace(findings=(*found, nonfinite_finding))
-    finished = datetime.now(timezone.utc)
-    result = result.replace(
-        tool=freeze({"name": "cam-auditor", "version": __version__}),
-        run=RunInfo.from_json(
-            {
-                "started": started.isoformat(timespec="seconds"),
-                "finished": finished.isoformat(timespec="seconds"),
-                "duration_s": round(time.perf_counter() - t0, 3),
-                "timings": {
-                    "audit_loop_s": round(loop_s, 3),
-                    "analysis_s": round(time.perf_counter() - t_an, 3),
-                },
-                "config_sha256": config.sha256 if config else None,
-                "aggregation": aggregation,
-                "seed": s.seed,
-                "device": s.device,
-                "command": command,
-                "versions": library_versions(),
-                "config": to_jsonable(config.raw) if config else to_jsonable(s),
-            }
-        ),
-        title=config.report.title if config else "Model attention audit",
-        model=ModelInfo.from_json(model_info),
-        dataset=DatasetInfo.from_json(
-            {
-                "name": getattr(dataset.config, "source", None)
-                and Path(str(dataset.config.manifest or dataset.config.root)).name,
-                "format": dataset.config.format,
-                "sha256": h.hexdigest(),
-                "annotation_sha256": dataset.annotation_sha256(),
-                "n_samples": len(dataset),
-                "n_evaluated": int(prim.num_rows),
-                "n_skipped": len(skipped),
-                "n_nonfinite_logits": n_nonfinite,
-                "annotated": annotated,
-                "input_size": list(dataset.config.input_size),
-                "classes": list(classes),
-                "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
-            }
-        ),
-        methods_info=MappingProxyType({m: method_info(METHODS[m]) for m in s.methods}),
-        metrics_info=MappingProxyType(dict(METRICS)),
-        settings=freeze(to_jsonable(s)),
-        sanity_status=freeze(
-            (sanity or {}).get("_status") or {"run": False, "reason": "not run", "randomised": []}
-        ),
-    )
-    from auditor.analysis.groups.run import attach_groups, group_gates
-
-    result = attach_groups(
-        run_dir, result, data_config=dataset.config, classes=classes, settings=s,
-        min_group_size=config.report.min_group_size if config else 10,
-    )  # fmt: skip
-    result = result.replace(gates=group_gates(result, evaluate_gates(result, gates), gates))
-    result = _gallery(run_dir, primary_cams, dataset, table, result, s)
-    atomic_write_json(run_dir / "summary.json", result.to_json())
-    write_junit(run_dir / "junit.xml", result)
-    write_per_class_csv(result, run_dir / "classes.csv")
-    write_findings_csv(result, run_dir / "findings.csv")
-    if result.dataset.n_evaluated == 0:
-        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in result.dataset.skipped[:3])
-        raise AuditorInputError(
-            f"no sample could be evaluated ({len(skipped)} skipped"
-            + (f", e.g. {reasons}" if reasons else "")
-            + f"); see {run_dir / 'summary.json'}"
-        )
-    report: dict[str, Path] = {}
-    if render:
-        from auditor.report import render_report
-
-        report = render_report(
-            run_dir,
-            html=True,
-            pdf=pdf,
-            templates=config.report.templates if config else None,
-            pdf_timeout_s=config.report.pdf_timeout_s if config else 600,
-        )
-    return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
-
-
-def _gallery(
-    run_dir: Path,
-    cams: Mapping[int, np.ndarray],
-    dataset: Any,
-    table: pa.Table,
-    result: AuditResult,
-    s: AuditSettings,
-) -> AuditResult:
-    """Draw the gallery panels chosen by :func:`auditor.analysis.gallery.choose_gallery` and
-    the cluster exemplar panels; return the result with ``gallery`` and the clusters'
-    ``gallery`` files filled in."""
-    from auditor.analysis.gallery import choose_gallery
-    from auditor.report import cluster_panel, gallery_panel
-
-    if table.num_rows == 0 or s.gallery_per_class == 0:
-        return result
-    from auditor.progress import phase
-
-    phase("gallery", "example panels per class")
-    gdir = run_dir / "gallery"
-    gdir.mkdir(exist_ok=True)
-    out: dict[str, tuple[GalleryPanel, ...]] = {}
-    for cname, picks in choose_gallery(result, table, s.gallery_per_class).items():
-        entries = []
-        for rank, pick in enumerate(picks):
-            if pick.index not in cams:
-                continue
-            image, mask = dataset.load_display(pick.index)
-            bfv = pick.panel.background_focus
-            png = gallery_panel(
-                image,
-                mask,
-                cams[pick.index],
-                title=pick.panel.id,
-                subtitle=f"label {cname} · predicted {pick.panel.pred} · background focus {bfv:.0%}"
-                if bfv is not None
-                else "",
-            )
-            fname = f"gallery/{slugify(cname)}-{rank}.png"
-            atomic_write_bytes(run_dir / fname, png)
-            entries.append(replace(pick.panel, file=fname))
-        out[cname] = tuple(entries)
-    # cluster exemplar panels
-    prim = table.filter(pc.equal(table.column("method"), s.primary))
-    # only the ids drawn below are looked up (a dict of every id is ~270 MB at 1M samples)
-    wanted_ids: set[str] = set()
-    for f in result.findings:
-        if f.kind == "background_sufficiency" and f.cls is not None:
-            wanted_ids.update(map(str, f.examples))
-    for res in (result.clusters or {}).values():
-        for cl in res.clusters:
-            wanted_ids.update(map(str, cl.exemplars))
-        for sg in res.subgroups or ():
-            wanted_ids.update(map(str, sg.exemplars))
-            wanted_ids.update(map(str, sg.rest_exemplars))
-    hits = prim.filter(
-        pc.is_in(
-            pc.cast(prim.column("id"), pa.string()),
-            value_set=pa.array(sorted(wanted_ids), pa.string()),
-        )
-    )
-    id_to_index = {
-        str(a): int(b)
-        for a, b in zip(hits.column("id").to_pylist(), hits.column("index").to_pylist())
-    }
-    # background-sufficiency findings: the images whose background alone is called the class
-    names = list(result.dataset.classes) or list(result.classes)
-    id_to_pred = dict(zip(map(str, hits.column("id").to_pylist()), hits.column("pred").to_pylist()))
-    for f in result.findings:
-        if f.kind != "background_sufficiency" or f.cls is None:
-            continue
-        have = {g.id for g in out.get(f.cls, ())}
-        extra_panels: list[GalleryPanel] = []
-        for k, sid in enumerate([e for e in f.examples if e not in have][:4]):
-            i = id_to_index.get(sid)
-            if i is None or i not in cams:
-                continue
-            image, mask = dataset.load_display(i)
-            png = gallery_panel(
-                image,
-                mask,
-                cams[i],
-                title=sid,
-                subtitle=f"label {f.cls} · background alone predicted '{f.cls}'",
-            )
-            fname = f"gallery/{slugify(f.cls)}-sufficiency-{k}.png"
-            atomic_write_bytes(run_dir / fname, png)
-            extra_panels.append(
-                GalleryPanel(
-                    id=sid,
-                    file=fname,
-                    label=f.cls,
-                    pred=names[int(id_to_pred[sid])]
-                    if 0 <= int(id_to_pred.get(sid, -1)) < len(names)
-                    else None,
-                    why="background alone predicted as the class",
-                )
-            )
-        if extra_panels:
-            out[f.cls] = tuple(out.get(f.cls, ())) + tuple(extra_panels)
-    clusters: dict[str, ClassClusters] = {}
-    for cname, res in (result.clusters or {}).items():
-        if len(res.clusters) < 2:
-            clusters[cname] = res
-            continue
-        drawn = []
-        for pos, cl in enumerate(res.clusters):
-            wanted = [id_to_index[e] for e in cl.exemplars if e in id_to_index][:4]
-            ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
-            if pos >= 6 or not ex:
-                drawn.append(cl)
-                continue
-            mean_map = np.mean([c for _, c in ex], axis=0)
-            png = cluster_panel(mean_map, ex, title=f"{cname}: cluster {cl.id} ({cl.size} images)")
-            fname = f"gallery/cluster-{slugify(cname)}-{cl.id}.png"
-            atomic_write_bytes(run_dir / fname, png)
-            drawn.append(replace(cl, gallery=(fname,)))
-        clusters[cname] = replace(
-            res,
-            clusters=tuple(drawn),
-            subgroups=_subgroup_panels(run_dir, cname, res.subgroups, id_to_index, dataset, cams),
-        )
-    return result.replace(
-        gallery=MappingProxyType(out),
-        clusters=MappingProxyType(clusters) if result.clusters is not None else None,
-    )
-
-
-def _nonfinite_finding(prim: pa.Table) -> tuple[int, Finding | None]:
-    """Samples whose logits were NaN/Inf, and a finding when they are >= 1 % of the run."""
-    if not prim.num_rows or "status" not in prim.column_names:
-        return 0, None
-    status = np.asarray(prim.column("status").to_pylist(), dtype=object)
-    bad = status == "nonfinite_logits"
-    n_bad, n = int(bad.sum()), int(prim.num_rows)
-    if n_bad == 0 or n_bad / n < 0.01:
-        return n_bad, None
-    ids = [str(x) for x in np.asarray(prim.column("id").to_pylist(), dtype=object)[bad][:20]]
-    return n_bad, Finding(
-        kind="nonfinite_logits",
-        severity="high" if n_bad / n >= 0.05 else "medium",
-        title="The model returned NaN/Inf logits",
-        message=(
-            f"{n_bad} of {n} images ({n_bad / n:.0%}) got NaN/Inf logits from the model: "
-            "no prediction, no map; they count as incorrect and their metrics are NaN"
-        ),
-        cls=None,
-        evidence={"n": n_bad, "share": n_bad / n, "ids": ids},
-        examples=tuple(ids[:4]),
-    )
-
-
-def _subgroup_panels(
-    run_dir: Path,
-    cname: str,
-    subgroups: Sequence[SubgroupDetail] | None,
-    id_to_index: Mapping[str, int],
-    dataset: Any,
-    cams: Mapping[int, np.ndarray],
-) -> tuple[SubgroupDetail, ...] | None:
-    """Draw each subgroup's exemplars and, beside them, the rest of its class's exemplars;
-    return the subgroups with each ``gallery`` [members, rest] filled."""
-    from auditor.report import cluster_panel
-
-    if not subgroups:
-        return None if subgroups is None else tuple(subgroups)
-    out = []
-    for sg in subgroups:
-        files: list[str] = []
-        for part, wanted_ids in (("members", sg.exemplars), ("rest", sg.rest_exemplars)):
-            wanted = [id_to_index[e] for e in wanted_ids if e in id_to_index][:4]
-            ex = [(dataset.load_display(i)[0], cams[i]) for i in wanted if i in cams]
-            if not ex:
-                continue
-            n = sg.size if part == "members" else sg.class_size - sg.size
-            title = (
-                f"{cname}: subgroup, {n} images" if part == "members" else f"{cname}: the rest, {n}"
-            )
-            png = cluster_panel(np.mean([c for _, c in ex], axis=0), ex, title=title)
-            fname = f"gallery/subgroup-{slugify(cname)}-{sg.cluster}-{part}.png"
-            atomic_write_bytes(run_dir / fname, png)
-            files.append(fname)
-        out.append(replace(sg, gallery=tuple(files)))
-    return tuple(out)
+def finalize(run_dir: Path, store: RunStore, **kw: Any) -> AuditOutcome:
+    """Deprecated keyword form of :func:`auditor.analysis.finalize.finalize`:
+    ``finalize(FinalizeInputs(run_dir=run_dir, store=store, **kw))``."""
+    return finalize_inputs(FinalizeInputs(run_dir=run_dir, store=store, **kw))
 
 
 def write_junit(path: Path, result: AuditResult | Mapping[str, Any]) -> None:

@@ -215,6 +215,8 @@ MAIN_LOCK = "main"
 RUN_MARKER = ".cam-auditor-run"
 _UMASK = os.umask(0)
 os.umask(_UMASK)
+#: the process's umask, read once at import (files made here get 0o666 & ~UMASK)
+UMASK = _UMASK
 log = logging.getLogger("auditor")
 
 #: errno values that mean "the output location cannot take the write" (exit code 2).

@@ -152,6 +152,10 @@ class CamMethod:
         check_model: ``model -> None``, raising a :class:`ValueError` that names the reason
             when the method cannot run on ``model`` (called when the engine is built, so an
             unsupported architecture fails before any batch, never with a made-up map).
+        sanity_check: whether the model-randomisation sanity check (Adebayo et al. 2018;
+            :func:`auditor.metrics.sanity.randomisation_sanity_check`) runs this method.
+            ``False`` for methods whose per-image cost (one forward per channel) makes the
+            check's two extra audits of the sample too expensive (Score-CAM, Ablation-CAM).
     """
 
     name: str
@@ -171,6 +175,7 @@ class CamMethod:
     own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None
     check_model: Callable[[Any], None] | None = None
     own_forward: Callable[[Any, Tensor], OwnForward] | None = None
+    sanity_check: bool = True
 
     def info(self) -> dict[str, str | int]:
         """The metadata as a JSON-ready dict (``title``, ``formula``, ``reference``, ...)."""
@@ -220,6 +225,7 @@ def register(
     own_pass: Callable[[Any, Tensor, Tensor], Tensor] | None = None,
     check_model: Callable[[Any], None] | None = None,
     own_forward: Callable[[Any, Tensor], OwnForward] | None = None,
+    sanity_check: bool = True,
 ) -> Callable[[Callable[[CamContext], Tensor]], Callable[[CamContext], Tensor]]:
     """Decorator adding ``fn`` to :data:`METHODS` under ``name`` with its metadata.
 
@@ -263,6 +269,7 @@ def register(
             smoothable=smoothable,
             resolution=resolution,
             own_pass=own_pass,
+            sanity_check=sanity_check,
             check_model=check_model,
             own_forward=own_forward,
         )
@@ -569,6 +576,7 @@ def _eigengradcam(ctx: CamContext) -> Tensor:
 @register(
     "scorecam",
     smoothable=True,
+    sanity_check=False,
     needs_gradients=False,
     kind="perturbation",
     title="Score-CAM",
@@ -599,6 +607,7 @@ def _scorecam(ctx: CamContext) -> Tensor:
 @register(
     "ablationcam",
     smoothable=True,
+    sanity_check=False,
     needs_gradients=False,
     kind="perturbation",
     title="Ablation-CAM",

@@ -46,7 +46,7 @@ def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
     ``[[gates.rule]]`` tables there: errors naming the key and the file (gate registry,
     :mod:`auditor.analysis.gate_registry`).
     """
-    from auditor.config import _parse_gates, check_keys, load_config, split_gates
+    from auditor.config import check_keys, load_config, parse_gates, split_gates
 
     p = Path(config)
     if not p.is_file():
@@ -65,7 +65,7 @@ def load_compare_gates(config: str | Path) -> tuple[GateRule, ...]:
         )
     if not isinstance(table, dict):
         raise ConfigError(f"{p.name}: [gates] must be a table")
-    return _parse_gates(table, p.name, context="compare")
+    return parse_gates(table, p.name, context="compare")
 
 
 def evaluate_comparison_gates(

@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from auditor.analysis.fill_collapse import Collapse, only_bg_collapse, only_fg_collapse
-from auditor.analysis.findings import FindingRules, RuleContext, finding_rule
+from auditor.analysis.findings.registry import FindingRules, RuleContext, finding_rule
 from auditor.results import ClassResult, Finding
 from auditor.stats import wilson_interval
 
@@ -72,9 +72,7 @@ def collapses(ctx: RuleContext) -> dict[str, Collapse]:
         "only_bg": only_bg_collapse(
             p.labels, p.preds, p.only_bg_pred, n_classes, confidence=ctx.confidence
         ),
-        "only_fg": only_fg_collapse(
-            p.labels, p.correct, fg, n_classes, confidence=ctx.confidence
-        ),
+        "only_fg": only_fg_collapse(p.labels, p.correct, fg, n_classes, confidence=ctx.confidence),
     }
 
 

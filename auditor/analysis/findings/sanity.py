@@ -1,0 +1,67 @@
+"""The ``sanity_check`` rule: CAM methods whose maps survive the randomisation of the
+classifier head (Adebayo et al. 2018, model-randomisation test).
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+
+from auditor.analysis.findings.registry import FindingRules, RuleContext, finding_rule, fmt_or_na
+from auditor.results import Finding, SanityResult
+
+
+def _sanity_threshold(ctx_sanity: Mapping[str, SanityResult] | None = None) -> float:
+    for res in (ctx_sanity or {}).values():
+        if res.threshold is not None:
+            return res.threshold
+    try:
+        from auditor.metrics.sanity import randomisation_sanity_check
+
+        value = inspect.signature(randomisation_sanity_check).parameters["threshold"].default
+    except (ImportError, KeyError):  # pragma: no cover - sanity module changed
+        return 0.5
+    return float(value) if isinstance(value, int | float) else 0.5
+
+
+def _describe_sanity(r: FindingRules, confidence: float) -> str:
+    return (
+        f"A method whose maps keep a Spearman correlation of at least {_sanity_threshold():g} "
+        "with the original maps after the classifier head is re-initialised (Adebayo et al. "
+        "2018) is marked untrustworthy; a finding of medium (primary method) or low "
+        f"severity from {r.sanity_strong:.1f}, informational below."
+    )
+
+
+@finding_rule("sanity_check", describe=_describe_sanity)
+def sanity_check_rule(ctx: RuleContext) -> list[Finding]:
+    """Methods whose maps survive the randomisation of the head (Adebayo et al. 2018)."""
+    out: list[Finding] = []
+    for method, res in ctx.sanity.items():
+        if res.trustworthy:
+            continue
+        strong = (res.similarity or 0.0) >= ctx.rules.sanity_strong
+        out.append(
+            Finding(
+                cls=None,
+                kind="sanity_check",
+                severity=("medium" if method == ctx.primary else "low") if strong else "info",
+                title=(
+                    f"{method}: fails the randomisation sanity check"
+                    if strong
+                    else f"{method}: maps change only moderately when the head is randomised"
+                ),
+                message=(
+                    f"{method}'s maps keep a rank correlation of "
+                    f"{fmt_or_na(res.similarity, '.2f')} after the classifier head is "
+                    + (
+                        "randomised: they do not reflect what the model learned."
+                        if strong
+                        else "randomised: they depend partly on the activations alone; "
+                        "read them alongside another method or the interventions."
+                    )
+                ),
+                evidence=res.to_json(),
+            )
+        )
+    return out
