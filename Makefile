@@ -2,14 +2,17 @@
 #   make demo   set-up + audit the synthetic demo → runs/demo/report.{html,pdf}
 #   make test   set-up + the whole test suite
 #   make lint   ruff + mypy
-#   make bench  benchmarks (needs the `bench` extra; installed here)
+#   make bench  benchmarks (needs the `bench` extra; installed here); the detection benchmark
+#               runs its quick grid: `make bench DETECTION_GRID=full` for the full grid (hours)
 PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.stamp-install
+TEST_STAMP := $(VENV)/.stamp-test
+DETECTION_GRID ?= quick
 
-.PHONY: venv system-deps test-system-deps demo test lint bench wheel-check clean
+.PHONY: venv test-venv system-deps test-system-deps demo test lint bench wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -18,18 +21,23 @@ $(PY):
 # torch from this machine's local wheels first (exactly these versions), then the project.
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
-	$(PIP) install --quiet -e '.[test]'
+	$(PIP) install --quiet -e .
 	touch $(STAMP)
 
-venv: $(STAMP)
+# the test tools (pytest, playwright's client, pypdf, ...) on top: `make test`/`lint`, not `demo`
+$(TEST_STAMP): $(STAMP)
+	$(PIP) install --quiet -e '.[test]'
+	touch $(TEST_STAMP)
 
-# Pango (WeasyPrint), Chromium (browser tests), poppler (pdftoppm). Installed only when missing.
+venv: $(STAMP)
+test-venv: $(TEST_STAMP)
+
+# What the demo needs: Pango + HarfBuzz for WeasyPrint's PDF and a font. Installed only when
+# missing. The browser and the PDF tools are the tests' (test-system-deps), not the demo's.
 system-deps:
 	@missing=""; \
 	for lib in libpango-1.0-0 libpangoft2-1.0-0 libharfbuzz-subset0 fonts-dejavu-core; do \
 	  dpkg -s $$lib >/dev/null 2>&1 || missing="$$missing $$lib"; done; \
-	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
-	command -v pdftoppm >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -39,23 +47,32 @@ system-deps:
 demo: system-deps venv
 	$(VENV)/bin/auditor demo --out runs/demo
 
-# system packages only the tests need (qpdf --check of the PDF report)
+# system packages only the tests need: Chromium (browser tests), poppler (pdftoppm, pdftotext),
+# qpdf (qpdf --check of the PDF report). Installed only when missing.
 test-system-deps:
-	@command -v qpdf >/dev/null 2>&1 || { \
-	  echo "installing system packages: qpdf"; \
+	@missing=""; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	command -v pdftoppm >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
+	command -v qpdf >/dev/null 2>&1 || missing="$$missing qpdf"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
-	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq qpdf; }
+	  $$SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -qq $$missing; \
+	fi
 
-test: system-deps test-system-deps venv
-	$(PY) -m pytest -q -p no:cacheprovider
+# Two xdist workers, one file per worker at a time (module fixtures built once); PYTEST_ARGS
+# adds options, e.g. `make test PYTEST_ARGS='-k groups'`.
+PYTEST_ARGS ?=
+test: system-deps test-system-deps test-venv
+	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
 
-lint: venv
+lint: test-venv
 	$(VENV)/bin/ruff check auditor tests benchmarks scripts
 	$(VENV)/bin/mypy auditor
 
-bench: system-deps venv
+bench: system-deps test-system-deps test-venv
 	$(PIP) install --quiet -e '.[test,bench]'
-	$(PY) benchmarks/run_all.py
+	$(PY) benchmarks/run_all.py --detection-grid $(DETECTION_GRID)
 
 clean:
 	rm -rf runs build dist *.egg-info test-artifacts

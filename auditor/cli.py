@@ -293,6 +293,19 @@ def gate_verdict(results: list[dict[str, Any]]) -> str:
     return text + (f", {not_eval} not evaluated)" if not_eval else ")")
 
 
+def _detection_line(s: dict[str, Any]) -> list[str]:
+    """The detection audit's recall/precision line (issue 26), else nothing."""
+    d = s.get("detection")
+    if not isinstance(d, dict) or d.get("recall") is None:
+        return []
+    prec = d.get("precision")
+    return [
+        f"  detection: recall {d['recall']:.1%} of {d.get('n_boxes')} boxes, precision "
+        + (f"{prec:.1%}" if prec is not None else "n/a")
+        + f" (score >= {d.get('score_threshold')}, IoU >= {d.get('iou_threshold')})"
+    ]
+
+
 def _print_end(outcome: Any, extra_gates: Sequence[dict[str, Any]] = (), code: int = 0) -> None:
     """The end-of-run summary; every user string (model, class, finding) is neutralised."""
     s = outcome.summary
@@ -309,6 +322,7 @@ def _print_end(outcome: Any, extra_gates: Sequence[dict[str, Any]] = (), code: i
         f"cam-auditor {__version__}: {t(s['model'].get('name'))} on "
         f"{s['dataset']['n_evaluated']} images ({s['dataset']['n_skipped']} skipped)",
         f"  accuracy {acc:.1%}" if acc is not None else "  accuracy n/a",
+        *_detection_line(s),
         "  findings: " + (", ".join(f"{v} {t(k)}" for k, v in by_sev.items()) or "none"),
     ]
     for f in findings[:5]:
@@ -479,6 +493,11 @@ def _run(args: argparse.Namespace, command: str) -> int:
     out = args.out or Path("runs") / args.config.stem
     run_gates, cmp_gates = split_gates(cfg.gates)
     if args.baseline is not None:
+        if cfg.model.task == "detection":  # issue 26: compare reads classifier rows
+            raise AuditorInputError(
+                "--baseline: comparing detection audits ([model] task = \"detection\") is not "
+                "supported yet"
+            )
         check_baseline(args.baseline, out)
     if args.limit is not None and args.limit < 1:
         raise AuditorInputError(f"--limit must be >= 1, got {args.limit}")

@@ -18,6 +18,7 @@ from typing import Any
 import tomllib
 
 from auditor.errors import ConfigError
+from auditor.results.vocab import GATE_SEVERITIES
 
 TOP_LEVEL_SECTIONS = ("model", "data", "audit", "gates", "report")
 
@@ -30,7 +31,7 @@ GATE_EXTRA_QUANTITIES = (
     "only_bg_accuracy",
     "mixed_rand_accuracy",
 )
-SEVERITIES = ("high", "medium", "low")
+SEVERITIES = GATE_SEVERITIES  # the severities a findings gate counts (auditor.results.vocab)
 
 
 def _suggest(key: str, allowed: list[str] | tuple[str, ...]) -> str:
@@ -77,6 +78,10 @@ def _typed(
     return value
 
 
+#: ``[model] output`` values (issue 26: multi-label heads are stated, never guessed).
+MODEL_OUTPUTS = ("softmax", "sigmoid")
+
+
 @dataclass(frozen=True)
 class ModelConfig:
     """The ``[model]`` section: where the network comes from and which layer to explain."""
@@ -89,12 +94,20 @@ class ModelConfig:
     weights: Path | None = None
     file: Path | None = None
     num_classes: int | None = None
+    #: "softmax" (one label per image, the default) or "sigmoid" (multi-label: independent
+    #: per-label probabilities, labels as sets; auditor.data.multilabel, issue 26). Never
+    #: inferred: a sigmoid head audited as softmax (or the reverse) gives wrong numbers.
+    output: str = "softmax"
     target_layer: str | tuple[str, ...] | None = None
     name: str | None = None
     trust_model_code: bool = False
     reshape: str | Mapping[str, Any] | None = None
     factory_kwargs: Mapping[str, Any] = field(default_factory=dict)
     base_dir: Path = Path(".")
+    #: "classification" (default) or "detection" (issue 26: auditor.config_detection)
+    task: str = "classification"
+    #: detection only: a detection counts when its score is >= this
+    score_threshold: float | None = None
 
     @property
     def source(self) -> str:
@@ -118,11 +131,14 @@ MODEL_KEYS = (
     "weights",
     "file",
     "num_classes",
+    "output",
     "target_layer",
     "name",
     "trust_model_code",
     "reshape",
     "kwargs",
+    "task",
+    "score_threshold",
 )
 
 
@@ -172,6 +188,12 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
     num_classes = _typed(table, "num_classes", int, None, "model", source)
     if num_classes is not None and num_classes < 1:
         raise ConfigError(f"{source}: [model] num_classes must be >= 1, got {num_classes}")
+    output = _typed(table, "output", str, "softmax", "model", source)
+    if output not in MODEL_OUTPUTS:
+        raise ConfigError(
+            f"{source}: [model] output must be 'softmax' or 'sigmoid', got {output!r}"
+            f"{_suggest(output, list(MODEL_OUTPUTS))}"
+        )
     layer = table.get("target_layer")
     if layer is not None:
         if isinstance(layer, list) and layer and all(isinstance(x, str) for x in layer):
@@ -190,6 +212,9 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         except (ValueError, TypeError) as exc:
             raise ConfigError(f"{source}: {exc}") from exc
     kwargs = _typed(table, "kwargs", dict, {}, "model", source)
+    from auditor.config_detection import parse_task
+
+    task, score_threshold = parse_task(table, source)
     return ModelConfig(
         factory=factory,
         torchvision=tv,
@@ -199,12 +224,15 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         weights=(base / weights).resolve() if weights else None,
         file=(base / file).resolve() if file else None,
         num_classes=num_classes,
+        output=output,
         target_layer=layer,
         name=_typed(table, "name", str, None, "model", source),
         trust_model_code=_typed(table, "trust_model_code", bool, False, "model", source),
         reshape=reshape,
         factory_kwargs=dict(kwargs),
         base_dir=base,
+        task=task,
+        score_threshold=score_threshold,
     )
 
 
@@ -260,6 +288,9 @@ class AuditSettings:
     num_workers: int = 0
     interventions: bool = True
     intervention_fill: str = "mean"
+    #: also predict the only-fg/only-bg images with the alternative fills (blur, noise, the
+    #: image's own mean), used when the configured fill collapses (issue 22)
+    intervention_alternatives: bool = True
     faithfulness_samples: int = 64
     faithfulness_steps: int = 20
     sanity_check: bool = True
@@ -286,6 +317,11 @@ class AuditSettings:
     #: (shard by shard, Poisson bootstrap: auditor.analysis.streamed) or "auto" (streaming
     #: above auditor.analysis.streamed.STREAMING_THRESHOLD evaluated samples)
     aggregation: str = "auto"
+    #: multi-label runs ([model] output = "sigmoid"): also explain the k highest-scoring
+    #: labels an image does NOT carry (false positives' evidence); 0 = positives only
+    explain_negatives: int = 0
+    #: multi-label runs: a label is predicted present when sigmoid(logit) >= threshold
+    threshold: float = 0.5
 
     @property
     def primary(self) -> str:
@@ -362,6 +398,7 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         "gallery_per_class",
         "pointing_tolerance",
         "max_failed_batches",
+        "explain_negatives",
     ):
         if getattr(settings, name) < 0:
             raise ConfigError(
@@ -388,15 +425,20 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         raise ConfigError(
             f"{source}: [audit] border_width must be in (0, 0.5), got {settings.border_width}"
         )
-    if settings.intervention_fill not in ("mean", "blur", "black"):
+    if settings.intervention_fill not in ("mean", "blur", "black", "image_mean", "noise"):
         raise ConfigError(
-            f"{source}: [audit] intervention_fill must be 'mean', 'blur' or 'black', got "
+            f"{source}: [audit] intervention_fill must be 'mean', 'blur', 'black', 'image_mean' "
+            f"or 'noise', got "
             f"{settings.intervention_fill!r}"
         )
     if settings.aggregation not in ("auto", "exact", "streaming"):
         raise ConfigError(
             f"{source}: [audit] aggregation must be 'auto', 'exact' or 'streaming', got "
             f"{settings.aggregation!r}"
+        )
+    if not 0 < settings.threshold < 1:
+        raise ConfigError(
+            f"{source}: [audit] threshold must be in (0, 1), got {settings.threshold}"
         )
     if settings.autocast not in (None, "bfloat16", "float16"):
         raise ConfigError(
@@ -445,9 +487,9 @@ def _parse_gates(
     """
     from auditor.analysis.gate_registry import check_rule_context, gate_spec, unknown_gate_error
 
-    rules: list[GateRule] = []
+    rules: list[GateRule] = list(_interpretable_gate(table, source, context))
     for key, value in table.items():
-        if key == "rule":
+        if key in ("rule", INTERPRETABLE_GATE):
             continue
         spec = gate_spec(key)
         if spec is None:
@@ -480,6 +522,31 @@ def _parse_gates(
     for i, raw in enumerate(raw_rules):
         rules.append(_parse_rule(i, raw, source, settings))
     return tuple(rules)
+
+
+#: the precondition gate (issue 22): ``[gates] require_interpretable = true | false``, ON when
+#: absent in a run config; see :mod:`auditor.analysis.interpretability`
+INTERPRETABLE_GATE = "require_interpretable"
+
+
+def _interpretable_gate(
+    table: Mapping[str, Any], source: str, context: str
+) -> tuple[GateRule, ...]:
+    """The ``require_interpretable`` rule: on by default in run configs, off only when set to
+    ``false``; a boolean, never a number (``= 0`` would read as "off" by accident)."""
+    value = table.get(INTERPRETABLE_GATE, context == "run")
+    if not isinstance(value, bool):
+        raise ConfigError(
+            f"{source}: [gates] {INTERPRETABLE_GATE} must be true or false, got {value!r}"
+        )
+    if value and context != "run":
+        raise ConfigError(
+            f"{source}: [gates] {INTERPRETABLE_GATE} is a run gate (it applies to a single "
+            "audit), not a comparison gate; put it in the run's config"
+        )
+    if not value:
+        return ()
+    return (GateRule(name=INTERPRETABLE_GATE, quantity="interpretable", scope="overall", min=1.0),)
 
 
 #: ``[gates]`` table → rules (the compare config's gates too: :mod:`auditor.compare.gates`)
@@ -753,14 +820,27 @@ def parse_config(
     digest = sha256 or hashlib.sha256(repr(sorted(raw.items())).encode()).hexdigest()
     data = parse_data_section(raw["data"], base, source)
     audit = _parse_audit(raw.get("audit", {}), source)
+    model = _parse_model(raw["model"], base, source)
+    from auditor.config_detection import check_detection_config, check_task_gates
+
+    check_task_gates(raw.get("gates", {}), model.task, source)
+    if model.task == "detection":  # issue 26: detection's own checks and method defaults
+        audit = check_detection_config(raw, data, audit, source)
     gates = _parse_gates(
         raw.get("gates", {}), source, tuple(METRICS), settings=audit, baseline=baseline
     )
     run_gates, _ = split_gates(gates)
     check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)
+    if model.output == "sigmoid" and model.task == "detection":
+        raise ConfigError(
+            f'{source}: [model] output = "sigmoid" is for classifiers; it cannot be combined '
+            f'with task = "detection"'
+        )
+    check_output_settings(model.output, audit, data, source)
+
     return AuditConfig(
-        model=_parse_model(raw["model"], base, source),
+        model=model,
         data=data,
         audit=audit,
         gates=gates,
@@ -769,6 +849,47 @@ def parse_config(
         sha256=digest,
         raw=raw,
     )
+
+
+def check_output_settings(output: Any, audit: AuditSettings, data: Any, source: str) -> None:
+    """Refuse settings that do not fit ``[model] output`` (issue 26), naming key and value.
+
+    Multi-label keys need ``output = "sigmoid"``; a sigmoid run explains each label an image
+    carries (``target = "label"``), aggregates exactly, and has no metadata groups yet.
+    """
+    if output != "sigmoid":
+        if audit.explain_negatives:
+            raise ConfigError(
+                f"{source}: [audit] explain_negatives = {audit.explain_negatives} needs "
+                f'[model] output = "sigmoid" (multi-label), got output = {output!r}'
+            )
+        if audit.threshold != 0.5:
+            raise ConfigError(
+                f"{source}: [audit] threshold = {audit.threshold} needs [model] output = "
+                f'"sigmoid" (multi-label), got output = {output!r}'
+            )
+        return
+    if audit.target != "label":
+        raise ConfigError(
+            f"{source}: [audit] target = {audit.target!r} is not supported with [model] output = "
+            f'"sigmoid": each label an image carries is explained (use target = "label")'
+        )
+    if audit.aggregation == "streaming":
+        raise ConfigError(
+            f'{source}: [audit] aggregation = "streaming" is not supported with [model] output = '
+            f'"sigmoid" yet; use "exact" or "auto"'
+        )
+    if getattr(data, "groups", None):
+        raise ConfigError(
+            f'{source}: [data] groups is not supported with [model] output = "sigmoid" yet; '
+            f"remove it"
+        )
+    fmt = getattr(data, "format", None)
+    if fmt not in ("manifest", "jsonl", "coco"):
+        raise ConfigError(
+            f'{source}: [model] output = "sigmoid" needs a multi-label dataset: [data] format '
+            f'"manifest" or "jsonl" with a `labels` column, or "coco"; got format = {fmt!r}'
+        )
 
 
 def split_gates(gates: tuple[GateRule, ...]) -> tuple[tuple[GateRule, ...], tuple[GateRule, ...]]:

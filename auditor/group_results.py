@@ -100,7 +100,10 @@ class GroupStat:
 @dataclass(frozen=True)
 class ClassCell:
     """Class × group: one-vs-rest sensitivity (recall of ``cls`` among its samples in the
-    group) and specificity (share of the group's other samples not predicted as ``cls``)."""
+    group), specificity (share of the group's other samples not predicted as ``cls``), AUROC
+    of ``p_cls`` (DeLong interval) and the class-wise calibration error of ``p_cls`` (ECE with
+    a bootstrap interval). ``auroc_note``: why the AUROC has no number ("not estimable: ...")
+    or that it is a lower bound (top-k probabilities only); ``""`` otherwise."""
 
     cls: str
     level: str
@@ -108,6 +111,10 @@ class ClassCell:
     suppressed: bool = False
     sensitivity: Est = field(default_factory=Est)
     specificity: Est = field(default_factory=Est)
+    n_negative: int = 0
+    auroc: Est = field(default_factory=Est)
+    auroc_note: str = ""
+    ece: Est = field(default_factory=Est)
 
     def to_json(self) -> dict[str, Any]:
         if self.suppressed:
@@ -119,6 +126,10 @@ class ClassCell:
             "suppressed": False,
             "sensitivity": self.sensitivity.to_json(),
             "specificity": self.specificity.to_json(),
+            "n_negative": self.n_negative,
+            "auroc": self.auroc.to_json(),
+            "auroc_note": self.auroc_note,
+            "ece": self.ece.to_json(),
         }
 
     @classmethod
@@ -130,6 +141,10 @@ class ClassCell:
             suppressed=bool(d.get("suppressed")),
             sensitivity=Est.from_json(d.get("sensitivity")),
             specificity=Est.from_json(d.get("specificity")),
+            n_negative=int(d.get("n_negative") or 0),
+            auroc=Est.from_json(d.get("auroc")),
+            auroc_note=str(d.get("auroc_note") or ""),
+            ece=Est.from_json(d.get("ece")),
         )
 
 
@@ -172,12 +187,17 @@ class AttributeResult:
 @dataclass(frozen=True)
 class Slice:
     """A discovered cell (``attribute = level`` and ``other = level`` or ``class = name``)
-    whose accuracy differs from the rest by more than the margin (interval adjusted)."""
+    whose accuracy is lower than the rest's (``accuracy_gap``) or whose background focus is
+    higher (``attention_gap``) by more than the margin (intervals adjusted)."""
 
     where: tuple[tuple[str, str], ...]
     n: int
     accuracy: Est
     accuracy_vs_rest: Est
+    background_focus: Est = field(default_factory=Est)
+    background_focus_vs_rest: Est = field(default_factory=Est)
+    accuracy_gap: bool = True
+    attention_gap: bool = False
 
     def label(self) -> str:
         return " × ".join(f"{a} = {v}" for a, v in self.where)
@@ -188,6 +208,10 @@ class Slice:
             "n": self.n,
             "accuracy": self.accuracy.to_json(),
             "accuracy_vs_rest": self.accuracy_vs_rest.to_json(),
+            "background_focus": self.background_focus.to_json(),
+            "background_focus_vs_rest": self.background_focus_vs_rest.to_json(),
+            "accuracy_gap": self.accuracy_gap,
+            "attention_gap": self.attention_gap,
         }
 
     @classmethod
@@ -197,6 +221,10 @@ class Slice:
             n=int(d.get("n") or 0),
             accuracy=Est.from_json(d.get("accuracy")),
             accuracy_vs_rest=Est.from_json(d.get("accuracy_vs_rest")),
+            background_focus=Est.from_json(d.get("background_focus")),
+            background_focus_vs_rest=Est.from_json(d.get("background_focus_vs_rest")),
+            accuracy_gap=bool(d.get("accuracy_gap", True)),
+            attention_gap=bool(d.get("attention_gap", False)),
         )
 
 

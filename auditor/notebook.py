@@ -147,6 +147,11 @@ class Run:
         numeric = [c for c in frame.columns if c not in ("method", "flags", "flagged")]
         frame[numeric] = frame[numeric].apply(pd.to_numeric, errors="coerce")
         frame["flagged"] = frame["flagged"].astype(bool)
+        for name, c in self.summary.classes.items():  # detection runs (issue 26)
+            det = c.extra.get("detection")
+            for key, value in (det or {}).items():
+                if value is None or isinstance(value, int | float):
+                    frame.loc[name, f"detection_{key}"] = value
         return frame
 
     @cached_property
@@ -179,6 +184,14 @@ class Run:
 
         return groups_frame(self.summary)
 
+    @cached_property
+    def group_classes(self) -> pd.DataFrame:
+        """One row per class × attribute level: one-vs-rest sensitivity, specificity, AUROC
+        and class-wise ECE with intervals (:func:`auditor.report.groups.group_classes_frame`)."""
+        from auditor.report.groups import group_classes_frame
+
+        return group_classes_frame(self.summary)
+
     # -- maps -----------------------------------------------------------------------------
     def cams(self, ids: Iterable[str] | str, method: str | None = None) -> dict[str, np.ndarray]:
         """Low-resolution maps ``[h, w]`` (scaled to a maximum of 1) of the samples ``ids``
@@ -193,6 +206,10 @@ class Run:
         method = method or self.summary.primary_method
         if method not in self.summary.methods:
             raise KeyError(f"`method` must be one of {list(self.summary.methods)}, got {method!r}")
+        if "detection" in self.summary.extra:  # one map per box: ids "<image id>#gt0", "#fp3"
+            from auditor.audit.detection_finish import read_box_maps
+
+            return read_box_maps(self.path, wanted, method)
         prim = self.samples
         if prim.empty:
             index: dict[str, int] = {}

@@ -6,10 +6,18 @@ import os
 from pathlib import Path
 
 import pytest
-import torch
+
+# Under pytest-xdist (`make test` runs two workers on this 2-core machine) each worker and the
+# subprocesses it starts get one intra-op thread, so the workers do not oversubscribe the cores.
+_XDIST_WORKER = "PYTEST_XDIST_WORKER" in os.environ
+if _XDIST_WORKER:
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+import torch  # noqa: E402  (after the thread settings above)
 
 os.environ.setdefault("CI", "1")  # quiet progress bars
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+torch.set_num_threads(1 if _XDIST_WORKER else max(1, min(2, os.cpu_count() or 1)))
 
 
 @pytest.fixture(scope="session")

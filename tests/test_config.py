@@ -34,7 +34,8 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     assert cfg.audit.target == "label"
     assert cfg.model.factory == "auditor.demo:build_model"
     assert cfg.data.input_size == (32, 32)
-    assert cfg.gates == ()
+    # the one default gate: require_interpretable (issue 22), on unless set to false
+    assert [g.name for g in cfg.gates] == ["require_interpretable"]
     assert len(cfg.sha256) == 64
 
 

@@ -329,3 +329,20 @@ def test_coco_and_voc_paths_escaping_the_root(tmp_path: Path) -> None:
     with pytest.raises(SampleSkipped) as info:
         ds.load(0)
     assert info.value.reason.startswith("path escapes dataset root")
+
+
+def test_truncated_image_is_refused_even_after_weasyprint_is_imported(tmp_path: Path) -> None:
+    """WeasyPrint sets PIL's global LOAD_TRUNCATED_IMAGES on import (the PDF step of a run, or
+    another test in the same process); the loader must still refuse a truncated PNG."""
+    import weasyprint  # noqa: F401  (the side effect under test)
+    from PIL import ImageFile
+
+    ImageFile.LOAD_TRUNCATED_IMAGES = True  # whatever imported it before us
+    root = tmp_path / "d"
+    item = ITEMS[0]
+    write_png(root / "m.png", item.mask().astype(np.uint8))
+    buf = io.BytesIO()
+    Image.fromarray(image_array(item)).save(buf, format="PNG")
+    (root / "trunc.png").write_bytes(buf.getvalue()[: len(buf.getvalue()) // 2])
+    ds = _open(_csv(root, ["r0,trunc.png,cat,m.png"], "id,image,label,mask"))
+    assert "corrupt or truncated" in _reasons(ds)["r0"]

@@ -182,8 +182,9 @@ def test_planted_subgroup_found_with_masks(tmp_path):
 @pytest.mark.slow
 @pytest.mark.xfail(
     strict=False,
-    reason="measured 16:00 UTC with main's rules: the clean twin gets medium/high findings on 2 "
-    "of 4 classes with masks (docs/validity.md); expected to pass once issue 22's rules land",
+    reason="re-measured 2026-12-06 01:15 UTC after the only-fg collapse fix: the clean twin gets "
+    "one medium finding (background_focus on 'zero', a relative rule) on 1 of 4 classes with "
+    "masks (docs/validity.md); was 2 of 4",
 )
 def test_clean_twin_silent_with_masks(tmp_path):
     case, summary = _audit(tmp_path, "clean", True)

@@ -114,7 +114,7 @@ def test_group_gate_and_report_keys_validated(tmp_path: Path) -> None:
          "report": {"min_group_size": 5}}, base_dir=tmp_path,
     )  # fmt: skip
     assert cfg.report.min_group_size == 5
-    assert [(r.name, r.group, r.min) for r in cfg.gates] == [
+    assert [(r.name, r.group, r.min) for r in cfg.gates if r.scope == "group"] == [
         ("min_group_accuracy[site]", "site", 0.8),
         ("min_group_accuracy[site=B]", "site=B", 0.7),
     ]

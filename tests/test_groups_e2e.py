@@ -114,6 +114,13 @@ def test_planted_site_is_named_and_gated(runs: dict[str, Path]) -> None:
     assert found and all(f["evidence"]["group"] == "B" for f in found), found
     assert found[0]["message"].startswith("'site = B' (n = 60): accuracy ")
     assert b["background_focus"]["value"] is not None
+    # the explanation subgroups get their source: site B's striped squares form a subgroup
+    subs = [f for f in s["findings"] if f["kind"] in ("subgroup_shortcut", "strategy_cluster")]
+    sources = [(f["class"], src["attribute"], src["level"]) for f in subs
+               for src in f["evidence"].get("group_sources", [])]  # fmt: skip
+    assert ("square", "site", "B") in sources, sources
+    sq = next(f for f in subs if f["class"] == "square" and f["evidence"].get("group_sources"))
+    assert "images in this subgroup are from 'site = B'" in sq["message"]
     gates = {(g["rule"], g["class"]): g for g in s["gates"]["results"]}
     assert gates[("min_group_accuracy[site]", "site")]["passed"] is False
     assert gates[("max_group_accuracy_gap", "site")]["passed"] is True
@@ -128,6 +135,18 @@ def test_planted_site_is_named_and_gated(runs: dict[str, Path]) -> None:
     assert g[(g.attribute == "site") & (g.level == "B")]["flagged"].item()
     html = (out / "report.html").read_text()
     assert "Groups" in html and "site = B" in html
+    # class × group AUROC from the stored probability vectors equals scikit-learn's
+    from sklearn.metrics import roc_auc_score
+
+    prim = frame[frame.method == "gradcam"]
+    cells = run.group_classes
+    assert {"auroc", "auroc_low", "auroc_high", "ece", "auroc_note"} <= set(cells.columns)
+    for _, cell in cells[cells.attribute == "site"].iterrows():
+        sub = prim[prim.group_site == cell.level]
+        c = ["circle", "square", "triangle", "cross"].index(cell["class"])
+        p_c = [dict(zip(k, v))[c] for k, v in zip(sub.top_classes, sub.top_probs)]
+        assert cell.auroc == pytest.approx(roc_auc_score(sub.label == c, p_c))
+        assert "AUROC" in html
     # the streamed finalisation (shard jobs, torchrun, large runs) gives the same groups
     from auditor.audit.runner import finalize_run
 
@@ -147,8 +166,21 @@ def test_clean_model_no_group_finding(runs: dict[str, Path]) -> None:
 
 def test_compare_per_group(runs: dict[str, Path], tmp_path: Path) -> None:
     from auditor.compare import compare_runs
+    from auditor.config import GateRule
 
-    res = compare_runs(runs["shortcut"], runs["fixed"], out=tmp_path / "cmp", render=False)
+    rules = [
+        GateRule(name="max_group_accuracy_decrease", quantity="group_accuracy_decrease",
+                 scope="compare", max=0.0),
+        GateRule(name="max_group_accuracy_gap_increase", quantity="group_accuracy_gap_increase",
+                 scope="compare", max=0.0),
+    ]  # fmt: skip
+    res = compare_runs(runs["shortcut"], runs["fixed"], out=tmp_path / "cmp", pdf=False,
+                       gates=rules)  # fmt: skip
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "Per-group differences" in html and "site = B" in html and "the gap closed" in html
+    got = {(g.rule, g.cls): g for g in res.gates.results}
+    assert got[("max_group_accuracy_gap_increase", "site")].passed
+    assert got[("max_group_accuracy_decrease", "site=B")].value < 0
     groups = res.extra["groups"]
     site = next(a for a in groups["attributes"] if a["name"] == "site")
     b = next(lv for lv in site["levels"] if lv["level"] == "B")
@@ -165,6 +197,8 @@ def test_random_site_no_group_finding(tmp_path: Path) -> None:
           "--no-pdf", "--no-progress"])  # fmt: skip
     s = json.loads((out / "summary.json").read_text())
     assert not [f for f in s["findings"] if f["kind"] == "group_disparity"], s["findings"]
+    # a site drawn at random is no subgroup's source
+    assert not [f for f in s["findings"] if f["evidence"].get("group_sources")]
 
 
 def test_misspelled_group_column_exits_2(planted: Path, tmp_path: Path, capsys) -> None:
@@ -174,3 +208,23 @@ def test_misspelled_group_column_exits_2(planted: Path, tmp_path: Path, capsys) 
     assert main(["run", str(cfg), "--out", str(tmp_path / "r"), "--no-pdf", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert "'sitee'" in err and "manifest.csv" in err and "'site'" in err
+
+
+def test_shard_jobs_give_the_same_groups(runs: dict[str, Path], planted: Path,
+                                         tmp_path: Path) -> None:  # fmt: skip
+    """Two shard jobs finalised by `auditor finalize` (exact, then streamed) give the groups
+    (statistics, cells, slices, subgroup sources) of the single-process run."""
+    cfg = _config(tmp_path, planted, "shortcut",
+                  "batch_size = 32\n[gates]\nmin_group_accuracy = {site = 0.8}\n"
+                  "max_group_accuracy_gap = 0.9\n")  # fmt: skip
+    out = tmp_path / "sharded"
+    base = ["run", str(cfg), "--no-pdf", "--no-progress", "--out", str(out)]
+    for s in ("0/2", "1/2"):
+        assert main([*base, "--shard", s]) == 0
+    single = json.loads((runs["shortcut"] / "summary.json").read_text())
+    for aggregation in ("exact", "streaming"):
+        assert main(["finalize", str(out), "--no-pdf", "--aggregation", aggregation]) == 1
+        s = json.loads((out / "summary.json").read_text())
+        assert s["groups"] == single["groups"], aggregation
+        src = [f["evidence"].get("group_sources") for f in s["findings"]]
+        assert src == [f["evidence"].get("group_sources") for f in single["findings"]]

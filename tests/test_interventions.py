@@ -151,7 +151,7 @@ def test_argument_errors() -> None:
     with pytest.raises(ValueError, match=r"`masks` must have shape .* got \(1, 3, 3\)"):
         only_background(IMG, torch.zeros(1, 3, 3, dtype=torch.bool))
     with pytest.raises(ValueError, match="`fill` must be one of"):
-        only_background(IMG, MASK, "noise")
+        only_background(IMG, MASK, "inpaint")  # "noise" is a fill since issue 22
     with pytest.raises(ValueError, match="`fill_value`"):
         only_background(IMG, MASK, "black")
     with pytest.raises(ValueError, match=r"`fill_value` must have shape \[1\]"):

@@ -54,3 +54,49 @@ def test_dataset_reading_and_spray_do_not_import_torch(tmp_path: Path) -> None:
     )
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
+
+
+_BLOCKED_PROBE = r"""
+import sys
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+
+sys.meta_path.insert(0, _NoTorch())
+from pathlib import Path
+
+from auditor.metrics.registry import sample_metric_names
+from auditor.report import render_html
+from auditor.compare import compare_runs
+
+assert "energy_in_mask" in sample_metric_names()
+a, b, out = (Path(p) for p in sys.argv[1:4])
+render_html(a)
+compare_runs(a, b, out=out, pdf=False)
+assert (out / "comparison.json").is_file()
+print("torch" in sys.modules)
+"""
+
+
+def test_report_and_compare_run_with_torch_blocked(demo_run: Path, tmp_path: Path) -> None:
+    """``auditor report`` and ``auditor compare`` (and the metric names they read) need no
+    torch: an import of torch raises in the probe, and both still write their outputs."""
+    import shutil
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(demo_run, a)
+    shutil.copytree(demo_run, b)
+    (a / "report.html").unlink()
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", _BLOCKED_PROBE, str(a), str(b), str(tmp_path / "cmp")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
+    assert (a / "report.html").stat().st_size > 0

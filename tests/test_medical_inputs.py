@@ -161,6 +161,9 @@ faithfulness_steps = 4
 sanity_samples = 2
 clusters = false
 gallery_per_class = 1
+
+[gates]
+require_interpretable = false  # random weights on six images: not interpretable on purpose
 """
     )
     out = tmp_path / "run"

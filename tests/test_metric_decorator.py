@@ -83,3 +83,21 @@ def test_decorated_metric_in_samples_summary_and_table(
     assert f"<code>{object_area_metric}</code>" in page.split('id="methodology"', 1)[1]
     classes = auditor.load_run(out).classes
     assert f"{object_area_metric}_mean" in classes.columns
+
+
+def test_plugin_metric_is_a_compared_quantity(object_area_metric: str) -> None:
+    """A metric added with @metric is compared by ``auditor compare`` like a built-in one
+    (after the built-ins, where both runs have its column), and not where one run lacks it."""
+    from auditor.compare.core import compared_quantities
+
+    cols = ["index", "id", "label", "correct", "energy_in_mask", object_area_metric]
+    got = compared_quantities(cols, cols, with_accuracy=False)
+    assert got == ["energy_in_mask", object_area_metric]
+    assert object_area_metric not in compared_quantities(cols, cols[:-1], with_accuracy=False)
+
+
+def test_unregistered_column_is_not_compared() -> None:
+    from auditor.compare.core import compared_quantities
+
+    cols = ["index", "id", "label", "energy_in_mask", "object_area"]
+    assert compared_quantities(cols, cols, with_accuracy=False) == ["energy_in_mask"]

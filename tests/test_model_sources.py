@@ -38,6 +38,10 @@ sanity_samples = 3
 clusters = false
 gallery_per_class = 1
 
+[gates]
+# random weights on five images: not interpretable on purpose (tests/test_interpretability.py)
+require_interpretable = false
+
 [report]
 pdf = false
 """

@@ -115,6 +115,6 @@ def test_methodology_lists_every_formula_and_direction(demo_run: Path) -> None:
         assert re.search(r'class="tag">(higher is better|lower is better|descriptive)<', entry)
     # the cover's verdict is one line, the evidence has readable labels
     cover = page.split('class="verdict-value">', 1)[1].split("</span>", 1)[0]
-    assert cover == "2 of 5 gate checks failed"
+    assert cover == "2 of 6 gate checks failed"  # 5 configured + require_interpretable
     assert ">Confidence interval<" not in page and ">ci<" not in page
     assert ">other classes (baseline)<" in page

@@ -31,6 +31,7 @@ from auditor.analysis.aggregate import (
     null_baselines,
     overall_result,
 )
+from auditor.analysis.fill_choice import choose_fills
 from auditor.analysis.findings import (
     FINDING_RULES,
     SEVERITY_ORDER,
@@ -123,12 +124,18 @@ def analyse(
     phase("analysis", f"statistics, intervals and findings over {table.num_rows} rows")
     rules = rules or FindingRules()
     primary = settings.primary
+    # a collapsed intervention's outcome is replaced by the first alternative fill that does
+    # not collapse, before any statistic or rule reads it (issue 22)
+    table, fills = choose_fills(
+        table, classes=classes, primary=primary, configured=settings.intervention_fill,
+        confidence=settings.confidence,
+    )  # fmt: skip
     metrics = [m for m in sample_metric_names() if m in table.column_names]
     overall_m, class_m = metric_block(table, classes, methods, metrics, settings)
     prim = PrimaryColumns.of(table, primary)
     null = null_baselines(table, classes, primary, class_m)
     cls_results = class_results(prim, classes, class_m, settings, null)
-    return assemble(
+    result = assemble(
         cls_results,
         overall=overall_result(table, prim, methods, overall_m, settings),
         prim=prim,
@@ -141,6 +148,9 @@ def analyse(
         clusters=clusters,
         sanity=sanity,
     )
+    if fills is None:
+        return result
+    return result.replace(extra=freeze({**dict(result.extra), "intervention_fills": fills}))
 
 
 def assemble(

@@ -180,6 +180,8 @@ class PrimaryColumns:
     ids: Sequence[str] = ()
     #: the class the background alone was predicted as (-1: not run); None: column absent
     only_bg_pred: np.ndarray | None = None
+    #: the class the object alone was predicted as (-1: not run); None: column absent
+    only_fg_pred: np.ndarray | None = None
     #: whether the model's logits were NaN/Inf (status ``nonfinite_logits``); None: no status
     nonfinite: np.ndarray | None = None
 
@@ -202,6 +204,9 @@ class PrimaryColumns:
             ids=ArrowStrings(prim.column("id")) if "id" in prim.column_names else (),
             only_bg_pred=col(prim, "only_bg_pred", int)
             if "only_bg_pred" in prim.column_names
+            else None,
+            only_fg_pred=col(prim, "only_fg_pred", int)
+            if "only_fg_pred" in prim.column_names
             else None,
             nonfinite=np.asarray(
                 pc.fill_null(pc.equal(prim.column("status"), "nonfinite_logits"), False),

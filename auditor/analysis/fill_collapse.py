@@ -18,8 +18,14 @@ with :math:`q_{orig}(c^*)` the share of the SAME images' unedited predictions th
 :math:`c^*` and :math:`m` = ``margin`` (0.25). A model that predicts each class's background
 as its own class does not collapse (the modal prediction differs between classes).
 
-**only-foreground** (background removed; only ``only_fg_correct`` is stored, not the class
-predicted): the edit collapses when at most one class keeps its only-foreground accuracy above
+**only-foreground** (background removed): runs since issue 22's fill choice store the class
+predicted (``only_fg_pred``), and the same concentration test applies to it. That test was
+added after the benchmark's clean twin showed why it is needed (the cause, not a number: with
+the ``mean`` fill the background-removed images of three classes were mostly called 'zero',
+and the test below, blind to WHICH class they were called, saw two classes still above
+chance and let an "evidence_disagreement" through as a medium finding on clean classes).
+Without ``only_fg_pred`` (older runs), or when the concentration test does not fire, the
+edit collapses when at most one class keeps its only-foreground accuracy above
 chance (:math:`1/C`, Wilson upper bound ≤ chance for all the others) while at least two of those
 others were above chance unedited (Wilson lower bound > chance) — every class but one is
 pushed below chance at once, which is what a fill mistaken for one class does. The concentration
@@ -44,6 +50,8 @@ import numpy as np
 from auditor.stats import wilson_interval
 
 __all__ = ["COLLAPSE_MARGIN", "Collapse", "only_bg_collapse", "only_fg_collapse"]
+
+_WORDS = {"only_bg": "background-only", "only_fg": "object-only (background removed)"}
 
 #: how far (share of images) the edited images' modal prediction must exceed the unedited share
 COLLAPSE_MARGIN = 0.25
@@ -75,8 +83,25 @@ def only_bg_collapse(
         only_bg_pred: the class the background alone was predicted as, ``[N]`` (-1: not run).
         n_classes: number of classes.
     """
+    return concentration_collapse(
+        "only_bg", labels, preds, only_bg_pred, n_classes, confidence=confidence, margin=margin
+    )
+
+
+def concentration_collapse(
+    intervention: str,
+    labels: np.ndarray,
+    preds: np.ndarray,
+    only_bg_pred: np.ndarray | None,
+    n_classes: int,
+    *,
+    confidence: float = 0.95,
+    margin: float = COLLAPSE_MARGIN,
+) -> Collapse:
+    """The concentration test of the module docstring on any intervention's predicted classes
+    (``only_bg_pred`` here names the edited images' predictions, -1: not run)."""
     if only_bg_pred is None:
-        return Collapse("only_bg", False, "not run")
+        return Collapse(intervention, False, "not run")
     lab = np.asarray(labels, dtype=np.int64)
     ob = np.asarray(only_bg_pred, dtype=np.int64)
     pr = np.asarray(preds, dtype=np.int64)
@@ -89,7 +114,7 @@ def only_bg_collapse(
     n = int(valid.sum())
     present = np.unique(lab[valid])
     if n < 2 * max(n_classes, 1) or present.size < 2:
-        return Collapse("only_bg", False, "too few edited images to test")
+        return Collapse(intervention, False, "too few edited images to test")
     counts = np.bincount(ob[valid], minlength=n_classes)
     top = int(np.argmax(counts))
     k = int(counts[top])
@@ -101,7 +126,7 @@ def only_bg_collapse(
     q_orig = float(np.mean(pr[valid] == top))
     collapsed = bool(modal_everywhere and w.low > q_orig + margin)
     evidence = {
-        "intervention": "only_bg",
+        "intervention": intervention,
         "modal_class_index": top,
         "n": n,
         "k": k,
@@ -112,12 +137,13 @@ def only_bg_collapse(
         "modal_for_every_class": modal_everywhere,
     }
     reason = (
-        f"{k} of {n} background-only images ({k / n:.0%}) are predicted as one class, "
+        f"{k} of {n} {_WORDS.get(intervention, intervention)} images ({k / n:.0%}) are "
+        "predicted as one class, "
         f"against {q_orig:.0%} of the same images unedited"
         if collapsed
         else "no collapse"
     )
-    return Collapse("only_bg", collapsed, reason, evidence)
+    return Collapse(intervention, collapsed, reason, evidence)
 
 
 def only_fg_collapse(
@@ -127,8 +153,30 @@ def only_fg_collapse(
     n_classes: int,
     *,
     confidence: float = 0.95,
+    preds: np.ndarray | None = None,
+    only_fg_pred: np.ndarray | None = None,
 ) -> Collapse:
-    """Whether the only-foreground edit pushes every class but one below chance (module doc)."""
+    """Whether the only-foreground edit collapses (module doc): the concentration test on the
+    edited images' predicted classes when ``preds`` and ``only_fg_pred`` are given (runs since
+    issue 22 store ``only_fg_pred``), else (or when it does not fire) the weaker below-chance
+    test on ``only_fg_correct``."""
+    if preds is not None and only_fg_pred is not None:
+        res = concentration_collapse(
+            "only_fg", labels, preds, only_fg_pred, n_classes, confidence=confidence
+        )
+        if res.collapsed:
+            return res
+    return _only_fg_below_chance(labels, correct, only_fg_correct, n_classes, confidence)
+
+
+def _only_fg_below_chance(
+    labels: np.ndarray,
+    correct: np.ndarray,
+    only_fg_correct: np.ndarray | None,
+    n_classes: int,
+    confidence: float,
+) -> Collapse:
+    """Every class but one pushed below chance at once (the test without predicted classes)."""
     if only_fg_correct is None:
         return Collapse("only_fg", False, "not run")
     lab = np.asarray(labels, dtype=np.int64)

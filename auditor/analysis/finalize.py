@@ -139,7 +139,7 @@ def finalize(inputs: FinalizeInputs) -> AuditOutcome:
     aggregation = choose_aggregation(
         s.aggregation, count_rows(store.shards, store.batch_numbers()), len(s.methods)
     )
-    if aggregation == "streaming":
+    if aggregation == "streaming" and not getattr(inputs.dataset, "multilabel", False):
         return _finalize_streamed(inputs, t_an)
     return _finalize_exact(inputs, t_an)
 
@@ -149,6 +149,14 @@ def _finalize_exact(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:
     s, store = inputs.settings, inputs.store
     table = store.read_rows()
     log.info("aggregating %d rows from %s", table.num_rows, store.shards)
+    # multi-label (issue 26): every (image, label) row is kept in samples.parquet; the
+    # per-class analysis reads the pairs where the image carries the label
+    full = table
+    multilabel = "explained" in table.column_names
+    if multilabel:
+        from auditor.analysis.multilabel import positive_rows
+
+        table = positive_rows(full)
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
@@ -161,7 +169,10 @@ def _finalize_exact(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:
             [membership.get(int(i), -1) for i in table.column("index").to_pylist()], np.int64
         )
         table = table.append_column("cluster", pa.array(cl_col, pa.int64()))
-        store.write_samples(table)
+        if multilabel:
+            cl_full = [membership.get(int(i), -1) for i in full.column("index").to_pylist()]
+            full = full.append_column("cluster", pa.array(cl_full, pa.int64()))
+        store.write_samples(full if multilabel else table)
         result = analyse(
             table,
             classes=inputs.classes,
@@ -173,6 +184,10 @@ def _finalize_exact(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:
         )
     else:
         result = AuditResult(methods=tuple(s.methods), primary_method=s.primary)
+    if multilabel:
+        from auditor.analysis.multilabel import attach_labels
+
+        result = attach_labels(result, full, inputs.classes, s)
     prim = table.filter(pc.equal(table.column("method"), s.primary)) if table.num_rows else table
     h = hashlib.sha256()
     if prim.num_rows:
@@ -226,8 +241,12 @@ def _finish(inputs: FinalizeInputs, done: _Analysed) -> AuditOutcome:
         min_group_size=config.report.min_group_size if config else 10,
     )  # fmt: skip
     gates = inputs.gates
+    from auditor.analysis.interpretability import attach as attach_interpretability
+
+    result = attach_interpretability(result)  # before the gates: require_interpretable
     result = result.replace(gates=group_gates(result, evaluate_gates(result, gates), gates))
-    result = draw_gallery(run_dir, done.cams, inputs.dataset, done.prim, result, s)
+    view = inputs.dataset.pair_view() if getattr(inputs.dataset, "multilabel", False) else None
+    result = draw_gallery(run_dir, done.cams, view or inputs.dataset, done.prim, result, s)
     _write_outputs(run_dir, result)
     if result.dataset.n_evaluated == 0:
         reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in result.dataset.skipped[:3])
@@ -306,7 +325,12 @@ def _with_provenance(
                 "sha256": h.hexdigest(),
                 "annotation_sha256": dataset.annotation_sha256(),
                 "n_samples": len(dataset),
-                "n_evaluated": int(prim.num_rows),
+                # multi-label: images (prim holds one row per image and label it carries)
+                "n_evaluated": (
+                    int(result.extra["labels"]["n_images"])
+                    if "labels" in result.extra
+                    else int(prim.num_rows)
+                ),
                 "n_skipped": len(skipped),
                 "n_nonfinite_logits": n_nonfinite,
                 "annotated": annotated,

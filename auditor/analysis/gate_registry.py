@@ -11,12 +11,7 @@ gate is a :class:`GateSpec`:
 * ``level``: what one check looks at: ``"class"``, ``"overall"``, ``"method"``, ``"group"``,
   ``"findings"`` (a count over the run's findings);
 * ``needs``: inputs the run must produce: ``"masks"``, ``"interventions"``,
-  ``"faithfulness"``, ``"baseline"``, ``"groups"`` (``[data] groups``).
-
-The group gates of issue 24 (``min_group_accuracy``, ``max_group_accuracy_gap``,
-``max_group_background_focus_gap``; level ``"group"``) are registered here too; their value is
-a number (every attribute) or a table ``{site = 0.8, "site=B" = 0.9}`` (per attribute or
-group), parsed by :mod:`auditor.config`.
+  ``"faithfulness"``, ``"baseline"``.
 
 Registering a new gate (issue 24's ``min_group_accuracy``, issue 22's
 ``require_interpretable``) is ONE call to :func:`register_gate` here, plus its evaluation.
@@ -36,6 +31,7 @@ from typing import Any
 # the intervention and faithfulness quantities have one definition, in auditor.config
 from auditor.config import FAITHFULNESS_QUANTITIES, INTERVENTION_QUANTITIES
 from auditor.errors import ConfigError
+from auditor.results.vocab import GATE_SEVERITIES
 
 __all__ = [
     "GATES",
@@ -50,8 +46,8 @@ __all__ = [
 
 APPLIES = ("run", "compare", "groups")
 LEVELS = ("class", "overall", "method", "group", "findings")
-NEEDS = ("masks", "interventions", "faithfulness", "baseline", "groups")
-SEVERITIES = ("high", "medium", "low")
+NEEDS = ("masks", "interventions", "faithfulness", "baseline")
+SEVERITIES = GATE_SEVERITIES
 
 @dataclass(frozen=True)
 class GateSpec:
@@ -127,6 +123,19 @@ def _register_builtin() -> None:
                          f"threshold")
             )  # fmt: skip
     _register_group_gates()
+    register_gate(
+        GateSpec("require_interpretable", "interpretable", "min", ("run",), "overall", (),
+                 "the run is interpretable: accuracy above chance, map grid larger than 3x3, "
+                 "primary method passes the randomisation check (on unless set to false)")
+    )  # fmt: skip
+    from auditor.config_detection import DETECTION_GATES
+
+    for key, (q, bound) in DETECTION_GATES.items():  # issue 26: [model] task = "detection"
+        word = "at most" if bound == "max" else "at least"
+        register_gate(
+            GateSpec(key, q, bound, ("run",), "class", ("masks",),
+                     f"detection audits: every class's {q} {word} the threshold")
+        )  # fmt: skip
     for sev in SEVERITIES:
         register_gate(
             GateSpec(f"max_findings_{sev}", f"findings_{sev}", "max", ("run",), "findings", (),
@@ -134,32 +143,37 @@ def _register_builtin() -> None:
         )  # fmt: skip
 
 
-#: the group gates (issue 24): key -> (quantity, what one check looks at)
-_GROUP_GATES = {
-    "min_group_accuracy": ("group_accuracy", "the worst shown group's accuracy"),
-    "max_group_accuracy_gap": ("group_accuracy_gap", "best minus worst group accuracy"),
-    "max_group_background_focus_gap": (
-        "group_background_focus_gap",
-        "highest minus lowest group mean background focus",
-    ),
-}
-
-
 def _register_group_gates() -> None:
-    for key, (quantity, what) in _GROUP_GATES.items():
-        bound = key.split("_", 1)[0]
-        word = "at most" if bound == "max" else "at least"
-        register_gate(
-            GateSpec(key, quantity, bound, ("run",), "group", ("groups",),
-                     f"per [data] groups attribute (or `{{site = x, \"site=B\" = y}}`), "
-                     f"{what} {word} the threshold")
-        )  # fmt: skip
+    """Issue 24's gates on ``[data] groups``: the run gates (parsed in ``auditor.config``,
+    number or ``{attribute = t, "attribute=level" = t}``; evaluated by
+    :mod:`auditor.analysis.groups.gates`) and the comparison gates on the paired per-group
+    changes (comparison.json ``groups``; :mod:`auditor.analysis.groups.compare`)."""
+    for key, q, bound, doc in (
+        ("min_group_accuracy", "group_accuracy", "min",
+         "per attribute, the worst shown group's accuracy (or one group's) at least the threshold"),
+        ("max_group_accuracy_gap", "group_accuracy_gap", "max",
+         "per attribute, the best minus the worst shown group's accuracy at most the threshold"),
+        ("max_group_background_focus_gap", "group_background_focus_gap", "max",
+         "per attribute, the highest minus the lowest group background focus at most the "
+         "threshold"),
+    ):  # fmt: skip
+        register_gate(GateSpec(key, q, bound, ("run",), "group", (), doc))
+    for key, q, doc in (
+        ("max_group_accuracy_gap_increase", "group_accuracy_gap_increase",
+         "per attribute, the change of the largest group accuracy gap (B - A) at most the "
+         "threshold"),
+        ("max_group_accuracy_decrease", "group_accuracy_decrease",
+         "per shown group, its paired accuracy drop (A - B) at most the threshold"),
+        ("max_group_background_focus_increase", "group_background_focus_increase",
+         "per shown group, its paired background focus rise (B - A) at most the threshold"),
+    ):  # fmt: skip
+        register_gate(GateSpec(key, q, "max", ("compare",), "group", ("baseline",), doc))
 
 
 def group_gate_keys() -> tuple[str, ...]:
-    """The registered gates on ``[data] groups`` (level ``"group"``)."""
+    """The registered run gates on ``[data] groups`` (level ``"group"``)."""
     _ensure()
-    return tuple(k for k, s in _REGISTRY.items() if s.level == "group")
+    return tuple(k for k, s in _REGISTRY.items() if s.level == "group" and "run" in s.applies)
 
 
 def _ensure() -> None:

@@ -13,6 +13,7 @@ from typing import Any
 
 from auditor.analysis.gate_registry import FAITHFULNESS_QUANTITIES
 from auditor.config import GATE_EXTRA_QUANTITIES, GateRule
+from auditor.config_detection import DETECTION_QUANTITIES
 from auditor.results import AuditResult, ClassResult, GateResult, Gates, OverallResult
 
 __all__ = ["evaluate_gates", "gate_result", "gate_value", "overall_intervention", "overall_value"]
@@ -60,6 +61,10 @@ def gate_value(block: ClassResult | OverallResult, rule: GateRule, primary: str)
     :func:`overall_value`.
     """
     q = rule.quantity
+    if q in DETECTION_QUANTITIES:  # detection audits: classes.<c>.detection (issue 26)
+        det = block.extra.get("detection") if isinstance(block, ClassResult) else None
+        value = det.get(q) if isinstance(det, Mapping) else None
+        return None if value is None else float(value)
     if q == "accuracy":
         if rule.stat == "mean":
             return block.accuracy
@@ -107,6 +112,11 @@ def overall_value(result: AuditResult, rule: GateRule) -> float | None:
     """The value of an overall gate: intervention quantities pooled over the classes
     (:func:`overall_intervention`; ``mean`` only), faithfulness from the seeded subset, the
     rest from ``result.overall``."""
+    if rule.quantity == "interpretable":  # the precondition gate (issue 22)
+        verdict = result.extra.get("interpretability")
+        if not isinstance(verdict, Mapping) or "interpretable" not in verdict:
+            return None
+        return 1.0 if verdict["interpretable"] else 0.0
     if rule.quantity in FAITHFULNESS_QUANTITIES:
         return _faithfulness_value(result, rule)
     if rule.quantity in INTERVENTION_QUANTITIES:

@@ -23,7 +23,12 @@ import numpy as np
 import pyarrow as pa
 
 from auditor.audit.status import sample_status
-from auditor.audit.store import FAITHFULNESS_COLUMNS, INTERVENTION_COLUMNS, rows_table
+from auditor.audit.store import (
+    ALTERNATIVE_FILL_COLUMNS,
+    FAITHFULNESS_COLUMNS,
+    INTERVENTION_COLUMNS,
+    rows_table,
+)
 from auditor.config import AuditSettings
 from auditor.errors import AuditorInputError
 
@@ -130,6 +135,8 @@ class BatchAuditor:
         """The per-sample columns shared by every method's rows."""
         import torch
 
+        from auditor.audit.probabilities import probability_columns
+
         base = {
             "index": np.asarray(batch.indices, np.int64),
             "id": list(batch.ids),
@@ -143,6 +150,7 @@ class BatchAuditor:
             .cpu()
             .numpy()
             .astype(np.float64),
+            **probability_columns(pr.probs, labels, pr.finite),  # issue 24: group AUROC
             "has_mask": batch.has_mask.numpy(),
             "mask_area": batch.masks.flatten(1).float().mean(1).numpy().astype(np.float64),
             "image_sha256": list(batch.image_sha256),
@@ -197,10 +205,39 @@ class BatchAuditor:
                 valid &= hm[np.clip(pv, 0, None)]  # the donor background needs a mask too
             iv[f"{key}_correct"] = np.where(valid, correct, np.nan)
             iv[f"{key}_confidence"] = np.where(valid, cconf, np.nan)
-            if key == "only_bg":
-                pred_bg = p.argmax(1).cpu().numpy().astype(np.int64)
-                iv["only_bg_pred"] = np.where(valid, pred_bg, -1)
+            if key in ("only_bg", "only_fg"):
+                pred_edit = p.argmax(1).cpu().numpy().astype(np.int64)
+                iv[f"{key}_pred"] = np.where(valid, pred_edit, -1)
+        if s.intervention_alternatives:
+            iv.update(self._alternative_fills(images, masks, hm & ~pr.bad_logits, batch_no))
         return iv
+
+    def _alternative_fills(
+        self, images: torch.Tensor, masks: torch.Tensor, ok: np.ndarray, batch_no: int
+    ) -> dict[str, np.ndarray]:
+        """The predicted class of the only-bg / only-fg images under each alternative fill
+        (:data:`auditor.metrics.interventions.ALTERNATIVE_FILLS` other than the configured
+        one); -1 where not run. Read by :mod:`auditor.analysis.fill_choice` when the
+        configured fill collapses (issue 22). Two inference forwards per fill."""
+        import torch
+
+        from auditor.metrics.interventions import (
+            ALTERNATIVE_FILLS,
+            only_background,
+            only_foreground,
+        )
+
+        out: dict[str, np.ndarray] = {}
+        seed = self.s.seed * 1_000_003 + batch_no
+        for fill in ALTERNATIVE_FILLS:
+            if fill == self.s.intervention_fill:
+                continue
+            for key, edit in (("only_bg", only_background), ("only_fg", only_foreground)):
+                p = self._forward_probs(edit(images, masks, fill=fill, seed=seed))
+                valid = ok & torch.isfinite(p).all(1).cpu().numpy()
+                pred = p.argmax(1).cpu().numpy().astype(np.int64)
+                out[f"{key}_pred_{fill}"] = np.where(valid, pred, -1)
+        return out
 
     def _faithfulness(
         self, batch: Any, images: torch.Tensor, pr: _Predicted
@@ -273,6 +310,8 @@ class BatchAuditor:
                     cols[key] = iv.get(key, nan_col)
                 # the class the background alone is predicted as (-1: not run for the sample)
                 cols["only_bg_pred"] = iv.get("only_bg_pred", np.full(b, -1, np.int64))
+                for key in ALTERNATIVE_FILL_COLUMNS:  # only_fg_pred and the alternative fills
+                    cols[key] = iv.get(key, np.full(b, -1, np.int64))
             if s.faithfulness_samples > 0:
                 cols["faithfulness_subset"] = np.isin(
                     np.asarray(batch.indices), np.asarray(sorted(self.faith_subset), dtype=np.int64)

@@ -220,14 +220,23 @@ def _run_locked(
     spec: ShardSpec,
     overrides: dict[str, Any],
 ) -> AuditOutcome:
-    from auditor.data import open_dataset
     from auditor.models import load_model
 
     where = cfg.source.name if cfg.source is not None else "<config>"
     check_device_available(cfg.audit.device, "--device" if cfg.audit.device else where)
-    dataset = open_dataset(cfg.data)
+    dataset = _open_dataset(cfg)
     # gates naming classes are checked against the dataset's class list before the model loads
     check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
+    if cfg.model.task == "detection":  # issue 26: the detector loop, same run directory
+        from auditor.audit.detection import run_detection
+
+        if spec.mode != "single":
+            raise ConfigError("detection audits run in one process (--shard/torchrun: not yet)")
+        return run_detection(
+            cfg, dataset, out, lock=lock, trust_model_code=trust_model_code, resume=resume,
+            pdf=cfg.report.pdf if pdf is None else pdf, progress=progress, render=render,
+            command=command,
+        )  # fmt: skip
     loaded = load_model(
         cfg.model,
         num_classes=len(dataset.classes),
@@ -370,8 +379,9 @@ def _audit_locked(
     try:
         # every forward of the audit (interventions included) sees the eval model
         with preserved_training_flags(model, eval=True):
-            engine = _build_engine(model, dataset, layer, reshape, s, dev)
+            engine, grid = _build_engine(model, dataset, layer, reshape, s, dev)
             model_info["target_layer"] = ",".join(engine.layer_names)
+            model_info["cam_grid"] = [list(g) for g in grid]  # the interpretability check
             _describe_layers(model_info, engine)
 
             n_total = len(dataset)
@@ -444,16 +454,7 @@ def _audit_locked(
                 first_missing,
                 " (resumed)" if first_missing else "",
             )
-            worker = BatchAuditor(
-                model,
-                engine,
-                s,
-                classes,
-                dev,
-                _seeded_subset(n, s.faithfulness_samples, s.seed),
-                dataset.config.mean,
-                dataset.config.std,
-            )
+            worker = _batch_worker(model, engine, s, classes, dev, dataset, n)
             # the sanity check runs once, in shard 0, which records it for finalisation
             sanity = (
                 _sanity(
@@ -566,8 +567,9 @@ def _build_engine(
     reshape: Any,
     s: AuditSettings,
     dev: torch.device,
-) -> Any:
-    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch)."""
+) -> tuple[Any, tuple[tuple[int, int], ...]]:
+    """The CAM engine of the audit (target layer auto-detected on a seeded probe batch) and
+    each target layer's grid ``(h, w)`` at the input size."""
     import torch
 
     from auditor.cam import CamEngine
@@ -592,7 +594,7 @@ def _build_engine(
         # every method x model check before the first batch (exit 2 naming what fails)
         found = check_applicability(engine, example, len(dataset.classes), s.max_forwards_per_image)
         log.info("cost estimate: %s", found.describe())
-        return engine
+        return engine, found.grid
     except AuditorInputError:
         raise
     except (ValueError, TypeError, KeyError) as exc:
@@ -681,8 +683,53 @@ def _start_manifest(
     return manifest
 
 
+def _open_dataset(cfg: AuditConfig) -> Any:
+    """The run's dataset: label sets for ``[model] output = "sigmoid"`` (issue 26; never
+    guessed), else the classifier's reader."""
+    if cfg.model.output == "sigmoid":
+        from auditor.data.multilabel import open_multilabel_dataset
+
+        return open_multilabel_dataset(cfg.data)
+    from auditor.data import open_dataset
+
+    return open_dataset(cfg.data)
+
+
+def _batch_worker(
+    model: torch.nn.Module,
+    engine: Any,
+    s: AuditSettings,
+    classes: Sequence[str],
+    dev: torch.device,
+    dataset: Any,
+    n: int,
+) -> Any:
+    """The batch processor: the classifier's, or the multi-label one for a dataset of label
+    sets (:mod:`auditor.audit.multilabel`; faithfulness is not run there)."""
+    from auditor.data.multilabel import is_multilabel
+
+    if is_multilabel(dataset):
+        from auditor.audit.multilabel import MultiLabelBatchAuditor
+
+        if s.faithfulness_samples:
+            log.info("faithfulness: not computed for multi-label (sigmoid) runs")
+        return MultiLabelBatchAuditor(
+            model, engine, s, classes, dev, dataset.config.mean, dataset.config.std
+        )
+    return BatchAuditor(
+        model,
+        engine,
+        s,
+        classes,
+        dev,
+        _seeded_subset(n, s.faithfulness_samples, s.seed),
+        dataset.config.mean,
+        dataset.config.std,
+    )
+
+
 def _audit_batches(
-    worker: BatchAuditor,
+    worker: Any,
     store: RunStore,
     dataset: Any,
     todo_batches: Sequence[int],
@@ -726,6 +773,8 @@ def _audit_batches(
             if len(batch):
                 try:
                     rows, cams = worker.process(batch, batch_no)
+                    if hasattr(worker, "cam_keys"):  # multi-label: maps keyed per pair
+                        ids, idx = worker.cam_keys(batch)
                 except Exception as exc:  # noqa: BLE001 - only the model's own errors
                     if _raised_by_reshape(exc):  # [model] reshape does not fit the layer
                         raise ConfigError(f"[model] reshape: {_model_failure(exc)}") from exc
@@ -820,7 +869,6 @@ def _finalize_locked(
     aggregation: str | None = None,
 ) -> AuditOutcome:
     from auditor.config import load_config
-    from auditor.data import open_dataset
 
     t0 = time.perf_counter()
     store = RunStore(root)
@@ -848,7 +896,7 @@ def _finalize_locked(
             f"(sha256 {cfg.sha256[:12]}… vs "
             f"{str(first['fingerprints'].get('config_sha256'))[:12]}…)"
         )
-    dataset = open_dataset(cfg.data)
+    dataset = _open_dataset(cfg)
     if dataset.annotation_sha256() != first["fingerprints"].get("annotation_sha256"):
         raise AuditorInputError(
             f"the dataset's annotations changed since the shards were made ({src})"
@@ -927,6 +975,8 @@ def _sanity(
         return not_run("disabled in the config ([audit] sanity_check = false)")
     if s.sanity_samples == 0:
         return not_run("[audit] sanity_samples = 0")
+    if getattr(dataset, "multilabel", False):
+        return not_run("not available for multi-label (sigmoid) runs yet")
     if n == 0:
         return not_run("no sample to run it on")
     if path.is_file():

@@ -69,6 +69,14 @@ SAMPLE_COLUMNS: tuple[SampleColumn, ...] = (
     SampleColumn("correct", pa.bool_(), "pred == label"),
     SampleColumn("confidence", pa.float64(), "softmax probability of the target class"),
     SampleColumn("pred_confidence", pa.float64(), "softmax probability of the prediction"),
+    SampleColumn("label_confidence", pa.float64(), "softmax probability of the true label"),
+    SampleColumn(
+        "top_classes",
+        pa.list_(pa.int32()),
+        "classes by decreasing probability: all of them up to 32 classes, else the top 10; "
+        "null where the logits are not finite",
+    ),
+    SampleColumn("top_probs", pa.list_(pa.float32()), "their softmax probabilities"),
     SampleColumn("has_mask", pa.bool_(), "the sample has an object mask"),
     SampleColumn("mask_area", pa.float64(), "object fraction of the image; NaN without a mask"),
     SampleColumn("image_sha256", pa.string(), "hash of the image file"),
@@ -100,6 +108,24 @@ SAMPLE_COLUMNS: tuple[SampleColumn, ...] = (
         "interventions",
     ),
     SampleColumn(
+        "only_fg_pred",
+        pa.int64(),
+        "class the object alone (background removed) is predicted as; -1 where not run",
+        "interventions",
+    ),
+    # the alternative fills tried when the configured one collapses (issue 22;
+    # auditor.analysis.fill_choice): the predicted class, -1 where not run
+    *(
+        SampleColumn(
+            f"{k}_pred_{fill}",
+            pa.int64(),
+            f"class predicted for the {k} image with the {fill} fill; -1 where not run",
+            "interventions",
+        )
+        for fill in ("blur", "noise", "image_mean")
+        for k in ("only_bg", "only_fg")
+    ),
+    SampleColumn(
         "faithfulness_subset", pa.bool_(), "in the seeded faithfulness subset", "faithfulness"
     ),
     *(
@@ -124,6 +150,10 @@ _METRICS_AFTER = "cam_status"
 INTERVENTION_COLUMNS: tuple[str, ...] = tuple(
     c.name for c in SAMPLE_COLUMNS if c.when == "interventions" and c.type == pa.float64()
 )
+#: the alternative fills' predicted classes (int64, -1 where not run; issue 22)
+ALTERNATIVE_FILL_COLUMNS: tuple[str, ...] = tuple(
+    c.name for c in SAMPLE_COLUMNS if c.when == "interventions" and "_pred_" in c.name
+) + ("only_fg_pred",)
 FAITHFULNESS_COLUMNS: tuple[str, ...] = tuple(
     c.name for c in SAMPLE_COLUMNS if c.when == "faithfulness" and c.type == pa.float64()
 )

@@ -16,7 +16,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from auditor.analysis import AGG_METRICS, FAITH_METRICS
+from auditor.analysis import FAITH_METRICS
 from auditor.audit.store import migrate_samples
 from auditor.audit.streaming import PoissonBootstrap
 from auditor.errors import AuditorInputError
@@ -260,6 +260,11 @@ def load_compared_run(path: Path, role: str) -> LoadedRun:
         result = AuditResult.from_json(summary)
     except (TypeError, ValueError) as exc:
         raise AuditorInputError(f"{role.upper()} {sp}: {exc}") from exc
+    if isinstance(summary.get("detection"), dict):  # issue 26: rows per box, not per image
+        raise AuditorInputError(
+            f"{role.upper()} {p}: is a detection audit ([model] task = \"detection\"); "
+            f"comparing detection runs is not supported yet"
+        )
     pp = p / "samples.parquet"
     if not pp.is_file():
         raise AuditorInputError(f"{role.upper()} {p}: no samples.parquet (the run has no rows)")
@@ -309,8 +314,11 @@ def _method_rows(run: LoadedRun, method: str, columns: Sequence[str] | None = No
     import pyarrow.compute as pc
 
     want = [c for c in (columns if columns is not None else run.columns) if c != "method"]
+    where = pc.field("method") == method
+    if "explained" in run.columns:  # multi-label (issue 26): a label's samples carry it
+        where = where & (pc.field("explained") == "positive")
     try:
-        rows = pq.read_table(run.samples, columns=want, filters=pc.field("method") == method)
+        rows = pq.read_table(run.samples, columns=want, filters=where)
     except (OSError, pa.ArrowException) as exc:
         raise AuditorInputError(
             f"{run.role.upper()} {run.samples}: unreadable samples.parquet: {exc}"
@@ -366,8 +374,14 @@ def pair_rows(ta: pa.Table, tb: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 def compared_quantities(
     cols_a: Sequence[str], cols_b: Sequence[str], with_accuracy: bool
 ) -> list[str]:
+    """The quantities compared between two runs with columns ``cols_a`` and ``cols_b``: the
+    per-sample metrics of the registry (built-ins, then those added with ``@metric``, as in
+    the audit: :func:`auditor.metrics.registry.sample_metric_names`), faithfulness, and (with
+    ``with_accuracy``) correctness and the derived quantities, each where both runs have it."""
+    from auditor.metrics.registry import sample_metric_names
+
     both = set(cols_a) & set(cols_b)
-    out = [m for m in AGG_METRICS if m in both]
+    out = [m for m in sample_metric_names() if m in both]
     out += [m for m in FAITH_METRICS if m in both]
     if with_accuracy:
         out += [q for q, col in BINARY_QUANTITIES.items() if col in both]

@@ -262,6 +262,8 @@ def _pair_methods(
         return counted[run.role]
 
     def large(ma: str, mb: str) -> bool:
+        if "explained" in ra.columns or "explained" in rb.columns:
+            return False  # multi-label runs (issue 26): paired in memory (positives only)
         rows = min(_file_rows(ra), _file_rows(rb))
         if rows < stream_min_pairs:
             return False  # the files hold fewer rows than the threshold: no need to count
@@ -500,10 +502,8 @@ def compare_runs(
         ra, rb, prim, others, classes, settings, int(top_n), int(stream_min_pairs)
     )
     _rank_classes(comparison, classes)
-    comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
-    comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
-    comparison["metrics_info"] = _metrics_info()
-    from auditor.analysis.groups.compare import compare_groups  # issue 24 (additive key)
+    # issue 24 (additive key), before the gates, which read it
+    from auditor.analysis.groups.compare import compare_groups
 
     groups = compare_groups(
         ra.path, rb.path, ra.summary.primary_method, rb.summary.primary_method,
@@ -512,6 +512,9 @@ def compare_runs(
     )  # fmt: skip
     if groups is not None:
         comparison["groups"] = groups
+    comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
+    comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
+    comparison["metrics_info"] = _metrics_info()
     comparison = _write_outputs(out_dir, comparison, sink, ra, rb)
     if render:
         from auditor.progress import phase

@@ -85,6 +85,11 @@ def evaluate_comparison_gates(
         if rule.scope != "compare":
             raise ValueError(f"`rules` must have scope 'compare', got {rule.scope!r} ({rule.name})")
         base, sign = _gate_quantity(rule)
+        if base.startswith("group_"):  # issue 24: per attribute / group (comparison `groups`)
+            from auditor.analysis.groups.compare import group_compare_gates
+
+            results.extend(group_compare_gates(comparison.get("groups"), rule, base, sign))
+            continue
         block = comparison["primary"]
         if rule.method is not None:
             block = comparison.get("methods", {}).get(rule.method) or {"classes": {}}

@@ -24,9 +24,9 @@ from __future__ import annotations
 
 import csv
 import difflib
-import io
 import json
 import math
+import sys
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -127,16 +127,21 @@ def _bin_spec(spec: Any, key: str, source: str) -> str | tuple[float, ...]:
 
 @dataclass(frozen=True)
 class GroupTable:
-    """The group levels of every sample: ``levels[attribute][sample id] = level``."""
+    """The group levels of every sample: ``index[sample id]`` is its row, ``codes[attribute]
+    [row]`` its level's position in ``names[attribute]`` (sorted). ``O(samples)`` memory:
+    one id index and one int32 array per attribute, whatever the number of attributes."""
 
     attributes: tuple[str, ...]
-    levels: Mapping[str, Mapping[str, str]]
+    index: Mapping[str, int]
+    codes: Mapping[str, np.ndarray]
+    names: Mapping[str, tuple[str, ...]]
     source: str
 
     def column(self, attribute: str, ids: Sequence[str]) -> list[str]:
         """The levels of ``ids`` (``"missing"`` for an id the file does not list)."""
-        by_id = self.levels[attribute]
-        return [by_id.get(str(i), MISSING) for i in ids]
+        codes, names = self.codes[attribute], self.names[attribute]
+        rows = [self.index.get(str(i)) for i in ids]
+        return [MISSING if r is None else names[codes[r]] for r in rows]
 
 
 def _is_missing(value: Any) -> bool:
@@ -226,32 +231,50 @@ def _unknown(path: Path, missing: str, columns: Sequence[str]) -> DataError:
     )
 
 
-def _read_csv(path: Path, attrs: Sequence[str], key_cols: Sequence[str]) -> dict[str, dict]:
+_Columns = tuple[list[str], dict[str, list[Any]]]
+"""Sample ids in file order and, per attribute, their raw values (same order)."""
+
+
+def _read_csv(path: Path, attrs: Sequence[str], key_cols: Sequence[str]) -> _Columns:
+    """Streams the file; values are interned (a million rows of ~20 levels hold ~20 strings
+    per attribute, not a million)."""
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as exc:
+        fh = open(path, encoding="utf-8-sig", newline="")  # noqa: SIM115 - closed below
+    except OSError as exc:
         raise DataError(f"{path}: cannot read group attributes: {exc}") from exc
-    reader = csv.reader(io.StringIO(text))
-    header = [c.strip().lower() for c in next(reader, [])]
-    required = ["id", *attrs] if tuple(key_cols) == ("id",) else list(attrs)
-    for name in required:
-        if name not in header:
-            raise _unknown(path, name, header)
-    col = {c: i for i, c in enumerate(header)}
-    rows: dict[str, dict] = {}
-    for line, row in enumerate(reader, start=2):
-        if not any(c.strip() for c in row):
-            continue
-        key = ""
-        for k in key_cols:
-            i = col.get(k)
-            if i is not None and i < len(row) and row[i].strip():
-                key = row[i].strip()
-                break
-        key = key or f"line {line}"
-        if key not in rows:  # several rows of one sample (boxes): the first one counts
-            rows[key] = {a: (row[col[a]] if col[a] < len(row) else "") for a in attrs}
-    return rows
+    with fh:
+        reader = csv.reader(fh)
+        try:
+            header = [c.strip().lower() for c in next(reader, [])]
+            required = ["id", *attrs] if tuple(key_cols) == ("id",) else list(attrs)
+            for name in required:
+                if name not in header:
+                    raise _unknown(path, name, header)
+            col = {c: i for i, c in enumerate(header)}
+            keys = [col[k] for k in key_cols if k in col]
+            where = [col[a] for a in attrs]
+            seen: set[str] = set()
+            ids: list[str] = []
+            values: list[list[Any]] = [[] for _ in attrs]
+            for line, row in enumerate(reader, start=2):
+                if not any(c.strip() for c in row):
+                    continue
+                key = next((row[i].strip() for i in keys if i < len(row) and row[i].strip()), "")
+                key = key or f"line {line}"
+                if key in seen:  # several rows of one sample (boxes): the first one counts
+                    continue
+                seen.add(key)
+                ids.append(key)
+                for out, i in zip(values, where):
+                    out.append(sys.intern(row[i]) if i < len(row) else "")
+        except UnicodeDecodeError as exc:
+            raise DataError(f"{path}: cannot read group attributes: {exc}") from exc
+    return ids, dict(zip(attrs, values))
+
+
+def _columns(rows: Mapping[str, Mapping[str, Any]], attrs: Sequence[str]) -> _Columns:
+    ids = list(rows)
+    return ids, {a: [rows[i][a] for i in ids] for a in attrs}
 
 
 def _read_jsonl(path: Path, attrs: Sequence[str]) -> dict[str, dict]:
@@ -313,25 +336,29 @@ def read_groups(config: Any) -> GroupTable | None:
     path: Path | None = getattr(config, "groups_file", None)
     fmt = getattr(config, "format", "")
     if path is not None:
-        raw = _read_csv(path, attrs, ("id",))
+        columns = _read_csv(path, attrs, ("id",))
     elif fmt == "manifest" and config.manifest is not None:
         path = config.manifest
-        raw = _read_csv(path, attrs, ("id", "image"))
+        columns = _read_csv(path, attrs, ("id", "image"))
     elif fmt == "jsonl" and config.manifest is not None:
         path = config.manifest
-        raw = _read_jsonl(path, attrs)
+        columns = _columns(_read_jsonl(path, attrs), attrs)
     elif fmt == "coco" and config.annotations is not None:
         path = config.annotations
-        raw = _read_coco(path, attrs)
+        columns = _columns(_read_coco(path, attrs), attrs)
     else:
         raise DataError(
             f"[data] groups: format {fmt!r} has no attribute columns; give [data] groups_file "
             f"(a CSV with an `id` column and the columns {list(attrs)})"
         )
-    ids = list(raw)
+    ids, raw = columns
     bins: Mapping[str, Any] = getattr(config, "bins", {}) or {}
-    levels: dict[str, dict[str, str]] = {}
+    codes: dict[str, np.ndarray] = {}
+    names: dict[str, tuple[str, ...]] = {}
     for a in attrs:
-        binned = bin_values([raw[i][a] for i in ids], bins.get(a))
-        levels[a] = dict(zip(ids, binned))
-    return GroupTable(attributes=attrs, levels=levels, source=str(path))
+        binned = bin_values(raw.pop(a), bins.get(a))
+        uniq, inverse = np.unique(np.asarray(binned, dtype=object).astype(str), return_inverse=True)
+        names[a] = tuple(str(u) for u in uniq)
+        codes[a] = inverse.astype(np.int32).ravel()
+    index = {sid: i for i, sid in enumerate(ids)}
+    return GroupTable(attributes=attrs, index=index, codes=codes, names=names, source=str(path))

@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 __all__ = [
     "IMAGE_FORMATS",
@@ -114,6 +114,9 @@ def _open_checked(data: bytes, what: str, max_pixels: int) -> Image.Image:
                     f"decompression bomb guard: {what} is {width}x{height} = "
                     f"{width * height} pixels > max_image_pixels={max_pixels} (not decoded)"
                 )
+            # Importing WeasyPrint sets PIL's process-wide LOAD_TRUNCATED_IMAGES = True, which
+            # would let a truncated file decode into grey padding: refuse it here regardless.
+            ImageFile.LOAD_TRUNCATED_IMAGES = False
             im.load()
         except BadSample:
             raise

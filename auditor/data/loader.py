@@ -35,6 +35,11 @@ class Batch:
     mask_sha256: list[str | None]
     notes: list[tuple[str, ...]]
     skipped: list[tuple[int, str, str]] = field(default_factory=list)  # (index, id, reason)
+    #: multi-label samples (auditor.data.multilabel): bool [B, L] label sets, bool [B, L, H, W]
+    #: per-label masks and bool [B, L] which of them are annotations; None otherwise
+    label_sets: Tensor | None = None
+    label_masks: Tensor | None = None
+    label_has_mask: Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -91,7 +96,27 @@ def collate_samples(items: Sequence[EvalSample | _Skip], input_size: tuple[int, 
         mask_sha256=[s.mask_sha256 for s in samples],
         notes=[s.notes for s in samples],
         skipped=skipped,
+        **_label_fields(samples, input_size),
     )
+
+
+def _label_fields(samples: Sequence[Any], input_size: tuple[int, int]) -> dict[str, Any]:
+    """The multi-label fields of :class:`Batch` when the samples carry label sets."""
+    from auditor.data.multilabel import MultiLabelSample
+
+    ml = [s for s in samples if isinstance(s, MultiLabelSample)]
+    if not ml or len(ml) != len(samples):
+        return {}
+    samples = ml
+    n_labels = len(samples[0].label_has_mask)
+    sets = torch.zeros((len(samples), n_labels), dtype=torch.bool)
+    masks = torch.zeros((len(samples), n_labels, *input_size), dtype=torch.bool)
+    for j, s in enumerate(samples):
+        sets[j, list(s.label_set)] = True
+        if s.label_masks is not None:
+            masks[j] = s.label_masks
+    has = torch.tensor([list(s.label_has_mask) for s in samples], dtype=torch.bool)
+    return {"label_sets": sets, "label_masks": masks, "label_has_mask": has}
 
 
 class _Collate:

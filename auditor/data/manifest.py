@@ -223,6 +223,11 @@ def read_csv_manifest(config: DataConfig) -> tuple[RecordTable, str]:
     if len(set(columns)) != len(columns):
         raise DataError(f"{path}: line 1: duplicate column names in header {header!r}")
     missing = [c for c in ("image", "label") if c not in columns]
+    if missing == ["label"] and "labels" in columns:  # never guessed (issue 26)
+        raise DataError(
+            f"{path}: line 1: a `labels` column (label sets) needs [model] output = "
+            f'"sigmoid"; this run audits a softmax model (one `label` per image)'
+        )
     if missing:
         raise DataError(
             f"{path}: line 1: missing required column(s) {missing}; header is {header!r}"

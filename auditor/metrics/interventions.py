@@ -30,6 +30,17 @@ Fills (what replaces the removed region)
     ``fill = G * (x * s) / G * s`` with ``s`` the indicator of the source (background)
     pixels, so the object's colours never leak into the fill. Pixels too far from any
     source pixel (``G * s < 1e-6``) fall back to the mean (0).
+``"image_mean"``
+    each image's own mean colour over the kept pixels, per channel (one grey value for
+    ``C = 1``): :math:`f_c = \\sum_p s_p x_{c,p} / \\sum_p s_p` (0 where nothing is kept).
+``"noise"``
+    Gaussian noise with each image's own per-channel mean and standard deviation of the kept
+    pixels, :math:`f_{c,p} = \\mu_c + \\sigma_c z_{c,p}`, :math:`z \\sim N(0, 1)` drawn from
+    a generator seeded with ``seed`` (deterministic).
+
+A fill can be the signal instead of the model: when the edited images of every class collapse
+to one prediction (:mod:`auditor.analysis.fill_collapse`), the audit tries the
+``ALTERNATIVE_FILLS`` in order (:mod:`auditor.analysis.fill_choice`).
 """
 
 from __future__ import annotations
@@ -42,6 +53,7 @@ from torch import Tensor
 from auditor.metrics.localisation import dilate_masks
 
 __all__ = [
+    "ALTERNATIVE_FILLS",
     "FILLS",
     "derangement",
     "masked_gaussian_blur",
@@ -51,7 +63,9 @@ __all__ = [
 ]
 
 #: Accepted values of the ``fill`` argument.
-FILLS: tuple[str, ...] = ("mean", "blur", "black")
+FILLS: tuple[str, ...] = ("mean", "blur", "black", "image_mean", "noise")
+#: the fills tried, in this order, when the configured one collapses (issue 22)
+ALTERNATIVE_FILLS: tuple[str, ...] = ("blur", "noise", "image_mean")
 
 
 def _check_inputs(images: object, masks: object) -> tuple[Tensor, Tensor]:
@@ -135,15 +149,31 @@ def _filler(
     fill: str,
     blur_sigma: float | None,
     fill_value: Tensor | None,
+    seed: int = 0,
 ) -> Tensor:
     """The image that replaces removed pixels ([B, C, H, W] or broadcastable)."""
     if fill == "mean":
         return torch.zeros((), dtype=images.dtype, device=images.device)
+    if fill in ("image_mean", "noise"):
+        return _own_statistics_fill(images, source, fill, seed)
     if fill == "black":
         if fill_value is None:  # also checked by _check_fill
             raise ValueError('`fill_value` is required with fill="black", got None')
         return fill_value.to(device=images.device, dtype=images.dtype).view(1, -1, 1, 1)
     return masked_gaussian_blur(images, source, blur_sigma)
+
+
+def _own_statistics_fill(images: Tensor, source: Tensor, fill: str, seed: int) -> Tensor:
+    """``image_mean`` / ``noise`` (module docstring) from each image's kept pixels."""
+    s = source[:, None].to(images.dtype)  # [B, 1, H, W]
+    count = s.sum((2, 3), keepdim=True).clamp_min(1.0)
+    mean = (images * s).sum((2, 3), keepdim=True) / count  # [B, C, 1, 1]
+    if fill == "image_mean":
+        return mean
+    std = (((images - mean) ** 2 * s).sum((2, 3), keepdim=True) / count).sqrt()
+    gen = torch.Generator().manual_seed(int(seed))
+    z = torch.randn(images.shape, generator=gen, dtype=torch.float32)
+    return mean + std * z.to(device=images.device, dtype=images.dtype)
 
 
 def only_foreground(
@@ -153,6 +183,7 @@ def only_foreground(
     *,
     blur_sigma: float | None = None,
     fill_value: Tensor | None = None,
+    seed: int = 0,
 ) -> Tensor:
     r"""Keep the object, replace the background (Xiao et al. 2021, ONLY-FG).
 
@@ -164,7 +195,7 @@ def only_foreground(
     """
     images, masks = _check_inputs(images, masks)
     _check_fill(fill, fill_value, images.shape[1])
-    f = _filler(images, ~masks, fill, blur_sigma, fill_value)
+    f = _filler(images, ~masks, fill, blur_sigma, fill_value, seed)
     return torch.where(masks[:, None], images, f.expand_as(images))
 
 
@@ -176,6 +207,7 @@ def only_background(
     dilate: int = 0,
     blur_sigma: float | None = None,
     fill_value: Tensor | None = None,
+    seed: int = 0,
 ) -> Tensor:
     r"""Remove the object, keep the background (Xiao et al. 2021, ONLY-BG).
 
@@ -190,7 +222,7 @@ def only_background(
     images, masks = _check_inputs(images, masks)
     _check_fill(fill, fill_value, images.shape[1])
     region = dilate_masks(masks, dilate)
-    f = _filler(images, ~region, fill, blur_sigma, fill_value)
+    f = _filler(images, ~region, fill, blur_sigma, fill_value, seed)
     return torch.where(region[:, None], f.expand_as(images), images)
 
 

@@ -339,7 +339,7 @@ def unregister(name: str) -> None:
 def sample_metric_names() -> tuple[str, ...]:
     """Per-sample metrics aggregated per class: the built-in localisation metrics, then the
     ones added with :func:`metric`, in registration order."""
-    from auditor.metrics.localisation import METRIC_NAMES
+    from auditor.metrics.names import METRIC_NAMES  # torch-free
 
     return tuple(METRIC_NAMES) + tuple(n for n in _FUNCTIONS if n not in METRIC_NAMES)
 

@@ -255,6 +255,7 @@ def build_compare_context(
     dict of a ``comparison.json`` (read through ``ComparisonResult.from_json``).
     """
     from auditor.report.context import png_uri
+    from auditor.report.groups import compare_groups_context
 
     r = (
         comparison
@@ -380,4 +381,5 @@ def build_compare_context(
         "gates": gates,
         "counts": counts,
         "n_classes": len(rows),
+        "groups": compare_groups_context(c.get("groups")),  # issue 24
     }

@@ -68,6 +68,14 @@ def derived_limitations(result: AuditResult) -> list[str]:
             f"evaluated (listed under Skipped samples); the results exclude them."
         )
     out += _background_default(result)
+    from auditor.analysis.fill_choice import fill_sentences
+    from auditor.analysis.interpretability import from_result
+
+    out += fill_sentences(result.extra.get("intervention_fills"))
+    precondition = from_result(result)
+    if precondition is not None:
+        out += [r[:1].upper() + r[1:] + "." for r in precondition.reasons]
+        out += [x["text"] for x in precondition.not_testable if x["kind"] == "global_cue"]
     layer = result.model.target_layer or "the target layer"
     how = "chosen automatically" if result.model.extra.get("target_layer_reason") else "as set"
     out.append(

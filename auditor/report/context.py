@@ -31,6 +31,7 @@ from auditor.results import (
     method_info,
     thaw,
 )
+from auditor.results.vocab import SEVERITIES, severity_rank
 
 __all__ = [
     "SEVERITY_ORDER",
@@ -42,7 +43,7 @@ __all__ = [
 ]
 
 #: Findings are listed in this order; unknown severities come last.
-SEVERITY_ORDER = ("critical", "high", "medium", "low", "info")
+SEVERITY_ORDER = SEVERITIES  # auditor.results.vocab
 
 #: Per-class table metrics for summaries that do not record ``table`` in ``metrics_info``.
 TABLE_METRICS = ("energy_in_mask", "background_focus", "energy_lift", "pointing_game", "iou", "auc")
@@ -207,6 +208,12 @@ def _groups_context(result: AuditResult) -> dict[str, Any] | None:
     return groups_context(result)
 
 
+def _labels_context(result: AuditResult) -> dict[str, Any] | None:
+    from auditor.report.labels import labels_context
+
+    return labels_context(result)
+
+
 def png_uri(data: bytes) -> str:
     """``data:image/png;base64,…`` for PNG bytes."""
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -332,8 +339,7 @@ def _chance(c: Any) -> dict[str, Any] | None:
 
 
 def _severity_rank(sev: object) -> int:
-    s = str(sev).lower()
-    return SEVERITY_ORDER.index(s) if s in SEVERITY_ORDER else len(SEVERITY_ORDER)
+    return severity_rank(sev)
 
 
 def _gate_threshold(result: AuditResult) -> float | None:
@@ -745,8 +751,11 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     figures = _figures(result, rows, samples, limits)
 
     any_interventions = any(r["interventions"] is not None for r in rows)
+    from auditor.report.detection import detection_context
+
+    detection = detection_context(result)  # issue 26: None for classifier runs
     notes = []
-    if not any_interventions:
+    if not any_interventions and detection is None:
         notes.append(
             "Background interventions did not run: the report shows where the model "
             "looks, not whether it depends on the background."
@@ -795,13 +804,18 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "findings": findings,
         "severity_counts": severity_counts,
         "gates": gates,
-        "verdict_text": _verdict(result.gates),
+        "verdict_text": (
+            "Not interpretable · " if result.extra.get("interpretability", {}).get(
+                "interpretable") is False else ""
+        ) + _verdict(result.gates),
         "figures": figures,
+        "labels": _labels_context(result),  # issue 26: multi-label runs
         "galleries": galleries,
         "n_gallery_classes": len(gallery_names),
         "clusters": clusters,
         "subgroups": subgroups,
         "groups": _groups_context(result),
+        "detection": detection,
         "rules": [(k, v) for k, v in result.rules.items()],
         "faithfulness": faith,
         "sanity": sanity,

@@ -9,14 +9,20 @@ listed as "< N" with no number. Torch-free.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from auditor.group_results import AttributeResult, Est, GroupsResult
 
-__all__ = ["forest_plot", "groups_context", "groups_frame"]
+__all__ = [
+    "compare_groups_context",
+    "forest_plot",
+    "group_classes_frame",
+    "groups_context",
+    "groups_frame",
+]
 
 _FRAME_COLUMNS = (
     "attribute",
@@ -72,6 +78,33 @@ def groups_frame(result: Any) -> Any:
                 v(g.ece), lo(g.ece), hi(g.ece), g.flagged, attr.worst == g.level,
             ])  # fmt: skip
     return pd.DataFrame(rows, columns=list(_FRAME_COLUMNS))
+
+
+_CELL_COLUMNS = ("attribute", "level", "class", "n", "n_negative", "suppressed")
+_CELL_STATS = ("sensitivity", "specificity", "auroc", "ece")
+
+
+def group_classes_frame(result: Any) -> Any:
+    """One row per class × attribute level: ``n`` (the class's samples in the level),
+    ``n_negative``, ``sensitivity``, ``specificity``, ``auroc``, ``ece`` each with ``_low``
+    and ``_high``, and ``auroc_note`` (why there is no AUROC, or that it is a lower bound).
+    Suppressed cells: NaN numbers. Empty frame when the run has no groups."""
+    import pandas as pd
+
+    groups = GroupsResult.of_summary(result)
+    cols = [*_CELL_COLUMNS] + [f"{s}{x}" for s in _CELL_STATS for x in ("", "_low", "_high")]
+    rows = []
+    for attr in groups.attributes if groups else ():
+        for c in attr.classes:
+            row: list[Any] = [attr.name, c.level, c.cls]
+            row += [math.nan, math.nan, True] if c.suppressed else [c.n, c.n_negative, False]
+            for name in _CELL_STATS:
+                e: Est = getattr(c, name)
+                row += [
+                    math.nan if c.suppressed or x is None else x for x in (e.value, e.low, e.high)
+                ]
+            rows.append([*row, "" if c.suppressed else c.auroc_note])
+    return pd.DataFrame(rows, columns=[*cols, "auroc_note"])
 
 
 def forest_plot(
@@ -174,4 +207,36 @@ def groups_context(result: Any) -> dict[str, Any] | None:
         "overall_accuracy": groups.overall_accuracy,
         "attributes": [_attribute_context(a, groups) for a in groups.attributes],
         "slices": list(groups.slices),
+    }
+
+
+def compare_groups_context(groups: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The compare report's "Per-group differences" section from comparison.json ``groups``
+    (None: either run has no groups). Each attribute: its levels' paired differences B − A
+    with intervals (suppressed levels as "< N", no number) and the largest accuracy gap
+    between groups in A, in B and its change."""
+    if not groups or not groups.get("attributes"):
+        return None
+    attrs = []
+    for a in groups["attributes"]:
+        rows = []
+        for lev in a.get("levels") or ():
+            acc = Est.from_json(lev.get("accuracy_diff"))
+            bf = Est.from_json(lev.get("background_focus_diff"))
+            rows.append({
+                "label": f"{a['name']} = {lev['level']}", "suppressed": bool(lev.get("suppressed")),
+                "n": lev.get("n"), "accuracy_a": lev.get("accuracy_a"),
+                "accuracy_b": lev.get("accuracy_b"), "accuracy_diff": acc,
+                "background_focus_diff": bf,
+                "regressed": acc.high is not None and acc.high < 0,
+                "improved": acc.low is not None and acc.low > 0,
+            })  # fmt: skip
+        attrs.append({
+            "name": a["name"], "rows": rows, "gap_a": a.get("gap_a"), "gap_b": a.get("gap_b"),
+            "gap_change": a.get("gap_change"),
+        })  # fmt: skip
+    return {
+        "min_group_size": groups.get("min_group_size", 10),
+        "confidence": groups.get("confidence", 0.95),
+        "attributes": attrs,
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from auditor.results import AuditResult
+from auditor.results.vocab import BLOCKING_SEVERITIES
 
 __all__ = ["model_card", "model_card_markdown", "write_model_card"]
 
@@ -66,7 +67,7 @@ def model_card(result: AuditResult, run_dir: Path) -> dict[str, Any]:
                 f"{f.id}) before release.",
             }
             for f in result.findings
-            if f.severity in ("critical", "high", "medium")
+            if f.severity in BLOCKING_SEVERITIES
         ],
     }
     sheet = dict(rec.datasheet)

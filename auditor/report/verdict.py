@@ -12,12 +12,12 @@ from typing import Any
 
 from auditor.format import finite_or_none, fmt_num, fmt_pct
 from auditor.results import AuditResult, GateResult
+from auditor.results.vocab import BLOCKING_SEVERITIES, severity_rank
 
 __all__ = ["failed_gate_sentence", "finding_sentence", "verdict_block"]
 
 #: Severities that can block a release, most severe first.
-_BLOCKING = ("critical", "high", "medium")
-_ORDER = ("critical", "high", "medium", "low", "info")
+_BLOCKING = BLOCKING_SEVERITIES
 
 
 def _quantity(g: GateResult) -> tuple[str, str | None]:
@@ -81,12 +81,16 @@ def finding_sentence(kind: str, message: str, title: str, evidence: Mapping[str,
 
 def verdict_block(result: AuditResult, *, top_findings: int = 3) -> dict[str, Any]:
     """The cover's verdict: ``ship`` (True / False / None when no gate is configured), a
-    headline, the failed gates as sentences, the top findings as sentences, and counts."""
+    headline, the failed gates as sentences, the top findings as sentences, and counts.
+
+    A run that is not interpretable (:mod:`auditor.analysis.interpretability`) says so FIRST:
+    the headline starts with "Not interpretable", ``not_interpretable_reasons`` lists why, and
+    ``interpretable`` is False (``None`` for runs written before the check existed)."""
     gates = result.gates
     failed = [g for g in (gates.results if gates else ()) if not g.passed]
     ranked = sorted(
         result.findings,
-        key=lambda f: _ORDER.index(f.severity) if f.severity in _ORDER else len(_ORDER),
+        key=lambda f: severity_rank(f.severity),
     )
     blocking = [f for f in ranked if f.severity in _BLOCKING]
     if gates is None or not gates.results:
@@ -106,9 +110,23 @@ def verdict_block(result: AuditResult, *, top_findings: int = 3) -> dict[str, An
         headline = f"The release gates pass: all {len(gates.results)} checks."
         if blocking:
             headline += " Read the findings below before release."
+    from auditor.analysis.interpretability import from_result
+
+    precondition = from_result(result)
+    not_interpretable = precondition is not None and not precondition.interpretable
+    if not_interpretable:
+        ship = False if ship is not True else ship  # a disabled gate leaves the gates' word
+        headline = (
+            "Not interpretable: the preconditions of this audit do not hold, so its maps and "
+            "findings are no evidence about this model. " + headline
+        )
     return {
         "ship": ship,
         "headline": headline,
+        "interpretable": None if precondition is None else precondition.interpretable,
+        "not_interpretable_reasons": (
+            list(precondition.reasons) if precondition is not None and not_interpretable else []
+        ),
         "failed_gates": [
             {"sentence": failed_gate_sentence(g), "class": g.cls, "rule": g.rule}
             for g in failed[:10]

@@ -149,16 +149,17 @@ def score(case: Case, summary: dict) -> dict:
     row: dict = {
         "accuracy": summary.get("overall", {}).get("accuracy"),
         "exit": summary.get("_exit"),
-        "verdict": summary.get("verdict"),
+        "interpretable": (summary.get("interpretability") or {}).get("interpretable"),
         "findings": [[f.get("class"), f.get("kind"), f.get("severity")] for f in findings],
     }
     if case.planted:
         hits = [c for c in planted if any(f.get("class") == c for f in alarms)]
         row["hits"], row["n_planted"] = len(hits), len(planted)
+        declared = (summary.get("interpretability") or {}).get("not_testable") or []
         row["declared_untestable"] = any(
             f.get("class") in (TARGET, None) and any(u in str(f.get("kind")) for u in UNTESTABLE)
             for f in findings
-        )
+        ) or any(any(u in str(d.get("kind")) for u in UNTESTABLE) for d in declared)
         if case.fraction < 1.0:
             members = {
                 str(m)
@@ -214,11 +215,18 @@ def _mean(values: list) -> str:
     return f"{np.mean(v):.2f} (n={len(v)})" if v else "n/a"
 
 
+def confirmed(row: dict, clean_flip: dict[int, float]) -> bool:
+    """The transplant check of a planted row: its flip rate >= 0.5 and its clean twin's (same
+    seed) <= 0.2; a plant the model does not use is no test of the audit."""
+    twin = clean_flip.get(row["seed"])
+    return bool(row["flip"] >= 0.5 and twin is not None and twin <= 0.2)
+
+
 def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
     """The Markdown table (one row per type x fraction x masks) and its records."""
     keys = sorted({(r["type"], r["fraction"], r["masks"]) for r in rows}, key=str)
     header = [
-        "type", "fraction", "masks", "recall (medium/high on the class)",
+        "type", "fraction", "masks", "plant not confirmed", "recall (medium/high on the class)",
         "declared untestable", "purity", "member recall", "false alarms per clean class",
         "transplant flip planted / clean",
     ]
@@ -226,8 +234,13 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
     records = []
     for t, f, m in keys:
         sel = [r for r in rows if (r["type"], r["fraction"], r["masks"]) == (t, f, m)]
-        pl = [r for r in sel if r["planted"] and "error" not in r]
         cl = [r for r in sel if not r["planted"] and "error" not in r]
+        # a plant counts only when its transplant check confirms it (planted flip >= 0.5,
+        # the clean twin of the same seed <= 0.2); the others are "plant not confirmed"
+        clean_flip = {r["seed"]: r["flip"] for r in cl}
+        all_pl = [r for r in sel if r["planted"] and "error" not in r]
+        pl = [r for r in all_pl if confirmed(r, clean_flip)]
+        unconfirmed = len(all_pl) - len(pl)
         k, n = sum(r["hits"] for r in pl), sum(r["n_planted"] for r in pl)
         fa, fn = sum(r["alarm_classes"] for r in cl), sum(r["n_classes"] for r in cl)
         rec = {
@@ -236,7 +249,8 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
             "declared_untestable": sum(bool(r.get("declared_untestable")) for r in pl),
             "purity": [r.get("purity") for r in pl], "member_recall":
             [r.get("member_recall") for r in pl],
-            "flip_planted": [r["flip"] for r in pl], "flip_clean": [r["flip"] for r in cl],
+            "flip_planted": [r["flip"] for r in all_pl], "flip_clean": [r["flip"] for r in cl],
+            "not_confirmed": unconfirmed,
             "errors": [r["error"] for r in sel if "error" in r],
         }
         records.append(rec)
@@ -244,7 +258,7 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
         flips = f"{_mean(rec['flip_planted'])} / {_mean(rec['flip_clean'])}"
         lines.append(
             "| " + " | ".join([
-                t, f"{f:g}", "yes" if m else "no", _fmt_rate(k, n),
+                t, f"{f:g}", "yes" if m else "no", f"{unconfirmed}/{len(all_pl)}", _fmt_rate(k, n),
                 f"{rec['declared_untestable']}/{len(pl)}",
                 _mean(rec["purity"]) if sub else "", _mean(rec["member_recall"]) if sub else "",
                 _fmt_rate(fa, fn), flips,

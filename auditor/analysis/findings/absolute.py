@@ -72,7 +72,10 @@ def collapses(ctx: RuleContext) -> dict[str, Collapse]:
         "only_bg": only_bg_collapse(
             p.labels, p.preds, p.only_bg_pred, n_classes, confidence=ctx.confidence
         ),
-        "only_fg": only_fg_collapse(p.labels, p.correct, fg, n_classes, confidence=ctx.confidence),
+        "only_fg": only_fg_collapse(
+            p.labels, p.correct, fg, n_classes, confidence=ctx.confidence, preds=p.preds,
+            only_fg_pred=p.only_fg_pred,
+        ),
     }
 
 

@@ -17,7 +17,8 @@ import numpy as np
 
 from auditor.analysis.aggregate import PrimaryColumns
 from auditor.format import fmt
-from auditor.results import SEVERITIES, ClassClusters, ClassResult, Finding, SanityResult
+from auditor.results import ClassClusters, ClassResult, Finding, SanityResult
+from auditor.results.vocab import BLOCKING_SEVERITIES, SEVERITY_RANK
 
 __all__ = [
     "FINDING_RULES",
@@ -36,7 +37,7 @@ __all__ = [
     "unregister_rule",
 ]
 
-SEVERITY_ORDER = {s: i for i, s in enumerate(SEVERITIES)}
+SEVERITY_ORDER = SEVERITY_RANK  # auditor.results.vocab
 
 
 @dataclass(frozen=True)
@@ -133,7 +134,10 @@ def collapsed(ctx: RuleContext, intervention: str) -> bool:
         )
     else:
         fg = p.interventions.get("only_fg_correct")
-        res = fc.only_fg_collapse(p.labels, p.correct, fg, n_classes, confidence=ctx.confidence)
+        res = fc.only_fg_collapse(
+            p.labels, p.correct, fg, n_classes, confidence=ctx.confidence, preds=p.preds,
+            only_fg_pred=p.only_fg_pred,
+        )  # fmt: skip
     return res.collapsed
 
 
@@ -171,7 +175,7 @@ def apply_flags(
     for f in findings:
         if f.cls is None or f.cls not in classes:
             continue
-        if f.severity in ("high", "medium"):
+        if f.severity in BLOCKING_SEVERITIES:
             flagged[f.cls] = True
         if f.kind not in flags[f.cls]:
             flags[f.cls].append(f.kind)

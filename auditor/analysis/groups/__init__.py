@@ -7,7 +7,9 @@
 * per level: n, accuracy (Wilson 1927), background focus and energy in mask (BCa bootstrap
   means, samples with a mask), only-background and only-object accuracy (Wilson; where the
   interventions ran), top-label ECE (Guo et al. 2017) with a percentile bootstrap interval;
-* per class × level: one-vs-rest sensitivity and specificity (Wilson);
+* per class × level: one-vs-rest sensitivity and specificity (Wilson), AUROC of ``p_c``
+  (DeLong interval; "not estimable" where the level lacks positives or negatives) and the
+  class-wise ECE of ``p_c`` (Kull et al. 2019) with a bootstrap interval;
 * disparity: each level against the rest of the data (accuracy: Newcombe 1998 hybrid score
   interval; background focus: Welch normal interval), at a **Bonferroni**-adjusted level
   ``1 - alpha / m`` where ``m`` counts every test of the run (2 per eligible level); a level
@@ -30,6 +32,7 @@ from dataclasses import replace
 import numpy as np
 import pandas as pd
 
+from auditor.analysis.groups.auroc import ClassScores
 from auditor.analysis.groups.stats import (
     accuracy_diff,
     class_cells,
@@ -38,7 +41,7 @@ from auditor.analysis.groups.stats import (
     mean_diff_ci,
     proportion,
 )
-from auditor.group_results import AttributeResult, Est, GroupsResult, GroupStat
+from auditor.group_results import AttributeResult, ClassCell, Est, GroupsResult, GroupStat
 from auditor.results import Finding
 
 __all__ = [
@@ -88,8 +91,14 @@ def analyse_groups(
     confidence: float = 0.95,
     n_boot: int = 1000,
     seed: int = 0,
+    scores: ClassScores | None = None,
 ) -> GroupsResult:
-    """Per-attribute group statistics and disparity tests (see the module docstring)."""
+    """Per-attribute group statistics and disparity tests (see the module docstring).
+
+    ``scores``: the rows' class probabilities (:func:`~auditor.analysis.groups.auroc.
+    class_scores`, aligned with ``frame``) for the class × group AUROC and class-wise ECE;
+    None (a run without them): those cells carry no AUROC/ECE.
+    """
     if min_group_size < 1:
         raise ValueError(f"`min_group_size` must be >= 1, got {min_group_size!r}")
     shown, tested = _eligible(frame, attributes, min_group_size)
@@ -133,8 +142,9 @@ def analyse_groups(
                     background_focus_vs_rest=mean_diff_ci(bf[inside], bf[~inside], adj),
                 )
             levels.append(g)
-        results.append(_attribute(a, levels, col, correct, confidence, frame, classes,
-                                  min_group_size))  # fmt: skip
+        cells = class_cells(frame, a, list(classes), min_size=min_group_size, level=confidence,
+                            scores=scores, n_boot=min(n_boot, 200), seed=seed)  # fmt: skip
+        results.append(_attribute(a, levels, col, correct, confidence, cells))
     bf_all = bf[np.isfinite(bf)]
     return GroupsResult(
         attributes=tuple(results),
@@ -161,9 +171,7 @@ def _attribute(
     col: np.ndarray,
     correct: np.ndarray,
     confidence: float,
-    frame: pd.DataFrame,
-    classes: Sequence[str],
-    min_size: int,
+    cells: tuple[ClassCell, ...],
 ) -> AttributeResult:
     """Worst group, gaps to the best group, the largest gap and the flags of one attribute."""
     shown = [g for g in levels if not g.suppressed and g.accuracy.value is not None]
@@ -185,7 +193,7 @@ def _attribute(
         worst=None if worst is None else worst.level,
         worst_accuracy=None if worst is None else worst.accuracy.value,
         largest_gap=gap,
-        classes=class_cells(frame, name, list(classes), min_size=min_size, level=confidence),
+        classes=cells,
     )
 
 

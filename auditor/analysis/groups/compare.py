@@ -12,6 +12,7 @@ suppressed, without numbers. Torch-free.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +23,7 @@ import pyarrow.parquet as pq
 from auditor.data.groups import GROUP_PREFIX
 from auditor.stats import paired_bootstrap_diff_ci
 
-__all__ = ["compare_groups"]
+__all__ = ["compare_groups", "group_compare_gates"]
 
 
 def _rows(run_dir: Path, primary: str) -> pd.DataFrame | None:
@@ -101,3 +102,37 @@ def compare_groups(
             "gap_change": None if ga is None or gb is None else gb - ga,
         })  # fmt: skip
     return {"min_group_size": min_size, "confidence": confidence, "attributes": out}
+
+
+def group_compare_gates(
+    groups: Mapping[str, Any] | None, rule: Any, base: str, sign: int
+) -> list[Any]:
+    """The comparison gates on groups (``rule`` a :class:`~auditor.config.GateRule`):
+
+    * ``max_group_accuracy_gap_increase``: per attribute, ``gap_b - gap_a`` (the largest
+      accuracy gap between shown groups; ``cls`` = the attribute);
+    * ``max_group_accuracy_decrease``: per shown group, ``accuracy_a - accuracy_b`` (the
+      paired difference's mirror; ``cls`` = ``"attribute=level"``);
+    * ``max_group_background_focus_increase``: per shown group, the paired background focus
+      difference ``B - A``.
+
+    Suppressed groups are never gated. No group in either run: one failed result saying so
+    (a gate never passes by default)."""
+    from auditor.analysis.gates import gate_result
+
+    if not groups or not groups.get("attributes"):
+        return [gate_result(rule, None, None, "no group results in both runs ([data] groups)")]
+    out = []
+    for attr in groups["attributes"]:
+        name = str(attr.get("name"))
+        if base == "group_accuracy_gap":
+            out.append(gate_result(rule, name, attr.get("gap_change"), "fewer than two groups"))
+            continue
+        key = "accuracy_diff" if base == "group_accuracy" else "background_focus_diff"
+        for lev in attr.get("levels") or ():
+            if lev.get("suppressed"):
+                continue
+            diff = (lev.get(key) or {}).get("value")
+            value = None if diff is None else sign * float(diff)
+            out.append(gate_result(rule, f"{name}={lev['level']}", value, f"{key} not available"))
+    return out

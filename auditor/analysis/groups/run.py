@@ -20,7 +20,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from auditor.analysis.groups import analyse_groups, group_findings
+from auditor.analysis.groups.auroc import ClassScores, class_scores
 from auditor.analysis.groups.slices import discover_slices
+from auditor.analysis.groups.sources import subgroup_sources
 from auditor.data.groups import GROUP_PREFIX, GroupTable, read_groups
 from auditor.group_results import GroupsResult
 
@@ -37,7 +39,9 @@ _NEEDED = (
     "energy_in_mask",
     "only_bg_correct",
     "only_fg_correct",
+    "label_confidence",
 )
+_PROBS = ("top_classes", "top_probs")
 
 
 def add_group_columns(path: Path, groups: GroupTable) -> None:
@@ -64,10 +68,34 @@ def add_group_columns(path: Path, groups: GroupTable) -> None:
 def primary_frame(path: Path, primary: str, attributes: tuple[str, ...]) -> pd.DataFrame:
     """The primary method's rows of ``samples.parquet`` with the columns the group
     statistics read (absent optional columns are left out)."""
+    return primary_rows(path, primary, attributes, n_classes=0)[0]
+
+
+def primary_rows(
+    path: Path, primary: str, attributes: tuple[str, ...], *, n_classes: int
+) -> tuple[pd.DataFrame, ClassScores | None]:
+    """:func:`primary_frame` and the rows' class probabilities (None: a run without them, or
+    ``n_classes`` 0)."""
     available = set(pq.ParquetFile(path).schema_arrow.names)
     cols = [c for c in _NEEDED if c in available] + [GROUP_PREFIX + a for a in attributes]
-    table = pq.read_table(path, columns=cols, filters=[("method", "==", primary)])
-    return table.to_pandas()
+    probs = [c for c in _PROBS if c in available] if n_classes else []
+    group_cols = [GROUP_PREFIX + a for a in attributes]
+    table = pq.read_table(  # group levels as categoricals: codes, not a string per sample
+        path,
+        columns=cols + probs,
+        filters=[("method", "==", primary)],
+        read_dictionary=group_cols,
+    )
+    scores = None
+    if len(probs) == 2 and "label_confidence" in available:
+        scores = class_scores(
+            n_classes,
+            table.column("label").to_numpy(),
+            table.column("label_confidence").to_numpy(),
+            table.column("top_classes"),
+            table.column("top_probs"),
+        )
+    return table.select(cols).to_pandas(), scores
 
 
 def attach_groups(
@@ -87,7 +115,9 @@ def attach_groups(
     if groups is None or not path.is_file():
         return result
     add_group_columns(path, groups)
-    frame = primary_frame(path, result.primary_method, groups.attributes)
+    frame, scores = primary_rows(
+        path, result.primary_method, groups.attributes, n_classes=len(list(classes))
+    )
     res: GroupsResult = analyse_groups(
         frame,
         groups.attributes,
@@ -96,9 +126,17 @@ def attach_groups(
         confidence=settings.confidence,
         n_boot=max(200, min(int(settings.bootstrap), 1000)),
         seed=int(settings.seed),
+        scores=scores,
     )
     res = replace(res, slices=discover_slices(frame, groups.attributes, list(classes), res))
-    found = list(result.findings)
+    found = subgroup_sources(
+        result.findings,
+        frame,
+        groups.attributes,
+        list(classes),
+        min_group_size=min_group_size,
+        confidence=settings.confidence,
+    )
     new = [replace(f, id=f"F{len(found) + i + 1}") for i, f in enumerate(group_findings(res))]
     extra = dict(result.extra)
     extra["groups"] = res.to_json()

@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from auditor.audit.status import migrate_status
+from auditor.results.vocab import CATEGORIES, SEVERITIES
 
 __all__ = [
     "COMPARISON_SCHEMA_VERSION",
@@ -62,8 +63,6 @@ __all__ = [
 
 #: ``summary.json`` schema version written by this code (DESIGN 4.3).
 SCHEMA_VERSION = 1
-#: Finding severities, most severe first (the order findings are listed and sorted in).
-SEVERITIES: tuple[str, ...] = ("high", "medium", "low", "info")
 
 _EMPTY: Mapping[str, Any] = MappingProxyType({})
 
@@ -831,8 +830,6 @@ class MethodInfo:
         )
 
 
-#: Metric categories, in methodology order.
-CATEGORIES: tuple[str, ...] = ("localisation", "concentration", "faithfulness", "intervention")
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,175 @@
+"""Finalising a detection run: rows -> samples.parquet, summary.json, report (issue 26).
+
+The same run-directory files as a classifier run; ``summary.json`` keeps schema 1 and adds
+(additively) ``detection`` (the run's thresholds, the target layer explained, overall
+recall/precision) and ``classes.<c>.detection`` (:mod:`auditor.analysis.detection`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import replace
+from datetime import datetime, timezone
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any
+
+from auditor._version import __version__
+from auditor.analysis.detection import RULES, analyse_detection
+from auditor.analysis.gates import evaluate_gates
+from auditor.audit.store import RunStore, atomic_write_json
+from auditor.config import AuditConfig, to_jsonable
+from auditor.errors import AuditorInputError
+from auditor.results import AuditResult, DatasetInfo, ModelInfo, RunInfo, freeze, method_info
+
+__all__ = ["finish_detection", "read_box_maps"]
+
+
+def _method_infos(methods: tuple[str, ...]) -> Any:
+    from auditor.cam import METHODS
+
+    out = {}
+    for m in methods:
+        info = method_info(METHODS[m])
+        if METHODS[m].needs_gradients:
+            info = replace(
+                info,
+                description=(
+                    info.description + " Detection: y is the score of the explained detection; "
+                    "A are the target layer's levels upsampled to the finest and concatenated."
+                ),
+            )
+        out[m] = info
+    return MappingProxyType(out)
+
+
+def finish_detection(
+    run_dir: Path,
+    store: RunStore,
+    *,
+    cfg: AuditConfig,
+    dataset: Any,
+    classes: tuple[str, ...],
+    model_info: dict[str, Any],
+    started: datetime,
+    t0: float,
+    loop_s: float,
+    pdf: bool,
+    render: bool,
+    command: str | None,
+) -> Any:
+    """Analyse the stored rows, write the run directory, render the report."""
+    from auditor.analysis.finalize import AuditOutcome
+    from auditor.audit.provenance import library_versions
+    from auditor.export import write_findings_csv, write_junit, write_per_class_csv
+
+    s = cfg.audit
+    rows = store.read_rows()
+    skipped = store.read_skipped()
+    store.write_samples(rows)
+    per_class, overall, findings, block = analyse_detection(rows, classes, s)
+    h = hashlib.sha256(dataset.annotation_sha256().encode())
+    for sk in skipped:
+        h.update(f"skipped\0{sk['id']}\n".encode())
+    n_images = int(block.get("n_images", 0))
+    detection = {
+        "task": "detection",
+        "score_threshold": cfg.model.score_threshold,
+        "iou_threshold": s.iou_threshold,
+        "intervention_fill": s.intervention_fill,
+        "interventions": s.interventions,
+        "target_layer": model_info.get("target_layer"),
+        "target_layer_explained": model_info.get("target_layer_explained"),
+        "label_convention": "detector label k + 1 = class k of dataset.classes; 0 = background",
+        **block,
+    }
+    result = AuditResult(
+        methods=tuple(s.methods),
+        primary_method=s.primary,
+        overall=overall,
+        classes=MappingProxyType(per_class),
+        findings=findings,
+        rules=freeze(dict(RULES)),
+        tool=freeze({"name": "cam-auditor", "version": __version__}),
+        run=RunInfo.from_json(
+            {
+                "started": started.isoformat(timespec="seconds"),
+                "finished": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "duration_s": round(time.perf_counter() - t0, 3),
+                "timings": {"audit_loop_s": round(loop_s, 3)},
+                "config_sha256": cfg.sha256,
+                "seed": s.seed,
+                "device": s.device,
+                "command": command,
+                "versions": library_versions(),
+                "config": to_jsonable(cfg.raw),
+            }
+        ),  # fmt: skip
+        title=cfg.report.title,
+        model=ModelInfo.from_json(model_info),
+        dataset=DatasetInfo.from_json(
+            {
+                "name": Path(str(cfg.data.annotations or cfg.data.root)).name,
+                "format": cfg.data.format,
+                "sha256": h.hexdigest(),
+                "annotation_sha256": dataset.annotation_sha256(),
+                "n_samples": len(dataset),
+                "n_evaluated": n_images,
+                "n_skipped": len(skipped),
+                "annotated": True,
+                "input_size": list(cfg.data.input_size),
+                "classes": list(classes),
+                "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
+            }
+        ),  # fmt: skip
+        methods_info=_method_infos(tuple(s.methods)),
+        settings=freeze(to_jsonable(s)),
+        extra=MappingProxyType({"detection": detection}),
+    )
+    result = result.replace(gates=evaluate_gates(result, cfg.gates))
+    atomic_write_json(run_dir / "summary.json", result.to_json())
+    write_junit(run_dir / "junit.xml", result)
+    write_per_class_csv(result, run_dir / "classes.csv")
+    write_findings_csv(result, run_dir / "findings.csv")
+    if n_images == 0:
+        reasons = "; ".join(f"{d['id']}: {d['reason']}" for d in skipped[:3])
+        raise AuditorInputError(
+            f"no image could be evaluated ({len(skipped)} skipped"
+            + (f", e.g. {reasons}" if reasons else "")
+            + f"); see {run_dir / 'summary.json'}"
+        )
+    report: dict[str, Path] = {}
+    if render:
+        from auditor.report import render_report
+
+        report = render_report(run_dir, html=True, pdf=pdf, templates=cfg.report.templates,
+                               pdf_timeout_s=cfg.report.pdf_timeout_s)  # fmt: skip
+    return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
+
+
+def read_box_maps(run_dir: Path, ids: list[str], method: str) -> dict[str, Any]:
+    """Low-resolution maps ``[h, w]`` (scaled to a maximum of 1; all-zero stays zero) of the
+    boxes ``ids`` (``"<image id>#gt<k>"``: ground-truth box k, ``"#fp<j>"``: false-positive
+    detection j; a missed box's map is all zero). ``KeyError`` for an unknown id."""
+    import numpy as np
+
+    store = RunStore(run_dir)
+    want, out = set(ids), {}
+    for b in store.batch_numbers():
+        with np.load(store.shards / f"cams-{b:05d}.npz", allow_pickle=False) as z:
+            key = f"cam__{method}"
+            if key not in z.files:
+                continue
+            for k, box_id in enumerate(z["ids"].tolist()):
+                if box_id in want:
+                    m = z[key][k].astype(np.float32)
+                    peak = float(m.max()) if m.size else 0.0
+                    out[box_id] = m / peak if peak > 0 else m
+    missing = [i for i in ids if i not in out]
+    if missing:
+        raise KeyError(
+            f"`ids`: not boxes of this detection run: {missing[:5]} (ids look like "
+            f"'<image id>#gt0' or '<image id>#fp3')"
+        )
+    return out
