@@ -10,9 +10,12 @@ PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip
 STAMP  := $(VENV)/.stamp-install
 TEST_STAMP := $(VENV)/.stamp-test
+# axe-core (accessibility rules) for the browser tests, from npm into the ignored venv folder:
+# installed once, then `make test` works offline.
+AXE    := $(VENV)/node/node_modules/axe-core/axe.min.js
 DETECTION_GRID ?= quick
 
-.PHONY: venv test-venv system-deps test-system-deps demo test lint bench wheel-check clean
+.PHONY: venv test-venv system-deps test-system-deps test-js-deps demo test lint bench wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -48,12 +51,13 @@ demo: system-deps venv
 	$(VENV)/bin/auditor demo --out runs/demo
 
 # system packages only the tests need: Chromium (browser tests), poppler (pdftoppm, pdftotext),
-# qpdf (qpdf --check of the PDF report). Installed only when missing.
+# qpdf (qpdf --check of the PDF report), npm (axe-core). Installed only when missing.
 test-system-deps:
 	@missing=""; \
 	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
 	command -v pdftoppm >/dev/null 2>&1 || missing="$$missing poppler-utils"; \
 	command -v qpdf >/dev/null 2>&1 || missing="$$missing qpdf"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
 	if [ -n "$$missing" ]; then \
 	  echo "installing system packages:$$missing"; \
 	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
@@ -63,7 +67,12 @@ test-system-deps:
 # Two xdist workers, one file per worker at a time (module fixtures built once); PYTEST_ARGS
 # adds options, e.g. `make test PYTEST_ARGS='-k groups'`.
 PYTEST_ARGS ?=
-test: system-deps test-system-deps test-venv
+$(AXE): | $(PY) test-system-deps
+	npm install --prefix $(VENV)/node --no-audit --no-fund --silent axe-core@4
+
+test-js-deps: $(AXE)
+
+test: system-deps test-system-deps test-venv test-js-deps
 	$(PY) -m pytest -q -p no:cacheprovider -n 2 --dist loadfile $(PYTEST_ARGS)
 
 lint: test-venv

@@ -254,6 +254,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ex = sub.add_parser("export", help="write model_card.json and model_card.md into a run")
     ex.add_argument("run_dir", type=Path)
+    ex.add_argument(
+        "--mlflow",
+        metavar="URI",
+        default=None,
+        help="also log params, per-class metrics, gates and the reports to this MLflow "
+        "tracking URI (needs the mlflow extra)",
+    )
 
     c = sub.add_parser("compare", help="paired comparison of two runs on the same data")
     c.add_argument("run_a", type=Path, help="baseline run (e.g. the production model)")
@@ -456,6 +463,11 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             print(f"model card: {terminal_safe(path)}")
         if manifest:
             write_manifest(args.run_dir)
+        if args.mlflow is not None:
+            from auditor.report.mlflow_export import log_to_mlflow
+
+            run_id = log_to_mlflow(args.run_dir, args.mlflow)
+            print(f"mlflow run: {terminal_safe(run_id)} at {terminal_safe(args.mlflow)}")
         return EXIT_OK
     if args.command in ("sign", "verify"):
         from auditor.report.cli_signoff import sign_command, verify_command

@@ -228,43 +228,7 @@ def write_findings_csv(summary: AuditResult | Mapping[str, Any], path: Path) -> 
 def write_junit(
     path: Path, summary: AuditResult | Mapping[str, Any], *, suite: str | None = None
 ) -> Path:
-    """Gate results as JUnit XML: one test case per rule × class, failures for failed gates.
+    """JUnit XML of the gates and the medium/high findings: see :mod:`auditor.report.junit`."""
+    from auditor.report.junit import write_junit as _write
 
-    ``suite`` names the test suite (default ``"gates: <model name>"``). Written atomically.
-    """
-    from xml.sax.saxutils import quoteattr as _quoteattr
-
-    from auditor.safe_text import xml_safe
-
-    def quoteattr(text: str) -> str:  # user strings (class names) may hold control characters
-        return _quoteattr(xml_safe(text))
-
-    result = _result(summary)
-    results = result.gates.results if result.gates is not None else ()
-    failures = sum(1 for r in results if not r.passed)
-    name = suite if suite is not None else "gates: " + str(result.model.name)
-    lines = [
-        '<?xml version="1.0" encoding="UTF-8"?>',
-        f'<testsuites name="cam-auditor" tests="{len(results)}" failures="{failures}">',
-        f"  <testsuite name={quoteattr(name)} "
-        f'tests="{len(results)}" failures="{failures}" errors="0">',
-    ]
-    for r in results:
-        case = r.rule + (f"[{r.cls}]" if r.cls is not None else "")
-        value = "n/a" if r.value is None else f"{r.value:.4g}"
-        lines.append(f'    <testcase classname="cam-auditor.gates" name={quoteattr(case)}>')
-        if not r.passed:
-            msg = (
-                f"{r.quantity} ({r.stat}) = {value}, {r.bound} allowed "
-                f"{_plain_threshold(r.threshold)}" + (f" ({r.note})" if r.note else "")
-            )
-            lines.append(f"      <failure message={quoteattr(msg)}/>")
-        lines.append("    </testcase>")
-    lines += ["  </testsuite>", "</testsuites>", ""]
-    path = Path(path)
-    atomic_write_bytes(path, "\n".join(lines).encode("utf-8"))
-    return path
-
-
-def _plain_threshold(value: float | None) -> str:
-    return "None" if value is None else repr(value)
+    return _write(path, summary, suite=suite)

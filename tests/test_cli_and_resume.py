@@ -111,9 +111,12 @@ def test_gate_failure_exits_1_and_writes_junit(tmp_path: Path, demo_inputs: Path
     failed = [r for r in s["gates"]["results"] if not r["passed"]]
     assert failed and all(r["value"] > 0.5 for r in failed)
     root = ET.parse(tmp_path / "run" / "junit.xml").getroot()  # noqa: S314
-    cases = root.findall(".//testcase")
-    assert len(cases) == len(s["gates"]["results"])
-    assert len(root.findall(".//failure")) == len(failed)
+    gates, findings = root.findall("testsuite")  # gates, then medium/high findings
+    assert gates.get("name").startswith("gates") and findings.get("name").startswith("findings")
+    assert len(gates.findall("testcase")) == len(s["gates"]["results"])
+    assert len(gates.findall(".//failure")) == len(failed)
+    action = [f for f in s["findings"] if f["severity"] in ("critical", "high", "medium")]
+    assert len(findings.findall("testcase")) == len(action)
     assert (tmp_path / "run" / "report.html").is_file()
     assert not (tmp_path / "run" / "report.pdf").exists()
 

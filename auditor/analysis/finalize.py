@@ -271,7 +271,8 @@ def _finish(inputs: FinalizeInputs, done: _Analysed) -> AuditOutcome:
 
 def _write_outputs(run_dir: Path, result: AuditResult) -> None:
     """summary.json, junit.xml, classes.csv and findings.csv of the finished result."""
-    from auditor.export import write_findings_csv, write_junit, write_per_class_csv
+    from auditor.export import write_findings_csv, write_per_class_csv
+    from auditor.report.junit import write_junit
 
     atomic_write_json(run_dir / "summary.json", result.to_json())
     write_junit(run_dir / "junit.xml", result)

@@ -65,6 +65,15 @@ def multilabel_schema(metrics: Sequence[str], *, interventions: bool) -> pa.Sche
     return base
 
 
+def _require_label_sets(batch: Any) -> None:
+    """A sigmoid run's batch must carry label sets (refused otherwise, never guessed)."""
+    if batch.label_sets is None:
+        raise AuditorInputError(
+            '[model] output = "sigmoid" needs a multi-label dataset (label sets); this '
+            "batch has single labels (open it with auditor.data.multilabel)"
+        )
+
+
 class MultiLabelBatchAuditor:
     """Turns one multi-label :class:`auditor.data.Batch` into rows and low-resolution maps.
 
@@ -160,11 +169,7 @@ class MultiLabelBatchAuditor:
         from auditor.metrics import localisation_metrics
         from auditor.metrics.registry import registered_metrics, sample_metric_names
 
-        if batch.label_sets is None:
-            raise AuditorInputError(
-                '[model] output = "sigmoid" needs a multi-label dataset (label sets); this '
-                "batch has single labels (open it with auditor.data.multilabel)"
-            )
+        _require_label_sets(batch)
         s, n_lab = self.s, len(self.classes)
         b = len(batch)
         images = batch.images.to(self.device)
@@ -194,40 +199,10 @@ class MultiLabelBatchAuditor:
         masks = torch.where(torch.from_numpy(use_own)[:, None, None], lmasks, union_m)
         has = np.where(pos, lhas, union_h)
         masks_d, has_d = masks.to(self.device), torch.from_numpy(has).to(self.device)
-        p_flat = probs.reshape(-1)
+        base = self._pair_columns(batch, probs, sets, explained, masks, has)
+        p_flat = base["confidence"]
         j_of = np.repeat(np.arange(b), n_lab)
         l_of = np.tile(np.arange(n_lab), b)
-        img_idx = np.asarray(batch.indices, np.int64)[j_of]
-        names = [self.classes[int(x)] for x in l_of]
-        img_ids = [batch.ids[int(j)] for j in j_of]
-        predicted = p_flat >= s.threshold
-        base = {
-            "index": img_idx * n_lab + l_of,
-            "id": [f"{i}#{n}" for i, n in zip(img_ids, names)],
-            "label": l_of.astype(np.int64),
-            "label_name": names,
-            "target": l_of.astype(np.int64),
-            "pred": np.where(predicted, l_of, -1).astype(np.int64),
-            "correct": np.where(np.isfinite(p_flat), predicted == pos, False),
-            "confidence": p_flat,
-            "pred_confidence": p_flat,
-            "label_confidence": p_flat,
-            # the single-label ranking of exclusive classes: not written (null) for sigmoid rows
-            "top_classes": [None] * len(p_flat),
-            "top_probs": [None] * len(p_flat),
-            "has_mask": has,
-            "mask_area": np.where(has, masks.flatten(1).float().mean(1).numpy(), np.nan),
-            "image_sha256": [batch.image_sha256[int(j)] for j in j_of],
-            "mask_sha256": [batch.mask_sha256[int(j)] or "" for j in j_of],
-            "notes": ["; ".join(batch.notes[int(j)]) for j in j_of],
-            "image_index": img_idx,
-            "image_id": img_ids,
-            "positive": pos,
-            "explained": [str(e) for e in explained.reshape(-1)],
-            "label_set": [
-                ";".join(self.classes[int(x)] for x in np.flatnonzero(sets[int(j)])) for j in j_of
-            ],
-        }
         iv = self._positive_interventions(images, masks, pos & has, l_of, j_of, batch_no)
         bad = np.repeat(~finite, n_lab)
         schema = multilabel_schema(sample_metric_names(), interventions=s.interventions)
@@ -268,6 +243,53 @@ class MultiLabelBatchAuditor:
             low_res[method] = (kept / peak).cpu().numpy()
         self._keys = ([base["id"][int(k)] for k in keep], [int(base["index"][k]) for k in keep])
         return pa.concat_tables(tables), low_res
+
+    def _pair_columns(
+        self,
+        batch: Any,
+        probs: np.ndarray,
+        sets: np.ndarray,
+        explained: np.ndarray,
+        masks: torch.Tensor,
+        has: np.ndarray,
+    ) -> dict[str, Any]:
+        """The method-independent columns of one row per (image j, label l), p = j * L + l."""
+        b, n_lab = len(batch), len(self.classes)
+        pos = sets.reshape(-1)
+        p_flat = probs.reshape(-1)
+        j_of = np.repeat(np.arange(b), n_lab)
+        l_of = np.tile(np.arange(n_lab), b)
+        img_idx = np.asarray(batch.indices, np.int64)[j_of]
+        names = [self.classes[int(x)] for x in l_of]
+        img_ids = [batch.ids[int(j)] for j in j_of]
+        predicted = p_flat >= self.s.threshold
+        return {
+            "index": img_idx * n_lab + l_of,
+            "id": [f"{i}#{n}" for i, n in zip(img_ids, names)],
+            "label": l_of.astype(np.int64),
+            "label_name": names,
+            "target": l_of.astype(np.int64),
+            "pred": np.where(predicted, l_of, -1).astype(np.int64),
+            "correct": np.where(np.isfinite(p_flat), predicted == pos, False),
+            "confidence": p_flat,
+            "pred_confidence": p_flat,
+            "label_confidence": p_flat,
+            # the single-label ranking of exclusive classes: not written (null) for sigmoid rows
+            "top_classes": [None] * len(p_flat),
+            "top_probs": [None] * len(p_flat),
+            "has_mask": has,
+            "mask_area": np.where(has, masks.flatten(1).float().mean(1).numpy(), np.nan),
+            "image_sha256": [batch.image_sha256[int(j)] for j in j_of],
+            "mask_sha256": [batch.mask_sha256[int(j)] or "" for j in j_of],
+            "notes": ["; ".join(batch.notes[int(j)]) for j in j_of],
+            "image_index": img_idx,
+            "image_id": img_ids,
+            "positive": pos,
+            "explained": [str(e) for e in explained.reshape(-1)],
+            "label_set": [
+                ";".join(self.classes[int(x)] for x in np.flatnonzero(sets[int(j)])) for j in j_of
+            ],
+        }
 
     def _positive_interventions(
         self,

@@ -22,6 +22,7 @@ from auditor.errors import RenderError
 from auditor.format import finite_or_none, finite_pair, slugify
 from auditor.report import figures as figs
 from auditor.report.compliance import compliance_context
+from auditor.report.panels import show_each_panel_once
 from auditor.results import (
     AuditResult,
     Gates,
@@ -677,6 +678,8 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
                 ],
             }
         )
+
+    show_each_panel_once(findings[: limits.findings], galleries)
 
     def _clusters_sample(v: Any) -> dict[str, int] | None:
         """``{"n", "of"}`` of a sampled class's ``clusters_sample`` block (issue 14), else None."""

@@ -137,6 +137,11 @@ def _normalise_cam(cam: np.ndarray, height: int, width: int) -> tuple[np.ndarray
 # --------------------------------------------------------------------------------------------
 
 _DPI = 100
+#: Text size of gallery and cluster panels, in points at the panels' 100 dpi (17 px). A
+#: 900 px panel shown 118 mm wide in the PDF prints it at 6.3 pt, and shown 660 px wide on
+#: screen at 12.5 px (issue 25: panel text >= 6 pt printed, >= 8 px on screen).
+PANEL_FONT_PT = 12.0
+PANEL_FONT_PX = round(PANEL_FONT_PT * 100 / 72.0)
 _FONT_CACHE: dict[int, Any] = {}
 _JET_LUT: np.ndarray | None = None
 
@@ -255,7 +260,8 @@ def _colorbar(canvas: Any, x: int, y: int, height: int, *, label: str, points: f
         txt = _Image.new("RGB", (tw, th), "white")
         ImageDraw.Draw(txt).text((-left + 1, -top + 1), label, font=font, fill=COLOURS["ink"])
         rot = txt.rotate(90, expand=True)
-        canvas.paste(rot, (x + bar_w + 30, y + max(0, (height - rot.size[1]) // 2)))
+        tick_w = draw.textbbox((0, 0), "0.0", font=font)[2]
+        canvas.paste(rot, (x + bar_w + 8 + tick_w, y + max(0, (height - rot.size[1]) // 2)))
 
 
 def _png(canvas: Any) -> bytes:
@@ -332,7 +338,7 @@ def gallery_panel(
         mask if mask_note == "object outline" else None,
         cam_n,
         titles=("image", mask_note, "CAM overlay" + (f" ({note})" if note else "")),
-        heading=[_label(t, 90) for t in (title, subtitle) if t],
+        heading=[_label(t, 80) for t in (title, subtitle) if t],
     )
 
 
@@ -353,10 +359,10 @@ def _draw_gallery(
     draw = ImageDraw.Draw(canvas)
     y = 6.0
     for line in heading:
-        y = _text_centred(draw, w_px / 2.0, y, line, _font(9), COLOURS["ink"])
+        y = _text_centred(draw, w_px / 2.0, y, line, _font(PANEL_FONT_PT), COLOURS["ink"])
     y += 4 if heading else 0
-    box_w, gap, left = 262, 18, 10
-    title_font = _font(9)
+    box_w, gap, left = 246, 16, 10
+    title_font = _font(PANEL_FONT_PT)
     title_h = max(draw.textbbox((0, 0), t or "x", font=title_font)[3] for t in titles) + 4
     top = int(round(y + title_h))
     box_h = h_px - top - 8
@@ -374,7 +380,7 @@ def _draw_gallery(
         canvas.paste(tile, (px, top))
         _text_centred(draw, x0 + box_w / 2.0, y, t, title_font, COLOURS["muted"])
     cb_x = left + 3 * box_w + 2 * gap + 8
-    _colorbar(canvas, cb_x, top, size[1], label="CAM / max")
+    _colorbar(canvas, cb_x, top, size[1], label="CAM / max", points=PANEL_FONT_PT)
     return _png(canvas)
 
 
@@ -417,14 +423,17 @@ def cluster_panel(
     w_px, h_px = round(max(3.0, 2.2 * n) * _DPI), round(2.6 * _DPI)
     canvas = _Image.new("RGB", (w_px, h_px), "white")
     draw = ImageDraw.Draw(canvas)
-    y = _text_centred(draw, w_px / 2.0, 6.0, _label(title, 90), _font(9), COLOURS["ink"]) + 2
+    y = _text_centred(
+        draw, w_px / 2.0, 6.0, _label(title, 80), _font(PANEL_FONT_PT), COLOURS["ink"]
+    )
+    y += 2
     mean_n, note = _normalise_cam(mean_map, *mean_map.shape)
     titles = ["mean map" + (f" ({note})" if note else "")]
     titles += [f"exemplar {i}" for i in range(1, n)]
-    font = _font(8)
+    font = _font(PANEL_FONT_PT)
     title_h = max(draw.textbbox((0, 0), t, font=font)[3] for t in titles) + 4
     top = int(round(y + title_h))
-    left, gap, cbar = 8, 10, 44
+    left, gap, cbar = 8, 10, 54
     box_w = (w_px - 2 * left - cbar - gap * (n - 1)) // n
     box_h = h_px - top - 8
     for k, t in enumerate(titles):
@@ -434,7 +443,14 @@ def cluster_panel(
             # the mean map is small (h x w): each cell drawn as a block
             size = _fit(rgb.shape[0], rgb.shape[1], box_w, box_h)
             tile = _nearest(rgb, size)
-            _colorbar(canvas, x0 + (box_w + size[0]) // 2 + 4, top, size[1], label="")
+            _colorbar(
+                canvas,
+                x0 + (box_w + size[0]) // 2 + 4,
+                top,
+                size[1],
+                label="",
+                points=PANEL_FONT_PT,
+            )
         else:
             img = np.asarray(exemplars[k - 1][0])
             cam_n, _ = _normalise_cam(np.asarray(exemplars[k - 1][1]), img.shape[0], img.shape[1])

@@ -18,6 +18,7 @@ from auditor.errors import RenderError
 
 # The one formatter (auditor.format), re-exported: templates get them as filters.
 from auditor.format import MISSING, fmt_ci, fmt_num, fmt_pct, slugify, sort_value
+from auditor.report.layout import scroll_regions
 
 __all__ = [
     "MISSING",
@@ -93,10 +94,14 @@ def make_environment(templates: Path | None = None) -> jinja2.Environment:
 def render_string(
     template_name: str, context: Mapping[str, Any], *, templates: Path | None = None
 ) -> str:
-    """Render ``template_name`` with ``context``; any template problem becomes RenderError."""
+    """Render ``template_name`` with ``context``; any template problem becomes RenderError.
+
+    Every data table of the result sits in a focusable scroll region
+    (:func:`auditor.report.layout.scroll_regions`).
+    """
     env = make_environment(templates)
     try:
-        return env.get_template(template_name).render(**dict(context))
+        return scroll_regions(env.get_template(template_name).render(**dict(context)))
     except RenderError:
         raise
     except jinja2.TemplateError as exc:
