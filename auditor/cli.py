@@ -152,6 +152,23 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(EXIT_BAD_INPUT)
 
 
+def _progress_flags(parser: argparse.ArgumentParser) -> None:
+    """``--no-progress`` and ``--quiet`` (progress goes to stderr: a bar on a terminal, lines
+    elsewhere, one line per phase; see :mod:`auditor.progress`)."""
+    parser.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="no progress on stderr (batch counter and phase lines: analysis, clustering, "
+        "rendering, pdf); the end summary is still printed",
+    )
+    parser.add_argument(
+        "--quiet",
+        action="store_true",
+        help="no progress, no warnings and no end summary; errors still go to stderr, the "
+        "exit code says the verdict",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="auditor", description="Audit where an image classifier looks.")
     p.add_argument("--version", action="version", version=f"cam-auditor {__version__}")
@@ -159,18 +176,21 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     d = sub.add_parser("demo", help="audit a synthetic dataset with a planted shortcut")
-    d.add_argument("--out", type=Path, default=Path("runs/demo"))
+    d.add_argument(
+        "--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)"
+    )
     d.add_argument(
         "--variant",
         choices=["shortcut", "fixed"],
         default="shortcut",
         help="demo model: 'shortcut' (learned the background cue) or 'fixed'",
     )
-    d.add_argument("--no-pdf", action="store_true")
-    d.add_argument("--limit", type=int)
+    d.add_argument("--no-pdf", action="store_true", help="skip the PDF report")
+    d.add_argument("--limit", type=int, help="audit only the first N of the demo's images")
+    _progress_flags(d)
 
     r = sub.add_parser("run", help="audit a model on a dataset described by a TOML config")
-    r.add_argument("config", type=Path)
+    r.add_argument("config", type=Path, help="the audit's TOML config ([model], [data], ...)")
     r.add_argument("--out", type=Path, help="run directory (default: runs/<config stem>)")
     r.add_argument("--limit", type=int, help="audit only the first N samples")
     r.add_argument("--device", help="cpu, cuda, cuda:1 ...")
@@ -182,17 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow `[model] file` to be a fully pickled model (unpickling can execute code "
         "from the file: only for files you trust); TorchScript archives stay refused (no hooks)",
     )
-    r.add_argument(
-        "--no-progress",
-        action="store_true",
-        help="no progress lines (the end summary is still printed)",
-    )
-    r.add_argument(
-        "--quiet",
-        action="store_true",
-        help="no progress and no end summary; errors still go to stderr, the exit code says "
-        "the verdict",
-    )
+    _progress_flags(r)
     r.add_argument(
         "--baseline",
         type=Path,
@@ -223,11 +233,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="override [audit] aggregation: exact (one table) or streaming (shard by shard, "
         "flat memory); auto streams above 100,000 evaluated samples",
     )
+    _progress_flags(fin)
 
     rep = sub.add_parser("report", help="re-render the report of a run directory")
     rep.add_argument("run_dir", type=Path)
     rep.add_argument("--pdf", action="store_true", help="also render report.pdf")
     rep.add_argument("--templates", type=Path, help="folder with template overrides")
+    _progress_flags(rep)
 
     sg = sub.add_parser("sign", help="record a release decision on a run (signoff.json)")
     sg.add_argument("run_dir", type=Path)
@@ -263,10 +275,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument(
         "--config",
         type=Path,
-        help="TOML with a [gates] section of comparison gates (max_<quantity>_increase / "
-        "max_<quantity>_decrease; `auditor gates` lists them), or the run's full audit config",
+        help="TOML whose [gates] holds comparison gates only: max_<quantity>_increase and "
+        "max_<quantity>_decrease for any run quantity (metrics, accuracy, interventions; "
+        "`auditor gates` lists them); run gates, [[gates.rule]] and unknown keys are refused "
+        "(exit 2). A full audit config is accepted too: validated whole, its comparison gates "
+        "are used and its run gates left to the run",
     )
-    c.add_argument("--no-pdf", action="store_true")
+    c.add_argument("--no-pdf", action="store_true", help="skip compare.pdf")
+    _progress_flags(c)
     sub.add_parser("gates", help="list every gate key: where it applies and what it needs")
     return p
 
@@ -350,13 +366,18 @@ def main(argv: list[str] | None = None) -> int:
     """Run one command; return its exit code (see the module docstring). Never raises,
     except ``SystemExit`` from ``--help``/``--version`` and argument errors (exit 2)."""
     args = build_parser().parse_args(argv)
+    quiet = getattr(args, "quiet", False) and not args.verbose  # --quiet: errors only
     logging.basicConfig(
-        level=logging.WARNING - 10 * min(args.verbose, 2),
+        level=logging.ERROR if quiet else logging.WARNING - 10 * min(args.verbose, 2),
         format="%(levelname)s %(name)s: %(message)s",
     )
     command = "auditor " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
     _install_signals()
+    from auditor.progress import configure
+
+    # the CLI shows progress on stderr (lines when it is no terminal) unless told not to
+    configure(not (getattr(args, "quiet", False) or getattr(args, "no_progress", False)))
     try:
         code = _dispatch(args, command)
     except BaseException as exc:  # noqa: BLE001 - the one place that maps errors to codes
@@ -370,6 +391,7 @@ def main(argv: list[str] | None = None) -> int:
             log_path = write_traceback(exc, args, command) if code == EXIT_INTERNAL else None
             print(_message(exc, code, log_path), file=sys.stderr)
     finally:
+        configure(None)  # in-process callers (tests, notebooks) get the automatic default back
         for sig, handler in previous.items():
             try:
                 signal.signal(sig, handler)
@@ -387,7 +409,8 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         outcome = auditor.run_demo(
             args.out, variant=args.variant, pdf=not args.no_pdf, limit=args.limit, command=command
         )
-        _print_end(outcome)
+        if not args.quiet:
+            _print_end(outcome)
         # the demo exists to show a failing gate: exit 0 when it ran as intended
         return EXIT_OK
     if args.command == "gates":
@@ -407,7 +430,8 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             command=command,
             aggregation=args.aggregation,
         )
-        _print_end(outcome, code=outcome.exit_code)
+        if not args.quiet:
+            _print_end(outcome, code=outcome.exit_code)
         return outcome.exit_code
     if args.command == "report":
         if not (args.run_dir / "summary.json").is_file():
@@ -420,7 +444,8 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         paths = auditor.render_report(
             args.run_dir, html=True, pdf=args.pdf, templates=args.templates
         )
-        _say("\n".join(f"{kind}: {terminal_safe(path)}" for kind, path in paths.items()))
+        if not args.quiet:
+            _say("\n".join(f"{kind}: {terminal_safe(path)}" for kind, path in paths.items()))
         return EXIT_OK
     if args.command == "export":
         if not (args.run_dir / "summary.json").is_file():
@@ -464,7 +489,8 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             args.run_a, args.run_b, out=args.out, config=args.config, pdf=not args.no_pdf
         )
         code = 0 if result.passed else EXIT_GATE_FAILED
-        _say(terminal_safe(result.describe(), keep_newlines=True), code)
+        if not args.quiet:
+            _say(terminal_safe(result.describe(), keep_newlines=True), code)
         return code
     raise AuditorInputError(f"unknown command {args.command!r}")  # argparse restricts choices
 
@@ -506,7 +532,7 @@ def _run(args: argparse.Namespace, command: str) -> int:
             device=args.device,
             resume=args.resume,
             pdf=False if args.no_pdf else None,
-            progress=False if (args.no_progress or args.quiet) else None,
+            progress=False if (args.no_progress or args.quiet) else True,
             trust_model_code=args.trust_model_code or None,
             command=command,
             shard=spec,

@@ -468,10 +468,6 @@ class GateRule:
     group: str | None = None
 
 
-#: Gates on the metadata groups (issue 24): ``key = number`` (every attribute) or
-#: ``key = {site = 0.8, "site=B" = 0.9}`` (per attribute, or per group).
-GROUP_GATES = ("min_group_accuracy", "max_group_accuracy_gap", "max_group_background_focus_gap")
-
 RULE_KEYS = ("name", "metric", "stat", "scope", "method", "min", "max", "classes")
 
 
@@ -495,17 +491,17 @@ def _parse_gates(
     for key, value in table.items():
         if key in ("rule", INTERPRETABLE_GATE):
             continue
-        if key in GROUP_GATES:
+        spec = gate_spec(key)
+        if spec is None:
+            raise unknown_gate_error(key, source)
+        if spec.level == "group":  # a number, or {site = 0.8, "site=B" = 0.9} (issue 24)
             if context != "run":
                 raise ConfigError(
                     f"{source}: [gates] {key} is a run gate on [data] groups, not a comparison "
                     f"gate; put it in the run's config"
                 )
-            rules.extend(_group_gates(key, value, source))
+            rules.extend(_group_gates(key, spec.quantity, value, source))
             continue
-        spec = gate_spec(key)
-        if spec is None:
-            raise unknown_gate_error(key, source)
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise ConfigError(f"{source}: [gates] {key} must be a number, got {value!r}")
         check_rule_context(
@@ -561,7 +557,11 @@ def _rule_quantities() -> tuple[str, ...]:
     from auditor.analysis.gate_registry import GATES, gate_spec
 
     gate_spec("max_accuracy")  # fills the registry
-    return tuple(dict.fromkeys(s.quantity for s in GATES.values() if "run" in s.applies))
+    return tuple(
+        dict.fromkeys(
+            s.quantity for s in GATES.values() if "run" in s.applies and s.level != "group"
+        )
+    )
 
 
 def _parse_rule(i: int, raw: Any, source: str, settings: AuditSettings | None) -> GateRule:
@@ -625,9 +625,9 @@ def _parse_rule(i: int, raw: Any, source: str, settings: AuditSettings | None) -
     )
 
 
-def _group_gates(key: str, value: Any, source: str) -> list[GateRule]:
+def _group_gates(key: str, quantity: str, value: Any, source: str) -> list[GateRule]:
     """``[gates] min_group_accuracy = 0.8`` or ``= {site = 0.8, "site=B" = 0.9}``."""
-    bound, quantity = key.split("_", 1)
+    bound = key.split("_", 1)[0]
     items = value.items() if isinstance(value, Mapping) else [(None, value)]
     out = []
     for where, v in items:

@@ -107,7 +107,8 @@ def gates_listing() -> str:
     lines.append(
         f"{len(rows)} gates. run: [gates] of a run config; compare: `auditor compare --config` "
         f"or `auditor run --baseline RUN`. [[gates.rule]] tables take any run quantity "
-        f"with stat, scope, method and classes."
+        f"with stat, scope, method and classes. group gates take a number (every [data] groups "
+        f"attribute) or a table {{site = 0.8, \"site=B\" = 0.9}}."
     )
     return "\n".join(lines)
 

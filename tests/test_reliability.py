@@ -89,7 +89,8 @@ def _env() -> dict[str, str]:
 
 
 def _one_line_error(err: str) -> str:
-    lines = [ln for ln in err.strip().splitlines() if ln.strip()]
+    # progress lines ("[auditor] auditing: ...") are not part of the error
+    lines = [ln for ln in err.strip().splitlines() if ln.strip() and ln[:10] != "[auditor] "]
     assert len(lines) == 1, err
     assert "Traceback" not in err
     return lines[0]

@@ -119,6 +119,9 @@ def analyse(
     Provenance (run, model, dataset), method/metric metadata and gates are left at their
     defaults for the caller to fill (``result.replace(...)``).
     """
+    from auditor.progress import phase
+
+    phase("analysis", f"statistics, intervals and findings over {table.num_rows} rows")
     rules = rules or FindingRules()
     primary = settings.primary
     # a collapsed intervention's outcome is replaced by the first alternative fill that does

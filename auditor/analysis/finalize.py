@@ -374,6 +374,9 @@ def cluster_analysis(
 
     if not s.clusters or table.num_rows == 0:
         return {}, {}
+    from auditor.progress import phase
+
+    phase("clustering", f"SpRAy and subgroup tests per class on {s.primary}")
     prim = table.filter(pc.equal(table.column("method"), s.primary))
     idx = prim.column("index").to_numpy()
     labels = prim.column("label").to_numpy()

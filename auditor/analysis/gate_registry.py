@@ -39,6 +39,7 @@ __all__ = [
     "check_rule_context",
     "gate_spec",
     "gate_table",
+    "group_gate_keys",
     "register_gate",
     "suggest_gates",
 ]
@@ -167,6 +168,12 @@ def _register_group_gates() -> None:
          "per shown group, its paired background focus rise (B - A) at most the threshold"),
     ):  # fmt: skip
         register_gate(GateSpec(key, q, "max", ("compare",), "group", ("baseline",), doc))
+
+
+def group_gate_keys() -> tuple[str, ...]:
+    """The registered run gates on ``[data] groups`` (level ``"group"``)."""
+    _ensure()
+    return tuple(k for k, s in _REGISTRY.items() if s.level == "group" and "run" in s.applies)
 
 
 def _ensure() -> None:

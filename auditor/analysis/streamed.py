@@ -625,7 +625,9 @@ class StreamedRun:
         """The :class:`AuditResult` (statistics, findings, confusion, agreement, ...)."""
         from auditor.analysis import assemble
         from auditor.analysis.findings import FindingRules
+        from auditor.progress import phase
 
+        phase("analysis", "statistics, intervals and findings, shard by shard (streaming)")
         s = self.settings
         overall_m, class_m = self.metric_stats()
         prim = PrimaryColumns.of(self.slim, self.primary)

@@ -18,8 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
-import sys
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import replace
@@ -94,13 +92,9 @@ __all__ = [  # the star-import of the deprecated `auditor.runner`; finalize's na
 
 
 def _progress(total: int, enabled: bool | None, desc: str) -> Any:
-    from tqdm.auto import tqdm
+    from auditor.progress import bar  # a bar on a terminal, lines elsewhere (issue 23)
 
-    if enabled is None:
-        enabled = sys.stderr.isatty() and not os.environ.get("CI")
-    return tqdm(
-        total=total, desc=desc, unit="img", disable=not enabled, dynamic_ncols=True, smoothing=0.1
-    )
+    return bar(total, desc, enabled)
 
 
 def _seeded_subset(n: int, k: int, seed: int) -> set[int]:

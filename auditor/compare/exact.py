@@ -470,6 +470,9 @@ def compare_runs(
         RenderError: the report could not be rendered.
     """
     _check_args(n_boot, seed, confidence, top_n)
+    from auditor.progress import phase
+
+    phase("comparison", f"{run_b} against {run_a}")
     if (
         isinstance(stream_min_pairs, bool)
         or not isinstance(stream_min_pairs, int | np.integer)
@@ -513,5 +516,9 @@ def compare_runs(
     comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
     comparison["metrics_info"] = _metrics_info()
     comparison = _write_outputs(out_dir, comparison, sink, ra, rb)
+    if render:
+        from auditor.progress import phase
+
+        phase("rendering", f"comparison report in {out_dir}" + (" (html, pdf)" if pdf else ""))
     report = _render(comparison, out_dir, pdf=pdf, templates=templates) if render else {}
     return ComparisonResult.from_json(comparison, out_dir=out_dir, report=report)

@@ -89,11 +89,15 @@ def render_report(
     out: dict[str, Path] = {}
     if not (html or pdf):
         return out
+    from auditor.progress import phase
+
+    phase("rendering", f"report context and figures of {run_dir}")
     context = build_context(run_dir, limits=limits)
     if html:
         text = render_string(REPORT_TEMPLATE, {**context, "output": "html"}, templates=templates)
         out["html"] = atomic_write(run_dir / "report.html", text)
     if pdf:
+        phase("pdf", f"{run_dir / 'report.pdf'} (WeasyPrint)")
         text = render_string(REPORT_TEMPLATE, {**context, "output": "pdf"}, templates=templates)
         out["pdf"] = html_to_pdf(
             text,

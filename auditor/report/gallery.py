@@ -50,6 +50,9 @@ def draw_gallery(
     """
     if table.num_rows == 0 or settings.gallery_per_class == 0:
         return result
+    from auditor.progress import phase
+
+    phase("gallery", "example panels per class")
     (run_dir / "gallery").mkdir(exist_ok=True)
     out = _class_panels(run_dir, cams, dataset, table, result, settings.gallery_per_class)
     prim = table.filter(pc.equal(table.column("method"), settings.primary))
