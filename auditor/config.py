@@ -494,7 +494,7 @@ def _parse_gates(
         spec = gate_spec(key)
         if spec is None:
             raise unknown_gate_error(key, source)
-        if spec.level == "group":  # a number, or {site = 0.8, "site=B" = 0.9} (issue 24)
+        if spec.level == "group" and "run" in spec.applies:  # {site = 0.8, "site=B" = 0.9}
             if context != "run":
                 raise ConfigError(
                     f"{source}: [gates] {key} is a run gate on [data] groups, not a comparison "
@@ -829,6 +829,11 @@ def parse_config(
     gates = _parse_gates(
         raw.get("gates", {}), source, tuple(METRICS), settings=audit, baseline=baseline
     )
+    if model.task == "detection":
+        # the interpretability preconditions (accuracy above chance, the class map's grid, the
+        # randomisation check) are a classifier's; a detection audit never sets that quantity,
+        # so its default-on rule would fail unevaluated (issue 22 / 26)
+        gates = tuple(g for g in gates if g.name != INTERPRETABLE_GATE)
     run_gates, _ = split_gates(gates)
     check_gates(run_gates, settings=audit, classes=getattr(data, "classes", None), source=source)
     check_group_gates(gates, tuple(getattr(data, "groups", ()) or ()), source)

@@ -150,6 +150,10 @@ def _nan_equal(a: pa.Table, b: pa.Table) -> None:
         y = b.column(name).to_numpy(zero_copy_only=False)
         if x.dtype.kind == "f":
             np.testing.assert_array_equal(x, y, err_msg=name)  # NaN == NaN here
+        elif x.dtype == object and any(isinstance(v, np.ndarray) for v in x):  # list columns
+            assert [None if v is None else v.tolist() for v in x] == [
+                None if v is None else v.tolist() for v in y
+            ], name
         else:
             assert x.tolist() == y.tolist(), name
 
