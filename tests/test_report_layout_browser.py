@@ -137,7 +137,9 @@ def test_first_column_stays_in_view_while_the_table_scrolls(browser, reports, na
         # the class column is sticky: it stays at the region's left edge (the collapsed
         # border may shift it by a pixel or two)
         assert abs(after[0] - before[0]) <= 3
-        assert after[2] < before[2] - 200  # the others moved
+        # the others moved by at least the programmatic 200 px (the arrow key's smooth scroll
+        # may land after the measurement)
+        assert after[2] <= before[2] - 199
         cell = page.locator("#class-table tbody tr:first-child th.cls")
         left = cell.evaluate("c => c.getBoundingClientRect().left")
         assert abs(left - after[0]) <= 3
