@@ -505,11 +505,6 @@ def _run(args: argparse.Namespace, command: str) -> int:
     out = args.out or Path("runs") / args.config.stem
     run_gates, cmp_gates = split_gates(cfg.gates)
     if args.baseline is not None:
-        if cfg.model.task == "detection":  # issue 26: compare reads classifier rows
-            raise AuditorInputError(
-                "--baseline: comparing detection audits ([model] task = \"detection\") is not "
-                "supported yet"
-            )
         check_baseline(args.baseline, out)
     if args.limit is not None and args.limit < 1:
         raise AuditorInputError(f"--limit must be >= 1, got {args.limit}")

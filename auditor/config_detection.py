@@ -10,8 +10,10 @@ sense for it; what cannot be honoured is refused here, before any model is loade
   and the gradient of one detection score (:data:`DETECTION_METHODS`); default
   ``["gradcam", "eigencam"]``;
 * ``[gates]``: the localisation metrics (on the box), the finding counts and the detection
-  gates (:data:`DETECTION_GATES`); gates on accuracy, interventions of classifiers,
-  faithfulness, groups or a baseline are refused; the detection gates are refused in a
+  gates (:data:`DETECTION_GATES`) and, with ``--baseline`` or in ``auditor compare``, the
+  comparison gates ``max_<q>_increase`` / ``_decrease`` of
+  :data:`DETECTION_COMPARE_QUANTITIES` and the box metrics; gates on accuracy, interventions
+  of classifiers, faithfulness or groups are refused; the detection gates are refused in a
   classification run.
 """
 
@@ -25,6 +27,8 @@ from typing import Any
 from auditor.errors import ConfigError
 
 __all__ = [
+    "DETECTION_COMPARE_DIRECTION",
+    "DETECTION_COMPARE_QUANTITIES",
     "DETECTION_GATES",
     "DETECTION_METHODS",
     "DETECTION_METRICS",
@@ -58,6 +62,17 @@ DETECTION_GATES: Mapping[str, tuple[str, str]] = {
     "max_context_only_hit_rate": ("context_only_hit_rate", "max"),
 }
 DETECTION_QUANTITIES = tuple(q for q, _ in DETECTION_GATES.values())
+#: quantities paired by ``auditor compare`` of two detection runs (:mod:`auditor.compare.
+#: detection`) -> higher is better; their comparison gates are ``max_<q>_increase`` /
+#: ``max_<q>_decrease`` (the box metrics' gates are the classifier ones)
+DETECTION_COMPARE_DIRECTION: Mapping[str, bool] = {
+    "detection_recall": True,
+    "detection_precision": True,
+    "object_only_recall": True,
+    "context_only_hit_rate": False,
+    "context_recall_drop": False,
+}
+DETECTION_COMPARE_QUANTITIES = tuple(DETECTION_COMPARE_DIRECTION)
 DEFAULT_SCORE_THRESHOLD = 0.5
 
 
@@ -83,9 +98,20 @@ def parse_task(table: Mapping[str, Any], source: str) -> tuple[str, float | None
     return task, float(raw)
 
 
+def _compare_gate_quantity(key: str) -> str | None:
+    """``q`` of a comparison gate key ``max_<q>_increase`` / ``max_<q>_decrease``, else None."""
+    for end in ("_increase", "_decrease"):
+        if key.startswith("max_") and key.endswith(end):
+            return key[len("max_") : -len(end)]
+    return None
+
+
 def _allowed_gate(key: str) -> bool:
     if key in DETECTION_GATES:
         return True
+    q = _compare_gate_quantity(key)
+    if q is not None:  # the baseline comparison of two detection runs
+        return q in DETECTION_COMPARE_QUANTITIES or q in DETECTION_METRICS
     if key.startswith("max_findings_"):
         return True
     for prefix in ("max_overall_", "min_overall_", "max_", "min_"):
@@ -109,9 +135,13 @@ def check_task_gates(raw_gates: Mapping[str, Any], task: str, source: str) -> No
             raise ConfigError(
                 f"{source}: [gates] {key} does not apply to a detection audit ([model] task = "
                 f'"detection"); detection gates: {", ".join(DETECTION_GATES)}, max_/min_ of '
-                f"{', '.join(DETECTION_METRICS)} (on the box), max_findings_<severity>"
+                f"{', '.join(DETECTION_METRICS)} (on the box), max_findings_<severity>; with "
+                f"--baseline: max_<q>_increase / _decrease of "
+                f"{', '.join(DETECTION_COMPARE_QUANTITIES + DETECTION_METRICS)}"
             )
-        if task != "detection" and key in DETECTION_GATES:
+        if task != "detection" and (
+            key in DETECTION_GATES or _compare_gate_quantity(key) in DETECTION_COMPARE_QUANTITIES
+        ):
             raise ConfigError(
                 f'{source}: [gates] {key} is a detection gate; it needs [model] task = "detection"'
             )

@@ -128,7 +128,7 @@ def _register_builtin() -> None:
                  "the run is interpretable: accuracy above chance, map grid larger than 3x3, "
                  "primary method passes the randomisation check (on unless set to false)")
     )  # fmt: skip
-    from auditor.config_detection import DETECTION_GATES
+    from auditor.config_detection import DETECTION_COMPARE_QUANTITIES, DETECTION_GATES
 
     for key, (q, bound) in DETECTION_GATES.items():  # issue 26: [model] task = "detection"
         word = "at most" if bound == "max" else "at least"
@@ -136,6 +136,14 @@ def _register_builtin() -> None:
             GateSpec(key, q, bound, ("run",), "class", ("masks",),
                      f"detection audits: every class's {q} {word} the threshold")
         )  # fmt: skip
+    for q in DETECTION_COMPARE_QUANTITIES:  # issue 26: two detection runs compared
+        for change in ("increase", "decrease"):
+            register_gate(
+                GateSpec(f"max_{q}_{change}", f"{q}_{change}", "max", ("compare",), "class",
+                         ("masks", "baseline"),
+                         f"detection audits: per class, the {change} of {q} from the baseline "
+                         f"run at most the threshold")
+            )  # fmt: skip
     for sev in SEVERITIES:
         register_gate(
             GateSpec(f"max_findings_{sev}", f"findings_{sev}", "max", ("run",), "findings", (),

@@ -260,11 +260,6 @@ def load_compared_run(path: Path, role: str) -> LoadedRun:
         result = AuditResult.from_json(summary)
     except (TypeError, ValueError) as exc:
         raise AuditorInputError(f"{role.upper()} {sp}: {exc}") from exc
-    if isinstance(summary.get("detection"), dict):  # issue 26: rows per box, not per image
-        raise AuditorInputError(
-            f"{role.upper()} {p}: is a detection audit ([model] task = \"detection\"); "
-            f"comparing detection runs is not supported yet"
-        )
     pp = p / "samples.parquet"
     if not pp.is_file():
         raise AuditorInputError(f"{role.upper()} {p}: no samples.parquet (the run has no rows)")

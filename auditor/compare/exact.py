@@ -34,6 +34,7 @@ from auditor.compare.core import (
     sort_key,
     top_moved,
 )
+from auditor.compare.detection_run import compare_detection_runs, detection_task
 from auditor.compare.gates import checked_gate_rules, evaluate_comparison_gates
 from auditor.config import GateRule
 from auditor.errors import AuditorError, AuditorInputError
@@ -102,6 +103,19 @@ def _fmt(v: Any, digits: int = 3, signed: bool = False) -> str:
 
 def _pfmt(v: Any) -> str:
     return fmt(v, ".2g", missing="n/a")
+
+
+def _check_stream_args(stream_min_pairs: Any, chunk_pairs: Any) -> None:
+    if (
+        isinstance(stream_min_pairs, bool)
+        or not isinstance(stream_min_pairs, int | np.integer)
+        or stream_min_pairs < 0
+    ):
+        raise ValueError(f"`stream_min_pairs` must be an int >= 0, got {stream_min_pairs!r}")
+    if chunk_pairs is not None and (
+        isinstance(chunk_pairs, bool) or not isinstance(chunk_pairs, int) or chunk_pairs < 64
+    ):
+        raise ValueError(f"`chunk_pairs` must be an int >= 64, got {chunk_pairs!r}")
 
 
 def _check_args(n_boot: Any, seed: Any, confidence: Any, top_n: Any) -> None:
@@ -473,12 +487,7 @@ def compare_runs(
     from auditor.progress import phase
 
     phase("comparison", f"{run_b} against {run_a}")
-    if (
-        isinstance(stream_min_pairs, bool)
-        or not isinstance(stream_min_pairs, int | np.integer)
-        or stream_min_pairs < 0
-    ):
-        raise ValueError(f"`stream_min_pairs` must be an int >= 0, got {stream_min_pairs!r}")
+    _check_stream_args(stream_min_pairs, chunk_pairs)
     gate_rules = checked_gate_rules(config, gates)
     ra, rb = load_compared_run(Path(run_a), "run_a"), load_compared_run(Path(run_b), "run_b")
     if ra.path.samefile(rb.path):  # the API refuses what the CLI refuses
@@ -487,13 +496,13 @@ def compare_runs(
             f"itself shows no change and passes every gate"
         )
     classes = _check_comparable(ra, rb)
+    detection = detection_task(ra, rb, gate_rules)  # issue 26: paired boxes, not images
     out_dir = _out_dir(out, ra, rb)
     settings = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
+    if detection:
+        return compare_detection_runs(ra, rb, classes, out_dir, settings, gate_rules, pdf=pdf,
+                                      templates=templates, render=render)  # fmt: skip
     sink = TableSink(out_dir / "comparison.parquet")
-    if chunk_pairs is not None and (
-        isinstance(chunk_pairs, bool) or not isinstance(chunk_pairs, int) or chunk_pairs < 64
-    ):
-        raise ValueError(f"`chunk_pairs` must be an int >= 64, got {chunk_pairs!r}")
     prim, others = _pair_methods(
         ra, rb, classes, settings, sink, int(stream_min_pairs), chunk_pairs=chunk_pairs,
         top_n=int(top_n), tmp_root=out_dir,

@@ -1563,9 +1563,12 @@ class ComparisonResult:
         a, b = c["run_a"], c["run_b"]
         lines = [
             f"cam-auditor {c['tool']['version']} compare: B {b['name']} vs A {a['name']} on "
-            f"{c['pairing']['n_paired']} paired images ({prim['method_b']} vs {prim['method_a']})",
+            f"{c['pairing']['n_paired']} paired "
+            f"{'boxes' if c['pairing'].get('unit') == 'ground-truth box' else 'images'} "
+            f"({prim['method_b']} vs {prim['method_a']})",
         ]
-        for q in ("background_focus", "energy_in_mask", "accuracy"):
+        for q in ("background_focus", "energy_in_mask", "accuracy", "detection_recall",
+                  "detection_precision", "context_recall_drop"):  # fmt: skip
             s = prim["overall"].get(q)
             if not s or s["n"] == 0:
                 continue
