@@ -170,3 +170,61 @@ def test_run_baseline_detection(run_a: Path, tmp_path: Path) -> None:
     assert all(g["passed"] and g["value"] == 0.0 for g in res)
     diffs = [m["diff"] for m in c["primary"]["overall"].values() if m["n"]]
     assert diffs and np.allclose(diffs, 0.0)
+
+
+def test_gallery_drawn_once_and_embedded(run_a: Path) -> None:
+    """The detection gallery (issue 26): PNGs under gallery/, listed in summary.json, embedded
+    in the report as data URIs; the report re-rendered draws nothing new."""
+    s = json.loads((run_a / "summary.json").read_text())
+    gallery = s["detection"]["gallery"]
+    assert gallery  # score threshold 0: the random detector's false detections are explained
+    for g in gallery:
+        assert (run_a / g["file"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert g["kind"] in ("gt", "fp") and g["box_id"] == f"{g['id']}#{g['kind']}{g['box']}"
+    per_class = {}
+    for g in gallery:
+        per_class.setdefault((g["class"], g["kind"]), []).append(g)
+    for (_, kind), entries in per_class.items():
+        assert len(entries) <= (4 if kind == "gt" else 2)
+        if kind == "fp":  # highest score first
+            assert [e["score"] for e in entries] == sorted((e["score"] for e in entries),
+                                                          reverse=True)  # fmt: skip
+    html = (run_a / "report.html").read_text()
+    assert 'id="detection-gallery"' in html
+    assert html.count("data:image/png;base64,") >= len(gallery)
+    files = sorted(p.name for p in (run_a / "gallery").glob("det-*.png"))
+    from auditor.report import render_report
+
+    render_report(run_a, html=True, pdf=False)
+    assert sorted(p.name for p in (run_a / "gallery").glob("det-*.png")) == files
+
+
+def test_choose_detection_panels_by_hand() -> None:
+    import pyarrow as pa
+
+    from auditor.report.detection_gallery import choose_detection_panels
+
+    def row(kind: str, box: int, label: str, bf: float, score: float, status: str = "ok",
+            detected: bool | None = True, method: str = "gradcam") -> dict:  # fmt: skip
+        return {"method": method, "kind": kind, "box": box, "label_name": label, "id": f"i{box}",
+                "index": box, "detected": detected if kind == "gt" else None, "status": status,
+                "background_focus": bf, "energy_in_mask": 1 - bf, "score": score,
+                "x0": 0.0, "y0": 0.0, "x1": 4.0, "y1": 4.0}  # fmt: skip
+
+    rows = pa.Table.from_pylist([
+        row("gt", 0, "kite", 0.1, 0.9), row("gt", 1, "kite", 0.7, 0.8),
+        row("gt", 2, "kite", 0.9, 0.7, status="zero_map"),  # map undefined: not shown
+        row("gt", 3, "kite", 0.5, 0.9, detected=False),  # missed: no map
+        row("fp", 4, "kite", 0.2, 0.3), row("fp", 5, "kite", 0.2, 0.6),
+        row("fp", 6, "kite", 0.2, 0.5),
+        row("gt", 7, "boat", 0.3, 0.9), row("gt", 8, "boat", 0.3, 0.9, method="eigencam"),
+    ])  # fmt: skip
+    picks = choose_detection_panels(rows, ["kite", "boat"], {"boat": True}, "gradcam", 4)
+    assert [(p["class"], p["kind"], p["box"]) for p in picks] == [
+        ("boat", "gt", 7),  # flagged classes first
+        ("kite", "gt", 1), ("kite", "gt", 0),  # highest background focus first
+        ("kite", "fp", 5), ("kite", "fp", 6),  # two false detections, highest score first
+    ]  # fmt: skip
+    assert picks[0]["box_id"] == "i7#gt7"
+    assert choose_detection_panels(rows, ["kite"], {}, "gradcam", 1)[0]["box"] == 1
+    assert choose_detection_panels(rows, ["kite"], {}, "gradcam", 0) == []

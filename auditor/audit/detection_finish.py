@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Mapping
 from dataclasses import replace
 from datetime import datetime, timezone
 from pathlib import Path
@@ -69,9 +70,7 @@ def finish_detection(
     skipped = store.read_skipped()
     store.write_samples(rows)
     per_class, overall, findings, block = analyse_detection(rows, classes, s)
-    h = hashlib.sha256(dataset.annotation_sha256().encode())
-    for sk in skipped:
-        h.update(f"skipped\0{sk['id']}\n".encode())
+    block["gallery"] = _gallery(run_dir, rows, per_class, dataset, s)  # drawn once, here
     n_images = int(block.get("n_images", 0))
     detection = {
         "task": "detection",
@@ -112,7 +111,7 @@ def finish_detection(
             {
                 "name": Path(str(cfg.data.annotations or cfg.data.root)).name,
                 "format": cfg.data.format,
-                "sha256": h.hexdigest(),
+                "sha256": _dataset_sha(dataset, skipped),
                 "annotation_sha256": dataset.annotation_sha256(),
                 "n_samples": len(dataset),
                 "n_evaluated": n_images,
@@ -146,6 +145,28 @@ def finish_detection(
         report = render_report(run_dir, html=True, pdf=pdf, templates=cfg.report.templates,
                                pdf_timeout_s=cfg.report.pdf_timeout_s)  # fmt: skip
     return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
+
+
+def _dataset_sha(dataset: Any, skipped: list[dict[str, Any]]) -> str:
+    """The evaluated data's fingerprint: the annotations' sha256 and the skipped ids."""
+    h = hashlib.sha256(dataset.annotation_sha256().encode())
+    for sk in skipped:
+        h.update(f"skipped\0{sk['id']}\n".encode())
+    return h.hexdigest()
+
+
+def _gallery(run_dir: Path, rows: Any, per_class: Mapping[str, Any], dataset: Any,
+             s: Any) -> list[dict[str, Any]]:  # fmt: skip
+    """Draw the detection gallery (:mod:`auditor.report.detection_gallery`); its entries."""
+    from auditor.report.detection_gallery import choose_detection_panels, draw_detection_gallery
+
+    if rows.num_rows == 0:
+        return []
+    flagged = {c: bool(r.flagged) for c, r in per_class.items()}
+    picks = choose_detection_panels(rows, list(per_class), flagged, s.primary,
+                                    s.gallery_per_class)  # fmt: skip
+    maps = read_box_maps(run_dir, [p["box_id"] for p in picks], s.primary) if picks else {}
+    return draw_detection_gallery(run_dir, picks, maps, dataset, s.primary)
 
 
 def read_box_maps(run_dir: Path, ids: list[str], method: str) -> dict[str, Any]:

@@ -756,7 +756,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     any_interventions = any(r["interventions"] is not None for r in rows)
     from auditor.report.detection import detection_context
 
-    detection = detection_context(result)  # issue 26: None for classifier runs
+    detection = detection_context(result, run_dir)  # issue 26: None for classifier runs
     notes = []
     if not any_interventions and detection is None:
         notes.append(

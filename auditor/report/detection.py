@@ -7,6 +7,7 @@ Reads only ``summary.json`` (``detection`` and ``classes.<c>.detection``, writte
 from __future__ import annotations
 
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from auditor.results import AuditResult, thaw
@@ -23,8 +24,21 @@ COLUMNS = (
 )
 
 
-def detection_context(result: AuditResult) -> dict[str, Any] | None:
-    """``None`` for a classifier run; else the section's values (see _detection.html.j2)."""
+def _gallery(entries: Any, run_dir: Path | None) -> list[dict[str, Any]]:
+    """The drawn gallery panels (``detection.gallery``) with their PNGs as ``data:`` URIs
+    (read from inside the run directory only); none without ``run_dir``."""
+    if run_dir is None or not isinstance(entries, list | tuple):
+        return []
+    from auditor.report.context import _Images  # same package: the one safe PNG reader
+
+    images = _Images(run_dir)
+    return [{**thaw(e), "uri": images.uri(e["file"])} for e in entries
+            if isinstance(e, Mapping) and e.get("file")]  # fmt: skip
+
+
+def detection_context(result: AuditResult, run_dir: Path | None = None) -> dict[str, Any] | None:
+    """``None`` for a classifier run; else the section's values (see _detection.html.j2);
+    ``run_dir``: where the gallery PNGs are (``detection.gallery``)."""
     block = result.extra.get("detection")
     if not isinstance(block, Mapping):
         return None
@@ -52,4 +66,5 @@ def detection_context(result: AuditResult) -> dict[str, Any] | None:
         "columns": [t for _, t in COLUMNS],
         "rows": rows,
         "primary": primary,
+        "gallery": _gallery(block.get("gallery"), run_dir),
     }
