@@ -824,6 +824,9 @@ def parse_config(
     from auditor.config_detection import check_detection_config, check_task_gates
 
     check_task_gates(raw.get("gates", {}), model.task, source)
+    from auditor.config_multilabel import check_label_gates
+
+    check_label_gates(raw.get("gates", {}), model.output, source)
     if model.task == "detection":  # issue 26: detection's own checks and method defaults
         audit = check_detection_config(raw, data, audit, source)
     gates = _parse_gates(

@@ -62,11 +62,13 @@ def test_every_run_gate_is_evaluated(full_run: Path) -> None:
     result = load_run(full_run).summary
     # (the group gates need [data] groups: tests/test_groups*.py; detection gates a detector)
     from auditor.config_detection import DETECTION_GATES  # detection runs only (issue 26)
+    from auditor.config_multilabel import LABEL_GATES  # multi-label runs only (issue 26)
 
     keys = [
         k
         for k, s in GATES.items()
         if "run" in s.applies and s.level != "group" and k not in DETECTION_GATES
+        and k not in LABEL_GATES
     ]
     assert len(keys) > 60
     gates = evaluate_gates(result, [_rule(k) for k in keys])
@@ -101,7 +103,11 @@ def test_every_comparison_gate_is_evaluated(full_run: Path, tmp_path: Path) -> N
 
     copy = tmp_path / "copy"
     shutil.copytree(full_run, copy)
-    keys = [k for k, s in GATES.items() if "compare" in s.applies]
+    from auditor.config_detection import DETECTION_COMPARE_QUANTITIES
+
+    detection = {f"{q}_{c}" for q in DETECTION_COMPARE_QUANTITIES for c in ("increase", "decrease")}
+    # (detection comparison gates: two detection runs, tests/test_detection_compare.py)
+    keys = [k for k, s in GATES.items() if "compare" in s.applies and s.quantity not in detection]
     rules = [_rule(k) for k in keys]
     res = compare_runs(full_run, copy, out=tmp_path / "cmp", gates=rules, render=False)
     seen = {r.rule for r in res.gates.results}

@@ -144,6 +144,14 @@ def _register_builtin() -> None:
                          f"detection audits: per class, the {change} of {q} from the baseline "
                          f"run at most the threshold")
             )  # fmt: skip
+    from auditor.config_multilabel import LABEL_GATES
+
+    for key, q in LABEL_GATES.items():  # issue 26: [model] output = "sigmoid"
+        register_gate(
+            GateSpec(key, q, "min", ("run",), "class", (),
+                     f"multi-label runs: every label's {q.removeprefix('label_')} at least the "
+                     f"threshold (not estimable: fails)")
+        )  # fmt: skip
     for sev in SEVERITIES:
         register_gate(
             GateSpec(f"max_findings_{sev}", f"findings_{sev}", "max", ("run",), "findings", (),

@@ -14,6 +14,7 @@ from typing import Any
 from auditor.analysis.gate_registry import FAITHFULNESS_QUANTITIES
 from auditor.config import GATE_EXTRA_QUANTITIES, GateRule
 from auditor.config_detection import DETECTION_QUANTITIES
+from auditor.config_multilabel import LABEL_GATE_QUANTITIES
 from auditor.results import AuditResult, ClassResult, GateResult, Gates, OverallResult
 
 __all__ = ["evaluate_gates", "gate_result", "gate_value", "overall_intervention", "overall_value"]
@@ -144,6 +145,10 @@ def evaluate_gates(result: AuditResult | Mapping[str, Any], rules: Sequence[Gate
             results.append(gate_result(rule, None, float(count)))
         elif rule.scope == "overall":
             results.append(gate_result(rule, None, overall_value(result, rule)))
+        elif rule.quantity in LABEL_GATE_QUANTITIES:  # multi-label (issue 26): per label
+            from auditor.analysis.multilabel_gates import label_gate_results
+
+            results.extend(label_gate_results(result, rule))
         else:
             checked = 0
             for cls, block in result.classes.items():

@@ -1,0 +1,75 @@
+"""Multi-label gates (issue 26): ``min_label_auroc`` and ``min_label_average_precision``,
+in the registry, refused outside sigmoid runs, evaluated per label (not estimable: fails)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from auditor.analysis.gate_registry import gate_spec, suggest_gates
+from auditor.analysis.gates import evaluate_gates
+from auditor.config import GateRule, load_config
+from auditor.errors import ConfigError
+from auditor.results import AuditResult, freeze
+
+LABELS = {
+    "n_images": 10,
+    "threshold": 0.5,
+    "labels": {
+        "bar": {"auroc": {"value": 0.9, "ci_low": 0.8, "ci_high": 0.97},
+                "average_precision": {"value": 0.7, "ci_low": 0.55, "ci_high": 0.85}},
+        "ring": {"auroc": {"value": 0.62, "ci_low": 0.41, "ci_high": 0.83},
+                 "average_precision": {"value": 0.8, "ci_low": 0.6, "ci_high": 0.9}},
+        "unicorn": {"auroc": {"value": None, "ci_low": None, "ci_high": None,
+                              "not_estimable": "no image carries the label"},
+                    "average_precision": {"value": None, "ci_low": None, "ci_high": None,
+                                          "not_estimable": "no image carries the label"}},
+    },
+}  # fmt: skip
+
+
+def _result() -> AuditResult:
+    return AuditResult(("gradcam",), "gradcam", extra=freeze({"labels": LABELS, "output": "sigmoid"}))
+
+
+def _check(key: str, value: float, stat: str = "mean", classes: tuple | None = None) -> dict:
+    spec = gate_spec(key)
+    assert spec is not None and spec.applies == ("run",) and spec.bound == "min"
+    rule = GateRule(name=key, quantity=spec.quantity, scope=spec.level, stat=stat, min=value,
+                    classes=classes)  # fmt: skip
+    gates = evaluate_gates(_result(), [rule])
+    return {r.cls: (r.value, r.passed, r.note) for r in gates.results}
+
+
+def test_label_auroc_gate_per_label() -> None:
+    got = _check("min_label_auroc", 0.7)
+    assert got["bar"] == (0.9, True, "")
+    assert got["ring"] == (0.62, False, "")
+    assert got["unicorn"] == (None, False, "no image carries the label")  # fails, with why
+
+
+def test_label_gate_on_interval_bound_and_named_labels() -> None:
+    got = _check("min_label_average_precision", 0.58, stat="ci_low")
+    assert got["bar"] == (0.55, False, "") and got["ring"] == (0.6, True, "")
+    got = _check("min_label_auroc", 0.5, classes=("ring", "dragon"))
+    assert set(got) == {"ring", "dragon"}
+    assert got["ring"][1] is True and got["dragon"] == (None, False, "unknown label")
+
+
+def test_label_gate_on_a_softmax_result_fails_loudly() -> None:
+    rule = GateRule(name="min_label_auroc", quantity="label_auroc", scope="class", min=0.5)
+    (r,) = evaluate_gates(AuditResult(("gradcam",), "gradcam"), [rule]).results
+    assert r.passed is False and "not a multi-label run" in r.note
+
+
+def test_config_refuses_label_gates_outside_sigmoid_and_suggests(demo_inputs: Path) -> None:
+    assert "min_label_auroc" in suggest_gates("min_label_aurok")
+    text = Path(demo_inputs).read_text("utf-8").split("[gates]")[0]  # model, data, audit
+    for gates, needle in (("min_label_auroc = 0.7", 'output = "sigmoid"'),
+                          ("min_label_aurok = 0.7", "'min_label_auroc'")):  # fmt: skip
+        path = Path(demo_inputs).parent / "label_gates.toml"
+        path.write_text(text + f"\n[gates]\n{gates}\n")
+        with pytest.raises(ConfigError) as err:
+            load_config(path)
+        assert needle in str(err.value) and "label_gates.toml" in str(err.value)
