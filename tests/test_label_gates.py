@@ -30,7 +30,8 @@ LABELS = {
 
 
 def _result() -> AuditResult:
-    return AuditResult(("gradcam",), "gradcam", extra=freeze({"labels": LABELS, "output": "sigmoid"}))
+    extra = freeze({"labels": LABELS, "output": "sigmoid"})
+    return AuditResult(("gradcam",), "gradcam", extra=extra)
 
 
 def _check(key: str, value: float, stat: str = "mean", classes: tuple | None = None) -> dict:
