@@ -74,3 +74,23 @@ def test_config_refuses_label_gates_outside_sigmoid_and_suggests(demo_inputs: Pa
         with pytest.raises(ConfigError) as err:
             load_config(path)
         assert needle in str(err.value) and "label_gates.toml" in str(err.value)
+
+
+def test_label_chance_by_hand() -> None:
+    import pyarrow as pa
+
+    from auditor.analysis.multilabel import label_chance
+
+    rows = pa.Table.from_pylist([
+        # label 0: negatives 0.7, 0.2, 0.6, 0.1 -> 2 of 4 at t = 0.5; a positive is ignored
+        *({"method": "gradcam", "label": 0, "positive": False, "confidence": p}
+          for p in (0.7, 0.2, 0.6, 0.1)),
+        {"method": "gradcam", "label": 0, "positive": True, "confidence": 0.9},
+        {"method": "eigencam", "label": 0, "positive": False, "confidence": 0.9},  # other method
+        # label 1: every image carries it -> None (not judged)
+        {"method": "gradcam", "label": 1, "positive": True, "confidence": 0.8},
+        # label 2: a non-finite score is no outcome
+        {"method": "gradcam", "label": 2, "positive": False, "confidence": float("nan")},
+        {"method": "gradcam", "label": 2, "positive": False, "confidence": 0.5},
+    ])  # fmt: skip
+    assert label_chance(rows, 3, primary="gradcam", threshold=0.5) == (0.5, None, 1.0)

@@ -159,3 +159,22 @@ def test_load_run_and_pdf(run: Path) -> None:
     assert loaded.summary.extra["labels"]["labels"]["ring"]["auroc"]["method"] == "delong"
     assert main(["report", str(run), "--pdf"]) == 0
     assert (run / "report.pdf").read_bytes()[:5] == b"%PDF-"
+
+
+def test_absolute_background_chance_is_the_labels_negative_rate(run: Path) -> None:
+    """Sigmoid labels are independent: the only-background test's chance is the label's
+    positive rate on the images WITHOUT it (from samples.parquet by hand), never 1/K."""
+    summary = json.loads((run / "summary.json").read_text())
+    table = pq.read_table(run / "samples.parquet").to_pandas()
+    by_label = {}
+    for li, name in enumerate(mf.LABELS):
+        neg = table[(table.label == li) & ~table.positive.astype(bool)]
+        by_label[name] = float((neg.confidence >= 0.5).mean())
+    absolute = [f for f in summary["findings"] if f["kind"] == "absolute_background"]
+    assert absolute, summary["findings"]  # the planted label fails the absolute test
+    for f in absolute:
+        ev = f["evidence"]
+        assert "positive rate on images without it" in ev["chance_basis"]
+        assert ev["chance"] == pytest.approx(by_label[f["class"]])
+        assert ev["chance"] != pytest.approx(1 / 3)
+    assert {f["class"] for f in absolute if f["severity"] != "low"} <= {"ring"}

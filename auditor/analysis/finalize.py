@@ -178,7 +178,7 @@ def _finalize_exact(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:
             classes=inputs.classes,
             methods=s.methods,
             settings=s,
-            rules=FindingRules(),
+            rules=_finding_rules(full, inputs.classes, s) if multilabel else FindingRules(),
             clusters=clusters,
             sanity=inputs.sanity_results,
         )
@@ -199,6 +199,15 @@ def _finalize_exact(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:
         ):
             h.update(f"{sid}\0{ish}\0{msh}\0{lab}\n".encode())
     return _finish(inputs, _Analysed(result, prim, h, primary_cams, "exact", t_an))
+
+
+def _finding_rules(full: pa.Table, classes: Sequence[str], s: AuditSettings) -> FindingRules:
+    """A multi-label run's finding rules: the per-label chance baseline of the
+    only-background test (:func:`auditor.analysis.multilabel.label_chance`, issue 26)."""
+    from auditor.analysis.multilabel import label_chance
+
+    chance = label_chance(full, len(classes), primary=s.primary, threshold=s.threshold)
+    return FindingRules(label_chance=chance)
 
 
 def _finalize_streamed(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:

@@ -40,6 +40,7 @@ __all__ = [
     "attach_labels",
     "auroc_delong",
     "average_precision",
+    "label_chance",
     "label_statistics",
     "positive_rows",
 ]
@@ -234,6 +235,28 @@ def label_statistics(
         "threshold": float(threshold),
         "labels": out,
     }
+
+
+def label_chance(
+    table: pa.Table, n_labels: int, *, primary: str, threshold: float
+) -> tuple[float | None, ...]:
+    """Per label ``l``: ``P(p_l >= t | image without l)``, the model's positive rate for the
+    label on the images that do not carry it, from every (image, label) row of the primary
+    method (``positive`` false); ``None`` when every image carries the label. The chance
+    baseline of the only-background test for independent sigmoid labels (the background
+    alone should not trigger the label more often than an image that never had it); e.g.
+    negatives scoring 0.7, 0.2, 0.6, 0.1 at ``t = 0.5``: 0.5."""
+    if not table.num_rows:
+        return tuple(None for _ in range(n_labels))
+    prim = table.filter(pc.equal(table.column("method"), primary))
+    lab = np.asarray(prim.column("label").to_numpy(), np.int64)
+    p = _col(prim, "confidence")
+    y = np.asarray(prim.column("positive").to_numpy(zero_copy_only=False), bool)
+    out: list[float | None] = []
+    for li in range(n_labels):
+        neg = (lab == li) & ~y & np.isfinite(p)
+        out.append(float((p[neg] >= threshold).mean()) if neg.any() else None)
+    return tuple(out)
 
 
 def _not_estimable_findings(labels: Mapping[str, Any]) -> list[Finding]:

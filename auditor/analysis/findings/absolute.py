@@ -13,6 +13,8 @@ margins were fixed before any benchmark number was read and are the same for eve
   Xiao et al. 2021): Wilson lower bound above chance :math:`1/C` by more than ``margin`` (0.10);
 * **only-object accuracy** against the class's OWN accuracy: the paired drop's interval above
   ``margin`` (supporting evidence only; it is ``background_reliance``'s statistic).
+  Multi-label (sigmoid) runs: chance is NOT ``1/K`` (labels are independent) but the label's
+  positive rate on images without it (``FindingRules.label_chance``, issue 26).
 
 ``absolute_background`` (per class) fires when the lift test OR the only-background test holds;
 **high** when both hold (the map avoids the object and the background alone carries the
@@ -56,7 +58,8 @@ class AbsoluteRules:
             f"lift has its {confidence:.0%} interval at or below {self.lift_max:.2f} (the map "
             f"is no better than uniform on the object), or whose background alone (object "
             f"removed) is predicted as the class with a Wilson lower bound above chance "
-            f"(1 / number of classes) + {self.margin:.2f}: medium, high when both hold, low "
+            f"(1 / number of classes; multi-label runs: the label's positive rate on images "
+            f"without it) + {self.margin:.2f}: medium, high when both hold, low "
             f"when only the background test holds while the maps lie on the object. "
             f"Interventions that collapse (fill_collapse) are not used. When every class is "
             f"flagged so, a run-wide high 'shared_shortcut' finding."
@@ -91,11 +94,11 @@ def _absolute(
         and lift.n >= rules.min_n
         and lift.ci_high <= rules.lift_max
     )
-    chance = 1.0 / max(len(ctx.classes), 1)
+    chance, basis = _chance(ctx, c)
     bg_fires, bg_rate, bg_n = False, None, 0
     bg_ci: list[float | None] = [None, None]
     obc = ctx.samples.interventions.get("only_bg_correct")
-    if bg_ok and obc is not None:
+    if bg_ok and obc is not None and chance is not None:
         sel = (ctx.samples.labels == int(c.index or 0)) & np.isfinite(obc)
         bg_n = int(sel.sum())
         if bg_n >= rules.min_n:
@@ -113,10 +116,27 @@ def _absolute(
         "only_bg_ci": bg_ci,
         "only_bg_n": bg_n,
         "chance": chance,
+        "chance_basis": basis,
         "margin": rules.margin,
         "only_bg_fires": bg_fires,
         "method": ctx.primary,
     }
+
+
+def _chance(ctx: RuleContext, c: ClassResult) -> tuple[float | None, str]:
+    """The only-background test's chance baseline of class ``c`` and what it is.
+
+    Exclusive classes (softmax): ``1 / C``. Independent labels (sigmoid, issue 26): no share
+    of ``1 / K`` applies (every label may be predicted on any image); the baseline is the
+    model's positive rate ``P(p_l >= t | image without l)`` for that label
+    (``FindingRules.label_chance``): the background alone must trigger the label more often
+    than images that never had it; ``None`` (not judged) without such an image."""
+    lc = ctx.rules.label_chance
+    if lc is None:
+        return 1.0 / max(len(ctx.classes), 1), "1 / number of classes"
+    i = int(c.index or 0)
+    value = lc[i] if 0 <= i < len(lc) else None
+    return value, "the label's positive rate on images without it (independent labels)"
 
 
 def _severity(ev: dict[str, Any]) -> str:
@@ -146,7 +166,8 @@ def _message(name: str, ev: dict[str, Any]) -> str:
         lo, hi = ev["only_bg_ci"]
         parts.append(
             f"the background alone is called '{name}' for {ev['only_bg_accuracy']:.0%} of its "
-            f"images (interval {lo:.0%}–{hi:.0%}; chance {ev['chance']:.0%})"
+            f"images (interval {lo:.0%}–{hi:.0%}; chance {ev['chance']:.0%}: "
+            f"{ev['chance_basis']})"
         )
     tail = (
         " Its maps lie on the object (energy lift above uniform), so the object's silhouette "

@@ -51,6 +51,11 @@ class FindingRules:
     disagreement: float = 0.25
     wrong_reasons_share: float = 0.5
     border_band_share: float = 0.36
+    #: multi-label (sigmoid) runs, per label index: the chance baseline of the only-background
+    #: test of ``absolute_background`` = the model's positive rate for the label on images
+    #: WITHOUT it (None: no such image, the test does not run); None for single-label runs,
+    #: whose chance is 1 / number of classes (issue 26)
+    label_chance: tuple[float | None, ...] | None = None
 
     def describe(self, confidence: float) -> dict[str, str]:
         """``{rule name: description}`` for every registered rule, in order."""
