@@ -94,3 +94,39 @@ def test_label_chance_by_hand() -> None:
         {"method": "gradcam", "label": 2, "positive": False, "confidence": 0.5},
     ])  # fmt: skip
     assert label_chance(rows, 3, primary="gradcam", threshold=0.5) == (0.5, None, 1.0)
+
+
+def test_false_positive_background_finding_by_hand() -> None:
+    from types import SimpleNamespace
+
+    import pyarrow as pa
+
+    from auditor.analysis.multilabel_fp import false_positive_findings
+
+    s = SimpleNamespace(primary="gradcam", threshold=0.5, confidence=0.95, bootstrap=200, seed=0)
+
+    def neg(label: int, p: float, bf: float, explained: str = "negative") -> dict:
+        return {"method": "gradcam", "label": label, "explained": explained, "confidence": p,
+                "background_focus": bf}  # fmt: skip
+
+    rows = pa.Table.from_pylist([
+        # label 0 ('bar'): 4 false positives, maps 0.8-0.9 off every object -> flagged
+        *(neg(0, 0.9, bf) for bf in (0.8, 0.85, 0.9, 0.88)),
+        neg(0, 0.2, 0.1),  # scored below the threshold: not a false positive
+        # label 1 ('ring'): 4 false positives whose maps sit on another object -> silent
+        *(neg(1, 0.7, bf) for bf in (0.2, 0.3, 0.25, 0.1)),
+        # label 2 ('square'): only 2 false positives with a map (a third has no object) -> silent
+        neg(2, 0.9, 0.95), neg(2, 0.9, 0.97), neg(2, 0.9, float("nan")),
+        # a positive pair's map is not a false positive
+        *(neg(2, 0.9, 0.99, explained="positive") for _ in range(3)),
+    ])  # fmt: skip
+    found = false_positive_findings(rows, ["bar", "ring", "square"], s)
+    assert [(f.cls, f.kind, f.severity) for f in found] == [
+        ("bar", "label_false_positive_background", "medium")
+    ]
+    ev = found[0].evidence
+    assert ev["n_false_positives"] == 4 and ev["n_explained_negatives"] == 5
+    assert ev["background_focus"] == pytest.approx((0.8 + 0.85 + 0.9 + 0.88) / 4)
+    assert ev["ci"][0] > 0.5
+    assert "4 of the 5 explained images" in found[0].message
+    assert false_positive_findings(rows.drop_columns(["explained"]), ["bar"], s) == []

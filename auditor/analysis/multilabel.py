@@ -27,6 +27,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import replace
+from types import MappingProxyType
 from typing import Any
 
 import numpy as np
@@ -297,12 +298,19 @@ def attach_labels(result: Any, table: pa.Table, classes: Sequence[str], settings
         n_boot=max(200, min(int(settings.bootstrap), 1000)),
         seed=int(settings.seed),
     )
-    found = list(result.findings)
-    new = [
-        replace(f, id=f"F{len(found) + i + 1}")
-        for i, f in enumerate(_not_estimable_findings(block["labels"]))
-    ]
+    from auditor.analysis.findings import number_findings
+    from auditor.analysis.multilabel_fp import RULE, false_positive_findings
+
+    fps = false_positive_findings(table, classes, settings)
+    found = number_findings([*result.findings, *fps, *_not_estimable_findings(block["labels"])])
+    classes_out = {
+        name: replace(c, flagged=True, flags=(*c.flags, "label_false_positive_background"))
+        if any(f.cls == name for f in fps) else c
+        for name, c in result.classes.items()
+    }  # fmt: skip
     extra = dict(result.extra)
     extra["labels"] = block
     extra["output"] = "sigmoid"
-    return result.replace(findings=tuple(found + new), extra=freeze(extra), confusion=None)
+    rules = {**dict(result.rules), "label_false_positive_background": RULE}
+    return result.replace(findings=tuple(found), extra=freeze(extra), confusion=None,
+                          classes=MappingProxyType(classes_out), rules=freeze(rules))  # fmt: skip
