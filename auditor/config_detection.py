@@ -162,7 +162,11 @@ def check_detection_config(raw: Mapping[str, Any], data: Any, audit: Any, source
             f'would cut boxes); use resize = "direct"'
         )
     if getattr(data, "groups", ()):
-        raise ConfigError(f"{source}: [data] groups are not supported for detection audits yet")
+        raise ConfigError(
+            f"{source}: [data] groups are not supported for detection audits yet (the group "
+            f"statistics and gates read a classifier's per-image accuracy; per-group detection "
+            f"recall is not built); remove [data] groups"
+        )
     if "methods" not in raw.get("audit", {}):
         audit = replace(audit, methods=DEFAULT_DETECTION_METHODS)
     bad = [m for m in audit.methods if m not in DETECTION_METHODS]

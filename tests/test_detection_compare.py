@@ -128,7 +128,8 @@ def test_compare_two_detection_runs(run_a: Path, tmp_path: Path, capsys) -> None
     t = pd.read_parquet(tmp_path / "cmp" / "comparison.parquet")
     assert len(t) == 4 and set(t.comparison) == {"primary"}
     assert t.context_recall_drop_diff.tolist().count(1.0) == 2
-    assert "Detection recall" in (tmp_path / "cmp" / "compare.html").read_text()
+    html = (tmp_path / "cmp" / "compare.html").read_text()
+    assert "Detection recall" in html and "Context recall drop" in html
 
 
 def test_refusals_exit_2(run_a: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
@@ -228,3 +229,11 @@ def test_choose_detection_panels_by_hand() -> None:
     assert picks[0]["box_id"] == "i7#gt7"
     assert choose_detection_panels(rows, ["kite"], {}, "gradcam", 1)[0]["box"] == 1
     assert choose_detection_panels(rows, ["kite"], {}, "gradcam", 0) == []
+
+
+def test_shards_refused_with_the_reason(run_a: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    cfg = run_a.parent / "audit.toml"
+    rc = main(["run", str(cfg), "--out", str(tmp_path / "s"), "--shard", "1/2", "--no-pdf",
+               "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert rc == 2 and "--shard and torchrun" in err and "per-box rows" in err

@@ -51,7 +51,21 @@ from auditor.metrics.detection import box_masks, match_detections
 
 log = logging.getLogger("auditor")
 
-__all__ = ["DETECTION_ARCHS", "detection_rows_for_image", "load_detector", "run_detection"]
+__all__ = [
+    "DETECTION_ARCHS",
+    "SHARD_REFUSAL",
+    "detection_rows_for_image",
+    "load_detector",
+    "run_detection",
+]
+
+#: why ``--shard`` / torchrun are refused for detection audits (exit 2, before the model loads)
+SHARD_REFUSAL = (
+    'detection audits ([model] task = "detection") run in one process: --shard and torchrun '
+    "are not supported for them yet, because `auditor finalize` merges a classifier's shards "
+    "(one row per image) and does not merge a detector's per-box rows, maps and gallery; run "
+    "without --shard / torchrun"
+)
 
 #: torchvision detection builders the audit builds by name (never with downloaded weights)
 DETECTION_ARCHS = (

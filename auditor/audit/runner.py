@@ -228,10 +228,10 @@ def _run_locked(
     # gates naming classes are checked against the dataset's class list before the model loads
     check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     if cfg.model.task == "detection":  # issue 26: the detector loop, same run directory
-        from auditor.audit.detection import run_detection
+        from auditor.audit.detection import SHARD_REFUSAL, run_detection
 
         if spec.mode != "single":
-            raise ConfigError("detection audits run in one process (--shard/torchrun: not yet)")
+            raise ConfigError(SHARD_REFUSAL)
         return run_detection(
             cfg, dataset, out, lock=lock, trust_model_code=trust_model_code, resume=resume,
             pdf=cfg.report.pdf if pdf is None else pdf, progress=progress, render=render,

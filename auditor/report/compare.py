@@ -243,6 +243,10 @@ def focus_comparison_figure(
 # --------------------------------------------------------------------------------------------
 #: Localisation metrics shown in the per-class table (primary methods).
 TABLE_METRICS = ("background_focus", "energy_in_mask", "pointing_game", "iou", "auc")
+_TITLES = {"accuracy": "Accuracy", "only_fg_drop": "Drop, object only"}
+#: the table columns of a comparison of two detection runs (issue 26)
+DETECTION_TABLE_METRICS = ("detection_recall", "detection_precision", "context_recall_drop",
+                           "object_only_recall", "background_focus", "energy_in_mask")  # fmt: skip
 FIGURE_CLASSES = 30
 
 
@@ -264,8 +268,8 @@ def build_compare_context(
     )
     c = r.to_json()  # plain data for the template
     prim = c["primary"]
-    titles = {k: v.get("title", k) for k, v in r.metrics_info.items()}
-    titles.update({"accuracy": "Accuracy", "only_fg_drop": "Drop, object only"})
+    titles = {k: v.get("title", k) for k, v in r.metrics_info.items()} | _TITLES
+    shown = DETECTION_TABLE_METRICS if "detection" in c else TABLE_METRICS  # issue 26
     empty = {
         "mean_a": None,
         "mean_b": None,
@@ -286,7 +290,7 @@ def build_compare_context(
                 "slug": slugify(name),
                 "n": e["n"],
                 "status": e["status"],
-                "m": {q: e["metrics"].get(q, empty) for q in ("accuracy",) + TABLE_METRICS},
+                "m": {q: e["metrics"].get(q, empty) for q in ("accuracy",) + shown},
             }
         )
     overall_rows = [
@@ -297,7 +301,7 @@ def build_compare_context(
         method_rows.append(
             {
                 "name": m,
-                "m": {q: blk["overall"].get(q, empty) for q in TABLE_METRICS},
+                "m": {q: blk["overall"].get(q, empty) for q in shown},
             }
         )
     figures = []
@@ -374,7 +378,7 @@ def build_compare_context(
         "rows": rows,
         "overall_rows": overall_rows,
         "method_rows": method_rows,
-        "table_metrics": [(q, titles.get(q, q)) for q in TABLE_METRICS],
+        "table_metrics": [(q, titles.get(q, q)) for q in shown],
         "metric_titles": titles,
         "figures": figures,
         "moved": moved,
