@@ -237,3 +237,15 @@ def test_shards_refused_with_the_reason(run_a: Path, tmp_path: Path, capsys) -> 
                "--quiet"])  # fmt: skip
     err = capsys.readouterr().err
     assert rc == 2 and "--shard and torchrun" in err and "per-box rows" in err
+
+
+def test_detection_comparison_gate_refused_in_a_classifier_config(demo_inputs: Path) -> None:
+    from auditor.config import load_config
+    from auditor.errors import ConfigError
+
+    text = Path(demo_inputs).read_text("utf-8").split("[gates]")[0]
+    path = Path(demo_inputs).parent / "det_gate.toml"
+    path.write_text(text + "\n[gates]\nmax_detection_recall_decrease = 0.1\n")
+    with pytest.raises(ConfigError) as err:
+        load_config(path, baseline=True)
+    assert "det_gate.toml" in str(err.value) and "detection gate" in str(err.value)
