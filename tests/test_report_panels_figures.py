@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -186,3 +187,41 @@ def test_demo_sufficiency_panels_show_the_background_only_image(
     )  # fmt: skip
     got = _pixels((demo_run / p["file"]).read_bytes())
     assert np.array_equal(got[:, :256], _pixels(want)[:, :256])
+
+
+def test_fmt_interval_adds_digits_only_when_bounds_print_alike() -> None:
+    from auditor.format import fmt_interval
+
+    assert fmt_interval(0.976, 0.984) == "97.6%–98.4%"  # was "98%–98%"
+    assert fmt_interval(0.9801, 0.9804) == "98.01%–98.04%"
+    assert fmt_interval(0.25, 0.29, ".2f") == "0.25–0.29"
+    assert fmt_interval(0.98, 0.98) == "98%–98%"  # equal bounds stay as they are
+    assert fmt_interval(None, 0.5, sep=" to ") == "n/a to 50%"
+    with pytest.raises(ValueError, match="`spec`"):
+        fmt_interval(0.1, 0.2, "g")
+
+
+_RAW = re.compile(r"_|\b(ci|bg|fg|n|diff|max|min|conf)\b")
+
+
+def test_every_evidence_key_the_rules_write_reads_as_words() -> None:
+    from auditor.results import evidence_label
+
+    keys = set()
+    for path in Path("auditor").rglob("*.py"):
+        if "findings" in path.parts or path.name in ("subgroup_findings.py", "detection.py"):
+            keys |= set(re.findall(r'"([a-z][a-z0-9_]*)":', path.read_text()))
+    assert {"only_bg_ci", "n_other", "diff", "lift_fires"} <= keys
+    raw = {k: evidence_label(k) for k in keys if _RAW.search(evidence_label(k))}
+    assert raw == {}
+
+
+def test_demo_report_has_no_raw_keys_equal_intervals_or_one_cluster_eigengap(
+    demo_run: Path,
+) -> None:
+    html = (demo_run / "report.html").read_text()
+    rows = re.findall(r'<table class="evidence">.*?</table>', html, re.S)
+    heads = [h for t in rows for h in re.findall(r'<th scope="row">([^<]*)</th>', t)]
+    assert heads and [h for h in heads if _RAW.search(h)] == []
+    assert re.search(r"(\d+(?:\.\d+)?%)–\1(?!\d)", html) is None  # no "98%–98%"
+    assert "1 cluster, eigengap" not in html
