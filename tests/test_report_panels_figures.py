@@ -225,3 +225,27 @@ def test_demo_report_has_no_raw_keys_equal_intervals_or_one_cluster_eigengap(
     assert heads and [h for h in heads if _RAW.search(h)] == []
     assert re.search(r"(\d+(?:\.\d+)?%)–\1(?!\d)", html) is None  # no "98%–98%"
     assert "1 cluster, eigengap" not in html
+
+
+def test_limitations_name_samples_without_masks_and_groups_too_small(tmp_path: Path) -> None:
+    from auditor.report.compliance import derived_limitations
+    from auditor.report.context import load_result
+    from tests.report_fixtures import make_run_dir
+
+    run = make_run_dir(tmp_path / "run", class_names=("a", "b"), n_per_class=6)
+    summary = json.loads((run / "summary.json").read_text())
+    primary = summary["primary_method"]
+    summary["overall"]["status_counts"] = {primary: {"ok": 8, "no_mask": 3, "full_mask": 1}}
+    level = {"n": 20, "suppressed": False}
+    summary["groups"] = {
+        "min_group_size": 10,
+        "attributes": [
+            {"name": "site", "levels": [{"level": "A", **level}, {"level": "B", "n": None,
+                                                                   "suppressed": True}]},
+        ],
+    }  # fmt: skip
+    (run / "summary.json").write_text(json.dumps(summary))
+    text = " ".join(derived_limitations(load_result(run)))
+    assert "3 without an object mask, 1 with a mask covering the whole image" in text
+    assert "1 metadata group(s) have fewer than 10 images (site=B)" in text
+    assert "site=A" not in text
