@@ -27,6 +27,7 @@ __all__ = [
     "background_focus_by_class",
     "cluster_panel",
     "confusion_matrix",
+    "count_norm",
     "energy_distribution",
     "energy_vs_confidence",
     "gallery_panel",
@@ -354,19 +355,7 @@ def gallery_panel(
             )
         if mask.dtype != np.bool_:
             raise TypeError(f"`mask` must be bool, got dtype {mask.dtype}")
-    cam = np.asarray(cam)
-    if cam.ndim != 2 or 0 in cam.shape:
-        raise ValueError(f"`cam` must have shape [h, w] with h, w > 0, got {tuple(cam.shape)}")
-    if not np.issubdtype(cam.dtype, np.number) or np.iscomplexobj(cam):
-        raise TypeError(f"`cam` must be a real float array, got dtype {cam.dtype}")
-
-    if model_input is not None:
-        model_input = np.asarray(model_input)
-        if model_input.shape != image.shape or model_input.dtype != np.uint8:
-            raise ValueError(
-                f"`model_input` must be uint8 {tuple(image.shape)} like `image`, got "
-                f"{model_input.dtype} {tuple(model_input.shape)}"
-            )
+    cam, model_input = _checked_cam_and_input(cam, model_input, image.shape)
     cam_n, note = _normalise_cam(cam, height, width)
     if mask is None:
         mask_note = "no mask"
@@ -387,6 +376,26 @@ def gallery_panel(
         ),
         heading=[_label(t, 80) for t in (title, subtitle) if t],
     )
+
+
+def _checked_cam_and_input(
+    cam: np.ndarray, model_input: np.ndarray | None, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`gallery_panel`'s ``cam`` (real ``[h, w]``) and ``model_input`` (``None`` or
+    uint8 of the image's ``shape``) as arrays, or a ValueError/TypeError naming them."""
+    cam = np.asarray(cam)
+    if cam.ndim != 2 or 0 in cam.shape:
+        raise ValueError(f"`cam` must have shape [h, w] with h, w > 0, got {tuple(cam.shape)}")
+    if not np.issubdtype(cam.dtype, np.number) or np.iscomplexobj(cam):
+        raise TypeError(f"`cam` must be a real float array, got dtype {cam.dtype}")
+    if model_input is not None:
+        model_input = np.asarray(model_input)
+        if model_input.shape != tuple(shape) or model_input.dtype != np.uint8:
+            raise ValueError(
+                f"`model_input` must be uint8 {tuple(shape)} like `image`, got "
+                f"{model_input.dtype} {tuple(model_input.shape)}"
+            )
+    return cam, model_input
 
 
 def _draw_gallery(
