@@ -249,3 +249,15 @@ def test_limitations_name_samples_without_masks_and_groups_too_small(tmp_path: P
     assert "3 without an object mask, 1 with a mask covering the whole image" in text
     assert "1 metadata group(s) have fewer than 10 images (site=B)" in text
     assert "site=A" not in text
+
+
+@pytest.mark.parametrize("k", [0, 1, 4])
+def test_cluster_panel_text_legible_on_a_phone_and_not_cut(k: int) -> None:
+    img = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    png = F.cluster_panel(np.eye(4), [(img, np.eye(3))] * k, title="W" * 90)
+    width = Image.open(io.BytesIO(png)).size[0]
+    px = round(F.cluster_font_pt(width) * 100 / 72)
+    # shown at most PHONE_PANEL_PX wide on a 390 px phone (narrower panels at their own width)
+    assert px * min(1.0, F.PHONE_PANEL_PX / width) >= 8.0
+    assert px >= 17  # never smaller than before
+    assert _frame_is_white(png)

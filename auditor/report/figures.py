@@ -144,8 +144,21 @@ _DPI = 100
 #: printed, >= 8 px on screen; it was 17 px, 6.1 px on the phone).
 PANEL_FONT_PT = 18.0
 PANEL_FONT_PX = round(PANEL_FONT_PT * 100 / 72.0)
-#: Text size of the cluster panels (up to 1,100 px wide; unchanged by issue 25's panel fix).
+#: Smallest text size of the cluster panels (300 to 1,100 px wide); wider panels draw larger
+#: text (:func:`cluster_font_pt`).
 CLUSTER_FONT_PT = 12.0
+#: The width a full-width panel is shown at on a 390 px phone (the demo report's column).
+PHONE_PANEL_PX = 323
+
+
+def cluster_font_pt(width_px: int) -> float:
+    """Text size (pt at 100 dpi) of a cluster panel ``width_px`` wide: at least
+    :data:`CLUSTER_FONT_PT`, and large enough to be >= 8 px when the panel is shown
+    :data:`PHONE_PANEL_PX` wide, ``ceil(8 * width / 323)`` px (issue 25)."""
+    px = max(round(CLUSTER_FONT_PT * _DPI / 72.0), math.ceil(8.0 * width_px / PHONE_PANEL_PX))
+    return px * 72.0 / _DPI
+
+
 _FONT_CACHE: dict[int, Any] = {}
 _JET_LUT: np.ndarray | None = None
 
@@ -448,19 +461,11 @@ def _draw_gallery(
     return _png(canvas)
 
 
-def cluster_panel(
-    mean_map: np.ndarray,
-    exemplars: list[tuple[np.ndarray, np.ndarray]],
-    *,
-    title: str,
-) -> bytes:
-    """Draw a cluster of explanations: its mean CAM, then exemplar images with CAM overlays.
-
-    Each exemplar is ``(image [H, W, 3] uint8, cam [h, w] float)``; the CAM is upsampled and
-    normalised as in :func:`gallery_panel`. Clusters of explanation maps follow the spectral
-    relevance analysis of Lapuschkin et al. (2019), "Unmasking Clever Hans predictors and
-    assessing what machines really learn".
-    """
+def _checked_cluster_inputs(
+    mean_map: np.ndarray, exemplars: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """:func:`cluster_panel`'s ``mean_map`` as an array after checking it and the
+    ``exemplars``; a ValueError/TypeError naming the argument otherwise."""
     mean_map = np.asarray(mean_map)
     if mean_map.ndim != 2 or 0 in mean_map.shape:
         raise ValueError(f"`mean_map` must have shape [h, w], got {tuple(mean_map.shape)}")
@@ -479,6 +484,23 @@ def cluster_panel(
             raise ValueError(
                 f"`exemplars[{i}]` cam must be [h, w], got {tuple(np.asarray(item[1]).shape)}"
             )
+    return mean_map
+
+
+def cluster_panel(
+    mean_map: np.ndarray,
+    exemplars: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    title: str,
+) -> bytes:
+    """Draw a cluster of explanations: its mean CAM, then exemplar images with CAM overlays.
+
+    Each exemplar is ``(image [H, W, 3] uint8, cam [h, w] float)``; the CAM is upsampled and
+    normalised as in :func:`gallery_panel`. Clusters of explanation maps follow the spectral
+    relevance analysis of Lapuschkin et al. (2019), "Unmasking Clever Hans predictors and
+    assessing what machines really learn".
+    """
+    mean_map = _checked_cluster_inputs(mean_map, exemplars)
 
     from PIL import Image as _Image
     from PIL import ImageDraw
@@ -487,20 +509,24 @@ def cluster_panel(
     w_px, h_px = round(max(3.0, 2.2 * n) * _DPI), round(2.6 * _DPI)
     canvas = _Image.new("RGB", (w_px, h_px), "white")
     draw = ImageDraw.Draw(canvas)
-    y = _text_centred(
-        draw, w_px / 2.0, 6.0, _label(title, 80), _font(CLUSTER_FONT_PT), COLOURS["ink"]
-    )
+    pt = cluster_font_pt(w_px)
+    font = _font(pt)
+    y = 6.0
+    for part in _wrap(draw, _label(title, 80), font, w_px - 16, 1):
+        y = _text_centred(draw, w_px / 2.0, y, part, font, COLOURS["ink"])
     y += 2
     mean_n, note = _normalise_cam(mean_map, *mean_map.shape)
     titles = ["mean map" + (f" ({note})" if note else "")]
     titles += [f"exemplar {i}" for i in range(1, n)]
-    font = _font(CLUSTER_FONT_PT)
-    title_h = max(draw.textbbox((0, 0), t, font=font)[3] for t in titles) + 4
-    top = int(round(y + title_h))
-    left, gap, cbar = 8, 10, 54
+    left, gap = 8, 10
+    cbar = max(54, 12 + 9 + int(draw.textbbox((0, 0), "0.0", font=font)[2]) + 4)
     box_w = (w_px - 2 * left - cbar - gap * (n - 1)) // n
-    box_h = h_px - top - 8
-    for k, t in enumerate(titles):
+    wrapped = [_wrap(draw, t, font, box_w + gap - 4, 2) for t in titles]
+    line = draw.textbbox((0, 0), "Ag", font=font)
+    line_h = int(line[3] - line[1])
+    top = int(round(y + max(len(w) for w in wrapped) * (line_h + 3) + 4))
+    box_h = h_px - top - max(8, line_h // 2 + 4)
+    for k in range(n):
         x0 = left + k * (box_w + gap) + (cbar if k else 0)
         if k == 0:
             rgb = _jet(mean_n).astype(np.uint8)
@@ -513,7 +539,7 @@ def cluster_panel(
                 top,
                 size[1],
                 label="",
-                points=CLUSTER_FONT_PT,
+                points=pt,
             )
         else:
             img = np.asarray(exemplars[k - 1][0])
@@ -521,9 +547,9 @@ def cluster_panel(
             size = _fit(img.shape[0], img.shape[1], box_w, box_h)
             tile = _nearest(_blend(img, cam_n), size)
         canvas.paste(tile, (x0 + (box_w - size[0]) // 2, top))
-        _text_centred(
-            draw, x0 + box_w / 2.0, y, t, font, COLOURS["ink"] if k == 0 else COLOURS["muted"]
-        )
+        ty, colour = y, COLOURS["ink"] if k == 0 else COLOURS["muted"]
+        for part in wrapped[k]:
+            ty = _text_centred(draw, x0 + box_w / 2.0, ty, part, font, colour)
     return _png(canvas)
 
 
