@@ -261,3 +261,27 @@ def test_cluster_panel_text_legible_on_a_phone_and_not_cut(k: int) -> None:
     assert px * min(1.0, F.PHONE_PANEL_PX / width) >= 8.0
     assert px >= 17  # never smaller than before
     assert _frame_is_white(png)
+
+
+@pytest.mark.parametrize(("rates", "named"), [
+    ({"a": 1.0, "b": 0.0, "c": 0.05}, "a"),  # every background-only image goes to 'a'
+    ({"a": 0.95, "b": 0.2, "c": 0.0}, None),  # 'b' keeps 20%: not one default answer
+    ({"a": 0.85, "b": 0.0, "c": 0.0}, None),  # below the 0.9 bar
+])  # fmt: skip
+def test_background_only_caveat_names_the_empty_scene_class(
+    tmp_path: Path, rates: dict[str, float], named: str | None
+) -> None:
+    from auditor.report.compliance import derived_limitations
+    from auditor.report.context import load_result
+    from tests.report_fixtures import make_run_dir
+
+    run = make_run_dir(tmp_path / "run", class_names=tuple(rates), n_per_class=6)
+    summary = json.loads((run / "summary.json").read_text())
+    for name, rate in rates.items():
+        summary["classes"][name]["interventions"]["only_bg_accuracy"] = rate
+    (run / "summary.json").write_text(json.dumps(summary))
+    caveats = [s for s in derived_limitations(load_result(run)) if "empty scene" in s]
+    if named is None:
+        assert caveats == []
+    else:
+        assert len(caveats) == 1 and f"class '{named}'" in caveats[0] and "(100%)" in caveats[0]
