@@ -23,6 +23,7 @@ __all__ = [
     "finite_pair",
     "fmt",
     "fmt_ci",
+    "fmt_interval",
     "fmt_num",
     "fmt_pct",
     "fmt_signed",
@@ -61,6 +62,29 @@ def fmt(value: object, spec: str = ".2f", *, missing: str = MISSING) -> str:
     """
     x = finite_or_none(value)
     return missing if x is None else format(x, spec)
+
+
+def fmt_interval(
+    lo: object, hi: object, spec: str = ".0%", *, sep: str = "–", missing: str = "n/a"
+) -> str:
+    """An interval in running text, ``lo–hi``, each bound ``format(x, spec)``; bounds that
+    differ but would print alike get up to three more digits ("97.6%–98.4%", never
+    "98%–98%"; issue 25). ``spec``: ``".Nf"`` or ``".N%"``. A missing bound prints ``missing``.
+
+    >>> fmt_interval(0.976, 0.984), fmt_interval(0.25, 0.29, ".2f"), fmt_interval(None, 0.5)
+    ('97.6%–98.4%', '0.25–0.29', 'n/a–50%')
+    """
+    m = re.fullmatch(r"\.(\d)([f%])", spec)
+    if m is None:
+        raise ValueError(f"`spec` must look like '.2f' or '.0%', got {spec!r}")
+    a, b = fmt(lo, spec, missing=missing), fmt(hi, spec, missing=missing)
+    x, y = finite_or_none(lo), finite_or_none(hi)
+    if x is not None and y is not None and x != y:
+        for d in range(int(m.group(1)), int(m.group(1)) + 4):
+            a, b = format(x, f".{d}{m.group(2)}"), format(y, f".{d}{m.group(2)}")
+            if a != b:
+                break
+    return f"{a}{sep}{b}"
 
 
 def fmt_signed(value: object, digits: int = 3, *, missing: str = MISSING) -> str:

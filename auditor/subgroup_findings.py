@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from auditor.format import fmt_interval
 from auditor.results import ClassClusters, Finding
 from auditor.stats import two_proportion_diff_ci, wilson_interval
 
@@ -244,10 +245,10 @@ def sufficiency_findings(
                 f"'{name}': the background alone is predicted as '{name}'",
                 (
                     f"With the object removed, {k_c} of {n_c} '{name}' images "
-                    f"({p_c:.0%}, interval {w.low:.0%} to {w.high:.0%}) are still classified "
-                    f"as '{name}', against {p_o:.0%} of other classes' backgrounds: the "
+                    f"({p_c:.0%}, interval {fmt_interval(w.low, w.high, sep=' to ')}) are still "
+                    f"classified as '{name}', against {p_o:.0%} of other classes' backgrounds: the "
                     f"background carries the class (difference {d.estimate:.0%}, interval "
-                    f"{d.low:.0%} to {d.high:.0%})."
+                    f"{fmt_interval(d.low, d.high, sep=' to ')})."
                 ),
                 {
                     "only_bg_accuracy": p_c,

@@ -164,9 +164,11 @@ def test_class_table_last_columns_visible_at_1440(browser, reports, name) -> Non
         page.close()
 
 
-def test_panel_text_legible_and_each_panel_shown_once(browser, reports) -> None:
-    """Panel text (drawn PANEL_FONT_PX high in the PNG) is >= 8 px on a 1440 px screen."""
-    page = _open(browser, reports["demo"], 1440)
+@pytest.mark.parametrize("width", WIDTHS)
+def test_panel_text_legible_and_each_panel_shown_once(browser, reports, width: int) -> None:
+    """Panel text (drawn PANEL_FONT_PX high in the PNG) is >= 8 px on screen at 390 px (a
+    phone) and 1440 px, measured from each panel's rendered width; the HTML captions too."""
+    page = _open(browser, reports["demo"], width)
     try:
         shown = page.eval_on_selector_all(
             "figure.panel img",
@@ -174,7 +176,12 @@ def test_panel_text_legible_and_each_panel_shown_once(browser, reports) -> None:
         )
         assert len(shown) >= 2
         sizes = [PANEL_FONT_PX * cw / nw for _, cw, nw in shown]
-        assert min(sizes) >= 8.0, sizes
+        assert min(sizes) >= 8.0, (width, sizes)
+        captions = page.eval_on_selector_all(
+            "figure.panel figcaption",
+            "cs => cs.map(c => parseFloat(getComputedStyle(c).fontSize))",
+        )
+        assert min(captions) >= 8.0, captions
         sources = [src for src, _, _ in shown]
         assert len(set(sources)) == len(sources)  # no panel drawn twice
         refs = page.locator("p.panel-refs a")

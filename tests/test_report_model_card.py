@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -40,6 +41,24 @@ def _validate(card: dict) -> None:
             assert float(ci["lower_bound"]) <= float(m["value"]) <= float(ci["upper_bound"])
     for x in card["considerations"]["limitations"]:
         assert set(x) == {"description"} and x["description"]
+    # the types model-card-toolkit's JSON schema v0.0.2 gives these fields (strings, also for
+    # values and interval bounds; "date" a full-date; "link" a URI)
+    assert isinstance(card["schema_version"], str)
+    assert re.fullmatch(r"\d{4}-\d{2}-\d{2}", card["model_details"]["version"]["date"])
+    for o in card["model_details"]["owners"]:
+        assert set(o) <= {"name", "contact"} and all(isinstance(v, str) for v in o.values())
+    for d in card["model_parameters"]["data"]:
+        assert set(d) <= {"name", "link", "sensitive", "graphics", "description"}
+        assert "link" not in d or "://" in d["link"]
+    for m in card["quantitative_analysis"]["performance_metrics"]:
+        assert all(isinstance(m[k], str) for k in ("type", "value", "slice") if k in m)
+        ci = m.get("confidence_interval", {})
+        assert set(ci) <= {"lower_bound", "upper_bound"}
+        assert all(isinstance(v, str) for v in ci.values())
+    for key in ("use_cases", "limitations"):
+        assert all(set(x) == {"description"} for x in card["considerations"][key])
+    for x in card["considerations"]["ethical_considerations"]:
+        assert set(x) <= {"name", "mitigation_strategy"}
 
 
 def test_export_writes_a_valid_model_card(tmp_path, capsys):

@@ -43,6 +43,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from auditor.format import fmt_interval
 from auditor.results import AuditResult, freeze
 
 __all__ = [
@@ -118,7 +119,7 @@ def _chance_check(result: AuditResult) -> tuple[dict[str, Any], str | None]:
     if lo > chance:
         return check, None
     return check, (
-        f"the accuracy {ov.accuracy:.0%} (95% interval {lo:.0%} to {(hi or 0):.0%}, "
+        f"the accuracy {ov.accuracy:.0%} (95% interval {fmt_interval(lo, hi or 0, sep=' to ')}, "
         f"{ov.n} images) does not lie above chance ({chance:.0%}): the maps may explain a guess"
     )
 

@@ -62,6 +62,7 @@ def derived_limitations(result: AuditResult) -> list[str]:
             "The evaluation images carry no object masks or boxes: where the model looks could "
             "not be compared with where the object is, and no intervention ran."
         )
+    out += _mask_and_group_gaps(result)
     if result.dataset.n_skipped:
         out.append(
             f"{result.dataset.n_skipped} of {result.dataset.n_samples} samples could not be "
@@ -82,6 +83,42 @@ def derived_limitations(result: AuditResult) -> list[str]:
         f"The maps are computed at {layer} ({how}); another layer can give different maps and "
         f"different findings."
     )
+    return out
+
+
+def _mask_and_group_gaps(result: AuditResult) -> list[str]:
+    """Samples without a usable mask (the primary method's metric statuses ``no_mask``,
+    ``empty_mask``, ``full_mask``) and metadata groups too small to report (issue 25)."""
+    out: list[str] = []
+    counts = dict((result.overall.status_counts or {}).get(result.primary_method or "", {}))
+    parts = [
+        f"{int(counts[k])} {what}"
+        for k, what in (
+            ("no_mask", "without an object mask"),
+            ("empty_mask", "with an empty mask"),
+            ("full_mask", "with a mask covering the whole image"),
+        )
+        if int(counts.get(k) or 0) > 0
+    ]
+    if parts and result.dataset.annotated is not False:
+        out.append(
+            f"Of {result.dataset.n_evaluated} evaluated samples, {', '.join(parts)}: where the "
+            f"model looks and the background interventions are measured on the others only."
+        )
+    from auditor.group_results import GroupsResult
+
+    groups = GroupsResult.of_summary(result)
+    small = [
+        f"{a.name}={g.level}" for a in (groups.attributes if groups else ()) for g in a.levels
+        if g.suppressed
+    ]  # fmt: skip
+    if small and groups is not None:
+        shown = ", ".join(small[:6]) + (" …" if len(small) > 6 else "")
+        out.append(
+            f"{len(small)} metadata group(s) have fewer than {groups.min_group_size} images "
+            f"({shown}): no number is reported for them and no disparity about them can be "
+            f"found."
+        )
     return out
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "background_focus_by_class",
     "cluster_panel",
     "confusion_matrix",
+    "count_norm",
     "energy_distribution",
     "energy_vs_confidence",
     "gallery_panel",
@@ -137,11 +138,27 @@ def _normalise_cam(cam: np.ndarray, height: int, width: int) -> tuple[np.ndarray
 # --------------------------------------------------------------------------------------------
 
 _DPI = 100
-#: Text size of gallery and cluster panels, in points at the panels' 100 dpi (17 px). A
-#: 900 px panel shown 118 mm wide in the PDF prints it at 6.3 pt, and shown 660 px wide on
-#: screen at 12.5 px (issue 25: panel text >= 6 pt printed, >= 8 px on screen).
-PANEL_FONT_PT = 12.0
+#: Text size of the gallery panels, in points at the panels' 100 dpi (25 px). A 900 px panel
+#: shown 118 mm wide in the PDF prints it at 9.3 pt; on screen it is 9.0 px on a 390 px phone
+#: (panel 323 px wide), 8.1 px at 360 px and 18 px at 1440 px (issue 25: panel text >= 6 pt
+#: printed, >= 8 px on screen; it was 17 px, 6.1 px on the phone).
+PANEL_FONT_PT = 18.0
 PANEL_FONT_PX = round(PANEL_FONT_PT * 100 / 72.0)
+#: Smallest text size of the cluster panels (300 to 1,100 px wide); wider panels draw larger
+#: text (:func:`cluster_font_pt`).
+CLUSTER_FONT_PT = 12.0
+#: The width a full-width panel is shown at on a 390 px phone (the demo report's column).
+PHONE_PANEL_PX = 323
+
+
+def cluster_font_pt(width_px: int) -> float:
+    """Text size (pt at 100 dpi) of a cluster panel ``width_px`` wide: at least
+    :data:`CLUSTER_FONT_PT`, and large enough to be >= 8 px when the panel is shown
+    :data:`PHONE_PANEL_PX` wide, ``ceil(8 * width / 323)`` px (issue 25)."""
+    px = max(round(CLUSTER_FONT_PT * _DPI / 72.0), math.ceil(8.0 * width_px / PHONE_PANEL_PX))
+    return px * 72.0 / _DPI
+
+
 _FONT_CACHE: dict[int, Any] = {}
 _JET_LUT: np.ndarray | None = None
 
@@ -232,6 +249,32 @@ def _text_centred(draw: Any, cx: float, y: float, text: str, font: Any, fill: st
     return y + (bottom - top) + 3
 
 
+def _wrap(draw: Any, text: str, font: Any, max_w: float, max_lines: int) -> list[str]:
+    """``text`` in at most ``max_lines`` lines no wider than ``max_w`` px: broken at spaces,
+    the last line cut with "…" when the rest does not fit (no label is clipped by the canvas
+    or drawn over its neighbour; issue 25)."""
+
+    def width(t: str) -> float:
+        left, _, right, _ = draw.textbbox((0, 0), t, font=font)
+        return float(right - left)
+
+    lines: list[str] = []
+    words = text.split(" ")
+    while words and len(lines) < max_lines:
+        line = words.pop(0)
+        while words and width(line + " " + words[0]) <= max_w:
+            line += " " + words.pop(0)
+        lines.append(line)
+    if words:  # left over: goes on the last line, cut to fit
+        lines[-1] = lines[-1] + " " + " ".join(words)
+    for i, line in enumerate(lines):
+        if width(line) > max_w:
+            while line and width(line + "…") > max_w:
+                line = line[:-1]
+            lines[i] = line.rstrip() + "…"
+    return lines
+
+
 def _colorbar(canvas: Any, x: int, y: int, height: int, *, label: str, points: float = 7.0) -> None:
     """A vertical jet colour bar 0..1 with ticks every 0.2 (and the label, rotated)."""
     from PIL import Image as _Image
@@ -282,8 +325,14 @@ def gallery_panel(
     *,
     title: str = "",
     subtitle: str = "",
+    model_input: np.ndarray | None = None,
 ) -> bytes:
     """Draw one gallery panel: image | image + object outline | CAM overlay with colour bar.
+
+    With ``model_input`` (an edited image the model was shown, e.g. the only-background image
+    of :func:`auditor.report.background_only.background_only_display`) the first tile shows
+    that image instead of the original, titled "background only (model input)" (issue 25: a
+    panel shows the image its finding talks about).
 
     The CAM is bilinearly upsampled to the image size and normalised to its maximum,
     ``cam_n(x) = cam(x) / max_x cam(x)`` (an all-zero map stays zero), then alpha-blended
@@ -298,6 +347,7 @@ def gallery_panel(
         cam: ``[h, w]`` float class activation map (any non-negative scale).
         title: first line above the panel (e.g. the sample id).
         subtitle: second line (e.g. label, prediction, energy in object).
+        model_input: ``[H, W, 3]`` ``uint8`` image shown in the first tile, or ``None``.
 
     Returns:
         PNG bytes.
@@ -318,12 +368,7 @@ def gallery_panel(
             )
         if mask.dtype != np.bool_:
             raise TypeError(f"`mask` must be bool, got dtype {mask.dtype}")
-    cam = np.asarray(cam)
-    if cam.ndim != 2 or 0 in cam.shape:
-        raise ValueError(f"`cam` must have shape [h, w] with h, w > 0, got {tuple(cam.shape)}")
-    if not np.issubdtype(cam.dtype, np.number) or np.iscomplexobj(cam):
-        raise TypeError(f"`cam` must be a real float array, got dtype {cam.dtype}")
-
+    cam, model_input = _checked_cam_and_input(cam, model_input, image.shape)
     cam_n, note = _normalise_cam(cam, height, width)
     if mask is None:
         mask_note = "no mask"
@@ -334,42 +379,72 @@ def gallery_panel(
     else:
         mask_note = "object outline"
     return _draw_gallery(
-        image,
+        (image, image if model_input is None else model_input),
         mask if mask_note == "object outline" else None,
         cam_n,
-        titles=("image", mask_note, "CAM overlay" + (f" ({note})" if note else "")),
+        titles=(
+            "image" if model_input is None else "background only (model input)",
+            mask_note,
+            "CAM overlay" + (f" ({note})" if note else ""),
+        ),
         heading=[_label(t, 80) for t in (title, subtitle) if t],
     )
 
 
+def _checked_cam_and_input(
+    cam: np.ndarray, model_input: np.ndarray | None, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray | None]:
+    """:func:`gallery_panel`'s ``cam`` (real ``[h, w]``) and ``model_input`` (``None`` or
+    uint8 of the image's ``shape``) as arrays, or a ValueError/TypeError naming them."""
+    cam = np.asarray(cam)
+    if cam.ndim != 2 or 0 in cam.shape:
+        raise ValueError(f"`cam` must have shape [h, w] with h, w > 0, got {tuple(cam.shape)}")
+    if not np.issubdtype(cam.dtype, np.number) or np.iscomplexobj(cam):
+        raise TypeError(f"`cam` must be a real float array, got dtype {cam.dtype}")
+    if model_input is not None:
+        model_input = np.asarray(model_input)
+        if model_input.shape != tuple(shape) or model_input.dtype != np.uint8:
+            raise ValueError(
+                f"`model_input` must be uint8 {tuple(shape)} like `image`, got "
+                f"{model_input.dtype} {tuple(model_input.shape)}"
+            )
+    return cam, model_input
+
+
 def _draw_gallery(
-    image: np.ndarray,
+    images: tuple[np.ndarray, np.ndarray],
     outline_mask: np.ndarray | None,
     cam_n: np.ndarray,
     *,
     titles: tuple[str, str, str],
     heading: list[str],
 ) -> bytes:
-    """The 900 x 340 px raster of :func:`gallery_panel` (9 x 3.4 in at 100 dpi)."""
+    """The 900 x 340 px raster of :func:`gallery_panel` (9 x 3.4 in at 100 dpi); ``images``:
+    (the original, the image of the first tile)."""
     from PIL import Image as _Image
     from PIL import ImageDraw
 
     w_px, h_px = 900, 340
     canvas = _Image.new("RGB", (w_px, h_px), "white")
     draw = ImageDraw.Draw(canvas)
+    font = _font(PANEL_FONT_PT)
     y = 6.0
-    for line in heading:
-        y = _text_centred(draw, w_px / 2.0, y, line, _font(PANEL_FONT_PT), COLOURS["ink"])
+    for line in heading:  # the figcaption repeats them in full: one line each here
+        for part in _wrap(draw, line, font, w_px - 20, 1):
+            y = _text_centred(draw, w_px / 2.0, y, part, font, COLOURS["ink"])
     y += 4 if heading else 0
     box_w, gap, left = 246, 16, 10
-    title_font = _font(PANEL_FONT_PT)
-    title_h = max(draw.textbbox((0, 0), t or "x", font=title_font)[3] for t in titles) + 4
+    wrapped = [_wrap(draw, t, font, box_w + gap - 4, 2) for t in titles]
+    line_h = draw.textbbox((0, 0), "Ag", font=font)
+    title_h = max(len(w) for w in wrapped) * (line_h[3] - line_h[1] + 3) + 4
     top = int(round(y + title_h))
-    box_h = h_px - top - 8
+    # the colour bar's end ticks are centred on its ends: half a line of room below it
+    box_h = h_px - top - max(8, int(line_h[3] - line_h[1]) // 2 + 4)
+    image, first = images
     size = _fit(image.shape[0], image.shape[1], box_w, box_h)
     blended = _blend(image, cam_n)
-    shown = [image, image, blended]
-    for k, (rgb, t) in enumerate(zip(shown, titles)):
+    shown = [first, image, blended]
+    for k, rgb in enumerate(shown):
         x0 = left + k * (box_w + gap)
         px = x0 + (box_w - size[0]) // 2
         tile = _nearest(rgb, size)
@@ -378,25 +453,19 @@ def _draw_gallery(
             arr[_outline(outline_mask, size)] = (0x39, 0xFF, 0x14)
             tile = _Image.fromarray(arr)
         canvas.paste(tile, (px, top))
-        _text_centred(draw, x0 + box_w / 2.0, y, t, title_font, COLOURS["muted"])
+        ty = y
+        for part in wrapped[k]:
+            ty = _text_centred(draw, x0 + box_w / 2.0, ty, part, font, COLOURS["muted"])
     cb_x = left + 3 * box_w + 2 * gap + 8
     _colorbar(canvas, cb_x, top, size[1], label="CAM / max", points=PANEL_FONT_PT)
     return _png(canvas)
 
 
-def cluster_panel(
-    mean_map: np.ndarray,
-    exemplars: list[tuple[np.ndarray, np.ndarray]],
-    *,
-    title: str,
-) -> bytes:
-    """Draw a cluster of explanations: its mean CAM, then exemplar images with CAM overlays.
-
-    Each exemplar is ``(image [H, W, 3] uint8, cam [h, w] float)``; the CAM is upsampled and
-    normalised as in :func:`gallery_panel`. Clusters of explanation maps follow the spectral
-    relevance analysis of Lapuschkin et al. (2019), "Unmasking Clever Hans predictors and
-    assessing what machines really learn".
-    """
+def _checked_cluster_inputs(
+    mean_map: np.ndarray, exemplars: list[tuple[np.ndarray, np.ndarray]]
+) -> np.ndarray:
+    """:func:`cluster_panel`'s ``mean_map`` as an array after checking it and the
+    ``exemplars``; a ValueError/TypeError naming the argument otherwise."""
     mean_map = np.asarray(mean_map)
     if mean_map.ndim != 2 or 0 in mean_map.shape:
         raise ValueError(f"`mean_map` must have shape [h, w], got {tuple(mean_map.shape)}")
@@ -415,6 +484,23 @@ def cluster_panel(
             raise ValueError(
                 f"`exemplars[{i}]` cam must be [h, w], got {tuple(np.asarray(item[1]).shape)}"
             )
+    return mean_map
+
+
+def cluster_panel(
+    mean_map: np.ndarray,
+    exemplars: list[tuple[np.ndarray, np.ndarray]],
+    *,
+    title: str,
+) -> bytes:
+    """Draw a cluster of explanations: its mean CAM, then exemplar images with CAM overlays.
+
+    Each exemplar is ``(image [H, W, 3] uint8, cam [h, w] float)``; the CAM is upsampled and
+    normalised as in :func:`gallery_panel`. Clusters of explanation maps follow the spectral
+    relevance analysis of Lapuschkin et al. (2019), "Unmasking Clever Hans predictors and
+    assessing what machines really learn".
+    """
+    mean_map = _checked_cluster_inputs(mean_map, exemplars)
 
     from PIL import Image as _Image
     from PIL import ImageDraw
@@ -423,20 +509,24 @@ def cluster_panel(
     w_px, h_px = round(max(3.0, 2.2 * n) * _DPI), round(2.6 * _DPI)
     canvas = _Image.new("RGB", (w_px, h_px), "white")
     draw = ImageDraw.Draw(canvas)
-    y = _text_centred(
-        draw, w_px / 2.0, 6.0, _label(title, 80), _font(PANEL_FONT_PT), COLOURS["ink"]
-    )
+    pt = cluster_font_pt(w_px)
+    font = _font(pt)
+    y = 6.0
+    for part in _wrap(draw, _label(title, 80), font, w_px - 16, 1):
+        y = _text_centred(draw, w_px / 2.0, y, part, font, COLOURS["ink"])
     y += 2
     mean_n, note = _normalise_cam(mean_map, *mean_map.shape)
     titles = ["mean map" + (f" ({note})" if note else "")]
     titles += [f"exemplar {i}" for i in range(1, n)]
-    font = _font(PANEL_FONT_PT)
-    title_h = max(draw.textbbox((0, 0), t, font=font)[3] for t in titles) + 4
-    top = int(round(y + title_h))
-    left, gap, cbar = 8, 10, 54
+    left, gap = 8, 10
+    cbar = max(54, 12 + 9 + int(draw.textbbox((0, 0), "0.0", font=font)[2]) + 4)
     box_w = (w_px - 2 * left - cbar - gap * (n - 1)) // n
-    box_h = h_px - top - 8
-    for k, t in enumerate(titles):
+    wrapped = [_wrap(draw, t, font, box_w + gap - 4, 2) for t in titles]
+    line = draw.textbbox((0, 0), "Ag", font=font)
+    line_h = int(line[3] - line[1])
+    top = int(round(y + max(len(w) for w in wrapped) * (line_h + 3) + 4))
+    box_h = h_px - top - max(8, line_h // 2 + 4)
+    for k in range(n):
         x0 = left + k * (box_w + gap) + (cbar if k else 0)
         if k == 0:
             rgb = _jet(mean_n).astype(np.uint8)
@@ -449,7 +539,7 @@ def cluster_panel(
                 top,
                 size[1],
                 label="",
-                points=PANEL_FONT_PT,
+                points=pt,
             )
         else:
             img = np.asarray(exemplars[k - 1][0])
@@ -457,9 +547,9 @@ def cluster_panel(
             size = _fit(img.shape[0], img.shape[1], box_w, box_h)
             tile = _nearest(_blend(img, cam_n), size)
         canvas.paste(tile, (x0 + (box_w - size[0]) // 2, top))
-        _text_centred(
-            draw, x0 + box_w / 2.0, y, t, font, COLOURS["ink"] if k == 0 else COLOURS["muted"]
-        )
+        ty, colour = y, COLOURS["ink"] if k == 0 else COLOURS["muted"]
+        for part in wrapped[k]:
+            ty = _text_centred(draw, x0 + box_w / 2.0, ty, part, font, colour)
     return _png(canvas)
 
 
@@ -627,14 +717,32 @@ def energy_vs_confidence(
     return _to_png(fig)
 
 
+#: Largest / smallest positive count above which :func:`confusion_matrix` colours on a log scale.
+LOG_COUNT_SPAN = 1000.0
+
+
+def count_norm(positive: np.ndarray) -> Normalize:
+    """The colour scale of counts (the positive ones given): linear ``[0, max]`` unless
+    ``max / min > LOG_COUNT_SPAN``, then logarithmic ``[min, max]``; ``[0, 1]`` when none."""
+    positive = np.asarray(positive, dtype=float)
+    if positive.size == 0:
+        return Normalize(0.0, 1.0)
+    lo, hi = float(positive.min()), float(positive.max())
+    if hi / max(lo, 1e-9) > LOG_COUNT_SPAN:
+        return LogNorm(vmin=max(lo, 1e-9), vmax=hi)
+    return Normalize(0.0, max(hi, 1.0))
+
+
 def confusion_matrix(
     classes: Sequence[str], matrix: Sequence[Sequence[float]] | np.ndarray
 ) -> bytes:
     """Confusion matrix heat map: rows are true classes, columns predictions (counts as given).
 
-    Colours use a logarithmic scale of the counts (zero cells are white) so that rare
-    confusions remain visible next to a dominant diagonal; counts are printed when the matrix
-    is small enough to read.
+    Colours use a linear scale of the counts from 0 to the largest (zero cells are white);
+    only when the positive counts span more than :data:`LOG_COUNT_SPAN` (largest / smallest)
+    does the scale turn logarithmic, so that rare confusions stay visible next to a huge
+    diagonal (issue 25: a log scale for counts 0-50 was hard to read). Counts are printed when
+    the matrix is small enough to read.
     """
     mat = np.asarray(matrix, dtype=float)
     n = len(classes)
@@ -649,12 +757,11 @@ def confusion_matrix(
     ax = fig.add_subplot()
     positive = mat[np.isfinite(mat) & (mat > 0)]
     shown = np.where(np.isfinite(mat) & (mat > 0), mat, np.nan)
-    if positive.size:
-        norm: Normalize = LogNorm(vmin=max(positive.min(), 1e-9), vmax=max(positive.max(), 1.0))
-    else:
-        norm = Normalize(0.0, 1.0)
+    norm = count_norm(positive)
     im = ax.imshow(shown, cmap="Blues", norm=norm, interpolation="nearest")
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="count").ax.tick_params(labelsize=7)
+    # (``fraction=`` would take the colour bar out of the constrained layout, which then
+    # clips the tick labels; ``shrink`` keeps it in)
+    fig.colorbar(im, ax=ax, shrink=0.85, label="count").ax.tick_params(labelsize=7)
     labels = [plain_text(s, 24) for s in classes]
     ticks = np.arange(n)
     ax.set_xticks(ticks)
@@ -721,7 +828,8 @@ def interventions_by_class(
     ax.set_xlabel("accuracy", fontsize=8)
     ax.grid(axis="x", color=COLOURS["grid"], lw=0.8)
     _style_axes(ax)
-    ax.legend(fontsize=7, frameon=False, ncol=4, loc="upper center", bbox_to_anchor=(0.5, -0.12))
+    # above the plot, outside it: below, it sat on the axis title (issue 25)
+    fig.legend(fontsize=7, frameon=False, ncols=4, loc="outside upper center")
     return _to_png(fig)
 
 
@@ -742,9 +850,7 @@ def method_agreement(methods: Sequence[str], spearman: Sequence[Sequence[float |
     fig = _new_figure(side + 0.8, side)
     ax = fig.add_subplot()
     im = ax.imshow(mat, cmap="RdBu_r", vmin=-1.0, vmax=1.0)
-    fig.colorbar(im, ax=ax, fraction=0.046, pad=0.03, label="Spearman ρ").ax.tick_params(
-        labelsize=7
-    )
+    fig.colorbar(im, ax=ax, shrink=0.85, label="Spearman ρ").ax.tick_params(labelsize=7)
     labels = [plain_text(m, 20) for m in methods]
     ax.set_xticks(range(k))
     ax.set_yticks(range(k))

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from auditor.format import slugify
+from auditor.report.background_only import BACKGROUND_ONLY_FILLS, background_only_display
 from auditor.report.figures import cluster_panel, gallery_panel
 from auditor.report.html import atomic_write
 from auditor.results import AuditResult, ClassClusters, GalleryPanel, SubgroupDetail
@@ -68,7 +69,7 @@ def draw_gallery(
             continue
         extra = _sufficiency_panels(
             run_dir, f.cls, f.examples, out.get(f.cls, ()), (id_to_index, id_to_pred), names,
-            dataset, cams,
+            dataset, cams, _only_bg_fill(result, settings),
         )  # fmt: skip
         if extra:
             out[f.cls] = tuple(out.get(f.cls, ())) + tuple(extra)
@@ -143,6 +144,17 @@ def _rows_of(prim: pa.Table, ids: set[str]) -> pa.Table:
     )
 
 
+def _only_bg_fill(result: AuditResult, settings: Any) -> str:
+    """The fill of the only-background images the findings read: the one
+    :mod:`auditor.analysis.fill_choice` used, else the configured ``intervention_fill``."""
+    record = (result.extra or {}).get("intervention_fills")
+    used = None
+    if isinstance(record, Mapping) and isinstance(record.get("only_bg"), Mapping):
+        used = record["only_bg"].get("used")
+    fill = used or getattr(settings, "intervention_fill", "mean")
+    return str(fill) if fill in BACKGROUND_ONLY_FILLS else "mean"
+
+
 def _sufficiency_panels(
     run_dir: Path,
     cls: str,
@@ -152,9 +164,11 @@ def _sufficiency_panels(
     names: Sequence[str],
     dataset: Any,
     cams: Mapping[int, np.ndarray],
+    fill: str = "mean",
 ) -> list[GalleryPanel]:
     """A background-sufficiency finding's examples: the images whose background alone is
-    called the class (those not already in the class's panels, at most four).
+    called the class (those not already in the class's panels, at most four), each drawn
+    with the only-background image the model was shown (``fill``) in its first tile.
 
     ``lookup``: (sample id → dataset index, sample id → predicted class index).
     """
@@ -166,12 +180,17 @@ def _sufficiency_panels(
         if i is None or i not in cams:
             continue
         image, mask = dataset.load_display(i)
+        edited = None
+        cfg: Any = getattr(dataset, "config", None)  # the normalisation the model saw
+        if mask is not None and mask.any() and not mask.all() and hasattr(cfg, "mean"):
+            edited = background_only_display(image, mask, fill, cfg.mean, cfg.std, seed=i)
         png = gallery_panel(
             image,
             mask,
             cams[i],
             title=sid,
-            subtitle=f"label {cls} · background alone predicted '{cls}'",
+            subtitle=f"label {cls} · background alone ({fill} fill) predicted '{cls}'",
+            model_input=edited,
         )
         fname = f"gallery/{slugify(cls)}-sufficiency-{k}.png"
         atomic_write(run_dir / fname, png)
@@ -182,7 +201,7 @@ def _sufficiency_panels(
                 file=fname,
                 label=cls,
                 pred=names[int(id_to_pred[sid])] if 0 <= pred < len(names) else None,
-                why="background alone predicted as the class",
+                why=f"background alone ({fill} fill, left tile) predicted as the class",
             )
         )
     return panels

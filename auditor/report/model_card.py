@@ -87,7 +87,8 @@ def model_card(result: AuditResult, run_dir: Path) -> dict[str, Any]:
             ),
             "version": {
                 "name": rec.model_version or str(result.model.sha256 or "")[:12],
-                "date": str(result.run.finished or result.run.started or ""),
+                # the schema's "format": "date" is RFC 3339 full-date (YYYY-MM-DD)
+                "date": str(result.run.finished or result.run.started or "")[:10],
             },
             "owners": owners,
             "references": [{"reference": "report.pdf"}, {"reference": "summary.json"}],
@@ -97,7 +98,9 @@ def model_card(result: AuditResult, run_dir: Path) -> dict[str, Any]:
             "data": [
                 {
                     "name": str(result.dataset.name or "evaluation set"),
-                    "link": sheet.get("source", ""),
+                    # "format": "uri": only a source that is a URI is a link (any source
+                    # is in the description)
+                    **({"link": src} if "://" in (src := str(sheet.get("source") or "")) else {}),
                     "sensitive": {"sensitive_data": []},
                     "description": "; ".join(f"{k}: {v}" for k, v in sheet.items() if v),
                 }

@@ -1394,16 +1394,60 @@ EVIDENCE_LABELS: Mapping[str, str] = MappingProxyType(
         "threshold": "threshold",
         "trustworthy": "trustworthy",
         "randomised": "randomised layers",
+        # issue 25: no raw key in the report ("only bg ci", "diff", "n other", ...)
+        "ci_low": "interval, lower end",
+        "ci_high": "interval, upper end",
+        "energy_lift_ci": "interval of the energy lift",
+        "lift_max": "energy lift limit (at most)",
+        "lift_fires": "energy lift test triggered",
+        "only_bg_ci": "interval of the background-only accuracy",
+        "only_bg_n": "images with a background-only result",
+        "only_bg_fires": "background-only test triggered",
+        "only_bg_accuracy_ci": "interval of the background-only accuracy",
+        "only_bg_rate": "share whose background alone is called the class",
+        "only_bg_rate_ci": "interval of that share",
+        "only_bg_hit": "background alone predicted as the class",
+        "chance": "chance level",
+        "margin": "margin over chance",
+        "diff": "difference from the other classes",
+        "n_other": "images of the other classes",
+        "intervention_diff": "difference in the intervention outcome",
+        "intervention_ci": "interval of the intervention outcome",
+        "n_interventions": "images with an intervention result",
+        "n_images": "images",
+        "n_classes": "classes",
+        "class_size": "images in the class",
+        "not_estimable": "not estimable",
+        "against": "compared with",
+        "rest": "the rest of the class",
+        "confidence": "confidence level",
+    }
+)
+
+#: abbreviations spelled out in a key without a label (:func:`evidence_label`)
+_KEY_WORDS: Mapping[str, str] = MappingProxyType(
+    {
+        "ci": "interval",
+        "bg": "background",
+        "fg": "object",
+        "n": "number of",
+        "diff": "difference",
+        "max": "maximum",
+        "min": "minimum",
+        "conf": "confidence",
+        "rand": "random",
     }
 )
 
 
 def evidence_label(key: str, titles: Mapping[str, str] | None = None) -> str:
     """A readable label for an evidence key: the metric's title, the rule's label, else the
-    key with underscores as spaces."""
+    key's words with abbreviations spelled out (``"only_fg_ci"`` → "only object interval")."""
     if titles and key in titles:
         return titles[key]
-    return EVIDENCE_LABELS.get(key, key.replace("_", " "))
+    if key in EVIDENCE_LABELS:
+        return EVIDENCE_LABELS[key]
+    return " ".join(_KEY_WORDS.get(w, w) for w in key.split("_") if w)
 
 
 # --------------------------------------------------------------------------------------------

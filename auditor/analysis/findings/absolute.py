@@ -35,6 +35,7 @@ import numpy as np
 
 from auditor.analysis.fill_collapse import Collapse, only_bg_collapse, only_fg_collapse
 from auditor.analysis.findings.registry import FindingRules, RuleContext, finding_rule
+from auditor.format import fmt_interval
 from auditor.results import ClassResult, Finding
 from auditor.stats import wilson_interval
 
@@ -160,13 +161,14 @@ def _message(name: str, ev: dict[str, Any]) -> str:
         lo, hi = ev["energy_lift_ci"]
         parts.append(
             f"its maps are no better than uniform on the object (energy lift "
-            f"{ev['energy_lift']:.2f}, interval {lo:.2f}–{hi:.2f}, ≤ {ev['lift_max']:.2f})"
+            f"{ev['energy_lift']:.2f}, interval {fmt_interval(lo, hi, '.2f')}, "
+            f"≤ {ev['lift_max']:.2f})"
         )
     if ev["only_bg_fires"]:
         lo, hi = ev["only_bg_ci"]
         parts.append(
             f"the background alone is called '{name}' for {ev['only_bg_accuracy']:.0%} of its "
-            f"images (interval {lo:.0%}–{hi:.0%}; chance {ev['chance']:.0%}: "
+            f"images (interval {fmt_interval(lo, hi)}; chance {ev['chance']:.0%}: "
             f"{ev['chance_basis']})"
         )
     tail = (

@@ -16,6 +16,7 @@ from auditor.analysis.findings.registry import (
     fmt_or_na,
     pct,
 )
+from auditor.format import fmt_interval
 from auditor.results import ClassResult, Finding, Interventions
 
 
@@ -91,7 +92,7 @@ def background_focus_rule(ctx: RuleContext) -> list[Finding]:
         }
         message = (
             f"{ctx.primary} puts {fmt_or_na(bf.mean)} of its mass outside the object (interval "
-            f"{fmt_or_na(bf.ci_low)}–{fmt_or_na(bf.ci_high)}) against {fmt_or_na(b.baseline)} "
+            f"{fmt_interval(bf.ci_low, bf.ci_high)}) against {fmt_or_na(b.baseline)} "
             f"for the other classes; size-adjusted (energy lift) {fmt_or_na(lift.mean, '.2f')} "
             f"against {fmt_or_na(b.baseline_lift, '.2f')}."
         )
