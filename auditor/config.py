@@ -349,13 +349,14 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
                 raise ConfigError(
                     f"{source}: [audit] methods must be a non-empty list of names, got {value!r}"
                 )
-            from auditor.cam import METHODS
+            from auditor.cam.registry import method_names  # torch-free
 
+            known = method_names()
             for name in value:
-                if name not in METHODS:
+                if name not in known:
                     raise ConfigError(
                         f"{source}: [audit] methods: unknown method {name!r}"
-                        f"{_suggest(name, list(METHODS))}; known: {', '.join(METHODS)}"
+                        f"{_suggest(name, list(known))}; known: {', '.join(known)}"
                     )
             if len(set(value)) != len(value):
                 raise ConfigError(f"{source}: [audit] methods has duplicates: {value!r}")

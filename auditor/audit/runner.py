@@ -676,11 +676,21 @@ def _start_manifest(
         else None,
         "overrides": dict(overrides or {}),
         "model": model_info,
+        "methods_info": _recorded_methods_info(s.methods),
         "provenance": provenance,
         "started": started.isoformat(timespec="seconds"),
     }
     atomic_write_json(manifest_path(store.shards, spec), manifest)
     return manifest
+
+
+def _recorded_methods_info(methods: Sequence[str]) -> dict[str, Any]:
+    """The methods' :class:`~auditor.results.MethodInfo` JSON, recorded in the shard manifest so
+    that ``auditor finalize`` writes summary.json's ``methods_info`` without torch."""
+    from auditor.cam.methods import METHODS  # the audit loop has torch loaded
+    from auditor.results import method_info
+
+    return {m: method_info(METHODS[m]).to_json() for m in methods}
 
 
 def _open_dataset(cfg: AuditConfig) -> Any:
@@ -918,6 +928,7 @@ def _finalize_locked(
             settings=cfg.audit,
             gates=cfg.gates,
             model_info=dict(first["model"]),
+            methods_info=first.get("methods_info"),
             config=cfg,
             sanity=first.get("sanity"),
             started=started,

@@ -37,6 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from auditor.audit.modelstate import preserved_training_flags
+from auditor.metrics.names import SANITY_THRESHOLD
 
 __all__ = [
     "SanityResult",
@@ -314,7 +315,7 @@ def randomisation_sanity_check(
     randomise: str = "head",
     cascade_blocks: int = 1,
     head: Sequence[str] | None = None,
-    threshold: float = 0.5,
+    threshold: float = SANITY_THRESHOLD,
     compute: ComputeFn | None = None,
 ) -> dict[str, SanityResult]:
     """Model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for Saliency
