@@ -26,7 +26,6 @@ MAX_LINES = 80
 LONG_FUNCTIONS: dict[str, int] = {
     "auditor.cli:build_parser": 117,
     "auditor.cli:_dispatch": 91,
-    "auditor.config:_parse_audit": 117,
     "auditor.subgroup_findings:subgroup_findings": 107,
     "auditor.metrics.sanity:randomisation_sanity_check": 87,
     "auditor.metrics.localisation:localisation_metrics": 84,
@@ -49,7 +48,6 @@ LONG_FUNCTIONS: dict[str, int] = {
     "auditor.analysis.spray.subgroups:analyse_class": 138,
     # added by the round-8 merges of issues 22-26 (main 6cbea81): split them next
     "auditor.audit.detection_finish:finish_detection": 102,
-    "auditor.config:_parse_model": 92,
 }
 
 
