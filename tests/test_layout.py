@@ -24,8 +24,6 @@ MAX_LINES = 80
 #: Functions over MAX_LINES lines when this test was written, with their length then. Split one
 #: and remove it here; a new long function, or a listed one that grows, fails the test.
 LONG_FUNCTIONS: dict[str, int] = {
-    "auditor.cli:build_parser": 117,
-    "auditor.cli:_dispatch": 91,
     "auditor.subgroup_findings:subgroup_findings": 107,
     "auditor.metrics.sanity:randomisation_sanity_check": 87,
     "auditor.metrics.localisation:localisation_metrics": 84,
