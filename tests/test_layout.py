@@ -38,7 +38,6 @@ LONG_FUNCTIONS: dict[str, int] = {
     "auditor.compare.streamed:stream_compare": 125,
     "auditor.data.config:parse_data_section": 146,
     "auditor.data.coco:read_coco": 87,
-    "auditor.data.manifest:read_csv_manifest": 111,
     "auditor.cam.engine:CamEngine.__init__": 126,
     "auditor.cam.engine:CamEngine._compute_maps": 173,
     "auditor.analysis.spray.clusters:spray_clusters": 244,
