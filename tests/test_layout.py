@@ -33,7 +33,6 @@ LONG_FUNCTIONS: dict[str, int] = {
     "auditor.report.context:_figures": 123,
     "auditor.report.context:build_context": 245,
     "auditor.audit.runner:_audit_locked": 193,
-    "auditor.compare.exact:compare_runs": 100,
     "auditor.compare.streamed:wilcoxon_stream": 101,
     "auditor.compare.streamed:stream_compare": 125,
     "auditor.data.config:parse_data_section": 146,

@@ -422,6 +422,51 @@ def _render(
     return report
 
 
+def _check_stream_min_pairs(stream_min_pairs: Any) -> None:
+    """``stream_min_pairs`` must be an int >= 0."""
+    if (
+        isinstance(stream_min_pairs, bool)
+        or not isinstance(stream_min_pairs, int | np.integer)
+        or stream_min_pairs < 0
+    ):
+        raise ValueError(f"`stream_min_pairs` must be an int >= 0, got {stream_min_pairs!r}")
+
+
+def _check_chunk_pairs(chunk_pairs: Any) -> None:
+    """``chunk_pairs`` must be ``None`` or an int >= 64."""
+    if chunk_pairs is not None and (
+        isinstance(chunk_pairs, bool) or not isinstance(chunk_pairs, int) or chunk_pairs < 64
+    ):
+        raise ValueError(f"`chunk_pairs` must be an int >= 64, got {chunk_pairs!r}")
+
+
+def _load_pair(run_a: Path, run_b: Path) -> tuple[LoadedRun, LoadedRun]:
+    """Both runs, loaded and checked; the same directory twice is refused (the API refuses
+    what the CLI refuses)."""
+    ra, rb = load_compared_run(run_a, "run_a"), load_compared_run(run_b, "run_b")
+    if ra.path.samefile(rb.path):
+        raise AuditorInputError(
+            f"run_a and run_b are the same run directory ({ra.path}): a run compared with "
+            f"itself shows no change and passes every gate"
+        )
+    return ra, rb
+
+
+def _add_groups(
+    comparison: dict[str, Any], ra: LoadedRun, rb: LoadedRun, settings: Mapping[str, Any]
+) -> None:
+    """The groups' paired comparison (issue 24, an additive key) where both runs have one."""
+    from auditor.analysis.groups.compare import compare_groups
+
+    groups = compare_groups(
+        ra.path, rb.path, ra.summary.primary_method, rb.summary.primary_method,
+        confidence=float(settings["confidence"]), n_boot=min(int(settings["n_boot"]), 1000),
+        seed=int(settings["seed"]),
+    )  # fmt: skip
+    if groups is not None:
+        comparison["groups"] = groups
+
+
 def compare_runs(
     run_a: str | Path,
     run_b: str | Path,
@@ -473,27 +518,14 @@ def compare_runs(
     from auditor.progress import phase
 
     phase("comparison", f"{run_b} against {run_a}")
-    if (
-        isinstance(stream_min_pairs, bool)
-        or not isinstance(stream_min_pairs, int | np.integer)
-        or stream_min_pairs < 0
-    ):
-        raise ValueError(f"`stream_min_pairs` must be an int >= 0, got {stream_min_pairs!r}")
+    _check_stream_min_pairs(stream_min_pairs)
     gate_rules = checked_gate_rules(config, gates)
-    ra, rb = load_compared_run(Path(run_a), "run_a"), load_compared_run(Path(run_b), "run_b")
-    if ra.path.samefile(rb.path):  # the API refuses what the CLI refuses
-        raise AuditorInputError(
-            f"run_a and run_b are the same run directory ({ra.path}): a run compared with "
-            f"itself shows no change and passes every gate"
-        )
+    ra, rb = _load_pair(Path(run_a), Path(run_b))
     classes = _check_comparable(ra, rb)
     out_dir = _out_dir(out, ra, rb)
     settings = {"n_boot": int(n_boot), "seed": int(seed), "confidence": float(confidence)}
     sink = TableSink(out_dir / "comparison.parquet")
-    if chunk_pairs is not None and (
-        isinstance(chunk_pairs, bool) or not isinstance(chunk_pairs, int) or chunk_pairs < 64
-    ):
-        raise ValueError(f"`chunk_pairs` must be an int >= 64, got {chunk_pairs!r}")
+    _check_chunk_pairs(chunk_pairs)
     prim, others = _pair_methods(
         ra, rb, classes, settings, sink, int(stream_min_pairs), chunk_pairs=chunk_pairs,
         top_n=int(top_n), tmp_root=out_dir,
@@ -502,16 +534,7 @@ def compare_runs(
         ra, rb, prim, others, classes, settings, int(top_n), int(stream_min_pairs)
     )
     _rank_classes(comparison, classes)
-    # issue 24 (additive key), before the gates, which read it
-    from auditor.analysis.groups.compare import compare_groups
-
-    groups = compare_groups(
-        ra.path, rb.path, ra.summary.primary_method, rb.summary.primary_method,
-        confidence=float(settings["confidence"]), n_boot=min(int(settings["n_boot"]), 1000),
-        seed=int(settings["seed"]),
-    )  # fmt: skip
-    if groups is not None:
-        comparison["groups"] = groups
+    _add_groups(comparison, ra, rb, settings)  # before the gates, which read it
     comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
     comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
     comparison["metrics_info"] = _metrics_info()
