@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from auditor.lazy import lazy_attribute
+
 if TYPE_CHECKING:
     from .engine import STATUSES, CamBatch, CamEngine, compute_cams, upsample_cams
     from .layers import (
@@ -73,14 +75,7 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     """The engine, layer helpers and method registry, imported on first use."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(globals(), _LAZY, __name__, name)
 
 
 def __dir__() -> list[str]:
