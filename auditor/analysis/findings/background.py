@@ -11,12 +11,10 @@ from typing import Any
 from auditor.analysis.findings.registry import (
     FindingRules,
     RuleContext,
-    class_finding,
     collapsed,
     finding_rule,
     fmt_or_na,
     pct,
-    per_class,
 )
 from auditor.results import ClassResult, Finding, Interventions
 
@@ -74,15 +72,15 @@ def _describe_background_focus(r: FindingRules, confidence: float) -> str:
 @finding_rule("background_focus", describe=_describe_background_focus)
 def background_focus_rule(ctx: RuleContext) -> list[Finding]:
     """More CAM mass off the object than the other classes, not explained by object size."""
-
-    def check(name: str, c: ClassResult) -> Finding | None:
+    out: list[Finding] = []
+    for name, c in ctx.classes.items():
         b = _background(ctx, c)
         if not b.flagged:
-            return None
+            continue
         bf = c.stat(ctx.primary, "background_focus")
         lift = c.stat(ctx.primary, "energy_lift")
         if bf is None or lift is None or b.baseline is None or b.baseline_lift is None:
-            return None
+            continue
         evidence: dict[str, Any] = {
             "background_focus": bf.mean,
             "ci": [bf.ci_low, bf.ci_high],
@@ -99,36 +97,40 @@ def background_focus_rule(ctx: RuleContext) -> list[Finding]:
         )
         iv = c.interventions
         if b.refuted and iv is not None:
-            return class_finding(
-                name,
-                "evidence_disagreement",
-                "low",
-                "attention on the background, but accuracy holds without it",
-                message
-                + (
-                    f" Yet accuracy on only-foreground images stays at "
-                    f"{fmt_or_na(iv.only_fg_accuracy)} (from {fmt_or_na(iv.accuracy)}): the "
-                    f"background is looked at without being needed."
-                ),
-                evidence
-                | {
-                    "only_fg_accuracy": iv.only_fg_accuracy,
-                    "only_fg_drop": iv.only_fg_drop,
-                    "only_fg_drop_ci": list(iv.only_fg_drop_ci),
-                },
+            out.append(
+                Finding(
+                    cls=name,
+                    kind="evidence_disagreement",
+                    severity="low",
+                    title=f"'{name}': attention on the background, but accuracy holds without it",
+                    message=message
+                    + (
+                        f" Yet accuracy on only-foreground images stays at "
+                        f"{fmt_or_na(iv.only_fg_accuracy)} (from {fmt_or_na(iv.accuracy)}): the "
+                        f"background is looked at without being needed."
+                    ),
+                    evidence=evidence
+                    | {
+                        "only_fg_accuracy": iv.only_fg_accuracy,
+                        "only_fg_drop": iv.only_fg_drop,
+                        "only_fg_drop_ci": list(iv.only_fg_drop_ci),
+                    },
+                )
             )
-        # confirmed by the interventions, or below chance (lift < 1) → high
-        strong = b.reliance or (lift.ci_high is not None and lift.ci_high < 1)
-        return class_finding(
-            name,
-            "background_focus",
-            "high" if strong else "medium",
-            "attention on the background",
-            message,
-            evidence,
-        )
-
-    return per_class(ctx, check)
+        else:
+            # confirmed by the interventions, or below chance (lift < 1) → high
+            strong = b.reliance or (lift.ci_high is not None and lift.ci_high < 1)
+            out.append(
+                Finding(
+                    cls=name,
+                    kind="background_focus",
+                    severity="high" if strong else "medium",
+                    title=f"'{name}': attention on the background",
+                    message=message,
+                    evidence=evidence,
+                )
+            )
+    return out
 
 
 def _describe_background_reliance(r: FindingRules, confidence: float) -> str:
@@ -158,59 +160,56 @@ def _natural_background_agrees(r: FindingRules, iv: Interventions) -> bool:
 @finding_rule("background_reliance", describe=_describe_background_reliance)
 def background_reliance_rule(ctx: RuleContext) -> list[Finding]:
     """Accuracy falls when the background is removed (Xiao et al. 2021)."""
+    out: list[Finding] = []
     if collapsed(ctx, "only_fg"):  # the fill, not the model, moved the predictions
-        return []
-
-    def check(name: str, c: ClassResult) -> Finding | None:
+        return out
+    for name, c in ctx.classes.items():
         b = _background(ctx, c)
         iv = c.interventions
         if not b.reliance or iv is None:
-            return None
+            continue
         # Attention on the object, accuracy falls without the background: medium only when an
         # intervention that keeps natural pixels agrees (the object on another image's
         # background loses accuracy too, or the background alone is still called the class).
         # Otherwise the drop may come from the synthetic fill being out of distribution (a
         # flat or blurred surround the model never saw), so it is a low-severity note.
         corroborated = b.flagged or _natural_background_agrees(ctx.rules, iv)
-        return class_finding(
-            name,
-            "background_reliance" if b.flagged else "evidence_disagreement",
-            "high" if b.flagged else ("medium" if corroborated else "low"),
-            "confirmed reliance on the background"
-            if b.flagged
-            else "accuracy depends on the background, attention does not show it",
-            _reliance_message(name, iv, corroborated),
-            {
-                "accuracy": iv.accuracy,
-                "only_fg_accuracy": iv.only_fg_accuracy,
-                "only_bg_accuracy": iv.only_bg_accuracy,
-                "mixed_rand_accuracy": iv.mixed_rand_accuracy,
-                "only_fg_drop": iv.only_fg_drop,
-                "only_fg_drop_ci": list(iv.only_fg_drop_ci),
-            },
+        out.append(
+            Finding(
+                cls=name,
+                kind="background_reliance" if b.flagged else "evidence_disagreement",
+                severity="high" if b.flagged else ("medium" if corroborated else "low"),
+                title=(
+                    f"'{name}': confirmed reliance on the background"
+                    if b.flagged
+                    else f"'{name}': accuracy depends on the background, attention does not show it"
+                ),
+                message=(
+                    f"Accuracy falls from {fmt_or_na(iv.accuracy)} to "
+                    f"{fmt_or_na(iv.only_fg_accuracy)} when the background is removed"
+                    + (
+                        f"; on background alone the model still says '{name}' for "
+                        f"{fmt_or_na(iv.only_bg_accuracy)} of the images"
+                        if iv.only_bg_accuracy is not None
+                        else ""
+                    )
+                    + "."
+                    + (
+                        ""
+                        if corroborated
+                        else " On other images' backgrounds it keeps "
+                        f"{fmt_or_na(iv.mixed_rand_accuracy)}, so the drop may come from the "
+                        "synthetic fill rather than from this class's background."
+                    )
+                ),
+                evidence={
+                    "accuracy": iv.accuracy,
+                    "only_fg_accuracy": iv.only_fg_accuracy,
+                    "only_bg_accuracy": iv.only_bg_accuracy,
+                    "mixed_rand_accuracy": iv.mixed_rand_accuracy,
+                    "only_fg_drop": iv.only_fg_drop,
+                    "only_fg_drop_ci": list(iv.only_fg_drop_ci),
+                },
+            )
         )
-
-    return per_class(ctx, check)
-
-
-def _reliance_message(name: str, iv: Interventions, corroborated: bool) -> str:
-    """The background-reliance finding's text: the accuracy drop, the background-alone
-    accuracy, and (uncorroborated) the mixed-rand accuracy that keeps it a low note."""
-    return (
-        f"Accuracy falls from {fmt_or_na(iv.accuracy)} to "
-        f"{fmt_or_na(iv.only_fg_accuracy)} when the background is removed"
-        + (
-            f"; on background alone the model still says '{name}' for "
-            f"{fmt_or_na(iv.only_bg_accuracy)} of the images"
-            if iv.only_bg_accuracy is not None
-            else ""
-        )
-        + "."
-        + (
-            ""
-            if corroborated
-            else " On other images' backgrounds it keeps "
-            f"{fmt_or_na(iv.mixed_rand_accuracy)}, so the drop may come from the "
-            "synthetic fill rather than from this class's background."
-        )
-    )
+    return out
