@@ -26,6 +26,7 @@ from auditor.errors import (
     ResumeMismatchError,
     UnsafePathError,
 )
+from auditor.lazy import lazy_attribute
 
 __all__ = [
     "AuditOutcome",
@@ -63,13 +64,7 @@ _LAZY = {
 
 def __getattr__(name: str) -> Any:
     """Import heavy modules (torch, weasyprint) only when their entry point is used."""
-    if name in _LAZY:
-        import importlib
-
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'auditor' has no attribute {name!r}")
+    return lazy_attribute(globals(), _LAZY, __name__, name)
 
 
 def __dir__() -> list[str]:

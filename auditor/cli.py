@@ -170,11 +170,21 @@ def _progress_flags(parser: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    """The ``auditor`` command line: one sub-command each, in the order ``--help`` lists them."""
     p = _Parser(prog="auditor", description="Audit where an image classifier looks.")
     p.add_argument("--version", action="version", version=f"cam-auditor {__version__}")
     p.add_argument("-v", "--verbose", action="count", default=0, help="more logging (-vv: debug)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
+    _add_audit_commands(sub)
+    _add_run_dir_commands(sub)
+    _add_compare_command(sub)
+    sub.add_parser("gates", help="list every gate key: where it applies and what it needs")
+    return p
+
+
+def _add_audit_commands(sub: Any) -> None:
+    """``demo``, ``run`` and ``finalize``: the commands that audit (or finish an audit)."""
     d = sub.add_parser("demo", help="audit a synthetic dataset with a planted shortcut")
     d.add_argument(
         "--out", type=Path, default=Path("runs/demo"), help="run directory (default: runs/demo)"
@@ -235,6 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _progress_flags(fin)
 
+
+def _add_run_dir_commands(sub: Any) -> None:
+    """``report``, ``sign``, ``verify`` and ``export``: the commands on a finished run."""
     rep = sub.add_parser("report", help="re-render the report of a run directory")
     rep.add_argument("run_dir", type=Path)
     rep.add_argument("--pdf", action="store_true", help="also render report.pdf")
@@ -262,6 +275,9 @@ def build_parser() -> argparse.ArgumentParser:
         "tracking URI (needs the mlflow extra)",
     )
 
+
+def _add_compare_command(sub: Any) -> None:
+    """``compare``: the paired comparison of two runs."""
     c = sub.add_parser("compare", help="paired comparison of two runs on the same data")
     c.add_argument("run_a", type=Path, help="baseline run (e.g. the production model)")
     c.add_argument("run_b", type=Path, help="candidate run")
@@ -283,12 +299,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     c.add_argument("--no-pdf", action="store_true", help="skip compare.pdf")
     _progress_flags(c)
-    sub.add_parser("gates", help="list every gate key: where it applies and what it needs")
-    return p
 
 
 def gate_verdict(results: list[dict[str, Any]]) -> str:
-    """"PASSED (n/n passed)" counting EVALUATED checks only (value present); a check that
+    """ "PASSED (n/n passed)" counting EVALUATED checks only (value present); a check that
     could not be evaluated is never a pass; no gates: "none configured"."""
     if not results:
         return "none configured"
@@ -403,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace, command: str) -> int:
+    """Run the parsed sub-command; its exit code."""
     import auditor
 
     if args.command == "demo":
@@ -421,54 +436,11 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
     if args.command == "run":
         return _run(args, command)
     if args.command == "finalize":
-        from auditor.audit.runner import finalize_run
-
-        outcome = finalize_run(
-            args.run_dir,
-            config_path=args.config,
-            pdf=False if args.no_pdf else None,
-            command=command,
-            aggregation=args.aggregation,
-        )
-        if not args.quiet:
-            _print_end(outcome, code=outcome.exit_code)
-        return outcome.exit_code
+        return _finalize(args, command)
     if args.command == "report":
-        if not (args.run_dir / "summary.json").is_file():
-            raise AuditorInputError(
-                f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)"
-            )
-        from auditor.notebook import load_run
-
-        load_run(args.run_dir)  # schema, required keys, files: exit 2 before rendering
-        paths = auditor.render_report(
-            args.run_dir, html=True, pdf=args.pdf, templates=args.templates
-        )
-        if not args.quiet:
-            _say("\n".join(f"{kind}: {terminal_safe(path)}" for kind, path in paths.items()))
-        return EXIT_OK
+        return _report(args)
     if args.command == "export":
-        if not (args.run_dir / "summary.json").is_file():
-            raise AuditorInputError(
-                f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)"
-            )
-        from auditor.report.model_card import write_model_card
-        from auditor.report.signoff import MANIFEST, verify_run, write_manifest
-
-        manifest = (args.run_dir / MANIFEST).is_file()
-        problems = verify_run(args.run_dir) if manifest else []
-        if problems:  # never bake a changed file into a fresh manifest
-            raise AuditorInputError(f"cannot export from {args.run_dir}: {problems[0]}")
-        for path in write_model_card(args.run_dir):
-            print(f"model card: {terminal_safe(path)}")
-        if manifest:
-            write_manifest(args.run_dir)
-        if args.mlflow is not None:
-            from auditor.report.mlflow_export import log_to_mlflow
-
-            run_id = log_to_mlflow(args.run_dir, args.mlflow)
-            print(f"mlflow run: {terminal_safe(run_id)} at {terminal_safe(args.mlflow)}")
-        return EXIT_OK
+        return _export(args)
     if args.command in ("sign", "verify"):
         from auditor.report.cli_signoff import sign_command, verify_command
 
@@ -476,23 +448,82 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             return sign_command(args)
         return verify_command(args)
     if args.command == "compare":
-        from auditor.compare import compare_runs
-
-        if args.run_a.is_dir() and args.run_b.is_dir() and args.run_a.samefile(args.run_b):
-            # a careless CI line (`compare runs/v1 runs/v1`) would pass every gate, forever
-            raise AuditorInputError(
-                f"RUN_A and RUN_B are the same run directory ({args.run_a}): a run compared "
-                f"with itself shows no change and passes every gate; pass the baseline run "
-                f"and the candidate run"
-            )
-        result = compare_runs(
-            args.run_a, args.run_b, out=args.out, config=args.config, pdf=not args.no_pdf
-        )
-        code = 0 if result.passed else EXIT_GATE_FAILED
-        if not args.quiet:
-            _say(terminal_safe(result.describe(), keep_newlines=True), code)
-        return code
+        return _compare(args)
     raise AuditorInputError(f"unknown command {args.command!r}")  # argparse restricts choices
+
+
+def _finalize(args: argparse.Namespace, command: str) -> int:
+    """``auditor finalize``: combine a run directory's shards into results."""
+    from auditor.audit.runner import finalize_run
+
+    outcome = finalize_run(
+        args.run_dir,
+        config_path=args.config,
+        pdf=False if args.no_pdf else None,
+        command=command,
+        aggregation=args.aggregation,
+    )
+    if not args.quiet:
+        _print_end(outcome, code=outcome.exit_code)
+    return outcome.exit_code
+
+
+def _report(args: argparse.Namespace) -> int:
+    """``auditor report``: re-render a run's report (its summary checked first)."""
+    import auditor
+
+    if not (args.run_dir / "summary.json").is_file():
+        raise AuditorInputError(f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)")
+    from auditor.notebook import load_run
+
+    load_run(args.run_dir)  # schema, required keys, files: exit 2 before rendering
+    paths = auditor.render_report(args.run_dir, html=True, pdf=args.pdf, templates=args.templates)
+    if not args.quiet:
+        _say("\n".join(f"{kind}: {terminal_safe(path)}" for kind, path in paths.items()))
+    return EXIT_OK
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``auditor export``: the model card (and an MLflow run) from a verified run."""
+    if not (args.run_dir / "summary.json").is_file():
+        raise AuditorInputError(f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)")
+    from auditor.report.model_card import write_model_card
+    from auditor.report.signoff import MANIFEST, verify_run, write_manifest
+
+    manifest = (args.run_dir / MANIFEST).is_file()
+    problems = verify_run(args.run_dir) if manifest else []
+    if problems:  # never bake a changed file into a fresh manifest
+        raise AuditorInputError(f"cannot export from {args.run_dir}: {problems[0]}")
+    for path in write_model_card(args.run_dir):
+        print(f"model card: {terminal_safe(path)}")
+    if manifest:
+        write_manifest(args.run_dir)
+    if args.mlflow is not None:
+        from auditor.report.mlflow_export import log_to_mlflow
+
+        run_id = log_to_mlflow(args.run_dir, args.mlflow)
+        print(f"mlflow run: {terminal_safe(run_id)} at {terminal_safe(args.mlflow)}")
+    return EXIT_OK
+
+
+def _compare(args: argparse.Namespace) -> int:
+    """``auditor compare``: the paired comparison of two distinct runs."""
+    from auditor.compare import compare_runs
+
+    if args.run_a.is_dir() and args.run_b.is_dir() and args.run_a.samefile(args.run_b):
+        # a careless CI line (`compare runs/v1 runs/v1`) would pass every gate, forever
+        raise AuditorInputError(
+            f"RUN_A and RUN_B are the same run directory ({args.run_a}): a run compared "
+            f"with itself shows no change and passes every gate; pass the baseline run "
+            f"and the candidate run"
+        )
+    result = compare_runs(
+        args.run_a, args.run_b, out=args.out, config=args.config, pdf=not args.no_pdf
+    )
+    code = 0 if result.passed else EXIT_GATE_FAILED
+    if not args.quiet:
+        _say(terminal_safe(result.describe(), keep_newlines=True), code)
+    return code
 
 
 def _run(args: argparse.Namespace, command: str) -> int:

@@ -35,7 +35,7 @@ SEVERITIES = GATE_SEVERITIES  # the severities a findings gate counts (auditor.r
 
 
 def _suggest(key: str, allowed: list[str] | tuple[str, ...]) -> str:
-    """" (did you mean 'x'?)" with the closest of ``allowed``; "pp"/"plus" read as "++"
+    """ " (did you mean 'x'?)" with the closest of ``allowed``; "pp"/"plus" read as "++"
     ("gradcampp" suggests "gradcam++")."""
     canon = {a.replace("++", "pp"): a for a in allowed}
     spelled = key.replace("plus", "pp").replace("++", "pp")
@@ -143,6 +143,7 @@ MODEL_KEYS = (
 
 
 def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConfig:
+    """The ``[model]`` table: exactly one model source, its weights, outputs, target layer."""
     check_keys(table, MODEL_KEYS, "model", source)
     factory = _typed(table, "factory", str, None, "model", source)
     tv = _typed(table, "torchvision", str, None, "model", source)
@@ -166,25 +167,7 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         raise ConfigError(
             f"{source}: [model] factory must look like 'module:callable', got {factory!r}"
         )
-    weights = _typed(table, "weights", str, None, "model", source)
-    random_weights = _typed(table, "random_weights", bool, False, "model", source)
-    if (tv or timm_name) and weights is None and not random_weights:
-        key = "torchvision" if tv else "timm"
-        raise ConfigError(
-            f"{source}: [model] {key} = {tv or timm_name!r} has no `weights`: the audit would "
-            f"explain a randomly initialised network (pretrained weights are never downloaded); "
-            f'set weights = "model.safetensors" (or a state_dict file), or random_weights = '
-            f"true to audit random weights on purpose"
-        )
-    if random_weights and weights is not None:
-        raise ConfigError(
-            f"{source}: [model] random_weights = true contradicts weights = {weights!r}; remove one"
-        )
-    if hf_dir and weights is not None:
-        raise ConfigError(
-            f"{source}: [model] transformers = {hf_dir!r} reads its weights from the "
-            "directory (model.safetensors); remove `weights`"
-        )
+    weights, random_weights = _parse_weights(table, tv, timm_name, hf_dir, source)
     num_classes = _typed(table, "num_classes", int, None, "model", source)
     if num_classes is not None and num_classes < 1:
         raise ConfigError(f"{source}: [model] num_classes must be >= 1, got {num_classes}")
@@ -194,23 +177,7 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
             f"{source}: [model] output must be 'softmax' or 'sigmoid', got {output!r}"
             f"{_suggest(output, list(MODEL_OUTPUTS))}"
         )
-    layer = table.get("target_layer")
-    if layer is not None:
-        if isinstance(layer, list) and layer and all(isinstance(x, str) for x in layer):
-            layer = tuple(layer)
-        elif not isinstance(layer, str):
-            raise ConfigError(
-                f"{source}: [model] target_layer must be a string or a list of strings, "
-                f"got {layer!r}"
-            )
-    reshape = _typed(table, "reshape", (str, dict), None, "model", source)
-    if reshape is not None:
-        from auditor.cam.layers import parse_reshape
-
-        try:
-            parse_reshape(reshape, "[model] reshape")
-        except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{source}: {exc}") from exc
+    layer, reshape = _parse_target_layer(table, source)
     kwargs = _typed(table, "kwargs", dict, {}, "model", source)
     from auditor.config_detection import parse_task
 
@@ -234,6 +201,60 @@ def _parse_model(table: Mapping[str, Any], base: Path, source: str) -> ModelConf
         task=task,
         score_threshold=score_threshold,
     )
+
+
+def _parse_weights(
+    table: Mapping[str, Any],
+    tv: str | None,
+    timm_name: str | None,
+    hf_dir: str | None,
+    source: str,
+) -> tuple[str | None, bool]:
+    """``[model] weights`` and ``random_weights``: an architecture by name needs weights (never
+    downloaded) unless random weights are asked for; a transformers directory has its own."""
+    weights = _typed(table, "weights", str, None, "model", source)
+    random_weights = _typed(table, "random_weights", bool, False, "model", source)
+    if (tv or timm_name) and weights is None and not random_weights:
+        key = "torchvision" if tv else "timm"
+        raise ConfigError(
+            f"{source}: [model] {key} = {tv or timm_name!r} has no `weights`: the audit would "
+            f"explain a randomly initialised network (pretrained weights are never downloaded); "
+            f'set weights = "model.safetensors" (or a state_dict file), or random_weights = '
+            f"true to audit random weights on purpose"
+        )
+    if random_weights and weights is not None:
+        raise ConfigError(
+            f"{source}: [model] random_weights = true contradicts weights = {weights!r}; remove one"
+        )
+    if hf_dir and weights is not None:
+        raise ConfigError(
+            f"{source}: [model] transformers = {hf_dir!r} reads its weights from the "
+            "directory (model.safetensors); remove `weights`"
+        )
+    return weights, random_weights
+
+
+def _parse_target_layer(table: Mapping[str, Any], source: str) -> tuple[Any, Any]:
+    """``[model] target_layer`` (a name or a list of names, or ``None``: found) and
+    ``reshape`` (checked by :func:`auditor.cam.layers.parse_reshape`)."""
+    layer = table.get("target_layer")
+    if layer is not None:
+        if isinstance(layer, list) and layer and all(isinstance(x, str) for x in layer):
+            layer = tuple(layer)
+        elif not isinstance(layer, str):
+            raise ConfigError(
+                f"{source}: [model] target_layer must be a string or a list of strings, "
+                f"got {layer!r}"
+            )
+    reshape = _typed(table, "reshape", (str, dict), None, "model", source)
+    if reshape is not None:
+        from auditor.cam.layers import parse_reshape
+
+        try:
+            parse_reshape(reshape, "[model] reshape")
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{source}: {exc}") from exc
+    return layer, reshape
 
 
 _DEVICE_RE = re.compile(r"^(cpu|cuda|mps|xpu)(:\d+)?$")
@@ -329,6 +350,8 @@ class AuditSettings:
 
 
 def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
+    """The ``[audit]`` table as :class:`AuditSettings`: each key typed like its default,
+    ``methods`` checked against the method registry, then the ranges and choices."""
     allowed = tuple(f.name for f in fields(AuditSettings))
     check_keys(table, allowed, "audit", source)
     defaults = AuditSettings()
@@ -337,29 +360,8 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         if f.name not in table:
             continue
         default = getattr(defaults, f.name)
-        value = table[f.name]
         if f.name == "methods":
-            if isinstance(value, str):
-                value = [value]
-            if (
-                not isinstance(value, list)
-                or not value
-                or not all(isinstance(v, str) for v in value)
-            ):
-                raise ConfigError(
-                    f"{source}: [audit] methods must be a non-empty list of names, got {value!r}"
-                )
-            from auditor.cam import METHODS
-
-            for name in value:
-                if name not in METHODS:
-                    raise ConfigError(
-                        f"{source}: [audit] methods: unknown method {name!r}"
-                        f"{_suggest(name, list(METHODS))}; known: {', '.join(METHODS)}"
-                    )
-            if len(set(value)) != len(value):
-                raise ConfigError(f"{source}: [audit] methods has duplicates: {value!r}")
-            values["methods"] = tuple(value)
+            values["methods"] = _parse_methods(table[f.name], source)
             continue
         if isinstance(default, bool):
             kind: type | tuple[type, ...] = bool
@@ -371,6 +373,36 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
             kind = (int,) if f.name in ("limit", "score_batch_size") else (str,)
         values[f.name] = _typed(table, f.name, kind, default, "audit", source)
     settings = AuditSettings(**values)
+    _check_audit_counts(settings, source)
+    _check_audit_choices(settings, source)
+    return settings
+
+
+def _parse_methods(value: Any, source: str) -> tuple[str, ...]:
+    """``[audit] methods``: a name or a non-empty list of distinct registered method names
+    (checked without importing torch: :func:`auditor.cam.registry.method_names`)."""
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value):
+        raise ConfigError(
+            f"{source}: [audit] methods must be a non-empty list of names, got {value!r}"
+        )
+    from auditor.cam.registry import method_names  # torch-free
+
+    known = method_names()
+    for name in value:
+        if name not in known:
+            raise ConfigError(
+                f"{source}: [audit] methods: unknown method {name!r}"
+                f"{_suggest(name, list(known))}; known: {', '.join(known)}"
+            )
+    if len(set(value)) != len(value):
+        raise ConfigError(f"{source}: [audit] methods has duplicates: {value!r}")
+    return tuple(value)
+
+
+def _check_audit_counts(settings: AuditSettings, source: str) -> None:
+    """``target``, ``primary_method`` and the counts of ``[audit]`` (>= 1 or >= 0)."""
     if settings.target not in ("label", "predicted"):
         raise ConfigError(
             f"{source}: [audit] target must be 'label' or 'predicted', got {settings.target!r}"
@@ -406,6 +438,11 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
             )
     if settings.seed < 0:
         raise ConfigError(f"{source}: [audit] seed must be >= 0, got {settings.seed}")
+
+
+def _check_audit_choices(settings: AuditSettings, source: str) -> None:
+    """The device, the confidence level, the bootstrap size it needs, and the ranges and
+    choices of ``[audit]``'s other settings."""
     check_device(settings.device, f"{source}: [audit] device")
     if not 0.5 <= settings.confidence < 1:
         raise ConfigError(
@@ -444,7 +481,6 @@ def _parse_audit(table: Mapping[str, Any], source: str) -> AuditSettings:
         raise ConfigError(
             f"{source}: [audit] autocast must be 'bfloat16' or 'float16', got {settings.autocast!r}"
         )
-    return settings
 
 
 @dataclass(frozen=True)
@@ -600,13 +636,13 @@ def _parse_rule(i: int, raw: Any, source: str, settings: AuditSettings | None) -
         raise ConfigError(f"{source}: {where} classes must be a list of names, got {classes!r}")
     if classes is not None and scope == "overall":
         raise ConfigError(
-            f"{source}: {where} has scope = \"overall\" and classes = {classes!r}: an overall "
+            f'{source}: {where} has scope = "overall" and classes = {classes!r}: an overall '
             f"gate checks the whole set, so `classes` would be ignored; drop one of them"
         )
     if scope == "overall" and stat != "mean" and metric in INTERVENTION_QUANTITIES:
         raise ConfigError(
             f"{source}: {where} an overall {metric} is pooled over the classes and has no "
-            f"interval: use stat = \"mean\""
+            f'interval: use stat = "mean"'
         )
     name = str(raw.get("name") or f"rule{i + 1}:{metric}")
     check_rule_context(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import os
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -65,3 +67,80 @@ def demo_run(tmp_path_factory: pytest.TempPathFactory, demo_inputs: Path) -> Pat
         auditor.run_audit(auditor.load_config(demo_inputs), out, pdf=True, progress=False)
 
     return _shared_once(tmp_path_factory, "demo-run", build)
+
+
+#: ``[audit]`` bodies of the cheap configs on the demo's model and data (:func:`demo_config`):
+#: "tiny", one method and nothing optional but the interventions; "small", two methods with
+#: faithfulness and the sanity check on a few samples (``{batch_size}`` filled in).
+_AUDIT_PRESETS = {
+    "tiny": (
+        "demo-tiny",
+        'methods = ["gradcam"]\nbatch_size = {batch_size}\nfaithfulness_samples = 0\n'
+        "sanity_samples = 0\nbootstrap = 200\n",
+        4,
+    ),
+    "small": (
+        "demo-small",
+        'methods = ["gradcam", "layercam"]\nbatch_size = {batch_size}\n'
+        "faithfulness_samples = 8\nfaithfulness_steps = 5\nsanity_samples = 8\nbootstrap = 200\n",
+        10,
+    ),
+}
+
+_DEMO_CONFIG = """
+[model]
+factory = "auditor.demo:build_model"
+weights = "{weights}"
+name = "{model_name}"
+
+[data]
+manifest = "{manifest}"
+classes = ["circle", "square", "triangle", "cross"]
+input_size = 64
+mean = [0.5, 0.5, 0.5]
+std = [0.25, 0.25, 0.25]
+
+[audit]
+{audit}{audit_extra}
+{gates}
+"""
+
+
+def write_demo_config(
+    folder: Path,
+    demo_inputs: Path,
+    *,
+    preset: str = "tiny",
+    name: str | None = None,
+    batch_size: int | None = None,
+    gates: str = "",
+    audit_extra: str = "",
+) -> Path:
+    """A cheap config on the demo's weights and data, written to ``folder/name``.
+
+    ``preset``: "tiny" or "small" (:data:`_AUDIT_PRESETS`); ``batch_size``: the preset's by
+    default; ``gates``: a ``[gates]`` body (none when empty); ``audit_extra``: more ``[audit]``
+    lines.
+    """
+    model_name, audit, default_batch = _AUDIT_PRESETS[preset]
+    src = demo_inputs.parent
+    path = folder / (name or f"{preset}.toml")
+    path.write_text(
+        _DEMO_CONFIG.format(
+            weights=src / "demo-shortcut.pt",
+            manifest=src / "data" / "manifest.csv",
+            model_name=model_name,
+            audit=audit.format(batch_size=batch_size or default_batch),
+            audit_extra=audit_extra,
+            gates="[gates]\n" + gates if gates else "",
+        ),
+        encoding="utf-8",
+    )
+    return path
+
+
+@pytest.fixture(scope="session")
+def demo_config(demo_inputs: Path) -> Callable[..., Path]:
+    """``demo_config(folder, *, preset="tiny", name=, batch_size=, gates=, audit_extra=)``:
+    :func:`write_demo_config` on the session's demo inputs (no test module builds its own)."""
+    return functools.partial(write_demo_config, demo_inputs=demo_inputs)

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET  # noqa: S405 - parsing our own output
+from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -17,52 +18,6 @@ import pytest
 from auditor.cli import main
 
 pytestmark = pytest.mark.slow
-
-SMALL = """
-[model]
-factory = "auditor.demo:build_model"
-weights = "{weights}"
-name = "demo-small"
-
-[data]
-manifest = "{manifest}"
-classes = ["circle", "square", "triangle", "cross"]
-input_size = 64
-mean = [0.5, 0.5, 0.5]
-std = [0.25, 0.25, 0.25]
-
-[audit]
-methods = ["gradcam", "layercam"]
-batch_size = {batch_size}
-faithfulness_samples = 8
-faithfulness_steps = 5
-sanity_samples = 8
-bootstrap = 200
-
-[gates]
-max_background_focus = {gate}
-"""
-
-
-def small_config(
-    tmp: Path,
-    demo_inputs: Path,
-    *,
-    batch_size: int = 10,
-    gate: float = 0.99,
-    name: str = "small.toml",
-) -> Path:
-    folder = demo_inputs.parent
-    p = tmp / name
-    p.write_text(
-        SMALL.format(
-            weights=folder / "demo-shortcut.pt",
-            manifest=folder / "data" / "manifest.csv",
-            batch_size=batch_size,
-            gate=gate,
-        )
-    )
-    return p
 
 
 def cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -90,8 +45,10 @@ def test_missing_config_exits_2(tmp_path: Path) -> None:
     assert main(["run", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]) == 2
 
 
-def test_gate_failure_exits_1_and_writes_junit(tmp_path: Path, demo_inputs: Path) -> None:
-    cfg = small_config(tmp_path, demo_inputs, gate=0.5)
+def test_gate_failure_exits_1_and_writes_junit(
+    tmp_path: Path, demo_config: Callable[..., Path]
+) -> None:
+    cfg = demo_config(tmp_path, preset="small", gates="max_background_focus = 0.5")
     code = main(
         [
             "run",
@@ -121,8 +78,10 @@ def test_gate_failure_exits_1_and_writes_junit(tmp_path: Path, demo_inputs: Path
     assert not (tmp_path / "run" / "report.pdf").exists()
 
 
-def test_existing_run_dir_refused_without_resume(tmp_path: Path, demo_inputs: Path) -> None:
-    cfg = small_config(tmp_path, demo_inputs)
+def test_existing_run_dir_refused_without_resume(
+    tmp_path: Path, demo_config: Callable[..., Path]
+) -> None:
+    cfg = demo_config(tmp_path, preset="small", gates="max_background_focus = 0.99")
     args = ["run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "10", "--no-pdf"]
     assert main(args) == 0
     assert main(args) == 2
@@ -134,8 +93,10 @@ def _strip_run(summary: dict) -> dict:
     return s
 
 
-def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, demo_inputs: Path) -> None:
-    cfg = small_config(tmp_path, demo_inputs, batch_size=10)
+def test_resume_after_sigkill_matches_uninterrupted_run(
+    tmp_path: Path, demo_config: Callable[..., Path]
+) -> None:
+    cfg = demo_config(tmp_path, preset="small", batch_size=10, gates="max_background_focus = 0.99")
     ref, killed = tmp_path / "ref", tmp_path / "killed"
     base = ["run", str(cfg), "--limit", "80", "--no-pdf", "--no-progress"]
     assert cli(*base, "--out", str(ref)).returncode == 0
@@ -171,8 +132,10 @@ def test_resume_after_sigkill_matches_uninterrupted_run(tmp_path: Path, demo_inp
     assert _strip_run(sa) == _strip_run(sb)
 
 
-def test_resume_with_other_model_is_refused(tmp_path: Path, demo_inputs: Path) -> None:
-    cfg = small_config(tmp_path, demo_inputs)
+def test_resume_with_other_model_is_refused(
+    tmp_path: Path, demo_inputs: Path, demo_config: Callable[..., Path]
+) -> None:
+    cfg = demo_config(tmp_path, preset="small", gates="max_background_focus = 0.99")
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--out", str(out), "--limit", "10", "--no-pdf"]) == 0
     other = tmp_path / "other.toml"
@@ -188,8 +151,10 @@ def test_resume_with_other_model_is_refused(tmp_path: Path, demo_inputs: Path) -
     assert "model_sha256" in res.stderr and "config_sha256" in res.stderr
 
 
-def test_same_config_and_seed_give_identical_outputs(tmp_path: Path, demo_inputs: Path) -> None:
-    cfg = small_config(tmp_path, demo_inputs)
+def test_same_config_and_seed_give_identical_outputs(
+    tmp_path: Path, demo_config: Callable[..., Path]
+) -> None:
+    cfg = demo_config(tmp_path, preset="small", gates="max_background_focus = 0.99")
     outs = [tmp_path / "a", tmp_path / "b"]
     for out in outs:
         assert main(["run", str(cfg), "--out", str(out), "--limit", "30", "--no-pdf"]) == 0

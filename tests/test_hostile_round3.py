@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -104,47 +105,6 @@ def test_auditor_gates_lists_every_gate(capsys: pytest.CaptureFixture[str]) -> N
 
 
 # -- 2. progress everywhere -------------------------------------------------------------------
-TINY = """
-[model]
-factory = "auditor.demo:build_model"
-weights = "{weights}"
-name = "demo-tiny"
-
-[data]
-manifest = "{manifest}"
-classes = ["circle", "square", "triangle", "cross"]
-input_size = 64
-mean = [0.5, 0.5, 0.5]
-std = [0.25, 0.25, 0.25]
-
-[audit]
-methods = ["gradcam"]
-batch_size = 4
-faithfulness_samples = 0
-sanity_samples = 0
-bootstrap = 200
-{audit_extra}
-{gates}
-"""
-
-
-def tiny_config(tmp: Path, demo_inputs: Path, *, gates: str = "", audit_extra: str = "",
-                name: str = "tiny.toml") -> Path:  # fmt: skip
-    """The demo's model and data with the cheapest [audit]; ``gates``: a [gates] body."""
-    folder = demo_inputs.parent
-    p = tmp / name
-    p.write_text(
-        TINY.format(
-            weights=folder / "demo-shortcut.pt",
-            manifest=folder / "data" / "manifest.csv",
-            gates="[gates]\n" + gates if gates else "",
-            audit_extra=audit_extra,
-        ),
-        encoding="utf-8",
-    )
-    return p
-
-
 def _env() -> dict[str, str]:
     import os
 
@@ -162,8 +122,10 @@ def auditor_cli(*args: str, timeout: float = 600) -> subprocess.CompletedProcess
     )  # fmt: skip
 
 
-def test_progress_lines_and_phases_without_a_terminal(tmp_path: Path, demo_inputs: Path) -> None:
-    cfg = tiny_config(tmp_path, demo_inputs)
+def test_progress_lines_and_phases_without_a_terminal(
+    tmp_path: Path, demo_config: Callable[..., Path]
+) -> None:
+    cfg = demo_config(tmp_path)
     r = auditor_cli("run", str(cfg), "--out", str(tmp_path / "run"), "--limit", "12", "--no-pdf")
     assert r.returncode == 0, r.stderr
     err = r.stderr.splitlines()
@@ -186,11 +148,11 @@ def test_progress_lines_and_phases_without_a_terminal(tmp_path: Path, demo_input
 
 
 def test_report_shows_rendering_and_pdf_phases(
-    tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+    tmp_path: Path, demo_config: Callable[..., Path], capsys: pytest.CaptureFixture[str]
 ) -> None:
     import auditor
 
-    cfg = auditor.load_config(tiny_config(tmp_path, demo_inputs))
+    cfg = auditor.load_config(demo_config(tmp_path))
     auditor.run_audit(cfg, tmp_path / "run", limit=8, pdf=False, render=False, progress=False)
     capsys.readouterr()
     assert main(["report", str(tmp_path / "run"), "--pdf"]) == 0
@@ -237,7 +199,9 @@ def test_child_exit_code_prefers_rank_zero_and_maps_signals() -> None:
 
 
 @pytest.mark.slow
-def test_torchrun_exit_codes_are_the_documented_ones(tmp_path: Path, demo_inputs: Path) -> None:
+def test_torchrun_exit_codes_are_the_documented_ones(
+    tmp_path: Path, demo_config: Callable[..., Path]
+) -> None:
     """Two real CPU ranks (gloo): config typo 2, refused --out 2, failing gate 1; no traceback."""
 
     def torchrun(cfg: Path, out: Path) -> subprocess.CompletedProcess[str]:
@@ -247,7 +211,7 @@ def test_torchrun_exit_codes_are_the_documented_ones(tmp_path: Path, demo_inputs
             capture_output=True, text=True, timeout=600, env=_env(),
         )  # fmt: skip
 
-    typo = tiny_config(tmp_path, demo_inputs, gates="max_findings_hgih = 0", name="typo.toml")
+    typo = demo_config(tmp_path, gates="max_findings_hgih = 0", name="typo.toml")
     r = torchrun(typo, tmp_path / "a")
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr
@@ -256,7 +220,7 @@ def test_torchrun_exit_codes_are_the_documented_ones(tmp_path: Path, demo_inputs
     foreign = tmp_path / "mine"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("the user's file", encoding="utf-8")
-    ok_cfg = tiny_config(tmp_path, demo_inputs, gates="max_background_focus = 0.01")
+    ok_cfg = demo_config(tmp_path, gates="max_background_focus = 0.01")
     r = torchrun(ok_cfg, foreign)
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and str(foreign) in r.stderr

@@ -100,3 +100,71 @@ def test_report_and_compare_run_with_torch_blocked(demo_run: Path, tmp_path: Pat
     assert out.returncode == 0, out.stderr[-3000:]
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout
     assert (a / "report.html").stat().st_size > 0
+
+
+_FINALIZE_PROBE = r"""
+import sys
+
+class _NoTorch:
+    def find_spec(self, name, path=None, target=None):
+        if name == "torch" or name.startswith("torch."):
+            raise ImportError("torch is blocked in this test")
+
+sys.meta_path.insert(0, _NoTorch())
+from pathlib import Path
+
+from auditor.audit.runner import finalize_run
+from auditor.config import load_config
+
+run = Path(sys.argv[1])
+cfg = load_config(Path(sys.argv[2]))
+assert cfg.audit.methods == ("gradcam", "gradcam++", "layercam", "cam"), cfg.audit.methods
+try:
+    load_config(Path(sys.argv[3]))
+except Exception as exc:  # the name check needs no torch either
+    print(type(exc).__name__, exc)
+finalize_run(run, pdf=False, render=False)
+print("torch" in sys.modules)
+"""
+
+
+def test_load_config_and_finalize_run_with_torch_blocked(
+    demo_run: Path, demo_inputs: Path, tmp_path: Path
+) -> None:
+    """``auditor finalize`` (``load_config`` with its ``[audit] methods`` check, then
+    finalisation) needs no torch (issue 21): an import of torch raises in the probe, the
+    method names come from the torch-free registry and the methods' metadata from the shard
+    manifest, and summary.json comes out the same as the audit's own, run times apart."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(demo_run, run)
+    (run / "summary.json").unlink()
+    bad = tmp_path / "bad.toml"
+    text = demo_inputs.read_text("utf-8")
+    assert 'methods = ["gradcam"' in text, text
+    text = text.replace('methods = ["gradcam"', 'methods = ["gradcan"')
+    for rel in ("data/manifest.csv", "demo-shortcut.pt"):  # bad.toml lies elsewhere
+        text = text.replace(f'"{rel}"', json.dumps(str(demo_inputs.parent / rel)))
+    bad.write_text(text, "utf-8")
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    out = subprocess.run(
+        [sys.executable, "-c", _FINALIZE_PROBE, str(run), str(demo_inputs), str(bad)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert out.returncode == 0, out.stderr[-3000:]
+    lines = out.stdout.strip().splitlines()
+    assert lines[-1] == "False", out.stdout
+    assert any("unknown method 'gradcan'" in ln and "did you mean 'gradcam'" in ln for ln in lines)
+
+    def stable(path: Path) -> dict[str, object]:
+        data = json.loads(path.read_text("utf-8"))
+        for key in ("duration_s", "finished", "timings"):
+            data["run"].pop(key, None)
+        return data
+
+    assert stable(run / "summary.json") == stable(demo_run / "summary.json")

@@ -14,13 +14,13 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
-from test_cli_and_resume import small_config
 
 from auditor.audit.distributed import parse_shard, torchrun_env
 from auditor.cli import main
@@ -61,11 +61,13 @@ def _one_line_error(res: subprocess.CompletedProcess[str] | str) -> str:
 
 
 @pytest.fixture(scope="module")
-def sharded(tmp_path_factory: pytest.TempPathFactory, demo_inputs: Path) -> dict[str, Path]:
+def sharded(
+    tmp_path_factory: pytest.TempPathFactory, demo_config: Callable[..., Path]
+) -> dict[str, Path]:
     """Two shard jobs (12 samples in batches of 6: shard 0 owns batch 0, shard 1 batch 1),
     not finalised."""
     tmp = tmp_path_factory.mktemp("redteam5")
-    cfg = small_config(tmp, demo_inputs, batch_size=6)
+    cfg = demo_config(tmp, preset="small", batch_size=6, gates="max_background_focus = 0.99")
     out = tmp / "shards"
     base = ["run", str(cfg), "--limit", "12", "--no-pdf", "--no-progress", "--out", str(out)]
     for s in ("0/2", "1/2"):
@@ -252,7 +254,9 @@ def test_reshape_that_does_not_fit_the_layer_is_bad_input(
     assert "[model] reshape" in line, line
 
 
-def test_empty_and_whole_image_masks_run_no_intervention(demo_inputs: Path, tmp_path: Path) -> None:
+def test_empty_and_whole_image_masks_run_no_intervention(
+    demo_inputs: Path, tmp_path: Path, demo_config: Callable[..., Path]
+) -> None:
     """Was: an empty mask made "only the background" the whole image, so the model "predicted
     the class from the background alone" (a high-severity background_sufficiency finding)."""
     data = tmp_path / "data"
@@ -266,7 +270,7 @@ def test_empty_and_whole_image_masks_run_no_intervention(demo_inputs: Path, tmp_
         w.writerow(["image", "label", "mask"])
         for i, r in enumerate(rows):
             w.writerow([r["image"], r["label"], f"masks/{'empty' if i % 2 else 'full'}.png"])
-    cfg = small_config(tmp_path, demo_inputs, batch_size=8)
+    cfg = demo_config(tmp_path, preset="small", batch_size=8, gates="max_background_focus = 0.99")
     cfg.write_text(cfg.read_text().replace(str(demo_inputs.parent / "data"), str(data)))
     out = tmp_path / "run"
     assert main(["run", str(cfg), "--no-pdf", "--no-progress", "--out", str(out)]) in (0, 1)
@@ -292,14 +296,23 @@ def test_compare_refuses_a_run_compared_with_itself(
 
 
 def test_batches_without_shard_records_are_not_taken_as_done(
-    sharded: dict[str, Path], tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+    sharded: dict[str, Path],
+    tmp_path: Path,
+    demo_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     """Was: with the shard records deleted, shard jobs of ANOTHER config found every batch
     "done", computed nothing, and finalize reported the old config's numbers as the new."""
     run = _copy(sharded, tmp_path)
     for rec in (run / "shards").glob("shard-*.json"):
         rec.unlink()
-    other = small_config(tmp_path, demo_inputs, batch_size=6, gate=0.5, name="other.toml")
+    other = demo_config(
+        tmp_path,
+        preset="small",
+        name="other.toml",
+        batch_size=6,
+        gates="max_background_focus = 0.5",
+    )
     args = ["run", str(other), "--limit", "12", "--no-pdf", "--no-progress", "--out", str(run)]
     capsys.readouterr()
     assert main([*args, "--shard", "0/2"]) == 2

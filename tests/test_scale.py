@@ -12,12 +12,12 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
-from test_cli_and_resume import small_config
 
 pytestmark = pytest.mark.slow
 
@@ -56,9 +56,11 @@ def _comparable(summary: dict[str, Any]) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory: pytest.TempPathFactory, demo_inputs: Path) -> dict[str, Path]:
+def runs(
+    tmp_path_factory: pytest.TempPathFactory, demo_config: Callable[..., Path]
+) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("scale")
-    cfg = small_config(tmp, demo_inputs, batch_size=BATCH)
+    cfg = demo_config(tmp, preset="small", batch_size=BATCH, gates="max_background_focus = 0.99")
     base = ["run", str(cfg), "--limit", LIMIT, "--no-pdf", "--no-progress"]
     out = {"single": tmp / "single", "torchrun": tmp / "torchrun", "shards": tmp / "shards"}
 
@@ -127,7 +129,10 @@ def test_one_process_torchrun_and_shards_give_identical_results(runs: dict[str, 
 
 
 def test_finalize_names_missing_shards_and_refuses_foreign_ones(
-    runs: dict[str, Path], tmp_path: Path, demo_inputs: Path, capsys: pytest.CaptureFixture[str]
+    runs: dict[str, Path],
+    tmp_path: Path,
+    demo_config: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     from auditor.cli import main
 
@@ -146,7 +151,13 @@ def test_finalize_names_missing_shards_and_refuses_foreign_ones(
 
     refused(["finalize", str(out), "--no-pdf"], "missing shard(s) 0/2")
     # a shard from another config is refused, naming the fingerprint that differs
-    other = small_config(tmp_path, demo_inputs, batch_size=BATCH, gate=0.5, name="other.toml")
+    other = demo_config(
+        tmp_path,
+        preset="small",
+        name="other.toml",
+        batch_size=BATCH,
+        gates="max_background_focus = 0.5",
+    )
     refused(
         ["run", str(other), "--limit", LIMIT, "--no-pdf", "--out", str(out), "--shard", "0/2"],
         "config_sha256",

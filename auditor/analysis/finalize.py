@@ -36,6 +36,7 @@ from auditor.errors import AuditorInputError
 from auditor.results import (
     AuditResult,
     DatasetInfo,
+    MethodInfo,
     ModelInfo,
     RunInfo,
     freeze,
@@ -90,6 +91,9 @@ class FinalizeInputs:
         loop_s: seconds the audit loop took (the longest shard's).
         pdf: write report.pdf too; render: write the reports at all.
         command: the command line recorded in summary.json ``run.command``.
+        methods_info: the methods' ``MethodInfo`` JSON recorded in the shard manifest (read
+            by ``auditor finalize``: a method the torch-free registry does not hold in this
+            process is described from it), or ``None``.
     """
 
     run_dir: Path
@@ -107,6 +111,7 @@ class FinalizeInputs:
     pdf: bool
     render: bool
     command: str | None
+    methods_info: Mapping[str, Any] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -294,7 +299,6 @@ def _with_provenance(
 ) -> AuditResult:
     """The analysed result with tool, run, model, dataset, methods' and metrics' metadata,
     settings and the sanity check's status filled in."""
-    from auditor.cam import METHODS
     from auditor.metrics.registry import METRICS
 
     s, config, prim, h = inputs.settings, inputs.config, done.prim, done.hasher
@@ -349,7 +353,7 @@ def _with_provenance(
                 "skipped": [{"id": sk["id"], "reason": sk["reason"]} for sk in skipped],
             }
         ),
-        methods_info=MappingProxyType({m: method_info(METHODS[m]) for m in s.methods}),
+        methods_info=MappingProxyType(_methods_info(s.methods, inputs.methods_info)),
         metrics_info=MappingProxyType(dict(METRICS)),
         settings=freeze(to_jsonable(s)),
         sanity_status=freeze(
@@ -436,4 +440,21 @@ def _per_sample_stats(prim: pa.Table) -> dict[str, np.ndarray]:
         "correct": correct,
         "only_bg_hit": col("only_bg_correct"),
         "only_fg_drop": correct - col("only_fg_correct"),
+    }
+
+
+def _methods_info(
+    methods: Sequence[str], recorded: Mapping[str, Any] | None
+) -> dict[str, MethodInfo]:
+    """Each method's :class:`MethodInfo`: from the registry where this process registered it
+    (the audit loop), else from the shard manifest's record (``auditor finalize``: no torch);
+    only a run directory from before that record imports the CAM methods (and torch)."""
+    from auditor.cam.registry import METHODS  # torch-free
+
+    rec = recorded or {}
+    if any(m not in METHODS and m not in rec for m in methods):
+        import auditor.cam.methods  # noqa: F401  (registers the built-in methods)
+    return {
+        m: method_info(METHODS[m]) if m in METHODS else MethodInfo.from_json(m, rec[m])
+        for m in methods
     }

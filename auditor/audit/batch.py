@@ -35,7 +35,7 @@ from auditor.errors import AuditorInputError
 if TYPE_CHECKING:  # torch is imported where a model runs
     import torch
 
-__all__ = ["STORED_INPUT_MAP_SIDE", "BatchAuditor", "stored_map"]
+__all__ = ["STORED_INPUT_MAP_SIDE", "BatchAuditor", "BatchAuditorBase", "stored_map"]
 
 STORED_INPUT_MAP_SIDE = 56
 """Largest side of a stored map of an input-resolution method (``fullgrad``): its maps are
@@ -58,7 +58,33 @@ class _Predicted:
     bad_logits: np.ndarray  # [B] bool (host): some logit NaN/Inf
 
 
-class BatchAuditor:
+class BatchAuditorBase:
+    """What every batch processor holds: the model, its CAM engine, the ``[audit]`` settings,
+    the class names, the device and the input normalisation (``mean``/``std`` as ``[C]``
+    float32 tensors on the device, for fills given in pixel units)."""
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        engine: Any,
+        settings: AuditSettings,
+        classes: Sequence[str],
+        device: torch.device,
+        mean: Sequence[float],
+        std: Sequence[float],
+    ) -> None:
+        import torch
+
+        self.model = model
+        self.engine = engine
+        self.s = settings
+        self.classes = list(classes)
+        self.device = device
+        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
+        self.std = torch.tensor(std, dtype=torch.float32, device=device)
+
+
+class BatchAuditor(BatchAuditorBase):
     """Turns one :class:`auditor.data.Batch` into a row table and low-resolution CAMs."""
 
     def __init__(
@@ -72,16 +98,8 @@ class BatchAuditor:
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
-        import torch
-
-        self.model = model
-        self.engine = engine
-        self.s = settings
-        self.classes = list(classes)
-        self.device = device
+        super().__init__(model, engine, settings, classes, device, mean, std)
         self.faith_subset = faith_subset
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device)
 
     def _forward_probs(self, x: torch.Tensor) -> torch.Tensor:
         """Class probabilities of an inference forward (on the engine's validated copy)."""

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import pyarrow as pa
 
+from auditor.audit.batch import BatchAuditorBase
 from auditor.audit.status import sample_status
 from auditor.audit.store import (
     ALTERNATIVE_FILL_COLUMNS,
@@ -74,7 +75,7 @@ def _require_label_sets(batch: Any) -> None:
         )
 
 
-class MultiLabelBatchAuditor:
+class MultiLabelBatchAuditor(BatchAuditorBase):
     """Turns one multi-label :class:`auditor.data.Batch` into rows and low-resolution maps.
 
     The same interface as the classifier's batch processor (``process``), plus
@@ -91,15 +92,7 @@ class MultiLabelBatchAuditor:
         mean: Sequence[float],
         std: Sequence[float],
     ) -> None:
-        import torch
-
-        self.model = model
-        self.engine = engine
-        self.s = settings
-        self.classes = list(classes)
-        self.device = device
-        self.mean = torch.tensor(mean, dtype=torch.float32, device=device)
-        self.std = torch.tensor(std, dtype=torch.float32, device=device)
+        super().__init__(model, engine, settings, classes, device, mean, std)
         self._keys: tuple[list[str], list[int]] = ([], [])
 
     def cam_keys(self, batch: Any) -> tuple[list[str], list[int]]:

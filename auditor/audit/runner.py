@@ -676,11 +676,21 @@ def _start_manifest(
         else None,
         "overrides": dict(overrides or {}),
         "model": model_info,
+        "methods_info": _recorded_methods_info(s.methods),
         "provenance": provenance,
         "started": started.isoformat(timespec="seconds"),
     }
     atomic_write_json(manifest_path(store.shards, spec), manifest)
     return manifest
+
+
+def _recorded_methods_info(methods: Sequence[str]) -> dict[str, Any]:
+    """The methods' :class:`~auditor.results.MethodInfo` JSON, recorded in the shard manifest so
+    that ``auditor finalize`` writes summary.json's ``methods_info`` without torch."""
+    from auditor.cam.methods import METHODS  # the audit loop has torch loaded
+    from auditor.results import method_info
+
+    return {m: method_info(METHODS[m]).to_json() for m in methods}
 
 
 def _open_dataset(cfg: AuditConfig) -> Any:
@@ -918,6 +928,7 @@ def _finalize_locked(
             settings=cfg.audit,
             gates=cfg.gates,
             model_info=dict(first["model"]),
+            methods_info=first.get("methods_info"),
             config=cfg,
             sanity=first.get("sanity"),
             started=started,
@@ -963,35 +974,24 @@ def _sanity(
     ``"_status": {"run", "reason", "randomised"}`` so that the report says why it did not run,
     never a silent null. Stored in ``sanity.json`` so that a resumed run reuses it.
     """
-    import functools
     import json
 
-    def not_run(reason: str) -> dict[str, Any]:
-        (log.info if "config" in reason else log.warning)("sanity check not run: %s", reason)
-        return {"_status": {"run": False, "reason": reason, "randomised": []}}
-
     path = run_dir / "sanity.json"
-    if not s.sanity_check:
-        return not_run("disabled in the config ([audit] sanity_check = false)")
-    if s.sanity_samples == 0:
-        return not_run("[audit] sanity_samples = 0")
-    if getattr(dataset, "multilabel", False):
-        return not_run("not available for multi-label (sigmoid) runs yet")
-    if n == 0:
-        return not_run("no sample to run it on")
+    reason = _sanity_skip_reason(s, dataset, n)
+    if reason is not None:
+        return _sanity_not_run(reason)
     if path.is_file():
         stored: dict[str, Any] = json.loads(path.read_text("utf-8"))
         if "_skipped" in stored and "_status" not in stored:  # older runs
             stored["_status"] = {"run": False, "reason": stored["_skipped"], "randomised": []}
         return stored
-    from auditor.cam import METHODS, compute_cams
+    from auditor.cam import METHODS
     from auditor.data import iter_batches
-    from auditor.metrics.sanity import downstream_of, randomisation_sanity_check
 
     # each method declares on its registration whether the check runs it (`sanity_check`)
     methods = [m for m in s.methods if METHODS[m].sanity_check]
     if not methods:
-        out = not_run(
+        out = _sanity_not_run(
             "only perturbation methods (Score-CAM/Ablation-CAM) were requested; the check "
             "runs on gradient and activation methods"
         )
@@ -1001,30 +1001,76 @@ def _sanity(
         iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))), s.sanity_samples))
     )
     if not len(batch):
-        return not_run("the first samples could not be read")
+        return _sanity_not_run("the first samples could not be read")
     images = batch.images.to(dev)
     try:
-        head = downstream_of(model, layers[0], images[:2])
-        if not head:
-            raise ValueError(
-                f"no module with parameters runs after the target layer {layers[0]!r}: "
-                "nothing to randomise"
-            )
-        res = randomisation_sanity_check(
-            model,
-            images,
-            batch.labels.to(dev),
-            methods,
-            layers[0],
-            seed=s.seed,
-            head=head,
-            compute=functools.partial(compute_cams, reshape=reshape),
-        )
+        head, res = _randomise(model, images, batch.labels.to(dev), methods, layers[0], s, reshape)
     except (ValueError, RuntimeError, TypeError) as exc:
-        out = not_run(str(exc).splitlines()[0][:300])
+        out = _sanity_not_run(str(exc).splitlines()[0][:300])
         atomic_write_json(path, out)
         return out
-    out = {
+    out = _sanity_record(res, head, layers[0])
+    atomic_write_json(path, out)
+    return out
+
+
+def _sanity_not_run(reason: str) -> dict[str, Any]:
+    """The sanity record of a check that did not run, with its reason (logged too)."""
+    (log.info if "config" in reason else log.warning)("sanity check not run: %s", reason)
+    return {"_status": {"run": False, "reason": reason, "randomised": []}}
+
+
+def _sanity_skip_reason(s: AuditSettings, dataset: Any, n: int) -> str | None:
+    """Why the sanity check does not run on this audit, or ``None`` when it does."""
+    if not s.sanity_check:
+        return "disabled in the config ([audit] sanity_check = false)"
+    if s.sanity_samples == 0:
+        return "[audit] sanity_samples = 0"
+    if getattr(dataset, "multilabel", False):
+        return "not available for multi-label (sigmoid) runs yet"
+    if n == 0:
+        return "no sample to run it on"
+    return None
+
+
+def _randomise(
+    model: torch.nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    methods: Sequence[str],
+    layer: str,
+    s: AuditSettings,
+    reshape: Any,
+) -> tuple[list[str], Mapping[str, Any]]:
+    """The modules after ``layer`` that compute the logits, and the check's result per method
+    (:func:`auditor.metrics.sanity.randomisation_sanity_check` with those randomised)."""
+    import functools
+
+    from auditor.cam import compute_cams
+    from auditor.metrics.sanity import downstream_of, randomisation_sanity_check
+
+    head = downstream_of(model, layer, images[:2])
+    if not head:
+        raise ValueError(
+            f"no module with parameters runs after the target layer {layer!r}: nothing to randomise"
+        )
+    res = randomisation_sanity_check(
+        model,
+        images,
+        labels,
+        methods,
+        layer,
+        seed=s.seed,
+        head=head,
+        compute=functools.partial(compute_cams, reshape=reshape),
+    )
+    return list(head), res
+
+
+def _sanity_record(res: Mapping[str, Any], head: Sequence[str], layer: str) -> dict[str, Any]:
+    """``sanity.json``: each method's similarity, threshold and verdict, and the ``_status``
+    naming what was randomised."""
+    out: dict[str, Any] = {
         m: {
             "similarity": r.similarity,
             "threshold": r.threshold,
@@ -1036,11 +1082,9 @@ def _sanity(
     }
     out["_status"] = {
         "run": True,
-        "reason": f"randomised the {len(head)} module(s) that compute the logits from "
-        f"{layers[0]!r}",
+        "reason": f"randomised the {len(head)} module(s) that compute the logits from {layer!r}",
         "randomised": list(head),
     }
-    atomic_write_json(path, out)
     return out
 
 

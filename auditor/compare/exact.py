@@ -436,6 +436,33 @@ def _render(
     return report
 
 
+def _load_pair(run_a: Path, run_b: Path) -> tuple[LoadedRun, LoadedRun]:
+    """Both runs, loaded and checked; the same directory twice is refused (the API refuses
+    what the CLI refuses)."""
+    ra, rb = load_compared_run(run_a, "run_a"), load_compared_run(run_b, "run_b")
+    if ra.path.samefile(rb.path):
+        raise AuditorInputError(
+            f"run_a and run_b are the same run directory ({ra.path}): a run compared with "
+            f"itself shows no change and passes every gate"
+        )
+    return ra, rb
+
+
+def _add_groups(
+    comparison: dict[str, Any], ra: LoadedRun, rb: LoadedRun, settings: Mapping[str, Any]
+) -> None:
+    """The groups' paired comparison (issue 24, an additive key) where both runs have one."""
+    from auditor.analysis.groups.compare import compare_groups
+
+    groups = compare_groups(
+        ra.path, rb.path, ra.summary.primary_method, rb.summary.primary_method,
+        confidence=float(settings["confidence"]), n_boot=min(int(settings["n_boot"]), 1000),
+        seed=int(settings["seed"]),
+    )  # fmt: skip
+    if groups is not None:
+        comparison["groups"] = groups
+
+
 def compare_runs(
     run_a: str | Path,
     run_b: str | Path,
@@ -489,12 +516,7 @@ def compare_runs(
     phase("comparison", f"{run_b} against {run_a}")
     _check_stream_args(stream_min_pairs, chunk_pairs)
     gate_rules = checked_gate_rules(config, gates)
-    ra, rb = load_compared_run(Path(run_a), "run_a"), load_compared_run(Path(run_b), "run_b")
-    if ra.path.samefile(rb.path):  # the API refuses what the CLI refuses
-        raise AuditorInputError(
-            f"run_a and run_b are the same run directory ({ra.path}): a run compared with "
-            f"itself shows no change and passes every gate"
-        )
+    ra, rb = _load_pair(Path(run_a), Path(run_b))
     classes = _check_comparable(ra, rb)
     detection = detection_task(ra, rb, gate_rules)  # issue 26: paired boxes, not images
     out_dir = _out_dir(out, ra, rb)
@@ -511,16 +533,7 @@ def compare_runs(
         ra, rb, prim, others, classes, settings, int(top_n), int(stream_min_pairs)
     )
     _rank_classes(comparison, classes)
-    # issue 24 (additive key), before the gates, which read it
-    from auditor.analysis.groups.compare import compare_groups
-
-    groups = compare_groups(
-        ra.path, rb.path, ra.summary.primary_method, rb.summary.primary_method,
-        confidence=float(settings["confidence"]), n_boot=min(int(settings["n_boot"]), 1000),
-        seed=int(settings["seed"]),
-    )  # fmt: skip
-    if groups is not None:
-        comparison["groups"] = groups
+    _add_groups(comparison, ra, rb, settings)  # before the gates, which read it
     comparison["gates"] = evaluate_comparison_gates(comparison, gate_rules)
     comparison["moved"] = _moved(ra, rb, prim, classes, out_dir, int(top_n), dataset)
     comparison["metrics_info"] = _metrics_info()

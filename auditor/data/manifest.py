@@ -16,7 +16,7 @@ import csv
 import json
 import math
 from array import array
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -158,6 +158,13 @@ class _Groups:
     def add_note(self, g: int, note: str) -> None:
         self.notes.setdefault(g, []).append(note)
 
+    def note_repeat(self, key: str, line: int, dup_of: int) -> None:
+        """Note on sample ``key`` that ``line`` repeats line ``dup_of`` exactly: an identical
+        row adds nothing (not a second box), noted and never silently merged."""
+        g = self.index.get(key)
+        if g is not None:
+            self.add_note(g, f"manifest line {line} repeats line {dup_of} exactly (ignored)")
+
     def records(self, config: DataConfig) -> RecordTable:
         n = len(self.image)
         bg = np.frombuffer(self.box_group, np.int64) if len(self.box_group) else np.zeros(0, int)
@@ -212,29 +219,8 @@ def read_csv_manifest(config: DataConfig) -> tuple[RecordTable, str]:
     # One physical line is one row: a manifest cell never holds a line break, so a stray or
     # unterminated quote must not swallow the rows after it (csv's default would join them).
     lines = _lines(text)
-    first_line = next(lines, (0, ""))[1]
-    if not first_line.strip():
-        raise DataError(f"{path}: line 1: empty file, expected a header row")
-    try:
-        header = _parse_line(first_line)
-    except csv.Error as exc:
-        raise DataError(f"{path}: line 1: unreadable CSV header: {exc}") from exc
-    columns = [c.strip().lower() for c in header]
-    if len(set(columns)) != len(columns):
-        raise DataError(f"{path}: line 1: duplicate column names in header {header!r}")
-    missing = [c for c in ("image", "label") if c not in columns]
-    if missing == ["label"] and "labels" in columns:  # never guessed (issue 26)
-        raise DataError(
-            f"{path}: line 1: a `labels` column (label sets) needs [model] output = "
-            f'"sigmoid"; this run audits a softmax model (one `label` per image)'
-        )
-    if missing:
-        raise DataError(
-            f"{path}: line 1: missing required column(s) {missing}; header is {header!r}"
-        )
+    columns = _header_columns(path, next(lines, (0, ""))[1])
     has_boxes = [c in columns for c in _BOX_COLUMNS]
-    if any(has_boxes) and not all(has_boxes):
-        raise DataError(f"{path}: line 1: box columns must be all of x0, y0, x1, y1")
     col = {name: i for i, name in enumerate(columns)}
     groups = _Groups(text)
     first_error: tuple[int, str] | None = None
@@ -268,12 +254,7 @@ def read_csv_manifest(config: DataConfig) -> tuple[RecordTable, str]:
         key = ident or f"line {line}"
         dup_of = groups.duplicate_of(key, row) if ident else keyless.get(tuple(row))
         if dup_of is not None:
-            # an identical row adds nothing (not a second box): noted, never silently merged
-            g_dup = groups.index.get(key)
-            if g_dup is not None:
-                groups.add_note(
-                    g_dup, f"manifest line {line} repeats line {dup_of} exactly (ignored)"
-                )
+            groups.note_repeat(key, line, dup_of)
             continue
         if not ident:
             keyless[tuple(row)] = line
@@ -298,22 +279,62 @@ def read_csv_manifest(config: DataConfig) -> tuple[RecordTable, str]:
             groups.error[g] = groups.error.get(g) or error
             first_error = first_error or (line, error)
             continue
-        mask = get("mask").strip()
-        if mask:
-            if groups.mask.get(g) and groups.mask[g] != mask:
-                groups.error[g] = f"manifest line {line}: several mask files for {key!r}"
-                first_error = first_error or (line, groups.error[g])
-            groups.mask[g] = mask
-        if all(has_boxes):
-            cells = [get(c).strip() for c in _BOX_COLUMNS]
-            if any(cells):
-                groups.box_group.append(g)
-                groups.box_values.extend(_number(c) for c in cells)
+        mask_error = _add_mask_and_box(groups, g, key, line, get, all(has_boxes))
+        if mask_error is not None:
+            first_error = first_error or (line, mask_error)
     if n_rows == 0:
         raise DataError(f"{path}: line {line}: no data rows after the header")
     records = groups.records(config)
     _check_usable(path, records, first_error)
     return records, sha
+
+
+def _header_columns(path: Path, first_line: str) -> list[str]:
+    """The manifest's column names (stripped, lower case) from its header line, refusing an
+    empty or unreadable header, duplicate names, a missing ``image``/``label`` column (a
+    ``labels`` column is never read as ``label``) and an incomplete set of box columns."""
+    if not first_line.strip():
+        raise DataError(f"{path}: line 1: empty file, expected a header row")
+    try:
+        header = _parse_line(first_line)
+    except csv.Error as exc:
+        raise DataError(f"{path}: line 1: unreadable CSV header: {exc}") from exc
+    columns = [c.strip().lower() for c in header]
+    if len(set(columns)) != len(columns):
+        raise DataError(f"{path}: line 1: duplicate column names in header {header!r}")
+    missing = [c for c in ("image", "label") if c not in columns]
+    if missing == ["label"] and "labels" in columns:  # never guessed (issue 26)
+        raise DataError(
+            f"{path}: line 1: a `labels` column (label sets) needs [model] output = "
+            f'"sigmoid"; this run audits a softmax model (one `label` per image)'
+        )
+    if missing:
+        raise DataError(
+            f"{path}: line 1: missing required column(s) {missing}; header is {header!r}"
+        )
+    has_boxes = [c in columns for c in _BOX_COLUMNS]
+    if any(has_boxes) and not all(has_boxes):
+        raise DataError(f"{path}: line 1: box columns must be all of x0, y0, x1, y1")
+    return columns
+
+
+def _add_mask_and_box(
+    groups: _Groups, g: int, key: str, line: int, get: Callable[[str], str], boxes: bool
+) -> str | None:
+    """Record a valid row's mask file and (``boxes``: the manifest has box columns) its box on
+    sample ``g``; the error when the sample already names another mask file, else ``None``."""
+    error = None
+    mask = get("mask").strip()
+    if mask:
+        if groups.mask.get(g) and groups.mask[g] != mask:
+            groups.error[g] = error = f"manifest line {line}: several mask files for {key!r}"
+        groups.mask[g] = mask
+    if boxes:
+        cells = [get(c).strip() for c in _BOX_COLUMNS]
+        if any(cells):
+            groups.box_group.append(g)
+            groups.box_values.extend(_number(c) for c in cells)
+    return error
 
 
 def _as_boxes(value: Any) -> list[tuple[float, float, float, float]] | str:

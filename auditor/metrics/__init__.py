@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from auditor.lazy import lazy_attribute
 from auditor.metrics.names import MASK_METRICS, METRIC_NAMES, STATUSES
 from auditor.metrics.registry import CATEGORIES, METRICS, MetricInfo, metric_info
 
@@ -72,14 +73,7 @@ _LAZY = {
 def __getattr__(name: str) -> Any:
     """The tensor functions, imported on first use: ``import auditor.metrics`` (and the
     metadata in :data:`METRICS`) does not import torch."""
-    module = _LAZY.get(name)
-    if module is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    import importlib
-
-    value = getattr(importlib.import_module(module), name)
-    globals()[name] = value
-    return value
+    return lazy_attribute(globals(), _LAZY, __name__, name)
 
 
 __all__ = [

@@ -484,6 +484,21 @@ def _entropy(cs: _CamState) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # everything at once
 # --------------------------------------------------------------------------------------------
+def _present(has_mask: Tensor | None, any_mask: bool, b: int, device: torch.device) -> Tensor:
+    """``[B]`` bool: the samples whose mask row is real (``has_mask``, checked), else all
+    (``any_mask``: masks were given) or none."""
+    if has_mask is None:
+        return torch.full((b,), any_mask, dtype=torch.bool, device=device)
+    if not isinstance(has_mask, Tensor) or has_mask.dtype != torch.bool:
+        raise TypeError(
+            f"`has_mask` must be a bool tensor [B], got "
+            f"{has_mask.dtype if isinstance(has_mask, Tensor) else type(has_mask).__name__}"
+        )
+    if tuple(has_mask.shape) != (b,):
+        raise ValueError(f"`has_mask` must have shape [{b}], got {tuple(has_mask.shape)}")
+    return has_mask.to(device)
+
+
 def localisation_metrics(
     cams: Tensor,
     masks: Tensor | None,
@@ -513,17 +528,7 @@ def localisation_metrics(
     b, h, w = cs.shape
     bw = _band_width(h, w, border_width)
     device = cs.x.device
-    if has_mask is not None:
-        if not isinstance(has_mask, Tensor) or has_mask.dtype != torch.bool:
-            raise TypeError(
-                f"`has_mask` must be a bool tensor [B], got "
-                f"{has_mask.dtype if isinstance(has_mask, Tensor) else type(has_mask).__name__}"
-            )
-        if tuple(has_mask.shape) != (b,):
-            raise ValueError(f"`has_mask` must have shape [{b}], got {tuple(has_mask.shape)}")
-        present = has_mask.to(device)
-    else:
-        present = torch.full((b,), masks is not None, dtype=torch.bool, device=device)
+    present = _present(has_mask, masks is not None, b, device)
 
     out: dict[str, Tensor] = {}
     nan = torch.full((b,), math.nan, dtype=cs.dtype, device=device)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from auditor.audit.status import METRIC_STATUSES
 
-__all__ = ["MASK_METRICS", "METRIC_NAMES", "STATUSES"]
+__all__ = ["MASK_METRICS", "METRIC_NAMES", "SANITY_THRESHOLD", "STATUSES"]
 
 #: Keys of :func:`auditor.metrics.localisation.localisation_metrics`, in report order.
 METRIC_NAMES: tuple[str, ...] = (
@@ -26,3 +26,7 @@ MASK_METRICS: frozenset[str] = frozenset(METRIC_NAMES) - {"border_focus", "entro
 #: Per-sample status values of :func:`localisation_metrics`, in priority order (the first
 #: that applies is reported): the metrics' part of the one vocabulary, :mod:`auditor.audit.status`.
 STATUSES: tuple[str, ...] = METRIC_STATUSES
+#: Default Spearman threshold of the model-randomisation sanity check (Adebayo et al. 2018):
+#: maps at least this similar after the head is re-initialised fail it
+#: (:func:`auditor.metrics.sanity.randomisation_sanity_check`'s ``threshold``).
+SANITY_THRESHOLD: float = 0.5

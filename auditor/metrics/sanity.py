@@ -32,11 +32,13 @@ import copy
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from auditor.audit.modelstate import preserved_training_flags
+from auditor.metrics.names import SANITY_THRESHOLD
 
 __all__ = [
     "SanityResult",
@@ -303,6 +305,33 @@ def _default_compute() -> ComputeFn:
     return compute_cams
 
 
+def _checked_args(model: Any, methods: Sequence[str] | str, threshold: Any) -> tuple[str, ...]:
+    """The method names as a tuple, after checking ``model``, ``methods`` and ``threshold``."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(methods, str):
+        methods = (methods,)
+    methods = tuple(methods)
+    if not methods:
+        raise ValueError("`methods` must name at least one CAM method, got ()")
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise TypeError(f"`threshold` must be a number, got {type(threshold).__name__}")
+    if not -1.0 <= float(threshold) <= 1.0:
+        raise ValueError(f"`threshold` must lie in [-1, 1], got {threshold}")
+    return methods
+
+
+def _layer_name(model: nn.Module, layer: str | nn.Module | None) -> str | None:
+    """``layer`` by name: the engine addresses layers by name, and the deep copy has the same
+    names as ``model``."""
+    if not isinstance(layer, nn.Module):
+        return layer
+    names = {id(m): n for n, m in model.named_modules()}
+    if id(layer) not in names:
+        raise ValueError("`layer` is a module that is not part of `model`")
+    return names[id(layer)]
+
+
 def randomisation_sanity_check(
     model: nn.Module,
     images: Tensor,
@@ -314,7 +343,7 @@ def randomisation_sanity_check(
     randomise: str = "head",
     cascade_blocks: int = 1,
     head: Sequence[str] | None = None,
-    threshold: float = 0.5,
+    threshold: float = SANITY_THRESHOLD,
     compute: ComputeFn | None = None,
 ) -> dict[str, SanityResult]:
     """Model-parameter randomisation test (Adebayo et al. 2018, "Sanity Checks for Saliency
@@ -342,28 +371,13 @@ def randomisation_sanity_check(
     Returns:
         ``{method: SanityResult}``.
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(methods, str):
-        methods = (methods,)
-    methods = tuple(methods)
-    if not methods:
-        raise ValueError("`methods` must name at least one CAM method, got ()")
-    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
-        raise TypeError(f"`threshold` must be a number, got {type(threshold).__name__}")
-    if not -1.0 <= float(threshold) <= 1.0:
-        raise ValueError(f"`threshold` must lie in [-1, 1], got {threshold}")
+    methods = _checked_args(model, methods, threshold)
     compute_fn = compute if compute is not None else _default_compute()
 
     clone, randomised = randomised_copy(
         model, seed=seed, randomise=randomise, cascade_blocks=cascade_blocks, head=head
     )
-    if isinstance(layer, nn.Module):
-        # the engine addresses layers by name; the deep copy has the same names
-        names = {id(m): n for n, m in model.named_modules()}
-        if id(layer) not in names:
-            raise ValueError("`layer` is a module that is not part of `model`")
-        layer = names[id(layer)]
+    layer = _layer_name(model, layer)
 
     maps_trained = compute_fn(model, images, targets, methods=methods, layer=layer)
     maps_random = compute_fn(clone, images, targets, methods=methods, layer=layer)

@@ -24,6 +24,7 @@ from auditor.report import figures as figs
 from auditor.report.compliance import compliance_context
 from auditor.report.panels import show_each_panel_once
 from auditor.results import (
+    DATASET_KEYS,
     AuditResult,
     Gates,
     MethodInfo,
@@ -68,20 +69,6 @@ _MODEL_KEYS = (
     "parameters",
     "target_layer_reason",
     "reshape",
-)
-_DATASET_KEYS = (
-    "name",
-    "format",
-    "sha256",
-    "annotation_sha256",
-    "n_samples",
-    "n_evaluated",
-    "n_skipped",
-    "n_nonfinite_logits",
-    "annotated",
-    "input_size",
-    "classes",
-    "skipped",
 )
 _RUN_KEYS = (
     "started",
@@ -599,7 +586,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
     images = _Images(run_dir)
     primary = result.primary_method
     model = _keyed(result.model.to_json(), _MODEL_KEYS)
-    dataset = _keyed(result.dataset.to_json(), _DATASET_KEYS)
+    dataset = _keyed(result.dataset.to_json(), DATASET_KEYS)
     run = _keyed(result.run.to_json(), _RUN_KEYS)
     tool = {"name": None, "version": None, **thaw(result.tool)}
 

@@ -30,6 +30,7 @@ from auditor.results.vocab import CATEGORIES, SEVERITIES
 
 __all__ = [
     "COMPARISON_SCHEMA_VERSION",
+    "DATASET_KEYS",
     "EVIDENCE_LABELS",
     "SCHEMA_VERSION",
     "SEVERITIES",
@@ -938,6 +939,25 @@ class ModelInfo:
         )
 
 
+#: The keys of summary.json's ``dataset`` object, in the order the report reads them: the
+#: fields of :class:`DatasetInfo`, and ``n_nonfinite_logits`` (the samples whose logits were
+#: not finite, written by finalisation, carried in ``DatasetInfo.extra``).
+DATASET_KEYS: tuple[str, ...] = (
+    "name",
+    "format",
+    "sha256",
+    "annotation_sha256",
+    "n_samples",
+    "n_evaluated",
+    "n_skipped",
+    "n_nonfinite_logits",
+    "annotated",
+    "input_size",
+    "classes",
+    "skipped",
+)
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
     """The evaluation set: hashes, counts, classes and the skipped samples with reasons."""
@@ -955,19 +975,7 @@ class DatasetInfo:
     skipped: tuple[Mapping[str, Any], ...] = ()
     extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
 
-    _KEYS = (
-        "name",
-        "format",
-        "sha256",
-        "annotation_sha256",
-        "n_samples",
-        "n_evaluated",
-        "n_skipped",
-        "annotated",
-        "input_size",
-        "classes",
-        "skipped",
-    )
+    _KEYS = tuple(k for k in DATASET_KEYS if k != "n_nonfinite_logits")
 
     def to_json(self) -> dict[str, Any]:
         out = {k: thaw(getattr(self, k)) for k in self._KEYS}

@@ -58,9 +58,11 @@ from auditor.analysis.findings.registry import (
     FindingRules,
     RuleContext,
     apply_flags,
+    class_finding,
     describe_rules,
     finding_rule,
     number_findings,
+    per_class,
     run_rules,
     unregister_rule,
 )
@@ -79,9 +81,11 @@ __all__ = [
     "FindingRules",
     "RuleContext",
     "apply_flags",
+    "class_finding",
     "describe_rules",
     "finding_rule",
     "number_findings",
+    "per_class",
     "run_rules",
     "unregister_rule",
 ]

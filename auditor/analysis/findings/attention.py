@@ -9,11 +9,13 @@ import numpy as np
 from auditor.analysis.findings.registry import (
     FindingRules,
     RuleContext,
+    class_finding,
     finding_rule,
     fmt_or_na,
     pct,
+    per_class,
 )
-from auditor.results import Finding
+from auditor.results import ClassResult, Finding
 from auditor.stats import wilson_interval
 
 
@@ -28,30 +30,28 @@ def _describe_wrong_reasons(r: FindingRules, confidence: float) -> str:
 @finding_rule("right_for_wrong_reasons", describe=_describe_wrong_reasons)
 def right_for_wrong_reasons_rule(ctx: RuleContext) -> list[Finding]:
     """Correct predictions whose maps put less mass on the object than chance."""
-    out: list[Finding] = []
     p = ctx.samples
-    for name, c in ctx.classes.items():
+
+    def check(name: str, c: ClassResult) -> Finding | None:
         cs = (p.labels == c.index) & (p.correct == 1) & np.isfinite(p.energy_lift)
         k_wrong = int(np.sum(p.energy_lift[cs] < 1))
         n_corr = int(cs.sum())
         if n_corr < 5:
-            continue
+            return None
         w = wilson_interval(k_wrong, n_corr, confidence=ctx.confidence)
-        if w.low > ctx.rules.wrong_reasons_share:
-            out.append(
-                Finding(
-                    cls=name,
-                    kind="right_for_wrong_reasons",
-                    severity="medium",
-                    title=f"'{name}': right for the wrong reasons",
-                    message=(
-                        f"{k_wrong} of {n_corr} correct predictions put less CAM mass on the "
-                        f"object than its area would by chance (energy lift < 1)."
-                    ),
-                    evidence={"share": k_wrong / n_corr, "ci": [w.low, w.high], "n": n_corr},
-                )
-            )
-    return out
+        if w.low <= ctx.rules.wrong_reasons_share:
+            return None
+        return class_finding(
+            name,
+            "right_for_wrong_reasons",
+            "medium",
+            "right for the wrong reasons",
+            f"{k_wrong} of {n_corr} correct predictions put less CAM mass on the "
+            f"object than its area would by chance (energy lift < 1).",
+            {"share": k_wrong / n_corr, "ci": [w.low, w.high], "n": n_corr},
+        )
+
+    return per_class(ctx, check)
 
 
 def _describe_border_focus(r: FindingRules, confidence: float) -> str:
@@ -64,32 +64,26 @@ def _describe_border_focus(r: FindingRules, confidence: float) -> str:
 @finding_rule("border_focus", describe=_describe_border_focus)
 def border_focus_rule(ctx: RuleContext) -> list[Finding]:
     """CAM mass in the outer band: frames, watermarks, padding (Lapuschkin et al. 2019)."""
-    out: list[Finding] = []
-    for name, c in ctx.classes.items():
+
+    def check(name: str, c: ClassResult) -> Finding | None:
         bb = c.stat(ctx.primary, "border_focus")
         base_b = ctx.baseline(ctx.samples.border_focus, int(c.index or 0))
         if bb is None or bb.ci_low is None or bb.mean is None or base_b is None:
-            continue
-        if bb.ci_low - base_b > ctx.rules.margin and bb.mean > ctx.rules.border_band_share:
-            out.append(
-                Finding(
-                    cls=name,
-                    kind="border_focus",
-                    severity="medium",
-                    title=f"'{name}': attention on the image border",
-                    message=(
-                        f"{fmt_or_na(bb.mean)} of the CAM mass lies in the outer band "
-                        f"(other classes: {fmt_or_na(base_b)}): check for frames, watermarks or "
-                        f"padding artefacts."
-                    ),
-                    evidence={
-                        "border_focus": bb.mean,
-                        "ci": [bb.ci_low, bb.ci_high],
-                        "baseline": base_b,
-                    },
-                )
-            )
-    return out
+            return None
+        if not (bb.ci_low - base_b > ctx.rules.margin and bb.mean > ctx.rules.border_band_share):
+            return None
+        return class_finding(
+            name,
+            "border_focus",
+            "medium",
+            "attention on the image border",
+            f"{fmt_or_na(bb.mean)} of the CAM mass lies in the outer band "
+            f"(other classes: {fmt_or_na(base_b)}): check for frames, watermarks or "
+            f"padding artefacts.",
+            {"border_focus": bb.mean, "ci": [bb.ci_low, bb.ci_high], "baseline": base_b},
+        )
+
+    return per_class(ctx, check)
 
 
 def _describe_disagreement(r: FindingRules, confidence: float) -> str:
@@ -102,28 +96,26 @@ def _describe_disagreement(r: FindingRules, confidence: float) -> str:
 @finding_rule("method_disagreement", describe=_describe_disagreement)
 def method_disagreement_rule(ctx: RuleContext) -> list[Finding]:
     """CAM methods that disagree about a class's background focus."""
-    out: list[Finding] = []
-    for name, c in ctx.classes.items():
+
+    def check(name: str, c: ClassResult) -> Finding | None:
         means: dict[str, float] = {}
         for m in ctx.methods:
             s = c.stat(m, "background_focus")
             if s is not None and s.mean is not None:
                 means[m] = float(s.mean)
         if len(means) < 2:
-            continue
+            return None
         hi_m, lo_m = max(means, key=means.__getitem__), min(means, key=means.__getitem__)
-        if means[hi_m] - means[lo_m] > ctx.rules.disagreement:
-            out.append(
-                Finding(
-                    cls=name,
-                    kind="method_disagreement",
-                    severity="info",
-                    title=f"'{name}': CAM methods disagree",
-                    message=(
-                        f"Background focus is {fmt_or_na(means[hi_m])} with {hi_m} but "
-                        f"{fmt_or_na(means[lo_m])} with {lo_m}: read this class's maps with care."
-                    ),
-                    evidence={"background_focus_by_method": means},
-                )
-            )
-    return out
+        if means[hi_m] - means[lo_m] <= ctx.rules.disagreement:
+            return None
+        return class_finding(
+            name,
+            "method_disagreement",
+            "info",
+            "CAM methods disagree",
+            f"Background focus is {fmt_or_na(means[hi_m])} with {hi_m} but "
+            f"{fmt_or_na(means[lo_m])} with {lo_m}: read this class's maps with care.",
+            {"background_focus_by_method": means},
+        )
+
+    return per_class(ctx, check)

@@ -27,12 +27,14 @@ __all__ = [
     "FindingRules",
     "RuleContext",
     "apply_flags",
+    "class_finding",
     "collapsed",
     "describe_rules",
     "finding_rule",
     "fmt_or_na",
     "number_findings",
     "pct",
+    "per_class",
     "run_rules",
     "unregister_rule",
 ]
@@ -126,6 +128,33 @@ def pct(confidence: float) -> str:
 
 def fmt_or_na(v: Any, spec: str = ".0%") -> str:
     return fmt(v, spec, missing="n/a")
+
+
+def per_class(
+    ctx: RuleContext, check: Callable[[str, ClassResult], Finding | None]
+) -> list[Finding]:
+    """The shape of a per-class rule: ``check(name, class_result)`` for each class in order,
+    keeping the findings it returns (``None``: the class raises nothing)."""
+    out: list[Finding] = []
+    for name, c in ctx.classes.items():
+        found = check(name, c)
+        if found is not None:
+            out.append(found)
+    return out
+
+
+def class_finding(
+    name: str, kind: str, severity: str, headline: str, message: str, evidence: Mapping[str, Any]
+) -> Finding:
+    """A finding about class ``name``, titled ``'name': headline``."""
+    return Finding(
+        cls=name,
+        kind=kind,
+        severity=severity,
+        title=f"'{name}': {headline}",
+        message=message,
+        evidence=evidence,
+    )
 
 
 def collapsed(ctx: RuleContext, intervention: str) -> bool:

@@ -4,24 +4,19 @@ classifier head (Adebayo et al. 2018, model-randomisation test).
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Mapping
 
 from auditor.analysis.findings.registry import FindingRules, RuleContext, finding_rule, fmt_or_na
+from auditor.metrics.names import SANITY_THRESHOLD
 from auditor.results import Finding, SanityResult
 
 
 def _sanity_threshold(ctx_sanity: Mapping[str, SanityResult] | None = None) -> float:
+    """The threshold the stored sanity results used, else the check's default."""
     for res in (ctx_sanity or {}).values():
         if res.threshold is not None:
             return res.threshold
-    try:
-        from auditor.metrics.sanity import randomisation_sanity_check
-
-        value = inspect.signature(randomisation_sanity_check).parameters["threshold"].default
-    except (ImportError, KeyError):  # pragma: no cover - sanity module changed
-        return 0.5
-    return float(value) if isinstance(value, int | float) else 0.5
+    return SANITY_THRESHOLD
 
 
 def _describe_sanity(r: FindingRules, confidence: float) -> str:
