@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -170,8 +171,7 @@ def _one_class(
         pasted[j, :, y0:y1, x0:x1] = sources[j % len(sources)][:, y0:y1, x0:x1]
         control[j, :, y0:y1, x0:x1] = rec[plan.donors[k]].image[:, y0:y1, x0:x1]
     pred_p, pred_c = predict(pasted), predict(control)
-    figure = _figure(run_dir, plan, keep, list(src), region, pred_p, pred_c, dataset, classes)
-    return decide(
+    result = decide(
         int((pred_p == plan.index).sum()),
         int((pred_c == plan.index).sum()),
         len(keep),
@@ -180,8 +180,11 @@ def _one_class(
         source=plan.source,
         region=region,
         n_sources=len(src),
-        figure=figure,
     )
+    if not result.confirmed:  # the figure is drawn for the confirmed classes only
+        return result
+    figure = _figure(run_dir, plan, keep, list(src), region, pred_p, pred_c, dataset, classes)
+    return replace(result, figure=figure)
 
 
 def _figure(
