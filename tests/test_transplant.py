@@ -24,7 +24,14 @@ from auditor.analysis.transplant import (
 )
 from auditor.config import load_config
 from auditor.errors import ConfigError
-from auditor.results import AuditResult, ClassResult, Finding, TransplantResult
+from auditor.results import (
+    AuditResult,
+    ClassClusters,
+    ClassResult,
+    Finding,
+    SubgroupDetail,
+    TransplantResult,
+)
 
 # ------------------------------------------------------------------------------------------
 # the decision
@@ -212,6 +219,14 @@ def test_confirmed_transplant_raises_the_matching_finding_only() -> None:
     assert out.classes["a"].transplant == confirmed
     assert out.classes["b"].transplant == refuted
     assert out.classes["a"].flagged and out.classes["a"].flags == ("subgroup_shortcut",)
+    # the subgroup itself (the report's Subgroups section) is raised with its finding
+    sub = SubgroupDetail(cluster=1, size=1, members=("s1",), severity="medium")
+    other_sub = SubgroupDetail(cluster=2, size=1, members=("s9",), severity="low")
+    res = _result(other, sg).replace(clusters={"a": ClassClusters(k=3, subgroups=(sub, other_sub))})
+    out = apply_transplants(res, {"a": confirmed}, size=(32, 32))
+    assert out.clusters is not None
+    subs = out.clusters["a"].subgroups or ()
+    assert [g.severity for g in subs] == ["high", "low"]
 
 
 def test_top_patch_confirms_border_focus_only_inside_the_border_band() -> None:

@@ -387,7 +387,36 @@ def apply_transplants(
     if changed:
         findings = number_findings(findings)
         classes = apply_flags(classes, findings, result.primary_method)
-    return result.replace(classes=MappingProxyType(classes), findings=tuple(findings))
+    return result.replace(
+        classes=MappingProxyType(classes),
+        findings=tuple(findings),
+        clusters=_raised_subgroups(result.clusters, findings),
+    )
+
+
+def _raised_subgroups(clusters: Any, findings: Sequence[Finding]) -> Any:
+    """The clusters with the subgroups of the raised ``subgroup_shortcut`` findings at ``high``
+    too (the report's Subgroups section shows the subgroup's own severity)."""
+    if not clusters:
+        return clusters
+    raised = {
+        (f.cls, frozenset(map(str, f.evidence.get("members") or ())))
+        for f in findings
+        if f.kind == "subgroup_shortcut" and "transplant" in f.evidence and f.severity == "high"
+    }
+    if not raised:
+        return clusters
+    out = {}
+    for name, cc in clusters.items():
+        subs = cc.subgroups
+        if subs:
+            subs = tuple(
+                replace(g, severity="high") if (name, frozenset(g.members)) in raised else g
+                for g in subs
+            )
+            cc = replace(cc, subgroups=subs)
+        out[name] = cc
+    return MappingProxyType(out)
 
 
 def _raised(
