@@ -113,33 +113,54 @@ def run_transplant(
     )  # fmt: skip
     phase("transplant", f"pasting each class's candidate region onto other classes ({len(plans)})")
     outcomes: dict[str, TransplantResult] = {}
+    samples = _Samples(dataset)
     for name, plan in plans.items():
         if isinstance(plan, TransplantResult):
             outcomes[name] = plan
             continue
-        outcomes[name] = _one_class(run_dir, plan, cams, dataset, size, classes, predict, rules,
+        outcomes[name] = _one_class(run_dir, plan, cams, samples, size, classes, predict, rules,
                                     settings.confidence)  # fmt: skip
         t = outcomes[name]
         log.info("transplant '%s': %s%s", name, t.status, f" ({t.reason})" if t.reason else "")
     return apply_transplants(result, outcomes, size=size, border_width=settings.border_width)
 
 
-def _load(dataset: Any, indices: Sequence[int]) -> dict[int, Any]:
-    """``{index: EvalSample}`` of the samples that load (skipped ones are left out)."""
-    out = {}
-    for i in indices:
-        try:
-            out[int(i)] = dataset.load(int(i))
-        except SampleSkipped:
-            continue
-    return out
+class _Samples:
+    """Loaded samples shared by the classes' transplants (recipients overlap between classes),
+    kept up to ``CACHE_BYTES`` of images; ``None`` for a sample that is skipped."""
+
+    CACHE_BYTES = 256 * 2**20
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+        self.cache: dict[int, Any] = {}
+        self.nbytes = 0
+
+    def load(self, indices: Sequence[int]) -> dict[int, Any]:
+        """``{index: EvalSample}`` of the samples that load (skipped ones are left out)."""
+        out = {}
+        for i in map(int, indices):
+            if i in self.cache:
+                sample = self.cache[i]
+            else:
+                try:
+                    sample = self.dataset.load(i)
+                except SampleSkipped:
+                    sample = None
+                size = 0 if sample is None else sample.image.element_size() * sample.image.numel()
+                if self.nbytes + size <= self.CACHE_BYTES:
+                    self.cache[i] = sample
+                    self.nbytes += size
+            if sample is not None:
+                out[i] = sample
+        return out
 
 
 def _one_class(
     run_dir: Path,
     plan: Candidate,
     cams: Mapping[int, np.ndarray],
-    dataset: Any,
+    samples: _Samples,
     size: tuple[int, int],
     classes: Sequence[str],
     predict: Callable[[Any], np.ndarray],
@@ -149,14 +170,14 @@ def _one_class(
     """One class's transplant (see the module)."""
     import torch
 
-    src = _load(dataset, [i for i in plan.sources if i in cams])
+    src = samples.load([i for i in plan.sources if i in cams])
     masks = [None if s.mask is None else s.mask.cpu().numpy().astype(bool) for s in src.values()]
     heat, why = region_heat([cams[i] for i in src], masks, size, rules)
     if heat is None:
         return not_run(why or "no region", plan.source)
     region = choose_region(heat, rules)
     x0, y0, x1, y1 = region
-    rec = _load(dataset, plan.recipients)
+    rec = samples.load(plan.recipients)
     keep = [
         k for k, (r, d) in enumerate(zip(plan.recipients, plan.donors)) if r in rec and d in rec
     ]
@@ -183,7 +204,9 @@ def _one_class(
     )
     if not result.confirmed:  # the figure is drawn for the confirmed classes only
         return result
-    figure = _figure(run_dir, plan, keep, list(src), region, pred_p, pred_c, dataset, classes)
+    figure = _figure(
+        run_dir, plan, keep, list(src), region, pred_p, pred_c, samples.dataset, classes
+    )
     return replace(result, figure=figure)
 
 
