@@ -283,6 +283,7 @@ def test_tagged_subgroup_recovered_without_masks(tmp_path: Path) -> None:
     assert t["n"] == 64 and t["flip_rate"] >= 0.9 and t["control_rate"] <= 0.1
     assert t["difference_ci"][0] > 0 and t["n_sources"] == f["evidence"]["size"]
     assert f["evidence"]["transplant"] == t and "Pasting the subgroup's region" in f["message"]
+    assert "No mask-based intervention could test it. Pasting" in f["message"]
     assert (outcome.run_dir / t["figure"]).is_file()
     # round trip: load_run gives the typed result
     from auditor import load_run

@@ -80,6 +80,11 @@ _RAISES = {
 }
 
 
+#: the sentence of a subgroup finding without masks (auditor.subgroup_findings), reworded when
+#: the transplant confirms it
+_NO_MASK_TEST = "No intervention could test it (no object masks)."
+
+
 @dataclass(frozen=True)
 class TransplantRules:
     """The fixed rule of the transplant (chosen before any number was read; see the module).
@@ -434,9 +439,12 @@ def _raised(
         return f
     evidence = {**dict(f.evidence), "transplant": t.to_json()}
     text = sentence(str(f.cls), t)
+    # auditor.subgroup_findings says no intervention could test a subgroup without masks:
+    # the transplant is one that does not need them
+    message = f.message.replace(_NO_MASK_TEST, "No mask-based intervention could test it.")
     return replace(
         f,
         severity="high",
-        message=f"{f.message} {text}".strip(),
+        message=f"{message} {text}".strip(),
         evidence=evidence,
     )
