@@ -88,6 +88,21 @@ def test_region_top_mass_box() -> None:
     assert choose_region(heat) == (5, 5, 7, 6)
 
 
+def test_region_is_made_of_whole_map_cells_with_a_grid() -> None:
+    heat = np.zeros((16, 16))
+    heat[0, 0], heat[5, 5] = 1.0, 0.9  # cells (0, 0) and (1, 1) of a 4 x 4 grid
+    assert choose_region(heat) == (0, 0, 1, 1)  # pixels: the hottest pixel alone
+    assert choose_region(heat, grid=(4, 4)) == (0, 0, 4, 4)  # its whole cell
+    heat[5, 6] = 0.2  # cell (1, 1) now holds 1.1 of 2.1: it alone is >= 50 %
+    assert choose_region(heat, grid=(4, 4)) == (4, 4, 8, 8)
+    # 5 x 5 cells on 16 pixels (nearest: rows 0-3, 4-6, 7-9, 10-12, 13-15)
+    heat = np.zeros((16, 16))
+    heat[8, 8] = 1.0
+    assert choose_region(heat, grid=(5, 5)) == (7, 7, 10, 10)
+    with pytest.raises(ValueError, match="`grid` must be"):
+        choose_region(heat, grid=(32, 4))
+
+
 def test_region_cap_is_centred_on_the_peak_and_shifted_inside_the_border() -> None:
     heat = np.zeros((16, 16))
     heat[0, 0], heat[15, 15], heat[0, 15] = 5.0, 4.0, 3.0  # top 50 % (6 of 12): 2 pixels
@@ -303,3 +318,67 @@ def test_config_keys(tmp_path: Path) -> None:
     ):
         with pytest.raises(ConfigError, match=match):
             load_config(_write(tmp_path, BASE + "[audit]\n" + text + "\n"))
+
+
+# ------------------------------------------------------------------------------------------
+# the forwards, with a hand-written "model" (no audit run)
+
+
+def _planted(n: int = 10) -> tuple[object, dict[int, np.ndarray], pa.Table]:
+    """Class 'a' carries a bright 4 x 4 tag in the top-left corner of a dark 16 x 16 image;
+    its maps put all their mass on the tag's cell; 'b' is dark with uniform maps."""
+    from auditor.data.api import dataset_from_torch
+
+    items, cams = [], {}
+    for i in range(2 * n):
+        img = np.full((16, 16, 3), 40, np.uint8)
+        label = i % 2
+        cam = np.ones((4, 4))
+        if label == 0:
+            img[:4, :4] = 250
+            cam = np.zeros((4, 4))
+            cam[0, 0] = 1.0
+        items.append((img, label))
+        cams[i] = cam
+    ds = dataset_from_torch(items, ["a", "b"], input_size=16, mean=(0.5,) * 3, std=(0.25,) * 3)
+    labels = [i % 2 for i in range(2 * n)]
+    return ds, cams, _prim(labels, labels)
+
+
+def _tag_model(x: object) -> np.ndarray:
+    """'a' when the top-left 4 x 4 corner is bright (normalised > 1), else 'b'."""
+    import torch
+
+    assert isinstance(x, torch.Tensor)
+    return np.where(x[:, :, :4, :4].mean(dim=(1, 2, 3)).numpy() > 1.0, 0, 1)
+
+
+def test_run_transplant_with_a_hand_written_model(tmp_path: Path) -> None:
+    from auditor.audit.transplant import run_transplant
+    from auditor.config import AuditSettings
+
+    ds, cams, prim = _planted()
+    res = AuditResult(
+        methods=("gradcam",),
+        primary_method="gradcam",
+        classes={n: ClassResult(name=n, index=i, n=10) for i, n in enumerate(("a", "b"))},
+    )
+    out = run_transplant(tmp_path, res, cams, prim, ds, AuditSettings(batch_size=4), _tag_model)
+    a = out.classes["a"].transplant
+    assert a is not None and a.status == "confirmed" and a.source == "top_patch"
+    assert a.region == (0, 0, 4, 4)  # the tag's map cell, upsampled
+    assert (a.n, a.flips, a.control_flips, a.n_sources) == (10, 10, 0, 10)
+    assert a.figure is not None and (tmp_path / a.figure).is_file()
+    # 'b': uniform maps → the first 50 % of the pixels in raster order (rows 0-7), cut to
+    # 6 x 6 around the first pixel; its dark corner pasted on 'a' images removes their tag
+    b = out.classes["b"].transplant
+    assert b is not None and b.region == (0, 0, 6, 6)
+    assert (b.flips, b.control_flips, b.status) == (10, 0, "confirmed")
+
+    def broken(x: object) -> np.ndarray:
+        raise RuntimeError("boom")
+
+    out = run_transplant(tmp_path, res, cams, prim, ds, AuditSettings(), broken)
+    t = out.classes["a"].transplant
+    assert t is not None and t.status == "not_run"
+    assert t.reason == "the model raised RuntimeError: boom"

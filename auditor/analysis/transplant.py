@@ -22,8 +22,8 @@ The region (rule fixed before any number was read; :func:`choose_region`):
 2. with object masks, multiplied by the share of source images for which the pixel is
    background (the hot region OUTSIDE the object); a map with less than
    ``min_outside_share`` (5 %) of its mass outside the object has no candidate;
-3. the bounding box of the fewest highest-valued pixels holding ``top_mass`` (50 %) of that
-   heat;
+3. the bounding box of the fewest hottest map cells (the heat summed per cell of the maps'
+   grid) holding ``top_mass`` (50 %) of that heat;
 4. a side longer than ``max_side`` (37.5 %) of the image's is cut to that length, centred on
    the hottest pixel; the box is then shifted inside the image (never cropped below its size).
 
@@ -108,7 +108,7 @@ class TransplantRules:
 
     def describe(self, confidence: float = 0.95) -> str:
         return (
-            f"Transplant: the region holding {self.top_mass:.0%} of the source images' mean "
+            f"Transplant: the map cells holding {self.top_mass:.0%} of the source images' mean "
             f"map (outside the object when masks exist; sides at most {self.max_side:.1%} of "
             f"the image) is pasted onto images of other classes; confirmed when the "
             f"{confidence:.0%} Newcombe interval of flip rate minus control rate (the same "
@@ -261,11 +261,21 @@ def region_heat(
     return heat, None
 
 
-def choose_region(heat: np.ndarray, rules: TransplantRules | None = None) -> tuple[int, ...]:
+def choose_region(
+    heat: np.ndarray,
+    rules: TransplantRules | None = None,
+    grid: tuple[int, int] | None = None,
+) -> tuple[int, ...]:
     """``(x0, y0, x1, y1)`` (half-open, input pixels) from ``heat`` ``[H, W]`` (steps 3–4 of
-    the module's rule): the bounding box of the fewest hottest pixels holding ``top_mass`` of
-    the heat, each side cut to ``max_side`` of the image around the hottest pixel, shifted
-    inside the image."""
+    the module's rule): the bounding box of the fewest hottest units holding ``top_mass`` of
+    the heat, each side cut to ``max_side`` of the image around the hottest unit, shifted
+    inside the image.
+
+    A unit is a pixel, or with ``grid = (h, w)`` (the maps' resolution) a map cell: the heat
+    summed over the cell's pixels (nearest-neighbour cells, as :func:`region_heat` upsamples),
+    so the region is made of whole cells (ties inside a cell mean nothing: the map has no finer
+    resolution). Ties between units go in raster order.
+    """
     rules = rules or TransplantRules()
     heat = np.asarray(heat, np.float64)
     if heat.ndim != 2 or 0 in heat.shape:
@@ -273,14 +283,30 @@ def choose_region(heat: np.ndarray, rules: TransplantRules | None = None) -> tup
     if not np.isfinite(heat).all() or heat.min() < 0 or heat.sum() <= 0:
         raise ValueError("`heat` must be finite, >= 0 and not all zero")
     height, width = heat.shape
-    flat = heat.ravel()
+    h, w = grid if grid is not None else (height, width)
+    if not (0 < h <= height and 0 < w <= width):
+        raise ValueError(f"`grid` must be (h, w) within the heat's {heat.shape}, got {grid!r}")
+    rows, cols = (np.arange(height) * h) // height, (np.arange(width) * w) // width
+    cells = np.zeros((h, w))
+    np.add.at(cells, (rows[:, None], cols[None, :]), heat)
+    flat = cells.ravel()
     order = np.argsort(-flat, kind="stable")
     cum = np.cumsum(flat[order])
     k = int(np.searchsorted(cum, rules.top_mass * cum[-1] * (1 - 1e-12))) + 1
-    ys, xs = np.divmod(order[:k], width)
-    peak_y, peak_x = divmod(int(order[0]), width)
-    y0, y1 = _side(int(ys.min()), int(ys.max()) + 1, peak_y, height, rules.max_side)
-    x0, x1 = _side(int(xs.min()), int(xs.max()) + 1, peak_x, width, rules.max_side)
+    cy, cx = np.divmod(order[:k], w)
+    y_start, y_end = (
+        np.searchsorted(rows, np.arange(h)),
+        np.searchsorted(rows, np.arange(h), "right"),
+    )
+    x_start, x_end = (
+        np.searchsorted(cols, np.arange(w)),
+        np.searchsorted(cols, np.arange(w), "right"),
+    )
+    py, px = divmod(int(order[0]), w)
+    peak_y = (int(y_start[py]) + int(y_end[py]) - 1) // 2
+    peak_x = (int(x_start[px]) + int(x_end[px]) - 1) // 2
+    y0, y1 = _side(int(y_start[cy].min()), int(y_end[cy].max()), peak_y, height, rules.max_side)
+    x0, x1 = _side(int(x_start[cx].min()), int(x_end[cx].max()), peak_x, width, rules.max_side)
     return (x0, y0, x1, y1)
 
 

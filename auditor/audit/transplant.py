@@ -72,7 +72,10 @@ def make_transplant(
                         logits = engine.forward_logits(
                             x[k : k + settings.batch_size].to(device), autocast=False
                         )
-                        out.append(logits.float().argmax(1).cpu().numpy())
+                        logits = logits.float()
+                        # NaN/Inf logits are no prediction (-1), never argmax's class 0
+                        pred = torch.where(torch.isfinite(logits).all(1), logits.argmax(1), -1)
+                        out.append(pred.cpu().numpy())
                     return np.concatenate(out)
 
                 return run_transplant(run_dir, result, cams, prim, dataset, settings, predict)
@@ -175,7 +178,7 @@ def _one_class(
     heat, why = region_heat([cams[i] for i in src], masks, size, rules)
     if heat is None:
         return not_run(why or "no region", plan.source)
-    region = choose_region(heat, rules)
+    region = choose_region(heat, rules, grid=np.shape(cams[next(iter(src))]))
     x0, y0, x1, y1 = region
     rec = samples.load(plan.recipients)
     keep = [
@@ -186,12 +189,17 @@ def _one_class(
             f"{len(keep)} recipient(s) and {len(src)} source image(s) could be loaded", plan.source
         )
     sources = [src[i].image for i in src]
+    where = [_paste_mask(region, size, m) for m in masks]  # per source image
     recipients = torch.stack([rec[plan.recipients[k]].image for k in keep])
     pasted, control = recipients.clone(), recipients.clone()
     for j, k in enumerate(keep):
-        pasted[j, :, y0:y1, x0:x1] = sources[j % len(sources)][:, y0:y1, x0:x1]
-        control[j, :, y0:y1, x0:x1] = rec[plan.donors[k]].image[:, y0:y1, x0:x1]
-    pred_p, pred_c = predict(pasted), predict(control)
+        m = torch.from_numpy(where[j % len(sources)])
+        pasted[j] = torch.where(m, sources[j % len(sources)], pasted[j])
+        control[j] = torch.where(m, rec[plan.donors[k]].image, control[j])
+    try:
+        pred_p, pred_c = predict(pasted), predict(control)
+    except Exception as exc:  # noqa: BLE001 - the model's own error: this class is not run
+        return not_run(f"the model raised {type(exc).__name__}: {str(exc)[:200]}", plan.source)
     result = decide(
         int((pred_p == plan.index).sum()),
         int((pred_c == plan.index).sum()),
@@ -205,9 +213,24 @@ def _one_class(
     if not result.confirmed:  # the figure is drawn for the confirmed classes only
         return result
     figure = _figure(
-        run_dir, plan, keep, list(src), region, pred_p, pred_c, samples.dataset, classes
+        run_dir, plan, keep, list(src), where, region, (pred_p, pred_c), samples.dataset, classes
     )
     return replace(result, figure=figure)
+
+
+def _paste_mask(
+    region: tuple[int, ...], size: tuple[int, int], mask: np.ndarray | None
+) -> np.ndarray:
+    """``[H, W]`` bool: the pixels pasted from one source image: the region, less the source's
+    object when it has a mask (the candidate is what lies OUTSIDE the object)."""
+    x0, y0, x1, y1 = region
+    out = np.zeros(size, bool)
+    out[y0:y1, x0:x1] = True
+    return out if mask is None else out & ~np.asarray(mask, bool)
+
+
+def _name(classes: Sequence[str], pred: int) -> str:
+    return classes[pred] if 0 <= pred < len(classes) else "no prediction"
 
 
 def _figure(
@@ -215,9 +238,9 @@ def _figure(
     plan: Candidate,
     keep: Sequence[int],
     src: Sequence[int],
+    where: Sequence[np.ndarray],
     region: tuple[int, ...],
-    pred_p: np.ndarray,
-    pred_c: np.ndarray,
+    preds: tuple[np.ndarray, np.ndarray],
     dataset: Any,
     classes: Sequence[str],
 ) -> str | None:
@@ -229,19 +252,20 @@ def _figure(
     from auditor.report.transplant import transplant_panel
 
     x0, y0, x1, y1 = region
+    pred_p, pred_c = preds
     pasted, controls, pp, pc = [], [], [], []
     try:
         for j, k in enumerate(keep[:FIGURE_EXAMPLES]):
             img = np.array(dataset.load_display(plan.recipients[k])[0], np.uint8)
             donor = np.asarray(dataset.load_display(plan.donors[k])[0], np.uint8)
             source = np.asarray(dataset.load_display(src[j % len(src)])[0], np.uint8)
+            m = where[j % len(src)]
             p, c = img.copy(), img.copy()
-            p[y0:y1, x0:x1] = source[y0:y1, x0:x1]
-            c[y0:y1, x0:x1] = donor[y0:y1, x0:x1]
+            p[m], c[m] = source[m], donor[m]
             pasted.append(p)
             controls.append(c)
-            pp.append(classes[int(pred_p[j])])
-            pc.append(classes[int(pred_c[j])])
+            pp.append(_name(classes, int(pred_p[j])))
+            pc.append(_name(classes, int(pred_c[j])))
     except (SampleSkipped, ValueError, IndexError) as exc:
         log.info("transplant figure of '%s' not drawn: %s", plan.cls, exc)
         return None
