@@ -9,6 +9,9 @@ The intervention. For a class ``c`` with a candidate region ``R`` (a box in inpu
 * the *control*: ``R`` cut from an image of another class (the next recipient) pasted at the
   same place: same size, same location, same seams, only the content is not ``c``'s.
 
+With object masks only the source's background pixels inside ``R`` are pasted (in both edits):
+the candidate is what lies outside the object, never the object itself.
+
 ``flips`` / ``control_flips`` count the edited recipients now predicted as ``c``. The flip
 rate and the control rate get Wilson (1927) score intervals; their difference gets the
 Newcombe (1998, method 10, hybrid score) interval for independent proportions (conservative
