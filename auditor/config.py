@@ -343,6 +343,11 @@ class AuditSettings:
     explain_negatives: int = 0
     #: multi-label runs: a label is predicted present when sigmoid(logit) >= threshold
     threshold: float = 0.5
+    #: causal confirmation by transplant (issue 22, auditor.analysis.transplant): paste each
+    #: class's candidate region onto images of other classes after the findings are built
+    transplant: bool = True
+    #: recipients (images of other classes) per class for the transplant
+    transplant_max_images: int = 64
 
     @property
     def primary(self) -> str:
@@ -418,6 +423,7 @@ def _check_audit_counts(settings: AuditSettings, source: str) -> None:
         "score_batch_size",
         "faithfulness_steps",
         "max_forwards_per_image",
+        "transplant_max_images",
     ):
         if getattr(settings, name) is not None and getattr(settings, name) < 1:
             raise ConfigError(

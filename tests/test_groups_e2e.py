@@ -154,6 +154,12 @@ def test_planted_site_is_named_and_gated(runs: dict[str, Path]) -> None:
     s2 = json.loads((out / "summary.json").read_text())
     assert s2["run"]["aggregation"] == "streaming"
     assert s2["groups"] == s["groups"]
+    # the transplant (issue 22) needs the model: the run made it, `auditor finalize` cannot
+    made = {c["transplant"]["status"] for c in s["classes"].values()}
+    assert made <= {"confirmed", "not_confirmed"}
+    for c in s2["classes"].values():
+        assert c["transplant"]["status"] == "not_run"
+        assert c["transplant"]["reason"].startswith("finalised without the model")
     again = pd.read_parquet(out / "samples.parquet")
     assert again["group_site"].tolist() == frame["group_site"].tolist()
 

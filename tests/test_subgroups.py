@@ -271,9 +271,26 @@ def test_tagged_subgroup_recovered_without_masks(tmp_path: Path) -> None:
     assert s["dataset"]["annotated"] is False
     purity, recall, f = _recovery(s, tagged)
     assert purity >= 0.9 and recall >= 0.9
-    assert f["severity"] == "medium"  # no intervention can confirm it without masks
     assert f["support"]["statistic"] == "border_focus"
     assert f["evidence"]["where"] == "bottom-left corner"
+    # no mask-based intervention can test it; the transplant (issue 22) confirms it: the
+    # members' bottom-left region pasted onto other classes' images makes them 'circle'
+    assert f["severity"] == "high"
+    t = s["classes"]["circle"]["transplant"]
+    assert t["status"] == "confirmed" and t["source"] == "subgroup"
+    x0, y0, x1, y1 = t["region"]
+    assert x0 == 0 and y1 == 32 and x1 <= 12 and y0 >= 20  # inside the bottom-left corner
+    assert t["n"] == 64 and t["flip_rate"] >= 0.9 and t["control_rate"] <= 0.1
+    assert t["difference_ci"][0] > 0 and t["n_sources"] == f["evidence"]["size"]
+    assert f["evidence"]["transplant"] == t and "Pasting the subgroup's region" in f["message"]
+    assert "No mask-based intervention could test it. Pasting" in f["message"]
+    assert (outcome.run_dir / t["figure"]).is_file()
+    # round trip: load_run gives the typed result
+    from auditor import load_run
+    from auditor.results import TransplantResult
+
+    typed = load_run(outcome.run_dir).summary.classes["circle"].transplant
+    assert isinstance(typed, TransplantResult) and typed.to_json() == t
 
 
 @pytest.mark.parametrize("fill", ["blur", "mean"])
@@ -284,6 +301,10 @@ def test_clean_model_is_silent(tmp_path: Path, fill: str) -> None:
     s = outcome.summary
     loud = [f for f in s["findings"] if f["severity"] in ("high", "medium")]
     assert loud == [], [f["title"] for f in loud]
+    # the clean twin: nothing outside the object makes other classes 'circle' (issue 22)
+    t = s["classes"]["circle"]["transplant"]
+    assert t["source"] == "class_region" and t["status"] == "not_confirmed"
+    assert not [f for f in s["findings"] if "transplant" in f["evidence"]]
     assert not [f for f in s["findings"] if f["kind"] == "subgroup_shortcut"]
     for name, res in s["clusters"].items():
         assert res["k_rule"] == "stability"

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -94,6 +94,9 @@ class FinalizeInputs:
         methods_info: the methods' ``MethodInfo`` JSON recorded in the shard manifest (read
             by ``auditor finalize``: a method the torch-free registry does not hold in this
             process is described from it), or ``None``.
+        transplant: the transplant intervention's hook (issue 22; built by the audit loop,
+            which holds the model: :func:`auditor.audit.transplant.make_transplant`), run on
+            the analysed result; ``None``: not run (``auditor finalize`` has no model).
     """
 
     run_dir: Path
@@ -112,6 +115,7 @@ class FinalizeInputs:
     render: bool
     command: str | None
     methods_info: Mapping[str, Any] | None = None
+    transplant: Callable[..., AuditResult] | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
@@ -250,6 +254,7 @@ def _finish(inputs: FinalizeInputs, done: _Analysed) -> AuditOutcome:
     run_dir, s, config = inputs.run_dir, inputs.settings, inputs.config
     skipped = inputs.store.read_skipped()
     result = _with_provenance(inputs, done, skipped)
+    result = _transplant(inputs, done, result)  # issue 22: after the findings, before gates
     result = attach_groups(
         run_dir, result, data_config=inputs.dataset.config, classes=inputs.classes, settings=s,
         min_group_size=config.report.min_group_size if config else 10,
@@ -281,6 +286,21 @@ def _finish(inputs: FinalizeInputs, done: _Analysed) -> AuditOutcome:
             pdf_timeout_s=config.report.pdf_timeout_s if config else 600,
         )
     return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
+
+
+def _transplant(inputs: FinalizeInputs, done: _Analysed, result: AuditResult) -> AuditResult:
+    """Run the transplant hook, or record why it was not run (``[audit] transplant``)."""
+    if not getattr(inputs.settings, "transplant", False) or not result.classes:
+        return result
+    from auditor.analysis.transplant import apply_transplants, not_run
+
+    if getattr(inputs.dataset, "multilabel", False):
+        reason = "multi-label run: the transplant is defined for single-label classifiers"
+    elif inputs.transplant is None:
+        reason = "finalised without the model (sharded run: auditor finalize)"
+    else:
+        return inputs.transplant(inputs.run_dir, result, done.cams, done.prim)
+    return apply_transplants(result, {name: not_run(reason) for name in result.classes})
 
 
 def _write_outputs(run_dir: Path, result: AuditResult) -> None:

@@ -524,8 +524,21 @@ def _audit_locked(
             pdf=pdf,
             render=render,
             command=command,
+            transplant=_transplant_hook(model, engine, dataset, s, dev, spec),
         )
     )
+
+
+def _transplant_hook(
+    model: torch.nn.Module, engine: Any, dataset: Any, s: AuditSettings, dev: Any, spec: ShardSpec
+) -> Any:
+    """The transplant intervention's finalisation hook (issue 22), or ``None`` when it does not
+    run here (``[audit] transplant = false``, a ``--shard`` job)."""
+    if not s.transplant or spec.mode == "shard":
+        return None
+    from auditor.audit.transplant import make_transplant
+
+    return make_transplant(model, engine, dataset, s, dev)
 
 
 def _setup_device(s: AuditSettings, spec: ShardSpec, resume: bool) -> tuple[torch.device, bool]:

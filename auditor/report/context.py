@@ -202,6 +202,12 @@ def _labels_context(result: AuditResult) -> dict[str, Any] | None:
     return labels_context(result)
 
 
+def _transplant_context(result: AuditResult, images: Any) -> dict[str, Any] | None:
+    from auditor.report.transplant import transplant_context
+
+    return transplant_context(result, images)
+
+
 def png_uri(data: bytes) -> str:
     """``data:image/png;base64,…`` for PNG bytes."""
     return "data:image/png;base64," + base64.b64encode(data).decode("ascii")
@@ -806,6 +812,7 @@ def build_context(run_dir: Path, *, limits: ReportLimits | None = None) -> dict[
         "subgroups": subgroups,
         "groups": _groups_context(result),
         "detection": detection,
+        "transplant": _transplant_context(result, images),  # issue 22
         "rules": [(k, v) for k, v in result.rules.items()],
         "faithfulness": faith,
         "sanity": sanity,

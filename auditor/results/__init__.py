@@ -26,6 +26,7 @@ from types import MappingProxyType
 from typing import Any
 
 from auditor.audit.status import migrate_status
+from auditor.results.transplant import TransplantResult, class_transplant
 from auditor.results.vocab import CATEGORIES, SEVERITIES
 
 __all__ = [
@@ -56,6 +57,7 @@ __all__ = [
     "SubgroupResult",
     "SubgroupTest",
     "SubgroupDetail",
+    "TransplantResult",
     "evidence_label",
     "freeze",
     "method_info",
@@ -285,6 +287,12 @@ class ClassResult:
     def stat(self, method: str, metric: str) -> Stat | None:
         """The interval of ``metric`` for ``method``, ``None`` if it was not measured."""
         return self.metrics.get(method, _EMPTY).get(metric)
+
+    @property
+    def transplant(self) -> TransplantResult | None:
+        """The transplant intervention's result (issue 22; summary.json
+        ``classes[<name>]["transplant"]``), ``None`` when the run has none."""
+        return class_transplant(self)
 
     def to_json(self) -> dict[str, Any]:
         out = {
