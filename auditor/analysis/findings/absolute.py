@@ -36,7 +36,13 @@ from auditor.analysis.findings.registry import FindingRules, RuleContext, findin
 from auditor.results import ClassResult, Finding
 from auditor.stats import wilson_interval
 
-__all__ = ["AbsoluteRules", "absolute_background_rule", "collapses", "intervention_check_rule"]
+__all__ = [
+    "AbsoluteRules",
+    "absolute_background_rule",
+    "absolute_evidence",
+    "collapses",
+    "intervention_check_rule",
+]
 
 
 @dataclass(frozen=True)
@@ -117,6 +123,15 @@ def _absolute(
         "only_bg_fires": bg_fires,
         "method": ctx.primary,
     }
+
+
+def absolute_evidence(ctx: RuleContext, c: ClassResult) -> dict[str, Any] | None:
+    """The absolute tests of one class with the margins of :class:`AbsoluteRules`: energy lift
+    no better than uniform (interval's upper bound <= ``lift_max``), or the background alone
+    called the class above chance (Wilson lower bound > 1/C + ``margin``; skipped when the
+    only-background fill collapsed). None when neither fires. Read by the relative
+    ``background_focus`` rule as its evidence of dependence."""
+    return _absolute(ctx, c, AbsoluteRules(), not collapses(ctx)["only_bg"].collapsed)
 
 
 def _severity(ev: dict[str, Any]) -> str:
