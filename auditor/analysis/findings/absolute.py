@@ -129,9 +129,14 @@ def absolute_evidence(ctx: RuleContext, c: ClassResult) -> dict[str, Any] | None
     """The absolute tests of one class with the margins of :class:`AbsoluteRules`: energy lift
     no better than uniform (interval's upper bound <= ``lift_max``), or the background alone
     called the class above chance (Wilson lower bound > 1/C + ``margin``; skipped when the
-    only-background fill collapsed). None when neither fires. Read by the relative
-    ``background_focus`` rule as its evidence of dependence."""
-    return _absolute(ctx, c, AbsoluteRules(), not collapses(ctx)["only_bg"].collapsed)
+    only-background fill collapsed). None when neither fires; else the evidence with the
+    absolute rule's own ``severity`` (:func:`_severity`: low when only the background test
+    holds while the map lies on the object, the fill's silhouette ambiguity). Read by the
+    relative ``background_focus`` rule as its evidence of dependence."""
+    ev = _absolute(ctx, c, AbsoluteRules(), not collapses(ctx)["only_bg"].collapsed)
+    if ev is not None:
+        ev["severity"] = _severity(ev)
+    return ev
 
 
 def _severity(ev: dict[str, Any]) -> str:

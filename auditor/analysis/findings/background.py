@@ -156,18 +156,19 @@ def _dependence(ctx: RuleContext, c: ClassResult, b: _Background) -> str | None:
     collapsed), ``energy_lift`` (the lift's interval at or below 1: the map no better than
     uniform on the object) or ``only_bg`` (the background alone called the class above chance
     + margin, Wilson bound; unused when that fill collapsed); the last two are the absolute
-    tests of :func:`auditor.analysis.findings.absolute.absolute_evidence`.
+    tests of :func:`auditor.analysis.findings.absolute.absolute_evidence`, counted only when
+    that rule itself rates them medium or high (the background test alone while the map lies
+    on the object, lift's lower bound > 1, is its low "silhouette" case: the fill leaves the
+    object's outline, so "the background alone" is not shown to be background).
     """
     from auditor.analysis.findings.absolute import absolute_evidence  # keeps rule order
 
     if b.reliance and not collapsed(ctx, "only_fg"):
         return "only_fg_drop"
     ev = absolute_evidence(ctx, c)
-    if ev is not None and ev["lift_fires"]:
-        return "energy_lift"
-    if ev is not None and ev["only_bg_fires"]:
-        return "only_bg"
-    return None
+    if ev is None or ev["severity"] == "low":  # the absolute rule's own verdict: ambiguous
+        return None
+    return "energy_lift" if ev["lift_fires"] else "only_bg"
 
 
 def _describe_background_reliance(r: FindingRules, confidence: float) -> str:
