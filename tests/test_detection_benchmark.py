@@ -150,7 +150,7 @@ def test_transplant_check_newcombe_hand_values():
     lo = 0.8 - math.sqrt((0.9 - l1) ** 2 + (u2 - 0.1) ** 2)
     hi = 0.8 + math.sqrt((u1 - 0.9) ** 2 + (0.1 - l2) ** 2)
     assert chk["diff"] == pytest.approx(0.8)
-    assert chk["diff_ci"] == pytest.approx([lo, hi], abs=1e-6)
+    assert chk["diff_ci"] == pytest.approx([lo, hi], abs=1e-4)  # z = 1.96 vs 1.959964
     assert chk["uses_cue"]
     # d = 0.2 < MARGIN although its interval is above 0: not "uses the cue"
     weak = transplant_check(np.r_[np.ones(9, bool), np.zeros(21, bool)],
