@@ -209,6 +209,10 @@ def test_score_rules_hand_built_summary():
     }
     row = score(case, summ)
     assert row["hits"] == 1 and row["purity"] == 0.5 and row["member_recall"] == 0.5
+    assert row["off_target"] == 0 and row["audit_transplant"] is None  # 'one' is only low
+    summ["findings"][1]["severity"] = "medium"
+    assert score(case, summ)["off_target"] == 1
+    summ["findings"][1]["severity"] = "low"
     clean = score(Case("corner_tag", 0.5, 0, True, False), summ)
     assert clean["alarm_classes"] == 1 and clean["n_classes"] == 4
     summ["findings"][0]["severity"] = "low"
@@ -268,12 +272,6 @@ def test_planted_subgroup_found_with_masks(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="re-measured 2026-12-06 01:15 UTC after the only-fg collapse fix: the clean twin gets "
-    "one medium finding (background_focus on 'zero', a relative rule) on 1 of 4 classes with "
-    "masks (docs/validity.md); was 2 of 4",
-)
 def test_clean_twin_silent_with_masks(tmp_path):
     case, summary = _audit(tmp_path, "clean", True)
     row = score(case, summary)

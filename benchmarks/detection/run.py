@@ -186,6 +186,8 @@ def score(case: Case, summary: dict) -> dict:
     if case.planted:
         hits = [c for c in planted if any(f.get("class") == c for f in alarms)]
         row["hits"], row["n_planted"] = len(hits), len(planted)
+        # medium/high on a class that carries no plant (reported, not part of recall)
+        row["off_target"] = len({f.get("class") for f in alarms} & (set(CLASSES) - set(planted)))
         declared = (summary.get("interpretability") or {}).get("not_testable") or []
         row["declared_untestable"] = any(
             f.get("class") in (TARGET, None) and any(u in str(f.get("kind")) for u in UNTESTABLE)
@@ -293,6 +295,7 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
         "type", "fraction", "masks", "plant not confirmed", "recall (medium/high on the class)",
         "declared untestable", "purity", "member recall", "false alarms per clean class",
         "transplant d planted / clean", "audit transplant: planted confirmed / clean false",
+        "off-target alarm classes (planted models)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     records = []
@@ -318,6 +321,8 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
             "diff_clean": [r.get("diff") for r in cl],
             "not_confirmed": unconfirmed,
             "audit_transplant": _audit_transplant_counts(pl, cl),
+            "off_target": sum(r.get("off_target", 0) for r in pl),
+            "off_target_n": sum(len(CLASSES) - r["n_planted"] for r in pl),
             "errors": [r["error"] for r in sel if "error" in r],
         }
         records.append(rec)
@@ -329,6 +334,7 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
                 f"{rec['declared_untestable']}/{len(pl)}",
                 _mean(rec["purity"]) if sub else "", _mean(rec["member_recall"]) if sub else "",
                 _fmt_rate(fa, fn), flips, rec["audit_transplant"],
+                f"{rec['off_target']}/{rec['off_target_n']}",
             ]) + " |"
         )
     return "\n".join(lines), records
