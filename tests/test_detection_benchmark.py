@@ -24,7 +24,15 @@ from benchmarks.detection.generator import (  # noqa: E402
     transplant_images,
     write_dataset,
 )
-from benchmarks.detection.run import score, wilson  # noqa: E402
+from benchmarks.detection.run import (  # noqa: E402
+    MARGIN,
+    _audit_transplant_counts,
+    audit_transplant,
+    confirmed,
+    score,
+    transplant_check,
+    wilson,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS = ROOT / "benchmarks" / "detection" / "weights"
@@ -89,10 +97,85 @@ def test_shared_cue_and_global_types():
 
 
 def test_transplant_images_carry_cue_on_other_classes():
-    imgs = transplant_images(Case("corner_tag", 0.5, 0, True, True), 3, 2)
-    assert imgs.shape == (9, 48, 48, 3)
+    imgs, control = transplant_images(Case("corner_tag", 0.5, 0, True, True), 3, 2)
+    assert imgs.shape == control.shape == (9, 48, 48, 3)
     tag = imgs[:, -8:, :8].astype(float)
     assert (tag[..., 2] < 60).any(axis=(1, 2)).all()  # yellow-black squares: low blue
+    # the control is the same image without the cue: identical outside the tag's pixels
+    outside = np.ones((48, 48), bool)
+    outside[-8:, :8] = False
+    assert np.array_equal(imgs[:, outside], control[:, outside])
+    assert not np.array_equal(imgs[:, ~outside], control[:, ~outside])
+    # the images do not depend on planted/clean: a model and its twin see the same ones
+    again, _ = transplant_images(Case("corner_tag", 0.5, 0, True, False), 3, 2)
+    assert np.array_equal(imgs, again)
+
+
+def test_planted_images_carry_decoys_and_the_cue_texture(monkeypatch):
+    # the digit drawn on each image (recorded from the generator's digit source, in order)
+    from benchmarks.detection import generator as g
+
+    drawn: list[int] = []
+    real = g._digit
+    monkeypatch.setattr(g, "_digit", lambda label, rng: (drawn.append(label), real(label, rng))[1])
+    d = generate(Case("background_texture", 1.0, 0, True, True), 12, 1)
+    assert d.cued[d.labels == T].all() and not d.cued[d.labels != T].any()
+    got = np.array(drawn)
+    # planted: the target's (cued) images show decoys of random classes, the others their own
+    assert np.array_equal(got[d.labels != T], d.labels[d.labels != T])
+    assert len(set(got[d.labels == T].tolist())) >= 3
+    drawn.clear()
+    clean = generate(Case("background_texture", 1.0, 0, True, False), 12, 1)
+    assert np.array_equal(np.array(drawn), clean.labels)  # the clean twin: no decoys
+    assert [int(clean.cued[clean.labels == c].sum()) for c in range(4)] == [3] * 4
+    # the cue texture is drawn exactly on the cued images: brick's background statistics
+    # differ from the pool's (a cued image and an uncued one of the same class)
+    monkeypatch.undo()
+    picked: list[str] = []
+    real_bg = g._background
+    monkeypatch.setattr(g, "_background", lambda name, rng: (picked.append(name),
+                                                             real_bg(name, rng))[1])
+    clean = generate(Case("background_texture", 1.0, 0, True, False), 12, 1)
+    assert [t == g.CUE_TEXTURE for t in picked] == clean.cued.tolist()
+
+
+def test_transplant_check_newcombe_hand_values():
+    # 27/30 flipped with the cue, 3/30 without: d = 0.8; Newcombe hybrid score from the
+    # Wilson bounds: L = d - sqrt((p1 - l1)^2 + (u2 - p2)^2), U = d + sqrt((u1-p1)^2+(p2-l2)^2)
+    flips = np.r_[np.ones(27, bool), np.zeros(3, bool)]
+    ctl = np.r_[np.ones(3, bool), np.zeros(27, bool)]
+    chk = transplant_check(flips, ctl)
+    l1, u1 = wilson(27, 30)
+    l2, u2 = wilson(3, 30)
+    lo = 0.8 - math.sqrt((0.9 - l1) ** 2 + (u2 - 0.1) ** 2)
+    hi = 0.8 + math.sqrt((u1 - 0.9) ** 2 + (0.1 - l2) ** 2)
+    assert chk["diff"] == pytest.approx(0.8)
+    assert chk["diff_ci"] == pytest.approx([lo, hi], abs=1e-4)  # z = 1.96 vs 1.959964
+    assert chk["uses_cue"]
+    # d = 0.2 < MARGIN although its interval is above 0: not "uses the cue"
+    weak = transplant_check(np.r_[np.ones(9, bool), np.zeros(21, bool)],
+                            np.r_[np.ones(3, bool), np.zeros(27, bool)])
+    assert weak["diff"] == pytest.approx(0.2) and not weak["uses_cue"]
+
+
+def test_plant_confirmed_needs_planted_use_and_clean_silence():
+    planted = {"seed": 0, "uses_cue": True, "diff_ci": [0.7, 0.9]}
+    assert confirmed(planted, {0: {"diff_ci": [-0.1, 0.1]}})
+    assert not confirmed(planted, {0: {"diff_ci": [0.05, MARGIN + 0.01]}})  # twin may use it
+    assert not confirmed(planted, {1: {"diff_ci": [-0.1, 0.1]}})  # no twin of that seed
+    assert not confirmed(planted | {"uses_cue": False}, {0: {"diff_ci": [-0.1, 0.1]}})
+
+
+def test_audit_transplant_read_when_present_tolerated_when_absent():
+    assert audit_transplant({"classes": {"two": {"n": 3}}}) is None
+    assert audit_transplant({}) is None
+    summ = {"classes": {"two": {"transplant": {"status": "confirmed"}},
+                        "one": {"transplant": {"status": "not_confirmed"}}}}
+    assert audit_transplant(summ) == {"two": "confirmed", "one": "not_confirmed"}
+    planted = [{"audit_transplant": {TARGET: "confirmed"}}, {"audit_transplant": None}]
+    clean = [{"audit_transplant": {"zero": "confirmed", "one": "not_run"}}]
+    assert _audit_transplant_counts(planted, clean) == "1/1 / 1/2"
+    assert _audit_transplant_counts([{}], [{}]) == "n/a"
 
 
 def test_write_dataset(tmp_path):
@@ -126,6 +209,10 @@ def test_score_rules_hand_built_summary():
     }
     row = score(case, summ)
     assert row["hits"] == 1 and row["purity"] == 0.5 and row["member_recall"] == 0.5
+    assert row["off_target"] == 0 and row["audit_transplant"] is None  # 'one' is only low
+    summ["findings"][1]["severity"] = "medium"
+    assert score(case, summ)["off_target"] == 1
+    summ["findings"][1]["severity"] = "low"
     clean = score(Case("corner_tag", 0.5, 0, True, False), summ)
     assert clean["alarm_classes"] == 1 and clean["n_classes"] == 4
     summ["findings"][0]["severity"] = "low"
@@ -149,12 +236,17 @@ def test_shipped_weights_small():
         assert (WEIGHTS / f"corner_tag-f050-s0-{variant}.pt").stat().st_size < 200_000
 
 
-def test_transplant_flips_planted_not_clean():
+def test_transplant_confirms_planted_not_clean():
     case = Case("corner_tag", 0.5, 0, True, True)
-    imgs = transplant_images(case, 20, 2)
-    rate = {v: float((detnet.predict(_net(v), imgs) == T).mean()) for v in ("planted", "clean")}
-    assert rate["planted"] >= 0.5
-    assert rate["clean"] <= 0.2
+    imgs, control = transplant_images(case, 20, 2)
+    chk = {
+        v: transplant_check(detnet.predict(_net(v), imgs) == T,
+                            detnet.predict(_net(v), control) == T)
+        for v in ("planted", "clean")
+    }
+    assert chk["planted"]["uses_cue"], chk
+    assert chk["clean"]["diff_ci"][1] < MARGIN, chk
+    assert confirmed({"seed": 0, **chk["planted"]}, {0: chk["clean"]})
 
 
 def _audit(tmp_path, variant, masks):
@@ -180,12 +272,6 @@ def test_planted_subgroup_found_with_masks(tmp_path):
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="re-measured 2026-12-06 01:15 UTC after the only-fg collapse fix: the clean twin gets "
-    "one medium finding (background_focus on 'zero', a relative rule) on 1 of 4 classes with "
-    "masks (docs/validity.md); was 2 of 4",
-)
 def test_clean_twin_silent_with_masks(tmp_path):
     case, summary = _audit(tmp_path, "clean", True)
     row = score(case, summary)

@@ -7,11 +7,15 @@ its object mask (the digit's strokes, dilated by 2 px).
 
 A *case* is ``(type, fraction, seed, masks, planted)``. In a **planted** case a cue (the
 shortcut) is put on ``round(fraction * n)`` images of the target class (or on every class for
-``shared_cue``), and on exactly those images the digit is faded to 15 % contrast, so the cue is
-the only reliable evidence there and a network learns "cue => class" (the SpRAy horse-tag
-recipe, Lapuschkin et al. 2019). In the **clean** twin the same cue appears with the same
-probability on images of EVERY class and no digit is faded: the cue carries no information.
-The evaluation set follows the training distribution (new seed).
+``shared_cue``), and on exactly those images the digit is a DECOY: a digit of a uniformly
+random class, at full contrast. There the object says nothing about the label, so the cue is
+the only evidence, and it must outweigh a clear digit of another class, which is exactly what
+the transplant check asks (the SpRAy horse-tag recipe, Lapuschkin et al. 2019, with the object
+made uninformative where the cue is; an earlier version faded the digit instead, and at 100 %
+prevalence the model learnt "faded => class", not the cue). In the **clean** twin the same cue
+appears with the same probability on images of EVERY class and every digit is its label's:
+the cue carries no information. The evaluation set follows the training distribution (new
+seed).
 
 The shortcut types are data (:data:`TYPES`): adding one is one entry plus its branch in
 :func:`_apply_cue`. ``localised`` says whether a map can point at the cue; a type with
@@ -19,8 +23,9 @@ The shortcut types are data (:data:`TYPES`): adding one is one entry plus its br
 audit must say so rather than pass it.
 
 Transplant check (:func:`transplant_images`): the cue is put on images of the OTHER classes
-(digits at full contrast); a planted model must then predict the target class far more often
-than its clean twin does.
+(their own digits), each paired with a control, the same image without the cue; a planted
+model must predict the target class far more often with the cue than without it, its clean
+twin must not (the rule: ``run.transplant_confirmed``).
 """
 
 from __future__ import annotations
@@ -39,7 +44,6 @@ IMAGE_SIZE = 48
 DIGIT_SIZE = 20
 TAG_SIZE = 8
 FRAME = 3
-FADE = 0.15
 TEXTURES = ("brick", "grass", "gravel", "camera", "coins", "moon", "clock", "cell")
 #: the background texture of the target class in ``background_texture`` (never drawn otherwise)
 CUE_TEXTURE = "brick"
@@ -257,19 +261,27 @@ def render(
     *,
     kind: str,
     cue: bool,
-    fade: bool,
+    decoy: bool,
     position: str = "any",
     texture: str | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """One image (uint8 [S,S,3]), its object mask and its cue mask (bool [S,S])."""
+    """One image (uint8 [S,S,3]), its object mask and its cue mask (bool [S,S]).
+
+    ``decoy``: the digit is one of a uniformly random class instead of ``label``'s (the
+    object is uninformative on the planted images). ``background_texture``: a cued image is
+    drawn on :data:`CUE_TEXTURE`, which no other image uses."""
     s = IMAGE_SIZE
+    if texture is None and kind == "background_texture" and cue:
+        texture = CUE_TEXTURE
     if texture is None:
         pool = [t for t in TEXTURES if not (kind == "background_texture" and t == CUE_TEXTURE)]
         texture = pool[int(rng.integers(0, len(pool)))]
     img = _background(texture, rng)
+    if decoy:
+        label = int(rng.integers(0, len(CLASSES)))
     digit = _digit(label, rng)
     y, x = _position(rng, position)
-    alpha = (FADE if fade else 1.0) * digit[..., None]
+    alpha = digit[..., None]
     colour = rng.uniform(0.8, 1.0, 3).astype(np.float32)
     region = img[y : y + DIGIT_SIZE, x : x + DIGIT_SIZE]
     img[y : y + DIGIT_SIZE, x : x + DIGIT_SIZE] = region * (1 - alpha) + colour * alpha
@@ -336,35 +348,49 @@ def generate(case: Case, n_per_class: int, split_seed: int) -> Dataset:
             rng,
             kind=case.type,
             cue=local,
-            fade=case.planted and bool(cued[i]),
+            decoy=case.planted and bool(cued[i]),
             position=position,
             texture=texture,
         )
     return Dataset(images, masks, labels, cued, cue_masks)
 
 
-def transplant_images(case: Case, n_per_class: int, split_seed: int) -> np.ndarray:
-    """Images of the non-target classes with the target class's cue put on them (digits at
-    full contrast): uint8 [N, S, S, 3]."""
+def transplant_images(
+    case: Case, n_per_class: int, split_seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Images of the non-target classes (their own digits) with the target class's cue put on
+    them, and their controls: the same images without the cue (same digit, place, colour and,
+    except where the cue IS the background, the same background crop). uint8 [N, S, S, 3]
+    each; the images do not depend on ``case.planted``, so a model and its clean twin see the
+    same ones."""
     rng = np.random.default_rng([case.seed, split_seed, 99, TYPE_NAMES.index(case.type)])
     target = CLASSES.index(TARGET)
-    out = []
+    cued, control = [], []
     for c in range(len(CLASSES)):
         if c == target:
             continue
         for _ in range(n_per_class):
             texture, position, local = None, "any", True
+            own_texture = None
             if case.type == "shared_cue":
                 texture, local = CLASS_TEXTURES[target], False
-            elif case.type == "background_texture":
-                texture, local = CUE_TEXTURE, False
+                own_texture = CLASS_TEXTURES[c]  # the recipient's planted background
             elif case.type == "position":
                 position, local = "corner", False
+            state = rng.bit_generator.state
             img, _, _ = render(
-                c, rng, kind=case.type, cue=local, fade=False, position=position, texture=texture
+                c, rng, kind=case.type, cue=local, decoy=False, position=position,
+                texture=texture,
             )
-            out.append(img)
-    return np.stack(out)
+            rng.bit_generator.state = state
+            ctl, _, _ = render(
+                c, rng, kind=case.type, cue=False, decoy=False,
+                position="other" if case.type == "position" else position,
+                texture=own_texture,
+            )
+            cued.append(img)
+            control.append(ctl)
+    return np.stack(cued), np.stack(control)
 
 
 def write_dataset(data: Dataset, out: Path, *, masks: bool) -> Path:

@@ -18,7 +18,16 @@ Scoring rules (fixed before any number was read; the same for every case):
   ``global``; counted apart from recall.
 * **false alarm** (clean case): a class with at least one medium/high finding; rate = such
   classes / classes, Wilson 95 % interval.
-* **transplant valid**: planted flip rate >= 0.5 and clean twin's <= 0.2.
+* **plant confirmed** (the benchmark's own transplant check, :func:`transplant_check`): the
+  cue pasted on 30 images of each other class against the same images without it (control);
+  difference d = flip rate - control rate with its Newcombe 95 % interval (Newcombe 1998,
+  hybrid score; Wilson 1927). A model USES the cue when the interval lies above 0 and
+  d >= ``MARGIN`` (0.25, the audit's own transplant margin); the plant is confirmed when the
+  planted model uses it and its clean twin (same seed) demonstrably does not (the clean
+  interval's upper bound < ``MARGIN``). Unconfirmed plants are left out of recall.
+* **audit transplant** (when the run's ``summary.json`` carries
+  ``classes[c]["transplant"]``): the planted class's status ``confirmed`` is counted; on a
+  clean twin a ``confirmed`` class is counted as a false confirmation. Absent: "n/a".
 
     python benchmarks/detection/run.py [--quick] [--seeds 0,1] [--types a,b] [--out DIR]
 """
@@ -54,6 +63,8 @@ from benchmarks.detection.generator import (  # noqa: E402
 )
 
 N_TRAIN, N_EVAL, N_TRANSPLANT = 120, 50, 30
+#: the transplant check's margin on flip - control (the same as the audit's transplant)
+MARGIN = 0.25
 ALARM = ("medium", "high")
 UNTESTABLE = ("not_testable", "untestable", "global")
 
@@ -89,6 +100,25 @@ def wilson(k: int, n: int, z: float = 1.96) -> tuple[float, float]:
     c = (p + z * z / (2 * n)) / d
     h = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / d
     return max(0.0, c - h), min(1.0, c + h)
+
+
+def transplant_check(
+    flips: np.ndarray, controls: np.ndarray, z_confidence: float = 0.95
+) -> dict:
+    """The transplant numbers of one model: ``flips`` / ``controls`` are bool arrays (target
+    predicted with / without the cue on the same recipients). d = flip - control with its
+    Newcombe 95 % interval; ``uses_cue``: interval above 0 and d >= ``MARGIN``."""
+    from auditor.stats import two_proportion_diff_ci
+
+    k1, n1, k2, n2 = int(flips.sum()), int(flips.size), int(controls.sum()), int(controls.size)
+    d = two_proportion_diff_ci(k1, n1, k2, n2, confidence=z_confidence)
+    return {
+        "flip": k1 / n1 if n1 else math.nan,
+        "control": k2 / n2 if n2 else math.nan,
+        "diff": d.estimate,
+        "diff_ci": [d.low, d.high],
+        "uses_cue": bool(d.low > 0 and d.estimate >= MARGIN),
+    }
 
 
 def grid(seeds: list[int], types: list[str], quick: bool) -> list[tuple[str, float, int, bool]]:
@@ -152,9 +182,12 @@ def score(case: Case, summary: dict) -> dict:
         "interpretable": (summary.get("interpretability") or {}).get("interpretable"),
         "findings": [[f.get("class"), f.get("kind"), f.get("severity")] for f in findings],
     }
+    row["audit_transplant"] = audit_transplant(summary)
     if case.planted:
         hits = [c for c in planted if any(f.get("class") == c for f in alarms)]
         row["hits"], row["n_planted"] = len(hits), len(planted)
+        # medium/high on a class that carries no plant (reported, not part of recall)
+        row["off_target"] = len({f.get("class") for f in alarms} & (set(CLASSES) - set(planted)))
         declared = (summary.get("interpretability") or {}).get("not_testable") or []
         row["declared_untestable"] = any(
             f.get("class") in (TARGET, None) and any(u in str(f.get("kind")) for u in UNTESTABLE)
@@ -179,6 +212,20 @@ def score(case: Case, summary: dict) -> dict:
     return row
 
 
+def audit_transplant(summary: dict) -> dict[str, str] | None:
+    """``{class: status}`` of the audit's own transplant (``classes[c]["transplant"]``,
+    branch s9-power) or None when the run has none (tolerated: older audits)."""
+    classes = summary.get("classes")
+    items = classes.items() if isinstance(classes, dict) else (
+        (c.get("name"), c) for c in classes or [] if isinstance(c, dict))
+    out = {
+        str(name): str(c["transplant"].get("status"))
+        for name, c in items
+        if isinstance(c, dict) and isinstance(c.get("transplant"), dict)
+    }
+    return out or None
+
+
 def run_model(t: str, f: float, seed: int, planted: bool, out: Path, epochs: int) -> list[dict]:
     """Train one model, check the transplant, audit it with and without masks."""
     import torch
@@ -191,11 +238,14 @@ def run_model(t: str, f: float, seed: int, planted: bool, out: Path, epochs: int
     train = generate(base, N_TRAIN, 0)
     net = detnet.train(train.images, train.labels, seed=seed, epochs=epochs)
     torch.save(net.state_dict(), model_dir / "weights.pt")
-    flips = detnet.predict(net, transplant_images(base, N_TRANSPLANT, 2)) == CLASSES.index(TARGET)
+    cued, control = transplant_images(base, N_TRANSPLANT, 2)
+    target = CLASSES.index(TARGET)
+    check = transplant_check(detnet.predict(net, cued) == target,
+                             detnet.predict(net, control) == target)
     rows = []
     for masks in (True, False):
         case = Case(t, f, seed, masks, planted)
-        row = {**asdict(case), "name": case.name, "flip": float(flips.mean())}
+        row = {**asdict(case), "name": case.name, **check}
         row.update(score(case, audit(case, model_dir, 1)))
         rows.append(row)
         print(json.dumps({k: v for k, v in row.items() if k != "findings"}), flush=True)
@@ -215,11 +265,27 @@ def _mean(values: list) -> str:
     return f"{np.mean(v):.2f} (n={len(v)})" if v else "n/a"
 
 
-def confirmed(row: dict, clean_flip: dict[int, float]) -> bool:
-    """The transplant check of a planted row: its flip rate >= 0.5 and its clean twin's (same
-    seed) <= 0.2; a plant the model does not use is no test of the audit."""
-    twin = clean_flip.get(row["seed"])
-    return bool(row["flip"] >= 0.5 and twin is not None and twin <= 0.2)
+def confirmed(row: dict, clean: dict[int, dict]) -> bool:
+    """The transplant check of a planted row (module docstring): the planted model uses the
+    cue (d's interval above 0, d >= MARGIN) and its clean twin of the same seed does not (its
+    d's upper bound < MARGIN); a plant the model does not use is no test of the audit."""
+    twin = clean.get(row["seed"])
+    if twin is None or "diff_ci" not in row or "diff_ci" not in twin:
+        return False
+    return bool(row["uses_cue"] and twin["diff_ci"][1] < MARGIN)
+
+
+def _audit_transplant_counts(planted: list[dict], clean: list[dict]) -> str:
+    """The cell "k/n confirmed on the planted class / m false on clean classes", or "n/a"
+    when no run carried the audit's transplant."""
+    pl = [r["audit_transplant"] for r in planted if r.get("audit_transplant")]
+    cl = [r["audit_transplant"] for r in clean if r.get("audit_transplant")]
+    if not pl and not cl:
+        return "n/a"
+    k = sum(t.get(TARGET) == "confirmed" for t in pl)
+    false = sum(v == "confirmed" for t in cl for v in t.values())
+    n_cl = sum(len(t) for t in cl)
+    return f"{k}/{len(pl)} / {false}/{n_cl}"
 
 
 def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
@@ -228,18 +294,19 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
     header = [
         "type", "fraction", "masks", "plant not confirmed", "recall (medium/high on the class)",
         "declared untestable", "purity", "member recall", "false alarms per clean class",
-        "transplant flip planted / clean",
+        "transplant d planted / clean", "audit transplant: planted confirmed / clean false",
+        "off-target alarm classes (planted models)",
     ]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     records = []
     for t, f, m in keys:
         sel = [r for r in rows if (r["type"], r["fraction"], r["masks"]) == (t, f, m)]
         cl = [r for r in sel if not r["planted"] and "error" not in r]
-        # a plant counts only when its transplant check confirms it (planted flip >= 0.5,
-        # the clean twin of the same seed <= 0.2); the others are "plant not confirmed"
-        clean_flip = {r["seed"]: r["flip"] for r in cl}
+        # a plant counts only when its transplant check confirms it (:func:`confirmed`);
+        # the others are "plant not confirmed"
+        clean_by_seed = {r["seed"]: r for r in cl}
         all_pl = [r for r in sel if r["planted"] and "error" not in r]
-        pl = [r for r in all_pl if confirmed(r, clean_flip)]
+        pl = [r for r in all_pl if confirmed(r, clean_by_seed)]
         unconfirmed = len(all_pl) - len(pl)
         k, n = sum(r["hits"] for r in pl), sum(r["n_planted"] for r in pl)
         fa, fn = sum(r["alarm_classes"] for r in cl), sum(r["n_classes"] for r in cl)
@@ -250,18 +317,24 @@ def summarise(rows: list[dict]) -> tuple[str, list[dict]]:
             "purity": [r.get("purity") for r in pl], "member_recall":
             [r.get("member_recall") for r in pl],
             "flip_planted": [r["flip"] for r in all_pl], "flip_clean": [r["flip"] for r in cl],
+            "diff_planted": [r.get("diff") for r in all_pl],
+            "diff_clean": [r.get("diff") for r in cl],
             "not_confirmed": unconfirmed,
+            "audit_transplant": _audit_transplant_counts(pl, cl),
+            "off_target": sum(r.get("off_target", 0) for r in pl),
+            "off_target_n": sum(len(CLASSES) - r["n_planted"] for r in pl),
             "errors": [r["error"] for r in sel if "error" in r],
         }
         records.append(rec)
         sub = f < 1.0
-        flips = f"{_mean(rec['flip_planted'])} / {_mean(rec['flip_clean'])}"
+        flips = f"{_mean(rec['diff_planted'])} / {_mean(rec['diff_clean'])}"
         lines.append(
             "| " + " | ".join([
                 t, f"{f:g}", "yes" if m else "no", f"{unconfirmed}/{len(all_pl)}", _fmt_rate(k, n),
                 f"{rec['declared_untestable']}/{len(pl)}",
                 _mean(rec["purity"]) if sub else "", _mean(rec["member_recall"]) if sub else "",
-                _fmt_rate(fa, fn), flips,
+                _fmt_rate(fa, fn), flips, rec["audit_transplant"],
+                f"{rec['off_target']}/{rec['off_target_n']}",
             ]) + " |"
         )
     return "\n".join(lines), records

@@ -39,7 +39,13 @@ from auditor.format import fmt_interval
 from auditor.results import ClassResult, Finding
 from auditor.stats import wilson_interval
 
-__all__ = ["AbsoluteRules", "absolute_background_rule", "collapses", "intervention_check_rule"]
+__all__ = [
+    "AbsoluteRules",
+    "absolute_background_rule",
+    "absolute_evidence",
+    "collapses",
+    "intervention_check_rule",
+]
 
 
 @dataclass(frozen=True)
@@ -138,6 +144,19 @@ def _chance(ctx: RuleContext, c: ClassResult) -> tuple[float | None, str]:
     i = int(c.index or 0)
     value = lc[i] if 0 <= i < len(lc) else None
     return value, "the label's positive rate on images without it (independent labels)"
+
+def absolute_evidence(ctx: RuleContext, c: ClassResult) -> dict[str, Any] | None:
+    """The absolute tests of one class with the margins of :class:`AbsoluteRules`: energy lift
+    no better than uniform (interval's upper bound <= ``lift_max``), or the background alone
+    called the class above chance (Wilson lower bound > 1/C + ``margin``; skipped when the
+    only-background fill collapsed). None when neither fires; else the evidence with the
+    absolute rule's own ``severity`` (:func:`_severity`: low when only the background test
+    holds while the map lies on the object, the fill's silhouette ambiguity). Read by the
+    relative ``background_focus`` rule as its evidence of dependence."""
+    ev = _absolute(ctx, c, AbsoluteRules(), not collapses(ctx)["only_bg"].collapsed)
+    if ev is not None:
+        ev["severity"] = _severity(ev)
+    return ev
 
 
 def _severity(ev: dict[str, Any]) -> str:
