@@ -9,7 +9,9 @@ Exit codes (the contract, as code: :func:`exit_code_for`):
 * 3 the report could not be rendered (results are kept; ``auditor report RUN_DIR`` retries);
 * 4 internal error: a bug in cam-auditor. One line on stderr; the traceback goes to the run
   directory's ``auditor.log`` (or a temporary file when there is no run directory yet);
-* 130 / 143 interrupted (Ctrl-C / SIGTERM); completed batches are kept for ``--resume``.
+* 130 / 143 interrupted (Ctrl-C / SIGTERM); completed batches are kept for ``--resume``. The
+  first Ctrl-C stops after the current batch, a second quits at once; no traceback either way
+  (:mod:`auditor.audit.interrupt`).
 """
 
 from __future__ import annotations
@@ -374,6 +376,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "auditor " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
     _install_signals()
+    from auditor.audit import interrupt
+
+    restore_sigint = interrupt.install()  # Ctrl-C: stop after the batch; twice: quit (130)
     from auditor.progress import configure
 
     # the CLI shows progress on stderr (lines when it is no terminal) unless told not to
@@ -392,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_message(exc, code, log_path), file=sys.stderr)
     finally:
         configure(None)  # in-process callers (tests, notebooks) get the automatic default back
+        restore_sigint()
         for sig, handler in previous.items():
             try:
                 signal.signal(sig, handler)
