@@ -754,8 +754,20 @@ def _audit_batches(
     bar = _progress(sum(len(c) for c in todo), progress, "auditing")
     try:
         with interrupt.batch_loop():  # a first Ctrl-C stops after the batch being computed
-            _batch_loop(worker, store, dataset, todo_batches, todo, s, dev, model, model_name,
-                        failures, bar, num_workers)
+            _batch_loop(
+                worker,
+                store,
+                dataset,
+                todo_batches,
+                todo,
+                s,
+                dev,
+                model,
+                model_name,
+                failures,
+                bar,
+                num_workers,
+            )
     except Exception:
         if interrupt.requested():  # e.g. a DataLoader worker that got the Ctrl-C too
             raise KeyboardInterrupt from None
@@ -822,9 +834,7 @@ def _batch_loop(
                         f"{failures[0]}"
                     ) from exc
                 reason = f"the model raised {failures[-1]}"
-                skip_rows += [
-                    {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
-                ]
+                skip_rows += [{"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)]
                 rows, cams, ids, idx = pa.table({}), {}, [], []
         else:
             rows, cams = pa.table({}), {}
