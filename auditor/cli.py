@@ -447,6 +447,9 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
         from auditor.notebook import load_run
 
         load_run(args.run_dir)  # schema, required keys, files: exit 2 before rendering
+        from auditor.results.validate import check_report_inputs
+
+        check_report_inputs(args.run_dir)  # tampered values or checksums: exit 2 (issue 27)
         paths = auditor.render_report(
             args.run_dir, html=True, pdf=args.pdf, templates=args.templates
         )

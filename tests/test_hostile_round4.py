@@ -127,3 +127,82 @@ def test_second_ctrl_c_quits_at_once_with_130_and_one_line(
     assert "interrupted again: quitting now" in lines[1]
     parts = _parts(out)
     assert parts and all(pq.read_table(p).num_rows == 4 for p in parts)
+
+
+# -- 2. a full disk while writing the report: exit 3, the file and the free space named -------
+@pytest.fixture(scope="module")
+def small_run(tmp_path_factory: pytest.TempPathFactory, demo_inputs: Path) -> Path:
+    """24 demo images, one method, HTML report (so checksums.json exists), no PDF."""
+    import auditor
+
+    tmp = tmp_path_factory.mktemp("r4")
+    cfg = auditor.load_config(tiny_config(tmp, demo_inputs))
+    out = tmp / "run"
+    auditor.run_audit(cfg, out, limit=24, pdf=False, progress=False)
+    return out
+
+
+def _copy_run(run: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    dst = tmp_path / "run"
+    shutil.copytree(run, dst)
+    return dst
+
+
+def test_full_disk_while_writing_the_html_exits_3_naming_path_and_free_space(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """ENOSPC injected at the report's one write seam (``atomic_write_bytes``)."""
+    import errno
+
+    from auditor.audit import store
+
+    run = _copy_run(small_run, tmp_path)
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    real = store.atomic_write_bytes
+
+    def full_disk(path: Path, data: bytes) -> None:
+        if path.name == "report.html":
+            raise store.storage_error(OSError(errno.ENOSPC, "No space left on device"), path)
+        real(path, data)
+
+    monkeypatch.setattr(store, "atomic_write_bytes", full_disk)
+    assert main(["report", str(run), "--no-progress"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert "report rendering failed" in err[0] and str(run / "report.html") in err[0]
+    assert "no space left on device" in err[0] and " free)" in err[0]
+    after = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    assert after == before  # the old report, summary and checksums untouched, no temp file
+
+
+def test_file_size_limit_while_writing_the_pdf_exits_3(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
+) -> None:
+    """A real OS limit: the PDF worker runs under RLIMIT_FSIZE = 64 KiB (the PDF is larger),
+    so its write fails with EFBIG (or SIGXFSZ kills it): exit 3, one line naming report.pdf
+    and the free space; the HTML report written before it and the results stay."""
+    resource = pytest.importorskip("resource")
+    import subprocess as sp
+
+    from auditor.report import pdf as pdf_mod
+
+    run = _copy_run(small_run, tmp_path)
+    summary = (run / "summary.json").read_bytes()
+    real_run = sp.run
+
+    def limited(cmd, **kw):  # only the PDF worker is started through this seam
+        lim = 64 * 1024
+        return real_run(cmd, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE,
+                                                                   (lim, lim)), **kw)  # fmt: skip
+
+    monkeypatch.setattr(pdf_mod.subprocess, "run", limited)
+    assert main(["report", str(run), "--pdf", "--no-progress"]) == 3
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert str(run / "report.pdf") in err[0] and " free)" in err[0]
+    assert "file too large" in err[0]
+    assert not (run / "report.pdf").exists()
+    assert not [p for p in run.iterdir() if p.name.startswith((".report", ".tmp"))]  # no temp
+    assert (run / "summary.json").read_bytes() == summary and (run / "report.html").is_file()
