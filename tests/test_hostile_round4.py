@@ -206,3 +206,83 @@ def test_file_size_limit_while_writing_the_pdf_exits_3(
     assert not (run / "report.pdf").exists()
     assert not [p for p in run.iterdir() if p.name.startswith((".report", ".tmp"))]  # no temp
     assert (run / "summary.json").read_bytes() == summary and (run / "report.html").is_file()
+
+
+# -- 3. `auditor report` on tampered summary VALUES: exit 2 naming the file and the key --------
+def _set(*keys: str, value: object):
+    def change(d: dict) -> None:
+        for k in keys[:-1]:
+            d = d[k]
+        d[keys[-1]] = value
+
+    return change
+
+
+def _first_class(d: dict) -> str:
+    return next(iter(d["classes"]))
+
+
+TAMPERED = {
+    "wrong type": (_set("overall", "accuracy", value="high"), "overall.accuracy"),
+    "out of range": (_set("overall", "accuracy", value=1.7), "overall.accuracy"),
+    "not finite": (_set("overall", "accuracy", value=float("nan")), "overall.accuracy"),
+    "negative count": (lambda d: d["classes"][_first_class(d)].update(n=-3), ".n'"),
+    "reversed interval": (
+        lambda d: d["classes"][_first_class(d)].update(accuracy_ci=[0.9, 0.1]),
+        "accuracy_ci",
+    ),
+    "metric out of its range": (
+        lambda d: d["overall"]["metrics"]["gradcam"]["background_focus"].update(mean=5.0),
+        "overall.metrics.gradcam.background_focus.mean",
+    ),
+    "methods not names": (_set("methods", value=[3]), "'methods'"),
+    "more evaluated than samples": (_set("dataset", "n_evaluated", value=999), "n_evaluated"),
+    "evaluated count vs samples.parquet": (_set("dataset", "n_evaluated", value=23), "n_evaluated"),
+    "class count vs samples.parquet": (
+        lambda d: d["classes"][_first_class(d)].update(n=d["classes"][_first_class(d)]["n"] + 1),
+        ".n' must be",
+    ),
+    "accuracy vs samples.parquet": (
+        lambda d: d["overall"].update(accuracy=d["overall"]["accuracy"] - 0.25),
+        "overall.accuracy",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_report_refuses_tampered_values_naming_file_and_key(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    import json
+
+    change, key = TAMPERED[case]
+    run = _copy_run(small_run, tmp_path)
+    (run / "checksums.json").unlink()  # an edit that also rewrote the manifest: values decide
+    (run / "report.html").unlink()
+    data = json.loads((run / "summary.json").read_text("utf-8"))
+    change(data)
+    (run / "summary.json").write_text(json.dumps(data), "utf-8")
+    assert main(["report", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert str(run / "summary.json") in err[0] and key in err[0], err[0]
+    assert not (run / "report.html").exists()  # nothing rendered from it
+
+
+def test_report_refuses_a_checksum_mismatch_and_accepts_the_intact_run(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import json
+
+    from auditor.results.validate import check_report_inputs
+
+    check_report_inputs(small_run)  # the run as written passes every check
+    run = _copy_run(small_run, tmp_path)
+    data = json.loads((run / "summary.json").read_text("utf-8"))
+    data["title"] = "a plausible edit"  # every value still valid: only the checksum tells
+    (run / "summary.json").write_text(json.dumps(data), "utf-8")
+    html = (run / "report.html").read_bytes()
+    assert main(["report", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and str(run / "summary.json") in err[0] and "checksums.json" in err[0]
+    assert (run / "report.html").read_bytes() == html
