@@ -286,3 +286,95 @@ def test_report_refuses_a_checksum_mismatch_and_accepts_the_intact_run(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and str(run / "summary.json") in err[0] and "checksums.json" in err[0]
     assert (run / "report.html").read_bytes() == html
+
+
+# -- 4. Finer-CAM on a confident model; a class of empty maps is a finding ------------------
+def test_finercam_on_a_confident_model_is_not_zero() -> None:
+    """GAP + linear head, class 0 ahead by > 200 logits. The full softmax underflows in float32
+    (p_1 = p_2 = 0: the old score, its gradient and the map were 0, status zero_gradient);
+    Finer-CAM's weights p_j / sum_j p_j are a softmax over the compared logits only.
+
+    Hand value: s = y_0 - sum_j w_j y_j with w = softmax(y_1, y_2), so ds/dy_0 = 1 and
+    ds/dy_j = -w_j (1 + y_j - ybar), ybar = sum_j w_j y_j; with GAP over 3x3,
+    alpha_k = sum_c ds/dy_c W[c, k] / 9 and M = ReLU(sum_k alpha_k A_k)."""
+    import torch
+
+    from auditor.cam import CamEngine
+    from tests.test_cam_methods import A0, A1, GapNet, X
+
+    model = GapNet()
+    model.fc = torch.nn.Linear(2, 3, bias=False)
+    w = torch.tensor([[300.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    with torch.no_grad():
+        model.fc.weight.copy_(w.float())
+    logits = model(X)[0].detach()
+    assert float(logits[0] - logits[1:].max()) > 200
+    assert float(torch.softmax(logits, 0)[1:].sum()) == 0.0  # the underflow being guarded
+
+    pooled = torch.tensor([7 / 9, 5 / 9], dtype=torch.float64)  # mean of A0, A1
+    y = w @ pooled
+    wj = torch.softmax(y[1:], 0)
+    ybar = float((wj * y[1:]).sum())
+    dsdy = torch.cat([torch.ones(1, dtype=torch.float64), -wj * (1 + y[1:] - ybar)])
+    alpha = (dsdy @ w) / 9
+    expected = (alpha[0] * A0.double() + alpha[1] * A1.double()).clamp_min(0).float()
+    assert float(expected.max()) > 1  # a real map, not a rounding residue
+
+    with CamEngine(model, "relu", ("finercam",)) as engine:
+        batch = engine.run(X, torch.tensor([0]))
+    assert batch.status["finercam"] == ["ok"]
+    torch.testing.assert_close(batch.cams["finercam"][0], expected, atol=1e-4, rtol=1e-4)
+
+
+def _status_table(rows: list[tuple[str, str, int, str, str]]):
+    import pyarrow as pa
+
+    ids, methods, labels, cam_status, status = (list(c) for c in zip(*rows, strict=True))
+    return pa.table({
+        "id": ids, "method": methods, "label": labels, "pred": labels,
+        "correct": [True] * len(rows), "cam_status": cam_status, "status": status,
+    })  # fmt: skip
+
+
+def _empty_maps_findings(table, primary: str = "gradcam"):
+    from auditor.analysis.aggregate import PrimaryColumns
+    from auditor.analysis.findings import FindingRules, RuleContext
+    from auditor.analysis.findings.maps import empty_maps_rule
+    from auditor.results import ClassResult
+
+    ctx = RuleContext(
+        classes={"cat": ClassResult("cat", index=0), "dog": ClassResult("dog", index=1)},
+        primary=primary, methods=("gradcam", "finercam"),
+        samples=PrimaryColumns.of(table, primary), rules=FindingRules(), confidence=0.95,
+        clusters={}, sanity={},
+    )  # fmt: skip
+    return empty_maps_rule(ctx)
+
+
+def test_a_class_of_mostly_empty_maps_is_a_finding() -> None:
+    """cat: 4 samples, gradcam all fine, finercam 2 of 4 zero_gradient (50 %: the threshold,
+    medium). dog: 4 samples, gradcam 4 of 4 empty (zero_cam, constant_cam, zero_map, nonfinite:
+    100 % of the primary method: high), finercam 1 of 4 (25 %: silent). A fifth dog sample
+    whose logits were not finite is left out (its own finding)."""
+    ok = ("ok", "ok")
+    rows = [(f"c{i}", "gradcam", 0, *ok) for i in range(4)]
+    rows += [("c0", "finercam", 0, "zero_gradient", "zero_cam"),
+             ("c1", "finercam", 0, "zero_gradient", "zero_cam"),
+             ("c2", "finercam", 0, *ok), ("c3", "finercam", 0, *ok)]  # fmt: skip
+    rows += [("d0", "gradcam", 1, "ok", "zero_cam"), ("d1", "gradcam", 1, "ok", "constant_cam"),
+             ("d2", "gradcam", 1, "zero_map", "zero_cam"), ("d3", "gradcam", 1, "nonfinite", "nonfinite")]  # fmt: skip  # noqa: E501
+    rows += [("d4", "gradcam", 1, "ok", "nonfinite_logits"), ("d4", "finercam", 1, "ok", "nonfinite_logits")]  # fmt: skip  # noqa: E501
+    rows += [("d0", "finercam", 1, "method_failed", "zero_cam")]
+    rows += [(f"d{i}", "finercam", 1, *ok) for i in (1, 2, 3)]
+    got = {(f.cls, f.evidence["method"]): f for f in _empty_maps_findings(_status_table(rows))}
+    assert set(got) == {("cat", "finercam"), ("dog", "gradcam")}
+    cat, dog = got["cat", "finercam"], got["dog", "gradcam"]
+    assert (cat.severity, cat.evidence["n"], cat.evidence["n_empty"]) == ("medium", 4, 2)
+    assert (dog.severity, dog.evidence["n"], dog.evidence["n_empty"]) == ("high", 4, 4)
+    assert "4 of 4 gradcam maps" in dog.message and cat.kind == "empty_maps"
+
+
+def test_no_empty_maps_finding_on_healthy_maps() -> None:
+    rows = [(f"s{i}", m, i % 2, "ok", "ok") for i in range(6) for m in ("gradcam", "finercam")]
+    rows[0] = ("s0", "gradcam", 0, "zero_gradient", "zero_cam")  # 1 of 3: below half
+    assert _empty_maps_findings(_status_table(rows)) == []
