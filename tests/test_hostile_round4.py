@@ -378,3 +378,85 @@ def test_no_empty_maps_finding_on_healthy_maps() -> None:
     rows = [(f"s{i}", m, i % 2, "ok", "ok") for i in range(6) for m in ("gradcam", "finercam")]
     rows[0] = ("s0", "gradcam", 0, "zero_gradient", "zero_cam")  # 1 of 3: below half
     assert _empty_maps_findings(_status_table(rows)) == []
+
+
+# -- 5. the zoo at 32 px and channels-last (fast subset of tests/test_model_families.py) --------
+def _tiny_convnext():
+    """torchvision ConvNeXt, four stages (stride 4, then /2 each): at 32 px the last stage is
+    1x1 and its blocks' channels-last Linear outputs are [B, 1, 1, D]."""
+    import torchvision
+    from torchvision.models.convnext import CNBlockConfig
+
+    stages = [CNBlockConfig(8, 16, 1), CNBlockConfig(16, 32, 1), CNBlockConfig(32, 48, 1),
+              CNBlockConfig(48, None, 1)]  # fmt: skip
+    return torchvision.models.ConvNeXt(stages, num_classes=3)
+
+
+def _zoo_models():
+    import torchvision
+
+    tv = torchvision.models
+    return {
+        "convnext_tiny_32px": (_tiny_convnext, "features.6", "no spatial grid at this input size"),
+        "squeezenet1_0": (lambda: tv.squeezenet1_0(num_classes=5), "features.", ""),
+        "squeezenet1_1": (lambda: tv.squeezenet1_1(num_classes=5), "features.", ""),
+    }
+
+
+@pytest.mark.parametrize("channels_last", [False, True], ids=["nchw", "channels_last"])
+@pytest.mark.parametrize("name", ["convnext_tiny_32px", "squeezenet1_0", "squeezenet1_1"])
+def test_zoo_small_inputs_and_channels_last_pick_a_real_grid(name: str, channels_last: bool):
+    """At 32 px the automatic layer is a real spatial grid (h*w > 1), never a 1x1 stage whose
+    channels would be read as a map nor SqueezeNet's class maps (``classifier.*``); the reason
+    says why later outputs were passed over; maps are finite and not constant."""
+    import torch
+
+    from auditor.cam import compute_cams
+    from auditor.cam.layers import detect_target_layer
+
+    build, prefix, why = _zoo_models()[name]
+    torch.manual_seed(0)
+    model = build().eval()
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    choice = detect_target_layer(model, x)
+    assert choice.name.startswith(prefix), choice
+    assert not choice.name.startswith("classifier")
+    assert len(choice.shape) == 4 and choice.shape[2] * choice.shape[3] > 1, choice.shape
+    assert why in choice.reason
+    maps = compute_cams(model, x, torch.tensor([0, 1]), methods=("gradcam",))["gradcam"]
+    assert maps.shape == (2, 32, 32) and bool(torch.isfinite(maps).all())
+
+
+def test_a_given_1x1_channels_last_layer_is_refused_before_the_first_batch() -> None:
+    """Naming the ConvNeXt's [B, 1, 1, 48] channels-last block output as the layer: the
+    applicability probe refuses it (a 1x1 grid is one number per map), naming the layer."""
+    import torch
+
+    from auditor.cam import CamEngine
+    from auditor.cam.applicability import check_applicability
+    from auditor.errors import AuditorInputError
+
+    model = _tiny_convnext().eval().to(memory_format=torch.channels_last)
+    x = torch.randn(2, 3, 32, 32).contiguous(memory_format=torch.channels_last)
+    engine = CamEngine(model, "features.7.0.block.5", ("gradcam",), reshape="auto", example=x)
+    with pytest.raises(AuditorInputError, match=r"features\.7\.0\.block\.5.*1x1"):
+        check_applicability(engine, x, 3)
+
+
+def test_costly_methods_are_refused_above_max_forwards_per_image() -> None:
+    """Score-CAM needs one masked forward per channel: 48 channels + the capture > 16."""
+    import torch
+
+    from auditor.cam import CamEngine
+    from auditor.cam.applicability import check_applicability
+    from auditor.errors import AuditorInputError
+
+    model = _tiny_convnext().eval()
+    x = torch.randn(2, 3, 64, 64)
+    engine = CamEngine(model, "features.7", ("gradcam", "scorecam"), example=x)
+    with pytest.raises(AuditorInputError, match=r"max_forwards_per_image = 16.*scorecam"):
+        check_applicability(engine, x, 3, max_forwards=16)
+    assert check_applicability(engine, x, 3, max_forwards=2048).forwards["scorecam"] >= 48
