@@ -408,6 +408,18 @@ def main(argv: list[str] | None = None) -> int:
     return agree_exit_code(code)  # under torchrun every rank exits with rank 0's code
 
 
+def _check_report_run(run_dir: Path) -> None:
+    """What ``auditor report`` refuses before rendering (exit 2): no summary.json; a schema,
+    key or file ``load_run`` refuses; tampered values or checksums (issue 27)."""
+    if not (run_dir / "summary.json").is_file():
+        raise AuditorInputError(f"RUN_DIR {run_dir}: no summary.json (not a run directory)")
+    from auditor.notebook import load_run
+    from auditor.results.validate import check_report_inputs
+
+    load_run(run_dir)
+    check_report_inputs(run_dir)
+
+
 def _dispatch(args: argparse.Namespace, command: str) -> int:
     import auditor
 
@@ -440,16 +452,7 @@ def _dispatch(args: argparse.Namespace, command: str) -> int:
             _print_end(outcome, code=outcome.exit_code)
         return outcome.exit_code
     if args.command == "report":
-        if not (args.run_dir / "summary.json").is_file():
-            raise AuditorInputError(
-                f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)"
-            )
-        from auditor.notebook import load_run
-
-        load_run(args.run_dir)  # schema, required keys, files: exit 2 before rendering
-        from auditor.results.validate import check_report_inputs
-
-        check_report_inputs(args.run_dir)  # tampered values or checksums: exit 2 (issue 27)
+        _check_report_run(args.run_dir)  # exit 2 before rendering
         paths = auditor.render_report(
             args.run_dir, html=True, pdf=args.pdf, templates=args.templates
         )
