@@ -194,10 +194,14 @@ def _check_against_samples(data: Mapping[str, Any], path: Path, samples: Path) -
     if not samples.is_file():
         return  # load_run already refuses a missing file when samples were evaluated
     try:
-        table = pq.read_table(samples, columns=["index", "label", "correct"])
+        names = set(pq.read_schema(samples).names)
+        key = "index" if "index" in names else "id"
+        if not {key, "label", "correct"} <= names:
+            return  # an older or foreign layout: nothing to compare with
+        table = pq.read_table(samples, columns=[key, "label", "correct"])
     except Exception as exc:  # noqa: BLE001 - a damaged or foreign Parquet file is bad input
         raise AuditorInputError(f"{str(samples)!r}: cannot read: {exc}") from exc
-    frame = table.to_pandas().drop_duplicates("index")  # one row per sample x method
+    frame = table.to_pandas().drop_duplicates(key)  # one row per sample x method
     n = len(frame)
     n_eval = data["dataset"].get("n_evaluated")
     if isinstance(n_eval, int) and n_eval != n:
