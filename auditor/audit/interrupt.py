@@ -13,6 +13,8 @@ ends the process at once, and neither prints a traceback.
   traceback can be printed from a half-unwound stack or an interpreter shutdown; the run's
   ``flock`` locks are released by the kernel, the batches already written stay on disk (each
   is written atomically), and ``--resume`` continues from them.
+* Forked DataLoader workers inherit the handler and get the terminal's Ctrl-C too: there it does
+  nothing (the main process stops the loop and ends them).
 
 Nothing here imports torch.
 """
@@ -36,7 +38,7 @@ SECOND_LINE = (
     "auditor: interrupted again: quitting now (completed batches are kept; use --resume)\n"
 )
 
-_state: dict[str, Any] = {"requested": False, "loops": 0}
+_state: dict[str, Any] = {"requested": False, "loops": 0, "pid": None}
 
 
 def _write(text: str) -> None:
@@ -49,6 +51,8 @@ def _write(text: str) -> None:
 
 
 def _on_sigint(signum: int, frame: Any) -> None:
+    if _state["pid"] is not None and os.getpid() != _state["pid"]:
+        return  # a forked DataLoader worker (same process group): the main process decides
     if _state["requested"]:
         _write(SECOND_LINE)
         os._exit(EXIT_INTERRUPTED)
@@ -66,6 +70,7 @@ def install() -> Callable[[], None]:
         return lambda: None
     previous = signal.getsignal(signal.SIGINT)
     reset()
+    _state["pid"] = os.getpid()
     signal.signal(signal.SIGINT, _on_sigint)
 
     def restore() -> None:
