@@ -96,6 +96,7 @@ def test_first_ctrl_c_stops_after_the_batch_and_keeps_it(
     assert all(RunStore(out).batch_problem(b) is None for b in done)
 
 
+@pytest.mark.slow
 def test_second_ctrl_c_quits_at_once_with_130_and_one_line(
     tmp_path: Path, demo_inputs: Path
 ) -> None:
@@ -177,6 +178,7 @@ def test_full_disk_while_writing_the_html_exits_3_naming_path_and_free_space(
     assert after == before  # the old report, summary and checksums untouched, no temp file
 
 
+@pytest.mark.slow
 def test_file_size_limit_while_writing_the_pdf_exits_3(
     small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch
 ) -> None:
