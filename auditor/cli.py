@@ -9,7 +9,9 @@ Exit codes (the contract, as code: :func:`exit_code_for`):
 * 3 the report could not be rendered (results are kept; ``auditor report RUN_DIR`` retries);
 * 4 internal error: a bug in cam-auditor. One line on stderr; the traceback goes to the run
   directory's ``auditor.log`` (or a temporary file when there is no run directory yet);
-* 130 / 143 interrupted (Ctrl-C / SIGTERM); completed batches are kept for ``--resume``.
+* 130 / 143 interrupted (Ctrl-C / SIGTERM); completed batches are kept for ``--resume``. The
+  first Ctrl-C stops after the current batch, a second quits at once; no traceback either way
+  (:mod:`auditor.audit.interrupt`).
 """
 
 from __future__ import annotations
@@ -388,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
     command = "auditor " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:]))
     previous = {s: signal.getsignal(s) for s in (signal.SIGTERM,)}
     _install_signals()
+    from auditor.audit import interrupt
+
+    restore_sigint = interrupt.install()  # Ctrl-C: stop after the batch; twice: quit (130)
     from auditor.progress import configure
 
     # the CLI shows progress on stderr (lines when it is no terminal) unless told not to
@@ -406,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
             print(_message(exc, code, log_path), file=sys.stderr)
     finally:
         configure(None)  # in-process callers (tests, notebooks) get the automatic default back
+        restore_sigint()
         for sig, handler in previous.items():
             try:
                 signal.signal(sig, handler)
@@ -414,6 +420,18 @@ def main(argv: list[str] | None = None) -> int:
     from auditor.audit.distributed import agree_exit_code
 
     return agree_exit_code(code)  # under torchrun every rank exits with rank 0's code
+
+
+def _check_report_run(run_dir: Path) -> None:
+    """What ``auditor report`` refuses before rendering (exit 2): no summary.json; a schema,
+    key or file ``load_run`` refuses; tampered values or checksums (issue 27)."""
+    if not (run_dir / "summary.json").is_file():
+        raise AuditorInputError(f"RUN_DIR {run_dir}: no summary.json (not a run directory)")
+    from auditor.notebook import load_run
+    from auditor.results.validate import check_report_inputs
+
+    load_run(run_dir)
+    check_report_inputs(run_dir)
 
 
 def _dispatch(args: argparse.Namespace, command: str) -> int:
@@ -472,11 +490,7 @@ def _report(args: argparse.Namespace) -> int:
     """``auditor report``: re-render a run's report (its summary checked first)."""
     import auditor
 
-    if not (args.run_dir / "summary.json").is_file():
-        raise AuditorInputError(f"RUN_DIR {args.run_dir}: no summary.json (not a run directory)")
-    from auditor.notebook import load_run
-
-    load_run(args.run_dir)  # schema, required keys, files: exit 2 before rendering
+    _check_report_run(args.run_dir)  # schema, keys, files, tampered values: exit 2 first
     paths = auditor.render_report(args.run_dir, html=True, pdf=args.pdf, templates=args.templates)
     if not args.quiet:
         _say("\n".join(f"{kind}: {terminal_safe(path)}" for kind, path in paths.items()))

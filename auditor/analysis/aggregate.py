@@ -14,7 +14,7 @@ Everything returns :mod:`auditor.results` objects; nothing here decides a findin
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
@@ -22,6 +22,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
+from auditor.analysis.empty_maps import empty_maps_by_method
 from auditor.config import AuditSettings
 from auditor.results import (
     ClassResult,
@@ -184,6 +185,8 @@ class PrimaryColumns:
     only_fg_pred: np.ndarray | None = None
     #: whether the model's logits were NaN/Inf (status ``nonfinite_logits``); None: no status
     nonfinite: np.ndarray | None = None
+    #: per method ``(labels, empty)``: which maps hold no evidence (:mod:`.empty_maps`)
+    empty_maps: Mapping[str, tuple[np.ndarray, np.ndarray]] = field(default_factory=dict)
 
     @classmethod
     def of(cls, table: pa.Table, primary: str) -> PrimaryColumns:
@@ -214,6 +217,7 @@ class PrimaryColumns:
             )
             if "status" in prim.column_names
             else None,
+            empty_maps=empty_maps_by_method(table),
         )
 
 

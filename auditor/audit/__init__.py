@@ -7,7 +7,8 @@
 * :mod:`auditor.audit.streaming`: Poisson bootstrap blocks for the streamed aggregation;
 * :mod:`auditor.audit.heap`: bounded heaps for the gallery's picks;
 * :mod:`auditor.audit.modelstate`: the one train/eval flag save/restore;
-* :mod:`auditor.audit.status`: the one per-sample status vocabulary.
+* :mod:`auditor.audit.status`: the one per-sample status vocabulary;
+* :mod:`auditor.audit.interrupt`: Ctrl-C (stop after the batch; twice: quit, exit 130).
 
 Importing this package imports none of them (and no torch).
 """

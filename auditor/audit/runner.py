@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # torch is imported where a model runs: finalize/report never
 from auditor._version import __version__
 from auditor.analysis.finalize import AuditOutcome, FinalizeInputs, cluster_analysis
 from auditor.analysis.finalize import finalize as finalize_inputs
+from auditor.audit import interrupt
 from auditor.audit.batch import STORED_INPUT_MAP_SIDE, BatchAuditor
 from auditor.audit.distributed import (
     ShardSpec,
@@ -772,62 +773,97 @@ def _audit_batches(
 
     More than ``max_failed_batches`` failing batches raise :class:`ModelRuntimeError`.
     """
-    from auditor.data import iter_batches
-
     failures: list[str] = []
     bar = _progress(sum(len(c) for c in todo), progress, "auditing")
     try:
-        flat = [i for c in todo for i in c]
-        # only the globally last chunk can be short, so re-chunking the concatenation of
-        # this shard's chunks gives back exactly those chunks
-        for batch_no, batch in zip(
-            todo_batches,
-            iter_batches(
+        with interrupt.batch_loop():  # a first Ctrl-C stops after the batch being computed
+            _batch_loop(
+                worker,
+                store,
                 dataset,
-                flat,
-                s.batch_size,
-                num_workers=s.num_workers if num_workers is None else num_workers,
-                pin_memory=dev.type == "cuda",
-            ),
-            strict=True,
-        ):
-            skip_rows = _empty_skip_rows(batch)
-            ids, idx = list(batch.ids), list(batch.indices)
-            if len(batch):
-                try:
-                    rows, cams = worker.process(batch, batch_no)
-                    if hasattr(worker, "cam_keys"):  # multi-label: maps keyed per pair
-                        ids, idx = worker.cam_keys(batch)
-                except Exception as exc:  # noqa: BLE001 - only the model's own errors
-                    if _raised_by_reshape(exc):  # [model] reshape does not fit the layer
-                        raise ConfigError(f"[model] reshape: {_model_failure(exc)}") from exc
-                    if not raised_by_model(exc, model):
-                        raise
-                    failures.append(_model_failure(exc))
-                    log.warning(
-                        "batch %d: the model raised %s; its %d samples are skipped",
-                        batch_no,
-                        failures[-1],
-                        len(batch),
-                    )
-                    if len(failures) > s.max_failed_batches:
-                        raise ModelRuntimeError(
-                            f"the model {model_name!r} raised on "
-                            f"{len(failures)} batches (more than [audit] "
-                            f"max_failed_batches = {s.max_failed_batches}); first: "
-                            f"{failures[0]}"
-                        ) from exc
-                    reason = f"the model raised {failures[-1]}"
-                    skip_rows += [
-                        {"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)
-                    ]
-                    rows, cams, ids, idx = pa.table({}), {}, [], []
-            else:
-                rows, cams = pa.table({}), {}
-            store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
-            bar.update(len(batch) + len(batch.skipped))
+                todo_batches,
+                todo,
+                s,
+                dev,
+                model,
+                model_name,
+                failures,
+                bar,
+                num_workers,
+            )
+    except Exception:
+        if interrupt.requested():  # e.g. a DataLoader worker that got the Ctrl-C too
+            raise KeyboardInterrupt from None
+        raise
     finally:
         bar.close()
+
+
+def _batch_loop(
+    worker: Any,
+    store: RunStore,
+    dataset: Any,
+    todo_batches: Sequence[int],
+    todo: Sequence[Sequence[int]],
+    s: AuditSettings,
+    dev: torch.device,
+    model: torch.nn.Module,
+    model_name: str,
+    failures: list[str],
+    bar: Any,
+    num_workers: int | None,
+) -> None:
+    """The body of :func:`_audit_batches`; stops between batches after a Ctrl-C."""
+    from auditor.data import iter_batches
+
+    flat = [i for c in todo for i in c]
+    # only the globally last chunk can be short, so re-chunking the concatenation of
+    # this shard's chunks gives back exactly those chunks
+    for batch_no, batch in zip(
+        todo_batches,
+        iter_batches(
+            dataset,
+            flat,
+            s.batch_size,
+            num_workers=s.num_workers if num_workers is None else num_workers,
+            pin_memory=dev.type == "cuda",
+        ),
+        strict=True,
+    ):
+        skip_rows = _empty_skip_rows(batch)
+        ids, idx = list(batch.ids), list(batch.indices)
+        if len(batch):
+            try:
+                rows, cams = worker.process(batch, batch_no)
+                if hasattr(worker, "cam_keys"):  # multi-label: maps keyed per pair
+                    ids, idx = worker.cam_keys(batch)
+            except Exception as exc:  # noqa: BLE001 - only the model's own errors
+                if _raised_by_reshape(exc):  # [model] reshape does not fit the layer
+                    raise ConfigError(f"[model] reshape: {_model_failure(exc)}") from exc
+                if not raised_by_model(exc, model):
+                    raise
+                failures.append(_model_failure(exc))
+                log.warning(
+                    "batch %d: the model raised %s; its %d samples are skipped",
+                    batch_no,
+                    failures[-1],
+                    len(batch),
+                )
+                if len(failures) > s.max_failed_batches:
+                    raise ModelRuntimeError(
+                        f"the model {model_name!r} raised on "
+                        f"{len(failures)} batches (more than [audit] "
+                        f"max_failed_batches = {s.max_failed_batches}); first: "
+                        f"{failures[0]}"
+                    ) from exc
+                reason = f"the model raised {failures[-1]}"
+                skip_rows += [{"index": i, "id": sid, "reason": reason} for i, sid in zip(idx, ids)]
+                rows, cams, ids, idx = pa.table({}), {}, [], []
+        else:
+            rows, cams = pa.table({}), {}
+        store.write_batch(batch_no, rows, cams, ids, idx, skip_rows)
+        bar.update(len(batch) + len(batch.skipped))
+        interrupt.stop_if_requested()
 
 
 def _describe_layers(model_info: dict[str, Any], engine: Any) -> None:

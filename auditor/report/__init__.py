@@ -16,6 +16,7 @@ from auditor.report.figures import cluster_panel, gallery_panel
 from auditor.report.html import atomic_write, render_document, render_string
 from auditor.report.pdf import html_to_pdf
 from auditor.report.signoff import write_manifest
+from auditor.report.storage import report_writes
 
 __all__ = [
     "ReportLimits",
@@ -89,8 +90,21 @@ def render_report(
     out: dict[str, Path] = {}
     if not (html or pdf):
         return out
+    with report_writes(run_dir):  # a full disk here: exit 3 naming the file and free space
+        return _render_formats(run_dir, html, pdf, templates, pdf_timeout_s, limits)
+
+
+def _render_formats(
+    run_dir: Path,
+    html: bool,
+    pdf: bool,
+    templates: Path | None,
+    pdf_timeout_s: float,
+    limits: ReportLimits | None,
+) -> dict[str, Path]:
     from auditor.progress import phase
 
+    out: dict[str, Path] = {}
     phase("rendering", f"report context and figures of {run_dir}")
     context = build_context(run_dir, limits=limits)
     if html:

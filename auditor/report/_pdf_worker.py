@@ -82,6 +82,14 @@ def main(argv: list[str] | None = None) -> int:
     except RenderError as exc:
         print(str(exc).replace("\n", " "), file=sys.stderr)
         return WORKER_RENDER_ERROR
+    except OSError as exc:  # the output cannot be written: the parent names path + free space
+        from auditor.audit.store import is_storage_error
+        from auditor.report.storage import WORKER_STORAGE_ERROR
+
+        if not is_storage_error(exc):
+            raise
+        print(f"errno {exc.errno}", file=sys.stderr)
+        return WORKER_STORAGE_ERROR
     return 0
 
 

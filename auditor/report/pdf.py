@@ -168,6 +168,10 @@ def write_pdf_in_process(
     except BaseException as exc:
         if errors:
             raise RenderError(errors[0]) from exc
+        from auditor.audit.store import is_storage_error
+
+        if is_storage_error(exc):  # a full disk: the caller names the path and free space
+            raise
         if isinstance(exc, Exception):
             raise RenderError(f"WeasyPrint failed: {type(exc).__name__}: {exc}") from exc
         raise
@@ -198,7 +202,24 @@ def html_to_pdf(
         raise TypeError(f"`timeout_s` must be a number, got {timeout_s!r}")
     if not (math.isfinite(timeout_s) and timeout_s > 0):
         raise ValueError(f"`timeout_s` must be a positive number of seconds, got {timeout_s!r}")
+    from auditor.report.storage import report_writes
+
     out_pdf = Path(out_pdf)
+    with report_writes(out_pdf):  # a full disk: RenderError naming the PDF and the free space
+        return _html_to_pdf(html_text, out_pdf, base_dir, timeout_s, runner, variant, attachments)
+
+
+def _html_to_pdf(
+    html_text: str,
+    out_pdf: Path,
+    base_dir: Path,
+    timeout_s: float,
+    runner: Callable[..., subprocess.CompletedProcess[bytes]] | None,
+    variant: str | None,
+    attachments: tuple[Path, ...],
+) -> Path:
+    from auditor.report.storage import worker_write_error
+
     folder = out_pdf.parent
     fd_html, tmp_html = tempfile.mkstemp(prefix=".report-pdf.", suffix=".html", dir=folder)
     fd_pdf, tmp_pdf = tempfile.mkstemp(prefix=f".{out_pdf.name}.", suffix=".tmp", dir=folder)
@@ -235,6 +256,9 @@ def html_to_pdf(
                 f"PDF rendering exceeded the time limit of {timeout_s:g} s (pdf_timeout_s)"
             ) from exc
         stderr = (proc.stderr or b"").decode("utf-8", "replace").strip()
+        full = worker_write_error(proc.returncode, stderr, out_pdf)
+        if full is not None:  # the disk filled up (or a file-size limit) under the worker
+            raise full
         if proc.returncode == WORKER_RENDER_ERROR:
             raise RenderError(stderr.splitlines()[-1] if stderr else "PDF rendering failed")
         if proc.returncode != 0:

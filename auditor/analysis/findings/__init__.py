@@ -21,7 +21,8 @@ One module per family of rules, imported here in the order the rules run:
 * :mod:`~auditor.analysis.findings.sanity`: ``sanity_check``;
 * :mod:`~auditor.analysis.findings.absolute`: ``absolute_background``, ``intervention_check``
   (against absolute baselines, issue 22);
-* :mod:`~auditor.analysis.findings.run`: ``nonfinite_logits``.
+* :mod:`~auditor.analysis.findings.run`: ``nonfinite_logits``;
+* :mod:`~auditor.analysis.findings.maps`: ``empty_maps``.
 
 Rules (the thresholds are fields of :class:`FindingRules`; those of SpRAy and the sanity check
 are read from :func:`auditor.analysis.spray.clusters.spray_clusters` and the sanity results):
@@ -45,6 +46,8 @@ are read from :func:`auditor.analysis.spray.clusters.spray_clusters` and the san
 * ``sanity_check``: a method whose maps barely change when the head is randomised.
 * ``absolute_background`` / ``intervention_check``: see :mod:`~auditor.analysis.findings.absolute`.
 * ``nonfinite_logits``: at least 1 % of the samples got NaN/Inf logits (high from 5 %).
+* ``empty_maps``: at least half of a class's maps of one method are empty (zero, constant,
+  non-finite, failed); high from 90 % of the primary method's.
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ from auditor.analysis.findings.registry import (
 
 #: the family modules, imported (registering their rules) in this order: the order the rules
 #: run, their findings are produced and summary.json ``rules`` lists them
-RULE_FAMILIES = ("background", "attention", "subgroups", "sanity", "absolute", "run")
+RULE_FAMILIES = ("background", "attention", "subgroups", "sanity", "absolute", "run", "maps")
 for _family in RULE_FAMILIES:
     importlib.import_module(f"{__name__}.{_family}")
 
