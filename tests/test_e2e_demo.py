@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -120,11 +121,13 @@ def test_html_is_self_contained(demo_run: Path) -> None:
 def test_report_rerenders_without_model(demo_run: Path, tmp_path: Path) -> None:
     from auditor.cli import main
 
-    before = (demo_run / "summary.json").read_bytes()
-    (demo_run / "report.html").unlink()
-    assert main(["report", str(demo_run)]) == 0
-    assert (demo_run / "report.html").is_file()
-    assert (demo_run / "summary.json").read_bytes() == before
+    # a copy: the session's demo run is shared read-only by both test workers
+    run = shutil.copytree(demo_run, tmp_path / "run", ignore=shutil.ignore_patterns("*.pdf"))
+    before = (run / "summary.json").read_bytes()
+    (run / "report.html").unlink()
+    assert main(["report", str(run)]) == 0
+    assert (run / "report.html").is_file()
+    assert (run / "summary.json").read_bytes() == before
 
 
 def test_null_baseline_in_summary_and_class_table(demo_run: Path) -> None:
