@@ -2,6 +2,7 @@
 #   make demo   set-up + audit the synthetic demo → runs/demo/report.{html,pdf}
 #   make test   set-up + the whole test suite
 #   make lint   ruff + mypy
+#   make examples  re-render the committed worked example example_audits/demo/ from the package
 #   make bench  benchmarks (needs the `bench` extra; installed here); the detection benchmark
 #               runs its quick grid: `make bench DETECTION_GRID=full` for the full grid (hours)
 PYTHON ?= python3
@@ -15,7 +16,7 @@ TEST_STAMP := $(VENV)/.stamp-test
 AXE    := $(VENV)/node/node_modules/axe-core/axe.min.js
 DETECTION_GRID ?= quick
 
-.PHONY: venv test-venv system-deps test-system-deps test-js-deps demo test lint bench wheel-check clean
+.PHONY: venv test-venv system-deps test-system-deps test-js-deps demo examples test lint bench wheel-check clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -49,6 +50,13 @@ system-deps:
 
 demo: system-deps venv
 	$(VENV)/bin/auditor demo --out runs/demo
+
+# The committed worked example (example_audits/demo/: both demo models, HTML + PDF, and their
+# comparison), re-rendered with the commands of its README. It records a hash of its inputs
+# (templates, demo module, weights, gates) in generated.json; `make test` fails with "run make
+# examples" when they changed (tests/test_example_audits.py).
+examples: system-deps venv
+	$(PY) scripts/make_example_audits.py
 
 # system packages only the tests need: Chromium (browser tests), poppler (pdftoppm, pdftotext),
 # qpdf (qpdf --check of the PDF report), npm (axe-core). Installed only when missing.

@@ -163,10 +163,13 @@ class CamEngine:
             ``smoothgradcam++`` and ``sscam``): a batch of the same composition always gets the
             same draws, whatever ran before.
 
-    Example:
-        >>> with CamEngine(model, "layer4", ("gradcam", "layercam")) as engine:  # doctest: +SKIP
+    Example (``model`` a network with a ``layer4``, ``images`` ``[B, 3, H, W]``, ``labels``
+    ``[B]``; run by ``tests/test_docs_run.py`` with a torchvision resnet18):
+        >>> with CamEngine(model, "layer4", ("gradcam", "layercam")) as engine:
         ...     batch = engine.run(images, labels)
         ...     maps = batch.upsampled(images.shape[-2:])
+        >>> sorted(maps), tuple(maps["gradcam"].shape) == (len(images), *images.shape[-2:])
+        (['gradcam', 'layercam'], True)
     """
 
     def __init__(
