@@ -235,3 +235,26 @@ def test_paired_test_degenerate() -> None:
     assert res["p_value"] == 1.0 and res["statistic"] == 0.0
     res = paired_test(np.array([1.0, np.nan]), np.array([2.0, 3.0]))
     assert res["n"] == 1 and math.isnan(res["p_value"]) and math.isnan(res["statistic"])
+
+
+def test_exact_signed_rank_with_ties_by_hand_and_against_scipy() -> None:
+    """Tied/zero differences at small n: the counted exact distribution gives scipy's 2**n
+    sign-flip permutation p-value (seconds per call in scipy at n = 13, not here)."""
+    from auditor.stats.tests import paired_test
+
+    # d = [1, -1, 2, 0]: ranks 2.5, 2.5, 4, 1; R+ = 2.5 + 4 + 1/2 = 7, R- = 3; the 8 sign
+    # patterns of {2.5, 2.5, 4} give R+ in {0.5, 3, 3, 4.5, 5.5, 7, 7, 9.5}: P(R+ >= 7) = 3/8
+    got = paired_test(np.zeros(4), np.array([1.0, -1.0, 2.0, 0.0]))
+    assert got["statistic"] == 3.0 and got["p_value"] == pytest.approx(0.75)
+    rng = np.random.default_rng(7)
+    for _ in range(40):
+        n = int(rng.integers(3, 11))
+        d = rng.integers(-2, 3, n) * 0.5
+        if not np.any(d):
+            continue
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            ref = sps.wilcoxon(d, zero_method="zsplit")
+        got = paired_test(np.zeros(n), d)
+        assert got["statistic"] == pytest.approx(float(ref.statistic), abs=1e-12), d
+        assert got["p_value"] == pytest.approx(float(ref.pvalue), abs=1e-12), d
