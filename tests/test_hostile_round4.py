@@ -20,7 +20,8 @@ import pyarrow.parquet as pq
 import pytest
 
 from auditor.cli import main
-from tests.test_hostile_round3 import _env, tiny_config
+from tests.conftest import write_demo_config as tiny_config
+from tests.test_hostile_round3 import _env
 
 # -- 1. Ctrl-C: the first stops after the batch, the second quits; never a traceback ----------
 SLOW_MODEL = '''

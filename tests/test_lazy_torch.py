@@ -165,6 +165,13 @@ def test_load_config_and_finalize_run_with_torch_blocked(
         data = json.loads(path.read_text("utf-8"))
         for key in ("duration_s", "finished", "timings"):
             data["run"].pop(key, None)
+        for entry in data["classes"].values():  # finalize holds no model: no transplant
+            entry.pop("transplant", None)
         return data
 
+    got = json.loads((run / "summary.json").read_text("utf-8"))
+    assert {c["transplant"]["status"] for c in got["classes"].values()} == {"not_run"}
+    audited = json.loads((demo_run / "summary.json").read_text("utf-8"))
+    # no transplant confirmed on the demo, so no finding was raised by one
+    assert "confirmed" not in {c["transplant"]["status"] for c in audited["classes"].values()}
     assert stable(run / "summary.json") == stable(demo_run / "summary.json")

@@ -121,7 +121,16 @@ def test_one_process_torchrun_and_shards_give_identical_results(runs: dict[str, 
         other = runs[mode]
         assert (other / "samples.parquet").read_bytes() == (ref / "samples.parquet").read_bytes()
         s = json.loads((other / "summary.json").read_text())
-        assert _comparable(s) == _comparable(summary), mode
+        if mode == "shards":  # `auditor finalize` holds no model: no transplant (issue 22)
+            for c, entry in s["classes"].items():
+                t = entry.pop("transplant")
+                assert t["status"] == "not_run" and "without the model" in t["reason"], c
+            ref_summary = json.loads(json.dumps(summary))
+            for entry in ref_summary["classes"].values():
+                entry.pop("transplant", None)
+            assert _comparable(s) == _comparable(ref_summary), mode
+        else:
+            assert _comparable(s) == _comparable(summary), mode
         assert (other / "report.html").is_file() and (other / "junit.xml").is_file()
     # torchrun: rank r wrote batches b with b mod 2 == r
     rec = json.loads((runs["torchrun"] / "shards" / "shard-1-of-2.json").read_text())

@@ -504,7 +504,6 @@ def compare_runs(
     spill files, exact per-class statistics up to a chunk of pairs, Poisson bootstrap and
     streamed Wilcoxon tests beyond), so memory does not grow with the number of samples.
 
-
     Raises:
         AuditorInputError: not a run directory, different datasets (sha256) or classes.
         ConfigError: an invalid ``config``.
@@ -539,8 +538,6 @@ def compare_runs(
     comparison["metrics_info"] = _metrics_info()
     comparison = _write_outputs(out_dir, comparison, sink, ra, rb)
     if render:
-        from auditor.progress import phase
-
         phase("rendering", f"comparison report in {out_dir}" + (" (html, pdf)" if pdf else ""))
     report = _render(comparison, out_dir, pdf=pdf, templates=templates) if render else {}
     return ComparisonResult.from_json(comparison, out_dir=out_dir, report=report)
