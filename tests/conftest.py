@@ -144,3 +144,36 @@ def demo_config(demo_inputs: Path) -> Callable[..., Path]:
     """``demo_config(folder, *, preset="tiny", name=, batch_size=, gates=, audit_extra=)``:
     :func:`write_demo_config` on the session's demo inputs (no test module builds its own)."""
     return functools.partial(write_demo_config, demo_inputs=demo_inputs)
+
+
+#: The test files that take longest (measured with ``--durations``), longest first. Under
+#: ``make test`` (two xdist workers, one file per worker at a time) they are handed out first,
+#: so the last files to run are short ones and neither worker idles at the end. Order only:
+#: every test still runs; a file missing here runs after these, in collection order.
+HEAVY_FILES = (
+    "test_compare_flat.py",
+    "test_cam_replica.py",
+    "test_cli_and_resume.py",
+    "test_scale.py",
+    "test_docs_run.py",
+    "test_hostile_round3.py",
+    "test_hostile_round4.py",
+    "test_groups_e2e.py",
+    "test_redteam_round5.py",
+    "test_detection_e2e.py",
+    "test_detection_benchmark.py",
+    "test_compare.py",
+    "test_report_signoff.py",
+    "test_multilabel_e2e.py",
+    "test_wheel.py",
+    "test_examples.py",
+    "test_interpretability.py",
+    "test_streamed.py",
+    "test_detection_compare.py",
+)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Longest files first (a stable sort: the order inside a file is kept)."""
+    rank = {name: i for i, name in enumerate(HEAVY_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
