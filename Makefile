@@ -23,9 +23,9 @@ $(PY):
 	$(PIP) install --quiet --upgrade pip
 
 # torch pinned to this machine's local wheels (exactly these versions) and the project, in one
-# resolver pass. --no-compile: no .pyc for every file of every wheel up front (torch alone has
-# thousands; about 20 s of the set-up); Python compiles what it imports, once.
-PIP_INSTALL := $(PIP) install --quiet --no-compile torch==2.14.1 torchvision==0.29.1
+# resolver pass. (--no-compile was tried: the set-up got faster, but the tests then compiled what
+# they imported, in many processes, and the whole `make test` took as long.)
+PIP_INSTALL := $(PIP) install --quiet torch==2.14.1 torchvision==0.29.1
 $(STAMP): pyproject.toml | $(PY)
 	$(PIP_INSTALL) -e .
 	touch $(STAMP)
