@@ -115,6 +115,11 @@ def test_failed_gate_sentences_carry_value_and_threshold():
         note="no masks",
     )
     assert "could not be measured (no masks)" in failed_gate_sentence(g)
+    g = GateResult(rule="max_findings_high", passed=False, value=4.0, threshold=0.0)
+    assert failed_gate_sentence(g) == (
+        "The number of high-severity findings over the whole dataset is 4, above the maximum "
+        "of 0 set by gate max_findings_high."
+    )
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,10 @@ __all__ = ["failed_gate_sentence", "finding_sentence", "verdict_block"]
 _BLOCKING = BLOCKING_SEVERITIES
 
 
+#: Quantities that count findings (the ``max_findings_<severity>`` gates): whole numbers.
+_COUNT_PREFIX = "findings_"
+
+
 def _quantity(g: GateResult) -> tuple[str, str | None]:
     """(readable quantity, bound) for a gate: ``max_background_focus`` → ("background focus",
     "max")."""
@@ -33,6 +37,8 @@ def _quantity(g: GateResult) -> tuple[str, str | None]:
                 break
     if bound is None:
         bound = "max" if rule.startswith("max") else "min" if rule.startswith("min") else None
+    if quantity and quantity.startswith(_COUNT_PREFIX):  # max_findings_<severity>: a count
+        return f"the number of {quantity[len(_COUNT_PREFIX) :]}-severity findings", bound
     text = (quantity or rule).replace("_", " ")
     if g.stat and g.stat not in ("mean",):
         text = f"{text} ({g.stat.replace('_', ' ')})"
@@ -57,9 +63,10 @@ def failed_gate_sentence(g: GateResult) -> str:
     side = {"max": "above the maximum of", "min": "below the minimum of"}.get(
         bound or "", "against the threshold"
     )
+    digits = 0 if what.startswith("the number of") else 3  # counts print as whole numbers
     return (
-        f"{what[:1].upper()}{what[1:]}{where} is {fmt_num(value, 3)}, {side} "
-        f"{fmt_num(g.threshold, 3)} set by gate {g.rule}."
+        f"{what[:1].upper()}{what[1:]}{where} is {fmt_num(value, digits)}, {side} "
+        f"{fmt_num(g.threshold, digits)} set by gate {g.rule}."
     )
 
 
