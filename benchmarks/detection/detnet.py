@@ -11,10 +11,13 @@ invariant, so ``GAP(conv(x))`` of a digit does not depend on where the digit is 
 zero padding's border effects); such a net cannot learn "digit in the top-left => class"
 (measured: planted transplant d = -0.02, session 9). CoordConv concatenates the pixel
 coordinates ``u = 2 j / (W - 1) - 1`` and ``v = 2 i / (H - 1) - 1`` (both in [-1, 1]) to the
-input, so the first layer computes ``relu(w * x + a u + b v + c)``: a filter can fire on
-strokes only where ``a u + b v`` is large, and its pooled response then encodes the place. The
-channels are made inside ``forward`` (the audit feeds ordinary 3-channel images), and the head
-is still linear after pooling, so Grad-CAM on the last conv layer applies unchanged.
+input of the first convolution, so it computes ``relu(w * x + a * u + b * v + c)``: a filter
+can fire on strokes only where ``a * u + b * v`` is large, and its pooled response then
+encodes the place. By linearity ``conv([x; u; v]) = conv_x(x) + conv_uv([u; v])``, which is
+how :class:`CoordConv2d` computes it: the image convolution stays a 3-channel ``Conv2d`` (the
+audit checks that the first convolution takes the data's channels, and the model does take
+3-channel images) and the coordinates are made inside ``forward``. The head is still linear
+after pooling, so Grad-CAM on the last conv layer applies unchanged.
 """
 
 from __future__ import annotations
@@ -36,15 +39,29 @@ def add_coords(x: torch.Tensor) -> torch.Tensor:
     return torch.cat([x, u.expand(n, 1, h, w), v.expand(n, 1, h, w)], dim=1)
 
 
+class CoordConv2d(nn.Module):
+    """A 3 x 3 convolution over ``[x; u; v]`` (:func:`add_coords`), computed as
+    ``conv(x) + coord([u; v])`` (the same map: convolution is linear in its input channels)."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(in_channels, out_channels, 3, padding=1)
+        self.coord = nn.Conv2d(2, out_channels, 3, padding=1, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        uv = add_coords(x[:, :0])  # [N, 2, H, W]: the coordinate channels alone
+        return self.conv(x) + self.coord(uv)
+
+
 class DetNet(nn.Module):
     """conv(3->16) - conv(16->32, stride 2) - conv(32->32, stride 2) - GAP - linear;
-    ``coords``: the first conv also sees the two coordinate channels (:func:`add_coords`)."""
+    ``coords``: the first conv also sees the two coordinate channels (:class:`CoordConv2d`)."""
 
     def __init__(self, num_classes: int = 4, width: int = 16, coords: bool = False) -> None:
         super().__init__()
         self.coords = coords
         self.features = nn.Sequential(
-            nn.Conv2d(5 if coords else 3, width, 3, padding=1),
+            CoordConv2d(3, width) if coords else nn.Conv2d(3, width, 3, padding=1),
             nn.ReLU(),
             nn.Conv2d(width, 2 * width, 3, padding=1, stride=2),
             nn.ReLU(),
@@ -55,8 +72,6 @@ class DetNet(nn.Module):
         self.fc = nn.Linear(2 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.coords:
-            x = add_coords(x)
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))
 
 
