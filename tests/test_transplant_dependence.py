@@ -152,14 +152,20 @@ def test_confirmed_location_candidate_becomes_a_subgroup_shortcut() -> None:
     assert getattr(a, "source", None) == "subgroup"
     assert getattr(a, "sources", ()) == tuple(sorted(int(m[1:]) for m in cand.evidence["members"]))
     confirmed = decide(20, 1, 20, source="subgroup", region=(20, 0, 32, 12), n_sources=12)
-    out = apply_transplants(result, {"a": confirmed}, size=(32, 32)).findings[0]
+    # without masks the pasted region may be the object itself: evidence kept, still low
+    kept = apply_transplants(result, {"a": confirmed}, size=(32, 32)).findings[0]
+    assert (kept.kind, kept.severity) == ("strategy_cluster", "low")
+    assert kept.evidence["transplant"]["status"] == "confirmed"
+    assert kept.message.endswith("annotate masks to tell a cue from the object.")
+    # with masks (the paste excludes the source's object): a subgroup shortcut
+    out = apply_transplants(result, {"a": confirmed}, size=(32, 32), annotated=True).findings[0]
     assert (out.kind, out.severity) == ("subgroup_shortcut", "high")
     n = len(cand.evidence["members"])
     assert out.title == f"{n} of 40 'a' images are predicted from the top-right corner"
     assert "Pasting the subgroup's region (x 20–32, y 0–12) of 12 'a' images" in out.message
     assert out.evidence["members"] == cand.evidence["members"]
     refuted = decide(2, 1, 20, source="subgroup", region=(20, 0, 32, 12), n_sources=12)
-    same = apply_transplants(result, {"a": refuted}, size=(32, 32)).findings[0]
+    same = apply_transplants(result, {"a": refuted}, size=(32, 32), annotated=True).findings[0]
     assert (same.kind, same.severity) == ("strategy_cluster", "low")
 
 

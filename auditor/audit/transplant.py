@@ -125,7 +125,9 @@ def run_transplant(
                                     settings.confidence, settings.border_width)  # fmt: skip
         t = outcomes[name]
         log.info("transplant '%s': %s%s", name, t.status, f" ({t.reason})" if t.reason else "")
-    return apply_transplants(result, outcomes, size=size, border_width=settings.border_width)
+    return apply_transplants(
+        result, outcomes, size=size, border_width=settings.border_width, annotated=annotated
+    )
 
 
 class _Samples:
