@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from auditor.format import fmt_interval
-from auditor.results import ClassClusters, Finding
+from auditor.results import ClassClusters, Finding, SubgroupDetail, SubgroupTest
 from auditor.stats import two_proportion_diff_ci, wilson_interval
 
 __all__ = ["STAT_LABELS", "SufficiencyRules", "subgroup_findings", "sufficiency_findings"]
@@ -108,113 +108,117 @@ def subgroup_findings(
     for name, res in (clusters or {}).items():
         cc = res if isinstance(res, ClassClusters) else ClassClusters.from_json(res)
         for sg in cc.subgroups or ():
-            key = sg.elsewhere_statistic or (sg.separating or (None,))[0]
-            t = sg.tests.get(key) if key else None
-            if key is None or t is None:
-                continue
-            support = {
-                "statistic": key,
-                "label": stat_label(key),
-                "estimate": t.diff,
-                "ci": list(t.ci),
-                "baseline": t.baseline,
-                "against": "the rest of the class",
-                "subgroup": t.subgroup,
-                "rest": t.rest,
-                "confidence": t.confidence,
-            }
-            needed = sg.needed_statistic
-            nt = sg.tests.get(needed) if needed else None
-            evidence = {
-                "cluster": sg.cluster,
-                "size": sg.size,
-                "class_size": sg.class_size,
-                "where": sg.where,
-                "region_share": sg.region_share,
-                "rest_region_share": sg.rest_region_share,
-                "border_share": sg.border_share,
-                "separating": list(sg.separating),
-                "statistic": key,
-                "subgroup": t.subgroup,
-                "rest": t.rest,
-                "diff": t.diff,
-                "ci": list(t.ci),
-                "only_bg_rate": sg.only_bg_rate[0],
-                "only_bg_rate_ci": list(sg.only_bg_rate[1:]),
-                "intervention": needed,
-                "intervention_diff": nt.diff if nt else None,
-                "intervention_ci": list(nt.ci) if nt else None,
-                "members": list(sg.members),
-            }
-            split = sg.extra.get("split")
-            if isinstance(split, Mapping):
-                evidence["split"] = dict(split)
-            n, m, where = sg.size, sg.class_size, sg.where
-            lo, hi = t.ci
-            stat_txt = (
-                f"{stat_label(key)} {_pct(t.subgroup)} against {_pct(t.rest)} "
-                f"for the rest of the class (difference {_pct(t.diff)}, interval "
-                f"{_pct(lo)} to {_pct(hi)})"
-            )
-            if sg.elsewhere and sg.severity in ("high", "medium"):
-                if sg.needed and needed == "only_bg_hit":
-                    iv_txt = (
-                        f" With the object removed, the background alone is still called "
-                        f"'{name}' for {_pct(evidence['only_bg_rate'])} of them (the rest: "
-                        f"{_pct(nt.rest if nt else None)})."
-                    )
-                elif sg.needed:
-                    iv_txt = (
-                        " Removing the background breaks their predictions more than the rest's."
-                    )
-                else:
-                    iv_txt = " No intervention could test it (no object masks)."
-                out.append(
-                    _finding(
-                        name,
-                        "subgroup_shortcut",
-                        sg.severity,
-                        f"{n} of {m} '{name}' images are predicted from the {where}",
-                        (
-                            f"A subgroup of {n} of the {m} '{name}' images puts "
-                            f"{_pct(sg.region_share)} of its CAM mass in the {where} "
-                            f"(the rest of the class: {_pct(sg.rest_region_share)}); "
-                            f"{stat_txt}." + iv_txt
-                        ),
-                        evidence,
-                        support,
-                        sg.exemplars,
-                    )
-                )
-            else:
-                out.append(
-                    _finding(
-                        name,
-                        "strategy_cluster",
-                        "low",
-                        f"'{name}': a distinct explanation strategy ({n} of {m})",
-                        (
-                            f"A cluster of {n} of the {m} '{name}' images differs from the "
-                            f"rest: {stat_txt}."
-                            + (
-                                " The interventions show the model does not need what it "
-                                "looks at there."
-                                if sg.elsewhere
-                                else ""
-                            )
-                            + (
-                                " A mixture in where the maps lie, not yet shown to be "
-                                "used: the transplant tests it."
-                                if isinstance(split, Mapping) and split.get("location_only")
-                                else ""
-                            )
-                        ),
-                        evidence,
-                        support,
-                        sg.exemplars,
-                    )
-                )
+            f = _subgroup_finding(name, sg)
+            if f is not None:
+                out.append(f)
     return out
+
+
+def _subgroup_finding(name: str, sg: SubgroupDetail) -> Finding | None:
+    """The finding of one tested subgroup (None when it carries no test to state)."""
+    key = sg.elsewhere_statistic or (sg.separating or (None,))[0]
+    t = sg.tests.get(key) if key else None
+    if key is None or t is None:
+        return None
+    support = {
+        "statistic": key,
+        "label": stat_label(key),
+        "estimate": t.diff,
+        "ci": list(t.ci),
+        "baseline": t.baseline,
+        "against": "the rest of the class",
+        "subgroup": t.subgroup,
+        "rest": t.rest,
+        "confidence": t.confidence,
+    }
+    needed = sg.needed_statistic
+    nt = sg.tests.get(needed) if needed else None
+    evidence = _subgroup_evidence(sg, key, t, nt)
+    split = sg.extra.get("split")
+    n, m, where = sg.size, sg.class_size, sg.where
+    lo, hi = t.ci
+    stat_txt = (
+        f"{stat_label(key)} {_pct(t.subgroup)} against {_pct(t.rest)} "
+        f"for the rest of the class (difference {_pct(t.diff)}, interval "
+        f"{_pct(lo)} to {_pct(hi)})"
+    )
+    if sg.elsewhere and sg.severity in ("high", "medium"):
+        if sg.needed and needed == "only_bg_hit":
+            iv_txt = (
+                f" With the object removed, the background alone is still called "
+                f"'{name}' for {_pct(evidence['only_bg_rate'])} of them (the rest: "
+                f"{_pct(nt.rest if nt else None)})."
+            )
+        elif sg.needed:
+            iv_txt = " Removing the background breaks their predictions more than the rest's."
+        else:
+            iv_txt = " No intervention could test it (no object masks)."
+        return _finding(
+            name,
+            "subgroup_shortcut",
+            sg.severity,
+            f"{n} of {m} '{name}' images are predicted from the {where}",
+            (
+                f"A subgroup of {n} of the {m} '{name}' images puts "
+                f"{_pct(sg.region_share)} of its CAM mass in the {where} "
+                f"(the rest of the class: {_pct(sg.rest_region_share)}); "
+                f"{stat_txt}." + iv_txt
+            ),
+            evidence,
+            support,
+            sg.exemplars,
+        )
+    location_only = isinstance(split, Mapping) and bool(split.get("location_only"))
+    message = f"A cluster of {n} of the {m} '{name}' images differs from the rest: {stat_txt}."
+    if sg.elsewhere:
+        message += " The interventions show the model does not need what it looks at there."
+    if location_only:
+        message += (
+            " A mixture in where the maps lie, not yet shown to be used: the transplant tests it."
+        )
+    return _finding(
+        name,
+        "strategy_cluster",
+        # a location mixture nothing else separates: a candidate for the transplant, not yet
+        # a finding (info; evidence split rule 5)
+        "info" if location_only else "low",
+        f"'{name}': a distinct explanation strategy ({n} of {m})",
+        message,
+        evidence,
+        support,
+        sg.exemplars,
+    )
+
+
+def _subgroup_evidence(
+    sg: SubgroupDetail, key: str, t: SubgroupTest, nt: SubgroupTest | None
+) -> dict[str, Any]:
+    """The evidence dict of a subgroup's finding (summary.json ``findings[].evidence``)."""
+    evidence: dict[str, Any] = {
+        "cluster": sg.cluster,
+        "size": sg.size,
+        "class_size": sg.class_size,
+        "where": sg.where,
+        "region_share": sg.region_share,
+        "rest_region_share": sg.rest_region_share,
+        "border_share": sg.border_share,
+        "separating": list(sg.separating),
+        "statistic": key,
+        "subgroup": t.subgroup,
+        "rest": t.rest,
+        "diff": t.diff,
+        "ci": list(t.ci),
+        "only_bg_rate": sg.only_bg_rate[0],
+        "only_bg_rate_ci": list(sg.only_bg_rate[1:]),
+        "intervention": sg.needed_statistic,
+        "intervention_diff": nt.diff if nt else None,
+        "intervention_ci": list(nt.ci) if nt else None,
+        "members": list(sg.members),
+    }
+    split = sg.extra.get("split")
+    if isinstance(split, Mapping):
+        evidence["split"] = dict(split)
+    return evidence
 
 
 def sufficiency_findings(

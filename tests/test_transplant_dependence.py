@@ -130,7 +130,7 @@ def test_location_only_split_is_a_low_candidate_that_names_its_members() -> None
     # its finding: a low strategy_cluster naming the members, the split in its evidence
     ids = [f"s{i}" for i in range(40)]
     findings = subgroup_findings({"a": class_to_json(res, ids)})
-    assert [(f.kind, f.severity) for f in findings] == [("strategy_cluster", "low")]
+    assert [(f.kind, f.severity) for f in findings] == [("strategy_cluster", "info")]
     f = findings[0]
     assert set(ids[:12]) <= set(f.evidence["members"])
     assert f.evidence["split"]["location_only"] is True
@@ -166,7 +166,7 @@ def test_confirmed_location_candidate_becomes_a_subgroup_shortcut() -> None:
     assert out.evidence["members"] == cand.evidence["members"]
     refuted = decide(2, 1, 20, source="subgroup", region=(20, 0, 32, 12), n_sources=12)
     same = apply_transplants(result, {"a": refuted}, size=(32, 32), annotated=True).findings[0]
-    assert (same.kind, same.severity) == ("strategy_cluster", "low")
+    assert (same.kind, same.severity) == ("strategy_cluster", "info")
 
 
 # ------------------------------------------------------------------------------------------

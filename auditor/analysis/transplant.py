@@ -50,10 +50,10 @@ were fixed before the benchmark's seeds 1-2 were read):
 * a confirmed location-only candidate subgroup becomes a ``subgroup_shortcut`` (high) when
   the run has object masks (the pasted pixels exclude the source's object): its maps lie
   apart from the rest of the class AND what lies off the object there causes the prediction.
-  Without masks it stays a low ``strategy_cluster`` carrying the transplant: the pasted
-  region may be the members' object itself (measured: seeds 1-2 of the detection benchmark,
-  where the pre-registered version of this rule confirmed the digit ``one``'s own strokes on
-  2 of 2 clean twins without masks; docs/validity.md);
+  Without masks it becomes a low ``strategy_cluster`` (from info) carrying the transplant:
+  the pasted region may be the members' object itself (measured: seeds 1-2 of the detection
+  benchmark, where the pre-registered version of this rule confirmed the digit ``one``'s own
+  strokes on 2 of 2 clean twins without masks; docs/validity.md);
 * the border band NOT confirmed: a medium ``border_focus`` is lowered to ``low`` (a difference
   in attention that the model is not shown to use; the relative border rule has no test of
   dependence of its own). Not run (no model, too few images): the finding stays as it was.
@@ -532,6 +532,7 @@ def _raised(
         # in that cell): the evidence is kept, the finding stays low
         return replace(
             f,
+            severity="low",
             message=f"{f.message} {sentence(str(f.cls), t)} Without object masks this region "
             f"may be the object itself: annotate masks to tell a cue from the object.",
             evidence={**dict(f.evidence), "transplant": t.to_json()},

@@ -233,7 +233,8 @@ def border_band(size: tuple[int, int], border_width: float) -> np.ndarray:
     (:func:`auditor.metrics.localisation.border_focus`), on the input grid: the same width
     ``max(1, round(border_width * min(H, W)))`` on every side, at most just under half."""
     height, width = int(size[0]), int(size[1])
-    band = min(max(1, round(float(border_width) * min(height, width))), (min(height, width) - 1) // 2)
+    side = min(height, width)
+    band = min(max(1, round(float(border_width) * side)), (side - 1) // 2)
     out = np.ones((height, width), bool)
     out[band : height - band, band : width - band] = False
     return out

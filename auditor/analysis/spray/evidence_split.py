@@ -34,10 +34,11 @@ every case):
    or ``border_focus``) that no other statistic separates (typical without object masks,
    where no intervention statistic exists) is kept as a LOW subgroup, its own test added to
    ``tests`` and ``split.location_only = true``. It becomes a ``strategy_cluster`` finding
-   (low) that names its members; the audit's transplant
-   (:mod:`auditor.analysis.transplant`) then pastes the members' region onto other classes,
-   and only a confirmed transplant turns it into a ``subgroup_shortcut`` (high). A mixture
-   alone is never a shortcut; a mixture whose region causes the prediction is.
+   of severity ``info`` (a candidate, not yet a finding) that names its members; the audit's
+   transplant (:mod:`auditor.analysis.transplant`) then pastes the members' region onto
+   other classes, and only a confirmed transplant (with object masks) turns it into a
+   ``subgroup_shortcut`` (high). A mixture alone is never a shortcut; a mixture whose region
+   causes the prediction is.
 
 The split is searched whenever the clusters yield no subgroup (any ``k``): the clustering
 may split a class on something else than the cue (session 10; before, only at ``k = 1``).
