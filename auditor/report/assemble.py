@@ -122,7 +122,7 @@ def build_view(run_dir: Path, *, limits: ReportLimits | None = None) -> ReportVi
     findings = finding_views(result, images, limits, ledger)
     table = _attach_findings(table, findings)
     galleries, n_gallery = gallery_views(result, table.rows, images, limits, ledger)
-    from auditor.report.compliance import compliance_context
+    from auditor.report.compliance import compliance_view
     from auditor.report.detection import detection_context
     from auditor.report.groups import groups_context
     from auditor.report.labels import labels_context
@@ -152,7 +152,7 @@ def build_view(run_dir: Path, *, limits: ReportLimits | None = None) -> ReportVi
         labels=labels_context(result),  # issue 26: multi-label runs
         detection=detection,
         transplant=transplant_context(result, images),  # issue 22
-        compliance=compliance_context(result, run_dir),  # issue 25
+        compliance=compliance_view(result, run_dir),  # issue 25
     )
 
 

@@ -22,6 +22,15 @@ from auditor.results import AuditResult, MetricInfo, Stat
 
 __all__ = [
     "Chance",
+    "ComplianceView",
+    "FailedGate",
+    "GroupAttributeView",
+    "GroupRow",
+    "GroupsView",
+    "TopFinding",
+    "TransplantRow",
+    "TransplantView",
+    "Verdict",
     "ClassRow",
     "ClassTable",
     "ClusterClassView",
@@ -440,6 +449,159 @@ class Provenance(ViewItem):
 
 
 # --------------------------------------------------------------------------------------------
+# verdict, compliance and limitations (issue 25)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class FailedGate(ViewItem):
+    """A failed gate check as one sentence (the cover's "Why not")."""
+
+    sentence: str
+    cls: str | None
+    rule: str
+
+
+@dataclass(frozen=True)
+class TopFinding(ViewItem):
+    """One of the most severe findings as one sentence (the cover's "Main findings")."""
+
+    id: str
+    severity: str
+    cls: str | None
+    sentence: str
+
+
+@dataclass(frozen=True)
+class Verdict(ViewItem):
+    """The cover's verdict (:func:`auditor.report.verdict.verdict_block`): ``ship`` True /
+    False / None (no gate configured), the headline, why the run is not interpretable, the
+    failed gates and the top findings as sentences."""
+
+    ship: bool | None
+    headline: str
+    interpretable: bool | None
+    not_interpretable_reasons: tuple[str, ...]
+    failed_gates: tuple[FailedGate, ...]
+    n_failed_gates_hidden: int
+    top_findings: tuple[TopFinding, ...]
+
+
+@dataclass(frozen=True)
+class ComplianceView(ViewItem):
+    """Verdict, compliance record, limitations, glossary, clause map and sign-offs
+    (:func:`auditor.report.compliance.compliance_view`)."""
+
+    verdict: Verdict
+    gate_words: Mapping[str, str]
+    """``"<rule>|<class or empty>"`` → the failed check as a sentence"""
+    glossary: tuple[Mapping[str, str], ...]
+    sanity_failed: tuple[str, ...]
+    record: Mapping[str, Any]
+    """the ``[report]`` compliance record (every key present), with its ``datasheet``"""
+    limitations_derived: tuple[str, ...]
+    """limitations this run itself shows (the provider's are ``record["limitations"]``)"""
+    clauses: Mapping[str, Any]
+    signoffs: tuple[Any, ...]
+
+    def context(self) -> dict[str, Any]:
+        """The template names of this part (docs/report.md)."""
+        return {
+            "verdict": self.verdict,
+            "gate_words": self.gate_words,
+            "glossary": list(self.glossary),
+            "glossary_ids": [g["id"] for g in self.glossary],
+            "sanity_failed": list(self.sanity_failed),
+            "compliance": self.record,
+            "limitations_derived": list(self.limitations_derived),
+            "clauses": self.clauses,
+            "signoffs": list(self.signoffs),
+        }
+
+
+# --------------------------------------------------------------------------------------------
+# transplant (issue 22) and metadata groups (issue 24)
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class TransplantRow(ViewItem):
+    """One class's transplant result (:class:`auditor.results.transplant.TransplantResult`)
+    and its figure as a ``data:`` URI."""
+
+    name: str
+    status: str
+    reason: str | None
+    source: str | None
+    region: tuple[int, int, int, int] | None
+    n: int
+    flips: int
+    control_flips: int
+    flip_rate: float | None
+    flip_ci: tuple[float | None, float | None]
+    control_rate: float | None
+    control_ci: tuple[float | None, float | None]
+    difference: float | None
+    difference_ci: tuple[float | None, float | None]
+    margin: float | None
+    n_sources: int
+    figure: str | None
+    uri: str | None
+
+
+@dataclass(frozen=True)
+class TransplantView(ViewItem):
+    """The "Causal confirmation by transplant" section."""
+
+    rows: tuple[TransplantRow, ...]
+    rule: str
+
+    @property
+    def n_confirmed(self) -> int:
+        return sum(1 for r in self.rows if r.status == "confirmed")
+
+
+@dataclass(frozen=True)
+class GroupRow(ViewItem):
+    """One level of a metadata attribute (``stats``: its
+    :class:`auditor.group_results.GroupResult`); ``n`` None when suppressed."""
+
+    level: str
+    label: str
+    n: int | None
+    suppressed: bool
+    stats: Any
+    worst: bool
+
+
+@dataclass(frozen=True)
+class GroupAttributeView(ViewItem):
+    """One attribute of the "Groups" section: its levels, forest plot and class cells."""
+
+    name: str
+    rows: tuple[GroupRow, ...]
+    figure: str | None
+    """the forest plot as a ``data:`` URI (None: no level large enough to show)"""
+    worst: str | None
+    worst_accuracy: float | None
+    largest_gap: Any
+    classes: tuple[Any, ...]
+    """class x level cells that are shown (not suppressed)"""
+    n_classes_suppressed: int
+
+
+@dataclass(frozen=True)
+class GroupsView(ViewItem):
+    """The "Groups" section (:func:`auditor.report.groups.groups_context`)."""
+
+    min_group_size: int
+    confidence: float
+    adjustment: str
+    n_tests: int
+    accuracy_margin: float
+    background_focus_margin: float
+    overall_accuracy: float | None
+    attributes: tuple[GroupAttributeView, ...]
+    slices: tuple[Any, ...]
+
+
+# --------------------------------------------------------------------------------------------
 # the whole report
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -461,17 +623,16 @@ class ReportView(ViewItem):
     clusters: tuple[ClusterClassView, ...]
     subgroups: tuple[SubgroupView, ...]
     notes: tuple[str, ...]
-    groups: Mapping[str, Any] | None
-    """metadata groups (:func:`auditor.report.groups.groups_context`)"""
+    groups: GroupsView | None
+    """metadata groups (issue 24)"""
     labels: Mapping[str, Any] | None
     """multi-label runs (:func:`auditor.report.labels.labels_context`)"""
     detection: Mapping[str, Any] | None
     """detection runs (:func:`auditor.report.detection.detection_context`)"""
-    transplant: Mapping[str, Any] | None
-    """the transplant section (:func:`auditor.report.transplant.transplant_context`)"""
-    compliance: Mapping[str, Any]
-    """verdict, compliance record, limitations, clause map, sign-offs
-    (:func:`auditor.report.compliance.compliance_context`)"""
+    transplant: TransplantView | None
+    """the transplant section (issue 22)"""
+    compliance: ComplianceView
+    """verdict, compliance record, limitations, clause map, sign-offs (issue 25)"""
 
     def context(self, output: str = "html") -> dict[str, Any]:
         """The template names of ``docs/report.md`` (plus ``view``: this object)."""
@@ -525,5 +686,5 @@ class ReportView(ViewItem):
             "n_skipped": p.n_skipped,
             "notes": list(self.notes),
             "limits": asdict(self.limits),
-            **self.compliance,
+            **self.compliance.context(),
         }
