@@ -154,3 +154,31 @@ def test_caps_shape_the_view(run_dir: Path) -> None:
     assert len(view.galleries) == 1 and view.n_gallery_classes >= 1
     assert len(view.provenance.skipped) == 1 and view.provenance.n_skipped == 3
     assert isinstance(view, ViewItem) and view["limits"] == view.limits
+
+
+def test_a_block_override_replaces_one_section_only(tmp_path: Path, run_dir: Path) -> None:
+    """A user's report.html.j2 extends the built-in one (``builtin/``) and replaces one
+    ``{% block %}``: that section changes, every other byte stays; ``super()`` alone changes
+    nothing. Autoescape stays on in the override."""
+    ctx = {**build_context(run_dir), "output": "html"}
+    plain = render_string("report.html.j2", ctx)
+    same = tmp_path / "same"
+    same.mkdir()
+    (same / "report.html.j2").write_text(
+        '{% extends "builtin/report.html.j2" %}{% block gates %}{{ super() }}{% endblock %}',
+        encoding="utf-8",
+    )
+    assert render_string("report.html.j2", ctx, templates=same) == plain
+    custom = tmp_path / "custom"
+    custom.mkdir()
+    (custom / "report.html.j2").write_text(
+        '{% extends "builtin/report.html.j2" %}{% block gates %}<section id="gates">'
+        "<h2>Release gates</h2><p>{{ classes[0].name }} {{ '<i>' }}</p></section>{% endblock %}",
+        encoding="utf-8",
+    )
+    text = render_string("report.html.j2", ctx, templates=custom)
+    assert "&lt;i&gt;" in text and "<i>" not in text.split('id="gates"')[1].split("</section>")[0]
+    start = plain.index('<section id="gates">')
+    end = plain.index("</section>", start) + len("</section>")
+    assert text[:start] == plain[:start]
+    assert text[text.index("</section>", start) + len("</section>") :] == plain[end:]
