@@ -173,7 +173,7 @@ def test_a_block_override_replaces_one_section_only(tmp_path: Path, run_dir: Pat
     custom.mkdir()
     (custom / "report.html.j2").write_text(
         '{% extends "builtin/report.html.j2" %}{% block gates %}<section id="gates">'
-        "<h2>Release gates</h2><p>{{ classes[0].name }} {{ '<i>' }}</p></section>{% endblock %}",
+        "<h2>Release gates</h2><p>{{ classes[0].name }} {{ '<i>' }}</p></section>\n{% endblock %}",
         encoding="utf-8",
     )
     text = render_string("report.html.j2", ctx, templates=custom)
