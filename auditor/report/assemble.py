@@ -308,13 +308,19 @@ def _support(raw: object) -> Support | None:
         statistic=str(d.get("statistic") or ""),
         label=str(d.get("label") or d.get("statistic") or ""),
         estimate=finite_or_none(d.get("estimate")),
-        ci=finite_pair(d.get("ci")),
+        ci=_pair(d.get("ci")),
         baseline=finite_or_none(d.get("baseline")),
         against=str(d.get("against") or ""),
         subgroup=finite_or_none(d.get("subgroup")),
         rest=finite_or_none(d.get("rest")),
         confidence=finite_or_none(d.get("confidence")),
     )
+
+
+def _pair(value: object) -> tuple[float | None, float | None]:
+    """An interval of finite bounds (``(None, None)`` unless ``value`` is a pair)."""
+    low, high = finite_pair(value)
+    return (low, high)
 
 
 def panel_view(g: GalleryPanel, images: _Images) -> PanelView:
@@ -503,7 +509,7 @@ def _subgroup_view(name: str, sg: Any, finding: FindingRef | None, images: _Imag
             subgroup=finite_or_none(t.subgroup),
             rest=finite_or_none(t.rest),
             diff=finite_or_none(t.diff),
-            ci=finite_pair(t.ci),
+            ci=_pair(t.ci),
             margin=finite_or_none(t.margin),
             method=t.method,
             separates=t.separates,

@@ -224,7 +224,7 @@ class Support(ViewItem):
     statistic: str
     label: str
     estimate: float | None
-    ci: tuple[float, float] | None
+    ci: tuple[float | None, float | None]
     baseline: float | None
     against: str
     subgroup: float | None
@@ -327,7 +327,7 @@ class SubgroupTestView(ViewItem):
     subgroup: float | None
     rest: float | None
     diff: float | None
-    ci: tuple[float, float] | None
+    ci: tuple[float | None, float | None]
     margin: float | None
     method: Any
     separates: Any
