@@ -3,7 +3,8 @@
 ``make examples`` runs this script: it writes the demo's dataset, weights and configs into a
 temporary folder, audits the shortcut and the fixed demo model through the CLI (``auditor run``,
 HTML + PDF), compares them (``auditor compare ... --config compare-gates.toml``), and copies
-the reports, ``summary.json``, ``classes.csv``, ``junit.xml`` and the comparison into
+the reports, ``summary.json``, ``classes.csv``, ``junit.xml``, and what the report is rendered
+from (``samples.parquet``, ``gallery/``), and the comparison into
 ``example_audits/demo/{shortcut,fixed,compare}/``, with the configs beside them. The exact
 commands are the ones ``example_audits/demo/README.md`` shows.
 
@@ -35,7 +36,17 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLE_DIR = REPO / "example_audits" / "demo"
 STAMP_NAME = "generated.json"
 VARIANTS = ("shortcut", "fixed")
-RUN_FILES = ("report.html", "report.pdf", "summary.json", "classes.csv", "junit.xml")
+RUN_FILES = (
+    "report.html",
+    "report.pdf",
+    "summary.json",
+    "classes.csv",
+    "junit.xml",
+    "samples.parquet",
+)
+# what `auditor report` reads besides summary.json and samples.parquet: with them the committed
+# report.html can be re-rendered and compared byte for byte (tests/test_example_audits.py)
+RUN_DIRS = ("gallery",)
 COMPARE_FILES = ("compare.html", "compare.pdf", "comparison.json")
 # the exit codes the example's README.md states: the shortcut model fails its gates, the fixed
 # one the default-on require_interpretable gate (sanity similarity above the threshold), the
@@ -134,7 +145,7 @@ def regenerate(out: Path, repo: Path = REPO) -> None:
         if wrong:
             raise SystemExit(f"unexpected exit codes {wrong} (expected {EXPECTED_EXIT})")
         for variant in VARIANTS:
-            _copy(runs / variant, rel / variant, RUN_FILES)
+            _copy(runs / variant, rel / variant, RUN_FILES, RUN_DIRS)
         _copy(runs / "compare", rel / "compare", COMPARE_FILES)
         shutil.rmtree(runs)
     finally:
@@ -142,12 +153,14 @@ def regenerate(out: Path, repo: Path = REPO) -> None:
     (out / STAMP_NAME).write_text(json.dumps(stamp(repo), indent=2) + "\n", encoding="utf-8")
 
 
-def _copy(src: Path, dst: Path, names: tuple[str, ...]) -> None:
+def _copy(src: Path, dst: Path, names: tuple[str, ...], dirs: tuple[str, ...] = ()) -> None:
     if dst.exists():
         shutil.rmtree(dst)
     dst.mkdir(parents=True)
     for name in names:
         shutil.copyfile(src / name, dst / name)
+    for name in dirs:
+        shutil.copytree(src / name, dst / name)
 
 
 def main(argv: list[str] | None = None) -> int:

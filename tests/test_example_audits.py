@@ -127,3 +127,33 @@ def test_results_read_back_with_the_current_codec() -> None:
     raw = json.loads((EXAMPLE / "compare" / "comparison.json").read_text(encoding="utf-8"))
     result = ComparisonResult.from_json(raw)
     assert result.passed is True
+
+
+def _first_difference(a: str, b: str) -> str:
+    """Where two texts first differ, with some context of each."""
+    i = next((k for k, (x, y) in enumerate(zip(a, b)) if x != y), min(len(a), len(b)))
+    lo, hi = max(0, i - 80), i + 80
+    return f"at character {i} of {len(a)}/{len(b)}: {a[lo:hi]!r} vs {b[lo:hi]!r}"
+
+
+@pytest.mark.parametrize("variant", mk.VARIANTS)
+def test_committed_report_renders_byte_identical(variant: str, tmp_path: Path) -> None:
+    """The committed run folder (summary.json, samples.parquet, gallery/) rendered by the
+    current code gives the committed report.html byte for byte (issue 21: the view model
+    changes no byte of the report). Intended changes to the report: run `make examples`."""
+    from auditor.report import render_html
+
+    src = EXAMPLE / variant
+    run = tmp_path / variant
+    run.mkdir()
+    for name in ("summary.json", "samples.parquet"):
+        (run / name).write_bytes((src / name).read_bytes())
+    (run / "gallery").mkdir()
+    for png in (src / "gallery").iterdir():
+        (run / "gallery" / png.name).write_bytes(png.read_bytes())
+    rendered = render_html(run).read_bytes()
+    committed = (src / "report.html").read_bytes()
+    assert rendered == committed, (
+        f"{variant}/report.html differs from a re-render "
+        f"{_first_difference(rendered.decode(), committed.decode())}: {HINT} if intended"
+    )

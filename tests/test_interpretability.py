@@ -95,7 +95,7 @@ def test_several_reasons_and_the_summary_round_trip() -> None:
     block = verdict_block(again)
     assert block["headline"].startswith("Not interpretable")
     assert block["interpretable"] is False and len(block["not_interpretable_reasons"]) == 3
-    assert verdict_block(attach(_result(grid=[[8, 8]])))["not_interpretable_reasons"] == []
+    assert verdict_block(attach(_result(grid=[[8, 8]])))["not_interpretable_reasons"] == ()
     assert from_result(_result()) is None  # a run written before the check
 
 

@@ -27,8 +27,6 @@ LONG_FUNCTIONS: dict[str, int] = {
     "auditor.metrics.faithfulness:deletion_insertion": 98,
     "auditor.report.compare:focus_comparison_figure": 111,
     "auditor.report.compare:build_compare_context": 137,
-    "auditor.report.context:_figures": 123,
-    "auditor.report.context:build_context": 246,
     "auditor.audit.runner:_audit_locked": 193,
     "auditor.compare.streamed:wilcoxon_stream": 101,
     "auditor.compare.streamed:stream_compare": 125,

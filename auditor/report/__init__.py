@@ -11,7 +11,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from auditor.report.context import ReportLimits, build_context
+from auditor.report.assemble import build_context, build_view
+from auditor.report.context import ReportLimits
 from auditor.report.figures import cluster_panel, gallery_panel
 from auditor.report.html import atomic_write, render_document, render_string
 from auditor.report.pdf import html_to_pdf
@@ -21,6 +22,7 @@ from auditor.report.storage import report_writes
 __all__ = [
     "ReportLimits",
     "build_context",
+    "build_view",
     "cluster_panel",
     "gallery_panel",
     "render_document",

@@ -6,8 +6,10 @@ data, with which limitations, and where the report answers regulators' questions
 * :func:`derived_limitations` words the limitations THIS run shows (methods that failed the
   sanity check, classes too small for an interval, samples without masks, skipped samples, the
   layer choice), to which the user's own are added;
-* :func:`compliance_context` is the one function the report's context calls: it adds the
-  verdict, the compliance record, the limitations, the clause map and the sign-off records.
+* :func:`compliance_view` is the one function the report's view model calls: the verdict,
+  the compliance record, the limitations, the clause map and the sign-off records
+  (:class:`auditor.report.view.ComplianceView`; :func:`compliance_context` gives its template
+  names).
 """
 
 from __future__ import annotations
@@ -19,9 +21,16 @@ from typing import Any
 
 from auditor.compliance import DATASHEET_KEYS, Compliance, parse_compliance
 from auditor.errors import ConfigError
+from auditor.report.view import ComplianceView
 from auditor.results import AuditResult, thaw
 
-__all__ = ["MIN_CLASS_N", "compliance_context", "derived_limitations", "record_from_run"]
+__all__ = [
+    "MIN_CLASS_N",
+    "compliance_context",
+    "compliance_view",
+    "derived_limitations",
+    "record_from_run",
+]
 
 #: A class with fewer evaluated images than this gets no usable interval (worded as such).
 MIN_CLASS_N = 10
@@ -147,37 +156,42 @@ def _background_default(result: AuditResult) -> list[str]:
     return out
 
 
-def compliance_context(result: AuditResult, run_dir: Path) -> dict[str, Any]:
-    """The keys the templates read for the verdict, compliance record, limitations, clause
-    map and sign-off block (documented in docs/report.md)."""
+def compliance_view(result: AuditResult, run_dir: Path) -> ComplianceView:
+    """The verdict, compliance record, limitations, clause map and sign-off records of the
+    report (documented in docs/report.md)."""
     from auditor.report.clauses import clause_map
+    from auditor.report.glossary import glossary
     from auditor.report.signoff import load_signoffs
-    from auditor.report.verdict import verdict_block
+    from auditor.report.verdict import failed_gate_sentence, verdict_block
 
     record = record_from_run(result)
     try:
         signoffs = load_signoffs(run_dir)
     except Exception:  # noqa: BLE001 - a broken file is reported by `auditor verify`
         signoffs = []
-    from auditor.report.glossary import glossary
-    from auditor.report.verdict import failed_gate_sentence
-
     gate_words = {
         f"{g.rule}|{g.cls if g.cls is not None else ''}": failed_gate_sentence(g)
         for g in (result.gates.results if result.gates else ())
         if not g.passed
     }
-    return {
-        "verdict": verdict_block(result),
-        "gate_words": gate_words,
-        "glossary": glossary(),
-        "glossary_ids": [g["id"] for g in glossary()],
-        "sanity_failed": sorted(m for m, s in (result.sanity or {}).items() if not s.trustworthy),
-        "compliance": {
+    return ComplianceView(
+        verdict=verdict_block(result),
+        gate_words=gate_words,
+        glossary=tuple(glossary()),
+        sanity_failed=tuple(
+            sorted(m for m, s in (result.sanity or {}).items() if not s.trustworthy)
+        ),
+        record={
             **asdict(record),
             "datasheet": {k: record.datasheet.get(k, "") for k in DATASHEET_KEYS},
         },
-        "limitations_derived": derived_limitations(result),
-        "clauses": clause_map(),
-        "signoffs": signoffs,
-    }
+        limitations_derived=tuple(derived_limitations(result)),
+        clauses=clause_map(),
+        signoffs=tuple(signoffs),
+    )
+
+
+def compliance_context(result: AuditResult, run_dir: Path) -> dict[str, Any]:
+    """The template names of :func:`compliance_view` (``verdict``, ``compliance``,
+    ``limitations_derived``, ``clauses``, ``signoffs``, ...)."""
+    return compliance_view(result, run_dir).context()

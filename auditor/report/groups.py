@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from auditor.group_results import AttributeResult, Est, GroupsResult
+from auditor.report.view import GroupAttributeView, GroupRow, GroupsView
 
 __all__ = [
     "compare_groups_context",
@@ -152,7 +153,7 @@ def forest_plot(
     return buf.getvalue()
 
 
-def _attribute_context(attr: AttributeResult, groups: GroupsResult) -> dict[str, Any]:
+def _attribute_context(attr: AttributeResult, groups: GroupsResult) -> GroupAttributeView:
     from auditor.report.context import png_uri
 
     shown = [g for g in attr.levels if not g.suppressed and g.accuracy.value is not None]
@@ -169,45 +170,45 @@ def _attribute_context(attr: AttributeResult, groups: GroupsResult) -> dict[str,
                 worst=worst,
             )
         )
-    rows = [
-        {
-            "level": g.level,
-            "label": f"{attr.name} = {g.level}",
-            "n": None if g.suppressed else g.n,
-            "suppressed": g.suppressed,
-            "stats": g,
-            "worst": g.level == attr.worst,
-        }
+    rows = tuple(
+        GroupRow(
+            level=g.level,
+            label=f"{attr.name} = {g.level}",
+            n=None if g.suppressed else g.n,
+            suppressed=g.suppressed,
+            stats=g,
+            worst=g.level == attr.worst,
+        )
         for g in attr.levels
-    ]
-    return {
-        "name": attr.name,
-        "rows": rows,
-        "figure": figure,
-        "worst": attr.worst,
-        "worst_accuracy": attr.worst_accuracy,
-        "largest_gap": attr.largest_gap,
-        "classes": [c for c in attr.classes if not c.suppressed],
-        "n_classes_suppressed": sum(1 for c in attr.classes if c.suppressed),
-    }
+    )
+    return GroupAttributeView(
+        name=attr.name,
+        rows=rows,
+        figure=figure,
+        worst=attr.worst,
+        worst_accuracy=attr.worst_accuracy,
+        largest_gap=attr.largest_gap,
+        classes=tuple(c for c in attr.classes if not c.suppressed),
+        n_classes_suppressed=sum(1 for c in attr.classes if c.suppressed),
+    )
 
 
-def groups_context(result: Any) -> dict[str, Any] | None:
-    """The template context of the "Groups" section (None: the run has no groups)."""
+def groups_context(result: Any) -> GroupsView | None:
+    """The view of the "Groups" section (None: the run has no groups)."""
     groups = GroupsResult.of_summary(result)
     if groups is None:
         return None
-    return {
-        "min_group_size": groups.min_group_size,
-        "confidence": groups.confidence,
-        "adjustment": groups.adjustment,
-        "n_tests": groups.n_tests,
-        "accuracy_margin": groups.accuracy_margin,
-        "background_focus_margin": groups.background_focus_margin,
-        "overall_accuracy": groups.overall_accuracy,
-        "attributes": [_attribute_context(a, groups) for a in groups.attributes],
-        "slices": list(groups.slices),
-    }
+    return GroupsView(
+        min_group_size=groups.min_group_size,
+        confidence=groups.confidence,
+        adjustment=groups.adjustment,
+        n_tests=groups.n_tests,
+        accuracy_margin=groups.accuracy_margin,
+        background_focus_margin=groups.background_focus_margin,
+        overall_accuracy=groups.overall_accuracy,
+        attributes=tuple(_attribute_context(a, groups) for a in groups.attributes),
+        slices=tuple(groups.slices),
+    )
 
 
 def compare_groups_context(groups: Mapping[str, Any] | None) -> dict[str, Any] | None:

@@ -65,7 +65,8 @@ def make_environment(templates: Path | None = None) -> jinja2.Environment:
     """The one Jinja environment: user overrides first, then the built-in templates.
 
     Autoescape is on for everything, undefined names raise, and the filters ``pct``, ``num``,
-    ``ci``, ``sortval`` and ``slug`` are registered.
+    ``ci``, ``sortval`` and ``slug`` are registered. The built-in templates are also reachable
+    as ``builtin/<name>``, so that an override can extend the file it replaces.
     """
     loaders: list[jinja2.BaseLoader] = []
     if templates is not None:
@@ -77,6 +78,11 @@ def make_environment(templates: Path | None = None) -> jinja2.Environment:
     if not builtin:
         raise RenderError("built-in report templates not found (auditor/templates or templates/)")
     loaders.extend(jinja2.FileSystemLoader(str(d)) for d in builtin)
+    # the built-in set also under "builtin/": a user's report.html.j2 can
+    # `{% extends "builtin/report.html.j2" %}` and replace single `{% block %}`s (sections)
+    loaders.append(
+        jinja2.PrefixLoader({"builtin": jinja2.FileSystemLoader([str(d) for d in builtin])})
+    )
     env = jinja2.Environment(
         loader=jinja2.ChoiceLoader(loaders),
         autoescape=True,

@@ -9,43 +9,35 @@ place lists the sample with a link to that place instead.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
-from auditor.format import slugify
+from auditor.report.view import PanelRef, PanelView
 
-__all__ = ["show_each_panel_once"]
-
-
-def _split(
-    panels: Sequence[dict[str, Any]], shown: dict[str, dict[str, str]], here: dict[str, str]
-) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
-    """``panels`` not shown before (recorded as shown ``here``) and references to the others."""
-    keep: list[dict[str, Any]] = []
-    refs: list[dict[str, str]] = []
-    for p in panels:
-        key = str(p.get("file") or p.get("uri") or p.get("id"))
-        if key in shown:
-            refs.append({"id": str(p.get("id")), **shown[key]})
-        else:
-            shown[key] = here
-            keep.append(p)
-    return keep, refs
+__all__ = ["PanelLedger"]
 
 
-def show_each_panel_once(
-    findings: Sequence[dict[str, Any]], galleries: Sequence[dict[str, Any]]
-) -> None:
-    """Keep the first showing of each panel; later ones become ``panel_refs`` (in place).
+class PanelLedger:
+    """Where each panel was first shown, in reading order.
 
-    ``findings`` in display order (each with ``id`` and ``panels``), then ``galleries`` (each
-    with ``slug``, ``class`` and ``panels``). A reference is ``{"id": sample id, "anchor":
-    element id of the place it is shown, "label": how that place is named}``. A panel is
-    identified by its file (the same file is the same picture).
+    A panel is identified by its file (the same file is the same picture); call :meth:`place`
+    for the findings in display order, then for the galleries.
     """
-    shown: dict[str, dict[str, str]] = {}
-    for f in findings:
-        here = {"anchor": f"finding-{slugify(str(f['id']))}", "label": str(f["id"])}
-        f["panels"], f["panel_refs"] = _split(f.get("panels") or [], shown, here)
-    for g in galleries:
-        here = {"anchor": f"gallery-{g['slug']}", "label": f"gallery of {g['class']}"}
-        g["panels"], g["panel_refs"] = _split(g.get("panels") or [], shown, here)
+
+    def __init__(self) -> None:
+        self._shown: dict[str, tuple[str, str]] = {}
+
+    def place(
+        self, panels: Sequence[PanelView], anchor: str, label: str
+    ) -> tuple[tuple[PanelView, ...], tuple[PanelRef, ...]]:
+        """``panels`` not shown before (now recorded as shown at ``anchor``, the element id of
+        the place, named ``label``) and references to the others."""
+        keep: list[PanelView] = []
+        refs: list[PanelRef] = []
+        for p in panels:
+            key = str(p.file or p.uri or p.id)
+            if key in self._shown:
+                where, named = self._shown[key]
+                refs.append(PanelRef(id=str(p.id), anchor=where, label=named))
+            else:
+                self._shown[key] = (anchor, label)
+                keep.append(p)
+        return tuple(keep), tuple(refs)

@@ -6,16 +6,20 @@ transplant phase, as ``RUN_DIR/gallery/transplant-<class>.png``) and the view mo
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
 import numpy as np
 
 from auditor.report.figures import COLOURS, _font, _label, _nearest, _png
+from auditor.report.view import TransplantRow, TransplantView
 from auditor.results import AuditResult
 from auditor.results.transplant import class_transplant
 
 __all__ = ["transplant_context", "transplant_panel"]
 
+#: The result's fields a row copies (all but ``extra``; ``name`` and ``uri`` are the row's).
+_ROW_FIELDS = tuple(f.name for f in fields(TransplantRow) if f.name not in ("name", "uri"))
 _TILE = 120  # px per image tile
 _PAD = 8
 
@@ -78,25 +82,24 @@ def transplant_panel(
     return _png(canvas)
 
 
-def transplant_context(result: AuditResult, images: Any) -> dict[str, Any] | None:
+def transplant_context(result: AuditResult, images: Any) -> TransplantView | None:
     """Rows of the report's transplant section (``None`` when the run has no transplant).
 
     ``images``: the report's PNG reader (``.uri(rel)`` → ``data:`` URI)."""
-    rows: list[dict[str, Any]] = []
+    rows: list[TransplantRow] = []
     for name, cr in result.classes.items():
         t = class_transplant(cr)
         if t is None:
             continue
-        row = {"name": name, **t.to_json()}
-        row["uri"] = images.uri(t.figure) if t.figure else None
-        rows.append(row)
+        rows.append(
+            TransplantRow(
+                name=name,
+                **{k: getattr(t, k) for k in _ROW_FIELDS},
+                uri=images.uri(t.figure) if t.figure else None,
+            )
+        )
     if not rows:
         return None
     from auditor.analysis.transplant import TransplantRules
 
-    rules = TransplantRules()
-    return {
-        "rows": rows,
-        "n_confirmed": sum(1 for r in rows if r["status"] == "confirmed"),
-        "rule": rules.describe(),
-    }
+    return TransplantView(rows=tuple(rows), rule=TransplantRules().describe())

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from auditor.format import finite_or_none, fmt_num, fmt_pct
+from auditor.report.view import FailedGate, TopFinding, Verdict
 from auditor.results import AuditResult, GateResult
 from auditor.results.vocab import BLOCKING_SEVERITIES, severity_rank
 
@@ -86,7 +87,7 @@ def finding_sentence(kind: str, message: str, title: str, evidence: Mapping[str,
     return text
 
 
-def verdict_block(result: AuditResult, *, top_findings: int = 3) -> dict[str, Any]:
+def verdict_block(result: AuditResult, *, top_findings: int = 3) -> Verdict:
     """The cover's verdict: ``ship`` (True / False / None when no gate is configured), a
     headline, the failed gates as sentences, the top findings as sentences, and counts.
 
@@ -127,25 +128,25 @@ def verdict_block(result: AuditResult, *, top_findings: int = 3) -> dict[str, An
             "Not interpretable: the preconditions of this audit do not hold, so its maps and "
             "findings are no evidence about this model. " + headline
         )
-    return {
-        "ship": ship,
-        "headline": headline,
-        "interpretable": None if precondition is None else precondition.interpretable,
-        "not_interpretable_reasons": (
-            list(precondition.reasons) if precondition is not None and not_interpretable else []
+    return Verdict(
+        ship=ship,
+        headline=headline,
+        interpretable=None if precondition is None else precondition.interpretable,
+        not_interpretable_reasons=(
+            tuple(precondition.reasons) if precondition is not None and not_interpretable else ()
         ),
-        "failed_gates": [
-            {"sentence": failed_gate_sentence(g), "class": g.cls, "rule": g.rule}
+        failed_gates=tuple(
+            FailedGate(sentence=failed_gate_sentence(g), cls=g.cls, rule=g.rule)
             for g in failed[:10]
-        ],
-        "n_failed_gates_hidden": max(0, len(failed) - 10),
-        "top_findings": [
-            {
-                "id": f.id,
-                "severity": f.severity,
-                "class": f.cls,
-                "sentence": finding_sentence(f.kind, f.message, f.title, f.evidence),
-            }
+        ),
+        n_failed_gates_hidden=max(0, len(failed) - 10),
+        top_findings=tuple(
+            TopFinding(
+                id=f.id,
+                severity=f.severity,
+                cls=f.cls,
+                sentence=finding_sentence(f.kind, f.message, f.title, f.evidence),
+            )
             for f in blocking[:top_findings]
-        ],
-    }
+        ),
+    )
