@@ -76,7 +76,10 @@ def test_unknown_key_in_model_section(tmp_path: Path) -> None:
         ("target = 'other'", "target must be 'label' or 'predicted'"),
         ("confidence = 1.5", "confidence must be in"),
         ("primary_method = 'layercam'", "primary_method 'layercam' is not in methods"),
-        ("sanity_randomise = 'all'", r"\[audit\] sanity_randomise must be 'head' or 'cascade', got 'all'"),
+        (
+            "sanity_randomise = 'all'",
+            r"\[audit\] sanity_randomise must be 'head' or 'cascade', got 'all'",
+        ),
         ("sanity_randomise = 1", "sanity_randomise must be str"),
     ],
 )

@@ -271,9 +271,7 @@ def test_target_block_on_common_architectures() -> None:
 
 def test_cascade_randomises_head_and_target_block() -> None:
     model = small_cnn()
-    clone, names = randomised_copy(
-        model, seed=3, randomise="cascade", head=("fc",), layer="relu2"
-    )
+    clone, names = randomised_copy(model, seed=3, randomise="cascade", head=("fc",), layer="relu2")
     assert names == ("fc", "conv2")
     assert not torch.equal(clone.conv2.weight, model.conv2.weight)
     assert not torch.equal(clone.fc.weight, model.fc.weight)
@@ -395,3 +393,34 @@ def test_demo_fixed_model_passes_the_cascade_and_failed_head_only() -> None:
     assert cascade.randomised == ("fc", "features") and cascade.trustworthy
     assert cascade.similarity < 0.3
     assert not results["cascade"]["edge"].trustworthy
+
+
+def test_finding_says_what_was_randomised() -> None:
+    """The sanity_check finding names the variant the stored result records (`randomise`,
+    additive); results written before it (no key) were head-only."""
+    import pyarrow as pa
+
+    from auditor.analysis.aggregate import PrimaryColumns
+    from auditor.analysis.findings import FindingRules, RuleContext
+    from auditor.analysis.findings.sanity import sanity_check_rule
+    from auditor.results import ClassResult
+    from auditor.results import SanityResult as StoredSanity
+
+    table = pa.table({
+        "id": ["a"], "method": ["gradcam"], "label": [0], "pred": [0], "correct": [True],
+        "cam_status": ["ok"], "status": ["ok"],
+    })  # fmt: skip
+    record = {"similarity": 0.6, "threshold": 0.5, "trustworthy": False, "n": 8,
+              "randomised": ["fc", "features"], "randomise": "cascade"}  # fmt: skip
+    old = {k: v for k, v in record.items() if k != "randomise"}
+    ctx = RuleContext(
+        classes={"a": ClassResult("a", index=0)}, primary="gradcam", methods=("gradcam", "cam"),
+        samples=PrimaryColumns.of(table, "gradcam"), rules=FindingRules(), confidence=0.95,
+        clusters={}, sanity={"gradcam": StoredSanity.from_json(record),
+                             "cam": StoredSanity.from_json(old)},
+    )  # fmt: skip
+    got = {f.evidence.get("randomise", "head"): f for f in sanity_check_rule(ctx)}
+    assert "the head and the target layer's block are randomised" in got["cascade"].title
+    assert "image's structure" in got["cascade"].message
+    assert got["cascade"].evidence["randomise"] == "cascade"  # kept through the codec
+    assert "the classifier head is randomised" in got["head"].title

@@ -1018,9 +1018,10 @@ def _sanity(
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
     What is randomised: see :func:`_randomise` (default: the modules after the target layer and
-    the block that contains it; ``[audit] sanity_randomise = "head"``: only those after). The result always carries
-    ``"_status": {"run", "reason", "randomised"}`` so that the report says why it did not run,
-    never a silent null. Stored in ``sanity.json`` so that a resumed run reuses it.
+    the block that contains it; ``[audit] sanity_randomise = "head"``: only those after). The
+    result always carries ``"_status": {"run", "reason", "randomised"}`` so that the report
+    says why it did not run, never a silent null. Stored in ``sanity.json`` so that a resumed
+    run reuses it.
     """
     import json
 

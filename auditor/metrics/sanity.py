@@ -322,8 +322,7 @@ def target_block(model: nn.Module, layer: str) -> str:
         return block
     parent_name, parent = parent_of(block)
     siblings = [
-        (f"{parent_name}.{n}" if parent_name else n, child)
-        for n, child in parent.named_children()
+        (f"{parent_name}.{n}" if parent_name else n, child) for n, child in parent.named_children()
     ]
     names = [n for n, _ in siblings]
     before = [n for n, child in siblings[: names.index(block)] if _has_params(child)]
@@ -378,11 +377,7 @@ def randomised_copy(
         def in_head(block: str) -> bool:
             return any(h == block or h.startswith(block + ".") for h in head_names)
 
-        blocks = [
-            n
-            for n, child in model.named_children()
-            if _has_params(child) and not in_head(n)
-        ]
+        blocks = [n for n, child in model.named_children() if _has_params(child) and not in_head(n)]
         targets += [b for b in blocks[-cascade_blocks:] if b not in targets]
 
     clone = copy.deepcopy(model)
