@@ -451,11 +451,8 @@ def randomisation_sanity_check(
         methods: CAM method names.
         layer: target layer name (or a module of ``model``, replaced by its name).
         seed: seed of the re-initialisation.
-        randomise: ``"head"`` (``head``: the final linear layer(s) by default) or
-            ``"cascade"`` (``head`` plus the block that contains ``layer``,
-            :func:`target_block`; without a layer, the last ``cascade_blocks`` top-level
-            blocks with parameters). See the module docstring for why the auditor's default
-            is ``"cascade"``.
+        randomise: ``"head"`` or ``"cascade"`` (:func:`randomised_copy`; the module
+            docstring says why the auditor's default is ``"cascade"``).
         head: explicit names of the head modules (default: :func:`find_head`).
         threshold: similarity at or above which a method is not trustworthy.
         compute: CAM function, for tests or another engine.
