@@ -261,6 +261,19 @@ def test_target_block_on_common_architectures() -> None:
     resnet = torchvision.models.resnet18()
     assert target_block(resnet, "layer4") == "layer4"
     assert target_block(resnet, "layer4.1.conv2") == "layer4.1"
+
+    class Wrapper(nn.Module):  # e.g. input normalisation around the network
+        def __init__(self, inner: nn.Module) -> None:
+            super().__init__()
+            self.model = inner
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.model(x)
+
+    # a wrapper is not the block: the network inside it is looked at
+    assert target_block(Wrapper(resnet), "model.layer4.1.conv2") == "model.layer4.1"
+    assert target_block(nn.DataParallel(resnet), "module.layer4") == "module.layer4"
+    assert target_block(Wrapper(demo), "model.features.7") == "model.features.6"
     vit = torchvision.models.VisionTransformer(
         image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32
     )

@@ -295,12 +295,14 @@ def target_block(model: nn.Module, layer: str) -> str:
     default ``"cascade"`` randomisation so that the target layer's activations change too.
 
     The block is the deepest module on the path from ``model`` to ``layer`` (``layer``
-    included) that is a top-level child of ``model`` or an element of a container
+    included) that is a top-level child of the network or an element of a container
     (``nn.Sequential``, ``nn.ModuleList``, ``nn.ModuleDict``): a CNN's ``features`` stack
     when that is the target, a ResNet's ``layer4``, a ViT's ``blocks.11`` for a target inside
-    it. When that block has no parameters (a ReLU in a ``Sequential``), the nearest
-    parameterised module registered before it in the same container is taken: the one that
-    computes its input. ``model`` itself (an empty name) is never a block.
+    it. The network is ``model`` without its wrappers: while a module's only child with
+    parameters is not a container and contains ``layer`` (a ``DataParallel``, a normalising
+    wrapper), the network is that child. When the block has no parameters (a ReLU in a
+    ``Sequential``), the nearest parameterised module registered before it in the same parent
+    is taken: the one that computes its input. ``model`` itself is never a block.
 
     Raises:
         ValueError: ``layer`` is not a submodule, or no parameterised block contains or
@@ -316,8 +318,23 @@ def target_block(model: nn.Module, layer: str) -> str:
         head, _, _ = name.rpartition(".")
         return head, modules[head]
 
-    elements = [n for n in path if "." not in n or isinstance(parent_of(n)[1], _CONTAINERS)]
-    block = elements[-1]  # the top-level child is always an element
+    base = ""  # the network inside its wrappers
+    for name in path[:-1]:
+        parent = modules[base]
+        with_params = [c for c in parent.children() if _has_params(c)]
+        if len(with_params) != 1 or with_params[0] is not modules[name]:
+            break
+        if isinstance(modules[name], _CONTAINERS):
+            break
+        base = name
+
+    def element(name: str) -> bool:
+        head, _, _ = name.rpartition(".")
+        return head == base or isinstance(modules[head], _CONTAINERS)
+
+    elements = [n for n in path if n.startswith(base + ".") or not base]
+    elements = [n for n in elements if element(n)]
+    block = elements[-1]  # the network's child on the path is always an element
     if _has_params(modules[block]):
         return block
     parent_name, parent = parent_of(block)
