@@ -316,6 +316,11 @@ class AuditSettings:
     faithfulness_steps: int = 20
     sanity_check: bool = True
     sanity_samples: int = 32
+    #: what the randomisation check re-draws (auditor.metrics.sanity): "cascade" (default: the
+    #: modules after the target layer and the block that contains it, so that the layer's
+    #: activations change too; Adebayo et al. 2018's cascading randomisation) or "head" (only
+    #: the modules after the target layer)
+    sanity_randomise: str = "cascade"
     clusters: bool = True
     bootstrap: int = 2000
     confidence: float = 0.95
@@ -473,6 +478,11 @@ def _check_audit_choices(settings: AuditSettings, source: str) -> None:
             f"{source}: [audit] intervention_fill must be 'mean', 'blur', 'black', 'image_mean' "
             f"or 'noise', got "
             f"{settings.intervention_fill!r}"
+        )
+    if settings.sanity_randomise not in ("head", "cascade"):
+        raise ConfigError(
+            f"{source}: [audit] sanity_randomise must be 'head' or 'cascade', got "
+            f"{settings.sanity_randomise!r}"
         )
     if settings.aggregation not in ("auto", "exact", "streaming"):
         raise ConfigError(

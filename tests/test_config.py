@@ -32,6 +32,8 @@ def test_minimal_config_defaults(tmp_path: Path) -> None:
     cfg = load_config(write(tmp_path, BASE))
     assert cfg.audit.methods == ("gradcam",)
     assert cfg.audit.target == "label"
+    # the randomisation check re-draws the target layer's block too (auditor.metrics.sanity)
+    assert cfg.audit.sanity_randomise == "cascade"
     assert cfg.model.factory == "auditor.demo:build_model"
     assert cfg.data.input_size == (32, 32)
     # the one default gate: require_interpretable (issue 22), on unless set to false
@@ -74,6 +76,11 @@ def test_unknown_key_in_model_section(tmp_path: Path) -> None:
         ("target = 'other'", "target must be 'label' or 'predicted'"),
         ("confidence = 1.5", "confidence must be in"),
         ("primary_method = 'layercam'", "primary_method 'layercam' is not in methods"),
+        (
+            "sanity_randomise = 'all'",
+            r"\[audit\] sanity_randomise must be 'head' or 'cascade', got 'all'",
+        ),
+        ("sanity_randomise = 1", "sanity_randomise must be str"),
     ],
 )
 def test_bad_audit_values(tmp_path: Path, audit: str, match: str) -> None:

@@ -171,4 +171,6 @@ require_interpretable = false  # random weights on six images: not interpretable
     summary = json.loads((out / "summary.json").read_text())
     assert summary["dataset"]["n_evaluated"] == 6
     assert summary["model"]["target_layer"] == "layer4"
-    assert summary["sanity_status"]["randomised"] == ["fc"]
+    # the default cascade re-draws the head and the target layer's block (was ["fc"]: head only)
+    assert summary["sanity_status"]["randomised"] == ["fc", "layer4"]
+    assert summary["sanity"]["gradcam"]["randomise"] == "cascade"

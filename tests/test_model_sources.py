@@ -82,8 +82,9 @@ def test_run_timm_vit_random_weights(tmp_path: Path, manifest: str) -> None:
     assert "first norm of the last block" in model["target_layer_reason"]
     status = summary["sanity_status"]
     assert status["run"] is True
-    # the rest of the last block and the head, not the whole transformer
-    assert "head" in status["randomised"] and "blocks.1.attn" in status["randomised"]
+    # the default cascade: the final norm, the head and the last block that contains the
+    # target layer (was: the rest of that block after blocks.1.norm1), not the whole transformer
+    assert status["randomised"] == ["norm", "head", "blocks.1"]
     assert not any(name.startswith("blocks.0") for name in status["randomised"])
     assert summary["sanity"]["gradcam"]["n"] >= 1
     html = (tmp_path / "run" / "report.html").read_text()
@@ -112,6 +113,7 @@ def test_run_transformers_dir_and_faithfulness(tmp_path: Path, manifest: str) ->
     faith = summary["faithfulness"]
     assert faith and "gradcam" in faith  # HF output objects are unwrapped there too
     assert summary["sanity_status"]["run"] is True
+    assert summary["sanity_status"]["randomised"][-1].endswith("layers.1")  # the target's block
 
 
 def test_run_timm_swin_with_safetensors_weights(tmp_path: Path, manifest: str) -> None:

@@ -1017,11 +1017,11 @@ def _sanity(
 ) -> dict[str, Any]:
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
-    What is randomised: every parameterised module that produces the logits from the target
-    layer's output (:func:`auditor.metrics.sanity.downstream_of`: for a CNN the classifier, for
-    a transformer the blocks after the layer and the head). The result always carries
-    ``"_status": {"run", "reason", "randomised"}`` so that the report says why it did not run,
-    never a silent null. Stored in ``sanity.json`` so that a resumed run reuses it.
+    What is randomised: see :func:`_randomise` (default: the modules after the target layer and
+    the block that contains it; ``[audit] sanity_randomise = "head"``: only those after). The
+    result always carries ``"_status": {"run", "reason", "randomised"}`` so that the report
+    says why it did not run, never a silent null. Stored in ``sanity.json`` so that a resumed
+    run reuses it.
     """
     import json
 
@@ -1091,8 +1091,13 @@ def _randomise(
     s: AuditSettings,
     reshape: Any,
 ) -> tuple[list[str], Mapping[str, Any]]:
-    """The modules after ``layer`` that compute the logits, and the check's result per method
-    (:func:`auditor.metrics.sanity.randomisation_sanity_check` with those randomised)."""
+    """The modules the check re-initialised, and its result per method
+    (:func:`auditor.metrics.sanity.randomisation_sanity_check`).
+
+    ``[audit] sanity_randomise = "cascade"`` (default): the modules after ``layer`` that
+    compute the logits (:func:`~auditor.metrics.sanity.downstream_of`) and the block that
+    contains ``layer`` (:func:`~auditor.metrics.sanity.target_block`), so that the layer's
+    activations are re-drawn too; ``"head"``: only the modules after ``layer``."""
     import functools
 
     from auditor.cam import compute_cams
@@ -1111,9 +1116,11 @@ def _randomise(
         layer,
         seed=s.seed,
         head=head,
+        randomise=s.sanity_randomise,
         compute=functools.partial(compute_cams, reshape=reshape),
     )
-    return list(head), res
+    randomised = next(iter(res.values())).randomised if res else tuple(head)
+    return list(randomised), res
 
 
 def _sanity_record(res: Mapping[str, Any], head: Sequence[str], layer: str) -> dict[str, Any]:
@@ -1126,15 +1133,26 @@ def _sanity_record(res: Mapping[str, Any], head: Sequence[str], layer: str) -> d
             "trustworthy": r.trustworthy,
             "n": r.n,
             "randomised": list(r.randomised),
+            "randomise": r.randomise,
         }
         for m, r in res.items()
     }
     out["_status"] = {
         "run": True,
-        "reason": f"randomised the {len(head)} module(s) that compute the logits from {layer!r}",
+        "reason": _randomised_reason(res, head, layer),
         "randomised": list(head),
     }
     return out
+
+
+def _randomised_reason(res: Mapping[str, Any], head: Sequence[str], layer: str) -> str:
+    """The sanity status's sentence saying what was re-initialised."""
+    if any(getattr(r, "randomise", "head") == "cascade" for r in res.values()):
+        return (
+            f"randomised the {len(head)} module(s) from the logits down to the block that "
+            f"contains {layer!r} (cascading randomisation)"
+        )
+    return f"randomised the {len(head)} module(s) that compute the logits from {layer!r}"
 
 
 def finalize(run_dir: Path, store: RunStore, **kw: Any) -> AuditOutcome:

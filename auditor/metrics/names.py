@@ -27,6 +27,7 @@ MASK_METRICS: frozenset[str] = frozenset(METRIC_NAMES) - {"border_focus", "entro
 #: that applies is reported): the metrics' part of the one vocabulary, :mod:`auditor.audit.status`.
 STATUSES: tuple[str, ...] = METRIC_STATUSES
 #: Default Spearman threshold of the model-randomisation sanity check (Adebayo et al. 2018):
-#: maps at least this similar after the head is re-initialised fail it
+#: maps at least this similar after the randomisation (the head and the target layer's block)
+#: fail it
 #: (:func:`auditor.metrics.sanity.randomisation_sanity_check`'s ``threshold``).
 SANITY_THRESHOLD: float = 0.5

@@ -43,7 +43,8 @@ are read from :func:`auditor.analysis.spray.clusters.spray_clusters` and the san
   rest of its class (:mod:`auditor.analysis.spray.subgroups`, :mod:`auditor.subgroup_findings`).
 * ``background_sufficiency``: the background alone is predicted as the class far more often
   than other classes' backgrounds are (Xiao et al. 2021).
-* ``sanity_check``: a method whose maps barely change when the head is randomised.
+* ``sanity_check``: a method whose maps barely change when the weights that produce them
+  (the head and the target layer's block) are randomised.
 * ``absolute_background`` / ``intervention_check``: see :mod:`~auditor.analysis.findings.absolute`.
 * ``nonfinite_logits``: at least 1 % of the samples got NaN/Inf logits (high from 5 %).
 * ``empty_maps``: at least half of a class's maps of one method are empty (zero, constant,
