@@ -135,9 +135,12 @@ def freeze(value: Any) -> Any:
 
 
 def thaw(value: Any) -> Any:
-    """Plain JSON data from a frozen value (mappings → dict, tuples → list, results → JSON)."""
+    """Plain JSON data from a frozen value (mappings → dict, tuples → list, results → JSON:
+    their ``to_json``, else :func:`encode`)."""
     if hasattr(value, "to_json") and not isinstance(value, type):
         return value.to_json()
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return encode(value)  # a result class without its own to_json
     if isinstance(value, Mapping):
         return {k: thaw(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
