@@ -54,7 +54,10 @@ def _results(obj: Any) -> Iterator[Any]:
 def _read_back(obj: Any) -> Any:
     """``type(obj).from_json(obj.to_json())`` for each signature the classes have."""
     cls = type(obj)
-    if "name" in {f.name for f in dataclasses.fields(obj)} and cls.from_json.__code__.co_argcount == 3:
+    if (
+        "name" in {f.name for f in dataclasses.fields(obj)}
+        and cls.from_json.__code__.co_argcount == 3
+    ):
         return cls.from_json(obj.name, obj.to_json())
     return cls.from_json(obj.to_json())
 
@@ -223,8 +226,13 @@ def test_sanity_status_is_typed_and_its_json_unchanged() -> None:
 
 def test_sanity_json_keeps_its_status_key_in_one_place() -> None:
     record = {
-        "gradcam": {"similarity": 0.3, "threshold": 0.5, "trustworthy": True, "n": 8,
-                    "randomised": ["fc"]},  # fmt: skip
+        "gradcam": {
+            "similarity": 0.3,
+            "threshold": 0.5,
+            "trustworthy": True,
+            "n": 8,
+            "randomised": ["fc"],
+        },  # fmt: skip
         "_status": {"run": True, "reason": "r", "randomised": ["fc"]},
     }
     check = SanityCheck.from_json(record)
