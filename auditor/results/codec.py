@@ -372,6 +372,47 @@ class _Factory:
 
 
 # --------------------------------------------------------------------------------------------
+# type-driven writers (``None``: the value is written as it is)
+# --------------------------------------------------------------------------------------------
+_Writer = Callable[[Any], Any]
+
+
+def _writer(tp: Any) -> _Writer | None:
+    """How a value of type ``tp`` becomes JSON; the same data as :func:`thaw`, decided once
+    per field instead of per value."""
+    inner, optional = _optional(tp)
+    write = _inner_writer(inner)
+    if write is None or not optional:
+        return write
+    return lambda v: None if v is None else write(v)
+
+
+def _inner_writer(tp: Any) -> _Writer | None:
+    if tp in (str, int, float, bool) or typing.get_origin(tp) is typing.Literal:
+        return None
+    if dataclasses.is_dataclass(tp):
+        if callable(getattr(tp, "to_json", None)):
+            return lambda v: v.to_json()
+        return encode
+    origin, args = typing.get_origin(tp), typing.get_args(tp)
+    if origin is tuple:
+        items = {_writer(a) for a in args if a is not Ellipsis}
+        if items == {None}:
+            return list
+        if len(items) == 1:
+            item = next(iter(items))
+            assert item is not None
+            return lambda v: [item(x) for x in v]
+        return thaw
+    if origin in (Mapping, dict, MappingProxyType) and len(args) == 2:
+        item = _writer(args[1])
+        if item is None:
+            return dict
+        return lambda v: {k: item(x) for k, x in v.items()}
+    return thaw
+
+
+# --------------------------------------------------------------------------------------------
 # the plan of a class
 # --------------------------------------------------------------------------------------------
 @dataclass(frozen=True)
@@ -381,12 +422,15 @@ class _Field:
     spec: JsonSpec
     read: _Reader
     absent: Callable[[], Any] | None  # the value of an absent key, where not that of null
+    write: _Writer | None  # None: written as it is
+    scalar: bool  # read without a place in the document (no nested error can name it)
 
 
 @dataclass(frozen=True)
 class _Plan:
     fields: tuple[_Field, ...]  # constructor order
     written: tuple[_Field, ...]  # JSON order (known keys, not late)
+    out: tuple[tuple[str, str, _Writer | None, Callable[[Any], bool] | None], ...]  # the same
     late: tuple[_Field, ...]
     named: tuple[str, ...]  # fields filled from the enclosing mapping's key
     extra: str | None
@@ -424,7 +468,9 @@ def _build_plan(cls: type) -> _Plan:
             continue
         read = _field_reader(f, hints[f.name], spec, mode)
         absent = _absent_value(f, hints[f.name], spec)
-        fields.append(_Field(f.name, spec.key or f.name, spec, read, absent))
+        write = spec.encode if spec.encode is not None else _writer(hints[f.name])
+        scalar = _optional(hints[f.name])[0] in (str, int, float, bool)
+        fields.append(_Field(f.name, spec.key or f.name, spec, read, absent, write, scalar))
     by_key = {fl.key: fl for fl in fields}
     order = getattr(cls, "_JSON_ORDER", None)
     if order is not None:
@@ -436,9 +482,11 @@ def _build_plan(cls: type) -> _Plan:
         ordered = [by_key[k] for k in order]
     else:
         ordered = list(fields)
+    written = tuple(fl for fl in ordered if not fl.spec.late)
     return _Plan(
         fields=tuple(fields),
-        written=tuple(fl for fl in ordered if not fl.spec.late),
+        written=written,
+        out=tuple((fl.key, fl.name, fl.write, fl.spec.omit) for fl in written),
         late=tuple(fl for fl in ordered if fl.spec.late),
         named=tuple(named),
         extra=extra,
@@ -458,19 +506,23 @@ def json_keys(cls: type) -> tuple[str, ...]:
 def _put(out: dict[str, Any], fl: _Field, value: Any) -> None:
     if fl.spec.omit is not None and fl.spec.omit(value):
         return
-    out[fl.key] = fl.spec.encode(value) if fl.spec.encode is not None else thaw(value)
+    out[fl.key] = value if fl.write is None else fl.write(value)
 
 
 def encode(obj: Any) -> dict[str, Any]:
     """The JSON object of a result: known keys in order, then unknown keys, then late ones."""
-    plan = _plan(type(obj))
+    plan = _PLANS.get(type(obj)) or _plan(type(obj))
     out: dict[str, Any] = {}
-    for fl in plan.written:
-        _put(out, fl, getattr(obj, fl.name))
+    for key, name, write, omit in plan.out:  # the loop of _put, unrolled (the hot path)
+        value = getattr(obj, name)
+        if omit is None or not omit(value):
+            out[key] = value if write is None else write(value)
     if plan.extra is not None:
-        for k, v in getattr(obj, plan.extra).items():
-            if k not in out:
-                out[k] = thaw(v)
+        extra = getattr(obj, plan.extra)
+        if extra:
+            for k, v in extra.items():
+                if k not in out:
+                    out[k] = thaw(v)
     for fl in plan.late:
         _put(out, fl, getattr(obj, fl.name))
     return out
@@ -492,16 +544,17 @@ def decode(cls: type[_T], value: Any, where: str, *, name: str | None = None) ->
         ValueError: the class refuses a value (its ``__post_init__``), or a strict class
             reads a value that is not a number.
     """
-    plan = _plan(cls)
+    plan = _PLANS.get(cls) or _plan(cls)
     d = require_object(value, where or cls.__name__)
     kw: dict[str, Any] = {n: str(name) for n in plan.named}
+    prefix = f"{where}." if where else ""
     for fl in plan.fields:
         if fl.spec.decode is not None:
             kw[fl.name] = fl.spec.decode(d.get(fl.key), d, name)
         elif fl.absent is not None and fl.key not in d:
             kw[fl.name] = fl.absent()
         else:
-            kw[fl.name] = fl.read(d.get(fl.key), _join(where, fl.key), name)
+            kw[fl.name] = fl.read(d.get(fl.key), "" if fl.scalar else prefix + fl.key, name)
     if plan.extra is not None:
         kw[plan.extra] = freeze({k: v for k, v in d.items() if k not in plan.keys})
     return cls(**kw)
