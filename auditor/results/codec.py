@@ -378,8 +378,9 @@ _Writer = Callable[[Any], Any]
 
 
 def _writer(tp: Any) -> _Writer | None:
-    """How a value of type ``tp`` becomes JSON; the same data as :func:`thaw`, decided once
-    per field instead of per value."""
+    """How a value of type ``tp`` becomes JSON: the same data as :func:`thaw`, with the
+    containers of results (``tuple[Finding, ...]``, ``Mapping[str, Stat]``) decided once per
+    field instead of per value."""
     inner, optional = _optional(tp)
     write = _inner_writer(inner)
     if write is None or not optional:
@@ -394,21 +395,20 @@ def _inner_writer(tp: Any) -> _Writer | None:
         if callable(getattr(tp, "to_json", None)):
             return lambda v: v.to_json()
         return encode
+    if not _holds_result(tp):
+        return thaw  # plain data (lists, objects, Any): as the hand-written pairs wrote it
     origin, args = typing.get_origin(tp), typing.get_args(tp)
     if origin is tuple:
         items = {_writer(a) for a in args if a is not Ellipsis}
-        if items == {None}:
-            return list
         if len(items) == 1:
             item = next(iter(items))
             assert item is not None
             return lambda v: [item(x) for x in v]
         return thaw
     if origin in (Mapping, dict, MappingProxyType) and len(args) == 2:
-        item = _writer(args[1])
-        if item is None:
-            return dict
-        return lambda v: {k: item(x) for k, x in v.items()}
+        value = _writer(args[1])
+        if value is not None:
+            return lambda v: {k: value(x) for k, x in v.items()}
     return thaw
 
 
