@@ -214,6 +214,9 @@ def test_sanity_status_is_typed_and_its_json_unchanged() -> None:
     ran = SanityStatus.ran("randomised fc", ["fc"])
     assert ran.to_json() == {"run": True, "reason": "randomised fc", "randomised": ["fc"]}
     assert ran.run and ran.state == "run" and ran.get("reason") == "randomised fc"
+    assert ran["randomised"] == ["fc"] and ran.get("nothing") is None  # read like the old dict
+    with pytest.raises(KeyError):
+        ran["nothing"]
     off = SanityStatus.from_json({"run": False, "reason": "disabled", "randomised": []})
     assert off == SanityStatus.not_run("disabled") and not off.run
     with pytest.raises(ValueError, match="`state` must be one of"):
@@ -274,8 +277,8 @@ class _Tree:
 def test_a_new_class_is_encoded_from_its_fields() -> None:
     t = _Tree("oak", leaves=(_Leaf(1.0),), by_name={"a": _Leaf(None)}, size=3)
     out = encode(t)
-    assert out == {"type": "leafy", "size": 3, "leaves": [{"x": 1.0}], "by_name": {"a": {"x": None}},
-                   "best": None}  # fmt: skip
+    leaves, by_name = [{"x": 1.0}], {"a": {"x": None}}
+    assert out == {"type": "leafy", "size": 3, "leaves": leaves, "by_name": by_name, "best": None}
     back = decode(_Tree, json.loads(json.dumps(out)), "trees.oak", name="oak")
     assert back == t and back.name == "oak" and isinstance(back.leaves, tuple)
     with pytest.raises(TypeError, match="`trees.oak.best` must be a JSON object, got int"):

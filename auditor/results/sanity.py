@@ -85,8 +85,12 @@ class SanityStatus:
         return self.state == "run"
 
     def get(self, key: str, default: Any = None) -> Any:
-        """The JSON value of ``key`` (``"run"``, ``"reason"``, ``"randomised"``, an extra)."""
+        """The JSON value of ``key`` (``"run"``, ``"reason"``, ``"randomised"``, an extra):
+        code written for the plain mapping this class replaced keeps working."""
         return self.to_json().get(key, default)
+
+    def __getitem__(self, key: str) -> Any:
+        return self.to_json()[key]
 
     def to_json(self) -> dict[str, Any]:
         return encode(self)
