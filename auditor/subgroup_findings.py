@@ -47,6 +47,14 @@ STAT_LABELS: dict[str, str] = {
 }
 
 
+def stat_label(key: str) -> str:
+    """The readable name of a subgroup statistic (``region:<cell>``: the share of the map in
+    that outer cell of the 3 x 3 grid; :mod:`auditor.analysis.spray.evidence_split`)."""
+    if key.startswith("region:"):
+        return f"share of the map in the {key.split(':', 1)[1]} cell"
+    return STAT_LABELS.get(key, key)
+
+
 @dataclass(frozen=True)
 class SufficiencyRules:
     """Margins of the background-sufficiency rule."""
@@ -106,7 +114,7 @@ def subgroup_findings(
                 continue
             support = {
                 "statistic": key,
-                "label": STAT_LABELS.get(key, key),
+                "label": stat_label(key),
                 "estimate": t.diff,
                 "ci": list(t.ci),
                 "baseline": t.baseline,
@@ -138,10 +146,13 @@ def subgroup_findings(
                 "intervention_ci": list(nt.ci) if nt else None,
                 "members": list(sg.members),
             }
+            split = sg.extra.get("split")
+            if isinstance(split, Mapping):
+                evidence["split"] = dict(split)
             n, m, where = sg.size, sg.class_size, sg.where
             lo, hi = t.ci
             stat_txt = (
-                f"{STAT_LABELS.get(key, key)} {_pct(t.subgroup)} against {_pct(t.rest)} "
+                f"{stat_label(key)} {_pct(t.subgroup)} against {_pct(t.rest)} "
                 f"for the rest of the class (difference {_pct(t.diff)}, interval "
                 f"{_pct(lo)} to {_pct(hi)})"
             )
@@ -189,6 +200,12 @@ def subgroup_findings(
                                 " The interventions show the model does not need what it "
                                 "looks at there."
                                 if sg.elsewhere
+                                else ""
+                            )
+                            + (
+                                " A mixture in where the maps lie, not yet shown to be "
+                                "used: the transplant tests it."
+                                if isinstance(split, Mapping) and split.get("location_only")
                                 else ""
                             )
                         ),

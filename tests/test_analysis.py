@@ -15,6 +15,7 @@ def make_table(
     *,
     fg_correct: dict[int, list[float]] | None = None,
     mixed_correct: dict[int, list[float]] | None = None,
+    bg_correct: dict[int, list[float]] | None = None,
     interventions: bool = True,
     area: float = 0.3,
 ) -> pa.Table:
@@ -51,7 +52,8 @@ def make_table(
             rows["status"].append("ok")
             fg = (fg_correct or {}).get(label)
             iv["only_fg_correct"].append(fg[j] if fg else 1.0)
-            iv["only_bg_correct"].append(0.0)
+            bg = (bg_correct or {}).get(label)
+            iv["only_bg_correct"].append(bg[j] if bg else 0.0)
             mixed = (mixed_correct or {}).get(label)
             iv["mixed_rand_correct"].append(mixed[j] if mixed else 1.0)
             i += 1
@@ -130,6 +132,15 @@ def test_confirmed_reliance_needs_both_kinds_of_evidence() -> None:
     ivb = out.classes["b"].interventions
     assert ivb is not None
     assert ivb.only_fg_accuracy == 0.0 and ivb.only_fg_drop == pytest.approx(1.0)
+    # the background alone called 'c' for 6 of 30 (20 %): below chance (1/3), so it does not
+    # corroborate (before session 10: 0.20 > drop_margin 0.10 made this medium)
+    t = make_table({0: clean, 1: shortcut, 2: clean[:]}, fg_correct=fg,
+                   bg_correct={2: [1.0] * 6 + [0.0] * 24})  # fmt: skip
+    out = analyse(t, classes=["a", "b", "c"], methods=["gradcam"], settings=SETTINGS)
+    (c,) = [f for f in out.findings if f.cls == "c"]
+    assert (c.kind, c.severity) == ("evidence_disagreement", "low")
+    assert out.classes["c"].interventions is not None
+    assert out.classes["c"].interventions.only_bg_accuracy == pytest.approx(0.2)
 
 
 def test_gates_per_class_overall_and_findings() -> None:

@@ -139,6 +139,132 @@ def test_planted_images_carry_decoys_and_the_cue_texture(monkeypatch):
     assert [t == g.CUE_TEXTURE for t in picked] == clean.cued.tolist()
 
 
+# --------------------------------------------------------------------------------------------
+# position: the cue is the place, and the model gets coordinate channels (CoordConv)
+
+# a digit pixel is brighter than any background pixel: backgrounds are grey 0.2 + 0.35 t with a
+# tint <= 1.15 (at most 0.63 * 255 = 161), digits are drawn in colours >= 0.8 (204)
+_DIGIT_GREY = 185
+
+
+def test_position_cue_is_the_place_in_planted_and_clean(monkeypatch):
+    from benchmarks.detection import generator as g
+
+    assert shortcut_type("position").coords
+    assert [t.name for t in TYPES if t.coords] == ["position"]
+    kinds: list[str] = []
+    real = g._position
+    monkeypatch.setattr(g, "_position", lambda rng, kind: (kinds.append(kind), real(rng, kind))[1])
+    for planted in (True, False):
+        kinds.clear()
+        d = generate(Case("position", 1.0, 0, True, planted), 12, 1)
+        # cued digits in the top-left corner, every other digit out of the top-left quadrant
+        assert kinds == ["corner" if c else "other" for c in d.cued]
+        for i in range(len(d.labels)):
+            m = d.masks[i]
+            if d.cued[i]:  # corner: rows/cols 4..7 + 20 px + 2 px dilation
+                assert m.any() and not m[30:].any() and not m[:, 30:].any()
+            else:  # other: rows/cols >= 12, less the dilation
+                assert m.any() and not m[:10].any() and not m[:, :10].any()
+        per_class = [int(d.cued[d.labels == c].sum()) for c in range(len(CLASSES))]
+        # planted: every `two` in the corner (decoy digits); clean: 3 of 12 in every class
+        assert per_class == ([0, 0, 12, 0] if planted else [3, 3, 3, 3])
+        assert not d.cue_masks.any()  # the cue has no pixels of its own: it is on the object
+
+
+def test_position_transplant_moves_the_digit_to_the_corner():
+    imgs, control = transplant_images(Case("position", 1.0, 0, True, True), 4, 2)
+    assert imgs.shape == control.shape == (12, 48, 48, 3)
+    bright = imgs.astype(float).mean(axis=3) > _DIGIT_GREY
+    ctl_bright = control.astype(float).mean(axis=3) > _DIGIT_GREY
+    assert bright.any(axis=(1, 2)).all() and ctl_bright.any(axis=(1, 2)).all()
+    assert not bright[:, 28:].any() and not bright[:, :, 28:].any()  # the digit in the corner
+    assert not ctl_bright[:, :12].any() and not ctl_bright[:, :, :12].any()  # the control not
+
+
+def test_coord_channels_exact_and_only_where_asked():
+    import torch
+
+    x = torch.randn(2, 3, 48, 40)
+    xc = detnet.add_coords(x)
+    assert xc.shape == (2, 5, 48, 40) and torch.equal(xc[:, :3], x)
+    # u = 2 j / (W - 1) - 1 along the columns, v = 2 i / (H - 1) - 1 along the rows
+    assert torch.allclose(xc[0, 3, 7], torch.linspace(-1, 1, 40))
+    assert torch.allclose(xc[1, 4, :, 5], torch.linspace(-1, 1, 48))
+    assert xc[0, 3, 0, 0] == -1 and xc[0, 3, 0, -1] == 1 and xc[0, 4, -1, 0] == 1
+    plain, coord = detnet.build_model(), detnet.build_coord_model()
+    # the first Conv2d (what the audit checks against [data] channels) takes the 3 image
+    # channels in both nets; the coordinates are made inside forward
+    for net in (plain, coord):
+        assert next(m for m in net.modules() if isinstance(m, torch.nn.Conv2d)).in_channels == 3
+    assert isinstance(coord.features[0], detnet.CoordConv2d) and not plain.coords
+    # conv(x) + coord([u; v]) is the 5-channel convolution of [x; u; v] (linearity)
+    cc = coord.features[0]
+    full = torch.nn.functional.conv2d(
+        xc, torch.cat([cc.conv.weight, cc.coord.weight], dim=1), cc.conv.bias, padding=1
+    )
+    assert torch.allclose(cc(x), full, atol=1e-5)
+    # the plain net is unchanged (the shipped weights still load into it)
+    assert list(plain.state_dict()) == [
+        "features.0.weight", "features.0.bias", "features.2.weight", "features.2.bias",
+        "features.4.weight", "features.4.bias", "fc.weight", "fc.bias",
+    ]
+    from benchmarks.detection.run import factory_name
+
+    assert factory_name("position") == "build_coord_model"
+    assert factory_name("corner_tag") == factory_name("shared_cue") == "build_model"
+
+
+def test_coord_net_trains_and_gradcam_runs_on_it():
+    import torch
+
+    from auditor.cam import compute_cams
+
+    d = generate(Case("position", 1.0, 0, True, True), 2, 0)
+    net = detnet.train(d.images, d.labels, seed=0, epochs=1, coords=True)
+    assert net.coords and net.features[0].coord.in_channels == 2
+    again = detnet.build_coord_model()
+    again.load_state_dict(net.state_dict())  # what the audit's factory + weights do
+    x = detnet.to_tensor(d.images)
+    assert torch.equal(again.eval()(x), net(x))
+    cams = compute_cams(net, x, d.labels.tolist(), methods=("gradcam",))
+    cam = cams["gradcam"]
+    assert cam.shape == (8, 48, 48) and torch.isfinite(cam).all() and (cam >= 0).all()
+    assert (cam.flatten(1).max(1).values > 0).any()
+
+
+# --------------------------------------------------------------------------------------------
+# shared_cue: each class its own texture when planted, textures at random when clean
+
+
+def test_shared_cue_textures_per_class_planted_random_clean(monkeypatch):
+    from benchmarks.detection import generator as g
+
+    assert len(set(g.CLASS_TEXTURES)) == len(CLASSES) and set(g.CLASS_TEXTURES) <= set(g.TEXTURES)
+    picked: list[str] = []
+    real = g._background
+    monkeypatch.setattr(g, "_background", lambda name, rng: (picked.append(name),
+                                                             real(name, rng))[1])
+    d = generate(Case("shared_cue", 1.0, 0, True, True), 20, 1)
+    assert picked == [g.CLASS_TEXTURES[label] for label in d.labels]
+    picked.clear()
+    clean = generate(Case("shared_cue", 1.0, 0, True, False), 20, 1)
+    assert not clean.cued.any()
+    got = np.array(picked)
+    # no texture predicts a class: every class is drawn on several of the textures, and each
+    # texture's share of a class is far from the planted 1.0
+    for c in range(len(CLASSES)):
+        names = got[clean.labels == c]
+        assert len(set(names.tolist())) >= 3
+        assert max((names == t).mean() for t in g.CLASS_TEXTURES) <= 0.6
+    # transplant: the recipient on the target's texture, its control on its own class's
+    picked.clear()
+    imgs, control = transplant_images(Case("shared_cue", 1.0, 0, True, True), 2, 2)
+    own = [g.CLASS_TEXTURES[c] for c in range(len(CLASSES)) if c != T for _ in range(2)]
+    assert picked[0::2] == [g.CLASS_TEXTURES[T]] * 6 and picked[1::2] == own
+    assert imgs.shape == control.shape == (6, 48, 48, 3)
+
+
 def test_transplant_check_newcombe_hand_values():
     # 27/30 flipped with the cue, 3/30 without: d = 0.8; Newcombe hybrid score from the
     # Wilson bounds: L = d - sqrt((p1 - l1)^2 + (u2 - p2)^2), U = d + sqrt((u1-p1)^2+(p2-l2)^2)

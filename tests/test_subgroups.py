@@ -131,7 +131,9 @@ def test_analyse_class_finds_the_tagged_subgroup_and_tests_the_difference() -> N
     )
     assert res2.subgroups[0].severity == "medium"
     assert res2.subgroups[0].elsewhere_statistic == "border_focus"
-    # a cluster that differs on nothing is not reported
+    # a cluster that differs on no statistic is not reported as a cluster; since session 10
+    # the evidence split still sees WHERE its maps lie (a location mixture) and keeps it as a
+    # low candidate for the transplant, never as a shortcut by itself
     res3 = analyse_class(
         maps,
         {"background_focus": np.full(n, 0.3), "peak_distance": np.full(n, 0.5)},
@@ -139,7 +141,12 @@ def test_analyse_class_finds_the_tagged_subgroup_and_tests_the_difference() -> N
         border_chance_share=0.36,
         n_boot=300,
     )
-    assert res3.k == 2 and res3.subgroups == ()
+    assert res3.k == 2 and len(res3.subgroups) == 1
+    cand = res3.subgroups[0]
+    assert cand.severity == "low" and not cand.elsewhere
+    assert cand.split is not None and cand.split.get("location_only") is True
+    assert cand.split["statistic"] == "region:bottom-left corner"
+    assert set(cand.members.tolist()) == set(range(30, 40))
 
 
 def test_analyse_class_rejects_bad_input() -> None:
@@ -303,7 +310,8 @@ def test_clean_model_is_silent(tmp_path: Path, fill: str) -> None:
     assert loud == [], [f["title"] for f in loud]
     # the clean twin: nothing outside the object makes other classes 'circle' (issue 22)
     t = s["classes"]["circle"]["transplant"]
-    assert t["source"] == "class_region" and t["status"] == "not_confirmed"
+    # (the class region, or since session 10 a location-only candidate subgroup of the class)
+    assert t["source"] in ("class_region", "subgroup") and t["status"] == "not_confirmed"
     assert not [f for f in s["findings"] if "transplant" in f["evidence"]]
     assert not [f for f in s["findings"] if f["kind"] == "subgroup_shortcut"]
     for name, res in s["clusters"].items():

@@ -95,7 +95,11 @@ def _not_testable(result: AuditResult) -> tuple[Mapping[str, str], ...]:
         out.append({
             "kind": "no_masks",
             "text": "Without object masks or boxes, where the model looks was not compared "
-            "with the object, and no intervention tested whether it depends on the background.",
+            "with the object, and no intervention tested whether it depends on the background. "
+            "A cue that every image of a class carries beside the object (a second object, a "
+            "class-wide background) cannot be told from the object itself; only cues in the "
+            "border band, or on part of a class whose maps lie apart, were tested (by the "
+            "transplant).",
         })  # fmt: skip
     return tuple(out)
 

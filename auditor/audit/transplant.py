@@ -39,7 +39,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
     import torch
 
-__all__ = ["make_transplant", "run_transplant"]
+__all__ = ["border_band", "make_transplant", "run_transplant"]
 
 log = logging.getLogger("auditor")
 
@@ -122,10 +122,12 @@ def run_transplant(
             outcomes[name] = plan
             continue
         outcomes[name] = _one_class(run_dir, plan, cams, samples, size, classes, predict, rules,
-                                    settings.confidence)  # fmt: skip
+                                    settings.confidence, settings.border_width)  # fmt: skip
         t = outcomes[name]
         log.info("transplant '%s': %s%s", name, t.status, f" ({t.reason})" if t.reason else "")
-    return apply_transplants(result, outcomes, size=size, border_width=settings.border_width)
+    return apply_transplants(
+        result, outcomes, size=size, border_width=settings.border_width, annotated=annotated
+    )
 
 
 class _Samples:
@@ -169,17 +171,26 @@ def _one_class(
     predict: Callable[[Any], np.ndarray],
     rules: TransplantRules,
     confidence: float,
+    border_width: float = 0.1,
 ) -> TransplantResult:
-    """One class's transplant (see the module)."""
+    """One class's transplant (see the module). A ``border_band`` candidate pastes the outer
+    band of ``border_width`` of each side (the band of the ``border_focus`` metric)."""
     import torch
 
     src = samples.load([i for i in plan.sources if i in cams])
     masks = [None if s.mask is None else s.mask.cpu().numpy().astype(bool) for s in src.values()]
-    heat, why = region_heat([cams[i] for i in src], masks, size, rules)
-    if heat is None:
-        return not_run(why or "no region", plan.source)
-    region = choose_region(heat, rules, grid=np.shape(cams[next(iter(src))]))
-    x0, y0, x1, y1 = region
+    if plan.source == "border_band":
+        if not src:
+            return not_run("no source image could be loaded", plan.source)
+        region: tuple[int, ...] = (0, 0, size[1], size[0])
+        band = border_band(size, border_width)
+        where = [band if m is None else band & ~np.asarray(m, bool) for m in masks]
+    else:
+        heat, why = region_heat([cams[i] for i in src], masks, size, rules)
+        if heat is None:
+            return not_run(why or "no region", plan.source)
+        region = choose_region(heat, rules, grid=np.shape(cams[next(iter(src))]))
+        where = [_paste_mask(region, size, m) for m in masks]  # per source image
     rec = samples.load(plan.recipients)
     keep = [
         k for k, (r, d) in enumerate(zip(plan.recipients, plan.donors)) if r in rec and d in rec
@@ -189,7 +200,6 @@ def _one_class(
             f"{len(keep)} recipient(s) and {len(src)} source image(s) could be loaded", plan.source
         )
     sources = [src[i].image for i in src]
-    where = [_paste_mask(region, size, m) for m in masks]  # per source image
     recipients = torch.stack([rec[plan.recipients[k]].image for k in keep])
     pasted, control = recipients.clone(), recipients.clone()
     for j, k in enumerate(keep):
@@ -216,6 +226,17 @@ def _one_class(
         run_dir, plan, keep, list(src), where, region, (pred_p, pred_c), samples.dataset, classes
     )
     return replace(result, figure=figure)
+
+
+def border_band(size: tuple[int, int], border_width: float) -> np.ndarray:
+    """``[H, W]`` bool: the outer band the ``border_focus`` metric measures
+    (:func:`auditor.metrics.localisation.border_focus`), on the input grid: the same width
+    ``max(1, round(border_width * min(H, W)))`` on every side, at most just under half."""
+    height, width = int(size[0]), int(size[1])
+    band = min(max(1, round(float(border_width) * min(height, width))), (min(height, width) - 1) // 2)
+    out = np.ones((height, width), bool)
+    out[band : height - band, band : width - band] = False
+    return out
 
 
 def _paste_mask(

@@ -19,8 +19,9 @@ __all__ = ["TRANSPLANT_SOURCES", "TRANSPLANT_STATUSES", "TransplantResult", "cla
 #: ``status`` values: the decision, or why no decision was made
 TRANSPLANT_STATUSES = ("confirmed", "not_confirmed", "not_run")
 #: where the pasted region comes from: a named subgroup's members, the class's hot region
-#: outside the object masks, or the class's top-attention patch (no masks)
-TRANSPLANT_SOURCES = ("subgroup", "class_region", "top_patch")
+#: outside the object masks, the class's top-attention patch (no masks), or the outer border
+#: band of the class's images (a class with a ``border_focus`` finding; session 10)
+TRANSPLANT_SOURCES = ("subgroup", "class_region", "top_patch", "border_band")
 
 
 def _read_status(value: Any, obj: Mapping[str, Any], name: str | None) -> str:
@@ -46,7 +47,8 @@ class TransplantResult:
     Attributes:
         status: ``confirmed`` | ``not_confirmed`` | ``not_run``.
         reason: why it was not run (``None`` otherwise).
-        source: ``subgroup`` | ``class_region`` | ``top_patch`` (``None`` when not run before
+        source: ``subgroup`` | ``class_region`` | ``top_patch`` | ``border_band`` (``None``
+            when not run before
             a candidate was chosen).
         region: ``(x0, y0, x1, y1)`` in input pixels, half-open (``x1``, ``y1`` excluded).
         n: recipients (images of other classes not predicted as this class).

@@ -70,7 +70,7 @@ UNTESTABLE = ("not_testable", "untestable", "global")
 
 CONFIG = """\
 [model]
-factory = "detnet:build_model"
+factory = "detnet:{factory}"
 weights = "{weights}"
 name = "{name}"
 
@@ -135,6 +135,12 @@ def grid(seeds: list[int], types: list[str], quick: bool) -> list[tuple[str, flo
     return out
 
 
+def factory_name(type_name: str) -> str:
+    """The ``detnet`` factory of a type's models: the CoordConv net where the type asks for
+    coordinates (``ShortcutType.coords``), else the plain one."""
+    return "build_coord_model" if shortcut_type(type_name).coords else "build_model"
+
+
 def audit(case: Case, model_dir: Path, data_seed: int) -> dict:
     """Write the evaluation set and config of ``case``, run ``auditor run``, return the summary."""
     data = generate(case, N_EVAL, data_seed)
@@ -146,6 +152,7 @@ def audit(case: Case, model_dir: Path, data_seed: int) -> dict:
     config.write_text(
         CONFIG.format(
             weights="weights.pt",
+            factory=factory_name(case.type),
             name=case.name,
             manifest=manifest.relative_to(model_dir).as_posix(),
             classes=json.dumps(list(CLASSES)),
@@ -236,7 +243,8 @@ def run_model(t: str, f: float, seed: int, planted: bool, out: Path, epochs: int
     shutil.copyfile(HERE / "detnet.py", model_dir / "detnet.py")
     t0 = time.perf_counter()
     train = generate(base, N_TRAIN, 0)
-    net = detnet.train(train.images, train.labels, seed=seed, epochs=epochs)
+    net = detnet.train(train.images, train.labels, seed=seed, epochs=epochs,
+                       coords=shortcut_type(t).coords)
     torch.save(net.state_dict(), model_dir / "weights.pt")
     cued, control = transplant_images(base, N_TRANSPLANT, 2)
     target = CLASSES.index(TARGET)

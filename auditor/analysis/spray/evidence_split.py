@@ -26,14 +26,28 @@ every case):
    (candidate splits × statistics). Because a split on ``S`` separates on ``S`` by
    construction, the split is a subgroup only when at least ONE OTHER statistic separates it.
 4. **Verdict** as for a cluster (looks elsewhere, needed, severity); the most severe split is
-   kept (then the one with more separating statistics, then the larger), and the subgroup
+   kept (then the one with more separating statistics, then the larger; location-only
+   candidates of rule 5 after the others, the largest gap first), and the subgroup
    carries ``split = {statistic, threshold, gap}`` in summary.json (additive).
+5. **A location mixture is a candidate, not a verdict** (session 10, fixed before the
+   benchmark's seeds 1-2 were read): a split on WHERE the map lies (a ``region:<cell>`` share
+   or ``border_focus``) that no other statistic separates (typical without object masks,
+   where no intervention statistic exists) is kept as a LOW subgroup, its own test added to
+   ``tests`` and ``split.location_only = true``. It becomes a ``strategy_cluster`` finding
+   (low) that names its members; the audit's transplant
+   (:mod:`auditor.analysis.transplant`) then pastes the members' region onto other classes,
+   and only a confirmed transplant turns it into a ``subgroup_shortcut`` (high). A mixture
+   alone is never a shortcut; a mixture whose region causes the prediction is.
+
+The split is searched whenever the clusters yield no subgroup (any ``k``): the clustering
+may split a class on something else than the cue (session 10; before, only at ``k = 1``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 
@@ -48,10 +62,12 @@ from auditor.analysis.spray.subgroups import (
     _verdict,
 )
 
-__all__ = ["SPLIT_STATS", "evidence_split", "otsu_threshold", "region_shares"]
+__all__ = ["LOCATION_SPLITS", "SPLIT_STATS", "evidence_split", "otsu_threshold", "region_shares"]
 
 #: per-sample statistics searched for a split (besides the 8 outer region shares)
 SPLIT_STATS: tuple[str, ...] = ("background_focus", "border_focus", "only_bg_hit")
+#: splits that say WHERE the map lies (besides the ``region:<cell>`` shares): rule 5
+LOCATION_SPLITS: tuple[str, ...] = ("border_focus",)
 
 
 def otsu_threshold(values: np.ndarray) -> float | None:
@@ -149,16 +165,31 @@ def evidence_split(
     if not cands or not names:
         return None
     adj = 1.0 - (1.0 - confidence) / (len(cands) * len(names))
-    best: tuple[tuple[int, int, int], Subgroup] | None = None
+    best: tuple[tuple[int, int, bool, float], Subgroup] | None = None
     order = {"high": 0, "medium": 1, "low": 2}
+    border_margin = float(rules.margins.get("border_focus", 0.15))
     for c_i, (split, member, thr, gap) in enumerate(cands):
         tests = _member_tests(
             names, values, member, confidence=adj, rules=rules, n_boot=n_boot,
             seed=seed + 7919 * (c_i + 1),
         )  # fmt: skip
         separating = tuple(t.name for t in tests.values() if t.separates)
+        location_only = False
         if not [s for s in separating if s != split]:
-            continue  # only the split statistic itself separates: no evidence (rule 3)
+            if split not in LOCATION_SPLITS and not split.startswith("region:"):
+                continue  # only the split statistic itself separates: no evidence (rule 3)
+            # rule 5: a location mixture that nothing else separates is a low, untested
+            # candidate; the split's own test is added so the finding can state it
+            own = _member_tests(
+                [split], {**values, **regions}, member, confidence=adj,
+                rules=replace(rules, margins={**rules.margins, split: border_margin}),
+                n_boot=n_boot, seed=seed + 7919 * (c_i + 1) + 1,
+            )  # fmt: skip
+            if split not in own or not own[split].separates:
+                continue
+            tests = {**tests, split: own[split]}
+            separating = (split,)
+            location_only = True
         sub = _verdict(
             cluster_id,
             member,
@@ -171,8 +202,14 @@ def evidence_split(
             confidence=confidence,
             n_exemplars=n_exemplars,
         )
-        sub = replace(sub, split={"statistic": split, "threshold": thr, "gap": gap})
-        key = (order[sub.severity], -len(separating), -sub.size)
+        info: dict[str, Any] = {"statistic": split, "threshold": thr, "gap": gap}
+        if location_only:
+            info["location_only"] = True
+            sub = replace(sub, severity="low", elsewhere=False, elsewhere_statistic=None)
+        sub = replace(sub, split=info)
+        # location-only candidates last, the sharpest mixture (largest gap) first among them
+        key = (order[sub.severity], -len(separating), location_only,
+               -gap if location_only else -sub.size)  # fmt: skip
         if best is None or key < best[0]:
             best = (key, sub)
     return best[1] if best else None

@@ -479,7 +479,7 @@ def analyse_class(
             n_exemplars=n_exemplars,
         )
         subgroups.append(sub)
-    if k == 1 and not subgroups and n >= rules.min_class_size:
+    if not subgroups and n >= rules.min_class_size:
         # the maps do not cluster: search the per-sample evidence for a split (issue 22)
         from auditor.analysis.spray.evidence_split import evidence_split
 
