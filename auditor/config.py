@@ -236,7 +236,7 @@ def _parse_weights(
 
 def _parse_target_layer(table: Mapping[str, Any], source: str) -> tuple[Any, Any]:
     """``[model] target_layer`` (a name or a list of names, or ``None``: found) and
-    ``reshape`` (checked by :func:`auditor.cam.layers.parse_reshape`)."""
+    ``reshape`` (checked by :func:`auditor.cam.reshape.parse_reshape`, without torch)."""
     layer = table.get("target_layer")
     if layer is not None:
         if isinstance(layer, list) and layer and all(isinstance(x, str) for x in layer):
@@ -248,7 +248,7 @@ def _parse_target_layer(table: Mapping[str, Any], source: str) -> tuple[Any, Any
             )
     reshape = _typed(table, "reshape", (str, dict), None, "model", source)
     if reshape is not None:
-        from auditor.cam.layers import parse_reshape
+        from auditor.cam.reshape import parse_reshape  # torch-free
 
         try:
             parse_reshape(reshape, "[model] reshape")

@@ -87,24 +87,6 @@ _AUDIT_PRESETS = {
     ),
 }
 
-_DEMO_CONFIG = """
-[model]
-factory = "auditor.demo:build_model"
-weights = "{weights}"
-name = "{model_name}"
-
-[data]
-manifest = "{manifest}"
-classes = ["circle", "square", "triangle", "cross"]
-input_size = 64
-mean = [0.5, 0.5, 0.5]
-std = [0.25, 0.25, 0.25]
-
-[audit]
-{audit}{audit_extra}
-{gates}
-"""
-
 
 def write_demo_config(
     folder: Path,
@@ -116,23 +98,25 @@ def write_demo_config(
     gates: str = "",
     audit_extra: str = "",
 ) -> Path:
-    """A cheap config on the demo's weights and data, written to ``folder/name``.
+    """A cheap config on the demo's weights and data, written to ``folder/name``: the demo's
+    ``[model]``/``[data]`` (:func:`auditor.demo.configs.demo_config_text`, one source).
 
     ``preset``: "tiny" or "small" (:data:`_AUDIT_PRESETS`); ``batch_size``: the preset's by
     default; ``gates``: a ``[gates]`` body (none when empty); ``audit_extra``: more ``[audit]``
     lines.
     """
+    from auditor.demo.configs import demo_config_text
+
     model_name, audit, default_batch = _AUDIT_PRESETS[preset]
     src = demo_inputs.parent
     path = folder / (name or f"{preset}.toml")
     path.write_text(
-        _DEMO_CONFIG.format(
+        demo_config_text(
             weights=src / "demo-shortcut.pt",
             manifest=src / "data" / "manifest.csv",
-            model_name=model_name,
-            audit=audit.format(batch_size=batch_size or default_batch),
-            audit_extra=audit_extra,
-            gates="[gates]\n" + gates if gates else "",
+            name=model_name,
+            audit=audit.format(batch_size=batch_size or default_batch) + audit_extra,
+            gates=gates,
         ),
         encoding="utf-8",
     )

@@ -70,21 +70,10 @@ FENCE = re.compile(r"^(?P<indent>[ \t]*)```(?P<lang>[\w+-]*)[ \t]*$")
 MARKER = re.compile(r"<!--\s*docs-test:\s*(?P<kind>[\w-]+)\s*:?\s*(?P<arg>.*?)\s*-->")
 DEMO_CLASSES = ["circle", "square", "triangle", "cross"]
 
-SANDBOX_CONFIG = """\
-# The docs' `audit.toml`: the demo dataset and its fixed model, like README's "Audit your own
-# model" (a factory + state_dict). 8 images and no PDF keep the docs test cheap.
-[model]
-factory = "auditor.demo:build_model"
-weights = "demo-fixed.pt"
-
-[data]
-manifest = "data/manifest.csv"
-classes = ["circle", "square", "triangle", "cross"]
-input_size = 64
-mean = [0.5, 0.5, 0.5]
-std = [0.25, 0.25, 0.25]
-
-[audit]
+#: The docs' `audit.toml`: the demo dataset and its fixed model, like README's "Audit your own
+#: model" (a factory + state_dict; the demo's [model]/[data] from
+#: :func:`auditor.demo.configs.demo_config_text`). 8 images and no PDF keep the docs test cheap.
+SANDBOX_AUDIT = """\
 methods = ["gradcam", "gradcam++", "layercam"]
 target = "label"
 batch_size = 8
@@ -93,14 +82,20 @@ limit = 8
 faithfulness_samples = 0
 sanity_samples = 8
 gallery_per_class = 1
-
-[gates]
+"""
+SANDBOX_GATES = """\
 max_background_focus = 0.6
 require_interpretable = false   # 8 images: the accuracy interval alone cannot show it
-
-[report]
-pdf = false
 """
+
+
+def sandbox_config(weights: str) -> str:
+    """The sandbox's config text on the demo weights file ``weights`` (relative)."""
+    from auditor.demo.configs import demo_config_text
+
+    return demo_config_text(
+        weights=weights, audit=SANDBOX_AUDIT, gates=SANDBOX_GATES, report="pdf = false\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -262,9 +257,9 @@ def sandbox(tmp_path_factory: pytest.TempPathFactory, demo_inputs: Path) -> Path
     shutil.copytree(demo_inputs.parent / "data", root / "data")
     for variant in ("fixed", "shortcut"):
         shutil.copyfile(weights_path(variant), root / f"demo-{variant}.pt")
-    (root / "audit.toml").write_text(SANDBOX_CONFIG, encoding="utf-8")
+    (root / "audit.toml").write_text(sandbox_config("demo-fixed.pt"), encoding="utf-8")
     v1 = root / "v1.toml"
-    v1.write_text(SANDBOX_CONFIG.replace("demo-fixed.pt", "demo-shortcut.pt"), encoding="utf-8")
+    v1.write_text(sandbox_config("demo-shortcut.pt"), encoding="utf-8")
     shutil.copyfile(REPO / "example_audits" / "demo" / "compare-gates.toml", root / "gates.toml")
     auditor.run_audit(auditor.load_config(v1), root / "runs" / "v1", progress=False)
     return root

@@ -123,6 +123,12 @@ try:
     load_config(Path(sys.argv[3]))
 except Exception as exc:  # the name check needs no torch either
     print(type(exc).__name__, exc)
+reshaped = load_config(Path(sys.argv[4]))  # [model] reshape is checked without torch too
+print("reshape", dict(reshaped.model.reshape))
+try:
+    load_config(Path(sys.argv[5]))
+except Exception as exc:
+    print(type(exc).__name__, exc)
 finalize_run(run, pdf=False, render=False)
 print("torch" in sys.modules)
 """
@@ -131,10 +137,11 @@ print("torch" in sys.modules)
 def test_load_config_and_finalize_run_with_torch_blocked(
     demo_run: Path, demo_inputs: Path, tmp_path: Path
 ) -> None:
-    """``auditor finalize`` (``load_config`` with its ``[audit] methods`` check, then
-    finalisation) needs no torch (issue 21): an import of torch raises in the probe, the
-    method names come from the torch-free registry and the methods' metadata from the shard
-    manifest, and summary.json comes out the same as the audit's own, run times apart."""
+    """``auditor finalize`` (``load_config`` with its ``[audit] methods`` and ``[model]
+    reshape`` checks, then finalisation) needs no torch (issue 21): an import of torch raises
+    in the probe, the method names come from the torch-free registry and the methods' metadata
+    from the shard manifest, and summary.json comes out the same as the audit's own, run times
+    apart."""
     import json
     import shutil
 
@@ -148,9 +155,17 @@ def test_load_config_and_finalize_run_with_torch_blocked(
     for rel in ("data/manifest.csv", "demo-shortcut.pt"):  # bad.toml lies elsewhere
         text = text.replace(f'"{rel}"', json.dumps(str(demo_inputs.parent / rel)))
     bad.write_text(text, "utf-8")
+    reshaped, bad_reshape = tmp_path / "reshape.toml", tmp_path / "bad-reshape.toml"
+    text = text.replace('methods = ["gradcan"', 'methods = ["gradcam"')
+    for path, table in (
+        (reshaped, '{kind = "tokens", prefix_tokens = 1, grid = [4, 4]}'),
+        (bad_reshape, '{kind = "tokens", prefix_tokens = -1}'),
+    ):
+        path.write_text(text.replace("[model]\n", f"[model]\nreshape = {table}\n", 1), "utf-8")
     env = dict(os.environ, PYTHONPATH=str(ROOT))
+    probe_args = [str(run), str(demo_inputs), str(bad), str(reshaped), str(bad_reshape)]
     out = subprocess.run(
-        [sys.executable, "-c", _FINALIZE_PROBE, str(run), str(demo_inputs), str(bad)],
+        [sys.executable, "-c", _FINALIZE_PROBE, *probe_args],
         env=env,
         capture_output=True,
         text=True,
@@ -160,6 +175,12 @@ def test_load_config_and_finalize_run_with_torch_blocked(
     lines = out.stdout.strip().splitlines()
     assert lines[-1] == "False", out.stdout
     assert any("unknown method 'gradcan'" in ln and "did you mean 'gradcam'" in ln for ln in lines)
+    reshape = "reshape {'kind': 'tokens', 'prefix_tokens': 1, 'grid': [4, 4]}"
+    assert reshape in lines, out.stdout
+    assert any(
+        ln.startswith("ConfigError") and "[model] reshape.prefix_tokens must be an int >= 0" in ln
+        for ln in lines
+    ), out.stdout
 
     def stable(path: Path) -> dict[str, object]:
         data = json.loads(path.read_text("utf-8"))

@@ -39,6 +39,8 @@ from auditor.results import (
     MethodInfo,
     ModelInfo,
     RunInfo,
+    SanityCheck,
+    SanityResult,
     freeze,
     method_info,
 )
@@ -85,7 +87,8 @@ class FinalizeInputs:
         gates: the release gate rules.
         model_info: the ``model`` object of summary.json (source, sha256, target layer).
         config: the validated config, or ``None`` for a run started through the Python API.
-        sanity: the stored sanity check (``sanity.json``), or ``None`` when none ran.
+        sanity: the stored sanity check (:class:`~auditor.results.SanityCheck`, or its JSON
+            form ``sanity.json``), or ``None`` when none ran.
         started: when the audit started (UTC).
         t0: ``time.perf_counter()`` at the start (for ``duration_s``).
         loop_s: seconds the audit loop took (the longest shard's).
@@ -107,7 +110,7 @@ class FinalizeInputs:
     gates: Sequence[GateRule]
     model_info: Mapping[str, Any]
     config: AuditConfig | None
-    sanity: Mapping[str, Any] | None
+    sanity: SanityCheck | Mapping[str, Any] | None
     started: datetime
     t0: float
     loop_s: float
@@ -120,11 +123,20 @@ class FinalizeInputs:
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(self.classes))
         object.__setattr__(self, "gates", tuple(self.gates))
+        if self.sanity is not None and not isinstance(self.sanity, SanityCheck):
+            object.__setattr__(self, "sanity", SanityCheck.from_json(self.sanity))
 
     @property
-    def sanity_results(self) -> dict[str, Any]:
-        """The per-method sanity results (the stored record without its ``_status``)."""
-        return {k: v for k, v in (self.sanity or {}).items() if not k.startswith("_")}
+    def sanity_check(self) -> SanityCheck:
+        """The sanity check's record (not run, "not run", when none was recorded)."""
+        if isinstance(self.sanity, SanityCheck):
+            return self.sanity
+        return SanityCheck.not_run("not run")
+
+    @property
+    def sanity_results(self) -> dict[str, SanityResult]:
+        """The per-method sanity results."""
+        return dict(self.sanity_check.results)
 
 
 @dataclass(frozen=True)
@@ -376,10 +388,7 @@ def _with_provenance(
         methods_info=MappingProxyType(_methods_info(s.methods, inputs.methods_info)),
         metrics_info=MappingProxyType(dict(METRICS)),
         settings=freeze(to_jsonable(s)),
-        sanity_status=freeze(
-            (inputs.sanity or {}).get("_status")
-            or {"run": False, "reason": "not run", "randomised": []}
-        ),
+        sanity_status=inputs.sanity_check.status,
     )
 
 

@@ -156,7 +156,7 @@ def _sanity_check(result: AuditResult) -> tuple[dict[str, Any], str | None]:
     prim = result.primary_method
     s = (result.sanity or {}).get(prim)
     if s is None:
-        why = (result.sanity_status or {}).get("reason") or "not run"
+        why = (result.sanity_status.reason if result.sanity_status else None) or "not run"
         return {"measured": False, "method": prim, "reason": str(why)}, None
     if s.similarity is None or s.similarity != s.similarity:  # NaN: no image where defined
         return {"measured": False, "method": prim,

@@ -71,6 +71,9 @@ from auditor.config import (
 from auditor.errors import AuditorInputError, ConfigError, DataError, ModelRuntimeError
 from auditor.results import (
     AuditResult,
+    SanityCheck,
+    SanityResult,
+    SanityStatus,
 )
 
 log = logging.getLogger("auditor")
@@ -492,7 +495,7 @@ def _audit_locked(
         status="complete",
         finished=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         loop_s=round(loop_s, 3),
-        sanity=sanity,
+        sanity=None if sanity is None else sanity.to_json(),
     )
     atomic_write_json(manifest_path(store.shards, spec), manifest)
 
@@ -979,7 +982,7 @@ def _finalize_locked(
             model_info=dict(first["model"]),
             methods_info=first.get("methods_info"),
             config=cfg,
-            sanity=first.get("sanity"),
+            sanity=None if first.get("sanity") is None else SanityCheck.from_json(first["sanity"]),
             started=started,
             t0=t0,
             loop_s=max(float(m.get("loop_s") or 0.0) for m in manifests),
@@ -1014,14 +1017,14 @@ def _sanity(
     dev: torch.device,
     n: int,
     reshape: Any = None,
-) -> dict[str, Any]:
+) -> SanityCheck:
     """Adebayo et al. 2018 model-randomisation check on the first ``sanity_samples`` images.
 
     What is randomised: see :func:`_randomise` (default: the modules after the target layer and
     the block that contains it; ``[audit] sanity_randomise = "head"``: only those after). The
-    result always carries ``"_status": {"run", "reason", "randomised"}`` so that the report
-    says why it did not run, never a silent null. Stored in ``sanity.json`` so that a resumed
-    run reuses it.
+    result always carries its :class:`~auditor.results.SanityStatus` (run or not, why not,
+    what was randomised) so that the report says why it did not run, never a silent null.
+    Stored in ``sanity.json`` (:meth:`SanityCheck.to_json`) so that a resumed run reuses it.
     """
     import json
 
@@ -1029,11 +1032,8 @@ def _sanity(
     reason = _sanity_skip_reason(s, dataset, n)
     if reason is not None:
         return _sanity_not_run(reason)
-    if path.is_file():
-        stored: dict[str, Any] = json.loads(path.read_text("utf-8"))
-        if "_skipped" in stored and "_status" not in stored:  # older runs
-            stored["_status"] = {"run": False, "reason": stored["_skipped"], "randomised": []}
-        return stored
+    if path.is_file():  # also reads the records of older runs
+        return SanityCheck.from_json(json.loads(path.read_text("utf-8")))
     from auditor.cam import METHODS
     from auditor.data import iter_batches
 
@@ -1044,7 +1044,7 @@ def _sanity(
             "only perturbation methods (Score-CAM/Ablation-CAM) were requested; the check "
             "runs on gradient and activation methods"
         )
-        atomic_write_json(path, out)
+        atomic_write_json(path, out.to_json())
         return out
     batch = next(
         iter(iter_batches(dataset, list(range(min(n, s.sanity_samples))), s.sanity_samples))
@@ -1056,17 +1056,17 @@ def _sanity(
         head, res = _randomise(model, images, batch.labels.to(dev), methods, layers[0], s, reshape)
     except (ValueError, RuntimeError, TypeError) as exc:
         out = _sanity_not_run(str(exc).splitlines()[0][:300])
-        atomic_write_json(path, out)
+        atomic_write_json(path, out.to_json())
         return out
     out = _sanity_record(res, head, layers[0])
-    atomic_write_json(path, out)
+    atomic_write_json(path, out.to_json())
     return out
 
 
-def _sanity_not_run(reason: str) -> dict[str, Any]:
+def _sanity_not_run(reason: str) -> SanityCheck:
     """The sanity record of a check that did not run, with its reason (logged too)."""
     (log.info if "config" in reason else log.warning)("sanity check not run: %s", reason)
-    return {"_status": {"run": False, "reason": reason, "randomised": []}}
+    return SanityCheck.not_run(reason)
 
 
 def _sanity_skip_reason(s: AuditSettings, dataset: Any, n: int) -> str | None:
@@ -1123,26 +1123,23 @@ def _randomise(
     return list(randomised), res
 
 
-def _sanity_record(res: Mapping[str, Any], head: Sequence[str], layer: str) -> dict[str, Any]:
-    """``sanity.json``: each method's similarity, threshold and verdict, and the ``_status``
+def _sanity_record(res: Mapping[str, Any], head: Sequence[str], layer: str) -> SanityCheck:
+    """``sanity.json``: each method's similarity, threshold and verdict, and the status
     naming what was randomised."""
-    out: dict[str, Any] = {
-        m: {
-            "similarity": r.similarity,
-            "threshold": r.threshold,
-            "trustworthy": r.trustworthy,
-            "n": r.n,
-            "randomised": list(r.randomised),
-            "randomise": r.randomise,
-        }
-        for m, r in res.items()
-    }
-    out["_status"] = {
-        "run": True,
-        "reason": _randomised_reason(res, head, layer),
-        "randomised": list(head),
-    }
-    return out
+    return SanityCheck(
+        SanityStatus.ran(_randomised_reason(res, head, layer), tuple(head)),
+        {
+            m: SanityResult(
+                similarity=r.similarity,
+                threshold=r.threshold,
+                trustworthy=r.trustworthy,
+                n=r.n,
+                randomised=tuple(r.randomised),
+                extra={"randomise": r.randomise},
+            )
+            for m, r in res.items()
+        },
+    )
 
 
 def _randomised_reason(res: Mapping[str, Any], head: Sequence[str], layer: str) -> str:

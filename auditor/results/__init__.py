@@ -6,11 +6,15 @@
 with :meth:`AuditResult.from_json`. Every class here is a frozen dataclass.
 
 The JSON form is ``summary.json`` schema_version 1 (DESIGN 4.3), unchanged: ``from_json`` then
-``to_json`` gives back the same object for every summary the auditor writes (pinned by
-``tests/test_results.py`` on the committed example runs). Keys a class does not know (added
-by a later version, or by a user) are kept in its ``extra`` mapping and written back after
-the known ones, so a round trip never drops data. Missing keys take the documented defaults
-(``None`` for a value that was not computed, never an invented number).
+``to_json`` gives back the same object for every summary the auditor writes (pinned byte for
+byte by ``tests/test_results.py`` and ``tests/test_codec.py`` on the committed example runs
+and a fresh demo run). The JSON form of each class is derived from its fields by ONE codec
+(:mod:`auditor.results.codec`): field types say how values are read, ``jfield(...)`` metadata
+says what the types cannot (renamed keys, keys omitted when empty, defaults taken from another
+key), ``_JSON_ORDER`` the key order where it differs from the constructor's. Keys a class does
+not know (added by a later version, or by a user) are kept in its ``extra`` mapping and written
+back after the known ones, so a round trip never drops data. Missing keys take the documented
+defaults (``None`` for a value that was not computed, never an invented number).
 
 Lists are stored as tuples and objects as read-only mappings (``types.MappingProxyType``),
 so a result cannot be edited by accident after it was computed; use
@@ -26,6 +30,19 @@ from types import MappingProxyType
 from typing import Any
 
 from auditor.audit.status import migrate_status
+from auditor.results.codec import (
+    decode,
+    encode,
+    extra_field,
+    freeze,
+    jfield,
+    json_keys,
+    number,
+    opt_int,
+    require_object,
+    thaw,
+)
+from auditor.results.sanity import SanityCheck, SanityResult, SanityStatus
 from auditor.results.transplant import TransplantResult, class_transplant
 from auditor.results.vocab import CATEGORIES, SEVERITIES
 
@@ -52,7 +69,9 @@ __all__ = [
     "ModelInfo",
     "OverallResult",
     "RunInfo",
+    "SanityCheck",
     "SanityResult",
+    "SanityStatus",
     "Stat",
     "SubgroupResult",
     "SubgroupTest",
@@ -74,87 +93,18 @@ def _empty() -> Mapping[str, Any]:
     return _EMPTY
 
 
-# --------------------------------------------------------------------------------------------
-# helpers
-# --------------------------------------------------------------------------------------------
-def freeze(value: Any) -> Any:
-    """A read-only deep copy of a JSON-like value: dicts → mappingproxy, lists → tuples."""
-    if isinstance(value, Mapping):
-        return MappingProxyType({str(k): freeze(v) for k, v in value.items()})
-    if isinstance(value, list | tuple):
-        return tuple(freeze(v) for v in value)
-    return value
+def _is_none(value: Any) -> bool:
+    return value is None
 
 
-def thaw(value: Any) -> Any:
-    """Plain JSON data from a frozen value (mappings → dict, tuples → list, results → JSON)."""
-    if hasattr(value, "to_json") and not isinstance(value, type):
-        return value.to_json()
-    if isinstance(value, Mapping):
-        return {k: thaw(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [thaw(v) for v in value]
-    return value
+def _numbers(n: int) -> Any:
+    """A ``decode`` hook: ``n`` JSON numbers kept as written, padded with ``None``."""
 
+    def read(value: Any, obj: Mapping[str, Any], name: str | None) -> tuple[Any, ...]:
+        items = list(value) if isinstance(value, list | tuple) else []
+        return tuple(number(v) for v in (items + [None] * n)[:n])
 
-def _obj(value: Any, where: str) -> Mapping[str, Any]:
-    if value is None:
-        return _EMPTY
-    if not isinstance(value, Mapping):
-        raise TypeError(f"`{where}` must be a JSON object, got {type(value).__name__}")
-    return value
-
-
-def _extra(src: Mapping[str, Any], known: Iterable[str]) -> Mapping[str, Any]:
-    known = set(known)
-    return freeze({k: v for k, v in src.items() if k not in known})
-
-
-def _pair(value: Any) -> tuple[float | None, float | None]:
-    if isinstance(value, list | tuple) and len(value) == 2:
-        return (_opt_float(value[0]), _opt_float(value[1]))
-    return (None, None)
-
-
-def _opt_float(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _opt_int(value: Any) -> int | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return None
-
-
-def _with_extra(out: dict[str, Any], extra: Mapping[str, Any]) -> dict[str, Any]:
-    for k, v in extra.items():
-        if k not in out:
-            out[k] = thaw(v)
-    return out
-
-
-def _method_metric_stats(value: Any, where: str) -> Mapping[str, Mapping[str, Stat]]:
-    """``{method: {metric: Stat}}`` from its JSON form."""
-    return MappingProxyType(
-        {
-            str(m): MappingProxyType(
-                {str(k): Stat.from_json(v) for k, v in _obj(block, f"{where}.{m}").items()}
-            )
-            for m, block in _obj(value, where).items()
-        }
-    )
-
-
-def _stats_json(value: Mapping[str, Mapping[str, Stat]]) -> dict[str, Any]:
-    return {m: {k: s.to_json() for k, s in block.items()} for m, block in value.items()}
+    return read
 
 
 # --------------------------------------------------------------------------------------------
@@ -178,24 +128,11 @@ class Stat:
         return (self.ci_low, self.ci_high)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "mean": self.mean,
-            "ci_low": self.ci_low,
-            "ci_high": self.ci_high,
-            "n": self.n,
-            "n_nan": self.n_nan,
-        }
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> Stat:
-        d = _obj(value, "stat")
-        return cls(
-            mean=_opt_float(d.get("mean")),
-            ci_low=_opt_float(d.get("ci_low")),
-            ci_high=_opt_float(d.get("ci_high")),
-            n=_opt_int(d.get("n")) or 0,
-            n_nan=_opt_int(d.get("n_nan")) or 0,
-        )
+        return decode(cls, value, "stat")
 
 
 @dataclass(frozen=True)
@@ -214,53 +151,27 @@ class Interventions:
     only_fg_drop: float | None = None
     only_fg_drop_ci: tuple[float | None, float | None] = (None, None)
     background_gap: float | None = None
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = (
-        "accuracy",
-        "n",
-        "only_fg_accuracy",
-        "only_bg_accuracy",
-        "mixed_rand_accuracy",
-        "only_fg_drop",
-        "only_fg_drop_ci",
-        "background_gap",
-    )
+    extra: Mapping[str, Any] = extra_field()
 
     def get(self, key: str, default: Any = None) -> Any:
         """The quantity ``key`` (a field or an extra key), ``default`` if absent."""
-        if key in self._KEYS:
+        if key in json_keys(Interventions):
             return getattr(self, key)
         return self.extra.get(key, default)
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self._KEYS}
-        out["only_fg_drop_ci"] = list(self.only_fg_drop_ci)
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> Interventions | None:
-        if value is None:
-            return None
-        d = _obj(value, "interventions")
-        return cls(
-            accuracy=_opt_float(d.get("accuracy")),
-            n=_opt_int(d.get("n")) or 0,
-            only_fg_accuracy=_opt_float(d.get("only_fg_accuracy")),
-            only_bg_accuracy=_opt_float(d.get("only_bg_accuracy")),
-            mixed_rand_accuracy=_opt_float(d.get("mixed_rand_accuracy")),
-            only_fg_drop=_opt_float(d.get("only_fg_drop")),
-            only_fg_drop_ci=_pair(d.get("only_fg_drop_ci")),
-            background_gap=_opt_float(d.get("background_gap")),
-            extra=_extra(d, cls._KEYS),
-        )
+        return None if value is None else decode(cls, value, "interventions")
 
 
 @dataclass(frozen=True)
 class ClassResult:
     """One class: accuracy (Wilson interval), metrics per method, interventions, flags."""
 
-    name: str
+    name: str = jfield(from_name=True)
     index: int | None = None
     n: int = 0
     accuracy: float | None = None
@@ -270,19 +181,7 @@ class ClassResult:
     flagged: bool = False
     flags: tuple[str, ...] = ()
     risk: float | None = 0.0
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = (
-        "index",
-        "n",
-        "accuracy",
-        "accuracy_ci",
-        "metrics",
-        "interventions",
-        "flagged",
-        "flags",
-        "risk",
-    )
+    extra: Mapping[str, Any] = extra_field()
 
     def stat(self, method: str, metric: str) -> Stat | None:
         """The interval of ``metric`` for ``method``, ``None`` if it was not measured."""
@@ -295,35 +194,11 @@ class ClassResult:
         return class_transplant(self)
 
     def to_json(self) -> dict[str, Any]:
-        out = {
-            "index": self.index,
-            "n": self.n,
-            "accuracy": self.accuracy,
-            "accuracy_ci": list(self.accuracy_ci),
-            "metrics": _stats_json(self.metrics),
-            "interventions": None if self.interventions is None else self.interventions.to_json(),
-            "flagged": self.flagged,
-            "flags": list(self.flags),
-            "risk": self.risk,
-        }
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, name: str, value: Any) -> ClassResult:
-        d = _obj(value, f"classes.{name}")
-        return cls(
-            name=str(name),
-            index=_opt_int(d.get("index")),
-            n=_opt_int(d.get("n")) or 0,
-            accuracy=_opt_float(d.get("accuracy")),
-            accuracy_ci=_pair(d.get("accuracy_ci")),
-            metrics=_method_metric_stats(d.get("metrics"), f"classes.{name}.metrics"),
-            interventions=Interventions.from_json(d.get("interventions")),
-            flagged=bool(d.get("flagged", False)),
-            flags=tuple(str(f) for f in d.get("flags") or ()),
-            risk=_opt_float(d.get("risk")),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, f"classes.{name}", name=name)
 
 
 def _migrate_status_counts(counts: Mapping[str, Any]) -> dict[str, Any]:
@@ -348,6 +223,10 @@ def _migrate_status_counts(counts: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
+def _read_status_counts(value: Any, obj: Mapping[str, Any], name: str | None) -> Any:
+    return freeze(_migrate_status_counts(require_object(value, "overall.status_counts")))
+
+
 @dataclass(frozen=True)
 class OverallResult:
     """The whole evaluation set: accuracy, metrics per method, per-sample status counts."""
@@ -356,42 +235,34 @@ class OverallResult:
     accuracy: float | None = None
     accuracy_ci: tuple[float | None, float | None] = (None, None)
     metrics: Mapping[str, Mapping[str, Stat]] = field(default_factory=_empty)
-    status_counts: Mapping[str, Mapping[str, int]] = field(default_factory=_empty)
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = ("n", "accuracy", "accuracy_ci", "metrics", "status_counts")
+    status_counts: Mapping[str, Mapping[str, int]] = jfield(
+        default_factory=_empty, decode=_read_status_counts
+    )
+    extra: Mapping[str, Any] = extra_field()
 
     def stat(self, method: str, metric: str) -> Stat | None:
         return self.metrics.get(method, _EMPTY).get(metric)
 
     def to_json(self) -> dict[str, Any]:
-        out = {
-            "n": self.n,
-            "accuracy": self.accuracy,
-            "accuracy_ci": list(self.accuracy_ci),
-            "metrics": _stats_json(self.metrics),
-            "status_counts": thaw(self.status_counts),
-        }
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> OverallResult:
-        d = _obj(value, "overall")
-        return cls(
-            n=_opt_int(d.get("n")) or 0,
-            accuracy=_opt_float(d.get("accuracy")),
-            accuracy_ci=_pair(d.get("accuracy_ci")),
-            metrics=_method_metric_stats(d.get("metrics"), "overall.metrics"),
-            status_counts=freeze(
-                _migrate_status_counts(_obj(d.get("status_counts"), "overall.status_counts"))
-            ),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "overall")
 
 
 # --------------------------------------------------------------------------------------------
 # findings, subgroups, sanity, gates
 # --------------------------------------------------------------------------------------------
+def _read_severity(value: Any, obj: Mapping[str, Any], name: str | None) -> str:
+    sev = str(value or "info").lower()
+    return sev if sev in SEVERITIES else "info"
+
+
+def _read_title(value: Any, obj: Mapping[str, Any], name: str | None) -> str:
+    return str(value or obj.get("message") or obj.get("kind") or "")
+
+
 @dataclass(frozen=True)
 class Finding:
     """One finding: ``cls`` is the class it concerns (``None`` for run-wide findings).
@@ -400,17 +271,17 @@ class Finding:
     the report prints them with readable labels); ``examples`` are sample ids.
     """
 
-    kind: str
-    severity: str
-    title: str
-    message: str
-    cls: str | None = None
+    kind: str = jfield(missing="other")
+    severity: str = jfield(decode=_read_severity)
+    title: str = jfield(decode=_read_title)
+    message: str = jfield()
+    cls: str | None = jfield(None, key="class")
     evidence: Mapping[str, Any] = field(default_factory=_empty)
     examples: tuple[str, ...] = ()
     id: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+    extra: Mapping[str, Any] = extra_field()
 
-    _KEYS = ("class", "kind", "severity", "title", "message", "evidence", "id", "examples")
+    _JSON_ORDER = ("class", "kind", "severity", "title", "message", "evidence", "id", "examples")
 
     def __post_init__(self) -> None:
         if self.severity not in SEVERITIES:
@@ -419,33 +290,11 @@ class Finding:
             object.__setattr__(self, "evidence", freeze(dict(self.evidence)))
 
     def to_json(self) -> dict[str, Any]:
-        out = {
-            "class": self.cls,
-            "kind": self.kind,
-            "severity": self.severity,
-            "title": self.title,
-            "message": self.message,
-            "evidence": thaw(self.evidence),
-            "id": self.id,
-            "examples": list(self.examples),
-        }
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> Finding:
-        d = _obj(value, "finding")
-        sev = str(d.get("severity") or "info").lower()
-        return cls(
-            cls=None if d.get("class") is None else str(d.get("class")),
-            kind=str(d.get("kind") or "other"),
-            severity=sev if sev in SEVERITIES else "info",
-            title=str(d.get("title") or d.get("message") or d.get("kind") or ""),
-            message=str(d.get("message") or ""),
-            evidence=freeze(_obj(d.get("evidence"), "finding.evidence")),
-            id=str(d.get("id") or ""),
-            examples=tuple(str(x) for x in d.get("examples") or ()),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "finding")
 
 
 @dataclass(frozen=True)
@@ -459,45 +308,14 @@ class SubgroupResult:
     exemplars: tuple[str, ...] = ()
     outlier: bool = False
     gallery: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = ("id", "size", "background_focus", "exemplars", "outlier", "gallery")
+    extra: Mapping[str, Any] = extra_field()
 
     def to_json(self) -> dict[str, Any]:
-        out = {
-            "id": self.id,
-            "size": self.size,
-            "background_focus": self.background_focus,
-            "exemplars": list(self.exemplars),
-            "outlier": self.outlier,
-            "gallery": list(self.gallery),
-        }
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> SubgroupResult:
-        d = _obj(value, "cluster")
-        return cls(
-            id=_opt_int(d.get("id")) or 0,
-            size=_opt_int(d.get("size")) or 0,
-            background_focus=_opt_float(d.get("background_focus")),
-            exemplars=tuple(str(x) for x in d.get("exemplars") or ()),
-            outlier=bool(d.get("outlier", False)),
-            gallery=tuple(str(x) for x in d.get("gallery") or ()),
-            extra=_extra(d, cls._KEYS),
-        )
-
-
-def _number(value: Any) -> int | float | None:
-    """A JSON number kept as written (int stays int), else None."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return value
-
-
-def _numbers(value: Any, n: int) -> tuple[Any, ...]:
-    items = list(value) if isinstance(value, list | tuple) else []
-    return tuple(_number(v) for v in (items + [None] * n)[:n])
+        return decode(cls, value, "cluster")
 
 
 @dataclass(frozen=True)
@@ -509,7 +327,7 @@ class SubgroupTest:
     subgroup: float | None = None
     rest: float | None = None
     diff: float | None = None
-    ci: tuple[float | None, float | None] = (None, None)
+    ci: tuple[float | None, float | None] = jfield((None, None), decode=_numbers(2))
     n_subgroup: int = 0
     n_rest: int = 0
     method: str = ""
@@ -518,38 +336,16 @@ class SubgroupTest:
     baseline: float | None = None
     separates: bool = False
     direction: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+    extra: Mapping[str, Any] = extra_field()
 
-    _KEYS = (
-        "name", "subgroup", "rest", "diff", "ci", "n_subgroup", "n_rest", "method",
-        "confidence", "margin", "baseline", "separates", "direction",
-    )  # fmt: skip
+    _JSON_KEEP_NUMBERS = True  # a statistic written as 1 reads back as 1, not 1.0
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self._KEYS}
-        out["ci"] = list(self.ci)
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> SubgroupTest:
-        d = _obj(value, "subgroup test")
-        lo, hi = _numbers(d.get("ci"), 2)
-        return cls(
-            name=str(d.get("name") or ""),
-            subgroup=_number(d.get("subgroup")),
-            rest=_number(d.get("rest")),
-            diff=_number(d.get("diff")),
-            ci=(lo, hi),
-            n_subgroup=_opt_int(d.get("n_subgroup")) or 0,
-            n_rest=_opt_int(d.get("n_rest")) or 0,
-            method=str(d.get("method") or ""),
-            confidence=_number(d.get("confidence")),
-            margin=_number(d.get("margin")),
-            baseline=_number(d.get("baseline")),
-            separates=bool(d.get("separates", False)),
-            direction=str(d.get("direction") or ""),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "subgroup test")
 
 
 @dataclass(frozen=True)
@@ -576,69 +372,21 @@ class SubgroupDetail:
     region_share: float | None = None
     rest_region_share: float | None = None
     border_share: float | None = None
-    only_bg_rate: tuple[float | None, float | None, float | None] = (None, None, None)
+    only_bg_rate: tuple[float | None, float | None, float | None] = jfield(
+        (None, None, None), decode=_numbers(3)
+    )
     tests: Mapping[str, SubgroupTest] = field(default_factory=_empty)
     gallery: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+    extra: Mapping[str, Any] = extra_field()
 
-    _KEYS = (
-        "cluster", "size", "class_size", "members", "exemplars", "rest_exemplars", "severity",
-        "separating", "elsewhere", "elsewhere_statistic", "needed", "needed_statistic",
-        "interventions", "where", "region_share", "rest_region_share", "border_share",
-        "only_bg_rate", "tests", "gallery",
-    )  # fmt: skip
+    _JSON_KEEP_NUMBERS = True
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in self._KEYS:
-            value = getattr(self, key)
-            if key == "tests":
-                out[key] = {k: t.to_json() for k, t in value.items()}
-            elif isinstance(value, tuple):
-                out[key] = list(value)
-            else:
-                out[key] = value
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> SubgroupDetail:
-        d = _obj(value, "subgroup")
-
-        def strs(key: str) -> tuple[str, ...]:
-            return tuple(str(x) for x in d.get(key) or ())
-
-        def opt_str(key: str) -> str | None:
-            return None if d.get(key) is None else str(d.get(key))
-
-        rate = _numbers(d.get("only_bg_rate"), 3)
-        return cls(
-            cluster=_opt_int(d.get("cluster")) or 0,
-            size=_opt_int(d.get("size")) or 0,
-            class_size=_opt_int(d.get("class_size")) or 0,
-            members=strs("members"),
-            exemplars=strs("exemplars"),
-            rest_exemplars=strs("rest_exemplars"),
-            severity=str(d.get("severity") or "low"),
-            separating=strs("separating"),
-            elsewhere=bool(d.get("elsewhere", False)),
-            elsewhere_statistic=opt_str("elsewhere_statistic"),
-            needed=bool(d.get("needed", False)),
-            needed_statistic=opt_str("needed_statistic"),
-            interventions=bool(d.get("interventions", False)),
-            where=str(d.get("where") or ""),
-            region_share=_number(d.get("region_share")),
-            rest_region_share=_number(d.get("rest_region_share")),
-            border_share=_number(d.get("border_share")),
-            only_bg_rate=(rate[0], rate[1], rate[2]),
-            tests=MappingProxyType(
-                {
-                    str(k): SubgroupTest.from_json(t)
-                    for k, t in _obj(d.get("tests"), "subgroup.tests").items()
-                }
-            ),
-            gallery=strs("gallery"),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "subgroup")
 
 
 @dataclass(frozen=True)
@@ -648,72 +396,17 @@ class ClassClusters:
     k: int
     eigengap: float | None = None
     clusters: tuple[SubgroupResult, ...] = ()
-    subgroups: tuple[SubgroupDetail, ...] | None = None
-    """The clusters tested against the rest of the class (``None``: not analysed)."""
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = ("k", "eigengap", "clusters", "subgroups")
+    #: The clusters tested against the rest of the class (``None``: not analysed); written
+    #: last, after unknown keys, where the analysis puts it.
+    subgroups: tuple[SubgroupDetail, ...] | None = jfield(None, omit=_is_none, late=True)
+    extra: Mapping[str, Any] = extra_field()
 
     def to_json(self) -> dict[str, Any]:
-        out = {
-            "k": self.k,
-            "eigengap": self.eigengap,
-            "clusters": [c.to_json() for c in self.clusters],
-        }
-        out = _with_extra(out, self.extra)
-        if self.subgroups is not None:  # written last, where the analysis puts it
-            out["subgroups"] = [sg.to_json() for sg in self.subgroups]
-        return out
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> ClassClusters:
-        d = _obj(value, "clusters")
-        return cls(
-            k=_opt_int(d.get("k")) or 0,
-            eigengap=_opt_float(d.get("eigengap")),
-            clusters=tuple(SubgroupResult.from_json(c) for c in d.get("clusters") or ()),
-            subgroups=None
-            if d.get("subgroups") is None
-            else tuple(SubgroupDetail.from_json(sg) for sg in d.get("subgroups") or ()),
-            extra=_extra(d, cls._KEYS),
-        )
-
-
-@dataclass(frozen=True)
-class SanityResult:
-    """Model-randomisation check of one method (Adebayo et al. 2018): rank correlation of the
-    maps before/after the layers in ``randomised`` were re-initialised."""
-
-    similarity: float | None = None
-    threshold: float | None = None
-    trustworthy: bool = True
-    n: int = 0
-    randomised: tuple[str, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = ("similarity", "threshold", "trustworthy", "n", "randomised")
-
-    def to_json(self) -> dict[str, Any]:
-        out = {
-            "similarity": self.similarity,
-            "threshold": self.threshold,
-            "trustworthy": self.trustworthy,
-            "n": self.n,
-            "randomised": list(self.randomised),
-        }
-        return _with_extra(out, self.extra)
-
-    @classmethod
-    def from_json(cls, value: Any) -> SanityResult:
-        d = _obj(value, "sanity")
-        return cls(
-            similarity=_opt_float(d.get("similarity")),
-            threshold=_opt_float(d.get("threshold")),
-            trustworthy=bool(d.get("trustworthy", True)),
-            n=_opt_int(d.get("n")) or 0,
-            randomised=tuple(str(x) for x in d.get("randomised") or ()),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "clusters")
 
 
 @dataclass(frozen=True)
@@ -726,74 +419,45 @@ class GateResult:
 
     rule: str
     passed: bool
-    cls: str | None = None
+    cls: str | None = jfield(None, key="class")
     quantity: str | None = None
     stat: str | None = None
     value: float | None = None
     threshold: float | None = None
     bound: str | None = None
     note: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+    extra: Mapping[str, Any] = extra_field()
 
-    _KEYS = ("rule", "class", "quantity", "stat", "value", "threshold", "bound", "passed", "note")
+    _JSON_ORDER = (
+        "rule", "class", "quantity", "stat", "value", "threshold", "bound", "passed", "note",
+    )  # fmt: skip
 
     def to_json(self) -> dict[str, Any]:
-        out = {
-            "rule": self.rule,
-            "class": self.cls,
-            "quantity": self.quantity,
-            "stat": self.stat,
-            "value": self.value,
-            "threshold": self.threshold,
-            "bound": self.bound,
-            "passed": self.passed,
-            "note": self.note,
-        }
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> GateResult:
-        d = _obj(value, "gate")
-        return cls(
-            rule=str(d.get("rule") or ""),
-            cls=None if d.get("class") is None else str(d.get("class")),
-            quantity=None if d.get("quantity") is None else str(d.get("quantity")),
-            stat=None if d.get("stat") is None else str(d.get("stat")),
-            value=_opt_float(d.get("value")),
-            threshold=_opt_float(d.get("threshold")),
-            bound=None if d.get("bound") is None else str(d.get("bound")),
-            passed=bool(d.get("passed", False)),
-            note=str(d.get("note") or ""),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "gate")
 
 
 @dataclass(frozen=True)
 class Gates:
     """Every gate check; ``passed`` is True when all passed (vacuously with no rule)."""
 
-    passed: bool = True
+    passed: bool = jfield(True, missing=False)  # a gates object without a verdict fails
     results: tuple[GateResult, ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+    extra: Mapping[str, Any] = extra_field()
 
     @property
     def n_failed(self) -> int:
         return sum(1 for r in self.results if not r.passed)
 
     def to_json(self) -> dict[str, Any]:
-        out = {"passed": self.passed, "results": [r.to_json() for r in self.results]}
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> Gates | None:
-        if value is None:
-            return None
-        d = _obj(value, "gates")
-        return cls(
-            passed=bool(d.get("passed", False)),
-            results=tuple(GateResult.from_json(r) for r in d.get("results") or ()),
-            extra=_extra(d, ("passed", "results")),
-        )
+        return None if value is None else decode(cls, value, "gates")
 
     @classmethod
     def of(cls, results: Iterable[GateResult]) -> Gates:
@@ -804,41 +468,41 @@ class Gates:
 # --------------------------------------------------------------------------------------------
 # metadata (what a method or metric means, for the methodology section)
 # --------------------------------------------------------------------------------------------
+def _or_name(value: Any, obj: Mapping[str, Any], name: str | None) -> str:
+    """A string that falls back to the key of the mapping holding the object."""
+    return str(value or name)
+
+
 @dataclass(frozen=True)
 class MethodInfo:
     """A CAM method as the report describes it: title, formula, description, reference."""
 
-    name: str
-    title: str = ""
+    name: str = jfield(from_name=True)
+    title: str = jfield("", decode=_or_name)
     formula: str = ""
     reference: str = ""
     description: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = ("title", "formula", "reference", "description")
+    extra: Mapping[str, Any] = extra_field()
 
     def to_json(self) -> dict[str, Any]:
-        out = {
-            "title": self.title,
-            "formula": self.formula,
-            "reference": self.reference,
-            "description": self.description,
-        }
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, name: str, value: Any) -> MethodInfo:
-        d = _obj(value, f"methods_info.{name}")
-        return cls(
-            name=str(name),
-            title=str(d.get("title") or name),
-            formula=str(d.get("formula") or ""),
-            reference=str(d.get("reference") or ""),
-            description=str(d.get("description") or ""),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, f"methods_info.{name}", name=name)
 
 
+def _read_category(value: Any, obj: Mapping[str, Any], name: str | None) -> str:
+    cat = str(value or "localisation")
+    return cat if cat in CATEGORIES else "localisation"
+
+
+def _read_range(value: Any, obj: Mapping[str, Any], name: str | None) -> Any:
+    return None if not isinstance(value, list | tuple) or len(value) != 2 else tuple(value)
+
+
+def _not(value: Any) -> bool:
+    return not value
 
 
 @dataclass(frozen=True)
@@ -849,20 +513,20 @@ class MetricInfo:
     ``higher_is_better``: ``True``/``False``, or ``None`` when neither direction is "good"
     (e.g. entropy, a description of the map). ``range``: the bounds of the per-sample value,
     ``None`` when unbounded or image-dependent. ``formula``: unicode only (HTML- and PDF-safe
-    once escaped).
+    once escaped). Unknown keys are not kept (the registry is the source of truth).
     """
 
-    name: str
-    title: str
-    higher_is_better: bool | None
-    category: str
-    needs_mask: bool
-    range: tuple[float, float] | None
-    formula: str
-    description: str
-    reference: str
-    table: bool = False
-    """shown as a column of the report's per-class table"""
+    name: str = jfield(decode=_or_name)
+    title: str = jfield(decode=_or_name)
+    higher_is_better: bool | None = jfield()
+    category: str = jfield(decode=_read_category)
+    needs_mask: bool = jfield()
+    range: tuple[float, float] | None = jfield(decode=_read_range)
+    formula: str = jfield()
+    description: str = jfield()
+    reference: str = jfield()
+    #: shown as a column of the report's per-class table (written only when true)
+    table: bool = jfield(False, omit=_not)
 
     def __post_init__(self) -> None:
         if self.category not in CATEGORIES:
@@ -880,37 +544,11 @@ class MetricInfo:
         return "higher is better" if self.higher_is_better else "lower is better"
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "title": self.title,
-            "higher_is_better": self.higher_is_better,
-            "category": self.category,
-            "needs_mask": self.needs_mask,
-            "range": None if self.range is None else list(self.range),
-            "formula": self.formula,
-            "description": self.description,
-            "reference": self.reference,
-            **({"table": True} if self.table else {}),
-        }
+        return encode(self)
 
     @classmethod
     def from_json(cls, name: str, value: Any) -> MetricInfo:
-        d = _obj(value, f"metrics_info.{name}")
-        rng = d.get("range")
-        cat = str(d.get("category") or "localisation")
-        hib = d.get("higher_is_better")
-        return cls(
-            name=str(d.get("name") or name),
-            title=str(d.get("title") or name),
-            higher_is_better=None if hib is None else bool(hib),
-            category=cat if cat in CATEGORIES else "localisation",
-            needs_mask=bool(d.get("needs_mask", False)),
-            range=None if not isinstance(rng, list | tuple) or len(rng) != 2 else tuple(rng),
-            formula=str(d.get("formula") or ""),
-            description=str(d.get("description") or ""),
-            reference=str(d.get("reference") or ""),
-            table=bool(d.get("table", False)),
-        )
+        return decode(cls, value, f"metrics_info.{name}", name=name)
 
 
 # --------------------------------------------------------------------------------------------
@@ -926,30 +564,18 @@ class ModelInfo:
     parameters: int | None = None
     num_classes: int | None = None
     target_layer: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = ("name", "sha256", "source", "parameters", "num_classes", "target_layer")
+    extra: Mapping[str, Any] = extra_field()
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self._KEYS}
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> ModelInfo:
-        d = _obj(value, "model")
-        s = {k: (None if d.get(k) is None else str(d[k])) for k in ("name", "sha256", "source")}
-        return cls(
-            **s,
-            parameters=_opt_int(d.get("parameters")),
-            num_classes=_opt_int(d.get("num_classes")),
-            target_layer=None if d.get("target_layer") is None else str(d["target_layer"]),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "model")
 
 
-#: The keys of summary.json's ``dataset`` object, in the order the report reads them: the
-#: fields of :class:`DatasetInfo`, and ``n_nonfinite_logits`` (the samples whose logits were
-#: not finite, written by finalisation, carried in ``DatasetInfo.extra``).
+#: The keys of summary.json's ``dataset`` object, in the order the report reads them (the
+#: fields of :class:`DatasetInfo`; ``n_nonfinite_logits`` is written after ``skipped``).
 DATASET_KEYS: tuple[str, ...] = (
     "name",
     "format",
@@ -966,9 +592,18 @@ DATASET_KEYS: tuple[str, ...] = (
 )
 
 
+def _read_n_skipped(value: Any, obj: Mapping[str, Any], name: str | None) -> int:
+    """``n_skipped``, else the length of ``skipped``."""
+    return opt_int(value) or len(tuple(obj.get("skipped") or ()))
+
+
 @dataclass(frozen=True)
 class DatasetInfo:
-    """The evaluation set: hashes, counts, classes and the skipped samples with reasons."""
+    """The evaluation set: hashes, counts, classes and the skipped samples with reasons.
+
+    ``n_nonfinite_logits``: samples whose logits were NaN/Inf (``None``: not counted, as in
+    detection runs; the key is then left out of the JSON).
+    """
 
     name: str | None = None
     format: str | None = None
@@ -976,44 +611,29 @@ class DatasetInfo:
     annotation_sha256: str | None = None
     n_samples: int | None = None
     n_evaluated: int = 0
-    n_skipped: int = 0
+    n_skipped: int = jfield(0, decode=_read_n_skipped)
     annotated: bool | None = None
     input_size: tuple[int, ...] = ()
     classes: tuple[str, ...] = ()
     skipped: tuple[Mapping[str, Any], ...] = ()
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = tuple(k for k in DATASET_KEYS if k != "n_nonfinite_logits")
+    n_nonfinite_logits: int | None = jfield(None, omit=_is_none)
+    extra: Mapping[str, Any] = extra_field()
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: thaw(getattr(self, k)) for k in self._KEYS}
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> DatasetInfo:
-        d = _obj(value, "dataset")
-        s = {
-            k: (None if d.get(k) is None else str(d[k]))
-            for k in ("name", "format", "sha256", "annotation_sha256")
-        }
-        skipped = tuple(freeze(_obj(x, "dataset.skipped")) for x in d.get("skipped") or ())
-        ann = d.get("annotated")
-        return cls(
-            **s,
-            n_samples=_opt_int(d.get("n_samples")),
-            n_evaluated=_opt_int(d.get("n_evaluated")) or 0,
-            n_skipped=_opt_int(d.get("n_skipped")) or len(skipped),
-            annotated=None if ann is None else bool(ann),
-            input_size=tuple(int(x) for x in d.get("input_size") or ()),
-            classes=tuple(str(c) for c in d.get("classes") or ()),
-            skipped=skipped,
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "dataset")
 
 
 @dataclass(frozen=True)
 class RunInfo:
-    """When, how and with what the audit ran (timestamps, timings, seed, versions, config)."""
+    """When, how and with what the audit ran (timestamps, timings, seed, versions, config).
+
+    ``aggregation``: ``"exact"`` or ``"streaming"``, the path that aggregated the rows
+    (``None``: not recorded, as in detection runs; the key is then left out of the JSON).
+    """
 
     started: str | None = None
     finished: str | None = None
@@ -1025,42 +645,19 @@ class RunInfo:
     command: str | None = None
     versions: Mapping[str, str] = field(default_factory=_empty)
     config: Mapping[str, Any] | None = None
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = (
-        "started",
-        "finished",
-        "duration_s",
-        "timings",
-        "config_sha256",
-        "seed",
-        "device",
-        "command",
-        "versions",
-        "config",
-    )
+    aggregation: str | None = jfield(None, omit=_is_none)
+    extra: Mapping[str, Any] = extra_field()
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: thaw(getattr(self, k)) for k in self._KEYS}
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> RunInfo:
-        d = _obj(value, "run")
-        s = {
-            k: (None if d.get(k) is None else str(d[k]))
-            for k in ("started", "finished", "config_sha256", "device", "command")
-        }
-        cfg = d.get("config")
-        return cls(
-            **s,
-            duration_s=_opt_float(d.get("duration_s")),
-            timings=freeze(_obj(d.get("timings"), "run.timings")),
-            seed=_opt_int(d.get("seed")),
-            versions=freeze(_obj(d.get("versions"), "run.versions")),
-            config=None if cfg is None else freeze(_obj(cfg, "run.config")),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "run")
+
+
+def _read_matrix(value: Any, obj: Mapping[str, Any], name: str | None) -> Any:
+    return tuple(tuple(r) for r in value or ())
 
 
 @dataclass(frozen=True)
@@ -1068,20 +665,14 @@ class Confusion:
     """Confusion matrix of the primary method's predictions: rows true, columns predicted."""
 
     classes: tuple[str, ...]
-    matrix: tuple[tuple[int, ...], ...]
+    matrix: tuple[tuple[int, ...], ...] = jfield(decode=_read_matrix)
 
     def to_json(self) -> dict[str, Any]:
-        return {"classes": list(self.classes), "matrix": [list(r) for r in self.matrix]}
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> Confusion | None:
-        if value is None:
-            return None
-        d = _obj(value, "confusion")
-        return cls(
-            classes=tuple(str(c) for c in d.get("classes") or ()),
-            matrix=tuple(tuple(r) for r in d.get("matrix") or ()),
-        )
+        return None if value is None else decode(cls, value, "confusion")
 
 
 @dataclass(frozen=True)
@@ -1089,26 +680,15 @@ class MethodAgreement:
     """Spearman correlation between methods of a per-sample metric (``None``: undefined)."""
 
     methods: tuple[str, ...]
-    metric: str
-    spearman: tuple[tuple[float | None, ...], ...]
+    metric: str = jfield(missing="energy_in_mask")
+    spearman: tuple[tuple[float | None, ...], ...] = jfield()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "methods": list(self.methods),
-            "metric": self.metric,
-            "spearman": [list(r) for r in self.spearman],
-        }
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> MethodAgreement | None:
-        if value is None:
-            return None
-        d = _obj(value, "method_agreement")
-        return cls(
-            methods=tuple(str(m) for m in d.get("methods") or ()),
-            metric=str(d.get("metric") or "energy_in_mask"),
-            spearman=tuple(tuple(_opt_float(v) for v in r) for r in d.get("spearman") or ()),
-        )
+        return None if value is None else decode(cls, value, "method_agreement")
 
 
 @dataclass(frozen=True)
@@ -1123,64 +703,69 @@ class GalleryPanel:
     energy_in_mask: float | None = None
     background_focus: float | None = None
     why: str = ""
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-
-    _KEYS = (
-        "id",
-        "file",
-        "label",
-        "pred",
-        "confidence",
-        "energy_in_mask",
-        "background_focus",
-        "why",
-    )
+    extra: Mapping[str, Any] = extra_field()
 
     def to_json(self) -> dict[str, Any]:
-        out = {k: getattr(self, k) for k in self._KEYS}
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> GalleryPanel:
-        d = _obj(value, "gallery entry")
-        return cls(
-            id=str(d.get("id") or ""),
-            file=str(d.get("file") or ""),
-            label=None if d.get("label") is None else str(d["label"]),
-            pred=None if d.get("pred") is None else str(d["pred"]),
-            confidence=_opt_float(d.get("confidence")),
-            energy_in_mask=_opt_float(d.get("energy_in_mask")),
-            background_focus=_opt_float(d.get("background_focus")),
-            why=str(d.get("why") or ""),
-            extra=_extra(d, cls._KEYS),
-        )
+        return decode(cls, value, "gallery entry")
 
 
 # --------------------------------------------------------------------------------------------
 # the whole result
 # --------------------------------------------------------------------------------------------
+def _schema_version(value: Any, obj: Mapping[str, Any], name: str | None) -> int:
+    return SCHEMA_VERSION  # checked by AuditResult.from_json
+
+
+def _read_primary(value: Any, obj: Mapping[str, Any], name: str | None) -> str:
+    methods = obj.get("methods") or ()
+    return str(value or (str(methods[0]) if methods else ""))
+
+
+def _read_rules(value: Any, obj: Mapping[str, Any], name: str | None) -> Any:
+    return freeze({str(k): str(v) for k, v in require_object(value, "rules").items()})
+
+
+def _read_sanity(value: Any, obj: Mapping[str, Any], name: str | None) -> Any:
+    """``{method: SanityResult}``; keys starting with ``_`` are no method (older records)."""
+    if value is None:
+        return None
+    return MappingProxyType(
+        {
+            str(k): SanityResult.from_json(v)
+            for k, v in require_object(value, "sanity").items()
+            if not str(k).startswith("_")
+        }
+    )
+
+
 @dataclass(frozen=True)
 class AuditResult:
     """Everything an audit found: ``summary.json`` as typed, frozen objects.
 
     ``classes`` keeps the dataset's class order; ``findings`` are sorted by severity and carry
     ids ``F1``, ``F2``, …; ``clusters``, ``sanity``, ``faithfulness`` are ``None`` when that
-    analysis did not run; ``sanity_status`` (``{"run", "reason", "randomised"}``) says why.
+    analysis did not run; ``sanity_status`` (:class:`SanityStatus`) says whether the sanity
+    check ran and why not (``None``: a summary written before the status existed; the key is
+    then left out of the JSON).
     """
 
     methods: tuple[str, ...]
-    primary_method: str
+    primary_method: str = jfield(decode=_read_primary)
     overall: OverallResult = field(default_factory=OverallResult)
     classes: Mapping[str, ClassResult] = field(default_factory=_empty)
     findings: tuple[Finding, ...] = ()
-    rules: Mapping[str, str] = field(default_factory=_empty)
+    rules: Mapping[str, str] = jfield(default_factory=_empty, decode=_read_rules)
     confusion: Confusion | None = None
     method_agreement: MethodAgreement | None = None
     faithfulness: Mapping[str, Mapping[str, Stat]] | None = None
-    sanity: Mapping[str, SanityResult] | None = None
+    sanity: Mapping[str, SanityResult] | None = jfield(None, decode=_read_sanity)
     clusters: Mapping[str, ClassClusters] | None = None
-    sanity_status: Mapping[str, Any] | None = None
-    schema_version: int = SCHEMA_VERSION
+    sanity_status: SanityStatus | None = jfield(None, omit=_is_none)
+    schema_version: int = jfield(SCHEMA_VERSION, decode=_schema_version)
     tool: Mapping[str, Any] = field(default_factory=_empty)
     run: RunInfo = field(default_factory=RunInfo)
     title: str | None = None
@@ -1191,10 +776,10 @@ class AuditResult:
     settings: Mapping[str, Any] = field(default_factory=_empty)
     gates: Gates | None = None
     gallery: Mapping[str, tuple[GalleryPanel, ...]] = field(default_factory=_empty)
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
+    extra: Mapping[str, Any] = extra_field()
 
     #: summary.json keys in the order they are written.
-    _ORDER = (
+    _JSON_ORDER = (
         "schema_version",
         "tool",
         "run",
@@ -1220,6 +805,11 @@ class AuditResult:
         "gallery",
     )
 
+    def __post_init__(self) -> None:
+        if self.sanity_status is not None and not isinstance(self.sanity_status, SanityStatus):
+            # a plain {"run", "reason", "randomised"} mapping (callers before the type)
+            object.__setattr__(self, "sanity_status", SanityStatus.from_json(self.sanity_status))
+
     # -- convenience ----------------------------------------------------------------------
     @property
     def passed(self) -> bool:
@@ -1236,117 +826,16 @@ class AuditResult:
     # -- JSON -----------------------------------------------------------------------------
     def to_json(self) -> dict[str, Any]:
         """The ``summary.json`` object (schema_version 1), keys in the documented order."""
-        out: dict[str, Any] = {
-            "schema_version": self.schema_version,
-            "tool": thaw(self.tool),
-            "run": self.run.to_json(),
-            "title": self.title,
-            "model": self.model.to_json(),
-            "dataset": self.dataset.to_json(),
-            "methods": list(self.methods),
-            "primary_method": self.primary_method,
-            "methods_info": {k: v.to_json() for k, v in self.methods_info.items()},
-            "metrics_info": {k: v.to_json() for k, v in self.metrics_info.items()},
-            "overall": self.overall.to_json(),
-            "classes": {k: v.to_json() for k, v in self.classes.items()},
-            "findings": [f.to_json() for f in self.findings],
-            "rules": dict(self.rules),
-            "confusion": None if self.confusion is None else self.confusion.to_json(),
-            "method_agreement": (
-                None if self.method_agreement is None else self.method_agreement.to_json()
-            ),
-            "faithfulness": None if self.faithfulness is None else _stats_json(self.faithfulness),
-            "sanity": (
-                None if self.sanity is None else {k: v.to_json() for k, v in self.sanity.items()}
-            ),
-            "sanity_status": thaw(self.sanity_status),
-            "clusters": (
-                None
-                if self.clusters is None
-                else {k: v.to_json() for k, v in self.clusters.items()}
-            ),
-            "settings": thaw(self.settings),
-            "gates": None if self.gates is None else self.gates.to_json(),
-            "gallery": {k: [p.to_json() for p in v] for k, v in self.gallery.items()},
-        }
-        if self.sanity_status is None:  # written by runs since the status was added
-            del out["sanity_status"]
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> AuditResult:
         """Parse a ``summary.json`` object; ``ValueError`` on another schema version."""
-        d = _obj(value, "summary")
+        d = require_object(value, "summary")
         version = d.get("schema_version", SCHEMA_VERSION)
         if version != SCHEMA_VERSION:
             raise ValueError(f"`schema_version` must be {SCHEMA_VERSION}, got {version!r}")
-        methods = tuple(str(m) for m in d.get("methods") or ())
-        primary = d.get("primary_method") or (methods[0] if methods else "")
-        faith = d.get("faithfulness")
-        sanity = d.get("sanity")
-        clusters = d.get("clusters")
-        return cls(
-            schema_version=SCHEMA_VERSION,
-            tool=freeze(_obj(d.get("tool"), "tool")),
-            run=RunInfo.from_json(d.get("run")),
-            title=None if d.get("title") is None else str(d["title"]),
-            model=ModelInfo.from_json(d.get("model")),
-            dataset=DatasetInfo.from_json(d.get("dataset")),
-            methods=methods,
-            primary_method=str(primary),
-            methods_info=MappingProxyType(
-                {
-                    str(k): MethodInfo.from_json(k, v)
-                    for k, v in _obj(d.get("methods_info"), "methods_info").items()
-                }
-            ),
-            metrics_info=MappingProxyType(
-                {
-                    str(k): MetricInfo.from_json(k, v)
-                    for k, v in _obj(d.get("metrics_info"), "metrics_info").items()
-                }
-            ),
-            overall=OverallResult.from_json(d.get("overall")),
-            classes=MappingProxyType(
-                {
-                    str(k): ClassResult.from_json(k, v)
-                    for k, v in _obj(d.get("classes"), "classes").items()
-                }
-            ),
-            findings=tuple(Finding.from_json(f) for f in d.get("findings") or ()),
-            rules=freeze({str(k): str(v) for k, v in _obj(d.get("rules"), "rules").items()}),
-            confusion=Confusion.from_json(d.get("confusion")),
-            method_agreement=MethodAgreement.from_json(d.get("method_agreement")),
-            faithfulness=None if faith is None else _method_metric_stats(faith, "faithfulness"),
-            sanity=None
-            if sanity is None
-            else MappingProxyType(
-                {
-                    str(k): SanityResult.from_json(v)
-                    for k, v in _obj(sanity, "sanity").items()
-                    if not str(k).startswith("_")
-                }
-            ),
-            clusters=None
-            if clusters is None
-            else MappingProxyType(
-                {str(k): ClassClusters.from_json(v) for k, v in _obj(clusters, "clusters").items()}
-            ),
-            sanity_status=(
-                None
-                if d.get("sanity_status") is None
-                else freeze(_obj(d.get("sanity_status"), "sanity_status"))
-            ),
-            settings=freeze(_obj(d.get("settings"), "settings")),
-            gates=Gates.from_json(d.get("gates")),
-            gallery=MappingProxyType(
-                {
-                    str(k): tuple(GalleryPanel.from_json(p) for p in v or ())
-                    for k, v in _obj(d.get("gallery"), "gallery").items()
-                }
-            ),
-            extra=_extra(d, cls._ORDER),
-        )
+        return decode(cls, d, "")
 
 
 def _doc_formula(doc: str) -> str:
@@ -1485,6 +974,14 @@ def _pnum(v: Any) -> str:
     return fmt(v, ".2g", missing="n/a")
 
 
+def _comparison_version(value: Any, obj: Mapping[str, Any], name: str | None) -> int:
+    return COMPARISON_SCHEMA_VERSION  # checked by ComparisonResult.from_json
+
+
+def _comparison_kind(value: Any, obj: Mapping[str, Any], name: str | None) -> str:
+    return "comparison"  # checked by ComparisonResult.from_json
+
+
 @dataclass(frozen=True)
 class ComparisonResult:
     """``comparison.json`` typed (what :func:`auditor.compare_runs` returns and writes).
@@ -1520,13 +1017,13 @@ class ComparisonResult:
     metrics_info: Mapping[str, Any] = field(default_factory=_empty)
     tool: Mapping[str, Any] = field(default_factory=_empty)
     created: str = ""
-    schema_version: int = COMPARISON_SCHEMA_VERSION
-    kind: str = "comparison"
-    extra: Mapping[str, Any] = field(default_factory=_empty, compare=False)
-    out_dir: Path | None = field(default=None, compare=False)
-    report: Mapping[str, Path] = field(default_factory=_empty, compare=False)
+    schema_version: int = jfield(COMPARISON_SCHEMA_VERSION, decode=_comparison_version)
+    kind: str = jfield("comparison", decode=_comparison_kind)
+    extra: Mapping[str, Any] = extra_field()
+    out_dir: Path | None = jfield(None, compare=False, skip=True)
+    report: Mapping[str, Path] = jfield(default_factory=_empty, compare=False, skip=True)
 
-    _KEYS = (
+    _JSON_ORDER = (
         "schema_version",
         "kind",
         "tool",
@@ -1561,11 +1058,7 @@ class ComparisonResult:
         return self.to_json()
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {}
-        for key in self._KEYS:
-            value = getattr(self, key)
-            out[key] = value.to_json() if key == "gates" else thaw(value)
-        return _with_extra(out, self.extra)
+        return encode(self)
 
     @classmethod
     def from_json(
@@ -1581,7 +1074,7 @@ class ComparisonResult:
             ValueError: ``schema_version`` or ``kind`` is not this code's.
             TypeError: ``value`` or one of its sections has the wrong JSON type.
         """
-        d = _obj(value, "comparison")
+        d = require_object(value, "comparison")
         version = d.get("schema_version", COMPARISON_SCHEMA_VERSION)
         if version != COMPARISON_SCHEMA_VERSION:
             raise ValueError(
@@ -1589,31 +1082,8 @@ class ComparisonResult:
             )
         if d.get("kind", "comparison") != "comparison":
             raise ValueError(f"`kind` must be 'comparison', got {d.get('kind')!r}")
-
-        def names(key: str) -> tuple[str, ...]:
-            return tuple(str(v) for v in d.get(key) or ())
-
-        return cls(
-            run_a=freeze(_obj(d.get("run_a") or {}, "run_a")),
-            run_b=freeze(_obj(d.get("run_b") or {}, "run_b")),
-            dataset=freeze(_obj(d.get("dataset") or {}, "dataset")),
-            pairing=freeze(_obj(d.get("pairing") or {}, "pairing")),
-            settings=freeze(_obj(d.get("settings") or {}, "settings")),
-            primary=freeze(_obj(d.get("primary") or {}, "primary")),
-            methods=freeze(_obj(d.get("methods") or {}, "methods")),
-            class_order=names("class_order"),
-            regressed=names("regressed"),
-            improved=names("improved"),
-            gates=Gates.from_json(d.get("gates")) or Gates(),
-            moved=tuple(freeze(_obj(m, "moved[]")) for m in d.get("moved") or ()),
-            metrics_info=freeze(_obj(d.get("metrics_info") or {}, "metrics_info")),
-            tool=freeze(_obj(d.get("tool") or {}, "tool")),
-            created=str(d.get("created") or ""),
-            schema_version=COMPARISON_SCHEMA_VERSION,
-            kind="comparison",
-            extra=_extra(d, cls._KEYS),
-            out_dir=out_dir,
-            report=MappingProxyType(dict(report or {})),
+        return replace(
+            decode(cls, d, ""), out_dir=out_dir, report=MappingProxyType(dict(report or {}))
         )
 
     def describe(self) -> str:

@@ -9,9 +9,10 @@ decision) and :mod:`auditor.audit.transplant` (the model's forwards).
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from types import MappingProxyType
+from dataclasses import dataclass
 from typing import Any
+
+from auditor.results.codec import decode, encode, extra_field, jfield
 
 __all__ = ["TRANSPLANT_SOURCES", "TRANSPLANT_STATUSES", "TransplantResult", "class_transplant"]
 
@@ -23,16 +24,20 @@ TRANSPLANT_STATUSES = ("confirmed", "not_confirmed", "not_run")
 TRANSPLANT_SOURCES = ("subgroup", "class_region", "top_patch", "border_band")
 
 
-def _opt_float(value: Any) -> float | None:
-    return None if value is None else float(value)
+def _read_status(value: Any, obj: Mapping[str, Any], name: str | None) -> str:
+    return str(value)  # a missing status is refused by __post_init__
 
 
-def _pair(value: Any) -> tuple[float | None, float | None]:
+def _read_region(value: Any, obj: Mapping[str, Any], name: str | None) -> Any:
     if value is None:
-        return (None, None)
-    if not isinstance(value, (list, tuple)) or len(value) != 2:
-        raise ValueError(f"a transplant interval must be [lo, hi], got {value!r}")
-    return (_opt_float(value[0]), _opt_float(value[1]))
+        return None
+    if not isinstance(value, (list, tuple)) or len(value) != 4:
+        raise ValueError(f"`transplant.region` must be [x0, y0, x1, y1], got {value!r}")
+    return tuple(int(v) for v in value)
+
+
+def _write_region(value: Any) -> Any:
+    return None if value is None else [int(v) for v in value]
 
 
 @dataclass(frozen=True)
@@ -59,10 +64,12 @@ class TransplantResult:
         extra: unknown keys, kept.
     """
 
-    status: str
+    status: str = jfield(decode=_read_status)
     reason: str | None = None
     source: str | None = None
-    region: tuple[int, int, int, int] | None = None
+    region: tuple[int, int, int, int] | None = jfield(
+        None, decode=_read_region, encode=_write_region
+    )
     n: int = 0
     flips: int = 0
     control_flips: int = 0
@@ -75,13 +82,9 @@ class TransplantResult:
     margin: float | None = None
     n_sources: int = 0
     figure: str | None = None
-    extra: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}), compare=False)
+    extra: Mapping[str, Any] = extra_field()
 
-    _KEYS = (
-        "status", "reason", "source", "region", "n", "flips", "control_flips", "flip_rate",
-        "flip_ci", "control_rate", "control_ci", "difference", "difference_ci", "margin",
-        "n_sources", "figure",
-    )  # fmt: skip
+    _JSON_STRICT = True  # a value that is not a number is refused, never read as None
 
     def __post_init__(self) -> None:
         if self.status not in TRANSPLANT_STATUSES:
@@ -96,54 +99,13 @@ class TransplantResult:
         return self.status == "confirmed"
 
     def to_json(self) -> dict[str, Any]:
-        out: dict[str, Any] = {
-            "status": self.status,
-            "reason": self.reason,
-            "source": self.source,
-            "region": None if self.region is None else [int(v) for v in self.region],
-            "n": self.n,
-            "flips": self.flips,
-            "control_flips": self.control_flips,
-            "flip_rate": self.flip_rate,
-            "flip_ci": list(self.flip_ci),
-            "control_rate": self.control_rate,
-            "control_ci": list(self.control_ci),
-            "difference": self.difference,
-            "difference_ci": list(self.difference_ci),
-            "margin": self.margin,
-            "n_sources": self.n_sources,
-            "figure": self.figure,
-        }
-        for k, v in self.extra.items():
-            out.setdefault(k, v)
-        return out
+        return encode(self)
 
     @classmethod
     def from_json(cls, value: Any) -> TransplantResult:
         if not isinstance(value, Mapping):
             raise ValueError(f"`transplant` must be an object, got {type(value).__name__}")
-        region = value.get("region")
-        if region is not None and (not isinstance(region, (list, tuple)) or len(region) != 4):
-            raise ValueError(f"`transplant.region` must be [x0, y0, x1, y1], got {region!r}")
-        return cls(
-            status=str(value.get("status")),
-            reason=None if value.get("reason") is None else str(value["reason"]),
-            source=None if value.get("source") is None else str(value["source"]),
-            region=None if region is None else tuple(int(v) for v in region),  # type: ignore[arg-type]
-            n=int(value.get("n") or 0),
-            flips=int(value.get("flips") or 0),
-            control_flips=int(value.get("control_flips") or 0),
-            flip_rate=_opt_float(value.get("flip_rate")),
-            flip_ci=_pair(value.get("flip_ci")),
-            control_rate=_opt_float(value.get("control_rate")),
-            control_ci=_pair(value.get("control_ci")),
-            difference=_opt_float(value.get("difference")),
-            difference_ci=_pair(value.get("difference_ci")),
-            margin=_opt_float(value.get("margin")),
-            n_sources=int(value.get("n_sources") or 0),
-            figure=None if value.get("figure") is None else str(value["figure"]),
-            extra=MappingProxyType({k: v for k, v in value.items() if k not in cls._KEYS}),
-        )
+        return decode(cls, value, "transplant")
 
 
 def class_transplant(cls_result: Any) -> TransplantResult | None:
