@@ -424,14 +424,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_report_run(run_dir: Path) -> None:
     """What ``auditor report`` refuses before rendering (exit 2): no summary.json; a schema,
-    key or file ``load_run`` refuses; tampered values or checksums (issue 27)."""
+    key or file ``load_run`` refuses; tampered values or checksums (issue 27). ``load_run``
+    runs :func:`auditor.results.validate.check_report_inputs`: one check for CLI and API."""
     if not (run_dir / "summary.json").is_file():
         raise AuditorInputError(f"RUN_DIR {run_dir}: no summary.json (not a run directory)")
     from auditor.notebook import load_run
-    from auditor.results.validate import check_report_inputs
 
     load_run(run_dir)
-    check_report_inputs(run_dir)
 
 
 def _dispatch(args: argparse.Namespace, command: str) -> int:
