@@ -606,3 +606,23 @@ def test_compare_a_run_with_itself_is_refused_by_every_entry_point(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "itself" in err[0] and str(run_dir) in err[0], err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_compare_refuses_a_run_whose_files_changed_since_written(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A samples.parquet rewritten after the run (checksums.json disagrees): compare refuses it
+    (exit 2, naming the role and the file) instead of comparing edited rows."""
+    run_b = _copy_run(small_run, tmp_path)
+    table = pq.read_table(run_b / "samples.parquet")
+    col = table.column_names.index("pred_confidence")
+    values = table.column(col).to_pylist()
+    values[0] = 0.5 * values[0]
+    pq.write_table(table.set_column(col, table.field(col), [values]), run_b / "samples.parquet")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(small_run), str(run_b), "--out", str(out), "--no-pdf",
+                 "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RUN_B" in err[0], err
+    assert str(run_b / "samples.parquet") in err[0] and "checksums.json" in err[0], err
+    assert not out.exists()
