@@ -31,6 +31,7 @@ from typing import Any
 
 from auditor._version import __version__
 from auditor.errors import AuditorInputError, RenderError
+from auditor.format import gate_verdict  # (also imported from here by tests and scripts)
 from auditor.safe_text import one_line, terminal_safe
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_RENDER, EXIT_INTERNAL = 0, 1, 2, 3, 4
@@ -301,19 +302,6 @@ def _add_compare_command(sub: Any) -> None:
     )
     c.add_argument("--no-pdf", action="store_true", help="skip compare.pdf")
     _progress_flags(c)
-
-
-def gate_verdict(results: list[dict[str, Any]]) -> str:
-    """ "PASSED (n/n passed)" counting EVALUATED checks only (value present); a check that
-    could not be evaluated is never a pass; no gates: "none configured"."""
-    if not results:
-        return "none configured"
-    evaluated = [r for r in results if r.get("value") is not None]
-    passed = [r for r in evaluated if r["passed"]]
-    not_eval = len(results) - len(evaluated)
-    ok = not_eval == 0 and len(passed) == len(evaluated) and all(r["passed"] for r in results)
-    text = f"{'PASSED' if ok else 'FAILED'} ({len(passed)}/{len(evaluated)} passed"
-    return text + (f", {not_eval} not evaluated)" if not_eval else ")")
 
 
 def _detection_line(s: dict[str, Any]) -> list[str]:

@@ -116,6 +116,12 @@ def test_every_comparison_gate_is_evaluated(full_run: Path, tmp_path: Path) -> N
     for r in res.gates.results:
         if r.rule.startswith(("max_background_focus", "max_accuracy", "max_energy_in_mask")):
             assert r.value == pytest.approx(0.0), r
+    # the terminal summary counts evaluated checks only, as `auditor run` does; a check without
+    # a value (here: the sanity quantities of runs without the sanity check) is never a pass
+    n_eval = sum(r.value is not None for r in res.gates.results)
+    n_missing = len(res.gates.results) - n_eval
+    assert n_missing > 0 and not res.passed
+    assert f"gates: FAILED ({n_eval}/{n_eval} passed, {n_missing} not evaluated)" in res.describe()
 
 
 @pytest.mark.parametrize(
