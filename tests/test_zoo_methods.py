@@ -19,7 +19,9 @@ wide ones, keeping the matrix within seconds per family.
 
 from __future__ import annotations
 
+import re
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 import torch
@@ -37,17 +39,24 @@ from tests.test_model_families import FAMILIES, _channels  # noqa: E402
 MAX_FORWARDS = 300
 
 
-def _outcome(model: torch.nn.Module, size: tuple[int, int], method: str) -> str:
-    """"ok", or "refused: <message>"; raises on anything that is not bad input."""
+def _build(model: torch.nn.Module, size: tuple[int, int], method: str) -> object:
+    """The audit's engine set-up for ``model`` on a 3-class dataset of ``size`` images."""
     from auditor.audit.runner import _build_engine
 
-    channels = _channels(model)
     dataset = SimpleNamespace(
-        config=SimpleNamespace(input_size=size, channels=channels), classes=["a", "b", "c"]
+        config=SimpleNamespace(input_size=size, channels=_channels(model)),
+        classes=["a", "b", "c"],
     )
     settings = AuditSettings(methods=(method,), max_forwards_per_image=MAX_FORWARDS)
+    engine, _grid = _build_engine(model, dataset, None, None, settings, torch.device("cpu"))
+    return engine
+
+
+def _outcome(model: torch.nn.Module, size: tuple[int, int], method: str) -> str:
+    """``"ok"``, or ``"refused: <message>"``; raises on anything that is not bad input."""
+    channels = _channels(model)
     try:
-        engine, _grid = _build_engine(model, dataset, None, None, settings, torch.device("cpu"))
+        engine: Any = _build(model, size, method)
     except Exception as exc:  # noqa: BLE001 - classified below, re-raised unless exit 2
         if exit_code_for(exc) != EXIT_BAD_INPUT or not isinstance(exc, AuditorInputError):
             raise
@@ -85,3 +94,52 @@ def test_every_method_on_the_family_maps_or_is_refused_before_the_first_batch(
         assert method in text or "max_forwards_per_image" in text, (family, method, text)
     # the refusals are the exception: the gradient family runs on every model of the zoo
     assert outcomes["gradcam"] == "ok" and outcomes["layercam"] == "ok", refused
+
+
+class _OneRow(torch.nn.Module):
+    """A forward that returns [1, C] whatever the batch (a pooled-over-batch head)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 3, padding=1)
+        self.fc = torch.nn.Linear(8, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.conv(x).mean((0, 2, 3), keepdim=False)[None])
+
+
+def _zero_head_vit() -> torch.nn.Module:
+    """torchvision's ViT as ``random_weights`` builds it: the head is zero-initialised."""
+    import torchvision
+
+    return torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=1, num_heads=2, hidden_dim=16, mlp_dim=32,
+        num_classes=3,
+    )  # fmt: skip
+
+
+def _one_output() -> torch.nn.Module:
+    import torchvision
+
+    return torchvision.models.resnet18(num_classes=1)
+
+
+@pytest.mark.parametrize(
+    ("build", "method", "needle"),
+    [
+        (_OneRow, "gradcam", "returns logits of shape [1, 3] for a probe batch of 2"),
+        (_one_output, "gradcam", "returns 1 logits per image but the dataset has 3 classes"),
+        (_zero_head_vit, "gradcam", "its head is dead"),
+        (lambda: FAMILIES["tv_mobilenet_v3"][0](), "cam", "'cam' does not apply to MobileNetV3"),
+    ],
+    ids=["batch_shape", "one_output_for_3_classes", "dead_head", "cam_on_a_non_gap_head"],
+)
+def test_models_that_cannot_be_audited_are_refused_before_the_first_batch(
+    build, method: str, needle: str
+) -> None:
+    """The hostile models of issue 23 (exit 4 at the first batch, or a vacuous PASSED, before):
+    refused by the engine set-up with exit 2 and a message saying what to change."""
+    torch.manual_seed(0)
+    with pytest.raises(AuditorInputError, match=re.escape(needle)) as info:
+        _build(build().eval(), (32, 32), method)
+    assert exit_code_for(info.value) == EXIT_BAD_INPUT
