@@ -55,7 +55,7 @@ demo: system-deps venv
 
 # The committed worked example (example_audits/demo/: both demo models, HTML + PDF, and their
 # comparison), re-rendered with the commands of its README. It records a hash of its inputs
-# (templates, demo module, weights, gates) in generated.json; `make test` fails with "run make
+# (templates, auditor/report/**, demo module, weights, gates) in generated.json; `make test` fails with "run make
 # examples" when they changed (tests/test_example_audits.py).
 examples: system-deps venv
 	$(PY) scripts/make_example_audits.py

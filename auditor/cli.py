@@ -31,6 +31,7 @@ from typing import Any
 
 from auditor._version import __version__
 from auditor.errors import AuditorInputError, RenderError
+from auditor.format import gate_verdict  # (also imported from here by tests and scripts)
 from auditor.safe_text import one_line, terminal_safe
 
 EXIT_OK, EXIT_GATE_FAILED, EXIT_BAD_INPUT, EXIT_RENDER, EXIT_INTERNAL = 0, 1, 2, 3, 4
@@ -303,19 +304,6 @@ def _add_compare_command(sub: Any) -> None:
     _progress_flags(c)
 
 
-def gate_verdict(results: list[dict[str, Any]]) -> str:
-    """ "PASSED (n/n passed)" counting EVALUATED checks only (value present); a check that
-    could not be evaluated is never a pass; no gates: "none configured"."""
-    if not results:
-        return "none configured"
-    evaluated = [r for r in results if r.get("value") is not None]
-    passed = [r for r in evaluated if r["passed"]]
-    not_eval = len(results) - len(evaluated)
-    ok = not_eval == 0 and len(passed) == len(evaluated) and all(r["passed"] for r in results)
-    text = f"{'PASSED' if ok else 'FAILED'} ({len(passed)}/{len(evaluated)} passed"
-    return text + (f", {not_eval} not evaluated)" if not_eval else ")")
-
-
 def _detection_line(s: dict[str, Any]) -> list[str]:
     """The detection audit's recall/precision line (issue 26), else nothing."""
     d = s.get("detection")
@@ -424,14 +412,13 @@ def main(argv: list[str] | None = None) -> int:
 
 def _check_report_run(run_dir: Path) -> None:
     """What ``auditor report`` refuses before rendering (exit 2): no summary.json; a schema,
-    key or file ``load_run`` refuses; tampered values or checksums (issue 27)."""
+    key or file ``load_run`` refuses; tampered values or checksums (issue 27). ``load_run``
+    runs :func:`auditor.results.validate.check_report_inputs`: one check for CLI and API."""
     if not (run_dir / "summary.json").is_file():
         raise AuditorInputError(f"RUN_DIR {run_dir}: no summary.json (not a run directory)")
     from auditor.notebook import load_run
-    from auditor.results.validate import check_report_inputs
 
     load_run(run_dir)
-    check_report_inputs(run_dir)
 
 
 def _dispatch(args: argparse.Namespace, command: str) -> int:

@@ -7,7 +7,9 @@ with the same functions the templates use as filters.
 * :func:`fmt`: a Python format spec (``".0%"``, ``".2f"``) with a placeholder for a missing
   value (finding messages: ``"n/a"``);
 * :func:`fmt_pct`, :func:`fmt_num`, :func:`fmt_ci`: the report's filters (missing → ``"—"``);
-* :func:`slugify`: a unique, id- and file-name-safe slug for any class name or sample id.
+* :func:`slugify`: a unique, id- and file-name-safe slug for any class name or sample id;
+* :func:`gate_verdict`: the one-line verdict of gate checks, the same for ``auditor run`` and
+  ``auditor compare``.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ __all__ = [
     "fmt_num",
     "fmt_pct",
     "fmt_signed",
+    "gate_verdict",
     "slugify",
     "sort_value",
 ]
@@ -171,3 +174,17 @@ def slugify(name: object) -> str:
     stem = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:40].strip("-")
     digest = hashlib.sha256(text.encode("utf-8", "surrogatepass")).hexdigest()[:8]
     return f"{stem}-{digest}" if stem else f"c-{digest}"
+
+
+def gate_verdict(results: Sequence[Mapping[str, object]]) -> str:
+    """``"PASSED (n/n passed)"`` counting EVALUATED checks only (``value`` present); a check
+    that could not be evaluated is never a pass (``"FAILED (0/0 passed, 2 not evaluated)"``);
+    no check at all: ``"none configured"``."""
+    if not results:
+        return "none configured"
+    evaluated = [r for r in results if r.get("value") is not None]
+    passed = [r for r in evaluated if r.get("passed")]
+    not_eval = len(results) - len(evaluated)
+    ok = not_eval == 0 and len(passed) == len(evaluated) and all(r.get("passed") for r in results)
+    text = f"{'PASSED' if ok else 'FAILED'} ({len(passed)}/{len(evaluated)} passed"
+    return text + (f", {not_eval} not evaluated)" if not_eval else ")")

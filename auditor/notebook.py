@@ -19,7 +19,6 @@ the numbers are those of the report.
 from __future__ import annotations
 
 import html
-import json
 from collections.abc import Iterable
 from functools import cached_property
 from pathlib import Path
@@ -28,72 +27,41 @@ from typing import TYPE_CHECKING, Any
 from auditor.errors import AuditorInputError
 from auditor.format import fmt_pct
 from auditor.results import SEVERITIES, AuditResult, thaw
+from auditor.results.validate import REQUIRED_SUMMARY_KEYS, check_report_inputs, check_summary
 
 if TYPE_CHECKING:  # pragma: no cover
     import numpy as np
     import pandas as pd
 
-__all__ = ["Run", "load_run"]
+__all__ = ["REQUIRED_SUMMARY_KEYS", "Run", "check_summary", "load_run"]
 
 
 def load_run(run_dir: str | Path) -> Run:
     """Open the run directory ``run_dir`` (as written by ``auditor run`` / ``audit``).
 
+    The run's files pass the checks ``auditor report`` makes
+    (:func:`auditor.results.validate.check_report_inputs`): the API refuses what the CLI refuses.
+
     Raises:
         TypeError: ``run_dir`` is not a path.
-        AuditorInputError: not a directory, or no readable ``summary.json`` of schema 1.
+        AuditorInputError: not a directory; ``summary.json`` missing, unreadable, of another
+            schema, without a required key, or with an impossible value (non-finite, a count or
+            interval that cannot be, accuracy or ``n`` disagreeing with ``samples.parquet``);
+            ``samples.parquet`` missing or unreadable; a checksum mismatch. The message names
+            the file and the key.
     """
     if not isinstance(run_dir, str | Path):
         raise TypeError(f"`run_dir` must be a path, got {type(run_dir).__name__}")
     path = Path(run_dir)
     if not path.is_dir():
         raise AuditorInputError(f"`run_dir` must be a run directory, got {str(path)!r}")
+    data = check_report_inputs(path)  # the checks of `auditor report`, the one function
     sp = path / "summary.json"
-    if not sp.is_file():
-        raise AuditorInputError(f"{str(sp)!r}: not found (not a finished run directory)")
-    try:
-        data = json.loads(sp.read_text("utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AuditorInputError(f"{str(sp)!r}: cannot read the summary: {exc}") from exc
-    check_summary(data, sp)
     try:
         result = AuditResult.from_json(data)
     except (ValueError, TypeError, KeyError, AttributeError) as exc:
         raise AuditorInputError(f"{str(sp)!r}: cannot read the summary: {exc}") from exc
-    n_eval = result.dataset.n_evaluated or 0
-    samples = path / "samples.parquet"
-    if n_eval > 0 and not samples.is_file():
-        raise AuditorInputError(
-            f"{str(samples)!r}: missing, but {sp.name} reports {n_eval} evaluated samples "
-            f"(the run directory is incomplete)"
-        )
     return Run(path, result)
-
-
-#: keys every summary.json of schema 1 has (DESIGN 4.3); a file without them is not a run's
-REQUIRED_SUMMARY_KEYS = ("schema_version", "methods", "overall", "classes", "dataset")
-
-
-def check_summary(data: Any, path: Path) -> None:
-    """Refuse a ``summary.json`` that is not one this version wrote: not an object, a key of
-    :data:`REQUIRED_SUMMARY_KEYS` missing, or another ``schema_version``
-    (:class:`AuditorInputError` naming the file; CLI exit 2)."""
-    from auditor.results import SCHEMA_VERSION
-
-    if not isinstance(data, dict):
-        raise AuditorInputError(f"{str(path)!r}: not a summary (a JSON object is expected)")
-    missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in data]
-    if missing:
-        raise AuditorInputError(
-            f"{str(path)!r}: not a complete summary: missing {', '.join(missing)}"
-        )
-    version = data["schema_version"]
-    if version != SCHEMA_VERSION:
-        newer = isinstance(version, int) and not isinstance(version, bool) and version > 1
-        raise AuditorInputError(
-            f"{str(path)!r}: schema_version {version!r} is not {SCHEMA_VERSION}"
-            + ("; written by a newer cam-auditor: upgrade to read it" if newer else "")
-        )
 
 
 class Run:
@@ -118,11 +86,13 @@ class Run:
             if self.summary.dataset.n_evaluated:
                 raise AuditorInputError(f"{str(p)!r}: missing (the run has evaluated samples)")
             return pd.DataFrame()
+        import pyarrow as pa
+
         from auditor.audit.store import read_samples
 
         try:
             return read_samples(p).to_pandas()
-        except (OSError, ValueError) as exc:  # pyarrow.ArrowInvalid is a ValueError
+        except (OSError, ValueError, pa.ArrowException) as exc:  # ArrowInvalid: a ValueError
             raise AuditorInputError(
                 f"{str(p)!r}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); the file is "
                 f"damaged or truncated"

@@ -3,7 +3,8 @@ cheaply: nothing is re-audited here.
 
 ``make examples`` (``scripts/make_example_audits.py``) renders it and records in
 ``generated.json`` the package version, the schema version and a hash of its inputs (report
-templates, the demo module, the demo weights, the comparison gates). These tests recompute the
+templates and CSS, every file of ``auditor/report/``, the demo module, the demo weights, the
+comparison gates). These tests recompute the
 hash, compare the committed configs with the ones the demo writes today, and compare the key
 structure of the committed ``summary.json`` with the one the current code writes for the same
 config (the session's ``demo_run``, shared with the other end-to-end tests). Any difference:
@@ -88,6 +89,36 @@ def test_the_hash_moves_when_an_input_changes(tmp_path: Path) -> None:
     assert after["inputs_sha256"] != before["inputs_sha256"]
     diff = [p for p in after["inputs"] if after["inputs"][p] != before["inputs"][p]]
     assert diff == ["templates/report.css"]
+
+
+def test_the_hash_covers_the_report_package(tmp_path: Path) -> None:
+    """A change of the report's wording in Python (``auditor/report/*.py``) or its data moves
+    the hash, so ``make test`` says "run make examples"; byte-code caches do not."""
+    inputs = mk.input_files(REPO)
+    rel = {p.relative_to(REPO).as_posix() for p in inputs}
+    on_disk = {
+        p.relative_to(REPO).as_posix()
+        for p in (REPO / "auditor" / "report").rglob("*")
+        if p.is_file() and "__pycache__" not in p.parts
+    }
+    assert on_disk and on_disk <= rel  # every report source file, the .py and the data
+    assert "auditor/report/verdict.py" in rel and "auditor/report/clauses.json" in rel
+    assert not [p for p in rel if "__pycache__" in p or p.endswith(".pyc")]
+    for p in inputs:
+        dst = tmp_path / p.relative_to(REPO)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        dst.write_bytes(p.read_bytes())
+    before = mk.stamp(tmp_path)
+    cache = tmp_path / "auditor" / "report" / "__pycache__"
+    cache.mkdir(exist_ok=True)
+    (cache / "verdict.cpython-312.pyc").write_bytes(b"\x00byte code")
+    assert mk.stamp(tmp_path)["inputs_sha256"] == before["inputs_sha256"]
+    verdict = tmp_path / "auditor" / "report" / "verdict.py"
+    verdict.write_text(verdict.read_text("utf-8") + "# reworded\n", encoding="utf-8")
+    after = mk.stamp(tmp_path)
+    assert after["inputs_sha256"] != before["inputs_sha256"]
+    diff = [p for p in after["inputs"] if after["inputs"][p] != before["inputs"].get(p)]
+    assert diff == ["auditor/report/verdict.py"]
 
 
 @pytest.mark.parametrize("variant", mk.VARIANTS)

@@ -116,6 +116,12 @@ def test_every_comparison_gate_is_evaluated(full_run: Path, tmp_path: Path) -> N
     for r in res.gates.results:
         if r.rule.startswith(("max_background_focus", "max_accuracy", "max_energy_in_mask")):
             assert r.value == pytest.approx(0.0), r
+    # the terminal summary counts evaluated checks only, as `auditor run` does; a check without
+    # a value (here: the sanity quantities of runs without the sanity check) is never a pass
+    n_eval = sum(r.value is not None for r in res.gates.results)
+    n_missing = len(res.gates.results) - n_eval
+    assert n_missing > 0 and not res.passed
+    assert f"gates: FAILED ({n_eval}/{n_eval} passed, {n_missing} not evaluated)" in res.describe()
 
 
 @pytest.mark.parametrize(
@@ -177,3 +183,38 @@ def test_registering_a_gate_is_one_place() -> None:
         gate_registry._REGISTRY.pop("min_test_quantity")  # noqa: SLF001 - test cleanup
     with pytest.raises(ValueError, match="level"):
         GateSpec("x", "x", "max", ("run",), "everywhere")
+
+
+def test_a_comparison_gate_that_checks_nothing_fails_and_is_counted() -> None:
+    """No class with paired samples, every group suppressed: each configured comparison gate
+    still gets a failed result saying why, and the verdict is FAILED, never "PASSED (0/0)"."""
+    from auditor.cli import gate_verdict
+    from auditor.compare.gates import evaluate_comparison_gates
+
+    comparison = {
+        "primary": {"classes": {"circle": {"n": 0}, "square": {"n": 0}}},
+        "groups": {"attributes": [
+            {"name": "site", "levels": [{"level": "A", "suppressed": True},
+                                        {"level": "B", "suppressed": True}]},
+        ]},
+    }  # fmt: skip
+    keys = ["max_background_focus_increase", "max_accuracy_decrease",
+            "max_group_accuracy_decrease", "max_group_background_focus_increase"]  # fmt: skip
+    gates = evaluate_comparison_gates(comparison, [_rule(k) for k in keys])
+    assert gates["passed"] is False
+    by_rule = {r["rule"]: r for r in gates["results"]}
+    assert set(by_rule) == set(keys) and len(gates["results"]) == len(keys)
+    for r in gates["results"]:
+        assert r["value"] is None and r["passed"] is False and r["note"], r
+    assert by_rule["max_group_accuracy_decrease"]["class"] == "site"
+    assert "no group large enough" in by_rule["max_group_accuracy_decrease"]["note"]
+    assert "nothing to check" in by_rule["max_accuracy_decrease"]["note"]
+    assert gate_verdict(gates["results"]) == "FAILED (0/0 passed, 4 not evaluated)"
+    # one class with paired samples: the gate is evaluated there and only there
+    comparison["primary"]["classes"]["circle"] = {
+        "n": 5, "metrics": {"accuracy": {"diff": -0.2, "ci_low": -0.4, "ci_high": 0.0}}
+    }  # fmt: skip
+    one = evaluate_comparison_gates(comparison, [_rule("max_accuracy_decrease")])
+    assert [(r["class"], r["value"], r["passed"]) for r in one["results"]] == [
+        ("circle", pytest.approx(0.2), True)
+    ]

@@ -463,3 +463,166 @@ def test_costly_methods_are_refused_above_max_forwards_per_image() -> None:
     with pytest.raises(AuditorInputError, match=r"max_forwards_per_image = 16.*scorecam"):
         check_applicability(engine, x, 3, max_forwards=16)
     assert check_applicability(engine, x, 3, max_forwards=2048).forwards["scorecam"] >= 48
+
+
+# -- 7. load_run refuses what `auditor report` refuses: one check for API and CLI (issue 23) --
+def _refused(run: Path, capsys: pytest.CaptureFixture[str]) -> str:
+    """``load_run(run)``'s AuditorInputError message, checked to be the one line the CLI's
+    ``auditor report`` prints (exit 2) for the same directory; the directory is unchanged."""
+    import auditor
+    from auditor.errors import AuditorInputError
+
+    before = {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()}
+    with pytest.raises(AuditorInputError) as info:
+        auditor.load_run(run)
+    assert type(info.value).__module__.startswith("auditor")  # never a raw pyarrow/json error
+    msg = str(info.value)
+    capsys.readouterr()
+    assert main(["report", str(run), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"auditor: error: {msg}"], err  # the same check, the same words
+    assert {p.name: p.read_bytes() for p in run.iterdir() if p.is_file()} == before
+    return msg
+
+
+@pytest.mark.parametrize("case", list(TAMPERED))
+def test_load_run_refuses_tampered_values_naming_file_and_key(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str
+) -> None:
+    import json
+
+    change, key = TAMPERED[case]
+    run = _copy_run(small_run, tmp_path)
+    (run / "checksums.json").unlink()  # an edit that also rewrote the manifest: values decide
+    data = json.loads((run / "summary.json").read_text("utf-8"))
+    change(data)
+    (run / "summary.json").write_text(json.dumps(data), "utf-8")
+    msg = _refused(run, capsys)
+    assert str(run / "summary.json") in msg and key in msg, msg
+
+
+def test_load_run_refuses_a_checksum_mismatch_of_either_file(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Every value still plausible: only the checksum tells (summary.json, then a
+    samples.parquet rewritten with one confidence changed)."""
+    import json
+
+    import auditor
+
+    assert auditor.load_run(small_run).summary.dataset.n_evaluated == 24  # intact: accepted
+    run = _copy_run(small_run, tmp_path)
+    data = json.loads((run / "summary.json").read_text("utf-8"))
+    data["title"] = "a plausible edit"
+    (run / "summary.json").write_text(json.dumps(data), "utf-8")
+    msg = _refused(run, capsys)
+    assert str(run / "summary.json") in msg and "checksums.json" in msg, msg
+
+    run2 = _copy_run(small_run, tmp_path / "b")
+    table = pq.read_table(run2 / "samples.parquet")
+    col = table.column_names.index("pred_confidence")
+    values = table.column(col).to_pylist()
+    values[0] = 0.5 * values[0]
+    table = table.set_column(col, table.field(col), [values])
+    pq.write_table(table, run2 / "samples.parquet")
+    msg = _refused(run2, capsys)
+    assert str(run2 / "samples.parquet") in msg and "checksums.json" in msg, msg
+
+
+@pytest.mark.parametrize("key", ["overall", "schema_version"])
+def test_load_run_refuses_a_summary_without_a_required_key(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], key: str
+) -> None:
+    import json
+
+    run = _copy_run(small_run, tmp_path)
+    (run / "checksums.json").unlink()
+    data = json.loads((run / "summary.json").read_text("utf-8"))
+    del data[key]
+    (run / "summary.json").write_text(json.dumps(data), "utf-8")
+    msg = _refused(run, capsys)
+    assert str(run / "summary.json") in msg and f"missing key(s) {key}" in msg, msg
+
+
+def test_load_run_refuses_a_deleted_samples_parquet(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    run = _copy_run(small_run, tmp_path)
+    (run / "samples.parquet").unlink()
+    msg = _refused(run, capsys)  # not an empty DataFrame
+    assert str(run / "samples.parquet") in msg and "missing" in msg and "24 evaluated" in msg
+
+
+def test_load_run_refuses_a_truncated_samples_parquet(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for keep_manifest in (True, False):  # with checksums.json and without: never ArrowInvalid
+        run = _copy_run(small_run, tmp_path / str(keep_manifest))
+        if not keep_manifest:
+            (run / "checksums.json").unlink()
+        data = (run / "samples.parquet").read_bytes()
+        (run / "samples.parquet").write_bytes(data[: len(data) // 2])
+        msg = _refused(run, capsys)
+        assert str(run / "samples.parquet") in msg and "truncated" in msg, msg
+
+
+def test_cams_with_the_shards_deleted_raise_naming_the_shards(
+    small_run: Path, tmp_path: Path
+) -> None:
+    import shutil
+
+    import auditor
+    from auditor.errors import AuditorInputError
+
+    run_dir = _copy_run(small_run, tmp_path)
+    run = auditor.load_run(run_dir)
+    ids = list(run.samples["id"].astype(str))[:2]
+    assert len(run.cams(ids)) == 2  # intact: the maps
+    shutil.rmtree(run_dir / "shards")
+    with pytest.raises(AuditorInputError, match="shards.*missing or incomplete") as info:
+        auditor.load_run(run_dir).cams(ids)  # not {}
+    assert str(run_dir / "shards") in str(info.value)
+
+
+def test_compare_a_run_with_itself_is_refused_by_every_entry_point(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """``run.compare(run)``, ``run.compare(path)``, through a symlink, ``compare_runs(p, p)``
+    and ``auditor compare p p``: refused, and no comparison folder is written anywhere."""
+    import auditor
+    from auditor.errors import AuditorInputError
+
+    run_dir = _copy_run(small_run, tmp_path)
+    link = tmp_path / "link"
+    link.symlink_to(run_dir, target_is_directory=True)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    run = auditor.load_run(run_dir)
+    for other in (run, run_dir, str(run_dir), link):
+        with pytest.raises(AuditorInputError, match="itself"):
+            run.compare(other)
+    with pytest.raises(AuditorInputError, match="itself"):
+        auditor.compare_runs(run_dir, link, render=False)
+    assert main(["compare", str(run_dir), str(link), "--no-progress"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "itself" in err[0] and str(run_dir) in err[0], err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_compare_refuses_a_run_whose_files_changed_since_written(
+    small_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A samples.parquet rewritten after the run (checksums.json disagrees): compare refuses it
+    (exit 2, naming the role and the file) instead of comparing edited rows."""
+    run_b = _copy_run(small_run, tmp_path)
+    table = pq.read_table(run_b / "samples.parquet")
+    col = table.column_names.index("pred_confidence")
+    values = table.column(col).to_pylist()
+    values[0] = 0.5 * values[0]
+    pq.write_table(table.set_column(col, table.field(col), [values]), run_b / "samples.parquet")
+    out = tmp_path / "cmp"
+    assert main(["compare", str(small_run), str(run_b), "--out", str(out), "--no-pdf",
+                 "--no-progress"]) == 2  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "RUN_B" in err[0], err
+    assert str(run_b / "samples.parquet") in err[0] and "checksums.json" in err[0], err
+    assert not out.exists()

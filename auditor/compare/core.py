@@ -263,6 +263,12 @@ def load_compared_run(path: Path, role: str) -> LoadedRun:
     pp = p / "samples.parquet"
     if not pp.is_file():
         raise AuditorInputError(f"{role.upper()} {p}: no samples.parquet (the run has no rows)")
+    from auditor.results.validate import check_checksums
+
+    try:  # an edited summary.json/samples.parquet is refused, as `auditor report` does
+        check_checksums(p)
+    except AuditorInputError as exc:
+        raise AuditorInputError(f"{role.upper()}: {exc}") from exc
     try:
         names = tuple(pq.read_schema(pp).names)
     except (OSError, pa.ArrowException) as exc:

@@ -76,40 +76,52 @@ def evaluate_comparison_gates(
     ``max_<q>_increase = t``: per class, ``value = mean_b − mean_a`` (stat ``mean``; ``ci_low``
     / ``ci_high`` use the paired interval's bounds) must be ``≤ t``. ``max_<q>_decrease = t``:
     ``value = mean_a − mean_b`` (bounds mirrored). The primary comparison is used unless the
-    rule names a ``method`` both runs share. A value that is missing fails the gate. Returns
+    rule names a ``method`` both runs share. A value that is missing fails the gate, and a rule
+    that checked nothing (no class with paired samples, every group suppressed) gets one failed
+    result saying so: a configured gate never passes by disappearing ("0/0 passed"). Returns
     ``{"passed", "results": [{rule, class, quantity, stat, value, threshold, bound, passed,
     note}]}``, the shape of ``summary["gates"]``.
     """
     results: list[GateResult] = []
     for rule in rules:
-        if rule.scope != "compare":
-            raise ValueError(f"`rules` must have scope 'compare', got {rule.scope!r} ({rule.name})")
-        base, sign = _gate_quantity(rule)
-        if base.startswith("group_"):  # issue 24: per attribute / group (comparison `groups`)
-            from auditor.analysis.groups.compare import group_compare_gates
-
-            results.extend(group_compare_gates(comparison.get("groups"), rule, base, sign))
-            continue
-        block = comparison["primary"]
-        if rule.method is not None:
-            block = comparison.get("methods", {}).get(rule.method) or {"classes": {}}
-        for cls, entry in comparison["primary"]["classes"].items():
-            if rule.classes and cls not in rule.classes:
-                continue
-            if not entry.get("n"):
-                continue
-            stat = (block["classes"].get(cls) or {}).get("metrics", {}).get(base)
-            value: float | None = None
-            if stat is not None and stat.get("diff") is not None:
-                if rule.stat == "mean":
-                    value = sign * stat["diff"]
-                else:
-                    lo, hi = stat.get("ci_low"), stat.get("ci_high")
-                    if lo is not None and hi is not None:
-                        lo2, hi2 = (lo, hi) if sign > 0 else (-hi, -lo)
-                        value = lo2 if rule.stat == "ci_low" else hi2
-            results.append(gate_result(rule, cls, value, f"{base} not available in both runs"))
+        before = len(results)
+        _evaluate_rule(comparison, rule, results)
+        if len(results) == before:
+            results.append(gate_result(rule, None, None, "nothing to check in this comparison"))
     return Gates.of(results).to_json()
+
+
+def _evaluate_rule(
+    comparison: Mapping[str, Any], rule: GateRule, results: list[GateResult]
+) -> None:
+    """Append the checks of one comparison gate ``rule`` to ``results``."""
+    if rule.scope != "compare":
+        raise ValueError(f"`rules` must have scope 'compare', got {rule.scope!r} ({rule.name})")
+    base, sign = _gate_quantity(rule)
+    if base.startswith("group_"):  # issue 24: per attribute / group (comparison `groups`)
+        from auditor.analysis.groups.compare import group_compare_gates
+
+        results.extend(group_compare_gates(comparison.get("groups"), rule, base, sign))
+        return
+    block = comparison["primary"]
+    if rule.method is not None:
+        block = comparison.get("methods", {}).get(rule.method) or {"classes": {}}
+    for cls, entry in comparison["primary"]["classes"].items():
+        if rule.classes and cls not in rule.classes:
+            continue
+        if not entry.get("n"):
+            continue
+        stat = (block["classes"].get(cls) or {}).get("metrics", {}).get(base)
+        value: float | None = None
+        if stat is not None and stat.get("diff") is not None:
+            if rule.stat == "mean":
+                value = sign * stat["diff"]
+            else:
+                lo, hi = stat.get("ci_low"), stat.get("ci_high")
+                if lo is not None and hi is not None:
+                    lo2, hi2 = (lo, hi) if sign > 0 else (-hi, -lo)
+                    value = lo2 if rule.stat == "ci_low" else hi2
+        results.append(gate_result(rule, cls, value, f"{base} not available in both runs"))
 
 
 def checked_gate_rules(config: str | Path | None, gates: Sequence[GateRule]) -> list[GateRule]:

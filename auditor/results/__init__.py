@@ -1116,14 +1116,11 @@ class ComparisonResult:
                 shown.append(f"{nm} (bf {_snum(bf.get('diff'), signed=True)})")
             more = f", … {len(names) - 8} more" if len(names) > 8 else ""
             lines.append(f"  {kind} classes ({len(names)}): " + (", ".join(shown) + more or "none"))
-        g = c["gates"]
-        res = g["results"]
+        from auditor.format import gate_verdict
+
+        res = c["gates"]["results"]
         failed = [r for r in res if not r["passed"]]
-        if res:
-            verdict = "PASSED" if g["passed"] else "FAILED"
-            lines.append(f"  gates: {verdict} ({len(res) - len(failed)}/{len(res)} passed)")
-        else:
-            lines.append("  gates: none configured")
+        lines.append("  gates: " + gate_verdict(res))  # evaluated checks only, as `auditor run`
         for r in failed[:6]:
             lines.append(
                 f"    ✗ {r['rule']} [{r['class']}]: "

@@ -17,7 +17,13 @@ the key (a dotted path such as ``classes.circle.accuracy``) when
 
 :func:`check_checksums` refuses a ``summary.json`` or ``samples.parquet`` whose SHA-256 differs
 from the run's ``checksums.json`` (the manifest ``auditor verify`` checks), naming both files.
-Nothing here imports torch.
+
+:func:`check_report_inputs` is the ONE check of a finished run's files (issue 23): ``auditor
+report`` and the Python API ``auditor.load_run`` both call it, so the API refuses what the CLI
+refuses. In order: ``summary.json`` present and a JSON object (:func:`check_summary`: the keys
+of :data:`REQUIRED_SUMMARY_KEYS`, this ``schema_version``), its values
+(:func:`check_summary_values`), ``samples.parquet`` present when samples were evaluated and
+readable (its footer), then the checksums. Nothing here imports torch.
 """
 
 from __future__ import annotations
@@ -143,6 +149,33 @@ def _group(path: Path, key: str, group: Any, info: Mapping[str, Any]) -> None:
     _metrics(path, f"{key}.metrics", group.get("metrics"), info)
 
 
+#: keys every summary.json of schema 1 has (DESIGN 4.3); a file without them is not a run's
+REQUIRED_SUMMARY_KEYS = ("schema_version", "methods", "overall", "classes", "dataset")
+
+
+def check_summary(data: Any, path: Path) -> None:
+    """Refuse a ``summary.json`` that is not one this version wrote: not an object, a key of
+    :data:`REQUIRED_SUMMARY_KEYS` missing, or another ``schema_version``
+    (:class:`AuditorInputError` naming the file; CLI exit 2)."""
+    from auditor.results import SCHEMA_VERSION
+
+    if not isinstance(data, dict):
+        raise AuditorInputError(f"{str(path)!r}: not a summary (a JSON object is expected)")
+    missing = [k for k in REQUIRED_SUMMARY_KEYS if k not in data]
+    if missing:
+        raise AuditorInputError(
+            f"{str(path)!r}: not a complete summary: missing key(s) {', '.join(missing)} (the "
+            f"file was edited or damaged; run the audit again or restore it)"
+        )
+    version = data["schema_version"]
+    if version != SCHEMA_VERSION:
+        newer = isinstance(version, int) and not isinstance(version, bool) and version > 1
+        raise AuditorInputError(
+            f"{str(path)!r}: key 'schema_version' is {version!r}, not {SCHEMA_VERSION}"
+            + ("; written by a newer cam-auditor: upgrade to read it" if newer else "")
+        )
+
+
 def check_summary_values(data: Mapping[str, Any], path: Path) -> None:
     """Refuse impossible values in a structurally valid summary (see the module docstring);
     then, for classifier runs, their agreement with ``samples.parquet`` beside ``path``."""
@@ -175,8 +208,33 @@ def check_summary_values(data: Mapping[str, Any], path: Path) -> None:
         raise _bad(path, "classes", "an object {class name: statistics}", classes)
     for name, group in classes.items():
         _group(path, f"classes.{name}", group, info)
+    samples = path.parent / "samples.parquet"
+    _check_samples_file(data, path, samples)
     if _is_classifier(data):
-        _check_against_samples(data, path, path.parent / "samples.parquet")
+        _check_against_samples(data, path, samples)
+
+
+def _check_samples_file(data: Mapping[str, Any], path: Path, samples: Path) -> None:
+    """``samples.parquet`` exists when the summary reports evaluated samples, and its footer
+    (schema and row groups) reads: a deleted or truncated file is refused here, not as an
+    empty table or a raw ``ArrowInvalid`` later."""
+    import pyarrow.parquet as pq
+
+    n_eval = data["dataset"].get("n_evaluated") or 0
+    if not samples.is_file():
+        if n_eval > 0:
+            raise AuditorInputError(
+                f"{str(samples)!r}: missing, but {path.name} reports {n_eval} evaluated samples "
+                f"(the run directory is incomplete; run the audit again or restore the file)"
+            )
+        return
+    try:  # (a detection run's rows are boxes: zero rows can be right; the count is checked
+        pq.read_metadata(samples)  # against the summary for classifier runs only, below)
+    except Exception as exc:  # noqa: BLE001 - a damaged or foreign Parquet file is bad input
+        raise AuditorInputError(
+            f"{str(samples)!r}: unreadable ({type(exc).__name__}: {str(exc)[:200]}); the file is "
+            f"damaged or truncated: run the audit again or restore it"
+        ) from exc
 
 
 def _is_classifier(data: Mapping[str, Any]) -> bool:
@@ -252,15 +310,23 @@ def check_checksums(run_dir: Path, manifest: str = "checksums.json") -> None:
             )
 
 
-def check_report_inputs(run_dir: Path) -> None:
-    """What ``auditor report`` checks before rendering: :func:`check_summary_values` on
-    ``summary.json``, then :func:`check_checksums` (:class:`AuditorInputError`, exit 2)."""
+def check_report_inputs(run_dir: str | Path) -> dict[str, Any]:
+    """The one check of a finished run directory, used by ``auditor report`` and
+    ``auditor.load_run`` (issue 23): ``summary.json`` present, readable and of this schema
+    (:func:`check_summary`), its values and their agreement with ``samples.parquet``
+    (:func:`check_summary_values`), then :func:`check_checksums`.
+
+    Returns the parsed summary. Raises :class:`AuditorInputError` (CLI exit 2) naming the file
+    and, for a value, its key.
+    """
     path = Path(run_dir) / "summary.json"
+    if not path.is_file():
+        raise AuditorInputError(f"{str(path)!r}: not found (not a finished run directory)")
     try:
         data = json.loads(path.read_text("utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise AuditorInputError(f"{str(path)!r}: cannot read the summary: {exc}") from exc
-    if not isinstance(data, Mapping):
-        raise AuditorInputError(f"{str(path)!r}: not a summary (a JSON object is expected)")
+    check_summary(data, path)
     check_summary_values(data, path)
     check_checksums(Path(run_dir))
+    return data

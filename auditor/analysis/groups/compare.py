@@ -116,8 +116,8 @@ def group_compare_gates(
     * ``max_group_background_focus_increase``: per shown group, the paired background focus
       difference ``B - A``.
 
-    Suppressed groups are never gated. No group in either run: one failed result saying so
-    (a gate never passes by default)."""
+    Suppressed groups are never gated; an attribute whose groups are all suppressed, or no
+    group in either run: one failed result saying so (a gate never passes by default)."""
     from auditor.analysis.gates import gate_result
 
     if not groups or not groups.get("attributes"):
@@ -129,9 +129,10 @@ def group_compare_gates(
             out.append(gate_result(rule, name, attr.get("gap_change"), "fewer than two groups"))
             continue
         key = "accuracy_diff" if base == "group_accuracy" else "background_focus_diff"
-        for lev in attr.get("levels") or ():
-            if lev.get("suppressed"):
-                continue
+        shown = [lev for lev in attr.get("levels") or () if not lev.get("suppressed")]
+        if not shown:  # the attribute is configured but nothing of it can be gated
+            out.append(gate_result(rule, name, None, "no group large enough to gate"))
+        for lev in shown:
             diff = (lev.get(key) or {}).get("value")
             value = None if diff is None else sign * float(diff)
             out.append(gate_result(rule, f"{name}={lev['level']}", value, f"{key} not available"))
