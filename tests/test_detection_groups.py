@@ -161,4 +161,4 @@ def test_detection_run_names_the_group_whose_objects_are_missed(tmp_path: Path) 
     samples = pq.read_table(out / "samples.parquet").to_pandas()
     assert set(samples["group_site"]) == {"A", "B"}
     html = (out / "report.html").read_text()
-    assert "site = B" in html
+    assert 'id="detection-groups"' in html and "site = B" in html
