@@ -229,14 +229,12 @@ def _run_locked(
     # gates naming classes are checked against the dataset's class list before the model loads
     check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     if cfg.model.task == "detection":  # issue 26: the detector loop, same run directory
-        from auditor.audit.detection import SHARD_REFUSAL, run_detection
+        from auditor.audit.detection import run_detection
 
-        if spec.mode != "single":
-            raise ConfigError(SHARD_REFUSAL)
         return run_detection(
             cfg, dataset, out, lock=lock, trust_model_code=trust_model_code, resume=resume,
             pdf=cfg.report.pdf if pdf is None else pdf, progress=progress, render=render,
-            command=command,
+            command=command, spec=spec, overrides=overrides,
         )  # fmt: skip
     loaded = load_model(
         cfg.model,
@@ -968,6 +966,15 @@ def _finalize_locked(
         cfg = replace(cfg, audit=replace(cfg.audit, aggregation=aggregation))
     store.write_provenance(first["provenance"])
     started = min(datetime.fromisoformat(m["started"]) for m in manifests if m.get("started"))
+    if cfg.model.task == "detection":  # issue 26: the detection rows, same finish as one process
+        from auditor.audit.detection_finish import finish_detection
+
+        return finish_detection(  # type: ignore[no-any-return]
+            root, store, cfg=cfg, dataset=dataset, classes=tuple(dataset.classes),
+            model_info=dict(first["model"]), started=started, t0=t0,
+            loop_s=max(float(m.get("loop_s") or 0.0) for m in manifests),
+            pdf=cfg.report.pdf if pdf is None else pdf, render=render, command=command,
+        )  # fmt: skip
     return finalize_inputs(
         FinalizeInputs(
             run_dir=root,
