@@ -106,6 +106,47 @@ def test_group_gates_values_and_failures() -> None:
     assert not none[0].passed and "no group results" in none[0].note
 
 
+def _config(tmp_path: Path, task: str, data: str, gates: str) -> dict:
+    from auditor.demo.detection import write_coco
+
+    doc = json.loads(write_coco(tmp_path, n_per_class=1).read_text())
+    doc["images"][0]["site"] = "A"
+    (tmp_path / "instances.json").write_text(json.dumps(doc))
+    model = {"factory": "a:b", **({"task": task} if task else {})}
+    raw: dict = {"model": model, "data": {"format": "coco", "root": str(tmp_path),
+                                          "annotations": "instances.json", **json.loads(data)}}
+    raw["gates"] = json.loads(gates)
+    return raw
+
+
+@pytest.mark.parametrize(
+    ("task", "data", "gates", "match"),
+    [
+        ("detection", '{"groups": ["site"]}', '{"min_group_accuracy": 0.5}',
+         r"min_group_accuracy does not apply to a detection audit"),
+        ("detection", "{}", '{"min_group_detection_recall": 0.5}',
+         r"min_group_detection_recall needs \[data\] groups"),
+        ("detection", '{"groups": ["site"]}', '{"min_group_detection_recall": {"sitee": 0.5}}',
+         r"'sitee' is not one of \[data\] groups"),
+        ("", '{"groups": ["site"]}', '{"max_group_detection_recall_gap": 0.2}',
+         r"max_group_detection_recall_gap is a detection gate"),
+    ],
+)  # fmt: skip
+def test_group_gate_config_refusals(tmp_path: Path, task: str, data: str, gates: str,
+                                    match: str) -> None:  # fmt: skip
+    from auditor.config import parse_config
+    from auditor.errors import ConfigError
+
+    with pytest.raises(ConfigError, match=match):
+        parse_config(_config(tmp_path, task, data, gates), base_dir=tmp_path)
+    ok = _config(tmp_path, "detection", '{"groups": ["site"]}',
+                 '{"min_group_detection_recall": {"site": 0.5, "site=A": 0.9}}')  # fmt: skip
+    rules = parse_config(ok, base_dir=tmp_path).gates
+    got = sorted((r.name, r.group) for r in rules if r.scope == "group")
+    assert got == [("min_group_detection_recall[site=A]", "site=A"),
+                   ("min_group_detection_recall[site]", "site")]  # fmt: skip
+
+
 CONFIG = """
 [model]
 factory = "auditor.demo.detection:build_tiny_detector"
