@@ -113,8 +113,15 @@ def _config(tmp_path: Path, task: str, data: str, gates: str) -> dict:
     doc["images"][0]["site"] = "A"
     (tmp_path / "instances.json").write_text(json.dumps(doc))
     model = {"factory": "a:b", **({"task": task} if task else {})}
-    raw: dict = {"model": model, "data": {"format": "coco", "root": str(tmp_path),
-                                          "annotations": "instances.json", **json.loads(data)}}
+    raw: dict = {
+        "model": model,
+        "data": {
+            "format": "coco",
+            "root": str(tmp_path),
+            "annotations": "instances.json",
+            **json.loads(data),
+        },
+    }
     raw["gates"] = json.loads(gates)
     return raw
 

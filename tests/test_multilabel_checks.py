@@ -135,14 +135,16 @@ def test_sigmoid_run_runs_sanity_and_alternative_fills(tmp_path: Path) -> None:
             assert ((v == pos["label"]) | (v == 3)).all()
     assert (rows[rows["explained"] != "positive"]["only_bg_pred_blur"] == -1).all()
     # the stored blur outcome of one pair, recomputed by hand
-    from auditor.metrics.interventions import only_background
     from PIL import Image
+
+    from auditor.metrics.interventions import only_background
 
     row = pos.iloc[0]
     img = np.array(Image.open(tmp_path / "data" / "images" / f"{int(row.image_index):04d}.png"))
     x = (torch.from_numpy(img).permute(2, 0, 1).float() / 255 - 0.5) / 0.25
     name = mf.LABELS[int(row.label)]
-    m = np.asarray(Image.open(tmp_path / "data" / "masks" / f"{int(row.image_index):04d}_{name}.png"))
+    mask_png = tmp_path / "data" / "masks" / f"{int(row.image_index):04d}_{name}.png"
+    m = np.asarray(Image.open(mask_png))
     mask = torch.from_numpy(m > 127)[None]
     seed = 0  # [audit] seed 0, batch 0: seed * 1_000_003 + batch
     with torch.no_grad():

@@ -55,7 +55,6 @@ RECALL_MARGIN = 0.05
 adjusted interval below ``-margin``). Fixed before any measurement; not tuned per case."""
 
 
-
 def _est(k: int, n: int, confidence: float) -> dict[str, float | None]:
     if n == 0:
         return {"value": None, "ci_low": None, "ci_high": None}

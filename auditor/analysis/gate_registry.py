@@ -136,10 +136,11 @@ def _register_builtin() -> None:
 
     for key, (q, bound) in DETECTION_GROUP_GATES.items():  # issue 26: detection + [data] groups
         word = "at least" if bound == "min" else "at most"
-        what = {"group_detection_recall": "the worst shown group's detection recall",
-                "group_detection_recall_gap": "the best minus the worst shown group's "
-                                              "detection recall",
-                "group_detection_precision": "the worst shown group's detection precision"}[q]
+        what = {
+            "group_detection_recall": "the worst shown group's detection recall",
+            "group_detection_recall_gap": "the best minus the worst shown group's recall",
+            "group_detection_precision": "the worst shown group's detection precision",
+        }[q]
         register_gate(
             GateSpec(key, q, bound, ("run",), "group", (),
                      f"detection audits, per attribute: {what} (or one group's) {word} the "

@@ -37,7 +37,7 @@ clean (stated in the record's reason).
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -91,11 +91,15 @@ def label_fill_collapse(
     if not all(hit):
         return False, "no collapse"
     if key == "only_bg":
-        return True, (f"every one of the {len(tested)} tested labels is still predicted present "
-                      f"on its background alone, above its chance rate + {COLLAPSE_MARGIN:g}")
-    return True, (f"every one of the {len(tested)} tested labels is switched off at once with "
-                  f"the background removed (a model that needs the context of every label "
-                  f"looks the same)")
+        return True, (
+            f"every one of the {len(tested)} tested labels is still predicted present "
+            f"on its background alone, above its chance rate + {COLLAPSE_MARGIN:g}"
+        )
+    return True, (
+        f"every one of the {len(tested)} tested labels is switched off at once with "
+        f"the background removed (a model that needs the context of every label "
+        f"looks the same)"
+    )
 
 
 def _floats(table: pa.Table, name: str) -> np.ndarray:
@@ -112,7 +116,8 @@ def _choose_one(
 ) -> tuple[dict[str, Any], np.ndarray | None]:  # fmt: skip
     """(the record of one intervention, the outcome to use: present 1/0/NaN; None: keep)."""
     record: dict[str, Any] = {"configured": configured, "collapsed": False, "tried": [],
-                              "used": configured, "reason": "not run", "test": "multi-label"}  # fmt: skip
+                              "used": configured, "reason": "not run",
+                              "test": "multi-label"}  # fmt: skip
     col = f"{key}_correct"
     if col not in table.column_names:
         return record, None
@@ -178,4 +183,3 @@ def choose_label_fills(
         if present is not None:
             table = _replace(table, key, present)
     return table, record
-

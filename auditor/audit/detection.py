@@ -47,9 +47,9 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from auditor._version import __version__
+from auditor.audit.distributed import ShardSpec
 from auditor.audit.modelstate import preserved_training_flags
 from auditor.audit.runner import raised_by_model
-from auditor.audit.distributed import ShardSpec
 from auditor.audit.store import RunLock, RunStore, atomic_write_bytes, atomic_write_json
 from auditor.cam.detection import Detections, DetectorCapture, method_maps
 from auditor.cam.methods import METHODS
@@ -403,7 +403,6 @@ def run_detection(
     docstring); a ``"shard"`` job and torchrun ranks other than 0 return after writing their
     batches (``result`` None, ``passed`` True)."""
     from auditor.audit.detection_finish import finish_detection
-    from auditor.audit.distributed import barrier, check_complete, manifest_path
     from auditor.audit.runner import AuditOutcome, _plan_batches, _setup_device, _start_manifest
 
     spec = spec or ShardSpec()
@@ -456,23 +455,43 @@ def run_detection(
     finally:
         model.to(orig)
     model_info["target_layer_explained"] = grid
-    manifest.update(status="complete", model=model_info, loop_s=round(loop_s, 3),
-                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
-    atomic_write_json(manifest_path(store.shards, spec), manifest)
-    if spec.mode == "shard":
-        log.info("shard %s complete: %d batch(es) written", spec.label, len(todo))
+    loop_s = _complete_shard(store, spec, manifest, model_info, loop_s, len(todo))
+    if loop_s is None:  # a shard job, or a torchrun rank other than 0: done
         return AuditOutcome(run_dir=run_dir, result=None, passed=True)
-    if spec.mode == "torchrun":
-        barrier()  # every rank's batches are on disk
-        if spec.index != 0:
-            return AuditOutcome(run_dir=run_dir, result=None, passed=True)
-        manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
-        store.write_provenance(manifests[0]["provenance"])
-        loop_s = max(float(m.get("loop_s") or 0.0) for m in manifests)
     return finish_detection(
         run_dir, store, cfg=cfg, dataset=dataset, classes=classes, model_info=model_info,
         started=started, t0=t0, loop_s=loop_s, pdf=pdf, render=render, command=command,
     )  # fmt: skip
+
+
+def _complete_shard(
+    store: RunStore,
+    spec: ShardSpec,
+    manifest: dict[str, Any],
+    model_info: Mapping[str, Any],
+    loop_s: float,
+    n_done: int,
+) -> float | None:
+    """Mark this process's shard record complete (with the model record and the layer's
+    explanation, which ``auditor finalize`` reads). Returns the loop time to report, or
+    ``None`` when this process does not finish the run (a ``--shard`` job; a torchrun rank
+    other than 0, after the barrier). Rank 0 checks that every rank's shard is complete."""
+    from auditor.audit.distributed import barrier, check_complete, manifest_path
+
+    manifest.update(status="complete", model=dict(model_info), loop_s=round(loop_s, 3),
+                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    atomic_write_json(manifest_path(store.shards, spec), manifest)
+    if spec.mode == "shard":
+        log.info("shard %s complete: %d batch(es) written", spec.label, n_done)
+        return None
+    if spec.mode != "torchrun":
+        return loop_s
+    barrier()  # every rank's batches are on disk
+    if spec.index != 0:
+        return None
+    manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
+    store.write_provenance(manifests[0]["provenance"])
+    return max(float(m.get("loop_s") or 0.0) for m in manifests)
 
 
 def _layer_name(cfg: ModelConfig) -> str | None:

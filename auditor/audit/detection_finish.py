@@ -71,9 +71,7 @@ def finish_detection(
     store.write_samples(rows)
     _group_columns(run_dir, cfg)
     per_class, overall, findings, block = analyse_detection(rows, classes, s)
-    groups = _groups(rows, cfg, s.primary)
-    if groups is not None:
-        block["groups"], findings = groups, _with_group_findings(findings, groups)
+    findings = _attach_groups(block, rows, cfg, findings)
     block["gallery"] = _gallery(run_dir, rows, per_class, dataset, s)  # drawn once, here
     n_images = int(block.get("n_images", 0))
     detection = {
@@ -130,7 +128,7 @@ def finish_detection(
         settings=freeze(to_jsonable(s)),
         extra=MappingProxyType({"detection": detection}),
     )
-    result = result.replace(gates=_gates(result, cfg.gates, groups))
+    result = result.replace(gates=_gates(result, cfg.gates, block.get("groups")))
     atomic_write_json(run_dir / "summary.json", result.to_json())
     write_junit(run_dir / "junit.xml", result)
     write_per_class_csv(result, run_dir / "classes.csv")
@@ -170,11 +168,16 @@ def _groups(rows: Any, cfg: AuditConfig, primary: str) -> dict[str, Any] | None:
     )
 
 
-def _with_group_findings(findings: Any, groups: Mapping[str, Any]) -> Any:
-    """The run's findings with one ``group_detection_disparity`` per flagged group, numbered
-    after them."""
+def _attach_groups(block: dict[str, Any], rows: Any, cfg: AuditConfig, findings: Any) -> Any:
+    """With ``[data] groups``: ``block["groups"]`` (:func:`_groups`) and the run's findings
+    with one ``group_detection_disparity`` per flagged group, numbered after them; else
+    ``findings`` unchanged."""
     from auditor.analysis.detection_groups import detection_group_findings
 
+    groups = _groups(rows, cfg, cfg.audit.primary)
+    if groups is None:
+        return findings
+    block["groups"] = groups
     new = detection_group_findings(groups)
     return (*findings, *(replace(f, id=f"F{len(findings) + i + 1}") for i, f in enumerate(new)))
 

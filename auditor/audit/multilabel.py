@@ -257,17 +257,9 @@ class MultiLabelBatchAuditor(BatchAuditorBase):
             cols["cam_status"] = cam_status
             for name, values in metrics.items():
                 cols[name] = np.where(bad, np.nan, values.double().cpu().numpy())
-            if s.interventions:
-                for key in INTERVENTION_COLUMNS:
-                    cols[key] = iv.get(key, np.full(len(p_flat), np.nan))
-                # the single-label "background predicted as class c" has no multi-label
-                # meaning (labels are not exclusive): not run (-1); the only-background
-                # probability of the label is in only_bg_confidence
-                cols["only_bg_pred"] = np.full(len(p_flat), -1, np.int64)
-                # the alternative fills: the label (present) or L (absent), -1 where not run
-                # (auditor.analysis.multilabel_fills); only_fg_pred: not run, as only_bg_pred
-                for key in ALTERNATIVE_FILL_COLUMNS:
-                    cols[key] = iv.get(key, np.full(len(p_flat), -1, np.int64))
+            if s.interventions:  # (see _positive_interventions)
+                for key in (*INTERVENTION_COLUMNS, "only_bg_pred", *ALTERNATIVE_FILL_COLUMNS):
+                    cols[key] = iv[key]
             tables.append(rows_table(cols, schema))
             kept = _stored_map(method, cam[torch.from_numpy(keep).to(cam.device)])
             peak = kept.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1) if len(keep) else 1.0
@@ -331,14 +323,19 @@ class MultiLabelBatchAuditor(BatchAuditorBase):
         j_of: np.ndarray,
         batch_no: int,
     ) -> dict[str, np.ndarray]:
-        """Intervention columns for every pair; run for positive pairs with a label mask."""
+        """Intervention columns for every pair (all of ``INTERVENTION_COLUMNS``,
+        ``only_bg_pred`` and ``ALTERNATIVE_FILL_COLUMNS``); run for positive pairs with a label
+        mask."""
         import torch
 
         n = len(run)
         out = {key: np.full(n, np.nan) for key in INTERVENTION_COLUMNS}
-        for key in ALTERNATIVE_FILL_COLUMNS:
-            if key != "only_fg_pred":
-                out[key] = np.full(n, -1, np.int64)
+        # the single-label "predicted as class c" (only_bg_pred, only_fg_pred) has no
+        # multi-label meaning (labels are not exclusive): not run (-1); the label's
+        # probability is in *_confidence. The alternative fills (``<k>_pred_<fill>``): the
+        # label (present) or L (absent), -1 where not run (auditor.analysis.multilabel_fills)
+        for key in ("only_bg_pred", *ALTERNATIVE_FILL_COLUMNS):
+            out[key] = np.full(n, -1, np.int64)
         sel = np.flatnonzero(run)
         if not self.s.interventions or sel.size == 0:
             return out

@@ -1098,8 +1098,9 @@ def _sanity_targets(model: torch.nn.Module, batch: Any, images: torch.Tensor) ->
     sets = getattr(batch, "label_sets", None)
     if sets is None:
         return batch.labels.to(images.device)
-    first = torch.where(sets.any(1), sets.float().argmax(1), torch.full_like(sets[:, 0], -1,
-                                                                          dtype=torch.long))
+    first = torch.where(
+        sets.any(1), sets.float().argmax(1), torch.full_like(sets[:, 0], -1, dtype=torch.long)
+    )
     if bool((first < 0).any()):
         with torch.no_grad():
             top = model(images).float().argmax(1).cpu()
