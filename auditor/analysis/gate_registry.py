@@ -204,9 +204,16 @@ def _register_group_gates() -> None:
 
 
 def group_gate_keys() -> tuple[str, ...]:
-    """The registered run gates on ``[data] groups`` (level ``"group"``)."""
+    """The registered run gates on ``[data] groups`` (level ``"group"``) of classifier runs;
+    the detection runs' group gates are :data:`auditor.config_detection.DETECTION_GROUP_GATES`."""
+    from auditor.config_detection import DETECTION_GROUP_GATES
+
     _ensure()
-    return tuple(k for k, s in _REGISTRY.items() if s.level == "group" and "run" in s.applies)
+    return tuple(
+        k
+        for k, s in _REGISTRY.items()
+        if s.level == "group" and "run" in s.applies and k not in DETECTION_GROUP_GATES
+    )
 
 
 def _ensure() -> None:
