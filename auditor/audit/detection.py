@@ -455,12 +455,12 @@ def run_detection(
     finally:
         model.to(orig)
     model_info["target_layer_explained"] = grid
-    loop_s = _complete_shard(store, spec, manifest, model_info, loop_s, len(todo))
-    if loop_s is None:  # a shard job, or a torchrun rank other than 0: done
+    total_s = _complete_shard(store, spec, manifest, model_info, loop_s, len(todo))
+    if total_s is None:  # a shard job, or a torchrun rank other than 0: done
         return AuditOutcome(run_dir=run_dir, result=None, passed=True)
     return finish_detection(
         run_dir, store, cfg=cfg, dataset=dataset, classes=classes, model_info=model_info,
-        started=started, t0=t0, loop_s=loop_s, pdf=pdf, render=render, command=command,
+        started=started, t0=t0, loop_s=total_s, pdf=pdf, render=render, command=command,
     )  # fmt: skip
 
 
