@@ -12,9 +12,11 @@ sense for it; what cannot be honoured is refused here, before any model is loade
 * ``[gates]``: the localisation metrics (on the box), the finding counts and the detection
   gates (:data:`DETECTION_GATES`) and, with ``--baseline`` or in ``auditor compare``, the
   comparison gates ``max_<q>_increase`` / ``_decrease`` of
-  :data:`DETECTION_COMPARE_QUANTITIES` and the box metrics; gates on accuracy, interventions
-  of classifiers, faithfulness or groups are refused; the detection gates are refused in a
-  classification run.
+  :data:`DETECTION_COMPARE_QUANTITIES` and the box metrics; with ``[data] groups`` the
+  detection group gates :data:`DETECTION_GROUP_GATES` (per-group detection recall and
+  precision, :mod:`auditor.analysis.detection_groups`); gates on accuracy, interventions of
+  classifiers, faithfulness or the classifier's group gates are refused; the detection gates
+  are refused in a classification run.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ __all__ = [
     "DETECTION_COMPARE_DIRECTION",
     "DETECTION_COMPARE_QUANTITIES",
     "DETECTION_GATES",
+    "DETECTION_GROUP_GATES",
     "DETECTION_METHODS",
     "DETECTION_METRICS",
     "DETECTION_QUANTITIES",
@@ -60,6 +63,13 @@ DETECTION_GATES: Mapping[str, tuple[str, str]] = {
     "min_object_only_recall": ("object_only_recall", "min"),
     "max_context_recall_drop": ("context_recall_drop", "max"),
     "max_context_only_hit_rate": ("context_only_hit_rate", "max"),
+}
+#: gates on ``[data] groups`` of a detection run: key -> (quantity, bound), scope "group"
+#: (:mod:`auditor.analysis.detection_groups`)
+DETECTION_GROUP_GATES: Mapping[str, tuple[str, str]] = {
+    "min_group_detection_recall": ("group_detection_recall", "min"),
+    "max_group_detection_recall_gap": ("group_detection_recall_gap", "max"),
+    "min_group_detection_precision": ("group_detection_precision", "min"),
 }
 DETECTION_QUANTITIES = tuple(q for q, _ in DETECTION_GATES.values())
 #: quantities paired by ``auditor compare`` of two detection runs (:mod:`auditor.compare.
@@ -107,7 +117,7 @@ def _compare_gate_quantity(key: str) -> str | None:
 
 
 def _allowed_gate(key: str) -> bool:
-    if key in DETECTION_GATES:
+    if key in DETECTION_GATES or key in DETECTION_GROUP_GATES:
         return True
     q = _compare_gate_quantity(key)
     if q is not None:  # the baseline comparison of two detection runs
@@ -135,12 +145,15 @@ def check_task_gates(raw_gates: Mapping[str, Any], task: str, source: str) -> No
             raise ConfigError(
                 f"{source}: [gates] {key} does not apply to a detection audit ([model] task = "
                 f'"detection"); detection gates: {", ".join(DETECTION_GATES)}, max_/min_ of '
-                f"{', '.join(DETECTION_METRICS)} (on the box), max_findings_<severity>; with "
+                f"{', '.join(DETECTION_METRICS)} (on the box), max_findings_<severity>, with "
+                f"[data] groups {', '.join(DETECTION_GROUP_GATES)}; with "
                 f"--baseline: max_<q>_increase / _decrease of "
                 f"{', '.join(DETECTION_COMPARE_QUANTITIES + DETECTION_METRICS)}"
             )
         if task != "detection" and (
-            key in DETECTION_GATES or _compare_gate_quantity(key) in DETECTION_COMPARE_QUANTITIES
+            key in DETECTION_GATES
+            or key in DETECTION_GROUP_GATES
+            or _compare_gate_quantity(key) in DETECTION_COMPARE_QUANTITIES
         ):
             raise ConfigError(
                 f'{source}: [gates] {key} is a detection gate; it needs [model] task = "detection"'
@@ -160,12 +173,6 @@ def check_detection_config(raw: Mapping[str, Any], data: Any, audit: Any, source
         raise ConfigError(
             f"{source}: [data] resize = {data.resize!r} is not supported for detection (a crop "
             f'would cut boxes); use resize = "direct"'
-        )
-    if getattr(data, "groups", ()):
-        raise ConfigError(
-            f"{source}: [data] groups are not supported for detection audits yet (the group "
-            f"statistics and gates read a classifier's per-image accuracy; per-group detection "
-            f"recall is not built); remove [data] groups"
         )
     if "methods" not in raw.get("audit", {}):
         audit = replace(audit, methods=DEFAULT_DETECTION_METHODS)

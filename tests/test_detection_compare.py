@@ -234,14 +234,6 @@ def test_choose_detection_panels_by_hand() -> None:
     assert choose_detection_panels(rows, ["kite"], {}, "gradcam", 0) == []
 
 
-def test_shards_refused_with_the_reason(run_a: Path, tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
-    cfg = run_a.parent / "audit.toml"
-    rc = main(["run", str(cfg), "--out", str(tmp_path / "s"), "--shard", "1/2", "--no-pdf",
-               "--quiet"])  # fmt: skip
-    err = capsys.readouterr().err
-    assert rc == 2 and "--shard and torchrun" in err and "per-box rows" in err
-
-
 def test_detection_comparison_gate_refused_in_a_classifier_config(demo_inputs: Path) -> None:
     from auditor.config import load_config
     from auditor.errors import ConfigError

@@ -173,11 +173,12 @@ def _finalize_exact(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:
     # multi-label (issue 26): every (image, label) row is kept in samples.parquet; the
     # per-class analysis reads the pairs where the image carries the label
     full = table
+    fills: dict[str, Any] | None = None
     multilabel = "explained" in table.column_names
     if multilabel:
         from auditor.analysis.multilabel import positive_rows
 
-        table = positive_rows(full)
+        table, fills = _label_fills(positive_rows(full), full, inputs.classes, s)
     # the primary method's low-resolution CAMs, read once for clusters and gallery (tiny:
     # h×w float32 per sample)
     primary_cams = store.load_cams(s.primary) if table.num_rows else {}
@@ -209,6 +210,9 @@ def _finalize_exact(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:
         from auditor.analysis.multilabel import attach_labels
 
         result = attach_labels(result, full, inputs.classes, s)
+        if fills is not None:  # the multi-label fill choice, not the single-label one
+            extra = {**dict(result.extra), "intervention_fills": fills}
+            result = result.replace(extra=freeze(extra))
     prim = table.filter(pc.equal(table.column("method"), s.primary)) if table.num_rows else table
     h = hashlib.sha256()
     if prim.num_rows:
@@ -220,6 +224,19 @@ def _finalize_exact(inputs: FinalizeInputs, t_an: float) -> AuditOutcome:
         ):
             h.update(f"{sid}\0{ish}\0{msh}\0{lab}\n".encode())
     return _finish(inputs, _Analysed(result, prim, h, primary_cams, "exact", t_an))
+
+
+def _label_fills(
+    table: pa.Table, full: pa.Table, classes: Sequence[str], s: AuditSettings
+) -> tuple[pa.Table, dict[str, Any] | None]:
+    """The positive rows of a multi-label run with collapsed interventions replaced by an
+    alternative fill, and the record (:mod:`auditor.analysis.multilabel_fills`)."""
+    from auditor.analysis.multilabel import label_chance
+    from auditor.analysis.multilabel_fills import choose_label_fills
+
+    chance = label_chance(full, len(classes), primary=s.primary, threshold=s.threshold)
+    return choose_label_fills(table, primary=s.primary, configured=s.intervention_fill,
+                              chance=chance, confidence=s.confidence)  # fmt: skip
 
 
 def _finding_rules(full: pa.Table, classes: Sequence[str], s: AuditSettings) -> FindingRules:

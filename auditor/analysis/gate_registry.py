@@ -128,7 +128,24 @@ def _register_builtin() -> None:
                  "the run is interpretable: accuracy above chance, map grid larger than 3x3, "
                  "primary method passes the randomisation check (on unless set to false)")
     )  # fmt: skip
-    from auditor.config_detection import DETECTION_COMPARE_QUANTITIES, DETECTION_GATES
+    from auditor.config_detection import (
+        DETECTION_COMPARE_QUANTITIES,
+        DETECTION_GATES,
+        DETECTION_GROUP_GATES,
+    )
+
+    for key, (q, bound) in DETECTION_GROUP_GATES.items():  # issue 26: detection + [data] groups
+        word = "at least" if bound == "min" else "at most"
+        what = {
+            "group_detection_recall": "the worst shown group's detection recall",
+            "group_detection_recall_gap": "the best minus the worst shown group's recall",
+            "group_detection_precision": "the worst shown group's detection precision",
+        }[q]
+        register_gate(
+            GateSpec(key, q, bound, ("run",), "group", (),
+                     f"detection audits, per attribute: {what} (or one group's) {word} the "
+                     f"threshold")
+        )  # fmt: skip
 
     for key, (q, bound) in DETECTION_GATES.items():  # issue 26: [model] task = "detection"
         word = "at most" if bound == "max" else "at least"
@@ -187,9 +204,16 @@ def _register_group_gates() -> None:
 
 
 def group_gate_keys() -> tuple[str, ...]:
-    """The registered run gates on ``[data] groups`` (level ``"group"``)."""
+    """The registered run gates on ``[data] groups`` (level ``"group"``) of classifier runs;
+    the detection runs' group gates are :data:`auditor.config_detection.DETECTION_GROUP_GATES`."""
+    from auditor.config_detection import DETECTION_GROUP_GATES
+
     _ensure()
-    return tuple(k for k, s in _REGISTRY.items() if s.level == "group" and "run" in s.applies)
+    return tuple(
+        k
+        for k, s in _REGISTRY.items()
+        if s.level == "group" and "run" in s.applies and k not in DETECTION_GROUP_GATES
+    )
 
 
 def _ensure() -> None:

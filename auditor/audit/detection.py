@@ -20,6 +20,14 @@ summary.json, report). For each image (batch of 1, eval mode):
 
 Rows are written per batch of ``[audit] batch_size`` images as the classifier path's shards
 (resume, atomic writes); low-resolution maps (the layer grid) go beside them.
+
+Shards and torchrun (:mod:`auditor.audit.distributed`) split the images by batch as for a
+classifier: shard ``I`` of ``N`` computes the batches ``b`` with ``b mod N == I`` and records
+itself in ``shards/shard-I-of-N.json`` (with the model's record and the target layer's
+explanation); ``auditor finalize`` (or torchrun's rank 0) checks the shards and finishes the
+run from the union of the batches with :func:`auditor.audit.detection_finish.finish_detection`,
+the same code as one process: every batch depends only on its own images, so the summary is the
+single process's.
 """
 
 from __future__ import annotations
@@ -39,9 +47,10 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 
 from auditor._version import __version__
+from auditor.audit.distributed import ShardSpec
 from auditor.audit.modelstate import preserved_training_flags
 from auditor.audit.runner import raised_by_model
-from auditor.audit.store import RunLock, RunStore, atomic_write_bytes
+from auditor.audit.store import RunLock, RunStore, atomic_write_bytes, atomic_write_json
 from auditor.cam.detection import Detections, DetectorCapture, method_maps
 from auditor.cam.methods import METHODS
 from auditor.config import AuditConfig, AuditSettings, ModelConfig, to_jsonable
@@ -53,19 +62,10 @@ log = logging.getLogger("auditor")
 
 __all__ = [
     "DETECTION_ARCHS",
-    "SHARD_REFUSAL",
     "detection_rows_for_image",
     "load_detector",
     "run_detection",
 ]
-
-#: why ``--shard`` / torchrun are refused for detection audits (exit 2, before the model loads)
-SHARD_REFUSAL = (
-    'detection audits ([model] task = "detection") run in one process: --shard and torchrun '
-    "are not supported for them yet, because `auditor finalize` merges a classifier's shards "
-    "(one row per image) and does not merge a detector's per-box rows, maps and gallery; run "
-    "without --shard / torchrun"
-)
 
 #: torchvision detection builders the audit builds by name (never with downloaded weights)
 DETECTION_ARCHS = (
@@ -394,9 +394,18 @@ def run_detection(
     progress: bool | None,
     render: bool,
     command: str | None,
+    spec: ShardSpec | None = None,
+    overrides: Mapping[str, Any] | None = None,
 ) -> Any:
-    """Audit the detector of ``cfg`` on ``dataset`` into ``run_dir`` (lock already held)."""
+    """Audit the detector of ``cfg`` on ``dataset`` into ``run_dir`` (lock already held).
+
+    ``spec``: the shard of this process (``--shard I/N`` or a torchrun rank; module
+    docstring); a ``"shard"`` job and torchrun ranks other than 0 return after writing their
+    batches (``result`` None, ``passed`` True)."""
     from auditor.audit.detection_finish import finish_detection
+    from auditor.audit.runner import AuditOutcome, _plan_batches, _setup_device, _start_manifest
+
+    spec = spec or ShardSpec()
 
     if cfg.audit.intervention_fill not in ("mean", "black"):
         raise ConfigError(
@@ -408,7 +417,7 @@ def run_detection(
     boxes = read_coco_boxes(cfg.data.annotations, classes, cfg.data.input_size)
     loaded = load_detector(replace(cfg.model, trust_model_code=bool(
         trust_model_code or cfg.model.trust_model_code)), classes, cfg.data)  # fmt: skip
-    dev = torch.device(cfg.audit.device)
+    dev, resume = _setup_device(cfg.audit, spec, resume)
     model = loaded.module
     s = cfg.audit
     fill = (torch.tensor(cfg.data.mean, dtype=torch.float32) if s.intervention_fill == "mean"
@@ -422,19 +431,20 @@ def run_detection(
         with preserved_training_flags(model, eval=True):
             capture = DetectorCapture(model, _layer_name(cfg.model), loaded.name)
             fp = _fingerprints(cfg, loaded.sha256, dataset.annotation_sha256(), capture.layer)
-            done = store.prepare(fp, resume=resume)
             model_info = {
                 "name": loaded.name, "sha256": loaded.sha256, "source": loaded.source,
                 "parameters": loaded.parameters, "target_layer": capture.layer,
             }  # fmt: skip
-            store.write_provenance({"fingerprints": fp, "model": model_info,
-                                    "started": started.isoformat(timespec="seconds")})  # fmt: skip
-            if cfg.source is not None:
+            provenance = {"fingerprints": fp, "model": model_info,
+                          "started": started.isoformat(timespec="seconds")}  # fmt: skip
+            todo, _ = _plan_batches(store, spec, fp, provenance, len(chunks), resume)
+            manifest = _start_manifest(store, spec, s, n, len(chunks), fp, provenance,
+                                       model_info, cfg, overrides, started)  # fmt: skip
+            if cfg.source is not None and spec.index == 0:
                 atomic_write_bytes(run_dir / "config.toml", Path(cfg.source).read_bytes())
-            first = next((b for b in range(len(chunks)) if b not in done), len(chunks))
             failures: list[str] = []
             t_loop = time.perf_counter()
-            for b in range(first, len(chunks)):
+            for b in todo:
                 rows, cams, ids, idx, skipped = _batch(
                     capture, dataset, chunks[b], boxes, cfg, dev, fill, failures
                 )
@@ -445,10 +455,43 @@ def run_detection(
     finally:
         model.to(orig)
     model_info["target_layer_explained"] = grid
+    total_s = _complete_shard(store, spec, manifest, model_info, loop_s, len(todo))
+    if total_s is None:  # a shard job, or a torchrun rank other than 0: done
+        return AuditOutcome(run_dir=run_dir, result=None, passed=True)
     return finish_detection(
         run_dir, store, cfg=cfg, dataset=dataset, classes=classes, model_info=model_info,
-        started=started, t0=t0, loop_s=loop_s, pdf=pdf, render=render, command=command,
+        started=started, t0=t0, loop_s=total_s, pdf=pdf, render=render, command=command,
     )  # fmt: skip
+
+
+def _complete_shard(
+    store: RunStore,
+    spec: ShardSpec,
+    manifest: dict[str, Any],
+    model_info: Mapping[str, Any],
+    loop_s: float,
+    n_done: int,
+) -> float | None:
+    """Mark this process's shard record complete (with the model record and the layer's
+    explanation, which ``auditor finalize`` reads). Returns the loop time to report, or
+    ``None`` when this process does not finish the run (a ``--shard`` job; a torchrun rank
+    other than 0, after the barrier). Rank 0 checks that every rank's shard is complete."""
+    from auditor.audit.distributed import barrier, check_complete, manifest_path
+
+    manifest.update(status="complete", model=dict(model_info), loop_s=round(loop_s, 3),
+                    finished=datetime.now(timezone.utc).isoformat(timespec="seconds"))  # fmt: skip
+    atomic_write_json(manifest_path(store.shards, spec), manifest)
+    if spec.mode == "shard":
+        log.info("shard %s complete: %d batch(es) written", spec.label, n_done)
+        return None
+    if spec.mode != "torchrun":
+        return loop_s
+    barrier()  # every rank's batches are on disk
+    if spec.index != 0:
+        return None
+    manifests, _ = check_complete(store.shards, completed_batches=store.completed_batches())
+    store.write_provenance(manifests[0]["provenance"])
+    return max(float(m.get("loop_s") or 0.0) for m in manifests)
 
 
 def _layer_name(cfg: ModelConfig) -> str | None:

@@ -69,7 +69,9 @@ def finish_detection(
     rows = store.read_rows()
     skipped = store.read_skipped()
     store.write_samples(rows)
+    _group_columns(run_dir, cfg)
     per_class, overall, findings, block = analyse_detection(rows, classes, s)
+    findings = _attach_groups(block, rows, cfg, findings)
     block["gallery"] = _gallery(run_dir, rows, per_class, dataset, s)  # drawn once, here
     n_images = int(block.get("n_images", 0))
     detection = {
@@ -126,7 +128,7 @@ def finish_detection(
         settings=freeze(to_jsonable(s)),
         extra=MappingProxyType({"detection": detection}),
     )
-    result = result.replace(gates=evaluate_gates(result, cfg.gates))
+    result = result.replace(gates=_gates(result, cfg.gates, block.get("groups")))
     atomic_write_json(run_dir / "summary.json", result.to_json())
     write_junit(run_dir / "junit.xml", result)
     write_per_class_csv(result, run_dir / "classes.csv")
@@ -145,6 +147,63 @@ def finish_detection(
         report = render_report(run_dir, html=True, pdf=pdf, templates=cfg.report.templates,
                                pdf_timeout_s=cfg.report.pdf_timeout_s)  # fmt: skip
     return AuditOutcome(run_dir=run_dir, result=result, passed=result.passed, report=report)
+
+
+def _groups(rows: Any, cfg: AuditConfig, primary: str) -> dict[str, Any] | None:
+    """The ``detection.groups`` block (:mod:`auditor.analysis.detection_groups`); ``None``
+    without ``[data] groups``."""
+    from auditor.analysis.detection_groups import analyse_detection_groups
+    from auditor.data.groups import read_groups
+
+    table = read_groups(cfg.data)
+    if table is None:
+        return None
+    import pyarrow.compute as pc
+
+    prim = rows.filter(pc.equal(rows.column("method"), primary)) if rows.num_rows else rows
+    ids = [str(v) for v in prim.column("id").to_pylist()] if prim.num_rows else []
+    levels = {a: table.column(a, ids) for a in table.attributes}
+    return analyse_detection_groups(
+        prim, levels, min_group_size=cfg.report.min_group_size, confidence=cfg.audit.confidence
+    )
+
+
+def _attach_groups(block: dict[str, Any], rows: Any, cfg: AuditConfig, findings: Any) -> Any:
+    """With ``[data] groups``: ``block["groups"]`` (:func:`_groups`) and the run's findings
+    with one ``group_detection_disparity`` per flagged group, numbered after them; else
+    ``findings`` unchanged."""
+    from auditor.analysis.detection_groups import detection_group_findings
+
+    groups = _groups(rows, cfg, cfg.audit.primary)
+    if groups is None:
+        return findings
+    block["groups"] = groups
+    new = detection_group_findings(groups)
+    return (*findings, *(replace(f, id=f"F{len(findings) + i + 1}") for i, f in enumerate(new)))
+
+
+def _gates(result: AuditResult, rules: Any, groups: Mapping[str, Any] | None) -> Any:
+    """The run gates, with the detection group gates (scope ``"group"``) checked on
+    ``groups``."""
+    from auditor.analysis.detection_groups import evaluate_detection_group_gates
+    from auditor.results import Gates
+
+    gates = evaluate_gates(result, rules)
+    extra = evaluate_detection_group_gates(groups, rules)
+    if not extra:
+        return gates
+    return Gates.of([*(gates.results if gates is not None else ()), *extra])
+
+
+def _group_columns(run_dir: Path, cfg: AuditConfig) -> None:
+    """``group_<attribute>`` columns in samples.parquet (as a classifier run's)."""
+    from auditor.analysis.groups.run import add_group_columns
+    from auditor.data.groups import read_groups
+
+    table = read_groups(cfg.data)
+    path = run_dir / "samples.parquet"
+    if table is not None and path.is_file():
+        add_group_columns(path, table)
 
 
 def _dataset_sha(dataset: Any, skipped: list[dict[str, Any]]) -> str:

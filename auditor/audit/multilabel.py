@@ -146,6 +146,8 @@ class MultiLabelBatchAuditor(BatchAuditorBase):
         area = masks.flatten(1).float().mean(1).cpu().numpy()
         ok = (area > 0) & (area < 1)
         out: dict[str, np.ndarray] = {}
+        if s.intervention_alternatives:
+            out.update(self._alternative_fills(images, masks, labels, ok, batch_no))
         for key, x in edited.items():
             p = self._probs(x).gather(1, labels.view(-1, 1)).squeeze(1).cpu().numpy()
             valid = ok & np.isfinite(p)
@@ -154,6 +156,40 @@ class MultiLabelBatchAuditor(BatchAuditorBase):
                 valid &= (pv >= 0) & ok[np.clip(pv, 0, None)]
             out[f"{key}_correct"] = np.where(valid, (p >= s.threshold).astype(float), np.nan)
             out[f"{key}_confidence"] = np.where(valid, p.astype(np.float64), np.nan)
+        return out
+
+    def _alternative_fills(
+        self,
+        images: torch.Tensor,
+        masks: torch.Tensor,
+        labels: torch.Tensor,
+        ok: np.ndarray,
+        batch_no: int,
+    ) -> dict[str, np.ndarray]:
+        """Each pair's label under the alternative fills (:data:`auditor.metrics.
+        interventions.ALTERNATIVE_FILLS` other than the configured one), only-background and
+        only-object: the label's index when predicted present (``p >= [audit] threshold``),
+        ``L`` (the number of labels: absent) when not, -1 where not run. Read by
+        :mod:`auditor.analysis.multilabel_fills` when the configured fill collapses. Two
+        inference forwards per fill."""
+        from auditor.metrics.interventions import (
+            ALTERNATIVE_FILLS,
+            only_background,
+            only_foreground,
+        )
+
+        out: dict[str, np.ndarray] = {}
+        seed = self.s.seed * 1_000_003 + batch_no
+        lab = labels.cpu().numpy().astype(np.int64)
+        absent = len(self.classes)
+        for fill in ALTERNATIVE_FILLS:
+            if fill == self.s.intervention_fill:
+                continue
+            for key, edit in (("only_bg", only_background), ("only_fg", only_foreground)):
+                x = edit(images, masks, fill=fill, seed=seed)
+                p = self._probs(x).gather(1, labels.view(-1, 1)).squeeze(1).cpu().numpy()
+                pred = np.where(p >= self.s.threshold, lab, absent)
+                out[f"{key}_pred_{fill}"] = np.where(ok & np.isfinite(p), pred, -1)
         return out
 
     def process(self, batch: Any, batch_no: int) -> tuple[pa.Table, dict[str, np.ndarray]]:
@@ -221,15 +257,9 @@ class MultiLabelBatchAuditor(BatchAuditorBase):
             cols["cam_status"] = cam_status
             for name, values in metrics.items():
                 cols[name] = np.where(bad, np.nan, values.double().cpu().numpy())
-            if s.interventions:
-                for key in INTERVENTION_COLUMNS:
-                    cols[key] = iv.get(key, np.full(len(p_flat), np.nan))
-                # the single-label "background predicted as class c" has no multi-label
-                # meaning (labels are not exclusive): not run (-1); the only-background
-                # probability of the label is in only_bg_confidence
-                cols["only_bg_pred"] = np.full(len(p_flat), -1, np.int64)
-                for key in ALTERNATIVE_FILL_COLUMNS:  # alternative fills: not run (-1)
-                    cols[key] = np.full(len(p_flat), -1, np.int64)
+            if s.interventions:  # (see _positive_interventions)
+                for key in (*INTERVENTION_COLUMNS, "only_bg_pred", *ALTERNATIVE_FILL_COLUMNS):
+                    cols[key] = iv[key]
             tables.append(rows_table(cols, schema))
             kept = _stored_map(method, cam[torch.from_numpy(keep).to(cam.device)])
             peak = kept.flatten(1).amax(1).clamp_min(1e-12).view(-1, 1, 1) if len(keep) else 1.0
@@ -293,11 +323,19 @@ class MultiLabelBatchAuditor(BatchAuditorBase):
         j_of: np.ndarray,
         batch_no: int,
     ) -> dict[str, np.ndarray]:
-        """Intervention columns for every pair; run for positive pairs with a label mask."""
+        """Intervention columns for every pair (all of ``INTERVENTION_COLUMNS``,
+        ``only_bg_pred`` and ``ALTERNATIVE_FILL_COLUMNS``); run for positive pairs with a label
+        mask."""
         import torch
 
         n = len(run)
         out = {key: np.full(n, np.nan) for key in INTERVENTION_COLUMNS}
+        # the single-label "predicted as class c" (only_bg_pred, only_fg_pred) has no
+        # multi-label meaning (labels are not exclusive): not run (-1); the label's
+        # probability is in *_confidence. The alternative fills (``<k>_pred_<fill>``): the
+        # label (present) or L (absent), -1 where not run (auditor.analysis.multilabel_fills)
+        for key in ("only_bg_pred", *ALTERNATIVE_FILL_COLUMNS):
+            out[key] = np.full(n, -1, np.int64)
         sel = np.flatnonzero(run)
         if not self.s.interventions or sel.size == 0:
             return out

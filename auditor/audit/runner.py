@@ -232,14 +232,12 @@ def _run_locked(
     # gates naming classes are checked against the dataset's class list before the model loads
     check_gates(cfg.gates, settings=cfg.audit, classes=dataset.classes, source=where)
     if cfg.model.task == "detection":  # issue 26: the detector loop, same run directory
-        from auditor.audit.detection import SHARD_REFUSAL, run_detection
+        from auditor.audit.detection import run_detection
 
-        if spec.mode != "single":
-            raise ConfigError(SHARD_REFUSAL)
         return run_detection(
             cfg, dataset, out, lock=lock, trust_model_code=trust_model_code, resume=resume,
             pdf=cfg.report.pdf if pdf is None else pdf, progress=progress, render=render,
-            command=command,
+            command=command, spec=spec, overrides=overrides,
         )  # fmt: skip
     loaded = load_model(
         cfg.model,
@@ -971,6 +969,15 @@ def _finalize_locked(
         cfg = replace(cfg, audit=replace(cfg.audit, aggregation=aggregation))
     store.write_provenance(first["provenance"])
     started = min(datetime.fromisoformat(m["started"]) for m in manifests if m.get("started"))
+    if cfg.model.task == "detection":  # issue 26: the detection rows, same finish as one process
+        from auditor.audit.detection_finish import finish_detection
+
+        return finish_detection(  # type: ignore[no-any-return]
+            root, store, cfg=cfg, dataset=dataset, classes=tuple(dataset.classes),
+            model_info=dict(first["model"]), started=started, t0=t0,
+            loop_s=max(float(m.get("loop_s") or 0.0) for m in manifests),
+            pdf=cfg.report.pdf if pdf is None else pdf, render=render, command=command,
+        )  # fmt: skip
     return finalize_inputs(
         FinalizeInputs(
             run_dir=root,
@@ -1052,8 +1059,9 @@ def _sanity(
     if not len(batch):
         return _sanity_not_run("the first samples could not be read")
     images = batch.images.to(dev)
+    targets = _sanity_targets(model, batch, images)
     try:
-        head, res = _randomise(model, images, batch.labels.to(dev), methods, layers[0], s, reshape)
+        head, res = _randomise(model, images, targets, methods, layers[0], s, reshape)
     except (ValueError, RuntimeError, TypeError) as exc:
         out = _sanity_not_run(str(exc).splitlines()[0][:300])
         atomic_write_json(path, out.to_json())
@@ -1075,11 +1083,29 @@ def _sanity_skip_reason(s: AuditSettings, dataset: Any, n: int) -> str | None:
         return "disabled in the config ([audit] sanity_check = false)"
     if s.sanity_samples == 0:
         return "[audit] sanity_samples = 0"
-    if getattr(dataset, "multilabel", False):
-        return "not available for multi-label (sigmoid) runs yet"
     if n == 0:
         return "no sample to run it on"
     return None
+
+
+def _sanity_targets(model: torch.nn.Module, batch: Any, images: torch.Tensor) -> torch.Tensor:
+    """The labels the randomisation check explains: the batch's labels; for a multi-label
+    batch (issue 26) each image's first label it carries (the lowest label index), or, for an
+    image without any label, the label its sigmoid head scores highest (one inference
+    forward). The same targets go to the trained and the randomised model."""
+    import torch
+
+    sets = getattr(batch, "label_sets", None)
+    if sets is None:
+        return batch.labels.to(images.device)
+    first = torch.where(
+        sets.any(1), sets.float().argmax(1), torch.full_like(sets[:, 0], -1, dtype=torch.long)
+    )
+    if bool((first < 0).any()):
+        with torch.no_grad():
+            top = model(images).float().argmax(1).cpu()
+        first = torch.where(first < 0, top, first)
+    return first.to(images.device)
 
 
 def _randomise(
