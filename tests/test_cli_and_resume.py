@@ -49,52 +49,36 @@ def test_missing_config_exits_2(tmp_path: Path) -> None:
     assert main(["run", str(tmp_path / "nope.toml"), "--out", str(tmp_path / "o")]) == 2
 
 
-def test_gate_failure_exits_1_and_writes_junit(
-    tmp_path: Path, demo_config: Callable[..., Path]
-) -> None:
-    cfg = demo_config(tmp_path, preset="small", gates="max_background_focus = 0.5")
-    code = main(
-        [
-            "run",
-            str(cfg),
-            "--out",
-            str(tmp_path / "run"),
-            "--limit",
-            "40",
-            "--no-pdf",
-            "--no-progress",
-        ]
-    )
-    assert code == 1
-    s = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert s["dataset"]["n_evaluated"] == 40
-    assert not s["gates"]["passed"]
-    failed = [r for r in s["gates"]["results"] if not r["passed"]]
-    assert failed and all(r["value"] > 0.5 for r in failed)
-    root = ET.parse(tmp_path / "run" / "junit.xml").getroot()  # noqa: S314
-    gates, findings = root.findall("testsuite")  # gates, then medium/high findings
-    assert gates.get("name").startswith("gates") and findings.get("name").startswith("findings")
-    assert len(gates.findall("testcase")) == len(s["gates"]["results"])
-    assert len(gates.findall(".//failure")) == len(failed)
-    action = [f for f in s["findings"] if f["severity"] in ("critical", "high", "medium")]
-    assert len(findings.findall("testcase")) == len(action)
-    assert (tmp_path / "run" / "report.html").is_file()
-    assert not (tmp_path / "run" / "report.pdf").exists()
-
-
-def test_existing_run_dir_needs_resume_and_resume_refuses_another_model(
+def test_gate_failure_exits_1_with_junit_and_the_run_dir_needs_resume(
     tmp_path: Path,
     demo_inputs: Path,
     demo_config: Callable[..., Path],
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    """A finished run folder: the same command again is refused without ``--resume`` (2), and
-    ``--resume`` with another model is refused naming both fingerprints (2)."""
-    cfg = demo_config(tmp_path, preset="small", gates="max_background_focus = 0.99")
-    out = tmp_path / "run"
-    args = ["run", str(cfg), "--out", str(out), "--limit", "10", "--no-pdf"]
-    assert main(args) == 0
-    assert main(args) == 2
+    """One audit (10 images): a failed gate exits 1 and writes junit.xml (gates, then the
+    medium/high findings) and the HTML report only; the same command again is refused without
+    ``--resume`` (2), and ``--resume`` with another model is refused naming both fingerprints
+    (2)."""
+    cfg = demo_config(tmp_path, preset="small", gates="max_background_focus = 0.5")
+    run = tmp_path / "run"
+    args = ["run", str(cfg), "--out", str(run), "--limit", "10", "--no-pdf", "--no-progress"]
+    assert main(args) == 1
+    s = json.loads((run / "summary.json").read_text())
+    assert s["dataset"]["n_evaluated"] == 10
+    assert not s["gates"]["passed"]
+    failed = [r for r in s["gates"]["results"] if not r["passed"]]
+    assert failed and all(r["value"] > 0.5 for r in failed)
+    root = ET.parse(run / "junit.xml").getroot()  # noqa: S314
+    gates, findings = root.findall("testsuite")  # gates, then medium/high findings
+    assert gates.get("name").startswith("gates") and findings.get("name").startswith("findings")
+    assert len(gates.findall("testcase")) == len(s["gates"]["results"])
+    assert len(gates.findall(".//failure")) == len(failed)
+    action = [f for f in s["findings"] if f["severity"] in ("critical", "high", "medium")]
+    assert action and len(findings.findall("testcase")) == len(action)
+    assert (run / "report.html").is_file()
+    assert not (run / "report.pdf").exists()
+
+    assert main(args) == 2  # a finished run folder, no --resume
     other = tmp_path / "other.toml"
     from auditor.demo import weights_path
 
@@ -104,7 +88,7 @@ def test_existing_run_dir_needs_resume_and_resume_refuses_another_model(
         )
     )
     capsys.readouterr()
-    code = main(["run", str(other), "--out", str(out), "--limit", "10", "--no-pdf", "--resume"])
+    code = main(["run", str(other), "--out", str(run), "--limit", "10", "--no-pdf", "--resume"])
     err = capsys.readouterr().err
     assert code == 2, err
     assert "model_sha256" in err and "config_sha256" in err
