@@ -135,12 +135,12 @@ def demo_config(demo_inputs: Path) -> Callable[..., Path]:
 #: so the last files to run are short ones and neither worker idles at the end. Order only:
 #: every test still runs; a file missing here runs after these, in collection order.
 HEAVY_FILES = (
-    "test_compare_flat.py",
     "test_cam_replica.py",
-    "test_cli_and_resume.py",
-    "test_scale.py",
     "test_docs_run.py",
     "test_hostile_round3.py",
+    "test_scale.py",
+    "test_compare_flat.py",
+    "test_cli_and_resume.py",
     "test_hostile_round4.py",
     "test_groups_e2e.py",
     "test_redteam_round5.py",

@@ -29,8 +29,9 @@ what the docs assume a reader has:
 
 Python snippets additionally get the objects their prose says the reader brings: ``model`` (a
 random-weight torchvision resnet18 with 4 classes: it has ``layer4``), ``images`` / ``labels`` /
-``targets`` / ``masks`` (4 demo images, 64 px), ``loader`` (one such batch), ``dataset`` (8 demo
-samples as an :class:`auditor.data.EvalDataset`) and ``my_dataset`` (a torch-style dataset of
+``targets`` / ``masks`` (4 demo images, 64 px), ``loader`` (one such batch), ``dataset`` (the 4
+demo samples as an :class:`auditor.data.EvalDataset`: README's ``auditor.audit`` runs its default
+faithfulness and sanity checks on every sample) and ``my_dataset`` (a torch-style dataset of
 ``(PIL image, label)``). Nothing else: a missing import in a snippet fails. Metrics and finding
 rules a snippet registers are unregistered after it.
 """
@@ -295,7 +296,7 @@ def reader_objects(sandbox: Path) -> dict[str, Any]:
     labels = torch.tensor([lab for _, lab, _ in items[:4]])
     masks = torch.from_numpy(np.stack([m for _, _, m in items[:4]]))
     dataset = dataset_from_torch(
-        items, classes=DEMO_CLASSES, input_size=64, mean=[0.5] * 3, std=[0.25] * 3
+        items[:4], classes=DEMO_CLASSES, input_size=64, mean=[0.5] * 3, std=[0.25] * 3
     )
     my_dataset = [(p, i % 2) for i, (p, _, _) in enumerate(items[:4])]
     return {

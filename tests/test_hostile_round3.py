@@ -210,7 +210,8 @@ def test_child_exit_code_prefers_rank_zero_and_maps_signals() -> None:
 def test_torchrun_exit_codes_are_the_documented_ones(
     tmp_path: Path, demo_config: Callable[..., Path]
 ) -> None:
-    """Two real CPU ranks (gloo): config typo 2, refused --out 2, failing gate 1; no traceback."""
+    """Two real CPU ranks (gloo): config typo 2, refused --out 2; no traceback. (Failing gate 1:
+    the launch of tests/test_scale.py, whose gate fails.)"""
 
     def torchrun(cfg: Path, out: Path) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
@@ -233,8 +234,3 @@ def test_torchrun_exit_codes_are_the_documented_ones(
     assert r.returncode == 2, r.stderr[-2000:]
     assert "Traceback" not in r.stderr and str(foreign) in r.stderr
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]  # nothing written there
-
-    r = torchrun(ok_cfg, tmp_path / "gated")
-    assert r.returncode == 1, r.stderr[-2000:]
-    assert "Traceback" not in r.stderr and "ChildFailedError" not in r.stderr
-    assert (tmp_path / "gated" / "summary.json").is_file()

@@ -1,9 +1,12 @@
 """Audits split across processes: 1 process == torchrun 2 ranks (gloo) == 2 shard jobs + finalize.
 
-Real processes (``python -m auditor``, ``python -m torch.distributed.run``) on the demo's tiny
-model and 27 images in batches of 6 (5 batches, the last one short, so shard 0 owns three and
-shard 1 two); every run's samples.parquet must be the same bytes and its summary.json the same
-except the run's timestamps, timings and command line.
+Real processes (``python -m auditor`` shard jobs, torchrun's launcher through
+``python -m auditor.torchrun``; the single run in this process with one thread, like them) on
+the demo's tiny model and 27 images in batches of 6 (5 batches, the last one short, so shard 0
+owns three and shard 1 two); every run's samples.parquet must be the same bytes and its
+summary.json the same except the run's timestamps, timings and command line. The config's gate
+fails, so the same launch also shows torchrun's exit code for a failed gate (1, no traceback;
+tests/test_hostile_round3.py has the bad-input ones).
 """
 
 from __future__ import annotations
@@ -12,12 +15,14 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
 pytestmark = pytest.mark.slow
 
@@ -36,14 +41,15 @@ def _env() -> dict[str, str]:
     }
 
 
-def _auditor(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "auditor", *args],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=_env(),
-    )
+@contextmanager
+def _one_thread() -> Iterator[None]:
+    """An in-process run with one intra-op thread, like the subprocesses."""
+    saved = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(saved)
 
 
 def _comparable(summary: dict[str, Any]) -> dict[str, Any]:
@@ -60,9 +66,11 @@ def runs(
     tmp_path_factory: pytest.TempPathFactory, demo_config: Callable[..., Path]
 ) -> dict[str, Path]:
     tmp = tmp_path_factory.mktemp("scale")
-    cfg = demo_config(tmp, preset="small", batch_size=BATCH, gates="max_background_focus = 0.99")
+    # a gate that fails: every complete run exits 1 (shard jobs do not evaluate gates)
+    cfg = demo_config(tmp, preset="small", batch_size=BATCH, gates="max_background_focus = 0.01")
     base = ["run", str(cfg), "--limit", LIMIT, "--no-pdf", "--no-progress"]
     out = {"single": tmp / "single", "torchrun": tmp / "torchrun", "shards": tmp / "shards"}
+    from auditor.cli import main
 
     # two shard jobs at the same time into one directory, like a job array
     jobs = [
@@ -75,21 +83,19 @@ def runs(
         )
         for s in ("1/2", "0/2")
     ]
-    single = _auditor(*base, "--out", str(out["single"]))
-    assert single.returncode == 0, single.stderr
+    with _one_thread():
+        assert main([*base, "--out", str(out["single"])]) == 1
     for job in jobs:
         _, err = job.communicate(timeout=600)
         assert job.returncode == 0, err
     assert not (out["shards"] / "summary.json").exists()  # shard jobs do not finalise
-    from auditor.cli import main
-
-    assert main(["finalize", str(out["shards"]), "--no-pdf"]) == 0
+    assert main(["finalize", str(out["shards"]), "--no-pdf"]) == 1
 
     tr = subprocess.run(
         [
             sys.executable,
             "-m",
-            "torch.distributed.run",
+            "auditor.torchrun",  # torchrun's own parser and launch, with our exit codes
             "--standalone",
             "--nproc-per-node",
             "2",
@@ -104,7 +110,8 @@ def runs(
         timeout=600,
         env=_env(),
     )
-    assert tr.returncode == 0, tr.stderr[-3000:]
+    assert tr.returncode == 1, tr.stderr[-3000:]  # the failed gate, as documented
+    assert "Traceback" not in tr.stderr and "ChildFailedError" not in tr.stderr, tr.stderr
     out["_cfg"] = cfg
     return out
 
@@ -117,6 +124,7 @@ def test_one_process_torchrun_and_shards_give_identical_results(runs: dict[str, 
     assert table.num_rows == 27 * 2  # 27 samples x 2 methods, none twice, none dropped
     assert sorted(set(table.column("index").to_pylist())) == list(range(27))
     summary = json.loads((ref / "summary.json").read_text())
+    assert summary["gates"]["passed"] is False  # the exit codes of 1 above were the gate's
     for mode in ("torchrun", "shards"):
         other = runs[mode]
         assert (other / "samples.parquet").read_bytes() == (ref / "samples.parquet").read_bytes()
