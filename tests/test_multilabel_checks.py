@@ -109,7 +109,11 @@ def test_sigmoid_run_runs_sanity_and_alternative_fills(tmp_path: Path) -> None:
     torch.save(model.state_dict(), tmp_path / "w.pt")
     manifest = mf.write_dataset(tmp_path / "data", 32, seed=2)  # one batch of 32
     shutil.copy(mf.__file__, tmp_path / "multilabel_fixtures.py")
-    cfg = mf.write_config(tmp_path, manifest, tmp_path / "w.pt", "sanity_samples = 16")
+    # head-only: the point is that Eigen-CAM ignores the head (the default cascade also
+    # re-draws the target block, which Eigen-CAM does read)
+    cfg = mf.write_config(
+        tmp_path, manifest, tmp_path / "w.pt", "sanity_samples = 16\nsanity_randomise = \"head\""
+    )
     text = cfg.read_text().replace("sanity_check = false", "sanity_check = true")
     cfg.write_text(text.replace('methods = ["gradcam"]', 'methods = ["gradcam", "eigencam"]'))
     out = tmp_path / "run"

@@ -341,6 +341,19 @@ def _write_outputs(run_dir: Path, result: AuditResult) -> None:
     write_junit(run_dir / "junit.xml", result)
     write_per_class_csv(result, run_dir / "classes.csv")
     write_findings_csv(result, run_dir / "findings.csv")
+    _refresh_manifest(run_dir)
+
+
+def _refresh_manifest(run_dir: Path) -> None:
+    """A run finalised again (``auditor finalize``, ``render=False``) rewrote files that an
+    earlier report's ``checksums.json`` covers: the manifest is rewritten over the tool's own
+    new files, so that ``load_run``/``compare`` do not read them as tampered. A signed run
+    (``signoff.json``) is left alone: its signature covers the old manifest, and
+    ``auditor verify`` must show that the signed files changed."""
+    from auditor.report.signoff import MANIFEST, SIGNOFF, write_manifest
+
+    if (run_dir / MANIFEST).is_file() and not (run_dir / SIGNOFF).exists():
+        write_manifest(run_dir)
 
 
 def _with_provenance(
