@@ -234,3 +234,17 @@ def test_shard_jobs_give_the_same_groups(runs: dict[str, Path], planted: Path,
         assert s["groups"] == single["groups"], aggregation
         src = [f["evidence"].get("group_sources") for f in s["findings"]]
         assert src == [f["evidence"].get("group_sources") for f in single["findings"]]
+
+
+def test_groups_block_of_a_real_run_round_trips_byte_identically(runs: dict[str, Path]) -> None:
+    """summary.json ``groups`` read into the typed results and written back (the codec, issue
+    21) gives the same bytes as the file."""
+    from auditor.audit.store import dumps_json
+    from auditor.group_results import GroupsResult
+
+    for variant, run in runs.items():
+        raw = (run / "summary.json").read_bytes()
+        summary = json.loads(raw)
+        assert summary["groups"]["attributes"], variant
+        summary["groups"] = GroupsResult.from_json(summary["groups"]).to_json()
+        assert dumps_json(summary) == raw, variant
