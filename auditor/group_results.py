@@ -1,17 +1,25 @@
 """Typed results of the group audit (``summary.json`` ``groups``; issue 24).
 
-Frozen dataclasses with ``to_json``/``from_json`` like :mod:`auditor.results`; the audit
-result carries them as JSON in ``AuditResult.extra["groups"]`` (an additive summary.json key)
-and :func:`GroupsResult.of_summary` reads them back. Suppressed groups (fewer samples than
-``[report] min_group_size``) hold no numbers at all: only ``suppressed = true``.
+Frozen dataclasses whose JSON form is derived from their fields by the one result codec
+(:func:`auditor.results.codec.encode`/:func:`~auditor.results.codec.decode`, issue 21); the
+audit result carries them as JSON in ``AuditResult.extra["groups"]`` (an additive summary.json
+key) and :func:`GroupsResult.of_summary` reads them back. Suppressed groups (fewer samples
+than ``[report] min_group_size``) hold no numbers at all: their JSON object is written by a
+small custom encode (``level``/``class``, ``n = null``, ``suppressed = true``).
+
+Reading keeps the rules of the hand-written pairs it replaced: a number that is not finite
+reads as ``None`` (:func:`_finite`), a missing ``level``/``class``/``name`` is an error
+(``KeyError``), a missing count reads as ``0``, a missing setting as its default.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
+
+from auditor.results.codec import decode, encode, jfield
 
 __all__ = ["AttributeResult", "ClassCell", "Est", "GroupStat", "GroupsResult", "Slice"]
 
@@ -23,13 +31,58 @@ def _f(x: Any) -> float | None:
     return x if math.isfinite(x) else None
 
 
+# --------------------------------------------------------------------------------------------
+# ``decode`` hooks: (raw JSON value, the whole object, the enclosing key) -> value
+# --------------------------------------------------------------------------------------------
+def _finite(raw: Any, obj: Mapping[str, Any], name: str | None) -> float | None:
+    """A finite float, ``None`` for null/NaN/inf (a non-number raises ``ValueError``)."""
+    return _f(raw)
+
+
+def _count(raw: Any, obj: Mapping[str, Any], name: str | None) -> int:
+    """A count: missing/``null`` reads as 0."""
+    return int(raw or 0)
+
+
+def _required(key: str) -> Callable[[Any, Mapping[str, Any], str | None], str]:
+    """A key that must be there (``KeyError`` naming it), read as a string."""
+
+    def read(raw: Any, obj: Mapping[str, Any], name: str | None) -> str:
+        return str(obj[key])
+
+    return read
+
+
+def _setting(conv: Callable[[Any], Any], default: Any) -> Any:
+    """A setting: missing/``null`` reads as ``default``, else ``conv(raw)`` (which raises on
+    a value it cannot read: no silent wrong number)."""
+
+    def read(raw: Any, obj: Mapping[str, Any], name: str | None) -> Any:
+        return conv(default if raw is None else raw)
+
+    return read
+
+
+def _read_where(raw: Any, obj: Mapping[str, Any], name: str | None) -> tuple[tuple[str, str], ...]:
+    return tuple((str(a), str(v)) for a, v in raw or ())
+
+
+def _read_levels(raw: Any, obj: Mapping[str, Any], name: str | None) -> tuple[GroupStat, ...]:
+    return tuple(GroupStat.from_json(g) for g in raw or ())
+
+
+def _est() -> Any:
+    """An :class:`Est` field (missing/``null`` reads as an empty estimate)."""
+    return jfield(default_factory=Est)
+
+
 @dataclass(frozen=True)
 class Est:
     """An estimate with its interval (``None`` where undefined, e.g. no mask in the group)."""
 
-    value: float | None = None
-    low: float | None = None
-    high: float | None = None
+    value: float | None = jfield(None, decode=_finite)
+    low: float | None = jfield(None, key="ci_low", decode=_finite)
+    high: float | None = jfield(None, key="ci_high", decode=_finite)
 
     @classmethod
     def of(cls, interval: Any) -> Est:
@@ -37,25 +90,14 @@ class Est:
         return cls(_f(interval.estimate), _f(interval.low), _f(interval.high))
 
     def to_json(self) -> dict[str, float | None]:
-        return {"value": self.value, "ci_low": self.low, "ci_high": self.high}
+        return encode(self)
 
     @classmethod
     def from_json(cls, d: Any) -> Est:
-        d = d or {}
-        return cls(_f(d.get("value")), _f(d.get("ci_low")), _f(d.get("ci_high")))
+        return decode(cls, d or None, "estimate")
 
 
-_STAT_FIELDS = (
-    "accuracy",
-    "background_focus",
-    "energy_in_mask",
-    "only_bg_accuracy",
-    "only_fg_accuracy",
-    "ece",
-    "accuracy_vs_rest",
-    "background_focus_vs_rest",
-    "accuracy_vs_best",
-)
+_NO_EST = Est()
 
 
 @dataclass(frozen=True)
@@ -64,37 +106,30 @@ class GroupStat:
     an interval at the multiple-testing-adjusted level; ``accuracy_vs_best``: minus the best
     group (not adjusted). ``flagged``: a disparity finding names this group."""
 
-    level: str
-    n: int
+    level: str = jfield(decode=_required("level"))
+    n: int = jfield(decode=_count)
     suppressed: bool = False
-    accuracy: Est = field(default_factory=Est)
-    background_focus: Est = field(default_factory=Est)
-    energy_in_mask: Est = field(default_factory=Est)
-    only_bg_accuracy: Est = field(default_factory=Est)
-    only_fg_accuracy: Est = field(default_factory=Est)
-    ece: Est = field(default_factory=Est)
-    accuracy_vs_rest: Est = field(default_factory=Est)
-    background_focus_vs_rest: Est = field(default_factory=Est)
-    accuracy_vs_best: Est = field(default_factory=Est)
+    accuracy: Est = _est()
+    background_focus: Est = _est()
+    energy_in_mask: Est = _est()
+    only_bg_accuracy: Est = _est()
+    only_fg_accuracy: Est = _est()
+    ece: Est = _est()
+    accuracy_vs_rest: Est = _est()
+    background_focus_vs_rest: Est = _est()
+    accuracy_vs_best: Est = _est()
     flagged: bool = False
 
     def to_json(self) -> dict[str, Any]:
         if self.suppressed:  # small cell: no number leaves the run (not even n)
             return {"level": self.level, "n": None, "suppressed": True}
-        out: dict[str, Any] = {"level": self.level, "n": self.n, "suppressed": False}
-        for name in _STAT_FIELDS:
-            out[name] = getattr(self, name).to_json()
-        out["flagged"] = self.flagged
-        return out
+        return encode(self)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> GroupStat:
-        if d.get("suppressed"):
+        if d.get("suppressed"):  # numbers in a suppressed object are not read
             return cls(level=str(d["level"]), n=0, suppressed=True)
-        kw: dict[str, Any] = {name: Est.from_json(d.get(name)) for name in _STAT_FIELDS}
-        return cls(
-            level=str(d["level"]), n=int(d.get("n") or 0), flagged=bool(d.get("flagged")), **kw
-        )
+        return decode(cls, d, "groups.level")
 
 
 @dataclass(frozen=True)
@@ -105,80 +140,44 @@ class ClassCell:
     a bootstrap interval). ``auroc_note``: why the AUROC has no number ("not estimable: ...")
     or that it is a lower bound (top-k probabilities only); ``""`` otherwise."""
 
-    cls: str
-    level: str
-    n: int
+    cls: str = jfield(key="class", decode=_required("class"))
+    level: str = jfield(decode=_required("level"))
+    n: int = jfield(decode=_count)
     suppressed: bool = False
-    sensitivity: Est = field(default_factory=Est)
-    specificity: Est = field(default_factory=Est)
-    n_negative: int = 0
-    auroc: Est = field(default_factory=Est)
+    sensitivity: Est = _est()
+    specificity: Est = _est()
+    n_negative: int = jfield(0, decode=_count)
+    auroc: Est = _est()
     auroc_note: str = ""
-    ece: Est = field(default_factory=Est)
+    ece: Est = _est()
 
     def to_json(self) -> dict[str, Any]:
         if self.suppressed:
             return {"class": self.cls, "level": self.level, "n": None, "suppressed": True}
-        return {
-            "class": self.cls,
-            "level": self.level,
-            "n": self.n,
-            "suppressed": False,
-            "sensitivity": self.sensitivity.to_json(),
-            "specificity": self.specificity.to_json(),
-            "n_negative": self.n_negative,
-            "auroc": self.auroc.to_json(),
-            "auroc_note": self.auroc_note,
-            "ece": self.ece.to_json(),
-        }
+        return encode(self)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> ClassCell:
-        return cls(
-            cls=str(d["class"]),
-            level=str(d["level"]),
-            n=int(d.get("n") or 0),
-            suppressed=bool(d.get("suppressed")),
-            sensitivity=Est.from_json(d.get("sensitivity")),
-            specificity=Est.from_json(d.get("specificity")),
-            n_negative=int(d.get("n_negative") or 0),
-            auroc=Est.from_json(d.get("auroc")),
-            auroc_note=str(d.get("auroc_note") or ""),
-            ece=Est.from_json(d.get("ece")),
-        )
+        return decode(cls, d, "groups.class")
 
 
 @dataclass(frozen=True)
 class AttributeResult:
     """All levels of one attribute, its worst group and its largest accuracy gap."""
 
-    name: str
-    levels: tuple[GroupStat, ...]
+    name: str = jfield(decode=_required("name"))
+    levels: tuple[GroupStat, ...] = jfield(decode=_read_levels)
     worst: str | None = None
-    worst_accuracy: float | None = None
-    largest_gap: Est = field(default_factory=Est)
+    worst_accuracy: float | None = jfield(None, decode=_finite)
+    largest_gap: Est = _est()
     classes: tuple[ClassCell, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "name": self.name,
-            "levels": [g.to_json() for g in self.levels],
-            "worst": self.worst,
-            "worst_accuracy": self.worst_accuracy,
-            "largest_gap": self.largest_gap.to_json(),
-            "classes": [c.to_json() for c in self.classes],
-        }
+        return encode(self)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> AttributeResult:
-        return cls(
-            name=str(d["name"]),
-            levels=tuple(GroupStat.from_json(g) for g in d.get("levels") or ()),
-            worst=d.get("worst"),
-            worst_accuracy=_f(d.get("worst_accuracy")),
-            largest_gap=Est.from_json(d.get("largest_gap")),
-            classes=tuple(ClassCell.from_json(c) for c in d.get("classes") or ()),
-        )
+        return decode(cls, d, "groups.attribute")
 
     def level(self, name: str) -> GroupStat | None:
         return next((g for g in self.levels if g.level == name), None)
@@ -190,12 +189,12 @@ class Slice:
     whose accuracy is lower than the rest's (``accuracy_gap``) or whose background focus is
     higher (``attention_gap``) by more than the margin (intervals adjusted)."""
 
-    where: tuple[tuple[str, str], ...]
-    n: int
-    accuracy: Est
-    accuracy_vs_rest: Est
-    background_focus: Est = field(default_factory=Est)
-    background_focus_vs_rest: Est = field(default_factory=Est)
+    where: tuple[tuple[str, str], ...] = jfield(decode=_read_where)
+    n: int = jfield(decode=_count)
+    accuracy: Est = jfield(missing=_NO_EST)
+    accuracy_vs_rest: Est = jfield(missing=_NO_EST)
+    background_focus: Est = _est()
+    background_focus_vs_rest: Est = _est()
     accuracy_gap: bool = True
     attention_gap: bool = False
 
@@ -203,74 +202,47 @@ class Slice:
         return " × ".join(f"{a} = {v}" for a, v in self.where)
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "where": [list(p) for p in self.where],
-            "n": self.n,
-            "accuracy": self.accuracy.to_json(),
-            "accuracy_vs_rest": self.accuracy_vs_rest.to_json(),
-            "background_focus": self.background_focus.to_json(),
-            "background_focus_vs_rest": self.background_focus_vs_rest.to_json(),
-            "accuracy_gap": self.accuracy_gap,
-            "attention_gap": self.attention_gap,
-        }
+        return encode(self)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> Slice:
-        return cls(
-            where=tuple((str(a), str(v)) for a, v in d.get("where") or ()),
-            n=int(d.get("n") or 0),
-            accuracy=Est.from_json(d.get("accuracy")),
-            accuracy_vs_rest=Est.from_json(d.get("accuracy_vs_rest")),
-            background_focus=Est.from_json(d.get("background_focus")),
-            background_focus_vs_rest=Est.from_json(d.get("background_focus_vs_rest")),
-            accuracy_gap=bool(d.get("accuracy_gap", True)),
-            attention_gap=bool(d.get("attention_gap", False)),
-        )
+        return decode(cls, d, "groups.slice")
 
 
 @dataclass(frozen=True)
 class GroupsResult:
     """summary.json ``groups``: the settings the tests were fixed with, then per attribute."""
 
+    _JSON_ORDER = (
+        "overall_accuracy",
+        "overall_background_focus",
+        "min_group_size",
+        "confidence",
+        "adjustment",
+        "n_tests",
+        "accuracy_margin",
+        "background_focus_margin",
+        "attributes",
+        "slices",
+    )
+
     attributes: tuple[AttributeResult, ...]
-    overall_accuracy: float | None = None
-    overall_background_focus: float | None = None
-    min_group_size: int = 10
-    confidence: float = 0.95
-    adjustment: str = "bonferroni"
-    n_tests: int = 0
-    accuracy_margin: float = 0.05
-    background_focus_margin: float = 0.10
+    overall_accuracy: float | None = jfield(None, decode=_finite)
+    overall_background_focus: float | None = jfield(None, decode=_finite)
+    min_group_size: int = jfield(10, decode=_setting(int, 10))
+    confidence: float = jfield(0.95, decode=_setting(float, 0.95))
+    adjustment: str = jfield("bonferroni", decode=_setting(str, "bonferroni"))
+    n_tests: int = jfield(0, decode=_setting(int, 0))
+    accuracy_margin: float = jfield(0.05, decode=_setting(float, 0.05))
+    background_focus_margin: float = jfield(0.10, decode=_setting(float, 0.10))
     slices: tuple[Slice, ...] = ()
 
     def to_json(self) -> dict[str, Any]:
-        return {
-            "overall_accuracy": self.overall_accuracy,
-            "overall_background_focus": self.overall_background_focus,
-            "min_group_size": self.min_group_size,
-            "confidence": self.confidence,
-            "adjustment": self.adjustment,
-            "n_tests": self.n_tests,
-            "accuracy_margin": self.accuracy_margin,
-            "background_focus_margin": self.background_focus_margin,
-            "attributes": [a.to_json() for a in self.attributes],
-            "slices": [s.to_json() for s in self.slices],
-        }
+        return encode(self)
 
     @classmethod
     def from_json(cls, d: Mapping[str, Any]) -> GroupsResult:
-        return cls(
-            attributes=tuple(AttributeResult.from_json(a) for a in d.get("attributes") or ()),
-            overall_accuracy=_f(d.get("overall_accuracy")),
-            overall_background_focus=_f(d.get("overall_background_focus")),
-            min_group_size=int(d.get("min_group_size", 10)),
-            confidence=float(d.get("confidence", 0.95)),
-            adjustment=str(d.get("adjustment", "bonferroni")),
-            n_tests=int(d.get("n_tests", 0)),
-            accuracy_margin=float(d.get("accuracy_margin", 0.05)),
-            background_focus_margin=float(d.get("background_focus_margin", 0.10)),
-            slices=tuple(Slice.from_json(s) for s in d.get("slices") or ()),
-        )
+        return decode(cls, d, "groups")
 
     @classmethod
     def of_summary(cls, result: Any) -> GroupsResult | None:

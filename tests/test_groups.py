@@ -19,7 +19,7 @@ from auditor.config import parse_config
 from auditor.data.config import parse_data_section
 from auditor.data.groups import bin_values, read_groups
 from auditor.errors import ConfigError, DataError
-from auditor.group_results import GroupsResult
+from auditor.group_results import ClassCell, GroupsResult, GroupStat
 from auditor.report.groups import forest_plot, groups_context, groups_frame
 
 
@@ -261,3 +261,112 @@ def test_json_round_trip_and_forest_plot() -> None:
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     with pytest.raises(ValueError, match="labels"):
         forest_plot([], [], [], [], overall=None, worst=None)
+
+
+#: a ``groups`` block with suppressed levels and class cells, as the hand-written pairs (before
+#: the codec, issue 21) wrote it: ``dumps_json`` bytes, key order included
+_SUPPRESSED_BLOCK = {
+    "overall_accuracy": 0.75,
+    "overall_background_focus": None,
+    "min_group_size": 5,
+    "confidence": 0.9,
+    "adjustment": "holm",
+    "n_tests": 4,
+    "accuracy_margin": 0.05,
+    "background_focus_margin": 0.1,
+    "attributes": [
+        {
+            "name": "site",
+            "levels": [
+                {
+                    "level": "A",
+                    "n": 12,
+                    "suppressed": False,
+                    **{
+                        k: {"value": 0.5, "ci_low": 0.25, "ci_high": None}
+                        for k in (
+                            "accuracy",
+                            "background_focus",
+                            "energy_in_mask",
+                            "only_bg_accuracy",
+                            "only_fg_accuracy",
+                            "ece",
+                            "accuracy_vs_rest",
+                            "background_focus_vs_rest",
+                            "accuracy_vs_best",
+                        )
+                    },
+                    "flagged": True,
+                },
+                {"level": "B", "n": None, "suppressed": True},
+            ],
+            "worst": "A",
+            "worst_accuracy": 0.5,
+            "largest_gap": {"value": None, "ci_low": None, "ci_high": None},
+            "classes": [
+                {
+                    "class": "cat",
+                    "level": "A",
+                    "n": 6,
+                    "suppressed": False,
+                    "sensitivity": {"value": 1.0, "ci_low": 0.6, "ci_high": 1.0},
+                    "specificity": {"value": 0.5, "ci_low": 0.2, "ci_high": 0.8},
+                    "n_negative": 6,
+                    "auroc": {"value": None, "ci_low": None, "ci_high": None},
+                    "auroc_note": "not estimable: one class only",
+                    "ece": {"value": 0.1, "ci_low": 0.0, "ci_high": 0.3},
+                },
+                {"class": "cat", "level": "B", "n": None, "suppressed": True},
+            ],
+        }
+    ],
+    "slices": [
+        {
+            "where": [["site", "A"], ["class", "cat"]],
+            "n": 6,
+            "accuracy": {"value": 0.5, "ci_low": 0.2, "ci_high": 0.8},
+            "accuracy_vs_rest": {"value": -0.3, "ci_low": -0.6, "ci_high": -0.01},
+            "background_focus": {"value": None, "ci_low": None, "ci_high": None},
+            "background_focus_vs_rest": {"value": None, "ci_low": None, "ci_high": None},
+            "accuracy_gap": True,
+            "attention_gap": False,
+        }
+    ],
+}
+
+
+def test_groups_block_with_suppressed_groups_round_trips_byte_identically() -> None:
+    from auditor.audit.store import dumps_json
+
+    text = dumps_json(_SUPPRESSED_BLOCK)
+    typed = GroupsResult.from_json(json.loads(text))
+    assert dumps_json(typed.to_json()) == text
+    site = typed.attribute("site")
+    assert site is not None
+    b = site.level("B")
+    assert b is not None and b.suppressed and b.n == 0 and b.accuracy.value is None
+    assert [c.suppressed for c in site.classes] == [False, True]
+    # a suppressed object is written with no number (not even n), whatever the object holds
+    assert GroupStat(level="B", n=3, suppressed=True, flagged=True).to_json() == {
+        "level": "B",
+        "n": None,
+        "suppressed": True,
+    }
+    assert ClassCell(cls="x", level="B", n=3, suppressed=True).to_json() == {
+        "class": "x",
+        "level": "B",
+        "n": None,
+        "suppressed": True,
+    }
+    # numbers in a suppressed level object are not read back
+    leaked = dict(_SUPPRESSED_BLOCK["attributes"][0]["levels"][0], suppressed=True)  # type: ignore[index]
+    back = GroupStat.from_json(leaked)
+    assert back.n == 0 and back.accuracy.value is None and not back.flagged
+    # the old reading rules: non-finite numbers read as None, a missing name is an error
+    nan = json.loads('{"attributes": [], "overall_accuracy": NaN, "min_group_size": null}')
+    assert GroupsResult.from_json(nan).overall_accuracy is None
+    assert GroupsResult.from_json(nan).min_group_size == 10
+    with pytest.raises(KeyError, match="name"):
+        GroupsResult.from_json({"attributes": [{"levels": []}]})
+    with pytest.raises(ValueError):
+        GroupsResult.from_json({"attributes": [], "confidence": "high"})

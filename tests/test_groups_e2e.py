@@ -234,3 +234,60 @@ def test_shard_jobs_give_the_same_groups(runs: dict[str, Path], planted: Path,
         assert s["groups"] == single["groups"], aggregation
         src = [f["evidence"].get("group_sources") for f in s["findings"]]
         assert src == [f["evidence"].get("group_sources") for f in single["findings"]]
+
+
+_SETTINGS = [
+    "overall_accuracy",
+    "overall_background_focus",
+    "min_group_size",
+    "confidence",
+    "adjustment",
+    "n_tests",
+    "accuracy_margin",
+    "background_focus_margin",
+]
+_SUPPRESSED = ["level", "n", "suppressed"]
+_LEVEL_KEYS = [
+    "level",
+    "n",
+    "suppressed",
+    "accuracy",
+    "background_focus",
+    "energy_in_mask",
+    "only_bg_accuracy",
+    "only_fg_accuracy",
+    "ece",
+    "accuracy_vs_rest",
+    "background_focus_vs_rest",
+    "accuracy_vs_best",
+    "flagged",
+]
+
+
+def test_groups_block_of_a_real_run_round_trips_byte_identically(runs: dict[str, Path]) -> None:
+    """summary.json ``groups`` read into the typed results and written back (the codec, issue
+    21) gives the same bytes as the file."""
+    from auditor.audit.store import dumps_json
+    from auditor.group_results import GroupsResult
+
+    for variant, run in runs.items():
+        raw = (run / "summary.json").read_bytes()
+        summary = json.loads(raw)
+        groups = summary["groups"]
+        assert groups["attributes"], variant
+        # the schema-1 keys, in order (the run is written by the same code: pin the format)
+        assert list(groups) == [*_SETTINGS, "attributes", "slices"]
+        for attr in groups["attributes"]:
+            assert list(attr) == [
+                "name",
+                "levels",
+                "worst",
+                "worst_accuracy",
+                "largest_gap",
+                "classes",
+            ]
+            assert list(attr["largest_gap"]) == ["value", "ci_low", "ci_high"]
+            for g in attr["levels"]:
+                assert list(g) == (_SUPPRESSED if g["suppressed"] else _LEVEL_KEYS)
+        summary["groups"] = GroupsResult.from_json(summary["groups"]).to_json()
+        assert dumps_json(summary) == raw, variant
