@@ -183,7 +183,10 @@ def _one_class(
         if not src:
             return not_run("no source image could be loaded", plan.source)
         region: tuple[int, ...] = (0, 0, size[1], size[0])
-        band = border_band(size, border_width)
+        try:
+            band = border_band(size, border_width)
+        except ValueError as exc:  # an image too small for a band (the metric refuses it too)
+            return not_run(str(exc), plan.source)
         where = [band if m is None else band & ~np.asarray(m, bool) for m in masks]
     else:
         heat, why = region_heat([cams[i] for i in src], masks, size, rules)
@@ -229,12 +232,12 @@ def _one_class(
 
 
 def border_band(size: tuple[int, int], border_width: float) -> np.ndarray:
-    """``[H, W]`` bool: the outer band the ``border_focus`` metric measures
-    (:func:`auditor.metrics.localisation.border_focus`), on the input grid: the same width
-    ``max(1, round(border_width * min(H, W)))`` on every side, at most just under half."""
+    """``[H, W]`` bool: the outer band the ``border_focus`` metric measures on the input grid
+    (:func:`auditor.metrics.localisation.band_width`)."""
+    from auditor.metrics.localisation import band_width
+
     height, width = int(size[0]), int(size[1])
-    side = min(height, width)
-    band = min(max(1, round(float(border_width) * side)), (side - 1) // 2)
+    band = band_width(height, width, border_width)
     out = np.ones((height, width), bool)
     out[band : height - band, band : width - band] = False
     return out

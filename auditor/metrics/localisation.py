@@ -66,6 +66,7 @@ __all__ = [
     "METRIC_NAMES",
     "STATUSES",
     "background_focus",
+    "band_width",
     "border_focus",
     "concentration_entropy",
     "dilate_masks",
@@ -421,7 +422,10 @@ def _density_diff(cs: _CamState, ms: _MaskState) -> Tensor:
 # --------------------------------------------------------------------------------------------
 # mask-free metrics
 # --------------------------------------------------------------------------------------------
-def _band_width(h: int, w: int, width_fraction: float) -> int:
+def band_width(h: int, w: int, width_fraction: float) -> int:
+    """Width in pixels of the outer band that :func:`border_focus` measures on an ``h x w``
+    grid: ``max(1, round(width_fraction * min(h, w)))``, the same on every side; refused when
+    it would cover the whole image."""
     if isinstance(width_fraction, bool) or not isinstance(width_fraction, (int, float)):
         raise TypeError(f"`width_fraction` must be a float, got {type(width_fraction).__name__}")
     if not 0.0 < float(width_fraction) < 0.5:
@@ -448,7 +452,7 @@ def border_focus(cams: Tensor, width_fraction: float = 0.1) -> Tensor:
     assessing what machines really learn" (Nature Communications).
     """
     cs = _CamState(cams)
-    return _border_focus(cs, _band_width(cs.shape[1], cs.shape[2], width_fraction))
+    return _border_focus(cs, band_width(cs.shape[1], cs.shape[2], width_fraction))
 
 
 def _border_focus(cs: _CamState, bw: int) -> Tensor:
@@ -526,7 +530,7 @@ def localisation_metrics(
     iou_threshold = _check_threshold(iou_threshold)
     cs = _CamState(cams)
     b, h, w = cs.shape
-    bw = _band_width(h, w, border_width)
+    bw = band_width(h, w, border_width)
     device = cs.x.device
     present = _present(has_mask, masks is not None, b, device)
 
