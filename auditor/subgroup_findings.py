@@ -169,7 +169,10 @@ def _subgroup_finding(name: str, sg: SubgroupDetail) -> Finding | None:
             sg.exemplars,
         )
     location_only = isinstance(split, Mapping) and bool(split.get("location_only"))
-    message = f"A cluster of {n} of the {m} '{name}' images differs from the rest: {stat_txt}."
+    # an evidence split is not one of the map clusters (the report's cluster list may show
+    # "one group of maps" for the class): say which it is
+    group = "A group" if isinstance(split, Mapping) else "A cluster"
+    message = f"{group} of {n} of the {m} '{name}' images differs from the rest: {stat_txt}."
     if sg.elsewhere:
         message += " The interventions show the model does not need what it looks at there."
     if location_only:

@@ -136,6 +136,7 @@ def test_location_only_split_is_a_low_candidate_that_names_its_members() -> None
     assert f.evidence["split"]["location_only"] is True
     assert "share of the map in the top-right corner cell" in f.message
     assert f.message.endswith("not yet shown to be used: the transplant tests it.")
+    assert f.message.startswith("A group of ")  # an evidence split, not a map cluster
     # the clean twin: no mixture, no candidate
     assert _analyse(False).subgroups == ()
 
@@ -167,6 +168,8 @@ def test_confirmed_location_candidate_becomes_a_subgroup_shortcut() -> None:
     refuted = decide(2, 1, 20, source="subgroup", region=(20, 0, 32, 12), n_sources=12)
     same = apply_transplants(result, {"a": refuted}, size=(32, 32), annotated=True).findings[0]
     assert (same.kind, same.severity) == ("strategy_cluster", "info")
+    assert "transplant" not in same.evidence  # only findings a transplant changed carry it
+    assert same.message.endswith("Not confirmed: the model is not shown to use it.")
 
 
 # ------------------------------------------------------------------------------------------
