@@ -168,8 +168,7 @@ def test_confirmed_location_candidate_becomes_a_subgroup_shortcut() -> None:
     refuted = decide(2, 1, 20, source="subgroup", region=(20, 0, 32, 12), n_sources=12)
     same = apply_transplants(result, {"a": refuted}, size=(32, 32), annotated=True).findings[0]
     assert (same.kind, same.severity) == ("strategy_cluster", "info")
-    assert "transplant" not in same.evidence  # only findings a transplant changed carry it
-    assert same.message.endswith("Not confirmed: the model is not shown to use it.")
+    assert "transplant" not in same.evidence and same == result.findings[0]  # unchanged
 
 
 # ------------------------------------------------------------------------------------------

@@ -523,14 +523,6 @@ def _raised(
             f"shown to be used.",
             evidence={**dict(f.evidence), "transplant": t.to_json()},
         )
-    if t.status == "not_confirmed" and t.source == "subgroup" and _location_candidate(f):
-        # the candidate's own finding says "the transplant tests it": give the outcome (in
-        # the message only: evidence.transplant marks the findings a transplant changed)
-        return replace(
-            f,
-            message=f"{f.message} {sentence(str(f.cls), t)} Not confirmed: the model is not "
-            f"shown to use it.",
-        )
     if t.confirmed and t.source == "subgroup" and _location_candidate(f):
         # the class's transplant took this candidate's members: an evidence split (at most
         # one per class) exists only when the clusters gave no subgroup_shortcut
